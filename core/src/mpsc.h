@@ -1,0 +1,75 @@
+/* mpsc.h: intrusive multi-producer single-consumer FIFO of tasks
+ * (D. Vyukov's non-blocking queue, linked through knhk_task_t.knhk__next).
+ *
+ * Producers: one atomic exchange on `head` then a release store that links
+ * the previous node; wait-free. Consumer: a single thread at a time (the
+ * worker that owns an inbox; whoever holds the injector's lock).
+ *
+ * Invariants:
+ *  - `tail` is touched by the consumer only; `stub` is in the list whenever
+ *    the list would otherwise be empty to the consumer.
+ *  - between a producer's exchange and its link store the list is broken at
+ *    that point: pop then reports KNHK__MPSC_BUSY, not EMPTY, so a consumer
+ *    deciding whether to sleep never mistakes an in-flight push for nothing
+ *    (the producer wakes the consumer after linking anyway).
+ */
+#ifndef KNHK_MPSC_H
+#define KNHK_MPSC_H
+
+#include "atomics.h"
+#include "knhk/task.h"
+
+typedef struct {
+  KNHK__ALIGNED _Atomic(knhk_task_t *) head;   /* producers */
+  KNHK__ALIGNED knhk_task_t *tail;             /* consumer */
+  knhk_task_t stub;
+} knhk__mpsc_t;
+
+typedef enum { KNHK__MPSC_EMPTY = 0, KNHK__MPSC_BUSY = 1, KNHK__MPSC_OK = 2 } knhk__mpsc_pop_t;
+
+static inline void knhk__mpsc_init(knhk__mpsc_t *q) {
+  atomic_init(&q->stub.knhk__next, NULL);
+  atomic_init(&q->head, &q->stub);
+  q->tail = &q->stub;
+}
+
+/* Any thread. seq_cst exchange: a following seq_cst load by the producer
+ * (is the consumer asleep?) is ordered after the push. */
+static inline void knhk__mpsc_push(knhk__mpsc_t *q, knhk_task_t *n) {
+  st_relaxed(&n->knhk__next, NULL);
+  knhk_task_t *prev = atomic_exchange_explicit(&q->head, n, memory_order_seq_cst);
+  st_release(&prev->knhk__next, n);
+}
+
+/* Consumer only. */
+static inline knhk__mpsc_pop_t knhk__mpsc_pop(knhk__mpsc_t *q, knhk_task_t **out) {
+  knhk_task_t *tail = q->tail;
+  knhk_task_t *next = ld_acquire(&tail->knhk__next);
+  if (tail == &q->stub) {
+    if (!next) return ld_sc(&q->head) == tail ? KNHK__MPSC_EMPTY : KNHK__MPSC_BUSY;
+    q->tail = next;
+    tail = next;
+    next = ld_acquire(&next->knhk__next);
+  }
+  if (next) {
+    q->tail = next;
+    *out = tail;
+    return KNHK__MPSC_OK;
+  }
+  if (tail != ld_sc(&q->head)) return KNHK__MPSC_BUSY;
+  knhk__mpsc_push(q, &q->stub);
+  next = ld_acquire(&tail->knhk__next);
+  if (next) {
+    q->tail = next;
+    *out = tail;
+    return KNHK__MPSC_OK;
+  }
+  return KNHK__MPSC_BUSY;
+}
+
+/* Any thread; may say non-empty for a queue that is being drained. */
+static inline int knhk__mpsc_maybe_nonempty(knhk__mpsc_t *q) {
+  return ld_sc(&q->head) != &q->stub;
+}
+
+#endif
