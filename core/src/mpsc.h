@@ -6,8 +6,10 @@
  * worker that owns an inbox; whoever holds the injector's lock).
  *
  * Invariants:
- *  - `tail` is touched by the consumer only; `stub` is in the list whenever
- *    the list would otherwise be empty to the consumer.
+ *  - `tail` is written by the consumer only: the next item it will return,
+ *    or the stub. The stub is re-linked at the end when the consumer takes
+ *    what looks like the last item, so it can also sit behind real items:
+ *    the queue is empty only when both `tail` and `head` are the stub.
  *  - between a producer's exchange and its link store the list is broken at
  *    that point: pop then reports KNHK__MPSC_BUSY, not EMPTY, so a consumer
  *    deciding whether to sleep never mistakes an in-flight push for nothing
@@ -21,7 +23,7 @@
 
 typedef struct {
   KNHK__ALIGNED _Atomic(knhk_task_t *) head;   /* producers */
-  KNHK__ALIGNED knhk_task_t *tail;             /* consumer */
+  KNHK__ALIGNED _Atomic(knhk_task_t *) tail;   /* consumer writes, anyone reads */
   knhk_task_t stub;
 } knhk__mpsc_t;
 
@@ -30,7 +32,7 @@ typedef enum { KNHK__MPSC_EMPTY = 0, KNHK__MPSC_BUSY = 1, KNHK__MPSC_OK = 2 } kn
 static inline void knhk__mpsc_init(knhk__mpsc_t *q) {
   atomic_init(&q->stub.knhk__next, NULL);
   atomic_init(&q->head, &q->stub);
-  q->tail = &q->stub;
+  atomic_init(&q->tail, &q->stub);
 }
 
 /* Any thread. seq_cst exchange: a following seq_cst load by the producer
@@ -43,16 +45,16 @@ static inline void knhk__mpsc_push(knhk__mpsc_t *q, knhk_task_t *n) {
 
 /* Consumer only. */
 static inline knhk__mpsc_pop_t knhk__mpsc_pop(knhk__mpsc_t *q, knhk_task_t **out) {
-  knhk_task_t *tail = q->tail;
+  knhk_task_t *tail = ld_relaxed(&q->tail);
   knhk_task_t *next = ld_acquire(&tail->knhk__next);
   if (tail == &q->stub) {
     if (!next) return ld_sc(&q->head) == tail ? KNHK__MPSC_EMPTY : KNHK__MPSC_BUSY;
-    q->tail = next;
+    st_relaxed(&q->tail, next);
     tail = next;
     next = ld_acquire(&next->knhk__next);
   }
   if (next) {
-    q->tail = next;
+    st_relaxed(&q->tail, next);
     *out = tail;
     return KNHK__MPSC_OK;
   }
@@ -60,16 +62,19 @@ static inline knhk__mpsc_pop_t knhk__mpsc_pop(knhk__mpsc_t *q, knhk_task_t **out
   knhk__mpsc_push(q, &q->stub);
   next = ld_acquire(&tail->knhk__next);
   if (next) {
-    q->tail = next;
+    st_relaxed(&q->tail, next);
     *out = tail;
     return KNHK__MPSC_OK;
   }
   return KNHK__MPSC_BUSY;
 }
 
-/* Any thread; may say non-empty for a queue that is being drained. */
+/* Any thread; may say non-empty for a queue that is being drained, never
+ * empty for a queue holding an item whose push completed. `head` first: the
+ * consumer moves `tail` off the stub before it re-links the stub (a seq_cst
+ * exchange on head), so whoever reads that head also sees that tail. */
 static inline int knhk__mpsc_maybe_nonempty(knhk__mpsc_t *q) {
-  return ld_sc(&q->head) != &q->stub;
+  return ld_sc(&q->head) != &q->stub || ld_relaxed(&q->tail) != &q->stub;
 }
 
 #endif
