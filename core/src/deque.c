@@ -17,6 +17,7 @@ int knhk__deque_init(knhk__deque_t *d, int64_t capacity_pow2) {
   atomic_init(&d->top, 0);
   atomic_init(&d->bottom, 0);
   atomic_init(&d->ring, r);
+  d->top_cache = 0;
   return 0;
 }
 

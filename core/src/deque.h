@@ -34,6 +34,7 @@ typedef struct {
   KNHK__ALIGNED _Atomic int64_t top;
   KNHK__ALIGNED _Atomic int64_t bottom;
   _Atomic(knhk__ring_t *) ring;
+  int64_t top_cache; /* owner only: a past value of top (top only grows) */
 } knhk__deque_t;
 
 typedef enum { KNHK__STEAL_EMPTY = 0, KNHK__STEAL_RETRY = 1, KNHK__STEAL_OK = 2 } knhk__steal_t;
@@ -43,18 +44,27 @@ void knhk__deque_destroy(knhk__deque_t *d);
 /* Owner only. Grows the ring; returns the new one or NULL (out of memory). */
 knhk__ring_t *knhk__deque_grow(knhk__deque_t *d, knhk__ring_t *r, int64_t t, int64_t b);
 
-/* Owner only. Returns 0 or KNHK_ENOMEM. The bottom update is a seq_cst RMW so
- * that a following seq_cst load (the wake-up check) is ordered after it. */
-static inline int knhk__deque_push(knhk__deque_t *d, knhk_task_t *task) {
+/* Owner only. Returns 0 or KNHK_ENOMEM. With `sc`, the bottom update is a
+ * seq_cst RMW, so that a following seq_cst load (the wake-up check) is
+ * ordered after it; without, a release store (see idle.c: asymmetric). */
+static inline int knhk__deque_push(knhk__deque_t *d, knhk_task_t *task, int sc) {
   int64_t b = ld_relaxed(&d->bottom);
-  int64_t t = ld_acquire(&d->top);
   knhk__ring_t *r = ld_relaxed(&d->ring);
-  if (b - t > r->mask) {
-    r = knhk__deque_grow(d, r, t, b);
-    if (!r) return -12;
+  /* The cached top is never ahead of the real one, so it can only make the
+   * ring look fuller than it is: read the real top (a line thieves write)
+   * only then. */
+  if (b - d->top_cache > r->mask) {
+    int64_t t = d->top_cache = ld_acquire(&d->top);
+    if (b - t > r->mask) {
+      r = knhk__deque_grow(d, r, t, b);
+      if (!r) return -12;
+    }
   }
   st_relaxed(&r->slot[b & r->mask], task);
-  atomic_exchange_explicit(&d->bottom, b + 1, memory_order_seq_cst);
+  if (sc)
+    atomic_exchange_explicit(&d->bottom, b + 1, memory_order_seq_cst);
+  else
+    st_release(&d->bottom, b + 1);
   return 0;
 }
 
@@ -93,6 +103,30 @@ static inline knhk__steal_t knhk__deque_steal(knhk__deque_t *d, knhk_task_t **ou
     return KNHK__STEAL_RETRY;
   *out = x;
   return KNHK__STEAL_OK;
+}
+
+/* Owner only. Takes up to `max` of the oldest tasks (from the top, where
+ * thieves take) into out[], leaving at least as many behind; returns how
+ * many. Safe because the owner is the only one popping at the bottom: its
+ * CAS on top races thieves' single-item CASes, and one of them wins. */
+static inline int knhk__deque_take_oldest(knhk__deque_t *d, knhk_task_t **out, int max) {
+  int64_t t = ld_sc(&d->top);
+  int64_t b = ld_relaxed(&d->bottom);
+  int64_t k = (b - t) / 2;
+  if (k > max) k = max;
+  if (k <= 0) return 0;
+  knhk__ring_t *r = ld_relaxed(&d->ring);
+  for (int64_t i = 0; i < k; i++) out[i] = ld_relaxed(&r->slot[(t + i) & r->mask]);
+  if (!atomic_compare_exchange_strong_explicit(&d->top, &t, t + k, memory_order_seq_cst,
+                                               memory_order_relaxed))
+    return 0;
+  d->top_cache = t + k;
+  return (int)k;
+}
+
+/* Owner only: how full the deque may be, by the cached top (an upper bound). */
+static inline int64_t knhk__deque_owner_size(knhk__deque_t *d) {
+  return ld_relaxed(&d->bottom) - d->top_cache;
 }
 
 /* Any thread; a snapshot (exact only when the owner is not pushing). */

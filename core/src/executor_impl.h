@@ -1,5 +1,6 @@
-/* executor_impl.h: the executor's internal types, shared by core/src files
- * that schedule (executor.c, group.c, later nursery/reactor). */
+/* executor_impl.h: the executor's internal types and the functions its
+ * files share (executor.c: loop and lifecycle; idle.c: sleeping and waking;
+ * pool.c: task records; group.c: join groups). */
 #ifndef KNHK_EXECUTOR_IMPL_H
 #define KNHK_EXECUTOR_IMPL_H
 
@@ -55,8 +56,17 @@ typedef struct knhk__worker {
   uint32_t tick;
   uint64_t rng;
   uint64_t busy_since;
-  knhk_task_t *pool;    /* free pooled task records */
+  knhk_task_t *pool;    /* free pooled task records: the list in use */
   uint32_t pool_n;
+  knhk_task_t *spare;   /* and one full batch in reserve */
+  /* Group counting without a shared cache line per task (group.c):
+   * slots reserved in a group by the running task's spawns, and ends of
+   * tasks of one group not yet subtracted from it. */
+  knhk_group_t *resv_g;
+  uint32_t resv_n, resv_chunk;
+  knhk_group_t *pend_g;
+  uint32_t pend_n;
+  int pend_status;      /* first failure among the pending ends */
   pthread_t thread;
   int has_thread;
   /* protected by ex->idle_lock */
@@ -74,7 +84,10 @@ typedef struct knhk__worker {
 struct knhk__executor {
   int n;
   uint32_t flags;
+  int asymmetric;                     /* membarrier available: see idle.c */
   KNHK__ALIGNED _Atomic uint32_t idle;
+  KNHK__ALIGNED _Atomic uint32_t nsleeping;  /* == nsleepers; its own line,
+                                                read by every spawn */
   KNHK__ALIGNED knhk__mpsc_t injector;
   _Atomic int injector_lock;          /* one consumer at a time */
   KNHK__ALIGNED _Atomic uint32_t stopping;   /* 0, or 1 + knhk_shutdown_mode */
@@ -85,19 +98,51 @@ struct knhk__executor {
   int *sleepers;
   int nsleepers;
   int worker0_entered;
-  pthread_mutex_t pool_lock;          /* shared pool of task records */
-  knhk_task_t *pool;
-  uint64_t pool_n;
+  pthread_mutex_t pool_lock;          /* shared pool: whole batches of records */
+  knhk_task_t **batches;
+  size_t nbatches, cap_batches;
   void **slabs;
   size_t nslabs, cap_slabs;
   knhk__worker_t *workers;            /* n, cache-line aligned */
 };
 
-/* The calling thread's worker, if it is a worker of `ex`, else NULL. */
+/* executor.c */
 knhk__worker_t *knhk__current_worker(knhk__executor_t *ex);
+knhk__executor_t *knhk__impl_of(knhk_executor_t *handle);
 /* Any thread. Puts a task that moved into QUEUED where it belongs. */
 void knhk__executor_enqueue(knhk__executor_t *ex, knhk_task_t *t);
-/* Any thread. Sets the token of `w` and wakes it if it sleeps. */
+/* Worker only. Runs tasks until every task of `g` has ended (a helping
+ * wait) or, with g == NULL, until the executor is done. Returns 0, or
+ * KNHK_EBUSY if another thread waits for g. */
+int knhk__worker_loop(knhk__worker_t *w, knhk_group_t *g);
+
+/* idle.c: parking, waking, the shutdown check */
+void knhk__idle_init(knhk__executor_t *ex);
 void knhk__worker_unpark(knhk__worker_t *w);
+void knhk__worker_park(knhk__worker_t *w);
+void knhk__notify_parked(knhk__executor_t *ex);
+int knhk__register_sleep(knhk__worker_t *w);
+void knhk__unregister_sleep(knhk__worker_t *w);
+int knhk__check_done_locked(knhk__executor_t *ex);
+void knhk__finish_done(knhk__executor_t *ex);
+int knhk__work_visible(knhk__worker_t *w);
+
+/* pool.c: task records for knhk_executor_submit */
+knhk_task_t *knhk__pool_get(knhk__executor_t *ex, knhk__worker_t *w);
+void knhk__pool_put(knhk__executor_t *ex, knhk__worker_t *w, knhk_task_t *t);
+void knhk__pool_put_shared(knhk__executor_t *ex, knhk_task_t *t);
+void knhk__pool_free_all(knhk__executor_t *ex);
+
+/* group.c */
+void knhk__group_spawned(knhk__worker_t *w, knhk_group_t *g);
+void knhk__group_task_ended(knhk__worker_t *w, knhk_group_t *g, int status);
+/* Worker only. Gives back reserved slots and subtracts pending ends. */
+void knhk__group_flush(knhk__worker_t *w);
+/* Worker only. Gives back the slots the running task reserved. */
+void knhk__group_drop_reservation(knhk__worker_t *w);
+void knhk__group_flush_ends(knhk__worker_t *w);
+int knhk__group_claim(knhk_group_t *g, uint32_t id);
+void knhk__group_release(knhk_group_t *g);
+int knhk__group_done_for(knhk__worker_t *w, knhk_group_t *g);
 
 #endif

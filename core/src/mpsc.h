@@ -43,6 +43,14 @@ static inline void knhk__mpsc_push(knhk__mpsc_t *q, knhk_task_t *n) {
   st_release(&prev->knhk__next, n);
 }
 
+/* Any thread. Pushes first..last, already linked through knhk__next, with
+ * one exchange. */
+static inline void knhk__mpsc_push_chain(knhk__mpsc_t *q, knhk_task_t *first, knhk_task_t *last) {
+  st_relaxed(&last->knhk__next, NULL);
+  knhk_task_t *prev = atomic_exchange_explicit(&q->head, last, memory_order_seq_cst);
+  st_release(&prev->knhk__next, first);
+}
+
 /* Consumer only. */
 static inline knhk__mpsc_pop_t knhk__mpsc_pop(knhk__mpsc_t *q, knhk_task_t **out) {
   knhk_task_t *tail = ld_relaxed(&q->tail);

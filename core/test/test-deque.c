@@ -9,7 +9,7 @@ TEST(deque_pop_is_lifo_and_steal_is_fifo) {
   knhk__deque_t d;
   knhk_task_t items[5];
   ASSERT_OK(knhk__deque_init(&d, 2)); /* tiny: pushes grow it */
-  for (int i = 0; i < 5; i++) ASSERT_OK(knhk__deque_push(&d, &items[i]));
+  for (int i = 0; i < 5; i++) ASSERT_OK(knhk__deque_push(&d, &items[i], 1));
   ASSERT_EQ(5, knhk__deque_size(&d));
   knhk_task_t *t = NULL;
   ASSERT_EQ(KNHK__STEAL_OK, knhk__deque_steal(&d, &t));
@@ -77,7 +77,7 @@ static int64_t owner_vs_thieves(long nitems, int64_t capacity) {
   while (next < nitems) {
     seed = seed * 1103515245u + 12345u;
     long burst = 1 + (seed >> 16) % 64;
-    for (long k = 0; k < burst && next < nitems; k++) ASSERT_OK(knhk__deque_push(&r.d, &r.items[next++]));
+    for (long k = 0; k < burst && next < nitems; k++) ASSERT_OK(knhk__deque_push(&r.d, &r.items[next++], 1));
     long pops = (seed >> 8) % (burst + 1);
     for (long k = 0; k < pops; k++) {
       knhk_task_t *t = knhk__deque_pop(&r.d);

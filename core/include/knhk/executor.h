@@ -45,7 +45,9 @@ typedef struct {
   uint64_t failed;
   uint64_t cancelled;
   uint64_t stolen;         /* successful steals by this worker */
-  uint64_t steal_attempts; /* steals tried (empty, lost race, or success) */
+  uint64_t steal_attempts; /* steals tried on a victim that looked non-empty
+                              (won or lost the race); looking at an empty
+                              deque is not an attempt */
   uint64_t parks;          /* times this worker went to sleep */
   uint64_t busy_ns;        /* time spent running tasks or looking for them
                               after waking, i.e. not parked */
