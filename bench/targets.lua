@@ -1,0 +1,13 @@
+-- Targets from the issues, checked by scripts/bench against the figures of
+-- a run. A missed target is reported, never a failure.
+-- Each: suite, bench, metric, optional workers (nil: every row), op, value.
+return {
+  -- executor (issue: foundation)
+  { suite = "executor", bench = "spawn_latency", metric = "p50", op = "<=", value = 25 },
+  { suite = "executor", bench = "spawn_latency", metric = "p99", op = "<", value = 100 },
+  { suite = "executor", bench = "throughput", metric = "tasks_per_s", workers = 2, op = ">=", value = 20e6 },
+  { suite = "executor", bench = "fib30", metric = "t1_over_tseq", op = "<=", value = 8 },
+  { suite = "executor", bench = "fib30", metric = "t1_over_t2", op = ">=", value = 1.85 },
+  { suite = "executor", bench = "cpu_bound", metric = "utilization", op = ">=", value = 0.95 },
+  { suite = "executor", bench = "steal", metric = "attempts_per_steal", op = "<", value = 4 },
+}
