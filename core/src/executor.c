@@ -42,7 +42,7 @@ int knhk_task_init(knhk_task_t *task, knhk_task_fn run, void *data) {
   task->knhk__home = -1;
   task->knhk__bits = 0;
   atomic_init(&task->knhk__state, KNHK__T_INIT);
-  atomic_init(&task->knhk__next, NULL);
+  atomic_init(&task->knhk__link.next, NULL);
   return 0;
 }
 
@@ -59,13 +59,13 @@ static knhk_task_t *injector_pop(knhk__executor_t *ex, knhk__worker_t *w, int *b
     *busy = 1;
     return NULL;
   }
-  knhk_task_t *t = NULL, *more;
-  knhk__mpsc_pop_t r = knhk__mpsc_pop(&ex->injector, &t);
+  knhk_link_t *first = NULL, *more;
+  knhk__mpsc_pop_t r = knhk__mpsc_pop(&ex->injector, &first);
   int moved = 0;
   if (r == KNHK__MPSC_OK && w)
     while (moved < KNHK__INJECTOR_BATCH &&
            knhk__mpsc_pop(&ex->injector, &more) == KNHK__MPSC_OK) {
-      if (knhk__deque_push(&w->deque, more, !ex->asymmetric) != 0) {
+      if (knhk__deque_push(&w->deque, knhk__task_of(more), !ex->asymmetric) != 0) {
         knhk__mpsc_push(&ex->injector, more); /* out of memory: leave it queued */
         break;
       }
@@ -74,7 +74,7 @@ static knhk_task_t *injector_pop(knhk__executor_t *ex, knhk__worker_t *w, int *b
   st_release(&ex->injector_lock, 0);
   if (r == KNHK__MPSC_BUSY) *busy = 1;
   if (moved) knhk__notify_parked(ex);
-  return r == KNHK__MPSC_OK ? t : NULL;
+  return r == KNHK__MPSC_OK ? knhk__task_of(first) : NULL;
 }
 
 /* Owner only, after a push made its deque long: if some worker is looking
@@ -88,16 +88,16 @@ static void offload(knhk__worker_t *w) {
   knhk_task_t *batch[KNHK__OFFLOAD_MAX];
   int k = knhk__deque_take_oldest(&w->deque, batch, KNHK__OFFLOAD_MAX);
   if (k == 0) return;
-  for (int i = 0; i + 1 < k; i++) st_relaxed(&batch[i]->knhk__next, batch[i + 1]);
-  knhk__mpsc_push_chain(&ex->injector, batch[0], batch[k - 1]);
+  for (int i = 0; i + 1 < k; i++) st_relaxed(&batch[i]->knhk__link.next, &batch[i + 1]->knhk__link);
+  knhk__mpsc_push_chain(&ex->injector, &batch[0]->knhk__link, &batch[k - 1]->knhk__link);
   knhk__notify_parked(ex);
 }
 
 static knhk_task_t *inbox_pop(knhk__worker_t *w, int *busy) {
-  knhk_task_t *t = NULL;
-  knhk__mpsc_pop_t r = knhk__mpsc_pop(&w->inbox, &t);
+  knhk_link_t *l = NULL;
+  knhk__mpsc_pop_t r = knhk__mpsc_pop(&w->inbox, &l);
   if (r == KNHK__MPSC_BUSY) *busy = 1;
-  return r == KNHK__MPSC_OK ? t : NULL;
+  return r == KNHK__MPSC_OK ? knhk__task_of(l) : NULL;
 }
 
 static uint32_t rng_next(knhk__worker_t *w) {
@@ -308,13 +308,13 @@ int knhk__worker_loop(knhk__worker_t *w, knhk_group_t *g) {
 void knhk__executor_enqueue(knhk__executor_t *ex, knhk_task_t *t) {
   if (t->knhk__home >= 0) {
     knhk__worker_t *home = &ex->workers[t->knhk__home];
-    knhk__mpsc_push(&home->inbox, t);
+    knhk__mpsc_push(&home->inbox, &t->knhk__link);
     if (ld_sc(&home->park) == KNHK__P_PARKED) knhk__worker_unpark(home);
     return;
   }
   knhk__worker_t *w = knhk__current_worker(ex);
   if (!w || knhk__deque_push(&w->deque, t, !ex->asymmetric) != 0)
-    knhk__mpsc_push(&ex->injector, t); /* outside thread, or deque out of memory */
+    knhk__mpsc_push(&ex->injector, &t->knhk__link); /* outside thread, or no memory */
   knhk__notify_parked(ex);
 }
 
@@ -323,7 +323,8 @@ static int spawn_impl(knhk__executor_t *ex, knhk_task_t *t) {
   if (w) {
     if (t->group) knhk__group_spawned(w, t->group);
     owner_inc(&w->c.spawned);
-    if (knhk__deque_push(&w->deque, t, !ex->asymmetric) != 0) knhk__mpsc_push(&ex->injector, t);
+    if (knhk__deque_push(&w->deque, t, !ex->asymmetric) != 0)
+      knhk__mpsc_push(&ex->injector, &t->knhk__link);
     knhk__notify_parked(ex);
     if (knhk__deque_owner_size(&w->deque) > KNHK__OFFLOAD_AT && ex->n > 1) offload(w);
     return 0;
@@ -337,7 +338,7 @@ static int spawn_impl(knhk__executor_t *ex, knhk_task_t *t) {
   } else {
     if (t->group) knhk__group_spawned(NULL, t->group);
     atomic_fetch_add_explicit(&ex->ext_spawned, 1, memory_order_relaxed);
-    knhk__mpsc_push(&ex->injector, t);
+    knhk__mpsc_push(&ex->injector, &t->knhk__link);
     knhk__notify_parked(ex);
   }
   if (atomic_fetch_sub_explicit(&ex->ext_entering, 1, memory_order_seq_cst) == 1 &&

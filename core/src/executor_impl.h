@@ -5,6 +5,7 @@
 #define KNHK_EXECUTOR_IMPL_H
 
 #include <pthread.h>
+#include <stddef.h>
 #include "atomics.h"
 #include "deque.h"
 #include "mpsc.h"
@@ -35,6 +36,10 @@ enum {
 /* Worker parker (knhk__worker_t.park): a one-token semaphore. unpark leaves
  * the token (NOTIFIED); park consumes it or sleeps until it arrives. */
 enum { KNHK__P_EMPTY = 0, KNHK__P_PARKED = 1, KNHK__P_NOTIFIED = 2 };
+
+static inline knhk_task_t *knhk__task_of(knhk_link_t *l) {
+  return (knhk_task_t *)(void *)((char *)l - offsetof(knhk_task_t, knhk__link));
+}
 
 typedef struct {
   _Atomic uint64_t spawned, completed, failed, cancelled, stolen, steal_attempts, parks,

@@ -1,5 +1,6 @@
 /* mpsc.h: intrusive multi-producer single-consumer FIFO of tasks
- * (D. Vyukov's non-blocking queue, linked through knhk_task_t.knhk__next).
+ * (D. Vyukov's non-blocking queue) of knhk_link_t nodes embedded in what is
+ * queued: tasks (injector, inboxes), reactor requests.
  *
  * Producers: one atomic exchange on `head` then a release store that links
  * the previous node; wait-free. Consumer: a single thread at a time (the
@@ -19,47 +20,47 @@
 #define KNHK_MPSC_H
 
 #include "atomics.h"
-#include "knhk/task.h"
+#include "knhk/task.h" /* knhk_link_t */
 
 typedef struct {
-  KNHK__ALIGNED _Atomic(knhk_task_t *) head;   /* producers */
-  KNHK__ALIGNED _Atomic(knhk_task_t *) tail;   /* consumer writes, anyone reads */
-  knhk_task_t stub;
+  KNHK__ALIGNED _Atomic(knhk_link_t *) head;   /* producers */
+  KNHK__ALIGNED _Atomic(knhk_link_t *) tail;   /* consumer writes, anyone reads */
+  knhk_link_t stub;
 } knhk__mpsc_t;
 
 typedef enum { KNHK__MPSC_EMPTY = 0, KNHK__MPSC_BUSY = 1, KNHK__MPSC_OK = 2 } knhk__mpsc_pop_t;
 
 static inline void knhk__mpsc_init(knhk__mpsc_t *q) {
-  atomic_init(&q->stub.knhk__next, NULL);
+  atomic_init(&q->stub.next, NULL);
   atomic_init(&q->head, &q->stub);
   atomic_init(&q->tail, &q->stub);
 }
 
 /* Any thread. seq_cst exchange: a following seq_cst load by the producer
  * (is the consumer asleep?) is ordered after the push. */
-static inline void knhk__mpsc_push(knhk__mpsc_t *q, knhk_task_t *n) {
-  st_relaxed(&n->knhk__next, NULL);
-  knhk_task_t *prev = atomic_exchange_explicit(&q->head, n, memory_order_seq_cst);
-  st_release(&prev->knhk__next, n);
+static inline void knhk__mpsc_push(knhk__mpsc_t *q, knhk_link_t *n) {
+  st_relaxed(&n->next, NULL);
+  knhk_link_t *prev = atomic_exchange_explicit(&q->head, n, memory_order_seq_cst);
+  st_release(&prev->next, n);
 }
 
-/* Any thread. Pushes first..last, already linked through knhk__next, with
+/* Any thread. Pushes first..last, already linked through `next`, with
  * one exchange. */
-static inline void knhk__mpsc_push_chain(knhk__mpsc_t *q, knhk_task_t *first, knhk_task_t *last) {
-  st_relaxed(&last->knhk__next, NULL);
-  knhk_task_t *prev = atomic_exchange_explicit(&q->head, last, memory_order_seq_cst);
-  st_release(&prev->knhk__next, first);
+static inline void knhk__mpsc_push_chain(knhk__mpsc_t *q, knhk_link_t *first, knhk_link_t *last) {
+  st_relaxed(&last->next, NULL);
+  knhk_link_t *prev = atomic_exchange_explicit(&q->head, last, memory_order_seq_cst);
+  st_release(&prev->next, first);
 }
 
 /* Consumer only. */
-static inline knhk__mpsc_pop_t knhk__mpsc_pop(knhk__mpsc_t *q, knhk_task_t **out) {
-  knhk_task_t *tail = ld_relaxed(&q->tail);
-  knhk_task_t *next = ld_acquire(&tail->knhk__next);
+static inline knhk__mpsc_pop_t knhk__mpsc_pop(knhk__mpsc_t *q, knhk_link_t **out) {
+  knhk_link_t *tail = ld_relaxed(&q->tail);
+  knhk_link_t *next = ld_acquire(&tail->next);
   if (tail == &q->stub) {
     if (!next) return ld_sc(&q->head) == tail ? KNHK__MPSC_EMPTY : KNHK__MPSC_BUSY;
     st_relaxed(&q->tail, next);
     tail = next;
-    next = ld_acquire(&next->knhk__next);
+    next = ld_acquire(&next->next);
   }
   if (next) {
     st_relaxed(&q->tail, next);
@@ -68,7 +69,7 @@ static inline knhk__mpsc_pop_t knhk__mpsc_pop(knhk__mpsc_t *q, knhk_task_t **out
   }
   if (tail != ld_sc(&q->head)) return KNHK__MPSC_BUSY;
   knhk__mpsc_push(q, &q->stub);
-  next = ld_acquire(&tail->knhk__next);
+  next = ld_acquire(&tail->next);
   if (next) {
     st_relaxed(&q->tail, next);
     *out = tail;

@@ -7,7 +7,8 @@
  * migrate: a producer's tasks end, and are freed, on the workers that stole
  * them. Batches need not be full; counts only decide when to hand one over.
  * Slabs are freed at close, so a batch dropped for lack of memory in the
- * bookkeeping array is idle memory, not a leak.
+ * bookkeeping array is idle memory, not a leak. A free record links to the
+ * next through its `data` field: it belongs to one list at a time.
  */
 #include <stdlib.h>
 
@@ -42,7 +43,7 @@ static knhk_task_t *shared_take_locked(knhk__executor_t *ex) {
   if (!slab) return NULL;
   ex->slabs[ex->nslabs++] = slab;
   for (int i = 0; i < KNHK__POOL_BATCH; i++)
-    atomic_init(&slab[i].knhk__next, i + 1 < KNHK__POOL_BATCH ? &slab[i + 1] : NULL);
+    slab[i].data = i + 1 < KNHK__POOL_BATCH ? &slab[i + 1] : NULL;
   return slab;
 }
 
@@ -55,9 +56,9 @@ knhk_task_t *knhk__pool_get(knhk__executor_t *ex, knhk__worker_t *w) {
   if (!w || !w->pool) {
     pthread_mutex_lock(&ex->pool_lock);
     knhk_task_t *batch = shared_take_locked(ex);
-    if (batch && !w && ld_relaxed(&batch->knhk__next)) {
+    if (batch && !w && batch->data) {
       /* an outside thread takes one record; the rest goes back */
-      shared_push_locked(ex, ld_relaxed(&batch->knhk__next));
+      shared_push_locked(ex, batch->data);
     }
     pthread_mutex_unlock(&ex->pool_lock);
     if (!batch || !w) return batch;
@@ -65,7 +66,7 @@ knhk_task_t *knhk__pool_get(knhk__executor_t *ex, knhk__worker_t *w) {
     w->pool_n = KNHK__POOL_BATCH;
   }
   knhk_task_t *t = w->pool;
-  w->pool = ld_relaxed(&t->knhk__next);
+  w->pool = t->data;
   w->pool_n--;
   /* Records freed on another worker are cold here: start fetching the next
    * one now, for write, so the miss overlaps the rest of this spawn. */
@@ -75,14 +76,14 @@ knhk_task_t *knhk__pool_get(knhk__executor_t *ex, knhk__worker_t *w) {
 
 void knhk__pool_put_shared(knhk__executor_t *ex, knhk_task_t *t) {
   /* A single record as a batch of its own: rare (a refused outside submit). */
-  st_relaxed(&t->knhk__next, NULL);
+  t->data = NULL;
   pthread_mutex_lock(&ex->pool_lock);
   shared_push_locked(ex, t); /* out of memory: the record idles until close */
   pthread_mutex_unlock(&ex->pool_lock);
 }
 
 void knhk__pool_put(knhk__executor_t *ex, knhk__worker_t *w, knhk_task_t *t) {
-  st_relaxed(&t->knhk__next, w->pool);
+  t->data = w->pool;
   w->pool = t;
   if (++w->pool_n < KNHK__POOL_BATCH) return;
   /* A full batch: keep it in reserve, handing the previous reserve over. */

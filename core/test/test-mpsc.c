@@ -8,7 +8,7 @@ enum { PRODUCERS = 3 };
 
 typedef struct {
   knhk__mpsc_t q;
-  knhk_task_t *items;
+  knhk_link_t *items;
   long per;
   _Atomic int next_producer;
   _Atomic long pushed; /* items whose push has completed */
@@ -37,7 +37,7 @@ TEST(mpsc_fifo_per_producer_and_nothing_lost) {
   for (int i = 0; i < PRODUCERS; i++) ASSERT_OK(pthread_create(&th[i], NULL, producer, &r));
   long got = 0, total = PRODUCERS * r.per;
   while (got < total) {
-    knhk_task_t *t;
+    knhk_link_t *t;
     knhk__mpsc_pop_t rc = knhk__mpsc_pop(&r.q, &t);
     if (rc != KNHK__MPSC_OK) {
       /* Whatever pop said, a queue holding completely pushed items must not
@@ -53,7 +53,7 @@ TEST(mpsc_fifo_per_producer_and_nothing_lost) {
     got++;
   }
   for (int i = 0; i < PRODUCERS; i++) pthread_join(th[i], NULL);
-  knhk_task_t *t;
+  knhk_link_t *t;
   ASSERT_EQ(KNHK__MPSC_EMPTY, knhk__mpsc_pop(&r.q, &t));
   ASSERT_EQ(0, knhk__mpsc_maybe_nonempty(&r.q));
   free(r.items);
@@ -63,13 +63,13 @@ TEST(mpsc_fifo_per_producer_and_nothing_lost) {
  * queue must not claim to be empty. */
 TEST(mpsc_nonempty_while_items_remain) {
   knhk__mpsc_t q;
-  knhk_task_t a, b, c;
+  knhk_link_t a, b, c;
   knhk__mpsc_init(&q);
   ASSERT_EQ(0, knhk__mpsc_maybe_nonempty(&q));
   knhk__mpsc_push(&q, &a);
   ASSERT_EQ(1, knhk__mpsc_maybe_nonempty(&q));
   knhk__mpsc_push(&q, &b);
-  knhk_task_t *t;
+  knhk_link_t *t;
   ASSERT_EQ(KNHK__MPSC_OK, knhk__mpsc_pop(&q, &t));
   ASSERT(t == &a);
   ASSERT_EQ(1, knhk__mpsc_maybe_nonempty(&q));

@@ -35,6 +35,11 @@ enum {
 };
 
 typedef struct knhk_task_s knhk_task_t;
+
+/* An intrusive link for the executor's and reactor's lock-free queues. */
+typedef struct knhk_link_s {
+  KNHK_ATOMIC(struct knhk_link_s *) next;
+} knhk_link_t;
 typedef struct knhk_group_s knhk_group_t;
 
 typedef int (*knhk_task_fn)(knhk_task_t *self);
@@ -54,7 +59,7 @@ struct knhk_task_s {
   int32_t knhk__home;            /* worker a sticky task lives on, or -1 */
   KNHK_ATOMIC(uint32_t) knhk__state;
   uint32_t knhk__bits;
-  KNHK_ATOMIC(knhk_task_t *) knhk__next;  /* link in an injector or inbox */
+  knhk_link_t knhk__link;        /* in an injector, an inbox, or a free list */
 };
 
 /* A join group counts the live tasks spawned into it; knhk_group_wait()
