@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,6 +39,24 @@ static inline void knhk__cpu_relax(void) {
   __builtin_ia32_pause();
 #elif defined(__aarch64__)
   __asm__ __volatile__("yield");
+/* A test-and-test-and-set spinlock for very short critical sections (a few
+ * pointer updates); yields the CPU if the holder was preempted. */
+typedef struct {
+  _Atomic uint32_t held;
+} knhk__spin_t;
+
+static inline void knhk__spin_lock(knhk__spin_t *s) {
+  for (unsigned n = 0;; n++) {
+    if (!atomic_exchange_explicit(&s->held, 1, memory_order_acquire)) return;
+    while (ld_relaxed(&s->held)) {
+      if (++n % 128 == 0) sched_yield();
+      else knhk__cpu_relax();
+    }
+  }
+}
+
+static inline void knhk__spin_unlock(knhk__spin_t *s) { st_release(&s->held, 0); }
+
 #endif
 }
 
@@ -52,5 +71,23 @@ static inline void knhk__futex_wait(_Atomic uint32_t *addr, uint32_t expected) {
 static inline void knhk__futex_wake(_Atomic uint32_t *addr, int n) {
   syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
 }
+
+/* A test-and-test-and-set spinlock for very short critical sections (a few
+ * pointer updates); yields the CPU if the holder was preempted. */
+typedef struct {
+  _Atomic uint32_t held;
+} knhk__spin_t;
+
+static inline void knhk__spin_lock(knhk__spin_t *s) {
+  for (unsigned n = 0;; n++) {
+    if (!atomic_exchange_explicit(&s->held, 1, memory_order_acquire)) return;
+    while (ld_relaxed(&s->held)) {
+      if (++n % 128 == 0) sched_yield();
+      else knhk__cpu_relax();
+    }
+  }
+}
+
+static inline void knhk__spin_unlock(knhk__spin_t *s) { st_release(&s->held, 0); }
 
 #endif

@@ -1,0 +1,331 @@
+/* test-reactor.c: timers, signals, child processes and files on the reactor. */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <time.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "knhk/errors.h"
+#include "knhk/reactor.h"
+#include "latch.h"
+#include "runner.h"
+
+static knhk_reactor_t *reactor(void) {
+  knhk_reactor_t *r = NULL;
+  ASSERT_OK(knhk_reactor_new(&r));
+  return r;
+}
+
+/* --------------------------------------------------------------- timers */
+
+typedef struct {
+  latch_t done;
+  knhk_timer_t *timers;
+  uint64_t *fired_at;     /* reactor time at completion */
+  uint32_t *order;        /* completion order (reactor thread only) */
+  _Atomic uint32_t n;
+  _Atomic int statuses[3]; /* 0: fired, 1: cancelled, 2: other */
+  knhk_reactor_t *r;
+} timers_t;
+
+static void timer_done(knhk_timer_t *t, int status) {
+  timers_t *s = t->data;
+  uint32_t i = atomic_fetch_add(&s->n, 1);
+  if (s->order) s->order[i] = (uint32_t)(t - s->timers);
+  if (s->fired_at) s->fired_at[t - s->timers] = knhk_reactor_now(s->r);
+  atomic_fetch_add(&s->statuses[status == 0 ? 0 : status == KNHK_ECANCELED ? 1 : 2], 1);
+  latch_count_down(&s->done);
+}
+
+TEST(reactor_start_and_free) {
+  knhk_reactor_t *r = reactor();
+  ASSERT(knhk_reactor_now(r) > 0);
+  ASSERT_OK(knhk_reactor_free(r));
+  ASSERT_EQ(KNHK_EINVAL, knhk_reactor_free(NULL));
+  ASSERT_EQ(KNHK_EINVAL, knhk_reactor_new(NULL));
+}
+
+static void hold_reactor(knhk_timer_t *t, int status) {
+  (void)status;
+  latch_wait(t->data); /* blocks the reactor thread until all are queued */
+}
+
+TEST(reactor_100k_timers_fire_in_deadline_order) {
+  enum { N = 100000 };
+  int n = KNHK_TEST_SCALE(N);
+  knhk_reactor_t *r = reactor();
+  timers_t s = {.timers = calloc((size_t)n, sizeof(knhk_timer_t)),
+                .order = calloc((size_t)n, sizeof(uint32_t)),
+                .fired_at = calloc((size_t)n, sizeof(uint64_t)),
+                .r = r};
+  latch_init(&s.done, (uint32_t)n);
+  /* Queue every timer while the reactor thread is held, so none can fire
+   * before a timer with an earlier deadline has even arrived. */
+  latch_t queued;
+  latch_init(&queued, 1);
+  knhk_timer_t hold;
+  memset(&hold, 0, sizeof hold);
+  ASSERT_OK(knhk_timer_start(r, &hold, 0, hold_reactor, &queued));
+  uint64_t now = knhk_reactor_now(r);
+  unsigned seed = 7;
+  for (int i = 0; i < n; i++) {
+    seed = seed * 1103515245u + 12345u;
+    uint64_t d = now + 10000000 + (uint64_t)((seed >> 8) % 200) * 1000000; /* 10..210 ms */
+    ASSERT_OK(knhk_timer_start(r, &s.timers[i], d, timer_done, &s));
+  }
+  latch_count_down(&queued);
+  latch_wait(&s.done);
+  ASSERT_EQ(n, atomic_load(&s.statuses[0]));
+  for (int i = 1; i < n; i++)
+    if (s.timers[s.order[i]].deadline < s.timers[s.order[i - 1]].deadline)
+      KNHK_FAIL("timer %u (deadline %llu) fired after %u (deadline %llu)", s.order[i],
+                (unsigned long long)s.timers[s.order[i]].deadline, s.order[i - 1],
+                (unsigned long long)s.timers[s.order[i - 1]].deadline);
+  for (int i = 0; i < n; i++) ASSERT_GE(s.fired_at[i], s.timers[i].deadline); /* never early */
+  ASSERT_OK(knhk_reactor_free(r));
+  free(s.timers);
+  free(s.order);
+  free(s.fired_at);
+}
+
+TEST(reactor_stopped_timer_completes_once_cancelled) {
+  knhk_reactor_t *r = reactor();
+  enum { N = 10000 };
+  timers_t s = {.timers = calloc(N, sizeof(knhk_timer_t)), .r = r};
+  latch_init(&s.done, N);
+  uint64_t far = knhk_reactor_now(r) + 3600000000000ull;
+  for (int i = 0; i < N; i++) ASSERT_OK(knhk_timer_start(r, &s.timers[i], far, timer_done, &s));
+  for (int i = 0; i < N; i++) ASSERT_OK(knhk_timer_stop(&s.timers[i]));
+  latch_wait(&s.done);
+  ASSERT_EQ(N, atomic_load(&s.statuses[1]));
+  ASSERT_EQ(N, atomic_load(&s.n));
+  for (int i = 0; i < N; i++) ASSERT_EQ(KNHK_EALREADY, knhk_timer_stop(&s.timers[i]));
+  /* a completed timer can be armed again */
+  latch_init(&s.done, 1);
+  ASSERT_OK(knhk_timer_start(r, &s.timers[0], knhk_reactor_now(r), timer_done, &s));
+  latch_wait(&s.done);
+  ASSERT_EQ(1, atomic_load(&s.statuses[0]));
+  ASSERT_OK(knhk_reactor_free(r));
+  free(s.timers);
+}
+
+TEST(reactor_free_completes_pending_timers_as_cancelled) {
+  knhk_reactor_t *r = reactor();
+  enum { N = 1000 };
+  timers_t s = {.timers = calloc(N, sizeof(knhk_timer_t)), .r = r};
+  latch_init(&s.done, N);
+  uint64_t far = knhk_reactor_now(r) + 3600000000000ull;
+  for (int i = 0; i < N; i++) ASSERT_OK(knhk_timer_start(r, &s.timers[i], far, timer_done, &s));
+  ASSERT_OK(knhk_reactor_free(r));
+  ASSERT_EQ(N, atomic_load(&s.statuses[1]));
+  knhk_timer_t late;
+  memset(&late, 0, sizeof late);
+  free(s.timers);
+}
+
+TEST(reactor_refuses_bad_requests) {
+  knhk_reactor_t *r = reactor();
+  knhk_timer_t t;
+  memset(&t, 0, sizeof t);
+  ASSERT_EQ(KNHK_EINVAL, knhk_timer_start(NULL, &t, 0, timer_done, NULL));
+  ASSERT_EQ(KNHK_EINVAL, knhk_timer_start(r, &t, 0, NULL, NULL));
+  ASSERT_EQ(KNHK_EINVAL, knhk_timer_stop(&t)); /* never started */
+  knhk_process_t p;
+  memset(&p, 0, sizeof p);
+  ASSERT_EQ(KNHK_EINVAL, knhk_process_spawn(r, &p));
+  knhk_file_op_t f;
+  memset(&f, 0, sizeof f);
+  ASSERT_EQ(KNHK_EINVAL, knhk_file_submit(r, &f));
+  knhk_signal_t w;
+  ASSERT_EQ(KNHK_EINVAL, knhk_signal_start(r, &w, 0, NULL, NULL));
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+/* -------------------------------------------------------------- signals */
+
+static void on_usr1(knhk_signal_t *w, int signum, uint64_t count) {
+  ASSERT_EQ(SIGUSR1, signum);
+  ASSERT_GE(count, 1);
+  latch_count_down(w->data);
+}
+
+TEST(reactor_delivers_signals_to_a_watch) {
+  knhk_reactor_t *r = reactor();
+  knhk_signal_t w;
+  latch_t got;
+  latch_init(&got, 1);
+  signal(SIGUSR1, SIG_IGN); /* until libuv's handler is installed */
+  ASSERT_OK(knhk_signal_start(r, &w, SIGUSR1, on_usr1, &got));
+  /* The watch is installed asynchronously: send until it is seen. */
+  while (atomic_load(&got.left)) {
+    kill(getpid(), SIGUSR1);
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL); /* pacing the retries, not ordering anything */
+  }
+  ASSERT_OK(knhk_signal_stop(&w));
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+/* ------------------------------------------------------------ processes */
+
+static void proc_done(knhk_process_t *p) { latch_count_down(p->data); }
+
+static void run(knhk_reactor_t *r, knhk_process_t *p, char **argv) {
+  latch_t done;
+  latch_init(&done, 1);
+  p->file = argv[0];
+  p->argv = argv;
+  p->on_exit = proc_done;
+  p->data = &done;
+  ASSERT_OK(knhk_process_spawn(r, p));
+  latch_wait(&done);
+}
+
+TEST(process_exit_status_and_output) {
+  knhk_reactor_t *r = reactor();
+  knhk_process_t p;
+  memset(&p, 0, sizeof p);
+  char *argv[] = {"sh", "-c", "echo out; echo err >&2; exit 3", NULL};
+  run(r, &p, argv);
+  ASSERT_EQ(0, p.error);
+  ASSERT_EQ(3, p.exit_status);
+  ASSERT_EQ(0, p.term_signal);
+  ASSERT(strcmp(p.out, "out\n") == 0);
+  ASSERT(strcmp(p.err, "err\n") == 0);
+  ASSERT_EQ(4, p.out_len);
+  knhk_process_dispose(&p);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+TEST(process_stdin_is_fed_and_large_output_captured) {
+  knhk_reactor_t *r = reactor();
+  size_t n = 1 << 20;
+  char *input = malloc(n);
+  for (size_t i = 0; i < n; i++) input[i] = (char)('a' + i % 26);
+  knhk_process_t p;
+  memset(&p, 0, sizeof p);
+  p.stdin_data = input;
+  p.stdin_len = n;
+  char *argv[] = {"cat", NULL};
+  run(r, &p, argv);
+  ASSERT_EQ(0, p.exit_status);
+  ASSERT_EQ(n, p.out_len);
+  ASSERT(memcmp(p.out, input, n) == 0);
+  ASSERT_EQ(0, p.err_len);
+  ASSERT(p.err && p.err[0] == 0);
+  knhk_process_dispose(&p);
+  free(input);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+TEST(process_missing_command_reports_enoent) {
+  knhk_reactor_t *r = reactor();
+  knhk_process_t p;
+  memset(&p, 0, sizeof p);
+  char *argv[] = {"/nonexistent/knhk-no-such-command", NULL};
+  run(r, &p, argv);
+  ASSERT_EQ(KNHK_ENOENT, p.error);
+  knhk_process_dispose(&p);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+static void cancel_when_started(knhk_timer_t *t, int status) {
+  if (status == 0) knhk_token_cancel(t->data, KNHK_CANCEL_EXPLICIT);
+}
+
+TEST(process_is_killed_when_its_token_is_cancelled) {
+  knhk_reactor_t *r = reactor();
+  knhk_token_t *tok;
+  ASSERT_OK(knhk_token_new(&tok, NULL));
+  knhk_process_t p;
+  memset(&p, 0, sizeof p);
+  p.token = tok;
+  /* cancel from the reactor thread a little after the spawn */
+  knhk_timer_t t;
+  memset(&t, 0, sizeof t);
+  ASSERT_OK(knhk_timer_start(r, &t, knhk_reactor_now(r) + 20000000, cancel_when_started, tok));
+  char *argv[] = {"sleep", "30", NULL};
+  uint64_t t0 = knhk_reactor_now(r);
+  run(r, &p, argv);
+  ASSERT_EQ(1, p.cancelled);
+  ASSERT_EQ(SIGTERM, p.term_signal);
+  ASSERT_LT(knhk_reactor_now(r) - t0, 10000000000ull); /* long before sleep's 30 s */
+  knhk_process_dispose(&p);
+  knhk_token_release(tok);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+TEST(process_with_already_cancelled_token_is_killed_at_once) {
+  knhk_reactor_t *r = reactor();
+  knhk_token_t *tok;
+  ASSERT_OK(knhk_token_new(&tok, NULL));
+  knhk_token_cancel(tok, KNHK_CANCEL_EXPLICIT);
+  knhk_process_t p;
+  memset(&p, 0, sizeof p);
+  p.token = tok;
+  char *argv[] = {"sleep", "30", NULL};
+  run(r, &p, argv);
+  ASSERT_EQ(1, p.cancelled);
+  knhk_process_dispose(&p);
+  knhk_token_release(tok);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+static void note_exit(knhk_process_t *p) { atomic_store((_Atomic int *)p->data, 1); }
+
+TEST(reactor_free_kills_and_reaps_running_processes) {
+  knhk_reactor_t *r = reactor();
+  _Atomic int exited = 0;
+  knhk_process_t p;
+  memset(&p, 0, sizeof p);
+  char *argv[] = {"sleep", "30", NULL};
+  p.file = "sleep";
+  p.argv = argv;
+  p.on_exit = note_exit;
+  p.data = (void *)&exited;
+  ASSERT_OK(knhk_process_spawn(r, &p));
+  ASSERT_OK(knhk_reactor_free(r));
+  ASSERT_EQ(1, atomic_load(&exited));
+  ASSERT_NE(0, p.term_signal);
+  knhk_process_dispose(&p);
+}
+
+/* ---------------------------------------------------------------- files */
+
+static void file_done(knhk_file_op_t *op) { latch_count_down(op->user); }
+
+static void file_op(knhk_reactor_t *r, knhk_file_op_t *op) {
+  latch_t done;
+  latch_init(&done, 1);
+  op->on_done = file_done;
+  op->user = &done;
+  ASSERT_OK(knhk_file_submit(r, op));
+  latch_wait(&done);
+}
+
+TEST(files_write_append_read_and_missing) {
+  knhk_reactor_t *r = reactor();
+  char path[] = "/tmp/knhk-test-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT(fd >= 0);
+  close(fd);
+  knhk_file_op_t w = {.kind = KNHK_FILE_WRITE, .path = path, .data = "hello ", .len = 6};
+  file_op(r, &w);
+  ASSERT_EQ(0, w.error);
+  knhk_file_op_t a = {.kind = KNHK_FILE_APPEND, .path = path, .data = "world", .len = 5};
+  file_op(r, &a);
+  ASSERT_EQ(0, a.error);
+  knhk_file_op_t rd = {.kind = KNHK_FILE_READ, .path = path};
+  file_op(r, &rd);
+  ASSERT_EQ(0, rd.error);
+  ASSERT(strcmp(rd.result, "hello world") == 0);
+  ASSERT_EQ(11, rd.result_len);
+  knhk_file_dispose(&rd);
+  unlink(path);
+  knhk_file_op_t missing = {.kind = KNHK_FILE_READ, .path = path};
+  file_op(r, &missing);
+  ASSERT_EQ(KNHK_ENOENT, missing.error);
+  ASSERT(missing.result == NULL);
+  ASSERT_OK(knhk_reactor_free(r));
+}
