@@ -222,8 +222,8 @@ static void run_task(knhk__worker_t *w, knhk_task_t *t) {
   end_task(w, t, status);
 }
 
-static int loop_should_end(knhk__worker_t *w, knhk_group_t *g) {
-  return g ? knhk__group_done_for(w, g) : ld_acquire(&w->ex->done) != 0;
+static int loop_should_end(knhk__worker_t *w, knhk__wait_t *wt) {
+  return wt ? wt->done(w, wt) : ld_acquire(&w->ex->done) != 0;
 }
 
 /* A searcher that found nothing keeps looking for a short while before it
@@ -231,7 +231,7 @@ static int loop_should_end(knhk__worker_t *w, knhk_group_t *g) {
  * and microseconds on ours, while spawns usually come in bursts. It stays
  * counted as searching meanwhile, so spawners wake nobody. Returns 1 when
  * work (or the end of the wait) appeared. */
-static int spin_for_work(knhk__worker_t *w, knhk_group_t *g) {
+static int spin_for_work(knhk__worker_t *w, knhk__wait_t *g) {
   uint64_t deadline = knhk__mono_ns() + KNHK__SPIN_NS;
   for (uint32_t i = 1;; i++) {
     for (int k = 0; k < 32; k++) knhk__cpu_relax();
@@ -251,7 +251,7 @@ static void park_counted(knhk__worker_t *w) {
  * `deep`: it only runs its own deque and inbox, where the tasks it waits
  * for most likely are, so the stack stays bounded, and it sleeps outside
  * the sleepers list, since it could not act on a call to go stealing. */
-int knhk__worker_loop(knhk__worker_t *w, knhk_group_t *g) {
+int knhk__worker_loop(knhk__worker_t *w, knhk__wait_t *g) {
   int deep = 0, claimed = 0, rc = 0;
   if (g) deep = ++w->help_depth > KNHK__MAX_HELP_DEPTH;
   for (;;) {
@@ -273,8 +273,8 @@ int knhk__worker_loop(knhk__worker_t *w, knhk_group_t *g) {
       continue;
     }
     if (!deep && w->searching && spin_for_work(w, g)) continue;
-    if (g && !claimed) { /* from here on the last task to end wakes us */
-      if ((rc = knhk__group_claim(g, (uint32_t)w->index + 1)) != 0) break;
+    if (g && !claimed) { /* from here on, whoever completes the wait wakes us */
+      if ((rc = g->claim(w, g)) != 0) break;
       claimed = 1;
       continue;
     }
@@ -297,7 +297,7 @@ int knhk__worker_loop(knhk__worker_t *w, knhk_group_t *g) {
   }
   if (g) {
     w->help_depth--;
-    if (claimed) knhk__group_release(g);
+    if (claimed) g->release(w, g);
     end_searching(w);
   }
   return rc;
@@ -558,7 +558,7 @@ int knhk_executor_enter(knhk_executor_t *handle, knhk_group_t *g) {
   if (busy) return KNHK_EBUSY;
   tls_worker = w;
   w->busy_since = knhk__mono_ns();
-  int rc = knhk__worker_loop(w, g);
+  int rc = knhk__group_wait_on_worker(w, g);
   knhk__group_flush(w);
   owner_add(&w->c.busy_ns, knhk__mono_ns() - w->busy_since);
   tls_worker = NULL;

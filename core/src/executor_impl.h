@@ -116,10 +116,19 @@ knhk__worker_t *knhk__current_worker(knhk__executor_t *ex);
 knhk__executor_t *knhk__impl_of(knhk_executor_t *handle);
 /* Any thread. Puts a task that moved into QUEUED where it belongs. */
 void knhk__executor_enqueue(knhk__executor_t *ex, knhk_task_t *t);
-/* Worker only. Runs tasks until every task of `g` has ended (a helping
- * wait) or, with g == NULL, until the executor is done. Returns 0, or
- * KNHK_EBUSY if another thread waits for g. */
-int knhk__worker_loop(knhk__worker_t *w, knhk_group_t *g);
+/* What a helping wait waits for. done: the condition (may give back what the
+ * worker holds, see group.c); claim: register the worker as the waiter to
+ * wake before it sleeps (0, or an error that ends the wait); release: undo
+ * claim (called only after a successful claim). */
+typedef struct knhk__wait knhk__wait_t;
+struct knhk__wait {
+  int (*done)(knhk__worker_t *w, knhk__wait_t *self);
+  int (*claim)(knhk__worker_t *w, knhk__wait_t *self);
+  void (*release)(knhk__worker_t *w, knhk__wait_t *self);
+};
+/* Worker only. Runs tasks until wt->done (a helping wait) or, with
+ * wt == NULL, until the executor is done. Returns 0 or claim's error. */
+int knhk__worker_loop(knhk__worker_t *w, knhk__wait_t *wt);
 
 /* idle.c: parking, waking, the shutdown check */
 void knhk__idle_init(knhk__executor_t *ex);
@@ -148,6 +157,8 @@ void knhk__group_drop_reservation(knhk__worker_t *w);
 void knhk__group_flush_ends(knhk__worker_t *w);
 int knhk__group_claim(knhk_group_t *g, uint32_t id);
 void knhk__group_release(knhk_group_t *g);
-int knhk__group_done_for(knhk__worker_t *w, knhk_group_t *g);
+/* Worker only. A helping wait for g (NULL: until the executor is done). */
+int knhk__group_wait_on_worker(knhk__worker_t *w, knhk_group_t *g);
+
 
 #endif

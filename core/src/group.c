@@ -143,13 +143,35 @@ void knhk__group_release(knhk_group_t *g) {
 /* A worker's view: the group is done when what is left is what this worker
  * holds itself (reserved slots, ends not yet subtracted); it then gives
  * those back, which brings the count to 0. */
-int knhk__group_done_for(knhk__worker_t *w, knhk_group_t *g) {
+static int group_done_for(knhk__worker_t *w, knhk_group_t *g) {
   uint32_t mine = 0;
   if (w->pend_g == g) mine += w->pend_n;
   if (w->resv_g == g) mine += w->resv_n;
   if (GROUP_COUNT(ld_acquire(&g->knhk__state)) != mine) return 0;
   knhk__group_flush(w);
   return 1;
+}
+
+typedef struct {
+  knhk__wait_t base;
+  knhk_group_t *g;
+} group_wait_t;
+
+static int gw_done(knhk__worker_t *w, knhk__wait_t *wt) {
+  return group_done_for(w, ((group_wait_t *)wt)->g);
+}
+static int gw_claim(knhk__worker_t *w, knhk__wait_t *wt) {
+  return knhk__group_claim(((group_wait_t *)wt)->g, (uint32_t)w->index + 1);
+}
+static void gw_release(knhk__worker_t *w, knhk__wait_t *wt) {
+  (void)w;
+  knhk__group_release(((group_wait_t *)wt)->g);
+}
+
+int knhk__group_wait_on_worker(knhk__worker_t *w, knhk_group_t *g) {
+  if (!g) return knhk__worker_loop(w, NULL);
+  group_wait_t gw = {{gw_done, gw_claim, gw_release}, g};
+  return knhk__worker_loop(w, &gw.base);
 }
 
 int knhk_executor_wait(knhk_executor_t *handle, knhk_group_t *g) {
@@ -159,7 +181,7 @@ int knhk_executor_wait(knhk_executor_t *handle, knhk_group_t *g) {
   if (w) {
     /* Helping wait: the worker loop runs tasks until the group is done,
      * claiming the waiter slot only if it has to sleep. */
-    int rc = knhk__worker_loop(w, g);
+    int rc = knhk__group_wait_on_worker(w, g);
     return rc != 0 ? rc : knhk_group_status(g);
   }
   _Atomic uint32_t *futex = group_futex(g);
