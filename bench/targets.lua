@@ -10,4 +10,9 @@ return {
   { suite = "executor", bench = "fib30", metric = "t1_over_t2", op = ">=", value = 1.85 },
   { suite = "executor", bench = "cpu_bound", metric = "utilization", op = ">=", value = 0.95 },
   { suite = "executor", bench = "steal", metric = "attempts_per_steal", op = "<", value = 4 },
+  -- cancel (issue: cancellation, nurseries, reactor)
+  { suite = "cancel", bench = "token_is_cancelled", metric = "ns", op = "<=", value = 2 },
+  { suite = "cancel", bench = "token_child_create_drop", metric = "ns", op = "<=", value = 50 },
+  { suite = "cancel", bench = "cancel_10k_waiters", metric = "ms_to_last_wake", op = "<=", value = 2 },
+  { suite = "cancel", bench = "timers_100k", metric = "p99_lateness_ms", op = "<=", value = 2 },
 }
