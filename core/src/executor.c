@@ -320,6 +320,12 @@ void knhk__executor_enqueue(knhk__executor_t *ex, knhk_task_t *t) {
 
 static int spawn_impl(knhk__executor_t *ex, knhk_task_t *t) {
   knhk__worker_t *w = knhk__current_worker(ex);
+  if (w && t->knhk__home >= 0) { /* pinned: straight to its worker's inbox */
+    if (t->group) knhk__group_spawned(w, t->group);
+    owner_inc(&w->c.spawned);
+    knhk__executor_enqueue(ex, t);
+    return 0;
+  }
   if (w) {
     if (t->group) knhk__group_spawned(w, t->group);
     owner_inc(&w->c.spawned);
@@ -338,8 +344,12 @@ static int spawn_impl(knhk__executor_t *ex, knhk_task_t *t) {
   } else {
     if (t->group) knhk__group_spawned(NULL, t->group);
     atomic_fetch_add_explicit(&ex->ext_spawned, 1, memory_order_relaxed);
-    knhk__mpsc_push(&ex->injector, &t->knhk__link);
-    knhk__notify_parked(ex);
+    if (t->knhk__home >= 0) {
+      knhk__executor_enqueue(ex, t);
+    } else {
+      knhk__mpsc_push(&ex->injector, &t->knhk__link);
+      knhk__notify_parked(ex);
+    }
   }
   if (atomic_fetch_sub_explicit(&ex->ext_entering, 1, memory_order_seq_cst) == 1 &&
       ld_sc(&ex->stopping)) {
@@ -353,19 +363,26 @@ static int spawn_impl(knhk__executor_t *ex, knhk_task_t *t) {
   return rc;
 }
 
-int knhk_executor_spawn(knhk_executor_t *handle, knhk_task_t *t) {
-  knhk__executor_t *ex = knhk__impl_of(handle);
-  if (!ex || !t || !t->run) return KNHK_EINVAL;
+static int spawn_checked(knhk__executor_t *ex, knhk_task_t *t, int worker) {
+  if (!ex || !t || !t->run || worker < -1 || worker >= ex->n) return KNHK_EINVAL;
   /* A plain check, not a CAS: it catches a record spawned again while
    * live; two threads racing to spawn one record is beyond it. */
   uint32_t s = ld_acquire(&t->knhk__state);
   if (s != KNHK__T_INIT && s != KNHK__T_DONE) return KNHK_EINVAL;
   st_relaxed(&t->knhk__state, KNHK__T_QUEUED);
   t->knhk__bits &= KNHK__TB_POOLED;
-  t->knhk__home = -1;
+  t->knhk__home = worker;
   int rc = spawn_impl(ex, t);
   if (rc != 0) st_release(&t->knhk__state, s);
   return rc;
+}
+
+int knhk_executor_spawn(knhk_executor_t *handle, knhk_task_t *t) {
+  return spawn_checked(knhk__impl_of(handle), t, -1);
+}
+
+int knhk_executor_spawn_on(knhk_executor_t *handle, knhk_task_t *t, int worker) {
+  return spawn_checked(knhk__impl_of(handle), t, worker < 0 ? -2 : worker);
 }
 
 int knhk_executor_submit(knhk_executor_t *handle, knhk_task_fn run, void *data,

@@ -116,7 +116,14 @@ static int child_run(knhk_task_t *t) {
   return c->knhk__fn(c);
 }
 
+knhk_task_t *knhk_child_task(knhk_child_t *c) { return c ? &c->knhk__task : NULL; }
+
 int knhk_nursery_spawn(knhk_nursery_t *n, knhk_child_fn fn, void *arg, knhk_child_t **out) {
+  return knhk_nursery_spawn_ex(n, fn, arg, 0, -1, out);
+}
+
+int knhk_nursery_spawn_ex(knhk_nursery_t *n, knhk_child_fn fn, void *arg, uint32_t task_flags,
+                          int worker, knhk_child_t **out) {
   if (out) *out = NULL;
   if (!n || !fn) return KNHK_EINVAL;
   knhk_child_t *c = calloc(1, sizeof *c);
@@ -127,6 +134,7 @@ int knhk_nursery_spawn(knhk_nursery_t *n, knhk_child_fn fn, void *arg, knhk_chil
   c->knhk__fn = fn;
   knhk_task_init(&c->knhk__task, child_run, c);
   c->knhk__task.on_end = child_ended;
+  c->knhk__task.flags = task_flags;
   pthread_mutex_lock(&n->m);
   int rc = 0;
   if (n->closed) {
@@ -146,7 +154,8 @@ int knhk_nursery_spawn(knhk_nursery_t *n, knhk_child_fn fn, void *arg, knhk_chil
   n->children[n->nchildren++] = c;
   n->live++;
   pthread_mutex_unlock(&n->m);
-  rc = knhk_executor_spawn(n->ex, &c->knhk__task);
+  rc = worker >= 0 ? knhk_executor_spawn_on(n->ex, &c->knhk__task, worker)
+                   : knhk_executor_spawn(n->ex, &c->knhk__task);
   if (rc != 0) { /* it never ran: it stays in the list with that status */
     pthread_mutex_lock(&n->m);
     c->status = rc;

@@ -199,7 +199,11 @@ static void process_timer_requests(knhk_reactor_t *r) {
 
 static void fire_due_timers(knhk_reactor_t *r) {
   uint64_t now = knhk_reactor_now(r);
-  while (r->nheap && r->heap[0]->deadline <= now) {
+  for (;;) {
+    /* A callback may take a while: timers asked for meanwhile join the heap
+     * before the next one fires, so none fires after a later deadline. */
+    if (knhk__mpsc_maybe_nonempty(&r->timers)) process_timer_requests(r);
+    if (!r->nheap || r->heap[0]->deadline > now) break;
     knhk_timer_t *t = r->heap[0];
     heap_remove(r, t);
     uint32_t old = ld_acquire(&t->knhk__flags);

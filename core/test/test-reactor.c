@@ -79,9 +79,11 @@ TEST(reactor_100k_timers_fire_in_deadline_order) {
   ASSERT_EQ(n, atomic_load(&s.statuses[0]));
   for (int i = 1; i < n; i++)
     if (s.timers[s.order[i]].deadline < s.timers[s.order[i - 1]].deadline)
-      KNHK_FAIL("timer %u (deadline %llu) fired after %u (deadline %llu)", s.order[i],
-                (unsigned long long)s.timers[s.order[i]].deadline, s.order[i - 1],
-                (unsigned long long)s.timers[s.order[i - 1]].deadline);
+      KNHK_FAIL("timer %u (deadline %llu, fired %llu) fired after %u (deadline %llu, fired %llu); start %llu",
+                s.order[i], (unsigned long long)s.timers[s.order[i]].deadline,
+                (unsigned long long)s.fired_at[s.order[i]], s.order[i - 1],
+                (unsigned long long)s.timers[s.order[i - 1]].deadline,
+                (unsigned long long)s.fired_at[s.order[i - 1]], (unsigned long long)now);
   for (int i = 0; i < n; i++) ASSERT_GE(s.fired_at[i], s.timers[i].deadline); /* never early */
   ASSERT_OK(knhk_reactor_free(r));
   free(s.timers);

@@ -83,6 +83,11 @@ int knhk_executor_init(knhk_executor_t *ex, const knhk_executor_options_t *opts)
  * KNHK_ESHUTDOWN from a thread that is not a worker once shutdown began. */
 int knhk_executor_spawn(knhk_executor_t *ex, knhk_task_t *task);
 
+/* Any thread. Like spawn, but the task runs only on worker `worker` (its
+ * inbox): never stolen, from its first run on. Returns as spawn, or
+ * KNHK_EINVAL for a worker index out of range. */
+int knhk_executor_spawn_on(knhk_executor_t *ex, knhk_task_t *task, int worker);
+
 /* Any thread. Like spawn, for fire-and-forget work: the task record comes
  * from the executor's pool and returns to it when the task ends; `run`
  * receives it with ->data == data. Returns as knhk_executor_spawn, or

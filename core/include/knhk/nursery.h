@@ -60,6 +60,13 @@ int knhk_nursery_new(knhk_nursery_t **out, knhk_executor_t *ex, knhk_token_t *pa
  * record. Returns 0, KNHK_ECLOSED, KNHK_EINVAL, KNHK_ENOMEM, or the
  * executor's error (KNHK_ESHUTDOWN). */
 int knhk_nursery_spawn(knhk_nursery_t *n, knhk_child_fn fn, void *arg, knhk_child_t **out);
+/* Any thread. Like spawn; `task_flags` (KNHK_TASK_*) go to the child's
+ * task, and with worker >= 0 the child runs only on that worker. */
+int knhk_nursery_spawn_ex(knhk_nursery_t *n, knhk_child_fn fn, void *arg, uint32_t task_flags,
+                          int worker, knhk_child_t **out);
+/* Any thread. The executor task that runs `child`: the one to pass to
+ * knhk_executor_wake when a child parked itself (KNHK_TASK_PENDING). */
+knhk_task_t *knhk_child_task(knhk_child_t *child);
 /* Any thread. The nursery's token (not retained). */
 knhk_token_t *knhk_nursery_token(const knhk_nursery_t *n);
 /* Any thread. Cancels every child (reason KNHK_CANCEL_EXPLICIT). */
