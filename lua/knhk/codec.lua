@@ -1,0 +1,610 @@
+-- knhk.codec: snapshots of Lua values that can travel to another VM.
+--
+-- What travels: nil, booleans, numbers, strings; plain tables (deep, with
+-- cycles and shared references kept); Lua functions (their prototype by id,
+-- their upvalues, and the globals their code reads); the standard library
+-- and loaded modules, by name; registered classes (tables with a known
+-- metatable, e.g. knhk's errors) and registered handles (tokens, channels,
+-- task handles). Anything else is refused, naming where it was found:
+--     upvalue 'conn' of function at order.lua:12 is a userdata
+--
+-- A function's bytecode is dumped once per prototype, wrapped so that one
+-- load per VM gives as many closures as needed (see wrap_prototype), and
+-- interned in C by id; a snapshot carries only the id.
+local ffi = require "ffi"
+local bit = require "bit"
+local buffer = require "string.buffer"
+local jutil = require "jit.util"
+local vmdef = require "jit.vmdef"
+
+local band, bor, rshift, lshift = bit.band, bit.bor, bit.rshift, bit.lshift
+local type, pairs, next, getmetatable, select = type, pairs, next, getmetatable, select
+local funcinfo, funcbc, funck, funcuvname = jutil.funcinfo, jutil.funcbc, jutil.funck, jutil.funcuvname
+
+local M = {}
+
+-- ---------------------------------------------------------------- bytecode
+
+local function opcode(name)
+  local padded = name .. string.rep(" ", 6 - #name)
+  local from = 1
+  while true do
+    local i = vmdef.bcnames:find(padded, from, true)
+    if not i then error("knhk.codec: this LuaJIT has no opcode " .. name) end
+    if (i - 1) % 6 == 0 then return (i - 1) / 6 end
+    from = i + 1
+  end
+end
+local OP_FNEW, OP_UCLO, OP_RET1 = opcode "FNEW", opcode "UCLO", opcode "RET1"
+local OP_GGET, OP_GSET = opcode "GGET", opcode "GSET"
+
+local function read_uleb(s, pos)
+  local v, shift = 0, 0
+  while true do
+    local b = s:byte(pos)
+    pos = pos + 1
+    v = v + lshift(band(b, 0x7f), shift) -- bit ops are 32-bit: fine for sizes here
+    if b < 0x80 then return v, pos end
+    shift = shift + 7
+  end
+end
+
+local function uleb(v)
+  local out = {}
+  repeat
+    local b = band(v, 0x7f)
+    v = rshift(v, 7)
+    out[#out + 1] = string.char(v > 0 and bor(b, 0x80) or b)
+  until v == 0
+  return table.concat(out)
+end
+
+local function u32le(v)
+  return string.char(band(v, 0xff), band(rshift(v, 8), 0xff), band(rshift(v, 16), 0xff),
+    band(rshift(v, 24), 0xff))
+end
+
+-- Given string.dump(f), returns a chunk whose main function is
+--     function(u1, ..., un) return <f with upvalues u1..un> end
+-- i.e. f becomes the child of a tiny parent that FNEWs it from its own
+-- parameters. Loading that chunk once per VM and calling it gives a new
+-- closure of the same prototype each time: no reload, no re-tracing.
+local function wrap_prototype(dump, nuv)
+  assert(dump:sub(1, 3) == "\27LJ", "not LuaJIT bytecode")
+  local flags, pos = read_uleb(dump, 5)
+  if band(flags, 1) ~= 0 then error("knhk.codec: big-endian bytecode is not supported") end
+  local strip = band(flags, 2) ~= 0
+  if not strip then
+    local n
+    n, pos = read_uleb(dump, pos)
+    pos = pos + n
+  end
+  local header = dump:sub(1, pos - 1)
+  local protos = {}
+  while true do
+    local len
+    len, pos = read_uleb(dump, pos)
+    if len == 0 then break end
+    protos[#protos + 1] = dump:sub(pos, pos + len - 1)
+    pos = pos + len
+  end
+  -- find f's upvalue descriptors and point them at the parent's locals
+  local f = protos[#protos]
+  local sizeuv = f:byte(4)
+  assert(sizeuv == nuv, "upvalue count mismatch")
+  local p = 5
+  local _, sizebc
+  _, p = read_uleb(f, p) -- sizekgc
+  _, p = read_uleb(f, p) -- sizekn
+  sizebc, p = read_uleb(f, p)
+  if not strip then
+    local sizedbg
+    sizedbg, p = read_uleb(f, p)
+    if sizedbg > 0 then
+      _, p = read_uleb(f, p)
+      _, p = read_uleb(f, p)
+    end
+  end
+  local uvat = p + sizebc * 4
+  local uvs = {}
+  for i = 0, sizeuv - 1 do
+    local lo, hi = f:byte(uvat + 2 * i, uvat + 2 * i + 1)
+    local immutable = band(hi * 256 + lo, 0x4000)
+    local v = 0x8000 + immutable + i -- PROTO_UV_LOCAL | slot i
+    uvs[#uvs + 1] = string.char(band(v, 0xff), rshift(v, 8))
+  end
+  protos[#protos] = f:sub(1, uvat - 1) .. table.concat(uvs) .. f:sub(uvat + 2 * sizeuv)
+  -- the parent: FNEW n, <child>; UCLO 0; RET1 n, 2
+  local n = nuv
+  local parent = table.concat {
+    string.char(0x01, n, n + 1, 0), -- flags PROTO_CHILD, numparams, framesize, sizeuv
+    uleb(1), uleb(0), uleb(3),      -- sizekgc, sizekn, sizebc (without the header)
+    strip and "" or uleb(0),        -- no debug info
+    u32le(OP_FNEW + lshift(n, 8)),                   -- FNEW A=n D=0 (kgc[~0])
+    u32le(OP_UCLO + lshift(0x8000, 16)),             -- UCLO A=0 J=0
+    u32le(OP_RET1 + lshift(n, 8) + lshift(2, 16)),   -- RET1 A=n D=2
+    uleb(0),                                         -- kgc[0]: the child
+  }
+  local out = { header }
+  for _, pr in ipairs(protos) do
+    out[#out + 1] = uleb(#pr)
+    out[#out + 1] = pr
+  end
+  out[#out + 1] = uleb(#parent)
+  out[#out + 1] = parent
+  out[#out + 1] = uleb(0)
+  return table.concat(out)
+end
+M.wrap_prototype = wrap_prototype
+
+-- Names of the globals a prototype (and the functions nested in it) read.
+local function globals_read(fn, names, seen)
+  seen[fn] = true
+  local info = funcinfo(fn)
+  for pc = 1, (info.bytecodes or 0) - 1 do
+    local ins = funcbc(fn, pc)
+    local op = band(ins, 0xff)
+    if op == OP_GGET then
+      local name = funck(fn, -rshift(ins, 16) - 1)
+      if not names[name] then
+        names[name] = true
+        names[#names + 1] = name
+      end
+    end
+  end
+  for i = 1, info.gcconsts or 0 do
+    local k = funck(fn, -i)
+    if type(k) == "proto" and not seen[k] then globals_read(k, names, seen) end
+  end
+  return names
+end
+
+-- ------------------------------------------------------------ name tables
+
+local builtin_name, name_builtin = setmetatable({}, { __mode = "k" }), {}
+local module_name, name_module = setmetatable({}, { __mode = "k" }), {}
+local STDLIB = { "string", "table", "math", "os", "io", "coroutine", "debug", "bit", "jit",
+                 "package", "ffi" }
+
+local function index_builtins()
+  for k, v in pairs(_G) do
+    local t = type(v)
+    if t == "function" and funcinfo(v).addr then -- a C function
+      builtin_name[v] = k
+      name_builtin[k] = v
+    end
+  end
+  for _, lib in ipairs(STDLIB) do
+    local t = package.loaded[lib] or _G[lib]
+    if type(t) == "table" then
+      builtin_name[t] = lib
+      name_builtin[lib] = t
+      for k, v in pairs(t) do
+        if type(k) == "string" and (type(v) == "function" or type(v) == "table") then
+          local name = lib .. "." .. k
+          if builtin_name[v] == nil then builtin_name[v] = name end
+          name_builtin[name] = v
+        end
+      end
+    end
+  end
+  builtin_name[_G] = "_G"
+  name_builtin["_G"] = _G
+end
+
+-- Modules by require name, and their C functions by "module.field".
+local indexed_modules = {}
+local function index_modules()
+  for name, mod in pairs(package.loaded) do
+    if not indexed_modules[name] and type(mod) == "table" and builtin_name[mod] == nil then
+      indexed_modules[name] = true
+      module_name[mod] = name
+      name_module[name] = mod
+      for k, v in pairs(mod) do
+        if type(k) == "string" and type(v) == "function" and not pcall(funcinfo, v) then
+          module_name[v] = name .. "\0" .. k
+        end
+      end
+    end
+  end
+end
+
+index_builtins()
+
+local function resolve_module(name)
+  local mod, field = name:match("^([^%z]+)%z(.+)$")
+  if mod then return require(mod)[field] end
+  return require(name)
+end
+
+-- ------------------------------------------------------ classes, handles
+
+local classes, class_names = {}, {}
+-- A table with metatable `mt` travels as a plain table and gets `mt` back.
+function M.register_class(name, mt)
+  classes[mt] = name
+  class_names[name] = mt
+end
+
+local handle_kinds, handle_names = {}, {}
+-- Values whose metatable (or ctype) is `key` travel as a number that
+-- export(v) makes (taking a reference) and import(n) turns back.
+function M.register_handle(name, key, export, import)
+  handle_kinds[key] = { name = name, export = export }
+  handle_names[name] = import
+end
+
+local function handle_key(v)
+  local t = type(v)
+  if t == "cdata" then return ffi.typeof(v) end
+  return getmetatable(v)
+end
+
+-- ---------------------------------------------------------------- encoder
+
+local T_NIL, T_FALSE, T_TRUE, T_INT, T_NUM, T_STR = 0, 1, 2, 3, 4, 5
+local T_TAB, T_REF, T_FN, T_BUILTIN, T_MODULE, T_CLASS, T_HANDLE, T_END = 6, 7, 8, 9, 10, 11, 12, 13
+
+local protos_by_closure = setmetatable({}, { __mode = "k" })
+local protos_by_dump = {}
+local register_proto -- set by M.init: bytes -> id
+
+local function fn_place(fn)
+  local info = funcinfo(fn)
+  local src = (info.source or "?"):gsub("^@", "")
+  return string.format("function at %s:%d", src, info.linedefined or 0)
+end
+
+local function proto_of(fn)
+  local p = protos_by_closure[fn]
+  if p then return p end
+  local key = string.dump(fn, true)
+  p = protos_by_dump[key]
+  if not p then
+    local info = funcinfo(fn)
+    local nuv = info.upvalues or 0
+    local uvnames = {}
+    for i = 0, nuv - 1 do uvnames[i + 1] = funcuvname(fn, i) or ("#" .. (i + 1)) end
+    p = {
+      id = register_proto(wrap_prototype(string.dump(fn), nuv)),
+      nuv = nuv,
+      uvnames = uvnames,
+      globals = globals_read(fn, {}, {}),
+    }
+    protos_by_dump[key] = p
+  end
+  protos_by_closure[fn] = p
+  return p
+end
+
+local Encoder = {}
+Encoder.__index = Encoder
+
+local function refuse(enc, v, what)
+  local parts = { what or ("a " .. type(v)) }
+  local msg = {}
+  for i = #enc.path, 1, -1 do msg[#msg + 1] = enc.path[i] end
+  local where = table.concat(msg, " of ")
+  error({ knhk_refused = true, message = where .. " is " .. parts[1] }, 0)
+end
+
+local encode_value
+
+local function put_uleb(buf, v)
+  while v >= 0x80 do
+    buf:put(string.char(bor(band(v, 0x7f), 0x80)))
+    v = math.floor(v / 128)
+  end
+  buf:put(string.char(v))
+end
+
+local function encode_table(enc, t)
+  local buf = enc.buf
+  local mt = getmetatable(t)
+  if mt ~= nil then
+    local cname = classes[mt]
+    if not cname then
+      local h = handle_kinds[mt]
+      if h then
+        buf:put(string.char(T_HANDLE))
+        put_uleb(buf, #h.name)
+        buf:put(h.name)
+        encode_value(enc, h.export(t))
+        return
+      end
+      refuse(enc, t, "a table with a metatable knhk does not know (register it with knhk.codec)")
+    end
+    buf:put(string.char(T_CLASS))
+    put_uleb(buf, #cname)
+    buf:put(cname)
+  end
+  enc.nrefs = enc.nrefs + 1
+  enc.seen[t] = enc.nrefs
+  buf:put(string.char(T_TAB))
+  local n = #t
+  put_uleb(buf, n)
+  local path = enc.path
+  local depth = #path + 1
+  for i = 1, n do
+    path[depth] = "[" .. i .. "]"
+    encode_value(enc, t[i])
+  end
+  for k, v in next, t do
+    if not (type(k) == "number" and k >= 1 and k <= n and k % 1 == 0) then
+      path[depth] = type(k) == "string" and ("key '" .. k .. "'") or ("key " .. tostring(k))
+      encode_value(enc, k)
+      encode_value(enc, v)
+    end
+  end
+  path[depth] = nil
+  buf:put(string.char(T_END))
+end
+
+local function encode_function(enc, fn)
+  local buf = enc.buf
+  local ok, info = pcall(funcinfo, fn)
+  if not ok or info.addr or not info.source then -- a C function
+    index_modules()
+    local name = builtin_name[fn]
+    if name then
+      buf:put(string.char(T_BUILTIN))
+      put_uleb(buf, #name)
+      buf:put(name)
+      return
+    end
+    local mname = module_name[fn]
+    if mname then
+      buf:put(string.char(T_MODULE))
+      put_uleb(buf, #mname)
+      buf:put(mname)
+      return
+    end
+    refuse(enc, fn, "a C function that is not part of a loaded module")
+  end
+  local p = proto_of(fn)
+  enc.nrefs = enc.nrefs + 1
+  enc.seen[fn] = enc.nrefs
+  buf:put(string.char(T_FN))
+  put_uleb(buf, p.id)
+  local path = enc.path
+  local depth = #path + 1
+  local place = nil
+  for i = 1, p.nuv do
+    local _, v = debug.getupvalue(fn, i)
+    place = place or fn_place(fn)
+    path[depth] = "upvalue '" .. p.uvnames[i] .. "' of " .. place
+    encode_value(enc, v)
+  end
+  local env = getfenv(fn)
+  local globals = p.globals
+  put_uleb(buf, #globals)
+  for i = 1, #globals do
+    local name = globals[i]
+    place = place or fn_place(fn)
+    path[depth] = "global '" .. name .. "' read by " .. place
+    put_uleb(buf, #name)
+    buf:put(name)
+    encode_value(enc, env[name])
+  end
+  path[depth] = nil
+end
+
+encode_value = function(enc, v)
+  local buf = enc.buf
+  local t = type(v)
+  if t == "nil" then
+    buf:put(string.char(T_NIL))
+  elseif t == "boolean" then
+    buf:put(string.char(v and T_TRUE or T_FALSE))
+  elseif t == "number" then
+    if v % 1 == 0 and v >= 0 and v < 0x10000000 then
+      buf:put(string.char(T_INT))
+      put_uleb(buf, v)
+    else
+      buf:put(string.char(T_NUM))
+      local p = buf:reserve(8)
+      ffi.cast("double*", p)[0] = v
+      buf:commit(8)
+    end
+  elseif t == "string" then
+    buf:put(string.char(T_STR))
+    put_uleb(buf, #v)
+    buf:put(v)
+  else
+    local ref = enc.seen[v]
+    if ref then
+      buf:put(string.char(T_REF))
+      put_uleb(buf, ref)
+      return
+    end
+    if t == "table" then
+      local bname = builtin_name[v]
+      if bname then
+        buf:put(string.char(T_BUILTIN))
+        put_uleb(buf, #bname)
+        buf:put(bname)
+        return
+      end
+      index_modules()
+      local mname = module_name[v]
+      if mname then
+        buf:put(string.char(T_MODULE))
+        put_uleb(buf, #mname)
+        buf:put(mname)
+        return
+      end
+      encode_table(enc, v)
+    elseif t == "function" then
+      encode_function(enc, v)
+    else
+      local h = handle_kinds[handle_key(v)]
+      if h then
+        buf:put(string.char(T_HANDLE))
+        put_uleb(buf, #h.name)
+        buf:put(h.name)
+        encode_value(enc, h.export(v))
+        return
+      end
+      refuse(enc, v)
+    end
+  end
+end
+
+-- Encodes n values; `places(i)` names value i for refusals (e.g.
+-- "argument 2"). Returns a string, or raises a refusal table.
+function M.encode(n, places, ...)
+  local enc = setmetatable({ buf = buffer.new(64), seen = {}, nrefs = 0, path = {} }, Encoder)
+  put_uleb(enc.buf, n)
+  for i = 1, n do
+    enc.path[1] = places(i)
+    encode_value(enc, (select(i, ...)))
+  end
+  return enc.buf:tostring()
+end
+
+-- ---------------------------------------------------------------- decoder
+
+local wrappers = {} -- proto id -> the loaded wrapper, in this VM
+local get_proto     -- set by M.init: id -> bytes
+
+local function wrapper_of(id)
+  local w = wrappers[id]
+  if not w then
+    local bytes = get_proto(id)
+    local err
+    w, err = loadstring(bytes)
+    if not w then error("knhk.codec: cannot load prototype " .. id .. ": " .. tostring(err)) end
+    wrappers[id] = w
+  end
+  return w
+end
+
+local Reader = {}
+Reader.__index = Reader
+
+local function rd_byte(r)
+  local b = r.p[r.pos]
+  r.pos = r.pos + 1
+  return b
+end
+
+local function rd_uleb(r)
+  local v, mul = 0, 1
+  while true do
+    local b = r.p[r.pos]
+    r.pos = r.pos + 1
+    if b < 0x80 then return v + b * mul end
+    v = v + (b - 0x80) * mul
+    mul = mul * 128
+  end
+end
+
+local function rd_str(r)
+  local n = rd_uleb(r)
+  local s = ffi.string(r.p + r.pos, n)
+  r.pos = r.pos + n
+  return s
+end
+
+local decode_value
+
+local function decode_table(r, mt)
+  local t = {}
+  r.nrefs = r.nrefs + 1
+  r.refs[r.nrefs] = t
+  local n = rd_uleb(r)
+  for i = 1, n do t[i] = decode_value(r) end
+  while r.p[r.pos] ~= T_END do
+    local k = decode_value(r)
+    t[k] = decode_value(r)
+  end
+  r.pos = r.pos + 1
+  if mt then setmetatable(t, mt) end
+  return t
+end
+
+decode_value = function(r)
+  local tag = rd_byte(r)
+  if tag == T_NIL then return nil
+  elseif tag == T_FALSE then return false
+  elseif tag == T_TRUE then return true
+  elseif tag == T_INT then return rd_uleb(r)
+  elseif tag == T_NUM then
+    local v = ffi.cast("const double*", r.p + r.pos)[0]
+    r.pos = r.pos + 8
+    return v
+  elseif tag == T_STR then return rd_str(r)
+  elseif tag == T_TAB then return decode_table(r, nil)
+  elseif tag == T_CLASS then
+    local name = rd_str(r)
+    local mt = class_names[name]
+    if rd_byte(r) ~= T_TAB then error("knhk.codec: corrupt snapshot (class)") end
+    return decode_table(r, mt)
+  elseif tag == T_REF then return r.refs[rd_uleb(r)]
+  elseif tag == T_BUILTIN then
+    local name = rd_str(r)
+    local v = name_builtin[name]
+    if v == nil then error("knhk.codec: this VM has no builtin " .. name) end
+    return v
+  elseif tag == T_MODULE then return resolve_module(rd_str(r))
+  elseif tag == T_HANDLE then
+    local name = rd_str(r)
+    local import = handle_names[name]
+    if not import then error("knhk.codec: no handle kind " .. name .. " in this VM") end
+    return import(decode_value(r))
+  elseif tag == T_FN then
+    local id = rd_uleb(r)
+    local fn = wrapper_of(id)()
+    r.nrefs = r.nrefs + 1
+    r.refs[r.nrefs] = fn
+    local i = 1
+    while debug.getupvalue(fn, i) ~= nil do
+      debug.setupvalue(fn, i, decode_value(r))
+      i = i + 1
+    end
+    local ng = rd_uleb(r)
+    if ng > 0 then
+      local env = setmetatable({}, { __index = _G })
+      for _ = 1, ng do
+        local name = rd_str(r)
+        env[name] = decode_value(r)
+      end
+      setfenv(fn, env)
+    end
+    return fn
+  end
+  error("knhk.codec: corrupt snapshot (tag " .. tostring(tag) .. ")")
+end
+
+local function unpack_n(t, i, n)
+  if i > n then return end
+  return t[i], unpack_n(t, i + 1, n)
+end
+
+-- Decodes a snapshot made by encode from `len` bytes at `ptr` (a cdata
+-- pointer) or from a string. Returns n, then the values.
+function M.decode(ptr, len)
+  if type(ptr) == "string" then
+    len = #ptr
+    local s = ptr
+    ptr = ffi.cast("const uint8_t*", s)
+    local r = setmetatable({ p = ptr, pos = 0, refs = {}, nrefs = 0, keep = s }, Reader)
+    local n = rd_uleb(r)
+    local vals = {}
+    for i = 1, n do vals[i] = decode_value(r) end
+    return n, unpack_n(vals, 1, n)
+  end
+  local r = setmetatable({ p = ffi.cast("const uint8_t*", ptr), pos = 0, refs = {}, nrefs = 0 },
+    Reader)
+  local n = rd_uleb(r)
+  local vals = {}
+  for i = 1, n do vals[i] = decode_value(r) end
+  return n, unpack_n(vals, 1, n)
+end
+
+-- The runtime tells the codec where prototypes are interned.
+function M.init(register, get)
+  register_proto, get_proto = register, get
+end
+
+return M

@@ -1,0 +1,93 @@
+-- knhk.errors: the error values knhk raises, and how to recognise them.
+--
+--   Cancelled    raised at a checkpoint inside a cancelled scope; it unwinds
+--                to that scope, which catches it. Do not swallow it: to run
+--                cleanup, catch, clean up, and raise it again, e.g.
+--                    local ok, err = pcall(work)
+--                    cleanup()
+--                    if not ok then error(err, 0) end
+--                (knhk.is_cancelled(err) tells it apart.)
+--   TimeoutError raised by knhk.fail_after when its deadline passed.
+--   TaskError    a task's error, carried to whoever joins it: .message,
+--                .traceback (text, from the VM the task ran in), .value.
+--   ErrorGroup   several errors from one nursery: .errors, in the order they
+--                happened; tostring lists them all.
+local M = {}
+
+local Cancelled = { __name = "knhk.Cancelled" }
+Cancelled.__index = Cancelled
+Cancelled.__tostring = function(e)
+  return "Cancelled" .. (e.reason and (" (" .. e.reason .. ")") or "")
+end
+M.Cancelled = Cancelled
+
+local reasons = { "explicit", "deadline", "sibling failed", "signal", "shutdown" }
+
+function M.cancelled(reason_code, scope)
+  return setmetatable({ reason = reasons[reason_code] or nil, scope = scope }, Cancelled)
+end
+
+function M.is_cancelled(e)
+  return getmetatable(e) == Cancelled
+end
+
+local TimeoutError = { __name = "knhk.TimeoutError" }
+TimeoutError.__index = TimeoutError
+TimeoutError.__tostring = function(e) return e.message end
+M.TimeoutError = TimeoutError
+
+function M.timeout(seconds, where)
+  return setmetatable({
+    message = (where and (where .. ": ") or "") .. "timed out after " .. tostring(seconds) .. " s",
+    seconds = seconds,
+  }, TimeoutError)
+end
+
+function M.is_timeout(e)
+  return getmetatable(e) == TimeoutError
+end
+
+local TaskError = { __name = "knhk.TaskError" }
+TaskError.__index = TaskError
+TaskError.__tostring = function(e)
+  if e.traceback and e.traceback ~= "" then return e.message .. "\n" .. e.traceback end
+  return e.message
+end
+M.TaskError = TaskError
+
+function M.task_error(message, traceback, value)
+  return setmetatable({ message = message, traceback = traceback, value = value }, TaskError)
+end
+
+function M.is_task_error(e)
+  return getmetatable(e) == TaskError
+end
+
+local ErrorGroup = { __name = "knhk.ErrorGroup" }
+ErrorGroup.__index = ErrorGroup
+ErrorGroup.__tostring = function(g)
+  local out = { string.format("%d errors in a nursery:", #g.errors) }
+  for i, e in ipairs(g.errors) do
+    out[#out + 1] = string.format("[%d] %s", i, tostring(e))
+  end
+  return table.concat(out, "\n")
+end
+M.ErrorGroup = ErrorGroup
+
+function M.group(errors)
+  if #errors == 1 then return errors[1] end
+  return setmetatable({ errors = errors }, ErrorGroup)
+end
+
+function M.is_group(e)
+  return getmetatable(e) == ErrorGroup
+end
+
+-- The message of any error value, for logs and for TaskError.message.
+function M.message(e)
+  if type(e) == "string" then return e end
+  if type(e) == "table" and e.message then return tostring(e.message) end
+  return tostring(e)
+end
+
+return M

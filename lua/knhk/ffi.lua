@@ -1,0 +1,126 @@
+-- knhk.ffi: the one ffi.cdef of knhk-lua and the one ffi.load, done once.
+--
+-- Declarations mirror core/include/knhk/*.h and lua/src/klua.h; the spec
+-- spec/ffi_spec.lua checks that every name declared here exists in the
+-- library. The library is knhk/core.so, found where `require "knhk.core"`
+-- found it, or at $KNHK_LIB.
+local ffi = require "ffi"
+
+ffi.cdef [[
+/* knhk/errors.h */
+const char *knhk_strerror(int err);
+const char *knhk_err_name(int err);
+
+/* knhk/executor.h (opaque here) */
+typedef struct knhk_executor_t knhk_executor_t;
+typedef struct knhk_task_t knhk_task_t;
+typedef struct {
+  uint64_t spawned, completed, failed, cancelled, stolen, steal_attempts, parks, busy_ns;
+} knhk_worker_stats_t;
+typedef struct {
+  int workers;
+  knhk_worker_stats_t total;
+  uint64_t external_spawned;
+  uint64_t live;
+} knhk_executor_stats_t;
+int knhk_executor_stats(knhk_executor_t *ex, knhk_executor_stats_t *out,
+                        knhk_worker_stats_t *per_worker, int n);
+int knhk_executor_stop(knhk_executor_t *ex, int mode);
+
+/* knhk/cancel.h */
+typedef struct knhk_token_s knhk_token_t;
+int knhk_token_new(knhk_token_t **out, knhk_token_t *parent);
+knhk_token_t *knhk_token_retain(knhk_token_t *t);
+void knhk_token_release(knhk_token_t *t);
+int knhk_token_cancel(knhk_token_t *t, int reason);
+int knhk_token_is_cancelled(const knhk_token_t *t);
+int knhk_token_reason(const knhk_token_t *t);
+typedef struct knhk_reactor_s knhk_reactor_t;
+int knhk_token_set_deadline(knhk_token_t *t, knhk_reactor_t *r, uint64_t deadline_ns);
+int knhk_token_clear_deadline(knhk_token_t *t);
+uint64_t knhk_token_deadline(const knhk_token_t *t);
+
+/* knhk/nursery.h */
+typedef struct knhk_nursery_s knhk_nursery_t;
+int knhk_nursery_new(knhk_nursery_t **out, knhk_executor_t *ex, knhk_token_t *parent,
+                     uint32_t flags);
+knhk_token_t *knhk_nursery_token(const knhk_nursery_t *n);
+int knhk_nursery_cancel(knhk_nursery_t *n);
+int knhk_nursery_fail(knhk_nursery_t *n, int status);
+int knhk_nursery_close(knhk_nursery_t *n);
+uint32_t knhk_nursery_count(const knhk_nursery_t *n);
+uint32_t knhk_nursery_live(const knhk_nursery_t *n);
+uint64_t knhk_nursery_ends(const knhk_nursery_t *n);
+int knhk_nursery_notify(knhk_nursery_t *n, knhk_task_t *task, uint64_t seen);
+int knhk_nursery_free(knhk_nursery_t *n);
+
+/* lua/src/klua.h */
+typedef struct klua_rt klua_rt_t;
+typedef struct {
+  uint64_t id;
+  int32_t kind;
+  int32_t home;
+  int32_t outcome;
+  uint32_t wake_bits;
+  const char *start;
+  size_t start_len;
+  const char *result;
+  size_t result_len;
+  knhk_nursery_t *nursery;
+  knhk_token_t *token;
+} klua_task_t;
+klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker,
+                        const char *snap, size_t len, int *err);
+int klua_watch_arm(klua_task_t *t, knhk_token_t *token);
+klua_task_t *klua_nursery_next_ended(knhk_nursery_t *n);
+void klua_task_retain(klua_task_t *t);
+void klua_task_release(klua_task_t *t);
+void klua_task_finish(klua_task_t *t, int outcome, const char *result, size_t len);
+uint32_t klua_task_wake_bits(klua_task_t *t);
+knhk_task_t *klua_task_etask(klua_task_t *t);
+int klua_wait_begin(klua_task_t *t, knhk_token_t *token);
+void klua_wait_end(klua_task_t *t);
+int klua_sleep_arm(klua_task_t *t, uint64_t deadline_ns);
+int klua_join_arm(klua_task_t *waiter, klua_task_t *target);
+void klua_wake(klua_task_t *t, uint32_t bits);
+uint32_t klua_proto_register(klua_rt_t *rt, const char *bc, size_t len);
+const char *klua_proto_get(klua_rt_t *rt, uint32_t id, size_t *len);
+uint64_t klua_now(klua_rt_t *rt);
+int klua_worker_index(klua_rt_t *rt);
+int klua_workers(klua_rt_t *rt);
+knhk_executor_t *klua_executor(klua_rt_t *rt);
+knhk_reactor_t *klua_reactor(klua_rt_t *rt);
+knhk_token_t *klua_root_token(klua_rt_t *rt);
+]]
+
+local function library_path()
+  local env = os.getenv "KNHK_LIB"
+  if env and env ~= "" then return env end
+  local ok, core = pcall(require, "knhk.core")
+  if ok and type(core) == "table" and core.path then return core.path() end
+  local found = package.searchpath("knhk.core", package.cpath)
+  if found then return found end
+  error("knhk: cannot find the knhk.core library (knhk/core.so) in package.cpath;\n"
+    .. "  set KNHK_LIB to its path, or install knhk with luarocks", 0)
+end
+
+local path = library_path()
+local ok, C = pcall(ffi.load, path)
+if not ok then
+  error("knhk: cannot load " .. path .. ": " .. tostring(C), 0)
+end
+
+return {
+  ffi = ffi,
+  C = C,
+  path = path,
+  -- constants shared with C (see the headers named above)
+  ECANCELED = -125, ETIMEDOUT = -110, EALREADY = -114, ECLOSED = -32, EBUSY = -16,
+  EFAILED = -1000, ENOENT = -2, ESHUTDOWN = -108,
+  TASK_PENDING = 1,
+  CANCEL_EXPLICIT = 1, CANCEL_DEADLINE = 2, CANCEL_SIBLING = 3, CANCEL_SIGNAL = 4,
+  CANCEL_SHUTDOWN = 5,
+  PORTABLE = 0, LOCAL = 1,
+  RUNNING = -1, OK = 0, ERROR = 1, CANCELLED = 2,
+  WAKE_CANCEL = 1, WAKE_TIMER = 2, WAKE_JOIN = 4, WAKE_SYNC = 8, WAKE_EXEC = 16,
+}

@@ -1,0 +1,305 @@
+-- knhk: workflows as Lua scripts, run on every core.
+--
+--   local knhk = require "knhk"
+--   knhk.run(function()
+--     local h = knhk.spawn(function(x) return x * 2 end, 21)   -- any worker
+--     print(h:join())                                          --> 42
+--   end, { workers = 4 })
+--
+-- See README.md ("Lua API") for every function. A caller's mistake raises
+-- error(msg, 2) in the style of Lua's own "bad argument #n to 'f' (...)";
+-- an operation that can fail at run time returns nil, message, code.
+local K = require "knhk.ffi"
+local R = require "knhk.runtime"
+local codec = require "knhk.codec"
+local errors = require "knhk.errors"
+
+local ffi, C = K.ffi, K.C
+local type, select, error = type, select, error
+
+local knhk = {
+  _VERSION = "knhk 0.1.0",
+  Cancelled = errors.Cancelled,
+  TimeoutError = errors.TimeoutError,
+  TaskError = errors.TaskError,
+  ErrorGroup = errors.ErrorGroup,
+  is_cancelled = errors.is_cancelled,
+  is_timeout = errors.is_timeout,
+  is_task_error = errors.is_task_error,
+  is_error_group = errors.is_group,
+  codec = codec,
+}
+
+-- knhk's own error objects travel between VMs as themselves.
+codec.register_class("knhk.Cancelled", errors.Cancelled)
+codec.register_class("knhk.TimeoutError", errors.TimeoutError)
+codec.register_class("knhk.TaskError", errors.TaskError)
+codec.register_class("knhk.ErrorGroup", errors.ErrorGroup)
+
+local function argerror(n, fname, expected, got)
+  error(string.format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected,
+    type(got)), 3)
+end
+
+local function check_number(v, n, fname, allow_nil)
+  if v == nil and allow_nil then return end
+  if type(v) ~= "number" or v ~= v then argerror(n, fname, "number", v) end
+end
+
+local function check_opts(opts, n, fname)
+  if opts ~= nil and type(opts) ~= "table" then argerror(n, fname, "table", opts) end
+  return opts or {}
+end
+
+local function default_workers()
+  local env = os.getenv "KNHK_WORKERS"
+  if env and env ~= "" then
+    local n = tonumber(env)
+    if not n or n < 1 or n % 1 ~= 0 then
+      error("KNHK_WORKERS must be a whole number >= 1, got '" .. env .. "'", 3)
+    end
+    return n
+  end
+  local f = io.open "/proc/cpuinfo"
+  local cpus = 0
+  if f then
+    for line in f:lines() do
+      if line:match "^processor%s*:" then cpus = cpus + 1 end
+    end
+    f:close()
+  end
+  return cpus > 0 and cpus or 1
+end
+
+-- knhk.run(main [, opts], ...) -> main's results. The calling thread
+-- becomes worker 0 and runs `main` as the root task; opts.workers (default:
+-- KNHK_WORKERS or the number of CPUs) workers run tasks.
+function knhk.run(main, opts, ...)
+  if type(main) ~= "function" then argerror(1, "run", "function", main) end
+  opts = check_opts(opts, 2, "run")
+  local workers = opts.workers
+  if workers == nil then workers = default_workers() end
+  if type(workers) ~= "number" or workers < 1 or workers % 1 ~= 0 then
+    error("bad argument #2 to 'run' (workers must be a whole number >= 1, got "
+      .. tostring(workers) .. ")", 2)
+  end
+  return R.run(main, workers, ...)
+end
+
+-- ----------------------------------------------------------------- tasks
+
+-- knhk.spawn(fn, ...) -> handle. A portable task: a snapshot of fn (its
+-- upvalues and the globals it reads) and of the arguments is taken now; the
+-- task runs on any worker and shares nothing else with the caller.
+function knhk.spawn(fn, ...)
+  local t = R.in_task("knhk.spawn", 2)
+  return R.spawn_into(R.task_nursery(t), 2, fn, ...)
+end
+
+-- knhk.spawn_local(fn, ...) -> handle. A coroutine on this worker's VM,
+-- sharing its memory (no snapshot); never moves to another worker.
+function knhk.spawn_local(fn, ...)
+  local t = R.in_task("knhk.spawn_local", 2)
+  return R.spawn_local_into(R.task_nursery(t), 2, fn, ...)
+end
+
+-- Task handles: h:join(), h:cancel(), h:done().
+knhk.Task = R.Handle
+
+-- knhk.sleep(seconds): a checkpoint that waits.
+function knhk.sleep(seconds)
+  check_number(seconds, 1, "sleep")
+  if seconds < 0 then seconds = 0 end
+  R.sleep(seconds)
+end
+
+-- knhk.now() -> seconds on the runtime's monotonic clock.
+function knhk.now()
+  if R.rt() == nil then return tonumber(ffi.C and os.clock()) end
+  return R.now()
+end
+
+-- knhk.checkpoint(): raises Cancelled if the current scope is cancelled,
+-- and lets other tasks run.
+function knhk.checkpoint() R.checkpoint() end
+
+-- knhk.current() -> a description of the running task, or nil.
+function knhk.current()
+  local t = R.current
+  if not t then return nil end
+  return { id = tonumber(t.ptr.id), worker = C.klua_worker_index(R.rt()) }
+end
+
+-- --------------------------------------------------------------- scopes
+
+-- knhk.cancel_scope(fn [, opts]) -> scope, fn's results. Runs fn(scope) in
+-- a cancel scope: opts.deadline (knhk.now() time), opts.timeout (seconds
+-- from now), opts.shield (outer cancellation does not reach inside).
+-- scope:cancel(), scope.cancel_called, scope.cancelled_caught.
+function knhk.cancel_scope(fn, opts)
+  if type(fn) ~= "function" then argerror(1, "cancel_scope", "function", fn) end
+  opts = check_opts(opts, 2, "cancel_scope")
+  local t = R.in_task("knhk.cancel_scope", 2)
+  local o = { shield = opts.shield and true or false }
+  if opts.deadline ~= nil then
+    check_number(opts.deadline, 2, "cancel_scope")
+    o.deadline = opts.deadline
+  end
+  if opts.timeout ~= nil then
+    check_number(opts.timeout, 2, "cancel_scope")
+    local d = R.now() + math.max(0, opts.timeout)
+    o.deadline = o.deadline and math.min(o.deadline, d) or d
+  end
+  return R.scope(t, o, fn)
+end
+
+-- knhk.move_on_after(seconds, fn, ...) -> scope, results: fn is cancelled
+-- after `seconds` and the program moves on (scope.cancelled_caught).
+function knhk.move_on_after(seconds, fn, ...)
+  check_number(seconds, 1, "move_on_after")
+  if type(fn) ~= "function" then argerror(2, "move_on_after", "function", fn) end
+  local t = R.in_task("knhk.move_on_after", 2)
+  local args = { n = select("#", ...), ... }
+  return R.scope(t, { deadline = R.now() + math.max(0, seconds) }, function()
+    return fn(unpack(args, 1, args.n))
+  end)
+end
+
+-- knhk.fail_after(seconds, fn, ...) -> results; raises a TimeoutError
+-- (knhk.is_timeout) if fn did not finish in time.
+function knhk.fail_after(seconds, fn, ...)
+  check_number(seconds, 1, "fail_after")
+  if type(fn) ~= "function" then argerror(2, "fail_after", "function", fn) end
+  local t = R.in_task("knhk.fail_after", 2)
+  local args = { n = select("#", ...), ... }
+  local res = { R.scope(t, { deadline = R.now() + math.max(0, seconds) }, function()
+    return fn(unpack(args, 1, args.n))
+  end) }
+  local scope = res[1]
+  if scope.cancelled_caught and scope.reason == K.CANCEL_DEADLINE then
+    error(errors.timeout(seconds, "knhk.fail_after"), 2)
+  end
+  return unpack(res, 2, table.maxn(res))
+end
+
+-- ------------------------------------------------------------ nurseries
+
+local Nursery = R.Nursery
+
+function Nursery:spawn(fn, ...)
+  if self.n == nil then error("spawn: the nursery is closed", 2) end
+  return R.spawn_into(self, 2, fn, ...)
+end
+
+function Nursery:spawn_local(fn, ...)
+  if self.n == nil then error("spawn_local: the nursery is closed", 2) end
+  return R.spawn_local_into(self, 2, fn, ...)
+end
+
+-- knhk.nursery(fn [, opts]) -> fn's results. Runs fn(n); n:spawn(...)
+-- starts children. Returns once every child has ended. The first failing
+-- child cancels the others (unless opts.supervise); then the errors are
+-- raised: one as is, several as an ErrorGroup. n:cancel() ends the children
+-- (not an error).
+function knhk.nursery(fn, opts)
+  if type(fn) ~= "function" then argerror(1, "nursery", "function", fn) end
+  opts = check_opts(opts, 2, "nursery")
+  local t = R.in_task("knhk.nursery", 2)
+  local outer = R.token_of(t)
+  local n = R.new_nursery(t, opts.supervise)
+  local ntoken = C.knhk_token_retain(C.knhk_nursery_token(n.n))
+  -- The body runs in a scope bound to the nursery's token: a failing child
+  -- or n:cancel() cancels the body's checkpoints too.
+  t.scopes[#t.scopes + 1] = { token = ntoken, nursery = true }
+  local res = { n = 0 }
+  local function keep(...) res = { n = select("#", ...), ... } end
+  local ok, err = xpcall(function() keep(fn(n)) end, R.capture)
+  table.remove(t.scopes)
+  if not ok and not errors.is_cancelled(err) then
+    C.knhk_nursery_fail(n.n, K.EFAILED) -- a failing body cancels the children
+  end
+  local errs = R.close_nursery(n)
+  C.knhk_token_release(ntoken)
+  if not ok and not errors.is_cancelled(err) then table.insert(errs, 1, err) end
+  if #errs > 0 then error(errors.group(errs), 0) end
+  -- A Cancelled from the body is this nursery's own (n:cancel, a failing
+  -- child) unless the scope around it is cancelled too: then it unwinds on.
+  if not ok and C.knhk_token_is_cancelled(outer) ~= 0 then error(err, 0) end
+  return unpack(res, 1, res.n)
+end
+
+function Nursery:cancel_all() return self:cancel() end
+
+-- n:wait_all() -> { {results...}, ... } in spawn order, for the tasks
+-- spawned so far (waits for them; raises the first error).
+function Nursery:wait_all()
+  local out = {}
+  for i, h in ipairs(self.handles) do out[i] = { h:join() } end
+  return out
+end
+
+-- -------------------------------------------------------------- tokens
+
+local Token = {}
+Token.__index = Token
+knhk.Token = Token
+
+local function wrap_token(ptr)
+  return setmetatable({ ptr = ffi.gc(ptr, C.knhk_token_release) }, Token)
+end
+
+codec.register_handle("token", Token, function(tok)
+  C.knhk_token_retain(tok.ptr)
+  return tonumber(ffi.cast("uintptr_t", tok.ptr))
+end, function(n) return wrap_token(ffi.cast("knhk_token_t*", n)) end)
+
+-- knhk.token([parent]) -> a cancel token (a root, or a child of parent).
+function knhk.token(parent)
+  if parent ~= nil and getmetatable(parent) ~= Token then argerror(1, "token", "token", parent) end
+  local out = ffi.new("knhk_token_t*[1]")
+  local rc = C.knhk_token_new(out, parent and parent.ptr or nil)
+  if rc ~= 0 then return nil, ffi.string(C.knhk_strerror(rc)), rc end
+  return wrap_token(out[0])
+end
+
+function Token:child() return knhk.token(self) end
+function Token:cancel() C.knhk_token_cancel(self.ptr, K.CANCEL_EXPLICIT) end
+function Token:is_cancelled() return C.knhk_token_is_cancelled(self.ptr) ~= 0 end
+
+-- t:wait(): waits (a checkpoint) until the token is cancelled.
+function Token:wait()
+  local ptr = self.ptr
+  R.wait("token:wait", function() return C.knhk_token_is_cancelled(ptr) ~= 0 end, function(me)
+    return C.klua_watch_arm(me, ptr) ~= 0
+  end)
+end
+
+function Token:__tostring()
+  return "knhk.token" .. (self:is_cancelled() and " (cancelled)" or "")
+end
+
+-- ---------------------------------------------------------------- stats
+
+-- knhk.stats() -> { workers, spawned, completed, failed, cancelled, stolen,
+-- steal_attempts, parks, live, per_worker = { {...}, ... } }
+function knhk.stats()
+  local rt = R.rt()
+  if rt == nil then error("knhk.stats: no runtime is running (call it inside knhk.run)", 2) end
+  local s = ffi.new("knhk_executor_stats_t")
+  local per = ffi.new("knhk_worker_stats_t[?]", 256)
+  local n = C.knhk_executor_stats(C.klua_executor(rt), s, per, 256)
+  local function tab(w)
+    return { spawned = tonumber(w.spawned), completed = tonumber(w.completed),
+             failed = tonumber(w.failed), cancelled = tonumber(w.cancelled),
+             stolen = tonumber(w.stolen), steal_attempts = tonumber(w.steal_attempts),
+             parks = tonumber(w.parks), busy_s = tonumber(w.busy_ns) / 1e9 }
+  end
+  local out = tab(s.total)
+  out.workers = n
+  out.live = tonumber(s.live)
+  out.per_worker = {}
+  for i = 0, n - 1 do out.per_worker[i + 1] = tab(per[i]) end
+  return out
+end
+
+return knhk

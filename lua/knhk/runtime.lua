@@ -1,0 +1,464 @@
+-- knhk.runtime: the per-VM half of the Lua layer. Each worker's VM loads
+-- it; the C side calls its `step` (through the Lua C API) to run a task's
+-- coroutine until it ends or waits. It never schedules: waits arm a wake-up
+-- in C and yield; C decides who runs next.
+--
+-- Task record (one per task, in the VM it runs in):
+--   ptr     klua_task_t* (C)     co      its coroutine
+--   scopes  cancel-scope stack   nursery its own nursery for knhk.spawn
+local K = require "knhk.ffi"
+local codec = require "knhk.codec"
+local errors = require "knhk.errors"
+local core = require "knhk.core"
+
+local ffi, C = K.ffi, K.C
+local select, type, error, pcall, xpcall = select, type, error, pcall, xpcall
+local co_create, co_resume, co_yield, co_status, co_running =
+  coroutine.create, coroutine.resume, coroutine.yield, coroutine.status, coroutine.running
+
+local M = {}
+M.current = nil   -- the task record running now in this VM, or nil
+
+local rt          -- klua_rt_t* of this VM's runtime
+local tasks = {}  -- lightuserdata(klua_task_t*) -> task record
+local locals = {} -- spawn_local key -> { fn, n, args }
+local next_local = 0
+
+-- ------------------------------------------------------------- plumbing
+
+local function pack(...) return { n = select("#", ...), ... } end
+local unpack = unpack
+
+function M.rt() return rt end
+
+-- Called once per VM with the runtime (core.context), before any task runs.
+local function init_vm()
+  local r = core.context()
+  rt = ffi.cast("klua_rt_t*", r)
+  codec.init(function(bytes)
+    local id = C.klua_proto_register(rt, bytes, #bytes)
+    if id == 0 then error("knhk: out of memory registering a function") end
+    return id
+  end, function(id)
+    local len = ffi.new("size_t[1]")
+    local p = C.klua_proto_get(rt, id, len)
+    if p == nil then error("knhk: unknown function prototype " .. id) end
+    return ffi.string(p, len[0])
+  end)
+end
+
+function M.in_task(where, level)
+  local t = M.current
+  if t == nil then
+    error(where .. ": must be called inside a knhk task (inside knhk.run)", (level or 2) + 1)
+  end
+  if co_running() ~= t.co then
+    error(where .. ": cannot wait from inside a coroutine of your own; call it from the task",
+      (level or 2) + 1)
+  end
+  return t
+end
+
+-- ---------------------------------------------------------- cancellation
+
+-- The token a checkpoint looks at: the innermost scope's, else the task's.
+function M.token_of(t)
+  local s = t.scopes
+  local top = s[#s]
+  return top and top.token or t.ptr.token
+end
+
+local function raise_cancelled(t, token)
+  error(errors.cancelled(C.knhk_token_reason(token)), 0)
+end
+M.raise_cancelled = raise_cancelled
+
+-- Waits until cond() holds. arm(ptr) arms the wake-ups (returns true if
+-- the condition can be considered met at once). Raises Cancelled when the
+-- task's current scope is cancelled (unless `uncancellable`).
+function M.wait(where, cond, arm, uncancellable)
+  local t = M.in_task(where, 3)
+  local ptr = t.ptr
+  local token = uncancellable and nil or M.token_of(t)
+  while true do
+    if token ~= nil and C.knhk_token_is_cancelled(token) ~= 0 then raise_cancelled(t, token) end
+    if cond() then return end
+    if C.klua_wait_begin(ptr, token) ~= 0 then raise_cancelled(t, token) end
+    local ready = arm(ptr)
+    if not ready and not cond() then co_yield() end
+    C.klua_wait_end(ptr)
+  end
+end
+
+-- A checkpoint: raises if cancelled, and lets other tasks run.
+function M.checkpoint()
+  local t = M.in_task("knhk.checkpoint", 2)
+  local token = M.token_of(t)
+  if C.knhk_token_is_cancelled(token) ~= 0 then raise_cancelled(t, token) end
+  C.klua_wake(t.ptr, 0) -- queued again right away: others get a turn first
+  co_yield()
+  if C.knhk_token_is_cancelled(token) ~= 0 then raise_cancelled(t, token) end
+end
+
+function M.sleep(seconds)
+  local deadline = C.klua_now(rt) + seconds * 1e9
+  M.wait("knhk.sleep", function() return C.klua_now(rt) >= deadline end, function(ptr)
+    local rc = C.klua_sleep_arm(ptr, deadline)
+    if rc ~= 0 then error("knhk.sleep: " .. ffi.string(C.knhk_strerror(rc)), 0) end
+    return false
+  end)
+end
+
+function M.now() return tonumber(C.klua_now(rt)) / 1e9 end
+
+-- Runs fn inside a cancel scope (see knhk.cancel_scope).
+local Scope = {}
+Scope.__index = Scope
+M.Scope = Scope
+
+function Scope:cancel()
+  self.cancel_called = true
+  if self.token ~= nil then C.knhk_token_cancel(self.token, K.CANCEL_EXPLICIT) end
+end
+
+function M.scope(t, opts, fn, ...)
+  local parent = M.token_of(t)
+  local out = ffi.new("knhk_token_t*[1]")
+  local from = parent
+  if opts.shield then from = nil end -- a shield's token is a root: outer cancels stop there
+  local rc = C.knhk_token_new(out, from)
+  if rc ~= 0 then error("knhk: cannot make a cancel scope: " .. ffi.string(C.knhk_strerror(rc)), 3) end
+  local token = out[0]
+  local scope = setmetatable({ token = token, shield = opts.shield or false, cancel_called = false,
+                               cancelled_caught = false, parent = parent }, Scope)
+  if opts.deadline then
+    scope.deadline = opts.deadline
+    C.knhk_token_set_deadline(token, C.klua_reactor(rt), opts.deadline * 1e9)
+  end
+  if opts.pre_cancelled then scope:cancel() end
+  local scopes = t.scopes
+  scopes[#scopes + 1] = scope
+  local res = pack(pcall(fn, scope, ...))
+  scopes[#scopes] = nil
+  C.knhk_token_clear_deadline(token)
+  local reason = C.knhk_token_reason(token)
+  scope.token = nil
+  C.knhk_token_release(token)
+  if res[1] then return scope, unpack(res, 2, res.n) end
+  local e = res[2]
+  -- Cancelled unwinds to the outermost cancelled scope: this one, unless
+  -- the scope around it is cancelled too (then that one catches it).
+  if errors.is_cancelled(e) and reason ~= 0
+      and (scope.shield or C.knhk_token_is_cancelled(parent) == 0) then
+    scope.cancelled_caught = true
+    scope.reason = reason
+    return scope
+  end
+  error(e, 0)
+end
+
+-- ------------------------------------------------------- tasks, handles
+
+local Handle = {}
+Handle.__index = Handle
+M.Handle = Handle
+
+local function make_handle(ptr)
+  return setmetatable({ ptr = ffi.gc(ptr, C.klua_task_release), id = tonumber(ptr.id) }, Handle)
+end
+M.make_handle = make_handle
+
+-- Handles travel: the receiver gets its own reference.
+codec.register_handle("task", Handle, function(h)
+  C.klua_task_retain(h.ptr)
+  return tonumber(ffi.cast("uintptr_t", h.ptr))
+end, function(n)
+  return make_handle(ffi.cast("klua_task_t*", n))
+end)
+
+local function decode_result(ptr)
+  if ptr.result == nil then return 0 end
+  return codec.decode(ptr.result, ptr.result_len)
+end
+
+function Handle:done() return self.ptr.outcome ~= K.RUNNING end
+
+function Handle:cancel()
+  C.knhk_token_cancel(self.ptr.token, K.CANCEL_EXPLICIT)
+end
+
+-- Results of the task, once it ended; raises its error.
+function Handle:join()
+  local ptr = self.ptr
+  if ptr.outcome == K.RUNNING then
+    M.wait("join", function() return ptr.outcome ~= K.RUNNING end, function(me)
+      return C.klua_join_arm(me, ptr) ~= 0
+    end)
+  end
+  self.joined = true -- its error, if any, is handled by whoever joined
+  return M.outcome_of(ptr)
+end
+
+function M.outcome_of(ptr)
+  local outcome = ptr.outcome
+  if outcome == K.OK then
+    return select(2, decode_result(ptr))
+  elseif outcome == K.CANCELLED then
+    error(errors.task_error("task " .. tonumber(ptr.id) .. " was cancelled", nil, nil), 0)
+  end
+  local _, e = decode_result(ptr)
+  error(e or errors.task_error("task " .. tonumber(ptr.id) .. " failed", nil, nil), 0)
+end
+
+function Handle:__tostring() return "knhk.task#" .. self.id end
+
+-- The error a task's code raised, with its traceback captured where it
+-- happened (the value travels to joiners in other VMs).
+local function capture(e)
+  if errors.is_cancelled(e) or errors.is_task_error(e) or errors.is_group(e) then return e end
+  local msg = errors.message(e)
+  return errors.task_error(msg, debug.traceback("", 2):gsub("^\n", ""), e)
+end
+M.capture = capture
+
+local function encode_places(what)
+  return function(i) return what .. " " .. i end
+end
+
+-- Encodes the outcome of a task: results, or its error (an error value
+-- that cannot travel is replaced by its message).
+local function encode_outcome(ok, res, extra)
+  if ok then
+    local s, snap = pcall(codec.encode, res.n - 1, encode_places("return value"), unpack(res, 2, res.n))
+    if s then return K.OK, snap end
+    local msg = "task result: " .. (type(snap) == "table" and snap.message or tostring(snap))
+    return K.ERROR, codec.encode(1, encode_places("error"), errors.task_error(msg, nil, nil))
+  end
+  local e = res[2]
+  if errors.is_cancelled(e) then
+    return K.CANCELLED, codec.encode(1, encode_places("error"), e)
+  end
+  local s, snap = pcall(codec.encode, 1, encode_places("error"), e)
+  if s then return K.ERROR, snap end
+  if type(e) == "table" then e.value = nil end
+  return K.ERROR, codec.encode(1, encode_places("error"), errors.task_error(errors.message(e),
+    type(e) == "table" and e.traceback or nil, nil))
+end
+
+-- ----------------------------------------------------------- nurseries
+
+local Nursery = {}
+Nursery.__index = Nursery
+M.Nursery = Nursery
+
+function M.new_nursery(t, supervise)
+  local out = ffi.new("knhk_nursery_t*[1]")
+  local rc = C.knhk_nursery_new(out, C.klua_executor(rt), M.token_of(t), supervise and 1 or 0)
+  if rc ~= 0 then error("knhk: cannot make a nursery: " .. ffi.string(C.knhk_strerror(rc)), 3) end
+  return setmetatable({ n = out[0], task = t, handles = {}, by_id = {},
+                        supervise = supervise or false }, Nursery)
+end
+
+function Nursery:spawn_snapshot(kind, worker, snap)
+  local err = ffi.new("int[1]")
+  local ptr = C.klua_spawn(rt, self.n, kind, worker, snap, #snap, err)
+  if ptr == nil then
+    if err[0] == K.ECLOSED then error("spawn: the nursery is closed", 3) end
+    error("spawn: " .. ffi.string(C.knhk_strerror(err[0])), 3)
+  end
+  local h = make_handle(ptr)
+  self.handles[#self.handles + 1] = h
+  self.by_id[h.id] = h
+  return h
+end
+
+function M.spawn_into(nursery, level, fn, ...)
+  if type(fn) ~= "function" then
+    error(string.format("bad argument #1 to 'spawn' (function expected, got %s)", type(fn)), level + 1)
+  end
+  local ok, snap = pcall(codec.encode, select("#", ...) + 1, function(i)
+    return i == 1 and "the task function" or ("argument " .. (i - 1))
+  end, fn, ...)
+  if not ok then
+    if type(snap) == "table" and snap.knhk_refused then error("spawn: " .. snap.message, level + 1) end
+    error(snap, 0)
+  end
+  return nursery:spawn_snapshot(K.PORTABLE, -1, snap)
+end
+
+function M.spawn_local_into(nursery, level, fn, ...)
+  if type(fn) ~= "function" then
+    error(string.format("bad argument #1 to 'spawn_local' (function expected, got %s)", type(fn)),
+      level + 1)
+  end
+  next_local = next_local + 1
+  local key = tostring(next_local)
+  locals[key] = { fn = fn, args = pack(...) }
+  local ok, h = pcall(nursery.spawn_snapshot, nursery, K.LOCAL, C.klua_worker_index(rt), key)
+  if not ok then
+    locals[key] = nil
+    error(h, 0)
+  end
+  return h
+end
+
+function Nursery:cancel() C.knhk_nursery_cancel(self.n) end
+
+-- Waits (not cancellable: the children are being cancelled anyway) until
+-- every child has ended.
+local function wait_children(n)
+  if C.knhk_nursery_live(n) == 0 then return end
+  M.wait("nursery", function() return C.knhk_nursery_live(n) == 0 end, function(ptr)
+    local seen = C.knhk_nursery_ends(n)
+    if C.knhk_nursery_live(n) == 0 then return true end
+    local rc = C.knhk_nursery_notify(n, C.klua_task_etask(ptr), seen)
+    return rc == K.EALREADY
+  end, true)
+end
+M.wait_children = wait_children
+
+-- Closes a nursery: waits for its children, frees it, and returns the
+-- errors of the children that failed, in the order they ended, except
+-- those already handled through h:join().
+function M.close_nursery(nursery)
+  local n = nursery.n
+  wait_children(n)
+  local errs = {}
+  while true do
+    local ptr = C.klua_nursery_next_ended(n)
+    if ptr == nil then break end
+    local h = nursery.by_id[tonumber(ptr.id)]
+    if ptr.outcome == K.ERROR and not (h and h.joined) then
+      local _, e = decode_result(ptr)
+      errs[#errs + 1] = e
+    end
+  end
+  C.knhk_nursery_close(n)
+  C.knhk_nursery_free(n)
+  nursery.n = nil
+  return errs
+end
+
+-- The nursery that knhk.spawn uses in this task (made on first use). It
+-- supervises: a failing task does not cancel the others; failures nobody
+-- joined are raised when the task that spawned them ends.
+function M.task_nursery(t)
+  local n = t.nursery
+  if not n then
+    n = M.new_nursery(t, true)
+    t.nursery = n
+  end
+  return n
+end
+
+-- -------------------------------------------------------------- stepping
+
+local TASK_PENDING = K.TASK_PENDING
+local status_of = { [K.OK] = 0, [K.ERROR] = K.EFAILED, [K.CANCELLED] = K.ECANCELED }
+
+local function body(t, fn, args)
+  local res = pack(xpcall(fn, capture, unpack(args, 1, args.n)))
+  -- the task ends only after everything it spawned
+  local errs = t.nursery and M.close_nursery(t.nursery) or {}
+  t.nursery = nil
+  local ok = res[1]
+  if not ok and not errors.is_cancelled(res[2]) then table.insert(errs, 1, res[2]) end
+  if #errs > 0 then
+    ok, res = false, { n = 2, false, errors.group(errs) }
+  end
+  local outcome, snap = encode_outcome(ok, res)
+  t.status = status_of[outcome]
+  C.klua_task_finish(t.ptr, outcome, snap, #snap)
+  if t.on_finish then t.on_finish(outcome) end
+end
+
+local function start_task(ptr)
+  local fn, args
+  if ptr.kind == K.LOCAL then
+    local key = ffi.string(ptr.start, ptr.start_len)
+    local l = locals[key]
+    locals[key] = nil
+    fn, args = l.fn, l.args
+  else
+    local vals = pack(codec.decode(ptr.start, ptr.start_len))
+    fn = vals[2]
+    args = { n = vals[1] - 1, unpack(vals, 3, vals.n) }
+  end
+  local t = { ptr = ptr, scopes = {}, nursery = nil }
+  t.co = co_create(body)
+  t.fn, t.args = fn, args
+  return t
+end
+
+local function step(lud)
+  local t = tasks[lud]
+  local first = false
+  if t == nil then
+    t = start_task(ffi.cast("klua_task_t*", lud))
+    tasks[lud] = t
+    first = true
+  end
+  local prev = M.current
+  M.current = t
+  local ok, err
+  if first then
+    ok, err = co_resume(t.co, t, t.fn, t.args)
+    t.fn, t.args = nil, nil
+  else
+    ok, err = co_resume(t.co)
+  end
+  M.current = prev
+  if co_status(t.co) == "dead" then
+    tasks[lud] = nil
+    if not ok then
+      io.stderr:write("knhk: internal error in a task: ", tostring(err), "\n")
+      C.klua_task_finish(t.ptr, K.ERROR, nil, 0)
+      return K.EFAILED
+    end
+    return t.status
+  end
+  return TASK_PENDING
+end
+
+-- Worker VMs: called by the C side after `require "knhk.runtime"`.
+function M.start_worker()
+  init_vm()
+  core.register(step)
+end
+
+-- ------------------------------------------------------------------ run
+
+function M.run(main, workers, ...)
+  if rt ~= nil then error("knhk.run: already running (knhk.run cannot be nested)", 3) end
+  local r = core.new(workers)
+  local ok, res = pcall(function(...)
+    init_vm()
+    core.register(step)
+    local root = setmetatable({ n = nil, handles = {}, by_id = {} }, Nursery)
+    local out = ffi.new("knhk_nursery_t*[1]")
+    local rc = C.knhk_nursery_new(out, C.klua_executor(rt), C.klua_root_token(rt), 0)
+    if rc ~= 0 then error("knhk.run: " .. ffi.string(C.knhk_strerror(rc)), 0) end
+    root.n = out[0]
+    next_local = next_local + 1
+    local key = tostring(next_local)
+    locals[key] = {
+      fn = function(...)
+        M.current.on_finish = function() C.knhk_executor_stop(C.klua_executor(rt), 0) end
+        return main(...)
+      end,
+      args = pack(...),
+    }
+    local h = root:spawn_snapshot(K.LOCAL, 0, key)
+    core.enter(r)
+    C.knhk_nursery_free(root.n)
+    return pack(pcall(M.outcome_of, h.ptr))
+  end, ...)
+  rt = nil
+  tasks, locals = {}, {}
+  core.free(r)
+  if not ok then error(res, 0) end
+  if not res[1] then error(res[2], 0) end
+  return unpack(res, 2, res.n)
+end
+
+return M

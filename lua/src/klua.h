@@ -1,0 +1,126 @@
+/* klua.h: the C side of the Lua layer (built into knhk/core.so).
+ *
+ * One runtime (klua_rt_t) per knhk.run: an executor whose worker 0 is the
+ * calling thread, a reactor, and one LuaJIT VM per worker (worker 0's is
+ * the caller's own). A Lua task is a nursery child whose run function
+ * enters its worker's VM through the Lua C API (lua_pcall of that VM's
+ * `step` function), never through an FFI callback. Everything else here is
+ * called from Lua through the FFI and returns at once: a task waits by
+ * arming a wake-up here and then yielding its coroutine.
+ *
+ * The struct prefix klua_task_pub_t is what the FFI sees (lua/knhk/ffi.lua
+ * declares the same layout); keep both in step.
+ */
+#ifndef KLUA_H
+#define KLUA_H
+
+#include <lua.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "knhk/cancel.h"
+#include "knhk/executor.h"
+#include "knhk/nursery.h"
+#include "knhk/reactor.h"
+
+#if defined(__GNUC__)
+#define KLUA_API __attribute__((visibility("default")))
+#else
+#define KLUA_API
+#endif
+
+/* Why a task was woken; hints only: waiters re-check their condition. */
+enum {
+  KLUA_WAKE_CANCEL = 1,
+  KLUA_WAKE_TIMER = 2,
+  KLUA_WAKE_JOIN = 4,
+  KLUA_WAKE_SYNC = 8,
+  KLUA_WAKE_EXEC = 16
+};
+
+/* Task kinds and outcomes. */
+enum { KLUA_PORTABLE = 0, KLUA_LOCAL = 1 };
+enum { KLUA_RUNNING = -1, KLUA_OK = 0, KLUA_ERROR = 1, KLUA_CANCELLED = 2 };
+
+typedef struct klua_rt klua_rt_t;
+typedef struct klua_task klua_task_t;
+
+typedef struct {
+  uint64_t id;             /* unique in the process */
+  int32_t kind;            /* KLUA_PORTABLE / KLUA_LOCAL */
+  int32_t home;            /* worker whose VM runs it, -1 before it starts */
+  int32_t outcome;         /* KLUA_RUNNING until it ends */
+  uint32_t wake_bits;      /* KLUA_WAKE_*, read with klua_task_wake_bits */
+  const char *start;       /* portable: the start snapshot */
+  size_t start_len;
+  const char *result;      /* once ended: encoded results or error */
+  size_t result_len;
+  knhk_nursery_t *nursery; /* its own nursery (knhk.spawn), or NULL */
+  knhk_token_t *token;     /* the token its checkpoints look at */
+} klua_task_pub_t;
+
+struct klua_task {
+  klua_task_pub_t pub;
+  klua_rt_t *rt;
+  knhk_task_t *etask;      /* the executor task that runs it */
+  _Atomic int32_t refs;
+  _Atomic uint32_t wake_bits;
+  pthread_mutex_t m;       /* joiners, timer */
+  klua_task_t *joiners;    /* tasks waiting for this one to end */
+  klua_task_t *join_next, *join_prev, *joining;
+  knhk_cancel_cb_t ccb;      /* the wait's scope token */
+  int ccb_on;
+  knhk_cancel_cb_t watch;    /* another token the wait watches (token:wait) */
+  int watch_on;
+  knhk_timer_t *timer;     /* the pending sleep, or NULL */
+};
+
+typedef struct {
+  lua_State *L;
+  int step_ref;            /* LUA_NOREF until the VM's runtime registers */
+  int own;                 /* created by us (closed at the end) */
+} klua_vm_t;
+
+struct klua_rt {
+  knhk_executor_t ex;
+  knhk_reactor_t *reactor;
+  int workers;
+  klua_vm_t *vms;
+  knhk_token_t *root_token;
+  pthread_mutex_t protos_m; /* prototype registry: id -> bytecode */
+  char **protos;
+  size_t *proto_lens;
+  uint32_t nprotos, capprotos;
+  _Atomic int root_done;
+};
+
+/* ---- called through the FFI (lua/knhk/ffi.lua declares these) ---- */
+KLUA_API klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker,
+                                 const char *snap, size_t len, int *err);
+KLUA_API int klua_watch_arm(klua_task_t *t, knhk_token_t *token);
+KLUA_API klua_task_t *klua_nursery_next_ended(knhk_nursery_t *n);
+KLUA_API void klua_task_retain(klua_task_t *t);
+KLUA_API void klua_task_release(klua_task_t *t);
+KLUA_API void klua_task_finish(klua_task_t *t, int outcome, const char *result, size_t len);
+KLUA_API uint32_t klua_task_wake_bits(klua_task_t *t);
+KLUA_API knhk_task_t *klua_task_etask(klua_task_t *t);
+KLUA_API int klua_wait_begin(klua_task_t *t, knhk_token_t *token);
+KLUA_API void klua_wait_end(klua_task_t *t);
+KLUA_API int klua_sleep_arm(klua_task_t *t, uint64_t deadline_ns);
+KLUA_API int klua_join_arm(klua_task_t *waiter, klua_task_t *target);
+KLUA_API void klua_wake(klua_task_t *t, uint32_t bits);
+KLUA_API uint32_t klua_proto_register(klua_rt_t *rt, const char *bc, size_t len);
+KLUA_API const char *klua_proto_get(klua_rt_t *rt, uint32_t id, size_t *len);
+KLUA_API uint64_t klua_now(klua_rt_t *rt);
+KLUA_API int klua_worker_index(klua_rt_t *rt);
+KLUA_API int klua_workers(klua_rt_t *rt);
+KLUA_API knhk_executor_t *klua_executor(klua_rt_t *rt);
+KLUA_API knhk_reactor_t *klua_reactor(klua_rt_t *rt);
+KLUA_API knhk_token_t *klua_root_token(klua_rt_t *rt);
+
+/* ---- internal to core.so ---- */
+int klua_rt_new(lua_State *caller, int workers, klua_rt_t **out, char *err, size_t errlen);
+void klua_rt_free(klua_rt_t *rt);
+int klua_rt_enter(klua_rt_t *rt);
+
+#endif

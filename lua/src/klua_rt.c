@@ -1,0 +1,409 @@
+/* klua_rt.c: runtime lifecycle, Lua task records, waits (see klua.h). */
+#define _GNU_SOURCE
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "klua.h"
+#include "knhk/errors.h"
+
+static _Atomic uint64_t next_task_id = 1;
+
+/* ------------------------------------------------------------ task records */
+
+static klua_task_t *task_new(klua_rt_t *rt, int kind, const char *snap, size_t len) {
+  klua_task_t *t = calloc(1, sizeof *t);
+  if (!t) return NULL;
+  if (len) {
+    char *copy = malloc(len);
+    if (!copy) {
+      free(t);
+      return NULL;
+    }
+    memcpy(copy, snap, len);
+    t->pub.start = copy;
+    t->pub.start_len = len;
+  }
+  t->rt = rt;
+  t->pub.id = atomic_fetch_add(&next_task_id, 1);
+  t->pub.kind = kind;
+  t->pub.home = -1;
+  t->pub.outcome = KLUA_RUNNING;
+  atomic_init(&t->refs, 1);
+  pthread_mutex_init(&t->m, NULL);
+  return t;
+}
+
+void klua_task_retain(klua_task_t *t) {
+  if (t) atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+}
+
+void klua_task_release(klua_task_t *t) {
+  if (!t || atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
+  knhk_token_release(t->pub.token);
+  free((char *)t->pub.start);
+  free((char *)t->pub.result);
+  pthread_mutex_destroy(&t->m);
+  free(t);
+}
+
+uint32_t klua_task_wake_bits(klua_task_t *t) {
+  return atomic_load_explicit(&t->wake_bits, memory_order_acquire);
+}
+
+knhk_task_t *klua_task_etask(klua_task_t *t) { return t->etask; }
+
+void klua_wake(klua_task_t *t, uint32_t bits) {
+  atomic_fetch_or_explicit(&t->wake_bits, bits, memory_order_release);
+  knhk_executor_wake(&t->rt->ex, t->etask);
+}
+
+/* Runs in the worker's VM: step(task) returns an executor status. */
+static int child_run(knhk_child_t *c) {
+  klua_task_t *t = c->arg;
+  klua_rt_t *rt = t->rt;
+  int w = knhk_executor_worker_index(&rt->ex);
+  if (!t->etask) t->etask = knhk_child_task(c);
+  if (t->pub.home < 0) t->pub.home = w;
+  klua_vm_t *vm = &rt->vms[w];
+  lua_State *L = vm->L;
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->step_ref);
+  lua_pushlightuserdata(L, t);
+  int status;
+  if (lua_pcall(L, 1, 1, 0) != 0) {
+    /* The runtime's own step failed: a bug in knhk, never user code (user
+     * errors are caught inside the task). Report it and fail the task. */
+    fprintf(stderr, "knhk: internal error in task %llu: %s\n", (unsigned long long)t->pub.id,
+            lua_tostring(L, -1));
+    if (t->pub.outcome == KLUA_RUNNING) klua_task_finish(t, KLUA_ERROR, NULL, 0);
+    status = KNHK_EFAILED;
+  } else {
+    status = (int)lua_tointeger(L, -1);
+  }
+  lua_settop(L, top);
+  if (status != KNHK_TASK_PENDING) klua_task_release(t); /* the running task's reference */
+  return status;
+}
+
+/* kind KLUA_LOCAL runs on `worker` (the spawner's, or 0 for the root
+ * task); a portable task on any worker (worker is ignored). */
+klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker, const char *snap,
+                        size_t len, int *err) {
+  *err = 0;
+  if (!rt || !n || (kind != KLUA_PORTABLE && kind != KLUA_LOCAL) ||
+      (kind == KLUA_LOCAL && (worker < 0 || worker >= rt->workers))) {
+    *err = KNHK_EINVAL;
+    return NULL;
+  }
+  klua_task_t *t = task_new(rt, kind, snap, len);
+  if (!t) {
+    *err = KNHK_ENOMEM;
+    return NULL;
+  }
+  /* its own token, so that h:cancel() ends just this task */
+  int rc = knhk_token_new(&t->pub.token, knhk_nursery_token(n));
+  if (rc != 0) {
+    klua_task_release(t);
+    *err = rc;
+    return NULL;
+  }
+  /* references: the caller's handle, and the running task (child_run) */
+  atomic_store(&t->refs, 2);
+  rc = knhk_nursery_spawn_ex(n, child_run, t, KNHK_TASK_STICKY,
+                             kind == KLUA_LOCAL ? worker : -1, NULL);
+  if (rc != 0) {
+    klua_task_release(t);
+    klua_task_release(t);
+    *err = rc;
+    return NULL;
+  }
+  return t;
+}
+
+void klua_task_finish(klua_task_t *t, int outcome, const char *result, size_t len) {
+  char *copy = NULL;
+  if (len && (copy = malloc(len))) memcpy(copy, result, len);
+  pthread_mutex_lock(&t->m);
+  t->pub.result = copy;
+  t->pub.result_len = copy ? len : 0;
+  t->pub.outcome = outcome;
+  klua_task_t *j = t->joiners;
+  t->joiners = NULL;
+  for (klua_task_t *x = j; x; x = x->join_next) x->joining = NULL;
+  pthread_mutex_unlock(&t->m);
+  while (j) {
+    klua_task_t *next = j->join_next;
+    j->join_next = j->join_prev = NULL;
+    klua_wake(j, KLUA_WAKE_JOIN);
+    j = next;
+  }
+}
+
+/* ----------------------------------------------------------------- waits */
+
+static void on_cancel(knhk_cancel_cb_t *cb, int reason) {
+  (void)reason;
+  klua_wake(cb->data, KLUA_WAKE_CANCEL);
+}
+
+/* Starts a wait: clears the hints and arms a wake-up on `token`'s
+ * cancellation. Returns 1 if it is cancelled already (nothing armed). */
+int klua_wait_begin(klua_task_t *t, knhk_token_t *token) {
+  atomic_store_explicit(&t->wake_bits, 0, memory_order_relaxed);
+  t->ccb_on = 0;
+  if (!token) return 0;
+  if (knhk_token_on_cancel(token, &t->ccb, on_cancel, t) == KNHK_ECANCELED) return 1;
+  t->ccb_on = 1;
+  return 0;
+}
+
+static void timer_done(knhk_timer_t *tm, int status) {
+  klua_task_t *t = tm->data;
+  pthread_mutex_lock(&t->m);
+  if (t->timer == tm) t->timer = NULL;
+  pthread_mutex_unlock(&t->m);
+  if (status == 0) klua_wake(t, KLUA_WAKE_TIMER);
+  free(tm);
+  klua_task_release(t); /* held by the timer */
+}
+
+/* Arms a timer that wakes t at deadline_ns. Returns 0 or an error. */
+int klua_sleep_arm(klua_task_t *t, uint64_t deadline_ns) {
+  knhk_timer_t *tm = calloc(1, sizeof *tm);
+  if (!tm) return KNHK_ENOMEM;
+  klua_task_retain(t);
+  pthread_mutex_lock(&t->m);
+  knhk_timer_t *old = t->timer;
+  t->timer = tm;
+  if (old) knhk_timer_stop(old);
+  pthread_mutex_unlock(&t->m);
+  int rc = knhk_timer_start(t->rt->reactor, tm, deadline_ns, timer_done, t);
+  if (rc != 0) {
+    pthread_mutex_lock(&t->m);
+    if (t->timer == tm) t->timer = NULL;
+    pthread_mutex_unlock(&t->m);
+    free(tm);
+    klua_task_release(t);
+  }
+  return rc;
+}
+
+/* Registers waiter to be woken when target ends. Returns 1 if it has
+ * ended already (nothing armed). */
+int klua_join_arm(klua_task_t *waiter, klua_task_t *target) {
+  pthread_mutex_lock(&target->m);
+  if (target->pub.outcome != KLUA_RUNNING) {
+    pthread_mutex_unlock(&target->m);
+    return 1;
+  }
+  waiter->join_prev = NULL;
+  waiter->join_next = target->joiners;
+  if (target->joiners) target->joiners->join_prev = waiter;
+  target->joiners = waiter;
+  waiter->joining = target;
+  pthread_mutex_unlock(&target->m);
+  return 0;
+}
+
+/* Also wakes t when `token` (not its scope's) is cancelled. Returns 1 if
+ * it is cancelled already. */
+int klua_watch_arm(klua_task_t *t, knhk_token_t *token) {
+  if (knhk_token_on_cancel(token, &t->watch, on_cancel, t) == KNHK_ECANCELED) return 1;
+  t->watch_on = 1;
+  return 0;
+}
+
+/* The next child of n in completion order, once they have all ended (the
+ * nursery's join_next returns at once then); NULL when none is left. */
+klua_task_t *klua_nursery_next_ended(knhk_nursery_t *n) {
+  knhk_child_t *c = NULL;
+  if (knhk_nursery_live(n) != 0 || knhk_nursery_join_next(n, &c) != 0) return NULL;
+  return c->arg;
+}
+
+/* Ends a wait: whatever is still armed is taken back. */
+void klua_wait_end(klua_task_t *t) {
+  if (t->ccb_on) {
+    knhk_token_off(&t->ccb);
+    t->ccb_on = 0;
+  }
+  if (t->watch_on) {
+    knhk_token_off(&t->watch);
+    t->watch_on = 0;
+  }
+  pthread_mutex_lock(&t->m);
+  knhk_timer_t *tm = t->timer;
+  if (tm) knhk_timer_stop(tm); /* timer_done frees it */
+  pthread_mutex_unlock(&t->m);
+  klua_task_t *target = t->joining;
+  if (target) {
+    pthread_mutex_lock(&target->m);
+    if (t->joining == target) {
+      if (t->join_prev) t->join_prev->join_next = t->join_next;
+      else target->joiners = t->join_next;
+      if (t->join_next) t->join_next->join_prev = t->join_prev;
+      t->join_next = t->join_prev = NULL;
+      t->joining = NULL;
+    }
+    pthread_mutex_unlock(&target->m);
+  }
+}
+
+/* ------------------------------------------------------ prototype registry */
+
+uint32_t klua_proto_register(klua_rt_t *rt, const char *bc, size_t len) {
+  char *copy = malloc(len);
+  if (!copy) return 0;
+  memcpy(copy, bc, len);
+  pthread_mutex_lock(&rt->protos_m);
+  if (rt->nprotos == rt->capprotos) {
+    uint32_t cap = rt->capprotos ? rt->capprotos * 2 : 64;
+    char **p = realloc(rt->protos, cap * sizeof *p);
+    size_t *l = p ? realloc(rt->proto_lens, cap * sizeof *l) : NULL;
+    if (p) rt->protos = p;
+    if (!p || !l) {
+      pthread_mutex_unlock(&rt->protos_m);
+      free(copy);
+      return 0;
+    }
+    rt->proto_lens = l;
+    rt->capprotos = cap;
+  }
+  rt->protos[rt->nprotos] = copy;
+  rt->proto_lens[rt->nprotos] = len;
+  uint32_t id = ++rt->nprotos; /* ids start at 1; 0 means failure */
+  pthread_mutex_unlock(&rt->protos_m);
+  return id;
+}
+
+const char *klua_proto_get(klua_rt_t *rt, uint32_t id, size_t *len) {
+  pthread_mutex_lock(&rt->protos_m);
+  const char *p = NULL;
+  if (id >= 1 && id <= rt->nprotos) {
+    p = rt->protos[id - 1];
+    *len = rt->proto_lens[id - 1];
+  }
+  pthread_mutex_unlock(&rt->protos_m);
+  return p;
+}
+
+/* ---------------------------------------------------------------- queries */
+
+uint64_t klua_now(klua_rt_t *rt) { return knhk_reactor_now(rt->reactor); }
+int klua_worker_index(klua_rt_t *rt) { return knhk_executor_worker_index(&rt->ex); }
+int klua_workers(klua_rt_t *rt) { return rt->workers; }
+knhk_executor_t *klua_executor(klua_rt_t *rt) { return &rt->ex; }
+knhk_reactor_t *klua_reactor(klua_rt_t *rt) { return rt->reactor; }
+knhk_token_t *klua_root_token(klua_rt_t *rt) { return rt->root_token; }
+
+/* -------------------------------------------------------------- lifecycle */
+
+/* A worker VM: the standard libraries, the caller's module paths, and the
+ * knhk runtime, which registers its step function (core.register). */
+static int vm_open(klua_rt_t *rt, int index, lua_State *caller, char *err, size_t errlen) {
+  lua_State *L = luaL_newstate();
+  if (!L) {
+    snprintf(err, errlen, "cannot create the Lua state of worker %d", index);
+    return KNHK_ENOMEM;
+  }
+  luaL_openlibs(L);
+  lua_getglobal(L, "package");
+  const char *fields[] = {"path", "cpath"};
+  for (int i = 0; i < 2; i++) {
+    lua_getglobal(caller, "package");
+    lua_getfield(caller, -1, fields[i]);
+    lua_pushstring(L, lua_tostring(caller, -1));
+    lua_setfield(L, -2, fields[i]);
+    lua_pop(caller, 2);
+  }
+  lua_pop(L, 1);
+  rt->vms[index].L = L;
+  rt->vms[index].own = 1;
+  lua_pushlightuserdata(L, rt);
+  lua_setfield(L, LUA_REGISTRYINDEX, "knhk.rt");
+  lua_pushinteger(L, index);
+  lua_setfield(L, LUA_REGISTRYINDEX, "knhk.worker");
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "knhk.runtime");
+  if (lua_pcall(L, 1, 1, 0) != 0) {
+    snprintf(err, errlen, "worker %d could not load knhk.runtime: %s", index, lua_tostring(L, -1));
+    return KNHK_EIO;
+  }
+  lua_getfield(L, -1, "start_worker");
+  if (lua_pcall(L, 0, 0, 0) != 0) {
+    snprintf(err, errlen, "worker %d could not start: %s", index, lua_tostring(L, -1));
+    return KNHK_EIO;
+  }
+  lua_pop(L, 1);
+  if (rt->vms[index].step_ref == LUA_NOREF) {
+    snprintf(err, errlen, "worker %d: knhk.runtime did not register its step function", index);
+    return KNHK_EIO;
+  }
+  return 0;
+}
+
+int klua_rt_new(lua_State *caller, int workers, klua_rt_t **out, char *err, size_t errlen) {
+  klua_rt_t *rt = calloc(1, sizeof *rt);
+  if (!rt) return KNHK_ENOMEM;
+  pthread_mutex_init(&rt->protos_m, NULL);
+  rt->workers = workers;
+  rt->vms = calloc((size_t)workers, sizeof *rt->vms);
+  int rc = rt->vms ? 0 : KNHK_ENOMEM;
+  for (int i = 0; i < workers && rt->vms; i++) rt->vms[i].step_ref = LUA_NOREF;
+  if (rc == 0) rc = knhk_reactor_new(&rt->reactor);
+  if (rc == 0) rc = knhk_token_new(&rt->root_token, NULL);
+  if (rc == 0) {
+    rt->vms[0].L = caller;
+    lua_pushlightuserdata(caller, rt);
+    lua_setfield(caller, LUA_REGISTRYINDEX, "knhk.rt");
+    lua_pushinteger(caller, 0);
+    lua_setfield(caller, LUA_REGISTRYINDEX, "knhk.worker");
+  }
+  for (int i = 1; rc == 0 && i < workers; i++) rc = vm_open(rt, i, caller, err, errlen);
+  if (rc == 0) {
+    knhk_executor_options_t o;
+    knhk_executor_options_init(&o);
+    o.workers = workers;
+    o.flags = KNHK_EXECUTOR_CALLER_IS_WORKER0;
+    rc = knhk_executor_init(&rt->ex, &o);
+    if (rc != 0) snprintf(err, errlen, "cannot start %d workers: %s", workers, knhk_strerror(rc));
+  } else if (!err[0]) {
+    snprintf(err, errlen, "cannot start the runtime: %s", knhk_strerror(rc));
+  }
+  if (rc != 0) {
+    klua_rt_free(rt);
+    return rc;
+  }
+  *out = rt;
+  return 0;
+}
+
+int klua_rt_enter(klua_rt_t *rt) { return knhk_executor_enter(&rt->ex, NULL); }
+
+void klua_rt_free(klua_rt_t *rt) {
+  if (!rt) return;
+  knhk_executor_close(&rt->ex); /* a handle never initialised reports EALREADY */
+  if (rt->reactor) knhk_reactor_free(rt->reactor);
+  if (rt->vms) {
+    for (int i = 0; i < rt->workers; i++) {
+      if (rt->vms[i].own && rt->vms[i].L) lua_close(rt->vms[i].L);
+      else if (rt->vms[i].L && rt->vms[i].step_ref != LUA_NOREF)
+        luaL_unref(rt->vms[i].L, LUA_REGISTRYINDEX, rt->vms[i].step_ref);
+    }
+    if (rt->vms[0].L) {
+      lua_pushnil(rt->vms[0].L);
+      lua_setfield(rt->vms[0].L, LUA_REGISTRYINDEX, "knhk.rt");
+    }
+  }
+  knhk_token_release(rt->root_token);
+  for (uint32_t i = 0; i < rt->nprotos; i++) free(rt->protos[i]);
+  free(rt->protos);
+  free(rt->proto_lens);
+  free(rt->vms);
+  pthread_mutex_destroy(&rt->protos_m);
+  free(rt);
+}
