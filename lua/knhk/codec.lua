@@ -201,7 +201,7 @@ local function index_modules()
       module_name[mod] = name
       name_module[name] = mod
       for k, v in pairs(mod) do
-        if type(k) == "string" and type(v) == "function" and not pcall(funcinfo, v) then
+        if type(k) == "string" and type(v) == "function" and funcinfo(v).addr then
           module_name[v] = name .. "\0" .. k
         end
       end
@@ -245,6 +245,7 @@ end
 local T_NIL, T_FALSE, T_TRUE, T_INT, T_NUM, T_STR = 0, 1, 2, 3, 4, 5
 local T_TAB, T_REF, T_FN, T_BUILTIN, T_MODULE, T_CLASS, T_HANDLE, T_END = 6, 7, 8, 9, 10, 11, 12, 13
 
+-- Prototype ids belong to one runtime (knhk.run): M.init starts afresh.
 local protos_by_closure = setmetatable({}, { __mode = "k" })
 local protos_by_dump = {}
 local register_proto -- set by M.init: bytes -> id
@@ -481,6 +482,7 @@ end
 
 local Reader = {}
 Reader.__index = Reader
+local ENV_MT = { __index = _G } -- globals not in the snapshot: this VM's
 
 local function rd_byte(r)
   local b = r.p[r.pos]
@@ -562,15 +564,18 @@ decode_value = function(r)
       debug.setupvalue(fn, i, decode_value(r))
       i = i + 1
     end
-    local ng = rd_uleb(r)
-    if ng > 0 then
-      local env = setmetatable({}, { __index = _G })
-      for _ = 1, ng do
-        local name = rd_str(r)
-        env[name] = decode_value(r)
-      end
-      setfenv(fn, env)
+    -- One environment per snapshot: the functions in it share globals with
+    -- each other, and globals a task writes stay its own.
+    local env = r.env
+    if env == nil then
+      env = setmetatable({}, ENV_MT)
+      r.env = env
     end
+    for _ = 1, rd_uleb(r) do
+      local name = rd_str(r)
+      env[name] = decode_value(r)
+    end
+    setfenv(fn, env)
     return fn
   end
   error("knhk.codec: corrupt snapshot (tag " .. tostring(tag) .. ")")
@@ -602,9 +607,13 @@ function M.decode(ptr, len)
   return n, unpack_n(vals, 1, n)
 end
 
--- The runtime tells the codec where prototypes are interned.
+-- The runtime tells the codec where prototypes are interned. Ids from an
+-- earlier runtime mean nothing in this one: every cache starts empty.
 function M.init(register, get)
   register_proto, get_proto = register, get
+  protos_by_closure = setmetatable({}, { __mode = "k" })
+  protos_by_dump = {}
+  wrappers = {}
 end
 
 return M

@@ -114,10 +114,7 @@ function knhk.sleep(seconds)
 end
 
 -- knhk.now() -> seconds on the runtime's monotonic clock.
-function knhk.now()
-  if R.rt() == nil then return tonumber(ffi.C and os.clock()) end
-  return R.now()
-end
+function knhk.now() return R.now() end
 
 -- knhk.checkpoint(): raises Cancelled if the current scope is cancelled,
 -- and lets other tasks run.

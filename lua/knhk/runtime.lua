@@ -101,6 +101,7 @@ function M.checkpoint()
 end
 
 function M.sleep(seconds)
+  M.in_task("knhk.sleep", 3) -- before anything reaches C
   local deadline = C.klua_now(rt) + seconds * 1e9
   M.wait("knhk.sleep", function() return C.klua_now(rt) >= deadline end, function(ptr)
     local rc = C.klua_sleep_arm(ptr, deadline)
@@ -109,7 +110,10 @@ function M.sleep(seconds)
   end)
 end
 
-function M.now() return tonumber(C.klua_now(rt)) / 1e9 end
+function M.now()
+  if rt == nil then error("knhk.now: no runtime is running (call it inside knhk.run)", 3) end
+  return tonumber(C.klua_now(rt)) / 1e9
+end
 
 -- Runs fn inside a cancel scope (see knhk.cancel_scope).
 local Scope = {}

@@ -1,0 +1,71 @@
+-- knhk.run: the root task, its results, its errors, and its options.
+local knhk = require "knhk"
+
+describe("knhk.run", function()
+  it("runs main as the root task on worker 0 and returns its results", function()
+    local a, b, w = knhk.run(function(x, y) return x + 1, y, knhk.current().worker end,
+      { workers = 2 }, 41, "two")
+    assert.equal(42, a)
+    assert.equal("two", b)
+    assert.equal(0, w)
+  end)
+
+  it("raises the root task's error with its message and traceback", function()
+    local ok, err = pcall(knhk.run, function() error("broken root") end, { workers = 1 })
+    assert.is_false(ok)
+    assert.is_true(knhk.is_task_error(err))
+    assert.matches("broken root", err.message)
+    assert.matches("run_spec.lua", err.traceback)
+  end)
+
+  it("keeps the error value the root raised", function()
+    local ok, err = pcall(knhk.run, function() error({ code = 7 }) end, { workers = 1 })
+    assert.is_false(ok)
+    assert.same({ code = 7 }, err.value)
+  end)
+
+  it("can run again after a run ended", function()
+    for i = 1, 3 do assert.equal(i, knhk.run(function() return i end, { workers = 2 })) end
+  end)
+
+  it("refuses bad arguments with the caller's line", function()
+    assert.has_error(function() knhk.run("nope") end,
+      "bad argument #1 to 'run' (function expected, got string)")
+    assert.has_error(function() knhk.run(function() end, 3) end,
+      "bad argument #2 to 'run' (table expected, got number)")
+    assert.has_error(function() knhk.run(function() end, { workers = 0 }) end,
+      "bad argument #2 to 'run' (workers must be a whole number >= 1, got 0)")
+    assert.has_error(function() knhk.run(function() end, { workers = 1.5 }) end,
+      "bad argument #2 to 'run' (workers must be a whole number >= 1, got 1.5)")
+  end)
+
+  it("cannot be nested", function()
+    local ok, err = pcall(knhk.run, function()
+      return knhk.run(function() end)
+    end, { workers = 1 })
+    assert.is_false(ok)
+    assert.matches("cannot be nested", tostring(err))
+  end)
+
+  it("says where task-only calls were made from outside a runtime", function()
+    assert.has_error(function() knhk.sleep(0) end,
+      "knhk.sleep: must be called inside a knhk task (inside knhk.run)")
+    assert.has_error(function() knhk.spawn(print) end,
+      "knhk.spawn: must be called inside a knhk task (inside knhk.run)")
+    assert.has_error(function() knhk.stats() end,
+      "knhk.stats: no runtime is running (call it inside knhk.run)")
+  end)
+
+  it("reports executor counters that reconcile", function()
+    local s = knhk.run(function()
+      local hs = {}
+      for i = 1, 50 do hs[i] = knhk.spawn(function() return 1 end) end
+      for _, h in ipairs(hs) do h:join() end
+      return knhk.stats()
+    end, { workers = 2 })
+    assert.equal(2, s.workers)
+    assert.equal(2, #s.per_worker)
+    assert.is_true(s.spawned >= 51)
+    assert.equal(s.spawned, s.completed + s.failed + s.cancelled + s.live)
+  end)
+end)

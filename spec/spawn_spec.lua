@@ -1,0 +1,217 @@
+-- knhk.spawn / knhk.spawn_local and task handles: what a task sees, where
+-- it runs, and what comes back.
+local knhk = require "knhk"
+
+local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
+
+-- Runs the same check on one worker (nothing moves) and on four (tasks are
+-- stolen): snapshot semantics must not depend on where a task ran.
+local function on_one_and_many(name, fn)
+  it(name .. " (1 worker)", function() run(fn, 1) end)
+  it(name .. " (4 workers)", function() run(fn, 4) end)
+end
+
+describe("knhk.spawn snapshots", function()
+  on_one_and_many("copies arguments: the caller's later writes are not seen", function()
+    local t = { n = 1 }
+    local h = knhk.spawn(function(x) knhk.sleep(0.005); return x.n end, t)
+    t.n = 2
+    assert.equal(1, h:join())
+  end)
+
+  on_one_and_many("copies upvalues and the globals the function reads", function()
+    local base = 10
+    snapshot_global = 5
+    local h = knhk.spawn(function(x) return x + base + snapshot_global end, 1)
+    base, snapshot_global = 100, 500
+    assert.equal(16, h:join())
+  end)
+
+  on_one_and_many("keeps cycles and shared references inside a table", function()
+    local shared = { "s" }
+    local t = { a = shared, b = shared }
+    t.self = t
+    local same, cyc = knhk.spawn(function(x) return x.a == x.b, x.self == x end, t):join()
+    assert.is_true(same)
+    assert.is_true(cyc)
+  end)
+
+  on_one_and_many("carries nested functions with their own snapshot", function()
+    local k = 3
+    local function mul(x) return x * k end
+    local h = knhk.spawn(function(f, x) return f(x) end, mul, 7)
+    assert.equal(21, h:join())
+  end)
+
+  on_one_and_many("carries recursive local functions", function()
+    local function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end
+    assert.equal(6765, knhk.spawn(fib, 20):join())
+  end)
+
+  on_one_and_many("writes a task makes stay its own", function()
+    local t = { n = 0 }
+    knhk.spawn(function() t.n = 99; written_global = 1 end):join()
+    assert.equal(0, t.n)
+    assert.is_nil(written_global)
+  end)
+
+  on_one_and_many("carries modules by require name", function()
+    local cjson = require "cjson"
+    local enc = cjson.encode
+    local a, b = knhk.spawn(function() return cjson.encode({ 1 }), enc({ 2 }) end):join()
+    assert.equal("[1]", a)
+    assert.equal("[2]", b)
+  end)
+
+  on_one_and_many("carries the standard library by name", function()
+    assert.equal("07", knhk.spawn(function() return string.format("%02d", 7) end):join())
+  end)
+
+  on_one_and_many("returns every result value, nils included", function()
+    local a, b, c, d = knhk.spawn(function() return 1, nil, "x", nil end):join()
+    assert.equal(1, a)
+    assert.is_nil(b)
+    assert.equal("x", c)
+    assert.is_nil(d)
+  end)
+
+  on_one_and_many("runs many closures of one function independently", function()
+    local hs = {}
+    for i = 1, 200 do hs[i] = knhk.spawn(function() knhk.sleep(0.001); return i end) end
+    for i = 1, 200 do assert.equal(i, hs[i]:join()) end
+  end)
+
+  it("runs tasks on other workers when there are several", function()
+    local workers = run(function()
+      local seen, hs = {}, {}
+      for i = 1, 400 do
+        hs[i] = knhk.spawn(function()
+          local x = 0
+          for j = 1, 20000 do x = x + j end
+          return knhk.current().worker
+        end)
+      end
+      for _, h in ipairs(hs) do seen[h:join()] = true end
+      local n = 0
+      for _ in pairs(seen) do n = n + 1 end
+      return n
+    end, 2)
+    assert.equal(2, workers)
+  end)
+end)
+
+describe("knhk.spawn refusals", function()
+  local function refusal(fn)
+    local ok, err = pcall(run, fn, 1)
+    assert.is_false(ok)
+    return tostring(err)
+  end
+
+  it("names the argument that cannot travel", function()
+    local msg = refusal(function()
+      knhk.spawn(function() end, 1, io.stdout)
+    end)
+    assert.matches("spawn: argument 2 is a userdata", msg, 1, true)
+  end)
+
+  it("names the upvalue and the function's place", function()
+    local msg = refusal(function()
+      local conn = io.stdout
+      knhk.spawn(function() return conn end)
+    end)
+    assert.matches("spawn: upvalue 'conn' of function at [^:]*spawn_spec.lua:%d+ of the task function is a userdata", msg)
+  end)
+
+  it("names the key path inside a table", function()
+    local msg = refusal(function()
+      knhk.spawn(function() end, { cfg = { co = coroutine.create(print) } })
+    end)
+    assert.matches("spawn: key 'co' of key 'cfg' of argument 1 is a thread", msg, 1, true)
+  end)
+
+  it("refuses tables with metatables it does not know", function()
+    local msg = refusal(function()
+      knhk.spawn(function() end, setmetatable({}, {}))
+    end)
+    assert.matches("metatable knhk does not know", msg, 1, true)
+  end)
+
+  it("refuses a non-function with Lua's own wording", function()
+    local msg = refusal(function() knhk.spawn(42) end)
+    assert.matches("bad argument #1 to 'spawn' (function expected, got number)", msg, 1, true)
+  end)
+end)
+
+describe("knhk.spawn_local", function()
+  it("shares memory with its spawner and stays on its worker", function()
+    local shared, worker = { n = 0 }, nil
+    run(function()
+      local me = knhk.current().worker
+      local hs = {}
+      for i = 1, 10 do
+        hs[i] = knhk.spawn_local(function() shared.n = shared.n + 1; return knhk.current().worker end)
+      end
+      for i = 1, 10 do assert.equal(me, hs[i]:join()) end
+      worker = me
+    end, 4)
+    assert.equal(10, shared.n)
+    assert.equal(0, worker)
+  end)
+
+  it("can yield and resume on its worker", function()
+    local log = {}
+    run(function()
+      knhk.nursery(function(n)
+        n:spawn_local(function() knhk.sleep(0.01); log[#log + 1] = "slow" end)
+        n:spawn_local(function() log[#log + 1] = "fast" end)
+      end)
+    end, 2)
+    assert.same({ "fast", "slow" }, log)
+  end)
+end)
+
+describe("task handles", function()
+  it("join re-raises the task's error with its traceback", function()
+    run(function()
+      local h = knhk.spawn(function() local x; return x.y end)
+      local ok, err = pcall(h.join, h)
+      assert.is_false(ok)
+      assert.is_true(knhk.is_task_error(err))
+      assert.matches("attempt to index", err.message)
+      assert.matches("spawn_spec.lua", err.traceback)
+    end)
+  end)
+
+  it("a joined failure is handled: the spawner does not raise it again", function()
+    assert.equal("fine", run(function()
+      local h = knhk.spawn(function() error("seen") end)
+      pcall(h.join, h)
+      return "fine"
+    end))
+  end)
+
+  it("a failure nobody joined is raised when the spawner ends", function()
+    local ok, err = pcall(run, function() knhk.spawn(function() error("unseen") end) end)
+    assert.is_false(ok)
+    assert.matches("unseen", tostring(err))
+  end)
+
+  it("done tells whether it ended; cancel ends it as cancelled", function()
+    run(function()
+      local h = knhk.spawn(function() knhk.sleep(60) end)
+      assert.is_false(h:done())
+      h:cancel()
+      local ok, err = pcall(h.join, h)
+      assert.is_false(ok)
+      assert.matches("was cancelled", err.message)
+      assert.is_true(h:done())
+    end)
+  end)
+
+  it("travel to other tasks, which can join them", function()
+    assert.equal(12, run(function()
+      local a = knhk.spawn(function() return 5 end)
+      return knhk.spawn(function(h) return h:join() + 7 end, a):join()
+    end))
+  end)
+end)
