@@ -79,7 +79,8 @@ M.raise_cancelled = raise_cancelled
 function M.wait(where, cond, arm, uncancellable)
   local t = M.in_task(where, 3)
   local ptr = t.ptr
-  local token = uncancellable and nil or M.token_of(t)
+  local token = nil -- no cancellation point when uncancellable
+  if not uncancellable then token = M.token_of(t) end
   while true do
     if token ~= nil and C.knhk_token_is_cancelled(token) ~= 0 then raise_cancelled(t, token) end
     if cond() then return end
@@ -398,7 +399,15 @@ local function step(lud)
   local t = tasks[lud]
   local first = false
   if t == nil then
-    t = start_task(ffi.cast("klua_task_t*", lud))
+    local ptr = ffi.cast("klua_task_t*", lud)
+    local ok, started = pcall(start_task, ptr)
+    if not ok then -- its snapshot could not be materialised here
+      local msg = "task " .. tonumber(ptr.id) .. " could not start: " .. tostring(started)
+      local snap = codec.encode(1, encode_places("error"), errors.task_error(msg, nil, nil))
+      C.klua_task_finish(ptr, K.ERROR, snap, #snap)
+      return K.EFAILED
+    end
+    t = started
     tasks[lud] = t
     first = true
   end
@@ -415,8 +424,11 @@ local function step(lud)
   if co_status(t.co) == "dead" then
     tasks[lud] = nil
     if not ok then
-      io.stderr:write("knhk: internal error in a task: ", tostring(err), "\n")
-      C.klua_task_finish(t.ptr, K.ERROR, nil, 0)
+      -- A failure of the runtime itself (user errors are caught in body):
+      -- still reported through the task, with what went wrong.
+      local msg = "knhk: internal error in task " .. tonumber(t.ptr.id) .. ": " .. tostring(err)
+      local snap = codec.encode(1, encode_places("error"), errors.task_error(msg, nil, nil))
+      C.klua_task_finish(t.ptr, K.ERROR, snap, #snap)
       return K.EFAILED
     end
     return t.status
@@ -424,8 +436,11 @@ local function step(lud)
   return TASK_PENDING
 end
 
--- Worker VMs: called by the C side after `require "knhk.runtime"`.
+-- Worker VMs: called by the C side after `require "knhk.runtime"`. The
+-- whole knhk module is loaded too: it registers the classes and handle
+-- kinds that snapshots refer to.
 function M.start_worker()
+  require "knhk"
   init_vm()
   core.register(step)
 end

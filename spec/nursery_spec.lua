@@ -1,0 +1,166 @@
+-- knhk.nursery: structured concurrency. No task outlives its nursery; the
+-- first failure cancels the rest; every error is reported.
+local knhk = require "knhk"
+
+local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
+
+describe("knhk.nursery", function()
+  it("returns once every child has ended, with the body's results", function()
+    local done = run(function()
+      local ended = {}
+      local r = knhk.nursery(function(n)
+        for i = 1, 5 do n:spawn_local(function() knhk.sleep(0.002 * i); ended[i] = true end) end
+        return "body"
+      end)
+      assert.equal("body", r)
+      return #ended
+    end)
+    assert.equal(5, done)
+  end)
+
+  it("an empty nursery returns at once", function()
+    assert.equal(1, run(function() return knhk.nursery(function() return 1 end) end))
+  end)
+
+  it("counts and waits for many tasks (1000)", function()
+    assert.equal(1000 * 1001 / 2, run(function()
+      local total = 0
+      knhk.nursery(function(n)
+        local hs = {}
+        for i = 1, 1000 do hs[i] = n:spawn(function(x) return x end, i) end
+        for _, h in ipairs(hs) do total = total + h:join() end
+      end)
+      return total
+    end))
+  end)
+
+  it("wait_all gives results in spawn order", function()
+    local out = run(function()
+      return knhk.nursery(function(n)
+        for i = 1, 4 do n:spawn(function(x) knhk.sleep(0.001 * (5 - x)); return x * 10 end, i) end
+        return n:wait_all()
+      end)
+    end)
+    assert.same({ { 10 }, { 20 }, { 30 }, { 40 } }, out)
+  end)
+
+  it("a failing child cancels its siblings, whose cleanup runs before it raises", function()
+    local cleanup, err = run(function()
+      local cleaned = 0
+      local ok, e = pcall(knhk.nursery, function(n)
+        for _ = 1, 3 do
+          n:spawn_local(function()
+            local ok2, e2 = pcall(knhk.sleep, 60)
+            cleaned = cleaned + 1 -- cleanup, then let Cancelled go on
+            error(e2, 0)
+          end)
+        end
+        n:spawn(function() knhk.sleep(0.01); error("child failed") end)
+      end)
+      assert.is_false(ok)
+      return cleaned, e
+    end)
+    assert.equal(3, cleanup)
+    assert.matches("child failed", tostring(err))
+  end)
+
+  it("several failures come as an error group, first one first", function()
+    local err = run(function()
+      local ok, e = pcall(knhk.nursery, function(n)
+        n:spawn_local(function()
+          pcall(knhk.sleep, 60) -- cancelled by the first failure...
+          error("second")       -- ...then fails on its own
+        end)
+        n:spawn_local(function() knhk.sleep(0.005); error("first") end)
+      end)
+      return e
+    end)
+    assert.is_true(knhk.is_error_group(err))
+    assert.equal(2, #err.errors)
+    assert.matches("first", err.errors[1].message)
+    assert.matches("second", err.errors[2].message)
+    local text = tostring(err)
+    assert.matches("2 errors", text)
+    assert.matches("first", text)
+    assert.matches("second", text)
+  end)
+
+  it("a failing body cancels the children and raises the body's error", function()
+    local cancelled = run(function()
+      local seen = false
+      local ok, e = pcall(knhk.nursery, function(n)
+        n:spawn_local(function()
+          local ok2, e2 = pcall(knhk.sleep, 60)
+          seen = knhk.is_cancelled(e2)
+          error(e2, 0)
+        end)
+        knhk.sleep(0.005)
+        error("body failed")
+      end)
+      assert.is_false(ok)
+      assert.matches("body failed", tostring(e))
+      return seen
+    end)
+    assert.is_true(cancelled)
+  end)
+
+  it("n:cancel() ends the children and is not an error", function()
+    local r = run(function()
+      return knhk.nursery(function(n)
+        n:spawn(function() knhk.sleep(60) end)
+        n:spawn_local(function() knhk.sleep(60) end)
+        knhk.sleep(0.005)
+        n:cancel()
+        return "after cancel"
+      end)
+    end)
+    assert.equal("after cancel", r)
+  end)
+
+  it("supervise: a failure is reported but siblings go on", function()
+    local finished, err = run(function()
+      local fin = false
+      local ok, e = pcall(knhk.nursery, function(n)
+        n:spawn_local(function() error("one bad child") end)
+        n:spawn_local(function() knhk.sleep(0.01); fin = true end)
+      end, { supervise = true })
+      assert.is_false(ok)
+      return fin, e
+    end)
+    assert.is_true(finished)
+    assert.matches("one bad child", tostring(err))
+  end)
+
+  it("nested nurseries work on one worker", function()
+    assert.equal(27, run(function()
+      local count = 0
+      local function tree(depth)
+        if depth == 0 then count = count + 1; return end
+        knhk.nursery(function(n)
+          for _ = 1, 3 do n:spawn_local(tree, depth - 1) end
+        end)
+      end
+      tree(3)
+      return count
+    end, 1))
+  end)
+
+  it("refuses to spawn into a closed nursery", function()
+    local err = run(function()
+      local kept
+      knhk.nursery(function(n) kept = n end)
+      local ok, e = pcall(kept.spawn, kept, function() end)
+      return e
+    end)
+    assert.matches("the nursery is closed", tostring(err))
+  end)
+
+  it("checks its arguments", function()
+    run(function()
+      assert.has_error(function() knhk.nursery(1) end,
+        "bad argument #1 to 'nursery' (function expected, got number)")
+      assert.has_error(function() knhk.nursery(function() end, 1) end,
+        "bad argument #2 to 'nursery' (table expected, got number)")
+    end)
+  end)
+end)

@@ -1,0 +1,226 @@
+-- Cancel scopes: Trio semantics. Cancelled unwinds to the scope that was
+-- cancelled and is caught there; checkpoints are level-triggered.
+local knhk = require "knhk"
+
+local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
+
+describe("knhk.cancel_scope", function()
+  it("scope:cancel() makes the next checkpoint raise, caught by the scope", function()
+    run(function()
+      local after = false
+      local scope = knhk.cancel_scope(function(s)
+        s:cancel()
+        knhk.checkpoint()
+        after = true
+      end)
+      assert.is_false(after)
+      assert.is_true(scope.cancel_called)
+      assert.is_true(scope.cancelled_caught)
+    end)
+  end)
+
+  it("returns the function's results when it was not cancelled", function()
+    run(function()
+      local scope, a, b = knhk.cancel_scope(function() return 1, 2 end)
+      assert.is_false(scope.cancelled_caught)
+      assert.equal(1, a)
+      assert.equal(2, b)
+    end)
+  end)
+
+  it("is level-triggered: a checkpoint after catching Cancelled raises again", function()
+    run(function()
+      local second = nil
+      knhk.cancel_scope(function(s)
+        s:cancel()
+        local ok, e = pcall(knhk.checkpoint)
+        assert.is_true(knhk.is_cancelled(e))
+        local ok2, e2 = pcall(knhk.sleep, 0)
+        second = knhk.is_cancelled(e2)
+      end)
+      assert.is_true(second)
+    end)
+  end)
+
+  it("nested deadlines: the outer, earlier one wins and the outer scope catches", function()
+    run(function()
+      local inner_scope
+      local t0 = knhk.now()
+      local outer = knhk.cancel_scope(function()
+        inner_scope = knhk.cancel_scope(function() knhk.sleep(10) end, { timeout = 5 })
+      end, { timeout = 0.02 })
+      assert.is_true(outer.cancelled_caught)
+      assert.is_nil(inner_scope) -- the inner never returned: Cancelled went past it
+      assert.is_true(knhk.now() - t0 < 4)
+    end)
+  end)
+
+  it("nested deadlines: an inner, earlier one is caught by the inner scope", function()
+    run(function()
+      local inner
+      local outer = knhk.cancel_scope(function()
+        inner = knhk.cancel_scope(function() knhk.sleep(10) end, { timeout = 0.01 })
+      end, { timeout = 5 })
+      assert.is_true(inner.cancelled_caught)
+      assert.is_false(outer.cancelled_caught)
+    end)
+  end)
+
+  it("shield: cancellation from outside does not reach inside", function()
+    run(function()
+      local finished = false
+      local outer = knhk.move_on_after(0.005, function()
+        knhk.cancel_scope(function() knhk.sleep(0.03); finished = true end, { shield = true })
+        knhk.checkpoint() -- back outside the shield: the outer cancellation applies
+      end)
+      assert.is_true(finished)
+      assert.is_true(outer.cancelled_caught)
+    end)
+  end)
+
+  it("cancellation reaches tasks spawned inside the scope", function()
+    run(function()
+      local saw
+      knhk.cancel_scope(function(s)
+        knhk.nursery(function(n)
+          n:spawn_local(function()
+            local ok, e = pcall(knhk.sleep, 60)
+            saw = knhk.is_cancelled(e)
+            error(e, 0)
+          end)
+          knhk.sleep(0.005)
+          s:cancel()
+        end)
+      end)
+      assert.is_true(saw)
+    end)
+  end)
+
+  it("checks its arguments", function()
+    run(function()
+      assert.has_error(function() knhk.cancel_scope(1) end,
+        "bad argument #1 to 'cancel_scope' (function expected, got number)")
+      assert.has_error(function() knhk.cancel_scope(function() end, { timeout = "x" }) end,
+        "bad argument #2 to 'cancel_scope' (number expected, got string)")
+    end)
+  end)
+end)
+
+describe("knhk.move_on_after and knhk.fail_after", function()
+  it("move_on_after stops the work and moves on", function()
+    run(function()
+      local scope, r = knhk.move_on_after(0.01, function() knhk.sleep(10); return "never" end)
+      assert.is_true(scope.cancelled_caught)
+      assert.is_nil(r)
+    end)
+  end)
+
+  it("move_on_after passes results through when in time", function()
+    run(function()
+      local scope, r = knhk.move_on_after(5, function(x) return x end, "in time")
+      assert.is_false(scope.cancelled_caught)
+      assert.equal("in time", r)
+    end)
+  end)
+
+  it("fail_after raises a TimeoutError that is told apart from other errors", function()
+    run(function()
+      local ok, e = pcall(knhk.fail_after, 0.01, knhk.sleep, 10)
+      assert.is_false(ok)
+      assert.is_true(knhk.is_timeout(e))
+      assert.is_false(knhk.is_cancelled(e))
+      assert.matches("timed out after 0.01 s", tostring(e))
+    end)
+  end)
+
+  it("fail_after returns the results when in time", function()
+    run(function()
+      assert.equal(7, knhk.fail_after(5, function() return 7 end))
+    end)
+  end)
+
+  it("fail_after lets other errors through unchanged", function()
+    run(function()
+      local ok, e = pcall(knhk.fail_after, 5, function() error("own error", 0) end)
+      assert.is_false(ok)
+      assert.equal("own error", e)
+    end)
+  end)
+end)
+
+describe("knhk.sleep and knhk.now", function()
+  it("sleep waits at least the time asked", function()
+    run(function()
+      local t0 = knhk.now()
+      knhk.sleep(0.02)
+      assert.is_true(knhk.now() - t0 >= 0.02)
+    end)
+  end)
+
+  it("100k tasks sleep at once and all wake", function()
+    local n = run(function()
+      local woke = 0
+      knhk.nursery(function(nur)
+        for _ = 1, 100000 do
+          nur:spawn_local(function() knhk.sleep(0.05); woke = woke + 1 end)
+        end
+      end)
+      return woke
+    end, 1)
+    assert.equal(100000, n)
+  end)
+
+  it("checks its argument", function()
+    run(function()
+      assert.has_error(function() knhk.sleep("1") end,
+        "bad argument #1 to 'sleep' (number expected, got string)")
+    end)
+  end)
+end)
+
+describe("cancel tokens", function()
+  it("child tokens follow their parent; cancelling a child leaves the parent", function()
+    run(function()
+      local root = knhk.token()
+      local a, b = root:child(), root:child()
+      a:cancel()
+      assert.is_true(a:is_cancelled())
+      assert.is_false(root:is_cancelled())
+      assert.is_false(b:is_cancelled())
+      root:cancel()
+      assert.is_true(b:is_cancelled())
+    end)
+  end)
+
+  it("are usable from tasks on any worker, which wait for them", function()
+    local woke = run(function()
+      local tok = knhk.token()
+      local hs = {}
+      knhk.nursery(function(n)
+        for i = 1, 8 do hs[i] = n:spawn(function(t) t:wait(); return true end, tok) end
+        knhk.sleep(0.01)
+        tok:cancel()
+      end)
+      local count = 0
+      for _, h in ipairs(hs) do if h:join() then count = count + 1 end end
+      return count
+    end, 4)
+    assert.equal(8, woke)
+  end)
+
+  it("waiting on a token is itself cancellable", function()
+    run(function()
+      local tok = knhk.token()
+      local scope = knhk.move_on_after(0.01, function() tok:wait() end)
+      assert.is_true(scope.cancelled_caught)
+      assert.is_false(tok:is_cancelled())
+    end)
+  end)
+
+  it("refuses a parent that is not a token", function()
+    run(function()
+      assert.has_error(function() knhk.token({}) end,
+        "bad argument #1 to 'token' (token expected, got table)")
+    end)
+  end)
+end)
