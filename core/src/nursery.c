@@ -310,6 +310,21 @@ int knhk_nursery_join_next(knhk_nursery_t *n, knhk_child_t **next) {
   return c ? 0 : KNHK_ENOENT;
 }
 
+int knhk_nursery_try_next(knhk_nursery_t *n, knhk_child_t **next) {
+  if (next) *next = NULL;
+  if (!n || !next) return KNHK_EINVAL;
+  pthread_mutex_lock(&n->m);
+  knhk_child_t *c = n->done_head;
+  int rc = c ? 0 : n->live ? KNHK_EAGAIN : KNHK_ENOENT;
+  if (c) {
+    n->done_head = c->knhk__done_next;
+    if (!n->done_head) n->done_tail = NULL;
+  }
+  pthread_mutex_unlock(&n->m);
+  *next = c;
+  return rc;
+}
+
 int knhk_nursery_notify(knhk_nursery_t *n, knhk_task_t *task, uint64_t seen) {
   if (!n || !task) return KNHK_EINVAL;
   pthread_mutex_lock(&n->m);

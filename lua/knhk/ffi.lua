@@ -91,6 +91,30 @@ int klua_workers(klua_rt_t *rt);
 knhk_executor_t *klua_executor(klua_rt_t *rt);
 knhk_reactor_t *klua_reactor(klua_rt_t *rt);
 knhk_token_t *klua_root_token(klua_rt_t *rt);
+
+/* lua/src/klua_sync.c */
+typedef struct klua_sync klua_sync_t;
+typedef struct klua_waiter klua_waiter_t;
+klua_sync_t *klua_chan_new(size_t capacity);
+klua_sync_t *klua_sem_new(int64_t permits);
+klua_sync_t *klua_event_new(void);
+void klua_sync_retain(klua_sync_t *s);
+void klua_sync_release(klua_sync_t *s);
+void klua_free(void *p);
+klua_waiter_t *klua_sync_wait(klua_sync_t *s, klua_task_t *t, int which);
+void klua_sync_unwait(klua_sync_t *s, klua_waiter_t *w, int used);
+int klua_chan_send(klua_sync_t *s, const char *data, size_t len, uint64_t *seq);
+int klua_chan_recv(klua_sync_t *s, char **out, size_t *len);
+uint64_t klua_chan_taken(klua_sync_t *s);
+int klua_chan_closed(klua_sync_t *s);
+size_t klua_chan_capacity(klua_sync_t *s);
+size_t klua_chan_count(klua_sync_t *s);
+int klua_chan_close(klua_sync_t *s);
+int klua_sem_acquire(klua_sync_t *s);
+void klua_sem_release(klua_sync_t *s);
+int64_t klua_sem_permits(klua_sync_t *s);
+void klua_event_set(klua_sync_t *s);
+int klua_event_is_set(klua_sync_t *s);
 ]]
 
 local function library_path()
@@ -116,7 +140,7 @@ return {
   path = path,
   -- constants shared with C (see the headers named above)
   ECANCELED = -125, ETIMEDOUT = -110, EALREADY = -114, ECLOSED = -32, EBUSY = -16,
-  EFAILED = -1000, ENOENT = -2, ESHUTDOWN = -108,
+  EFAILED = -1000, ENOENT = -2, ESHUTDOWN = -108, EAGAIN = -11,
   TASK_PENDING = 1,
   CANCEL_EXPLICIT = 1, CANCEL_DEADLINE = 2, CANCEL_SIBLING = 3, CANCEL_SIGNAL = 4,
   CANCEL_SHUTDOWN = 5,

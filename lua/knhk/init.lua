@@ -275,6 +275,16 @@ function Token:__tostring()
   return "knhk.token" .. (self:is_cancelled() and " (cancelled)" or "")
 end
 
+-- ---------------------------------------------- channels, synchronisation
+
+local sync = require "knhk.sync"
+knhk.channel = sync.channel
+knhk.semaphore = sync.semaphore
+knhk.lock = sync.lock
+knhk.event = sync.event
+knhk.Channel, knhk.Semaphore, knhk.Lock, knhk.Event = sync.Channel, sync.Semaphore, sync.Lock,
+  sync.Event
+
 -- ---------------------------------------------------------------- stats
 
 -- knhk.stats() -> { workers, spawned, completed, failed, cancelled, stolen,

@@ -16,6 +16,7 @@
 
 #include <lua.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "knhk/cancel.h"
@@ -67,7 +68,8 @@ struct klua_task {
   _Atomic uint32_t wake_bits;
   pthread_mutex_t m;       /* joiners, timer */
   klua_task_t *joiners;    /* tasks waiting for this one to end */
-  klua_task_t *join_next, *join_prev, *joining;
+  klua_task_t *join_next, *join_prev;     /* in a target's joiners (its lock) */
+  _Atomic(klua_task_t *) joining;          /* that target, or NULL */
   knhk_cancel_cb_t ccb;      /* the wait's scope token */
   int ccb_on;
   knhk_cancel_cb_t watch;    /* another token the wait watches (token:wait) */

@@ -131,14 +131,17 @@ void klua_task_finish(klua_task_t *t, int outcome, const char *result, size_t le
   t->pub.result = copy;
   t->pub.result_len = copy ? len : 0;
   t->pub.outcome = outcome;
+  /* Each queued joiner holds a reference to itself (klua_join_arm): taken
+   * over here, so a joiner that ends meanwhile is not freed under us. */
   klua_task_t *j = t->joiners;
   t->joiners = NULL;
-  for (klua_task_t *x = j; x; x = x->join_next) x->joining = NULL;
+  for (klua_task_t *x = j; x; x = x->join_next) atomic_store(&x->joining, NULL);
   pthread_mutex_unlock(&t->m);
   while (j) {
     klua_task_t *next = j->join_next;
     j->join_next = j->join_prev = NULL;
     klua_wake(j, KLUA_WAKE_JOIN);
+    klua_task_release(j);
     j = next;
   }
 }
@@ -200,11 +203,12 @@ int klua_join_arm(klua_task_t *waiter, klua_task_t *target) {
     pthread_mutex_unlock(&target->m);
     return 1;
   }
+  klua_task_retain(waiter);
   waiter->join_prev = NULL;
   waiter->join_next = target->joiners;
   if (target->joiners) target->joiners->join_prev = waiter;
   target->joiners = waiter;
-  waiter->joining = target;
+  atomic_store(&waiter->joining, target);
   pthread_mutex_unlock(&target->m);
   return 0;
 }
@@ -217,11 +221,11 @@ int klua_watch_arm(klua_task_t *t, knhk_token_t *token) {
   return 0;
 }
 
-/* The next child of n in completion order, once they have all ended (the
- * nursery's join_next returns at once then); NULL when none is left. */
+/* The next ended child of n not yet taken, in completion order, or NULL
+ * (none has ended since). Never waits. */
 klua_task_t *klua_nursery_next_ended(knhk_nursery_t *n) {
   knhk_child_t *c = NULL;
-  if (knhk_nursery_live(n) != 0 || knhk_nursery_join_next(n, &c) != 0) return NULL;
+  if (knhk_nursery_try_next(n, &c) != 0) return NULL;
   return c->arg;
 }
 
@@ -239,17 +243,21 @@ void klua_wait_end(klua_task_t *t) {
   knhk_timer_t *tm = t->timer;
   if (tm) knhk_timer_stop(tm); /* timer_done frees it */
   pthread_mutex_unlock(&t->m);
-  klua_task_t *target = t->joining;
+  klua_task_t *target = atomic_load(&t->joining);
   if (target) {
+    /* target outlives this: the waiter holds a handle to what it joins */
     pthread_mutex_lock(&target->m);
-    if (t->joining == target) {
+    if (atomic_load(&t->joining) == target) {
       if (t->join_prev) t->join_prev->join_next = t->join_next;
       else target->joiners = t->join_next;
       if (t->join_next) t->join_next->join_prev = t->join_prev;
       t->join_next = t->join_prev = NULL;
-      t->joining = NULL;
+      atomic_store(&t->joining, NULL);
+      pthread_mutex_unlock(&target->m);
+      klua_task_release(t); /* still queued: its own reference comes back */
+    } else {
+      pthread_mutex_unlock(&target->m);
     }
-    pthread_mutex_unlock(&target->m);
   }
 }
 

@@ -86,6 +86,10 @@ int knhk_nursery_wait_any(knhk_nursery_t *n, knhk_child_t **winner);
 /* Waits for the next child to end, in completion order. Returns 0 with
  * *next set, or KNHK_ENOENT when no child is live and all were joined. */
 int knhk_nursery_join_next(knhk_nursery_t *n, knhk_child_t **next);
+/* Any thread, never waits. The next ended child not yet joined (0, *next
+ * set); KNHK_EAGAIN if none has ended since but some are live;
+ * KNHK_ENOENT if none is live and all were joined. */
+int knhk_nursery_try_next(knhk_nursery_t *n, knhk_child_t **next);
 /* Any thread. No more spawns (KNHK_ECLOSED); children still run. */
 int knhk_nursery_close(knhk_nursery_t *n);
 

@@ -1,0 +1,195 @@
+-- Channels, semaphores, locks, events: across workers, cancellable.
+local knhk = require "knhk"
+
+local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
+
+describe("knhk.channel", function()
+  it("carries values between tasks, in order, by snapshot", function()
+    local got = run(function()
+      local ch = knhk.channel(4)
+      local t = { 1, { 2 } }
+      knhk.spawn(function(c, v) c:send(v); c:send("two"); c:close() end, ch, t)
+      local out = {}
+      for v in ch:values() do out[#out + 1] = v end
+      return out
+    end)
+    assert.same({ { 1, { 2 } }, "two" }, got)
+  end)
+
+  it("recv on a closed, drained channel returns nil, false", function()
+    run(function()
+      local ch = knhk.channel()
+      ch:send(1)
+      ch:close()
+      assert.same({ 1, true }, { ch:recv() })
+      assert.same({ nil, false }, { ch:recv() })
+      assert.is_true(ch:is_closed())
+    end)
+  end)
+
+  it("send on a closed channel raises", function()
+    run(function()
+      local ch = knhk.channel()
+      ch:close()
+      assert.has_error(function() ch:send(1) end, "send: the channel is closed")
+    end)
+  end)
+
+  it("a full channel makes the sender wait (backpressure)", function()
+    local order = run(function()
+      local ch, log = knhk.channel(1), {}
+      knhk.nursery(function(n)
+        n:spawn_local(function()
+          for i = 1, 3 do ch:send(i); log[#log + 1] = "sent" .. i end
+          ch:close()
+        end)
+        n:spawn_local(function()
+          knhk.sleep(0.01)
+          for v in ch:values() do log[#log + 1] = "got" .. v end
+        end)
+      end)
+      return log
+    end, 1)
+    assert.equal("sent1", order[1])
+    assert.equal("got1", order[2])
+  end)
+
+  it("capacity 0 is a rendezvous: send returns once received", function()
+    local log = run(function()
+      local ch, log = knhk.channel(0), {}
+      knhk.nursery(function(n)
+        n:spawn_local(function() ch:send("x"); log[#log + 1] = "send returned" end)
+        n:spawn_local(function()
+          knhk.sleep(0.01)
+          log[#log + 1] = "receiving"
+          ch:recv()
+        end)
+      end)
+      return log
+    end, 1)
+    assert.same({ "receiving", "send returned" }, log)
+  end)
+
+  it("a waiting recv is cancellable", function()
+    run(function()
+      local ch = knhk.channel()
+      local scope = knhk.move_on_after(0.01, function() ch:recv() end)
+      assert.is_true(scope.cancelled_caught)
+    end)
+  end)
+
+  it("loses and duplicates nothing under stress (1M messages, 4 producers, 4 consumers)", function()
+    local P, C, N = 4, 4, 250000
+    local total, count = run(function()
+      local ch = knhk.channel(1024)
+      local sum, k = 0, 0
+      knhk.nursery(function(outer)
+        local consumers = {}
+        for c = 1, C do
+          consumers[c] = outer:spawn(function(cc)
+            local s, n = 0, 0
+            for v in cc:values() do s, n = s + v, n + 1 end
+            return s, n
+          end, ch)
+        end
+        knhk.nursery(function(inner)
+          for p = 1, P do
+            inner:spawn(function(c, base, n) for i = 1, n do c:send(base + i) end end,
+              ch, (p - 1) * N, N)
+          end
+        end)
+        ch:close() -- every producer is done
+        for _, h in ipairs(consumers) do
+          local s, n = h:join()
+          sum, k = sum + s, k + n
+        end
+      end)
+      return sum, k
+    end, 2)
+    assert.equal(P * N, count)
+    assert.equal(P * N * (P * N + 1) / 2, total)
+  end)
+
+  it("refuses bad capacities and unsendable values", function()
+    run(function()
+      assert.has_error(function() knhk.channel(-1) end,
+        "bad argument #1 to 'channel' (capacity must be a whole number >= 0, got -1)")
+      local ch = knhk.channel()
+      assert.has_error(function() ch:send(io.stdout) end, "send: the value sent is a userdata")
+    end)
+  end)
+end)
+
+describe("knhk.semaphore and knhk.lock", function()
+  it("limits how many run at once", function()
+    local max = run(function()
+      local sem, now, max = knhk.semaphore(2), 0, 0
+      knhk.nursery(function(n)
+        for _ = 1, 8 do
+          n:spawn_local(function()
+            sem:with(function()
+              now = now + 1
+              if now > max then max = now end
+              knhk.sleep(0.002)
+              now = now - 1
+            end)
+          end)
+        end
+      end)
+      return max
+    end, 1)
+    assert.equal(2, max)
+  end)
+
+  it("a lock serialises tasks on different workers", function()
+    local counter = run(function()
+      local lock = knhk.lock()
+      local ch = knhk.channel(1)
+      ch:send(0)
+      knhk.nursery(function(n)
+        for _ = 1, 4 do
+          n:spawn(function(l, c)
+            for _ = 1, 50 do
+              l:with(function()
+                local v = c:recv()
+                knhk.sleep(0)
+                c:send(v + 1)
+              end)
+            end
+          end, lock, ch)
+        end
+      end)
+      return ch:recv()
+    end, 2)
+    assert.equal(200, counter)
+  end)
+
+  it("release wakes a waiter; permits are counted", function()
+    run(function()
+      local sem = knhk.semaphore(0)
+      assert.equal(0, sem:permits())
+      local h = knhk.spawn(function(s) s:acquire(); return "acquired" end, sem)
+      knhk.sleep(0.005)
+      assert.is_false(h:done())
+      sem:release()
+      assert.equal("acquired", h:join())
+    end)
+  end)
+end)
+
+describe("knhk.event", function()
+  it("wakes every waiter once set", function()
+    local n = run(function()
+      local ev = knhk.event()
+      local hs = {}
+      for i = 1, 6 do hs[i] = knhk.spawn(function(e) e:wait(); return 1 end, ev) end
+      knhk.sleep(0.005)
+      assert.is_false(ev:is_set())
+      ev:set()
+      local c = 0
+      for _, h in ipairs(hs) do c = c + h:join() end
+      return c
+    end, 2)
+    assert.equal(6, n)
+  end)
+end)
