@@ -115,6 +115,22 @@ void klua_sem_release(klua_sync_t *s);
 int64_t klua_sem_permits(klua_sync_t *s);
 void klua_event_set(klua_sync_t *s);
 int klua_event_is_set(klua_sync_t *s);
+
+/* lua/src/klua_exec.c; the outcome fields of knhk_process_t (reactor.h) */
+typedef struct knhk_process_s {
+  const char *file; char **argv; char **env; const char *cwd;
+  const char *stdin_data; size_t stdin_len; knhk_token_t *token;
+  uint64_t kill_grace_ns; void *on_exit; void *data;
+  int error; int64_t exit_status; int term_signal; int cancelled;
+  char *out; char *err; size_t out_len; size_t err_len;
+} knhk_process_t;
+typedef struct klua_exec klua_exec_t;
+klua_exec_t *klua_exec_start(klua_task_t *t, const char **argv, int argc, const char **env,
+                             int envc, const char *cwd, const char *stdin_data,
+                             size_t stdin_len, knhk_token_t *token, int *err);
+int klua_exec_done(klua_exec_t *e);
+knhk_process_t *klua_exec_process(klua_exec_t *e);
+void klua_exec_free(klua_exec_t *e);
 ]]
 
 local function library_path()

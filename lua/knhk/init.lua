@@ -225,7 +225,30 @@ function knhk.nursery(fn, opts)
   return unpack(res, 1, res.n)
 end
 
-function Nursery:cancel_all() return self:cancel() end
+-- n:join_next() -> handle of the next child to end (completion order), or
+-- nil when none is left; h:join() then gives its results or error.
+function Nursery:join_next()
+  if self.n == nil then error("join_next: the nursery is closed", 2) end
+  return self:next_ended("join_next")
+end
+
+-- n:wait_any() -> the results of the first child to complete; the others
+-- are cancelled (and waited for when the nursery ends). If a child fails
+-- before any completes, the nursery raises that failure.
+function Nursery:wait_any()
+  if self.n == nil then error("wait_any: the nursery is closed", 2) end
+  while true do
+    local h = self:next_ended("wait_any")
+    if h == nil then
+      error(errors.task_error("wait_any: no task completed", nil, nil), 2)
+    end
+    if h.ptr.outcome == K.OK then
+      self:cancel()
+      return h:join()
+    end
+    -- a failure cancels the rest (nursery policy); keep waiting for a winner
+  end
+end
 
 -- n:wait_all() -> { {results...}, ... } in spawn order, for the tasks
 -- spawned so far (waits for them; raises the first error).
@@ -284,6 +307,157 @@ knhk.lock = sync.lock
 knhk.event = sync.event
 knhk.Channel, knhk.Semaphore, knhk.Lock, knhk.Event = sync.Channel, sync.Semaphore, sync.Lock,
   sync.Event
+
+-- ------------------------------------------------- map, race, select, exec
+
+-- knhk.map(list, fn [, opts]) -> { fn(list[1]), ... } in order, computed by
+-- portable tasks on every core, at most opts.limit at once. The first
+-- error cancels the rest and is raised.
+function knhk.map(list, fn, opts)
+  if type(list) ~= "table" then argerror(1, "map", "table", list) end
+  if type(fn) ~= "function" then argerror(2, "map", "function", fn) end
+  opts = check_opts(opts, 3, "map")
+  local limit = opts.limit
+  if limit ~= nil and (type(limit) ~= "number" or limit < 1 or limit % 1 ~= 0) then
+    error("bad argument #3 to 'map' (limit must be a whole number >= 1, got " .. tostring(limit)
+      .. ")", 2)
+  end
+  R.in_task("knhk.map", 2)
+  local n = #list
+  local results = {}
+  knhk.nursery(function(nur)
+    local sem = limit and knhk.semaphore(limit)
+    local hs = {}
+    for i = 1, n do
+      if sem then sem:acquire() end
+      hs[i] = nur:spawn(function(f, v, s)
+        local rr = require "knhk.runtime"
+        local ok, r = xpcall(f, rr.capture, v)
+        if s then s:release() end
+        if not ok then error(r, 0) end
+        return r
+      end, fn, list[i], sem)
+    end
+    for i = 1, n do results[i] = hs[i]:join() end
+  end)
+  return results
+end
+
+-- knhk.race(f1, f2, ...) -> the results of the first to finish; the others
+-- are cancelled and waited for before it returns.
+function knhk.race(...)
+  local fns = { n = select("#", ...), ... }
+  if fns.n == 0 then error("bad argument #1 to 'race' (function expected, got no value)", 2) end
+  for i = 1, fns.n do
+    if type(fns[i]) ~= "function" then argerror(i, "race", "function", fns[i]) end
+  end
+  R.in_task("knhk.race", 2)
+  return knhk.nursery(function(n)
+    for i = 1, fns.n do n:spawn(fns[i]) end
+    return n:wait_any()
+  end)
+end
+
+-- knhk.select{ name = fn, ... } -> name, results of the first to finish;
+-- the others are cancelled and waited for.
+function knhk.select(cases)
+  if type(cases) ~= "table" then argerror(1, "select", "table", cases) end
+  local names, fns = {}, {}
+  for k, f in pairs(cases) do
+    if type(f) ~= "function" then
+      error("bad argument #1 to 'select' (case '" .. tostring(k) .. "' is a " .. type(f)
+        .. ", expected a function)", 2)
+    end
+    names[#names + 1], fns[#fns + 1] = k, f
+  end
+  if #fns == 0 then error("bad argument #1 to 'select' (no cases)", 2) end
+  R.in_task("knhk.select", 2)
+  return knhk.nursery(function(n)
+    for i, f in ipairs(fns) do
+      local name = names[i]
+      n:spawn(function(g, nm) return nm, g() end, f, name)
+    end
+    return n:wait_any()
+  end)
+end
+
+-- knhk.exec(cmd [, opts]) -> { status, stdout, stderr, signal, ok } or
+-- nil, message, code when the command cannot be started. cmd is a string
+-- (run by /bin/sh -c) or an argv table. opts: stdin (string), cwd, env
+-- (table name -> value, replaces the environment), timeout (seconds; the
+-- process is killed and exec returns nil, "timed out"). Cancelling the
+-- calling scope kills the process; exec still waits for it to end.
+function knhk.exec(cmd, opts)
+  local argv
+  if type(cmd) == "string" then
+    argv = { "/bin/sh", "-c", cmd }
+  elseif type(cmd) == "table" and #cmd >= 1 then
+    argv = {}
+    for i, a in ipairs(cmd) do
+      if type(a) ~= "string" and type(a) ~= "number" then
+        error("bad argument #1 to 'exec' (argv[" .. i .. "] must be a string, got " .. type(a) .. ")", 2)
+      end
+      argv[i] = tostring(a)
+    end
+  else
+    argerror(1, "exec", "string or argv table", cmd)
+  end
+  opts = check_opts(opts, 2, "exec")
+  if opts.stdin ~= nil and type(opts.stdin) ~= "string" then
+    error("bad argument #2 to 'exec' (stdin must be a string, got " .. type(opts.stdin) .. ")", 2)
+  end
+  if opts.timeout ~= nil then check_number(opts.timeout, 2, "exec") end
+  local t = R.in_task("knhk.exec", 2)
+  local cargv = ffi.new("const char*[?]", #argv + 1, argv)
+  local cenv, envc, env_strings = nil, 0, nil -- env_strings keeps cenv's strings alive
+  if opts.env ~= nil then
+    if type(opts.env) ~= "table" then
+      error("bad argument #2 to 'exec' (env must be a table, got " .. type(opts.env) .. ")", 2)
+    end
+    local list = {}
+    for k, v in pairs(opts.env) do list[#list + 1] = tostring(k) .. "=" .. tostring(v) end
+    envc = #list
+    cenv = ffi.new("const char*[?]", envc + 1, list)
+    env_strings = list
+  end
+  local function run_it()
+    local err = ffi.new("int[1]")
+    local e = C.klua_exec_start(t.ptr, cargv, #argv, cenv, envc, opts.cwd, opts.stdin,
+      opts.stdin and #opts.stdin or 0, R.token_of(t), err)
+    if e == nil then return nil, ffi.string(C.knhk_strerror(err[0])), err[0] end
+    e = ffi.gc(e, C.klua_exec_free)
+    -- uncancellable wait: the process is killed on cancel and ends soon
+    R.wait("knhk.exec", function() return C.klua_exec_done(e) ~= 0 end, function() return false end,
+      true)
+    local p = C.klua_exec_process(e)
+    if p.error ~= 0 then
+      local msg = ffi.string(C.knhk_strerror(p.error))
+      return nil, argv[1] .. ": " .. msg, p.error
+    end
+    if p.cancelled ~= 0 then
+      local token = R.token_of(t)
+      if C.knhk_token_is_cancelled(token) ~= 0 then R.raise_cancelled(t, token) end
+    end
+    local status = tonumber(p.exit_status)
+    return {
+      status = status,
+      signal = p.term_signal ~= 0 and p.term_signal or nil,
+      stdout = ffi.string(p.out, p.out_len),
+      stderr = ffi.string(p.err, p.err_len),
+      ok = status == 0 and p.term_signal == 0,
+    }
+  end
+  local r, m, c
+  if opts.timeout then
+    local scope
+    scope, r, m, c = knhk.move_on_after(opts.timeout, run_it)
+    if scope.cancelled_caught then r, m, c = nil, "timed out after " .. opts.timeout .. " s", K.ETIMEDOUT end
+  else
+    r, m, c = run_it()
+  end
+  local _ = env_strings
+  return r, m, c
+end
 
 -- ---------------------------------------------------------------- stats
 

@@ -309,6 +309,30 @@ end
 
 function Nursery:cancel() C.knhk_nursery_cancel(self.n) end
 
+-- The next child to have ended (completion order), waiting if none has yet;
+-- nil when none is live and all were taken. Not cancellable by the
+-- nursery's own cancellation (the children end anyway).
+function Nursery:next_ended(where)
+  local n = self.n
+  local found
+  local function take()
+    local ptr = C.klua_nursery_next_ended(n)
+    if ptr ~= nil then
+      found = self.by_id[tonumber(ptr.id)]
+      self.popped = self.popped or {}
+      self.popped[#self.popped + 1] = found
+      return true
+    end
+    return C.knhk_nursery_live(n) == 0
+  end
+  M.wait(where, take, function(ptr)
+    local seen = C.knhk_nursery_ends(n)
+    if take() then return true end
+    return C.knhk_nursery_notify(n, C.klua_task_etask(ptr), seen) == K.EALREADY
+  end, true)
+  return found
+end
+
 -- Waits (not cancellable: the children are being cancelled anyway) until
 -- every child has ended.
 local function wait_children(n)
@@ -329,6 +353,12 @@ function M.close_nursery(nursery)
   local n = nursery.n
   wait_children(n)
   local errs = {}
+  for _, h in ipairs(nursery.popped or {}) do -- seen by wait_any / join_next first
+    if h.ptr.outcome == K.ERROR and not h.joined then
+      local _, e = decode_result(h.ptr)
+      errs[#errs + 1] = e
+    end
+  end
   while true do
     local ptr = C.klua_nursery_next_ended(n)
     if ptr == nil then break end

@@ -1,0 +1,191 @@
+-- knhk.map, knhk.race, knhk.select, knhk.exec, and nursery wait_any /
+-- join_next: the building blocks of workflow steps.
+local knhk = require "knhk"
+
+local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
+
+describe("knhk.map", function()
+  it("maps on every core and keeps the order", function()
+    local out = run(function()
+      local list = {}
+      for i = 1, 100 do list[i] = i end
+      return knhk.map(list, function(x) knhk.sleep(0.001 * (x % 3)); return x * x end, { limit = 8 })
+    end)
+    assert.equal(100, #out)
+    for i = 1, 100 do assert.equal(i * i, out[i]) end
+  end)
+
+  it("runs at most `limit` at once", function()
+    local peak = run(function()
+      -- a counter shared by portable tasks: a one-slot channel under a lock
+      local cell, lock = knhk.channel(1), knhk.lock()
+      cell:send({ now = 0, max = 0 })
+      local function bump(d)
+        lock:with(function()
+          local c = cell:recv()
+          c.now = c.now + d
+          if c.now > c.max then c.max = c.now end
+          cell:send(c)
+        end)
+      end
+      knhk.map({ 1, 2, 3, 4, 5, 6, 7, 8 }, function()
+        bump(1)
+        knhk.sleep(0.005)
+        bump(-1)
+        return true
+      end, { limit = 2 })
+      return cell:recv().max
+    end, 4)
+    assert.is_true(peak >= 1 and peak <= 2, "peak concurrency " .. tostring(peak))
+  end)
+
+  it("the first error cancels the rest and is raised", function()
+    local ok, err = pcall(run, function()
+      return knhk.map({ 1, 2, 3, 4 }, function(x)
+        if x == 2 then error("bad item " .. x) end
+        knhk.sleep(5)
+        return x
+      end)
+    end)
+    assert.is_false(ok)
+    assert.matches("bad item 2", tostring(err))
+  end)
+
+  it("checks its arguments", function()
+    run(function()
+      assert.has_error(function() knhk.map(1, print) end,
+        "bad argument #1 to 'map' (table expected, got number)")
+      assert.has_error(function() knhk.map({}, function() end, { limit = 0 }) end,
+        "bad argument #3 to 'map' (limit must be a whole number >= 1, got 0)")
+    end)
+  end)
+end)
+
+describe("knhk.race and knhk.select", function()
+  it("race returns the first to finish; the losers' cleanup runs before it returns", function()
+    local winner, cleaned = run(function()
+      local ev = knhk.event() -- travels to the tasks as a handle
+      local w = knhk.race(
+        function() knhk.sleep(0.005); return "fast" end,
+        function()
+          local ok, err = pcall(knhk.sleep, 10)
+          ev:set() -- cleanup, then the Cancelled goes on
+          error(err, 0)
+        end)
+      return w, ev:is_set()
+    end)
+    assert.equal("fast", winner)
+    assert.is_true(cleaned)
+  end)
+
+  it("select names the case that won", function()
+    local name, v = run(function()
+      return knhk.select {
+        slow = function() knhk.sleep(10); return "slow" end,
+        quick = function() return 42 end,
+      }
+    end)
+    assert.equal("quick", name)
+    assert.equal(42, v)
+  end)
+
+  it("checks its arguments", function()
+    run(function()
+      assert.has_error(function() knhk.race(1) end,
+        "bad argument #1 to 'race' (function expected, got number)")
+      assert.has_error(function() knhk.select({ a = 1 }) end,
+        "bad argument #1 to 'select' (case 'a' is a number, expected a function)")
+    end)
+  end)
+end)
+
+describe("nursery wait_any and join_next", function()
+  it("wait_any gives the first result and waits for the losers' cleanup", function()
+    local r, cleaned = run(function()
+      local cleaned = 0
+      local r = knhk.nursery(function(n)
+        for _ = 1, 3 do
+          n:spawn_local(function()
+            local ok, e = pcall(knhk.sleep, 10)
+            cleaned = cleaned + 1
+            error(e, 0)
+          end)
+        end
+        n:spawn(function() knhk.sleep(0.005); return "winner" end)
+        return n:wait_any()
+      end)
+      return r, cleaned
+    end)
+    assert.equal("winner", r)
+    assert.equal(3, cleaned)
+  end)
+
+  it("join_next gives children in the order they end", function()
+    local order = run(function()
+      local order = {}
+      knhk.nursery(function(n)
+        n:spawn(function() knhk.sleep(0.03); return 3 end)
+        n:spawn(function() knhk.sleep(0.01); return 1 end)
+        n:spawn(function() knhk.sleep(0.02); return 2 end)
+        while true do
+          local h = n:join_next()
+          if not h then break end
+          order[#order + 1] = h:join()
+        end
+      end)
+      return order
+    end)
+    assert.same({ 1, 2, 3 }, order)
+  end)
+end)
+
+describe("knhk.exec", function()
+  it("runs a command: status, stdout, stderr", function()
+    local r = run(function() return knhk.exec("echo out; echo err >&2; exit 3") end)
+    assert.equal(3, r.status)
+    assert.equal("out\n", r.stdout)
+    assert.equal("err\n", r.stderr)
+    assert.is_false(r.ok)
+  end)
+
+  it("takes an argv table, stdin, cwd and env", function()
+    local r = run(function()
+      return knhk.exec({ "sh", "-c", "cat; echo \"$X\"; pwd" },
+        { stdin = "in\n", cwd = "/tmp", env = { X = "from env", PATH = os.getenv "PATH" } })
+    end)
+    assert.is_true(r.ok)
+    assert.equal("in\nfrom env\n/tmp\n", r.stdout)
+  end)
+
+  it("a command that cannot start returns nil, message, code", function()
+    local r, msg, code = run(function() return knhk.exec({ "/nonexistent/knhk-cmd" }) end)
+    assert.is_nil(r)
+    assert.matches("/nonexistent/knhk%-cmd: no such file", msg)
+    assert.equal(-2, code)
+  end)
+
+  it("is killed when its scope is cancelled, and waited for", function()
+    local caught, elapsed = run(function()
+      local t0 = knhk.now()
+      local scope = knhk.move_on_after(0.05, knhk.exec, { "sleep", "30" })
+      return scope.cancelled_caught, knhk.now() - t0
+    end)
+    assert.is_true(caught)
+    assert.is_true(elapsed < 5)
+  end)
+
+  it("a timeout returns nil, 'timed out'", function()
+    local r, msg = run(function() return knhk.exec("sleep 30", { timeout = 0.05 }) end)
+    assert.is_nil(r)
+    assert.matches("timed out", msg)
+  end)
+
+  it("checks its arguments", function()
+    run(function()
+      assert.has_error(function() knhk.exec(42) end,
+        "bad argument #1 to 'exec' (string or argv table expected, got number)")
+      assert.has_error(function() knhk.exec("true", { stdin = 1 }) end,
+        "bad argument #2 to 'exec' (stdin must be a string, got number)")
+    end)
+  end)
+end)
