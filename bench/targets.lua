@@ -15,4 +15,12 @@ return {
   { suite = "cancel", bench = "token_child_create_drop", metric = "ns", op = "<=", value = 50 },
   { suite = "cancel", bench = "cancel_10k_waiters", metric = "ms_to_last_wake", op = "<=", value = 2 },
   { suite = "cancel", bench = "timers_100k", metric = "p99_lateness_ms", op = "<=", value = 2 },
+  -- lua (issue: Lua on every core)
+  { suite = "lua", bench = "spawn_latency", metric = "p50", op = "<=", value = 300 },
+  { suite = "lua", bench = "spawn_latency", metric = "p99", op = "<=", value = 1000 },
+  { suite = "lua", bench = "throughput", metric = "tasks_per_s", workers = 2, op = ">=", value = 1e6 },
+  { suite = "lua", bench = "spawn_local_throughput", metric = "tasks_per_s", workers = 2, op = ">=", value = 3e6 },
+  { suite = "lua", bench = "cpu_bound_lua", metric = "speedup", op = ">=", value = 1.9 },
+  { suite = "lua", bench = "sleeping_task", metric = "bytes", op = "<=", value = 2048 },
+  { suite = "lua", bench = "channel", metric = "msgs_per_s", workers = 2, op = ">=", value = 5e6 },
 }

@@ -250,12 +250,6 @@ local protos_by_closure = setmetatable({}, { __mode = "k" })
 local protos_by_dump = {}
 local register_proto -- set by M.init: bytes -> id
 
-local function fn_place(fn)
-  local info = funcinfo(fn)
-  local src = (info.source or "?"):gsub("^@", "")
-  return string.format("function at %s:%d", src, info.linedefined or 0)
-end
-
 local function proto_of(fn)
   local p = protos_by_closure[fn]
   if p then return p end
@@ -278,15 +272,37 @@ local function proto_of(fn)
   return p
 end
 
+local function fn_place(fn)
+  local info = funcinfo(fn)
+  local src = (info.source or "?"):gsub("^@", "")
+  return string.format("function at %s:%d", src, info.linedefined or 0)
+end
+
 local Encoder = {}
 Encoder.__index = Encoder
 
+-- The path to the value being encoded is kept as cheap descriptors (a
+-- key, or a function and what of it) and turned into words only when a
+-- value is refused.
+local PATH_UPVALUE, PATH_GLOBAL = {}, {}
+
+local function describe(enc, i)
+  local seg = enc.path[i]
+  if type(seg) == "table" then
+    local what, fn, name = seg[1], seg[2], seg[3]
+    if what == PATH_UPVALUE then return "upvalue '" .. name .. "' of " .. fn_place(fn) end
+    return "global '" .. name .. "' read by " .. fn_place(fn)
+  end
+  if i == 1 then return enc.places(seg) end
+  if type(seg) == "number" then return "[" .. seg .. "]" end
+  return seg
+end
+
 local function refuse(enc, v, what)
-  local parts = { what or ("a " .. type(v)) }
   local msg = {}
-  for i = #enc.path, 1, -1 do msg[#msg + 1] = enc.path[i] end
+  for i = #enc.path, 1, -1 do msg[#msg + 1] = describe(enc, i) end
   local where = table.concat(msg, " of ")
-  error({ knhk_refused = true, message = where .. " is " .. parts[1] }, 0)
+  error({ knhk_refused = true, message = where .. " is " .. (what or ("a " .. type(v))) }, 0)
 end
 
 local encode_value
@@ -327,7 +343,7 @@ local function encode_table(enc, t)
   local path = enc.path
   local depth = #path + 1
   for i = 1, n do
-    path[depth] = "[" .. i .. "]"
+    path[depth] = i
     encode_value(enc, t[i])
   end
   for k, v in next, t do
@@ -369,23 +385,26 @@ local function encode_function(enc, fn)
   put_uleb(buf, p.id)
   local path = enc.path
   local depth = #path + 1
-  local place = nil
+  local seg = { PATH_UPVALUE, fn, nil }
   for i = 1, p.nuv do
     local _, v = debug.getupvalue(fn, i)
-    place = place or fn_place(fn)
-    path[depth] = "upvalue '" .. p.uvnames[i] .. "' of " .. place
+    seg[3] = p.uvnames[i]
+    path[depth] = seg
     encode_value(enc, v)
   end
   local env = getfenv(fn)
   local globals = p.globals
   put_uleb(buf, #globals)
-  for i = 1, #globals do
-    local name = globals[i]
-    place = place or fn_place(fn)
-    path[depth] = "global '" .. name .. "' read by " .. place
-    put_uleb(buf, #name)
-    buf:put(name)
-    encode_value(enc, env[name])
+  if #globals > 0 then
+    seg = { PATH_GLOBAL, fn, nil }
+    for i = 1, #globals do
+      local name = globals[i]
+      seg[3] = name
+      path[depth] = seg
+      put_uleb(buf, #name)
+      buf:put(name)
+      encode_value(enc, env[name])
+    end
   end
   path[depth] = nil
 end
@@ -453,11 +472,24 @@ end
 
 -- Encodes n values; `places(i)` names value i for refusals (e.g.
 -- "argument 2"). Returns a string, or raises a refusal table.
+-- One encoder, reused. Encoding runs no user code (5.1 semantics: no
+-- __pairs or __len on tables), so it never re-enters itself; a refusal
+-- leaves it half-used, and the next call resets it anyway.
+local shared = setmetatable({ buf = buffer.new(256), seen = {}, nrefs = 0, path = {} }, Encoder)
+
 function M.encode(n, places, ...)
-  local enc = setmetatable({ buf = buffer.new(64), seen = {}, nrefs = 0, path = {} }, Encoder)
+  local enc = shared
+  enc.buf:reset()
+  if enc.nrefs > 0 then
+    enc.seen = {}
+    enc.nrefs = 0
+  end
+  local path = enc.path
+  for i = #path, 1, -1 do path[i] = nil end
+  enc.places = places
   put_uleb(enc.buf, n)
   for i = 1, n do
-    enc.path[1] = places(i)
+    path[1] = i
     encode_value(enc, (select(i, ...)))
   end
   return enc.buf:tostring()

@@ -264,8 +264,10 @@ function M.new_nursery(t, supervise)
                         supervise = supervise or false }, Nursery)
 end
 
+local spawn_err = ffi.new("int[1]")
+
 function Nursery:spawn_snapshot(kind, worker, snap)
-  local err = ffi.new("int[1]")
+  local err = spawn_err
   local ptr = C.klua_spawn(rt, self.n, kind, worker, snap, #snap, err)
   if ptr == nil then
     if err[0] == K.ECLOSED then error("spawn: the nursery is closed", 3) end
@@ -277,13 +279,15 @@ function Nursery:spawn_snapshot(kind, worker, snap)
   return h
 end
 
+local function spawn_places(i)
+  return i == 1 and "the task function" or ("argument " .. (i - 1))
+end
+
 function M.spawn_into(nursery, level, fn, ...)
   if type(fn) ~= "function" then
     error(string.format("bad argument #1 to 'spawn' (function expected, got %s)", type(fn)), level + 1)
   end
-  local ok, snap = pcall(codec.encode, select("#", ...) + 1, function(i)
-    return i == 1 and "the task function" or ("argument " .. (i - 1))
-  end, fn, ...)
+  local ok, snap = pcall(codec.encode, select("#", ...) + 1, spawn_places, fn, ...)
   if not ok then
     if type(snap) == "table" and snap.knhk_refused then error("spawn: " .. snap.message, level + 1) end
     error(snap, 0)
