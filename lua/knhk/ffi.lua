@@ -68,7 +68,15 @@ typedef struct {
   size_t result_len;
   knhk_nursery_t *nursery;
   knhk_token_t *token;
+  uint64_t parent;
+  uint64_t started_ns;
 } klua_task_t;
+typedef struct {
+  uint64_t id, parent, started_ns;
+  int32_t worker;
+  int32_t state;
+} klua_task_row_t;
+int klua_tasks_list(klua_rt_t *rt, klua_task_row_t *rows, int max);
 klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker,
                         const char *snap, size_t len, int *err);
 int klua_watch_arm(klua_task_t *t, knhk_token_t *token);
@@ -131,6 +139,17 @@ klua_exec_t *klua_exec_start(klua_task_t *t, const char **argv, int argc, const 
 int klua_exec_done(klua_exec_t *e);
 knhk_process_t *klua_exec_process(klua_exec_t *e);
 void klua_exec_free(klua_exec_t *e);
+
+/* lua/src/klua_signals.c, klua_lines.c (the knhk-lua command) */
+int klua_signals_start(klua_rt_t *rt);
+int klua_signals_received(void);
+void klua_signals_target(knhk_token_t *token);
+typedef struct klua_lines klua_lines_t;
+klua_lines_t *klua_lines_new(void);
+int klua_lines_request(klua_lines_t *l, const char *prompt, klua_task_t *task);
+int klua_lines_take(klua_lines_t *l, char **line);
+void klua_lines_unwait(klua_lines_t *l);
+void klua_lines_free(klua_lines_t *l);
 ]]
 
 local function library_path()

@@ -73,7 +73,9 @@ end
 
 -- knhk.run(main [, opts], ...) -> main's results. The calling thread
 -- becomes worker 0 and runs `main` as the root task; opts.workers (default:
--- KNHK_WORKERS or the number of CPUs) workers run tasks.
+-- KNHK_WORKERS or the number of CPUs) workers run tasks. opts.signals: the
+-- first SIGINT/SIGTERM cancels everything (cleanup runs), a second one ends
+-- the process; knhk.signal_received() says which came.
 function knhk.run(main, opts, ...)
   if type(main) ~= "function" then argerror(1, "run", "function", main) end
   opts = check_opts(opts, 2, "run")
@@ -83,7 +85,13 @@ function knhk.run(main, opts, ...)
     error("bad argument #2 to 'run' (workers must be a whole number >= 1, got "
       .. tostring(workers) .. ")", 2)
   end
-  return R.run(main, workers, ...)
+  return R.run(main, workers, opts.signals and true or false, ...)
+end
+
+-- The first SIGINT/SIGTERM received by a knhk.run with opts.signals, or nil.
+function knhk.signal_received()
+  local s = C.klua_signals_received()
+  return s ~= 0 and s or nil
 end
 
 -- ----------------------------------------------------------------- tasks
@@ -119,6 +127,9 @@ function knhk.now() return R.now() end
 -- knhk.checkpoint(): raises Cancelled if the current scope is cancelled,
 -- and lets other tasks run.
 function knhk.checkpoint() R.checkpoint() end
+
+-- knhk.tasks() -> the live tasks: { { id, parent, state, worker, age }, ... }
+function knhk.tasks() return R.live_tasks() end
 
 -- knhk.current() -> a description of the running task, or nil.
 function knhk.current()

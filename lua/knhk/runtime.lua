@@ -219,10 +219,25 @@ function Handle:__tostring() return "knhk.task#" .. self.id end
 
 -- The error a task's code raised, with its traceback captured where it
 -- happened (the value travels to joiners in other VMs).
+-- Tracebacks show the program's frames, not knhk's own (its modules, and
+-- the pcall/xpcall that run tasks).
+local function user_traceback(level)
+  local out = {}
+  for line in debug.traceback("", level + 1):gmatch("[^\n]+") do
+    if not line:match("knhk/[%w_]+%.lua:") and not line:match("^%s*%[C%]: in function '[x]?pcall'")
+        and not line:match("^%s*%[C%]: at 0x") and line ~= "stack traceback:" then
+      out[#out + 1] = line
+    end
+  end
+  if #out == 0 then return "" end
+  return "stack traceback:\n" .. table.concat(out, "\n")
+end
+M.user_traceback = user_traceback
+
 local function capture(e)
   if errors.is_cancelled(e) or errors.is_task_error(e) or errors.is_group(e) then return e end
   local msg = errors.message(e)
-  return errors.task_error(msg, debug.traceback("", 2):gsub("^\n", ""), e)
+  return errors.task_error(msg, user_traceback(2), e)
 end
 M.capture = capture
 
@@ -273,10 +288,30 @@ function Nursery:spawn_snapshot(kind, worker, snap)
     if err[0] == K.ECLOSED then error("spawn: the nursery is closed", 3) end
     error("spawn: " .. ffi.string(C.knhk_strerror(err[0])), 3)
   end
+  local cur = M.current
+  if cur then ptr.parent = cur.ptr.id end
   local h = make_handle(ptr)
   self.handles[#self.handles + 1] = h
   self.by_id[h.id] = h
   return h
+end
+
+-- The live tasks of this runtime: { id, parent, state, worker, age }.
+local STATES = { [0] = "queued", "running", "waiting" }
+function M.live_tasks()
+  if rt == nil then return {} end
+  local rows = ffi.new("klua_task_row_t[?]", 1024)
+  local n = C.klua_tasks_list(rt, rows, 1024)
+  local now = tonumber(C.klua_now(rt))
+  local out = {}
+  for i = 0, n - 1 do
+    local r = rows[i]
+    out[#out + 1] = { id = tonumber(r.id), parent = r.parent ~= 0 and tonumber(r.parent) or nil,
+                      state = STATES[r.state], worker = r.worker,
+                      age = (now - tonumber(r.started_ns)) / 1e9 }
+  end
+  table.sort(out, function(a, b) return a.id < b.id end)
+  return out
 end
 
 local function spawn_places(i)
@@ -481,12 +516,16 @@ end
 
 -- ------------------------------------------------------------------ run
 
-function M.run(main, workers, ...)
+function M.run(main, workers, signals, ...)
   if rt ~= nil then error("knhk.run: already running (knhk.run cannot be nested)", 3) end
   local r = core.new(workers)
   local ok, res = pcall(function(...)
     init_vm()
     core.register(step)
+    if signals then
+      local rc = C.klua_signals_start(rt)
+      if rc ~= 0 then error("knhk.run: cannot watch signals: " .. ffi.string(C.knhk_strerror(rc)), 0) end
+    end
     local root = setmetatable({ n = nil, handles = {}, by_id = {} }, Nursery)
     local out = ffi.new("knhk_nursery_t*[1]")
     local rc = C.knhk_nursery_new(out, C.klua_executor(rt), C.klua_root_token(rt), 0)

@@ -58,7 +58,16 @@ typedef struct {
   size_t result_len;
   knhk_nursery_t *nursery; /* its own nursery (knhk.spawn), or NULL */
   knhk_token_t *token;     /* the token its checkpoints look at */
+  uint64_t parent;         /* id of the task that spawned it (set by Lua) */
+  uint64_t started_ns;     /* when it was spawned, on the runtime's clock */
 } klua_task_pub_t;
+
+/* One row of klua_tasks_list: a live task, for the REPL's :tasks. */
+typedef struct {
+  uint64_t id, parent, started_ns;
+  int32_t worker;          /* its VM's worker, -1 before it started */
+  int32_t state;           /* 0 queued, 1 running, 2 waiting */
+} klua_task_row_t;
 
 struct klua_task {
   klua_task_pub_t pub;
@@ -75,6 +84,7 @@ struct klua_task {
   knhk_cancel_cb_t watch;    /* another token the wait watches (token:wait) */
   int watch_on;
   knhk_timer_t *timer;     /* the pending sleep, or NULL */
+  klua_task_t *live_prev, *live_next; /* rt->live, while running */
 };
 
 typedef struct {
@@ -94,6 +104,8 @@ struct klua_rt {
   size_t *proto_lens;
   uint32_t nprotos, capprotos;
   _Atomic int root_done;
+  pthread_mutex_t live_m;  /* live tasks, for :tasks */
+  klua_task_t *live;
 };
 
 /* ---- called through the FFI (lua/knhk/ffi.lua declares these) ---- */
@@ -114,6 +126,7 @@ KLUA_API void klua_wake(klua_task_t *t, uint32_t bits);
 KLUA_API uint32_t klua_proto_register(klua_rt_t *rt, const char *bc, size_t len);
 KLUA_API const char *klua_proto_get(klua_rt_t *rt, uint32_t id, size_t *len);
 KLUA_API uint64_t klua_now(klua_rt_t *rt);
+KLUA_API int klua_tasks_list(klua_rt_t *rt, klua_task_row_t *rows, int max);
 KLUA_API int klua_worker_index(klua_rt_t *rt);
 KLUA_API int klua_workers(klua_rt_t *rt);
 KLUA_API knhk_executor_t *klua_executor(klua_rt_t *rt);

@@ -113,9 +113,16 @@ klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker, 
   }
   /* references: the caller's handle, and the running task (child_run) */
   atomic_store(&t->refs, 2);
+  t->pub.started_ns = knhk_reactor_now(rt->reactor);
+  pthread_mutex_lock(&rt->live_m);
+  t->live_next = rt->live;
+  if (rt->live) rt->live->live_prev = t;
+  rt->live = t;
+  pthread_mutex_unlock(&rt->live_m);
   rc = knhk_nursery_spawn_ex(n, child_run, t, KNHK_TASK_STICKY,
                              kind == KLUA_LOCAL ? worker : -1, NULL);
   if (rc != 0) {
+    klua_task_finish(t, KLUA_CANCELLED, NULL, 0); /* leaves the live list */
     klua_task_release(t);
     klua_task_release(t);
     *err = rc;
@@ -124,7 +131,26 @@ klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker, 
   return t;
 }
 
+int klua_tasks_list(klua_rt_t *rt, klua_task_row_t *rows, int max) {
+  int n = 0;
+  pthread_mutex_lock(&rt->live_m);
+  for (klua_task_t *t = rt->live; t && n < max; t = t->live_next, n++) {
+    uint32_t s = t->etask ? atomic_load(&t->etask->knhk__state) : 1;
+    rows[n] = (klua_task_row_t){t->pub.id, t->pub.parent, t->pub.started_ns, t->pub.home,
+                                s == 2 || s == 3 ? 1 : s == 4 ? 2 : 0};
+  }
+  pthread_mutex_unlock(&rt->live_m);
+  return n;
+}
+
 void klua_task_finish(klua_task_t *t, int outcome, const char *result, size_t len) {
+  klua_rt_t *rt = t->rt;
+  pthread_mutex_lock(&rt->live_m);
+  if (t->live_prev) t->live_prev->live_next = t->live_next;
+  else if (rt->live == t) rt->live = t->live_next;
+  if (t->live_next) t->live_next->live_prev = t->live_prev;
+  t->live_prev = t->live_next = NULL;
+  pthread_mutex_unlock(&rt->live_m);
   char *copy = NULL;
   if (len && (copy = malloc(len))) memcpy(copy, result, len);
   pthread_mutex_lock(&t->m);
@@ -358,6 +384,7 @@ int klua_rt_new(lua_State *caller, int workers, klua_rt_t **out, char *err, size
   klua_rt_t *rt = calloc(1, sizeof *rt);
   if (!rt) return KNHK_ENOMEM;
   pthread_mutex_init(&rt->protos_m, NULL);
+  pthread_mutex_init(&rt->live_m, NULL);
   rt->workers = workers;
   rt->vms = calloc((size_t)workers, sizeof *rt->vms);
   int rc = rt->vms ? 0 : KNHK_ENOMEM;
@@ -413,5 +440,6 @@ void klua_rt_free(klua_rt_t *rt) {
   free(rt->proto_lens);
   free(rt->vms);
   pthread_mutex_destroy(&rt->protos_m);
+  pthread_mutex_destroy(&rt->live_m);
   free(rt);
 }

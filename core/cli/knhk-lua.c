@@ -1,0 +1,85 @@
+/* knhk-lua: runs a workflow script (or the REPL) on the knhk runtime.
+ *
+ * This file only embeds LuaJIT and finds the knhk modules: next to the
+ * executable in an installed tree (../share/lua/5.1, ../lib/lua/5.1), then
+ * in the source and build trees it was built from (for development), then
+ * wherever LUA_PATH / LUA_CPATH say. Everything else — options, running the
+ * script as the root task, exit codes, the REPL — is knhk.cli (Lua).
+ */
+#define _GNU_SOURCE
+#include <lauxlib.h>
+#include <limits.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void prepend(lua_State *L, const char *field, const char *dirs) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, field);
+  lua_pushfstring(L, "%s;%s", dirs, lua_tostring(L, -1));
+  lua_setfield(L, -3, field);
+  lua_pop(L, 2);
+}
+
+static void set_paths(lua_State *L) {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  char buf[4 * PATH_MAX + 256];
+  /* development trees first would shadow an install; installed first */
+  snprintf(buf, sizeof buf, "%s/?.lua;%s/?/init.lua", KNHK_SRC_LUA_DIR, KNHK_SRC_LUA_DIR);
+  prepend(L, "path", buf);
+  snprintf(buf, sizeof buf, "%s/?.so", KNHK_BUILD_LUA_DIR);
+  prepend(L, "cpath", buf);
+  if (n > 0) {
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = 0;
+    snprintf(buf, sizeof buf, "%s/../share/lua/5.1/?.lua;%s/../share/lua/5.1/?/init.lua", exe, exe);
+    prepend(L, "path", buf);
+    snprintf(buf, sizeof buf, "%s/../lib/lua/5.1/?.so", exe);
+    prepend(L, "cpath", buf);
+  }
+}
+
+static int traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  lua_State *L = luaL_newstate();
+  if (!L) {
+    fprintf(stderr, "knhk-lua: cannot create a Lua state (out of memory)\n");
+    return 1;
+  }
+  luaL_openlibs(L);
+  set_paths(L);
+  lua_pushcfunction(L, traceback);
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "knhk.cli");
+  if (lua_pcall(L, 1, 1, -3) != 0) {
+    fprintf(stderr, "knhk-lua: cannot load the knhk Lua modules: %s\n", lua_tostring(L, -1));
+    lua_close(L);
+    return 1;
+  }
+  lua_getfield(L, -1, "main");
+  lua_createtable(L, argc, 0);
+  for (int i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i);
+  }
+  if (lua_pcall(L, 1, 1, 1) != 0) {
+    fprintf(stderr, "knhk-lua: internal error: %s\n", lua_tostring(L, -1));
+    lua_close(L);
+    return 1;
+  }
+  int code = (int)lua_tointeger(L, -1);
+  fflush(stdout);
+  /* Exit without lua_close: worker VMs and threads are gone already, and a
+   * REPL reader thread may sit in readline. */
+  _exit(code);
+}

@@ -1,0 +1,339 @@
+-- knhk.cli: the knhk-lua command (core/cli/knhk-lua.c calls main(argv)).
+--
+-- Options follow lua/luajit; the script's main chunk runs as the root task
+-- of knhk.run, so spawn, sleep and nurseries work at top level. Exit codes:
+-- 0 success; 1 the workflow failed; 2 usage error; 130 / 143 after SIGINT /
+-- SIGTERM (cleanup ran first; a second signal ends the process at once).
+local knhk = require "knhk"
+local K = require "knhk.ffi"
+local R = require "knhk.runtime"
+local errors = require "knhk.errors"
+
+local ffi, C = K.ffi, K.C
+local M = {}
+
+local PROG = "knhk-lua"
+
+local HELP = [==[
+usage: knhk-lua [options] [script [args...]]
+
+Runs a Lua workflow on the knhk runtime: the script's main chunk is the root
+task, so knhk.spawn, knhk.sleep and nurseries work at top level. With no
+script, starts the interactive REPL (or runs stdin if it is not a terminal).
+
+options:
+  -e stat          run the Lua statement stat (in the runtime)
+  -l mod           require module mod, as global mod
+  -i               enter the REPL after running the script
+  -v               print the version and exit
+  -w, --workers N  run N workers (default: KNHK_WORKERS, else every CPU)
+  --stats          print the executor's counters to stderr at exit
+  -h, --help       print this help and exit
+  --               stop handling options
+  -                run stdin as the script
+
+examples:
+  knhk-lua order.lua                 run a workflow
+  knhk-lua -w 4 order.lua in.json    on 4 workers, with arg[1] = "in.json"
+  knhk-lua -e 'print(knhk.map({1,2,3}, function(x) return x * x end)[3])'
+  knhk-lua                           the REPL (:help lists its commands)
+
+exit codes: 0 success, 1 the workflow failed, 2 usage error,
+            130 interrupted (SIGINT), 143 terminated (SIGTERM)
+]==]
+
+local function usage_error(msg)
+  io.stderr:write(PROG, ": ", msg, " (try '", PROG, " --help')\n")
+  return 2
+end
+
+-- "file:line: message" and the traceback of every error, for stderr.
+local function describe_error(e, out)
+  out = out or {}
+  if errors.is_group(e) then
+    out[#out + 1] = string.format("%d errors:", #e.errors)
+    for i, sub in ipairs(e.errors) do
+      out[#out + 1] = string.format("[%d]", i)
+      describe_error(sub, out)
+    end
+  elseif errors.is_task_error(e) then
+    out[#out + 1] = e.message
+    if e.traceback and e.traceback ~= "" then out[#out + 1] = e.traceback end
+  elseif errors.is_cancelled(e) then
+    out[#out + 1] = tostring(e)
+  else
+    out[#out + 1] = tostring(e)
+  end
+  return out
+end
+M.describe_error = describe_error
+
+local function print_stats()
+  local s = knhk.stats()
+  io.stderr:write(string.format(
+    "knhk-lua: %d workers; tasks: %d spawned, %d completed, %d failed, %d cancelled, %d live; "
+    .. "%d stolen in %d attempts; %d parks\n",
+    s.workers, s.spawned, s.completed, s.failed, s.cancelled, s.live, s.stolen,
+    s.steal_attempts, s.parks))
+  for i, w in ipairs(s.per_worker) do
+    io.stderr:write(string.format("  worker %d: %d completed, %.3f s busy\n", i - 1, w.completed,
+      w.busy_s))
+  end
+end
+
+-- ------------------------------------------------------------- the REPL
+
+-- Values as the REPL shows them: tables readably (one level deep, sorted).
+local function show(v, depth)
+  depth = depth or 0
+  if type(v) == "string" then return depth > 0 and string.format("%q", v) or v end
+  if type(v) ~= "table" or getmetatable(v) ~= nil or depth > 1 then return tostring(v) end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b)
+    if type(a) == type(b) and (type(a) == "number" or type(a) == "string") then return a < b end
+    return type(a) < type(b)
+  end)
+  local parts, n = {}, #v
+  for i = 1, n do parts[#parts + 1] = show(v[i], depth + 1) end
+  for _, k in ipairs(keys) do
+    if not (type(k) == "number" and k >= 1 and k <= n and k % 1 == 0) then
+      local key = type(k) == "string" and k:match("^[%a_][%w_]*$") and k or ("[" .. show(k, depth + 1) .. "]")
+      parts[#parts + 1] = key .. " = " .. show(v[k], depth + 1)
+    end
+    if #parts > 40 then parts[#parts + 1] = "..."; break end
+  end
+  return "{ " .. table.concat(parts, ", ") .. " }"
+end
+M.show = show
+
+local REPL_HELP = [[
+Lua statements and expressions run in the knhk runtime (expressions echo).
+A chunk that is not complete continues on the next line (>>).
+  :help     this text
+  :stats    the executor's counters
+  :tasks    the live tasks (id, state, worker, age)
+  :quit     leave (so does Ctrl-D: background tasks are cancelled first)
+Ctrl-C cancels the line being run, not the REPL.]]
+
+local function print_tasks()
+  local list = R.live_tasks()
+  if #list == 0 then print("no live tasks") return end
+  print(string.format("%-8s %-8s %-10s %-7s %s", "task", "parent", "state", "worker", "age"))
+  for _, t in ipairs(list) do
+    print(string.format("%-8s %-8s %-10s %-7s %.1fs", "#" .. t.id, t.parent and ("#" .. t.parent) or "-",
+      t.state, t.worker >= 0 and tostring(t.worker) or "-", t.age))
+  end
+end
+
+local lines -- klua_lines_t*: line input on a thread of its own
+
+-- Waits (a checkpoint: Ctrl-C at the prompt cancels it) for a line.
+local function read_line(prompt)
+  local t = R.in_task("repl", 2)
+  local out = ffi.new("char*[1]")
+  local got
+  R.wait("repl", function()
+    if C.klua_lines_take(lines, out) ~= 0 then
+      got = out[0] ~= nil and ffi.string(out[0]) or false
+      if out[0] ~= nil then C.klua_free(out[0]) end
+      return true
+    end
+    return false
+  end, function(ptr)
+    C.klua_lines_request(lines, prompt, ptr)
+    return false
+  end)
+  return got
+end
+
+local function run_line(src)
+  local fn, err = loadstring("return " .. src, "=stdin")
+  if not fn then fn, err = loadstring(src, "=stdin") end
+  if not fn then return nil, err end
+  -- the line runs in a scope that Ctrl-C cancels
+  local res
+  local scope = knhk.cancel_scope(function(s)
+    C.klua_signals_target(R.token_of(R.current))
+    res = { n = 0 }
+    local r = { xpcall(fn, R.capture) }
+    res = { n = table.maxn(r), unpack(r, 1, table.maxn(r)) }
+  end)
+  C.klua_signals_target(nil)
+  if scope.cancelled_caught or (res and not res[1] and errors.is_cancelled(res[2])) then
+    print("(cancelled)")
+    return true
+  end
+  if not res[1] then
+    io.stderr:write(table.concat(describe_error(res[2]), "\n"), "\n")
+    return true
+  end
+  if res.n > 1 then
+    local out = {}
+    for i = 2, res.n do out[#out + 1] = show(res[i]) end
+    print(table.concat(out, "\t"))
+  end
+  return true
+end
+
+local function repl()
+  lines = C.klua_lines_new()
+  if lines == nil then error("cannot start line input", 0) end
+  io.write(knhk._VERSION, " on LuaJIT (", jit.version, "), ", knhk.stats().workers,
+    " workers; :help for commands\n")
+  local pending = nil
+  while true do
+    local ok, line = pcall(read_line, pending and ">> " or "> ")
+    if not ok then
+      if not errors.is_cancelled(line) then error(line, 0) end
+      io.write("\n")
+      pending = nil
+    elseif line == false then -- end of input
+      io.write("\n")
+      break
+    else
+      local cmd = not pending and line:match("^%s*:(%a+)%s*$")
+      if cmd == "quit" or cmd == "q" then break
+      elseif cmd == "help" then print(REPL_HELP)
+      elseif cmd == "stats" then print_stats()
+      elseif cmd == "tasks" then print_tasks()
+      elseif cmd then print("unknown command :" .. cmd .. " (:help lists them)")
+      else
+        local src = pending and (pending .. "\n" .. line) or line
+        local okc, err = run_line(src)
+        if okc then pending = nil
+        elseif err and err:match("<eof>") then pending = src -- not complete yet
+        else
+          io.stderr:write(err, "\n")
+          pending = nil
+        end
+      end
+    end
+  end
+  -- Ctrl-D: background tasks are cancelled, their cleanup waited for
+  local t = R.current
+  if t.nursery then t.nursery:cancel() end
+  C.klua_lines_free(lines)
+  lines = nil
+end
+
+-- ------------------------------------------------------------------ main
+
+function M.main(argv)
+  local actions, script, script_args, interactive, workers, stats = {}, nil, {}, false, nil, false
+  local i = 1
+  local function need(opt)
+    i = i + 1
+    if argv[i] == nil then return nil, usage_error("option '" .. opt .. "' needs an argument") end
+    return argv[i]
+  end
+  while argv[i] ~= nil do
+    local a = argv[i]
+    if a == "--" then
+      i = i + 1
+      script = argv[i]
+      break
+    elseif a == "-" then
+      script = "-"
+      break
+    elseif a == "-h" or a == "--help" then
+      io.write(HELP)
+      return 0
+    elseif a == "-v" or a == "--version" then
+      io.write(knhk._VERSION, " (", jit.version, ")\n")
+      return 0
+    elseif a == "-i" then
+      interactive = true
+    elseif a == "--stats" then
+      stats = true
+    elseif a == "-e" or a == "-l" then
+      local v, code = need(a)
+      if not v then return code end
+      actions[#actions + 1] = { a, v }
+    elseif a:match("^%-e.") or a:match("^%-l.") then
+      actions[#actions + 1] = { a:sub(1, 2), a:sub(3) }
+    elseif a == "-w" or a == "--workers" then
+      local v, code = need(a)
+      if not v then return code end
+      workers = tonumber(v)
+      if not workers or workers < 1 or workers % 1 ~= 0 or workers > 256 then
+        return usage_error("workers must be a whole number in 1..256, got '" .. v .. "'")
+      end
+    elseif a:sub(1, 1) == "-" then
+      return usage_error("unknown option '" .. a .. "'")
+    else
+      script = a
+      break
+    end
+    i = i + 1
+  end
+  if script then
+    for j = i + 1, #argv do script_args[#script_args + 1] = argv[j] end
+  end
+
+  -- the global `arg`, as lua sets it: the script at 0, options before it
+  local garg = {}
+  for j = 0, #argv do garg[j - i] = argv[j] end
+  _G.arg = garg
+
+  -- load the script first: a missing file or a syntax error is one line
+  local chunk
+  if script then
+    local err
+    if script == "-" then
+      chunk, err = loadstring(io.stdin:read("*a"), "=stdin")
+    else
+      chunk, err = loadfile(script)
+    end
+    if not chunk then
+      io.stderr:write(PROG, ": ", err, "\n")
+      return 1
+    end
+  end
+  local no_script_no_e = not script and #actions == 0
+  local use_repl = interactive or (no_script_no_e and ffi.C.isatty(0) ~= 0)
+  if no_script_no_e and not use_repl then -- stdin is not a terminal: run it
+    local err
+    chunk, err = loadstring(io.stdin:read("*a"), "=stdin")
+    if not chunk then
+      io.stderr:write(PROG, ": ", err, "\n")
+      return 1
+    end
+  end
+  _G.knhk = knhk
+
+  local ok, err = pcall(knhk.run, function()
+    local inner_ok, inner_err = xpcall(function()
+      for _, act in ipairs(actions) do
+        if act[1] == "-l" then
+          _G[act[2]] = require(act[2])
+        else
+          local f, e = loadstring(act[2], "=(command line)")
+          if not f then error(e, 0) end
+          f()
+        end
+      end
+      if chunk then chunk(unpack(script_args)) end
+      if use_repl then repl() end
+    end, R.capture)
+    if stats then print_stats() end
+    if not inner_ok then error(inner_err, 0) end
+  end, { workers = workers, signals = true })
+
+  local sig = knhk.signal_received()
+  if sig then
+    io.stderr:write(PROG, ": ", sig == 15 and "terminated" or "interrupted", "\n")
+    return 128 + sig
+  end
+  if not ok then
+    local text = describe_error(err)
+    text[1] = PROG .. ": " .. (text[1] or "")
+    io.stderr:write(table.concat(text, "\n"), "\n")
+    return 1
+  end
+  return 0
+end
+
+ffi.cdef "int isatty(int fd);"
+
+return M
