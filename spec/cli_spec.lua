@@ -1,0 +1,190 @@
+-- The knhk-lua command: options, exit codes and messages, signals, REPL.
+local pty = require "pty"
+
+local KNHK_LUA = assert(os.getenv "KNHK_LUA", "KNHK_LUA must name the knhk-lua binary")
+local TMP = os.tmpname()
+os.remove(TMP)
+os.execute("mkdir -p " .. TMP)
+
+local function write(name, text)
+  local path = TMP .. "/" .. name
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+local function slurp(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read "*a"
+  f:close()
+  return s
+end
+
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- Runs knhk-lua with args (a string of shell words); returns code, stdout, stderr.
+local function run(args, stdin)
+  local cmd = q(KNHK_LUA) .. " " .. args .. " >" .. TMP .. "/out 2>" .. TMP .. "/err"
+  if stdin then cmd = cmd .. " <" .. write("stdin", stdin) else cmd = cmd .. " </dev/null" end
+  os.execute(cmd .. "; echo $? >" .. TMP .. "/rc")
+  return tonumber(slurp(TMP .. "/rc")), slurp(TMP .. "/out"), slurp(TMP .. "/err")
+end
+
+describe("knhk-lua", function()
+  it("runs a workflow: spawn and sleep at top level, args in arg and ...", function()
+    local script = write("wf.lua", [[
+      local h = knhk.spawn(function(x) return x * 2 end, 21)
+      knhk.sleep(0.001)
+      print(h:join(), arg[0]:match("wf.lua$") ~= nil, arg[1], arg[2], select("#", ...))
+    ]])
+    local code, out, err = run(q(script) .. " one two")
+    assert.equal(0, code, err)
+    assert.equal("42\ttrue\tone\ttwo\t2\n", out)
+    assert.equal("", err)
+  end)
+
+  it("--help shows usage and examples; -v the version", function()
+    local code, out = run("--help")
+    assert.equal(0, code)
+    assert.matches("usage: knhk%-lua %[options%] %[script %[args%.%.%.%]%]", out)
+    assert.matches("examples:", out)
+    local code2, out2 = run("-v")
+    assert.equal(0, code2)
+    assert.matches("^knhk %d+%.%d+%.%d+", out2)
+  end)
+
+  it("-e and -l run in order, inside the runtime", function()
+    local code, out = run("-l cjson -e " .. q("knhk.sleep(0) print(cjson.encode({knhk.now() > 0}))"))
+    assert.equal(0, code)
+    assert.equal("[true]\n", out)
+  end)
+
+  it("- runs stdin as the script", function()
+    local code, out = run("- x", "print('stdin', ...)")
+    assert.equal(0, code)
+    assert.equal("stdin\tx\n", out)
+  end)
+
+  it("a failing workflow: exit 1, file:line: message and the traceback", function()
+    local script = write("bad.lua", "local function f() error('it broke') end\nf()\n")
+    local code, out, err = run(q(script))
+    assert.equal(1, code)
+    assert.matches("^knhk%-lua: [^\n]*bad%.lua:1: it broke\n", err)
+    assert.matches("stack traceback:", err)
+    assert.matches("bad%.lua:2", err)
+    assert.not_matches("knhk/runtime%.lua", err) -- not the runtime's own frames
+  end)
+
+  it("every error of an error group is shown", function()
+    local script = write("group.lua", [[
+      knhk.nursery(function(n)
+        n:spawn(function() knhk.sleep(0.005); error("first") end)
+        n:spawn(function() pcall(knhk.sleep, 5); error("second") end)
+      end)
+    ]])
+    local code, _, err = run(q(script))
+    assert.equal(1, code)
+    assert.matches("2 errors", err)
+    assert.matches("first", err)
+    assert.matches("second", err)
+  end)
+
+  it("usage errors: exit 2 and one line with a hint", function()
+    for _, args in ipairs { "--nope", "-w", "-w 0 x.lua", "-e" } do
+      local code, out, err = run(args)
+      assert.equal(2, code, args)
+      assert.equal(1, select(2, err:gsub("\n", "")), err)
+      assert.matches("try 'knhk%-lua %-%-help'", err)
+    end
+  end)
+
+  it("a missing script or a syntax error: exit 1 and one clear line", function()
+    local code, _, err = run(q(TMP .. "/missing.lua"))
+    assert.equal(1, code)
+    assert.matches("^knhk%-lua: cannot open [^\n]*missing%.lua[^\n]*\n$", err)
+    local bad = write("syntax.lua", "x = = 1\n")
+    local code2, _, err2 = run(q(bad))
+    assert.equal(1, code2)
+    assert.matches("^knhk%-lua: [^\n]*syntax%.lua:1: [^\n]*\n$", err2)
+  end)
+
+  it("--stats prints the counters at exit", function()
+    local code, _, err = run("--stats -e " .. q("knhk.spawn(function() end):join()"))
+    assert.equal(0, code)
+    assert.matches("tasks: %d+ spawned, %d+ completed", err)
+  end)
+
+  local function signalled(sig, expect_code, word)
+    local ready = TMP .. "/ready" .. sig
+    os.remove(ready)
+    local script = write("sig.lua", string.format([[
+      local ok, err = pcall(function()
+        io.open(%q, "w"):close()
+        knhk.sleep(30)
+      end)
+      io.stderr:write("cleanup ran: ", tostring(err), "\n")
+      error(err, 0)
+    ]], ready))
+    local p = pty.spawn({ KNHK_LUA, script })
+    for _ = 1, 200 do -- wait for the workflow to be running
+      if io.open(ready) then break end
+      p:pump(20)
+    end
+    p:signal(sig)
+    local code = p:wait(10)
+    assert.equal(expect_code, code)
+    assert.matches("cleanup ran: Cancelled %(signal%)", p.all)
+    assert.matches("knhk%-lua: " .. word, p.all)
+  end
+
+  it("SIGINT cancels the workflow, cleanup runs, exit 130", function()
+    signalled(2, 130, "interrupted")
+  end)
+
+  it("SIGTERM does the same with 143", function()
+    signalled(15, 143, "terminated")
+  end)
+end)
+
+describe("the knhk-lua REPL", function()
+  -- The terminal echoes what is typed: every expected output below is
+  -- built (concatenated) so that it never appears in the input itself.
+  it("prompts, echoes expressions, continues chunks, runs tasks, and exits on Ctrl-D", function()
+    local p = pty.spawn({ KNHK_LUA, "-w", "2" })
+    -- types a line once the REPL prompts again after the previous one's output
+    local function line(text, output)
+      p:send(text .. "\n")
+      if output then p:expect(output) end
+      p:expect("> ")
+    end
+    p:expect("workers; :help")
+    p:expect("> ")
+    line("20+22", "\n42\r?\n")
+    line("return 1, 'tw'..'o', {3, x = 4}", "1\ttwo\t{ 3, x = 4 }")
+    p:send("local function f()\n")
+    p:expect(">> ")
+    line("return 40 + 3 end print(f())", "\n43\r?\n")
+    line("knhk.sleep(0.01) print('sl'..'ept')", "\nslept\r?\n")
+    -- a background task keeps running between prompts
+    line("bg = knhk.spawn(function() knhk.sleep(0.05); return 'bg '..'done' end)")
+    line(":tasks", "task%s+parent%s+state")
+    line("print(bg:join())", "\nbg done\r?\n")
+    line(":stats", "tasks: %d+ spawned")
+    line(":help", "Ctrl%-C cancels")
+    -- Ctrl-C cancels the running line, not the REPL
+    p:send("print('run'..'ning') knhk.sleep(30) print('not cancelled')\n")
+    p:expect("\nrunning\r?\n")
+    p:signal(2)
+    p:expect("%(cancelled%)")
+    p:expect("> ")
+    line("print('still '..'here')", "\nstill here\r?\n")
+    -- Ctrl-D: background tasks are cancelled and waited for; exit 0
+    line("knhk.spawn(function() local ok, e = pcall(knhk.sleep, 60) print('bg '..'cleanup') error(e, 0) end)")
+    p:send("\4")
+    assert.equal(0, p:wait(10))
+    assert.matches("\nbg cleanup", p.all)
+    assert.not_matches("\nnot cancelled", p.all)
+  end)
+end)
