@@ -23,4 +23,7 @@ return {
   { suite = "lua", bench = "cpu_bound_lua", metric = "speedup", op = ">=", value = 1.9 },
   { suite = "lua", bench = "sleeping_task", metric = "bytes", op = "<=", value = 2048 },
   { suite = "lua", bench = "channel", metric = "msgs_per_s", workers = 2, op = ">=", value = 5e6 },
+  -- cli (issue: knhk-lua command)
+  { suite = "cli", bench = "startup", metric = "ms", op = "<", value = 10 },
+  { suite = "cli", bench = "startup", metric = "vs_luajit", op = "<=", value = 2 },
 }

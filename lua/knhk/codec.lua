@@ -15,7 +15,6 @@ local ffi = require "ffi"
 local bit = require "bit"
 local buffer = require "string.buffer"
 local jutil = require "jit.util"
-local vmdef = require "jit.vmdef"
 
 local band, bor, rshift, lshift = bit.band, bit.bor, bit.rshift, bit.lshift
 local type, pairs, next, getmetatable, select = type, pairs, next, getmetatable, select
@@ -25,18 +24,23 @@ local M = {}
 
 -- ---------------------------------------------------------------- bytecode
 
-local function opcode(name)
-  local padded = name .. string.rep(" ", 6 - #name)
-  local from = 1
+-- Opcode numbers, read off bytecode LuaJIT compiles for known snippets
+-- (jit.util is built in; jit.vmdef, a file, may be off the module path).
+local function ops_of(f)
+  local out, pc = {}, 1
   while true do
-    local i = vmdef.bcnames:find(padded, from, true)
-    if not i then error("knhk.codec: this LuaJIT has no opcode " .. name) end
-    if (i - 1) % 6 == 0 then return (i - 1) / 6 end
-    from = i + 1
+    local ins = jutil.funcbc(f, pc)
+    if not ins then return out end
+    out[pc] = band(ins, 0xff)
+    pc = pc + 1
   end
 end
-local OP_FNEW, OP_UCLO, OP_RET1 = opcode "FNEW", opcode "UCLO", opcode "RET1"
-local OP_GGET, OP_GSET = opcode "GGET", opcode "GSET"
+local probe_fnew = ops_of(function() return function() end end) -- FNEW UCLO RET1
+local probe_gget = ops_of(function() return knhk_probe_global end) -- GGET RET1
+local OP_FNEW, OP_UCLO, OP_RET1 = probe_fnew[1], probe_fnew[2], probe_fnew[3]
+local OP_GGET = probe_gget[1]
+-- (spec/codec_spec.lua checks these against jit.vmdef)
+M.opcodes = { FNEW = OP_FNEW, UCLO = OP_UCLO, RET1 = OP_RET1, GGET = OP_GGET }
 
 local function read_uleb(s, pos)
   local v, shift = 0, 0

@@ -106,6 +106,7 @@ struct klua_rt {
   _Atomic int root_done;
   pthread_mutex_t live_m;  /* live tasks, for :tasks */
   klua_task_t *live;
+  char *lua_path, *lua_cpath; /* the caller's, for worker VMs made later */
 };
 
 /* ---- called through the FFI (lua/knhk/ffi.lua declares these) ---- */

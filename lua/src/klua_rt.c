@@ -12,6 +12,8 @@
 
 static _Atomic uint64_t next_task_id = 1;
 
+static int vm_open(klua_rt_t *rt, int index, char *err, size_t errlen);
+
 /* ------------------------------------------------------------ task records */
 
 static klua_task_t *task_new(klua_rt_t *rt, int kind, const char *snap, size_t len) {
@@ -69,6 +71,15 @@ static int child_run(knhk_child_t *c) {
   if (!t->etask) t->etask = knhk_child_task(c);
   if (t->pub.home < 0) t->pub.home = w;
   klua_vm_t *vm = &rt->vms[w];
+  if (!vm->L) { /* this worker's first Lua task: its VM is made here, lazily */
+    char err[512] = "";
+    if (vm_open(rt, w, err, sizeof err) != 0) {
+      fprintf(stderr, "knhk: %s\n", err);
+      klua_task_finish(t, KLUA_ERROR, NULL, 0);
+      klua_task_release(t);
+      return KNHK_EFAILED;
+    }
+  }
   lua_State *L = vm->L;
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, vm->step_ref);
@@ -338,7 +349,7 @@ knhk_token_t *klua_root_token(klua_rt_t *rt) { return rt->root_token; }
 
 /* A worker VM: the standard libraries, the caller's module paths, and the
  * knhk runtime, which registers its step function (core.register). */
-static int vm_open(klua_rt_t *rt, int index, lua_State *caller, char *err, size_t errlen) {
+static int vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
   lua_State *L = luaL_newstate();
   if (!L) {
     snprintf(err, errlen, "cannot create the Lua state of worker %d", index);
@@ -346,14 +357,10 @@ static int vm_open(klua_rt_t *rt, int index, lua_State *caller, char *err, size_
   }
   luaL_openlibs(L);
   lua_getglobal(L, "package");
-  const char *fields[] = {"path", "cpath"};
-  for (int i = 0; i < 2; i++) {
-    lua_getglobal(caller, "package");
-    lua_getfield(caller, -1, fields[i]);
-    lua_pushstring(L, lua_tostring(caller, -1));
-    lua_setfield(L, -2, fields[i]);
-    lua_pop(caller, 2);
-  }
+  lua_pushstring(L, rt->lua_path);
+  lua_setfield(L, -2, "path");
+  lua_pushstring(L, rt->lua_cpath);
+  lua_setfield(L, -2, "cpath");
   lua_pop(L, 1);
   rt->vms[index].L = L;
   rt->vms[index].own = 1;
@@ -398,7 +405,15 @@ int klua_rt_new(lua_State *caller, int workers, klua_rt_t **out, char *err, size
     lua_pushinteger(caller, 0);
     lua_setfield(caller, LUA_REGISTRYINDEX, "knhk.worker");
   }
-  for (int i = 1; rc == 0 && i < workers; i++) rc = vm_open(rt, i, caller, err, errlen);
+  if (rc == 0) { /* worker VMs get the caller's module paths, when they are made */
+    lua_getglobal(caller, "package");
+    lua_getfield(caller, -1, "path");
+    lua_getfield(caller, -2, "cpath");
+    rt->lua_path = strdup(lua_tostring(caller, -2) ? lua_tostring(caller, -2) : "");
+    rt->lua_cpath = strdup(lua_tostring(caller, -1) ? lua_tostring(caller, -1) : "");
+    lua_pop(caller, 3);
+    if (!rt->lua_path || !rt->lua_cpath) rc = KNHK_ENOMEM;
+  }
   if (rc == 0) {
     knhk_executor_options_t o;
     knhk_executor_options_init(&o);
@@ -435,6 +450,8 @@ void klua_rt_free(klua_rt_t *rt) {
     }
   }
   knhk_token_release(rt->root_token);
+  free(rt->lua_path);
+  free(rt->lua_cpath);
   for (uint32_t i = 0; i < rt->nprotos; i++) free(rt->protos[i]);
   free(rt->protos);
   free(rt->proto_lens);

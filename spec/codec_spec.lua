@@ -1,0 +1,51 @@
+-- knhk.codec on its own: what survives a snapshot, and the bytecode facts
+-- it relies on.
+local codec = require "knhk.codec"
+
+describe("knhk.codec", function()
+  local reg = {}
+  setup(function()
+    codec.init(function(bytes) reg[#reg + 1] = bytes; return #reg end,
+      function(id) return reg[id] end)
+  end)
+
+  local function roundtrip(...)
+    local s = codec.encode(select("#", ...), function(i) return "argument " .. i end, ...)
+    return select(2, codec.decode(s))
+  end
+
+  it("reads opcode numbers that agree with the VM's own table", function()
+    local vmdef = require "jit.vmdef"
+    for name, op in pairs(codec.opcodes) do
+      assert.equal(name, (vmdef.bcnames:sub(op * 6 + 1, op * 6 + 6):gsub("%s+$", "")))
+    end
+  end)
+
+  it("round-trips scalars, including large, negative and fractional numbers", function()
+    local a, b, c, d, e, f = roundtrip(nil, true, false, -7.25, 2 ^ 40, "bytes\0inside")
+    assert.is_nil(a)
+    assert.is_true(b)
+    assert.is_false(c)
+    assert.equal(-7.25, d)
+    assert.equal(2 ^ 40, e)
+    assert.equal("bytes\0inside", f)
+  end)
+
+  it("keeps cycles and shared references", function()
+    local shared = {}
+    local t = { shared, shared }
+    t.me = t
+    local u = roundtrip(t)
+    assert.equal(u, u.me)
+    assert.equal(u[1], u[2])
+  end)
+
+  it("makes one prototype id per function, however many closures", function()
+    local before = #reg
+    local function mk(v) return function() return v end end
+    local a, b = roundtrip(mk(1), mk(2))
+    assert.equal(1, a())
+    assert.equal(2, b())
+    assert.equal(before + 1, #reg)
+  end)
+end)
