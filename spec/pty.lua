@@ -98,6 +98,11 @@ function P:wait(seconds)
     self:pump(50)
     local r = C.waitpid(self.pid, status, 1) -- WNOHANG
     if r == self.pid then
+      -- what it wrote before exiting may still be in the terminal: read it all
+      for _ = 1, 100 do
+        local before = #self.all
+        if not self:pump(20) or #self.all == before then break end
+      end
       C.close(self.fd)
       local s = status[0]
       if bit.band(s, 0x7f) == 0 then return bit.rshift(bit.band(s, 0xff00), 8) end
