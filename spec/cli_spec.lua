@@ -182,6 +182,7 @@ describe("the knhk-lua REPL", function()
     line("print('still '..'here')", "\nstill here\r?\n")
     -- Ctrl-D: background tasks are cancelled and waited for; exit 0
     line("knhk.spawn(function() local ok, e = pcall(knhk.sleep, 60) print('bg '..'cleanup') error(e, 0) end)")
+    p:wait_raw()
     p:send("\4")
     assert.equal(0, p:wait(10))
     assert.matches("\nbg cleanup", p.all)

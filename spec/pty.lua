@@ -24,6 +24,9 @@ int waitpid(int pid, int *status, int options);
 int kill(int pid, int sig);
 int ioctl(int fd, unsigned long req, ...);
 int setenv(const char *name, const char *value, int overwrite);
+struct pty_termios { unsigned c_iflag, c_oflag, c_cflag, c_lflag; unsigned char c_line;
+                     unsigned char c_cc[32]; unsigned c_ispeed, c_ospeed; };
+int tcgetattr(int fd, struct pty_termios *t);
 ]]
 local C = ffi.C
 local O_RDWR, O_NOCTTY, TIOCSCTTY = 2, 256, 0x540E
@@ -89,6 +92,21 @@ function P:expect(pattern, seconds)
 end
 
 function P:signal(sig) C.kill(self.pid, sig) end
+
+-- Waits until the program reads the terminal character by character (line
+-- editing on). libedit prints its prompt before it leaves canonical mode:
+-- a Ctrl-D typed in between is taken by the kernel's line discipline, so a
+-- test must not send one before this returns.
+local tio = ffi.new("struct pty_termios")
+local ICANON = 2
+function P:wait_raw(seconds)
+  local deadline = os.time() + (seconds or 10)
+  while true do
+    if C.tcgetattr(self.fd, tio) == 0 and bit.band(tio.c_lflag, ICANON) == 0 then return end
+    if os.time() > deadline then error("the terminal never left canonical mode", 2) end
+    self:pump(5)
+  end
+end
 
 -- Waits for the exit; returns the exit code (or 128 + signal).
 function P:wait(seconds)

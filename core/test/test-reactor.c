@@ -275,7 +275,7 @@ TEST(process_with_already_cancelled_token_is_killed_at_once) {
 
 static void note_exit(knhk_process_t *p) { atomic_store((_Atomic int *)p->data, 1); }
 
-TEST(reactor_free_kills_and_reaps_running_processes) {
+TEST(reactor_free_kills_and_reaps_running_processes_on_free) {
   knhk_reactor_t *r = reactor();
   _Atomic int exited = 0;
   knhk_process_t p;
