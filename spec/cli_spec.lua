@@ -153,8 +153,10 @@ describe("the knhk-lua REPL", function()
   -- built (concatenated) so that it never appears in the input itself.
   it("prompts, echoes expressions, continues chunks, runs tasks, and exits on Ctrl-D", function()
     local p = pty.spawn({ KNHK_LUA, "-w", "2" })
-    -- types a line once the REPL prompts again after the previous one's output
+    -- types a line once the REPL prompts again after the previous one's
+    -- output, and line editing is on (see pty.lua: wait_raw)
     local function line(text, output)
+      p:wait_raw()
       p:send(text .. "\n")
       if output then p:expect(output) end
       p:expect("> ")
@@ -163,6 +165,7 @@ describe("the knhk-lua REPL", function()
     p:expect("> ")
     line("20+22", "\n42\r?\n")
     line("return 1, 'tw'..'o', {3, x = 4}", "1\ttwo\t{ 3, x = 4 }")
+    p:wait_raw()
     p:send("local function f()\n")
     p:expect(">> ")
     line("return 40 + 3 end print(f())", "\n43\r?\n")
@@ -174,6 +177,7 @@ describe("the knhk-lua REPL", function()
     line(":stats", "tasks: %d+ spawned")
     line(":help", "Ctrl%-C cancels")
     -- Ctrl-C cancels the running line, not the REPL
+    p:wait_raw()
     p:send("print('run'..'ning') knhk.sleep(30) print('not cancelled')\n")
     p:expect("\nrunning\r?\n")
     p:signal(2)
