@@ -266,6 +266,7 @@ static void watch_forget(knhk_reactor_t *r, knhk_signal_t *w) {
 static void watch_end(knhk_reactor_t *r, knhk_signal_t *w) {
   uv_signal_t *h = w->knhk__uv;
   if (!h) return;
+  st_release(&w->knhk__active, 0);
   uv_signal_stop(h);
   uv_close((uv_handle_t *)h, free_handle);
   w->knhk__uv = NULL;
@@ -296,6 +297,7 @@ static void process_signal_requests(knhk_reactor_t *r) {
       r->watches[r->nwatches++] = w;
       w->knhk__uv = h;
       uv_signal_start(h, on_uvsignal, w->signum);
+      st_release(&w->knhk__active, 1);
     } else if (!(old & SF_WANT) && w->knhk__uv) {
       watch_end(r, w);
     }
@@ -311,9 +313,14 @@ int knhk_signal_start(knhk_reactor_t *r, knhk_signal_t *w, int signum, knhk_sign
   w->knhk__uv = NULL;
   w->knhk__count = 0;
   w->knhk__reactor = r;
+  atomic_store_explicit(&w->knhk__active, 0, memory_order_relaxed);
   atomic_store_explicit(&w->knhk__op, SF_QUEUED | SF_WANT,
                         memory_order_relaxed);
   return submit(r, &r->signals, &w->knhk__link);
+}
+
+int knhk_signal_active(const knhk_signal_t *w) {
+  return w ? (int)ld_acquire(&((knhk_signal_t *)w)->knhk__active) : 0;
 }
 
 int knhk_signal_stop(knhk_signal_t *w) {

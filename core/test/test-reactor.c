@@ -1,5 +1,6 @@
 /* test-reactor.c: timers, signals, child processes and files on the reactor. */
 #define _GNU_SOURCE
+#include <sched.h>
 #include <signal.h>
 #include <time.h>
 #include <stdatomic.h>
@@ -156,9 +157,11 @@ TEST(reactor_delivers_signals_to_a_watch) {
   knhk_reactor_t *r = reactor();
   knhk_signal_t w;
   _Atomic int got = 0;
-  signal(SIGUSR1, SIG_IGN); /* until libuv's handler is installed */
   ASSERT_OK(knhk_signal_start(r, &w, SIGUSR1, on_usr1, (void *)&got));
-  /* The watch is installed asynchronously: send until it is seen. */
+  /* The watch is installed asynchronously: wait until it is active, so the
+   * signal never takes its default action (ending this process). */
+  while (!knhk_signal_active(&w)) sched_yield();
+  ASSERT_EQ(1, knhk_signal_active(&w));
   while (!atomic_load(&got)) {
     kill(getpid(), SIGUSR1);
     struct timespec ts = {0, 1000000};

@@ -3,6 +3,7 @@
  * Cancelled and cleanup code runs; a second one ends the process at once
  * with 128 + signal. A REPL may instead route SIGINT to the scope of the
  * line being run (klua_signals_target). */
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -40,8 +41,13 @@ KLUA_API int klua_signals_start(klua_rt_t *rt) {
   atomic_store(&sigs.target, NULL);
   int rc = knhk_signal_start(rt->reactor, &sigs.watch[0], SIGINT, on_signal, rt);
   if (rc == 0) rc = knhk_signal_start(rt->reactor, &sigs.watch[1], SIGTERM, on_signal, rt);
-  if (rc == 0) atomic_store(&sigs.on, 1);
-  return rc;
+  if (rc != 0) return rc;
+  /* Until the reactor has installed the handlers, a signal would still take
+   * its default action (and skip the cleanup): return only once it has. */
+  while (!knhk_signal_active(&sigs.watch[0]) || !knhk_signal_active(&sigs.watch[1]))
+    sched_yield();
+  atomic_store(&sigs.on, 1);
+  return 0;
 }
 
 /* The first signal received since klua_signals_start, or 0. */

@@ -74,12 +74,16 @@ struct knhk_signal_s {
   void *knhk__uv;
   uint64_t knhk__count;
   knhk_reactor_t *knhk__reactor;
+  KNHK_ATOMIC(uint32_t) knhk__active;
 };
 
 /* Any thread. Watches `signum` (SIGINT, SIGTERM, ...) until stopped or the
  * reactor is freed. Returns 0, KNHK_EINVAL or KNHK_ESHUTDOWN. */
 int knhk_signal_start(knhk_reactor_t *r, knhk_signal_t *watch, int signum,
                       knhk_signal_fn on_signal, void *data);
+/* Any thread. 1 once the reactor has installed the watch's handler (the
+ * signal no longer takes its default action), else 0. */
+int knhk_signal_active(const knhk_signal_t *watch);
 /* Any thread. Ends the watch (asynchronously; no callback after the
  * reactor has processed the stop). Returns 0 or KNHK_EINVAL. */
 int knhk_signal_stop(knhk_signal_t *watch);
