@@ -39,24 +39,6 @@ static inline void knhk__cpu_relax(void) {
   __builtin_ia32_pause();
 #elif defined(__aarch64__)
   __asm__ __volatile__("yield");
-/* A test-and-test-and-set spinlock for very short critical sections (a few
- * pointer updates); yields the CPU if the holder was preempted. */
-typedef struct {
-  _Atomic uint32_t held;
-} knhk__spin_t;
-
-static inline void knhk__spin_lock(knhk__spin_t *s) {
-  for (unsigned n = 0;; n++) {
-    if (!atomic_exchange_explicit(&s->held, 1, memory_order_acquire)) return;
-    while (ld_relaxed(&s->held)) {
-      if (++n % 128 == 0) sched_yield();
-      else knhk__cpu_relax();
-    }
-  }
-}
-
-static inline void knhk__spin_unlock(knhk__spin_t *s) { st_release(&s->held, 0); }
-
 #endif
 }
 

@@ -319,6 +319,13 @@ local function put_uleb(buf, v)
   buf:put(string.char(v))
 end
 
+-- A value that travels by name (a builtin, a module or a module's field).
+local function put_named(buf, tag, name)
+  buf:put(string.char(tag))
+  put_uleb(buf, #name)
+  buf:put(name)
+end
+
 local function encode_table(enc, t)
   local buf = enc.buf
   local mt = getmetatable(t)
@@ -327,17 +334,12 @@ local function encode_table(enc, t)
     if not cname then
       local h = handle_kinds[mt]
       if h then
-        buf:put(string.char(T_HANDLE))
-        put_uleb(buf, #h.name)
-        buf:put(h.name)
-        encode_value(enc, h.export(t))
-        return
+        put_named(buf, T_HANDLE, h.name)
+        return encode_value(enc, h.export(t))
       end
       refuse(enc, t, "a table with a metatable knhk does not know (register it with knhk.codec)")
     end
-    buf:put(string.char(T_CLASS))
-    put_uleb(buf, #cname)
-    buf:put(cname)
+    put_named(buf, T_CLASS, cname)
   end
   enc.nrefs = enc.nrefs + 1
   enc.seen[t] = enc.nrefs
@@ -367,19 +369,9 @@ local function encode_function(enc, fn)
   if not ok or info.addr or not info.source then -- a C function
     index_modules()
     local name = builtin_name[fn]
-    if name then
-      buf:put(string.char(T_BUILTIN))
-      put_uleb(buf, #name)
-      buf:put(name)
-      return
-    end
+    if name then return put_named(buf, T_BUILTIN, name) end
     local mname = module_name[fn]
-    if mname then
-      buf:put(string.char(T_MODULE))
-      put_uleb(buf, #mname)
-      buf:put(mname)
-      return
-    end
+    if mname then return put_named(buf, T_MODULE, mname) end
     refuse(enc, fn, "a C function that is not part of a loaded module")
   end
   local p = proto_of(fn)
@@ -443,31 +435,18 @@ encode_value = function(enc, v)
     end
     if t == "table" then
       local bname = builtin_name[v]
-      if bname then
-        buf:put(string.char(T_BUILTIN))
-        put_uleb(buf, #bname)
-        buf:put(bname)
-        return
-      end
+      if bname then return put_named(buf, T_BUILTIN, bname) end
       index_modules()
       local mname = module_name[v]
-      if mname then
-        buf:put(string.char(T_MODULE))
-        put_uleb(buf, #mname)
-        buf:put(mname)
-        return
-      end
+      if mname then return put_named(buf, T_MODULE, mname) end
       encode_table(enc, v)
     elseif t == "function" then
       encode_function(enc, v)
     else
       local h = handle_kinds[handle_key(v)]
       if h then
-        buf:put(string.char(T_HANDLE))
-        put_uleb(buf, #h.name)
-        buf:put(h.name)
-        encode_value(enc, h.export(v))
-        return
+        put_named(buf, T_HANDLE, h.name)
+        return encode_value(enc, h.export(v))
       end
       refuse(enc, v)
     end
