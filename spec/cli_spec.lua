@@ -165,6 +165,7 @@ describe("the knhk-lua REPL", function()
     p:expect("> ")
     line("20+22", "\n42\r?\n")
     line("return 1, 'tw'..'o', {3, x = 4}", "1\ttwo\t{ 3, x = 4 }")
+    line("return 'n'..'il follows', nil", "nil follows\tnil") -- trailing nils echo too
     p:wait_raw()
     p:send("local function f()\n")
     p:expect(">> ")

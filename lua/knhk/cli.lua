@@ -152,12 +152,11 @@ local function run_line(src)
   if not fn then fn, err = loadstring(src, "=stdin") end
   if not fn then return nil, err end
   -- the line runs in a scope that Ctrl-C cancels
+  local function pack(...) return { n = select("#", ...), ... } end
   local res
-  local scope = knhk.cancel_scope(function(s)
+  local scope = knhk.cancel_scope(function()
     C.klua_signals_target(R.token_of(R.current))
-    res = { n = 0 }
-    local r = { xpcall(fn, R.capture) }
-    res = { n = table.maxn(r), unpack(r, 1, table.maxn(r)) }
+    res = pack(xpcall(fn, R.capture)) -- counted: trailing nils are echoed too
   end)
   C.klua_signals_target(nil)
   if scope.cancelled_caught or (res and not res[1] and errors.is_cancelled(res[2])) then

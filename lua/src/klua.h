@@ -103,7 +103,6 @@ struct klua_rt {
   char **protos;
   size_t *proto_lens;
   uint32_t nprotos, capprotos;
-  _Atomic int root_done;
   pthread_mutex_t live_m;  /* live tasks, for :tasks */
   klua_task_t *live;
   char *lua_path, *lua_cpath; /* the caller's, for worker VMs made later */

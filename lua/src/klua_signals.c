@@ -15,7 +15,6 @@ typedef struct {
   knhk_signal_t watch[2];
   _Atomic int first;                 /* the first signal received, or 0 */
   _Atomic(knhk_token_t *) target;    /* a line's scope (REPL), or NULL */
-  _Atomic int on;
 } klua_signals_t;
 
 static klua_signals_t sigs;
@@ -46,7 +45,6 @@ KLUA_API int klua_signals_start(klua_rt_t *rt) {
    * its default action (and skip the cleanup): return only once it has. */
   while (!knhk_signal_active(&sigs.watch[0]) || !knhk_signal_active(&sigs.watch[1]))
     sched_yield();
-  atomic_store(&sigs.on, 1);
   return 0;
 }
 
