@@ -166,14 +166,13 @@ end
 -- ------------------------------------------------------------ name tables
 
 local builtin_name, name_builtin = setmetatable({}, { __mode = "k" }), {}
-local module_name, name_module = setmetatable({}, { __mode = "k" }), {}
+local module_name = setmetatable({}, { __mode = "k" })
 local STDLIB = { "string", "table", "math", "os", "io", "coroutine", "debug", "bit", "jit",
                  "package", "ffi" }
 
 local function index_builtins()
   for k, v in pairs(_G) do
-    local t = type(v)
-    if t == "function" and funcinfo(v).addr then -- a C function
+    if type(v) == "function" and funcinfo(v).addr then -- a C function
       builtin_name[v] = k
       name_builtin[k] = v
     end
@@ -192,18 +191,33 @@ local function index_builtins()
       end
     end
   end
-  builtin_name[_G] = "_G"
-  name_builtin["_G"] = _G
+end
+index_builtins()
+
+-- The globals every task sees besides those its code names: the standard
+-- library, the same on every worker. A task's environment falls back to
+-- this table, never to the worker's own _G (which, on worker 0, is the
+-- spawner's), so a global reached dynamically answers the same everywhere.
+local base_env = { _VERSION = _VERSION }
+for name, v in pairs(name_builtin) do
+  if not name:find(".", 1, true) then base_env[name] = v end
+end
+local BASE_MT = { __index = base_env, __metatable = false }
+-- Environments made by the decoder: a function defined in a task and
+-- spawned again has one of them, and is treated as having the globals.
+local task_envs = setmetatable({}, { __mode = "k" })
+
+local function is_globals_table(t)
+  return t == _G or t == base_env or task_envs[t] ~= nil
 end
 
--- Modules by require name, and their C functions by "module.field".
+-- Modules by require name, and their C functions by "module\0field".
 local indexed_modules = {}
 local function index_modules()
   for name, mod in pairs(package.loaded) do
     if not indexed_modules[name] and type(mod) == "table" and builtin_name[mod] == nil then
       indexed_modules[name] = true
       module_name[mod] = name
-      name_module[name] = mod
       for k, v in pairs(mod) do
         if type(k) == "string" and type(v) == "function" and funcinfo(v).addr then
           module_name[v] = name .. "\0" .. k
@@ -213,7 +227,26 @@ local function index_modules()
   end
 end
 
-index_builtins()
+-- Never compiled (nor encode_table, below): on the LuaJIT 2.1 that Debian
+-- ships (2.1-20230119), a compiled pairs()/next() loop that a finalizer
+-- re-enters (a __gc that spawns while a spawn is being encoded) was seen
+-- to loop for ever. Run by the interpreter, it does not.
+jit.off(index_modules)
+
+-- Whether another VM can `require` the module: a snapshot names it, and
+-- the receiving VM loads it.
+local requirable = {}
+local function can_require(name)
+  local known = requirable[name]
+  if known ~= nil then return known end
+  local root = name:match("^[^.]+")
+  local ok = package.preload[name] ~= nil
+    or package.searchpath(name, package.path) ~= nil
+    or package.searchpath(name, package.cpath) ~= nil
+    or (root ~= name and package.searchpath(root, package.cpath) ~= nil)
+  requirable[name] = ok
+  return ok
+end
 
 local function resolve_module(name)
   local mod, field = name:match("^([^%z]+)%z(.+)$")
@@ -234,13 +267,14 @@ local handle_kinds, handle_names = {}, {}
 -- Values whose metatable (or ctype) is `key` travel as a number that
 -- export(v) makes (taking a reference) and import(n) turns back.
 function M.register_handle(name, key, export, import)
+  if type(key) == "cdata" then key = tonumber(key) end -- a ctype: by its id
   handle_kinds[key] = { name = name, export = export }
   handle_names[name] = import
 end
 
 local function handle_key(v)
   local t = type(v)
-  if t == "cdata" then return ffi.typeof(v) end
+  if t == "cdata" then return tonumber(ffi.typeof(v)) end
   return getmetatable(v)
 end
 
@@ -248,8 +282,19 @@ end
 
 local T_NIL, T_FALSE, T_TRUE, T_INT, T_NUM, T_STR = 0, 1, 2, 3, 4, 5
 local T_TAB, T_REF, T_FN, T_BUILTIN, T_MODULE, T_CLASS, T_HANDLE, T_END = 6, 7, 8, 9, 10, 11, 12, 13
+local T_UVJOIN, T_GLOBALS = 14, 15
+-- how a function's environment travels
+local ENV_GLOBALS, ENV_SANDBOX, ENV_SANDBOX_REF = 0, 1, 2
+
+-- Tables deeper than this are refused (with their place) rather than
+-- overflowing the encoder's or decoder's stack.
+local MAX_DEPTH = 1000
+M.MAX_DEPTH = MAX_DEPTH
 
 -- Prototype ids belong to one runtime (knhk.run): M.init starts afresh.
+-- Prototypes are told apart by their full dump (code, constants, chunk
+-- name, lines, upvalue names): closures of two factories that compile to
+-- the same code are still two prototypes.
 local protos_by_closure = setmetatable({}, { __mode = "k" })
 local protos_by_dump = {}
 local register_proto -- set by M.init: bytes -> id
@@ -257,20 +302,20 @@ local register_proto -- set by M.init: bytes -> id
 local function proto_of(fn)
   local p = protos_by_closure[fn]
   if p then return p end
-  local key = string.dump(fn, true)
-  p = protos_by_dump[key]
+  local dump = string.dump(fn)
+  p = protos_by_dump[dump]
   if not p then
     local info = funcinfo(fn)
     local nuv = info.upvalues or 0
     local uvnames = {}
     for i = 0, nuv - 1 do uvnames[i + 1] = funcuvname(fn, i) or ("#" .. (i + 1)) end
     p = {
-      id = register_proto(wrap_prototype(string.dump(fn), nuv)),
+      id = register_proto(wrap_prototype(dump, nuv)),
       nuv = nuv,
       uvnames = uvnames,
       globals = globals_read(fn, {}, {}),
     }
-    protos_by_dump[key] = p
+    protos_by_dump[dump] = p
   end
   protos_by_closure[fn] = p
   return p
@@ -281,9 +326,6 @@ local function fn_place(fn)
   local src = (info.source or "?"):gsub("^@", "")
   return string.format("function at %s:%d", src, info.linedefined or 0)
 end
-
-local Encoder = {}
-Encoder.__index = Encoder
 
 -- The path to the value being encoded is kept as cheap descriptors (a
 -- key, or a function and what of it) and turned into words only when a
@@ -303,8 +345,14 @@ local function describe(enc, i)
 end
 
 local function refuse(enc, v, what)
-  local msg = {}
-  for i = #enc.path, 1, -1 do msg[#msg + 1] = describe(enc, i) end
+  local msg, depth = {}, enc.depth
+  for i = depth, 1, -1 do
+    if depth > 12 and i == depth - 5 then
+      msg[#msg + 1] = "... (" .. (depth - 10) .. " levels) ..."
+    elseif depth <= 12 or i > depth - 5 or i <= 5 then
+      msg[#msg + 1] = describe(enc, i)
+    end
+  end
   local where = table.concat(msg, " of ")
   error({ knhk_refused = true, message = where .. " is " .. (what or ("a " .. type(v))) }, 0)
 end
@@ -319,11 +367,44 @@ local function put_uleb(buf, v)
   buf:put(string.char(v))
 end
 
+local function put_str(buf, s)
+  put_uleb(buf, #s)
+  buf:put(s)
+end
+
 -- A value that travels by name (a builtin, a module or a module's field).
 local function put_named(buf, tag, name)
   buf:put(string.char(tag))
-  put_uleb(buf, #name)
-  buf:put(name)
+  put_str(buf, name)
+end
+
+local function new_ref(enc, v)
+  local n = enc.nrefs + 1
+  enc.nrefs = n
+  enc.seen[v] = n
+  return n
+end
+
+-- Enters one level of nesting below path segment `seg`.
+local function enter(enc, v, seg)
+  local depth = enc.depth + 1
+  enc.depth = depth
+  enc.path[depth] = seg
+  if depth > MAX_DEPTH then refuse(enc, v, "nested deeper than " .. MAX_DEPTH .. " levels") end
+end
+
+local function leave(enc)
+  enc.path[enc.depth] = nil
+  enc.depth = enc.depth - 1
+end
+
+local function put_module(enc, v, name)
+  local modname = name:match("^[^%z]+")
+  if not can_require(modname) then
+    refuse(enc, v, "the module '" .. modname .. "', which require cannot load (it is only in "
+      .. "package.loaded): give it a name require can find, or pass what the task needs")
+  end
+  put_named(enc.buf, T_MODULE, name)
 end
 
 local function encode_table(enc, t)
@@ -341,13 +422,12 @@ local function encode_table(enc, t)
     end
     put_named(buf, T_CLASS, cname)
   end
-  enc.nrefs = enc.nrefs + 1
-  enc.seen[t] = enc.nrefs
+  new_ref(enc, t)
   buf:put(string.char(T_TAB))
   local n = #t
   put_uleb(buf, n)
-  local path = enc.path
-  local depth = #path + 1
+  enter(enc, t, nil)
+  local path, depth = enc.path, enc.depth
   for i = 1, n do
     path[depth] = i
     encode_value(enc, t[i])
@@ -359,50 +439,98 @@ local function encode_table(enc, t)
       encode_value(enc, v)
     end
   end
-  path[depth] = nil
+  leave(enc)
   buf:put(string.char(T_END))
 end
+
+jit.off(encode_table) -- see index_modules
+
+local function index_env(env, name) return env[name] end
+
+-- The value a function's code gets for global `name`: raw first; through
+-- the environment's __index if it has one. A global that does not exist
+-- (including one a strict environment refuses to look up) travels as nil.
+local function global_value(env, name)
+  local v = rawget(env, name)
+  if v ~= nil or getmetatable(env) == nil then return v end
+  local ok, r = pcall(index_env, env, name)
+  if ok then return r end
+  return nil
+end
+
+-- Environments: the globals (the VM's _G, a task's, or any environment
+-- with a metatable, such as a proxy of _G) travel as the names the code
+-- reads, over the standard library; a plain table given with setfenv (a
+-- sandbox) travels as the names read from it, and nothing else.
+local function put_env(enc, fn, env, globals)
+  local buf = enc.buf
+  if is_globals_table(env) or getmetatable(env) ~= nil then
+    buf:put(string.char(ENV_GLOBALS))
+  else
+    local ref = enc.seen[env]
+    if ref then
+      buf:put(string.char(ENV_SANDBOX_REF))
+      put_uleb(buf, ref)
+    else
+      new_ref(enc, env)
+      buf:put(string.char(ENV_SANDBOX))
+    end
+  end
+  put_uleb(buf, #globals)
+  if #globals == 0 then return end
+  local seg = { PATH_GLOBAL, fn, nil }
+  local path, depth = enc.path, enc.depth
+  path[depth] = seg
+  for i = 1, #globals do
+    local name = globals[i]
+    seg[3] = name
+    put_str(buf, name)
+    encode_value(enc, global_value(env, name))
+  end
+end
+
+local upvalueid, getupvalue = debug.upvalueid, debug.getupvalue
 
 local function encode_function(enc, fn)
   local buf = enc.buf
   local ok, info = pcall(funcinfo, fn)
   if not ok or info.addr or not info.source then -- a C function
-    index_modules()
     local name = builtin_name[fn]
     if name then return put_named(buf, T_BUILTIN, name) end
     local mname = module_name[fn]
-    if mname then return put_named(buf, T_MODULE, mname) end
+    if not mname and not enc.modules_indexed then
+      enc.modules_indexed = true
+      index_modules()
+      mname = module_name[fn]
+    end
+    if mname then return put_module(enc, fn, mname) end
     refuse(enc, fn, "a C function that is not part of a loaded module")
   end
   local p = proto_of(fn)
-  enc.nrefs = enc.nrefs + 1
-  enc.seen[fn] = enc.nrefs
+  local me = new_ref(enc, fn)
   buf:put(string.char(T_FN))
   put_uleb(buf, p.id)
-  local path = enc.path
-  local depth = #path + 1
   local seg = { PATH_UPVALUE, fn, nil }
+  enter(enc, fn, seg)
+  -- Closures that share an upvalue (debug.upvalueid) share it in the
+  -- snapshot too: the second one joins the first's.
+  local uvs = enc.uvs
   for i = 1, p.nuv do
-    local _, v = debug.getupvalue(fn, i)
-    seg[3] = p.uvnames[i]
-    path[depth] = seg
-    encode_value(enc, v)
-  end
-  local env = getfenv(fn)
-  local globals = p.globals
-  put_uleb(buf, #globals)
-  if #globals > 0 then
-    seg = { PATH_GLOBAL, fn, nil }
-    for i = 1, #globals do
-      local name = globals[i]
-      seg[3] = name
-      path[depth] = seg
-      put_uleb(buf, #name)
-      buf:put(name)
-      encode_value(enc, env[name])
+    local id = upvalueid(fn, i)
+    local at = uvs[id]
+    if at then
+      buf:put(string.char(T_UVJOIN))
+      put_uleb(buf, at[1])
+      put_uleb(buf, at[2])
+    else
+      uvs[id] = { me, i }
+      seg[3] = p.uvnames[i]
+      local _, v = getupvalue(fn, i)
+      encode_value(enc, v)
     end
   end
-  path[depth] = nil
+  put_env(enc, fn, getfenv(fn), p.globals)
+  leave(enc)
 end
 
 encode_value = function(enc, v)
@@ -413,10 +541,10 @@ encode_value = function(enc, v)
   elseif t == "boolean" then
     buf:put(string.char(v and T_TRUE or T_FALSE))
   elseif t == "number" then
-    if v % 1 == 0 and v >= 0 and v < 0x10000000 then
+    if v % 1 == 0 and v >= 0 and v < 0x10000000 and (v ~= 0 or 1 / v > 0) then
       buf:put(string.char(T_INT))
       put_uleb(buf, v)
-    else
+    else -- as the 8 bytes of the double: -0.0 and NaN stay what they are
       buf:put(string.char(T_NUM))
       local p = buf:reserve(8)
       ffi.cast("double*", p)[0] = v
@@ -424,8 +552,7 @@ encode_value = function(enc, v)
     end
   elseif t == "string" then
     buf:put(string.char(T_STR))
-    put_uleb(buf, #v)
-    buf:put(v)
+    put_str(buf, v)
   else
     local ref = enc.seen[v]
     if ref then
@@ -434,11 +561,16 @@ encode_value = function(enc, v)
       return
     end
     if t == "table" then
+      if is_globals_table(v) then return buf:put(string.char(T_GLOBALS)) end
       local bname = builtin_name[v]
       if bname then return put_named(buf, T_BUILTIN, bname) end
-      index_modules()
       local mname = module_name[v]
-      if mname then return put_named(buf, T_MODULE, mname) end
+      if not mname and not enc.modules_indexed and getmetatable(v) == nil then
+        enc.modules_indexed = true -- modules loaded since: looked for once per snapshot
+        index_modules()
+        mname = module_name[v]
+      end
+      if mname then return put_module(enc, v, mname) end
       encode_table(enc, v)
     elseif t == "function" then
       encode_function(enc, v)
@@ -453,34 +585,55 @@ encode_value = function(enc, v)
   end
 end
 
--- Encodes n values; `places(i)` names value i for refusals (e.g.
--- "argument 2"). Returns a string, or raises a refusal table.
--- One encoder, reused. Encoding runs no user code (5.1 semantics: no
--- __pairs or __len on tables), so it never re-enters itself; a refusal
--- leaves it half-used, and the next call resets it anyway.
-local shared = setmetatable({ buf = buffer.new(256), seen = {}, nrefs = 0, path = {} }, Encoder)
+-- Encoders not in use. Each encode takes its own, so encoding is
+-- re-entrant: user code that runs in the middle of one (an environment's
+-- __index, a finalizer, a wait that lets other tasks run) may encode too.
+local idle_encoders = {}
 
-function M.encode(n, places, ...)
-  local enc = shared
-  enc.buf:reset()
-  if enc.nrefs > 0 then
-    enc.seen = {}
-    enc.nrefs = 0
+local function take_encoder(places)
+  local n = #idle_encoders
+  local enc = idle_encoders[n]
+  if enc then
+    idle_encoders[n] = nil
+  else
+    enc = { buf = buffer.new(256) }
   end
-  local path = enc.path
-  for i = #path, 1, -1 do path[i] = nil end
-  enc.places = places
+  enc.seen, enc.uvs, enc.path = {}, {}, {}
+  enc.nrefs, enc.depth, enc.places, enc.modules_indexed = 0, 0, places, false
+  return enc
+end
+
+local function give_back(enc)
+  enc.buf:reset()
+  enc.seen, enc.uvs, enc.path, enc.places = nil, nil, nil, nil
+  idle_encoders[#idle_encoders + 1] = enc
+end
+
+local function encode_all(enc, n, ...)
   put_uleb(enc.buf, n)
   for i = 1, n do
-    path[1] = i
+    enc.depth = 1
+    enc.path[1] = i
     encode_value(enc, (select(i, ...)))
   end
   return enc.buf:tostring()
 end
 
+-- Encodes n values; `places(i)` names value i for refusals (e.g.
+-- "argument 2"). Returns a string, or raises a refusal table
+-- { knhk_refused = true, message = ... } (or an error user code raised).
+function M.encode(n, places, ...)
+  local enc = take_encoder(places)
+  local ok, res = pcall(encode_all, enc, n, ...)
+  give_back(enc)
+  if not ok then error(res, 0) end
+  return res
+end
+
 -- ---------------------------------------------------------------- decoder
 
 local wrappers = {} -- proto id -> the loaded wrapper, in this VM
+local nuvs = {}     -- proto id -> its upvalue count
 local get_proto     -- set by M.init: id -> bytes
 
 local function wrapper_of(id)
@@ -491,13 +644,11 @@ local function wrapper_of(id)
     w, err = loadstring(bytes)
     if not w then error("knhk.codec: cannot load prototype " .. id .. ": " .. tostring(err)) end
     wrappers[id] = w
+    local info = funcinfo(w())
+    nuvs[id] = info.upvalues or 0
   end
   return w
 end
-
-local Reader = {}
-Reader.__index = Reader
-local ENV_MT = { __index = _G } -- globals not in the snapshot: this VM's
 
 local function rd_byte(r)
   local b = r.p[r.pos]
@@ -523,12 +674,29 @@ local function rd_str(r)
   return s
 end
 
+-- The snapshot's globals: one table per snapshot, shared by the functions
+-- in it (as they shared _G), over the standard library.
+local function globals_of(r)
+  local env = r.genv
+  if env == nil then
+    env = setmetatable({}, BASE_MT)
+    task_envs[env] = true
+    r.genv = env
+  end
+  return env
+end
+
 local decode_value
+
+local function new_ref_d(r, v)
+  local n = r.nrefs + 1
+  r.nrefs = n
+  r.refs[n] = v
+end
 
 local function decode_table(r, mt)
   local t = {}
-  r.nrefs = r.nrefs + 1
-  r.refs[r.nrefs] = t
+  new_ref_d(r, t)
   local n = rd_uleb(r)
   for i = 1, n do t[i] = decode_value(r) end
   while r.p[r.pos] ~= T_END do
@@ -538,6 +706,38 @@ local function decode_table(r, mt)
   r.pos = r.pos + 1
   if mt then setmetatable(t, mt) end
   return t
+end
+
+local setupvalue, upvaluejoin = debug.setupvalue, debug.upvaluejoin
+
+local function decode_function(r)
+  local id = rd_uleb(r)
+  local fn = wrapper_of(id)()
+  new_ref_d(r, fn)
+  for i = 1, nuvs[id] do
+    if r.p[r.pos] == T_UVJOIN then
+      r.pos = r.pos + 1
+      local other = r.refs[rd_uleb(r)]
+      upvaluejoin(fn, i, other, rd_uleb(r))
+    else
+      setupvalue(fn, i, decode_value(r))
+    end
+  end
+  local kind, env = rd_byte(r), nil
+  if kind == ENV_GLOBALS then
+    env = globals_of(r)
+  elseif kind == ENV_SANDBOX then
+    env = {}
+    new_ref_d(r, env)
+  else
+    env = r.refs[rd_uleb(r)]
+  end
+  for _ = 1, rd_uleb(r) do
+    local name = rd_str(r)
+    rawset(env, name, decode_value(r))
+  end
+  setfenv(fn, env)
+  return fn
 end
 
 decode_value = function(r)
@@ -558,6 +758,7 @@ decode_value = function(r)
     if rd_byte(r) ~= T_TAB then error("knhk.codec: corrupt snapshot (class)") end
     return decode_table(r, mt)
   elseif tag == T_REF then return r.refs[rd_uleb(r)]
+  elseif tag == T_GLOBALS then return globals_of(r)
   elseif tag == T_BUILTIN then
     local name = rd_str(r)
     local v = name_builtin[name]
@@ -569,29 +770,7 @@ decode_value = function(r)
     local import = handle_names[name]
     if not import then error("knhk.codec: no handle kind " .. name .. " in this VM") end
     return import(decode_value(r))
-  elseif tag == T_FN then
-    local id = rd_uleb(r)
-    local fn = wrapper_of(id)()
-    r.nrefs = r.nrefs + 1
-    r.refs[r.nrefs] = fn
-    local i = 1
-    while debug.getupvalue(fn, i) ~= nil do
-      debug.setupvalue(fn, i, decode_value(r))
-      i = i + 1
-    end
-    -- One environment per snapshot: the functions in it share globals with
-    -- each other, and globals a task writes stay its own.
-    local env = r.env
-    if env == nil then
-      env = setmetatable({}, ENV_MT)
-      r.env = env
-    end
-    for _ = 1, rd_uleb(r) do
-      local name = rd_str(r)
-      env[name] = decode_value(r)
-    end
-    setfenv(fn, env)
-    return fn
+  elseif tag == T_FN then return decode_function(r)
   end
   error("knhk.codec: corrupt snapshot (tag " .. tostring(tag) .. ")")
 end
@@ -604,18 +783,12 @@ end
 -- Decodes a snapshot made by encode from `len` bytes at `ptr` (a cdata
 -- pointer) or from a string. Returns n, then the values.
 function M.decode(ptr, len)
+  local keep
   if type(ptr) == "string" then
-    len = #ptr
-    local s = ptr
-    ptr = ffi.cast("const uint8_t*", s)
-    local r = setmetatable({ p = ptr, pos = 0, refs = {}, nrefs = 0, keep = s }, Reader)
-    local n = rd_uleb(r)
-    local vals = {}
-    for i = 1, n do vals[i] = decode_value(r) end
-    return n, unpack_n(vals, 1, n)
+    keep = ptr
+    ptr = ffi.cast("const uint8_t*", keep)
   end
-  local r = setmetatable({ p = ffi.cast("const uint8_t*", ptr), pos = 0, refs = {}, nrefs = 0 },
-    Reader)
+  local r = { p = ffi.cast("const uint8_t*", ptr), pos = 0, refs = {}, nrefs = 0, keep = keep }
   local n = rd_uleb(r)
   local vals = {}
   for i = 1, n do vals[i] = decode_value(r) end
@@ -628,7 +801,7 @@ function M.init(register, get)
   register_proto, get_proto = register, get
   protos_by_closure = setmetatable({}, { __mode = "k" })
   protos_by_dump = {}
-  wrappers = {}
+  wrappers, nuvs = {}, {}
 end
 
 return M

@@ -1,0 +1,244 @@
+-- What a portable task's snapshot keeps of the spawner's code: the task
+-- must behave as the function would have behaved in the spawner, on any
+-- worker. Each case runs on one worker (nothing moves) and on four.
+local knhk = require "knhk"
+
+local function on_one_and_many(name, fn)
+  it(name .. " (1 worker)", function() knhk.run(fn, { workers = 1 }) end)
+  it(name .. " (4 workers)", function() knhk.run(fn, { workers = 4 }) end)
+end
+
+local function spawn_error(fn)
+  local ok, err = pcall(knhk.spawn, fn)
+  assert.is_false(ok, "spawn should have been refused")
+  return tostring(err)
+end
+
+describe("a snapshot keeps upvalue identity", function()
+  on_one_and_many("closures that share an upvalue still share it in the task", function()
+    local n = 0
+    local function inc() n = n + 1 end
+    local function get() return n end
+    assert.equal(2, knhk.spawn(function() inc(); inc(); return get() end):join())
+    assert.equal(0, n) -- the spawner's own copy is untouched
+  end)
+
+  on_one_and_many("an upvalue shared by a function and an argument is shared too", function()
+    local box = 10
+    local function bump() box = box + 1 end
+    local function read() return box end
+    assert.equal(12, knhk.spawn(function(f) bump(); f(); return read() end, bump):join())
+  end)
+
+  on_one_and_many("closures of one factory keep separate upvalues", function()
+    local function counter()
+      local c = 0
+      return function() c = c + 1; return c end
+    end
+    local a, b = counter(), counter()
+    local ra, rb = knhk.spawn(function() a(); a(); return a(), b() end):join()
+    assert.equal(3, ra)
+    assert.equal(1, rb)
+  end)
+end)
+
+describe("a snapshot keeps a function's environment", function()
+  on_one_and_many("a sandboxed function (setfenv) keeps its sandbox", function()
+    local f = setfenv(function() return x, print end, { x = 42 })
+    local x, p = knhk.spawn(f):join()
+    assert.equal(42, x)
+    assert.is_nil(p) -- the sandbox has no print: the worker's globals do not leak in
+  end)
+
+  on_one_and_many("writes to a sandbox stay in the task's copy", function()
+    local env = { hits = 0 }
+    local f = setfenv(function() hits = hits + 1; return hits end, env)
+    assert.equal(1, knhk.spawn(f):join())
+    assert.equal(0, env.hits)
+  end)
+end)
+
+describe("globals a task reads", function()
+  on_one_and_many("give the same answer through _G, rawget and getfenv on every worker", function()
+    snapshot_spec_g = "spawner's"
+    local h = knhk.spawn(function()
+      return _G.snapshot_spec_g, rawget(_G, "snapshot_spec_g"), getfenv(1).snapshot_spec_g,
+        snapshot_spec_g
+    end)
+    local a, b, c, d = h:join()
+    snapshot_spec_g = nil
+    -- named in the code: copied at spawn; reached only dynamically: the
+    -- name is copied too, since the code names it once
+    assert.equal("spawner's", d)
+    assert.equal(d, a)
+    assert.equal(d, b)
+    assert.equal(d, c)
+  end)
+
+  on_one_and_many("a global reached only by a computed name reads nil on every worker", function()
+    snapshot_spec_hidden = "spawner's"
+    local name = "snapshot_spec" .. "_hidden"
+    local v = knhk.spawn(function(k) return _G[k] end, name):join()
+    snapshot_spec_hidden = nil
+    assert.is_nil(v)
+  end)
+
+  on_one_and_many("the standard library is reached through _G whatever the code names", function()
+    local up, tab, raw = knhk.spawn(function()
+      return _G.string.upper("x"), getfenv(1).table ~= nil, rawget(_G, "table")
+    end):join()
+    assert.equal("X", up)
+    assert.is_true(tab)
+    -- rawget sees only the globals the code names: the standard library is
+    -- under them (the environment's __index), the same on every worker
+    assert.is_nil(raw)
+  end)
+
+  on_one_and_many("a strict _G does not refuse a global read in a branch never taken", function()
+    local mt = getmetatable(_G)
+    setmetatable(_G, { __index = function(_, k) error("undeclared global '" .. k .. "'", 2) end })
+    local ok, h = pcall(knhk.spawn, function(x)
+      if x then return never_declared_anywhere end
+      return "fine"
+    end, false)
+    setmetatable(_G, mt)
+    assert.is_true(ok, tostring(h))
+    assert.equal("fine", h:join())
+  end)
+
+  on_one_and_many("a global that does not exist travels as nil", function()
+    assert.is_nil(knhk.spawn(function() return no_such_global_here end):join())
+  end)
+end)
+
+describe("modules in a snapshot", function()
+  it("a module only in package.loaded is refused at the spawn, by name", function()
+    knhk.run(function()
+      package.loaded["spec.fake.inline"] = { answer = function() return 42 end }
+      local m = package.loaded["spec.fake.inline"]
+      local msg = spawn_error(function() return m.answer() end)
+      package.loaded["spec.fake.inline"] = nil
+      assert.matches("upvalue 'm' .* is the module 'spec.fake.inline', which require cannot load", msg)
+    end, { workers = 2 })
+  end)
+
+  on_one_and_many("a module require can load travels by name", function()
+    local cjson = require "cjson"
+    assert.equal("[1]", knhk.spawn(function() return cjson.encode({ 1 }) end):join())
+  end)
+end)
+
+describe("numbers in a snapshot", function()
+  on_one_and_many("-0.0, NaN, infinities and large integers survive", function()
+    local nz, nan, inf, big = knhk.spawn(function(a, b, c, d) return a, b, c, d end,
+      -0.0, 0 / 0, -math.huge, 2 ^ 53):join()
+    assert.equal(-math.huge, 1 / nz)
+    assert.is_true(nan ~= nan)
+    assert.equal(-math.huge, inf)
+    assert.equal(2 ^ 53, big)
+  end)
+
+  on_one_and_many("-0.0 survives as an upvalue, a table value and a result", function()
+    local z = -0.0
+    local a, b = knhk.spawn(function(t) return z, t[1] end, { -0.0 }):join()
+    assert.equal(-math.huge, 1 / a)
+    assert.equal(-math.huge, 1 / b)
+  end)
+end)
+
+describe("prototypes", function()
+  -- two factories whose closures compile to the same bytecode
+  local function factory_a(conn) return function() return conn end end
+  local function factory_b(logfile) return function() return logfile end end
+
+  it("a refusal names the upvalue of the function being spawned", function()
+    knhk.run(function()
+      local ok = pcall(knhk.spawn, factory_a(1))
+      assert.is_true(ok)
+      local msg = spawn_error(factory_b(io.stdout))
+      assert.matches("upvalue 'logfile'", msg, 1, true)
+    end, { workers = 1 })
+  end)
+
+  it("a task's error reports its own function's line", function()
+    knhk.run(function()
+      local function fa() return function() error("from a") end end
+      local function fb() return function() error("from b") end end
+      pcall(function() knhk.spawn(fa()):join() end)
+      local ok, err = pcall(function() knhk.spawn(fb()):join() end)
+      assert.is_false(ok)
+      local line = debug.getinfo(fb, "S").linedefined
+      assert.matches("snapshot_spec.lua:" .. line .. ": from b", tostring(err), 1, true)
+    end, { workers = 1 })
+  end)
+end)
+
+describe("deep tables", function()
+  local function walk(t)
+    local n = 0
+    while t.next do t, n = t.next, n + 1 end
+    return n, t.leaf
+  end
+
+  on_one_and_many("a table nested 4000 levels deep travels, or is refused with its place and depth", function()
+    local deep = {}
+    local cur = deep
+    for _ = 1, 4000 do
+      cur.next = {}
+      cur = cur.next
+    end
+    cur.leaf = "bottom"
+    local ok, n, leaf = pcall(function() return knhk.spawn(walk, deep):join() end)
+    if ok then
+      assert.equal(4000, n)
+      assert.equal("bottom", leaf)
+    else
+      local msg = tostring(n)
+      assert.matches("spawn: ", msg, 1, true)
+      assert.matches("argument 1", msg, 1, true)
+      assert.matches("nested deeper than %d+ levels", msg)
+      assert.not_matches("stack overflow", msg, 1, true)
+    end
+  end)
+end)
+
+describe("encoding is re-entrant", function()
+  -- An environment whose __index collects garbage: finalizers then run in
+  -- the middle of the spawn's encoding, and each of them spawns too.
+  local function gc_env()
+    return setmetatable({}, { __index = function(_, k)
+      for _ = 1, 20 do
+        local u = newproxy(true)
+        getmetatable(u).__gc = function() pcall(knhk.spawn, function() return "from gc" end, {}) end
+      end
+      collectgarbage()
+      collectgarbage()
+      if k == "marker" then return "outer" end
+      return _G[k]
+    end })
+  end
+
+  on_one_and_many("a __gc that spawns during a spawn does not corrupt it", function()
+    for round = 1, 10 do
+      local f = setfenv(function(t, r) return marker, #t, t[3][2], r end, gc_env())
+      local big = {}
+      for i = 1, 50 do big[i] = { i, tostring(i) } end
+      local m, len, s, r = knhk.spawn(f, big, round):join()
+      assert.same({ "outer", 50, "3", round }, { m, len, s, r })
+    end
+  end)
+
+  on_one_and_many("an environment __index that waits during a spawn is harmless", function()
+    local env = setmetatable({}, { __index = function(_, k)
+      knhk.sleep(0.001) -- another spawn runs meanwhile
+      return k == "lookup_me" and "found" or _G[k]
+    end })
+    local f = setfenv(function() return lookup_me end, env)
+    local other
+    knhk.nursery(function(n)
+      n:spawn_local(function() other = knhk.spawn(function(v) return v end, "other"):join() end)
+      assert.equal("found", knhk.spawn(f):join())
+    end)
+    assert.equal("other", other)
+  end)
+end)
