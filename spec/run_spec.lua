@@ -32,11 +32,11 @@ describe("knhk.run", function()
     assert.has_error(function() knhk.run("nope") end,
       "bad argument #1 to 'run' (function expected, got string)")
     assert.has_error(function() knhk.run(function() end, 3) end,
-      "bad argument #2 to 'run' (table expected, got number)")
+      "bad argument #2 to 'run' (options table expected, got number)")
     assert.has_error(function() knhk.run(function() end, { workers = 0 }) end,
-      "bad argument #2 to 'run' (workers must be a whole number >= 1, got 0)")
+      "bad argument #2 to 'run' (workers: whole number in 1..256 expected, got 0)")
     assert.has_error(function() knhk.run(function() end, { workers = 1.5 }) end,
-      "bad argument #2 to 'run' (workers must be a whole number >= 1, got 1.5)")
+      "bad argument #2 to 'run' (workers: whole number in 1..256 expected, got 1.5)")
   end)
 
   it("cannot be nested", function()

@@ -56,7 +56,7 @@ describe("knhk.map", function()
       assert.has_error(function() knhk.map(1, print) end,
         "bad argument #1 to 'map' (table expected, got number)")
       assert.has_error(function() knhk.map({}, function() end, { limit = 0 }) end,
-        "bad argument #3 to 'map' (limit must be a whole number >= 1, got 0)")
+        "bad argument #3 to 'map' (limit: whole number >= 1 expected, got 0)")
     end)
   end)
 end)

@@ -27,8 +27,19 @@ function M.cancelled(reason_code, scope)
   return setmetatable({ reason = reasons[reason_code] or nil, scope = scope }, Cancelled)
 end
 
-function M.is_cancelled(e)
+-- The Cancelled signal itself, unwinding to its scope. The runtime
+-- decides what to catch with this one.
+function M.is_signal(e)
   return getmetatable(e) == Cancelled
+end
+
+-- knhk.is_cancelled: the signal, or the error that joining a cancelled
+-- task raises (a TaskError whose .value is the task's Cancelled). The
+-- latter does not unwind the joiner's scopes: the joiner was not cancelled.
+function M.is_cancelled(e)
+  local mt = getmetatable(e)
+  if mt == Cancelled then return true end
+  return mt == M.TaskError and getmetatable(e.value) == Cancelled
 end
 
 local TimeoutError = { __name = "knhk.TimeoutError" }

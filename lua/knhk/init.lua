@@ -13,6 +13,7 @@ local K = require "knhk.ffi"
 local R = require "knhk.runtime"
 local codec = require "knhk.codec"
 local errors = require "knhk.errors"
+local check = require "knhk.check"
 
 local ffi, C = K.ffi, K.C
 local type, select, error = type, select, error
@@ -36,27 +37,14 @@ codec.register_class("knhk.TimeoutError", errors.TimeoutError)
 codec.register_class("knhk.TaskError", errors.TaskError)
 codec.register_class("knhk.ErrorGroup", errors.ErrorGroup)
 
-local function argerror(n, fname, expected, got)
-  error(string.format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected,
-    type(got)), 3)
-end
-
-local function check_number(v, n, fname, allow_nil)
-  if v == nil and allow_nil then return end
-  if type(v) ~= "number" or v ~= v then argerror(n, fname, "number", v) end
-end
-
-local function check_opts(opts, n, fname)
-  if opts ~= nil and type(opts) ~= "table" then argerror(n, fname, "table", opts) end
-  return opts or {}
-end
-
-local function default_workers()
+-- The workers a runtime gets by default: KNHK_WORKERS, else every CPU.
+-- Returns n, or nil and a message naming the bad setting.
+function knhk.default_workers()
   local env = os.getenv "KNHK_WORKERS"
   if env and env ~= "" then
     local n = tonumber(env)
-    if not n or n < 1 or n % 1 ~= 0 then
-      error("KNHK_WORKERS must be a whole number >= 1, got '" .. env .. "'", 3)
+    if not n or n < 1 or n % 1 ~= 0 or n > 256 then
+      return nil, "KNHK_WORKERS must be a whole number in 1..256, got '" .. env .. "'"
     end
     return n
   end
@@ -77,13 +65,13 @@ end
 -- first SIGINT/SIGTERM cancels everything (cleanup runs), a second one ends
 -- the process; knhk.signal_received() says which came.
 function knhk.run(main, opts, ...)
-  if type(main) ~= "function" then argerror(1, "run", "function", main) end
-  opts = check_opts(opts, 2, "run")
-  local workers = opts.workers
-  if workers == nil then workers = default_workers() end
-  if type(workers) ~= "number" or workers < 1 or workers % 1 ~= 0 then
-    error("bad argument #2 to 'run' (workers must be a whole number >= 1, got "
-      .. tostring(workers) .. ")", 2)
+  check.arg("func", main, 1, "run")
+  opts = check.opts(opts, 2, "run")
+  local workers = check.field("whole", opts, "workers", 2, "run", 2, 1, 256)
+  if workers == nil then
+    local err
+    workers, err = knhk.default_workers()
+    if not workers then error("knhk.run: " .. err, 2) end
   end
   return R.run(main, workers, opts.signals and true or false, ...)
 end
@@ -100,6 +88,7 @@ end
 -- upvalues and the globals it reads) and of the arguments is taken now; the
 -- task runs on any worker and shares nothing else with the caller.
 function knhk.spawn(fn, ...)
+  check.arg("func", fn, 1, "spawn")
   local t = R.in_task("knhk.spawn", 2)
   return R.spawn_into(R.task_nursery(t), 2, fn, ...)
 end
@@ -107,6 +96,7 @@ end
 -- knhk.spawn_local(fn, ...) -> handle. A coroutine on this worker's VM,
 -- sharing its memory (no snapshot); never moves to another worker.
 function knhk.spawn_local(fn, ...)
+  check.arg("func", fn, 1, "spawn_local")
   local t = R.in_task("knhk.spawn_local", 2)
   return R.spawn_local_into(R.task_nursery(t), 2, fn, ...)
 end
@@ -116,7 +106,7 @@ knhk.Task = R.Handle
 
 -- knhk.sleep(seconds): a checkpoint that waits.
 function knhk.sleep(seconds)
-  check_number(seconds, 1, "sleep")
+  check.arg("number", seconds, 1, "sleep")
   if seconds < 0 then seconds = 0 end
   R.sleep(seconds)
 end
@@ -145,16 +135,14 @@ end
 -- from now), opts.shield (outer cancellation does not reach inside).
 -- scope:cancel(), scope.cancel_called, scope.cancelled_caught.
 function knhk.cancel_scope(fn, opts)
-  if type(fn) ~= "function" then argerror(1, "cancel_scope", "function", fn) end
-  opts = check_opts(opts, 2, "cancel_scope")
+  check.arg("func", fn, 1, "cancel_scope")
+  opts = check.opts(opts, 2, "cancel_scope")
+  check.field("number", opts, "deadline", 2, "cancel_scope")
+  check.field("number", opts, "timeout", 2, "cancel_scope")
   local t = R.in_task("knhk.cancel_scope", 2)
   local o = { shield = opts.shield and true or false }
-  if opts.deadline ~= nil then
-    check_number(opts.deadline, 2, "cancel_scope")
-    o.deadline = opts.deadline
-  end
+  if opts.deadline ~= nil then o.deadline = opts.deadline end
   if opts.timeout ~= nil then
-    check_number(opts.timeout, 2, "cancel_scope")
     local d = R.now() + math.max(0, opts.timeout)
     o.deadline = o.deadline and math.min(o.deadline, d) or d
   end
@@ -164,8 +152,8 @@ end
 -- knhk.move_on_after(seconds, fn, ...) -> scope, results: fn is cancelled
 -- after `seconds` and the program moves on (scope.cancelled_caught).
 function knhk.move_on_after(seconds, fn, ...)
-  check_number(seconds, 1, "move_on_after")
-  if type(fn) ~= "function" then argerror(2, "move_on_after", "function", fn) end
+  check.arg("number", seconds, 1, "move_on_after")
+  check.arg("func", fn, 2, "move_on_after")
   local t = R.in_task("knhk.move_on_after", 2)
   local args = { n = select("#", ...), ... }
   return R.scope(t, { deadline = R.now() + math.max(0, seconds) }, function()
@@ -176,8 +164,8 @@ end
 -- knhk.fail_after(seconds, fn, ...) -> results; raises a TimeoutError
 -- (knhk.is_timeout) if fn did not finish in time.
 function knhk.fail_after(seconds, fn, ...)
-  check_number(seconds, 1, "fail_after")
-  if type(fn) ~= "function" then argerror(2, "fail_after", "function", fn) end
+  check.arg("number", seconds, 1, "fail_after")
+  check.arg("func", fn, 2, "fail_after")
   local t = R.in_task("knhk.fail_after", 2)
   local args = { n = select("#", ...), ... }
   local res = { R.scope(t, { deadline = R.now() + math.max(0, seconds) }, function()
@@ -210,8 +198,8 @@ end
 -- raised: one as is, several as an ErrorGroup. n:cancel() ends the children
 -- (not an error).
 function knhk.nursery(fn, opts)
-  if type(fn) ~= "function" then argerror(1, "nursery", "function", fn) end
-  opts = check_opts(opts, 2, "nursery")
+  check.arg("func", fn, 1, "nursery")
+  opts = check.opts(opts, 2, "nursery")
   local t = R.in_task("knhk.nursery", 2)
   local outer = R.token_of(t)
   local n = R.new_nursery(t, opts.supervise)
@@ -223,12 +211,12 @@ function knhk.nursery(fn, opts)
   local function keep(...) res = { n = select("#", ...), ... } end
   local ok, err = xpcall(function() keep(fn(n)) end, R.capture)
   table.remove(t.scopes)
-  if not ok and not errors.is_cancelled(err) then
+  if not ok and not errors.is_signal(err) then
     C.knhk_nursery_fail(n.n, K.EFAILED) -- a failing body cancels the children
   end
   local errs = R.close_nursery(n)
   C.knhk_token_release(ntoken)
-  if not ok and not errors.is_cancelled(err) then table.insert(errs, 1, err) end
+  if not ok and not errors.is_signal(err) then table.insert(errs, 1, err) end
   if #errs > 0 then error(errors.group(errs), 0) end
   -- A Cancelled from the body is this nursery's own (n:cancel, a failing
   -- child) unless the scope around it is cancelled too: then it unwinds on.
@@ -255,6 +243,8 @@ function Nursery:wait_any()
     end
     if h.ptr.outcome == K.OK then
       self:cancel()
+      -- the others' cleanup runs before wait_any returns
+      R.wait_children(self.n)
       return h:join()
     end
     -- a failure cancels the rest (nursery policy); keep waiting for a winner
@@ -286,7 +276,7 @@ end, function(n) return wrap_token(ffi.cast("knhk_token_t*", n)) end)
 
 -- knhk.token([parent]) -> a cancel token (a root, or a child of parent).
 function knhk.token(parent)
-  if parent ~= nil and getmetatable(parent) ~= Token then argerror(1, "token", "token", parent) end
+  if parent ~= nil and getmetatable(parent) ~= Token then check.fail(1, "token", "token", parent) end
   local out = ffi.new("knhk_token_t*[1]")
   local rc = C.knhk_token_new(out, parent and parent.ptr or nil)
   if rc ~= 0 then return nil, ffi.string(C.knhk_strerror(rc)), rc end
@@ -325,14 +315,10 @@ knhk.Channel, knhk.Semaphore, knhk.Lock, knhk.Event = sync.Channel, sync.Semapho
 -- portable tasks on every core, at most opts.limit at once. The first
 -- error cancels the rest and is raised.
 function knhk.map(list, fn, opts)
-  if type(list) ~= "table" then argerror(1, "map", "table", list) end
-  if type(fn) ~= "function" then argerror(2, "map", "function", fn) end
-  opts = check_opts(opts, 3, "map")
-  local limit = opts.limit
-  if limit ~= nil and (type(limit) ~= "number" or limit < 1 or limit % 1 ~= 0) then
-    error("bad argument #3 to 'map' (limit must be a whole number >= 1, got " .. tostring(limit)
-      .. ")", 2)
-  end
+  check.arg("table", list, 1, "map")
+  check.arg("func", fn, 2, "map")
+  opts = check.opts(opts, 3, "map")
+  local limit = check.field("whole", opts, "limit", 3, "map", 2, 1)
   R.in_task("knhk.map", 2)
   local n = #list
   local results = {}
@@ -360,7 +346,7 @@ function knhk.race(...)
   local fns = { n = select("#", ...), ... }
   if fns.n == 0 then error("bad argument #1 to 'race' (function expected, got no value)", 2) end
   for i = 1, fns.n do
-    if type(fns[i]) ~= "function" then argerror(i, "race", "function", fns[i]) end
+    check.arg("func", fns[i], i, "race")
   end
   R.in_task("knhk.race", 2)
   return knhk.nursery(function(n)
@@ -372,7 +358,7 @@ end
 -- knhk.select{ name = fn, ... } -> name, results of the first to finish;
 -- the others are cancelled and waited for.
 function knhk.select(cases)
-  if type(cases) ~= "table" then argerror(1, "select", "table", cases) end
+  check.arg("table", cases, 1, "select")
   local names, fns = {}, {}
   for k, f in pairs(cases) do
     if type(f) ~= "function" then
@@ -411,13 +397,13 @@ function knhk.exec(cmd, opts)
       argv[i] = tostring(a)
     end
   else
-    argerror(1, "exec", "string or argv table", cmd)
+    check.fail(1, "exec", "string or argv table", cmd)
   end
-  opts = check_opts(opts, 2, "exec")
+  opts = check.opts(opts, 2, "exec")
   if opts.stdin ~= nil and type(opts.stdin) ~= "string" then
     error("bad argument #2 to 'exec' (stdin must be a string, got " .. type(opts.stdin) .. ")", 2)
   end
-  if opts.timeout ~= nil then check_number(opts.timeout, 2, "exec") end
+  check.field("number", opts, "timeout", 2, "exec")
   local t = R.in_task("knhk.exec", 2)
   local cargv = ffi.new("const char*[?]", #argv + 1, argv)
   local cenv, envc, env_strings = nil, 0, nil -- env_strings keeps cenv's strings alive

@@ -153,7 +153,7 @@ function M.scope(t, opts, fn, ...)
   local e = res[2]
   -- Cancelled unwinds to the outermost cancelled scope: this one, unless
   -- the scope around it is cancelled too (then that one catches it).
-  if errors.is_cancelled(e) and reason ~= 0
+  if errors.is_signal(e) and reason ~= 0
       and (scope.shield or C.knhk_token_is_cancelled(parent) == 0) then
     scope.cancelled_caught = true
     scope.reason = reason
@@ -209,7 +209,10 @@ function M.outcome_of(ptr)
   if outcome == K.OK then
     return select(2, decode_result(ptr))
   elseif outcome == K.CANCELLED then
-    error(errors.task_error("task " .. tonumber(ptr.id) .. " was cancelled", nil, nil), 0)
+    local _, sig = decode_result(ptr)
+    if not errors.is_signal(sig) then sig = errors.cancelled(nil) end
+    local e = errors.task_error("task " .. tonumber(ptr.id) .. " was cancelled", nil, sig)
+    error(e, 0)
   end
   local _, e = decode_result(ptr)
   error(e or errors.task_error("task " .. tonumber(ptr.id) .. " failed", nil, nil), 0)
@@ -235,7 +238,7 @@ end
 M.user_traceback = user_traceback
 
 local function capture(e)
-  if errors.is_cancelled(e) or errors.is_task_error(e) or errors.is_group(e) then return e end
+  if errors.is_signal(e) or errors.is_task_error(e) or errors.is_group(e) then return e end
   local msg = errors.message(e)
   return errors.task_error(msg, user_traceback(2), e)
 end
@@ -255,7 +258,7 @@ local function encode_outcome(ok, res, extra)
     return K.ERROR, codec.encode(1, encode_places("error"), errors.task_error(msg, nil, nil))
   end
   local e = res[2]
-  if errors.is_cancelled(e) then
+  if errors.is_signal(e) then
     return K.CANCELLED, codec.encode(1, encode_places("error"), e)
   end
   local s, snap = pcall(codec.encode, 1, encode_places("error"), e)
@@ -430,13 +433,22 @@ end
 local TASK_PENDING = K.TASK_PENDING
 local status_of = { [K.OK] = 0, [K.ERROR] = K.EFAILED, [K.CANCELLED] = K.ECANCELED }
 
+-- A stack overflow leaves the error handler no room to run: xpcall then
+-- reports "error in error handling". Say what happened, and where.
+local function overflow_error(t, fn)
+  local info = debug.getinfo(fn, "S")
+  return errors.task_error(string.format("stack overflow in task %d (function at %s:%d)",
+    tonumber(t.ptr.id), info.short_src, info.linedefined), "", nil)
+end
+
 local function body(t, fn, args)
   local res = pack(xpcall(fn, capture, unpack(args, 1, args.n)))
+  if not res[1] and res[2] == "error in error handling" then res[2] = overflow_error(t, fn) end
   -- the task ends only after everything it spawned
   local errs = t.nursery and M.close_nursery(t.nursery) or {}
   t.nursery = nil
   local ok = res[1]
-  if not ok and not errors.is_cancelled(res[2]) then table.insert(errs, 1, res[2]) end
+  if not ok and not errors.is_signal(res[2]) then table.insert(errs, 1, res[2]) end
   if #errs > 0 then
     ok, res = false, { n = 2, false, errors.group(errs) }
   end
@@ -464,7 +476,28 @@ local function start_task(ptr)
   return t
 end
 
-local function step(lud)
+-- The runtime's own bookkeeping failed while it ran task `lud` (a __gc
+-- metamethod that raised in the middle of it, say): the task fails with
+-- that message, and whoever waits for it (for the root task: the run)
+-- hears of it. Nothing is left waiting.
+local function fail_task(lud, t, why)
+  local ptr = t and t.ptr or ffi.cast("klua_task_t*", lud)
+  if ptr.outcome == K.RUNNING then
+    local msg = "knhk: task " .. tonumber(ptr.id) .. " failed in the runtime's own bookkeeping: "
+      .. errors.message(why)
+    local ok, snap = pcall(codec.encode, 1, encode_places("error"), errors.task_error(msg, nil, nil))
+    if ok then C.klua_task_finish(ptr, K.ERROR, snap, #snap)
+    else C.klua_task_finish(ptr, K.ERROR, nil, 0) end
+  end
+  if t and t.on_finish then
+    t.on_finish(K.ERROR)
+    t.on_finish = nil
+  end
+  tasks[lud] = nil
+  return K.EFAILED
+end
+
+local function step_task(lud)
   local t = tasks[lud]
   local first = false
   if t == nil then
@@ -491,18 +524,24 @@ local function step(lud)
   end
   M.current = prev
   if co_status(t.co) == "dead" then
+    -- user errors are caught in body: this one is the runtime's
+    if not ok then return fail_task(lud, t, err) end
     tasks[lud] = nil
-    if not ok then
-      -- A failure of the runtime itself (user errors are caught in body):
-      -- still reported through the task, with what went wrong.
-      local msg = "knhk: internal error in task " .. tonumber(t.ptr.id) .. ": " .. tostring(err)
-      local snap = codec.encode(1, encode_places("error"), errors.task_error(msg, nil, nil))
-      C.klua_task_finish(t.ptr, K.ERROR, snap, #snap)
-      return K.EFAILED
-    end
     return t.status
   end
   return TASK_PENDING
+end
+
+local function step(lud)
+  local ok, status = pcall(step_task, lud)
+  if ok then return status end
+  -- Reporting allocates, and may meet another raising finalizer: each runs
+  -- only once, so trying again gets through.
+  for _ = 1, 1000 do
+    local reported, st = pcall(fail_task, lud, tasks[lud], status)
+    if reported then return st end
+  end
+  return K.EFAILED
 end
 
 -- Worker VMs: called by the C side after `require "knhk.runtime"`. The

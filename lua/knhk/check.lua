@@ -1,0 +1,68 @@
+-- knhk.check: argument checks for the public API, worded like Lua's own
+--     bad argument #1 to 'sleep' (number expected, got NaN)
+-- and raised at the caller's line. `level` follows error(): 2 (the
+-- default) blames the caller of the API function that runs the check.
+local type, error, format, tostring = type, error, string.format, tostring
+
+local M = {}
+
+-- How a bad value is named in a message: its type, except for a number
+-- where a number was expected: then its value (NaN, -1, 2.5), since its
+-- type was not the problem.
+function M.got(v, expected)
+  if type(v) == "number" and expected:find("number", 1, true) then
+    if v ~= v then return "NaN" end
+    return tostring(v)
+  end
+  return type(v)
+end
+
+-- Predicates: nil when v is acceptable, else what was expected.
+local want = {}
+M.want = want
+
+function want.func(v) if type(v) ~= "function" then return "function" end end
+function want.table(v) if type(v) ~= "table" then return "table" end end
+function want.string(v) if type(v) ~= "string" then return "string" end end
+function want.boolean(v) if type(v) ~= "boolean" then return "boolean" end end
+-- a number that is not NaN (infinities are fine: "sleep forever")
+function want.number(v) if type(v) ~= "number" or v ~= v then return "number" end end
+-- a whole number >= min (and <= max, if given)
+function want.whole(v, min, max)
+  if type(v) ~= "number" or v ~= v or v % 1 ~= 0 or v < min or (max and v > max) then
+    return max and format("whole number in %d..%d", min, max) or format("whole number >= %d", min)
+  end
+end
+
+function M.fail(n, fname, expected, v, level)
+  error(format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected, M.got(v, expected)),
+    (level or 2) + 1)
+end
+
+-- Argument n of fname must satisfy want[kind]; extra arguments go to it.
+function M.arg(kind, v, n, fname, level, ...)
+  local w = want[kind](v, ...)
+  if w then M.fail(n, fname, w, v, (level or 2) + 1) end
+  return v
+end
+
+-- An options table, or nil (then {}).
+function M.opts(v, n, fname, level)
+  if v == nil then return {} end
+  if type(v) ~= "table" then M.fail(n, fname, "options table", v, (level or 2) + 1) end
+  return v
+end
+
+-- Field `key` of options table n, if present, must satisfy want[kind].
+function M.field(kind, opts, key, n, fname, level, ...)
+  local v = opts[key]
+  if v == nil then return nil end
+  local w = want[kind](v, ...)
+  if w then
+    error(format("bad argument #%d to '%s' (%s: %s expected, got %s)", n, fname, key, w,
+      M.got(v, w)), (level or 2) + 1)
+  end
+  return v
+end
+
+return M
