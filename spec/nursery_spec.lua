@@ -145,6 +145,35 @@ describe("knhk.nursery", function()
     end, 1))
   end)
 
+  for _, workers in ipairs { 1, 4 } do
+    it("wait_any returns only after the others' cleanup ran (" .. workers .. " workers)", function()
+      local log = run(function()
+        local cleaned = knhk.channel(8)
+        local winner = knhk.nursery(function(n)
+          for i = 1, 3 do
+            n:spawn(function(c, k)
+              local ok, e = pcall(knhk.sleep, 30)
+              knhk.cancel_scope(function() -- cleanup that itself waits
+                knhk.sleep(0.01)
+                c:send("cleaned " .. k)
+              end, { shield = true })
+              if not ok then error(e, 0) end
+            end, cleaned, i)
+          end
+          n:spawn(function() knhk.sleep(0.01); return "winner" end)
+          local w = n:wait_any()
+          cleaned:close()
+          return w
+        end)
+        local log = { winner }
+        for v in cleaned:values() do log[#log + 1] = v end
+        return log
+      end, workers)
+      assert.equal("winner", log[1])
+      assert.equal(4, #log) -- every loser's cleanup had run before wait_any returned
+    end)
+  end
+
   it("refuses to spawn into a closed nursery", function()
     local err = run(function()
       local kept
@@ -160,7 +189,7 @@ describe("knhk.nursery", function()
       assert.has_error(function() knhk.nursery(1) end,
         "bad argument #1 to 'nursery' (function expected, got number)")
       assert.has_error(function() knhk.nursery(function() end, 1) end,
-        "bad argument #2 to 'nursery' (table expected, got number)")
+        "bad argument #2 to 'nursery' (options table expected, got number)")
     end)
   end)
 end)

@@ -113,10 +113,76 @@ describe("knhk.channel", function()
   it("refuses bad capacities and unsendable values", function()
     run(function()
       assert.has_error(function() knhk.channel(-1) end,
-        "bad argument #1 to 'channel' (capacity must be a whole number >= 0, got -1)")
+        "bad argument #1 to 'channel' (whole number >= 0 expected, got -1)")
       local ch = knhk.channel()
       assert.has_error(function() ch:send(io.stdout) end, "send: the value sent is a userdata")
     end)
+  end)
+end)
+
+describe("knhk.channel, closing and cancelling", function()
+  local function on_one_and_many(name, fn)
+    it(name .. " (1 worker)", function() run(fn, 1) end)
+    it(name .. " (4 workers)", function() run(fn, 4) end)
+  end
+
+  on_one_and_many("closing a rendezvous channel releases a blocked sender with the closed error", function()
+    local ch = knhk.channel(0)
+    local started = knhk.event()
+    local h = knhk.spawn(function(c, ev)
+      ev:set()
+      local ok, err = pcall(c.send, c, "never received")
+      return ok, tostring(err)
+    end, ch, started)
+    started:wait()
+    knhk.sleep(0.01) -- let it block in send
+    ch:close()
+    local ok, err = h:join()
+    assert.is_false(ok)
+    assert.matches("send: the channel is closed", err, 1, true)
+    assert.same({ nil, false }, { ch:recv() }) -- and the value was not left behind
+  end)
+
+  on_one_and_many("closing releases every blocked sender and receiver", function()
+    local full, empty = knhk.channel(1), knhk.channel(4)
+    full:send("fills it")
+    local hs = {}
+    knhk.nursery(function(n)
+      for i = 1, 3 do
+        hs[#hs + 1] = n:spawn(function(c) return pcall(c.send, c, i) end, full)
+        hs[#hs + 1] = n:spawn(function(c) return c:recv() end, empty)
+      end
+      knhk.sleep(0.01)
+      full:close()
+      empty:close()
+    end)
+    for i = 1, #hs, 2 do
+      assert.is_false((hs[i]:join()))
+      assert.same({ nil, false }, { hs[i + 1]:join() })
+    end
+  end)
+
+  on_one_and_many("a rendezvous send that was cancelled did not happen", function()
+    local ch = knhk.channel(0)
+    local scope = knhk.move_on_after(0.01, function() ch:send("withdrawn") end)
+    assert.is_true(scope.cancelled_caught)
+    -- a receiver that comes later gets the next value sent, not the withdrawn one
+    knhk.nursery(function(n)
+      n:spawn(function(c) c:send("kept") end, ch)
+      assert.equal("kept", ch:recv())
+    end)
+    ch:close()
+    assert.same({ nil, false }, { ch:recv() })
+  end)
+
+  on_one_and_many("#ch is the number of values waiting", function()
+    local ch = knhk.channel(8)
+    assert.equal(0, #ch)
+    ch:send(1)
+    ch:send({ 2 })
+    assert.equal(2, #ch)
+    ch:recv()
+    assert.equal(1, #ch)
   end)
 end)
 

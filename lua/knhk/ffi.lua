@@ -114,6 +114,8 @@ void klua_sync_unwait(klua_sync_t *s, klua_waiter_t *w, int used);
 int klua_chan_send(klua_sync_t *s, const char *data, size_t len, uint64_t *seq);
 int klua_chan_recv(klua_sync_t *s, char **out, size_t *len);
 uint64_t klua_chan_taken(klua_sync_t *s);
+int klua_chan_withdraw(klua_sync_t *s, uint64_t seq);
+typedef struct { klua_sync_t *ptr; } klua_chan_handle_t;
 int klua_chan_closed(klua_sync_t *s);
 size_t klua_chan_capacity(klua_sync_t *s);
 size_t klua_chan_count(klua_sync_t *s);

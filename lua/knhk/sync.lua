@@ -3,6 +3,7 @@
 local K = require "knhk.ffi"
 local R = require "knhk.runtime"
 local codec = require "knhk.codec"
+local check = require "knhk.check"
 
 local ffi, C = K.ffi, K.C
 local co_yield = coroutine.yield
@@ -55,16 +56,26 @@ local Channel = {}
 Channel.__index = Channel
 M.Channel = Channel
 
-local new_channel = sync_handle("channel", Channel, function(cap) return C.klua_chan_new(cap) end)
+-- A channel handle is a cdata (not a table), so that #ch reaches __len:
+-- this LuaJIT honours __len only on userdata and cdata.
+Channel.__gc = function(h) C.klua_sync_release(h.ptr) end
+local ChannelHandle = ffi.metatype("klua_chan_handle_t", Channel)
+codec.register_handle("channel", ChannelHandle, function(h)
+  C.klua_sync_retain(h.ptr)
+  return tonumber(ffi.cast("uintptr_t", h.ptr))
+end, function(n) return ChannelHandle(ffi.cast("klua_sync_t*", n)) end)
+
+local function new_channel(cap)
+  local p = C.klua_chan_new(cap)
+  if p == nil then return nil end
+  return ChannelHandle(p)
+end
 
 -- knhk.channel([capacity]) -> channel. capacity 0: a rendezvous (send waits
 -- for a receiver); default 64. Values travel by snapshot.
 function M.channel(capacity)
   if capacity == nil then capacity = 64 end
-  if type(capacity) ~= "number" or capacity < 0 or capacity % 1 ~= 0 then
-    error("bad argument #1 to 'channel' (capacity must be a whole number >= 0, got "
-      .. tostring(capacity) .. ")", 2)
-  end
+  check.arg("whole", capacity, 1, "channel", 2, 0)
   local ch = new_channel(capacity)
   if not ch then return nil, "out of memory" end
   return ch
@@ -91,7 +102,18 @@ function Channel:send(v)
     return false
   end)
   if C.klua_chan_capacity(p) == 0 then -- a rendezvous: until it has been received
-    wait_for("send", p, W_ACK, function() return C.klua_chan_taken(p) >= my_seq end)
+    local closed = false
+    local ok, err = pcall(wait_for, "send", p, W_ACK, function()
+      if C.klua_chan_taken(p) >= my_seq then return true end
+      closed = C.klua_chan_closed(p) ~= 0
+      return closed
+    end)
+    -- A send that was cancelled, or whose channel closed, did not happen:
+    -- its value is taken back, unless a receiver got it meanwhile.
+    if (closed or not ok) and C.klua_chan_withdraw(p, my_seq) == 1 then
+      if ok then error("send: the channel is closed", 2) end
+      error(err, 0)
+    end
   end
 end
 
@@ -118,6 +140,7 @@ end
 function Channel:close() return C.klua_chan_close(self.ptr) == 0 end
 function Channel:is_closed() return C.klua_chan_closed(self.ptr) ~= 0 end
 function Channel:__len() return tonumber(C.klua_chan_count(self.ptr)) end
+function Channel:__tostring() return "knhk.channel" end
 
 -- for v in ch:values() do ... end: until closed and drained (a nil value
 -- sent also ends the loop, as in any Lua iterator).
@@ -138,10 +161,7 @@ local new_sem = sync_handle("semaphore", Semaphore, function(n) return C.klua_se
 
 -- knhk.semaphore(n) -> semaphore with n permits.
 function M.semaphore(n)
-  if type(n) ~= "number" or n < 0 or n % 1 ~= 0 then
-    error("bad argument #1 to 'semaphore' (permits must be a whole number >= 0, got "
-      .. tostring(n) .. ")", 2)
-  end
+  check.arg("whole", n, 1, "semaphore", 2, 0)
   return new_sem(n)
 end
 

@@ -248,6 +248,27 @@ KLUA_API uint64_t klua_chan_taken(klua_sync_t *s) {
   return v;
 }
 
+/* Rendezvous only: takes back the value sent as number `seq` if no
+ * receiver has taken it yet (the send was cancelled, or the channel
+ * closed under it). Returns 1 if withdrawn, 0 if it had been taken. A
+ * rendezvous channel holds at most one value, so it is the newest one. */
+KLUA_API int klua_chan_withdraw(klua_sync_t *s, uint64_t seq) {
+  pthread_mutex_lock(&s->m);
+  int withdrawn = 0;
+  if (s->taken < seq && s->count > 0 && s->sent == seq) {
+    size_t last = (s->head + s->count - 1) % s->ring_cap;
+    free(s->ring[last].p);
+    s->ring[last] = (item_t){NULL, 0};
+    s->count--;
+    s->sent--;
+    withdrawn = 1;
+  }
+  klua_task_t *wake = withdrawn ? wake_one_locked(s, W_SEND) : NULL; /* room for another */
+  pthread_mutex_unlock(&s->m);
+  wake_task(wake);
+  return withdrawn;
+}
+
 KLUA_API size_t klua_chan_capacity(klua_sync_t *s) { return s->cap; }
 
 KLUA_API int klua_chan_closed(klua_sync_t *s) {
