@@ -129,7 +129,7 @@ typedef struct knhk_process_s {
   const char *file; char **argv; char **env; const char *cwd;
   const char *stdin_data; size_t stdin_len; knhk_token_t *token;
   uint64_t kill_grace_ns; void *on_exit; void *data;
-  int error; int64_t exit_status; int term_signal; int cancelled;
+  int error; int error_at; int64_t exit_status; int term_signal; int cancelled;
   char *out; char *err; size_t out_len; size_t err_len;
 } knhk_process_t;
 typedef struct klua_exec klua_exec_t;
@@ -180,6 +180,7 @@ return {
   CANCEL_EXPLICIT = 1, CANCEL_DEADLINE = 2, CANCEL_SIBLING = 3, CANCEL_SIGNAL = 4,
   CANCEL_SHUTDOWN = 5,
   PORTABLE = 0, LOCAL = 1,
+  PROCESS_AT_FILE = 0, PROCESS_AT_CWD = 1,
   RUNNING = -1, OK = 0, ERROR = 1, CANCELLED = 2,
   WAKE_CANCEL = 1, WAKE_TIMER = 2, WAKE_JOIN = 4, WAKE_SYNC = 8, WAKE_EXEC = 16,
 }
