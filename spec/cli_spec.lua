@@ -193,4 +193,72 @@ describe("the knhk-lua REPL", function()
     assert.matches("\nbg cleanup", p.all)
     assert.not_matches("\nnot cancelled", p.all)
   end)
+  for _, workers in ipairs { "1", "4" } do
+    it("Ctrl-C at the prompt discards the line being typed, touches no task, and the REPL goes on ("
+      .. workers .. " workers)", function()
+      local p = pty.spawn({ KNHK_LUA, "-w", workers })
+      local function line(text, output)
+        p:wait_raw()
+        p:send(text .. "\n")
+        if output then p:expect(output) end
+        p:expect("> ")
+      end
+      -- types Ctrl-C as a person would: the terminal turns it into SIGINT
+      local function ctrl_c() p:send("\3") end
+      p:expect("> ")
+      -- a background task that answers on a channel
+      line("req, rep = knhk.channel(), knhk.channel()")
+      line("bg = knhk.spawn(function() while true do rep:send(req:recv() * 2) end end)")
+      -- at ">": the half-typed line goes, a fresh prompt comes
+      p:wait_raw()
+      p:send("1 +")
+      p:expect("1 %+") -- line editing has it (it echoes what it read)
+      ctrl_c()
+      p:expect("%^C\r?\n> ")
+      line("20 + 22", "\n42\r?\n") -- not 1 + 20 + 22
+      -- at ">>": the pending chunk goes too
+      p:wait_raw()
+      p:send("for i = 1, 2 do\n")
+      p:expect(">> ")
+      p:wait_raw()
+      ctrl_c()
+      p:expect("%^C\r?\n> ")
+      line("print('after '..'ctrl-c')", "\nafter ctrl%-c\r?\n")
+      -- twice at an empty prompt: two fresh prompts, nothing else
+      p:wait_raw()
+      ctrl_c()
+      p:expect("%^C\r?\n> ")
+      p:wait_raw()
+      ctrl_c()
+      p:expect("%^C\r?\n> ")
+      -- the background task was not cancelled: it still answers
+      line("req:send(50) print(rep:recv(), bg:done())", "\n100\tfalse\r?\n")
+      -- Ctrl-C while a line runs still cancels that line only
+      p:wait_raw()
+      p:send("print('run'..'ning') knhk.sleep(30) print('not cancelled')\n")
+      p:expect("\nrunning\r?\n")
+      ctrl_c()
+      p:expect("%(cancelled%)")
+      p:expect("> ")
+      line("req:send(2) print(rep:recv() + 1)", "\n5\r?\n")
+      p:wait_raw()
+      p:send("\4")
+      assert.equal(0, p:wait(10))
+      assert.not_matches("\n43\r?\n", p.all)
+      assert.not_matches("\nnot cancelled", p.all)
+    end)
+  end
+
+  it("SIGTERM at the prompt ends the REPL after cleanup: exit 143", function()
+    local p = pty.spawn({ KNHK_LUA, "-w", "2" })
+    p:expect("> ")
+    p:wait_raw()
+    p:send("knhk.spawn(function() local ok, e = pcall(knhk.sleep, 60) print('bg '..'cleanup') error(e, 0) end)\n")
+    p:expect("> ")
+    p:wait_raw()
+    p:signal(15)
+    assert.equal(143, p:wait(10))
+    assert.matches("bg cleanup", p.all) -- (typed as 'bg '..'cleanup')
+    assert.matches("knhk%-lua: terminated", p.all)
+  end)
 end)

@@ -114,7 +114,8 @@ A chunk that is not complete continues on the next line (>>).
   :stats    the executor's counters
   :tasks    the live tasks (id, state, worker, age)
   :quit     leave (so does Ctrl-D: background tasks are cancelled first)
-Ctrl-C cancels the line being run, not the REPL.]]
+Ctrl-C cancels the line being run, not the REPL; at the prompt it
+discards the line being typed.]]
 
 local function print_tasks()
   local list = R.live_tasks()
@@ -127,19 +128,25 @@ local function print_tasks()
 end
 
 local lines -- klua_lines_t*: line input on a thread of its own
+local INTERRUPTED = {} -- read_line's answer to a Ctrl-C at the prompt
 
--- Waits (a checkpoint: Ctrl-C at the prompt cancels it) for a line.
+-- Waits for a line: the line, false at end of input, or INTERRUPTED.
+-- A checkpoint: it raises Cancelled only when the root is cancelled (a
+-- signal); Ctrl-C at the prompt interrupts the line input instead.
 local function read_line(prompt)
-  local t = R.in_task("repl", 2)
+  R.in_task("repl", 2)
   local out = ffi.new("char*[1]")
   local got
   R.wait("repl", function()
-    if C.klua_lines_take(lines, out) ~= 0 then
+    local status = C.klua_lines_take(lines, out)
+    if status == K.LINES_NONE then return false end
+    if status == K.LINES_INTERRUPTED then
+      got = INTERRUPTED
+    else
       got = out[0] ~= nil and ffi.string(out[0]) or false
       if out[0] ~= nil then C.klua_free(out[0]) end
-      return true
     end
-    return false
+    return true
   end, function(ptr)
     C.klua_lines_request(lines, prompt, ptr)
     return false
@@ -178,14 +185,20 @@ end
 local function repl()
   lines = C.klua_lines_new()
   if lines == nil then error("cannot start line input", 0) end
+  C.klua_signals_repl(lines)
   io.write(knhk._VERSION, " on LuaJIT (", jit.version, "), ", knhk.stats().workers,
     " workers; :help for commands\n")
   local pending = nil
   while true do
     local ok, line = pcall(read_line, pending and ">> " or "> ")
     if not ok then
+      -- the root is cancelled (SIGTERM, or Ctrl-C on a line that would not
+      -- stop): leave; knhk-lua then exits with 128 + the signal
       if not errors.is_cancelled(line) then error(line, 0) end
       io.write("\n")
+      break
+    elseif line == INTERRUPTED then -- Ctrl-C at the prompt: a fresh one
+      io.write("^C\n")
       pending = nil
     elseif line == false then -- end of input
       io.write("\n")
@@ -209,11 +222,12 @@ local function repl()
       end
     end
   end
+  C.klua_signals_repl(nil)
+  C.klua_lines_free(lines)
+  lines = nil
   -- Ctrl-D: background tasks are cancelled, their cleanup waited for
   local t = R.current
   if t.nursery then t.nursery:cancel() end
-  C.klua_lines_free(lines)
-  lines = nil
 end
 
 -- ------------------------------------------------------------------ main

@@ -145,6 +145,7 @@ int klua_signals_start(klua_rt_t *rt);
 int klua_signals_received(void);
 void klua_signals_target(knhk_token_t *token);
 typedef struct klua_lines klua_lines_t;
+void klua_signals_repl(klua_lines_t *lines);
 klua_lines_t *klua_lines_new(void);
 int klua_lines_request(klua_lines_t *l, const char *prompt, klua_task_t *task);
 int klua_lines_take(klua_lines_t *l, char **line);
@@ -181,6 +182,7 @@ return {
   CANCEL_SHUTDOWN = 5,
   PORTABLE = 0, LOCAL = 1,
   PROCESS_AT_FILE = 0, PROCESS_AT_CWD = 1,
+  LINES_NONE = 0, LINES_LINE = 1, LINES_INTERRUPTED = 2,
   RUNNING = -1, OK = 0, ERROR = 1, CANCELLED = 2,
   WAKE_CANCEL = 1, WAKE_TIMER = 2, WAKE_JOIN = 4, WAKE_SYNC = 8, WAKE_EXEC = 16,
 }
