@@ -24,9 +24,11 @@ end
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
--- Runs knhk-lua with args (a string of shell words); returns code, stdout, stderr.
-local function run(args, stdin)
-  local cmd = q(KNHK_LUA) .. " " .. args .. " >" .. TMP .. "/out 2>" .. TMP .. "/err"
+-- Runs knhk-lua with args (a string of shell words) and env (shell words
+-- NAME=value put before the command); returns code, stdout, stderr.
+local function run(args, stdin, env)
+  local cmd = (env and env .. " " or "") .. q(KNHK_LUA) .. " " .. args .. " >" .. TMP .. "/out 2>"
+    .. TMP .. "/err"
   if stdin then cmd = cmd .. " <" .. write("stdin", stdin) else cmd = cmd .. " </dev/null" end
   os.execute(cmd .. "; echo $? >" .. TMP .. "/rc")
   return tonumber(slurp(TMP .. "/rc")), slurp(TMP .. "/out"), slurp(TMP .. "/err")
@@ -98,6 +100,62 @@ describe("knhk-lua", function()
       assert.equal(1, select(2, err:gsub("\n", "")), err)
       assert.matches("try 'knhk%-lua %-%-help'", err)
     end
+  end)
+
+  it("KNHK_WORKERS that is not a whole number in 1..256: exit 2 and one line, as -w", function()
+    for _, value in ipairs { "abc", "0", "100000", "1.5" } do
+      local code, out, err = run("-e " .. q("print('ran')"), nil, "KNHK_WORKERS=" .. value)
+      assert.equal(2, code, value)
+      assert.equal("", out)
+      assert.equal("knhk-lua: KNHK_WORKERS must be a whole number in 1..256, got '" .. value
+        .. "' (try 'knhk-lua --help')\n", err)
+    end
+    -- a good value is used; -w wins over it
+    local code, out = run("-e " .. q("print(knhk.stats().workers)"), nil, "KNHK_WORKERS=3")
+    assert.equal(0, code)
+    assert.equal("3\n", out)
+    local code2, out2 = run("-w 2 -e " .. q("print(knhk.stats().workers)"), nil, "KNHK_WORKERS=abc")
+    assert.equal(0, code2)
+    assert.equal("2\n", out2)
+  end)
+
+  it("-l with a module that cannot be loaded: exit 1 and only the module's error", function()
+    local code, out, err = run("-l knhk_no_such_module -e " .. q("print('ran')"))
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.matches("^knhk%-lua: module 'knhk_no_such_module' not found:\n", err)
+    assert.not_matches("cli%.lua", err)
+    assert.not_matches("stack traceback", err)
+    write("knhk_broken_mod.lua", "local x = 1\nerror('broken at load')\n")
+    local code2, _, err2 = run("-l knhk_broken_mod -e " .. q("print('ran')"), nil,
+      "LUA_PATH=" .. q(TMP .. "/?.lua;;"))
+    assert.equal(1, code2)
+    assert.equal("knhk-lua: " .. TMP .. "/knhk_broken_mod.lua:2: broken at load\n", err2)
+  end)
+
+  it("an error raised with a table, nil or boolean: the value shown readably, and the traceback",
+    function()
+    local cases = {
+      { "{ 1, 'two', x = 3 }", "error raised with a table value: { 1, \"two\", x = 3 }" },
+      { "nil", "error raised with no value (nil)" },
+      { "false", "error raised with a boolean value: false" },
+    }
+    for i, c in ipairs(cases) do
+      local script = write("raise" .. i .. ".lua", "local function f()\n  error(" .. c[1]
+        .. ")\nend\nf()\n")
+      local code, _, err = run(q(script))
+      assert.equal(1, code, c[1])
+      assert.equal("knhk-lua: " .. c[2], err:match("^[^\n]*"), c[1])
+      assert.matches("\nstack traceback:\n", err)
+      assert.matches("raise" .. i .. "%.lua:2: in function 'f'", err)
+      assert.matches("raise" .. i .. "%.lua:4", err)
+    end
+    -- an error object that has a message keeps it
+    local script = write("raise_obj.lua", "error(setmetatable({}, { __tostring = function() "
+      .. "return 'my error' end }))\n")
+    local code, _, err = run(q(script))
+    assert.equal(1, code)
+    assert.matches("^knhk%-lua: my error\n", err)
   end)
 
   it("a missing script or a syntax error: exit 1 and one clear line", function()

@@ -42,9 +42,36 @@ exit codes: 0 success, 1 the workflow failed, 2 usage error,
             130 interrupted (SIGINT), 143 terminated (SIGTERM)
 ]==]
 
+-- A worker count given as text (-w, KNHK_WORKERS), or nil if it is not one.
+local function worker_count(text)
+  local n = tonumber(text)
+  if not n or n < 1 or n > 256 or n % 1 ~= 0 then return nil end
+  return n
+end
+
 local function usage_error(msg)
   io.stderr:write(PROG, ": ", msg, " (try '", PROG, " --help')\n")
   return 2
+end
+
+-- A task error's message. A value raised that is not a message (error({...}),
+-- error(nil), error(false)) is named and shown, not printed as "table:
+-- 0x..." or "nil"; an error object with a message or __tostring keeps it.
+local function readable_message(e)
+  local v = e.value
+  local tv = type(v)
+  if tv == "string" or tv == "number" then return e.message end
+  local mt = tv == "table" and getmetatable(v)
+  if tv == "table" and (v.message ~= nil or (type(mt) == "table" and mt.__tostring)) then
+    return e.message
+  end
+  if v == nil then -- nil itself, or a value that could not be copied out of its task
+    if e.message == "nil" then return "error raised with no value (nil)" end
+    local kind = tostring(e.message):match("^(%a+): 0x%x+$")
+    if kind then return "error raised with a " .. kind .. " value" end
+    return e.message
+  end
+  return "error raised with a " .. tv .. " value: " .. M.show(v)
 end
 
 -- "file:line: message" and the traceback of every error, for stderr.
@@ -57,7 +84,7 @@ local function describe_error(e, out)
       describe_error(sub, out)
     end
   elseif errors.is_task_error(e) then
-    out[#out + 1] = e.message
+    out[#out + 1] = readable_message(e)
     if e.traceback and e.traceback ~= "" then out[#out + 1] = e.traceback end
   elseif errors.is_cancelled(e) then
     out[#out + 1] = tostring(e)
@@ -268,8 +295,8 @@ function M.main(argv)
     elseif a == "-w" or a == "--workers" then
       local v, code = need(a)
       if not v then return code end
-      workers = tonumber(v)
-      if not workers or workers < 1 or workers % 1 ~= 0 or workers > 256 then
+      workers = worker_count(v)
+      if not workers then
         return usage_error("workers must be a whole number in 1..256, got '" .. v .. "'")
       end
     elseif a:sub(1, 1) == "-" then
@@ -282,6 +309,15 @@ function M.main(argv)
   end
   if script then
     for j = i + 1, #argv do script_args[#script_args + 1] = argv[j] end
+  end
+  if not workers then -- checked here, so that a bad value is a usage error too
+    local env = os.getenv "KNHK_WORKERS"
+    if env and env ~= "" then
+      workers = worker_count(env)
+      if not workers then
+        return usage_error("KNHK_WORKERS must be a whole number in 1..256, got '" .. env .. "'")
+      end
+    end
   end
 
   -- the global `arg`, as lua sets it: the script at 0, options before it
@@ -315,11 +351,18 @@ function M.main(argv)
   end
   _G.knhk = knhk
 
+  local module_error -- -l mod failed: its message, shown alone
   local ok, err = pcall(knhk.run, function()
     local inner_ok, inner_err = xpcall(function()
       for _, act in ipairs(actions) do
         if act[1] == "-l" then
-          _G[act[2]] = require(act[2])
+          local ok_mod, mod = pcall(require, act[2])
+          if not ok_mod then
+            -- the module's own error, not where this file called require
+            module_error = tostring(mod):gsub("^[^\n]-knhk/cli%.lua:%d+: ", "")
+            return
+          end
+          _G[act[2]] = mod
         else
           local f, e = loadstring(act[2], "=(command line)")
           if not f then error(e, 0) end
@@ -337,6 +380,10 @@ function M.main(argv)
   if sig then
     io.stderr:write(PROG, ": ", sig == 15 and "terminated" or "interrupted", "\n")
     return 128 + sig
+  end
+  if ok and module_error then
+    io.stderr:write(PROG, ": ", module_error, "\n")
+    return 1
   end
   if not ok then
     local text = describe_error(err)
