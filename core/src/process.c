@@ -202,6 +202,9 @@ static void proc_kill_hard(uv_timer_t *t) {
 static void proc_term(knhk__proc_t *pi, uint64_t grace_ms) {
   pi->term_sent = 1;
   kill(-pi->pgid, SIGTERM);
+  /* libuv counts from the time cached when this turn of the loop began,
+   * which lags behind under load: the grace would end early. */
+  uv_update_time(&pi->r->loop);
   uv_timer_start(&pi->kill_timer, proc_kill_hard, grace_ms, 0);
 }
 
