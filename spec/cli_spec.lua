@@ -307,6 +307,17 @@ describe("the knhk-lua REPL", function()
     end)
   end
 
+  it("keeps what is typed beyond ASCII (a UTF-8 terminal)", function()
+    local p = pty.spawn({ KNHK_LUA, "-w", "1" }, { LANG = "C.UTF-8", LC_ALL = "C.UTF-8" })
+    p:expect("> ")
+    p:wait_raw()
+    p:send("print(#'h\u{e9}llo', 'caf\u{e9}' .. '!')\n")
+    p:expect("\n6\tcaf\u{e9}!\r?\n")
+    p:wait_raw()
+    p:send("\4")
+    assert.equal(0, p:wait(10))
+  end)
+
   it("SIGTERM at the prompt ends the REPL after cleanup: exit 143", function()
     local p = pty.spawn({ KNHK_LUA, "-w", "2" })
     p:expect("> ")

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <histedit.h>
+#include <locale.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -153,6 +154,10 @@ KLUA_API klua_lines_t *klua_lines_new(void) {
     free(l);
     return NULL;
   }
+  /* The terminal's character set (LANG / LC_*): in the default "C" locale
+   * libedit drops every character that is not ASCII. Only LC_CTYPE: the
+   * rest (LC_NUMERIC: how Lua writes numbers) stays "C". */
+  setlocale(LC_CTYPE, "");
   l->el = el_init("knhk-lua", stdin, stdout, stderr);
   l->hist = history_init();
   if (!l->el || !l->hist) goto fail;
