@@ -87,7 +87,6 @@ int main(int argc, char **argv) {
   }
   int code = (int)lua_tointeger(L, -1);
   fflush(stdout);
-  /* Exit without lua_close: worker VMs and threads are gone already, and a
-   * REPL reader thread may sit in readline. */
+  /* Exit without lua_close: worker VMs and threads are gone already. */
   _exit(code);
 }
