@@ -7,7 +7,7 @@ os.remove(TMP)
 assert(os.execute("mkdir -p " .. TMP) == 0)
 
 -- A process counts as running until it is a zombie (an orphan's zombie is
--- left for init to reap, which a container's PID 1 may never do).
+-- left for init to reap, which a container's PID 1 may do late, or never).
 local function running(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
   if not f then return false end

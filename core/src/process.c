@@ -20,7 +20,7 @@
  * No event tells that a process which is not our child has ended, so 2 is
  * polled (from 1 ms, doubling up to 64 ms) while group members remain: a
  * member counts as running until it is a zombie (an orphan's zombie is
- * reaped by init, which some containers' PID 1 never does).
+ * reaped by init, which some containers' PID 1 does late, or never).
  *
  * The group id is the child's pid. Once every member is gone and reaped the
  * kernel may give that number to a new process; a group is only signalled

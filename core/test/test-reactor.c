@@ -346,7 +346,7 @@ static int fifo_read_pid(fifo_t *f) {
 
 /* A process is gone once it no longer runs: it does not exist, or it is a
  * zombie (an orphan's zombie is left for init to reap, which a container's
- * PID 1 may never do). */
+ * PID 1 may do late, or never). */
 static int process_gone(int pid) {
   if (kill(pid, 0) != 0 && errno == ESRCH) return 1;
   char path[64], stat[512];
