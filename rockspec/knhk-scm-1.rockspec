@@ -1,6 +1,8 @@
 -- luarocks make rockspec/knhk-scm-1.rockspec [--tree DIR]
 -- Builds with CMake (no download: the source is this checkout) and installs
--- the knhk Lua modules, knhk/core.so (the C runtime) and the knhk-lua command.
+-- the knhk Lua modules, knhk/core.so (the C runtime) and the knhk-lua command
+-- as any rock's, and libknhk (.so, .a) with its headers under the tree's lib/
+-- and include/, for C programs.
 package = "knhk"
 version = "scm-1"
 source = {
@@ -24,6 +26,10 @@ build = {
     CMAKE_INSTALL_PREFIX = "$(PREFIX)",
     KNHK_LUADIR = "$(LUADIR)",
     KNHK_LIBDIR = "$(LIBDIR)",
+    -- The C library and its headers go to the tree's lib/ and include/, not
+    -- with the Lua C modules: PREFIX is <tree>/lib/luarocks/rocks-5.1/knhk/<version>.
+    KNHK_C_LIBDIR = "$(PREFIX)/../../../../../lib",
+    KNHK_C_INCLUDEDIR = "$(PREFIX)/../../../../../include",
     KNHK_TESTS = "OFF",
     KNHK_BENCH = "OFF",
   },

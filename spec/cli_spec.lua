@@ -24,9 +24,11 @@ end
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
--- Runs knhk-lua with args (a string of shell words); returns code, stdout, stderr.
-local function run(args, stdin)
-  local cmd = q(KNHK_LUA) .. " " .. args .. " >" .. TMP .. "/out 2>" .. TMP .. "/err"
+-- Runs knhk-lua with args (a string of shell words) and env (shell words
+-- NAME=value put before the command); returns code, stdout, stderr.
+local function run(args, stdin, env)
+  local cmd = (env and env .. " " or "") .. q(KNHK_LUA) .. " " .. args .. " >" .. TMP .. "/out 2>"
+    .. TMP .. "/err"
   if stdin then cmd = cmd .. " <" .. write("stdin", stdin) else cmd = cmd .. " </dev/null" end
   os.execute(cmd .. "; echo $? >" .. TMP .. "/rc")
   return tonumber(slurp(TMP .. "/rc")), slurp(TMP .. "/out"), slurp(TMP .. "/err")
@@ -100,6 +102,62 @@ describe("knhk-lua", function()
     end
   end)
 
+  it("KNHK_WORKERS that is not a whole number in 1..256: exit 2 and one line, as -w", function()
+    for _, value in ipairs { "abc", "0", "100000", "1.5" } do
+      local code, out, err = run("-e " .. q("print('ran')"), nil, "KNHK_WORKERS=" .. value)
+      assert.equal(2, code, value)
+      assert.equal("", out)
+      assert.equal("knhk-lua: KNHK_WORKERS must be a whole number in 1..256, got '" .. value
+        .. "' (try 'knhk-lua --help')\n", err)
+    end
+    -- a good value is used; -w wins over it
+    local code, out = run("-e " .. q("print(knhk.stats().workers)"), nil, "KNHK_WORKERS=3")
+    assert.equal(0, code)
+    assert.equal("3\n", out)
+    local code2, out2 = run("-w 2 -e " .. q("print(knhk.stats().workers)"), nil, "KNHK_WORKERS=abc")
+    assert.equal(0, code2)
+    assert.equal("2\n", out2)
+  end)
+
+  it("-l with a module that cannot be loaded: exit 1 and only the module's error", function()
+    local code, out, err = run("-l knhk_no_such_module -e " .. q("print('ran')"))
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.matches("^knhk%-lua: module 'knhk_no_such_module' not found:\n", err)
+    assert.not_matches("cli%.lua", err)
+    assert.not_matches("stack traceback", err)
+    write("knhk_broken_mod.lua", "local x = 1\nerror('broken at load')\n")
+    local code2, _, err2 = run("-l knhk_broken_mod -e " .. q("print('ran')"), nil,
+      "LUA_PATH=" .. q(TMP .. "/?.lua;;"))
+    assert.equal(1, code2)
+    assert.equal("knhk-lua: " .. TMP .. "/knhk_broken_mod.lua:2: broken at load\n", err2)
+  end)
+
+  it("an error raised with a table, nil or boolean: the value shown readably, and the traceback",
+    function()
+    local cases = {
+      { "{ 1, 'two', x = 3 }", "error raised with a table value: { 1, \"two\", x = 3 }" },
+      { "nil", "error raised with no value (nil)" },
+      { "false", "error raised with a boolean value: false" },
+    }
+    for i, c in ipairs(cases) do
+      local script = write("raise" .. i .. ".lua", "local function f()\n  error(" .. c[1]
+        .. ")\nend\nf()\n")
+      local code, _, err = run(q(script))
+      assert.equal(1, code, c[1])
+      assert.equal("knhk-lua: " .. c[2], err:match("^[^\n]*"), c[1])
+      assert.matches("\nstack traceback:\n", err)
+      assert.matches("raise" .. i .. "%.lua:2: in function 'f'", err)
+      assert.matches("raise" .. i .. "%.lua:4", err)
+    end
+    -- an error object that has a message keeps it
+    local script = write("raise_obj.lua", "error(setmetatable({}, { __tostring = function() "
+      .. "return 'my error' end }))\n")
+    local code, _, err = run(q(script))
+    assert.equal(1, code)
+    assert.matches("^knhk%-lua: my error\n", err)
+  end)
+
   it("a missing script or a syntax error: exit 1 and one clear line", function()
     local code, _, err = run(q(TMP .. "/missing.lua"))
     assert.equal(1, code)
@@ -128,6 +186,7 @@ describe("knhk-lua", function()
       error(err, 0)
     ]], ready))
     local p = pty.spawn({ KNHK_LUA, script })
+    finally(function() p:kill() end)
     for _ = 1, 200 do -- wait for the workflow to be running
       if io.open(ready) then break end
       p:pump(20)
@@ -153,6 +212,7 @@ describe("the knhk-lua REPL", function()
   -- built (concatenated) so that it never appears in the input itself.
   it("prompts, echoes expressions, continues chunks, runs tasks, and exits on Ctrl-D", function()
     local p = pty.spawn({ KNHK_LUA, "-w", "2" })
+    finally(function() p:kill() end)
     -- types a line once the REPL prompts again after the previous one's
     -- output, and line editing is on (see pty.lua: wait_raw)
     local function line(text, output)
@@ -192,5 +252,87 @@ describe("the knhk-lua REPL", function()
     assert.equal(0, p:wait(10))
     assert.matches("\nbg cleanup", p.all)
     assert.not_matches("\nnot cancelled", p.all)
+  end)
+  for _, workers in ipairs { "1", "4" } do
+    it("Ctrl-C at the prompt discards the line being typed, touches no task, and the REPL goes on ("
+      .. workers .. " workers)", function()
+      local p = pty.spawn({ KNHK_LUA, "-w", workers })
+      finally(function() p:kill() end)
+      local function line(text, output)
+        p:wait_raw()
+        p:send(text .. "\n")
+        if output then p:expect(output) end
+        p:expect("> ")
+      end
+      -- types Ctrl-C as a person would: the terminal turns it into SIGINT
+      local function ctrl_c() p:send("\3") end
+      p:expect("> ")
+      -- a background task that answers on a channel
+      line("req, rep = knhk.channel(), knhk.channel()")
+      line("bg = knhk.spawn(function() while true do rep:send(req:recv() * 2) end end)")
+      -- at ">": the half-typed line goes, a fresh prompt comes
+      p:wait_raw()
+      p:send("1 +")
+      p:expect("1 %+") -- line editing has it (it echoes what it read)
+      ctrl_c()
+      p:expect("%^C\r?\n> ")
+      line("20 + 22", "\n42\r?\n") -- not 1 + 20 + 22
+      -- at ">>": the pending chunk goes too
+      p:wait_raw()
+      p:send("for i = 1, 2 do\n")
+      p:expect(">> ")
+      p:wait_raw()
+      ctrl_c()
+      p:expect("%^C\r?\n> ")
+      line("print('after '..'ctrl-c')", "\nafter ctrl%-c\r?\n")
+      -- twice at an empty prompt: two fresh prompts, nothing else
+      p:wait_raw()
+      ctrl_c()
+      p:expect("%^C\r?\n> ")
+      p:wait_raw()
+      ctrl_c()
+      p:expect("%^C\r?\n> ")
+      -- the background task was not cancelled: it still answers
+      line("req:send(50) print(rep:recv(), bg:done())", "\n100\tfalse\r?\n")
+      -- Ctrl-C while a line runs still cancels that line only
+      p:wait_raw()
+      p:send("print('run'..'ning') knhk.sleep(30) print('not cancelled')\n")
+      p:expect("\nrunning\r?\n")
+      ctrl_c()
+      p:expect("%(cancelled%)")
+      p:expect("> ")
+      line("req:send(2) print(rep:recv() + 1)", "\n5\r?\n")
+      p:wait_raw()
+      p:send("\4")
+      assert.equal(0, p:wait(10))
+      assert.not_matches("\n43\r?\n", p.all)
+      assert.not_matches("\nnot cancelled", p.all)
+    end)
+  end
+
+  it("keeps what is typed beyond ASCII (a UTF-8 terminal)", function()
+    local p = pty.spawn({ KNHK_LUA, "-w", "1" }, { LANG = "C.UTF-8", LC_ALL = "C.UTF-8" })
+    finally(function() p:kill() end)
+    p:expect("> ")
+    p:wait_raw()
+    p:send("print(#'h\u{e9}llo', 'caf\u{e9}' .. '!')\n")
+    p:expect("\n6\tcaf\u{e9}!\r?\n")
+    p:wait_raw()
+    p:send("\4")
+    assert.equal(0, p:wait(10))
+  end)
+
+  it("SIGTERM at the prompt ends the REPL after cleanup: exit 143", function()
+    local p = pty.spawn({ KNHK_LUA, "-w", "2" })
+    finally(function() p:kill() end)
+    p:expect("> ")
+    p:wait_raw()
+    p:send("knhk.spawn(function() local ok, e = pcall(knhk.sleep, 60) print('bg '..'cleanup') error(e, 0) end)\n")
+    p:expect("> ")
+    p:wait_raw()
+    p:signal(15)
+    assert.equal(143, p:wait(10))
+    assert.matches("bg cleanup", p.all) -- (typed as 'bg '..'cleanup')
+    assert.matches("knhk%-lua: terminated", p.all)
   end)
 end)

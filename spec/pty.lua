@@ -1,7 +1,7 @@
 -- spec/pty.lua: drives a program through a pseudo-terminal, for the REPL
 -- specs. pty.spawn(argv) -> p; p:send(text); p:expect(pattern[, seconds])
 -- waits until the output (since the last expect) matches; p:signal(sig);
--- p:wait() -> exit code.
+-- p:wait() -> exit code; p:kill() ends it (for a spec's finally).
 local ffi = require "ffi"
 
 ffi.cdef [[
@@ -108,6 +108,16 @@ function P:wait_raw(seconds)
   end
 end
 
+-- Ends the program if it is still running (for a spec's finally: a spec
+-- that failed half-way must not leave it behind).
+function P:kill()
+  if self.reaped then return end
+  C.kill(self.pid, 9)
+  C.waitpid(self.pid, nil, 0)
+  self.reaped = true
+  C.close(self.fd)
+end
+
 -- Waits for the exit; returns the exit code (or 128 + signal).
 function P:wait(seconds)
   local deadline = os.time() + (seconds or 10)
@@ -116,6 +126,7 @@ function P:wait(seconds)
     self:pump(50)
     local r = C.waitpid(self.pid, status, 1) -- WNOHANG
     if r == self.pid then
+      self.reaped = true
       -- what it wrote before exiting may still be in the terminal: read it all
       for _ = 1, 100 do
         local before = #self.all

@@ -185,7 +185,7 @@ describe("knhk.exec", function()
       assert.has_error(function() knhk.exec(42) end,
         "bad argument #1 to 'exec' (string or argv table expected, got number)")
       assert.has_error(function() knhk.exec("true", { stdin = 1 }) end,
-        "bad argument #2 to 'exec' (stdin must be a string, got number)")
+        "bad argument #2 to 'exec' (stdin: string expected, got number)")
     end)
   end)
 end)

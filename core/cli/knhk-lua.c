@@ -1,10 +1,13 @@
 /* knhk-lua: runs a workflow script (or the REPL) on the knhk runtime.
  *
- * This file only embeds LuaJIT and finds the knhk modules: next to the
- * executable in an installed tree (../share/lua/5.1, ../lib/lua/5.1), then
- * in the source and build trees it was built from (for development), then
- * wherever LUA_PATH / LUA_CPATH say. Everything else — options, running the
- * script as the root task, exit codes, the REPL — is knhk.cli (Lua).
+ * This file only embeds LuaJIT and finds the knhk modules. An installed
+ * knhk-lua looks next to itself (../share/lua/5.1, ../lib/lua/5.1, the
+ * layout of `cmake --install` and of a luarocks tree) and nowhere else for
+ * knhk; the binary in the build tree looks in the source and build trees it
+ * was built from instead. Either way LUA_PATH / LUA_CPATH and the usual
+ * places follow, for the script's own modules. Everything else (options,
+ * running the script as the root task, exit codes, the REPL) is knhk.cli
+ * (Lua).
  */
 #define _GNU_SOURCE
 #include <lauxlib.h>
@@ -24,24 +27,29 @@ static void prepend(lua_State *L, const char *field, const char *dirs) {
   lua_pop(L, 2);
 }
 
+/* 1 if `dir` is the build tree's directory of this executable. */
+static int in_build_tree(const char *dir) {
+  char built[PATH_MAX];
+  return realpath(KNHK_BUILD_CLI_DIR, built) != NULL && strcmp(built, dir) == 0;
+}
+
 static void set_paths(lua_State *L) {
   char exe[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  char *slash = n > 0 ? (exe[n] = 0, strrchr(exe, '/')) : NULL;
+  if (slash) *slash = 0; /* exe: the directory the executable is in */
   char buf[4 * PATH_MAX + 256];
-  /* development trees first would shadow an install; installed first */
-  snprintf(buf, sizeof buf, "%s/?.lua;%s/?/init.lua", KNHK_SRC_LUA_DIR, KNHK_SRC_LUA_DIR);
-  prepend(L, "path", buf);
-  snprintf(buf, sizeof buf, "%s/?.so", KNHK_BUILD_LUA_DIR);
-  prepend(L, "cpath", buf);
-  if (n > 0) {
-    exe[n] = 0;
-    char *slash = strrchr(exe, '/');
-    if (slash) *slash = 0;
-    snprintf(buf, sizeof buf, "%s/../share/lua/5.1/?.lua;%s/../share/lua/5.1/?/init.lua", exe, exe);
+  if (!slash || in_build_tree(exe)) {
+    snprintf(buf, sizeof buf, "%s/?.lua;%s/?/init.lua", KNHK_SRC_LUA_DIR, KNHK_SRC_LUA_DIR);
     prepend(L, "path", buf);
-    snprintf(buf, sizeof buf, "%s/../lib/lua/5.1/?.so", exe);
+    snprintf(buf, sizeof buf, "%s/?.so", KNHK_BUILD_LUA_DIR);
     prepend(L, "cpath", buf);
+    return;
   }
+  snprintf(buf, sizeof buf, "%s/../share/lua/5.1/?.lua;%s/../share/lua/5.1/?/init.lua", exe, exe);
+  prepend(L, "path", buf);
+  snprintf(buf, sizeof buf, "%s/../lib/lua/5.1/?.so", exe);
+  prepend(L, "cpath", buf);
 }
 
 static int traceback(lua_State *L) {
@@ -79,7 +87,6 @@ int main(int argc, char **argv) {
   }
   int code = (int)lua_tointeger(L, -1);
   fflush(stdout);
-  /* Exit without lua_close: worker VMs and threads are gone already, and a
-   * REPL reader thread may sit in readline. */
+  /* Exit without lua_close: worker VMs and threads are gone already. */
   _exit(code);
 }

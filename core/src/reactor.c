@@ -6,6 +6,8 @@
  * reactor waits for `entering` to drain before its final pass, so no
  * request slips in after shutdown began without completing.
  *
+ * Child processes are process.c's (through reactor_impl.h).
+ *
  * Timers: our own binary heap of knhk_timer_t (ns deadlines), one uv timer
  * armed for the earliest. A timer's flags word is the only shared state:
  *   START   asked to start     STOP    asked to stop
@@ -23,45 +25,19 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "atomics.h"
 #include "clock.h"
 #include "knhk/errors.h"
-#include "knhk/reactor.h"
-#include "mpsc.h"
-
-#define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
+#include "reactor_impl.h"
 
 enum { TF_START = 1, TF_STOP = 2, TF_QUEUED = 4, TF_ACTIVE = 8, TF_DONE = 16 };
 enum { SF_QUEUED = 1, SF_WANT = 2 };
-
-typedef struct proc_impl proc_impl_t;
-
-struct knhk_reactor_s {
-  uv_loop_t loop;
-  uv_async_t async;
-  uv_timer_t uvtimer;
-  knhk__mpsc_t timers, signals, procs, kills, files;
-  pthread_t thread;
-  _Atomic uint32_t started;       /* futex: 1 once the loop runs */
-  int start_rc;
-  KNHK__ALIGNED _Atomic uint32_t closing;
-  _Atomic uint64_t entering;
-  int shutting_down;              /* reactor thread only */
-  knhk_timer_t **heap;
-  uint32_t nheap, capheap;
-  proc_impl_t *live_procs;        /* for shutdown */
-  knhk_signal_t **watches;
-  uint32_t nwatches, capwatches;
-  uint64_t file_ops;              /* in flight on the threadpool */
-};
 
 uint64_t knhk_reactor_now(const knhk_reactor_t *r) {
   (void)r;
   return knhk__mono_ns();
 }
 
-/* Any thread: queue a request node. Returns 0 or KNHK_ESHUTDOWN. */
-static int submit(knhk_reactor_t *r, knhk__mpsc_t *q, knhk_link_t *node) {
+int knhk__reactor_submit(knhk_reactor_t *r, knhk__mpsc_t *q, knhk_link_t *node) {
   atomic_fetch_add_explicit(&r->entering, 1, memory_order_seq_cst);
   int rc = 0;
   if (ld_sc(&r->closing)) {
@@ -74,9 +50,8 @@ static int submit(knhk_reactor_t *r, knhk__mpsc_t *q, knhk_link_t *node) {
   return rc;
 }
 
-/* Reactor thread: the next node of a queue, or NULL (spins over a push in
- * progress: it completes within a few instructions). */
-static knhk_link_t *take(knhk__mpsc_t *q) {
+/* Spins over a push in progress: it completes within a few instructions. */
+knhk_link_t *knhk__reactor_take(knhk__mpsc_t *q) {
   for (;;) {
     knhk_link_t *l;
     knhk__mpsc_pop_t r = knhk__mpsc_pop(q, &l);
@@ -151,7 +126,7 @@ int knhk_timer_start(knhk_reactor_t *r, knhk_timer_t *t, uint64_t deadline_ns,
   t->deadline = deadline_ns;
   t->knhk__reactor = r;
   atomic_store_explicit(&t->knhk__flags, TF_START | TF_QUEUED, memory_order_relaxed);
-  int rc = submit(r, &r->timers, &t->knhk__link);
+  int rc = knhk__reactor_submit(r, &r->timers, &t->knhk__link);
   if (rc != 0) st_relaxed(&t->knhk__flags, 0);
   return rc;
 }
@@ -168,7 +143,7 @@ int knhk_timer_stop(knhk_timer_t *t) {
   }
   if (!(old & TF_QUEUED)) {
     /* During shutdown the final sweep completes it instead. */
-    submit(t->knhk__reactor, &t->knhk__reactor->timers, &t->knhk__link);
+    knhk__reactor_submit(t->knhk__reactor, &t->knhk__reactor->timers, &t->knhk__link);
   }
   return 0;
 }
@@ -180,7 +155,7 @@ static void complete_timer(knhk_timer_t *t, int status) {
 
 static void process_timer_requests(knhk_reactor_t *r) {
   knhk_link_t *l;
-  while ((l = take(&r->timers))) {
+  while ((l = knhk__reactor_take(&r->timers))) {
     knhk_timer_t *t = container_of(l, knhk_timer_t, knhk__link);
     uint32_t old = atomic_fetch_and_explicit(&t->knhk__flags, ~(uint32_t)TF_QUEUED,
                                              memory_order_acq_rel);
@@ -275,7 +250,7 @@ static void watch_end(knhk_reactor_t *r, knhk_signal_t *w) {
 
 static void process_signal_requests(knhk_reactor_t *r) {
   knhk_link_t *l;
-  while ((l = take(&r->signals))) {
+  while ((l = knhk__reactor_take(&r->signals))) {
     knhk_signal_t *w = container_of(l, knhk_signal_t, knhk__link);
     uint32_t old = atomic_fetch_and_explicit(&w->knhk__op,
                                              ~(uint32_t)SF_QUEUED, memory_order_acq_rel);
@@ -316,7 +291,7 @@ int knhk_signal_start(knhk_reactor_t *r, knhk_signal_t *w, int signum, knhk_sign
   atomic_store_explicit(&w->knhk__active, 0, memory_order_relaxed);
   atomic_store_explicit(&w->knhk__op, SF_QUEUED | SF_WANT,
                         memory_order_relaxed);
-  return submit(r, &r->signals, &w->knhk__link);
+  return knhk__reactor_submit(r, &r->signals, &w->knhk__link);
 }
 
 int knhk_signal_active(const knhk_signal_t *w) {
@@ -330,237 +305,9 @@ int knhk_signal_stop(knhk_signal_t *w) {
   while (!atomic_compare_exchange_weak_explicit(op, &old, (old & ~(uint32_t)SF_WANT) | SF_QUEUED,
                                                 memory_order_acq_rel, memory_order_acquire)) {
   }
-  if (!(old & SF_QUEUED)) submit(w->knhk__reactor, &w->knhk__reactor->signals, &w->knhk__link);
+  if (!(old & SF_QUEUED))
+    knhk__reactor_submit(w->knhk__reactor, &w->knhk__reactor->signals, &w->knhk__link);
   return 0;
-}
-
-/* ------------------------------------------------------------- processes */
-
-struct proc_impl {
-  knhk_process_t *p;
-  uv_process_t proc;
-  uv_pipe_t in, out, err;
-  uv_write_t write_req;
-  uv_timer_t kill_timer;
-  int open_handles;              /* completes when 0 and exited */
-  int exited, spawned, kill_timer_on;
-  knhk_link_t kill_link;
-  _Atomic uint32_t kill_queued;  /* kill_link is (or is being) queued */
-  int completed;                 /* on_exit ran; free once kill_link is out */
-  char *buf[2];
-  size_t len[2], cap[2];
-  proc_impl_t *prev, *next;      /* r->live_procs */
-};
-
-static void proc_unlink(knhk_reactor_t *r, proc_impl_t *pi) {
-  if (pi->prev) pi->prev->next = pi->next;
-  else if (r->live_procs == pi) r->live_procs = pi->next;
-  if (pi->next) pi->next->prev = pi->prev;
-  pi->prev = pi->next = NULL;
-}
-
-static void proc_maybe_complete(knhk_reactor_t *r, proc_impl_t *pi) {
-  if (pi->open_handles > 0 || pi->completed) return;
-  knhk_process_t *p = pi->p;
-  proc_unlink(r, pi);
-  /* No kill request can be queued after off returns (the callback that
-   * queues it has finished). */
-  if (p->token) knhk_token_off(&p->knhk__cancel);
-  for (int i = 0; i < 2; i++) { /* NUL-terminated, "" when there was none */
-    char *b = pi->buf[i] ? pi->buf[i] : calloc(1, 1);
-    size_t n = pi->buf[i] ? pi->len[i] : 0;
-    if (b) b[n] = 0;
-    *(i == 0 ? &p->out : &p->err) = b;
-    *(i == 0 ? &p->out_len : &p->err_len) = b ? n : 0;
-    pi->buf[i] = NULL;
-  }
-  pi->completed = 1;
-  int free_now = !ld_acquire(&pi->kill_queued);
-  p->knhk__impl = NULL;
-  p->on_exit(p); /* may free p */
-  if (free_now) free(pi);
-}
-
-static void proc_handle_closed(uv_handle_t *h) {
-  proc_impl_t *pi = h->data;
-  knhk_reactor_t *r = pi->p->knhk__reactor;
-  pi->open_handles--;
-  proc_maybe_complete(r, pi);
-}
-
-static void proc_close(uv_handle_t *h) {
-  if (!uv_is_closing(h)) uv_close(h, proc_handle_closed);
-}
-
-static void proc_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  proc_impl_t *pi = h->data;
-  int i = (uv_pipe_t *)h == &pi->out ? 0 : 1;
-  if (suggested < 4096) suggested = 4096;
-  if (pi->cap[i] - pi->len[i] < suggested + 1) {
-    size_t cap = pi->cap[i] ? pi->cap[i] : 8192;
-    while (cap - pi->len[i] < suggested + 1) cap *= 2;
-    char *b = realloc(pi->buf[i], cap);
-    if (!b) {
-      *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS to on_read */
-      return;
-    }
-    pi->buf[i] = b;
-    pi->cap[i] = cap;
-  }
-  *buf = uv_buf_init(pi->buf[i] + pi->len[i], (unsigned)(pi->cap[i] - pi->len[i] - 1));
-}
-
-static void proc_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-  (void)buf;
-  proc_impl_t *pi = s->data;
-  int i = (uv_pipe_t *)s == &pi->out ? 0 : 1;
-  if (n > 0) pi->len[i] += (size_t)n;
-  else if (n < 0) proc_close((uv_handle_t *)s); /* EOF or error */
-}
-
-static void proc_written(uv_write_t *req, int status) {
-  (void)status;
-  proc_impl_t *pi = req->data;
-  proc_close((uv_handle_t *)&pi->in);
-}
-
-static void proc_exited(uv_process_t *h, int64_t status, int signum) {
-  proc_impl_t *pi = h->data;
-  pi->p->exit_status = status;
-  pi->p->term_signal = signum;
-  pi->exited = 1;
-  if (pi->kill_timer_on) {
-    uv_timer_stop(&pi->kill_timer);
-  }
-  proc_close((uv_handle_t *)&pi->kill_timer);
-  proc_close((uv_handle_t *)h);
-}
-
-static void proc_kill_hard(uv_timer_t *t) {
-  proc_impl_t *pi = t->data;
-  if (!pi->exited) uv_process_kill(&pi->proc, SIGKILL);
-}
-
-/* Reactor thread: SIGTERM now, SIGKILL after the grace period. */
-static void proc_kill(proc_impl_t *pi, uint64_t grace_ns) {
-  if (pi->exited || !pi->spawned || pi->kill_timer_on) return;
-  pi->p->cancelled = 1;
-  uv_process_kill(&pi->proc, SIGTERM);
-  pi->kill_timer_on = 1;
-  uv_timer_start(&pi->kill_timer, proc_kill_hard, grace_ns / 1000000, 0);
-}
-
-static void proc_on_cancel(knhk_cancel_cb_t *cb, int reason) {
-  (void)reason;
-  knhk_process_t *p = cb->data;
-  proc_impl_t *pi = p->knhk__impl;
-  uint32_t zero = 0;
-  if (atomic_compare_exchange_strong_explicit(&pi->kill_queued, &zero, 1, memory_order_acq_rel,
-                                              memory_order_relaxed))
-    if (submit(p->knhk__reactor, &p->knhk__reactor->kills, &pi->kill_link) != 0)
-      st_release(&pi->kill_queued, 0); /* shutting down: everything gets killed */
-}
-
-static void process_kill_requests(knhk_reactor_t *r) {
-  knhk_link_t *l;
-  while ((l = take(&r->kills))) {
-    proc_impl_t *pi = container_of(l, proc_impl_t, kill_link);
-    if (pi->completed) {
-      free(pi);
-      continue;
-    }
-    st_release(&pi->kill_queued, 0);
-    proc_kill(pi, pi->p->kill_grace_ns ? pi->p->kill_grace_ns : 1000000000u);
-  }
-}
-
-static void proc_start(knhk_reactor_t *r, knhk_process_t *p) {
-  proc_impl_t *pi = calloc(1, sizeof *pi);
-  if (!pi) {
-    p->error = KNHK_ENOMEM;
-    p->on_exit(p);
-    return;
-  }
-  pi->p = p;
-  p->knhk__impl = pi;
-  pi->next = r->live_procs;
-  if (pi->next) pi->next->prev = pi;
-  r->live_procs = pi;
-  uv_pipe_t *pipes[3] = {&pi->in, &pi->out, &pi->err};
-  for (int i = 0; i < 3; i++) {
-    uv_pipe_init(&r->loop, pipes[i], 0);
-    pipes[i]->data = pi;
-  }
-  uv_timer_init(&r->loop, &pi->kill_timer);
-  pi->kill_timer.data = pi;
-  pi->open_handles = 5; /* 3 pipes, the kill timer, the process */
-  uv_stdio_container_t stdio[3];
-  stdio[0].flags = p->stdin_data ? (uv_stdio_flags)(UV_CREATE_PIPE | UV_READABLE_PIPE) : UV_IGNORE;
-  stdio[0].data.stream = (uv_stream_t *)&pi->in;
-  stdio[1].flags = (uv_stdio_flags)(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
-  stdio[1].data.stream = (uv_stream_t *)&pi->out;
-  stdio[2].flags = (uv_stdio_flags)(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
-  stdio[2].data.stream = (uv_stream_t *)&pi->err;
-  uv_process_options_t o;
-  memset(&o, 0, sizeof o);
-  o.exit_cb = proc_exited;
-  o.file = p->file;
-  o.args = p->argv;
-  o.env = p->env;
-  o.cwd = p->cwd;
-  o.stdio_count = 3;
-  o.stdio = stdio;
-  pi->proc.data = pi;
-  int rc = uv_spawn(&r->loop, &pi->proc, &o);
-  if (rc != 0) {
-    p->error = rc == UV_ENOENT ? KNHK_ENOENT : rc == UV_EACCES ? -EACCES : rc;
-    pi->exited = 1;
-    for (int i = 0; i < 3; i++) proc_close((uv_handle_t *)pipes[i]);
-    proc_close((uv_handle_t *)&pi->kill_timer);
-    proc_close((uv_handle_t *)&pi->proc); /* initialised even on failure */
-    return;
-  }
-  pi->spawned = 1;
-  uv_read_start((uv_stream_t *)&pi->out, proc_alloc, proc_read);
-  uv_read_start((uv_stream_t *)&pi->err, proc_alloc, proc_read);
-  if (p->stdin_data) {
-    uv_buf_t b = uv_buf_init((char *)p->stdin_data, (unsigned)p->stdin_len);
-    pi->write_req.data = pi;
-    if (uv_write(&pi->write_req, (uv_stream_t *)&pi->in, &b, 1, proc_written) != 0)
-      proc_close((uv_handle_t *)&pi->in);
-  } else {
-    proc_close((uv_handle_t *)&pi->in);
-  }
-  if (p->token && knhk_token_on_cancel(p->token, &p->knhk__cancel, proc_on_cancel, p) ==
-                      KNHK_ECANCELED)
-    proc_kill(pi, p->kill_grace_ns ? p->kill_grace_ns : 1000000000u);
-  if (r->shutting_down) proc_kill(pi, 0);
-}
-
-static void process_proc_requests(knhk_reactor_t *r) {
-  knhk_link_t *l;
-  while ((l = take(&r->procs))) proc_start(r, container_of(l, knhk_process_t, knhk__link));
-}
-
-int knhk_process_spawn(knhk_reactor_t *r, knhk_process_t *p) {
-  if (!r || !p || !p->file || !p->argv || !p->argv[0] || !p->on_exit) return KNHK_EINVAL;
-  p->error = 0;
-  p->exit_status = 0;
-  p->term_signal = 0;
-  p->cancelled = 0;
-  p->out = p->err = NULL;
-  p->out_len = p->err_len = 0;
-  p->knhk__impl = NULL;
-  p->knhk__reactor = r;
-  return submit(r, &r->procs, &p->knhk__link);
-}
-
-void knhk_process_dispose(knhk_process_t *p) {
-  if (!p) return;
-  free(p->out);
-  free(p->err);
-  p->out = p->err = NULL;
-  p->out_len = p->err_len = 0;
 }
 
 /* ----------------------------------------------------------------- files */
@@ -640,7 +387,7 @@ static void file_after(uv_work_t *w, int status) { /* reactor thread */
 
 static void process_file_requests(knhk_reactor_t *r) {
   knhk_link_t *l;
-  while ((l = take(&r->files))) {
+  while ((l = knhk__reactor_take(&r->files))) {
     knhk_file_op_t *op = container_of(l, knhk_file_op_t, knhk__link);
     file_impl_t *fi = malloc(sizeof *fi);
     if (!fi) {
@@ -671,7 +418,7 @@ int knhk_file_submit(knhk_reactor_t *r, knhk_file_op_t *op) {
   op->result = NULL;
   op->result_len = 0;
   op->knhk__reactor = r;
-  return submit(r, &r->files, &op->knhk__link);
+  return knhk__reactor_submit(r, &r->files, &op->knhk__link);
 }
 
 void knhk_file_dispose(knhk_file_op_t *op) {
@@ -686,8 +433,8 @@ void knhk_file_dispose(knhk_file_op_t *op) {
 static void process_all(knhk_reactor_t *r) {
   process_timer_requests(r);
   process_signal_requests(r);
-  process_proc_requests(r);
-  process_kill_requests(r);
+  knhk__proc_take_spawns(r);
+  knhk__proc_take_kills(r);
   process_file_requests(r);
 }
 
@@ -703,7 +450,7 @@ static void shut_down(knhk_reactor_t *r) {
     complete_timer(t, KNHK_ECANCELED);
   }
   while (r->nwatches) watch_end(r, r->watches[0]);
-  for (proc_impl_t *pi = r->live_procs; pi; pi = pi->next) proc_kill(pi, 0);
+  knhk__proc_shutdown(r);
   uv_timer_stop(&r->uvtimer);
   uv_close((uv_handle_t *)&r->uvtimer, NULL);
   uv_close((uv_handle_t *)&r->async, NULL);

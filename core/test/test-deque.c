@@ -38,6 +38,7 @@ typedef struct {
   _Atomic uint8_t *taken;
   _Atomic int done;
   _Atomic long stolen;
+  _Atomic int some_stolen; /* set at a thief's first steal */
 } race_t;
 
 static void take(race_t *r, knhk_task_t *t) {
@@ -53,7 +54,7 @@ static void *thief(void *arg) {
     knhk_task_t *t;
     if (knhk__deque_steal(&r->d, &t) == KNHK__STEAL_OK) {
       take(r, t);
-      n++;
+      if (n++ == 0) atomic_store(&r->some_stolen, 1);
     }
   }
   atomic_fetch_add(&r->stolen, n);
@@ -68,6 +69,7 @@ static int64_t owner_vs_thieves(long nitems, int64_t capacity) {
   ASSERT(r.items && r.taken);
   atomic_init(&r.done, 0);
   atomic_init(&r.stolen, 0);
+  atomic_init(&r.some_stolen, 0);
   pthread_t th[2];
   for (int i = 0; i < 2; i++) ASSERT_OK(pthread_create(&th[i], NULL, thief, &r));
   /* Bursts of pushes and pops so the deque both fills (grows) and drains
@@ -85,6 +87,11 @@ static int64_t owner_vs_thieves(long nitems, int64_t capacity) {
       take(&r, t);
       popped++;
     }
+  }
+  /* The thieves must have taken part, however late their threads got a
+   * CPU: leave them the rest until one has stolen something. (Items remain
+   * unless they stole: the pops above take fewer than the pushes.) */
+  while (!atomic_load(&r.some_stolen) && knhk__deque_size(&r.d) > 0) {
   }
   knhk_task_t *t;
   while ((t = knhk__deque_pop(&r.d))) take(&r, t), popped++;

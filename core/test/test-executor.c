@@ -294,12 +294,14 @@ TEST(executor_outside_thread_waits_on_group) {
 typedef struct {
   knhk_executor_t *ex;
   int spawner;
-  _Atomic int ran_elsewhere;
+  int children;
+  _Atomic int ran_elsewhere, ran;
 } imbalance_t;
 
 static int note_worker(knhk_task_t *t) {
   imbalance_t *im = t->data;
-  if (knhk_executor_worker_index(im->ex) != im->spawner) atomic_store(&im->ran_elsewhere, 1);
+  if (knhk_executor_worker_index(im->ex) != im->spawner) atomic_fetch_add(&im->ran_elsewhere, 1);
+  atomic_fetch_add(&im->ran, 1);
   return 0;
 }
 
@@ -308,27 +310,47 @@ static int spawn_then_spin(knhk_task_t *self) {
   im->spawner = knhk_executor_worker_index(im->ex);
   knhk_group_t g;
   knhk_group_init(&g);
-  for (int i = 0; i < 1000; i++) knhk_executor_submit(im->ex, note_worker, im, &g);
-  /* Keep this worker busy: the only way a child runs now is by being
-   * stolen. If stealing were broken this would spin until ctest's timeout. */
+  for (int i = 0; i < im->children; i++) knhk_executor_submit(im->ex, note_worker, im, &g);
+  /* Keep this worker busy: the only way a child runs now is on the other
+   * worker. If that were broken this would spin until ctest's timeout. */
   while (!atomic_load(&im->ran_elsewhere)) {
   }
   return knhk_executor_wait(im->ex, &g);
 }
 
-TEST(executor_imbalanced_load_gets_stolen) {
-  knhk_executor_t ex;
-  start(&ex, 2);
-  imbalance_t im = {&ex, -1, 0};
+static knhk_executor_stats_t run_imbalanced(imbalance_t *im) {
+  knhk_executor_t *ex = im->ex;
+  start(ex, 2);
   knhk_group_t g;
   knhk_group_init(&g);
   knhk_task_t t;
-  knhk_task_init(&t, spawn_then_spin, &im);
+  knhk_task_init(&t, spawn_then_spin, im);
   t.group = &g;
-  ASSERT_OK(knhk_executor_spawn(&ex, &t));
-  ASSERT_OK(knhk_executor_wait(&ex, &g));
-  knhk_executor_stats_t s = finish(&ex);
+  ASSERT_OK(knhk_executor_spawn(ex, &t));
+  ASSERT_OK(knhk_executor_wait(ex, &g));
+  ASSERT_EQ(im->children, atomic_load(&im->ran));
+  ASSERT_GT(atomic_load(&im->ran_elsewhere), 0);
+  return finish(ex);
+}
+
+TEST(executor_imbalanced_load_gets_stolen) {
+  /* Fewer children than a deque holds before its owner offloads half of
+   * it to the injector (KNHK__OFFLOAD_AT, 256): they stay in the spinning
+   * worker's deque, so the other worker gets them only by stealing. */
+  knhk_executor_t ex;
+  imbalance_t im = {.ex = &ex, .spawner = -1, .children = 100};
+  knhk_executor_stats_t s = run_imbalanced(&im);
   ASSERT_GT(s.total.stolen, 0);
+  ASSERT_GE(s.total.steal_attempts, s.total.stolen);
+}
+
+TEST(executor_long_deque_is_shared_with_the_idle_worker) {
+  /* More children than that: the other worker takes them by stealing, or
+   * from the injector once the owner has offloaded half (not a steal);
+   * which one depends on timing. Either way the work moves. */
+  knhk_executor_t ex;
+  imbalance_t im = {.ex = &ex, .spawner = -1, .children = 1000};
+  knhk_executor_stats_t s = run_imbalanced(&im);
   ASSERT_GE(s.total.steal_attempts, s.total.stolen);
 }
 

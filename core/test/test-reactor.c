@@ -1,11 +1,15 @@
 /* test-reactor.c: timers, signals, child processes and files on the reactor. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <sched.h>
 #include <signal.h>
-#include <time.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "knhk/errors.h"
 #include "knhk/reactor.h"
@@ -228,6 +232,26 @@ TEST(process_missing_command_reports_enoent) {
   char *argv[] = {"/nonexistent/knhk-no-such-command", NULL};
   run(r, &p, argv);
   ASSERT_EQ(KNHK_ENOENT, p.error);
+  ASSERT_EQ(KNHK_PROCESS_AT_FILE, p.error_at);
+  knhk_process_dispose(&p);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+TEST(process_in_a_bad_cwd_reports_the_cwd) {
+  knhk_reactor_t *r = reactor();
+  char *argv[] = {"pwd", NULL};
+  knhk_process_t p;
+  memset(&p, 0, sizeof p);
+  p.cwd = "/nonexistent/knhk-no-such-dir";
+  run(r, &p, argv);
+  ASSERT_EQ(KNHK_ENOENT, p.error);
+  ASSERT_EQ(KNHK_PROCESS_AT_CWD, p.error_at);
+  knhk_process_dispose(&p);
+  memset(&p, 0, sizeof p);
+  p.cwd = "/dev/null"; /* exists, not a directory */
+  run(r, &p, argv);
+  ASSERT_EQ(-ENOTDIR, p.error);
+  ASSERT_EQ(KNHK_PROCESS_AT_CWD, p.error_at);
   knhk_process_dispose(&p);
   ASSERT_OK(knhk_reactor_free(r));
 }
@@ -291,6 +315,208 @@ TEST(reactor_free_kills_and_reaps_running_processes_on_free) {
   ASSERT_EQ(1, atomic_load(&exited));
   ASSERT_NE(0, p.term_signal);
   knhk_process_dispose(&p);
+}
+
+/* ------------------------------------------------ process groups */
+
+/* The commands below report the pid of a process they start through a
+ * FIFO: opening it for reading waits until the command has written it. */
+typedef struct {
+  char dir[32], path[64];
+} fifo_t;
+
+static void fifo_make(fifo_t *f) {
+  strcpy(f->dir, "/tmp/knhk-test-XXXXXX");
+  ASSERT(mkdtemp(f->dir) != NULL);
+  snprintf(f->path, sizeof f->path, "%s/pid", f->dir);
+  ASSERT_OK(mkfifo(f->path, 0600));
+}
+
+static int fifo_read_pid(fifo_t *f) {
+  FILE *in = fopen(f->path, "r");
+  ASSERT(in != NULL);
+  int pid = 0;
+  ASSERT_EQ(1, fscanf(in, "%d", &pid));
+  fclose(in);
+  unlink(f->path);
+  rmdir(f->dir);
+  ASSERT_GT(pid, 1);
+  return pid;
+}
+
+/* A process is gone once it no longer runs: it does not exist, or it is a
+ * zombie (an orphan's zombie is left for init to reap, which a container's
+ * PID 1 may do late, or never). */
+static int process_gone(int pid) {
+  if (kill(pid, 0) != 0 && errno == ESRCH) return 1;
+  char path[64], stat[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 1;
+  size_t n = fread(stat, 1, sizeof stat - 1, f);
+  fclose(f);
+  stat[n] = 0;
+  char *rp = strrchr(stat, ')');
+  return rp && (rp[2] == 'Z' || rp[2] == 'X');
+}
+
+typedef struct {
+  knhk_process_t p;
+  latch_t done;
+  char script[256];
+  char *argv[4];
+  fifo_t fifo;
+  int grandchild;
+} group_case_t;
+
+/* Starts `sh -c script` (script: a format with %s for the FIFO's path) and
+ * returns once it has reported its child's pid. */
+static void group_start(knhk_reactor_t *r, group_case_t *c, const char *script,
+                        knhk_token_t *token, uint64_t grace_ns) {
+  memset(c, 0, sizeof *c);
+  fifo_make(&c->fifo);
+  snprintf(c->script, sizeof c->script, script, c->fifo.path);
+  c->argv[0] = "sh";
+  c->argv[1] = "-c";
+  c->argv[2] = c->script;
+  latch_init(&c->done, 1);
+  c->p.file = "sh";
+  c->p.argv = c->argv;
+  c->p.token = token;
+  c->p.kill_grace_ns = grace_ns;
+  c->p.on_exit = proc_done;
+  c->p.data = &c->done;
+  ASSERT_OK(knhk_process_spawn(r, &c->p));
+  c->grandchild = fifo_read_pid(&c->fifo);
+}
+
+/* Cancels `tok` and waits for the process request to end: the time taken. */
+static uint64_t group_cancel(knhk_reactor_t *r, group_case_t *c, knhk_token_t *tok) {
+  uint64_t t0 = knhk_reactor_now(r);
+  knhk_token_cancel(tok, KNHK_CANCEL_EXPLICIT);
+  latch_wait(&c->done);
+  return knhk_reactor_now(r) - t0;
+}
+
+#define SECONDS(n) ((uint64_t)(n) * 1000000000ull)
+
+TEST(process_cancel_stops_the_grandchild_that_holds_its_pipes) {
+  /* sh waits for a `sleep` that shares its stdout: signalling sh alone
+   * leaves the pipe open for the sleep's 30 s. */
+  knhk_reactor_t *r = reactor();
+  knhk_token_t *tok;
+  ASSERT_OK(knhk_token_new(&tok, NULL));
+  group_case_t c;
+  group_start(r, &c, "sleep 30 & echo $! >'%s'; wait", tok, 0);
+  ASSERT_LT(group_cancel(r, &c, tok), SECONDS(10));
+  ASSERT_EQ(1, c.p.cancelled);
+  ASSERT_EQ(SIGTERM, c.p.term_signal);
+  ASSERT(process_gone(c.grandchild));
+  knhk_process_dispose(&c.p);
+  knhk_token_release(tok);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+TEST(process_cancel_leaves_no_orphan_when_output_is_redirected) {
+  knhk_reactor_t *r = reactor();
+  knhk_token_t *tok;
+  ASSERT_OK(knhk_token_new(&tok, NULL));
+  group_case_t c;
+  group_start(r, &c, "sleep 30 >/dev/null 2>&1 & echo $! >'%s'; wait", tok, 0);
+  ASSERT_LT(group_cancel(r, &c, tok), SECONDS(10));
+  ASSERT_EQ(1, c.p.cancelled);
+  ASSERT(process_gone(c.grandchild));
+  knhk_process_dispose(&c.p);
+  knhk_token_release(tok);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+TEST(process_group_ignoring_sigterm_is_killed_after_the_grace) {
+  /* `trap '' TERM`: sh and the sleep it starts both ignore SIGTERM. */
+  knhk_reactor_t *r = reactor();
+  knhk_token_t *tok;
+  ASSERT_OK(knhk_token_new(&tok, NULL));
+  group_case_t c;
+  uint64_t grace = 200000000; /* 0.2 s */
+  group_start(r, &c, "trap '' TERM; sleep 30 & echo $! >'%s'; wait", tok, grace);
+  uint64_t took = group_cancel(r, &c, tok);
+  ASSERT_GE(took, grace); /* SIGKILL comes only once the grace has passed */
+  ASSERT_LT(took, SECONDS(10));
+  ASSERT_EQ(1, c.p.cancelled);
+  ASSERT_EQ(SIGKILL, c.p.term_signal);
+  ASSERT(process_gone(c.grandchild));
+  knhk_process_dispose(&c.p);
+  knhk_token_release(tok);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+TEST(process_background_job_does_not_outlive_its_command) {
+  /* sh exits at once; the job it leaves behind holds its stdout. */
+  knhk_reactor_t *r = reactor();
+  group_case_t c;
+  uint64_t t0 = knhk_reactor_now(r);
+  group_start(r, &c, "sleep 30 & echo $! >'%s'; echo started", NULL, 0);
+  latch_wait(&c.done);
+  ASSERT_LT(knhk_reactor_now(r) - t0, SECONDS(10));
+  ASSERT_EQ(0, c.p.exit_status);
+  ASSERT_EQ(0, c.p.cancelled);
+  ASSERT(strcmp(c.p.out, "started\n") == 0);
+  ASSERT(process_gone(c.grandchild));
+  knhk_process_dispose(&c.p);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+TEST(process_pipe_held_outside_its_group_is_not_waited_for) {
+  /* The inner sh leaves the group (setsid) and keeps the outer one's stdout
+   * as it becomes `sleep 30`: it cannot be stopped with the group, and the
+   * pipe it holds must not keep the request open. The outer sh exits only
+   * once the inner one has left (it reads "go" from a second FIFO, written
+   * after the inner one reported its pid). */
+  knhk_reactor_t *r = reactor();
+  fifo_t pid_fifo, go_fifo;
+  fifo_make(&pid_fifo);
+  fifo_make(&go_fifo);
+  char script[256];
+  snprintf(script, sizeof script,
+           "setsid sh -c 'echo $$ >\"$0\"; exec sleep 30' '%s' & read go <'%s'; echo out",
+           pid_fifo.path, go_fifo.path);
+  char *argv[] = {"sh", "-c", script, NULL};
+  latch_t done;
+  latch_init(&done, 1);
+  knhk_process_t p;
+  memset(&p, 0, sizeof p);
+  p.file = "sh";
+  p.argv = argv;
+  p.on_exit = proc_done;
+  p.data = &done;
+  ASSERT_OK(knhk_process_spawn(r, &p));
+  int escaped = fifo_read_pid(&pid_fifo);
+  uint64_t t0 = knhk_reactor_now(r);
+  FILE *go = fopen(go_fifo.path, "w");
+  ASSERT(go != NULL);
+  fputs("go\n", go);
+  fclose(go);
+  unlink(go_fifo.path);
+  rmdir(go_fifo.dir);
+  latch_wait(&done);
+  ASSERT_LT(knhk_reactor_now(r) - t0, SECONDS(10));
+  ASSERT_EQ(0, p.exit_status);
+  ASSERT(strcmp(p.out, "out\n") == 0);
+  ASSERT(!process_gone(escaped)); /* not ours to stop: the test ends it */
+  ASSERT_OK(kill(escaped, SIGKILL));
+  knhk_process_dispose(&p);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
+TEST(process_groups_are_stopped_when_the_reactor_is_freed) {
+  knhk_reactor_t *r = reactor();
+  group_case_t c;
+  group_start(r, &c, "sleep 30 & echo $! >'%s'; wait", NULL, 0);
+  ASSERT_OK(knhk_reactor_free(r)); /* completes every request first */
+  ASSERT_EQ(1, atomic_load(&c.done.left) == 0);
+  ASSERT_NE(0, c.p.term_signal);
+  ASSERT(process_gone(c.grandchild));
+  knhk_process_dispose(&c.p);
 }
 
 /* ---------------------------------------------------------------- files */

@@ -42,9 +42,36 @@ exit codes: 0 success, 1 the workflow failed, 2 usage error,
             130 interrupted (SIGINT), 143 terminated (SIGTERM)
 ]==]
 
+-- A worker count given as text (-w, KNHK_WORKERS), or nil if it is not one.
+local function worker_count(text)
+  local n = tonumber(text)
+  if not n or n < 1 or n > 256 or n % 1 ~= 0 then return nil end
+  return n
+end
+
 local function usage_error(msg)
   io.stderr:write(PROG, ": ", msg, " (try '", PROG, " --help')\n")
   return 2
+end
+
+-- A task error's message. A value raised that is not a message (error({...}),
+-- error(nil), error(false)) is named and shown, not printed as "table:
+-- 0x..." or "nil"; an error object with a message or __tostring keeps it.
+local function readable_message(e)
+  local v = e.value
+  local tv = type(v)
+  if tv == "string" or tv == "number" then return e.message end
+  local mt = tv == "table" and getmetatable(v)
+  if tv == "table" and (v.message ~= nil or (type(mt) == "table" and mt.__tostring)) then
+    return e.message
+  end
+  if v == nil then -- nil itself, or a value that could not be copied out of its task
+    if e.message == "nil" then return "error raised with no value (nil)" end
+    local kind = tostring(e.message):match("^(%a+): 0x%x+$")
+    if kind then return "error raised with a " .. kind .. " value" end
+    return e.message
+  end
+  return "error raised with a " .. tv .. " value: " .. M.show(v)
 end
 
 -- "file:line: message" and the traceback of every error, for stderr.
@@ -57,7 +84,7 @@ local function describe_error(e, out)
       describe_error(sub, out)
     end
   elseif errors.is_task_error(e) then
-    out[#out + 1] = e.message
+    out[#out + 1] = readable_message(e)
     if e.traceback and e.traceback ~= "" then out[#out + 1] = e.traceback end
   elseif errors.is_cancelled(e) then
     out[#out + 1] = tostring(e)
@@ -114,7 +141,8 @@ A chunk that is not complete continues on the next line (>>).
   :stats    the executor's counters
   :tasks    the live tasks (id, state, worker, age)
   :quit     leave (so does Ctrl-D: background tasks are cancelled first)
-Ctrl-C cancels the line being run, not the REPL.]]
+Ctrl-C cancels the line being run, not the REPL; at the prompt it
+discards the line being typed.]]
 
 local function print_tasks()
   local list = R.live_tasks()
@@ -127,19 +155,25 @@ local function print_tasks()
 end
 
 local lines -- klua_lines_t*: line input on a thread of its own
+local INTERRUPTED = {} -- read_line's answer to a Ctrl-C at the prompt
 
--- Waits (a checkpoint: Ctrl-C at the prompt cancels it) for a line.
+-- Waits for a line: the line, false at end of input, or INTERRUPTED.
+-- A checkpoint: it raises Cancelled only when the root is cancelled (a
+-- signal); Ctrl-C at the prompt interrupts the line input instead.
 local function read_line(prompt)
-  local t = R.in_task("repl", 2)
+  R.in_task("repl", 2)
   local out = ffi.new("char*[1]")
   local got
   R.wait("repl", function()
-    if C.klua_lines_take(lines, out) ~= 0 then
+    local status = C.klua_lines_take(lines, out)
+    if status == K.LINES_NONE then return false end
+    if status == K.LINES_INTERRUPTED then
+      got = INTERRUPTED
+    else
       got = out[0] ~= nil and ffi.string(out[0]) or false
       if out[0] ~= nil then C.klua_free(out[0]) end
-      return true
     end
-    return false
+    return true
   end, function(ptr)
     C.klua_lines_request(lines, prompt, ptr)
     return false
@@ -178,14 +212,20 @@ end
 local function repl()
   lines = C.klua_lines_new()
   if lines == nil then error("cannot start line input", 0) end
+  C.klua_signals_repl(lines)
   io.write(knhk._VERSION, " on LuaJIT (", jit.version, "), ", knhk.stats().workers,
     " workers; :help for commands\n")
   local pending = nil
   while true do
     local ok, line = pcall(read_line, pending and ">> " or "> ")
     if not ok then
+      -- the root is cancelled (SIGTERM, or Ctrl-C on a line that would not
+      -- stop): leave; knhk-lua then exits with 128 + the signal
       if not errors.is_cancelled(line) then error(line, 0) end
       io.write("\n")
+      break
+    elseif line == INTERRUPTED then -- Ctrl-C at the prompt: a fresh one
+      io.write("^C\n")
       pending = nil
     elseif line == false then -- end of input
       io.write("\n")
@@ -209,11 +249,12 @@ local function repl()
       end
     end
   end
+  C.klua_signals_repl(nil)
+  C.klua_lines_free(lines)
+  lines = nil
   -- Ctrl-D: background tasks are cancelled, their cleanup waited for
   local t = R.current
   if t.nursery then t.nursery:cancel() end
-  C.klua_lines_free(lines)
-  lines = nil
 end
 
 -- ------------------------------------------------------------------ main
@@ -254,8 +295,8 @@ function M.main(argv)
     elseif a == "-w" or a == "--workers" then
       local v, code = need(a)
       if not v then return code end
-      workers = tonumber(v)
-      if not workers or workers < 1 or workers % 1 ~= 0 or workers > 256 then
+      workers = worker_count(v)
+      if not workers then
         return usage_error("workers must be a whole number in 1..256, got '" .. v .. "'")
       end
     elseif a:sub(1, 1) == "-" then
@@ -268,6 +309,15 @@ function M.main(argv)
   end
   if script then
     for j = i + 1, #argv do script_args[#script_args + 1] = argv[j] end
+  end
+  if not workers then -- checked here, so that a bad value is a usage error too
+    local env = os.getenv "KNHK_WORKERS"
+    if env and env ~= "" then
+      workers = worker_count(env)
+      if not workers then
+        return usage_error("KNHK_WORKERS must be a whole number in 1..256, got '" .. env .. "'")
+      end
+    end
   end
 
   -- the global `arg`, as lua sets it: the script at 0, options before it
@@ -301,11 +351,18 @@ function M.main(argv)
   end
   _G.knhk = knhk
 
+  local module_error -- -l mod failed: its message, shown alone
   local ok, err = pcall(knhk.run, function()
     local inner_ok, inner_err = xpcall(function()
       for _, act in ipairs(actions) do
         if act[1] == "-l" then
-          _G[act[2]] = require(act[2])
+          local ok_mod, mod = pcall(require, act[2])
+          if not ok_mod then
+            -- the module's own error, not where this file called require
+            module_error = tostring(mod):gsub("^[^\n]-knhk/cli%.lua:%d+: ", "")
+            return
+          end
+          _G[act[2]] = mod
         else
           local f, e = loadstring(act[2], "=(command line)")
           if not f then error(e, 0) end
@@ -323,6 +380,10 @@ function M.main(argv)
   if sig then
     io.stderr:write(PROG, ": ", sig == 15 and "terminated" or "interrupted", "\n")
     return 128 + sig
+  end
+  if ok and module_error then
+    io.stderr:write(PROG, ": ", module_error, "\n")
+    return 1
   end
   if not ok then
     local text = describe_error(err)

@@ -131,7 +131,7 @@ typedef struct knhk_process_s {
   const char *file; char **argv; char **env; const char *cwd;
   const char *stdin_data; size_t stdin_len; knhk_token_t *token;
   uint64_t kill_grace_ns; void *on_exit; void *data;
-  int error; int64_t exit_status; int term_signal; int cancelled;
+  int error; int error_at; int64_t exit_status; int term_signal; int cancelled;
   char *out; char *err; size_t out_len; size_t err_len;
 } knhk_process_t;
 typedef struct klua_exec klua_exec_t;
@@ -147,6 +147,7 @@ int klua_signals_start(klua_rt_t *rt);
 int klua_signals_received(void);
 void klua_signals_target(knhk_token_t *token);
 typedef struct klua_lines klua_lines_t;
+void klua_signals_repl(klua_lines_t *lines);
 klua_lines_t *klua_lines_new(void);
 int klua_lines_request(klua_lines_t *l, const char *prompt, klua_task_t *task);
 int klua_lines_take(klua_lines_t *l, char **line);
@@ -182,6 +183,8 @@ return {
   CANCEL_EXPLICIT = 1, CANCEL_DEADLINE = 2, CANCEL_SIBLING = 3, CANCEL_SIGNAL = 4,
   CANCEL_SHUTDOWN = 5,
   PORTABLE = 0, LOCAL = 1,
+  PROCESS_AT_FILE = 0, PROCESS_AT_CWD = 1,
+  LINES_NONE = 0, LINES_LINE = 1, LINES_INTERRUPTED = 2,
   RUNNING = -1, OK = 0, ERROR = 1, CANCELLED = 2,
   WAKE_CANCEL = 1, WAKE_TIMER = 2, WAKE_JOIN = 4, WAKE_SYNC = 8, WAKE_EXEC = 16,
 }

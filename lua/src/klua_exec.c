@@ -1,7 +1,8 @@
 /* klua_exec.c: knhk.exec, a child process as a workflow step. The process
- * runs on the reactor; its completion wakes the task that waits for it. It
- * is killed when the token given (the task's cancel scope) is cancelled, and
- * the task still waits for it to end: no process outlives its step. */
+ * runs on the reactor, in a process group of its own; its completion wakes
+ * the task that waits for it. The group is stopped when the token given
+ * (the task's cancel scope) is cancelled, and the task still waits until no
+ * process of it runs: no process outlives its step (core/src/process.c). */
 #include <stdlib.h>
 #include <string.h>
 

@@ -1,24 +1,112 @@
 /* klua_lines.c: line input for the REPL on a thread of its own (libedit),
  * so that tasks keep running while the prompt waits. A task asks for a
- * line (klua_lines_request), waits, and takes it (klua_lines_take). */
+ * line (klua_lines_request), waits, and takes it (klua_lines_take).
+ *
+ * Ctrl-C at the prompt reaches the runtime as SIGINT (klua_signals.c),
+ * which calls klua_lines_interrupt: the line being typed is discarded and
+ * the request ends as KLUA_LINES_INTERRUPTED, so that the REPL shows a
+ * fresh prompt. libedit reads characters through read_char below, which
+ * waits on the terminal and on a self-pipe at once: a byte on the pipe ends
+ * el_gets early (as an error), with the terminal's settings restored. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <histedit.h>
+#include <locale.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <editline/readline.h>
+#include <unistd.h>
+#include <wchar.h>
 
 #include "klua.h"
+#include "klua_lines.h"
 #include "knhk/errors.h"
 
-typedef struct klua_lines {
+struct klua_lines {
   pthread_t thread;
   pthread_mutex_t m;
   pthread_cond_t cv;
+  int wake[2];         /* self-pipe: interrupts read_char */
+  EditLine *el;        /* reader thread only (after new) */
+  History *hist;
+  char *shown;         /* the prompt libedit shows (reader thread only) */
   char *prompt;        /* a request: read one line with this prompt */
   char *line;          /* the answer */
-  int have_line, eof, stop, requested;
+  int status;          /* KLUA_LINES_LINE (line NULL at end of input) or _INTERRUPTED */
+  int have_line, stop, requested;
+  int reading;         /* inside el_gets */
+  int interrupted;     /* el_gets is being interrupted */
+  int interrupt_next;  /* an interrupt came with no prompt up: the next request gets it */
   klua_task_t *waiter; /* woken when the line (or EOF) is there */
-} klua_lines_t;
+};
+
+static char *show_prompt(EditLine *el) {
+  klua_lines_t *l;
+  el_get(el, EL_CLIENTDATA, &l);
+  return l->shown ? l->shown : "> ";
+}
+
+static void drain_wake(klua_lines_t *l) {
+  char b[64];
+  while (read(l->wake[0], b, sizeof b) > 0) {
+  }
+}
+
+/* libedit's character source: one character from the terminal, 0 at its
+ * end, or -1 (EINTR) once the read is interrupted. */
+static int read_char(EditLine *el, wchar_t *wc) {
+  klua_lines_t *l;
+  el_get(el, EL_CLIENTDATA, &l);
+  mbstate_t mb;
+  memset(&mb, 0, sizeof mb);
+  for (;;) {
+    struct pollfd fds[2] = {{STDIN_FILENO, POLLIN, 0}, {l->wake[0], POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (fds[1].revents) {
+      pthread_mutex_lock(&l->m);
+      int stop = l->interrupted || l->stop;
+      if (!stop) drain_wake(l); /* a late byte from an interrupt already handled */
+      pthread_mutex_unlock(&l->m);
+      if (stop) {
+        errno = EINTR;
+        return -1;
+      }
+    }
+    if (!fds[0].revents) continue;
+    char c;
+    ssize_t n = read(STDIN_FILENO, &c, 1);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) return n == 0 ? 0 : -1;
+    size_t r = mbrtowc(wc, &c, 1, &mb);
+    if (r == (size_t)-2) continue; /* more bytes of one character to come */
+    if (r == (size_t)-1) {         /* not in this locale's encoding: as is */
+      memset(&mb, 0, sizeof mb);
+      *wc = (wchar_t)(unsigned char)c;
+    }
+    return 1;
+  }
+}
+
+static void deliver(klua_lines_t *l, int status, char *line) {
+  l->requested = 0;
+  l->line = line;
+  l->status = status;
+  l->have_line = 1;
+  klua_task_t *w = l->waiter;
+  l->waiter = NULL;
+  if (w) {
+    pthread_mutex_unlock(&l->m);
+    klua_wake(w, KLUA_WAKE_SYNC);
+    klua_task_release(w);
+    pthread_mutex_lock(&l->m);
+  }
+}
 
 static void *reader(void *arg) {
   klua_lines_t *l = arg;
@@ -26,25 +114,34 @@ static void *reader(void *arg) {
   for (;;) {
     while (!l->requested && !l->stop) pthread_cond_wait(&l->cv, &l->m);
     if (l->stop) break;
-    char *prompt = l->prompt;
-    l->prompt = NULL;
-    pthread_mutex_unlock(&l->m);
-    char *line = readline(prompt ? prompt : "> ");
-    free(prompt);
-    if (line && *line) add_history(line);
-    pthread_mutex_lock(&l->m);
-    l->requested = 0;
-    l->line = line;
-    l->eof = line == NULL;
-    l->have_line = 1;
-    klua_task_t *w = l->waiter;
-    l->waiter = NULL;
-    if (w) {
-      pthread_mutex_unlock(&l->m);
-      klua_wake(w, KLUA_WAKE_SYNC);
-      klua_task_release(w);
-      pthread_mutex_lock(&l->m);
+    if (l->interrupt_next) {
+      l->interrupt_next = 0;
+      deliver(l, KLUA_LINES_INTERRUPTED, NULL);
+      continue;
     }
+    free(l->shown);
+    l->shown = l->prompt;
+    l->prompt = NULL;
+    l->reading = 1;
+    pthread_mutex_unlock(&l->m);
+    int count = 0;
+    const char *got = el_gets(l->el, &count);
+    char *line = got && count > 0 ? strndup(got, (size_t)count) : NULL;
+    if (line) line[strcspn(line, "\n")] = 0;
+    pthread_mutex_lock(&l->m);
+    l->reading = 0;
+    int status = KLUA_LINES_LINE;
+    if (l->interrupted) { /* a line completed meanwhile is discarded too */
+      l->interrupted = 0;
+      drain_wake(l);
+      free(line);
+      line = NULL;
+      status = KLUA_LINES_INTERRUPTED;
+    } else if (line && *line) {
+      HistEvent ev;
+      history(l->hist, &ev, H_ENTER, line);
+    }
+    deliver(l, status, line);
   }
   pthread_mutex_unlock(&l->m);
   return NULL;
@@ -53,14 +150,40 @@ static void *reader(void *arg) {
 KLUA_API klua_lines_t *klua_lines_new(void) {
   klua_lines_t *l = calloc(1, sizeof *l);
   if (!l) return NULL;
-  rl_catch_signals = 0; /* signals belong to the runtime (klua_signals.c) */
-  pthread_mutex_init(&l->m, NULL);
-  pthread_cond_init(&l->cv, NULL);
-  if (pthread_create(&l->thread, NULL, reader, l) != 0) {
+  if (pipe2(l->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
     free(l);
     return NULL;
   }
+  /* The terminal's character set (LANG / LC_*): in the default "C" locale
+   * libedit drops every character that is not ASCII. Only LC_CTYPE: the
+   * rest (LC_NUMERIC: how Lua writes numbers) stays "C". */
+  setlocale(LC_CTYPE, "");
+  l->el = el_init("knhk-lua", stdin, stdout, stderr);
+  l->hist = history_init();
+  if (!l->el || !l->hist) goto fail;
+  HistEvent ev;
+  history(l->hist, &ev, H_SETSIZE, 1000);
+  el_set(l->el, EL_CLIENTDATA, l);
+  el_set(l->el, EL_EDITOR, "emacs");
+  el_set(l->el, EL_PROMPT, show_prompt);
+  el_set(l->el, EL_HIST, history, l->hist);
+  el_set(l->el, EL_GETCFN, read_char);
+  el_source(l->el, NULL); /* the user's ~/.editrc, if any */
+  pthread_mutex_init(&l->m, NULL);
+  pthread_cond_init(&l->cv, NULL);
+  if (pthread_create(&l->thread, NULL, reader, l) != 0) {
+    pthread_mutex_destroy(&l->m);
+    pthread_cond_destroy(&l->cv);
+    goto fail;
+  }
   return l;
+fail:
+  if (l->el) el_end(l->el);
+  if (l->hist) history_end(l->hist);
+  close(l->wake[0]);
+  close(l->wake[1]);
+  free(l);
+  return NULL;
 }
 
 /* Asks for a line with `prompt`; `task` is woken when it is there. */
@@ -80,18 +203,34 @@ KLUA_API int klua_lines_request(klua_lines_t *l, const char *prompt, klua_task_t
   return 0;
 }
 
-/* 1 and *line (free with klua_free; NULL at end of input) when a line is
- * there; 0 if not yet. */
+/* KLUA_LINES_NONE if the answer is not there yet; KLUA_LINES_LINE and
+ * *line (free with klua_free; NULL at end of input); or
+ * KLUA_LINES_INTERRUPTED (Ctrl-C: the line typed was discarded). */
 KLUA_API int klua_lines_take(klua_lines_t *l, char **line) {
   pthread_mutex_lock(&l->m);
-  int have = l->have_line;
-  if (have) {
+  int status = KLUA_LINES_NONE;
+  if (l->have_line) {
+    status = l->status;
     *line = l->line;
     l->line = NULL;
     l->have_line = 0;
   }
   pthread_mutex_unlock(&l->m);
-  return have;
+  return status;
+}
+
+void klua_lines_interrupt(klua_lines_t *l) {
+  pthread_mutex_lock(&l->m);
+  if (l->reading) {
+    if (!l->interrupted) {
+      l->interrupted = 1;
+      ssize_t n = write(l->wake[1], "", 1);
+      (void)n; /* a full pipe already holds a wake-up */
+    }
+  } else if (!l->have_line) {
+    l->interrupt_next = 1;
+  }
+  pthread_mutex_unlock(&l->m);
 }
 
 /* Drops the waiter (a cancelled wait); the line, if read later, is kept. */
@@ -103,23 +242,25 @@ KLUA_API void klua_lines_unwait(klua_lines_t *l) {
   if (w) klua_task_release(w);
 }
 
-/* Stops the thread: if it is inside readline, it ends when that returns
- * (the REPL only frees it after reading EOF or on exit). */
+/* Stops the thread (a prompt being shown is interrupted: the terminal gets
+ * its settings back) and frees everything. */
 KLUA_API void klua_lines_free(klua_lines_t *l) {
   if (!l) return;
   pthread_mutex_lock(&l->m);
   l->stop = 1;
-  int busy = l->requested;
+  ssize_t n = write(l->wake[1], "", 1);
+  (void)n;
   pthread_cond_signal(&l->cv);
   pthread_mutex_unlock(&l->m);
-  if (busy) {
-    pthread_detach(l->thread); /* blocked in readline: the process is exiting */
-    return;
-  }
   pthread_join(l->thread, NULL);
   klua_lines_unwait(l);
+  el_end(l->el);
+  history_end(l->hist);
+  close(l->wake[0]);
+  close(l->wake[1]);
   free(l->line);
   free(l->prompt);
+  free(l->shown);
   pthread_mutex_destroy(&l->m);
   pthread_cond_destroy(&l->cv);
   free(l);

@@ -94,9 +94,22 @@ typedef struct knhk_process_s knhk_process_t;
 typedef void (*knhk_process_fn)(knhk_process_t *proc);
 
 /* A child process as one request: spawn, feed stdin, capture stdout and
- * stderr, reap. Killed (SIGTERM, then SIGKILL after kill_grace_ns) when
- * `token` is cancelled. on_exit runs once, on the reactor thread, after the
- * process ended and its output was read to the end. */
+ * stderr, reap.
+ *
+ * The child runs in a process group of its own (it calls setsid() before
+ * exec, so it also has no controlling terminal). Stopping it signals the
+ * whole group: SIGTERM, then SIGKILL once kill_grace_ns has passed (one
+ * second by default). It is stopped when `token` is cancelled, and what is
+ * left of its group when the child itself exits (background jobs) is
+ * stopped the same way: no process of the group outlives the request.
+ *
+ * on_exit runs once, on the reactor thread, after the child has exited and
+ * been reaped, no process of its group is running any more (zombies whose
+ * reaping is init's business do not count), and its output has been read:
+ * to the end, or, when something outside the group (a process that called
+ * setsid itself) still holds a pipe, as far as it had been written. */
+enum knhk_process_at { KNHK_PROCESS_AT_FILE = 0, KNHK_PROCESS_AT_CWD = 1 };
+
 struct knhk_process_s {
   /* in */
   const char *file;          /* looked up in PATH unless it has a '/' */
@@ -106,11 +119,13 @@ struct knhk_process_s {
   const char *stdin_data;    /* NULL: /dev/null */
   size_t stdin_len;
   knhk_token_t *token;       /* may be NULL */
-  uint64_t kill_grace_ns;    /* 0: one second */
+  uint64_t kill_grace_ns;    /* SIGTERM to SIGKILL; 0: one second */
   knhk_process_fn on_exit;
   void *data;
   /* out, valid in on_exit */
-  int error;                 /* 0, or why it could not run (KNHK_ENOENT, ...) */
+  int error;                 /* 0, or why it could not run (KNHK_ENOENT, -errno) */
+  int error_at;              /* knhk_process_at: what `error` is about, the */
+                             /* command (file) or the working directory (cwd) */
   int64_t exit_status;
   int term_signal;           /* signal that ended it, or 0 */
   int cancelled;             /* killed because the token was cancelled */

@@ -1,0 +1,108 @@
+-- knhk.exec: a child process as a workflow step (knhk.exec in README.md).
+--
+-- The process runs on the reactor (core/src/process.c) in a process group of
+-- its own; the calling task waits for it without blocking its worker.
+-- Cancelling the calling scope stops the whole group (SIGTERM, then SIGKILL
+-- after one second) and exec still waits for it: no process outlives its
+-- step, not even what the command started in the background.
+local K = require "knhk.ffi"
+local R = require "knhk.runtime"
+local check = require "knhk.check"
+
+local ffi, C = K.ffi, K.C
+local type, error = type, error
+
+local M = {}
+
+-- What a working directory that cannot be entered is, by error code.
+local cwd_problem = {
+  [K.ENOENT] = "does not exist",
+  [-20] = "is not a directory",       -- ENOTDIR
+  [-13] = "cannot be entered (permission denied)", -- EACCES
+}
+
+-- nil, message, code for a process that could not start.
+local function start_error(p, argv, cwd)
+  local code = p.error
+  if p.error_at == K.PROCESS_AT_CWD then
+    return nil, string.format("exec: cwd '%s' %s", cwd,
+      cwd_problem[code] or ffi.string(C.knhk_strerror(code))), code
+  end
+  return nil, argv[1] .. ": " .. ffi.string(C.knhk_strerror(code)), code
+end
+
+-- knhk.exec(cmd [, opts]) -> { status, stdout, stderr, signal, ok } or
+-- nil, message, code when the command cannot be started. cmd is a string
+-- (run by /bin/sh -c) or an argv table. opts: stdin (string), cwd, env
+-- (table name -> value, replaces the environment), timeout (seconds; the
+-- process is stopped and exec returns nil, "timed out ..."). Cancelling the
+-- calling scope stops the process; exec still waits for it to end.
+function M.exec(cmd, opts)
+  local argv
+  if type(cmd) == "string" then
+    argv = { "/bin/sh", "-c", cmd }
+  elseif type(cmd) == "table" and #cmd >= 1 then
+    argv = {}
+    for i, a in ipairs(cmd) do
+      if type(a) ~= "string" and type(a) ~= "number" then
+        error("bad argument #1 to 'exec' (argv[" .. i .. "]: string expected, got " .. type(a) .. ")", 2)
+      end
+      argv[i] = tostring(a)
+    end
+  else
+    check.fail(1, "exec", "string or argv table", cmd)
+  end
+  opts = check.opts(opts, 2, "exec")
+  check.field("string", opts, "stdin", 2, "exec")
+  check.field("string", opts, "cwd", 2, "exec")
+  check.field("table", opts, "env", 2, "exec")
+  local timeout = check.field("number", opts, "timeout", 2, "exec")
+  local t = R.in_task("knhk.exec", 2)
+  local cargv = ffi.new("const char*[?]", #argv + 1, argv)
+  local cenv, envc, env_strings = nil, 0, nil -- env_strings keeps cenv's strings alive
+  if opts.env ~= nil then
+    local list = {}
+    for k, v in pairs(opts.env) do list[#list + 1] = tostring(k) .. "=" .. tostring(v) end
+    envc = #list
+    cenv = ffi.new("const char*[?]", envc + 1, list)
+    env_strings = list
+  end
+  local function run_it()
+    local err = ffi.new("int[1]")
+    local e = C.klua_exec_start(t.ptr, cargv, #argv, cenv, envc, opts.cwd, opts.stdin,
+      opts.stdin and #opts.stdin or 0, R.token_of(t), err)
+    if e == nil then return nil, ffi.string(C.knhk_strerror(err[0])), err[0] end
+    e = ffi.gc(e, C.klua_exec_free)
+    -- uncancellable wait: a cancel stops the process group, which ends soon
+    R.wait("knhk.exec", function() return C.klua_exec_done(e) ~= 0 end, function() return false end,
+      true)
+    local p = C.klua_exec_process(e)
+    if p.error ~= 0 then return start_error(p, argv, opts.cwd) end
+    if p.cancelled ~= 0 then
+      local token = R.token_of(t)
+      if C.knhk_token_is_cancelled(token) ~= 0 then R.raise_cancelled(t, token) end
+    end
+    local status = tonumber(p.exit_status)
+    return {
+      status = status,
+      signal = p.term_signal ~= 0 and p.term_signal or nil,
+      stdout = ffi.string(p.out, p.out_len),
+      stderr = ffi.string(p.err, p.err_len),
+      ok = status == 0 and p.term_signal == 0,
+    }
+  end
+  local r, m, c
+  if timeout then
+    local scope
+    scope, r, m, c = R.scope(t, { deadline = R.now() + math.max(0, timeout) }, run_it)
+    if scope.cancelled_caught then
+      r, m, c = nil, "timed out after " .. timeout .. " s", K.ETIMEDOUT
+    end
+  else
+    r, m, c = run_it()
+  end
+  local _ = env_strings
+  return r, m, c
+end
+
+return M
