@@ -46,6 +46,16 @@ int knhk_task_init(knhk_task_t *task, knhk_task_fn run, void *data) {
   return 0;
 }
 
+int knhk_task_state(const knhk_task_t *task) {
+  switch (ld_acquire(&((knhk_task_t *)task)->knhk__state)) {
+  case KNHK__T_QUEUED: return KNHK_TASK_QUEUED;
+  case KNHK__T_RUNNING:
+  case KNHK__T_NOTIFIED: return KNHK_TASK_RUNNING;
+  case KNHK__T_PARKED: return KNHK_TASK_PARKED;
+  default: return KNHK_TASK_IDLE;
+  }
+}
+
 /* ------------------------------------------------------- finding work */
 
 /* Takes a task from the injector, and (for `w`) up to a batch more into

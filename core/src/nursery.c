@@ -191,6 +191,15 @@ int knhk_nursery_close(knhk_nursery_t *n) {
   return 0;
 }
 
+int knhk_nursery_close_if_idle(knhk_nursery_t *n) {
+  if (!n) return KNHK_EINVAL;
+  pthread_mutex_lock(&n->m);
+  int rc = n->live == 0 ? 0 : KNHK_EBUSY;
+  if (rc == 0) n->closed = 1;
+  pthread_mutex_unlock(&n->m);
+  return rc;
+}
+
 /* ---------------------------------------------------------------- waiting */
 
 typedef int (*pred_fn)(knhk_nursery_t *n); /* under n->m */

@@ -48,6 +48,7 @@ knhk_token_t *knhk_nursery_token(const knhk_nursery_t *n);
 int knhk_nursery_cancel(knhk_nursery_t *n);
 int knhk_nursery_fail(knhk_nursery_t *n, int status);
 int knhk_nursery_close(knhk_nursery_t *n);
+int knhk_nursery_close_if_idle(knhk_nursery_t *n);
 uint32_t knhk_nursery_count(const knhk_nursery_t *n);
 uint32_t knhk_nursery_live(const knhk_nursery_t *n);
 uint64_t knhk_nursery_ends(const knhk_nursery_t *n);
@@ -56,21 +57,19 @@ int knhk_nursery_free(knhk_nursery_t *n);
 
 /* lua/src/klua.h */
 typedef struct klua_rt klua_rt_t;
-typedef struct {
-  uint64_t id;
-  int32_t kind;
-  int32_t home;
-  int32_t outcome;
-  uint32_t wake_bits;
-  const char *start;
-  size_t start_len;
-  const char *result;
-  size_t result_len;
-  knhk_nursery_t *nursery;
-  knhk_token_t *token;
-  uint64_t parent;
-  uint64_t started_ns;
-} klua_task_t;
+typedef struct klua_task klua_task_t;
+uint64_t klua_task_id(const klua_task_t *t);
+int klua_task_kind(const klua_task_t *t);
+int klua_task_outcome(const klua_task_t *t);
+const char *klua_task_result(const klua_task_t *t, size_t *len);
+const char *klua_task_start(const klua_task_t *t, size_t *len);
+knhk_token_t *klua_task_token(const klua_task_t *t);
+void klua_task_set_joined(klua_task_t *t);
+int klua_task_joined(const klua_task_t *t);
+typedef struct klua_nursery { knhk_nursery_t *n; } klua_nursery_t;
+klua_nursery_t *klua_nursery_new(klua_rt_t *rt, knhk_token_t *parent, int supervise, int *err);
+klua_nursery_t *klua_nursery_retain(klua_nursery_t *n);
+void klua_nursery_release(klua_nursery_t *n);
 typedef struct {
   uint64_t id, parent, started_ns;
   int32_t worker;
@@ -78,7 +77,7 @@ typedef struct {
 } klua_task_row_t;
 int klua_tasks_list(klua_rt_t *rt, klua_task_row_t *rows, int max);
 klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker,
-                        const char *snap, size_t len, int *err);
+                        const char *snap, size_t len, uint64_t parent, int *err);
 int klua_watch_arm(klua_task_t *t, knhk_token_t *token);
 klua_task_t *klua_nursery_next_ended(knhk_nursery_t *n);
 void klua_task_retain(klua_task_t *t);

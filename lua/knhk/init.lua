@@ -125,7 +125,7 @@ function knhk.tasks() return R.live_tasks() end
 function knhk.current()
   local t = R.current
   if not t then return nil end
-  return { id = tonumber(t.ptr.id), worker = C.klua_worker_index(R.rt()) }
+  return { id = tonumber(C.klua_task_id(t.ptr)), worker = C.klua_worker_index(R.rt()) }
 end
 
 -- --------------------------------------------------------------- scopes
@@ -228,6 +228,7 @@ end
 -- nil when none is left; h:join() then gives its results or error.
 function Nursery:join_next()
   if self.n == nil then error("join_next: the nursery is closed", 2) end
+  self:owned("join_next")
   return self:next_ended("join_next")
 end
 
@@ -236,12 +237,13 @@ end
 -- before any completes, the nursery raises that failure.
 function Nursery:wait_any()
   if self.n == nil then error("wait_any: the nursery is closed", 2) end
+  self:owned("wait_any")
   while true do
     local h = self:next_ended("wait_any")
     if h == nil then
       error(errors.task_error("wait_any: no task completed", nil, nil), 2)
     end
-    if h.ptr.outcome == K.OK then
+    if C.klua_task_outcome(h.ptr) == K.OK then
       self:cancel()
       -- the others' cleanup runs before wait_any returns
       R.wait_children(self.n)
@@ -254,6 +256,7 @@ end
 -- n:wait_all() -> { {results...}, ... } in spawn order, for the tasks
 -- spawned so far (waits for them; raises the first error).
 function Nursery:wait_all()
+  self:owned("wait_all")
   local out = {}
   for i, h in ipairs(self.handles) do out[i] = { h:join() } end
   return out

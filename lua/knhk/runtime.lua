@@ -65,7 +65,7 @@ end
 function M.token_of(t)
   local s = t.scopes
   local top = s[#s]
-  return top and top.token or t.ptr.token
+  return top and top.token or C.klua_task_token(t.ptr)
 end
 
 local function raise_cancelled(t, token)
@@ -168,8 +168,10 @@ local Handle = {}
 Handle.__index = Handle
 M.Handle = Handle
 
+-- A handle owns one reference to the record.
 local function make_handle(ptr)
-  return setmetatable({ ptr = ffi.gc(ptr, C.klua_task_release), id = tonumber(ptr.id) }, Handle)
+  return setmetatable({ ptr = ffi.gc(ptr, C.klua_task_release), id = tonumber(C.klua_task_id(ptr)) },
+    Handle)
 end
 M.make_handle = make_handle
 
@@ -181,41 +183,47 @@ end, function(n)
   return make_handle(ffi.cast("klua_task_t*", n))
 end)
 
+local result_len = ffi.new("size_t[1]")
+
+-- Only once klua_task_outcome (acquire) said the task ended.
 local function decode_result(ptr)
-  if ptr.result == nil then return 0 end
-  return codec.decode(ptr.result, ptr.result_len)
+  local p = C.klua_task_result(ptr, result_len)
+  if p == nil then return 0 end
+  return codec.decode(p, result_len[0])
 end
 
-function Handle:done() return self.ptr.outcome ~= K.RUNNING end
+local outcome_of_task = C.klua_task_outcome
+
+function Handle:done() return outcome_of_task(self.ptr) ~= K.RUNNING end
 
 function Handle:cancel()
-  C.knhk_token_cancel(self.ptr.token, K.CANCEL_EXPLICIT)
+  C.knhk_token_cancel(C.klua_task_token(self.ptr), K.CANCEL_EXPLICIT)
 end
 
 -- Results of the task, once it ended; raises its error.
 function Handle:join()
   local ptr = self.ptr
-  if ptr.outcome == K.RUNNING then
-    M.wait("join", function() return ptr.outcome ~= K.RUNNING end, function(me)
+  if outcome_of_task(ptr) == K.RUNNING then
+    M.wait("join", function() return outcome_of_task(ptr) ~= K.RUNNING end, function(me)
       return C.klua_join_arm(me, ptr) ~= 0
     end)
   end
-  self.joined = true -- its error, if any, is handled by whoever joined
+  C.klua_task_set_joined(ptr) -- its error, if any, is handled by whoever joined
   return M.outcome_of(ptr)
 end
 
 function M.outcome_of(ptr)
-  local outcome = ptr.outcome
+  local outcome = outcome_of_task(ptr)
   if outcome == K.OK then
     return select(2, decode_result(ptr))
   elseif outcome == K.CANCELLED then
     local _, sig = decode_result(ptr)
     if not errors.is_signal(sig) then sig = errors.cancelled(nil) end
-    local e = errors.task_error("task " .. tonumber(ptr.id) .. " was cancelled", nil, sig)
+    local e = errors.task_error("task " .. tonumber(C.klua_task_id(ptr)) .. " was cancelled", nil, sig)
     error(e, 0)
   end
   local _, e = decode_result(ptr)
-  error(e or errors.task_error("task " .. tonumber(ptr.id) .. " failed", nil, nil), 0)
+  error(e or errors.task_error("task " .. tonumber(C.klua_task_id(ptr)) .. " failed", nil, nil), 0)
 end
 
 function Handle:__tostring() return "knhk.task#" .. self.id end
@@ -274,29 +282,55 @@ local Nursery = {}
 Nursery.__index = Nursery
 M.Nursery = Nursery
 
-function M.new_nursery(t, supervise)
-  local out = ffi.new("knhk_nursery_t*[1]")
-  local rc = C.knhk_nursery_new(out, C.klua_executor(rt), M.token_of(t), supervise and 1 or 0)
-  if rc ~= 0 then error("knhk: cannot make a nursery: " .. ffi.string(C.knhk_strerror(rc)), 3) end
-  return setmetatable({ n = out[0], task = t, handles = {}, by_id = {},
-                        supervise = supervise or false }, Nursery)
+local spawn_err = ffi.new("int[1]")
+
+-- A nursery object: the task that opened it owns it (only it waits on it
+-- and closes it); a copy that travelled to another task (a handle) can
+-- spawn into it and cancel it while it is open.
+local function nursery_object(kn, owner, supervise)
+  return setmetatable({ kn = ffi.gc(kn, C.klua_nursery_release), n = kn.n, task = owner,
+                        handles = {}, by_id = {}, supervise = supervise or false }, Nursery)
 end
 
-local spawn_err = ffi.new("int[1]")
+function M.new_nursery(t, supervise)
+  local kn = C.klua_nursery_new(rt, M.token_of(t), supervise and 1 or 0, spawn_err)
+  if kn == nil then
+    error("knhk: cannot make a nursery: " .. ffi.string(C.knhk_strerror(spawn_err[0])), 3)
+  end
+  return nursery_object(kn, t, supervise)
+end
+
+-- Nursery handles travel: the receiver shares the nursery.
+codec.register_handle("nursery", Nursery, function(n)
+  if n.n == nil then error("a nursery that has closed cannot be given to a task", 0) end
+  C.klua_nursery_retain(n.kn)
+  return tonumber(ffi.cast("uintptr_t", n.kn))
+end, function(v)
+  return nursery_object(ffi.cast("klua_nursery_t*", v), nil, nil)
+end)
 
 function Nursery:spawn_snapshot(kind, worker, snap)
   local err = spawn_err
-  local ptr = C.klua_spawn(rt, self.n, kind, worker, snap, #snap, err)
+  local cur = M.current
+  local ptr = C.klua_spawn(rt, self.n, kind, worker, snap, #snap,
+    cur and C.klua_task_id(cur.ptr) or 0, err)
   if ptr == nil then
     if err[0] == K.ECLOSED then error("spawn: the nursery is closed", 3) end
     error("spawn: " .. ffi.string(C.knhk_strerror(err[0])), 3)
   end
-  local cur = M.current
-  if cur then ptr.parent = cur.ptr.id end
   local h = make_handle(ptr)
-  self.handles[#self.handles + 1] = h
-  self.by_id[h.id] = h
+  if self.task ~= nil then -- the owner keeps its children's handles (wait_all)
+    self.handles[#self.handles + 1] = h
+    self.by_id[h.id] = h
+  end
   return h
+end
+
+-- Only the task that opened a nursery waits on it.
+function Nursery:owned(where)
+  if self.task == nil or self.task ~= M.current then
+    error(where .. ": only the task that opened the nursery can wait on it", 3)
+  end
 end
 
 -- The live tasks of this runtime: { id, parent, state, worker, age }.
@@ -354,13 +388,20 @@ function Nursery:cancel() C.knhk_nursery_cancel(self.n) end
 -- The next child to have ended (completion order), waiting if none has yet;
 -- nil when none is live and all were taken. Not cancellable by the
 -- nursery's own cancellation (the children end anyway).
+-- A child taken out of the nursery's ended list, as a handle: the one the
+-- owner already has, or (spawned by a task the nursery travelled to) a new one.
+local function ended_handle(nursery, ptr)
+  local h = make_handle(ptr) -- takes over the nursery's reference
+  return nursery.by_id[h.id] or h
+end
+
 function Nursery:next_ended(where)
   local n = self.n
   local found
   local function take()
     local ptr = C.klua_nursery_next_ended(n)
     if ptr ~= nil then
-      found = self.by_id[tonumber(ptr.id)]
+      found = ended_handle(self, ptr)
       self.popped = self.popped or {}
       self.popped[#self.popped + 1] = found
       return true
@@ -393,26 +434,25 @@ M.wait_children = wait_children
 -- those already handled through h:join().
 function M.close_nursery(nursery)
   local n = nursery.n
-  wait_children(n)
+  -- closed in one step with finding no child live: a child may still
+  -- spawn into it until then (its own sibling, say)
+  repeat wait_children(n) until C.knhk_nursery_close_if_idle(n) == 0
   local errs = {}
-  for _, h in ipairs(nursery.popped or {}) do -- seen by wait_any / join_next first
-    if h.ptr.outcome == K.ERROR and not h.joined then
+  local function collect(h)
+    if outcome_of_task(h.ptr) == K.ERROR and C.klua_task_joined(h.ptr) == 0 then
       local _, e = decode_result(h.ptr)
       errs[#errs + 1] = e
     end
   end
+  for _, h in ipairs(nursery.popped or {}) do collect(h) end -- seen by wait_any / join_next
   while true do
     local ptr = C.klua_nursery_next_ended(n)
     if ptr == nil then break end
-    local h = nursery.by_id[tonumber(ptr.id)]
-    if ptr.outcome == K.ERROR and not (h and h.joined) then
-      local _, e = decode_result(ptr)
-      errs[#errs + 1] = e
-    end
+    collect(ended_handle(nursery, ptr))
   end
-  C.knhk_nursery_close(n)
-  C.knhk_nursery_free(n)
   nursery.n = nil
+  C.klua_nursery_release(ffi.gc(nursery.kn, nil))
+  nursery.kn = nil
   return errs
 end
 
@@ -438,7 +478,7 @@ local status_of = { [K.OK] = 0, [K.ERROR] = K.EFAILED, [K.CANCELLED] = K.ECANCEL
 local function overflow_error(t, fn)
   local info = debug.getinfo(fn, "S")
   return errors.task_error(string.format("stack overflow in task %d (function at %s:%d)",
-    tonumber(t.ptr.id), info.short_src, info.linedefined), "", nil)
+    tonumber(C.klua_task_id(t.ptr)), info.short_src, info.linedefined), "", nil)
 end
 
 local function body(t, fn, args)
@@ -460,13 +500,14 @@ end
 
 local function start_task(ptr)
   local fn, args
-  if ptr.kind == K.LOCAL then
-    local key = ffi.string(ptr.start, ptr.start_len)
+  local start = C.klua_task_start(ptr, result_len)
+  if C.klua_task_kind(ptr) == K.LOCAL then
+    local key = ffi.string(start, result_len[0])
     local l = locals[key]
     locals[key] = nil
     fn, args = l.fn, l.args
   else
-    local vals = pack(codec.decode(ptr.start, ptr.start_len))
+    local vals = pack(codec.decode(start, result_len[0]))
     fn = vals[2]
     args = { n = vals[1] - 1, unpack(vals, 3, vals.n) }
   end
@@ -482,8 +523,8 @@ end
 -- hears of it. Nothing is left waiting.
 local function fail_task(lud, t, why)
   local ptr = t and t.ptr or ffi.cast("klua_task_t*", lud)
-  if ptr.outcome == K.RUNNING then
-    local msg = "knhk: task " .. tonumber(ptr.id) .. " failed in the runtime's own bookkeeping: "
+  if outcome_of_task(ptr) == K.RUNNING then
+    local msg = "knhk: task " .. tonumber(C.klua_task_id(ptr)) .. " failed in the runtime's own bookkeeping: "
       .. errors.message(why)
     local ok, snap = pcall(codec.encode, 1, encode_places("error"), errors.task_error(msg, nil, nil))
     if ok then C.klua_task_finish(ptr, K.ERROR, snap, #snap)
@@ -504,7 +545,7 @@ local function step_task(lud)
     local ptr = ffi.cast("klua_task_t*", lud)
     local ok, started = pcall(start_task, ptr)
     if not ok then -- its snapshot could not be materialised here
-      local msg = "task " .. tonumber(ptr.id) .. " could not start: " .. tostring(started)
+      local msg = "task " .. tonumber(C.klua_task_id(ptr)) .. " could not start: " .. tostring(started)
       local snap = codec.encode(1, encode_places("error"), errors.task_error(msg, nil, nil))
       C.klua_task_finish(ptr, K.ERROR, snap, #snap)
       return K.EFAILED
@@ -565,11 +606,9 @@ function M.run(main, workers, signals, ...)
       local rc = C.klua_signals_start(rt)
       if rc ~= 0 then error("knhk.run: cannot watch signals: " .. ffi.string(C.knhk_strerror(rc)), 0) end
     end
-    local root = setmetatable({ n = nil, handles = {}, by_id = {} }, Nursery)
-    local out = ffi.new("knhk_nursery_t*[1]")
-    local rc = C.knhk_nursery_new(out, C.klua_executor(rt), C.klua_root_token(rt), 0)
-    if rc ~= 0 then error("knhk.run: " .. ffi.string(C.knhk_strerror(rc)), 0) end
-    root.n = out[0]
+    local kn = C.klua_nursery_new(rt, C.klua_root_token(rt), 0, spawn_err)
+    if kn == nil then error("knhk.run: " .. ffi.string(C.knhk_strerror(spawn_err[0])), 0) end
+    local root = nursery_object(kn, false, false)
     next_local = next_local + 1
     local key = tostring(next_local)
     locals[key] = {
@@ -581,8 +620,11 @@ function M.run(main, workers, signals, ...)
     }
     local h = root:spawn_snapshot(K.LOCAL, 0, key)
     core.enter(r)
-    C.knhk_nursery_free(root.n)
-    return pack(pcall(M.outcome_of, h.ptr))
+    local ended = C.klua_nursery_next_ended(root.n) -- the root task: its nursery's reference
+    if ended ~= nil then C.klua_task_release(ended) end
+    local res = pack(pcall(M.outcome_of, h.ptr))
+    C.klua_nursery_release(ffi.gc(root.kn, nil))
+    return res
   end, ...)
   rt = nil
   tasks, locals = {}, {}

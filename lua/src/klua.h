@@ -8,8 +8,9 @@
  * called from Lua through the FFI and returns at once: a task waits by
  * arming a wake-up here and then yielding its coroutine.
  *
- * The struct prefix klua_task_pub_t is what the FFI sees (lua/knhk/ffi.lua
- * declares the same layout); keep both in step.
+ * The FFI sees a task record as an opaque pointer and reads it only
+ * through the accessors below: its outcome with acquire semantics, and
+ * the rest only once the outcome says it was written.
  */
 #ifndef KLUA_H
 #define KLUA_H
@@ -49,18 +50,24 @@ typedef struct klua_task klua_task_t;
 typedef struct {
   uint64_t id;             /* unique in the process */
   int32_t kind;            /* KLUA_PORTABLE / KLUA_LOCAL */
-  int32_t home;            /* worker whose VM runs it, -1 before it starts */
-  int32_t outcome;         /* KLUA_RUNNING until it ends */
-  uint32_t wake_bits;      /* KLUA_WAKE_*, read with klua_task_wake_bits */
+  _Atomic int32_t home;    /* worker whose VM runs it, -1 before it starts */
+  _Atomic int32_t outcome; /* KLUA_RUNNING until it ends; stored with release
+                              after result and result_len */
   const char *start;       /* portable: the start snapshot */
   size_t start_len;
   const char *result;      /* once ended: encoded results or error */
   size_t result_len;
-  knhk_nursery_t *nursery; /* its own nursery (knhk.spawn), or NULL */
   knhk_token_t *token;     /* the token its checkpoints look at */
-  uint64_t parent;         /* id of the task that spawned it (set by Lua) */
+  uint64_t parent;         /* id of the task that spawned it, or 0 */
   uint64_t started_ns;     /* when it was spawned, on the runtime's clock */
 } klua_task_pub_t;
+
+/* A nursery as the Lua side holds it: shared by every VM its handle
+ * travelled to, freed with the last reference (after it closed). */
+typedef struct klua_nursery {
+  knhk_nursery_t *n;
+  _Atomic int32_t refs;
+} klua_nursery_t;
 
 /* One row of klua_tasks_list: a live task, for the REPL's :tasks. */
 typedef struct {
@@ -71,6 +78,7 @@ typedef struct {
 
 struct klua_task {
   klua_task_pub_t pub;
+  _Atomic int32_t joined;  /* someone joined it: its error is handled */
   klua_rt_t *rt;
   knhk_task_t *etask;      /* the executor task that runs it */
   _Atomic int32_t refs;
@@ -110,7 +118,19 @@ struct klua_rt {
 
 /* ---- called through the FFI (lua/knhk/ffi.lua declares these) ---- */
 KLUA_API klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker,
-                                 const char *snap, size_t len, int *err);
+                                 const char *snap, size_t len, uint64_t parent, int *err);
+KLUA_API uint64_t klua_task_id(const klua_task_t *t);
+KLUA_API int klua_task_kind(const klua_task_t *t);
+KLUA_API int klua_task_outcome(const klua_task_t *t);
+KLUA_API const char *klua_task_result(const klua_task_t *t, size_t *len);
+KLUA_API const char *klua_task_start(const klua_task_t *t, size_t *len);
+KLUA_API knhk_token_t *klua_task_token(const klua_task_t *t);
+KLUA_API void klua_task_set_joined(klua_task_t *t);
+KLUA_API int klua_task_joined(const klua_task_t *t);
+KLUA_API klua_nursery_t *klua_nursery_new(klua_rt_t *rt, knhk_token_t *parent, int supervise,
+                                          int *err);
+KLUA_API klua_nursery_t *klua_nursery_retain(klua_nursery_t *n);
+KLUA_API void klua_nursery_release(klua_nursery_t *n);
 KLUA_API int klua_watch_arm(klua_task_t *t, knhk_token_t *token);
 KLUA_API klua_task_t *klua_nursery_next_ended(knhk_nursery_t *n);
 KLUA_API void klua_task_retain(klua_task_t *t);

@@ -32,8 +32,8 @@ static klua_task_t *task_new(klua_rt_t *rt, int kind, const char *snap, size_t l
   t->rt = rt;
   t->pub.id = atomic_fetch_add(&next_task_id, 1);
   t->pub.kind = kind;
-  t->pub.home = -1;
-  t->pub.outcome = KLUA_RUNNING;
+  atomic_init(&t->pub.home, -1);
+  atomic_init(&t->pub.outcome, KLUA_RUNNING);
   atomic_init(&t->refs, 1);
   pthread_mutex_init(&t->m, NULL);
   return t;
@@ -69,7 +69,8 @@ static int child_run(knhk_child_t *c) {
   klua_rt_t *rt = t->rt;
   int w = knhk_executor_worker_index(&rt->ex);
   if (!t->etask) t->etask = knhk_child_task(c);
-  if (t->pub.home < 0) t->pub.home = w;
+  if (atomic_load_explicit(&t->pub.home, memory_order_relaxed) < 0)
+    atomic_store_explicit(&t->pub.home, w, memory_order_relaxed); /* for :tasks only */
   klua_vm_t *vm = &rt->vms[w];
   if (!vm->L) { /* this worker's first Lua task: its VM is made here, lazily */
     char err[512] = "";
@@ -90,7 +91,7 @@ static int child_run(knhk_child_t *c) {
      * errors are caught inside the task). Report it and fail the task. */
     fprintf(stderr, "knhk: internal error in task %llu: %s\n", (unsigned long long)t->pub.id,
             lua_tostring(L, -1));
-    if (t->pub.outcome == KLUA_RUNNING) klua_task_finish(t, KLUA_ERROR, NULL, 0);
+    if (klua_task_outcome(t) == KLUA_RUNNING) klua_task_finish(t, KLUA_ERROR, NULL, 0);
     status = KNHK_EFAILED;
   } else {
     status = (int)lua_tointeger(L, -1);
@@ -103,7 +104,7 @@ static int child_run(knhk_child_t *c) {
 /* kind KLUA_LOCAL runs on `worker` (the spawner's, or 0 for the root
  * task); a portable task on any worker (worker is ignored). */
 klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker, const char *snap,
-                        size_t len, int *err) {
+                        size_t len, uint64_t parent, int *err) {
   *err = 0;
   if (!rt || !n || (kind != KLUA_PORTABLE && kind != KLUA_LOCAL) ||
       (kind == KLUA_LOCAL && (worker < 0 || worker >= rt->workers))) {
@@ -122,8 +123,12 @@ klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker, 
     *err = rc;
     return NULL;
   }
-  /* references: the caller's handle, and the running task (child_run) */
-  atomic_store(&t->refs, 2);
+  /* References: the caller's handle, the running task (child_run), and
+   * the nursery's, handed to whoever takes the child out of the nursery's
+   * ended list (klua_nursery_next_ended). Every field is set before the
+   * record is published by the spawn. */
+  atomic_store_explicit(&t->refs, 3, memory_order_relaxed);
+  t->pub.parent = parent;
   t->pub.started_ns = knhk_reactor_now(rt->reactor);
   pthread_mutex_lock(&rt->live_m);
   t->live_next = rt->live;
@@ -136,6 +141,7 @@ klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker, 
     klua_task_finish(t, KLUA_CANCELLED, NULL, 0); /* leaves the live list */
     klua_task_release(t);
     klua_task_release(t);
+    klua_task_release(t);
     *err = rc;
     return NULL;
   }
@@ -146,9 +152,10 @@ int klua_tasks_list(klua_rt_t *rt, klua_task_row_t *rows, int max) {
   int n = 0;
   pthread_mutex_lock(&rt->live_m);
   for (klua_task_t *t = rt->live; t && n < max; t = t->live_next, n++) {
-    uint32_t s = t->etask ? atomic_load(&t->etask->knhk__state) : 1;
-    rows[n] = (klua_task_row_t){t->pub.id, t->pub.parent, t->pub.started_ns, t->pub.home,
-                                s == 2 || s == 3 ? 1 : s == 4 ? 2 : 0};
+    int s = t->etask ? knhk_task_state(t->etask) : KNHK_TASK_QUEUED;
+    rows[n] = (klua_task_row_t){t->pub.id, t->pub.parent, t->pub.started_ns,
+                                atomic_load_explicit(&t->pub.home, memory_order_relaxed),
+                                s == KNHK_TASK_RUNNING ? 1 : s == KNHK_TASK_PARKED ? 2 : 0};
   }
   pthread_mutex_unlock(&rt->live_m);
   return n;
@@ -167,7 +174,8 @@ void klua_task_finish(klua_task_t *t, int outcome, const char *result, size_t le
   pthread_mutex_lock(&t->m);
   t->pub.result = copy;
   t->pub.result_len = copy ? len : 0;
-  t->pub.outcome = outcome;
+  /* release: whoever reads the outcome (acquire) sees the result */
+  atomic_store_explicit(&t->pub.outcome, outcome, memory_order_release);
   /* Each queued joiner holds a reference to itself (klua_join_arm): taken
    * over here, so a joiner that ends meanwhile is not freed under us. */
   klua_task_t *j = t->joiners;
@@ -236,7 +244,7 @@ int klua_sleep_arm(klua_task_t *t, uint64_t deadline_ns) {
  * ended already (nothing armed). */
 int klua_join_arm(klua_task_t *waiter, klua_task_t *target) {
   pthread_mutex_lock(&target->m);
-  if (target->pub.outcome != KLUA_RUNNING) {
+  if (klua_task_outcome(target) != KLUA_RUNNING) {
     pthread_mutex_unlock(&target->m);
     return 1;
   }
@@ -259,7 +267,8 @@ int klua_watch_arm(klua_task_t *t, knhk_token_t *token) {
 }
 
 /* The next ended child of n not yet taken, in completion order, or NULL
- * (none has ended since). Never waits. */
+ * (none has ended since). Never waits. The caller gets the nursery's
+ * reference to the record: it must release it (a Lua handle does). */
 klua_task_t *klua_nursery_next_ended(knhk_nursery_t *n) {
   knhk_child_t *c = NULL;
   if (knhk_nursery_try_next(n, &c) != 0) return NULL;
@@ -296,6 +305,68 @@ void klua_wait_end(klua_task_t *t) {
       pthread_mutex_unlock(&target->m);
     }
   }
+}
+
+/* -------------------------------------------------------------- accessors */
+
+uint64_t klua_task_id(const klua_task_t *t) { return t->pub.id; }
+int klua_task_kind(const klua_task_t *t) { return t->pub.kind; }
+knhk_token_t *klua_task_token(const klua_task_t *t) { return t->pub.token; }
+
+/* Whoever joins a task handles its error (in any VM): its nursery does
+ * not report it again when it closes. */
+void klua_task_set_joined(klua_task_t *t) {
+  atomic_store_explicit(&t->joined, 1, memory_order_relaxed);
+}
+int klua_task_joined(const klua_task_t *t) {
+  return atomic_load_explicit(&((klua_task_t *)t)->joined, memory_order_relaxed);
+}
+
+/* acquire: pairs with klua_task_finish's release */
+int klua_task_outcome(const klua_task_t *t) {
+  return atomic_load_explicit(&((klua_task_t *)t)->pub.outcome, memory_order_acquire);
+}
+
+/* Once klua_task_outcome said it ended: its encoded results or error. */
+const char *klua_task_result(const klua_task_t *t, size_t *len) {
+  *len = t->pub.result_len;
+  return t->pub.result;
+}
+
+/* Its start snapshot (portable) or key (local), set before it was spawned. */
+const char *klua_task_start(const klua_task_t *t, size_t *len) {
+  *len = t->pub.start_len;
+  return t->pub.start;
+}
+
+/* --------------------------------------------------------------- nurseries */
+
+klua_nursery_t *klua_nursery_new(klua_rt_t *rt, knhk_token_t *parent, int supervise, int *err) {
+  klua_nursery_t *kn = malloc(sizeof *kn);
+  if (!kn) {
+    *err = KNHK_ENOMEM;
+    return NULL;
+  }
+  *err = knhk_nursery_new(&kn->n, &rt->ex, parent, supervise ? KNHK_NURSERY_SUPERVISE : 0);
+  if (*err != 0) {
+    free(kn);
+    return NULL;
+  }
+  atomic_init(&kn->refs, 1);
+  return kn;
+}
+
+klua_nursery_t *klua_nursery_retain(klua_nursery_t *kn) {
+  atomic_fetch_add_explicit(&kn->refs, 1, memory_order_relaxed);
+  return kn;
+}
+
+/* The last reference frees it: by then its owner closed it, so no child
+ * is live and none can be spawned. */
+void klua_nursery_release(klua_nursery_t *kn) {
+  if (!kn || atomic_fetch_sub_explicit(&kn->refs, 1, memory_order_acq_rel) != 1) return;
+  knhk_nursery_free(kn->n);
+  free(kn);
 }
 
 /* ------------------------------------------------------ prototype registry */

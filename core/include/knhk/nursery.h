@@ -92,6 +92,10 @@ int knhk_nursery_join_next(knhk_nursery_t *n, knhk_child_t **next);
 int knhk_nursery_try_next(knhk_nursery_t *n, knhk_child_t **next);
 /* Any thread. No more spawns (KNHK_ECLOSED); children still run. */
 int knhk_nursery_close(knhk_nursery_t *n);
+/* Any thread. Closes n if no child is live, in one step with that check,
+ * so that no spawn (a child's own, say) can slip in between: returns 0
+ * (closed), or KNHK_EBUSY if some child is still live (n stays open). */
+int knhk_nursery_close_if_idle(knhk_nursery_t *n);
 
 /* Any thread. Children spawned so far; child i in spawn order, or NULL. */
 uint32_t knhk_nursery_count(const knhk_nursery_t *n);

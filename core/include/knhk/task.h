@@ -75,6 +75,18 @@ struct knhk_group_s {
  * set them after. Returns 0, or KNHK_EINVAL for a NULL task or function. */
 int knhk_task_init(knhk_task_t *task, knhk_task_fn run, void *data);
 
+/* What a task is doing, as knhk_task_state() reports it. */
+enum knhk_task_state {
+  KNHK_TASK_IDLE = 0,    /* not spawned yet, or ended (reusable) */
+  KNHK_TASK_QUEUED = 1,  /* waiting for a worker to run it */
+  KNHK_TASK_RUNNING = 2, /* a worker is running it */
+  KNHK_TASK_PARKED = 3   /* its run returned KNHK_TASK_PENDING; waiting for a wake-up */
+};
+
+/* Any thread. A snapshot of what `task` is doing (enum knhk_task_state);
+ * it may change as soon as it is read. */
+int knhk_task_state(const knhk_task_t *task);
+
 /* Any thread. Returns 0, or KNHK_EINVAL for NULL. */
 int knhk_group_init(knhk_group_t *group);
 /* Any thread. Number of tasks of the group that have not ended yet. */
