@@ -30,7 +30,7 @@ S.define("task", {
   role = "task",
   run = run_task,
   make = function(name, fn, level)
-    return S.new("task", nil, { name = name or S.function_name(fn), fn = fn }, level + 1)
+    return S.new("task", nil, { name = name or S.function_name(fn), fn = fn })
   end,
   compile = function(ctx, step, src)
     local node = ctx:node(step, { activity = run_task, fn = step.fn, shape = "task" })
@@ -62,7 +62,7 @@ S.define("skip", {
   end,
 })
 
-function M.skip() return S.new("skip", nil, {}, 2) end
+function M.skip() return S.new("skip", nil, {}) end
 
 -- -------------------------------------------------------------- sequence
 
@@ -83,7 +83,7 @@ function M.sequence(t)
     steps[i] = S.as_step(t[i], "sequence", 1, "step " .. i, 2)
   end
   S.check_name(t.name, "sequence", 1, 2, true)
-  return S.new("sequence", 1, { steps = steps, name = t.name }, 2)
+  return S.new("sequence", 1, { steps = steps, name = t.name })
 end
 
 -- --------------------------------------------------------------- splits
@@ -161,7 +161,7 @@ function M.parallel_split(t)
   end
   if #branches < 1 then S.argerror("parallel_split", 1, "a parallel split needs branches") end
   S.check_name(t.name, "parallel_split", 1, 2, true)
-  return S.new("parallel_split", 2, { branches = branches, name = t.name }, 2)
+  return S.new("parallel_split", 2, { branches = branches, name = t.name })
 end
 
 S.define("exclusive_choice", { role = "split", conditional = true, split_node = split_node("xor") })
@@ -169,7 +169,7 @@ S.define("exclusive_choice", { role = "split", conditional = true, split_node = 
 -- P.exclusive_choice{ {when = c, run = s}, ..., otherwise = s }: 4.
 function M.exclusive_choice(t)
   local branches = M.choice_branches("exclusive_choice", t, 2, true)
-  return S.new("exclusive_choice", 4, { branches = branches, name = t.name }, 2)
+  return S.new("exclusive_choice", 4, { branches = branches, name = t.name })
 end
 
 -- ----------------------------------------------------------------- joins
@@ -241,7 +241,7 @@ M.define_join("synchronization", {
 })
 
 function M.synchronization(t)
-  return S.new("synchronization", 3, { name = t and t.name }, 2)
+  return S.new("synchronization", 3, { name = t and t.name })
 end
 
 M.define_join("simple_merge", {
@@ -254,7 +254,7 @@ M.define_join("simple_merge", {
 })
 
 function M.simple_merge(t)
-  return S.new("simple_merge", 5, { name = t and t.name }, 2)
+  return S.new("simple_merge", 5, { name = t and t.name })
 end
 
 return M

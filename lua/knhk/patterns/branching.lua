@@ -30,7 +30,7 @@ S.define("multi_choice", { role = "split", conditional = true, split_node = basi
 -- P.multi_choice{ {when = c, run = s}, ..., otherwise = s }: 6.
 function M.multi_choice(t)
   local branches = basic.choice_branches("multi_choice", t, 2, true)
-  return S.new("multi_choice", 6, { branches = branches, name = t.name }, 2)
+  return S.new("multi_choice", 6, { branches = branches, name = t.name })
 end
 
 -- ------------------------------------------------------------ merges (7, 8)
@@ -60,7 +60,7 @@ define_join("synchronizing_merge", {
 })
 
 function M.synchronizing_merge(t)
-  return S.new("synchronizing_merge", 7, { name = t and t.name }, 2)
+  return S.new("synchronizing_merge", 7, { name = t and t.name })
 end
 
 define_join("multi_merge", {
@@ -70,7 +70,7 @@ define_join("multi_merge", {
 })
 
 function M.multi_merge(t)
-  return S.new("multi_merge", 8, { name = t and t.name }, 2)
+  return S.new("multi_merge", 8, { name = t and t.name })
 end
 
 -- ----------------------------------------- discriminators and partial joins
@@ -178,19 +178,19 @@ define_join("cancelling_partial_join", {
   join = partial_join_spec(k_field, { cancelling = true }),
 })
 
-function M.discriminator(t) return S.new("discriminator", 9, { name = t and t.name }, 2) end
+function M.discriminator(t) return S.new("discriminator", 9, { name = t and t.name }) end
 function M.blocking_discriminator(t)
-  return S.new("blocking_discriminator", 28, { name = t and t.name }, 2)
+  return S.new("blocking_discriminator", 28, { name = t and t.name })
 end
 function M.cancelling_discriminator(t)
-  return S.new("cancelling_discriminator", 29, { name = t and t.name }, 2)
+  return S.new("cancelling_discriminator", 29, { name = t and t.name })
 end
 
 local function partial_ctor(kind, pattern)
   return function(k, t)
     S.check_count(k, kind, 1, "k", 2, 1)
     if t ~= nil and type(t) ~= "table" then S.argerror(kind, 2, "table expected, got " .. type(t)) end
-    return S.new(kind, pattern, { k = k, name = t and t.name }, 2)
+    return S.new(kind, pattern, { k = k, name = t and t.name })
   end
 end
 M.partial_join = partial_ctor("partial_join", 30)
@@ -208,7 +208,7 @@ define_join("generalised_and_join", {
 })
 
 function M.generalised_and_join(t)
-  return S.new("generalised_and_join", 33, { name = t and t.name }, 2)
+  return S.new("generalised_and_join", 33, { name = t and t.name })
 end
 
 -- 37: an AND-join over tokens and skip tokens (dead-path elimination):
@@ -221,7 +221,7 @@ define_join("local_synchronizing_merge", {
 })
 
 function M.local_synchronizing_merge(t)
-  return S.new("local_synchronizing_merge", 37, { name = t and t.name }, 2)
+  return S.new("local_synchronizing_merge", 37, { name = t and t.name })
 end
 
 -- 38: fires once some input has a token and no token can arrive any more
@@ -269,7 +269,7 @@ define_join("general_synchronizing_merge", {
 })
 
 function M.general_synchronizing_merge(t)
-  return S.new("general_synchronizing_merge", 38, { name = t and t.name }, 2)
+  return S.new("general_synchronizing_merge", 38, { name = t and t.name })
 end
 
 -- ------------------------------------------------------- threads (41, 42)
@@ -303,7 +303,7 @@ S.define("thread_merge", {
 -- P.thread_merge(n): 41.
 function M.thread_merge(n, t)
   S.check_count(n, "thread_merge", 1, "n", 2, 1)
-  return S.new("thread_merge", 41, { n = n, name = t and t.name }, 2)
+  return S.new("thread_merge", 41, { n = n, name = t and t.name })
 end
 
 S.define("thread_split", {
@@ -319,7 +319,7 @@ S.define("thread_split", {
 -- P.thread_split(n): 42. What follows it in its sequence runs n times.
 function M.thread_split(n, t)
   S.check_count(n, "thread_split", 1, "n", 2, 1)
-  return S.new("thread_split", 42, { n = n, name = t and t.name }, 2)
+  return S.new("thread_split", 42, { n = n, name = t and t.name })
 end
 
 return M

@@ -44,7 +44,7 @@ end
 local function target_ctor(kind, pattern)
   return function(name)
     S.check_name(name, kind, 1, 2)
-    return S.new(kind, pattern, { target = name }, 2)
+    return S.new(kind, pattern, { target = name })
   end
 end
 
@@ -97,7 +97,7 @@ S.define("region", {
 function M.region(name, body)
   S.check_name(name, "region", 1, 2)
   body = S.as_step(body, "region", 2, "the region's step", 2)
-  return S.new("region", 25, { name = name, body = body }, 2)
+  return S.new("region", 25, { name = name, body = body })
 end
 
 -- 20
@@ -108,7 +108,7 @@ instant("cancel_case", function() return "cancel case" end, function(frame, node
 end)
 
 function M.cancel_case(t)
-  return S.new("cancel_case", 20, { name = t and t.name }, 2)
+  return S.new("cancel_case", 20, { name = t and t.name })
 end
 
 return M

@@ -41,10 +41,11 @@ function Ctx:refuse(step, msg)
     Refusal), 0)
 end
 
-local net_ids = 0
-local function new_net(owner)
-  net_ids = net_ids + 1
-  return { nodes = {}, edges = {}, entry = nil, exit = nil, owner = owner, uid = net_ids,
+-- Nets are numbered in the order a workflow's compilation makes them (the
+-- root is 1): diagrams name their nodes by it.
+local function new_net(ctx, owner)
+  ctx.nets = ctx.nets + 1
+  return { nodes = {}, edges = {}, entry = nil, exit = nil, owner = owner, uid = ctx.nets,
            has_local_merge = false }
 end
 
@@ -103,11 +104,19 @@ function Ctx:compile(step, src)
       .. "repeat with P.while_do / P.repeat_until (21), or draw cycles with P.graph (10)")
   end
   local spec = kinds[step.kind]
-  if not spec or not spec.compile then
-    self:refuse(step, "a " .. step.kind .. " step cannot be used here")
+  if spec.role == "join" then
+    self:refuse(step, "a join closes the split just before it in a sequence; it cannot stand alone")
+  end
+  if not spec.compile and spec.role ~= "split" then
+    self:refuse(step, "a " .. step.kind .. " is not a step (use it where a source is expected)")
   end
   self.path[step] = true
-  local exit = spec.compile(self, step, src)
+  local exit
+  if spec.role == "split" then -- alone: its branches are not joined
+    exit = self:unjoined(step, src)
+  else
+    exit = spec.compile(self, step, src)
+  end
   self.path[step] = nil
   return exit
 end
@@ -122,7 +131,7 @@ end
 -- Runs build(net) with a new net as the current one; returns the net.
 function Ctx:in_new_net(owner, build)
   local saved = self.net
-  local net = new_net(owner)
+  local net = new_net(self, owner)
   self.net = net
   build(net)
   self:finish_net(net)
@@ -346,10 +355,10 @@ function M.compile(root, name)
     net = nil, path = {}, names = {}, refs = {}, defs = {}, conditional = 0,
     milestones = {}, milestone_uses = {}, triggers = {}, trigger_waits = {}, signals = {},
     defining = {}, -- define name -> conditional depth when it was entered
-    calls = {},
+    calls = {}, nets = 0,
   }, Ctx)
   ctx.workflow_name = name
-  local net = new_net(nil)
+  local net = new_net(ctx, nil)
   ctx.net = net
   if name then
     -- the whole workflow can be called by its name (recursion, 22)

@@ -358,6 +358,12 @@ function M.run_frame(case, net, parent, locks)
   end)
   case.frames[frame] = nil
   if not ok then error(err, 0) end
+  -- tokens left when nothing runs any more: a join that can no longer fire
+  if not case.stopped then
+    for _, node in ipairs(net.nodes) do
+      if has_tokens(frame, node) then case.unfinished[#case.unfinished + 1] = node.name end
+    end
+  end
   return frame
 end
 
@@ -365,14 +371,6 @@ end
 -- net whose branches end unjoined reaches its end when it ends at all).
 function M.completed(frame)
   return frame.reached_end or frame.net.exit == nil
-end
-
--- The tokens still waiting when a frame ended: "step name" per node.
-local function leftovers(frame, out)
-  for _, node in ipairs(frame.net.nodes) do
-    if has_tokens(frame, node) then out[#out + 1] = node.name end
-  end
-  return out
 end
 
 -- ----------------------------------------------------------------- cases
@@ -406,19 +404,23 @@ function M.execute(wf, ctx)
   local case = {
     id = case_id, wf = wf, vars = copy(ctx.vars or {}), trace = {}, named = {}, frames = {},
     telemetry = ctx.telemetry or NOOP_TELEMETRY, signals = ctx.signals or {}, triggers = {},
-    milestones = {}, locks = {}, stopped = false,
+    milestones = {}, locks = {}, stopped = false, unfinished = {},
   }
   case.telemetry:event("knhk.workflow.case.start", { case_id = case_id, workflow = wf.name })
-  local root
   local scope = knhk.cancel_scope(function(sc)
     case.scope = sc
     knhk.nursery(function(helpers)
       case.helpers = helpers
       if ctx.token then helpers:spawn_local(watch_token, case, ctx.token) end
-      root = M.run_frame(case, wf.net, nil, nil)
+      -- transient triggers fed from outside listen from the start
+      require("knhk.patterns.triggers").start(case, wf.triggers)
+      M.run_frame(case, wf.net, nil, nil)
       helpers:cancel() -- the case is over: its watchers end
     end)
   end)
+  -- the caller's own scope cancelled: the case ended because of it, and
+  -- its Cancelled goes on unwinding (a checkpoint raises it)
+  if not case.stopped then knhk.checkpoint() end
   local result = { case_id = case_id, vars = case.vars, trace = case.trace }
   if case.failure then
     result.status = "failed"
@@ -434,8 +436,7 @@ function M.execute(wf, ctx)
     result.status = "cancelled"
   else
     result.status = "completed"
-    result.unfinished = leftovers(root, {})
-    if #result.unfinished == 0 then result.unfinished = nil end
+    if #case.unfinished > 0 then result.unfinished = case.unfinished end
   end
   case.telemetry:event("knhk.workflow.case.end", { case_id = case_id, status = result.status })
   return result

@@ -111,14 +111,14 @@ S.define("call", {
 function M.define(name, body)
   S.check_name(name, "define", 1, 2)
   body = S.as_step(body, "define", 2, "the body", 2)
-  return S.new("define", 22, { def = name, body = body }, 2)
+  return S.new("define", 22, { def = name, body = body })
 end
 
 -- P.call(name): 22, runs the block P.define(name, ...) (or the workflow
 -- built with that name) as a step, in a frame of its own.
 function M.call(name, t)
   S.check_name(name, "call", 1, 2)
-  return S.new("call", 22, { target = name, name = t and t.name }, 2)
+  return S.new("call", 22, { target = name, name = t and t.name })
 end
 
 -- ------------------------------------------------------------------ graphs
@@ -354,7 +354,7 @@ function M.graph(t)
     nodes[name] = { run = g.run, join = g.join, next = g.next }
   end
   S.check_name(t.name, F, 1, 2, true)
-  return S.new("graph", 10, { start = t.start, nodes = nodes, name = t.name }, 2)
+  return S.new("graph", 10, { start = t.start, nodes = nodes, name = t.name })
 end
 
 return M

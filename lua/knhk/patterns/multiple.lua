@@ -296,7 +296,7 @@ function M.mi(t)
   end
   local spec = { name = t.name, run = t.run, count = t.count, items = t.items, join = join,
                  dynamic = t.dynamic and true or false, into = t.into }
-  return S.new("mi", pattern_of(spec), spec, 2)
+  return S.new("mi", pattern_of(spec), spec)
 end
 
 M.MIJoin = MIJoin

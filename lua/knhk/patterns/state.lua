@@ -87,7 +87,7 @@ function M.deferred_choice(t)
   end
   if #branches < 2 then S.argerror(F, 1, "a deferred choice needs at least 2 branches") end
   S.check_name(t.name, F, 1, 2, true)
-  return S.new("deferred_choice", 16, { branches = branches, name = t.name }, 2)
+  return S.new("deferred_choice", 16, { branches = branches, name = t.name })
 end
 
 -- ---------------------------------------------------------- interleaving
@@ -131,7 +131,7 @@ local function interleaved_ctor(fname, pattern)
     end
     if #branches < 1 then S.argerror(fname, 1, "no entries") end
     S.check_name(t.name, fname, 1, 2, true)
-    return S.new("interleaved", pattern, { branches = branches, name = t.name }, 2)
+    return S.new("interleaved", pattern, { branches = branches, name = t.name })
   end
 end
 
@@ -175,7 +175,7 @@ function M.critical_section(name, body, t)
   if lock ~= nil and getmetatable(lock) ~= knhk.Lock then
     S.argerror("critical_section", 3, "lock must be a knhk.lock(), got " .. S.describe(lock))
   end
-  return S.new("critical_section", 39, { section = name, body = body, lock = lock }, 2)
+  return S.new("critical_section", 39, { section = name, body = body, lock = lock })
 end
 
 -- -------------------------------------------------------------- milestone
@@ -239,7 +239,7 @@ S.define("when_milestone", {
 function M.milestone(name, body)
   S.check_name(name, "milestone", 1, 2)
   body = S.as_step(body, "milestone", 2, "the step that holds the milestone", 2)
-  return S.new("milestone", 18, { milestone = name, body = body }, 2)
+  return S.new("milestone", 18, { milestone = name, body = body })
 end
 
 -- P.when_milestone(name, step): 18, the guarded step: it waits until the
@@ -247,7 +247,7 @@ end
 function M.when_milestone(name, body)
   S.check_name(name, "when_milestone", 1, 2)
   body = S.as_step(body, "when_milestone", 2, "the guarded step", 2)
-  return S.new("when_milestone", 18, { milestone = name, body = body }, 2)
+  return S.new("when_milestone", 18, { milestone = name, body = body })
 end
 
 return M

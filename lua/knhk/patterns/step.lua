@@ -22,20 +22,26 @@ end
 
 function M.is_step(v) return getmetatable(v) == Step end
 
--- "file.lua:12" of the code `level` frames above the caller.
-function M.where(level)
-  local info = debug.getinfo(level + 1, "Sl")
-  if not info then return "?" end
-  local src = info.short_src or "?"
-  return src:match("[^/]*$") .. ":" .. tostring(info.currentline or "?")
+-- "file.lua:12" of the code that wrote a step: the first frame on the
+-- stack outside this library (counting levels would be thrown off by tail
+-- calls, e.g. `return P.task(...)`).
+function M.where()
+  for level = 3, 40 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    local src = info.short_src or "?"
+    if info.what ~= "C" and src ~= "(tail call)" and not src:find("knhk/patterns/", 1, true) then
+      return src:match("[^/]*$") .. ":" .. tostring(info.currentline or "?")
+    end
+  end
+  return "?"
 end
 
--- A new step of `kind` for pattern `pattern`; `level` is the constructor's
--- caller's level as seen from the constructor (usually 2).
-function M.new(kind, pattern, fields, level)
+-- A new step of `kind` for pattern `pattern`.
+function M.new(kind, pattern, fields)
   fields.kind = kind
   fields.pattern = pattern
-  fields.where = M.where((level or 2) + 1)
+  fields.where = M.where()
   return setmetatable(fields, Step)
 end
 

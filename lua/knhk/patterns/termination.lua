@@ -34,7 +34,7 @@ S.define("terminate", {
 function M.terminate(t)
   if t ~= nil and type(t) ~= "table" then S.argerror("terminate", 1, "table expected, got " .. type(t)) end
   S.check_name(t and t.name, "terminate", 1, 2, true)
-  return S.new("terminate", 43, { name = t and t.name }, 2)
+  return S.new("terminate", 43, { name = t and t.name })
 end
 
 return M

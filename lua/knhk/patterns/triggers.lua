@@ -26,7 +26,7 @@ S.define("trigger", { role = "source" })
 local function trigger(kind, pattern)
   return function(name)
     S.check_name(name, kind, 1, 2)
-    return S.new("trigger", pattern, { name = name, transient = pattern == 23 }, 2)
+    return S.new("trigger", pattern, { name = name, transient = pattern == 23 })
   end
 end
 M.transient_trigger = trigger("transient_trigger", 23)
@@ -49,7 +49,7 @@ function M.timer(seconds, t)
   if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
     S.argerror("timer", 1, "seconds (a number >= 0) expected, got " .. S.describe(seconds))
   end
-  return S.new("timer", nil, { seconds = seconds, name = t and t.name }, 2)
+  return S.new("timer", nil, { seconds = seconds, name = t and t.name })
 end
 
 -- Whether v can be waited for; raises (at the user's line) if not.
@@ -126,6 +126,15 @@ local function state(case, trig)
   return t
 end
 
+-- At the start of a case: the transient triggers fed from outside start
+-- listening now (a signal that comes before anyone waits is dropped, not
+-- kept for the first who waits).
+function M.start(case, declared)
+  for name, trig in pairs(declared) do
+    if trig.transient and case.signals[name] ~= nil then state(case, trig) end
+  end
+end
+
 -- Waits for source `on`: returns its value (if any) and whether the value
 -- was taken from a channel (a losing branch of a deferred choice gives it
 -- back, so that no message is lost).
@@ -194,7 +203,7 @@ function M.wait_for(on, t)
     S.argerror("wait_for", 2, "into must name a case variable, got " .. S.describe(t.into))
   end
   S.check_name(t.name, "wait_for", 2, 2, true)
-  return S.new("wait_for", (M.source_pattern(on)), { on = on, into = t.into, name = t.name }, 2)
+  return S.new("wait_for", (M.source_pattern(on)), { on = on, into = t.into, name = t.name })
 end
 
 S.define("signal", {
@@ -224,7 +233,7 @@ function M.signal(trig, value, t)
     S.argerror("signal", 1, "trigger (P.transient_trigger or P.persistent_trigger) expected, got "
       .. S.describe(trig))
   end
-  return S.new("signal", trig.pattern, { trigger = trig, value = value, name = t and t.name }, 2)
+  return S.new("signal", trig.pattern, { trigger = trig, value = value, name = t and t.name })
 end
 
 M.engine = engine

@@ -34,8 +34,8 @@ function M.build(step, opts, level)
     if getmetatable(e) == compile.Refusal then error(e.message, level + 1) end
     error(e, 0)
   end
-  return setmetatable({ root = step, net = net, name = opts.name or step.name, defs = ctx.defs },
-    Workflow)
+  return setmetatable({ root = step, net = net, name = opts.name or step.name, defs = ctx.defs,
+                        triggers = ctx.triggers }, Workflow)
 end
 
 -- The pattern-executor interface. ctx (all optional):
@@ -62,8 +62,16 @@ function Workflow:execute(ctx)
   if tel ~= nil and not (type(tel) == "table" and type(tel.event) == "function") then
     S.argerror("execute", 1, "ctx.telemetry must have an event method, got " .. S.describe(tel))
   end
-  if ctx.signals ~= nil and type(ctx.signals) ~= "table" then
-    S.argerror("execute", 1, "ctx.signals must be a table, got " .. type(ctx.signals))
+  if ctx.signals ~= nil then
+    if type(ctx.signals) ~= "table" then
+      S.argerror("execute", 1, "ctx.signals must be a table, got " .. type(ctx.signals))
+    end
+    for name, ch in pairs(ctx.signals) do
+      if getmetatable(ch) ~= knhk.Channel then
+        S.argerror("execute", 1, "ctx.signals['" .. tostring(name) .. "'] must be a knhk.channel, got "
+          .. S.describe(ch))
+      end
+    end
   end
   if knhk.current() == nil then
     error("execute: must be called inside a knhk task (inside knhk.run)", 2)
