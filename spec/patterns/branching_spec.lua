@@ -166,10 +166,11 @@ describe("29 Cancelling Discriminator", function()
   it("continues on the first branch and cancels the others, leaving nothing running", function()
     local cleanups = {}
     local r, live_before, live_after = H.run(function()
-      local ch = knhk.channel(8)
+      local ch, running = knhk.channel(8), H.barrier(2)
       local before = H.live()
       local r = P.sequence{
-        P.parallel_split{ noop("a"), P.task("b", H.blocker(ch, "b")), P.task("c", H.blocker(ch, "c")) },
+        P.parallel_split{ waits("a", running.event), P.task("b", H.blocker(ch, "b", running)),
+                          P.task("c", H.blocker(ch, "c", running)) },
         P.cancelling_discriminator(),
         noop("d"),
       }:execute()
@@ -234,9 +235,10 @@ describe("32 Cancelling Partial Join", function()
   it("continues once k of n arrived and cancels the remaining branches", function()
     local cleanups
     local r = H.run(function()
-      local ch = knhk.channel(8)
+      local ch, running = knhk.channel(8), H.barrier(1)
       local r = P.sequence{
-        P.parallel_split{ noop("a"), noop("b"), P.task("c", H.blocker(ch, "c")) },
+        P.parallel_split{ waits("a", running.event), waits("b", running.event),
+                          P.task("c", H.blocker(ch, "c", running)) },
         P.cancelling_partial_join(2),
         noop("d"),
       }:execute()

@@ -26,10 +26,11 @@ end
 describe("19 Cancel Task", function()
   it("withdraws a running task: it is cancelled, and its branch ends there", function()
     local r, cleanups, before, after = observed(function(obs, ch)
+      local running = H.barrier(1)
       return P.sequence{
         P.parallel_split{
-          P.sequence{ P.task("approve", H.blocker(ch, "approve")), noop("notify approval") },
-          P.sequence{ P.wait_for(obs:after("approve", 1, "started")), P.cancel_task("approve"),
+          P.sequence{ P.task("approve", H.blocker(ch, "approve", running)), noop("notify approval") },
+          P.sequence{ P.wait_for(running.event), P.cancel_task("approve"),
                       noop("notify withdrawal") },
         },
       }:execute{ telemetry = obs }
@@ -67,12 +68,13 @@ end)
 describe("20 Cancel Case", function()
   it("cancels everything still running and ends the case cancelled", function()
     local r, cleanups, before, after = observed(function(obs, ch)
+      local running = H.barrier(4)
       return P.sequence{
         P.parallel_split{
-          P.task("long", H.blocker(ch, "long")),
-          P.mi{ name = "batch", count = 3, run = H.blocker(ch, "instance") },
+          P.task("long", H.blocker(ch, "long", running)),
+          P.mi{ name = "batch", count = 3, run = H.blocker(ch, "instance", running) },
           P.sequence{
-            P.wait_for(obs:after("long", 1, "started")),
+            P.wait_for(running.event),
             P.task("fraud check", function() return { fraud = true } end),
             P.cancel_case(),
             noop("never"),
@@ -90,10 +92,9 @@ describe("20 Cancel Case", function()
 
   it("is cancelled from outside by ctx.token", function()
     local r, cleanups, before, after = observed(function(obs, ch)
-      local token = knhk.token()
-      local started = obs:after("long", 1, "started")
-      knhk.spawn(function() started:wait(); token:cancel() end)
-      return P.task("long", H.blocker(ch, "long")):execute{ telemetry = obs, token = token }
+      local token, running = knhk.token(), H.barrier(1)
+      knhk.spawn(function() running.event:wait(); token:cancel() end)
+      return P.task("long", H.blocker(ch, "long", running)):execute{ telemetry = obs, token = token }
     end)
     assert.equal("cancelled", r.status)
     assert.same({ "long" }, cleanups)
@@ -104,19 +105,20 @@ end)
 describe("25 Cancel Region", function()
   it("withdraws every step of the region at once; steps outside go on", function()
     local r, cleanups, before, after = observed(function(obs, ch)
+      local running = H.barrier(2)
       return P.sequence{
         P.parallel_split{
           P.sequence{
             P.region("packing", P.sequence{
-              P.parallel_split{ P.task("pick", H.blocker(ch, "pick")), P.task("wrap", H.blocker(ch, "wrap")) },
+              P.parallel_split{ P.task("pick", H.blocker(ch, "pick", running)),
+                                P.task("wrap", H.blocker(ch, "wrap", running)) },
               P.synchronization(),
               noop("seal"),
             }),
             noop("after packing"),
           },
           P.sequence{
-            P.wait_for(obs:after("pick", 1, "started")),
-            P.wait_for(obs:after("wrap", 1, "started")),
+            P.wait_for(running.event),
             P.cancel_region("packing"),
             noop("refund"),
           },
@@ -133,10 +135,11 @@ describe("25 Cancel Region", function()
 
   it("a failure in a region cancels the rest of it and fails the case, naming the step", function()
     local r, cleanups, before, after = observed(function(_, ch)
+      local running = H.barrier(1)
       return P.region("payment", P.sequence{
         P.parallel_split{
-          P.task("charge card", function() error("card declined") end),
-          P.task("reserve stock", H.blocker(ch, "reserve stock")),
+          P.task("charge card", function() running.event:wait(); error("card declined") end),
+          P.task("reserve stock", H.blocker(ch, "reserve stock", running)),
         },
         P.synchronization(),
       }):execute()
@@ -153,8 +156,8 @@ end)
 -- An MI step whose instances 1 and 2 complete (reporting on `done`) and the
 -- others block until cancelled (reporting their cleanup on `ch`); each
 -- sends its worker on `seen` first.
-local function batch(ch, done, seen)
-  local block, spread = H.blocker(ch, "instance"), H.spreader(WORKERS)
+local function batch(ch, done, seen, running)
+  local block, spread = H.blocker(ch, "instance", running), H.spreader(WORKERS)
   return P.mi{ name = "batch", count = 6, into = "results", run = function(_, i)
     seen:send(spread())
     if i > 2 then block() end
@@ -163,18 +166,19 @@ local function batch(ch, done, seen)
   end }
 end
 
-local function after_two(done)
-  return P.task("two done", function() done:recv(); done:recv() end)
+-- Waits until instances 1 and 2 completed and the 4 others are running.
+local function after_two(done, running)
+  return P.task("two done", function() done:recv(); done:recv(); running.event:wait() end)
 end
 
 describe("26 Cancel Multiple Instance Activity", function()
   it("withdraws the step: running instances are cancelled, and nothing follows it", function()
     local ws
     local r, cleanups, before, after = observed(function(_, ch)
-      local done, seen = knhk.channel(8), knhk.channel(8)
+      local done, seen, running = knhk.channel(8), knhk.channel(8), H.barrier(4)
       local r = P.parallel_split{
-        P.sequence{ batch(ch, done, seen), noop("after batch") },
-        P.sequence{ after_two(done), P.cancel_mi("batch") },
+        P.sequence{ batch(ch, done, seen, running), noop("after batch") },
+        P.sequence{ after_two(done, running), P.cancel_mi("batch") },
       }:execute()
       ws = H.drain(seen)
       return r
@@ -193,12 +197,12 @@ describe("27 Complete Multiple Instance Activity", function()
   it("forces the step to complete: running instances are cancelled, the completed ones count", function()
     local ws
     local r, cleanups, before, after = observed(function(_, ch)
-      local done, seen = knhk.channel(8), knhk.channel(8)
+      local done, seen, running = knhk.channel(8), knhk.channel(8), H.barrier(4)
       local r = P.parallel_split{
-        P.sequence{ batch(ch, done, seen), P.task("after batch", function(v)
+        P.sequence{ batch(ch, done, seen, running), P.task("after batch", function(v)
           return { counted = #v.results }
         end) },
-        P.sequence{ after_two(done), P.complete_mi("batch") },
+        P.sequence{ after_two(done, running), P.complete_mi("batch") },
       }:execute()
       ws = H.drain(seen)
       return r

@@ -137,10 +137,30 @@ end
 -- The number of live tasks (to check that a case left none running).
 function H.live() return #knhk.tasks() end
 
--- A body that waits until cancelled, and reports its cleanup on `ch` (in
--- a shielded scope: a cancelled task's own checkpoints raise again).
-function H.blocker(ch, label)
+-- A barrier for portable tasks: b.arrive() counts one; b.event is set
+-- once n have arrived (a task cancelled before it started runs no cleanup,
+-- so specs of cancellation first wait until what they cancel is running).
+function H.barrier(n)
+  local cell, lock, ev = knhk.channel(1), knhk.lock(), knhk.event()
+  cell:send(0)
+  local b = { event = ev }
+  function b.arrive()
+    lock:with(function()
+      local c = cell:recv() + 1
+      cell:send(c)
+      if c >= n then ev:set() end
+    end)
+  end
+  return b
+end
+
+-- A body that arrives at `barrier` (if any), waits until cancelled, and
+-- reports its cleanup on `ch` (in a shielded scope: a cancelled task's own
+-- checkpoints raise again).
+function H.blocker(ch, label, barrier)
+  local arrive = barrier and barrier.arrive
   return function()
+    if arrive then arrive() end
     local ok, err = pcall(function() knhk.event():wait() end)
     knhk.cancel_scope(function() ch:send(label or "cleaned up") end, { shield = true })
     if not ok then error(err, 0) end

@@ -30,12 +30,12 @@ describe("wf:execute(ctx) -> result", function()
 
   it("a failed case names the failing step, its error and traceback, and cancels the rest", function()
     local r, cleanups, before, after = H.run(function()
-      local ch = knhk.channel(4)
+      local ch, running = knhk.channel(4), H.barrier(1)
       local before = H.live()
       local r = P.sequence{
         P.parallel_split{
-          P.task("charge", function() error("card declined") end),
-          P.task("reserve", H.blocker(ch, "reserve")),
+          P.task("charge", function() running.event:wait(); error("card declined") end),
+          P.task("reserve", H.blocker(ch, "reserve", running)),
         },
         P.synchronization(),
         noop("ship"),

@@ -139,14 +139,15 @@ describe("35 Cancelling Partial Join for Multiple Instances", function()
     local cleanups, ws
     local r, before, after = H.run(function()
       local spread = H.spreader(WORKERS)
-      local ch, out = knhk.channel(16), knhk.channel(16)
-      local block = H.blocker(ch, "cancelled")
+      local ch, out, running = knhk.channel(16), knhk.channel(16), H.barrier(4)
+      local block = H.blocker(ch, "cancelled", running)
       local before = H.live()
       local r = P.sequence{
         P.mi{ name = "bids", count = 6, join = P.cancelling_partial(2), into = "won",
               run = function(_, i)
                 out:send(spread())
                 if i > 2 then block() end
+                running.event:wait() -- the first two complete once the others run
                 return i
               end },
         P.task("d", function(v) return { n = #v.won } end),

@@ -46,14 +46,14 @@ describe("43 Explicit Termination", function()
   it("cancels everything still running and ends the case at once", function()
     local cleanups
     local r, before, after = H.run(function()
-      local ch = knhk.channel(8)
+      local ch, running = knhk.channel(8), H.barrier(3)
       local obs = H.observer()
       local before = H.live()
       local r = P.sequence{
         P.parallel_split{
-          P.task("long", H.blocker(ch, "long")),
-          P.mi{ name = "batch", count = 2, run = H.blocker(ch, "instance") },
-          P.sequence{ waits("decide", obs:after("long", 1, "started")), P.terminate{ name = "done" },
+          P.task("long", H.blocker(ch, "long", running)),
+          P.mi{ name = "batch", count = 2, run = H.blocker(ch, "instance", running) },
+          P.sequence{ waits("decide", running.event), P.terminate{ name = "done" },
                       noop("never") },
         },
       }:execute{ telemetry = obs }

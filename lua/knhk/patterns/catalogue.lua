@@ -37,7 +37,7 @@ local rows = {
     "The first branch to arrive continues, later ones are absorbed; it resets once all arrived." },
   { 10, "Arbitrary Cycles", ITERATION, "P.graph{ start = 'a', a = { run = f, next = ... }, ... }",
     "Loops with several entry and exit points, written as a graph of named steps." },
-  { 11, "Implicit Termination", TERMINATION, "wf:execute(ctx) (every workflow)",
+  { 11, "Implicit Termination", TERMINATION, "how wf:execute(ctx) ends every case",
     "The case ends when nothing is left to do; no end step is needed." },
   { 12, "Multiple Instances without Synchronization", MI, "P.mi{ count = n, run = f, join = P.detached() }",
     "Starts instances of a task and continues at once; nothing waits for them but the case." },

@@ -228,7 +228,7 @@ function Ctx:block(split, join, src)
   local n = #split.branches
   local bad = jspec.after and not jspec.after[split.kind]
   if bad then
-    self:refuse(join, "it cannot close a " .. split.kind .. " (" .. split.pattern .. "): "
+    self:refuse(join, "it cannot close " .. split.kind .. " (" .. split.pattern .. "): "
       .. jspec.after_why)
   end
   local snode, exits = self:branches(split, src)

@@ -49,12 +49,16 @@ end
 
 -- P.workflow(step [, { name = }]) -> a built workflow: wf:execute(ctx),
 -- wf:to_mermaid(), wf:to_dot(). `name` also lets P.call(name) recurse.
-function P.workflow(step, opts) return workflow.build(step, opts, 2) end
+function P.workflow(step, opts)
+  local wf = workflow.build(step, opts, 2) -- not a tail call: errors name the caller's line
+  return wf
+end
 
 -- P.execute(wf or step, ctx) -> result (same as wf:execute(ctx)).
 function P.execute(wf, ctx)
   if not workflow.is_workflow(wf) then wf = workflow.build(wf, nil, 2) end
-  return wf:execute(ctx)
+  local result = wf:execute(ctx)
+  return result
 end
 
 -- P.get(id or name) -> { id, name, family, construct, description }, or
@@ -111,7 +115,7 @@ function P.make(key, ...)
   local ctor = makers[e.id]
   if not ctor then
     error("bad argument #1 to 'make' (pattern " .. e.id .. " (" .. e.name
-      .. ") is not a step: " .. e.construct .. ")", 2)
+      .. ") has no step of its own; it is " .. e.construct .. ")", 2)
   end
   return P[ctor](...)
 end

@@ -129,7 +129,10 @@ function M.built(step)
   return wf
 end
 
-function Step:execute(ctx) return M.built(self):execute(ctx) end
+function Step:execute(ctx)
+  local result = M.built(self):execute(ctx) -- not a tail call: errors name the caller's line
+  return result
+end
 function Step:to_mermaid() return M.built(self):to_mermaid() end
 function Step:to_dot() return M.built(self):to_dot() end
 

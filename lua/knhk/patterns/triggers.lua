@@ -47,7 +47,8 @@ S.define("timer", {
 -- P.timer(seconds): as a step, waits; as a source, fires after `seconds`.
 function M.timer(seconds, t)
   if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
-    S.argerror("timer", 1, "seconds (a number >= 0) expected, got " .. S.describe(seconds))
+    S.argerror("timer", 1, "seconds must be a number >= 0, got "
+      .. (type(seconds) == "number" and tostring(seconds) or S.describe(seconds)))
   end
   return S.new("timer", nil, { seconds = seconds, name = t and t.name })
 end
