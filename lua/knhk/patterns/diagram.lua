@@ -151,22 +151,24 @@ function M.cli(chunk, args, format, opts)
     captured = wf
     error(Stop, 0)
   end
-  local ok, res = pcall(knhk.run, function()
+  -- the root task runs in this VM: it hands the workflow over by upvalue
+  -- (a task's results travel by snapshot, which a workflow cannot)
+  local ok, err = pcall(knhk.run, function()
     local r = { pcall(chunk, unpack(args)) }
     if not r[1] then
-      if r[2] == Stop then return captured end
-      error(r[2], 0)
+      if r[2] ~= Stop then error(r[2], 0) end
+    else
+      captured = r[2]
     end
-    return r[2]
   end, { workers = opts.workers })
   W.capture_hook = nil
   local prog = "knhk-lua --graph"
   if not ok then
-    io.stderr:write(prog, ": ", opts.script, ": ", type(res) == "table" and tostring(res.message or res)
-      or tostring(res), "\n")
+    io.stderr:write(prog, ": ", opts.script, ": ", type(err) == "table" and tostring(err.message or err)
+      or tostring(err), "\n")
     return 1
   end
-  local wf = res
+  local wf = captured
   if S.is_step(wf) then
     local bok, built = pcall(S.built, wf)
     if not bok then

@@ -281,12 +281,16 @@ runner = function(frame, node, run)
   case.telemetry:event("knhk.workflow.step.start", { case_id = case.id, step = node.name,
     pattern = node.pattern })
   local ok, res
-  local scope = knhk.cancel_scope(function(sc)
+  local sok, scope = pcall(knhk.cancel_scope, function(sc)
     run.scope = sc
     ok, res = xpcall(node.activity, capture, frame, node, run)
     if not ok and knhk.is_cancelled(res) then error(res, 0) end
   end)
   run.scope = nil
+  if not sok then -- the case (or its caller) is being cancelled: this step with it
+    if knhk.is_cancelled(scope) then trace(case, node, "cancelled") end
+    error(scope, 0)
+  end
   unregister(frame, node, run)
   if case.stopped then return end
   if scope.cancelled_caught or (ok and res == WITHDRAWN) then
