@@ -148,8 +148,9 @@ describe("28 Blocking Discriminator", function()
       local obs = H.observer()
       return P.sequence{
         P.thread_split(2),
-        -- both a's arrive before any b: the second one must wait for the reset
-        P.parallel_split{ noop("a"), waits("b", obs:after("a", 2)) },
+        -- both a's arrive before any b: the second one must wait for the
+        -- reset, and then fire at once: the second b arrives only after that
+        P.parallel_split{ noop("a"), gated("b", obs:after("a", 2), obs:after("d", 2)) },
         P.blocking_discriminator(),
         noop("d"),
       }:execute{ telemetry = obs }
@@ -217,7 +218,7 @@ describe("31 Blocking Partial Join", function()
         P.parallel_split{
           gated("a", nil, obs:after("d", 1)),
           gated("b", nil, obs:after("c", 1)),
-          gated("c", obs:after("a", 2), obs:after("b", 2)),
+          gated("c", obs:after("a", 2), obs:after("d", 2)), -- round two: the held a, and b
         },
         P.blocking_partial_join(2),
         noop("d"),

@@ -6,7 +6,11 @@ local P = require "knhk.patterns"
 
 local H = { knhk = knhk, P = P }
 
-function H.run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
+-- Runs fn in the runtime. A spec whose case hangs (a join that never
+-- fires) fails after 20 s instead of waiting for ctest's timeout.
+function H.run(fn, workers)
+  return knhk.run(function() return knhk.fail_after(20, fn) end, { workers = workers or 2 })
+end
 
 -- How many times `step` had `event` ("completed", "withdrawn", ...).
 function H.count(result, step, event)
