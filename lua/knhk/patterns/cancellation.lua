@@ -79,8 +79,8 @@ instant("cancel_region", function(s) return "cancel region '" .. s.target .. "'"
   must_be("region", "a region (P.region)"))
 M.cancel_region = target_ctor("cancel_region", 25)
 
-local function run_region(frame, node)
-  local f = engine.run_frame(frame.case, node.subnets[1], frame)
+local function run_region(frame, node, run)
+  local f = engine.run_frame(frame.case, node.subnets[1], frame, run)
   if not engine.completed(f) then return engine.WITHDRAWN end
 end
 

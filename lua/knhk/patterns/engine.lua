@@ -337,10 +337,21 @@ end
 
 local EMPTY = {}
 
+-- Whether a frame was withdrawn: the composite step running it, or one
+-- around that, was cancelled.
+local function withdrawn(frame)
+  while frame do
+    if frame.run and frame.run.cancelled then return true end
+    frame = frame.parent
+  end
+  return false
+end
+
 -- Runs `net` to its end inside `case`: returns the frame once nothing in
--- it is left to do. locks: held around every task of the frame (for
--- interleaving); inherited from the parent frame.
-function M.run_frame(case, net, parent, locks)
+-- it is left to do. parent, run: the frame and run of the composite step
+-- that runs it (nil for a case's root). locks: held around every task of
+-- the frame (for interleaving); inherited from the parent frame.
+function M.run_frame(case, net, parent, run, locks)
   local nedges, nnodes = #net.edges, #net.nodes
   local m, s = {}, {}
   for i = 1, nedges do m[i], s[i] = 0, 0 end
@@ -352,7 +363,7 @@ function M.run_frame(case, net, parent, locks)
     elseif j.kind == "partial" then js[i] = { seen = {}, nseen = 0, nreal = 0, fired = false } end
   end
   local frame = { case = case, net = net, m = m, s = s, js = js, runs = {}, busy = busy,
-                  live = live, pending = {}, parent = parent, reached_end = false,
+                  live = live, pending = {}, parent = parent, run = run, reached_end = false,
                   locks = locks or (parent and parent.locks) or EMPTY }
   case.frames[frame] = true
   local ok, err = pcall(knhk.nursery, function(n)
@@ -363,7 +374,7 @@ function M.run_frame(case, net, parent, locks)
   case.frames[frame] = nil
   if not ok then error(err, 0) end
   -- tokens left when nothing runs any more: a join that can no longer fire
-  if not case.stopped then
+  if not case.stopped and not withdrawn(frame) then
     for _, node in ipairs(net.nodes) do
       if has_tokens(frame, node) then case.unfinished[#case.unfinished + 1] = node.name end
     end
@@ -418,7 +429,7 @@ function M.execute(wf, ctx)
       if ctx.token then helpers:spawn_local(watch_token, case, ctx.token) end
       -- transient triggers fed from outside listen from the start
       require("knhk.patterns.triggers").start(case, wf.triggers)
-      M.run_frame(case, wf.net, nil, nil)
+      M.run_frame(case, wf.net, nil, nil, nil)
       helpers:cancel() -- the case is over: its watchers end
     end)
   end)

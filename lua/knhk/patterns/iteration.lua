@@ -25,13 +25,13 @@ local WITHDRAWN = engine.WITHDRAWN
 
 -- ----------------------------------------------------------------- loops
 
-local function run_loop(frame, node)
+local function run_loop(frame, node, run)
   local step, case = node.step, frame.case
   local body = node.subnets[1]
   while true do
     if step.test_first and not step.cond(case.vars) then return end
     knhk.checkpoint() -- a loop of instant steps still lets others run, and is cancellable
-    local f = engine.run_frame(case, body, frame)
+    local f = engine.run_frame(case, body, frame, run)
     if not engine.completed(f) then return WITHDRAWN end
     if not step.test_first and step.cond(case.vars) then return end
   end
@@ -63,9 +63,9 @@ end
 
 -- ------------------------------------------------------------- recursion
 
-local function run_call(frame, node)
+local function run_call(frame, node, run)
   local def = node.defs[node.target]
-  local f = engine.run_frame(frame.case, def.net, frame)
+  local f = engine.run_frame(frame.case, def.net, frame, run)
   if not engine.completed(f) then return WITHDRAWN end
 end
 
@@ -225,8 +225,8 @@ local function check_cycles(ctx, step, names, succ, gnodes)
   end
 end
 
-local function run_graph(frame, node)
-  local f = engine.run_frame(frame.case, node.subnets[1], frame)
+local function run_graph(frame, node, run)
+  local f = engine.run_frame(frame.case, node.subnets[1], frame, run)
   if not engine.completed(f) then return WITHDRAWN end
 end
 

@@ -94,14 +94,14 @@ end
 
 -- Every branch runs in a frame of its own; all of them share one lock that
 -- each task holds while it runs, so the tasks interleave.
-local function run_interleaved(frame, node)
+local function run_interleaved(frame, node, run)
   local locks = {}
   for i, l in ipairs(frame.locks) do locks[i] = l end
   locks[#locks + 1] = knhk.lock()
   local frames = {}
   knhk.nursery(function(n)
     for k, sub in ipairs(node.subnets) do
-      n:spawn_local(function() frames[k] = engine.run_frame(frame.case, sub, frame, locks) end)
+      n:spawn_local(function() frames[k] = engine.run_frame(frame.case, sub, frame, run, locks) end)
     end
   end)
   for k in ipairs(node.subnets) do
@@ -141,7 +141,7 @@ M.interleaved = interleaved_ctor("interleaved", 40)
 
 -- ------------------------------------------------------- critical section
 
-local function run_critical(frame, node)
+local function run_critical(frame, node, run)
   local case = frame.case
   local step = node.step
   local lock = step.lock
@@ -153,7 +153,7 @@ local function run_critical(frame, node)
     end
   end
   return lock:with(function()
-    local f = engine.run_frame(case, node.subnets[1], frame)
+    local f = engine.run_frame(case, node.subnets[1], frame, run)
     if not engine.completed(f) then return WITHDRAWN end
   end)
 end
@@ -195,11 +195,11 @@ local function changed(m)
   ev:set()
 end
 
-local function run_milestone(frame, node)
+local function run_milestone(frame, node, run)
   local m = milestone_state(frame.case, node.step.milestone)
   m.active = m.active + 1
   changed(m)
-  local ok, f = pcall(engine.run_frame, frame.case, node.subnets[1], frame)
+  local ok, f = pcall(engine.run_frame, frame.case, node.subnets[1], frame, run)
   m.active = m.active - 1
   if m.active == 0 then m.passed = true end
   changed(m)
@@ -207,13 +207,13 @@ local function run_milestone(frame, node)
   if not engine.completed(f) then return WITHDRAWN end
 end
 
-local function run_when_milestone(frame, node)
+local function run_when_milestone(frame, node, run)
   local m = milestone_state(frame.case, node.step.milestone)
   while m.active == 0 do
     if m.passed then return WITHDRAWN end -- the case has moved past it: never
     m.changed:wait()
   end
-  local f = engine.run_frame(frame.case, node.subnets[1], frame)
+  local f = engine.run_frame(frame.case, node.subnets[1], frame, run)
   if not engine.completed(f) then return WITHDRAWN end
 end
 
