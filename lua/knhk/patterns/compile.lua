@@ -14,7 +14,6 @@
 -- join, e.g. a discriminator, knows its branches and its region). A split
 -- that ends a sequence leaves its branches unjoined: each ends on its own.
 local S = require "knhk.patterns.step"
-local catalogue = require "knhk.patterns.catalogue"
 
 local kinds = S.kinds
 local M = {}
@@ -28,7 +27,6 @@ local Refusal = {}
 M.Refusal = Refusal
 
 local function label_of(step)
-  local spec = kinds[step.kind]
   local what = step.kind
   if step.pattern then what = what .. " (" .. step.pattern .. ")" end
   if step.name then what = what .. " '" .. step.name .. "'" end
@@ -389,5 +387,4 @@ function M.compile(root, name)
 end
 
 M.Ctx = Ctx
-M.catalogue = catalogue
 return M

@@ -52,14 +52,11 @@ S.define("deferred_choice", {
   role = "split",
   conditional = true,
   split_node = function(ctx, step, src)
-    local labels = {}
-    for i, br in ipairs(step.branches) do
+    for _, br in ipairs(step.branches) do
       if S.is_step(br.on) and br.on.kind == "trigger" then triggers.declare(ctx, step, br.on, true) end
-      local _, what = triggers.source_pattern(br.on)
-      labels[i] = what
     end
     local node = ctx:node(step, { activity = run_deferred, split = { kind = "deferred" },
-                                  label = "deferred choice", shape = "split", apply = true })
+                                  label = "deferred choice", shape = "split" })
     ctx:link(src, node.id)
     return node
   end,

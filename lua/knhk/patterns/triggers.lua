@@ -237,5 +237,4 @@ function M.signal(trig, value, t)
   return S.new("signal", trig.pattern, { trigger = trig, value = value, name = t and t.name })
 end
 
-M.engine = engine
 return M
