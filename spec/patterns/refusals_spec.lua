@@ -125,6 +125,13 @@ local refusals = {
       return P.workflow(P.sequence{ P.exclusive_choice{ { when = "true", to = "x" } }, P.simple_merge() }) end,
     "workflow: exclusive_choice (4) at HERE: branch 1 goes 'to' graph node 'x', but this split is "
       .. "not the 'next' of a P.graph node; give it a 'run' step" },
+  { "a local merge with a cycle before it", function()
+      return P.workflow(P.graph{ start = "a", nodes = {
+        a = { run = f, next = P.multi_choice{ { when = "x", to = "b" }, { when = "y", to = "m" } } },
+        b = { run = g, next = P.exclusive_choice{ { when = "again", to = "a" }, otherwise = "m" } },
+        m = { join = P.local_synchronizing_merge() } } }) end,
+    "workflow: local_synchronizing_merge (37) at HERE: a cycle leads to it, and skip tokens would "
+      .. "go round it forever; where branches loop, use general_synchronizing_merge (38)" },
   { "cancelling a step nobody named", function() return P.workflow(P.sequence{ f, P.cancel_task("nope") }) end,
     "workflow: cancel_task (19) at HERE: no step is named 'nope' (cancel_task 'nope' needs one)" },
   { "cancelling a name two steps have", function()

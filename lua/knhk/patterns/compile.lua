@@ -43,8 +43,7 @@ end
 -- root is 1): diagrams name their nodes by it.
 local function new_net(ctx, owner)
   ctx.nets = ctx.nets + 1
-  return { nodes = {}, edges = {}, entry = nil, exit = nil, owner = owner, uid = ctx.nets,
-           has_local_merge = false }
+  return { nodes = {}, edges = {}, entry = nil, exit = nil, owner = owner, uid = ctx.nets }
 end
 
 -- A node of the current net. f: name, label, join, split, activity (runs
@@ -307,7 +306,6 @@ function Ctx:finish_net(net)
     if node.join.kind == "and" and node.join.skips then locals[#locals + 1] = node end
   end
   if #locals > 0 then
-    net.has_local_merge = true
     local reach = {}
     local function walk(node_id)
       if reach[node_id] then return end
@@ -319,6 +317,25 @@ function Ctx:finish_net(net)
       end
     end
     for _, node in ipairs(locals) do walk(node.id) end
+    -- a cycle on those edges would pass skip tokens round it forever
+    local state = {}
+    local function cyclic(node_id)
+      if state[node_id] == 1 then return true end
+      if state[node_id] == 2 then return false end
+      state[node_id] = 1
+      for _, eid in ipairs(net.nodes[node_id].outs) do
+        local e = net.edges[eid]
+        if e.skips and e.to and cyclic(e.to) then return true end
+      end
+      state[node_id] = 2
+      return false
+    end
+    for id in pairs(reach) do
+      if cyclic(id) then
+        self:refuse(locals[1].join_step or locals[1].step, "a cycle leads to it, and skip tokens would go round it "
+          .. "forever; where branches loop, use general_synchronizing_merge (38)")
+      end
+    end
   end
   for _, node in ipairs(net.nodes) do
     if node.join.kind == "general" then

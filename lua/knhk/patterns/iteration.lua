@@ -297,10 +297,11 @@ local function compile_graph(ctx, step, owner)
         if run then f.activity, f.fn = S.kinds.task.run, run.fn end
         first = ctx:node(run or step, f)
         first.name = name
+        first.join_step = g.join
         last = first.id
       else
         first = ctx:node(step, { join = join, name = name, label = name, shape = "split",
-                                 named = false })
+                                 named = false, join_step = g.join })
         ctx.conditional = ctx.conditional + 1
         last = ctx:need_exit(ctx:compile(run, { node = first.id }), run, "node '" .. name .. "'")
         ctx.conditional = ctx.conditional - 1
