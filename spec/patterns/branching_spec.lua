@@ -235,8 +235,9 @@ end)
 describe("32 Cancelling Partial Join", function()
   it("continues once k of n arrived and cancels the remaining branches", function()
     local cleanups
-    local r = H.run(function()
+    local r, before, after = H.run(function()
       local ch, running = knhk.channel(8), H.barrier(1)
+      local before = H.live()
       local r = P.sequence{
         P.parallel_split{ waits("a", running.event), waits("b", running.event),
                           P.task("c", H.blocker(ch, "c", running)) },
@@ -244,12 +245,13 @@ describe("32 Cancelling Partial Join", function()
         noop("d"),
       }:execute()
       cleanups = H.drain(ch)
-      return r
+      return r, before, H.live()
     end)
     assert.equal("completed", r.status)
     assert.equal(1, H.count(r, "d"))
     assert.equal(1, H.count(r, "c", "withdrawn"))
     assert.same({ "c" }, cleanups)
+    assert.equal(before, after)
   end)
 end)
 

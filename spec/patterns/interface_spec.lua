@@ -59,6 +59,19 @@ describe("wf:execute(ctx) -> result", function()
       .. "or nothing)", r.error)
   end)
 
+  it("a condition that raises fails the case at its split, with the condition's traceback", function()
+    local r = H.run(function()
+      return P.sequence{
+        P.exclusive_choice{ { when = function(v) return v.order.total > 1 end, run = noop("x") } },
+        P.simple_merge(),
+      }:execute{ vars = { order = 5 } }
+    end)
+    assert.equal("failed", r.status)
+    assert.equal("XOR-split", r.step)
+    assert.matches("interface_spec.lua:%d+: attempt to index field 'order'", r.error)
+    assert.matches("^stack traceback:\n%s*[^\n]*interface_spec.lua:%d+: in function 'cond'", r.traceback)
+  end)
+
   it("reports to ctx.telemetry: the case and each step, as they start and end", function()
     local obs = H.run(function()
       local obs = H.observer()

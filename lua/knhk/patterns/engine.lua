@@ -31,12 +31,25 @@ M.NOOP_TELEMETRY = NOOP_TELEMETRY
 
 -- -------------------------------------------------------------- failures
 
+-- The traceback of the program's frames (a condition, a value function):
+-- knhk's own frames and the pcalls that run steps say nothing to its author.
+local function user_traceback(level)
+  local out = {}
+  for line in debug.traceback("", level + 1):gmatch("[^\n]+") do
+    if not line:find("knhk/", 1, true) and not line:match("^%s*%[C%]: in function '[x]?pcall'")
+        and line ~= "stack traceback:" then
+      out[#out + 1] = line
+    end
+  end
+  return "stack traceback:\n" .. table.concat(out, "\n")
+end
+
 -- An error value with its traceback (errors from portable tasks already
 -- carry theirs, as knhk TaskErrors).
 local function capture(e)
   if knhk.is_cancelled(e) or knhk.is_task_error(e) or knhk.is_error_group(e) then return e end
   return { message = type(e) == "table" and e.message or tostring(e),
-           traceback = debug.traceback("", 2), value = e }
+           traceback = user_traceback(2), value = e }
 end
 M.capture = capture
 
