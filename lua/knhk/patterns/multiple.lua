@@ -270,8 +270,10 @@ S.define("mi", {
   role = "node",
   compile = function(ctx, step, src)
     local partial = step.join.kind == "partial" or step.join.kind == "when"
+    local impl = step.dynamic and run_dynamic or run_static
     local node = ctx:node(step, {
-      activity = step.dynamic and run_dynamic or run_static,
+      -- inside interleaved routing the whole step is one of its tasks
+      activity = function(frame, n, run) return engine.with_locks(frame, impl, frame, n, run) end,
       exclusive = partial, -- a partial join resets only once every instance ended
       shape = "mi",
     })
