@@ -26,4 +26,6 @@ return {
   -- cli (issue: knhk-lua command)
   { suite = "cli", bench = "startup", metric = "ms", op = "<", value = 10 },
   { suite = "cli", bench = "startup", metric = "vs_luajit", op = "<=", value = 2 },
+  -- patterns (issue: workflow patterns): the layer over direct nursery code
+  { suite = "patterns", bench = "mi_10k", metric = "overhead", op = "<=", value = 1.2 },
 }

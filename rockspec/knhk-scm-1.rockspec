@@ -13,7 +13,8 @@ description = {
   detailed = [[
 Workflows are Lua scripts run by LuaJIT on a C work-stealing executor, with
 Trio-style nurseries and cancel scopes, channels, timers, child processes,
-and a `knhk-lua` command with a REPL.]],
+the 43 workflow control-flow patterns (knhk.patterns), and a `knhk-lua`
+command with a REPL.]],
   license = "MIT",
 }
 dependencies = {

@@ -10,6 +10,15 @@ describe("an installed knhk", function()
     end, { workers = 2 })
     assert.equal(42, v)
   end)
+
+  it("has its subfolders: knhk.patterns runs a workflow", function()
+    local knhk, P = require "knhk", require "knhk.patterns"
+    local r = knhk.run(function()
+      return P.sequence{ P.task("a", function() return { x = 1 } end) }:execute()
+    end, { workers = 2 })
+    assert.equal("completed", r.status)
+    assert.equal(1, r.vars.x)
+  end)
 end)
 
 local TREE = os.getenv "KNHK_TREE"

@@ -28,6 +28,8 @@ options:
   -v               print the version and exit
   -w, --workers N  run N workers (default: KNHK_WORKERS, else every CPU)
   --stats          print the executor's counters to stderr at exit
+  --graph[=dot]    print the diagram (Mermaid, or Graphviz DOT) of the
+                   workflow the script returns or executes, without running it
   -h, --help       print this help and exit
   --               stop handling options
   -                run stdin as the script
@@ -261,6 +263,7 @@ end
 
 function M.main(argv)
   local actions, script, script_args, interactive, workers, stats = {}, nil, {}, false, nil, false
+  local graph = nil -- "mermaid" or "dot": draw the script's workflow instead
   local i = 1
   local function need(opt)
     i = i + 1
@@ -286,6 +289,11 @@ function M.main(argv)
       interactive = true
     elseif a == "--stats" then
       stats = true
+    elseif a == "--graph" or a:match("^%-%-graph=") then
+      graph = a:match("^%-%-graph=(.*)$") or "mermaid"
+      if graph ~= "mermaid" and graph ~= "dot" then
+        return usage_error("--graph takes mermaid or dot, got '" .. graph .. "'")
+      end
     elseif a == "-e" or a == "-l" then
       local v, code = need(a)
       if not v then return code end
@@ -338,6 +346,11 @@ function M.main(argv)
       io.stderr:write(PROG, ": ", err, "\n")
       return 1
     end
+  end
+  if graph then
+    if not chunk then return usage_error("--graph needs a workflow script") end
+    return require("knhk.patterns.diagram").cli(chunk, script_args, graph,
+      { workers = workers, script = script })
   end
   local no_script_no_e = not script and #actions == 0
   local use_repl = interactive or (no_script_no_e and ffi.C.isatty(0) ~= 0)

@@ -312,6 +312,14 @@ knhk.event = sync.event
 knhk.Channel, knhk.Semaphore, knhk.Lock, knhk.Event = sync.Channel, sync.Semaphore, sync.Lock,
   sync.Event
 
+-- What a value is, for code that accepts several kinds of handle.
+knhk.is_channel = sync.is_channel
+function knhk.is_event(v) return getmetatable(v) == sync.Event end
+function knhk.is_semaphore(v) local mt = getmetatable(v) return mt == sync.Semaphore or mt == sync.Lock end
+function knhk.is_token(v) return getmetatable(v) == Token end
+function knhk.is_task(v) return getmetatable(v) == R.Handle end
+function knhk.is_nursery(v) return getmetatable(v) == R.Nursery end
+
 -- ------------------------------------------------- map, race, select, exec
 
 -- knhk.map(list, fn [, opts]) -> { fn(list[1]), ... } in order, computed by

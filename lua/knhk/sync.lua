@@ -65,6 +65,9 @@ codec.register_handle("channel", ChannelHandle, function(h)
   return tonumber(ffi.cast("uintptr_t", h.ptr))
 end, function(n) return ChannelHandle(ffi.cast("klua_sync_t*", n)) end)
 
+-- Whether v is a channel handle (its metatable is not visible: a cdata).
+function M.is_channel(v) return ffi.istype(ChannelHandle, v) end
+
 local function new_channel(cap)
   local p = C.klua_chan_new(cap)
   if p == nil then return nil end

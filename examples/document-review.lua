@@ -1,0 +1,28 @@
+-- document-review.lua: a document waits for its reviewer's verdict or for
+-- a deadline, whichever comes first (deferred choice with a timeout).
+--   knhk-lua examples/document-review.lua            the reviewer answers
+--   knhk-lua examples/document-review.lua silent     nobody answers in time
+local P = require "knhk.patterns"
+
+local silent = arg and arg[1] == "silent"
+local verdict = P.persistent_trigger("verdict")
+
+local wf = P.workflow(P.sequence{
+  P.task("submit", function(v) return { title = v.title, version = 1 } end),
+  P.deferred_choice{
+    { on = verdict, into = "verdict",
+      run = P.task("record verdict", function(v) return { outcome = "reviewed: " .. v.verdict } end) },
+    { on = P.timer(silent and 0.05 or 30),
+      run = P.task("escalate", function() return { outcome = "no review in time: escalated" } end) },
+  },
+  P.simple_merge(),
+  P.task("archive", function(v) return { archived = v.title .. " v" .. v.version } end),
+})
+
+-- the reviewer, outside the case: its answer comes in through ctx.signals
+local inbox = knhk.channel(1)
+if not silent then knhk.spawn(function(ch) ch:send("approved") end, inbox) end
+
+local result = wf:execute{ vars = { title = "design.md" }, signals = { verdict = inbox } }
+print(result.vars.outcome)
+print("archived " .. result.vars.archived)

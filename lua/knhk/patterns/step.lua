@@ -1,0 +1,144 @@
+-- knhk.patterns.step: steps, the building blocks of a workflow definition.
+--
+-- A step is a description (a table with the Step metatable): its `kind`
+-- says which family module compiles and runs it, `pattern` the catalogue id
+-- it expresses, `where` the file:line that wrote it (for messages). Steps
+-- are checked when constructed (a caller's mistake raises there, with the
+-- caller's line); what needs the whole definition (a join's split, a name
+-- someone refers to) is checked when the workflow is built.
+local M = {}
+
+local Step = {}
+Step.__index = Step
+M.Step = Step
+
+-- kind -> { role = "task"|"split"|"join"|"node"|"composite", compile = fn, ... }
+M.kinds = {}
+
+function M.define(kind, spec)
+  assert(not M.kinds[kind], "step kind defined twice: " .. kind)
+  M.kinds[kind] = spec
+end
+
+function M.is_step(v) return getmetatable(v) == Step end
+
+-- "file.lua:12" of the code that wrote a step: the first frame on the
+-- stack outside this library (counting levels would be thrown off by tail
+-- calls, e.g. `return P.task(...)`).
+function M.where()
+  for level = 3, 40 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    local src = info.short_src or "?"
+    if info.what ~= "C" and src ~= "(tail call)" and not src:find("knhk/patterns/", 1, true) then
+      return src:match("[^/]*$") .. ":" .. tostring(info.currentline or "?")
+    end
+  end
+  return "?"
+end
+
+-- A new step of `kind` for pattern `pattern`.
+function M.new(kind, pattern, fields)
+  fields.kind = kind
+  fields.pattern = pattern
+  fields.where = M.where()
+  return setmetatable(fields, Step)
+end
+
+-- What a value is, in messages: Lua's type, or the kind of a step.
+function M.describe(v)
+  if M.is_step(v) then return v.kind .. " step" end
+  return type(v)
+end
+
+-- error(), worded like Lua's own argument errors, at the user's line.
+function M.argerror(fname, n, msg, level)
+  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), (level or 2) + 1)
+end
+
+function M.check_name(v, fname, n, level, optional)
+  if v == nil and optional then return end
+  if type(v) ~= "string" or v == "" then
+    M.argerror(fname, n, "name (a non-empty string) expected, got " .. M.describe(v), (level or 2) + 1)
+  end
+end
+
+function M.check_count(v, fname, n, what, level, min)
+  min = min or 0
+  if type(v) ~= "number" or v % 1 ~= 0 or v < min then
+    M.argerror(fname, n, what .. " must be a whole number >= " .. min .. ", got "
+      .. (type(v) == "number" and tostring(v) or M.describe(v)), (level or 2) + 1)
+  end
+end
+
+-- The short name of a task function: its file and line.
+function M.function_name(fn)
+  local info = debug.getinfo(fn, "S")
+  local src = (info.short_src or "?"):match("[^/]*$")
+  return src .. ":" .. tostring(info.linedefined)
+end
+
+-- A body: a step, or a function (which becomes a task). `what` names the
+-- place in messages, e.g. "branch 2".
+function M.as_step(v, fname, n, what, level)
+  if M.is_step(v) then return v end
+  if type(v) == "function" then return M.kinds.task.make(nil, v, (level or 2) + 1) end
+  M.argerror(fname, n, what .. " must be a function or a step, got " .. M.describe(v),
+    (level or 2) + 1)
+end
+
+-- Conditions: a function of the case variables, or a Lua expression over
+-- them as a string (which also labels the diagram). Returns fn, label.
+local cond_env_mt = {}
+function M.as_condition(v, fname, n, what, level)
+  if type(v) == "function" then return v, nil end
+  if type(v) == "string" then
+    local chunk, err = loadstring("return (" .. v .. ")", "=condition '" .. v .. "'")
+    if not chunk then
+      M.argerror(fname, n, what .. " '" .. v .. "' is not a Lua expression: " .. err, (level or 2) + 1)
+    end
+    -- evaluated with the case variables as its globals (the standard
+    -- library is still reachable: names the variables do not have)
+    local env = setmetatable({}, cond_env_mt)
+    setfenv(chunk, env)
+    return function(vars)
+      rawset(env, "\0vars", vars)
+      return chunk()
+    end, v
+  end
+  M.argerror(fname, n, what .. " must be a function or a Lua expression string, got "
+    .. M.describe(v), (level or 2) + 1)
+end
+cond_env_mt.__index = function(env, k)
+  local v = rawget(env, "\0vars")[k]
+  if v ~= nil then return v end
+  return _G[k]
+end
+
+-- ------------------------------------------------- building and running
+
+-- Steps run through a workflow built from them (see knhk.patterns.workflow);
+-- the same step builds the same workflow, so it is kept.
+local built = setmetatable({}, { __mode = "k" })
+function M.built(step)
+  local wf = built[step]
+  if not wf then
+    wf = require("knhk.patterns.workflow").build(step, nil, 3)
+    built[step] = wf
+  end
+  return wf
+end
+
+function Step:execute(ctx)
+  local result = M.built(self):execute(ctx) -- not a tail call: errors name the caller's line
+  return result
+end
+function Step:to_mermaid() return M.built(self):to_mermaid() end
+function Step:to_dot() return M.built(self):to_dot() end
+
+function Step:__tostring()
+  return "knhk.patterns " .. self.kind .. (self.name and (" '" .. self.name .. "'") or "")
+    .. " (" .. self.where .. ")"
+end
+
+return M

@@ -1,0 +1,90 @@
+-- knhk.patterns.workflow: a built workflow — a definition that has been
+-- checked as a whole and compiled — and the pattern-executor interface,
+-- wf:execute(ctx) -> result.
+local knhk = require "knhk"
+local S = require "knhk.patterns.step"
+local compile = require "knhk.patterns.compile"
+local engine = require "knhk.patterns.engine"
+
+local M = {}
+
+local Workflow = {}
+Workflow.__index = Workflow
+M.Workflow = Workflow
+
+function M.is_workflow(v) return getmetatable(v) == Workflow end
+
+-- Builds `step` (checks the whole definition; raises the first refusal at
+-- the caller's line, `level` above this function).
+function M.build(step, opts, level)
+  level = level or 2
+  if not S.is_step(step) then
+    if type(step) == "function" then
+      step = S.as_step(step, "workflow", 1, "the workflow", level + 1)
+    else
+      S.argerror("workflow", 1, "step expected, got " .. S.describe(step), level + 1)
+    end
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then S.argerror("workflow", 2, "table expected, got " .. type(opts), level + 1) end
+  if opts.name ~= nil then S.check_name(opts.name, "workflow", 2, level + 1) end
+  local ok, net, ctx = pcall(compile.compile, step, opts.name)
+  if not ok then
+    local e = net
+    if getmetatable(e) == compile.Refusal then error(e.message, level + 1) end
+    error(e, 0)
+  end
+  return setmetatable({ root = step, net = net, name = opts.name or step.name, defs = ctx.defs,
+                        triggers = ctx.triggers }, Workflow)
+end
+
+-- The pattern-executor interface. ctx (all optional):
+--   case_id    a string or number naming the case (default "case-N")
+--   vars       the case variables to start with (copied)
+--   token      a knhk.token: cancelling it cancels the case
+--   telemetry  an object with :event(name, attributes) (default: none)
+--   signals    { trigger name = knhk.channel } for triggers fed from outside
+-- result: status ("completed", "cancelled" or "failed"), case_id, vars,
+-- trace ({ step, event } in the order things happened), and when it
+-- failed: step (its name), error (message), traceback; ended_by: the
+-- explicit termination or cancel-case step that ended it; unfinished: the
+-- steps still holding tokens when a case ended with nothing left to run.
+function Workflow:execute(ctx)
+  if ctx == nil then ctx = {} end
+  if type(ctx) ~= "table" then S.argerror("execute", 1, "table expected, got " .. type(ctx)) end
+  if ctx.vars ~= nil and type(ctx.vars) ~= "table" then
+    S.argerror("execute", 1, "ctx.vars must be a table, got " .. type(ctx.vars))
+  end
+  if ctx.token ~= nil and not knhk.is_token(ctx.token) then
+    S.argerror("execute", 1, "ctx.token must be a knhk.token, got " .. S.describe(ctx.token))
+  end
+  local tel = ctx.telemetry
+  if tel ~= nil and not (type(tel) == "table" and type(tel.event) == "function") then
+    S.argerror("execute", 1, "ctx.telemetry must have an event method, got " .. S.describe(tel))
+  end
+  if ctx.signals ~= nil then
+    if type(ctx.signals) ~= "table" then
+      S.argerror("execute", 1, "ctx.signals must be a table, got " .. type(ctx.signals))
+    end
+    for name, ch in pairs(ctx.signals) do
+      if not knhk.is_channel(ch) then
+        S.argerror("execute", 1, "ctx.signals['" .. tostring(name) .. "'] must be a knhk.channel, got "
+          .. S.describe(ch))
+      end
+    end
+  end
+  if knhk.current() == nil then
+    error("execute: must be called inside a knhk task (inside knhk.run)", 2)
+  end
+  if M.capture_hook then M.capture_hook(self) end
+  return engine.execute(self, ctx)
+end
+
+function Workflow:to_mermaid() return require("knhk.patterns.diagram").mermaid(self) end
+function Workflow:to_dot() return require("knhk.patterns.diagram").dot(self) end
+
+function Workflow:__tostring()
+  return "knhk.patterns workflow" .. (self.name and (" '" .. self.name .. "'") or "")
+end
+
+return M

@@ -1,0 +1,209 @@
+-- State-based patterns (16-18, 39, 40).
+local H = require "patterns.helpers"
+local knhk, P = H.knhk, H.P
+
+local function noop(name) return P.task(name, function() end) end
+local function waits(name, ev) return P.task(name, function() ev:wait() end) end
+
+-- A task that counts, in `count`, how many such tasks are running at once;
+-- it stays inside for a few milliseconds (a window for overlap to show,
+-- not a synchronisation) and records its name in the case's `order`.
+local function counted(count, name)
+  return P.task(name, function(v)
+    count.bump(1)
+    knhk.sleep(0.003)
+    count.bump(-1)
+    return { order = v.order .. name }
+  end)
+end
+
+describe("16 Deferred Choice", function()
+  it("the first source to fire picks its branch; the others never run", function()
+    local r = H.run(function()
+      local offer = knhk.channel(4)
+      offer:send("accept")
+      return P.sequence{
+        P.deferred_choice{
+          { on = offer, into = "answer", run = noop("accepted") },
+          { on = P.timer(30), run = noop("timed out") },
+        },
+        P.simple_merge(),
+      }:execute()
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal("accept", r.vars.answer)
+    assert.equal(1, H.count(r, "accepted"))
+    assert.equal(0, H.count(r, "timed out"))
+  end)
+
+  it("a timer decides when nothing else happens", function()
+    local r = H.run(function()
+      return P.sequence{
+        P.deferred_choice{
+          { on = knhk.channel(1), run = noop("answered") },
+          { on = P.timer(0.01), run = noop("reminded") },
+        },
+        P.simple_merge(),
+      }:execute()
+    end)
+    assert.equal(1, H.count(r, "reminded"))
+    assert.equal(0, H.count(r, "answered"))
+  end)
+
+  it("a branch that loses takes nothing: its channel keeps its messages", function()
+    for _ = 1, 5 do
+      local r, left = H.run(function()
+        local ch, ev = knhk.channel(4), knhk.event()
+        ch:send("m")
+        ev:set() -- both are ready: either may win
+        local r = P.sequence{
+          P.deferred_choice{ { on = ch, run = noop("by message") }, { on = ev, run = noop("by event") } },
+          P.simple_merge(),
+        }:execute()
+        return r, H.drain(ch)
+      end)
+      if H.count(r, "by message") == 1 then
+        assert.same({}, left)
+        assert.equal(0, H.count(r, "by event"))
+      else
+        assert.equal(1, H.count(r, "by event"))
+        assert.same({ "m" }, left)
+      end
+    end
+  end)
+end)
+
+describe("17 Interleaved Parallel Routing", function()
+  it("runs each task once, in an order its sequences allow, never two at once", function()
+    local r = H.run(function()
+      local count = H.overlap_counter()
+      return P.interleaved_parallel{
+        P.sequence{ counted(count, "a"), counted(count, "b") },
+        P.sequence{ counted(count, "c"), counted(count, "d") },
+        counted(count, "e"),
+      }:execute{ vars = { order = "" } }
+    end)
+    assert.equal("completed", r.status, r.error)
+    local order = r.vars.order
+    assert.equal(5, #order)
+    for _, t in ipairs { "a", "b", "c", "d", "e" } do assert.equal(1, H.count(r, t)) end
+    assert.is_true(order:find("a") < order:find("b") and order:find("c") < order:find("d"), order)
+  end)
+
+  it("holds across workers: at most one of its tasks runs at any moment", function()
+    local peak, entries = H.run(function()
+      local count = H.overlap_counter()
+      P.interleaved_parallel{
+        P.sequence{ counted(count, "a"), counted(count, "b") },
+        P.sequence{ counted(count, "c"), counted(count, "d") },
+        counted(count, "e"),
+      }:execute{ vars = { order = "" } }
+      local v = count.read()
+      return v.max, v.entries
+    end)
+    assert.equal(1, peak)
+    assert.equal(5, entries)
+  end)
+end)
+
+describe("18 Milestone", function()
+  it("a guarded step waits for the milestone and runs while it holds", function()
+    local r = H.run(function()
+      local delivered = knhk.event()
+      return knhk.fail_after(10, function()
+        return P.sequence{
+          P.parallel_split{
+            P.sequence{
+              noop("ship"),
+              -- in transit until the address change below has run
+              P.milestone("in transit", P.wait_for(delivered, { name = "deliver" })),
+              noop("close"),
+            },
+            P.when_milestone("in transit", P.task("change address", function() delivered:set() end)),
+          },
+          P.synchronization(),
+        }:execute()
+      end)
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(1, H.count(r, "change address"))
+    -- it could not start before the milestone was reached (after ship), and
+    -- the milestone could not pass before it ran (it ends the wait)
+    assert.is_true(H.pos(r, "ship") < H.pos(r, "change address"))
+  end)
+
+  it("a guarded step is withdrawn once the milestone has passed", function()
+    local r = H.run(function()
+      local obs = H.observer()
+      local passed = obs:after("close")
+      return P.sequence{
+        P.parallel_split{
+          P.sequence{ P.milestone("in transit", noop("deliver")), noop("close") },
+          P.sequence{ P.wait_for(passed), P.when_milestone("in transit", noop("change address")),
+                      noop("after change") },
+        },
+      }:execute{ telemetry = obs }
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(0, H.count(r, "change address"))
+    assert.equal(0, H.count(r, "after change"))
+    assert.equal(1, H.count(r, "when milestone 'in transit'", "withdrawn"))
+  end)
+end)
+
+describe("39 Critical Section", function()
+  it("sections of one name never overlap, on any worker; other names do", function()
+    local r, peak = H.run(function()
+      local count = H.overlap_counter()
+      local inside = knhk.event()
+      local r = knhk.fail_after(10, function()
+        return P.sequence{
+          P.parallel_split{
+            P.critical_section("ledger", P.sequence{ counted(count, "a"), counted(count, "b") }),
+            P.critical_section("ledger", P.sequence{ counted(count, "c"), counted(count, "d") }),
+            -- another name: it runs while a ledger section holds its lock
+            P.critical_section("mail", P.task("mail", function() inside:wait() end)),
+            P.critical_section("ledger", P.task("e", function() inside:set() end)),
+          },
+          P.synchronization(),
+        }:execute{ vars = { order = "" } }
+      end)
+      return r, count.read().max
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(1, peak)
+    -- a section runs whole: a-b and c-d are never interleaved
+    local order = r.vars.order
+    assert.is_true(order == "abcd" or order == "cdab", order)
+  end)
+
+  it("a lock given to the section excludes other cases too", function()
+    local peak = H.run(function()
+      local count, lock = H.overlap_counter(), knhk.lock()
+      local wf = P.workflow(P.critical_section("ledger",
+        P.sequence{ counted(count, "a"), counted(count, "b") }, { lock = lock }))
+      knhk.nursery(function(n)
+        for _ = 1, 3 do n:spawn_local(function() wf:execute{ vars = { order = "" } } end) end
+      end)
+      return count.read().max
+    end)
+    assert.equal(1, peak)
+  end)
+end)
+
+describe("40 Interleaved Routing", function()
+  it("runs each task once, in any order, never two at once", function()
+    local r, peak = H.run(function()
+      local count = H.overlap_counter()
+      local r = P.interleaved{ counted(count, "a"), counted(count, "b"), counted(count, "c") }
+        :execute{ vars = { order = "" } }
+      return r, count.read().max
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(1, peak)
+    local got = {}
+    for ch in r.vars.order:gmatch(".") do got[#got + 1] = ch end
+    table.sort(got)
+    assert.same({ "a", "b", "c" }, got)
+  end)
+end)

@@ -1,0 +1,86 @@
+-- Triggers (23, 24).
+local H = require "patterns.helpers"
+local knhk, P = H.knhk, H.P
+
+local function noop(name) return P.task(name, function() end) end
+
+describe("23 Transient Trigger", function()
+  it("is lost when no step waits for it; a waiting step gets the next one", function()
+    local r = H.run(function()
+      local obs = H.observer()
+      local ping = P.transient_trigger("ping")
+      return P.sequence{
+        P.parallel_split{
+          P.sequence{ P.signal(ping, "early"), noop("sent early") },
+          P.sequence{ P.wait_for(obs:after("sent early")),
+                      P.wait_for(ping, { into = "got", name = "listen" }) },
+          P.sequence{ P.wait_for(obs:after("listen", 1, "started")), P.signal(ping, "late") },
+        },
+        P.synchronization(),
+      }:execute{ telemetry = obs }
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal("late", r.vars.got) -- "early" found nobody waiting, and is gone
+  end)
+
+  it("from outside (ctx.signals): dropped when nobody waits, delivered to one that does", function()
+    local r = H.run(function()
+      local obs = H.observer()
+      local ping = P.transient_trigger("ping")
+      local outside = knhk.channel(0) -- a send returns once the case has taken the signal
+      local sent, listening = knhk.event(), obs:after("listen", 1, "started")
+      knhk.spawn(function()
+        outside:send("early")
+        sent:set()
+        listening:wait()
+        outside:send("late")
+      end)
+      return P.sequence{
+        P.wait_for(sent),
+        P.wait_for(ping, { into = "got", name = "listen" }),
+      }:execute{ telemetry = obs, signals = { ping = outside } }
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal("late", r.vars.got)
+  end)
+end)
+
+describe("24 Persistent Trigger", function()
+  it("is kept until a step takes it", function()
+    local r = H.run(function()
+      local paid = P.persistent_trigger("paid")
+      return P.sequence{
+        P.signal(paid, function(v) return v.amount end), -- nobody waits yet
+        noop("pack"),
+        P.wait_for(paid, { into = "payment" }),
+      }:execute{ vars = { amount = 42 } }
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(42, r.vars.payment)
+  end)
+
+  it("from outside (ctx.signals): a signal sent before the case waits is kept", function()
+    local r = H.run(function()
+      local paid = P.persistent_trigger("paid")
+      local outside = knhk.channel(4)
+      outside:send("wire transfer")
+      return P.sequence{ noop("pack"), P.wait_for(paid, { into = "payment" }) }
+        :execute{ signals = { paid = outside } }
+    end)
+    assert.equal("wire transfer", r.vars.payment)
+  end)
+
+  it("each signal is taken once", function()
+    local r = H.run(function()
+      local paid = P.persistent_trigger("paid")
+      return P.sequence{
+        P.signal(paid, 1), P.signal(paid, 2),
+        P.parallel_split{ P.wait_for(paid, { into = "a" }), P.wait_for(paid, { into = "b" }) },
+        P.synchronization(),
+      }:execute()
+    end)
+    local got = { r.vars.a, r.vars.b }
+    table.sort(got)
+    assert.same({ 1, 2 }, got)
+  end)
+end)
