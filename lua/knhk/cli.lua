@@ -7,6 +7,7 @@
 local knhk = require "knhk"
 local K = require "knhk.ffi"
 local R = require "knhk.runtime"
+local core = require "knhk.core"
 local errors = require "knhk.errors"
 
 local ffi, C = K.ffi, K.C
@@ -147,7 +148,7 @@ Ctrl-C cancels the line being run, not the REPL; at the prompt it
 discards the line being typed.]]
 
 local function print_tasks()
-  local list = R.live_tasks()
+  local list = knhk.tasks()
   if #list == 0 then print("no live tasks") return end
   print(string.format("%-8s %-8s %-10s %-7s %-8s %s", "task", "parent", "state", "worker", "age",
     "function"))
@@ -165,13 +166,12 @@ local INTERRUPTED = {} -- read_line's answer to a Ctrl-C at the prompt
 -- A checkpoint: it raises Cancelled only when the root is cancelled (a
 -- signal); Ctrl-C at the prompt interrupts the line input instead.
 local function read_line(prompt)
-  R.in_task("repl", 2)
   local out = ffi.new("char*[1]")
   local got
-  R.wait("repl", function()
+  R.wait(function()
     local status = C.klua_lines_take(lines, out)
-    if status == K.LINES_NONE then return false end
-    if status == K.LINES_INTERRUPTED then
+    if status == C.KLUA_LINES_NONE then return false end
+    if status == C.KLUA_LINES_INTERRUPTED then
       got = INTERRUPTED
     else
       got = out[0] ~= nil and ffi.string(out[0]) or false
@@ -193,7 +193,7 @@ local function run_line(src)
   local function pack(...) return { n = select("#", ...), ... } end
   local res
   local scope = knhk.cancel_scope(function()
-    C.klua_signals_target(R.token_of(R.current))
+    C.klua_signals_target(core.scope_token())
     res = pack(xpcall(fn, R.capture)) -- counted: trailing nils are echoed too
   end)
   C.klua_signals_target(nil)
@@ -257,8 +257,7 @@ local function repl()
   C.klua_lines_free(lines)
   lines = nil
   -- Ctrl-D: background tasks are cancelled, their cleanup waited for
-  local t = R.current
-  if t.nursery then t.nursery:cancel() end
+  core.cancel_children()
 end
 
 -- ------------------------------------------------------------------ main
@@ -412,6 +411,5 @@ function M.main(argv)
   return 0
 end
 
-ffi.cdef "int isatty(int fd);"
 
 return M

@@ -644,9 +644,20 @@ function M.encode(n, places, ...)
   return res
 end
 
+-- The prototype of fn as one number, for the C side's cache (klua_core.c):
+-- id + upvalues * 2^24 + 2^40 if its snapshot needs this codec (its code
+-- reads globals, or it has an environment of its own).
+function M.proto_number(fn)
+  local p = proto_of(fn)
+  local env = getfenv(fn)
+  local slow = #p.globals > 0 or not (is_globals_table(env) or getmetatable(env) ~= nil)
+  return p.id + p.nuv * 2 ^ 24 + (slow and 2 ^ 40 or 0)
+end
+
 -- ---------------------------------------------------------------- decoder
 
 local wrappers = {} -- proto id -> the loaded wrapper, in this VM
+local infos = {}    -- proto id -> its number (as proto_number), in this VM
 local nuvs = {}     -- proto id -> its upvalue count
 local get_proto     -- set by M.init: id -> bytes
 
@@ -658,10 +669,18 @@ local function wrapper_of(id)
     w, err = loadstring(bytes)
     if not w then error("knhk.codec: cannot load prototype " .. id .. ": " .. tostring(err)) end
     wrappers[id] = w
-    local info = funcinfo(w())
+    local f = w()
+    local info = funcinfo(f)
     nuvs[id] = info.upvalues or 0
+    infos[id] = id + nuvs[id] * 2 ^ 24 + (#globals_read(f, {}, {}) > 0 and 2 ^ 40 or 0)
   end
   return w
+end
+
+-- A new closure of prototype id in this VM, and its number (proto_number).
+function M.new_closure(id)
+  local fn = wrapper_of(id)()
+  return fn, infos[id]
 end
 
 local function rd_byte(r)
@@ -815,7 +834,7 @@ function M.init(register, get)
   register_proto, get_proto = register, get
   protos_by_closure = setmetatable({}, { __mode = "k" })
   protos_by_dump = {}
-  wrappers, nuvs = {}, {}
+  wrappers, nuvs, infos = {}, {}, {}
 end
 
 return M

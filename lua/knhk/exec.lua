@@ -7,6 +7,7 @@
 -- step, not even what the command started in the background.
 local K = require "knhk.ffi"
 local R = require "knhk.runtime"
+local core = require "knhk.core"
 local check = require "knhk.check"
 
 local ffi, C = K.ffi, K.C
@@ -24,7 +25,7 @@ local cwd_problem = {
 -- nil, message, code for a process that could not start.
 local function start_error(p, argv, cwd)
   local code = p.error
-  if p.error_at == K.PROCESS_AT_CWD then
+  if p.error_at == C.KLUA_EXEC_AT_CWD then
     return nil, string.format("exec: cwd '%s' %s", cwd,
       cwd_problem[code] or ffi.string(C.knhk_strerror(code))), code
   end
@@ -57,7 +58,7 @@ function M.exec(cmd, opts)
   check.field("string", opts, "cwd", 2, "exec")
   check.field("table", opts, "env", 2, "exec")
   local timeout = check.field("number", opts, "timeout", 2, "exec")
-  local t = R.in_task("knhk.exec", 2)
+  if not core.current() then R.raise("knhk.exec: must be called inside a knhk task (inside knhk.run)") end
   local cargv = ffi.new("const char*[?]", #argv + 1, argv)
   local cenv, envc, env_strings = nil, 0, nil -- env_strings keeps cenv's strings alive
   if opts.env ~= nil then
@@ -69,32 +70,33 @@ function M.exec(cmd, opts)
   end
   local function run_it()
     local err = ffi.new("int[1]")
-    local e = C.klua_exec_start(t.ptr, cargv, #argv, cenv, envc, opts.cwd, opts.stdin,
-      opts.stdin and #opts.stdin or 0, R.token_of(t), err)
+    local e = C.klua_exec_start(core.current_ptr(), cargv, #argv, cenv, envc, opts.cwd, opts.stdin,
+      opts.stdin and #opts.stdin or 0, core.scope_token(), err)
     if e == nil then return nil, ffi.string(C.knhk_strerror(err[0])), err[0] end
     e = ffi.gc(e, C.klua_exec_free)
     -- uncancellable wait: a cancel stops the process group, which ends soon
-    R.wait("knhk.exec", function() return C.klua_exec_done(e) ~= 0 end, function() return false end,
-      true)
-    local p = C.klua_exec_process(e)
+    R.wait(function() return C.klua_exec_done(e) ~= 0 end, function() return false end, true)
+    local p = ffi.new("klua_exec_result_t")
+    C.klua_exec_result(e, p)
     if p.error ~= 0 then return start_error(p, argv, opts.cwd) end
     if p.cancelled ~= 0 then
-      local token = R.token_of(t)
-      if C.knhk_token_is_cancelled(token) ~= 0 then R.raise_cancelled(t, token) end
+      local reason = core.cancelled()
+      if reason then R.raise_cancelled(reason) end
     end
     local status = tonumber(p.exit_status)
     return {
       status = status,
       signal = p.term_signal ~= 0 and p.term_signal or nil,
-      stdout = ffi.string(p.out, p.out_len),
-      stderr = ffi.string(p.err, p.err_len),
+      stdout = p.out ~= nil and ffi.string(p.out, p.out_len) or "",
+      stderr = p.err ~= nil and ffi.string(p.err, p.err_len) or "",
       ok = status == 0 and p.term_signal == 0,
     }
   end
   local r, m, c
   if timeout then
     local scope
-    scope, r, m, c = R.scope(t, { deadline = R.now() + math.max(0, timeout) }, run_it)
+    scope, r, m, c = require("knhk.scope").in_scope(core.now() + math.max(0, timeout) * 1e9,
+      false, function() return run_it() end)
     if scope.cancelled_caught then
       r, m, c = nil, "timed out after " .. timeout .. " s", K.ETIMEDOUT
     end

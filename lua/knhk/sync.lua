@@ -1,149 +1,78 @@
 -- knhk.sync: channels, semaphores, locks and events that hold across
--- workers. Waiting on any of them is a checkpoint (cancellable).
-local K = require "knhk.ffi"
-local R = require "knhk.runtime"
+-- workers (lua/src/klua_chan.c). Waiting on any of them is a checkpoint.
+local core = require "knhk.core"
 local codec = require "knhk.codec"
 local check = require "knhk.check"
+local R = require "knhk.runtime"
 
-local ffi, C = K.ffi, K.C
-local co_yield = coroutine.yield
-local W_RECV, W_SEND, W_ACK = 0, 1, 2
+local select, unpack = select, unpack
+local await = R.await
+local DONE, CLOSED, BLOB, SLOW = R.DONE, R.CLOSED, R.BLOB, R.SLOW
 
 local M = {}
 
--- Waits until try() succeeds (returns true, ...). `list` is the waiter list
--- of `s` to queue on between tries.
-local function wait_for(where, s, list, try)
-  local t = R.in_task(where, 3)
-  local ptr = t.ptr
-  while true do
-    local token = R.token_of(t)
-    if C.knhk_token_is_cancelled(token) ~= 0 then R.raise_cancelled(t, token) end
-    local ok, a, b = try()
-    if ok then return a, b end
-    if C.klua_wait_begin(ptr, token) ~= 0 then R.raise_cancelled(t, token) end
-    local w = C.klua_sync_wait(s, ptr, list)
-    if w == nil then
-      C.klua_wait_end(ptr)
-      error(where .. ": out of memory", 3)
-    end
-    ok, a, b = try()
-    if not ok then co_yield() end
-    C.klua_wait_end(ptr)
-    if not ok then ok, a, b = try() end
-    C.klua_sync_unwait(s, w, ok and 1 or 0)
-    if ok then return a, b end
-  end
-end
+local mts = core.metatables()
 
-local function sync_handle(name, mt, new_ptr)
-  codec.register_handle(name, mt, function(h)
-    C.klua_sync_retain(h.ptr)
-    return tonumber(ffi.cast("uintptr_t", h.ptr))
-  end, function(n)
-    return setmetatable({ ptr = ffi.gc(ffi.cast("klua_sync_t*", n), C.klua_sync_release) }, mt)
-  end)
-  return function(...)
-    local p = new_ptr(...)
-    if p == nil then return nil end
-    return setmetatable({ ptr = ffi.gc(p, C.klua_sync_release) }, mt)
-  end
+local function handle_kind(name, mt, kind)
+  codec.register_handle(name, mt, function(h) return select(2, core.export(h)) end,
+    function(n) return core.import(kind, n) end)
 end
 
 -- ------------------------------------------------------------- channels
 
 local Channel = {}
-Channel.__index = Channel
 M.Channel = Channel
-
--- A channel handle is a cdata (not a table), so that #ch reaches __len:
--- this LuaJIT honours __len only on userdata and cdata.
-Channel.__gc = function(h) C.klua_sync_release(h.ptr) end
-local ChannelHandle = ffi.metatype("klua_chan_handle_t", Channel)
-codec.register_handle("channel", ChannelHandle, function(h)
-  C.klua_sync_retain(h.ptr)
-  return tonumber(ffi.cast("uintptr_t", h.ptr))
-end, function(n) return ChannelHandle(ffi.cast("klua_sync_t*", n)) end)
-
--- Whether v is a channel handle (its metatable is not visible: a cdata).
-function M.is_channel(v) return ffi.istype(ChannelHandle, v) end
-
-local function new_channel(cap)
-  local p = C.klua_chan_new(cap)
-  if p == nil then return nil end
-  return ChannelHandle(p)
+mts.channel.__index = Channel
+mts.channel.__len = core.chan_len
+mts.channel.__tostring = function(ch)
+  return "knhk.channel" .. (core.chan_closed(ch) and " (closed)" or "")
 end
+handle_kind("channel", mts.channel, 2)
 
--- knhk.channel([capacity]) -> channel. capacity 0: a rendezvous (send waits
--- for a receiver); default 64. Values travel by snapshot.
+function M.is_channel(v) return getmetatable(v) == mts.channel end
+
+-- knhk.channel([capacity]) -> channel. capacity 0: a rendezvous (send
+-- waits for a receiver); default 64. Values travel by snapshot.
 function M.channel(capacity)
   if capacity == nil then capacity = 64 end
   check.arg("whole", capacity, 1, "channel", 2, 0)
-  local ch = new_channel(capacity)
+  local ch = core.channel(capacity)
   if not ch then return nil, "out of memory" end
   return ch
 end
 
-local seq = ffi.new("uint64_t[1]")
+local core_send_try, core_recv_try = core.send_try, core.recv_try
 
--- ch:send(value): waits for room; raises if the channel is closed.
+local function the_value_sent() return "the value sent" end
+
+-- ch:send(value): waits for room; raises if the channel is closed. On a
+-- rendezvous, returns once a receiver took the value; a send that raised
+-- (cancelled, or the channel closed) did not happen.
 function Channel:send(v)
-  local ok, snap = pcall(codec.encode, 1, function() return "the value sent" end, v)
-  if not ok then
-    if type(snap) == "table" and snap.knhk_refused then error("send: " .. snap.message, 2) end
-    error(snap, 0)
-  end
-  local p = self.ptr
-  local my_seq
-  wait_for("send", p, W_SEND, function()
-    local rc = C.klua_chan_send(p, snap, #snap, seq)
-    if rc == 0 then
-      my_seq = seq[0]
-      return true
+  local st = await(core_send_try, self, v)
+  if st == SLOW then -- a value the inline form cannot hold: the codec's
+    local ok, snap = pcall(codec.encode, 1, the_value_sent, v)
+    if not ok then
+      if type(snap) == "table" and snap.knhk_refused then R.raise("send: " .. snap.message) end
+      error(snap, 0)
     end
-    if rc == K.ECLOSED then error("send: the channel is closed", 4) end
-    return false
-  end)
-  if C.klua_chan_capacity(p) == 0 then -- a rendezvous: until it has been received
-    local closed = false
-    local ok, err = pcall(wait_for, "send", p, W_ACK, function()
-      if C.klua_chan_taken(p) >= my_seq then return true end
-      closed = C.klua_chan_closed(p) ~= 0
-      return closed
-    end)
-    -- A send that was cancelled, or whose channel closed, did not happen:
-    -- its value is taken back, unless a receiver got it meanwhile.
-    if (closed or not ok) and C.klua_chan_withdraw(p, my_seq) == 1 then
-      if ok then error("send: the channel is closed", 2) end
-      error(err, 0)
-    end
+    st = await(core.send_blob_try, self, snap)
   end
+  if st == CLOSED then R.raise("send: the channel is closed") end
 end
-
-local out_p, out_len = ffi.new("char*[1]"), ffi.new("size_t[1]")
 
 -- ch:recv() -> value, true; or nil, false once closed and drained.
 function Channel:recv()
-  local p = self.ptr
-  return wait_for("recv", p, W_RECV, function()
-    local rc = C.klua_chan_recv(p, out_p, out_len)
-    if rc == 0 then
-      local bytes = out_p[0]
-      local ok, _, v = pcall(codec.decode, bytes, out_len[0])
-      C.klua_free(bytes)
-      if not ok then error(_, 0) end
-      return true, v, true
-    end
-    if rc == K.ECLOSED then return true, nil, false end
-    return false
-  end)
+  local st, v = await(core_recv_try, self)
+  if st == DONE then return v, true end
+  if st == BLOB then return select(2, codec.decode(v)), true end
+  return nil, false
 end
 
 -- ch:close(): no more sends; receivers get what is left, then nil, false.
-function Channel:close() return C.klua_chan_close(self.ptr) == 0 end
-function Channel:is_closed() return C.klua_chan_closed(self.ptr) ~= 0 end
-function Channel:__len() return tonumber(C.klua_chan_count(self.ptr)) end
-function Channel:__tostring() return "knhk.channel" end
+Channel.close = core.chan_close
+Channel.is_closed = core.chan_closed
+Channel.capacity = core.chan_capacity
 
 -- for v in ch:values() do ... end: until closed and drained (a nil value
 -- sent also ends the loop, as in any Lua iterator).
@@ -157,57 +86,61 @@ end
 -- ------------------------------------------------------------ semaphores
 
 local Semaphore = {}
-Semaphore.__index = Semaphore
 M.Semaphore = Semaphore
+mts.semaphore.__index = Semaphore
+mts.semaphore.__tostring = function(s) return "knhk.semaphore (" .. core.permits(s) .. " permits)" end
+handle_kind("semaphore", mts.semaphore, 3)
 
-local new_sem = sync_handle("semaphore", Semaphore, function(n) return C.klua_sem_new(n) end)
-
--- knhk.semaphore(n) -> semaphore with n permits.
+-- knhk.semaphore(n) -> a semaphore with n permits.
 function M.semaphore(n)
   check.arg("whole", n, 1, "semaphore", 2, 0)
-  return new_sem(n)
+  return core.semaphore(n)
 end
 
-function Semaphore:acquire()
-  local p = self.ptr
-  wait_for("acquire", p, W_RECV, function() return C.klua_sem_acquire(p) == 0 end)
-end
-
-function Semaphore:release() C.klua_sem_release(self.ptr) end
-function Semaphore:permits() return tonumber(C.klua_sem_permits(self.ptr)) end
+function Semaphore:acquire() await(core.acquire_try, self) end
+Semaphore.release = core.release
+Semaphore.permits = core.permits
 
 -- s:with(fn, ...) -> fn's results, holding a permit (released on error too).
 function Semaphore:with(fn, ...)
   self:acquire()
-  local res = { n = select("#", ...), pcall(fn, ...) }
+  local res = R.pack(pcall(fn, ...))
   self:release()
   if not res[1] then error(res[2], 0) end
-  return unpack(res, 2, table.maxn(res))
+  return unpack(res, 2, res.n)
 end
 
 -- knhk.lock() -> a lock: lock:lock(), lock:unlock(), lock:with(fn, ...).
 local Lock = setmetatable({}, { __index = Semaphore })
-Lock.__index = Lock
 M.Lock = Lock
-local new_lock = sync_handle("lock", Lock, function() return C.klua_sem_new(1) end)
-function M.lock() return new_lock() end
+mts.lock.__index = Lock
+mts.lock.__tostring = function() return "knhk.lock" end
+handle_kind("lock", mts.lock, 4)
+function M.lock() return core.semaphore(1, true) end
 Lock.lock = Semaphore.acquire
-Lock.unlock = Semaphore.release
+Lock.unlock = core.release
+
+function M.is_lock(v) return getmetatable(v) == mts.lock end
+
+function M.is_semaphore(v)
+  local mt = getmetatable(v)
+  return mt == mts.semaphore or mt == mts.lock
+end
 
 -- ---------------------------------------------------------------- events
 
 local Event = {}
-Event.__index = Event
 M.Event = Event
-local new_event = sync_handle("event", Event, function() return C.klua_event_new() end)
+mts.event.__index = Event
+mts.event.__tostring = function(e) return "knhk.event" .. (core.event_is_set(e) and " (set)" or "") end
+handle_kind("event", mts.event, 5)
+
+function M.is_event(v) return getmetatable(v) == mts.event end
 
 -- knhk.event() -> event: ev:set(), ev:is_set(), ev:wait().
-function M.event() return new_event() end
-function Event:set() C.klua_event_set(self.ptr) end
-function Event:is_set() return C.klua_event_is_set(self.ptr) ~= 0 end
-function Event:wait()
-  local p = self.ptr
-  wait_for("wait", p, W_RECV, function() return C.klua_event_is_set(p) ~= 0 end)
-end
+function M.event() return core.event() end
+Event.set = core.event_set
+Event.is_set = core.event_is_set
+function Event:wait() await(core.event_wait_try, self) end
 
 return M

@@ -1,16 +1,25 @@
 /* klua.h: the C side of the Lua layer (built into knhk/core.so).
  *
  * One runtime (klua_rt_t) per knhk.run: an executor whose worker 0 is the
- * calling thread, a reactor, and one LuaJIT VM per worker (worker 0's is
- * the caller's own). A Lua task is a nursery child whose run function
- * enters its worker's VM through the Lua C API (lua_pcall of that VM's
- * `step` function), never through an FFI callback. Everything else here is
- * called from Lua through the FFI and returns at once: a task waits by
- * arming a wake-up here and then yielding its coroutine.
+ * calling thread, a reactor, and one LuaJIT VM per worker (worker 0's is the
+ * caller's own). A Lua task is a record (klua_task_t) that embeds the
+ * executor task that runs it; running it resumes its coroutine, in its
+ * worker's VM, with lua_resume from the worker's loop. The coroutine runs
+ * the VM's runner (lua/knhk/runtime.lua), which asks this side for the
+ * task's function and arguments, calls it, and hands the results back.
  *
- * The FFI sees a task record as an opaque pointer and reads it only
- * through the accessors below: its outcome with acquire semantics, and
- * the rest only once the outcome says it was written.
+ * Everything the Lua code asks of a task (spawn, join, waits, scopes,
+ * channels) goes through classic lua_CFunctions of knhk.core (klua_core.c):
+ * task code mostly runs interpreted (a trace cannot cross a coroutine
+ * resume), and there an FFI call costs ten times a lua_CFunction call.
+ *
+ * Records are type-stable: they come from per-worker pools and go back to
+ * them, never to malloc, until the runtime is freed. So a wake-up that
+ * reaches a record after its task ended (and the record was reused) lands
+ * on a live record: it is a spurious wake-up, and every wait tolerates
+ * those (a woken task checks its condition again). Groups (nurseries) are
+ * type-stable too. This is what lets an ending task read who to wake
+ * without holding a reference to it.
  */
 #ifndef KLUA_H
 #define KLUA_H
@@ -18,12 +27,13 @@
 #include <lua.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "knhk/cancel.h"
 #include "knhk/executor.h"
-#include "knhk/nursery.h"
 #include "knhk/reactor.h"
+#include "knhk/task.h"
 
 #if defined(__GNUC__)
 #define KLUA_API __attribute__((visibility("default")))
@@ -31,138 +41,276 @@
 #define KLUA_API
 #endif
 
-/* Why a task was woken; hints only: waiters re-check their condition. */
-enum {
-  KLUA_WAKE_CANCEL = 1,
-  KLUA_WAKE_TIMER = 2,
-  KLUA_WAKE_JOIN = 4,
-  KLUA_WAKE_SYNC = 8,
-  KLUA_WAKE_EXEC = 16
-};
+typedef struct klua_rt klua_rt_t;
+typedef struct klua_task klua_task_t;
+typedef struct klua_group klua_group_t;
+typedef struct klua_worker klua_worker_t;
+typedef struct klua_wait klua_wait_t;
 
-/* Task kinds and outcomes. */
+/* Task kinds and outcomes (the outcome is stored once, with release). */
 enum { KLUA_PORTABLE = 0, KLUA_LOCAL = 1 };
 enum { KLUA_RUNNING = -1, KLUA_OK = 0, KLUA_ERROR = 1, KLUA_CANCELLED = 2 };
 
-typedef struct klua_rt klua_rt_t;
-typedef struct klua_task klua_task_t;
-
-typedef struct {
-  uint64_t id;             /* unique in the process */
-  int32_t kind;            /* KLUA_PORTABLE / KLUA_LOCAL */
-  _Atomic int32_t home;    /* worker whose VM runs it, -1 before it starts */
-  _Atomic int32_t outcome; /* KLUA_RUNNING until it ends; stored with release
-                              after result and result_len */
-  const char *start;       /* portable: the start snapshot */
-  size_t start_len;
-  const char *result;      /* once ended: encoded results or error */
-  size_t result_len;
-  knhk_token_t *token;     /* the token its checkpoints look at */
-  uint64_t parent;         /* id of the task that spawned it, or 0 */
-  const char *where;       /* its function's place, interned (klua_where) */
-  uint64_t started_ns;     /* when it was spawned, on the runtime's clock */
-} klua_task_pub_t;
-
-/* A nursery as the Lua side holds it: shared by every VM its handle
- * travelled to, freed with the last reference (after it closed). */
-typedef struct klua_nursery {
-  knhk_nursery_t *n;
-  _Atomic int32_t refs;
-} klua_nursery_t;
-
-/* One row of klua_tasks_list: a live task, for the REPL's :tasks. */
-typedef struct {
-  uint64_t id, parent, started_ns;
-  int32_t worker;          /* its VM's worker, -1 before it started */
-  int32_t state;           /* 0 queued, 1 running, 2 waiting */
-  const char *where;       /* its function's place */
-} klua_task_row_t;
-
-struct klua_task {
-  klua_task_pub_t pub;
-  _Atomic int32_t joined;  /* someone joined it: its error is handled */
-  klua_rt_t *rt;
-  knhk_task_t *etask;      /* the executor task that runs it */
-  _Atomic int32_t refs;
-  _Atomic uint32_t wake_bits;
-  pthread_mutex_t m;       /* joiners, timer */
-  klua_task_t *joiners;    /* tasks waiting for this one to end */
-  klua_task_t *join_next, *join_prev;     /* in a target's joiners (its lock) */
-  _Atomic(klua_task_t *) joining;          /* that target, or NULL */
-  knhk_cancel_cb_t ccb;      /* the wait's scope token */
-  int ccb_on;
-  knhk_cancel_cb_t watch;    /* another token the wait watches (token:wait) */
-  int watch_on;
-  knhk_timer_t *timer;     /* the pending sleep, or NULL */
-  klua_task_t *live_prev, *live_next; /* rt->live, while running */
+/* What a task's payload holds: its start (function and arguments) until it
+ * starts, then nothing, then its results once it ended. */
+enum {
+  KLUA_PAY_NONE = 0,
+  KLUA_PAY_INLINE = 1, /* values in klua_value encoding (klua_value.c) */
+  KLUA_PAY_BLOB = 2,   /* a snapshot made by knhk.codec */
+  KLUA_PAY_REFS = 3,   /* local start: function and arguments anchored in the home VM */
+  KLUA_PAY_MESSAGE = 4 /* an error message made in C (the runtime's own failure) */
 };
 
+enum { KLUA_INLINE = 48 }; /* payload bytes held in the record itself */
+
+/* ------------------------------------------------------------ spinlocks */
+
+/* For a few pointer updates; yields if the holder was preempted. */
 typedef struct {
-  lua_State *L;
-  int step_ref;            /* LUA_NOREF until the VM's runtime registers */
-  int own;                 /* created by us (closed at the end) */
-} klua_vm_t;
+  _Atomic uint32_t held;
+} klua_spin_t;
+
+void klua_spin_lock(klua_spin_t *s);
+static inline void klua_spin_unlock(klua_spin_t *s) {
+  atomic_store_explicit(&s->held, 0, memory_order_release);
+}
+
+/* ---------------------------------------------------------------- waits */
+
+/* One wait of one task: it waits for one thing at a time. The node lives
+ * in the task record; an object the task waits on (a task to join, a
+ * channel, a semaphore, an event) links it into its waiter list under the
+ * object's lock. Whoever wakes a waiter takes it out of the list first. */
+enum {
+  KLUA_WAIT_NONE = 0,
+  KLUA_WAIT_JOIN = 1,  /* on: the task joined */
+  KLUA_WAIT_SYNC = 2,  /* on: a klua_sync_t (channel, semaphore, event) */
+  KLUA_WAIT_GROUP = 3, /* on: a group, until it is idle or a child ends */
+  KLUA_WAIT_OTHER = 4  /* exec, line input: they wake the task themselves */
+};
+
+struct klua_wait {
+  klua_task_t *task;
+  int kind;
+  void *on;                    /* the object, while queued on it */
+  klua_wait_t *prev, *next;    /* in on's waiter list, under its lock */
+  int queued;                  /* in a list now (under on's lock) */
+  int list;                    /* which of on's lists */
+  /* a channel hands a value over through these (klua_chan.c) */
+  const char *val;
+  uint32_t val_len;
+  int val_kind;                /* KLUA_VAL_* (klua_sync.h) */
+  int val_owned;               /* val is malloc'd and ours to free */
+  int handed;                  /* a value (or a turn) was handed to us */
+  /* cancellation wake-up, while armed */
+  knhk_cancel_cb_t ccb;
+  int ccb_on;
+  knhk_cancel_cb_t watch;      /* another token (token:wait) */
+  int watch_on;
+  /* sleep */
+  knhk_timer_t timer;          /* ours when not busy */
+  _Atomic int timer_busy;      /* armed or completing: use a fresh one */
+  knhk_timer_t *extra_timer;   /* a fresh one, if the embedded one was busy */
+};
+
+/* ---------------------------------------------------------------- tasks */
+
+enum {
+  KLUA_T_JOINED = 1u << 0,     /* someone joined it: its error is handled */
+  KLUA_T_EXPORTED = 1u << 1
+};
+
+struct klua_task {
+  knhk_task_t et;              /* the executor task that runs it */
+  klua_rt_t *rt;
+  uint64_t id;
+  _Atomic int32_t refs;        /* handles, the running task, an ordered group */
+  _Atomic int32_t outcome;     /* KLUA_RUNNING until it ends: stored with
+                                  release after the results (acquire to read) */
+  _Atomic uint32_t flags;      /* KLUA_T_* */
+  int32_t kind;                /* KLUA_PORTABLE / KLUA_LOCAL */
+  _Atomic int32_t home;        /* its worker once started, else -1 */
+  klua_group_t *group;         /* the nursery it belongs to */
+  knhk_token_t *cancel_parent; /* what cancels it (a reference): the scope it
+                                  was spawned in, or its nursery's token */
+  uint64_t parent;             /* id of the task that spawned it, or 0 */
+  uint64_t started_ns;         /* when it was spawned (the runtime's clock) */
+  const char *where;           /* its function's place (klua_where) */
+  /* payload: the start, then the results */
+  int32_t pay;                 /* KLUA_PAY_* */
+  int32_t proto;               /* inline start: the prototype id of the function */
+  int32_t nvals;               /* inline: how many values */
+  int32_t fn_ref;              /* refs start: in the home VM's anchor table */
+  uint32_t len;                /* bytes at data */
+  char *data;                  /* buf, or malloc'd */
+  char buf[KLUA_INLINE];
+  /* while it runs: its worker only */
+  lua_State *co;               /* its coroutine */
+  int co_ref;
+  knhk_token_t *scope;         /* the innermost cancel scope's token, or NULL */
+  _Atomic(knhk_token_t *) token; /* its own token, made when first needed */
+  klua_group_t *implicit;      /* its nursery for knhk.spawn, made on first use */
+  klua_wait_t w;
+  /* who waits for it to end */
+  klua_spin_t jlock;
+  klua_wait_t *joiners;
+  /* links */
+  klua_task_t *link;           /* in a free list, or a group's ended list */
+  klua_task_t *live_prev, *live_next; /* its worker's live list, while started */
+};
+
+static inline klua_task_t *klua_task_of(knhk_task_t *et) {
+  return (klua_task_t *)(void *)((char *)et - offsetof(klua_task_t, et));
+}
+
+/* --------------------------------------------------------------- groups */
+
+/* A nursery of Lua tasks. `live` counts children not ended; the high bit
+ * says a waiter is registered (KLUA_G_WAITER) and `waiter` which task.
+ * The decrement that ends the last child reads that bit in the same
+ * atomic step, so a waiter that registered before it is always woken. */
+enum {
+  KLUA_G_SUPERVISE = 1u << 0,  /* failures do not cancel siblings */
+  KLUA_G_ORDERED = 1u << 1,    /* ended children are queued (join_next, wait_any) */
+  KLUA_G_IMPLICIT = 1u << 2    /* a task's own, for knhk.spawn */
+};
+#define KLUA_G_WAITER (1ull << 40)
+#define KLUA_G_LIVE(s) ((uint32_t)((s) & 0xffffffffu))
+
+struct klua_group {
+  klua_rt_t *rt;
+  _Atomic uint64_t state;      /* live children | KLUA_G_WAITER */
+  _Atomic(klua_task_t *) waiter;
+  _Atomic int32_t refs;        /* the owner's, and handles that travelled */
+  _Atomic int32_t closed;
+  _Atomic int32_t sibling_cancelled;
+  uint32_t flags;              /* KLUA_G_* */
+  knhk_token_t *token;         /* its children's checkpoints look here */
+  _Atomic uint64_t ends;       /* children ended so far */
+  /* ended children, newest first (ORDERED), and failed ones not joined */
+  _Atomic(klua_task_t *) ended;
+  klua_task_t *ended_fifo;     /* the owner's: taken from `ended`, oldest first */
+  klua_spin_t flock;           /* failures */
+  klua_task_t **failures;
+  uint32_t nfail, capfail;
+  klua_group_t *next_free;
+};
+
+/* --------------------------------------------------------------- workers */
+
+struct klua_worker {
+  klua_rt_t *rt;
+  int index;
+  lua_State *L;                /* its VM */
+  int own;                     /* made by us (closed at the end) */
+  int anchor;                  /* registry ref: the VM's anchor table */
+  int runner;                  /* registry ref: the runner function */
+  klua_task_t *cur;            /* the task being resumed now */
+  /* idle coroutines, in the anchor table at refs co_refs[] */
+  lua_State **co_free;
+  int *co_refs;
+  int nco, capco;
+  /* free records */
+  klua_task_t *free;
+  uint32_t nfree;
+  /* live tasks started here, for :tasks */
+  pthread_mutex_t live_m;
+  klua_task_t *live;
+};
 
 struct klua_rt {
   knhk_executor_t ex;
   knhk_reactor_t *reactor;
   int workers;
-  klua_vm_t *vms;
+  klua_worker_t *w;
   knhk_token_t *root_token;
-  pthread_mutex_t protos_m; /* prototype registry: id -> bytecode */
+  char *lua_path, *lua_cpath;  /* the caller's, for worker VMs made later */
+  /* prototype registry: id -> bytecode */
+  pthread_mutex_t protos_m;
   char **protos;
   size_t *proto_lens;
   uint32_t nprotos, capprotos;
-  pthread_mutex_t live_m;  /* live tasks, for :tasks; places (klua_where) */
-  klua_task_t *live;
-  char **wheres;           /* interned places, freed with the runtime */
+  /* interned places of task functions */
+  pthread_mutex_t where_m;
+  char **wheres;
   size_t nwheres, capwheres;
-  char *lua_path, *lua_cpath; /* the caller's, for worker VMs made later */
+  /* type-stable memory: record slabs and records freed off a worker */
+  pthread_mutex_t pool_m;
+  void **slabs;
+  size_t nslabs, capslabs;
+  klua_task_t *shared_free;
+  klua_group_t *free_groups;
+  klua_group_t **group_slabs;
+  size_t ngslabs, capgslabs;
+  klua_group_t *root_group;
 };
 
-/* ---- called through the FFI (lua/knhk/ffi.lua declares these) ---- */
-KLUA_API klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker,
-                                 const char *snap, size_t len, uint64_t parent,
-                                 const char *where, int *err);
-KLUA_API const char *klua_where(klua_rt_t *rt, const char *place);
-KLUA_API int klua_tasks_running(klua_rt_t *rt, klua_task_row_t *rows, int max);
-KLUA_API uint64_t klua_task_id(const klua_task_t *t);
-KLUA_API int klua_task_kind(const klua_task_t *t);
-KLUA_API int klua_task_outcome(const klua_task_t *t);
-KLUA_API const char *klua_task_result(const klua_task_t *t, size_t *len);
-KLUA_API const char *klua_task_start(const klua_task_t *t, size_t *len);
-KLUA_API knhk_token_t *klua_task_token(const klua_task_t *t);
-KLUA_API void klua_task_set_joined(klua_task_t *t);
-KLUA_API int klua_task_joined(const klua_task_t *t);
-KLUA_API klua_nursery_t *klua_nursery_new(klua_rt_t *rt, knhk_token_t *parent, int supervise,
-                                          int *err);
-KLUA_API klua_nursery_t *klua_nursery_retain(klua_nursery_t *n);
-KLUA_API void klua_nursery_release(klua_nursery_t *n);
-KLUA_API int klua_watch_arm(klua_task_t *t, knhk_token_t *token);
-KLUA_API klua_task_t *klua_nursery_next_ended(knhk_nursery_t *n);
-KLUA_API void klua_task_retain(klua_task_t *t);
-KLUA_API void klua_task_release(klua_task_t *t);
-KLUA_API void klua_task_finish(klua_task_t *t, int outcome, const char *result, size_t len);
-KLUA_API uint32_t klua_task_wake_bits(klua_task_t *t);
-KLUA_API knhk_task_t *klua_task_etask(klua_task_t *t);
-KLUA_API int klua_wait_begin(klua_task_t *t, knhk_token_t *token);
-KLUA_API void klua_wait_end(klua_task_t *t);
-KLUA_API int klua_sleep_arm(klua_task_t *t, uint64_t deadline_ns);
-KLUA_API int klua_join_arm(klua_task_t *waiter, klua_task_t *target);
-KLUA_API void klua_wake(klua_task_t *t, uint32_t bits);
-KLUA_API uint32_t klua_proto_register(klua_rt_t *rt, const char *bc, size_t len);
-KLUA_API const char *klua_proto_get(klua_rt_t *rt, uint32_t id, size_t *len);
-KLUA_API uint64_t klua_now(klua_rt_t *rt);
-KLUA_API int klua_tasks_list(klua_rt_t *rt, klua_task_row_t *rows, int max);
-KLUA_API int klua_worker_index(klua_rt_t *rt);
-KLUA_API int klua_workers(klua_rt_t *rt);
-KLUA_API knhk_executor_t *klua_executor(klua_rt_t *rt);
-KLUA_API knhk_reactor_t *klua_reactor(klua_rt_t *rt);
-KLUA_API knhk_token_t *klua_root_token(klua_rt_t *rt);
-
-/* ---- internal to core.so ---- */
+/* ---- klua_rt.c: the runtime, VMs, registries ---- */
 int klua_rt_new(lua_State *caller, int workers, klua_rt_t **out, char *err, size_t errlen);
 void klua_rt_free(klua_rt_t *rt);
 int klua_rt_enter(klua_rt_t *rt);
+/* The calling thread's worker in rt while it runs a task, or NULL. */
+klua_worker_t *klua_worker(klua_rt_t *rt);
+/* The worker whose thread this is (any runtime), or NULL. */
+klua_worker_t *klua_self(void);
+int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen);
+
+/* ---- klua_task.c: records, spawning, running, ending, joining ---- */
+klua_task_t *klua_task_alloc(klua_rt_t *rt);
+void klua_task_retain(klua_task_t *t);
+void klua_task_release(klua_task_t *t);
+/* Spawns t (filled in: kind, group, payload) as a child of its group. */
+int klua_task_spawn(klua_task_t *t, int worker);
+/* Any thread: queues t again if it waits (a wake-up; spurious ones are fine). */
+void klua_wake(klua_task_t *t);
+/* Records how t ended (its payload already holds results or error) and
+ * wakes its joiners. Its worker, once. */
+void klua_task_publish(klua_task_t *t, int outcome);
+int klua_task_outcome(const klua_task_t *t);
+/* The token t's checkpoints look at now. Its worker only. */
+knhk_token_t *klua_task_checkpoint_token(klua_task_t *t);
+/* t's own token, made (a child of its group's) on first use. Any thread. */
+knhk_token_t *klua_task_own_token(klua_task_t *t);
+/* Cancels t alone (h:cancel()). Any thread. */
+void klua_task_cancel(klua_task_t *t);
+void klua_payload_reset(klua_task_t *t);
+/* Room for len payload bytes (the record's own, or malloc'd); NULL if out of memory. */
+char *klua_payload_room(klua_task_t *t, uint32_t len);
+
+/* ---- klua_group.c ---- */
+klua_group_t *klua_group_new(klua_rt_t *rt, knhk_token_t *token, uint32_t flags);
+void klua_group_retain(klua_group_t *g);
+void klua_group_release(klua_group_t *g);
+/* Counts a child in: 0, or KNHK_ECLOSED. */
+int klua_group_enter(klua_group_t *g);
+/* A child of g ended (its outcome is published). */
+void klua_group_child_ended(klua_group_t *g, klua_task_t *t);
+/* Registers t to be woken at the next child end (or when idle): 0, or
+ * KNHK_EALREADY if `seen` children ended already (look again). */
+int klua_group_notify(klua_group_t *g, klua_task_t *t, uint64_t seen);
+void klua_group_unnotify(klua_group_t *g, klua_task_t *t);
+uint32_t klua_group_live(klua_group_t *g);
+/* Closes g if it has no live child: 0, or KNHK_EBUSY. */
+int klua_group_close_if_idle(klua_group_t *g);
+/* The next ended child (ORDERED), oldest first, with g's reference; NULL if none. */
+klua_task_t *klua_group_next_ended(klua_group_t *g);
+/* The failures not joined, oldest first, with a reference each; count in *n. */
+klua_task_t **klua_group_take_failures(klua_group_t *g, uint32_t *n);
+
+/* ---- klua_wait.c: waits ---- */
+/* Arms t's wake-up on the cancellation of `token` (NULL: none). Returns 1
+ * if it is cancelled already (nothing armed). */
+int klua_wait_arm_cancel(klua_task_t *t, knhk_token_t *token);
+int klua_wait_arm_watch(klua_task_t *t, knhk_token_t *token);
+int klua_wait_arm_sleep(klua_task_t *t, uint64_t deadline_ns);
+/* Registers t as a joiner of target: 1 if target ended already. */
+int klua_wait_arm_join(klua_task_t *t, klua_task_t *target);
+/* Takes back whatever the last wait of t armed. Its worker only. */
+void klua_wait_end(klua_task_t *t);
+/* Wakes every joiner of t (it ended). */
+void klua_wake_joiners(klua_task_t *t);
+
+/* ---- klua_core.c ---- */
+int luaopen_knhk_core(lua_State *L);
 
 #endif

@@ -1,21 +1,1200 @@
-/* klua_core.c: the knhk.core Lua C module: the few entry points that must
- * be classic lua_CFunctions, because they run Lua code (the worker loop
- * resumes task coroutines). Everything else is reached through the FFI. */
+/* klua_core.c: the knhk.core Lua C module: every call Lua task code makes
+ * into the runtime, as classic lua_CFunctions (see klua.h for why not the
+ * FFI). Each function finds the calling task through its worker (klua_self),
+ * never from an argument, and checks that it is called from that task's
+ * coroutine.
+ *
+ * Calls that may wait are "tries" and return a status first:
+ *   0 DONE (results follow)   1 WAIT (armed: yield, then try again)
+ *   2 CLOSED   3 CANCELLED (reason follows)   4 BLOB (a snapshot follows)
+ *   5 MESSAGE (an error message made in C follows)   6 SLOW (the value
+ *   needs knhk.codec: call the _blob variant)
+ * runtime.lua's await runs that loop, in one place.
+ *
+ * Every function gets the VM's shared tables as upvalues (see luaopen).
+ */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <lauxlib.h>
 #include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "klua.h"
+#include "klua_sync.h"
+#include "klua_value.h"
 #include "knhk/errors.h"
 
-static _Atomic int running; /* one knhk.run at a time in a process */
+#define UP_ANCHOR lua_upvalueindex(1) /* refs: coroutines, local functions and arguments */
+#define UP_PROTOS lua_upvalueindex(2) /* closure -> prototype info (weak) */
+#define UP_POOLS lua_upvalueindex(3)  /* prototype id -> idle closures, or the shared one */
+#define UP_PLACES lua_upvalueindex(4) /* function -> lightuserdata place (weak) */
+#define UP_MTS lua_upvalueindex(5)    /* handle kind <-> metatable */
+#define UP_HOOKS lua_upvalueindex(6)  /* runtime.lua's: proto_of, new_closure, capture */
 
-static klua_rt_t *check_rt(lua_State *L, int i) {
-  klua_rt_t *rt = lua_touserdata(L, i);
-  if (!rt) luaL_argerror(L, i, "runtime expected");
+enum { ST_DONE = 0, ST_WAIT = 1, ST_CLOSED = 2, ST_CANCELLED = 3, ST_BLOB = 4, ST_MESSAGE = 5,
+       ST_SLOW = 6 };
+
+static _Atomic int running;            /* one knhk.run at a time in a process */
+static _Atomic uint64_t live_gen;      /* the running runtime's generation, 0 if none */
+static _Atomic uint64_t gen_counter;
+
+void *klua_mark_done(void);
+void *klua_mark_wait(void);
+void klua_sync_unwait(klua_wait_t *w);
+KLUA_API const char *klua_where(klua_rt_t *rt, const char *place);
+
+/* ---------------------------------------------------------------- helpers */
+
+/* Raises fmt (a, b) at the first frame of the program, outside knhk's own
+ * modules (`level`: where to start looking): a mistake is reported where
+ * the program made it. */
+static int raise_at(lua_State *L, int level, const char *fmt, const char *a, const char *b) {
+  lua_Debug ar;
+  for (int l = level;; l++) {
+    if (!lua_getstack(L, l, &ar)) {
+      luaL_where(L, level);
+      break;
+    }
+    lua_getinfo(L, "Sl", &ar);
+    if (ar.currentline > 0 && !strstr(ar.source, "knhk/")) {
+      lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+      break;
+    }
+  }
+  lua_pushfstring(L, fmt, a, b);
+  lua_concat(L, 2);
+  return lua_error(L);
+}
+
+/* The calling task; raises if there is none, or if the caller is a
+ * coroutine of the task's own (it cannot wait for the runtime). */
+static klua_task_t *current(lua_State *L, const char *fname) {
+  klua_worker_t *w = klua_self();
+  klua_task_t *t = w ? w->cur : NULL;
+  if (!t) raise_at(L, 2, "%s: must be called inside a knhk task (inside knhk.run)%s", fname, "");
+  if (t->co != L)
+    raise_at(L, 2, "%s: cannot wait from inside a coroutine of your own; call it from the task%s",
+             fname, "");
+  return t;
+}
+
+/* Handles are full userdata {object, generation}: tasks and nurseries
+ * belong to one runtime, and a handle kept after it ended must not reach
+ * its (freed) memory. */
+typedef struct {
+  void *p;
+  uint64_t gen;
+} handle_t;
+
+int klua_handle_kind(lua_State *L, int idx) {
+  if (!lua_getmetatable(L, idx)) return 0;
+  lua_rawget(L, UP_MTS);
+  int kind = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return kind;
+}
+
+static handle_t *check_handle(lua_State *L, int idx, int kind, const char *what) {
+  handle_t *h = lua_touserdata(L, idx);
+  if (!h || klua_handle_kind(L, idx) != kind) {
+    luaL_where(L, 1);
+    lua_pushfstring(L, "bad argument #%d (%s expected, got %s)", idx, what, luaL_typename(L, idx));
+    lua_concat(L, 2);
+    lua_error(L);
+  }
+  if ((kind == KLUA_H_TASK || kind == KLUA_H_NURSERY) &&
+      h->gen != atomic_load_explicit(&live_gen, memory_order_acquire))
+    raise_at(L, 1, "this %s belongs to a knhk.run that has ended%s", what, "");
+  return h;
+}
+
+#define TASK_ARG(L, i) ((klua_task_t *)check_handle((L), (i), KLUA_H_TASK, "task handle")->p)
+#define GROUP_ARG(L, i) ((klua_group_t *)check_handle((L), (i), KLUA_H_NURSERY, "nursery")->p)
+#define SYNC_ARG(L, i, k, w) ((klua_sync_t *)check_handle((L), (i), (k), (w))->p)
+#define TOKEN_ARG(L, i) ((knhk_token_t *)check_handle((L), (i), KLUA_H_TOKEN, "token")->p)
+
+/* Pushes a handle of `kind` owning one reference to p. */
+static void push_handle(lua_State *L, int kind, void *p) {
+  handle_t *h = lua_newuserdata(L, sizeof *h);
+  h->p = p;
+  h->gen = atomic_load_explicit(&live_gen, memory_order_relaxed);
+  lua_rawgeti(L, UP_MTS, kind);
+  lua_setmetatable(L, -2);
+}
+
+void klua_handle_push(lua_State *L, int kind, void *p) { push_handle(L, kind, p); }
+
+void *klua_handle_export(lua_State *L, int idx) {
+  handle_t *h = lua_touserdata(L, idx);
+  switch (klua_handle_kind(L, idx)) {
+  case KLUA_H_TASK: klua_task_retain(h->p); break;
+  case KLUA_H_NURSERY: klua_group_retain(h->p); break;
+  case KLUA_H_TOKEN: knhk_token_retain(h->p); break;
+  default: klua_sync_retain(h->p); break;
+  }
+  return h->p;
+}
+
+void klua_handle_drop(int kind, void *p) {
+  switch (kind) {
+  case KLUA_H_TASK: klua_task_release(p); break;
+  case KLUA_H_NURSERY: klua_group_release(p); break;
+  case KLUA_H_TOKEN: knhk_token_release(p); break;
+  default: klua_sync_release(p); break;
+  }
+}
+
+static int handle_gc(lua_State *L) {
+  handle_t *h = lua_touserdata(L, 1);
+  int kind = klua_handle_kind(L, 1);
+  if (!h || !h->p || !kind) return 0;
+  if ((kind == KLUA_H_TASK || kind == KLUA_H_NURSERY) &&
+      h->gen != atomic_load_explicit(&live_gen, memory_order_acquire))
+    return 0; /* its runtime, and the memory, are gone */
+  klua_handle_drop(kind, h->p);
+  h->p = NULL;
+  return 0;
+}
+
+/* Calls hooks[name] with n arguments on the stack, r results. */
+static void call_hook(lua_State *L, const char *name, int n, int r) {
+  lua_getfield(L, UP_HOOKS, name);
+  lua_insert(L, -n - 1);
+  lua_call(L, n, r);
+}
+
+/* --------------------------------------------------------------- spawning */
+
+/* Prototype info of the function at idx (a Lua function): id, upvalue
+ * count, whether its code reads globals, its place. Cached per closure. */
+typedef struct {
+  uint32_t id, nuv;
+  int globals;
+  const char *where;
+} proto_t;
+
+static void proto_info(lua_State *L, int idx, proto_t *p) {
+  lua_pushvalue(L, idx);
+  lua_rawget(L, UP_PROTOS);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, idx);
+    call_hook(L, "proto_of", 1, 1); /* -> id + nuv * 2^24 + globals * 2^40 */
+    lua_pushvalue(L, idx);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, UP_PROTOS);
+  }
+  double v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  uint64_t u = (uint64_t)v;
+  p->id = (uint32_t)(u & 0xffffff);
+  p->nuv = (uint32_t)((u >> 24) & 0xff);
+  p->globals = (int)((u >> 40) & 1);
+}
+
+/* The place of the function at idx, interned: cached per closure. */
+static const char *place_of(lua_State *L, klua_rt_t *rt, int idx) {
+  lua_pushvalue(L, idx);
+  lua_rawget(L, UP_PLACES);
+  const char *w = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (w) return w;
+  lua_pushvalue(L, idx);
+  call_hook(L, "place_of", 1, 1);
+  w = klua_where(rt, lua_tostring(L, -1));
+  lua_pop(L, 1);
+  if (!w) w = "a function";
+  lua_pushvalue(L, idx);
+  lua_pushlightuserdata(L, (void *)w);
+  lua_rawset(L, UP_PLACES);
+  return w;
+}
+
+/* The task's own nursery (knhk.spawn), made on first use. Its token is a
+ * child of the task's: cancelling the task reaches its children, and its
+ * children can be cancelled without it. */
+static klua_group_t *implicit_group(lua_State *L, klua_task_t *cur) {
+  if (!cur->implicit) {
+    knhk_token_t *own = klua_task_own_token(cur);
+    if (own) cur->implicit = klua_group_new(cur->rt, own, KLUA_G_IMPLICIT | KLUA_G_SUPERVISE);
+    if (!cur->implicit) luaL_error(L, "knhk: out of memory making a nursery");
+  }
+  return cur->implicit;
+}
+
+/* core.cancel_children(): cancels what the caller spawned, and the
+ * caller itself (it is ending: the REPL's Ctrl-D). */
+static int l_cancel_children(lua_State *L) {
+  klua_task_t *t = current(L, "knhk");
+  knhk_token_t *own = klua_task_own_token(t);
+  if (own) knhk_token_cancel(own, KNHK_CANCEL_EXPLICIT);
+  return 0;
+}
+
+/* What cancels a child spawned by cur into g: a nursery's children, its
+ * token (wherever n:spawn was called); a task's own children, the scope it
+ * spawned them in (its own token at least: cancelling the task reaches
+ * them). A reference. */
+static knhk_token_t *cancel_parent_for(klua_task_t *cur, klua_group_t *g) {
+  knhk_token_t *tok = g->flags & KLUA_G_IMPLICIT ? (cur->scope ? cur->scope : klua_task_own_token(cur))
+                                                 : g->token;
+  return tok ? knhk_token_retain(tok) : knhk_token_retain(klua_task_checkpoint_token(cur));
+}
+
+/* A local task that never started: what it anchored, and the handles
+ * among its arguments, go. */
+static void undo_start(lua_State *L, klua_task_t *t) {
+  luaL_unref(L, UP_ANCHOR, t->fn_ref);
+  if (t->nvals < 0) luaL_unref(L, UP_ANCHOR, (int)t->proto);
+  else klua_values_drop(t->data, t->nvals);
+  klua_payload_reset(t);
+}
+
+static int finish_spawn(lua_State *L, klua_task_t *t, int worker, const char *fname) {
+  int rc = klua_task_spawn(t, worker);
+  if (rc != 0) {
+    klua_task_release(t); /* ours; the spawn dropped its own */
+    if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: the nursery is closed%s", fname, "");
+    return raise_at(L, 1, "%s: %s", fname, knhk_strerror(rc));
+  }
+  push_handle(L, KLUA_H_TASK, t);
+  return 1;
+}
+
+/* spawn(fn, ...) into g (NULL: the caller's own nursery), first at fnidx. */
+static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *api,
+                          const char *fname) {
+  klua_task_t *cur = current(L, api);
+  if (lua_type(L, fnidx) != LUA_TFUNCTION)
+    return raise_at(L, 1, "bad argument #1 to '%s' (function expected, got %s)", fname,
+                    luaL_typename(L, fnidx));
+  if (lua_iscfunction(L, fnidx)) { lua_pushinteger(L, ST_SLOW); return 1; }
+  int top = lua_gettop(L), nargs = top - fnidx;
+  proto_t p;
+  proto_info(L, fnidx, &p);
+  if (p.globals || p.nuv > 60) { lua_pushinteger(L, ST_SLOW); return 1; }
+  for (uint32_t i = 1; i <= p.nuv; i++) lua_getupvalue(L, fnidx, (int)i);
+  const void *self = lua_topointer(L, fnidx);
+  int64_t uvsize = klua_values_size(L, top + 1, (int)p.nuv, self);
+  int64_t argsize = uvsize < 0 ? -1 : klua_values_size(L, fnidx + 1, nargs, NULL);
+  if (uvsize < 0 || argsize < 0 || uvsize + argsize > 0x7fffffff) {
+    lua_settop(L, top);
+    lua_pushinteger(L, ST_SLOW);
+    return 1;
+  }
+  if (!g) g = implicit_group(L, cur);
+  klua_task_t *t = klua_task_alloc(cur->rt);
+  if (!t) return luaL_error(L, "%s: out of memory", fname);
+  char *out = klua_payload_room(t, (uint32_t)(uvsize + argsize));
+  if (!out) {
+    klua_task_release(t);
+    return luaL_error(L, "%s: out of memory", fname);
+  }
+  klua_values_encode(L, top + 1, (int)p.nuv, out, self);
+  klua_values_encode(L, fnidx + 1, nargs, out + uvsize, NULL);
+  lua_settop(L, top);
+  t->kind = KLUA_PORTABLE;
+  t->pay = KLUA_PAY_INLINE;
+  t->proto = (int32_t)p.id;
+  t->nvals = nargs;
+  t->group = g;
+  t->cancel_parent = cancel_parent_for(cur, g);
+  t->parent = cur->id;
+  t->where = place_of(L, cur->rt, fnidx);
+  return finish_spawn(L, t, -1, fname);
+}
+
+static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api,
+                       const char *fname) {
+  klua_task_t *cur = current(L, api);
+  if (lua_type(L, fnidx) != LUA_TFUNCTION)
+    return raise_at(L, 1, "bad argument #1 to '%s' (function expected, got %s)", fname,
+                    luaL_typename(L, fnidx));
+  int top = lua_gettop(L), nargs = top - fnidx;
+  if (!g) g = implicit_group(L, cur);
+  klua_task_t *t = klua_task_alloc(cur->rt);
+  if (!t) return luaL_error(L, "%s: out of memory", fname);
+  t->kind = KLUA_LOCAL;
+  t->pay = KLUA_PAY_REFS;
+  t->group = g;
+  t->cancel_parent = cancel_parent_for(cur, g);
+  t->parent = cur->id;
+  t->where = place_of(L, cur->rt, fnidx);
+  int64_t size = klua_values_size(L, fnidx + 1, nargs, NULL);
+  char *out = size >= 0 ? klua_payload_room(t, (uint32_t)size) : NULL;
+  t->pay = KLUA_PAY_REFS; /* (payload_room reset it) */
+  if (out) {
+    klua_values_encode(L, fnidx + 1, nargs, out, NULL);
+    t->nvals = nargs;
+  } else { /* arguments that are not inline: a table of them, in the home VM */
+    lua_createtable(L, nargs, 1);
+    for (int i = 1; i <= nargs; i++) {
+      lua_pushvalue(L, fnidx + i);
+      lua_rawseti(L, -2, i);
+    }
+    lua_pushinteger(L, nargs);
+    lua_setfield(L, -2, "n");
+    t->proto = luaL_ref(L, UP_ANCHOR);
+    t->nvals = -1;
+  }
+  lua_pushvalue(L, fnidx);
+  t->fn_ref = luaL_ref(L, UP_ANCHOR);
+  klua_worker_t *w = klua_self();
+  int rc = klua_task_spawn(t, w->index);
+  if (rc != 0) {
+    undo_start(L, t);
+    klua_task_release(t);
+    if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: the nursery is closed%s", fname, "");
+    return raise_at(L, 1, "%s: %s", fname, knhk_strerror(rc));
+  }
+  push_handle(L, KLUA_H_TASK, t);
+  return 1;
+}
+
+/* core.spawn(fn, ...) -> handle | SLOW */
+static int l_spawn(lua_State *L) { return spawn_portable(L, 1, NULL, "knhk.spawn", "spawn"); }
+/* core.spawn_local(fn, ...) -> handle */
+static int l_spawn_local(lua_State *L) {
+  return spawn_local(L, 1, NULL, "knhk.spawn_local", "spawn_local");
+}
+/* core.nursery_spawn(n, fn, ...) -> handle | SLOW */
+static int l_nursery_spawn(lua_State *L) {
+  return spawn_portable(L, 2, GROUP_ARG(L, 1), "spawn", "spawn");
+}
+static int l_nursery_spawn_local(lua_State *L) {
+  return spawn_local(L, 2, GROUP_ARG(L, 1), "spawn_local", "spawn_local");
+}
+
+/* core.spawn_blob(nursery|nil, snapshot, place) -> handle: a start the
+ * codec made (the function's globals, tables, ...). */
+static int l_spawn_blob(lua_State *L) {
+  klua_task_t *cur = current(L, "spawn");
+  klua_group_t *g = lua_isnil(L, 1) ? implicit_group(L, cur) : GROUP_ARG(L, 1);
+  size_t len;
+  const char *snap = luaL_checklstring(L, 2, &len);
+  const char *place = luaL_checkstring(L, 3);
+  klua_task_t *t = klua_task_alloc(cur->rt);
+  char *out = t ? klua_payload_room(t, (uint32_t)len) : NULL;
+  if (!out) {
+    if (t) klua_task_release(t);
+    return luaL_error(L, "spawn: out of memory");
+  }
+  memcpy(out, snap, len);
+  t->kind = KLUA_PORTABLE;
+  t->pay = KLUA_PAY_BLOB;
+  t->group = g;
+  t->cancel_parent = cancel_parent_for(cur, g);
+  t->parent = cur->id;
+  t->where = klua_where(cur->rt, place);
+  if (!t->where) t->where = "a function";
+  int rc = klua_task_spawn(t, -1);
+  if (rc != 0) {
+    klua_task_release(t);
+    if (rc == KNHK_ECLOSED) return raise_at(L, 2, "spawn: the nursery is closed%s%s", "", "");
+    return raise_at(L, 2, "spawn: %s%s", knhk_strerror(rc), "");
+  }
+  push_handle(L, KLUA_H_TASK, t);
+  return 1;
+}
+
+/* core.root(rt, fn, place) -> handle: the root task of a run, on worker 0. */
+static int l_root(lua_State *L) {
+  klua_rt_t *rt = lua_touserdata(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  klua_task_t *t = klua_task_alloc(rt);
+  if (!t) return luaL_error(L, "knhk.run: out of memory");
+  t->kind = KLUA_LOCAL;
+  t->pay = KLUA_PAY_REFS;
+  t->nvals = 0;
+  t->group = rt->root_group;
+  t->cancel_parent = knhk_token_retain(rt->root_token);
+  const char *w = klua_where(rt, luaL_checkstring(L, 3));
+  t->where = w ? w : "the main task";
+  lua_pushvalue(L, 2);
+  t->fn_ref = luaL_ref(L, UP_ANCHOR);
+  int rc = klua_task_spawn(t, 0);
+  if (rc != 0) {
+    luaL_unref(L, UP_ANCHOR, t->fn_ref);
+    klua_task_release(t);
+    return luaL_error(L, "knhk.run: %s", knhk_strerror(rc));
+  }
+  push_handle(L, KLUA_H_TASK, t);
+  return 1;
+}
+
+/* ------------------------------------------------------ starting, ending */
+
+/* The closure to run prototype id: the shared one (no upvalues), an idle
+ * one from the pool, or a new one. Pushes it. */
+static void closure_for(lua_State *L, uint32_t id) {
+  lua_rawgeti(L, UP_POOLS, (int)id);
+  if (lua_isfunction(L, -1)) return; /* shared: nothing of a task is in it */
+  if (lua_istable(L, -1)) {
+    int n = (int)lua_objlen(L, -1);
+    if (n > 0) {
+      lua_rawgeti(L, -1, n);
+      lua_pushnil(L);
+      lua_rawseti(L, -3, n);
+      lua_remove(L, -2);
+      return;
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushinteger(L, id);
+  call_hook(L, "new_closure", 1, 2); /* -> closure, its prototype number */
+  lua_pushvalue(L, -2);
+  lua_insert(L, -2);
+  lua_rawset(L, UP_PROTOS); /* so that it finds its way back to the pool */
+}
+
+/* core.start() -> fn, capture, args... (or false, snapshot) */
+static int l_start(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.runtime");
+  int pay = t->pay;
+  if (pay == KLUA_PAY_BLOB) {
+    lua_pushboolean(L, 0);
+    lua_pushlstring(L, t->data, t->len);
+    klua_payload_reset(t);
+    return 2;
+  }
+  if (pay == KLUA_PAY_INLINE) {
+    closure_for(L, (uint32_t)t->proto);
+    int fn = lua_gettop(L);
+    int nuv = 0;
+    while (lua_getupvalue(L, fn, nuv + 1)) {
+      lua_pop(L, 1);
+      nuv++;
+    }
+    if (nuv == 0) { /* the shared closure for it, from now on */
+      lua_pushvalue(L, fn);
+      lua_rawseti(L, UP_POOLS, t->proto);
+    }
+    lua_getfield(L, UP_HOOKS, "capture");
+    /* upvalues first, then the arguments */
+    klua_values_push(L, t->data, nuv, fn);
+    for (int i = nuv; i >= 1; i--) lua_setupvalue(L, fn, i);
+    /* the arguments follow the upvalues in the payload */
+    klua_values_push(L, klua_values_skip(t->data, nuv), t->nvals, 0);
+    int n = 2 + t->nvals;
+    klua_payload_reset(t);
+    return n;
+  }
+  /* local: its function and arguments, anchored in this VM */
+  lua_rawgeti(L, UP_ANCHOR, t->fn_ref);
+  luaL_unref(L, UP_ANCHOR, t->fn_ref);
+  t->fn_ref = LUA_NOREF;
+  lua_getfield(L, UP_HOOKS, "capture");
+  int n = 2;
+  if (t->nvals >= 0) {
+    klua_values_push(L, t->data, t->nvals, 0);
+    n += t->nvals;
+  } else {
+    int ref = (int)t->proto;
+    lua_rawgeti(L, UP_ANCHOR, ref);
+    luaL_unref(L, UP_ANCHOR, ref);
+    int tab = lua_gettop(L);
+    lua_getfield(L, tab, "n");
+    int nargs = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    luaL_checkstack(L, nargs, "too many arguments");
+    for (int i = 1; i <= nargs; i++) lua_rawgeti(L, tab, i);
+    lua_remove(L, tab);
+    n += nargs;
+  }
+  t->proto = 0;
+  klua_payload_reset(t);
+  return n;
+}
+
+/* The closure a portable task ran goes back to its prototype's pool
+ * (unless it is the shared one): the next task of that function gets the
+ * same object, and the traces LuaJIT specialised on it. */
+static void give_back_closure(lua_State *L, int fn) {
+  if (!lua_isfunction(L, fn) || lua_iscfunction(L, fn)) return;
+  lua_pushvalue(L, fn);
+  lua_rawget(L, UP_PROTOS);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  uint64_t u = (uint64_t)lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  int id = (int)(u & 0xffffff);
+  lua_rawgeti(L, UP_POOLS, id);
+  if (lua_isfunction(L, -1)) { /* shared */
+    lua_pop(L, 1);
+    return;
+  }
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_createtable(L, 4, 0);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, UP_POOLS, id);
+  }
+  lua_pushvalue(L, fn);
+  lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
+  lua_pop(L, 1);
+}
+
+/* core.finish(fn, pooled, ok, ...) -> 0 (recorded), 1 (its own nursery
+ * has children: close it first), 2 (the results or error need the codec) */
+static int l_finish(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.runtime");
+  if (t->implicit) {
+    lua_pushinteger(L, 1);
+    return 1;
+  }
+  if (lua_toboolean(L, 2) && t->kind == KLUA_PORTABLE) give_back_closure(L, 1);
+  int ok = lua_toboolean(L, 3);
+  int n = lua_gettop(L) - 3;
+  int64_t size = ok ? klua_values_size(L, 4, n, NULL) : -1;
+  char *out = size >= 0 ? klua_payload_room(t, (uint32_t)size) : NULL;
+  if (!out) {
+    lua_pushinteger(L, 2);
+    return 1;
+  }
+  klua_values_encode(L, 4, n, out, NULL);
+  t->pay = KLUA_PAY_INLINE;
+  t->nvals = n;
+  klua_task_publish(t, KLUA_OK);
+  lua_pushinteger(L, 0);
+  return 1;
+}
+
+/* core.finish_blob(outcome, snapshot) */
+static int l_finish_blob(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.runtime");
+  int outcome = (int)luaL_checkinteger(L, 1);
+  size_t len;
+  const char *snap = luaL_checklstring(L, 2, &len);
+  char *out = klua_payload_room(t, (uint32_t)len);
+  if (out) {
+    memcpy(out, snap, len);
+    t->pay = KLUA_PAY_BLOB;
+  }
+  klua_task_publish(t, outcome);
+  return 0;
+}
+
+/* core.done_mark(), core.wait_mark(): what the runner yields */
+static int l_marks(lua_State *L) {
+  lua_pushlightuserdata(L, klua_mark_done());
+  lua_pushlightuserdata(L, klua_mark_wait());
+  return 2;
+}
+
+/* ------------------------------------------------------------------ joins */
+
+/* Pushes a task's results: 0, values... | 4, outcome, snapshot |
+ * 5, outcome, message | 6, outcome (no payload) */
+static int push_outcome(lua_State *L, klua_task_t *t, int oc) {
+  switch (t->pay) {
+  case KLUA_PAY_INLINE:
+    if (oc == KLUA_OK) {
+      luaL_checkstack(L, t->nvals + 1, "too many results");
+      lua_pushinteger(L, ST_DONE);
+      return 1 + klua_values_push(L, t->data, t->nvals, 0);
+    }
+    break;
+  case KLUA_PAY_BLOB:
+    lua_pushinteger(L, ST_BLOB);
+    lua_pushinteger(L, oc);
+    lua_pushlstring(L, t->data, t->len);
+    return 3;
+  case KLUA_PAY_MESSAGE:
+    lua_pushinteger(L, ST_MESSAGE);
+    lua_pushinteger(L, oc);
+    lua_pushlstring(L, t->data, t->len);
+    return 3;
+  default: break;
+  }
+  lua_pushinteger(L, 6);
+  lua_pushinteger(L, oc);
+  return 2;
+}
+
+static int push_cancelled(lua_State *L, knhk_token_t *tok) {
+  lua_pushinteger(L, ST_CANCELLED);
+  lua_pushinteger(L, knhk_token_reason(tok));
+  return 2;
+}
+
+/* core.join_try(h) */
+static int l_join_try(lua_State *L) {
+  klua_task_t *target = TASK_ARG(L, 1);
+  klua_task_t *t = current(L, "join");
+  if (target == t) return raise_at(L, 2, "join: a task cannot join itself%s%s", "", "");
+  klua_wait_end(t);
+  /* a checkpoint: a cancelled scope raises, whether or not it has ended */
+  knhk_token_t *tok = klua_task_checkpoint_token(t);
+  if (knhk_token_is_cancelled(tok)) return push_cancelled(L, tok);
+  int oc = klua_task_outcome(target);
+  if (oc == KLUA_RUNNING) {
+    if (!klua_wait_arm_join(t, target)) {
+      if (klua_wait_arm_cancel(t, tok)) {
+        klua_wait_end(t);
+        return push_cancelled(L, tok);
+      }
+      lua_pushinteger(L, ST_WAIT);
+      return 1;
+    }
+    klua_wait_end(t);
+    oc = klua_task_outcome(target);
+  }
+  atomic_fetch_or_explicit(&target->flags, KLUA_T_JOINED, memory_order_relaxed);
+  return push_outcome(L, target, oc);
+}
+
+/* core.outcome(h) -> outcome code, and the results as join_try gives
+ * them (for a task known to have ended: a nursery's failures). */
+static int l_outcome(lua_State *L) {
+  klua_task_t *t = TASK_ARG(L, 1);
+  int oc = klua_task_outcome(t);
+  if (oc == KLUA_RUNNING) {
+    lua_pushinteger(L, ST_WAIT);
+    return 1;
+  }
+  return push_outcome(L, t, oc);
+}
+
+static int l_task_id(lua_State *L) {
+  lua_pushnumber(L, (double)TASK_ARG(L, 1)->id);
+  return 1;
+}
+
+static int l_task_done(lua_State *L) {
+  lua_pushboolean(L, klua_task_outcome(TASK_ARG(L, 1)) != KLUA_RUNNING);
+  return 1;
+}
+
+static int l_task_joined(lua_State *L) {
+  lua_pushboolean(L, (atomic_load(&TASK_ARG(L, 1)->flags) & KLUA_T_JOINED) != 0);
+  return 1;
+}
+
+static int l_task_cancel(lua_State *L) {
+  klua_task_cancel(TASK_ARG(L, 1));
+  return 0;
+}
+
+/* ----------------------------------------------------- waits, cancellation */
+
+/* core.cancelled() -> reason, or nil: the caller's scope is not cancelled */
+static int l_cancelled(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.checkpoint");
+  knhk_token_t *tok = klua_task_checkpoint_token(t);
+  if (!knhk_token_is_cancelled(tok)) return 0;
+  lua_pushinteger(L, knhk_token_reason(tok));
+  return 1;
+}
+
+/* core.reschedule(): queued again at once (a checkpoint lets others run) */
+static int l_reschedule(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.checkpoint");
+  klua_wake(t);
+  return 0;
+}
+
+/* core.wait_end(): takes back what the last wait armed (a wait left early) */
+static int l_wait_end(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.runtime");
+  klua_wait_end(t);
+  return 0;
+}
+
+/* core.sleep_try(deadline_ns) */
+static int l_sleep_try(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.sleep");
+  double deadline = luaL_checknumber(L, 1);
+  klua_wait_end(t);
+  knhk_token_t *tok = klua_task_checkpoint_token(t);
+  if (knhk_token_is_cancelled(tok)) return push_cancelled(L, tok);
+  if ((double)knhk_reactor_now(t->rt->reactor) >= deadline) {
+    lua_pushinteger(L, ST_DONE);
+    return 1;
+  }
+  int rc = klua_wait_arm_sleep(t, deadline >= 1.8e19 ? UINT64_MAX : (uint64_t)deadline);
+  if (rc != 0) return raise_at(L, 2, "knhk.sleep: %s%s", knhk_strerror(rc), "");
+  if (klua_wait_arm_cancel(t, tok)) {
+    klua_wait_end(t);
+    return push_cancelled(L, tok);
+  }
+  lua_pushinteger(L, ST_WAIT);
+  return 1;
+}
+
+/* core.wait_try(uncancellable): a wait whose wake-up someone else arms
+ * (exec, the REPL's lines): only its cancellation is armed here. */
+static int l_wait_try(lua_State *L) {
+  klua_task_t *t = current(L, "wait");
+  klua_wait_end(t);
+  if (lua_toboolean(L, 1)) {
+    lua_pushinteger(L, ST_WAIT);
+    return 1;
+  }
+  knhk_token_t *tok = klua_task_checkpoint_token(t);
+  if (klua_wait_arm_cancel(t, tok)) {
+    klua_wait_end(t);
+    return push_cancelled(L, tok);
+  }
+  lua_pushinteger(L, ST_WAIT);
+  return 1;
+}
+
+/* core.scope_token() -> lightuserdata of the token the caller's checkpoints
+ * look at (for the FFI calls that stop on cancellation: exec) */
+static int l_scope_token(lua_State *L) {
+  lua_pushlightuserdata(L, klua_task_checkpoint_token(current(L, "knhk")));
+  return 1;
+}
+
+/* core.current_ptr() -> lightuserdata of the running task (for the FFI
+ * calls that wake it: exec, line input) */
+static int l_current_ptr(lua_State *L) {
+  lua_pushlightuserdata(L, current(L, "knhk"));
+  return 1;
+}
+
+/* --------------------------------------------------------------- scopes */
+
+/* core.scope_enter(deadline_ns or 0, shield) -> token, previous scope */
+static int l_scope_enter(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.cancel_scope");
+  double deadline = luaL_optnumber(L, 1, 0);
+  int shield = lua_toboolean(L, 2);
+  knhk_token_t *parent = NULL;
+  if (!shield) parent = t->scope ? t->scope : klua_task_own_token(t);
+  knhk_token_t *tok = NULL;
+  if (knhk_token_new(&tok, parent) != 0) return luaL_error(L, "knhk: out of memory");
+  if (deadline > 0)
+    knhk_token_set_deadline(tok, t->rt->reactor, deadline >= 1.8e19 ? UINT64_MAX : (uint64_t)deadline);
+  push_handle(L, KLUA_H_TOKEN, tok); /* owns the token's reference */
+  if (t->scope) lua_pushlightuserdata(L, t->scope);
+  else lua_pushnil(L);
+  t->scope = tok;
+  return 2;
+}
+
+/* core.scope_exit(token, previous) -> reason (0: not cancelled), whether
+ * the scope around it is cancelled too */
+static int l_scope_exit(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.cancel_scope");
+  knhk_token_t *tok = TOKEN_ARG(L, 1);
+  t->scope = lua_touserdata(L, 2);
+  knhk_token_clear_deadline(tok);
+  lua_pushinteger(L, knhk_token_reason(tok));
+  lua_pushboolean(L, knhk_token_is_cancelled(klua_task_checkpoint_token(t)));
+  return 2;
+}
+
+/* ----------------------------------------------------------------- tokens */
+
+static int l_token_new(lua_State *L) {
+  knhk_token_t *parent = lua_isnoneornil(L, 1) ? NULL : TOKEN_ARG(L, 1);
+  knhk_token_t *tok = NULL;
+  int rc = knhk_token_new(&tok, parent);
+  if (rc != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, knhk_strerror(rc));
+    lua_pushinteger(L, rc);
+    return 3;
+  }
+  push_handle(L, KLUA_H_TOKEN, tok);
+  return 1;
+}
+
+static int l_token_cancel(lua_State *L) {
+  knhk_token_cancel(TOKEN_ARG(L, 1), KNHK_CANCEL_EXPLICIT);
+  return 0;
+}
+
+static int l_token_is_cancelled(lua_State *L) {
+  lua_pushboolean(L, knhk_token_is_cancelled(TOKEN_ARG(L, 1)));
+  return 1;
+}
+
+static int l_token_reason(lua_State *L) {
+  lua_pushinteger(L, knhk_token_reason(TOKEN_ARG(L, 1)));
+  return 1;
+}
+
+/* core.token_wait_try(token) */
+static int l_token_wait_try(lua_State *L) {
+  knhk_token_t *watched = TOKEN_ARG(L, 1);
+  klua_task_t *t = current(L, "token:wait");
+  klua_wait_end(t);
+  if (knhk_token_is_cancelled(watched)) {
+    lua_pushinteger(L, ST_DONE);
+    return 1;
+  }
+  knhk_token_t *tok = klua_task_checkpoint_token(t);
+  if (knhk_token_is_cancelled(tok)) return push_cancelled(L, tok);
+  if (klua_wait_arm_watch(t, watched) || klua_wait_arm_cancel(t, tok)) {
+    klua_wait_end(t);
+    if (knhk_token_is_cancelled(watched)) {
+      lua_pushinteger(L, ST_DONE);
+      return 1;
+    }
+    return push_cancelled(L, tok);
+  }
+  lua_pushinteger(L, ST_WAIT);
+  return 1;
+}
+
+/* --------------------------------------------------------------- nurseries */
+
+/* core.nursery_open(supervise) -> nursery, previous scope: the body runs
+ * in the nursery's scope (a failing child or n:cancel() reaches it). */
+static int l_nursery_open(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.nursery");
+  knhk_token_t *parent = t->scope ? t->scope : klua_task_own_token(t);
+  knhk_token_t *tok = NULL;
+  if (!parent || knhk_token_new(&tok, parent) != 0) return luaL_error(L, "knhk: out of memory");
+  klua_group_t *g =
+      klua_group_new(t->rt, tok, KLUA_G_ORDERED | (lua_toboolean(L, 1) ? KLUA_G_SUPERVISE : 0));
+  knhk_token_release(tok); /* the group holds it */
+  if (!g) return luaL_error(L, "knhk: out of memory");
+  push_handle(L, KLUA_H_NURSERY, g);
+  if (t->scope) lua_pushlightuserdata(L, t->scope);
+  else lua_pushnil(L);
+  t->scope = g->token;
+  return 2;
+}
+
+/* core.nursery_body_done(n, previous scope) */
+static int l_nursery_body_done(lua_State *L) {
+  (void)GROUP_ARG(L, 1);
+  klua_task_t *t = current(L, "knhk.nursery");
+  t->scope = lua_touserdata(L, 2);
+  return 0;
+}
+
+/* core.nursery_fail(n): the body failed: the children are cancelled */
+static int l_nursery_fail(lua_State *L) {
+  klua_group_t *g = GROUP_ARG(L, 1);
+  atomic_store(&g->sibling_cancelled, 1);
+  knhk_token_cancel(g->token, KNHK_CANCEL_SIBLING);
+  return 0;
+}
+
+static int l_nursery_cancel(lua_State *L) {
+  knhk_token_cancel(GROUP_ARG(L, 1)->token, KNHK_CANCEL_EXPLICIT);
+  return 0;
+}
+
+static int l_nursery_closed(lua_State *L) {
+  lua_pushboolean(L, atomic_load(&GROUP_ARG(L, 1)->closed));
+  return 1;
+}
+
+static int l_nursery_cancelled(lua_State *L) {
+  lua_pushboolean(L, knhk_token_is_cancelled(GROUP_ARG(L, 1)->token));
+  return 1;
+}
+
+/* g, or the calling task's own nursery (nil) */
+static klua_group_t *group_or_own(lua_State *L, int idx, klua_task_t *t) {
+  if (lua_isnoneornil(L, idx)) return t->implicit;
+  return GROUP_ARG(L, idx);
+}
+
+/* core.next_ended_try(n) -> 0, handle | 0 (none live, none left) | 1 */
+static int l_next_ended_try(lua_State *L) {
+  klua_task_t *t = current(L, "join_next");
+  klua_group_t *g = group_or_own(L, 1, t);
+  klua_wait_end(t);
+  for (;;) {
+    klua_task_t *c = klua_group_next_ended(g);
+    if (c) {
+      lua_pushinteger(L, ST_DONE);
+      push_handle(L, KLUA_H_TASK, c); /* takes the group's reference */
+      return 2;
+    }
+    if (klua_group_live(g) == 0) {
+      lua_pushinteger(L, ST_DONE);
+      return 1;
+    }
+    uint64_t seen = atomic_load_explicit(&g->ends, memory_order_seq_cst);
+    if (klua_group_next_ended(g)) { /* ended meanwhile: put back in order */
+      continue;
+    }
+    if (klua_group_notify(g, t, seen) == KNHK_EALREADY) {
+      klua_group_unnotify(g, t);
+      continue;
+    }
+    t->w.kind = KLUA_WAIT_GROUP;
+    t->w.on = g;
+    lua_pushinteger(L, ST_WAIT);
+    return 1;
+  }
+}
+
+/* core.close_try(n|nil [, close]): waits (not cancellable) until no
+ * child is live, then (unless close is false) closes it, in one step with
+ * that check -> 0 | 1 */
+static int l_close_try(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.nursery");
+  klua_group_t *g = group_or_own(L, 1, t);
+  int close = lua_isnoneornil(L, 2) || lua_toboolean(L, 2);
+  klua_wait_end(t);
+  for (;;) {
+    if (close ? klua_group_close_if_idle(g) == 0 : klua_group_live(g) == 0) {
+      lua_pushinteger(L, ST_DONE);
+      return 1;
+    }
+    if (klua_group_notify(g, t, UINT64_MAX) == KNHK_EALREADY) {
+      klua_group_unnotify(g, t);
+      continue;
+    }
+    t->w.kind = KLUA_WAIT_GROUP;
+    t->w.on = g;
+    lua_pushinteger(L, ST_WAIT);
+    return 1;
+  }
+}
+
+/* core.failures(n|nil) -> { handles of failed children nobody joined } */
+static int l_failures(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.nursery");
+  klua_group_t *g = group_or_own(L, 1, t);
+  uint32_t n = 0;
+  klua_task_t **f = klua_group_take_failures(g, &n);
+  lua_createtable(L, (int)n, 0);
+  int k = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    if (atomic_load(&f[i]->flags) & KLUA_T_JOINED) {
+      klua_task_release(f[i]);
+    } else {
+      push_handle(L, KLUA_H_TASK, f[i]);
+      lua_rawseti(L, -2, ++k);
+    }
+  }
+  free(f);
+  return 1;
+}
+
+/* core.drop_own(): the task's own nursery is closed: it goes */
+static int l_drop_own(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.runtime");
+  klua_group_release(t->implicit);
+  t->implicit = NULL;
+  return 0;
+}
+
+/* --------------------------------------------------------------- channels */
+
+static int l_channel(lua_State *L) {
+  double cap = luaL_checknumber(L, 1);
+  klua_sync_t *s = klua_chan_new((uint32_t)cap);
+  if (!s) return 0;
+  push_handle(L, KLUA_H_CHANNEL, s);
+  return 1;
+}
+
+static int sync_status(lua_State *L, int st, klua_task_t *t) {
+  if (st == KLUA_SYNC_CANCELLED) return push_cancelled(L, klua_task_checkpoint_token(t));
+  if (st < 0) return raise_at(L, 2, "knhk: %s%s", knhk_strerror(st), "");
+  lua_pushinteger(L, st == KLUA_SYNC_DONE ? ST_DONE : st == KLUA_SYNC_WAIT ? ST_WAIT : ST_CLOSED);
+  return 1;
+}
+
+/* core.send_try(ch, v) -> 0 | 1 | 2 (closed) | 3, reason | 6 (needs the codec) */
+static int l_send_try(lua_State *L) {
+  klua_sync_t *s = SYNC_ARG(L, 1, KLUA_H_CHANNEL, "channel");
+  klua_task_t *t = current(L, "send");
+  lua_settop(L, 2);
+  int64_t size = klua_values_size(L, 2, 1, NULL);
+  if (size < 0) {
+    lua_pushinteger(L, ST_SLOW);
+    return 1;
+  }
+  char small[64];
+  char *buf = size <= (int64_t)sizeof small ? small : malloc((size_t)size);
+  if (!buf) return luaL_error(L, "send: out of memory");
+  klua_values_encode(L, 2, 1, buf, NULL);
+  klua_val_t v = {KLUA_VAL_INLINE, buf, (uint32_t)size};
+  int st = klua_chan_try_send(s, t, &v, klua_task_checkpoint_token(t));
+  /* The references the encoding took on handles belong to the copy the
+   * channel keeps: sent, or waiting in a rendezvous sender's node. Else
+   * they go now. */
+  int kept = st == KLUA_SYNC_DONE || (st == KLUA_SYNC_WAIT && klua_chan_capacity(s) == 0);
+  if (!kept) klua_values_drop(buf, 1);
+  if (buf != small) free(buf);
+  return sync_status(L, st, t);
+}
+
+/* core.send_blob_try(ch, snapshot) */
+static int l_send_blob_try(lua_State *L) {
+  klua_sync_t *s = SYNC_ARG(L, 1, KLUA_H_CHANNEL, "channel");
+  klua_task_t *t = current(L, "send");
+  size_t len;
+  const char *snap = luaL_checklstring(L, 2, &len);
+  klua_val_t v = {KLUA_VAL_BLOB, snap, (uint32_t)len};
+  return sync_status(L, klua_chan_try_send(s, t, &v, klua_task_checkpoint_token(t)), t);
+}
+
+/* core.recv_try(ch) -> 0, value | 4, snapshot | 1 | 2 | 3, reason */
+static int l_recv_try(lua_State *L) {
+  klua_sync_t *s = SYNC_ARG(L, 1, KLUA_H_CHANNEL, "channel");
+  klua_task_t *t = current(L, "recv");
+  klua_val_t v;
+  int st = klua_chan_try_recv(s, t, &v, klua_task_checkpoint_token(t));
+  if (st != KLUA_SYNC_DONE) return sync_status(L, st, t);
+  if (v.kind == KLUA_VAL_BLOB) {
+    lua_pushinteger(L, ST_BLOB);
+    lua_pushlstring(L, v.p, v.len);
+  } else {
+    lua_pushinteger(L, ST_DONE);
+    if (v.len) klua_values_push(L, v.p, 1, 0);
+    else lua_pushnil(L);
+  }
+  klua_val_free(&v);
+  return 2;
+}
+
+static int l_chan_close(lua_State *L) {
+  lua_pushboolean(L, klua_chan_close(SYNC_ARG(L, 1, KLUA_H_CHANNEL, "channel")) == 0);
+  return 1;
+}
+
+static int l_chan_closed(lua_State *L) {
+  lua_pushboolean(L, klua_chan_closed(SYNC_ARG(L, 1, KLUA_H_CHANNEL, "channel")));
+  return 1;
+}
+
+static int l_chan_len(lua_State *L) {
+  lua_pushinteger(L, klua_chan_count(SYNC_ARG(L, 1, KLUA_H_CHANNEL, "channel")));
+  return 1;
+}
+
+static int l_chan_capacity(lua_State *L) {
+  lua_pushinteger(L, klua_chan_capacity(SYNC_ARG(L, 1, KLUA_H_CHANNEL, "channel")));
+  return 1;
+}
+
+/* ----------------------------------------------------- semaphores, events */
+
+static int l_semaphore(lua_State *L) {
+  klua_sync_t *s = klua_sem_new((int64_t)luaL_checknumber(L, 1));
+  if (!s) return 0;
+  push_handle(L, lua_toboolean(L, 2) ? KLUA_H_LOCK : KLUA_H_SEMAPHORE, s);
+  return 1;
+}
+
+static klua_sync_t *sem_arg(lua_State *L) {
+  handle_t *h = lua_touserdata(L, 1);
+  int k = klua_handle_kind(L, 1);
+  if (!h || (k != KLUA_H_SEMAPHORE && k != KLUA_H_LOCK))
+    return SYNC_ARG(L, 1, KLUA_H_SEMAPHORE, "semaphore");
+  return h->p;
+}
+
+static int l_acquire_try(lua_State *L) {
+  klua_sync_t *s = sem_arg(L);
+  klua_task_t *t = current(L, "acquire");
+  return sync_status(L, klua_sem_try_acquire(s, t, klua_task_checkpoint_token(t)), t);
+}
+
+static int l_release(lua_State *L) {
+  klua_sem_release(sem_arg(L));
+  return 0;
+}
+
+static int l_permits(lua_State *L) {
+  lua_pushnumber(L, (double)klua_sem_permits(sem_arg(L)));
+  return 1;
+}
+
+static int l_event(lua_State *L) {
+  klua_sync_t *s = klua_event_new();
+  if (!s) return 0;
+  push_handle(L, KLUA_H_EVENT, s);
+  return 1;
+}
+
+static int l_event_wait_try(lua_State *L) {
+  klua_sync_t *s = SYNC_ARG(L, 1, KLUA_H_EVENT, "event");
+  klua_task_t *t = current(L, "wait");
+  return sync_status(L, klua_event_try_wait(s, t, klua_task_checkpoint_token(t)), t);
+}
+
+static int l_event_set(lua_State *L) {
+  klua_event_set(SYNC_ARG(L, 1, KLUA_H_EVENT, "event"));
+  return 0;
+}
+
+static int l_event_is_set(lua_State *L) {
+  lua_pushboolean(L, klua_event_is_set(SYNC_ARG(L, 1, KLUA_H_EVENT, "event")));
+  return 1;
+}
+
+/* ---------------------------------------------------------------- queries */
+
+static klua_rt_t *rt_of_vm(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, "knhk.rt");
+  klua_rt_t *rt = lua_touserdata(L, -1);
+  lua_pop(L, 1);
   return rt;
 }
+
+/* core.now() -> nanoseconds on the runtime's clock, or nil outside a run */
+static int l_now(lua_State *L) {
+  klua_rt_t *rt = rt_of_vm(L);
+  if (!rt || !atomic_load(&live_gen)) return 0;
+  lua_pushnumber(L, (double)knhk_reactor_now(rt->reactor));
+  return 1;
+}
+
+/* core.current() -> id, worker of the running task, or nothing */
+static int l_current(lua_State *L) {
+  klua_worker_t *w = klua_self();
+  if (!w || !w->cur || w->cur->co != L) return 0;
+  lua_pushnumber(L, (double)w->cur->id);
+  lua_pushinteger(L, w->index);
+  return 2;
+}
+
+/* core.tasks(rt, only_running) -> { {id, parent, started_ns, worker,
+ * state, where}, ... } of the tasks started and not ended */
+int klua_tasks_rows(klua_rt_t *rt, void (*row)(void *, klua_task_t *, int), void *ud,
+                    int only_running);
+
+static void push_row(void *ud, klua_task_t *t, int state) {
+  lua_State *L = ud;
+  lua_createtable(L, 0, 6);
+  lua_pushnumber(L, (double)t->id);
+  lua_setfield(L, -2, "id");
+  if (t->parent) {
+    lua_pushnumber(L, (double)t->parent);
+    lua_setfield(L, -2, "parent");
+  }
+  lua_pushnumber(L, (double)t->started_ns);
+  lua_setfield(L, -2, "started_ns");
+  lua_pushinteger(L, atomic_load_explicit(&t->home, memory_order_relaxed));
+  lua_setfield(L, -2, "worker");
+  lua_pushstring(L, state == KNHK_TASK_RUNNING ? "running" : state == KNHK_TASK_PARKED ? "waiting"
+                                                                                       : "queued");
+  lua_setfield(L, -2, "state");
+  lua_pushstring(L, t->where);
+  lua_setfield(L, -2, "where");
+  lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
+}
+
+static int l_tasks(lua_State *L) {
+  klua_rt_t *rt = rt_of_vm(L);
+  lua_newtable(L);
+  if (!rt) return 1;
+  for (int i = 0; i < rt->workers; i++) {
+    klua_worker_t *w = &rt->w[i];
+    pthread_mutex_lock(&w->live_m);
+    for (klua_task_t *t = w->live; t; t = t->live_next) push_row(L, t, knhk_task_state(&t->et));
+    pthread_mutex_unlock(&w->live_m);
+  }
+  return 1;
+}
+
+/* ------------------------------------------------------- the runtime */
 
 /* core.new(workers) -> rt | error */
 static int l_new(lua_State *L) {
@@ -32,21 +1211,33 @@ static int l_new(lua_State *L) {
     atomic_store(&running, 0);
     return luaL_error(L, "knhk.run: %s", err[0] ? err : knhk_strerror(rc));
   }
+  atomic_store(&live_gen, atomic_fetch_add(&gen_counter, 1) + 1);
   lua_pushlightuserdata(L, rt);
   return 1;
 }
 
-/* core.register(step): this VM's step function, called by the workers. */
+/* core.register(runner, hooks): this VM's runner (what its coroutines
+ * run) and runtime.lua's hooks for this module. */
 static int l_register(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  lua_getfield(L, LUA_REGISTRYINDEX, "knhk.rt");
-  klua_rt_t *rt = lua_touserdata(L, -1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  klua_rt_t *rt = rt_of_vm(L);
   lua_getfield(L, LUA_REGISTRYINDEX, "knhk.worker");
   int index = (int)lua_tointeger(L, -1);
-  lua_pop(L, 2);
+  lua_pop(L, 1);
   if (!rt || index < 0 || index >= rt->workers) return luaL_error(L, "no runtime in this VM");
+  /* the hooks go into this module's shared hooks table */
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, UP_HOOKS);
+  }
+  klua_worker_t *w = &rt->w[index];
   lua_pushvalue(L, 1);
-  rt->vms[index].step_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  w->runner = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, UP_ANCHOR);
+  w->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
@@ -59,16 +1250,35 @@ static int l_context(lua_State *L) {
 
 /* core.enter(rt): the calling thread runs as worker 0 until shutdown. */
 static int l_enter(lua_State *L) {
-  klua_rt_t *rt = check_rt(L, 1);
-  rt->vms[0].L = L; /* tasks of worker 0 are stepped from this thread */
+  klua_rt_t *rt = lua_touserdata(L, 1);
+  if (!rt) return luaL_argerror(L, 1, "runtime expected");
+  rt->w[0].L = L;
   int rc = klua_rt_enter(rt);
   if (rc != 0) return luaL_error(L, "knhk.run: %s", knhk_strerror(rc));
   return 0;
 }
 
+static void clear_table(lua_State *L, int idx) {
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushnil(L);
+    lua_rawset(L, idx);
+  }
+}
+
 /* core.free(rt) */
 static int l_free(lua_State *L) {
-  klua_rt_t *rt = check_rt(L, 1);
+  klua_rt_t *rt = lua_touserdata(L, 1);
+  if (!rt) return luaL_argerror(L, 1, "runtime expected");
+  atomic_store(&live_gen, 0); /* handles still held go stale, not dangling */
+  /* What this VM (the caller's, which outlives the run) cached of this
+   * runtime: prototype ids, pooled closures, places interned in it. */
+  clear_table(L, UP_PROTOS);
+  clear_table(L, UP_POOLS);
+  clear_table(L, UP_PLACES);
+  clear_table(L, UP_ANCHOR);
   klua_rt_free(rt);
   atomic_store(&running, 0);
   return 0;
@@ -82,12 +1292,147 @@ static int l_path(lua_State *L) {
   return 1;
 }
 
-KLUA_API int luaopen_knhk_core(lua_State *L) {
-  static const luaL_Reg fns[] = {{"new", l_new},         {"register", l_register},
-                                 {"context", l_context}, {"enter", l_enter},
-                                 {"free", l_free},       {"path", l_path},
-                                 {NULL, NULL}};
+/* core.metatables() -> { [kind name] = metatable }: runtime.lua gives
+ * each kind of handle its methods. */
+static int l_metatables(lua_State *L) {
+  static const char *names[] = {NULL, "task", "channel", "semaphore", "lock", "event", "token",
+                                "nursery"};
   lua_newtable(L);
-  luaL_register(L, NULL, fns);
+  for (int k = 1; k < KLUA_H_KINDS; k++) {
+    lua_rawgeti(L, UP_MTS, k);
+    lua_setfield(L, -2, names[k]);
+  }
+  return 1;
+}
+
+/* core.handle_ptr(handle) -> lightuserdata of the object (for the FFI) */
+static int l_handle_ptr(lua_State *L) {
+  handle_t *h = lua_touserdata(L, 1);
+  if (!h || !klua_handle_kind(L, 1)) return luaL_argerror(L, 1, "knhk handle expected");
+  lua_pushlightuserdata(L, h->p);
+  return 1;
+}
+
+/* core.export(handle) -> number, core.import(kind, number) -> handle: the
+ * codec's way to carry a handle inside a snapshot. */
+static int l_export(lua_State *L) {
+  int kind = klua_handle_kind(L, 1);
+  if (!kind) return luaL_argerror(L, 1, "knhk handle expected");
+  lua_pushinteger(L, kind);
+  lua_pushnumber(L, (double)(uintptr_t)klua_handle_export(L, 1));
+  return 2;
+}
+
+static int l_import(lua_State *L) {
+  int kind = (int)luaL_checkinteger(L, 1);
+  void *p = (void *)(uintptr_t)luaL_checknumber(L, 2);
+  push_handle(L, kind, p);
+  return 1;
+}
+
+KLUA_API int luaopen_knhk_core(lua_State *L) {
+  static const luaL_Reg fns[] = {
+      {"spawn", l_spawn},
+      {"spawn_local", l_spawn_local},
+      {"nursery_spawn", l_nursery_spawn},
+      {"nursery_spawn_local", l_nursery_spawn_local},
+      {"spawn_blob", l_spawn_blob},
+      {"root", l_root},
+      {"start", l_start},
+      {"finish", l_finish},
+      {"finish_blob", l_finish_blob},
+      {"marks", l_marks},
+      {"join_try", l_join_try},
+      {"outcome", l_outcome},
+      {"task_id", l_task_id},
+      {"task_done", l_task_done},
+      {"task_joined", l_task_joined},
+      {"task_cancel", l_task_cancel},
+      {"cancelled", l_cancelled},
+      {"reschedule", l_reschedule},
+      {"wait_end", l_wait_end},
+      {"sleep_try", l_sleep_try},
+      {"wait_try", l_wait_try},
+      {"current_ptr", l_current_ptr},
+      {"scope_token", l_scope_token},
+      {"scope_enter", l_scope_enter},
+      {"scope_exit", l_scope_exit},
+      {"token_new", l_token_new},
+      {"token_cancel", l_token_cancel},
+      {"token_is_cancelled", l_token_is_cancelled},
+      {"token_reason", l_token_reason},
+      {"token_wait_try", l_token_wait_try},
+      {"nursery_open", l_nursery_open},
+      {"nursery_body_done", l_nursery_body_done},
+      {"nursery_fail", l_nursery_fail},
+      {"nursery_cancel", l_nursery_cancel},
+      {"nursery_closed", l_nursery_closed},
+      {"nursery_cancelled", l_nursery_cancelled},
+      {"next_ended_try", l_next_ended_try},
+      {"close_try", l_close_try},
+      {"failures", l_failures},
+      {"drop_own", l_drop_own},
+      {"cancel_children", l_cancel_children},
+      {"channel", l_channel},
+      {"send_try", l_send_try},
+      {"send_blob_try", l_send_blob_try},
+      {"recv_try", l_recv_try},
+      {"chan_close", l_chan_close},
+      {"chan_closed", l_chan_closed},
+      {"chan_len", l_chan_len},
+      {"chan_capacity", l_chan_capacity},
+      {"semaphore", l_semaphore},
+      {"acquire_try", l_acquire_try},
+      {"release", l_release},
+      {"permits", l_permits},
+      {"event", l_event},
+      {"event_wait_try", l_event_wait_try},
+      {"event_set", l_event_set},
+      {"event_is_set", l_event_is_set},
+      {"now", l_now},
+      {"current", l_current},
+      {"tasks", l_tasks},
+      {"new", l_new},
+      {"register", l_register},
+      {"context", l_context},
+      {"enter", l_enter},
+      {"free", l_free},
+      {"path", l_path},
+      {"metatables", l_metatables},
+      {"handle_ptr", l_handle_ptr},
+      {"export", l_export},
+      {"import", l_import},
+      {NULL, NULL}};
+  lua_newtable(L); /* the module */
+  lua_newtable(L); /* 1 anchor */
+  lua_newtable(L); /* 2 protos: weak keys */
+  lua_newtable(L);
+  lua_pushstring(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_newtable(L); /* 3 pools */
+  lua_newtable(L); /* 4 places: weak keys */
+  lua_getmetatable(L, -3);
+  lua_setmetatable(L, -2);
+  lua_newtable(L); /* 5 metatables, both ways */
+  for (int k = 1; k < KLUA_H_KINDS; k++) {
+    lua_newtable(L);
+    lua_pushcfunction(L, handle_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -3, k);
+    lua_pushinteger(L, k);
+    lua_rawset(L, -3);
+  }
+  lua_newtable(L); /* 6 hooks */
+  /* the metatables' __gc need the kinds table (UP_MTS) too */
+  for (int k = 1; k < KLUA_H_KINDS; k++) {
+    lua_rawgeti(L, -2, k);
+    for (int i = 0; i < 6; i++) lua_pushvalue(L, -7); /* anchor .. hooks */
+    lua_pushcclosure(L, handle_gc, 6);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+  }
+  luaL_openlib(L, NULL, fns, 6);
   return 1;
 }

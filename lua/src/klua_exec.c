@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "klua.h"
+#include "klua_ffi.h"
 #include "knhk/errors.h"
 
 typedef struct klua_exec {
@@ -38,7 +39,7 @@ static void exec_exited(knhk_process_t *p) {
   klua_exec_t *e = (klua_exec_t *)p;
   klua_task_t *t = e->task;
   atomic_store_explicit(&e->done, 1, memory_order_release);
-  klua_wake(t, KLUA_WAKE_EXEC);
+  klua_wake(t);
   klua_task_release(t);
 }
 
@@ -87,8 +88,19 @@ KLUA_API int klua_exec_done(klua_exec_t *e) {
   return atomic_load_explicit(&e->done, memory_order_acquire);
 }
 
-/* Once done: the outcome. */
-KLUA_API knhk_process_t *klua_exec_process(klua_exec_t *e) { return &e->p; }
+/* Once done: the outcome (valid until klua_exec_free). */
+KLUA_API void klua_exec_result(klua_exec_t *e, klua_exec_result_t *out) {
+  const knhk_process_t *p = &e->p;
+  out->error = p->error;
+  out->error_at = p->error_at == KNHK_PROCESS_AT_CWD ? KLUA_EXEC_AT_CWD : KLUA_EXEC_AT_FILE;
+  out->exit_status = p->exit_status;
+  out->term_signal = p->term_signal;
+  out->cancelled = p->cancelled;
+  out->out = p->out;
+  out->err = p->err;
+  out->out_len = p->out_len;
+  out->err_len = p->err_len;
+}
 
 KLUA_API void klua_exec_free(klua_exec_t *e) {
   if (!e) return;

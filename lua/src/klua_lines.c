@@ -102,7 +102,7 @@ static void deliver(klua_lines_t *l, int status, char *line) {
   l->waiter = NULL;
   if (w) {
     pthread_mutex_unlock(&l->m);
-    klua_wake(w, KLUA_WAKE_SYNC);
+    klua_wake(w);
     klua_task_release(w);
     pthread_mutex_lock(&l->m);
   }

@@ -3,10 +3,7 @@
 #ifndef KLUA_LINES_H
 #define KLUA_LINES_H
 
-typedef struct klua_lines klua_lines_t;
-
-/* What klua_lines_take found. */
-enum { KLUA_LINES_NONE = 0, KLUA_LINES_LINE = 1, KLUA_LINES_INTERRUPTED = 2 };
+#include "klua_ffi.h" /* klua_lines_t, and what klua_lines_take found (KLUA_LINES_*) */
 
 /* Any thread. Discards the line being typed: the pending request ends with
  * KLUA_LINES_INTERRUPTED. With no request pending, the next one does (a

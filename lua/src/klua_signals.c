@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "klua.h"
+#include "klua_ffi.h"
 #include "klua_lines.h"
 
 typedef struct {
@@ -31,22 +32,78 @@ typedef struct {
 
 static klua_signals_t sigs;
 
-/* Right after the root was cancelled: the tasks a worker is running now
- * have not reached a checkpoint, and cleanup waits for them. Say which,
- * and how to stop waiting, so that a long computation does not look like
- * a hang. Runs on the reactor thread. */
-static void report_running(klua_rt_t *rt, int signum) {
-  klua_task_row_t rows[8];
-  int n = klua_tasks_running(rt, rows, 8);
+/* The tasks a worker is running: right at the signal, and again a moment
+ * after the cancel went out. One running at both has not reached a
+ * checkpoint (a checkpoint would have ended it, or let others run), and
+ * cleanup waits for it: say which, and how to stop waiting, so that a long
+ * computation does not look like a hang. On the reactor thread. */
+enum { REPORT_MAX = 8, REPORT_AFTER_NS = 200000000 };
+
+typedef struct {
+  knhk_timer_t timer;
+  klua_rt_t *rt;
+  int signum, n;
+  uint64_t ids[REPORT_MAX];
+} report_t;
+
+static report_t report;
+
+static int running_tasks(klua_rt_t *rt, klua_task_t **out, int max) {
+  int n = 0;
+  for (int i = 0; i < rt->workers && n < max; i++) {
+    klua_worker_t *w = &rt->w[i];
+    pthread_mutex_lock(&w->live_m);
+    for (klua_task_t *t = w->live; t && n < max; t = t->live_next)
+      if (knhk_task_state(&t->et) == KNHK_TASK_RUNNING) out[n++] = t;
+    pthread_mutex_unlock(&w->live_m);
+  }
+  return n;
+}
+
+static void report_still_running(knhk_timer_t *tm, int status) {
+  report_t *r = tm->data;
+  if (status != 0) return;
+  klua_rt_t *rt = r->rt;
+  int n = 0;
+  uint64_t ids[REPORT_MAX];
+  const char *where[REPORT_MAX];
+  int worker[REPORT_MAX];
+  for (int i = 0; i < rt->workers && n < REPORT_MAX; i++) {
+    klua_worker_t *w = &rt->w[i];
+    pthread_mutex_lock(&w->live_m);
+    for (klua_task_t *t = w->live; t && n < REPORT_MAX; t = t->live_next) {
+      if (knhk_task_state(&t->et) != KNHK_TASK_RUNNING) continue;
+      int before = 0;
+      for (int k = 0; k < r->n; k++) before |= r->ids[k] == t->id;
+      if (!before) continue;
+      ids[n] = t->id;
+      where[n] = t->where;
+      worker[n++] = i;
+    }
+    pthread_mutex_unlock(&w->live_m);
+  }
   if (n == 0) return;
-  const char *what = signum == SIGINT ? "interrupted" : "terminated";
+  const char *what = r->signum == SIGINT ? "interrupted" : "terminated";
   fprintf(stderr, "knhk: %s: cancelling; waiting for %d task%s that %s not reached a checkpoint:\n",
           what, n, n == 1 ? "" : "s", n == 1 ? "has" : "have");
   for (int i = 0; i < n; i++)
-    fprintf(stderr, "  task %llu (%s), running on worker %d\n", (unsigned long long)rows[i].id,
-            rows[i].where, rows[i].worker);
+    fprintf(stderr, "  task %llu (%s), running on worker %d\n", (unsigned long long)ids[i],
+            where[i], worker[i]);
   fprintf(stderr, "knhk: %s again to end the process at once\n",
-          signum == SIGINT ? "Ctrl-C" : "SIGTERM");
+          r->signum == SIGINT ? "Ctrl-C" : "SIGTERM");
+}
+
+/* Before the cancel: who is running; a moment after it: the report. */
+static void report_later(klua_rt_t *rt, int signum) {
+  klua_task_t *ts[REPORT_MAX];
+  int n = running_tasks(rt, ts, REPORT_MAX);
+  report.rt = rt;
+  report.signum = signum;
+  report.n = n;
+  for (int i = 0; i < n; i++) report.ids[i] = ts[i]->id;
+  if (n > 0)
+    knhk_timer_start(rt->reactor, &report.timer, knhk_reactor_now(rt->reactor) + REPORT_AFTER_NS,
+                     report_still_running, &report);
 }
 
 static void on_signal(knhk_signal_t *w, int signum, uint64_t count) {
@@ -71,8 +128,8 @@ static void on_signal(knhk_signal_t *w, int signum, uint64_t count) {
   }
   int expected = 0;
   if (!atomic_compare_exchange_strong(&sigs.first, &expected, signum)) _exit(128 + signum);
+  report_later(rt, signum);
   knhk_token_cancel(rt->root_token, KNHK_CANCEL_SIGNAL);
-  report_running(rt, signum);
 }
 
 /* Starts watching SIGINT and SIGTERM for rt. Returns 0 or an error. */

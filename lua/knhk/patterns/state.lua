@@ -169,7 +169,7 @@ function M.critical_section(name, body, t)
   body = S.as_step(body, "critical_section", 2, "the section", 2)
   if t ~= nil and type(t) ~= "table" then S.argerror("critical_section", 3, "table expected, got " .. type(t)) end
   local lock = t and t.lock
-  if lock ~= nil and getmetatable(lock) ~= knhk.Lock then
+  if lock ~= nil and not knhk.is_lock(lock) then
     S.argerror("critical_section", 3, "lock must be a knhk.lock(), got " .. S.describe(lock))
   end
   return S.new("critical_section", 39, { section = name, body = body, lock = lock })

@@ -1,0 +1,138 @@
+-- knhk.nursery: structured concurrency. knhk.nursery(fn) runs fn(n) in a
+-- scope bound to the nursery; n:spawn starts children; it returns once
+-- every child has ended. The first failing child cancels the others and
+-- the body (unless it supervises); then the errors are raised: one as is,
+-- several as an ErrorGroup.
+--
+-- A nursery handle travels to tasks: any task holding one can spawn into
+-- it (and cancel it) while it is open, which it is until its body has
+-- returned and no child is live; only the task that opened it waits on it.
+local core = require "knhk.core"
+local codec = require "knhk.codec"
+local check = require "knhk.check"
+local errors = require "knhk.errors"
+local R = require "knhk.runtime"
+local T = require "knhk.task"
+
+local select, unpack, xpcall = select, unpack, xpcall
+local await, pack = R.await, R.pack
+
+local M = {}
+
+local mts = core.metatables()
+local Nursery = {}
+M.Nursery = Nursery
+mts.nursery.__index = Nursery
+mts.nursery.__tostring = function(n)
+  return "knhk.nursery" .. (core.nursery_closed(n) and " (closed)" or "")
+end
+codec.register_handle("nursery", mts.nursery, function(h)
+  if core.nursery_closed(h) then error("a nursery that has closed cannot be given to a task", 0) end
+  return select(2, core.export(h))
+end, function(n) return core.import(7, n) end)
+
+function M.is_nursery(v) return getmetatable(v) == mts.nursery end
+
+-- What the task that opened a nursery keeps of it (in its VM): its
+-- children's handles in spawn order, and who it is.
+local owned = setmetatable({}, { __mode = "k" })
+
+local function owner_state(n, where)
+  local st = owned[n]
+  if st == nil or st.owner ~= core.current() then
+    R.raise(where .. ": only the task that opened the nursery can wait on it")
+  end
+  return st
+end
+
+local spawn_into = T.spawn_into
+
+local task_id = core.task_id
+
+-- The owner keeps its children's handles: in spawn order (wait_all), and
+-- by id (join_next gives back the same handle).
+local function keep(self, h)
+  local st = owned[self]
+  if st then
+    local k = st.count + 1
+    st.count = k
+    st.handles[k] = h
+    st.by_id[task_id(h)] = h
+  end
+  return h
+end
+
+-- n:spawn(fn, ...) -> handle
+function Nursery:spawn(fn, ...) return keep(self, spawn_into(self, fn, ...)) end
+
+-- n:spawn_local(fn, ...) -> handle
+function Nursery:spawn_local(fn, ...) return keep(self, core.nursery_spawn_local(self, fn, ...)) end
+
+-- A child taken out of the ended list: the handle its spawner got, when
+-- the owner spawned it (else the one the C side made).
+local function ended(st, h)
+  if h == nil then return nil end
+  return st.by_id[task_id(h)] or h
+end
+
+-- n:cancel(): ends the children (not an error)
+Nursery.cancel = core.nursery_cancel
+
+-- n:join_next() -> handle of the next child to end (completion order), or
+-- nil when none is live and all were taken.
+function Nursery:join_next()
+  if core.nursery_closed(self) then R.raise("join_next: the nursery is closed") end
+  local st = owner_state(self, "join_next")
+  local _, h = await(core.next_ended_try, self)
+  return ended(st, h)
+end
+
+-- n:wait_any() -> the results of the first child to complete; the others
+-- are cancelled, and their cleanup has run before it returns.
+function Nursery:wait_any()
+  if core.nursery_closed(self) then R.raise("wait_any: the nursery is closed") end
+  owner_state(self, "wait_any")
+  while true do
+    local _, h = await(core.next_ended_try, self)
+    if h == nil then R.raise(errors.task_error("wait_any: no task completed", nil, nil)) end
+    local st, outcome = core.outcome(h)
+    if st == R.DONE or outcome == R.OK then
+      core.nursery_cancel(self)
+      await(core.close_try, self, false) -- the others end (and clean up) first
+      return R.results(h) -- not a join: the nursery (our scope) is cancelled now
+    end
+    -- a failure cancels the rest (unless it supervises): keep waiting
+  end
+end
+
+-- n:wait_all() -> { {results...}, ... } in spawn order, for the children
+-- spawned so far (raises the first error).
+function Nursery:wait_all()
+  local st = owner_state(self, "wait_all")
+  local out = {}
+  for i = 1, st.count do out[i] = { st.handles[i]:join() } end
+  return out
+end
+
+-- knhk.nursery(fn [, opts]) -> fn's results
+function M.nursery(fn, opts)
+  check.arg("func", fn, 1, "nursery")
+  opts = check.opts(opts, 2, "nursery")
+  if core.now() == nil then R.raise("knhk.nursery: must be called inside a knhk task (inside knhk.run)") end
+  local n, prev = core.nursery_open(opts.supervise and true or false)
+  owned[n] = { owner = core.current(), handles = {}, count = 0, by_id = {} }
+  local res = pack(xpcall(fn, R.capture, n))
+  core.nursery_body_done(n, prev)
+  local ok, err = res[1], res[2]
+  if not ok and not errors.is_signal(err) then core.nursery_fail(n) end -- cancels the children
+  await(core.close_try, n, true)
+  local errs = R.failures_of(n)
+  if not ok and not errors.is_signal(err) then table.insert(errs, 1, err) end
+  if #errs > 0 then error(errors.group(errs), 0) end
+  -- A Cancelled from the body is this nursery's own (n:cancel, a failing
+  -- child) unless the scope around it is cancelled too: then it unwinds on.
+  if not ok and core.cancelled() then error(err, 0) end
+  return unpack(res, 2, res.n)
+end
+
+return M

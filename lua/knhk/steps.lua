@@ -1,0 +1,85 @@
+-- knhk.steps: workflow steps built on nurseries: map, race, select.
+local check = require "knhk.check"
+local R = require "knhk.runtime"
+local N = require "knhk.nursery"
+local sync = require "knhk.sync"
+
+local select, pairs, ipairs, type, tostring = select, pairs, ipairs, type, tostring
+
+local M = {}
+
+local function in_task(where)
+  if not require("knhk.core").current() then
+    R.raise(where .. ": must be called inside a knhk task (inside knhk.run)")
+  end
+end
+
+-- knhk.map(list, fn [, opts]) -> { fn(list[1]), ... } in order, computed by
+-- portable tasks on every core, at most opts.limit at once. The first
+-- error cancels the rest and is raised.
+function M.map(list, fn, opts)
+  check.arg("table", list, 1, "map")
+  check.arg("func", fn, 2, "map")
+  opts = check.opts(opts, 3, "map")
+  local limit = check.field("whole", opts, "limit", 3, "map", 2, 1)
+  in_task("knhk.map")
+  local n = #list
+  local results = {}
+  N.nursery(function(nur)
+    local sem = limit and sync.semaphore(limit)
+    local hs = {}
+    for i = 1, n do
+      if sem then
+        sem:acquire()
+        hs[i] = nur:spawn(function(f, v, s)
+          local ok, r = pcall(f, v)
+          s:release()
+          if not ok then error(r, 0) end
+          return r
+        end, fn, list[i], sem)
+      else
+        hs[i] = nur:spawn(fn, list[i])
+      end
+    end
+    for i = 1, n do results[i] = hs[i]:join() end
+  end)
+  return results
+end
+
+-- knhk.race(f1, f2, ...) -> the results of the first to finish; the others
+-- are cancelled and waited for before it returns.
+function M.race(...)
+  local n = select("#", ...)
+  if n == 0 then R.raise("bad argument #1 to 'race' (function expected, got no value)") end
+  local fns = { ... }
+  for i = 1, n do check.arg("func", fns[i], i, "race") end
+  in_task("knhk.race")
+  return N.nursery(function(nur)
+    for i = 1, n do nur:spawn(fns[i]) end
+    return nur:wait_any()
+  end)
+end
+
+-- knhk.select{ name = fn, ... } -> name, results of the first to finish;
+-- the others are cancelled and waited for.
+function M.select(cases)
+  check.arg("table", cases, 1, "select")
+  local names, fns = {}, {}
+  for k, f in pairs(cases) do
+    if type(f) ~= "function" then
+      R.raise("bad argument #1 to 'select' (case '" .. tostring(k) .. "' is a " .. type(f)
+        .. ", expected a function)")
+    end
+    names[#names + 1], fns[#fns + 1] = k, f
+  end
+  if #fns == 0 then R.raise("bad argument #1 to 'select' (no cases)") end
+  in_task("knhk.select")
+  return N.nursery(function(nur)
+    for i, f in ipairs(fns) do
+      nur:spawn(function(g, nm) return nm, g() end, f, names[i])
+    end
+    return nur:wait_any()
+  end)
+end
+
+return M

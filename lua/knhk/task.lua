@@ -1,0 +1,99 @@
+-- knhk.task: spawning tasks, and what a task handle does (h:join(),
+-- h:cancel(), h:done()). A handle is a userdata the C side made; it owns a
+-- reference to the task's record, and travels to other tasks.
+local core = require "knhk.core"
+local codec = require "knhk.codec"
+local errors = require "knhk.errors"
+local R = require "knhk.runtime"
+
+local select = select
+local co_yield = coroutine.yield
+local DONE, WAIT, CANCELLED, SLOW = R.DONE, R.WAIT, R.CANCELLED, R.SLOW
+local MARK_WAIT = R.MARK_WAIT
+
+local M = {}
+
+local mts = core.metatables()
+local Task = {}
+M.Task = Task
+mts.task.__index = Task
+mts.task.__tostring = function(h) return "knhk.task#" .. string.format("%d", core.task_id(h)) end
+
+codec.register_handle("task", mts.task, function(h) return select(2, core.export(h)) end,
+  function(n) return core.import(1, n) end)
+
+function M.is_task(v) return getmetatable(v) == mts.task end
+
+-- ------------------------------------------------------------- spawning
+
+local function spawn_places(i)
+  return i == 1 and "the task function" or ("argument " .. (i - 1))
+end
+
+-- A start the inline form cannot hold (globals, tables, ...): the codec's.
+local function spawn_blob(nursery, fn, ...)
+  local ok, snap = pcall(codec.encode, select("#", ...) + 1, spawn_places, fn, ...)
+  if not ok then
+    if type(snap) == "table" and snap.knhk_refused then R.raise("spawn: " .. snap.message) end
+    error(snap, 0)
+  end
+  return core.spawn_blob(nursery, snap, codec.place_of(fn))
+end
+M.spawn_blob = spawn_blob
+
+local core_spawn, core_nursery_spawn = core.spawn, core.nursery_spawn
+
+-- knhk.spawn(fn, ...) -> handle
+function M.spawn(fn, ...)
+  local h = core_spawn(fn, ...)
+  if h == SLOW then return spawn_blob(nil, fn, ...) end
+  return h
+end
+
+-- n:spawn(fn, ...) -> handle
+function M.spawn_into(nursery, fn, ...)
+  local h = core_nursery_spawn(nursery, fn, ...)
+  if h == SLOW then return spawn_blob(nursery, fn, ...) end
+  return h
+end
+
+M.spawn_local = core.spawn_local
+
+-- --------------------------------------------------------------- joining
+
+local core_join_try = core.join_try
+
+local join_slow
+
+local function join_result(h, st, ...)
+  if st == DONE then return ... end
+  return join_slow(h, st, ...)
+end
+
+join_slow = function(h, st, a, b)
+  if st == WAIT then
+    co_yield(MARK_WAIT)
+    return join_result(h, core_join_try(h))
+  end
+  if st == CANCELLED then R.raise_cancelled(a) end
+  -- it ended otherwise than with inline results
+  if st == R.BLOB and a == R.OK then return select(2, codec.decode(b)) end
+  if a == R.OK then return end
+  error(R.task_failure(core.task_id(h), a, st, b), 0)
+end
+
+-- h:join() -> the task's results, once it ended; raises its error (a
+-- TaskError; for a task that was cancelled, one whose .value is its
+-- Cancelled). A checkpoint while it waits.
+function Task:join() return join_result(self, core_join_try(self)) end
+
+-- h:cancel(): cancels the task alone (its scopes and its children too).
+Task.cancel = core.task_cancel
+
+-- h:done() -> whether the task has ended.
+Task.done = core.task_done
+
+-- h:id() -> the task's id, as knhk.tasks() and knhk.current() give it.
+Task.id = core.task_id
+
+return M

@@ -1,0 +1,535 @@
+/* klua_chan.c: channels, semaphores and events (klua_sync.h).
+ *
+ * A buffered channel is a bounded MPMC ring (Vyukov's): each slot has a
+ * sequence number that says whose turn it is; a sender claims a position
+ * with one CAS on `tail`, writes the value and publishes the slot; a
+ * receiver does the same on `head`. Sequences count in twos (free for
+ * position p: 2p; holding p's value: 2p + 1; freed by it: 2(p + cap)), so
+ * "full" and "free" differ even with one slot. When both sides are busy no lock is
+ * taken. Values up to 16 bytes (numbers, short strings) sit in the slot.
+ *   Waking: a task that found the ring empty (full) counts itself in
+ *   `nrecv` (`nsend`), queues its wait node under the lock, and looks once
+ *   more before it sleeps; a sender publishes its slot (seq_cst) and then
+ *   reads `nrecv` (seq_cst): one of the two sees the other (Dekker), so no
+ *   wake-up is lost. A waker takes one waiter out of the list and wakes it;
+ *   a receiver woken that way and already handled gets no second wake-up,
+ *   so a burst of sends wakes one receiver, which then drains the burst.
+ *   Close: a send that claimed a slot before it saw `closed` still delivers;
+ *   receivers report closed only when no slot is claimed (head == tail).
+ *
+ * A rendezvous channel (capacity 0) hands each value over directly under
+ * its lock: a sender finding a receiver waiting gives it the value and is
+ * done; otherwise it waits, with its value in its wait node, until a
+ * receiver takes it. A sender that leaves before (cancelled, or the
+ * channel closed) takes its value back with it: that send did not happen.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "klua_sync.h"
+#include "knhk/errors.h"
+
+enum { L_RECV = 0, L_SEND = 1 };
+enum { SLOT_INLINE = 16 };
+
+typedef struct {
+  _Atomic uint64_t seq;
+  uint32_t len;
+  uint8_t kind;
+  union {
+    char inl[SLOT_INLINE];
+    char *p;
+  } u;
+} slot_t;
+
+typedef struct {
+  klua_wait_t *head, *tail;
+} wlist_t;
+
+struct klua_sync {
+  _Atomic int32_t refs;
+  int kind;
+  klua_spin_t lock;             /* waiter lists; the rendezvous; sem; event */
+  wlist_t w[2];
+  /* channel */
+  uint32_t cap;                 /* 0: rendezvous */
+  _Atomic int closed;
+  _Alignas(64) _Atomic uint64_t head;
+  _Alignas(64) _Atomic uint64_t tail;
+  _Alignas(64) _Atomic uint32_t nrecv, nsend; /* waiters queued */
+  slot_t *ring;
+  /* semaphore */
+  int64_t permits;
+  /* event */
+  _Atomic int set;
+};
+
+static klua_sync_t *sync_new(int kind) {
+  klua_sync_t *s = aligned_alloc(64, (sizeof(klua_sync_t) + 63) & ~(size_t)63);
+  if (!s) return NULL;
+  memset(s, 0, sizeof *s);
+  atomic_init(&s->refs, 1);
+  s->kind = kind;
+  return s;
+}
+
+klua_sync_t *klua_chan_new(uint32_t capacity) {
+  klua_sync_t *s = sync_new(KLUA_SYNC_CHAN);
+  if (!s) return NULL;
+  s->cap = capacity;
+  if (capacity > 0) {
+    s->ring = calloc(capacity, sizeof *s->ring);
+    if (!s->ring) {
+      free(s);
+      return NULL;
+    }
+    for (uint32_t i = 0; i < capacity; i++) atomic_init(&s->ring[i].seq, 2 * (uint64_t)i);
+  }
+  return s;
+}
+
+klua_sync_t *klua_sem_new(int64_t permits) {
+  klua_sync_t *s = sync_new(KLUA_SYNC_SEM);
+  if (s) s->permits = permits;
+  return s;
+}
+
+klua_sync_t *klua_event_new(void) { return sync_new(KLUA_SYNC_EVENT); }
+
+void klua_sync_retain(klua_sync_t *s) { atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed); }
+
+int klua_sync_kind(const klua_sync_t *s) { return s->kind; }
+
+void klua_sync_release(klua_sync_t *s) {
+  if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1) return;
+  if (s->ring) {
+    uint64_t h = atomic_load(&s->head), t = atomic_load(&s->tail);
+    for (uint64_t pos = h; pos < t; pos++) {
+      slot_t *sl = &s->ring[pos % s->cap];
+      if (sl->len > SLOT_INLINE) free(sl->u.p);
+    }
+    free(s->ring);
+  }
+  free(s);
+}
+
+/* ---------------------------------------------------------------- waiters */
+
+static void wl_push(wlist_t *l, klua_wait_t *w) {
+  w->next = NULL;
+  w->prev = l->tail;
+  if (l->tail) l->tail->next = w;
+  else l->head = w;
+  l->tail = w;
+  w->queued = 1;
+}
+
+static void wl_remove(wlist_t *l, klua_wait_t *w) {
+  if (w->prev) w->prev->next = w->next;
+  else l->head = w->next;
+  if (w->next) w->next->prev = w->prev;
+  else l->tail = w->prev;
+  w->prev = w->next = NULL;
+  w->queued = 0;
+}
+
+static _Atomic uint32_t *count_of(klua_sync_t *s, int list) {
+  return list == L_RECV ? &s->nrecv : &s->nsend;
+}
+
+/* Under the lock: queues t's wait node on list `list` of s. */
+static void enqueue_locked(klua_sync_t *s, klua_task_t *t, int list) {
+  klua_wait_t *w = &t->w;
+  w->kind = KLUA_WAIT_SYNC;
+  w->on = s;
+  w->list = list;
+  w->handed = 0;
+  wl_push(&s->w[list], w);
+  /* seq_cst: Dekker with a sender's publish-then-read (see the top) */
+  atomic_fetch_add_explicit(count_of(s, list), 1, memory_order_seq_cst);
+}
+
+/* Under the lock: takes the first waiter of `list` out (handed = 1);
+ * returns its task, to wake once unlocked, or NULL. */
+static klua_task_t *dequeue_locked(klua_sync_t *s, int list) {
+  klua_wait_t *w = s->w[list].head;
+  if (!w) return NULL;
+  wl_remove(&s->w[list], w);
+  atomic_fetch_sub_explicit(count_of(s, list), 1, memory_order_relaxed);
+  w->handed = 1;
+  return w->task;
+}
+
+static void wake_one(klua_sync_t *s, int list) {
+  if (atomic_load_explicit(count_of(s, list), memory_order_seq_cst) == 0) return;
+  klua_spin_lock(&s->lock);
+  klua_task_t *t = dequeue_locked(s, list);
+  klua_spin_unlock(&s->lock);
+  if (t) klua_wake(t);
+}
+
+static void wake_all_locked(klua_sync_t *s, int list, klua_task_t **out, int *n, int max) {
+  klua_task_t *t;
+  while (*n < max && (t = dequeue_locked(s, list))) out[(*n)++] = t;
+}
+
+/* Takes t's node off s (whatever list): it leaves the wait. A node that
+ * was handed a turn and leaves without using it passes the turn on. A
+ * rendezvous sender's value still in its node is freed: withdrawn. */
+void klua_sync_unwait(klua_wait_t *w) {
+  klua_sync_t *s = w->on;
+  int pass = -1;
+  klua_spin_lock(&s->lock);
+  if (w->queued) {
+    wl_remove(&s->w[w->list], w);
+    atomic_fetch_sub_explicit(count_of(s, w->list), 1, memory_order_relaxed);
+  } else if (w->handed && (s->kind == KLUA_SYNC_SEM || (s->kind == KLUA_SYNC_CHAN && s->cap > 0))) {
+    pass = w->list; /* a turn given to a waiter that leaves: the next one's */
+  }
+  klua_spin_unlock(&s->lock);
+  if (w->val_owned) free((char *)w->val);
+  w->val = NULL;
+  w->val_owned = 0;
+  w->handed = 0;
+  if (pass >= 0) {
+    klua_task_t *t = NULL;
+    klua_spin_lock(&s->lock);
+    if (s->kind != KLUA_SYNC_SEM || s->permits > 0) t = dequeue_locked(s, pass);
+    klua_spin_unlock(&s->lock);
+    if (t) klua_wake(t);
+  }
+}
+
+/* The start of a try: the last wait's wake-ups are taken back (a node
+ * still queued is taken off: the try looks again first). */
+static void try_begin(klua_task_t *t) { klua_wait_end(t); }
+
+/* The end of a try that registered t: its cancellation is armed. Returns
+ * WAIT, or CANCELLED (the token was cancelled already: t is taken off). */
+static int try_wait(klua_task_t *t, knhk_token_t *cancel) {
+  if (klua_wait_arm_cancel(t, cancel)) {
+    klua_wait_end(t);
+    return KLUA_SYNC_CANCELLED;
+  }
+  return KLUA_SYNC_WAIT;
+}
+
+static int cancelled(knhk_token_t *cancel) { return cancel && knhk_token_is_cancelled(cancel); }
+
+/* t's node was handed something by s (a value, or its value was taken)
+ * while it waited: the operation completed. */
+static int completed_on(klua_task_t *t, klua_sync_t *s, int list) {
+  klua_wait_t *w = &t->w;
+  return w->kind == KLUA_WAIT_SYNC && w->on == s && w->list == list && w->handed &&
+         !w->queued && (list == L_SEND ? w->val == NULL : w->val != NULL);
+}
+
+/* Leaves a completed wait: nothing to pass on, nothing to take back. */
+static void leave_completed(klua_task_t *t) {
+  klua_wait_t *w = &t->w;
+  w->handed = 0;
+  w->kind = KLUA_WAIT_NONE;
+  w->on = NULL;
+  klua_wait_end(t);
+}
+
+/* ------------------------------------------------------------------ ring */
+
+static int ring_put(klua_sync_t *s, const klua_val_t *v) {
+  uint64_t pos = atomic_load_explicit(&s->tail, memory_order_relaxed);
+  slot_t *sl;
+  for (;;) {
+    sl = &s->ring[pos % s->cap];
+    uint64_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire);
+    int64_t diff = (int64_t)(seq - 2 * pos);
+    if (diff == 0) {
+      if (atomic_compare_exchange_weak_explicit(&s->tail, &pos, pos + 1, memory_order_relaxed,
+                                                memory_order_relaxed))
+        break;
+    } else if (diff < 0) {
+      return 0; /* full */
+    } else {
+      pos = atomic_load_explicit(&s->tail, memory_order_relaxed);
+    }
+  }
+  sl->len = v->len;
+  sl->kind = (uint8_t)v->kind;
+  if (v->len <= SLOT_INLINE) {
+    memcpy(sl->u.inl, v->p, v->len);
+  } else {
+    char *p = malloc(v->len);
+    if (p) memcpy(p, v->p, v->len);
+    else sl->len = 0, sl->kind = KLUA_VAL_INLINE; /* no memory: an empty value (reads as nil) */
+    sl->u.p = p;
+  }
+  /* seq_cst: published before this sender reads nrecv */
+  atomic_store_explicit(&sl->seq, 2 * pos + 1, memory_order_seq_cst);
+  return 1;
+}
+
+static int ring_take(klua_sync_t *s, klua_val_t *out) {
+  uint64_t pos = atomic_load_explicit(&s->head, memory_order_relaxed);
+  slot_t *sl;
+  for (;;) {
+    sl = &s->ring[pos % s->cap];
+    uint64_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire);
+    int64_t diff = (int64_t)(seq - (2 * pos + 1));
+    if (diff == 0) {
+      if (atomic_compare_exchange_weak_explicit(&s->head, &pos, pos + 1, memory_order_relaxed,
+                                                memory_order_relaxed))
+        break;
+    } else if (diff < 0) {
+      return 0; /* empty, or a sender is writing it */
+    } else {
+      pos = atomic_load_explicit(&s->head, memory_order_relaxed);
+    }
+  }
+  out->kind = sl->kind;
+  out->len = sl->len;
+  if (sl->len <= SLOT_INLINE) {
+    char *p = malloc(sl->len ? sl->len : 1);
+    if (p) memcpy(p, sl->u.inl, sl->len);
+    out->p = p;
+  } else {
+    out->p = sl->u.p;
+  }
+  atomic_store_explicit(&sl->seq, 2 * (pos + s->cap), memory_order_seq_cst);
+  return 1;
+}
+
+void klua_val_free(klua_val_t *v) {
+  free((char *)v->p);
+  v->p = NULL;
+}
+
+/* ---------------------------------------------------------------- channels */
+
+static int drained(klua_sync_t *s) {
+  return atomic_load_explicit(&s->closed, memory_order_acquire) &&
+         atomic_load_explicit(&s->head, memory_order_acquire) ==
+             atomic_load_explicit(&s->tail, memory_order_acquire);
+}
+
+static char *copy_of(const klua_val_t *v) {
+  char *c = malloc(v->len ? v->len : 1);
+  if (c) memcpy(c, v->p, v->len);
+  return c;
+}
+
+static int rdv_send(klua_sync_t *s, klua_task_t *t, const klua_val_t *v, knhk_token_t *cancel) {
+  if (completed_on(t, s, L_SEND)) { /* a receiver took our value: sent */
+    leave_completed(t);
+    return KLUA_SYNC_DONE;
+  }
+  try_begin(t); /* a value still in our node is withdrawn with it */
+  if (cancelled(cancel)) return KLUA_SYNC_CANCELLED;
+  char *copy = copy_of(v);
+  if (!copy) return KNHK_ENOMEM;
+  klua_spin_lock(&s->lock);
+  if (atomic_load_explicit(&s->closed, memory_order_relaxed)) {
+    klua_spin_unlock(&s->lock);
+    free(copy);
+    return KLUA_SYNC_CLOSED;
+  }
+  klua_wait_t *r = s->w[L_RECV].head;
+  if (r) { /* a receiver waits: the value is its, and the send is done */
+    klua_task_t *rt = dequeue_locked(s, L_RECV);
+    r->val = copy;
+    r->val_len = v->len;
+    r->val_kind = v->kind;
+    r->val_owned = 1;
+    klua_spin_unlock(&s->lock);
+    klua_wake(rt);
+    return KLUA_SYNC_DONE;
+  }
+  klua_wait_t *w = &t->w;
+  w->val = copy;
+  w->val_len = v->len;
+  w->val_kind = v->kind;
+  w->val_owned = 1;
+  enqueue_locked(s, t, L_SEND);
+  klua_spin_unlock(&s->lock);
+  return try_wait(t, cancel);
+}
+
+static int rdv_recv(klua_sync_t *s, klua_task_t *t, klua_val_t *out, knhk_token_t *cancel) {
+  klua_wait_t *w = &t->w;
+  if (completed_on(t, s, L_RECV)) { /* a sender handed us its value */
+    out->p = w->val;
+    out->len = w->val_len;
+    out->kind = w->val_kind;
+    w->val = NULL;
+    w->val_owned = 0;
+    leave_completed(t);
+    return KLUA_SYNC_DONE;
+  }
+  try_begin(t);
+  if (cancelled(cancel)) return KLUA_SYNC_CANCELLED;
+  klua_spin_lock(&s->lock);
+  klua_wait_t *snd = s->w[L_SEND].head;
+  if (snd) { /* take a waiting sender's value: its send happened */
+    klua_task_t *st = dequeue_locked(s, L_SEND);
+    out->p = snd->val;
+    out->len = snd->val_len;
+    out->kind = snd->val_kind;
+    snd->val = NULL;
+    snd->val_owned = 0;
+    klua_spin_unlock(&s->lock);
+    klua_wake(st);
+    return KLUA_SYNC_DONE;
+  }
+  if (atomic_load_explicit(&s->closed, memory_order_relaxed)) {
+    klua_spin_unlock(&s->lock);
+    return KLUA_SYNC_CLOSED;
+  }
+  enqueue_locked(s, t, L_RECV);
+  klua_spin_unlock(&s->lock);
+  return try_wait(t, cancel);
+}
+
+int klua_chan_try_send(klua_sync_t *s, klua_task_t *t, const klua_val_t *v, knhk_token_t *cancel) {
+  if (s->cap == 0) return rdv_send(s, t, v, cancel);
+  try_begin(t);
+  if (cancelled(cancel)) return KLUA_SYNC_CANCELLED;
+  if (atomic_load_explicit(&s->closed, memory_order_acquire)) return KLUA_SYNC_CLOSED;
+  if (ring_put(s, v)) {
+    wake_one(s, L_RECV);
+    return KLUA_SYNC_DONE;
+  }
+  klua_spin_lock(&s->lock);
+  enqueue_locked(s, t, L_SEND);
+  klua_spin_unlock(&s->lock);
+  if (atomic_load_explicit(&s->closed, memory_order_acquire)) {
+    try_begin(t);
+    return KLUA_SYNC_CLOSED;
+  }
+  if (ring_put(s, v)) { /* room appeared meanwhile */
+    try_begin(t);
+    wake_one(s, L_RECV);
+    return KLUA_SYNC_DONE;
+  }
+  return try_wait(t, cancel);
+}
+
+int klua_chan_try_recv(klua_sync_t *s, klua_task_t *t, klua_val_t *out, knhk_token_t *cancel) {
+  if (s->cap == 0) return rdv_recv(s, t, out, cancel);
+  try_begin(t);
+  if (cancelled(cancel)) return KLUA_SYNC_CANCELLED;
+  if (ring_take(s, out)) {
+    wake_one(s, L_SEND);
+    return KLUA_SYNC_DONE;
+  }
+  if (drained(s)) return KLUA_SYNC_CLOSED;
+  klua_spin_lock(&s->lock);
+  enqueue_locked(s, t, L_RECV);
+  klua_spin_unlock(&s->lock);
+  if (ring_take(s, out)) {
+    try_begin(t);
+    wake_one(s, L_SEND);
+    return KLUA_SYNC_DONE;
+  }
+  if (drained(s)) {
+    try_begin(t);
+    return KLUA_SYNC_CLOSED;
+  }
+  return try_wait(t, cancel);
+}
+
+int klua_chan_close(klua_sync_t *s) {
+  enum { MAXW = 64 };
+  klua_spin_lock(&s->lock);
+  int was = atomic_exchange_explicit(&s->closed, 1, memory_order_acq_rel);
+  klua_spin_unlock(&s->lock);
+  /* every waiter, on both sides, looks again and sees closed */
+  for (;;) {
+    klua_task_t *ts[MAXW];
+    int n = 0;
+    klua_spin_lock(&s->lock);
+    wake_all_locked(s, L_RECV, ts, &n, MAXW);
+    wake_all_locked(s, L_SEND, ts, &n, MAXW);
+    klua_spin_unlock(&s->lock);
+    for (int i = 0; i < n; i++) klua_wake(ts[i]);
+    if (n < MAXW) break;
+  }
+  return was ? KNHK_EALREADY : 0;
+}
+
+int klua_chan_closed(klua_sync_t *s) { return atomic_load_explicit(&s->closed, memory_order_acquire); }
+
+uint32_t klua_chan_capacity(klua_sync_t *s) { return s->cap; }
+
+uint32_t klua_chan_count(klua_sync_t *s) {
+  if (s->cap == 0) {
+    klua_spin_lock(&s->lock);
+    uint32_t n = 0;
+    for (klua_wait_t *w = s->w[L_SEND].head; w; w = w->next) n++;
+    klua_spin_unlock(&s->lock);
+    return n;
+  }
+  uint64_t h = atomic_load_explicit(&s->head, memory_order_acquire);
+  uint64_t t = atomic_load_explicit(&s->tail, memory_order_acquire);
+  return t > h ? (uint32_t)(t - h) : 0;
+}
+
+/* -------------------------------------------------------------- semaphores */
+
+int klua_sem_try_acquire(klua_sync_t *s, klua_task_t *t, knhk_token_t *cancel) {
+  try_begin(t);
+  if (cancelled(cancel)) return KLUA_SYNC_CANCELLED;
+  klua_spin_lock(&s->lock);
+  if (s->permits > 0) {
+    s->permits--;
+    klua_spin_unlock(&s->lock);
+    return KLUA_SYNC_DONE;
+  }
+  enqueue_locked(s, t, L_RECV);
+  klua_spin_unlock(&s->lock);
+  return try_wait(t, cancel);
+}
+
+void klua_sem_release(klua_sync_t *s) {
+  klua_spin_lock(&s->lock);
+  s->permits++;
+  klua_task_t *t = dequeue_locked(s, L_RECV);
+  klua_spin_unlock(&s->lock);
+  if (t) klua_wake(t);
+}
+
+int64_t klua_sem_permits(klua_sync_t *s) {
+  klua_spin_lock(&s->lock);
+  int64_t v = s->permits;
+  klua_spin_unlock(&s->lock);
+  return v;
+}
+
+/* ------------------------------------------------------------------ events */
+
+int klua_event_try_wait(klua_sync_t *s, klua_task_t *t, knhk_token_t *cancel) {
+  try_begin(t);
+  if (cancelled(cancel)) return KLUA_SYNC_CANCELLED;
+  if (atomic_load_explicit(&s->set, memory_order_acquire)) return KLUA_SYNC_DONE;
+  klua_spin_lock(&s->lock);
+  if (atomic_load_explicit(&s->set, memory_order_relaxed)) {
+    klua_spin_unlock(&s->lock);
+    return KLUA_SYNC_DONE;
+  }
+  enqueue_locked(s, t, L_RECV);
+  klua_spin_unlock(&s->lock);
+  return try_wait(t, cancel);
+}
+
+void klua_event_set(klua_sync_t *s) {
+  enum { MAXW = 64 };
+  atomic_store_explicit(&s->set, 1, memory_order_release);
+  for (;;) {
+    klua_task_t *ts[MAXW];
+    int n = 0;
+    klua_spin_lock(&s->lock);
+    wake_all_locked(s, L_RECV, ts, &n, MAXW);
+    klua_spin_unlock(&s->lock);
+    for (int i = 0; i < n; i++) klua_wake(ts[i]);
+    if (n < MAXW) break;
+  }
+}
+
+int klua_event_is_set(klua_sync_t *s) { return atomic_load_explicit(&s->set, memory_order_acquire); }

@@ -1,0 +1,64 @@
+/* klua_ffi.h: everything lua/knhk/ffi.lua binds through the FFI, and
+ * nothing else. Plain declarations that ffi.cdef parses: the C files that
+ * define these include this header (so the compiler holds the definitions
+ * to it), and spec/ffi_spec.lua fails if ffi.lua's cdef and this header
+ * drift apart (preprocessor lines aside). The hot calls of tasks go
+ * through knhk.core instead (klua_core.c); these are the cold ones:
+ * counters, prototypes, processes, signals and the REPL's line input. */
+#ifndef KLUA_FFI_H
+#define KLUA_FFI_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct klua_rt klua_rt_t;
+typedef struct klua_task klua_task_t;
+typedef struct knhk_token_s knhk_token_t;
+
+const char *knhk_strerror(int err);
+void klua_free(void *p);
+int isatty(int fd);
+
+/* the executor's counters (knhk.stats) */
+typedef struct {
+  uint64_t spawned, completed, failed, cancelled, stolen, steal_attempts, parks, busy_ns;
+} klua_counters_t;
+int klua_stats(klua_rt_t *rt, klua_counters_t *total, uint64_t *live, klua_counters_t *per,
+               int n);
+
+/* the prototype registry (knhk.codec): id -> bytecode */
+uint32_t klua_proto_register(klua_rt_t *rt, const char *bc, size_t len);
+const char *klua_proto_get(klua_rt_t *rt, uint32_t id, size_t *len);
+
+/* knhk.exec: a child process as a step */
+enum { KLUA_EXEC_AT_FILE = 0, KLUA_EXEC_AT_CWD = 1 };
+typedef struct klua_exec klua_exec_t;
+typedef struct {
+  int error;            /* 0, or why it could not run (a KNHK_E* code) */
+  int error_at;         /* KLUA_EXEC_AT_*: what the error is about */
+  int64_t exit_status;
+  int term_signal;
+  int cancelled;
+  const char *out, *err;
+  size_t out_len, err_len;
+} klua_exec_result_t;
+klua_exec_t *klua_exec_start(klua_task_t *t, const char **argv, int argc, const char **env,
+                             int envc, const char *cwd, const char *stdin_data, size_t stdin_len,
+                             knhk_token_t *token, int *err);
+int klua_exec_done(klua_exec_t *e);
+void klua_exec_result(klua_exec_t *e, klua_exec_result_t *out);
+void klua_exec_free(klua_exec_t *e);
+
+/* signals, and the REPL's line input (the knhk-lua command) */
+typedef struct klua_lines klua_lines_t;
+enum { KLUA_LINES_NONE = 0, KLUA_LINES_LINE = 1, KLUA_LINES_INTERRUPTED = 2 };
+int klua_signals_start(klua_rt_t *rt);
+int klua_signals_received(void);
+void klua_signals_target(knhk_token_t *token);
+void klua_signals_repl(klua_lines_t *lines);
+klua_lines_t *klua_lines_new(void);
+int klua_lines_request(klua_lines_t *l, const char *prompt, klua_task_t *task);
+int klua_lines_take(klua_lines_t *l, char **line);
+void klua_lines_unwait(klua_lines_t *l);
+void klua_lines_free(klua_lines_t *l);
+
+#endif

@@ -1,0 +1,434 @@
+/* klua_task.c: Lua task records: allocation, spawning, running (resuming
+ * the task's coroutine from the worker's loop), ending, cancelling.
+ *
+ * A record's life:  alloc -> filled in by the spawner (klua_core.c) ->
+ * klua_task_spawn (counted in its group, queued on the executor) -> run:
+ * its coroutine resumed until the runner yields "done" -> the outcome
+ * published (klua_task_publish, by core.finish) -> the executor ends it
+ * (task_ended: its group counts it out) -> released by the last handle.
+ *
+ * References: each handle (a Lua userdata) holds one; the running task
+ * holds one from spawn until the executor ended it; an ORDERED group holds
+ * one until its owner took the child out of the ended list.
+ */
+#define _GNU_SOURCE
+#include <lauxlib.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "klua.h"
+#include "klua_value.h"
+#include "knhk/errors.h"
+
+#define SLAB 64           /* records per slab */
+#define LOCAL_MAX 1024    /* free records a worker keeps before sharing */
+
+void klua_spin_lock(klua_spin_t *s) {
+  for (unsigned n = 1;; n++) {
+    if (!atomic_exchange_explicit(&s->held, 1, memory_order_acquire)) return;
+    while (atomic_load_explicit(&s->held, memory_order_relaxed)) {
+      if (n++ % 64 == 0) sched_yield();
+    }
+  }
+}
+
+/* ------------------------------------------------------------------ pool */
+
+static _Atomic uint64_t next_id = 1;
+
+static int task_run(knhk_task_t *et);
+static void task_ended(knhk_task_t *et, int status);
+
+/* Under pool_m: a slab of records onto the shared free list. What never
+ * changes in a record is set here, once: a late waker (type-stable
+ * memory) may read it at any time. */
+static int grow_locked(klua_rt_t *rt) {
+  if (rt->nslabs == rt->capslabs) {
+    size_t cap = rt->capslabs ? rt->capslabs * 2 : 16;
+    void **s = realloc(rt->slabs, cap * sizeof *s);
+    if (!s) return KNHK_ENOMEM;
+    rt->slabs = s;
+    rt->capslabs = cap;
+  }
+  klua_task_t *slab = calloc(SLAB, sizeof *slab);
+  if (!slab) return KNHK_ENOMEM;
+  rt->slabs[rt->nslabs++] = slab;
+  for (int i = 0; i < SLAB; i++) {
+    klua_task_t *t = &slab[i];
+    t->rt = rt;
+    knhk_task_init(&t->et, task_run, NULL);
+    t->et.on_end = task_ended;
+    t->et.flags = KNHK_TASK_STICKY;
+    atomic_init(&t->w.timer_busy, 0);
+    t->link = rt->shared_free;
+    rt->shared_free = t;
+  }
+  return 0;
+}
+
+klua_task_t *klua_task_alloc(klua_rt_t *rt) {
+  klua_worker_t *w = klua_worker(rt);
+  klua_task_t *t = NULL;
+  if (w && w->free) {
+    t = w->free;
+    w->free = t->link;
+    w->nfree--;
+  } else {
+    pthread_mutex_lock(&rt->pool_m);
+    if (!rt->shared_free) grow_locked(rt);
+    t = rt->shared_free;
+    if (t && w) { /* take the whole shared list: one lock per batch */
+      w->free = t->link;
+      w->nfree = 0;
+      for (klua_task_t *x = w->free; x; x = x->link) w->nfree++;
+      rt->shared_free = NULL;
+    } else if (t) {
+      rt->shared_free = t->link;
+    }
+    pthread_mutex_unlock(&rt->pool_m);
+    if (!t) return NULL;
+  }
+  /* Fields a reused record must not keep. Records are type-stable: what a
+   * late waker may read (et, flags) stays a valid value throughout. */
+  t->link = NULL;
+  atomic_store_explicit(&t->refs, 1, memory_order_relaxed);
+  atomic_store_explicit(&t->outcome, KLUA_RUNNING, memory_order_relaxed);
+  atomic_store_explicit(&t->flags, 0, memory_order_relaxed);
+  atomic_store_explicit(&t->home, -1, memory_order_relaxed);
+  atomic_store_explicit(&t->token, NULL, memory_order_relaxed);
+  t->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
+  t->group = NULL;
+  t->cancel_parent = NULL;
+  t->parent = 0;
+  t->where = "a function";
+  t->pay = KLUA_PAY_NONE;
+  t->proto = 0;
+  t->nvals = 0;
+  t->fn_ref = LUA_NOREF;
+  t->len = 0;
+  t->data = t->buf;
+  t->co = NULL;
+  t->co_ref = LUA_NOREF;
+  t->scope = NULL;
+  t->implicit = NULL;
+  t->joiners = NULL;
+  t->w.task = t;
+  t->w.kind = KLUA_WAIT_NONE;
+  t->w.on = NULL;
+  t->w.queued = 0;
+  t->w.ccb_on = 0;
+  t->w.watch_on = 0;
+  t->w.val = NULL;
+  t->w.val_owned = 0;
+  t->w.handed = 0;
+  t->w.extra_timer = NULL;
+  t->live_prev = t->live_next = NULL;
+  return t;
+}
+
+void klua_payload_reset(klua_task_t *t) {
+  if (t->data != t->buf) free(t->data);
+  t->data = t->buf;
+  t->len = 0;
+  t->pay = KLUA_PAY_NONE;
+  t->nvals = 0;
+}
+
+char *klua_payload_room(klua_task_t *t, uint32_t len) {
+  klua_payload_reset(t);
+  if (len > KLUA_INLINE) {
+    char *p = malloc(len);
+    if (!p) return NULL;
+    t->data = p;
+  }
+  t->len = len;
+  return t->data;
+}
+
+static void task_free(klua_task_t *t) {
+  klua_rt_t *rt = t->rt;
+  klua_payload_reset(t);
+  knhk_token_t *tok = atomic_exchange_explicit(&t->token, NULL, memory_order_relaxed);
+  if (tok) knhk_token_release(tok);
+  knhk_token_release(t->cancel_parent);
+  t->cancel_parent = NULL;
+  klua_worker_t *w = klua_worker(rt);
+  if (w && w->nfree < LOCAL_MAX) {
+    t->link = w->free;
+    w->free = t;
+    w->nfree++;
+    return;
+  }
+  pthread_mutex_lock(&rt->pool_m);
+  t->link = rt->shared_free;
+  rt->shared_free = t;
+  pthread_mutex_unlock(&rt->pool_m);
+}
+
+void klua_task_retain(klua_task_t *t) {
+  atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+}
+
+void klua_task_release(klua_task_t *t) {
+  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) task_free(t);
+}
+
+/* ------------------------------------------------------------- outcome */
+
+int klua_task_outcome(const klua_task_t *t) {
+  return atomic_load_explicit(&((klua_task_t *)t)->outcome, memory_order_acquire);
+}
+
+void klua_task_publish(klua_task_t *t, int outcome) {
+  /* release: a joiner that reads the outcome (acquire) sees the payload */
+  atomic_store_explicit(&t->outcome, outcome, memory_order_release);
+  klua_wake_joiners(t);
+}
+
+/* -------------------------------------------------------------- tokens */
+
+knhk_token_t *klua_task_own_token(klua_task_t *t) {
+  knhk_token_t *tok = atomic_load_explicit(&t->token, memory_order_acquire);
+  if (tok) return tok;
+  knhk_token_t *mine = NULL;
+  knhk_token_t *parent = t->cancel_parent;
+  if (knhk_token_new(&mine, parent) != 0) return NULL;
+  knhk_token_t *expected = NULL;
+  /* acq_rel: whoever loses the race uses the winner's, fully made */
+  if (atomic_compare_exchange_strong_explicit(&t->token, &expected, mine, memory_order_acq_rel,
+                                              memory_order_acquire))
+    return mine;
+  knhk_token_release(mine);
+  return expected;
+}
+
+knhk_token_t *klua_task_checkpoint_token(klua_task_t *t) {
+  if (t->scope) return t->scope;
+  knhk_token_t *tok = atomic_load_explicit(&t->token, memory_order_acquire);
+  if (tok) return tok;
+  return t->cancel_parent;
+}
+
+void klua_task_cancel(klua_task_t *t) {
+  if (klua_task_outcome(t) != KLUA_RUNNING) return;
+  knhk_token_t *tok = klua_task_own_token(t);
+  if (tok) knhk_token_cancel(tok, KNHK_CANCEL_EXPLICIT);
+  /* A task waiting with its wake-up on its group's token did not hear
+   * its own (new) token: wake it, it looks again. */
+  klua_wake(t);
+}
+
+/* ------------------------------------------------------------- running */
+
+void klua_wake(klua_task_t *t) { knhk_executor_wake(&t->rt->ex, &t->et); }
+
+/* Markers the runner yields: a task that ended, or one that waits. */
+static char mark_done, mark_wait;
+
+/* An idle coroutine of w's VM running the runner, or NULL. Made inside a
+ * protected call: an allocation may raise (out of memory, or a finalizer). */
+static int make_coroutine(lua_State *L) {
+  klua_worker_t *w = lua_touserdata(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->anchor);
+  lua_State *co = lua_newthread(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->runner);
+  lua_xmove(L, co, 1);
+  int ref = luaL_ref(L, -2);
+  lua_pushlightuserdata(L, co);
+  lua_pushinteger(L, ref);
+  return 2;
+}
+
+static lua_State *take_coroutine(klua_worker_t *w, int *ref) {
+  if (w->nco > 0) {
+    w->nco--;
+    *ref = w->co_refs[w->nco];
+    return w->co_free[w->nco];
+  }
+  lua_State *L = w->L;
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, make_coroutine);
+  lua_pushlightuserdata(L, w);
+  lua_State *co = NULL;
+  if (lua_pcall(L, 1, 2, 0) == 0) {
+    co = lua_touserdata(L, -2);
+    *ref = (int)lua_tointeger(L, -1);
+  }
+  lua_settop(L, top);
+  return co;
+}
+
+static void give_back_coroutine(klua_worker_t *w, lua_State *co, int ref) {
+  if (w->nco == w->capco) {
+    int cap = w->capco ? w->capco * 2 : 64;
+    lua_State **c = realloc(w->co_free, (size_t)cap * sizeof *c);
+    int *r = c ? realloc(w->co_refs, (size_t)cap * sizeof *r) : NULL;
+    if (c) w->co_free = c;
+    if (!c || !r) { /* no room to pool it: let the GC have it */
+      luaL_unref(w->L, LUA_REGISTRYINDEX, ref); /* never reached with a valid anchor */
+      return;
+    }
+    w->co_refs = r;
+    w->capco = cap;
+  }
+  w->co_free[w->nco] = co;
+  w->co_refs[w->nco] = ref;
+  w->nco++;
+}
+
+static void drop_coroutine(klua_worker_t *w, int ref) {
+  lua_State *L = w->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->anchor);
+  luaL_unref(L, -1, ref);
+  lua_pop(L, 1);
+}
+
+/* The runtime's own bookkeeping failed while it ran t (the coroutine died
+ * outside the task's own protected call: a finalizer raised, or memory
+ * ran out): t fails with that message, so nothing waits for ever. */
+static void fail_in_runtime(klua_task_t *t, const char *why) {
+  if (klua_task_outcome(t) != KLUA_RUNNING) return;
+  char msg[512];
+  int n = snprintf(msg, sizeof msg, "knhk: task %llu failed in the runtime's own bookkeeping: %s",
+                   (unsigned long long)t->id, why ? why : "(an error that is not a string)");
+  if (n < 0) n = 0;
+  if ((size_t)n >= sizeof msg) n = sizeof msg - 1;
+  char *p = klua_payload_room(t, (uint32_t)n);
+  if (p) {
+    memcpy(p, msg, (size_t)n);
+    t->pay = KLUA_PAY_MESSAGE;
+  }
+  klua_task_publish(t, KLUA_ERROR);
+}
+
+static void live_add(klua_worker_t *w, klua_task_t *t) {
+  pthread_mutex_lock(&w->live_m);
+  t->live_prev = NULL;
+  t->live_next = w->live;
+  if (w->live) w->live->live_prev = t;
+  w->live = t;
+  pthread_mutex_unlock(&w->live_m);
+}
+
+static void live_remove(klua_worker_t *w, klua_task_t *t) {
+  pthread_mutex_lock(&w->live_m);
+  if (t->live_prev) t->live_prev->live_next = t->live_next;
+  else if (w->live == t) w->live = t->live_next;
+  if (t->live_next) t->live_next->live_prev = t->live_prev;
+  t->live_prev = t->live_next = NULL;
+  pthread_mutex_unlock(&w->live_m);
+}
+
+/* A start that will never be used: its handles' references, and what a
+ * local start anchored in this (its home) VM, go. */
+static void drop_start(klua_worker_t *w, klua_task_t *t) {
+  if (t->pay == KLUA_PAY_INLINE) {
+    klua_values_drop_len(t->data, t->len); /* upvalues and arguments */
+  } else if (t->pay == KLUA_PAY_REFS) {
+    lua_State *L = w->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->anchor);
+    luaL_unref(L, -1, t->fn_ref);
+    if (t->nvals < 0) luaL_unref(L, -1, t->proto);
+    lua_pop(L, 1);
+    if (t->nvals > 0) klua_values_drop(t->data, t->nvals);
+  }
+  klua_payload_reset(t);
+}
+
+static int status_of(int outcome) {
+  return outcome == KLUA_OK ? 0 : outcome == KLUA_CANCELLED ? KNHK_ECANCELED : KNHK_EFAILED;
+}
+
+static int task_run(knhk_task_t *et) {
+  klua_task_t *t = klua_task_of(et);
+  klua_rt_t *rt = t->rt;
+  klua_worker_t *w = klua_worker(rt);
+  if (!w->L) {
+    char err[512] = "";
+    if (klua_vm_open(rt, w->index, err, sizeof err) != 0) {
+      fail_in_runtime(t, err);
+      return KNHK_EFAILED;
+    }
+  }
+  if (!t->co) { /* its first run (cancelled or not: as in Trio, a task
+                   * runs until its first checkpoint, so its cleanup runs) */
+    atomic_store_explicit(&t->home, w->index, memory_order_relaxed);
+    t->co = take_coroutine(w, &t->co_ref);
+    if (!t->co) {
+      fail_in_runtime(t, "out of memory making its coroutine");
+      return KNHK_EFAILED;
+    }
+    live_add(w, t);
+  }
+  klua_task_t *prev = w->cur;
+  w->cur = t;
+  lua_State *co = t->co;
+  int rc = lua_resume(co, 0);
+  w->cur = prev;
+  if (rc == LUA_YIELD) {
+    int done = lua_gettop(co) == 1 && lua_touserdata(co, 1) == &mark_done;
+    int waits = lua_gettop(co) == 1 && lua_touserdata(co, 1) == &mark_wait;
+    lua_settop(co, 0);
+    if (!done) {
+      /* A yield that is not the runner's: the task's code yielded its own
+       * coroutine. It goes on at once, after the others. */
+      if (!waits) klua_wake(t);
+      return KNHK_TASK_PENDING;
+    }
+    give_back_coroutine(w, co, t->co_ref);
+  } else {
+    /* The runner never returns: the coroutine died of an error raised
+     * outside the task's own protected call. */
+    const char *why = lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : NULL;
+    klua_wait_end(t);
+    fail_in_runtime(t, why);
+    drop_coroutine(w, t->co_ref);
+  }
+  t->co = NULL;
+  t->co_ref = LUA_NOREF;
+  live_remove(w, t);
+  return status_of(klua_task_outcome(t));
+}
+
+/* The executor ended t (it ran to its end, or never ran: prompt shutdown). */
+static void task_ended(knhk_task_t *et, int status) {
+  klua_task_t *t = klua_task_of(et);
+  if (klua_task_outcome(t) == KLUA_RUNNING) { /* dropped without running */
+    klua_worker_t *w = klua_worker(t->rt);
+    if (w && (t->pay != KLUA_PAY_REFS || w->L)) drop_start(w, t);
+    else klua_payload_reset(t);
+    klua_task_publish(t, status == KNHK_ECANCELED ? KLUA_CANCELLED : KLUA_ERROR);
+  }
+  klua_group_t *g = t->group;
+  klua_rt_t *rt = t->rt;
+  int root = g == rt->root_group;
+  klua_group_child_ended(g, t); /* the last touch of g by this child */
+  klua_task_release(t);          /* the running task's reference */
+  /* The root task ended (its children had, before it): the run is over
+   * once what is still queued has ended. */
+  if (root) knhk_executor_stop(&rt->ex, KNHK_SHUTDOWN_GRACEFUL);
+}
+
+int klua_task_spawn(klua_task_t *t, int worker) {
+  klua_rt_t *rt = t->rt;
+  int rc = klua_group_enter(t->group);
+  if (rc != 0) return rc;
+  klua_task_retain(t); /* the running task's, until task_ended */
+  if (t->group->flags & KLUA_G_ORDERED) klua_task_retain(t); /* the ended list's */
+  t->started_ns = knhk_reactor_now(rt->reactor);
+  rc = worker >= 0 ? knhk_executor_spawn_on(&rt->ex, &t->et, worker)
+                   : knhk_executor_spawn(&rt->ex, &t->et);
+  if (rc != 0) { /* it never ran: it ends here, as cancelled */
+    klua_payload_reset(t);
+    klua_task_publish(t, KLUA_CANCELLED);
+    klua_group_child_ended(t->group, t);
+    klua_task_release(t);
+  }
+  return rc;
+}
+
+/* The markers, for the runner (klua_core.c pushes them). */
+void *klua_mark_done(void) { return &mark_done; }
+void *klua_mark_wait(void) { return &mark_wait; }

@@ -1,0 +1,162 @@
+/* klua_value.c: the values a task's record carries inline, without the
+ * general codec: nil, booleans, numbers (the 8 bytes of the double, so
+ * -0.0 and NaN stay what they are), strings, and knhk handles (a reference
+ * taken, travelling as a pointer). A task's start (its function's upvalues
+ * and its arguments) and its results use this form whenever every value
+ * is one of these; anything else goes through knhk.codec.
+ *
+ *   value := tag:u8 payload     nil 0 | false 1 | true 2 | number 3 f64 |
+ *            string 4 len:u32 bytes | self 5 | handle 6 kind:u8 ptr:u64
+ * ("self": an upvalue that is the task's function itself, as a recursive
+ * local function's is.)
+ */
+#include <lauxlib.h>
+#include <string.h>
+
+#include "klua.h"
+#include "klua_value.h"
+
+/* Bytes value i needs, or -1 if it cannot go inline. */
+static int value_size(lua_State *L, int i, void *self) {
+  switch (lua_type(L, i)) {
+  case LUA_TNIL:
+  case LUA_TBOOLEAN: return 1;
+  case LUA_TNUMBER: return 9;
+  case LUA_TSTRING: {
+    size_t n;
+    lua_tolstring(L, i, &n);
+    return n > 0x7fffffff ? -1 : (int)(5 + n);
+  }
+  case LUA_TFUNCTION:
+    return self && lua_topointer(L, i) == self ? 1 : -1;
+  case LUA_TUSERDATA:
+    return klua_handle_kind(L, i) > 0 ? 10 : -1;
+  default: return -1;
+  }
+}
+
+int64_t klua_values_size(lua_State *L, int first, int n, const void *self) {
+  int64_t total = 0;
+  for (int i = first; i < first + n; i++) {
+    int s = value_size(L, i, (void *)self);
+    if (s < 0) return -1;
+    total += s;
+  }
+  return total;
+}
+
+/* Encodes what klua_values_size measured; takes a reference on handles. */
+void klua_values_encode(lua_State *L, int first, int n, char *out, const void *self) {
+  char *p = out;
+  for (int i = first; i < first + n; i++) {
+    switch (lua_type(L, i)) {
+    case LUA_TNIL: *p++ = KLUA_V_NIL; break;
+    case LUA_TBOOLEAN: *p++ = lua_toboolean(L, i) ? KLUA_V_TRUE : KLUA_V_FALSE; break;
+    case LUA_TNUMBER: {
+      double d = lua_tonumber(L, i);
+      *p++ = KLUA_V_NUMBER;
+      memcpy(p, &d, 8);
+      p += 8;
+      break;
+    }
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, i, &len);
+      uint32_t l32 = (uint32_t)len;
+      *p++ = KLUA_V_STRING;
+      memcpy(p, &l32, 4);
+      memcpy(p + 4, s, len);
+      p += 4 + len;
+      break;
+    }
+    case LUA_TFUNCTION: (void)self; *p++ = KLUA_V_SELF; break;
+    default: { /* a handle (value_size said so) */
+      int kind = klua_handle_kind(L, i);
+      void *ptr = klua_handle_export(L, i);
+      uint64_t u = (uint64_t)(uintptr_t)ptr;
+      *p++ = KLUA_V_HANDLE;
+      *p++ = (char)kind;
+      memcpy(p, &u, 8);
+      p += 8;
+      break;
+    }
+    }
+  }
+}
+
+/* Pushes the n values at buf (self: the stack index of the function that
+ * "self" means, or 0). Handles become userdata that own the reference. */
+int klua_values_push(lua_State *L, const char *buf, int n, int self) {
+  const char *p = buf;
+  for (int i = 0; i < n; i++) {
+    switch (*p++) {
+    case KLUA_V_NIL: lua_pushnil(L); break;
+    case KLUA_V_FALSE: lua_pushboolean(L, 0); break;
+    case KLUA_V_TRUE: lua_pushboolean(L, 1); break;
+    case KLUA_V_NUMBER: {
+      double d;
+      memcpy(&d, p, 8);
+      p += 8;
+      lua_pushnumber(L, d);
+      break;
+    }
+    case KLUA_V_STRING: {
+      uint32_t len;
+      memcpy(&len, p, 4);
+      lua_pushlstring(L, p + 4, len);
+      p += 4 + len;
+      break;
+    }
+    case KLUA_V_SELF:
+      if (self) lua_pushvalue(L, self);
+      else lua_pushnil(L);
+      break;
+    case KLUA_V_HANDLE: {
+      int kind = (unsigned char)*p++;
+      uint64_t u;
+      memcpy(&u, p, 8);
+      p += 8;
+      klua_handle_push(L, kind, (void *)(uintptr_t)u);
+      break;
+    }
+    default: luaL_error(L, "knhk: corrupt inline values"); return i;
+    }
+  }
+  return n;
+}
+
+/* Past one value at p; drops its reference if it is a handle and `drop`. */
+static const char *skip_value(const char *p, int drop) {
+  switch (*p++) {
+  case KLUA_V_NUMBER: return p + 8;
+  case KLUA_V_STRING: {
+    uint32_t len;
+    memcpy(&len, p, 4);
+    return p + 4 + len;
+  }
+  case KLUA_V_HANDLE: {
+    int kind = (unsigned char)*p++;
+    uint64_t u;
+    memcpy(&u, p, 8);
+    if (drop) klua_handle_drop(kind, (void *)(uintptr_t)u);
+    return p + 8;
+  }
+  default: return p;
+  }
+}
+
+const char *klua_values_skip(const char *buf, int n) {
+  for (int i = 0; i < n; i++) buf = skip_value(buf, 0);
+  return buf;
+}
+
+/* Drops the references the handles in n values hold (values never pushed). */
+void klua_values_drop(const char *buf, int n) {
+  for (int i = 0; i < n; i++) buf = skip_value(buf, 1);
+}
+
+/* The same for every value in len bytes. */
+void klua_values_drop_len(const char *buf, uint32_t len) {
+  const char *end = buf + len;
+  while (buf < end) buf = skip_value(buf, 1);
+}

@@ -1,0 +1,39 @@
+/* klua_value.h: inline values (klua_value.c) and the handles among them
+ * (klua_core.c knows the userdata each kind of handle is). */
+#ifndef KLUA_VALUE_H
+#define KLUA_VALUE_H
+
+#include <lua.h>
+#include <stdint.h>
+
+enum {
+  KLUA_V_NIL = 0, KLUA_V_FALSE = 1, KLUA_V_TRUE = 2, KLUA_V_NUMBER = 3,
+  KLUA_V_STRING = 4, KLUA_V_SELF = 5, KLUA_V_HANDLE = 6
+};
+
+/* Kinds of handle (0: not a handle). */
+enum {
+  KLUA_H_TASK = 1, KLUA_H_CHANNEL = 2, KLUA_H_SEMAPHORE = 3, KLUA_H_LOCK = 4,
+  KLUA_H_EVENT = 5, KLUA_H_TOKEN = 6, KLUA_H_NURSERY = 7, KLUA_H_KINDS = 8
+};
+
+/* Total bytes values [first, first+n) need inline, or -1 if one of them
+ * cannot go (a table, a function other than `self`, ...). */
+int64_t klua_values_size(lua_State *L, int first, int n, const void *self);
+/* Writes them (the size measured above); takes a reference on handles. */
+void klua_values_encode(lua_State *L, int first, int n, char *out, const void *self);
+/* Pushes n values; `self`: stack index of the function "self" stands for. */
+int klua_values_push(lua_State *L, const char *buf, int n, int self);
+/* Drops the handles' references of n values that will never be pushed. */
+void klua_values_drop(const char *buf, int n);
+void klua_values_drop_len(const char *buf, uint32_t len);
+/* Past n values. */
+const char *klua_values_skip(const char *buf, int n);
+
+/* klua_core.c */
+int klua_handle_kind(lua_State *L, int idx);           /* KLUA_H_*, or 0 */
+void *klua_handle_export(lua_State *L, int idx);       /* retains; the object */
+void klua_handle_push(lua_State *L, int kind, void *p); /* takes the reference */
+void klua_handle_drop(int kind, void *p);
+
+#endif

@@ -1,0 +1,150 @@
+/* klua_wait.c: how a Lua task waits, in one place.
+ *
+ * A wait (runtime.lua's await) is: look; if not ready, arm the wake-ups
+ * (the thing waited for, and the cancellation of the task's scope), look
+ * once more, yield; when resumed, take back whatever is still armed and
+ * look again. Every wake-up is a hint: the task always looks again, so a
+ * spurious one (a late timer, a recycled record) costs one more look and
+ * never a wrong answer. Everything armed lives in the task's record
+ * (klua_wait_t): nothing is allocated per wait but a timer when the
+ * record's own is still completing.
+ */
+#include <stdlib.h>
+
+#include "klua.h"
+#include "knhk/errors.h"
+
+static void on_cancel(knhk_cancel_cb_t *cb, int reason) {
+  (void)reason;
+  klua_wake(cb->data);
+}
+
+int klua_wait_arm_cancel(klua_task_t *t, knhk_token_t *token) {
+  if (!token) return 0;
+  if (knhk_token_on_cancel(token, &t->w.ccb, on_cancel, t) == KNHK_ECANCELED) return 1;
+  t->w.ccb_on = 1;
+  return 0;
+}
+
+int klua_wait_arm_watch(klua_task_t *t, knhk_token_t *token) {
+  if (knhk_token_on_cancel(token, &t->w.watch, on_cancel, t) == KNHK_ECANCELED) return 1;
+  t->w.watch_on = 1;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ sleep */
+
+/* A timer of its own for a task whose record's timer is still completing
+ * (stopped, its completion not run yet): shared by the reactor and the
+ * task until both are done with it. */
+typedef struct {
+  knhk_timer_t tm;
+  _Atomic int refs;
+} spare_timer_t;
+
+static void spare_release(knhk_timer_t *tm) {
+  spare_timer_t *s = (spare_timer_t *)tm;
+  if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) free(s);
+}
+
+static void timer_done(knhk_timer_t *tm, int status) {
+  klua_task_t *t = tm->data;
+  if (status == 0) klua_wake(t); /* the record is type-stable: no reference needed */
+  if (tm == &t->w.timer) atomic_store_explicit(&t->w.timer_busy, 0, memory_order_release);
+  else spare_release(tm);
+}
+
+int klua_wait_arm_sleep(klua_task_t *t, uint64_t deadline_ns) {
+  knhk_timer_t *tm = &t->w.timer;
+  int busy = 0;
+  if (!atomic_compare_exchange_strong_explicit(&t->w.timer_busy, &busy, 1, memory_order_acq_rel,
+                                               memory_order_acquire)) {
+    spare_timer_t *s = calloc(1, sizeof *s);
+    if (!s) return KNHK_ENOMEM;
+    atomic_init(&s->refs, 2);
+    tm = &s->tm;
+  }
+  int rc = knhk_timer_start(t->rt->reactor, tm, deadline_ns, timer_done, t);
+  if (rc != 0) {
+    if (tm == &t->w.timer) atomic_store_explicit(&t->w.timer_busy, 0, memory_order_release);
+    else free(tm);
+    return rc;
+  }
+  t->w.extra_timer = tm; /* the one this wait stops at its end */
+  return 0;
+}
+
+/* ------------------------------------------------------------------- join */
+
+int klua_wait_arm_join(klua_task_t *t, klua_task_t *target) {
+  klua_spin_lock(&target->jlock);
+  if (klua_task_outcome(target) != KLUA_RUNNING) {
+    klua_spin_unlock(&target->jlock);
+    return 1;
+  }
+  klua_wait_t *w = &t->w;
+  w->kind = KLUA_WAIT_JOIN;
+  w->on = target;
+  w->prev = NULL;
+  w->next = target->joiners;
+  if (target->joiners) target->joiners->prev = w;
+  target->joiners = w;
+  w->queued = 1;
+  klua_spin_unlock(&target->jlock);
+  return 0;
+}
+
+/* t ended (its outcome is published): every joiner is taken out of the
+ * list and woken. A joiner holds a handle to t while it waits, so t's
+ * lock outlives the joiners' own unlinking. */
+void klua_wake_joiners(klua_task_t *t) {
+  klua_spin_lock(&t->jlock);
+  klua_wait_t *w = t->joiners;
+  t->joiners = NULL;
+  for (klua_wait_t *x = w; x; x = x->next) x->queued = 0;
+  klua_spin_unlock(&t->jlock);
+  while (w) {
+    klua_wait_t *next = w->next; /* read before the wake: the joiner may move on */
+    klua_wake(w->task);
+    w = next;
+  }
+}
+
+/* ------------------------------------------------------------------- end */
+
+void klua_sync_unwait(klua_wait_t *w); /* klua_chan.c */
+
+void klua_wait_end(klua_task_t *t) {
+  klua_wait_t *w = &t->w;
+  if (w->ccb_on) {
+    knhk_token_off(&w->ccb);
+    w->ccb_on = 0;
+  }
+  if (w->watch_on) {
+    knhk_token_off(&w->watch);
+    w->watch_on = 0;
+  }
+  if (w->extra_timer) {
+    knhk_timer_t *tm = w->extra_timer;
+    w->extra_timer = NULL;
+    knhk_timer_stop(tm); /* EALREADY if it fired: either way it completes once */
+    if (tm != &w->timer) spare_release(tm);
+  }
+  if (w->kind == KLUA_WAIT_JOIN && w->on) {
+    klua_task_t *target = w->on;
+    klua_spin_lock(&target->jlock);
+    if (w->queued) {
+      if (w->prev) w->prev->next = w->next;
+      else target->joiners = w->next;
+      if (w->next) w->next->prev = w->prev;
+      w->queued = 0;
+    }
+    klua_spin_unlock(&target->jlock);
+  } else if (w->kind == KLUA_WAIT_SYNC && w->on) {
+    klua_sync_unwait(w);
+  } else if (w->kind == KLUA_WAIT_GROUP && w->on) {
+    klua_group_unnotify(w->on, t);
+  }
+  w->kind = KLUA_WAIT_NONE;
+  w->on = NULL;
+}
