@@ -20,7 +20,7 @@
 #define KNHK__OFFLOAD_MAX 128
 #define KNHK__INJECTOR_BATCH 32  /* tasks a worker takes from the injector at once */
 
-_Thread_local knhk__worker_t *knhk__tls_worker;
+_Thread_local knhk__worker_t *knhk__tls_worker KNHK__TLS_MODEL;
 
 knhk__worker_t *knhk__current_worker(knhk__executor_t *ex) {
   knhk__worker_t *w = knhk__tls_worker;

@@ -114,10 +114,15 @@ struct knhk__executor {
 };
 
 /* executor.c */
+/* initial-exec: one %fs-relative load wherever the library is, where the
+ * default model of position-independent code calls __tls_get_addr on every
+ * access in the shared library (the Lua module loads it with dlopen, which
+ * serves one pointer from glibc's static TLS reserve). */
+#define KNHK__TLS_MODEL __attribute__((tls_model("initial-exec")))
 /* The calling thread's worker record (of whichever executor), or NULL.
  * Read directly only where a call to knhk__current_worker would show
  * (knhk_join's fast path). */
-extern _Thread_local knhk__worker_t *knhk__tls_worker;
+extern _Thread_local knhk__worker_t *knhk__tls_worker KNHK__TLS_MODEL;
 knhk__worker_t *knhk__current_worker(knhk__executor_t *ex);
 knhk__executor_t *knhk__impl_of(knhk_executor_t *handle);
 /* Any thread. Puts a task that moved into QUEUED where it belongs. */

@@ -30,6 +30,16 @@ static knhk_executor_stats_t finish(knhk_executor_t *ex) {
   return s;
 }
 
+/* Shuts down promptly and checks nothing was lost: every task ended once. */
+static void finish_prompt(knhk_executor_t *ex) {
+  ASSERT_OK(knhk_executor_shutdown(ex, KNHK_SHUTDOWN_PROMPT));
+  knhk_executor_stats_t s;
+  knhk_executor_stats(ex, &s, NULL, 0);
+  ASSERT_EQ(s.total.spawned, s.total.completed + s.total.failed + s.total.cancelled);
+  ASSERT_EQ(0, s.live);
+  ASSERT_OK(knhk_executor_close(ex));
+}
+
 /* Runs fn(arg) as one task on a worker; returns the task's status. */
 typedef struct {
   knhk_join_fn fn;
@@ -322,6 +332,51 @@ TEST(join_from_outside_after_shutdown_is_refused_and_runs_nothing) {
   ASSERT_OK(knhk_executor_close(&ex));
 }
 
+/* The join's task is queued behind a task that holds the only worker when
+ * a prompt shutdown begins: it ends cancelled without running, and so do
+ * both sides. */
+static _Atomic int gate;
+static int hold_worker(knhk_task_t *t) {
+  (void)t;
+  while (!atomic_load(&gate)) sched_yield();
+  return 0;
+}
+
+typedef struct {
+  knhk_executor_t *ex;
+  _Atomic int ran;
+  int rc;
+} queued_join_t;
+
+static void *join_in_background(void *p) {
+  queued_join_t *q = p;
+  q->rc = knhk_join(q->ex, ok, (void *)&q->ran, ok, (void *)&q->ran);
+  return NULL;
+}
+
+TEST(join_from_outside_cancelled_before_it_started_runs_neither_side) {
+  knhk_executor_t ex;
+  start(&ex, 1);
+  atomic_store(&gate, 0);
+  knhk_task_t holder;
+  knhk_task_init(&holder, hold_worker, NULL);
+  ASSERT_OK(knhk_executor_spawn(&ex, &holder));
+  queued_join_t q = {.ex = &ex, .rc = 1};
+  pthread_t th;
+  ASSERT_OK(pthread_create(&th, NULL, join_in_background, &q));
+  knhk_executor_stats_t s;
+  do { /* the join's task is spawned (queued behind the holder) */
+    sched_yield();
+    knhk_executor_stats(&ex, &s, NULL, 0);
+  } while (s.external_spawned < 2);
+  ASSERT_OK(knhk_executor_stop(&ex, KNHK_SHUTDOWN_PROMPT));
+  atomic_store(&gate, 1);
+  pthread_join(th, NULL);
+  ASSERT_EQ(KNHK_ECANCELED, q.rc);
+  ASSERT_EQ(0, q.ran);
+  finish_prompt(&ex);
+}
+
 /* A join from a worker of another executor blocks that worker, like an
  * outside thread, and still completes. */
 typedef struct {
@@ -476,16 +531,6 @@ static tree_t *tree_new(knhk_executor_t *ex, int stop_at_leaf) {
   latch_init(&t->first_leaf, 1);
   for (int i = 0; i < TREE_NODES; i++) t->args[i] = (node_arg_t){t, i};
   return t;
-}
-
-/* Shuts down promptly and checks nothing was lost: every task ended once. */
-static void finish_prompt(knhk_executor_t *ex) {
-  ASSERT_OK(knhk_executor_shutdown(ex, KNHK_SHUTDOWN_PROMPT));
-  knhk_executor_stats_t s;
-  knhk_executor_stats(ex, &s, NULL, 0);
-  ASSERT_EQ(s.total.spawned, s.total.completed + s.total.failed + s.total.cancelled);
-  ASSERT_EQ(0, s.live);
-  ASSERT_OK(knhk_executor_close(ex));
 }
 
 TEST(join_tree_runs_every_side_once_without_shutdown) {

@@ -72,6 +72,11 @@ typedef int (*knhk_join_fn)(void *arg);
  * started when a prompt shutdown began returns KNHK_ECANCELED with neither
  * side run.
  *
+ * Neither side may wait for the other to make progress (spin on a flag
+ * the other sets, say): on one worker they run one after the other, and a
+ * worker waiting for a stolen side may run parts of the other side nested
+ * in its own stack. Waiting for tasks, groups and joins is fine.
+ *
  * Stack: fa, fb and the functions they call run on the worker's stack
  * (8 MiB), plus one frame for each stolen join the worker helps through. */
 int knhk_join(knhk_executor_t *ex, knhk_join_fn fa, void *a, knhk_join_fn fb, void *b);
