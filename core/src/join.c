@@ -131,8 +131,10 @@ static inline __attribute__((always_inline)) int join_on_worker(knhk__worker_t *
   } else {
     /* Put back what fa left queued: it was on top and goes on top again,
      * into the slot it just left (so the push does not grow the ring). */
-    if (t && knhk__deque_push(&w->deque, t, !ex->asymmetric) != 0)
+    if (t && knhk__deque_push(&w->deque, t, !ex->asymmetric) != 0) {
       knhk__mpsc_push(&ex->injector, &t->knhk__link);
+      knhk__notify_parked(ex);
+    }
     sb = wait_taken(w, &j);
   }
   return sa != 0 ? sa : sb;
