@@ -409,3 +409,13 @@ int knhk_nursery_free(knhk_nursery_t *n) {
   free(n);
   return 0;
 }
+
+/* -------------------------------------------------------------- telemetry */
+
+uint64_t knhk_telemetry_nursery_wait_begin(const void *nursery) {
+  knhk_nursery_t *n = (knhk_nursery_t *)nursery;
+  if (!n || !KNHK__TEL_ON()) return 0;
+  return knhk__tel_wait_begin(n->tel, knhk_nursery_live(n));
+}
+
+void knhk_telemetry_nursery_wait_end(uint64_t span) { knhk__tel_wait_end(span); }

@@ -236,8 +236,10 @@ void knhk_telemetry_span_end(uint64_t span, uint64_t parent, int status, const c
                              size_t attributes_len, const char *message) {
   if (!span) return;
   uint64_t *c = cur();
-  c[0] = parent;
-  if (!parent) c[1] = 0; /* a root span ended: the next one starts a trace */
+  if (c[0] == span) { /* ended by the task that began it: its context goes back */
+    c[0] = parent;
+    if (!parent) c[1] = 0; /* a root span ended: the next one starts a trace */
+  }
   knhk__tel_buf_t *b = KNHK__TEL_ON() ? knhk__tel_buffer() : NULL;
   if (!b) return;
   if (attributes && attributes_len) put_blob(b, span, KNHK__BLOB_ATTRS, attributes, attributes_len);

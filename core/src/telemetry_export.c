@@ -421,7 +421,7 @@ static void export_metrics(void) {
   uint64_t external = s->retired_external;
   int nw = s->retired_workers, live_workers = 0;
   memset(depth, 0, sizeof depth);
-  int have_live = 0;
+  int have_live = 0; /* else every executor has ended: the retired counts */
   for (knhk__tel_src_t *src = s->srcs; src; src = src->next) {
     knhk_worker_stats_t per[KNHK_MAX_WORKERS];
     knhk_executor_stats_t st;
@@ -469,7 +469,8 @@ static void export_metrics(void) {
       sum_end(&w);
     }
   }
-  if (have_live) {
+  if (!have_live) live_workers = nw; /* utilization up to when they ended */
+  if (nw > 0) {
     metric_begin(&w, KNHK_TEL_METRIC_CONCURRENCY_EXECUTOR_QUEUE_DEPTH, "gauge");
     for (int i = 0; i < nw; i++) {
       int f = 1;

@@ -71,6 +71,12 @@ uint64_t knhk_telemetry_current_span(void);
  * while not recording. `token` is a knhk_token_t (knhk/cancel.h). */
 uint64_t knhk_telemetry_token_id(const void *token);
 
+/* Any thread. The code that opened nursery `n` (a knhk_nursery_t,
+ * knhk/nursery.h) waits for its children: a span, child of the nursery's,
+ * until knhk_telemetry_nursery_wait_end. Returns the span, or 0. */
+uint64_t knhk_telemetry_nursery_wait_begin(const void *n);
+void knhk_telemetry_nursery_wait_end(uint64_t span);
+
 /* ---- instruments ---- */
 
 enum knhk_instrument_kind {
