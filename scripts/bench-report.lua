@@ -54,8 +54,8 @@ for _, f in ipairs(rows) do
     f.suite, f.bench, f.metric, f.workers and tostring(f.workers) or "",
     num(f.value), f.unit, f.peer or "", num(f.peer_value),
     f.ratio and string.format("%.2fx", f.ratio) or "",
-    t and (t.op .. " " .. num(t.value)) or "",
-    t and (meets(f.value, t) and "met" or "NOT MET") or "",
+    t and ((t.field and t.field .. " " or "") .. t.op .. " " .. num(t.value)) or "",
+    t and (meets(t.field and f[t.field] or f.value, t) and "met" or "NOT MET") or "",
   }
 end
 local width = {}

@@ -73,7 +73,7 @@ static int push_failure_locked(knhk_nursery_t *n, int status) {
 
 static void child_ended(knhk_task_t *t, int status) {
   knhk_child_t *c = t->data;
-  KNHK__TEL(child_end(c->knhk__tel, status));
+  KNHK__TEL(child_end(c->knhk__tel, status, c->nursery->ex));
   knhk_nursery_t *n = c->nursery;
   knhk_token_t *cancel = NULL;
   int reason = 0;
@@ -169,7 +169,7 @@ int knhk_nursery_spawn_ex(knhk_nursery_t *n, knhk_child_fn fn, void *arg, uint32
     c->status = rc;
     n->live--;
     pthread_mutex_unlock(&n->m);
-    KNHK__TEL(child_end(c->knhk__tel, rc));
+    KNHK__TEL(child_end(c->knhk__tel, rc, n->ex));
     return rc;
   }
   if (out) *out = c;

@@ -160,12 +160,9 @@ void knhk__tel_child_spawn(uint64_t child[4], const uint64_t nursery[2], uint32_
 }
 
 uint64_t *knhk__tel_child_enter(uint64_t child[4], knhk_executor_t *ex) {
+  (void)ex;
   if (!child[KNHK__TEL_CHILD_SPAN]) return NULL;
-  knhk__tel_buf_t *b = knhk__tel_buffer();
-  if (b && !child[KNHK__TEL_CHILD_RAN]) {
-    child[KNHK__TEL_CHILD_RAN] = 1;
-    put(b, KNHK__REC_RUN, 0, child[KNHK__TEL_CHILD_SPAN], 0, 0, knhk_executor_worker_index(ex), 0, 0);
-  }
+  if (!child[KNHK__TEL_CHILD_RAN]) child[KNHK__TEL_CHILD_RAN] = knhk__mono_ns();
   uint64_t *prev = cur();
   tls_cur = &child[KNHK__TEL_CHILD_CUR]; /* {cur, trace}: adjacent */
   return prev;
@@ -173,9 +170,12 @@ uint64_t *knhk__tel_child_enter(uint64_t child[4], knhk_executor_t *ex) {
 
 void knhk__tel_child_leave(uint64_t *prev) { tls_cur = prev == tls_own ? NULL : prev; }
 
-void knhk__tel_child_end(const uint64_t child[4], int status) {
+void knhk__tel_child_end(const uint64_t child[4], int status, knhk_executor_t *ex) {
   knhk__tel_buf_t *b = child[KNHK__TEL_CHILD_SPAN] ? knhk__tel_buffer() : NULL;
-  if (b) put(b, KNHK__REC_END, 0, child[KNHK__TEL_CHILD_SPAN], 0, 0, status, 0, 0);
+  uint64_t ran = child[KNHK__TEL_CHILD_RAN];
+  if (b)
+    put(b, KNHK__REC_END, 0, child[KNHK__TEL_CHILD_SPAN], 0, 0, status, (int64_t)ran,
+        ran ? knhk_executor_worker_index(ex) : -1);
 }
 
 uint64_t knhk__tel_wait_begin(const uint64_t nursery[2], uint32_t live) {
@@ -257,6 +257,14 @@ void knhk_telemetry_span_instant(int name, const char *attributes, size_t attrib
 }
 
 uint64_t knhk_telemetry_current_span(void) { return cur()[0]; }
+
+/* tls_cur points into a child's words only when child_enter put it there */
+void knhk_telemetry_task_error(const char *message) {
+  if (!KNHK__TEL_ON() || !message || !tls_cur) return;
+  uint64_t *child = tls_cur - KNHK__TEL_CHILD_CUR;
+  knhk__tel_buf_t *b = knhk__tel_buffer();
+  if (b) put_blob(b, child[KNHK__TEL_CHILD_SPAN], KNHK__BLOB_MESSAGE, message, strlen(message));
+}
 
 void knhk_telemetry_record(int instrument, double value) {
   if (!KNHK__TEL_ON() || instrument < 0) return;

@@ -87,9 +87,37 @@ __attribute__((format(printf, 2, 3))) static void sb_fmt(sbuf_t *b, const char *
   if (k > 0) sb_add(b, tmp, (size_t)k < sizeof tmp ? (size_t)k : sizeof tmp - 1);
 }
 
+/* Numbers without printf: the drain formats millions of them. */
+static void sb_u64(sbuf_t *b, uint64_t v) {
+  char tmp[24];
+  int i = sizeof tmp;
+  do tmp[--i] = (char)('0' + v % 10); while ((v /= 10) != 0);
+  sb_add(b, tmp + i, sizeof tmp - (size_t)i);
+}
+
+static void sb_i64(sbuf_t *b, int64_t v) {
+  if (v < 0) {
+    sb_add(b, "-", 1);
+    sb_u64(b, (uint64_t)0 - (uint64_t)v);
+  } else {
+    sb_u64(b, (uint64_t)v);
+  }
+}
+
+static void sb_hex16(sbuf_t *b, uint64_t v) {
+  static const char digits[] = "0123456789abcdef";
+  char tmp[16];
+  for (int i = 15; i >= 0; i--, v >>= 4) tmp[i] = digits[v & 15];
+  sb_add(b, tmp, 16);
+}
+
 /* A JSON string, quoted and escaped. */
 static void sb_json(sbuf_t *b, const char *s) {
   sb_add(b, "\"", 1);
+  size_t plain = strcspn(s, "\"\\\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"
+                            "\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f");
+  sb_add(b, s, plain); /* the usual case: nothing to escape */
+  s += plain;
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
     if (*p == '"' || *p == '\\') {
       char e[2] = {'\\', (char)*p};
@@ -107,16 +135,24 @@ static uint64_t unix_ns(uint64_t mono) { return mono + (uint64_t)knhk__tel.unix_
 
 /* ---------------------------------------------------------- attributes */
 
-static void attr_int(sbuf_t *b, int *first, const char *key, int64_t v) {
-  sb_fmt(b, "%s{\"key\":\"%s\",\"value\":{\"intValue\":\"%" PRId64 "\"}}", *first ? "" : ",", key, v);
+static void attr_key(sbuf_t *b, int *first, const char *key) {
+  sb_str(b, *first ? "{\"key\":\"" : ",{\"key\":\"");
+  sb_str(b, key);
   *first = 0;
 }
 
+static void attr_int(sbuf_t *b, int *first, const char *key, int64_t v) {
+  attr_key(b, first, key);
+  sb_str(b, "\",\"value\":{\"intValue\":\"");
+  sb_i64(b, v);
+  sb_str(b, "\"}}");
+}
+
 static void attr_str(sbuf_t *b, int *first, const char *key, const char *v) {
-  sb_fmt(b, "%s{\"key\":\"%s\",\"value\":{\"stringValue\":", *first ? "" : ",", key);
+  attr_key(b, first, key);
+  sb_str(b, "\",\"value\":{\"stringValue\":");
   sb_json(b, v);
   sb_str(b, "}}");
-  *first = 0;
 }
 
 static const char *reason_name(int64_t r) {
@@ -225,7 +261,9 @@ static void emit(ent_t *e) {
   knhk__tel_session_t *s = &knhk__tel;
   sbuf_t *b = &X.spans;
   const char *name = e->name < (uint32_t)s->nnames ? s->names[e->name] : "knhk.unknown";
-  if (e->name == KNHK_TEL_SPAN_CONCURRENCY_NURSERY_SPAWN && (e->have & HAVE_RUN)) {
+  if (e->name == KNHK_TEL_SPAN_CONCURRENCY_NURSERY_SPAWN && e->extra) { /* it ran */
+    e->run = (uint64_t)e->extra;
+    e->have |= HAVE_RUN;
     double d = e->run > e->start ? (double)(e->run - e->start) : 0;
     int k = 0;
     while (k < NLAT && d > lat_bounds[k]) k++;
@@ -235,14 +273,22 @@ static void emit(ent_t *e) {
     X.lat_count++;
     X.lat_sum += d;
   }
-  sb_fmt(b, "%s{\"traceId\":\"%016" PRIx64 "%016" PRIx64 "\",\"spanId\":\"%016" PRIx64 "\",",
-         X.nspans ? "," : "", s->trace_hi, e->trace, e->span);
-  if (e->parent) sb_fmt(b, "\"parentSpanId\":\"%016" PRIx64 "\",", e->parent);
-  sb_str(b, "\"name\":");
+  sb_str(b, X.nspans ? ",{\"traceId\":\"" : "{\"traceId\":\"");
+  sb_hex16(b, s->trace_hi);
+  sb_hex16(b, e->trace);
+  sb_str(b, "\",\"spanId\":\"");
+  sb_hex16(b, e->span);
+  if (e->parent) {
+    sb_str(b, "\",\"parentSpanId\":\"");
+    sb_hex16(b, e->parent);
+  }
+  sb_str(b, "\",\"name\":");
   sb_json(b, name);
-  sb_fmt(b, ",\"kind\":1,\"startTimeUnixNano\":\"%" PRIu64 "\",\"endTimeUnixNano\":\"%" PRIu64
-            "\",\"attributes\":",
-         unix_ns(e->start), unix_ns(e->end));
+  sb_str(b, ",\"kind\":1,\"startTimeUnixNano\":\"");
+  sb_u64(b, unix_ns(e->start));
+  sb_str(b, "\",\"endTimeUnixNano\":\"");
+  sb_u64(b, unix_ns(e->end));
+  sb_str(b, "\",\"attributes\":");
   int first = 1, failed = 0;
   switch (e->name) {
   case KNHK_TEL_SPAN_CONCURRENCY_NURSERY:
@@ -257,7 +303,10 @@ static void emit(ent_t *e) {
     sb_str(b, "[");
     attr_int(b, &first, KNHK_TEL_ATTR_NURSERY_ID, e->a[0]);
     attr_int(b, &first, KNHK_TEL_ATTR_TASK_INDEX, e->a[1]);
-    if (e->have & HAVE_RUN) attr_int(b, &first, KNHK_TEL_ATTR_WORKER_ID, e->worker);
+    if (e->have & HAVE_RUN) {
+      attr_int(b, &first, KNHK_TEL_ATTR_WORKER_ID, e->worker);
+      attr_int(b, &first, KNHK_TEL_ATTR_TASK_QUEUE_TIME, e->run > e->start ? (int64_t)(e->run - e->start) : 0);
+    }
     attr_str(b, &first, KNHK_TEL_ATTR_TASK_STATUS, status_name(e->status));
     sb_str(b, "]");
     failed = e->status != 0 && e->status != KNHK_ECANCELED;
@@ -356,12 +405,11 @@ static void drain_buffer(knhk__tel_buf_t *b) {
         if (r->kind == KNHK__REC_INSTANT) e->end = r->ts, e->have |= HAVE_END;
       }
       break;
-    case KNHK__REC_RUN:
-      if ((e = entry(r->span))) e->run = r->ts, e->worker = (int32_t)r->a[0], e->have |= HAVE_RUN;
-      break;
     case KNHK__REC_END:
       if ((e = entry(r->span))) {
+        /* (its start may not have been read yet: emit reads extra) */
         e->end = r->ts, e->status = (int32_t)r->a[0], e->extra = r->a[1];
+        e->worker = (int32_t)r->a[2];
         e->have |= HAVE_END;
       }
       break;

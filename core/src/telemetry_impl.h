@@ -36,19 +36,20 @@ extern _Atomic uint32_t knhk__tel_on;
  * child keeps four words: its own span, its current span, its trace
  * ({current, trace} is the context it runs in), whether it has run. */
 enum { KNHK__TEL_CHILD_SPAN = 0, KNHK__TEL_CHILD_CUR = 1, KNHK__TEL_CHILD_TRACE = 2,
-       KNHK__TEL_CHILD_RAN = 3 };
+       KNHK__TEL_CHILD_RAN = 3 /* when it first ran (clock), 0 before */ };
 
 /* ---- hooks (any thread) ---- */
 /* nursery.c */
 void knhk__tel_nursery_open(uint64_t tel[2], uint32_t flags);
 void knhk__tel_nursery_close(const uint64_t tel[2]);
 void knhk__tel_child_spawn(uint64_t child[4], const uint64_t nursery[2], uint32_t index);
-/* Makes the child's context the thread's current one (and records its first
- * run, with the worker of `ex` it runs on); returns what to give back to
- * leave, or NULL (nothing to give back). */
+/* Makes the child's context the thread's current one (and notes when it
+ * first ran); returns what to give back to leave, or NULL (nothing to give
+ * back). The end's record carries the first run's time and the worker of
+ * `ex` it ran on (a task ends on the worker that ran it). */
 uint64_t *knhk__tel_child_enter(uint64_t child[4], knhk_executor_t *ex);
 void knhk__tel_child_leave(uint64_t *prev);
-void knhk__tel_child_end(const uint64_t child[4], int status);
+void knhk__tel_child_end(const uint64_t child[4], int status, knhk_executor_t *ex);
 uint64_t knhk__tel_wait_begin(const uint64_t nursery[2], uint32_t live);
 void knhk__tel_wait_end(uint64_t span);
 /* cancel.c */
@@ -65,8 +66,9 @@ void knhk__tel_reactor_remove(knhk_reactor_t *r);
 
 enum {
   KNHK__REC_START = 1,   /* name, ts, span, trace, parent, a0..a2 */
-  KNHK__REC_RUN = 2,     /* ts, span, a0 = worker */
-  KNHK__REC_END = 3,     /* ts, span, a0 = status, a1 = extra */
+  KNHK__REC_END = 3,     /* ts, span, a0 = status, a1 = extra (a nursery
+                            task's: when it first ran, 0 if never),
+                            a2 = its worker */
   KNHK__REC_INSTANT = 4, /* a START and END at once */
   KNHK__REC_BLOB = 5,    /* name = length, span, a0 = what (BLOB_*); the
                             bytes follow in the next slots */

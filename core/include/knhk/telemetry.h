@@ -67,6 +67,9 @@ void knhk_telemetry_span_end(uint64_t span, uint64_t parent, int status, const c
 void knhk_telemetry_span_instant(int name, const char *attributes, size_t attributes_len);
 /* Any thread. The current span of the calling task (0: none). */
 uint64_t knhk_telemetry_current_span(void);
+/* Worker, inside a nursery task. The task is failing with `message`: its
+ * span's error status says so (instead of the bare status code). */
+void knhk_telemetry_task_error(const char *message);
 /* Any thread. The id the telemetry gave a cancel token, 0 if it was made
  * while not recording. `token` is a knhk_token_t (knhk/cancel.h). */
 uint64_t knhk_telemetry_token_id(const void *token);
