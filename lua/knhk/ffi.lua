@@ -69,6 +69,7 @@ void knhk_telemetry_span_end(uint64_t span, uint64_t parent, int status, const c
                              size_t attributes_len, const char *message);
 void knhk_telemetry_span_instant(int name, const char *attributes, size_t attributes_len);
 uint64_t knhk_telemetry_current_span(void);
+void knhk_telemetry_task_error(const char *message);
 uint64_t knhk_telemetry_token_id(const void *token);
 uint64_t knhk_telemetry_nursery_wait_begin(const knhk_nursery_t *n);
 void knhk_telemetry_nursery_wait_end(uint64_t span);

@@ -496,6 +496,7 @@ local function body(t, fn, args)
   if not ok and not errors.is_signal(res[2]) then table.insert(errs, 1, res[2]) end
   if #errs > 0 then
     ok, res = false, { n = 2, false, errors.group(errs) }
+    telemetry.task_error(errs[1])
   end
   local outcome, snap = encode_outcome(ok, res)
   t.status = status_of[outcome]

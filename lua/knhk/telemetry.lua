@@ -213,6 +213,11 @@ function M.reason_name(reason)
   return N.enum.CANCEL_REASON[reasons[tonumber(reason)] or "SHUTDOWN"]
 end
 
+-- The running task is failing with error e: its span says why.
+function M.task_error(e)
+  if enabled() then C.knhk_telemetry_task_error(message_of(e)) end
+end
+
 -- The code that opened nursery n (a knhk_nursery_t*) waits for its children.
 function M.wait_begin(n)
   if not enabled() then return 0 end
