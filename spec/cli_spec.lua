@@ -168,10 +168,11 @@ describe("knhk-lua", function()
     assert.matches("^knhk%-lua: [^\n]*syntax%.lua:1: [^\n]*\n$", err2)
   end)
 
-  it("--stats prints the counters at exit", function()
+  it("--stats prints the counters at exit, once every task (the root too) has ended", function()
     local code, _, err = run("--stats -e " .. q("knhk.spawn(function() end):join()"))
     assert.equal(0, code)
-    assert.matches("tasks: %d+ spawned, %d+ completed", err)
+    -- the root task and the one it spawned: both ended, nothing live
+    assert.matches("tasks: 2 spawned, 2 completed, 0 failed, 0 cancelled, 0 live", err, 1, true)
   end)
 
   local function signalled(sig, expect_code, word)
@@ -204,6 +205,30 @@ describe("knhk-lua", function()
 
   it("SIGTERM does the same with 143", function()
     signalled(15, 143, "terminated")
+  end)
+
+  it("SIGINT names the tasks that have not reached a checkpoint; a second one ends it", function()
+    local ready = TMP .. "/ready-busy"
+    os.remove(ready)
+    local script = write("busy.lua", string.format([[
+      local h = knhk.spawn(function(path)
+        io.open(path, "w"):close()
+        local x = 0
+        while true do x = x + 1 end -- never a checkpoint
+      end, %q)
+      knhk.sleep(30)
+    ]], ready))
+    local p = pty.spawn({ KNHK_LUA, "-w", "2", script })
+    finally(function() p:kill() end)
+    for _ = 1, 200 do -- wait for the busy task to be running
+      if io.open(ready) then break end
+      p:pump(20)
+    end
+    p:signal(2)
+    p:expect("Ctrl%-C again to end the process at once", 10)
+    assert.matches("task %d+ %(function at [^)]*busy%.lua:1%), running on worker %d", p.all)
+    p:signal(2)
+    assert.equal(130, p:wait(10))
   end)
 
   it("--telemetry FILE records the run, and writes it out after SIGINT too", function()

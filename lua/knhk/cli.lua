@@ -99,8 +99,8 @@ local function describe_error(e, out)
 end
 M.describe_error = describe_error
 
-local function print_stats()
-  local s = knhk.stats()
+local function print_stats(s)
+  s = s or knhk.stats()
   io.stderr:write(string.format(
     "knhk-lua: %d workers; tasks: %d spawned, %d completed, %d failed, %d cancelled, %d live; "
     .. "%d stolen in %d attempts; %d parks\n",
@@ -151,10 +151,12 @@ discards the line being typed.]]
 local function print_tasks()
   local list = R.live_tasks()
   if #list == 0 then print("no live tasks") return end
-  print(string.format("%-8s %-8s %-10s %-7s %s", "task", "parent", "state", "worker", "age"))
+  print(string.format("%-8s %-8s %-10s %-7s %-8s %s", "task", "parent", "state", "worker", "age",
+    "function"))
   for _, t in ipairs(list) do
-    print(string.format("%-8s %-8s %-10s %-7s %.1fs", "#" .. t.id, t.parent and ("#" .. t.parent) or "-",
-      t.state, t.worker >= 0 and tostring(t.worker) or "-", t.age))
+    print(string.format("%-8s %-8s %-10s %-7s %-8s %s", "#" .. t.id,
+      t.parent and ("#" .. t.parent) or "-", t.state, t.worker >= 0 and tostring(t.worker) or "-",
+      string.format("%.1fs", t.age), t.where))
   end
 end
 
@@ -402,9 +404,12 @@ function M.main(argv)
       if chunk then chunk(unpack(script_args)) end
       if use_repl then repl() end
     end, R.capture)
-    if stats then print_stats() end
     if not inner_ok then error(inner_err, 0) end
-  end, { workers = workers, signals = true })
+  end, { workers = workers, signals = true,
+         name = script and ("the script " .. (script == "-" and "(stdin)" or script))
+           or (use_repl and "the REPL") or "the -e statements" })
+  -- once the root task, and every other, has ended
+  if stats and knhk.last_stats() then print_stats(knhk.last_stats()) end
   if telemetry_file then knhk.telemetry.stop() end -- after a signal too: cleanup ran
 
   local sig = knhk.signal_received()

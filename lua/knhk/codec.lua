@@ -327,6 +327,20 @@ local function fn_place(fn)
   return string.format("function at %s:%d", src, info.linedefined or 0)
 end
 
+-- "function at file:line" for a Lua function (a C function: its name if
+-- the codec knows it), computed once per closure.
+local places = setmetatable({}, { __mode = "k" })
+function M.place_of(fn)
+  local p = places[fn]
+  if p == nil then
+    local ok, info = pcall(funcinfo, fn)
+    if ok and info.source then p = fn_place(fn)
+    else p = "C function " .. (builtin_name[fn] or "?") end
+    places[fn] = p
+  end
+  return p
+end
+
 -- The path to the value being encoded is kept as cheap descriptors (a
 -- key, or a function and what of it) and turned into words only when a
 -- value is refused.

@@ -96,10 +96,13 @@ typedef struct {
   uint64_t id, parent, started_ns;
   int32_t worker;
   int32_t state;
+  const char *where;
 } klua_task_row_t;
 int klua_tasks_list(klua_rt_t *rt, klua_task_row_t *rows, int max);
 klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker,
-                        const char *snap, size_t len, uint64_t parent, int *err);
+                        const char *snap, size_t len, uint64_t parent, const char *where,
+                        int *err);
+const char *klua_where(klua_rt_t *rt, const char *place);
 int klua_watch_arm(klua_task_t *t, knhk_token_t *token);
 klua_task_t *klua_nursery_next_ended(knhk_nursery_t *n);
 void klua_task_retain(klua_task_t *t);

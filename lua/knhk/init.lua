@@ -62,8 +62,10 @@ end
 -- knhk.run(main [, opts], ...) -> main's results. The calling thread
 -- becomes worker 0 and runs `main` as the root task; opts.workers (default:
 -- KNHK_WORKERS or the number of CPUs) workers run tasks. opts.signals: the
--- first SIGINT/SIGTERM cancels everything (cleanup runs), a second one ends
--- the process; knhk.signal_received() says which came.
+-- first SIGINT/SIGTERM cancels everything (cleanup runs; tasks that have
+-- not reached a checkpoint are named on stderr), a second one ends the
+-- process; knhk.signal_received() says which came. opts.name: what
+-- reports (:tasks, that of a SIGINT) call the root task.
 function knhk.run(main, opts, ...)
   check.arg("func", main, 1, "run")
   opts = check.opts(opts, 2, "run")
@@ -73,7 +75,8 @@ function knhk.run(main, opts, ...)
     workers, err = knhk.default_workers()
     if not workers then error("knhk.run: " .. err, 2) end
   end
-  return R.run(main, workers, opts.signals and true or false, ...)
+  local name = check.field("string", opts, "name", 2, "run")
+  return R.run(main, workers, opts.signals and true or false, name, ...)
 end
 
 -- The first SIGINT/SIGTERM received by a knhk.run with opts.signals, or nil.
@@ -402,21 +405,11 @@ knhk.telemetry = require "knhk.telemetry"
 function knhk.stats()
   local rt = R.rt()
   if rt == nil then error("knhk.stats: no runtime is running (call it inside knhk.run)", 2) end
-  local s = ffi.new("knhk_executor_stats_t")
-  local per = ffi.new("knhk_worker_stats_t[?]", 256)
-  local n = C.knhk_executor_stats(C.klua_executor(rt), s, per, 256)
-  local function tab(w)
-    return { spawned = tonumber(w.spawned), completed = tonumber(w.completed),
-             failed = tonumber(w.failed), cancelled = tonumber(w.cancelled),
-             stolen = tonumber(w.stolen), steal_attempts = tonumber(w.steal_attempts),
-             parks = tonumber(w.parks), busy_s = tonumber(w.busy_ns) / 1e9 }
-  end
-  local out = tab(s.total)
-  out.workers = n
-  out.live = tonumber(s.live)
-  out.per_worker = {}
-  for i = 0, n - 1 do out.per_worker[i + 1] = tab(per[i]) end
-  return out
+  return R.stats()
 end
+
+-- knhk.last_stats() -> the counters of the last knhk.run, as knhk.stats()
+-- gives them, read once every task of it had ended (nil before any run).
+function knhk.last_stats() return R.last_stats end
 
 return knhk

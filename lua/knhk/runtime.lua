@@ -312,11 +312,23 @@ end, function(v)
   return nursery_object(ffi.cast("klua_nursery_t*", v), nil, nil)
 end)
 
-function Nursery:spawn_snapshot(kind, worker, snap)
+-- Places of task functions, interned in C once per runtime: task records
+-- point at them, for :tasks and the report of a SIGINT.
+local wheres = {}
+local function where_of(place)
+  local w = wheres[place]
+  if w == nil then
+    w = C.klua_where(rt, place)
+    wheres[place] = w
+  end
+  return w
+end
+
+function Nursery:spawn_snapshot(kind, worker, snap, place)
   local err = spawn_err
   local cur = M.current
   local ptr = C.klua_spawn(rt, self.n, kind, worker, snap, #snap,
-    cur and C.klua_task_id(cur.ptr) or 0, err)
+    cur and C.klua_task_id(cur.ptr) or 0, where_of(place), err)
   if ptr == nil then
     if err[0] == K.ECLOSED then error("spawn: the nursery is closed", 3) end
     error("spawn: " .. ffi.string(C.knhk_strerror(err[0])), 3)
@@ -347,7 +359,7 @@ function M.live_tasks()
   for i = 0, n - 1 do
     local r = rows[i]
     out[#out + 1] = { id = tonumber(r.id), parent = r.parent ~= 0 and tonumber(r.parent) or nil,
-                      state = STATES[r.state], worker = r.worker,
+                      state = STATES[r.state], worker = r.worker, where = ffi.string(r.where),
                       age = (now - tonumber(r.started_ns)) / 1e9 }
   end
   table.sort(out, function(a, b) return a.id < b.id end)
@@ -367,7 +379,7 @@ function M.spawn_into(nursery, level, fn, ...)
     if type(snap) == "table" and snap.knhk_refused then error("spawn: " .. snap.message, level + 1) end
     error(snap, 0)
   end
-  return nursery:spawn_snapshot(K.PORTABLE, -1, snap)
+  return nursery:spawn_snapshot(K.PORTABLE, -1, snap, codec.place_of(fn))
 end
 
 function M.spawn_local_into(nursery, level, fn, ...)
@@ -378,7 +390,8 @@ function M.spawn_local_into(nursery, level, fn, ...)
   next_local = next_local + 1
   local key = tostring(next_local)
   locals[key] = { fn = fn, args = pack(...) }
-  local ok, h = pcall(nursery.spawn_snapshot, nursery, K.LOCAL, C.klua_worker_index(rt), key)
+  local ok, h = pcall(nursery.spawn_snapshot, nursery, K.LOCAL, C.klua_worker_index(rt), key,
+    codec.place_of(fn))
   if not ok then
     locals[key] = nil
     error(h, 0)
@@ -602,7 +615,26 @@ end
 
 -- ------------------------------------------------------------------ run
 
-function M.run(main, workers, signals, ...)
+-- The executor's counters, summed and per worker (knhk.stats).
+function M.stats()
+  local s = ffi.new("knhk_executor_stats_t")
+  local per = ffi.new("knhk_worker_stats_t[?]", 256)
+  local n = C.knhk_executor_stats(C.klua_executor(rt), s, per, 256)
+  local function tab(w)
+    return { spawned = tonumber(w.spawned), completed = tonumber(w.completed),
+             failed = tonumber(w.failed), cancelled = tonumber(w.cancelled),
+             stolen = tonumber(w.stolen), steal_attempts = tonumber(w.steal_attempts),
+             parks = tonumber(w.parks), busy_s = tonumber(w.busy_ns) / 1e9 }
+  end
+  local out = tab(s.total)
+  out.workers = n
+  out.live = tonumber(s.live)
+  out.per_worker = {}
+  for i = 0, n - 1 do out.per_worker[i + 1] = tab(per[i]) end
+  return out
+end
+
+function M.run(main, workers, signals, name, ...)
   if rt ~= nil then error("knhk.run: already running (knhk.run cannot be nested)", 3) end
   local r = core.new(workers)
   local ok, res = pcall(function(...)
@@ -624,8 +656,9 @@ function M.run(main, workers, signals, ...)
       end,
       args = pack(...),
     }
-    local h = root:spawn_snapshot(K.LOCAL, 0, key)
+    local h = root:spawn_snapshot(K.LOCAL, 0, key, name or ("main " .. codec.place_of(main)))
     core.enter(r)
+    M.last_stats = M.stats() -- every task has ended: the counters are final
     local ended = C.klua_nursery_next_ended(root.n) -- the root task: its nursery's reference
     if ended ~= nil then C.klua_task_release(ended) end
     local res = pack(pcall(M.outcome_of, h.ptr))
@@ -633,7 +666,7 @@ function M.run(main, workers, signals, ...)
     return res
   end, ...)
   rt = nil
-  tasks, locals = {}, {}
+  tasks, locals, wheres = {}, {}, {}
   core.free(r)
   if not ok then error(res, 0) end
   if not res[1] then error(res[2], 0) end

@@ -59,6 +59,7 @@ typedef struct {
   size_t result_len;
   knhk_token_t *token;     /* the token its checkpoints look at */
   uint64_t parent;         /* id of the task that spawned it, or 0 */
+  const char *where;       /* its function's place, interned (klua_where) */
   uint64_t started_ns;     /* when it was spawned, on the runtime's clock */
 } klua_task_pub_t;
 
@@ -74,6 +75,7 @@ typedef struct {
   uint64_t id, parent, started_ns;
   int32_t worker;          /* its VM's worker, -1 before it started */
   int32_t state;           /* 0 queued, 1 running, 2 waiting */
+  const char *where;       /* its function's place */
 } klua_task_row_t;
 
 struct klua_task {
@@ -111,14 +113,19 @@ struct klua_rt {
   char **protos;
   size_t *proto_lens;
   uint32_t nprotos, capprotos;
-  pthread_mutex_t live_m;  /* live tasks, for :tasks */
+  pthread_mutex_t live_m;  /* live tasks, for :tasks; places (klua_where) */
   klua_task_t *live;
+  char **wheres;           /* interned places, freed with the runtime */
+  size_t nwheres, capwheres;
   char *lua_path, *lua_cpath; /* the caller's, for worker VMs made later */
 };
 
 /* ---- called through the FFI (lua/knhk/ffi.lua declares these) ---- */
 KLUA_API klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker,
-                                 const char *snap, size_t len, uint64_t parent, int *err);
+                                 const char *snap, size_t len, uint64_t parent,
+                                 const char *where, int *err);
+KLUA_API const char *klua_where(klua_rt_t *rt, const char *place);
+KLUA_API int klua_tasks_running(klua_rt_t *rt, klua_task_row_t *rows, int max);
 KLUA_API uint64_t klua_task_id(const klua_task_t *t);
 KLUA_API int klua_task_kind(const klua_task_t *t);
 KLUA_API int klua_task_outcome(const klua_task_t *t);

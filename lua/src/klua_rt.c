@@ -104,7 +104,7 @@ static int child_run(knhk_child_t *c) {
 /* kind KLUA_LOCAL runs on `worker` (the spawner's, or 0 for the root
  * task); a portable task on any worker (worker is ignored). */
 klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker, const char *snap,
-                        size_t len, uint64_t parent, int *err) {
+                        size_t len, uint64_t parent, const char *where, int *err) {
   *err = 0;
   if (!rt || !n || (kind != KLUA_PORTABLE && kind != KLUA_LOCAL) ||
       (kind == KLUA_LOCAL && (worker < 0 || worker >= rt->workers))) {
@@ -129,6 +129,7 @@ klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker, 
    * record is published by the spawn. */
   atomic_store_explicit(&t->refs, 3, memory_order_relaxed);
   t->pub.parent = parent;
+  t->pub.where = where ? where : "a function";
   t->pub.started_ns = knhk_reactor_now(rt->reactor);
   pthread_mutex_lock(&rt->live_m);
   t->live_next = rt->live;
@@ -148,17 +149,50 @@ klua_task_t *klua_spawn(klua_rt_t *rt, knhk_nursery_t *n, int kind, int worker, 
   return t;
 }
 
-int klua_tasks_list(klua_rt_t *rt, klua_task_row_t *rows, int max) {
+/* Rows of the live tasks (only_running: of those a worker is running
+ * right now), at most max. Under live_m. */
+static int list_tasks(klua_rt_t *rt, klua_task_row_t *rows, int max, int only_running) {
   int n = 0;
   pthread_mutex_lock(&rt->live_m);
-  for (klua_task_t *t = rt->live; t && n < max; t = t->live_next, n++) {
+  for (klua_task_t *t = rt->live; t && n < max; t = t->live_next) {
     int s = t->etask ? knhk_task_state(t->etask) : KNHK_TASK_QUEUED;
-    rows[n] = (klua_task_row_t){t->pub.id, t->pub.parent, t->pub.started_ns,
-                                atomic_load_explicit(&t->pub.home, memory_order_relaxed),
-                                s == KNHK_TASK_RUNNING ? 1 : s == KNHK_TASK_PARKED ? 2 : 0};
+    if (only_running && s != KNHK_TASK_RUNNING) continue;
+    rows[n++] = (klua_task_row_t){t->pub.id, t->pub.parent, t->pub.started_ns,
+                                  atomic_load_explicit(&t->pub.home, memory_order_relaxed),
+                                  s == KNHK_TASK_RUNNING ? 1 : s == KNHK_TASK_PARKED ? 2 : 0,
+                                  t->pub.where};
   }
   pthread_mutex_unlock(&rt->live_m);
   return n;
+}
+
+/* Any thread. The live tasks, for :tasks. Returns how many rows it wrote. */
+int klua_tasks_list(klua_rt_t *rt, klua_task_row_t *rows, int max) {
+  return list_tasks(rt, rows, max, 0);
+}
+
+/* Any thread. The tasks a worker is running right now: when the root is
+ * cancelled, those are the ones that have not reached a checkpoint. */
+int klua_tasks_running(klua_rt_t *rt, klua_task_row_t *rows, int max) {
+  return list_tasks(rt, rows, max, 1);
+}
+
+/* Any thread. `place` interned for the runtime's lifetime (task records
+ * point at it); NULL if out of memory. Called once per function place. */
+const char *klua_where(klua_rt_t *rt, const char *place) {
+  const char *out = NULL;
+  pthread_mutex_lock(&rt->live_m);
+  for (size_t i = 0; i < rt->nwheres && !out; i++)
+    if (strcmp(rt->wheres[i], place) == 0) out = rt->wheres[i];
+  if (!out && rt->nwheres == rt->capwheres) {
+    size_t cap = rt->capwheres ? rt->capwheres * 2 : 32;
+    char **w = realloc(rt->wheres, cap * sizeof *w);
+    if (w) rt->wheres = w, rt->capwheres = cap;
+  }
+  if (!out && rt->nwheres < rt->capwheres && (rt->wheres[rt->nwheres] = strdup(place)))
+    out = rt->wheres[rt->nwheres++];
+  pthread_mutex_unlock(&rt->live_m);
+  return out;
 }
 
 void klua_task_finish(klua_task_t *t, int outcome, const char *result, size_t len) {
@@ -528,6 +562,8 @@ void klua_rt_free(klua_rt_t *rt) {
   free(rt->proto_lens);
   free(rt->vms);
   pthread_mutex_destroy(&rt->protos_m);
+  for (size_t i = 0; i < rt->nwheres; i++) free(rt->wheres[i]);
+  free(rt->wheres);
   pthread_mutex_destroy(&rt->live_m);
   free(rt);
 }

@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -29,6 +30,24 @@ typedef struct {
 } klua_signals_t;
 
 static klua_signals_t sigs;
+
+/* Right after the root was cancelled: the tasks a worker is running now
+ * have not reached a checkpoint, and cleanup waits for them. Say which,
+ * and how to stop waiting, so that a long computation does not look like
+ * a hang. Runs on the reactor thread. */
+static void report_running(klua_rt_t *rt, int signum) {
+  klua_task_row_t rows[8];
+  int n = klua_tasks_running(rt, rows, 8);
+  if (n == 0) return;
+  const char *what = signum == SIGINT ? "interrupted" : "terminated";
+  fprintf(stderr, "knhk: %s: cancelling; waiting for %d task%s that %s not reached a checkpoint:\n",
+          what, n, n == 1 ? "" : "s", n == 1 ? "has" : "have");
+  for (int i = 0; i < n; i++)
+    fprintf(stderr, "  task %llu (%s), running on worker %d\n", (unsigned long long)rows[i].id,
+            rows[i].where, rows[i].worker);
+  fprintf(stderr, "knhk: %s again to end the process at once\n",
+          signum == SIGINT ? "Ctrl-C" : "SIGTERM");
+}
 
 static void on_signal(knhk_signal_t *w, int signum, uint64_t count) {
   (void)count;
@@ -53,6 +72,7 @@ static void on_signal(knhk_signal_t *w, int signum, uint64_t count) {
   int expected = 0;
   if (!atomic_compare_exchange_strong(&sigs.first, &expected, signum)) _exit(128 + signum);
   knhk_token_cancel(rt->root_token, KNHK_CANCEL_SIGNAL);
+  report_running(rt, signum);
 }
 
 /* Starts watching SIGINT and SIGTERM for rt. Returns 0 or an error. */
