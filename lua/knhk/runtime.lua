@@ -148,8 +148,7 @@ function M.scope(t, opts, fn, ...)
   scopes[#scopes] = nil
   C.knhk_token_clear_deadline(token)
   local reason = C.knhk_token_reason(token)
-  telemetry.scope_drop(token, scope.shield, reason, not res[1] and errors.is_signal(res[2]) and reason ~= 0
-    and (scope.shield or C.knhk_token_is_cancelled(parent) == 0))
+  telemetry.scope_drop(token, scope.shield, reason, res, parent)
   scope.token = nil
   C.knhk_token_release(token)
   if res[1] then return scope, unpack(res, 2, res.n) end

@@ -195,10 +195,13 @@ end
 
 -- ---------------------------------------------------- runtime's own spans
 
--- A cancel scope ends (knhk.runtime's scopes): caught says whether it
--- caught its own cancellation.
-function M.scope_drop(token, shield, reason, caught)
+-- A cancel scope ends (knhk.runtime's scopes): res is what its function
+-- gave (pcall's results); it caught its own cancellation if that raised a
+-- Cancelled while its token, and not the token around it, was cancelled.
+function M.scope_drop(token, shield, reason, res, parent)
   if not enabled() then return end
+  local caught = not res[1] and require("knhk.errors").is_signal(res[2]) and reason ~= 0
+    and (shield or C.knhk_token_is_cancelled(parent) == 0)
   local a = { [N.attr.CANCEL_TOKEN_ID] = tonumber(C.knhk_telemetry_token_id(token)),
               [N.attr.CANCEL_SCOPE_CAUGHT] = caught and true or false,
               [N.attr.CANCEL_SCOPE_SHIELD] = shield and true or false }
