@@ -18,12 +18,19 @@ local type, pairs, tostring, error = type, pairs, tostring, error
 
 local M = {}
 
--- The names of the registry, built next to the library (knhk/core.so).
+-- The names of the registry, built next to the library (knhk/core.so):
+-- the one loaded, else the one package.cpath finds (KNHK_LIB may name a
+-- library elsewhere).
 local function load_names()
-  local dir = K.path:match("^(.*)/[^/]*$") or "."
-  local f, err = loadfile(dir .. "/telemetry_names.lua")
-  if not f then error("knhk.telemetry: cannot load the registry's names: " .. tostring(err), 0) end
-  return f()
+  local places = { (K.path:match("^(.*)/[^/]*$") or ".") .. "/telemetry_names.lua" }
+  local core = package.searchpath("knhk.core", package.cpath)
+  if core then places[2] = core:match("^(.*)/[^/]*$") .. "/telemetry_names.lua" end
+  local f, err
+  for _, p in ipairs(places) do
+    f, err = loadfile(p)
+    if f then return f() end
+  end
+  error("knhk.telemetry: cannot load the registry's names (built with knhk/core.so): " .. tostring(err), 0)
 end
 M.names = load_names()
 local N = M.names
