@@ -34,4 +34,9 @@ return {
   { suite = "cli", bench = "startup", metric = "vs_luajit", op = "<=", value = 2 },
   -- patterns (issue: workflow patterns): the layer over direct nursery code
   { suite = "patterns", bench = "mi_10k", metric = "overhead", op = "<=", value = 1.2 },
+  -- telemetry (issue: OpenTelemetry): recording costs at most 10 % of spawn throughput
+  { suite = "telemetry", bench = "c_nursery_spawn", metric = "tasks_per_s", field = "ratio", op = ">=", value = 0.9 },
+  { suite = "telemetry", bench = "c_submit", metric = "tasks_per_s", field = "ratio", op = ">=", value = 0.9 },
+  { suite = "telemetry", bench = "lua_spawn", metric = "tasks_per_s", field = "ratio", op = ">=", value = 0.9 },
+  { suite = "telemetry", bench = "lua_spawn_local", metric = "tasks_per_s", field = "ratio", op = ">=", value = 0.9 },
 }

@@ -10,6 +10,7 @@
 #include "clock.h"
 #include "executor_impl.h"
 #include "knhk/errors.h"
+#include "telemetry_impl.h"
 
 #define KNHK__MAGIC 0x6b6e686bu  /* "knhk" */
 #define KNHK__FAIRNESS_TICKS 61  /* look at inbox + injector first every so often */
@@ -543,6 +544,7 @@ int knhk_executor_init(knhk_executor_t *handle, const knhk_executor_options_t *o
     w->has_thread = 1;
   }
   pthread_attr_destroy(&attr);
+  knhk__tel_executor_add(handle); /* its counters become metrics */
   return 0;
 }
 
@@ -612,6 +614,7 @@ int knhk_executor_close(knhk_executor_t *handle) {
   if (knhk__current_worker(ex)) return KNHK_EDEADLK;
   int rc = knhk_executor_shutdown(handle, KNHK_SHUTDOWN_GRACEFUL);
   if (rc != 0) return rc;
+  knhk__tel_executor_remove(handle);
   handle->knhk__magic = 0;
   handle->knhk__impl = NULL;
   free_impl(ex);

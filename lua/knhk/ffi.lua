@@ -55,6 +55,28 @@ uint64_t knhk_nursery_ends(const knhk_nursery_t *n);
 int knhk_nursery_notify(knhk_nursery_t *n, knhk_task_t *task, uint64_t seen);
 int knhk_nursery_free(knhk_nursery_t *n);
 
+/* knhk/telemetry.h */
+typedef struct {
+  const char *path; uint64_t interval_ns; const char *service_name;
+} knhk_telemetry_options_t;
+int knhk_telemetry_start(const knhk_telemetry_options_t *opts);
+int knhk_telemetry_stop(void);
+int knhk_telemetry_enabled(void);
+int knhk_telemetry_flush(void);
+int knhk_telemetry_intern(const char *name);
+uint64_t knhk_telemetry_span_begin(int name, uint64_t *parent);
+void knhk_telemetry_span_end(uint64_t span, uint64_t parent, int status, const char *attributes,
+                             size_t attributes_len, const char *message);
+void knhk_telemetry_span_instant(int name, const char *attributes, size_t attributes_len);
+uint64_t knhk_telemetry_current_span(void);
+void knhk_telemetry_task_error(const char *message);
+uint64_t knhk_telemetry_token_id(const void *token);
+uint64_t knhk_telemetry_nursery_wait_begin(const knhk_nursery_t *n);
+void knhk_telemetry_nursery_wait_end(uint64_t span);
+int knhk_telemetry_instrument(const char *name, int kind, const char *unit, const char *attributes,
+                              const double *bounds, int nbounds);
+void knhk_telemetry_record(int instrument, double value);
+
 /* lua/src/klua.h */
 typedef struct klua_rt klua_rt_t;
 typedef struct klua_task klua_task_t;

@@ -10,6 +10,7 @@ local K = require "knhk.ffi"
 local codec = require "knhk.codec"
 local errors = require "knhk.errors"
 local core = require "knhk.core"
+local telemetry = require "knhk.telemetry"
 
 local ffi, C = K.ffi, K.C
 local select, type, error, pcall, xpcall = select, type, error, pcall, xpcall
@@ -147,6 +148,7 @@ function M.scope(t, opts, fn, ...)
   scopes[#scopes] = nil
   C.knhk_token_clear_deadline(token)
   local reason = C.knhk_token_reason(token)
+  telemetry.scope_drop(token, scope.shield, reason, res, parent)
   scope.token = nil
   C.knhk_token_release(token)
   if res[1] then return scope, unpack(res, 2, res.n) end
@@ -447,9 +449,11 @@ M.wait_children = wait_children
 -- those already handled through h:join().
 function M.close_nursery(nursery)
   local n = nursery.n
+  local tel = telemetry.wait_begin(n)
   -- closed in one step with finding no child live: a child may still
   -- spawn into it until then (its own sibling, say)
   repeat wait_children(n) until C.knhk_nursery_close_if_idle(n) == 0
+  telemetry.wait_end(tel)
   local errs = {}
   local function collect(h)
     if outcome_of_task(h.ptr) == K.ERROR and C.klua_task_joined(h.ptr) == 0 then
@@ -504,6 +508,7 @@ local function body(t, fn, args)
   if not ok and not errors.is_signal(res[2]) then table.insert(errs, 1, res[2]) end
   if #errs > 0 then
     ok, res = false, { n = 2, false, errors.group(errs) }
+    telemetry.task_error(errs[1])
   end
   local outcome, snap = encode_outcome(ok, res)
   t.status = status_of[outcome]
