@@ -1,6 +1,8 @@
 -- Targets from the issues, checked by scripts/bench against the figures of
 -- a run. A missed target is reported, never a failure.
--- Each: suite, bench, metric, optional workers (nil: every row), op, value.
+-- Each: suite, bench, metric, optional workers (nil: every row), op, value,
+-- optional field (default "value"; "ratio": against the peer of the same
+-- run, > 1 meaning ahead).
 return {
   -- executor (issue: foundation)
   { suite = "executor", bench = "spawn_latency", metric = "p50", op = "<=", value = 25 },
@@ -10,6 +12,10 @@ return {
   { suite = "executor", bench = "fib30", metric = "t1_over_t2", op = ">=", value = 1.85 },
   { suite = "executor", bench = "cpu_bound", metric = "utilization", op = ">=", value = 0.95 },
   { suite = "executor", bench = "steal", metric = "attempts_per_steal", op = "<", value = 4 },
+  -- executor (issue: fork-join at Rayon's speed): at least level with Rayon
+  { suite = "executor", bench = "fib30_join", metric = "s", field = "ratio", op = ">=", value = 1 },
+  { suite = "executor", bench = "skynet_join", metric = "s", field = "ratio", op = ">=", value = 1 },
+  { suite = "executor", bench = "trivial_spawns", metric = "tasks_per_s", field = "ratio", op = ">", value = 1 },
   -- cancel (issue: cancellation, nurseries, reactor)
   { suite = "cancel", bench = "token_is_cancelled", metric = "ns", op = "<=", value = 2 },
   { suite = "cancel", bench = "token_child_create_drop", metric = "ns", op = "<=", value = 50 },
@@ -28,4 +34,9 @@ return {
   { suite = "cli", bench = "startup", metric = "vs_luajit", op = "<=", value = 2 },
   -- patterns (issue: workflow patterns): the layer over direct nursery code
   { suite = "patterns", bench = "mi_10k", metric = "overhead", op = "<=", value = 1.2 },
+  -- telemetry (issue: OpenTelemetry): recording costs at most 10 % of spawn throughput
+  { suite = "telemetry", bench = "c_nursery_spawn", metric = "tasks_per_s", field = "ratio", op = ">=", value = 0.9 },
+  { suite = "telemetry", bench = "c_submit", metric = "tasks_per_s", field = "ratio", op = ">=", value = 0.9 },
+  { suite = "telemetry", bench = "lua_spawn", metric = "tasks_per_s", field = "ratio", op = ">=", value = 0.9 },
+  { suite = "telemetry", bench = "lua_spawn_local", metric = "tasks_per_s", field = "ratio", op = ">=", value = 0.9 },
 }

@@ -14,11 +14,17 @@ local function target_for(f)
   end
 end
 
-local function meets(v, t)
-  if t.op == "<" then return v < t.value
-  elseif t.op == "<=" then return v <= t.value
-  elseif t.op == ">" then return v > t.value
-  else return v >= t.value end
+-- A target is on the figure's value, or on another field (`field =
+-- "ratio"`: relative to the peer of the same run).
+local function verdict(f, t)
+  local v = f[t.field or "value"]
+  if v == nil then return "no " .. (t.field or "value") end
+  local ok
+  if t.op == "<" then ok = v < t.value
+  elseif t.op == "<=" then ok = v <= t.value
+  elseif t.op == ">" then ok = v > t.value
+  else ok = v >= t.value end
+  return ok and "met" or "NOT MET"
 end
 
 local function num(v)
@@ -54,8 +60,8 @@ for _, f in ipairs(rows) do
     f.suite, f.bench, f.metric, f.workers and tostring(f.workers) or "",
     num(f.value), f.unit, f.peer or "", num(f.peer_value),
     f.ratio and string.format("%.2fx", f.ratio) or "",
-    t and (t.op .. " " .. num(t.value)) or "",
-    t and (meets(f.value, t) and "met" or "NOT MET") or "",
+    t and ((t.field and t.field .. " " or "") .. t.op .. " " .. num(t.value)) or "",
+    t and verdict(f, t) or "",
   }
 end
 local width = {}

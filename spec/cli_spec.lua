@@ -230,6 +230,39 @@ describe("knhk-lua", function()
     p:signal(2)
     assert.equal(130, p:wait(10))
   end)
+
+  it("--telemetry FILE records the run, and writes it out after SIGINT too", function()
+    local ready, rec = TMP .. "/ready-tel", TMP .. "/run.jsonl"
+    os.remove(ready)
+    local script = write("tel.lua", string.format([[
+      knhk.telemetry.span("waiting", { ["why"] = "a signal" }, function()
+        io.open(%q, "w"):close()
+        knhk.sleep(30)
+      end)
+    ]], ready))
+    local p = pty.spawn({ KNHK_LUA, "--telemetry", rec, script })
+    finally(function() p:kill() end)
+    for _ = 1, 200 do
+      if io.open(ready) then break end
+      p:pump(20)
+    end
+    p:signal(2)
+    assert.equal(130, p:wait(10))
+    local text = slurp(rec)
+    assert.matches('"name":"waiting"', text)
+    assert.matches('"name":"knhk.concurrency.nursery.spawn"', text)
+    assert.matches('\n{"resourceMetrics":%[', text) -- the metrics at exit
+    assert.matches('"name":"knhk.concurrency.executor.tasks.completed"', text)
+  end)
+
+  it("--telemetry needs a file it can write", function()
+    local code, _, err = run("--telemetry /nonexistent/dir/x.jsonl -e 'print(1)'")
+    assert.equal(1, code)
+    assert.equal("knhk-lua: knhk.telemetry.start: cannot open /nonexistent/dir/x.jsonl: no such file or directory\n", err)
+    local code2, _, err2 = run("--telemetry")
+    assert.equal(2, code2)
+    assert.matches("option '%-%-telemetry' needs an argument", err2)
+  end)
 end)
 
 describe("the knhk-lua REPL", function()

@@ -29,6 +29,7 @@
 #include "knhk/cancel.h"
 #include "knhk/errors.h"
 #include "knhk/reactor.h"
+#include "telemetry_impl.h"
 
 enum { CB_IDLE = 0, CB_REGISTERED = 1, CB_FIRING = 2, CB_FIRED = 3 };
 
@@ -46,6 +47,7 @@ struct knhk_token_s {
   knhk_cancel_cb_t *cbs;
   uint64_t deadline;                 /* own deadline, 0 = none (under lock) */
   knhk_timer_t *timer;               /* its timer, or NULL (under lock) */
+  uint64_t tel_id;                   /* telemetry's id for it, or 0 */
 };
 
 int knhk_token_new(knhk_token_t **out, knhk_token_t *parent) {
@@ -53,6 +55,7 @@ int knhk_token_new(knhk_token_t **out, knhk_token_t *parent) {
   knhk_token_t *t = calloc(1, sizeof *t);
   if (!t) return KNHK_ENOMEM;
   atomic_init(&t->refs, 1);
+  if (KNHK__TEL_ON()) t->tel_id = knhk__tel_token_new(parent ? parent->tel_id : 0);
   if (parent) {
     knhk_token_retain(parent);
     t->parent = parent;
@@ -135,10 +138,13 @@ int knhk_token_cancel(knhk_token_t *t, int reason) {
                                                memory_order_relaxed))
     return KNHK_EALREADY;
   knhk_token_retain(t);
+  uint64_t tel = KNHK__TEL_ON() ? knhk__tel_cancel_begin(t->tel_id, reason) : 0;
+  uint32_t reached = 0; /* tokens this cancellation flipped, t included */
   t->cancel_next = NULL;
   knhk_token_t *work = t;
   while (work) {
     knhk_token_t *cur = work;
+    reached++;
     knhk__spin_lock(&cur->lock);
     knhk_cancel_cb_t *cbs = take_locked(cur, reason);
     work = cur->cancel_next; /* take_locked put cur's children in front */
@@ -155,6 +161,7 @@ int knhk_token_cancel(knhk_token_t *t, int reason) {
     knhk_token_clear_deadline(cur); /* its timer has nothing left to do */
     knhk_token_release(cur);
   }
+  if (tel) knhk__tel_cancel_end(tel, reached - 1);
   return 0;
 }
 
@@ -296,4 +303,10 @@ uint64_t knhk_token_deadline(const knhk_token_t *t) {
     if (d && (!best || d < best)) best = d;
   }
   return best;
+}
+
+/* -------------------------------------------------------------- telemetry */
+
+uint64_t knhk_telemetry_token_id(const void *token) {
+  return token ? ((const knhk_token_t *)token)->tel_id : 0;
 }

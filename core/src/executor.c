@@ -10,6 +10,7 @@
 #include "clock.h"
 #include "executor_impl.h"
 #include "knhk/errors.h"
+#include "telemetry_impl.h"
 
 #define KNHK__MAGIC 0x6b6e686bu  /* "knhk" */
 #define KNHK__FAIRNESS_TICKS 61  /* look at inbox + injector first every so often */
@@ -20,10 +21,10 @@
 #define KNHK__OFFLOAD_MAX 128
 #define KNHK__INJECTOR_BATCH 32  /* tasks a worker takes from the injector at once */
 
-static _Thread_local knhk__worker_t *tls_worker;
+_Thread_local knhk__worker_t *knhk__tls_worker KNHK__TLS_MODEL;
 
 knhk__worker_t *knhk__current_worker(knhk__executor_t *ex) {
-  knhk__worker_t *w = tls_worker;
+  knhk__worker_t *w = knhk__tls_worker;
   return (w && w->ex == ex) ? w : NULL;
 }
 
@@ -208,6 +209,10 @@ static void end_task(knhk__worker_t *w, knhk_task_t *t, int status) {
 static void run_task(knhk__worker_t *w, knhk_task_t *t) {
   uint32_t bits = t->knhk__bits;
   if (!(bits & KNHK__TB_STARTED)) {
+    if (bits & KNHK__TB_JOIN) { /* a join's side: no task state, no counters */
+      knhk__join_run_taken(w, t);
+      return;
+    }
     if (ld_relaxed(&w->ex->stopping) == 1 + KNHK_SHUTDOWN_PROMPT) {
       end_task(w, t, KNHK_ECANCELED);
       return;
@@ -440,11 +445,11 @@ int knhk_executor_wake(knhk_executor_t *handle, knhk_task_t *t) {
 
 static void *worker_main(void *arg) {
   knhk__worker_t *w = arg;
-  tls_worker = w;
+  knhk__tls_worker = w;
   w->busy_since = knhk__mono_ns();
   knhk__worker_loop(w, NULL);
   owner_add(&w->c.busy_ns, knhk__mono_ns() - w->busy_since);
-  tls_worker = NULL;
+  knhk__tls_worker = NULL;
   return NULL;
 }
 
@@ -539,6 +544,7 @@ int knhk_executor_init(knhk_executor_t *handle, const knhk_executor_options_t *o
     w->has_thread = 1;
   }
   pthread_attr_destroy(&attr);
+  knhk__tel_executor_add(handle); /* its counters become metrics */
   return 0;
 }
 
@@ -575,7 +581,8 @@ int knhk_executor_shutdown(knhk_executor_t *handle, enum knhk_shutdown_mode mode
 
 int knhk_executor_enter(knhk_executor_t *handle, knhk_group_t *g) {
   knhk__executor_t *ex = knhk__impl_of(handle);
-  if (!ex || !(ex->flags & KNHK_EXECUTOR_CALLER_IS_WORKER0) || tls_worker) return KNHK_EINVAL;
+  if (!ex || !(ex->flags & KNHK_EXECUTOR_CALLER_IS_WORKER0) || knhk__tls_worker)
+    return KNHK_EINVAL;
   knhk__worker_t *w = &ex->workers[0];
   pthread_mutex_lock(&ex->idle_lock);
   int busy = ex->worker0_entered;
@@ -583,12 +590,12 @@ int knhk_executor_enter(knhk_executor_t *handle, knhk_group_t *g) {
   if (!busy) atomic_fetch_add_explicit(&ex->idle, KNHK__IDLE_ONE_UNPARKED, memory_order_seq_cst);
   pthread_mutex_unlock(&ex->idle_lock);
   if (busy) return KNHK_EBUSY;
-  tls_worker = w;
+  knhk__tls_worker = w;
   w->busy_since = knhk__mono_ns();
   int rc = knhk__group_wait_on_worker(w, g);
   knhk__group_flush(w);
   owner_add(&w->c.busy_ns, knhk__mono_ns() - w->busy_since);
-  tls_worker = NULL;
+  knhk__tls_worker = NULL;
   pthread_mutex_lock(&ex->idle_lock);
   ex->worker0_entered = 0;
   if (!ld_relaxed(&ex->done))
@@ -607,6 +614,7 @@ int knhk_executor_close(knhk_executor_t *handle) {
   if (knhk__current_worker(ex)) return KNHK_EDEADLK;
   int rc = knhk_executor_shutdown(handle, KNHK_SHUTDOWN_GRACEFUL);
   if (rc != 0) return rc;
+  knhk__tel_executor_remove(handle);
   handle->knhk__magic = 0;
   handle->knhk__impl = NULL;
   free_impl(ex);

@@ -1,6 +1,6 @@
 /* executor_impl.h: the executor's internal types and the functions its
  * files share (executor.c: loop and lifecycle; idle.c: sleeping and waking;
- * pool.c: task records; group.c: join groups). */
+ * pool.c: task records; group.c: join groups; join.c: knhk_join). */
 #ifndef KNHK_EXECUTOR_IMPL_H
 #define KNHK_EXECUTOR_IMPL_H
 
@@ -30,7 +30,9 @@ enum {
 /* knhk_task_t.knhk__bits */
 enum {
   KNHK__TB_STARTED = 1u << 0, /* run has been called at least once */
-  KNHK__TB_POOLED = 1u << 1   /* record belongs to the executor's pool */
+  KNHK__TB_POOLED = 1u << 1,  /* record belongs to the executor's pool */
+  KNHK__TB_JOIN = 1u << 2     /* not a task: the second side of a knhk_join,
+                                 run by knhk__join_run_taken (join.c) */
 };
 
 /* Worker parker (knhk__worker_t.park): a one-token semaphore. unpark leaves
@@ -112,6 +114,15 @@ struct knhk__executor {
 };
 
 /* executor.c */
+/* initial-exec: one %fs-relative load wherever the library is, where the
+ * default model of position-independent code calls __tls_get_addr on every
+ * access in the shared library (the Lua module loads it with dlopen, which
+ * serves one pointer from glibc's static TLS reserve). */
+#define KNHK__TLS_MODEL __attribute__((tls_model("initial-exec")))
+/* The calling thread's worker record (of whichever executor), or NULL.
+ * Read directly only where a call to knhk__current_worker would show
+ * (knhk_join's fast path). */
+extern _Thread_local knhk__worker_t *knhk__tls_worker KNHK__TLS_MODEL;
 knhk__worker_t *knhk__current_worker(knhk__executor_t *ex);
 knhk__executor_t *knhk__impl_of(knhk_executor_t *handle);
 /* Any thread. Puts a task that moved into QUEUED where it belongs. */
@@ -135,6 +146,19 @@ void knhk__idle_init(knhk__executor_t *ex);
 void knhk__worker_unpark(knhk__worker_t *w);
 void knhk__worker_park(knhk__worker_t *w);
 void knhk__notify_parked(knhk__executor_t *ex);
+/* knhk__notify_parked's first look, inline, for paths where the call
+ * itself shows (knhk_join): on a busy executor nobody sleeps and this is
+ * one load. Same ordering as there (see idle.c). */
+static inline void knhk__notify_parked_inline(knhk__executor_t *ex) {
+  uint32_t sleeping;
+  if (ex->asymmetric) {
+    atomic_signal_fence(memory_order_seq_cst); /* the sleeper's membarrier orders us */
+    sleeping = ld_relaxed(&ex->nsleeping);
+  } else {
+    sleeping = ld_sc(&ex->nsleeping);
+  }
+  if (sleeping != 0) knhk__notify_parked(ex);
+}
 int knhk__register_sleep(knhk__worker_t *w);
 void knhk__unregister_sleep(knhk__worker_t *w);
 int knhk__check_done_locked(knhk__executor_t *ex);
@@ -146,6 +170,10 @@ knhk_task_t *knhk__pool_get(knhk__executor_t *ex, knhk__worker_t *w);
 void knhk__pool_put(knhk__executor_t *ex, knhk__worker_t *w, knhk_task_t *t);
 void knhk__pool_put_shared(knhk__executor_t *ex, knhk_task_t *t);
 void knhk__pool_free_all(knhk__executor_t *ex);
+
+/* join.c. Worker only: runs a join job taken from a queue (by a thief,
+ * or by its owner's helping loop) and sets its latch. */
+void knhk__join_run_taken(knhk__worker_t *w, knhk_task_t *t);
 
 /* group.c */
 void knhk__group_spawned(knhk__worker_t *w, knhk_group_t *g);

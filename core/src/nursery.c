@@ -14,6 +14,7 @@
 #include "executor_impl.h"
 #include "knhk/errors.h"
 #include "knhk/nursery.h"
+#include "telemetry_impl.h"
 
 enum { W_NONE = 0, W_WORKER = 1, W_OUTSIDE = 2, W_TASK = 3 };
 
@@ -34,6 +35,7 @@ struct knhk_nursery_s {
   int waiter_kind, waiter_worker;
   knhk_task_t *waiter_task;
   _Atomic uint32_t outside_word;       /* bumped at every end: futex */
+  uint64_t tel[2];                     /* telemetry: its span, its trace */
 };
 
 int knhk_nursery_new(knhk_nursery_t **out, knhk_executor_t *ex, knhk_token_t *parent,
@@ -50,6 +52,7 @@ int knhk_nursery_new(knhk_nursery_t **out, knhk_executor_t *ex, knhk_token_t *pa
   n->ex = ex;
   n->flags = flags;
   pthread_mutex_init(&n->m, NULL);
+  KNHK__TEL(nursery_open(n->tel, flags));
   *out = n;
   return 0;
 }
@@ -70,6 +73,7 @@ static int push_failure_locked(knhk_nursery_t *n, int status) {
 
 static void child_ended(knhk_task_t *t, int status) {
   knhk_child_t *c = t->data;
+  KNHK__TEL(child_end(c->knhk__tel, status, c->nursery->ex));
   knhk_nursery_t *n = c->nursery;
   knhk_token_t *cancel = NULL;
   int reason = 0;
@@ -113,7 +117,10 @@ static int child_run(knhk_task_t *t) {
     c->knhk__started = 1;
     if (knhk_token_is_cancelled(c->token)) return KNHK_ECANCELED; /* never ran */
   }
-  return c->knhk__fn(c);
+  uint64_t *tel = KNHK__TEL_ON() ? knhk__tel_child_enter(c->knhk__tel, c->nursery->ex) : NULL;
+  int status = c->knhk__fn(c);
+  if (tel) knhk__tel_child_leave(tel);
+  return status;
 }
 
 knhk_task_t *knhk_child_task(knhk_child_t *c) { return c ? &c->knhk__task : NULL; }
@@ -154,6 +161,7 @@ int knhk_nursery_spawn_ex(knhk_nursery_t *n, knhk_child_fn fn, void *arg, uint32
   n->children[n->nchildren++] = c;
   n->live++;
   pthread_mutex_unlock(&n->m);
+  KNHK__TEL(child_spawn(c->knhk__tel, n->tel, c->index));
   rc = worker >= 0 ? knhk_executor_spawn_on(n->ex, &c->knhk__task, worker)
                    : knhk_executor_spawn(n->ex, &c->knhk__task);
   if (rc != 0) { /* it never ran: it stays in the list with that status */
@@ -161,6 +169,7 @@ int knhk_nursery_spawn_ex(knhk_nursery_t *n, knhk_child_fn fn, void *arg, uint32
     c->status = rc;
     n->live--;
     pthread_mutex_unlock(&n->m);
+    KNHK__TEL(child_end(c->knhk__tel, rc, n->ex));
     return rc;
   }
   if (out) *out = c;
@@ -249,6 +258,7 @@ static int wait_until(knhk_nursery_t *n, pred_fn pred) {
     return KNHK_EBUSY;
   }
   n->waiting = 1;
+  uint64_t tel = KNHK__TEL_ON() ? knhk__tel_wait_begin(n->tel, n->live) : 0;
   knhk__worker_t *w = knhk__current_worker(ex);
   int rc = 0;
   if (w) {
@@ -271,6 +281,7 @@ static int wait_until(knhk_nursery_t *n, pred_fn pred) {
     if (n->waiter_kind == W_OUTSIDE) n->waiter_kind = W_NONE;
   }
   n->waiting = 0;
+  if (tel) knhk__tel_wait_end(tel);
   if (rc != 0) pthread_mutex_unlock(&n->m);
   return rc;
 }
@@ -392,8 +403,19 @@ int knhk_nursery_free(knhk_nursery_t *n) {
   for (uint32_t i = 0; i < n->nchildren; i++) free(n->children[i]);
   free(n->children);
   free(n->failures);
+  KNHK__TEL(nursery_close(n->tel));
   knhk_token_release(n->token);
   pthread_mutex_destroy(&n->m);
   free(n);
   return 0;
 }
+
+/* -------------------------------------------------------------- telemetry */
+
+uint64_t knhk_telemetry_nursery_wait_begin(const void *nursery) {
+  knhk_nursery_t *n = (knhk_nursery_t *)nursery;
+  if (!n || !KNHK__TEL_ON()) return 0;
+  return knhk__tel_wait_begin(n->tel, knhk_nursery_live(n));
+}
+
+void knhk_telemetry_nursery_wait_end(uint64_t span) { knhk__tel_wait_end(span); }

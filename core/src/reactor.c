@@ -28,6 +28,7 @@
 #include "clock.h"
 #include "knhk/errors.h"
 #include "reactor_impl.h"
+#include "telemetry_impl.h"
 
 enum { TF_START = 1, TF_STOP = 2, TF_QUEUED = 4, TF_ACTIVE = 8, TF_DONE = 16 };
 enum { SF_QUEUED = 1, SF_WANT = 2 };
@@ -507,12 +508,14 @@ int knhk_reactor_new(knhk_reactor_t **out) {
     return KNHK_ENOMEM;
   }
   while (!ld_acquire(&r->started)) knhk__futex_wait(&r->started, 0);
+  knhk__tel_reactor_add(r); /* it may drain telemetry */
   *out = r;
   return 0;
 }
 
 int knhk_reactor_free(knhk_reactor_t *r) {
   if (!r) return KNHK_EINVAL;
+  knhk__tel_reactor_remove(r);
   /* (A second free of the same reactor is use after free: not detectable.) */
   /* Counted as entering, like a producer: the reactor closes the async
    * handle only once nobody is between its check and its send. */

@@ -29,6 +29,8 @@ options:
   -v               print the version and exit
   -w, --workers N  run N workers (default: KNHK_WORKERS, else every CPU)
   --stats          print the executor's counters to stderr at exit
+  --telemetry FILE record OpenTelemetry spans and metrics (OTLP/JSON lines)
+                   into FILE; metrics every second and at exit
   --graph[=dot]    print the diagram (Mermaid, or Graphviz DOT) of the
                    workflow the script returns or executes, without running it
   -h, --help       print this help and exit
@@ -264,6 +266,7 @@ end
 
 function M.main(argv)
   local actions, script, script_args, interactive, workers, stats = {}, nil, {}, false, nil, false
+  local telemetry_file = nil
   local graph = nil -- "mermaid" or "dot": draw the script's workflow instead
   local i = 1
   local function need(opt)
@@ -290,6 +293,13 @@ function M.main(argv)
       interactive = true
     elseif a == "--stats" then
       stats = true
+    elseif a == "--telemetry" or a:match("^%-%-telemetry=") then
+      telemetry_file = a:match("^%-%-telemetry=(.*)$")
+      if not telemetry_file then
+        local v, code = need(a)
+        if not v then return code end
+        telemetry_file = v
+      end
     elseif a == "--graph" or a:match("^%-%-graph=") then
       graph = a:match("^%-%-graph=(.*)$") or "mermaid"
       if graph ~= "mermaid" and graph ~= "dot" then
@@ -364,6 +374,13 @@ function M.main(argv)
     end
   end
   _G.knhk = knhk
+  if telemetry_file then
+    local started, why = knhk.telemetry.start { file = telemetry_file }
+    if not started then
+      io.stderr:write(PROG, ": ", why, "\n")
+      return 1
+    end
+  end
 
   local module_error -- -l mod failed: its message, shown alone
   local ok, err = pcall(knhk.run, function()
@@ -392,6 +409,7 @@ function M.main(argv)
            or (use_repl and "the REPL") or "the -e statements" })
   -- once the root task, and every other, has ended
   if stats and knhk.last_stats() then print_stats(knhk.last_stats()) end
+  if telemetry_file then knhk.telemetry.stop() end -- after a signal too: cleanup ran
 
   local sig = knhk.signal_received()
   if sig then

@@ -43,6 +43,20 @@ int klua_exec_done(klua_exec_t *e);
 void klua_exec_result(klua_exec_t *e, klua_exec_result_t *out);
 void klua_exec_free(klua_exec_t *e);
 
+int klua_telemetry_start(const char *path, double interval_s, const char *service);
+int knhk_telemetry_stop(void);
+int knhk_telemetry_enabled(void);
+int knhk_telemetry_flush(void);
+int knhk_telemetry_intern(const char *name);
+uint64_t knhk_telemetry_span_begin(int name, uint64_t *parent);
+void knhk_telemetry_span_end(uint64_t span, uint64_t parent, int status, const char *attributes,
+                             size_t attributes_len, const char *message);
+void knhk_telemetry_span_instant(int name, const char *attributes, size_t attributes_len);
+uint64_t knhk_telemetry_token_id(const void *token);
+int knhk_telemetry_instrument(const char *name, int kind, const char *unit, const char *attributes,
+                              const double *bounds, int nbounds);
+void knhk_telemetry_record(int instrument, double value);
+
 typedef struct klua_lines klua_lines_t;
 enum { KLUA_LINES_NONE = 0, KLUA_LINES_LINE = 1, KLUA_LINES_INTERRUPTED = 2 };
 int klua_signals_start(klua_rt_t *rt);
@@ -79,6 +93,9 @@ return {
   C = C,
   path = path,
   cdef = CDEF, -- for spec/ffi_spec.lua
-  -- error codes (core/include/knhk/errors.h) the Lua side names
-  ENOENT = -2, ETIMEDOUT = -110,
+  -- error codes (core/include/knhk/errors.h) and cancel reasons
+  -- (knhk/cancel.h) the Lua side names
+  ENOENT = -2, ETIMEDOUT = -110, EALREADY = -114,
+  CANCEL_EXPLICIT = 1, CANCEL_DEADLINE = 2, CANCEL_SIBLING = 3, CANCEL_SIGNAL = 4,
+  CANCEL_SHUTDOWN = 5,
 }

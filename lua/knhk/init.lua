@@ -160,6 +160,9 @@ knhk.select = steps.select
 -- knhk.exec(cmd [, opts]): a child process as a step (lua/knhk/exec.lua)
 knhk.exec = require("knhk.exec").exec
 
+-- knhk.telemetry: OpenTelemetry spans and metrics (lua/knhk/telemetry.lua)
+knhk.telemetry = require "knhk.telemetry"
+
 -- ---------------------------------------------------------------- stats
 
 -- knhk.stats() -> { workers, spawned, completed, failed, cancelled, stolen,

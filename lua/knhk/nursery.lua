@@ -13,6 +13,7 @@ local check = require "knhk.check"
 local errors = require "knhk.errors"
 local R = require "knhk.runtime"
 local T = require "knhk.task"
+local telemetry = require "knhk.telemetry"
 
 local select, unpack, xpcall = select, unpack, xpcall
 local await, pack = R.await, R.pack
@@ -125,7 +126,9 @@ function M.nursery(fn, opts)
   core.nursery_body_done(n, prev)
   local ok, err = res[1], res[2]
   if not ok and not errors.is_signal(err) then core.nursery_fail(n) end -- cancels the children
+  local span = telemetry.wait_begin(n)
   await(core.close_try, n, true)
+  telemetry.wait_end(span)
   local errs = R.failures_of(n)
   if not ok and not errors.is_signal(err) then table.insert(errs, 1, err) end
   if #errs > 0 then error(errors.group(errs), 0) end

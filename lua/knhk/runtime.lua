@@ -16,6 +16,14 @@ local co_yield = coroutine.yield
 
 local M = {}
 
+-- knhk.telemetry, once loaded (it loads the FFI; the runner needs it only
+-- when a task ends in error or spawned)
+local tel_module
+local function telemetry()
+  tel_module = tel_module or require "knhk.telemetry"
+  return tel_module
+end
+
 local DONE, WAIT, CLOSED, CANCELLED, BLOB, MESSAGE, SLOW = 0, 1, 2, 3, 4, 5, 6
 M.DONE, M.WAIT, M.CLOSED, M.CANCELLED, M.BLOB, M.MESSAGE, M.SLOW =
   DONE, WAIT, CLOSED, CANCELLED, BLOB, MESSAGE, SLOW
@@ -163,7 +171,9 @@ local function complete_slow(fn, pooled, st, ok, ...)
   local res = pack(ok, ...)
   if not ok and res[2] == "error in error handling" then res[2] = overflow_error(fn) end
   if st == 1 then -- it spawned: a task ends only after what it spawned
+    local span = telemetry().wait_begin(nil)
     await(core.close_try)
+    telemetry().wait_end(span)
     local errs = failures_of(nil)
     core.drop_own()
     if not ok and not errors.is_signal(res[2]) then table.insert(errs, 1, res[2]) end
@@ -181,6 +191,7 @@ local function complete_slow(fn, pooled, st, ok, ...)
   end
   local e = res[2]
   if errors.is_signal(e) then return core.finish_blob(CANCELLED_OUTCOME, encode(1, as_error, e)) end
+  telemetry().task_error(e)
   local good, snap = pcall(encode, 1, as_error, e)
   if good then return core.finish_blob(ERROR, snap) end
   -- an error value that cannot travel: its message and traceback do

@@ -10,6 +10,7 @@ local codec = require "knhk.codec"
 local check = require "knhk.check"
 local errors = require "knhk.errors"
 local R = require "knhk.runtime"
+local telemetry = require "knhk.telemetry"
 
 local pcall, select, unpack = pcall, select, unpack
 local co_yield = coroutine.yield
@@ -74,6 +75,7 @@ local function in_scope(deadline_ns, shield, fn, ...)
                                cancelled_caught = false }, Scope)
   local res = pack(pcall(fn, scope, ...))
   local reason, outer = core.scope_exit(tok, prev)
+  telemetry.scope_drop(core.handle_ptr(tok), shield, reason, res, outer)
   if res[1] then return scope, unpack(res, 2, res.n) end
   local e = res[2]
   -- Cancelled unwinds to the outermost cancelled scope: this one, unless

@@ -34,6 +34,7 @@
 #include "knhk/executor.h"
 #include "knhk/reactor.h"
 #include "knhk/task.h"
+#include "knhk/telemetry.h"
 
 #if defined(__GNUC__)
 #define KLUA_API __attribute__((visibility("default")))
@@ -136,6 +137,7 @@ struct klua_task {
   uint64_t parent;             /* id of the task that spawned it, or 0 */
   uint64_t started_ns;         /* when it was spawned (the runtime's clock) */
   const char *where;           /* its function's place (klua_where) */
+  knhk_telemetry_task_t tel;   /* its spans, while recording */
   /* payload: the start, then the results */
   int32_t pay;                 /* KLUA_PAY_* */
   int32_t proto;               /* inline start: the prototype id of the function */
@@ -190,6 +192,8 @@ struct klua_group {
   /* ended children, newest first (ORDERED), and failed ones not joined */
   _Atomic(klua_task_t *) ended;
   klua_task_t *ended_fifo;     /* the owner's: taken from `ended`, oldest first */
+  knhk_telemetry_nursery_t tel; /* its span, while recording */
+  _Atomic uint32_t spawned;    /* children so far (the telemetry's index) */
   klua_spin_t flock;           /* failures */
   klua_task_t **failures;
   uint32_t nfail, capfail;

@@ -974,6 +974,32 @@ static int l_failures(lua_State *L) {
   return 1;
 }
 
+/* core.tel_wait_begin(n|nil) -> a span (0: not recording): the owner
+ * waits for the nursery's children. core.tel_wait_end(span). */
+static int l_tel_wait_begin(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.nursery");
+  klua_group_t *g = group_or_own(L, 1, t);
+  uint64_t span = g ? knhk_telemetry_group_wait_begin(&g->tel, klua_group_live(g)) : 0;
+  if (!span) return 0;
+  lua_pushlstring(L, (const char *)&span, sizeof span); /* 64 bits: more than a number holds */
+  return 1;
+}
+
+static int l_tel_wait_end(lua_State *L) {
+  size_t len;
+  const char *s = lua_tolstring(L, 1, &len);
+  uint64_t span = 0;
+  if (s && len == sizeof span) memcpy(&span, s, sizeof span);
+  if (span) knhk_telemetry_nursery_wait_end(span);
+  return 0;
+}
+
+/* core.tel_task_error(message): the running task fails with it */
+static int l_tel_task_error(lua_State *L) {
+  if (knhk_telemetry_enabled()) knhk_telemetry_task_error(luaL_checkstring(L, 1));
+  return 0;
+}
+
 /* core.drop_own(): the task's own nursery is closed: it goes */
 static int l_drop_own(lua_State *L) {
   klua_task_t *t = current(L, "knhk.runtime");
@@ -1372,6 +1398,9 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"close_try", l_close_try},
       {"failures", l_failures},
       {"drop_own", l_drop_own},
+      {"tel_wait_begin", l_tel_wait_begin},
+      {"tel_wait_end", l_tel_wait_end},
+      {"tel_task_error", l_tel_task_error},
       {"cancel_children", l_cancel_children},
       {"channel", l_channel},
       {"send_try", l_send_try},

@@ -48,6 +48,21 @@ int klua_exec_done(klua_exec_t *e);
 void klua_exec_result(klua_exec_t *e, klua_exec_result_t *out);
 void klua_exec_free(klua_exec_t *e);
 
+/* OpenTelemetry (knhk/telemetry.h; knhk.telemetry) */
+int klua_telemetry_start(const char *path, double interval_s, const char *service);
+int knhk_telemetry_stop(void);
+int knhk_telemetry_enabled(void);
+int knhk_telemetry_flush(void);
+int knhk_telemetry_intern(const char *name);
+uint64_t knhk_telemetry_span_begin(int name, uint64_t *parent);
+void knhk_telemetry_span_end(uint64_t span, uint64_t parent, int status, const char *attributes,
+                             size_t attributes_len, const char *message);
+void knhk_telemetry_span_instant(int name, const char *attributes, size_t attributes_len);
+uint64_t knhk_telemetry_token_id(const void *token);
+int knhk_telemetry_instrument(const char *name, int kind, const char *unit, const char *attributes,
+                              const double *bounds, int nbounds);
+void knhk_telemetry_record(int instrument, double value);
+
 /* signals, and the REPL's line input (the knhk-lua command) */
 typedef struct klua_lines klua_lines_t;
 enum { KLUA_LINES_NONE = 0, KLUA_LINES_LINE = 1, KLUA_LINES_INTERRUPTED = 2 };

@@ -63,6 +63,9 @@ klua_group_t *klua_group_new(klua_rt_t *rt, knhk_token_t *token, uint32_t flags)
   g->flags = flags;
   g->token = knhk_token_retain(token);
   g->nfail = 0;
+  atomic_store_explicit(&g->spawned, 0, memory_order_relaxed);
+  memset(&g->tel, 0, sizeof g->tel);
+  knhk_telemetry_nursery_open(&g->tel, flags & KLUA_G_SUPERVISE ? 1u : 0u);
   return g;
 }
 
@@ -78,6 +81,7 @@ void klua_group_release(klua_group_t *g) {
   while ((t = klua_group_next_ended(g))) klua_task_release(t);
   for (uint32_t i = 0; i < g->nfail; i++) klua_task_release(g->failures[i]);
   g->nfail = 0;
+  knhk_telemetry_nursery_close(&g->tel);
   knhk_token_release(g->token);
   g->token = NULL;
   klua_rt_t *rt = g->rt;

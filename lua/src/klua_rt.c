@@ -86,6 +86,12 @@ KLUA_API const char *klua_where(klua_rt_t *rt, const char *place) {
 
 KLUA_API void klua_free(void *p) { free(p); }
 
+/* Any thread. knhk_telemetry_start with the options as plain arguments. */
+KLUA_API int klua_telemetry_start(const char *path, double interval_s, const char *service) {
+  knhk_telemetry_options_t o = {path, interval_s > 0 ? (uint64_t)(interval_s * 1e9) : 0, service};
+  return knhk_telemetry_start(&o);
+}
+
 static void counters_of(const knhk_worker_stats_t *s, klua_counters_t *c) {
   c->spawned = s->spawned;
   c->completed = s->completed;

@@ -364,8 +364,10 @@ static int task_run(knhk_task_t *et) {
   }
   klua_task_t *prev = w->cur;
   w->cur = t;
+  uint64_t *tel = knhk_telemetry_task_enter(&t->tel, &rt->ex);
   lua_State *co = t->co;
   int rc = lua_resume(co, 0);
+  knhk_telemetry_task_leave(tel);
   w->cur = prev;
   if (rc == LUA_YIELD) {
     int done = lua_gettop(co) == 1 && lua_touserdata(co, 1) == &mark_done;
@@ -404,6 +406,7 @@ static void task_ended(knhk_task_t *et, int status) {
   klua_group_t *g = t->group;
   klua_rt_t *rt = t->rt;
   int root = g == rt->root_group;
+  knhk_telemetry_task_end(&t->tel, status, &rt->ex);
   klua_group_child_ended(g, t); /* the last touch of g by this child */
   klua_task_release(t);          /* the running task's reference */
   /* The root task ended (its children had, before it): the run is over
@@ -418,6 +421,10 @@ int klua_task_spawn(klua_task_t *t, int worker) {
   klua_task_retain(t); /* the running task's, until task_ended */
   if (t->group->flags & KLUA_G_ORDERED) klua_task_retain(t); /* the ended list's */
   t->started_ns = knhk_reactor_now(rt->reactor);
+  memset(&t->tel, 0, sizeof t->tel);
+  if (knhk_telemetry_enabled())
+    knhk_telemetry_task_spawn(&t->tel, &t->group->tel,
+                              atomic_fetch_add_explicit(&t->group->spawned, 1, memory_order_relaxed));
   rc = worker >= 0 ? knhk_executor_spawn_on(&rt->ex, &t->et, worker)
                    : knhk_executor_spawn(&rt->ex, &t->et);
   if (rc != 0) { /* it never ran: it ends here, as cancelled */

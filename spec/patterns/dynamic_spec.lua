@@ -45,6 +45,7 @@ describe("36 Dynamic Partial Join for Multiple Instances", function()
     local r = H.run(function()
       local obs = H.observer()
       local done = obs:after("search")
+      local d_done = obs:after("d") -- the late instance ends after what follows ran
       local spread = H.spreader(WORKERS)
       local out = knhk.channel(16)
       local r = P.sequence{
@@ -55,6 +56,7 @@ describe("36 Dynamic Partial Join for Multiple Instances", function()
                 if i == 1 then P.add_instance(mi, "late") end
                 if item == "late" then
                   done:wait() -- once the step completed, adding is refused
+                  d_done:wait()
                   local j, msg = P.add_instance(mi, "too late")
                   out:send({ j = j, msg = msg, w = w })
                 end

@@ -50,6 +50,7 @@ struct knhk_child_s {
   knhk_child_fn knhk__fn;
   knhk_child_t *knhk__done_next;
   int knhk__started;
+  uint64_t knhk__tel[4];   /* telemetry: span, current span, trace, ran */
 };
 
 /* Any thread. A nursery on `ex` whose token is a child of `parent` (NULL: a

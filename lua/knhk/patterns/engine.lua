@@ -431,7 +431,7 @@ function M.execute(wf, ctx)
   end
   local case = {
     id = case_id, wf = wf, vars = copy(ctx.vars or {}), trace = {}, named = {}, frames = {},
-    telemetry = ctx.telemetry or NOOP_TELEMETRY, signals = ctx.signals or {}, triggers = {},
+    telemetry = require("knhk.telemetry").pattern_handle(ctx.telemetry), signals = ctx.signals or {}, triggers = {},
     milestones = {}, locks = {}, stopped = false, unfinished = {},
   }
   case.telemetry:event("knhk.workflow.case.start", { case_id = case_id, workflow = wf.name })

@@ -1,0 +1,635 @@
+/* telemetry_export.c: the drain. Reads every thread's ring, puts each span
+ * together from its records (they may come from different threads and
+ * arrive in any order: a task's end can be read before its spawn), writes
+ * finished spans as OTLP/JSON lines, and the metrics when asked.
+ *
+ * Runs under knhk__tel.m, on a reactor's thread (telemetry_reactor.c) or in
+ * flush/stop. It allocates (the table of open spans, the line being built):
+ * the drain is not the hot path.
+ */
+#define _GNU_SOURCE
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clock.h"
+#include "executor_impl.h"
+#include "knhk/cancel.h"
+#include "knhk/errors.h"
+#include "knhk/nursery.h"
+#include "telemetry_impl.h"
+
+knhk__tel_buf_t *knhk__tel_buffers(void);
+
+enum { HAVE_START = 1, HAVE_RUN = 2, HAVE_END = 4 };
+enum { SPANS_PER_LINE = 2048 };
+
+typedef struct {
+  uint64_t span, trace, parent, start, run, end;
+  uint32_t name, have;
+  int32_t worker, status;
+  int64_t a[3], extra;
+  char *attrs, *msg;
+} ent_t;
+
+typedef struct {
+  char *p;
+  size_t n, cap;
+  int oom;
+} sbuf_t;
+
+/* spawn-to-run latency of nursery tasks, ns */
+static const double lat_bounds[] = {1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5,
+                                    1e6, 2e6, 5e6, 1e7, 1e8};
+enum { NLAT = sizeof lat_bounds / sizeof lat_bounds[0] };
+
+static struct {
+  ent_t *tab;             /* open addressing, key span (0: empty) */
+  size_t cap, n;
+  sbuf_t spans;           /* spans of the line being built */
+  int nspans;
+  uint64_t lat[NLAT + 1], lat_count;
+  double lat_sum, lat_min, lat_max;
+} X;
+
+/* --------------------------------------------------------------- strings */
+
+static void sb_grow(sbuf_t *b, size_t more) {
+  if (b->n + more + 1 <= b->cap) return;
+  size_t cap = b->cap ? b->cap : 4096;
+  while (cap < b->n + more + 1) cap *= 2;
+  char *p = realloc(b->p, cap);
+  if (!p) {
+    b->oom = 1;
+    return;
+  }
+  b->p = p, b->cap = cap;
+}
+
+static void sb_add(sbuf_t *b, const char *s, size_t len) {
+  sb_grow(b, len);
+  if (b->oom) return;
+  memcpy(b->p + b->n, s, len);
+  b->n += len;
+  b->p[b->n] = 0;
+}
+
+static void sb_str(sbuf_t *b, const char *s) { sb_add(b, s, strlen(s)); }
+
+__attribute__((format(printf, 2, 3))) static void sb_fmt(sbuf_t *b, const char *fmt, ...) {
+  char tmp[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  if (k > 0) sb_add(b, tmp, (size_t)k < sizeof tmp ? (size_t)k : sizeof tmp - 1);
+}
+
+/* Numbers without printf: the drain formats millions of them. */
+static void sb_u64(sbuf_t *b, uint64_t v) {
+  char tmp[24];
+  int i = sizeof tmp;
+  do tmp[--i] = (char)('0' + v % 10); while ((v /= 10) != 0);
+  sb_add(b, tmp + i, sizeof tmp - (size_t)i);
+}
+
+static void sb_i64(sbuf_t *b, int64_t v) {
+  if (v < 0) {
+    sb_add(b, "-", 1);
+    sb_u64(b, (uint64_t)0 - (uint64_t)v);
+  } else {
+    sb_u64(b, (uint64_t)v);
+  }
+}
+
+static void sb_hex16(sbuf_t *b, uint64_t v) {
+  static const char digits[] = "0123456789abcdef";
+  char tmp[16];
+  for (int i = 15; i >= 0; i--, v >>= 4) tmp[i] = digits[v & 15];
+  sb_add(b, tmp, 16);
+}
+
+/* A JSON string, quoted and escaped. */
+static void sb_json(sbuf_t *b, const char *s) {
+  sb_add(b, "\"", 1);
+  size_t plain = strcspn(s, "\"\\\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"
+                            "\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f");
+  sb_add(b, s, plain); /* the usual case: nothing to escape */
+  s += plain;
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    if (*p == '"' || *p == '\\') {
+      char e[2] = {'\\', (char)*p};
+      sb_add(b, e, 2);
+    } else if (*p < 0x20) {
+      sb_fmt(b, "\\u%04x", *p);
+    } else {
+      sb_add(b, (const char *)p, 1);
+    }
+  }
+  sb_add(b, "\"", 1);
+}
+
+static uint64_t unix_ns(uint64_t mono) { return mono + (uint64_t)knhk__tel.unix_minus_mono; }
+
+/* ---------------------------------------------------------- attributes */
+
+static void attr_key(sbuf_t *b, int *first, const char *key) {
+  sb_str(b, *first ? "{\"key\":\"" : ",{\"key\":\"");
+  sb_str(b, key);
+  *first = 0;
+}
+
+static void attr_int(sbuf_t *b, int *first, const char *key, int64_t v) {
+  attr_key(b, first, key);
+  sb_str(b, "\",\"value\":{\"intValue\":\"");
+  sb_i64(b, v);
+  sb_str(b, "\"}}");
+}
+
+static void attr_str(sbuf_t *b, int *first, const char *key, const char *v) {
+  attr_key(b, first, key);
+  sb_str(b, "\",\"value\":{\"stringValue\":");
+  sb_json(b, v);
+  sb_str(b, "}}");
+}
+
+static const char *reason_name(int64_t r) {
+  switch (r) {
+  case KNHK_CANCEL_EXPLICIT: return KNHK_TEL_CANCEL_REASON_EXPLICIT;
+  case KNHK_CANCEL_DEADLINE: return KNHK_TEL_CANCEL_REASON_DEADLINE;
+  case KNHK_CANCEL_SIBLING: return KNHK_TEL_CANCEL_REASON_SIBLING;
+  case KNHK_CANCEL_SIGNAL: return KNHK_TEL_CANCEL_REASON_SIGNAL;
+  default: return KNHK_TEL_CANCEL_REASON_SHUTDOWN;
+  }
+}
+
+static const char *status_name(int status) {
+  return status == 0                ? KNHK_TEL_TASK_STATUS_COMPLETED
+         : status == KNHK_ECANCELED ? KNHK_TEL_TASK_STATUS_CANCELLED
+                                    : KNHK_TEL_TASK_STATUS_FAILED;
+}
+
+/* ------------------------------------------------------------ the table */
+
+static size_t slot_of(uint64_t key) {
+  uint64_t h = key * 0x9E3779B97F4A7C15ull;
+  return (size_t)(h ^ (h >> 29)) & (X.cap - 1);
+}
+
+static ent_t *find(uint64_t key) {
+  if (!X.cap) return NULL;
+  for (size_t i = slot_of(key);; i = (i + 1) & (X.cap - 1)) {
+    if (X.tab[i].span == key) return &X.tab[i];
+    if (X.tab[i].span == 0) return NULL;
+  }
+}
+
+static ent_t *insert(uint64_t key) {
+  if ((X.n + 1) * 2 > X.cap) {
+    size_t cap = X.cap ? X.cap * 2 : 1024;
+    ent_t *old = X.tab;
+    size_t oldcap = X.cap;
+    ent_t *tab = calloc(cap, sizeof *tab);
+    if (!tab) return NULL;
+    X.tab = tab, X.cap = cap;
+    for (size_t i = 0; i < oldcap; i++)
+      if (old[i].span) {
+        size_t j = slot_of(old[i].span);
+        while (X.tab[j].span) j = (j + 1) & (cap - 1);
+        X.tab[j] = old[i];
+      }
+    free(old);
+  }
+  size_t i = slot_of(key);
+  while (X.tab[i].span) i = (i + 1) & (X.cap - 1);
+  memset(&X.tab[i], 0, sizeof X.tab[i]);
+  X.tab[i].span = key;
+  X.n++;
+  return &X.tab[i];
+}
+
+/* Backward-shift deletion keeps every probe chain unbroken. */
+static void erase(ent_t *e) {
+  size_t i = (size_t)(e - X.tab);
+  free(e->attrs), free(e->msg);
+  X.tab[i].span = 0;
+  X.n--;
+  for (size_t j = (i + 1) & (X.cap - 1); X.tab[j].span; j = (j + 1) & (X.cap - 1)) {
+    size_t home = slot_of(X.tab[j].span);
+    /* move j back to i if its home is not in (i, j] */
+    if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+      X.tab[i] = X.tab[j];
+      X.tab[j].span = 0;
+      i = j;
+    }
+  }
+}
+
+static ent_t *entry(uint64_t key) {
+  ent_t *e = find(key);
+  return e ? e : insert(key);
+}
+
+/* ---------------------------------------------------------------- spans */
+
+static void write_line(const char *kind, const char *inner_key, sbuf_t *items) {
+  knhk__tel_session_t *s = &knhk__tel;
+  if (!s->file || !items->n) return;
+  sbuf_t b = {0};
+  sb_fmt(&b, "{\"%s\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\",\"value\":"
+             "{\"stringValue\":", kind);
+  sb_json(&b, s->service ? s->service : "knhk");
+  sb_fmt(&b, "}}]},\"%s\":[{\"scope\":{\"name\":\"knhk\",\"version\":\"0.1.0\"},\"%s\":[",
+         kind[8] == 'S' ? "scopeSpans" : "scopeMetrics", inner_key);
+  if (!b.oom) {
+    fwrite(b.p, 1, b.n, s->file);
+    fwrite(items->p, 1, items->n, s->file);
+    fputs("]}]}]}\n", s->file);
+  }
+  free(b.p);
+}
+
+static void flush_spans(void) {
+  write_line("resourceSpans", "spans", &X.spans);
+  X.spans.n = 0;
+  X.nspans = 0;
+}
+
+static void emit(ent_t *e) {
+  knhk__tel_session_t *s = &knhk__tel;
+  sbuf_t *b = &X.spans;
+  const char *name = e->name < (uint32_t)s->nnames ? s->names[e->name] : "knhk.unknown";
+  if (e->name == KNHK_TEL_SPAN_CONCURRENCY_NURSERY_SPAWN && e->extra) { /* it ran */
+    e->run = (uint64_t)e->extra;
+    e->have |= HAVE_RUN;
+    double d = e->run > e->start ? (double)(e->run - e->start) : 0;
+    int k = 0;
+    while (k < NLAT && d > lat_bounds[k]) k++;
+    X.lat[k]++;
+    if (!X.lat_count || d < X.lat_min) X.lat_min = d;
+    if (!X.lat_count || d > X.lat_max) X.lat_max = d;
+    X.lat_count++;
+    X.lat_sum += d;
+  }
+  sb_str(b, X.nspans ? ",{\"traceId\":\"" : "{\"traceId\":\"");
+  sb_hex16(b, s->trace_hi);
+  sb_hex16(b, e->trace);
+  sb_str(b, "\",\"spanId\":\"");
+  sb_hex16(b, e->span);
+  if (e->parent) {
+    sb_str(b, "\",\"parentSpanId\":\"");
+    sb_hex16(b, e->parent);
+  }
+  sb_str(b, "\",\"name\":");
+  sb_json(b, name);
+  sb_str(b, ",\"kind\":1,\"startTimeUnixNano\":\"");
+  sb_u64(b, unix_ns(e->start));
+  sb_str(b, "\",\"endTimeUnixNano\":\"");
+  sb_u64(b, unix_ns(e->end));
+  sb_str(b, "\",\"attributes\":");
+  int first = 1, failed = 0;
+  switch (e->name) {
+  case KNHK_TEL_SPAN_CONCURRENCY_NURSERY:
+    sb_str(b, "[");
+    attr_int(b, &first, KNHK_TEL_ATTR_NURSERY_ID, e->a[0]);
+    attr_str(b, &first, KNHK_TEL_ATTR_NURSERY_MODE,
+             (e->a[1] & KNHK_NURSERY_SUPERVISE) ? KNHK_TEL_NURSERY_MODE_SUPERVISE
+                                                 : KNHK_TEL_NURSERY_MODE_FAIL_FAST);
+    sb_str(b, "]");
+    break;
+  case KNHK_TEL_SPAN_CONCURRENCY_NURSERY_SPAWN:
+    sb_str(b, "[");
+    attr_int(b, &first, KNHK_TEL_ATTR_NURSERY_ID, e->a[0]);
+    attr_int(b, &first, KNHK_TEL_ATTR_TASK_INDEX, e->a[1]);
+    if (e->have & HAVE_RUN) {
+      attr_int(b, &first, KNHK_TEL_ATTR_WORKER_ID, e->worker);
+      attr_int(b, &first, KNHK_TEL_ATTR_TASK_QUEUE_TIME, e->run > e->start ? (int64_t)(e->run - e->start) : 0);
+    }
+    attr_str(b, &first, KNHK_TEL_ATTR_TASK_STATUS, status_name(e->status));
+    sb_str(b, "]");
+    failed = e->status != 0 && e->status != KNHK_ECANCELED;
+    break;
+  case KNHK_TEL_SPAN_CONCURRENCY_NURSERY_WAIT:
+    sb_str(b, "[");
+    attr_int(b, &first, KNHK_TEL_ATTR_NURSERY_ID, e->a[0]);
+    attr_int(b, &first, KNHK_TEL_ATTR_NURSERY_LIVE, e->a[1]);
+    sb_str(b, "]");
+    break;
+  case KNHK_TEL_SPAN_CONCURRENCY_CANCEL_TOKEN_CREATE:
+    sb_str(b, "[");
+    attr_int(b, &first, KNHK_TEL_ATTR_CANCEL_TOKEN_ID, e->a[0]);
+    if (e->a[1]) attr_int(b, &first, KNHK_TEL_ATTR_CANCEL_TOKEN_PARENT_ID, e->a[1]);
+    sb_str(b, "]");
+    break;
+  case KNHK_TEL_SPAN_CONCURRENCY_CANCEL_TOKEN_CANCEL:
+    sb_str(b, "[");
+    attr_int(b, &first, KNHK_TEL_ATTR_CANCEL_TOKEN_ID, e->a[0]);
+    attr_str(b, &first, KNHK_TEL_ATTR_CANCEL_REASON, reason_name(e->a[1]));
+    attr_int(b, &first, KNHK_TEL_ATTR_CANCEL_DESCENDANTS, e->extra);
+    sb_str(b, "]");
+    break;
+  default: /* spans begun above C carry their attributes as JSON */
+    sb_str(b, e->attrs ? e->attrs : "[]");
+    failed = e->status == 2;
+    break;
+  }
+  if (failed) {
+    sb_str(b, ",\"status\":{\"code\":2,\"message\":");
+    if (e->msg) sb_json(b, e->msg);
+    else sb_json(b, knhk_err_name(e->status));
+    sb_str(b, "}}");
+  } else {
+    sb_str(b, ",\"status\":{}}");
+  }
+  if (++X.nspans >= SPANS_PER_LINE) flush_spans();
+}
+
+/* ---------------------------------------------------------------- drain */
+
+static void aggregate(uint32_t id, int64_t bits) {
+  knhk__tel_session_t *s = &knhk__tel;
+  if (id >= (uint32_t)s->ninsts) return;
+  knhk__tel_inst_t *x = &s->insts[id];
+  double v;
+  memcpy(&v, &bits, sizeof v);
+  if (x->kind == KNHK_INSTRUMENT_GAUGE) {
+    x->last = v;
+  } else if (x->kind == KNHK_INSTRUMENT_HISTOGRAM) {
+    int k = 0;
+    while (k < x->nbounds && v > x->bounds[k]) k++;
+    x->buckets[k]++;
+    if (!x->count || v < x->min) x->min = v;
+    if (!x->count || v > x->max) x->max = v;
+    x->count++;
+    x->sum += v;
+  } else {
+    x->sum += v;
+  }
+  x->seen = 1;
+}
+
+static char *blob(knhk__tel_buf_t *b, uint64_t t, size_t len) {
+  char *out = malloc(len + 1);
+  if (!out) return NULL;
+  for (size_t off = 0; off < len; off += sizeof(knhk__tel_rec_t)) {
+    size_t k = len - off < sizeof(knhk__tel_rec_t) ? len - off : sizeof(knhk__tel_rec_t);
+    memcpy(out + off, &b->ring[(t + 1 + off / sizeof(knhk__tel_rec_t)) & (KNHK__TEL_RING - 1)], k);
+  }
+  out[len] = 0;
+  return out;
+}
+
+static void drain_buffer(knhk__tel_buf_t *b) {
+  uint64_t h = ld_acquire(&b->head), t = ld_relaxed(&b->tail);
+  while (t < h) {
+    knhk__tel_rec_t *r = &b->ring[t & (KNHK__TEL_RING - 1)];
+    uint64_t step = 1;
+    ent_t *e = NULL;
+    switch (r->kind) {
+    case KNHK__REC_BLOB:
+      step = (uint64_t)r->a[1];
+      if ((e = entry(r->span))) {
+        char **dst = r->a[0] == KNHK__BLOB_ATTRS ? &e->attrs : &e->msg;
+        free(*dst);
+        *dst = blob(b, t, r->name);
+      }
+      break;
+    case KNHK__REC_START:
+    case KNHK__REC_INSTANT:
+      if ((e = entry(r->span))) {
+        e->name = r->name, e->start = r->ts, e->trace = r->trace, e->parent = r->parent;
+        memcpy(e->a, r->a, sizeof e->a);
+        e->have |= HAVE_START;
+        if (r->kind == KNHK__REC_INSTANT) e->end = r->ts, e->have |= HAVE_END;
+      }
+      break;
+    case KNHK__REC_END:
+      if ((e = entry(r->span))) {
+        /* (its start may not have been read yet: emit reads extra) */
+        e->end = r->ts, e->status = (int32_t)r->a[0], e->extra = r->a[1];
+        e->worker = (int32_t)r->a[2];
+        e->have |= HAVE_END;
+      }
+      break;
+    case KNHK__REC_METRIC:
+      aggregate(r->name, r->a[0]);
+      break;
+    }
+    if (e && (e->have & (HAVE_START | HAVE_END)) == (HAVE_START | HAVE_END)) {
+      emit(e);
+      erase(e);
+    }
+    t += step;
+  }
+  st_release(&b->tail, t); /* release: done reading those slots */
+}
+
+/* ---------------------------------------------------------------- metrics */
+
+typedef struct {
+  sbuf_t *b;
+  int nmetrics;
+  uint64_t t0, now;
+} mw_t;
+
+static void metric_begin(mw_t *w, int metric, const char *shape) {
+  const char *const *info = knhk_tel_metric_info[metric];
+  sb_fmt(w->b, "%s{\"name\":\"%s\",\"unit\":", w->nmetrics++ ? "," : "", info[0]);
+  sb_json(w->b, info[1]);
+  sb_str(w->b, ",\"description\":");
+  sb_json(w->b, info[3]);
+  sb_fmt(w->b, ",\"%s\":{\"dataPoints\":[", shape);
+}
+
+static void sum_end(mw_t *w) { sb_str(w->b, "],\"aggregationTemporality\":2,\"isMonotonic\":true}}"); }
+
+static void point_int(mw_t *w, int *first, int worker, const char *status, uint64_t v) {
+  sb_fmt(w->b, "%s{\"attributes\":[", *first ? "" : ",");
+  int f = 1;
+  if (worker >= 0) attr_int(w->b, &f, KNHK_TEL_ATTR_WORKER_ID, worker);
+  if (status) attr_str(w->b, &f, KNHK_TEL_ATTR_TASK_STATUS, status);
+  sb_fmt(w->b, "],\"startTimeUnixNano\":\"%" PRIu64 "\",\"timeUnixNano\":\"%" PRIu64
+               "\",\"asInt\":\"%" PRIu64 "\"}", w->t0, w->now, v);
+  *first = 0;
+}
+
+static uint64_t cpu_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void export_metrics(void) {
+  knhk__tel_session_t *s = &knhk__tel;
+  static uint64_t c[KNHK_MAX_WORKERS][7];
+  static int64_t depth[KNHK_MAX_WORKERS];
+  memcpy(c, s->retired, sizeof c);
+  uint64_t external = s->retired_external;
+  int nw = s->retired_workers, live_workers = 0;
+  memset(depth, 0, sizeof depth);
+  int have_live = 0; /* else every executor has ended: the retired counts */
+  for (knhk__tel_src_t *src = s->srcs; src; src = src->next) {
+    knhk_worker_stats_t per[KNHK_MAX_WORKERS];
+    knhk_executor_stats_t st;
+    int n = knhk_executor_stats(src->ex, &st, per, KNHK_MAX_WORKERS);
+    if (n <= 0) continue;
+    have_live = 1;
+    live_workers += n;
+    knhk__executor_t *impl = knhk__impl_of(src->ex);
+    for (int i = 0; i < n; i++) {
+      c[i][0] += per[i].spawned, c[i][1] += per[i].completed, c[i][2] += per[i].failed;
+      c[i][3] += per[i].cancelled, c[i][4] += per[i].stolen, c[i][5] += per[i].steal_attempts;
+      c[i][6] += per[i].parks;
+      if (impl) depth[i] += knhk__deque_size(&impl->workers[i].deque);
+    }
+    external += st.external_spawned;
+    if (n > nw) nw = n;
+  }
+  uint64_t dropped = 0;
+  for (knhk__tel_buf_t *b = knhk__tel_buffers(); b; b = b->next) dropped += ld_relaxed(&b->dropped);
+
+  sbuf_t out = {0};
+  mw_t w = {&out, 0, s->start_unix_ns, unix_ns(knhk__mono_ns())};
+  int first;
+  if (nw > 0) {
+    metric_begin(&w, KNHK_TEL_METRIC_CONCURRENCY_EXECUTOR_TASKS_SPAWNED, "sum");
+    first = 1;
+    for (int i = 0; i < nw; i++) point_int(&w, &first, i, NULL, c[i][0]);
+    if (external) point_int(&w, &first, -1, NULL, external);
+    sum_end(&w);
+    metric_begin(&w, KNHK_TEL_METRIC_CONCURRENCY_EXECUTOR_TASKS_COMPLETED, "sum");
+    first = 1;
+    for (int i = 0; i < nw; i++) {
+      point_int(&w, &first, i, KNHK_TEL_TASK_STATUS_COMPLETED, c[i][1]);
+      point_int(&w, &first, i, KNHK_TEL_TASK_STATUS_FAILED, c[i][2]);
+      point_int(&w, &first, i, KNHK_TEL_TASK_STATUS_CANCELLED, c[i][3]);
+    }
+    sum_end(&w);
+    static const int per_worker[][2] = {{KNHK_TEL_METRIC_CONCURRENCY_EXECUTOR_TASKS_STOLEN, 4},
+                                        {KNHK_TEL_METRIC_CONCURRENCY_EXECUTOR_STEAL_ATTEMPTS, 5},
+                                        {KNHK_TEL_METRIC_CONCURRENCY_EXECUTOR_PARKS, 6}};
+    for (int m = 0; m < 3; m++) {
+      metric_begin(&w, per_worker[m][0], "sum");
+      first = 1;
+      for (int i = 0; i < nw; i++) point_int(&w, &first, i, NULL, c[i][per_worker[m][1]]);
+      sum_end(&w);
+    }
+  }
+  if (!have_live) live_workers = nw; /* utilization up to when they ended */
+  if (nw > 0) {
+    metric_begin(&w, KNHK_TEL_METRIC_CONCURRENCY_EXECUTOR_QUEUE_DEPTH, "gauge");
+    for (int i = 0; i < nw; i++) {
+      int f = 1;
+      sb_fmt(&out, "%s{\"attributes\":[", i ? "," : "");
+      attr_int(&out, &f, KNHK_TEL_ATTR_WORKER_ID, i);
+      sb_fmt(&out, "],\"timeUnixNano\":\"%" PRIu64 "\",\"asInt\":\"%" PRId64 "\"}", w.now,
+             depth[i] > 0 ? depth[i] : 0);
+    }
+    sb_str(&out, "]}}");
+    uint64_t cpu = cpu_ns(), wall = knhk__mono_ns();
+    if (s->last_wall_ns && wall > s->last_wall_ns) {
+      double u = (double)(cpu - s->last_cpu_ns) / ((double)(wall - s->last_wall_ns) * live_workers);
+      if (u < 0) u = 0;
+      if (u > 1) u = 1;
+      metric_begin(&w, KNHK_TEL_METRIC_CONCURRENCY_EXECUTOR_CPU_UTILIZATION, "gauge");
+      int f = 1;
+      sb_str(&out, "{\"attributes\":[");
+      attr_int(&out, &f, KNHK_TEL_ATTR_WORKER_COUNT, live_workers);
+      sb_fmt(&out, "],\"timeUnixNano\":\"%" PRIu64 "\",\"asDouble\":%.6f}]}}", w.now, u);
+    }
+    s->last_cpu_ns = cpu, s->last_wall_ns = wall;
+  }
+  metric_begin(&w, KNHK_TEL_METRIC_CONCURRENCY_EXECUTOR_SPAWN_LATENCY, "histogram");
+  sb_fmt(&out, "{\"startTimeUnixNano\":\"%" PRIu64 "\",\"timeUnixNano\":\"%" PRIu64
+               "\",\"count\":\"%" PRIu64 "\",\"sum\":%.1f,\"bucketCounts\":[",
+         w.t0, w.now, X.lat_count, X.lat_sum);
+  for (int k = 0; k <= NLAT; k++) sb_fmt(&out, "%s\"%" PRIu64 "\"", k ? "," : "", X.lat[k]);
+  sb_str(&out, "],\"explicitBounds\":[");
+  for (int k = 0; k < NLAT; k++) sb_fmt(&out, "%s%.0f", k ? "," : "", lat_bounds[k]);
+  sb_str(&out, "]");
+  if (X.lat_count) sb_fmt(&out, ",\"min\":%.1f,\"max\":%.1f", X.lat_min, X.lat_max);
+  sb_str(&out, "}],\"aggregationTemporality\":2}}");
+  metric_begin(&w, KNHK_TEL_METRIC_TELEMETRY_RECORDS_DROPPED, "sum");
+  first = 1;
+  point_int(&w, &first, -1, NULL, dropped);
+  sum_end(&w);
+
+  /* user instruments: one metric per name, one data point per series */
+  for (int i = 0; i < s->ninsts; i++) {
+    knhk__tel_inst_t *x = &s->insts[i];
+    int shown = 0;
+    for (int j = 0; j < i; j++)
+      if (s->insts[j].name == x->name && s->insts[j].seen) shown = 1;
+    if (!x->seen || shown) continue;
+    const char *shape = x->kind == KNHK_INSTRUMENT_HISTOGRAM ? "histogram"
+                        : x->kind == KNHK_INSTRUMENT_GAUGE   ? "gauge"
+                                                             : "sum";
+    sb_fmt(&out, "%s{\"name\":", w.nmetrics++ ? "," : "");
+    sb_json(&out, s->names[x->name]);
+    sb_str(&out, ",\"unit\":");
+    sb_json(&out, x->unit);
+    sb_fmt(&out, ",\"%s\":{\"dataPoints\":[", shape);
+    int np = 0;
+    for (int j = i; j < s->ninsts; j++) {
+      knhk__tel_inst_t *y = &s->insts[j];
+      if (y->name != x->name || !y->seen) continue;
+      sb_fmt(&out, "%s{\"attributes\":%s,", np++ ? "," : "", y->attrs ? y->attrs : "[]");
+      if (y->kind != KNHK_INSTRUMENT_GAUGE) sb_fmt(&out, "\"startTimeUnixNano\":\"%" PRIu64 "\",", w.t0);
+      sb_fmt(&out, "\"timeUnixNano\":\"%" PRIu64 "\"", w.now);
+      if (y->kind == KNHK_INSTRUMENT_HISTOGRAM) {
+        sb_fmt(&out, ",\"count\":\"%" PRIu64 "\",\"sum\":%.17g,\"bucketCounts\":[", y->count, y->sum);
+        for (int k = 0; k <= y->nbounds; k++) sb_fmt(&out, "%s\"%" PRIu64 "\"", k ? "," : "", y->buckets[k]);
+        sb_str(&out, "],\"explicitBounds\":[");
+        for (int k = 0; k < y->nbounds; k++) sb_fmt(&out, "%s%.17g", k ? "," : "", y->bounds[k]);
+        sb_str(&out, "]");
+        if (y->count) sb_fmt(&out, ",\"min\":%.17g,\"max\":%.17g", y->min, y->max);
+        sb_str(&out, "}");
+      } else {
+        sb_fmt(&out, ",\"asDouble\":%.17g}", y->kind == KNHK_INSTRUMENT_GAUGE ? y->last : y->sum);
+      }
+    }
+    sb_str(&out, "]");
+    if (x->kind == KNHK_INSTRUMENT_HISTOGRAM) sb_str(&out, ",\"aggregationTemporality\":2");
+    else if (x->kind != KNHK_INSTRUMENT_GAUGE)
+      sb_fmt(&out, ",\"aggregationTemporality\":2,\"isMonotonic\":%s",
+             x->kind == KNHK_INSTRUMENT_COUNTER ? "true" : "false");
+    sb_str(&out, "}}");
+  }
+  if (!out.oom) write_line("resourceMetrics", "metrics", &out);
+  free(out.p);
+}
+
+void knhk__tel_drain_locked(int metrics, int final) {
+  if (!knhk__tel.file) return;
+  for (knhk__tel_buf_t *b = knhk__tel_buffers(); b; b = b->next) drain_buffer(b);
+  if (final) { /* spans still open end now; ends never begun are dropped */
+    uint64_t now = knhk__mono_ns();
+    for (size_t i = 0; i < X.cap; i++) {
+      ent_t *e = &X.tab[i];
+      if (!e->span || !(e->have & HAVE_START)) continue;
+      e->end = now;
+      emit(e);
+    }
+    for (size_t i = 0; i < X.cap; i++)
+      if (X.tab[i].span) free(X.tab[i].attrs), free(X.tab[i].msg);
+    free(X.tab);
+    X.tab = NULL, X.cap = X.n = 0;
+  }
+  flush_spans();
+  if (metrics) export_metrics();
+  fflush(knhk__tel.file);
+}
+
+void knhk__tel_export_reset_locked(void) {
+  for (size_t i = 0; i < X.cap; i++)
+    if (X.tab[i].span) free(X.tab[i].attrs), free(X.tab[i].msg);
+  free(X.tab);
+  X.tab = NULL, X.cap = X.n = 0;
+  X.spans.n = 0, X.nspans = 0;
+  memset(X.lat, 0, sizeof X.lat);
+  X.lat_count = 0, X.lat_sum = X.lat_min = X.lat_max = 0;
+  knhk__tel.last_cpu_ns = cpu_ns(); /* utilization counts from the start */
+  knhk__tel.last_wall_ns = knhk__mono_ns();
+}

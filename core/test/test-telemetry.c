@@ -1,0 +1,166 @@
+/* test-telemetry.c: recording from the C core, the file it writes. The
+ * lines are checked here for what C alone can check (kinds of lines, names,
+ * parent links, ids); spec/telemetry_spec.lua reads them as JSON. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "knhk/errors.h"
+#include "knhk/nursery.h"
+#include "knhk/reactor.h"
+#include "knhk/telemetry.h"
+#include "runner.h"
+
+static char path[64];
+
+static void start_recording(void) {
+  snprintf(path, sizeof path, "/tmp/knhk-tel-%d.jsonl", (int)getpid());
+  knhk_telemetry_options_t o = {path, 0, "test"};
+  ASSERT_OK(knhk_telemetry_start(&o));
+}
+
+static char *slurp(void) {
+  FILE *f = fopen(path, "r");
+  ASSERT(f != NULL);
+  static char buf[1 << 22];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  buf[n] = 0;
+  fclose(f);
+  unlink(path);
+  return buf;
+}
+
+static int count(const char *s, const char *what) {
+  int n = 0;
+  for (const char *p = s; (p = strstr(p, what)); p += strlen(what)) n++;
+  return n;
+}
+
+/* The value of `"key":"` following the first `after` in s, copied. */
+static void field_after(const char *s, const char *after, const char *key, char *out, size_t max) {
+  const char *p = strstr(s, after);
+  ASSERT(p != NULL);
+  char k[64];
+  snprintf(k, sizeof k, "\"%s\":\"", key);
+  p = strstr(p, k);
+  ASSERT(p != NULL);
+  p += strlen(k);
+  size_t i = 0;
+  while (p[i] && p[i] != '"' && i + 1 < max) out[i] = p[i], i++;
+  out[i] = 0;
+}
+
+static int child_ok(knhk_child_t *c) {
+  (void)c;
+  return 0;
+}
+
+static int child_fails(knhk_child_t *c) {
+  (void)c;
+  return KNHK_EIO;
+}
+
+TEST(nursery_spans_are_written_with_parent_links) {
+  start_recording();
+  knhk_executor_t ex;
+  knhk_executor_options_t o;
+  knhk_executor_options_init(&o);
+  o.workers = 2;
+  ASSERT_OK(knhk_executor_init(&ex, &o));
+  knhk_nursery_t *n;
+  ASSERT_OK(knhk_nursery_new(&n, &ex, NULL, 0));
+  for (int i = 0; i < 5; i++) ASSERT_OK(knhk_nursery_spawn(n, child_ok, NULL, NULL));
+  ASSERT_OK(knhk_nursery_wait_all(n));
+  ASSERT_OK(knhk_nursery_free(n));
+  ASSERT_OK(knhk_executor_close(&ex));
+  ASSERT_OK(knhk_telemetry_stop());
+  char *s = slurp();
+  ASSERT(strstr(s, "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\","
+                   "\"value\":{\"stringValue\":\"test\"}}]}") == s);
+  ASSERT_EQ(5, count(s, "\"name\":\"knhk.concurrency.nursery.spawn\""));
+  ASSERT_EQ(1, count(s, "\"name\":\"knhk.concurrency.nursery\""));
+  ASSERT_EQ(1, count(s, "\"name\":\"knhk.concurrency.nursery.wait\""));
+  /* the nursery's token (its children check that one) */
+  ASSERT_EQ(1, count(s, "\"name\":\"knhk.concurrency.cancel.token.create\""));
+  /* every child's parent is the nursery's span, in the nursery's trace */
+  char nursery_span[40], nursery_trace[40], parent[40], trace[40];
+  const char *nspan = strstr(s, "\"name\":\"knhk.concurrency.nursery\"");
+  const char *start = nspan;
+  while (start > s && strncmp(start, "{\"traceId\"", 10) != 0) start--;
+  field_after(start, "{\"traceId\"", "traceId", nursery_trace, sizeof nursery_trace);
+  field_after(start, "{\"traceId\"", "spanId", nursery_span, sizeof nursery_span);
+  int children = 0;
+  for (const char *p = s; (p = strstr(p, "\"name\":\"knhk.concurrency.nursery.spawn\"")); p++) {
+    const char *b = p;
+    while (strncmp(b, "{\"traceId\"", 10) != 0) b--;
+    field_after(b, "{\"traceId\"", "parentSpanId", parent, sizeof parent);
+    field_after(b, "{\"traceId\"", "traceId", trace, sizeof trace);
+    ASSERT(strcmp(parent, nursery_span) == 0);
+    ASSERT(strcmp(trace, nursery_trace) == 0);
+    children++;
+  }
+  ASSERT_EQ(5, children);
+  ASSERT(strstr(s, "{\"resourceMetrics\":[") != NULL);
+  ASSERT(strstr(s, "\"name\":\"knhk.concurrency.executor.tasks.spawned\"") != NULL);
+}
+
+TEST(a_failed_child_has_an_error_status_and_cancels_with_a_span) {
+  start_recording();
+  knhk_executor_t ex;
+  knhk_executor_options_t o;
+  knhk_executor_options_init(&o);
+  o.workers = 1;
+  ASSERT_OK(knhk_executor_init(&ex, &o));
+  knhk_nursery_t *n;
+  ASSERT_OK(knhk_nursery_new(&n, &ex, NULL, 0));
+  ASSERT_OK(knhk_nursery_spawn(n, child_fails, NULL, NULL));
+  ASSERT_EQ(KNHK_EIO, knhk_nursery_wait_all(n));
+  ASSERT_OK(knhk_nursery_free(n));
+  ASSERT_OK(knhk_executor_close(&ex));
+  ASSERT_OK(knhk_telemetry_stop());
+  char *s = slurp();
+  *strchr(s, '\n') = 0; /* the spans' line (metrics count failures too) */
+  ASSERT_EQ(1, count(s, "\"status\":{\"code\":2"));
+  ASSERT_EQ(1, count(s, "{\"key\":\"knhk.task.status\",\"value\":{\"stringValue\":\"failed\"}}"));
+  ASSERT_EQ(1, count(s, "\"name\":\"knhk.concurrency.cancel.token.cancel\""));
+  ASSERT_EQ(1, count(s, "{\"key\":\"knhk.cancel.reason\",\"value\":{\"stringValue\":\"sibling\"}}"));
+}
+
+TEST(nothing_is_recorded_while_off) {
+  start_recording();
+  ASSERT_OK(knhk_telemetry_stop());
+  knhk_token_t *t;
+  ASSERT_OK(knhk_token_new(&t, NULL));
+  ASSERT_EQ(0, knhk_telemetry_token_id(t));
+  knhk_token_release(t);
+  ASSERT_EQ(KNHK_EALREADY, knhk_telemetry_stop());
+  ASSERT_EQ(0, knhk_telemetry_enabled());
+  char *s = slurp();
+  ASSERT_EQ(0, count(s, "resourceSpans"));
+}
+
+TEST(a_reactor_drains_at_the_interval) {
+  knhk_reactor_t *r;
+  ASSERT_OK(knhk_reactor_new(&r));
+  snprintf(path, sizeof path, "/tmp/knhk-tel-%d.jsonl", (int)getpid());
+  knhk_telemetry_options_t o = {path, 20000000u, NULL}; /* 20 ms */
+  ASSERT_OK(knhk_telemetry_start(&o));
+  knhk_token_t *t;
+  ASSERT_OK(knhk_token_new(&t, NULL));
+  ASSERT_NE(0, knhk_telemetry_token_id(t));
+  /* the span reaches the file without a flush: the reactor's interval */
+  int seen = 0;
+  for (int i = 0; i < 500 && !seen; i++) {
+    usleep(10000);
+    FILE *f = fopen(path, "r");
+    char line[4096] = "";
+    seen = f && fgets(line, sizeof line, f) && strstr(line, "knhk.concurrency.cancel.token.create");
+    if (f) fclose(f);
+  }
+  ASSERT(seen);
+  knhk_token_release(t);
+  ASSERT_OK(knhk_telemetry_stop());
+  ASSERT_OK(knhk_reactor_free(r));
+  slurp();
+}

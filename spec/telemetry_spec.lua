@@ -1,0 +1,321 @@
+-- knhk.telemetry: recording a run as OTLP/JSON lines, spans from Lua, the
+-- runtime's own spans (nurseries, tasks, scopes, workflow patterns) and
+-- instruments.
+local knhk = require "knhk"
+local P = require "knhk.patterns"
+local cjson = require "cjson"
+local T = knhk.telemetry
+
+local function tmpfile()
+  local p = os.tmpname()
+  return p
+end
+
+-- The recording at path: spans (by id), spans by name, metrics by name.
+local function read(path)
+  local spans, by_name, metrics, lines = {}, {}, {}, 0
+  for line in io.lines(path) do
+    lines = lines + 1
+    local o = cjson.decode(line)
+    for _, rs in ipairs(o.resourceSpans or {}) do
+      for _, ss in ipairs(rs.scopeSpans) do
+        for _, s in ipairs(ss.spans) do
+          local a = {}
+          for _, kv in ipairs(s.attributes or {}) do
+            local v = kv.value
+            a[kv.key] = v.stringValue or v.boolValue
+            if v.intValue then a[kv.key] = tonumber(v.intValue) end
+            if v.doubleValue then a[kv.key] = v.doubleValue end
+          end
+          s.attrs = a
+          spans[s.spanId] = s
+          by_name[s.name] = by_name[s.name] or {}
+          table.insert(by_name[s.name], s)
+        end
+      end
+    end
+    for _, rm in ipairs(o.resourceMetrics or {}) do
+      for _, sm in ipairs(rm.scopeMetrics) do
+        for _, m in ipairs(sm.metrics) do metrics[m.name] = m end -- the last export wins
+      end
+    end
+  end
+  return { spans = spans, by_name = by_name, metrics = metrics, lines = lines }
+end
+
+-- Records fn run in a runtime of `workers`; returns the recording.
+local function record(fn, workers)
+  local path = tmpfile()
+  assert(T.start { file = path, interval = 60 })
+  local ok, err = pcall(knhk.run, fn, { workers = workers or 2 })
+  assert(T.stop())
+  local rec = read(path)
+  os.remove(path)
+  assert(ok, err)
+  return rec
+end
+
+local function only(rec, name)
+  local list = rec.by_name[name] or {}
+  assert.equal(1, #list, "spans named " .. name)
+  return list[1]
+end
+
+-- Is `s` below `ancestor` (through parent links)?
+local function under(rec, s, ancestor)
+  local p = rec.spans[s.parentSpanId or ""]
+  while p do
+    if p == ancestor then return true end
+    p = rec.spans[p.parentSpanId or ""]
+  end
+  return false
+end
+
+describe("knhk.telemetry.start and stop", function()
+  it("write spans and metrics as OTLP/JSON lines, with the resource and scope", function()
+    local path = tmpfile()
+    assert.is_true(T.start { file = path, service = "spec" })
+    assert.is_true(T.enabled())
+    knhk.run(function() knhk.spawn(function() return 1 end):join() end, { workers = 1 })
+    assert.is_true(T.stop())
+    assert.is_false(T.enabled())
+    local first = cjson.decode(io.lines(path)())
+    os.remove(path)
+    local rs = (first.resourceSpans or first.resourceMetrics)[1]
+    assert.same({ key = "service.name", value = { stringValue = "spec" } }, rs.resource.attributes[1])
+    assert.equal("knhk", (rs.scopeSpans or rs.scopeMetrics)[1].scope.name)
+  end)
+
+  it("report a second start and a stop without a start as run-time failures", function()
+    local path = tmpfile()
+    assert(T.start { file = path })
+    local ok, msg = T.start { file = path }
+    assert.is_nil(ok)
+    assert.equal("knhk.telemetry.start: already recording", msg)
+    assert(T.stop())
+    local ok2, msg2 = T.stop()
+    assert.is_nil(ok2)
+    assert.equal("knhk.telemetry.stop: not recording", msg2)
+    os.remove(path)
+  end)
+
+  it("cannot open a file in a directory that does not exist", function()
+    local ok, msg, code = T.start { file = "/nonexistent/dir/run.jsonl" }
+    assert.is_nil(ok)
+    assert.equal("knhk.telemetry.start: cannot open /nonexistent/dir/run.jsonl: no such file or directory", msg)
+    assert.is_number(code)
+  end)
+
+  it("refuses options of the wrong kind, in the caller's terms", function()
+    assert.has_error(function() T.start() end, "bad argument #1 to 'start' (table expected, got nil)")
+    assert.has_error(function() T.start { file = 3 } end,
+      "bad argument #1 to 'start' (field 'file' must be a file name, got number)")
+    assert.has_error(function() T.start { file = "x", interval = 0 } end,
+      "bad argument #1 to 'start' (field 'interval' must be a number of seconds > 0, got 0)")
+  end)
+
+  it("exports the metrics at the interval, without being asked", function()
+    local path = tmpfile()
+    assert(T.start { file = path, interval = 0.02 })
+    local seen = false
+    knhk.run(function()
+      for _ = 1, 200 do
+        knhk.sleep(0.01)
+        local f = io.open(path)
+        seen = f and f:read("*a"):find('"resourceMetrics"', 1, true) ~= nil
+        if f then f:close() end
+        if seen then break end
+      end
+    end, { workers = 1 })
+    assert(T.stop())
+    os.remove(path)
+    assert.is_true(seen)
+  end)
+end)
+
+describe("the runtime's spans", function()
+  it("make a nursery's span the parent of its children's, on every worker they run on", function()
+    local rec = record(function()
+      knhk.nursery(function(n)
+        for i = 1, 12 do
+          n:spawn(function(k)
+            local x = 0
+            for j = 1, 200000 do x = x + j % 7 end -- work long enough to be stolen
+            return k + x * 0
+          end, i)
+        end
+      end)
+    end, 2)
+    local children = {} -- nursery span -> its children's spans
+    for _, s in ipairs(rec.by_name["knhk.concurrency.nursery.spawn"]) do
+      local parent = rec.spans[s.parentSpanId]
+      assert.equal("knhk.concurrency.nursery", parent.name)
+      assert.equal(parent.traceId, s.traceId)
+      assert.equal(parent.attrs["knhk.nursery.id"], s.attrs["knhk.nursery.id"])
+      assert.equal("completed", s.attrs["knhk.task.status"])
+      assert.is_number(s.attrs["knhk.worker.id"])
+      children[parent] = children[parent] or {}
+      table.insert(children[parent], s)
+    end
+    local body -- the nursery of the body above: the one with 12 children
+    for n, list in pairs(children) do if #list == 12 then body = n end end
+    assert.is_table(body)
+    assert.equal("fail_fast", body.attrs["knhk.nursery.mode"])
+  end)
+
+  it("mark a failed task's span as an error and its nursery's cancellation as a span", function()
+    local rec = record(function()
+      pcall(knhk.nursery, function(n)
+        n:spawn(function() error("boom") end)
+        n:spawn(function() knhk.sleep(10) end)
+      end)
+    end)
+    local failed, cancelled = 0, 0
+    for _, s in ipairs(rec.by_name["knhk.concurrency.nursery.spawn"]) do
+      if s.attrs["knhk.task.status"] == "failed" then
+        failed = failed + 1
+        assert.equal(2, s.status.code)
+      elseif s.attrs["knhk.task.status"] == "cancelled" then
+        cancelled = cancelled + 1
+      end
+    end
+    assert.equal(1, failed)
+    assert.is_true(cancelled >= 1)
+    local reasons = {}
+    for _, s in ipairs(rec.by_name["knhk.concurrency.cancel.token.cancel"]) do
+      reasons[s.attrs["knhk.cancel.reason"]] = true
+    end
+    assert.is_true(reasons.sibling)
+  end)
+
+  it("report a scope's drop, and whether it caught its cancellation", function()
+    local rec = record(function()
+      knhk.move_on_after(0.01, function() knhk.sleep(10) end)
+    end)
+    local drop = only(rec, "knhk.concurrency.cancel.scope.drop")
+    assert.is_true(drop.attrs["knhk.cancel.scope.caught"])
+    assert.equal("deadline", drop.attrs["knhk.cancel.reason"])
+    assert.equal(drop.startTimeUnixNano, drop.endTimeUnixNano)
+  end)
+
+  it("time the wait of a nursery's opener as a child of the nursery", function()
+    local rec = record(function()
+      knhk.nursery(function(n) n:spawn(function() knhk.sleep(0.02) end) end)
+    end)
+    local waited = false
+    for _, w in ipairs(rec.by_name["knhk.concurrency.nursery.wait"]) do
+      local parent = rec.spans[w.parentSpanId]
+      assert.equal("knhk.concurrency.nursery", parent.name)
+      if w.attrs["knhk.nursery.live"] == 1 then
+        waited = true
+        assert.is_true(tonumber(w.endTimeUnixNano) - tonumber(w.startTimeUnixNano) > 5e6)
+      end
+    end
+    assert.is_true(waited)
+  end)
+end)
+
+describe("knhk.telemetry.span", function()
+  it("nests spans and the nurseries begun inside, also across a wait", function()
+    local rec = record(function()
+      T.span("outer", { ["order.id"] = "A-1" }, function()
+        knhk.sleep(0.005) -- the task waits: its current span stays
+        T.span("inner", { size = 3, ok = true, ratio = 0.5 }, function()
+          knhk.nursery(function(n) n:spawn(function() end) end)
+        end)
+      end)
+    end)
+    local outer, inner = only(rec, "outer"), only(rec, "inner")
+    assert.equal(outer.spanId, inner.parentSpanId)
+    assert.equal(outer.traceId, inner.traceId)
+    assert.same({ ["order.id"] = "A-1" }, outer.attrs)
+    assert.same({ size = 3, ok = true, ratio = 0.5 }, inner.attrs)
+    local nested = 0
+    for _, s in ipairs(rec.by_name["knhk.concurrency.nursery"]) do
+      if s.parentSpanId == inner.spanId then nested = nested + 1 end
+    end
+    assert.equal(1, nested)
+  end)
+
+  it("marks a span whose function raised as an error and raises again", function()
+    local rec = record(function()
+      local ok, err = pcall(T.span, "step", nil, function() error("no stock", 0) end)
+      assert.is_false(ok)
+      assert.equal("no stock", err)
+    end)
+    local s = only(rec, "step")
+    assert.same({ code = 2, message = "no stock" }, s.status)
+  end)
+
+  it("returns the function's results and records nothing when not recording", function()
+    local a, b = T.span("quiet", nil, function(x) return x, x + 1 end, 1)
+    assert.equal(1, a)
+    assert.equal(2, b)
+  end)
+
+  it("refuses attributes that OTLP cannot carry", function()
+    assert.has_error(function() T.span("s", { f = print }, function() end) end,
+      "bad argument #2 to 'span' (attribute 'f' is a function (expected a string, number, boolean or list))")
+    assert.has_error(function() T.span(1, nil, function() end) end,
+      "bad argument #1 to 'span' (string expected, got number)")
+  end)
+end)
+
+describe("workflow patterns", function()
+  it("run each case and step as a knhk.workflow.pattern.execute span, steps under their case", function()
+    local rec = record(function()
+      local wf = P.sequence { P.task("pick", function() end),
+                              P.mi { count = 2, run = function() end, name = "pack" }, name = "ship" }
+      P.workflow(wf):execute { case_id = "c-1" }
+    end)
+    local case, steps = nil, {}
+    for _, s in ipairs(rec.by_name["knhk.workflow.pattern.execute"]) do
+      assert.equal("c-1", s.attrs["knhk.workflow.case.id"])
+      assert.equal("completed", s.attrs["knhk.workflow.outcome"])
+      if s.attrs["knhk.workflow.step.name"] then steps[s.attrs["knhk.workflow.step.name"]] = s
+      else case = s end
+    end
+    assert.is_table(case)
+    assert.equal("ship", case.attrs["knhk.workflow.name"])
+    for _, name in ipairs { "pick", "pack" } do
+      assert.is_table(steps[name], name)
+      assert.is_true(under(rec, steps[name], case), name .. " is under its case")
+    end
+    assert.is_nil(steps.pick.attrs["knhk.pattern.id"]) -- a plain task runs no pattern
+    assert.equal(13, steps.pack.attrs["knhk.pattern.id"])
+    assert.equal("Multiple Instances with a priori Design-Time Knowledge", steps.pack.attrs["knhk.pattern.name"])
+    assert.equal("multiple instances", steps.pack.attrs["knhk.pattern.family"])
+  end)
+end)
+
+describe("instruments", function()
+  it("sum a counter per attribute set and bucket a histogram", function()
+    local rec = record(function()
+      local c = T.counter("orders.shipped", { unit = "{order}" })
+      c:add(2, { carrier = "fast" })
+      c:add(3, { carrier = "fast" })
+      c:add(1, { carrier = "cheap" })
+      local h = T.histogram("orders.weight", { unit = "kg", bounds = { 1, 10 } })
+      for _, v in ipairs { 0.5, 5, 50, 7 } do h:record(v) end
+    end)
+    local c = rec.metrics["orders.shipped"]
+    assert.equal("{order}", c.unit)
+    assert.is_true(c.sum.isMonotonic)
+    local by = {}
+    for _, p in ipairs(c.sum.dataPoints) do by[p.attributes[1].value.stringValue] = p.asDouble end
+    assert.same({ fast = 5, cheap = 1 }, by)
+    local h = rec.metrics["orders.weight"].histogram.dataPoints[1]
+    assert.equal("4", h.count)
+    assert.same({ "1", "2", "1" }, h.bucketCounts)
+    assert.same({ 1, 10 }, h.explicitBounds)
+    assert.equal(62.5, h.sum)
+  end)
+
+  it("refuses a counter that goes down, and values that are not numbers", function()
+    local c = T.counter("x")
+    assert.has_error(function() c:add(-1) end, "bad argument #1 to 'add' (a counter only goes up, got -1)")
+    assert.has_error(function() c:add("1") end, "bad argument #1 to 'add' (number expected, got string)")
+    assert.has_error(function() T.histogram("h", { bounds = { 2, 1 } }) end,
+      "bad argument #2 to 'histogram' (field 'bounds' must be ascending numbers)")
+  end)
+end)
