@@ -1356,7 +1356,17 @@ static int l_import(lua_State *L) {
   return 1;
 }
 
+/* Keeps this library loaded until the process ends: its threads and
+ * process-wide state (the telemetry's) must not lose their code when a
+ * VM that required it closes. */
+static void pin_library(void) {
+  Dl_info info;
+  if (dladdr((void *)pin_library, &info) && info.dli_fname)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 KLUA_API int luaopen_knhk_core(lua_State *L) {
+  pin_library();
   static const luaL_Reg fns[] = {
       {"spawn", l_spawn},
       {"spawn_local", l_spawn_local},

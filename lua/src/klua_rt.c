@@ -227,8 +227,10 @@ int klua_rt_enter(klua_rt_t *rt) {
 
 void klua_rt_free(klua_rt_t *rt) {
   if (!rt) return;
-  knhk_executor_close(&rt->ex); /* a handle never initialised reports EALREADY */
+  /* The reactor first: its last timer and process completions may still
+   * wake tasks (late wake-ups of ended tasks), which needs the executor. */
   if (rt->reactor) knhk_reactor_free(rt->reactor);
+  knhk_executor_close(&rt->ex); /* a handle never initialised reports EALREADY */
   if (rt->root_group) klua_group_release(rt->root_group);
   if (rt->w) {
     for (int i = 0; i < rt->workers; i++) {
@@ -268,7 +270,11 @@ void klua_rt_free(klua_rt_t *rt) {
   }
   free(rt->slabs);
   for (size_t i = 0; i < rt->ngslabs; i++) {
-    for (int k = 0; k < 32; k++) free(rt->group_slabs[i][k].failures);
+    for (int k = 0; k < 32; k++) { /* a nursery whose handle outlived the run */
+      klua_group_t *g = &rt->group_slabs[i][k];
+      if (g->token) knhk_token_release(g->token);
+      free(g->failures);
+    }
     free(rt->group_slabs[i]);
   }
   free(rt->group_slabs);
