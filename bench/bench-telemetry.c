@@ -39,7 +39,7 @@ static int spawn_nursery(knhk_task_t *t) {
   knhk_nursery_t *n;
   if (knhk_nursery_new(&n, &ex, NULL, 0) != 0) abort();
   for (int i = 0; i < NURSERY_TASKS; i++)
-    if (knhk_nursery_spawn(n, child, NULL, NULL) != 0) abort();
+    if (knhk_nursery_spawn(n, child, NULL) != 0) abort();
   if (knhk_nursery_wait_all(n) != 0) abort();
   knhk_nursery_free(n);
   return 0;

@@ -1,6 +1,6 @@
 /* executor.c: the worker loop, spawning and waking, lifecycle and counters.
  * See knhk/executor.h for the contract, idle.c for how workers sleep and
- * wake, group.c for join groups, pool.c for pooled task records. */
+ * wake, group.c for join groups, pool.c for pooled records. */
 #define _GNU_SOURCE
 #include <limits.h>
 #include <stdlib.h>
@@ -202,7 +202,8 @@ static void end_task(knhk__worker_t *w, knhk_task_t *t, int status) {
   else
     owner_inc(&w->c.failed);
   if (on_end) on_end(t, status); /* may free t */
-  if (pooled) knhk__pool_put(w->ex, w, t);
+  if (pooled && !knhk__pool_put_local(w, KNHK__POOL_TASK, offsetof(knhk_task_t, data), t))
+    knhk__pool_put(w->ex, w, KNHK__POOL_TASK, t);
   if (g) knhk__group_task_ended(w, g, status);
 }
 
@@ -333,7 +334,7 @@ void knhk__executor_enqueue(knhk__executor_t *ex, knhk_task_t *t) {
   knhk__notify_parked(ex);
 }
 
-static int spawn_impl(knhk__executor_t *ex, knhk_task_t *t) {
+int knhk__spawn_queued(knhk__executor_t *ex, knhk_task_t *t) {
   knhk__worker_t *w = knhk__current_worker(ex);
   if (w && t->knhk__home >= 0) { /* pinned: straight to its worker's inbox */
     if (t->group) knhk__group_spawned(w, t->group);
@@ -387,7 +388,7 @@ static int spawn_checked(knhk__executor_t *ex, knhk_task_t *t, int worker) {
   st_relaxed(&t->knhk__state, KNHK__T_QUEUED);
   t->knhk__bits &= KNHK__TB_POOLED;
   t->knhk__home = worker;
-  int rc = spawn_impl(ex, t);
+  int rc = knhk__spawn_queued(ex, t);
   if (rc != 0) st_release(&t->knhk__state, s);
   return rc;
 }
@@ -405,7 +406,8 @@ int knhk_executor_submit(knhk_executor_t *handle, knhk_task_fn run, void *data,
   knhk__executor_t *ex = knhk__impl_of(handle);
   if (!ex || !run) return KNHK_EINVAL;
   knhk__worker_t *w = knhk__current_worker(ex);
-  knhk_task_t *t = knhk__pool_get(ex, w);
+  knhk_task_t *t = w ? knhk__pool_get_local(w, KNHK__POOL_TASK, offsetof(knhk_task_t, data)) : NULL;
+  if (!t) t = knhk__pool_get(ex, w, KNHK__POOL_TASK);
   if (!t) return KNHK_ENOMEM;
   t->run = run;
   t->on_end = NULL;
@@ -415,8 +417,8 @@ int knhk_executor_submit(knhk_executor_t *handle, knhk_task_fn run, void *data,
   t->knhk__home = -1;
   t->knhk__bits = KNHK__TB_POOLED;
   st_relaxed(&t->knhk__state, KNHK__T_QUEUED);
-  int rc = spawn_impl(ex, t);
-  if (rc != 0) knhk__pool_put_shared(ex, t);
+  int rc = knhk__spawn_queued(ex, t);
+  if (rc != 0) knhk__pool_put(ex, NULL, KNHK__POOL_TASK, t);
   return rc;
 }
 
@@ -481,7 +483,6 @@ static void free_impl(knhk__executor_t *ex) {
   knhk__pool_free_all(ex);
   free(ex->sleepers);
   pthread_mutex_destroy(&ex->idle_lock);
-  pthread_mutex_destroy(&ex->pool_lock);
   free(ex);
 }
 
@@ -504,7 +505,11 @@ int knhk_executor_init(knhk_executor_t *handle, const knhk_executor_options_t *o
   ex->n = o.workers;
   ex->flags = o.flags;
   pthread_mutex_init(&ex->idle_lock, NULL);
-  pthread_mutex_init(&ex->pool_lock, NULL);
+  knhk__pool_init(&ex->pools[KNHK__POOL_TASK], sizeof(knhk_task_t), offsetof(knhk_task_t, data));
+  knhk__pool_init(&ex->pools[KNHK__POOL_CHILD], knhk__nursery_pool_layout[0][0],
+                  knhk__nursery_pool_layout[0][1]);
+  knhk__pool_init(&ex->pools[KNHK__POOL_NURSERY], knhk__nursery_pool_layout[1][0],
+                  knhk__nursery_pool_layout[1][1]);
   knhk__mpsc_init(&ex->injector);
   knhk__idle_init(ex);
   int caller0 = (o.flags & KNHK_EXECUTOR_CALLER_IS_WORKER0) != 0;

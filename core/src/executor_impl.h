@@ -1,6 +1,7 @@
 /* executor_impl.h: the executor's internal types and the functions its
  * files share (executor.c: loop and lifecycle; idle.c: sleeping and waking;
- * pool.c: task records; group.c: join groups; join.c: knhk_join). */
+ * pool.c: records; group.c: join groups; join.c: knhk_join; nursery.c uses
+ * the pools and the helping wait). */
 #ifndef KNHK_EXECUTOR_IMPL_H
 #define KNHK_EXECUTOR_IMPL_H
 
@@ -50,6 +51,34 @@ typedef struct {
 
 typedef struct knhk__executor knhk__executor_t;
 
+/* Pools of fixed-size records (pool.c): one per kind, per executor. */
+enum {
+  KNHK__POOL_TASK = 0,    /* knhk_task_t, for knhk_executor_submit */
+  KNHK__POOL_CHILD = 1,   /* knhk_child_t, for knhk_nursery_spawn */
+  KNHK__POOL_NURSERY = 2, /* nurseries (nursery.c) */
+  KNHK__NPOOLS = 3
+};
+typedef struct {
+  void *head;             /* a NULL-terminated list of free records */
+  size_t n;               /* how many */
+} knhk__pool_batch_t;
+typedef struct {
+  size_t size, link;      /* bytes per record; offset of its free-list pointer */
+  pthread_mutex_t lock;   /* the shared part: whole batches of records */
+  knhk__pool_batch_t *batches;
+  size_t nbatches, cap_batches;
+  void **slabs;
+  size_t nslabs, cap_slabs;
+} knhk__pool_t;
+/* A worker's free records of one pool: the list in use, and one full batch
+ * in reserve; counts exact. */
+typedef struct {
+  void *list;
+  uint32_t n;
+  void *spare;
+  uint32_t spare_n;
+} knhk__pool_cache_t;
+
 typedef struct knhk__worker {
   knhk__deque_t deque;
   knhk__mpsc_t inbox;                 /* wake-ups of tasks sticky to this worker */
@@ -63,9 +92,7 @@ typedef struct knhk__worker {
   uint32_t tick;
   uint64_t rng;
   uint64_t busy_since;
-  knhk_task_t *pool;    /* free pooled task records: the list in use */
-  uint32_t pool_n;
-  knhk_task_t *spare;   /* and one full batch in reserve */
+  knhk__pool_cache_t pools[KNHK__NPOOLS]; /* free pooled records */
   /* Group counting without a shared cache line per task (group.c):
    * slots reserved in a group by the running task's spawns, and ends of
    * tasks of one group not yet subtracted from it. */
@@ -105,11 +132,7 @@ struct knhk__executor {
   int *sleepers;
   int nsleepers;
   int worker0_entered;
-  pthread_mutex_t pool_lock;          /* shared pool: whole batches of records */
-  knhk_task_t **batches;
-  size_t nbatches, cap_batches;
-  void **slabs;
-  size_t nslabs, cap_slabs;
+  knhk__pool_t pools[KNHK__NPOOLS];
   knhk__worker_t *workers;            /* n, cache-line aligned */
 };
 
@@ -125,6 +148,11 @@ struct knhk__executor {
 extern _Thread_local knhk__worker_t *knhk__tls_worker KNHK__TLS_MODEL;
 knhk__worker_t *knhk__current_worker(knhk__executor_t *ex);
 knhk__executor_t *knhk__impl_of(knhk_executor_t *handle);
+/* Any thread. Spawns a task the caller has just prepared, unchecked: state
+ * QUEUED, knhk__bits and knhk__home set (knhk_executor_submit's records,
+ * nursery children). Returns 0, or KNHK_ESHUTDOWN from an outside thread
+ * once shutdown began (the task is then not queued). */
+int knhk__spawn_queued(knhk__executor_t *ex, knhk_task_t *t);
 /* Any thread. Puts a task that moved into QUEUED where it belongs. */
 void knhk__executor_enqueue(knhk__executor_t *ex, knhk_task_t *t);
 /* What a helping wait waits for. done: the condition (may give back what the
@@ -165,11 +193,43 @@ int knhk__check_done_locked(knhk__executor_t *ex);
 void knhk__finish_done(knhk__executor_t *ex);
 int knhk__work_visible(knhk__worker_t *w);
 
-/* pool.c: task records for knhk_executor_submit */
-knhk_task_t *knhk__pool_get(knhk__executor_t *ex, knhk__worker_t *w);
-void knhk__pool_put(knhk__executor_t *ex, knhk__worker_t *w, knhk_task_t *t);
-void knhk__pool_put_shared(knhk__executor_t *ex, knhk_task_t *t);
+/* The calling thread's worker of ex, or NULL: knhk__current_worker, inline. */
+static inline knhk__worker_t *knhk__worker_of(knhk__executor_t *ex) {
+  knhk__worker_t *w = knhk__tls_worker;
+  return w && w->ex == ex ? w : NULL;
+}
+
+/* pool.c. w: the calling thread's worker of ex, or NULL (the shared part,
+ * under its lock). get returns NULL when out of memory; put_shared gives
+ * back a NULL-terminated chain of n records at once. */
+#define KNHK__POOL_BATCH 256
+/* The fast paths, inline, for a caller that knows its records' link offset:
+ * a worker's list in use. get: NULL when the list is empty; put: 0 when
+ * the list is full. Either way, fall back to knhk__pool_get / _put. */
+static inline void *knhk__pool_get_local(knhk__worker_t *w, int kind, size_t link) {
+  knhk__pool_cache_t *c = &w->pools[kind];
+  void *rec = c->list;
+  if (!rec) return NULL;
+  c->list = *(void **)(void *)((char *)rec + link);
+  c->n--;
+  if (c->list) __builtin_prefetch(c->list, 1); /* see knhk__pool_get */
+  return rec;
+}
+static inline int knhk__pool_put_local(knhk__worker_t *w, int kind, size_t link, void *rec) {
+  knhk__pool_cache_t *c = &w->pools[kind];
+  if (c->n >= KNHK__POOL_BATCH) return 0;
+  *(void **)(void *)((char *)rec + link) = c->list;
+  c->list = rec;
+  c->n++;
+  return 1;
+}
+void knhk__pool_init(knhk__pool_t *p, size_t size, size_t link);
+void *knhk__pool_get(knhk__executor_t *ex, knhk__worker_t *w, int kind);
+void knhk__pool_put(knhk__executor_t *ex, knhk__worker_t *w, int kind, void *rec);
+void knhk__pool_put_shared(knhk__executor_t *ex, int kind, void *chain, size_t n);
 void knhk__pool_free_all(knhk__executor_t *ex);
+/* nursery.c: {size, link offset} of a child record and of a nursery */
+extern const size_t knhk__nursery_pool_layout[2][2];
 
 /* join.c. Worker only: runs a join job taken from a queue (by a thief,
  * or by its owner's helping loop) and sets its latch. */

@@ -1,12 +1,53 @@
 /* nursery.c: nurseries over the executor and cancel tokens (see
  * knhk/nursery.h).
  *
- * Everything a waiter decides on (live count, completion queue, failures,
- * first success, the registered waiter) changes under one mutex, in
- * child_ended; so "look, then register as the waiter" under that mutex
- * cannot miss an end. What child_ended does after unlocking touches only
- * things that outlive the nursery: a retained token, the waiter's worker or
- * task, and the address of the outside waiters' futex word.
+ * The state: one atomic 64-bit word, n->state
+ *
+ *     bits  0..29  live    children spawned and not ended
+ *     bits 30..39  waiter  whom an end wakes: W_NONE; 1 + i, worker i (a
+ *                          helping wait: unpark); W_TASK, n->waiter_task
+ *                          (knhk_executor_wake); W_OUTSIDE, a thread asleep
+ *                          on the futex of the word's low half
+ *     bit  40      EACH    the waiter wants every end, not only the last
+ *     bit  41      CLOSED
+ *     bits 42..63  ends    children ended, modulo 2^22
+ *
+ * Transitions (every one a CAS on the word, so they are totally ordered):
+ *   spawn          live + 1, refused once CLOSED.
+ *   end            live - 1, ends + 1. Wakes the waiter if live reaches 0,
+ *                  or at every end with EACH; a W_TASK waiter at the next end
+ *                  only, and that end takes (clears) the registration.
+ *   refused spawn  live - 1 (not an end); wakes the waiter if live reaches 0.
+ *   close          CLOSED; close_if_idle and wait_all set it only with
+ *                  live == 0, in the same CAS.
+ *   wait           the waiter sets its id (and EACH) just before it sleeps,
+ *                  clears it when it is done; one waiter at a time.
+ *
+ * Invariants:
+ *  - live counts a child from before it is queued to the end of its on_end,
+ *    and knhk_nursery_free waits for live == 0: while a child counts, the
+ *    nursery exists, so a child may touch it up to its decrement;
+ *  - the decrement is a child's last access to the nursery: whom to wake is
+ *    read from the word it replaced (and, for W_TASK, from n->waiter_task
+ *    before that; the CAS takes that registration, so it is read by one end
+ *    only), because the owner may free the nursery once it sees live == 0.
+ *    After it, waking touches the executor or no memory at all (FUTEX_WAKE
+ *    on a stale address is a spurious wake-up at worst);
+ *  - what an end leaves for a waiter (the child's status and result, the
+ *    JOIN queue, the first success, failures) is written before the
+ *    decrement (release), and waiters read the word (acquire) first;
+ *  - a waiter registers (CAS) and then looks again before it sleeps: an end
+ *    before the registration is seen by that look, an end after it sees the
+ *    registration. An outside waiter's futex value is the word's low half,
+ *    which every end changes. So no wake-up is lost;
+ *  - records: a pool record is kept past its child's end only when the
+ *    nursery hands it out (JOIN queue, first success); those go back to the
+ *    pool at knhk_nursery_free, the others as their child ends. A
+ *    caller-owned record is not touched after its child's end is published.
+ *
+ * Cancellation: the token is made on demand (n->token, published by CAS).
+ * Until it exists nobody can have cancelled the nursery itself, so a child
+ * looks at the parent token instead: knhk_nursery_cancelled.
  */
 #include <limits.h>
 #include <stdlib.h>
@@ -16,397 +57,603 @@
 #include "knhk/nursery.h"
 #include "telemetry_impl.h"
 
-enum { W_NONE = 0, W_WORKER = 1, W_OUTSIDE = 2, W_TASK = 3 };
+#define N_LIVE_MASK ((1ull << 30) - 1)
+#define N_LIVE(s) ((uint32_t)((s) & N_LIVE_MASK))
+#define N_WAITER_SHIFT 30
+#define N_WAITER_MASK (0x3ffull << N_WAITER_SHIFT)
+#define N_WAITER(s) ((uint32_t)(((s) & N_WAITER_MASK) >> N_WAITER_SHIFT))
+#define N_EACH (1ull << 40)
+#define N_CLOSED (1ull << 41)
+#define N_ENDS_SHIFT 42
+#define N_ENDS_ONE (1ull << N_ENDS_SHIFT)
+#define N_ENDS_MASK ((1ull << (64 - N_ENDS_SHIFT)) - 1)
+
+enum { W_NONE = 0, W_TASK = 0x3fe, W_OUTSIDE = 0x3ff };
+_Static_assert((int)KNHK_MAX_WORKERS < (int)W_TASK, "worker waiter ids fit below W_TASK");
+
+/* knhk_child_t.knhk__bits */
+enum {
+  CB_STARTED = 1u << 0, /* child_run has been called */
+  CB_POOLED = 1u << 1   /* the record is the pool's */
+};
 
 struct knhk_nursery_s {
-  knhk_executor_t *ex;
-  knhk_token_t *token;
+  /* written by every spawn and end: a line of its own */
+  KNHK__ALIGNED _Atomic uint64_t state;
+  /* read by children, written rarely */
+  KNHK__ALIGNED knhk_executor_t *ex;
+  knhk__executor_t *impl;
+  knhk_token_t *parent;              /* retained, or NULL */
+  _Atomic(knhk_token_t *) token;     /* made on demand */
+  _Atomic(knhk_child_t *) first_ok;  /* the first child to complete */
   uint32_t flags;
-  pthread_mutex_t m;
-  knhk_child_t **children;
-  uint32_t nchildren, cap;
-  knhk_child_t *done_head, *done_tail; /* ended, not yet joined */
-  knhk_child_t *first_ok;              /* first child to complete */
-  uint32_t live;
-  uint64_t ends;
-  int closed, waiting, sibling_cancelled;
+  _Atomic uint32_t sibling_cancelled;
+  _Atomic uint32_t waiting;          /* a wait is in progress */
+  _Atomic uint32_t spawned;          /* spawn indices, counted while recording */
+  _Atomic(knhk_task_t *) waiter_task;
+  knhk__spin_t wlock;                /* notify's registrations */
+  /* the JOIN queue: ended, not joined; joiners hand out its records */
+  knhk__spin_t qlock;
+  _Atomic(knhk_child_t *) qhead;     /* read without the lock as a hint */
+  knhk_child_t *qtail;
+  knhk_child_t *joined;              /* pool records handed out by joins */
+  size_t njoined;
+  knhk_child_t *kept;                /* the first success, if a pool record
+                                        outside a JOIN nursery */
+  /* failures, in order */
+  knhk__spin_t flock;
   int *failures;
   int nfail, capfail;
-  int waiter_kind, waiter_worker;
-  knhk_task_t *waiter_task;
-  _Atomic uint32_t outside_word;       /* bumped at every end: futex */
-  uint64_t tel[2];                     /* telemetry: its span, its trace */
+  uint64_t tel[2];                   /* telemetry: its span, its trace */
+  void *pool_next;                   /* free list link in the pool */
 };
+
+const size_t knhk__nursery_pool_layout[2][2] = {
+    {sizeof(knhk_child_t), offsetof(knhk_child_t, knhk__next)},
+    {sizeof(struct knhk_nursery_s), offsetof(struct knhk_nursery_s, pool_next)},
+};
+
+#define CHILD_LINK offsetof(knhk_child_t, knhk__next)
+
+static knhk_child_t *child_get(knhk__executor_t *impl, knhk__worker_t *w) {
+  knhk_child_t *c = w ? knhk__pool_get_local(w, KNHK__POOL_CHILD, CHILD_LINK) : NULL;
+  return c ? c : knhk__pool_get(impl, w, KNHK__POOL_CHILD);
+}
+
+static void child_put(knhk__executor_t *impl, knhk__worker_t *w, knhk_child_t *c) {
+  if (!w || !knhk__pool_put_local(w, KNHK__POOL_CHILD, CHILD_LINK, c))
+    knhk__pool_put(impl, w, KNHK__POOL_CHILD, c);
+}
+
+#define NURSERY_LINK offsetof(struct knhk_nursery_s, pool_next)
+
+static knhk_nursery_t *nursery_get(knhk__executor_t *impl, knhk__worker_t *w) {
+  knhk_nursery_t *n = w ? knhk__pool_get_local(w, KNHK__POOL_NURSERY, NURSERY_LINK) : NULL;
+  return n ? n : knhk__pool_get(impl, w, KNHK__POOL_NURSERY);
+}
+
+static void nursery_put(knhk__executor_t *impl, knhk__worker_t *w, knhk_nursery_t *n) {
+  if (!w || !knhk__pool_put_local(w, KNHK__POOL_NURSERY, NURSERY_LINK, n))
+    knhk__pool_put(impl, w, KNHK__POOL_NURSERY, n);
+}
+
+static _Atomic uint32_t *futex_of(knhk_nursery_t *n) {
+  _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "nursery futex needs little-endian");
+  return (_Atomic uint32_t *)(void *)&n->state; /* the low half: live changes it */
+}
+
+/* ------------------------------------------------------------ creation */
 
 int knhk_nursery_new(knhk_nursery_t **out, knhk_executor_t *ex, knhk_token_t *parent,
                      uint32_t flags) {
-  if (!out || !knhk__impl_of(ex) || (flags & ~(uint32_t)KNHK_NURSERY_SUPERVISE))
+  if (out) *out = NULL;
+  knhk__executor_t *impl = knhk__impl_of(ex);
+  if (!out || !impl || (flags & ~(uint32_t)(KNHK_NURSERY_SUPERVISE | KNHK_NURSERY_JOIN)))
     return KNHK_EINVAL;
-  knhk_nursery_t *n = calloc(1, sizeof *n);
+  knhk_nursery_t *n = nursery_get(impl, knhk__worker_of(impl));
   if (!n) return KNHK_ENOMEM;
-  int rc = knhk_token_new(&n->token, parent);
-  if (rc != 0) {
-    free(n);
-    return rc;
-  }
+  atomic_init(&n->state, 0);
   n->ex = ex;
+  n->impl = impl;
+  n->parent = parent ? knhk_token_retain(parent) : NULL;
+  atomic_init(&n->token, NULL);
+  atomic_init(&n->first_ok, NULL);
   n->flags = flags;
-  pthread_mutex_init(&n->m, NULL);
+  atomic_init(&n->sibling_cancelled, 0);
+  atomic_init(&n->waiting, 0);
+  atomic_init(&n->spawned, 0);
+  atomic_init(&n->waiter_task, NULL);
+  atomic_init(&n->wlock.held, 0);
+  atomic_init(&n->qlock.held, 0);
+  atomic_init(&n->qhead, NULL);
+  n->qtail = n->joined = n->kept = NULL;
+  n->njoined = 0;
+  atomic_init(&n->flock.held, 0);
+  n->failures = NULL;
+  n->nfail = n->capfail = 0;
+  n->tel[0] = n->tel[1] = 0;
   KNHK__TEL(nursery_open(n->tel, flags));
   *out = n;
   return 0;
 }
 
-knhk_token_t *knhk_nursery_token(const knhk_nursery_t *n) { return n ? n->token : NULL; }
+/* --------------------------------------------------------- cancellation */
 
-static int push_failure_locked(knhk_nursery_t *n, int status) {
-  if (n->nfail == n->capfail) {
-    int cap = n->capfail ? n->capfail * 2 : 4;
-    int *f = realloc(n->failures, (size_t)cap * sizeof *f);
-    if (!f) return KNHK_ENOMEM; /* the count stays right; the status is lost */
-    n->failures = f;
-    n->capfail = cap;
-  }
-  n->failures[n->nfail++] = status;
-  return 0;
+/* The token, made on the first call (published by CAS: one wins). */
+static knhk_token_t *token_of(knhk_nursery_t *n) {
+  knhk_token_t *t = ld_acquire(&n->token);
+  if (t) return t;
+  knhk_token_t *made;
+  if (knhk_token_new(&made, n->parent) != 0) return NULL;
+  if (atomic_compare_exchange_strong_explicit(&n->token, &t, made, memory_order_acq_rel,
+                                              memory_order_acquire))
+    return made;
+  knhk_token_release(made); /* another thread's came first: t */
+  return t;
 }
 
-static void child_ended(knhk_task_t *t, int status) {
-  knhk_child_t *c = t->data;
-  KNHK__TEL(child_end(c->knhk__tel, status, c->nursery->ex));
-  knhk_nursery_t *n = c->nursery;
-  knhk_token_t *cancel = NULL;
-  int reason = 0;
-  pthread_mutex_lock(&n->m);
-  c->status = status;
-  c->knhk__done_next = NULL;
-  if (n->done_tail) n->done_tail->knhk__done_next = c;
-  else n->done_head = c;
-  n->done_tail = c;
-  n->live--;
-  n->ends++;
-  if (status == 0 && !n->first_ok) n->first_ok = c;
-  if (status != 0 && status != KNHK_ECANCELED) {
-    push_failure_locked(n, status);
-    if (!(n->flags & KNHK_NURSERY_SUPERVISE) && !n->sibling_cancelled) {
-      n->sibling_cancelled = 1;
-      cancel = knhk_token_retain(n->token);
-      reason = KNHK_CANCEL_SIBLING;
-    }
-  }
-  int kind = n->waiter_kind, worker = n->waiter_worker;
-  knhk_task_t *task = n->waiter_task;
-  if (kind == W_TASK) n->waiter_kind = W_NONE, n->waiter_task = NULL; /* once */
-  _Atomic uint32_t *word = &n->outside_word;
-  atomic_fetch_add_explicit(word, 1, memory_order_release);
-  knhk_executor_t *ex = n->ex;
-  pthread_mutex_unlock(&n->m);
-  /* n may be freed from here on */
-  if (cancel) {
-    knhk_token_cancel(cancel, reason);
-    knhk_token_release(cancel);
-  }
-  if (kind == W_WORKER) knhk__worker_unpark(&knhk__impl_of(ex)->workers[worker]);
-  else if (kind == W_TASK) knhk_executor_wake(ex, task);
-  else if (kind == W_OUTSIDE) knhk__futex_wake(word, INT_MAX);
+knhk_token_t *knhk_nursery_token(knhk_nursery_t *n) { return n ? token_of(n) : NULL; }
+
+static inline int cancelled(knhk_nursery_t *n) {
+  knhk_token_t *t = ld_acquire(&n->token);
+  if (t) return knhk_token_is_cancelled(t);
+  return n->parent ? knhk_token_is_cancelled(n->parent) : 0;
 }
 
-static int child_run(knhk_task_t *t) {
-  knhk_child_t *c = t->data;
-  if (!c->knhk__started) {
-    c->knhk__started = 1;
-    if (knhk_token_is_cancelled(c->token)) return KNHK_ECANCELED; /* never ran */
-  }
-  uint64_t *tel = KNHK__TEL_ON() ? knhk__tel_child_enter(c->knhk__tel, c->nursery->ex) : NULL;
-  int status = c->knhk__fn(c);
-  if (tel) knhk__tel_child_leave(tel);
-  return status;
+int knhk_nursery_cancelled(const knhk_nursery_t *n) {
+  return n ? cancelled((knhk_nursery_t *)n) : 0;
 }
 
-knhk_task_t *knhk_child_task(knhk_child_t *c) { return c ? &c->knhk__task : NULL; }
-
-int knhk_nursery_spawn(knhk_nursery_t *n, knhk_child_fn fn, void *arg, knhk_child_t **out) {
-  return knhk_nursery_spawn_ex(n, fn, arg, 0, -1, out);
-}
-
-int knhk_nursery_spawn_ex(knhk_nursery_t *n, knhk_child_fn fn, void *arg, uint32_t task_flags,
-                          int worker, knhk_child_t **out) {
-  if (out) *out = NULL;
-  if (!n || !fn) return KNHK_EINVAL;
-  knhk_child_t *c = calloc(1, sizeof *c);
-  if (!c) return KNHK_ENOMEM;
-  c->nursery = n;
-  c->token = n->token;
-  c->arg = arg;
-  c->knhk__fn = fn;
-  knhk_task_init(&c->knhk__task, child_run, c);
-  c->knhk__task.on_end = child_ended;
-  c->knhk__task.flags = task_flags;
-  pthread_mutex_lock(&n->m);
-  int rc = 0;
-  if (n->closed) {
-    rc = KNHK_ECLOSED;
-  } else if (n->nchildren == n->cap) {
-    uint32_t cap = n->cap ? n->cap * 2 : 8;
-    knhk_child_t **a = realloc(n->children, cap * sizeof *a);
-    if (!a) rc = KNHK_ENOMEM;
-    else n->children = a, n->cap = cap;
-  }
-  if (rc != 0) {
-    pthread_mutex_unlock(&n->m);
-    free(c);
-    return rc;
-  }
-  c->index = n->nchildren;
-  n->children[n->nchildren++] = c;
-  n->live++;
-  pthread_mutex_unlock(&n->m);
-  KNHK__TEL(child_spawn(c->knhk__tel, n->tel, c->index));
-  rc = worker >= 0 ? knhk_executor_spawn_on(n->ex, &c->knhk__task, worker)
-                   : knhk_executor_spawn(n->ex, &c->knhk__task);
-  if (rc != 0) { /* it never ran: it stays in the list with that status */
-    pthread_mutex_lock(&n->m);
-    c->status = rc;
-    n->live--;
-    pthread_mutex_unlock(&n->m);
-    KNHK__TEL(child_end(c->knhk__tel, rc, n->ex));
-    return rc;
-  }
-  if (out) *out = c;
+static int cancel_with(knhk_nursery_t *n, int reason) {
+  knhk_token_t *t = token_of(n);
+  if (!t) return KNHK_ENOMEM;
+  knhk_token_cancel(t, reason);
   return 0;
 }
 
 int knhk_nursery_cancel(knhk_nursery_t *n) {
-  if (!n) return KNHK_EINVAL;
-  knhk_token_cancel(n->token, KNHK_CANCEL_EXPLICIT);
-  return 0;
+  return n ? cancel_with(n, KNHK_CANCEL_EXPLICIT) : KNHK_EINVAL;
+}
+
+static void push_failure(knhk_nursery_t *n, int status) {
+  knhk__spin_lock(&n->flock);
+  if (n->nfail == n->capfail) {
+    int cap = n->capfail ? n->capfail * 2 : 4;
+    int *f = realloc(n->failures, (size_t)cap * sizeof *f);
+    if (f) n->failures = f, n->capfail = cap;
+  }
+  if (n->nfail < n->capfail) n->failures[n->nfail++] = status; /* else lost: no memory */
+  knhk__spin_unlock(&n->flock);
 }
 
 int knhk_nursery_fail(knhk_nursery_t *n, int status) {
   if (!n || status == 0) return KNHK_EINVAL;
-  pthread_mutex_lock(&n->m);
-  push_failure_locked(n, status);
-  n->sibling_cancelled = 1;
-  pthread_mutex_unlock(&n->m);
-  knhk_token_cancel(n->token, KNHK_CANCEL_SIBLING);
+  push_failure(n, status);
+  atomic_store_explicit(&n->sibling_cancelled, 1, memory_order_relaxed);
+  cancel_with(n, KNHK_CANCEL_SIBLING);
   return 0;
 }
 
+static int first_failure(knhk_nursery_t *n) {
+  knhk__spin_lock(&n->flock);
+  int f = n->nfail ? n->failures[0] : 0;
+  knhk__spin_unlock(&n->flock);
+  return f;
+}
+
+/* ------------------------------------------------------- child's life */
+
+/* live - 1 (and ends + 1 for an end), waking the waiter as the state
+ * machine says. The last access to n: see the invariants above. */
+static void drop_live(knhk_nursery_t *n, int is_end) {
+  knhk_executor_t *ex = n->ex;
+  knhk__executor_t *impl = n->impl;
+  _Atomic uint32_t *futex = futex_of(n);
+  uint64_t s = ld_acquire(&n->state), ns;
+  uint32_t who;
+  knhk_task_t *task;
+  int wake;
+  do {
+    who = N_WAITER(s);
+    task = NULL;
+    ns = s - 1 + (is_end ? N_ENDS_ONE : 0); /* ends wrap out of the word */
+    if (who == W_TASK) {
+      wake = is_end || N_LIVE(s) == 1;
+      /* acquire (the load or failed CAS that showed W_TASK) pairs with the
+       * registration's release: the pointer was stored before it */
+      if (wake) task = ld_relaxed(&n->waiter_task), ns &= ~N_WAITER_MASK;
+    } else {
+      wake = who != W_NONE && (N_LIVE(s) == 1 || (s & N_EACH));
+    }
+  } while (!atomic_compare_exchange_weak_explicit(&n->state, &s, ns, memory_order_acq_rel,
+                                                  memory_order_acquire));
+  /* n may be gone from here on */
+  if (!wake) return;
+  if (who == W_TASK) knhk_executor_wake(ex, task);
+  else if (who == W_OUTSIDE) knhk__futex_wake(futex, INT_MAX);
+  else knhk__worker_unpark(&impl->workers[who - 1]);
+}
+
+static int child_run(knhk_task_t *t) {
+  knhk_child_t *c = t->data;
+  if (!(c->knhk__bits & CB_STARTED)) {
+    c->knhk__bits |= CB_STARTED;
+    if (cancelled(c->nursery)) return KNHK_ECANCELED; /* never ran */
+  }
+  if (!KNHK__TEL_ON()) return c->knhk__fn(c);
+  uint64_t *prev = knhk__tel_child_enter(c->knhk__tel, c->nursery->ex);
+  int status = c->knhk__fn(c);
+  if (prev) knhk__tel_child_leave(prev);
+  return status;
+}
+
+/* on_end of every child, on the worker that ended it (or dropped it at a
+ * prompt shutdown). */
+static void child_ended(knhk_task_t *t, int status) {
+  knhk_child_t *c = t->data;
+  knhk_nursery_t *n = c->nursery;
+  knhk__executor_t *impl = n->impl;
+  int pooled = (c->knhk__bits & CB_POOLED) != 0, keep = 0;
+  KNHK__TEL(child_end(c->knhk__tel, status, n->ex));
+  c->status = status;
+  if (status != 0 && status != KNHK_ECANCELED) {
+    push_failure(n, status);
+    uint32_t no = 0;
+    if (!(n->flags & KNHK_NURSERY_SUPERVISE) &&
+        atomic_compare_exchange_strong_explicit(&n->sibling_cancelled, &no, 1,
+                                                memory_order_relaxed, memory_order_relaxed))
+      cancel_with(n, KNHK_CANCEL_SIBLING);
+  }
+  if (n->flags & KNHK_NURSERY_JOIN) {
+    /* queued in completion order; the first success is chosen under the
+     * same lock, so it is also the first success of that order */
+    keep = 1;
+    c->knhk__next = NULL;
+    knhk__spin_lock(&n->qlock);
+    if (status == 0 && !ld_relaxed(&n->first_ok)) st_release(&n->first_ok, c);
+    if (n->qtail) n->qtail->knhk__next = c;
+    else st_release(&n->qhead, c);
+    n->qtail = c;
+    knhk__spin_unlock(&n->qlock); /* c is the joiners' from here on */
+  } else if (status == 0 && !ld_relaxed(&n->first_ok)) {
+    knhk_child_t *none = NULL;
+    keep = atomic_compare_exchange_strong_explicit(&n->first_ok, &none, c, memory_order_release,
+                                                   memory_order_relaxed);
+    if (keep && pooled) n->kept = c; /* only the winner writes it */
+  }
+  drop_live(n, 1);
+  if (pooled && !keep) child_put(impl, knhk__worker_of(impl), c);
+}
+
+knhk_task_t *knhk_child_task(knhk_child_t *c) { return c ? &c->knhk__task : NULL; }
+
+int knhk_nursery_spawn(knhk_nursery_t *n, knhk_child_fn fn, void *arg) {
+  return knhk_nursery_spawn_ex(n, NULL, fn, arg, 0, -1);
+}
+
+int knhk_nursery_spawn_ex(knhk_nursery_t *n, knhk_child_t *c, knhk_child_fn fn, void *arg,
+                          uint32_t task_flags, int worker) {
+  if (!n || !fn || worker < -1 || worker >= n->impl->n) return KNHK_EINVAL;
+  if (c) { /* a plain check, as the executor's: a record spawned again while live */
+    uint32_t st = ld_acquire(&c->knhk__task.knhk__state);
+    if (st != KNHK__T_INIT && st != KNHK__T_DONE) return KNHK_EINVAL;
+  }
+  uint64_t s = ld_relaxed(&n->state);
+  do {
+    if (s & N_CLOSED) return KNHK_ECLOSED;
+    if (N_LIVE(s) == N_LIVE_MASK) return KNHK_ENOMEM;
+    /* relaxed: the child is published after this by the executor's queue
+     * (release), and its end comes after its start (acquire) */
+  } while (!atomic_compare_exchange_weak_explicit(&n->state, &s, s + 1, memory_order_relaxed,
+                                                  memory_order_relaxed));
+  knhk__executor_t *impl = n->impl;
+  knhk__worker_t *w = knhk__worker_of(impl);
+  uint32_t bits = 0;
+  if (!c) {
+    if (!(c = child_get(impl, w))) {
+      drop_live(n, 0);
+      return KNHK_ENOMEM;
+    }
+    bits = CB_POOLED;
+  }
+  /* the task, as knhk_task_init and the executor's spawn would set it:
+   * QUEUED from here, since it is spawned unchecked below */
+  knhk_task_t *t = &c->knhk__task;
+  t->run = child_run;
+  t->on_end = child_ended;
+  t->data = c;
+  t->group = NULL;
+  t->flags = task_flags;
+  t->knhk__home = worker;
+  t->knhk__bits = 0;
+  st_relaxed(&t->knhk__state, KNHK__T_QUEUED);
+  st_relaxed(&t->knhk__link.next, NULL);
+  c->knhk__fn = fn;
+  c->nursery = n;
+  c->arg = arg;
+  c->result = NULL;
+  c->status = 0;
+  c->knhk__bits = bits;
+  c->knhk__next = NULL;
+  if (KNHK__TEL_ON())
+    knhk__tel_child_spawn(c->knhk__tel, n->tel,
+                          atomic_fetch_add_explicit(&n->spawned, 1, memory_order_relaxed));
+  else
+    c->knhk__tel[KNHK__TEL_CHILD_SPAN] = 0; /* no span: the other hooks skip it */
+  int rc = knhk__spawn_queued(impl, t);
+  if (rc == 0) return 0;
+  /* refused: the child never existed */
+  st_release(&t->knhk__state, KNHK__T_DONE);
+  KNHK__TEL(child_end(c->knhk__tel, rc, n->ex));
+  c->status = rc;
+  if (bits & CB_POOLED) child_put(impl, w, c);
+  drop_live(n, 0);
+  return rc;
+}
+
+/* ------------------------------------------------------------- closing */
+
 int knhk_nursery_close(knhk_nursery_t *n) {
   if (!n) return KNHK_EINVAL;
-  pthread_mutex_lock(&n->m);
-  n->closed = 1;
-  pthread_mutex_unlock(&n->m);
+  atomic_fetch_or_explicit(&n->state, N_CLOSED, memory_order_acq_rel);
   return 0;
 }
 
 int knhk_nursery_close_if_idle(knhk_nursery_t *n) {
   if (!n) return KNHK_EINVAL;
-  pthread_mutex_lock(&n->m);
-  int rc = n->live == 0 ? 0 : KNHK_EBUSY;
-  if (rc == 0) n->closed = 1;
-  pthread_mutex_unlock(&n->m);
-  return rc;
+  uint64_t s = ld_acquire(&n->state);
+  for (;;) {
+    if (N_LIVE(s) != 0) return KNHK_EBUSY;
+    if (s & N_CLOSED) return 0;
+    if (atomic_compare_exchange_weak_explicit(&n->state, &s, s | N_CLOSED, memory_order_acq_rel,
+                                              memory_order_acquire))
+      return 0;
+  }
 }
 
 /* ---------------------------------------------------------------- waiting */
 
-typedef int (*pred_fn)(knhk_nursery_t *n); /* under n->m */
-static int all_ended(knhk_nursery_t *n) { return n->live == 0; }
-static int one_completed(knhk_nursery_t *n) { return n->first_ok || n->live == 0; }
-static int next_ended(knhk_nursery_t *n) { return n->done_head || n->live == 0; }
+/* What a wait waits for; true once it holds. */
+typedef int (*cond_fn)(knhk_nursery_t *n);
+/* wait_all: no child live, and closed in that same step */
+static int idle_and_closed(knhk_nursery_t *n) { return knhk_nursery_close_if_idle(n) == 0; }
+/* wait_any: a success, or no child live */
+static int some_success(knhk_nursery_t *n) {
+  return N_LIVE(ld_acquire(&n->state)) == 0 || ld_acquire(&n->first_ok) != NULL;
+}
+/* join_next: something queued, or no child live */
+static int some_ended(knhk_nursery_t *n) {
+  return N_LIVE(ld_acquire(&n->state)) == 0 || ld_acquire(&n->qhead) != NULL;
+}
+
+/* Registers `id` (and `each`) as the waiter: 0, or KNHK_EBUSY. */
+static int claim(knhk_nursery_t *n, uint32_t id, uint64_t each) {
+  uint64_t s = ld_relaxed(&n->state);
+  for (;;) {
+    uint32_t who = N_WAITER(s);
+    if (who != W_NONE && who != id) return KNHK_EBUSY;
+    uint64_t ns = (s & ~(N_WAITER_MASK | N_EACH)) | ((uint64_t)id << N_WAITER_SHIFT) | each;
+    if (atomic_compare_exchange_weak_explicit(&n->state, &s, ns, memory_order_acq_rel,
+                                              memory_order_relaxed))
+      return 0;
+  }
+}
+
+static void unclaim(knhk_nursery_t *n, uint32_t id) {
+  uint64_t s = ld_relaxed(&n->state);
+  while (N_WAITER(s) == id &&
+         !atomic_compare_exchange_weak_explicit(&n->state, &s, s & ~(N_WAITER_MASK | N_EACH),
+                                                memory_order_acq_rel, memory_order_relaxed)) {
+  }
+}
 
 typedef struct {
   knhk__wait_t base;
   knhk_nursery_t *n;
-  pred_fn pred;
+  cond_fn cond;
+  uint64_t each;
 } nursery_wait_t;
 
 static int nw_done(knhk__worker_t *w, knhk__wait_t *wt) {
   (void)w;
   nursery_wait_t *nw = (nursery_wait_t *)wt;
-  pthread_mutex_lock(&nw->n->m);
-  int d = nw->pred(nw->n);
-  pthread_mutex_unlock(&nw->n->m);
-  return d;
+  return nw->cond(nw->n);
 }
 
 static int nw_claim(knhk__worker_t *w, knhk__wait_t *wt) {
-  knhk_nursery_t *n = ((nursery_wait_t *)wt)->n;
-  pthread_mutex_lock(&n->m);
-  int rc = n->waiter_kind == W_NONE ? 0 : KNHK_EBUSY;
-  if (rc == 0) n->waiter_kind = W_WORKER, n->waiter_worker = w->index;
-  pthread_mutex_unlock(&n->m);
-  return rc;
+  nursery_wait_t *nw = (nursery_wait_t *)wt;
+  return claim(nw->n, 1 + (uint32_t)w->index, nw->each);
 }
 
 static void nw_release(knhk__worker_t *w, knhk__wait_t *wt) {
-  (void)w;
-  knhk_nursery_t *n = ((nursery_wait_t *)wt)->n;
-  pthread_mutex_lock(&n->m);
-  if (n->waiter_kind == W_WORKER) n->waiter_kind = W_NONE;
-  pthread_mutex_unlock(&n->m);
+  unclaim(((nursery_wait_t *)wt)->n, 1 + (uint32_t)w->index);
 }
 
-/* Returns with n->m held once pred holds; or an error, unlocked. */
-static int wait_until(knhk_nursery_t *n, pred_fn pred) {
-  knhk__executor_t *ex = knhk__impl_of(n->ex);
-  if (!ex) return KNHK_EINVAL;
-  pthread_mutex_lock(&n->m);
-  if (n->waiting) {
-    pthread_mutex_unlock(&n->m);
-    return KNHK_EBUSY;
+static int wait_outside(knhk_nursery_t *n, cond_fn cond, uint64_t each) {
+  int rc = claim(n, W_OUTSIDE, each);
+  if (rc != 0) return rc;
+  for (;;) {
+    uint64_t s = ld_acquire(&n->state); /* before the look: an end after it changes it */
+    if (cond(n)) break;
+    knhk__futex_wait(futex_of(n), (uint32_t)s);
   }
-  n->waiting = 1;
-  uint64_t tel = KNHK__TEL_ON() ? knhk__tel_wait_begin(n->tel, n->live) : 0;
-  knhk__worker_t *w = knhk__current_worker(ex);
+  unclaim(n, W_OUTSIDE);
+  return 0;
+}
+
+/* Waits until cond(n): helping on a worker of n's executor, blocking
+ * elsewhere. 0 or KNHK_EBUSY (another wait, or another waiter registered). */
+static int wait_until(knhk_nursery_t *n, cond_fn cond, uint64_t each) {
+  if (atomic_exchange_explicit(&n->waiting, 1, memory_order_acquire)) return KNHK_EBUSY;
+  uint64_t tel =
+      KNHK__TEL_ON() ? knhk__tel_wait_begin(n->tel, N_LIVE(ld_relaxed(&n->state))) : 0;
   int rc = 0;
-  if (w) {
-    pthread_mutex_unlock(&n->m);
-    nursery_wait_t nw = {{nw_done, nw_claim, nw_release}, n, pred};
-    rc = knhk__worker_loop(w, &nw.base);
-    pthread_mutex_lock(&n->m);
-  } else {
-    while (!pred(n)) {
-      if (n->waiter_kind != W_NONE && n->waiter_kind != W_OUTSIDE) {
-        rc = KNHK_EBUSY;
-        break;
-      }
-      n->waiter_kind = W_OUTSIDE;
-      uint32_t v = ld_acquire(&n->outside_word);
-      pthread_mutex_unlock(&n->m);
-      knhk__futex_wait(&n->outside_word, v);
-      pthread_mutex_lock(&n->m);
+  if (!cond(n)) {
+    knhk__worker_t *w = knhk__worker_of(n->impl);
+    if (w) {
+      nursery_wait_t nw = {{nw_done, nw_claim, nw_release}, n, cond, each};
+      rc = knhk__worker_loop(w, &nw.base);
+    } else {
+      rc = wait_outside(n, cond, each);
     }
-    if (n->waiter_kind == W_OUTSIDE) n->waiter_kind = W_NONE;
   }
-  n->waiting = 0;
   if (tel) knhk__tel_wait_end(tel);
-  if (rc != 0) pthread_mutex_unlock(&n->m);
+  st_release(&n->waiting, 0);
   return rc;
 }
-
-static int first_failure_locked(knhk_nursery_t *n) { return n->nfail ? n->failures[0] : 0; }
 
 int knhk_nursery_wait_all(knhk_nursery_t *n) {
   if (!n) return KNHK_EINVAL;
-  int rc = wait_until(n, all_ended);
-  if (rc != 0) return rc;
-  n->closed = 1;
-  rc = first_failure_locked(n);
-  pthread_mutex_unlock(&n->m);
-  return rc;
+  int rc = wait_until(n, idle_and_closed, 0);
+  return rc != 0 ? rc : first_failure(n);
 }
 
 int knhk_nursery_wait_any(knhk_nursery_t *n, knhk_child_t **winner) {
   if (winner) *winner = NULL;
   if (!n || !winner) return KNHK_EINVAL;
-  int rc = wait_until(n, one_completed);
+  int rc = wait_until(n, some_success, N_EACH);
   if (rc != 0) return rc;
-  knhk_child_t *w = n->first_ok;
-  pthread_mutex_unlock(&n->m);
-  if (w) knhk_token_cancel(n->token, KNHK_CANCEL_EXPLICIT); /* the losers */
-  rc = wait_until(n, all_ended);                            /* and their cleanup */
+  knhk_child_t *w = ld_acquire(&n->first_ok);
+  if (w) cancel_with(n, KNHK_CANCEL_EXPLICIT); /* the losers */
+  rc = wait_until(n, idle_and_closed, 0);      /* and their cleanup */
   if (rc != 0) return rc;
-  n->closed = 1;
   *winner = w;
-  rc = w ? 0 : n->nfail ? n->failures[0] : KNHK_ECANCELED;
-  pthread_mutex_unlock(&n->m);
-  return rc;
+  if (w) return 0;
+  rc = first_failure(n);
+  return rc ? rc : KNHK_ECANCELED;
 }
 
-int knhk_nursery_join_next(knhk_nursery_t *n, knhk_child_t **next) {
-  if (next) *next = NULL;
-  if (!n || !next) return KNHK_EINVAL;
-  int rc = wait_until(n, next_ended);
-  if (rc != 0) return rc;
-  knhk_child_t *c = n->done_head;
+/* The oldest queued child, or NULL; a pool record moves to n->joined. */
+static knhk_child_t *dequeue(knhk_nursery_t *n) {
+  if (!ld_acquire(&n->qhead)) return NULL;
+  knhk__spin_lock(&n->qlock);
+  knhk_child_t *c = ld_relaxed(&n->qhead);
   if (c) {
-    n->done_head = c->knhk__done_next;
-    if (!n->done_head) n->done_tail = NULL;
+    st_relaxed(&n->qhead, c->knhk__next);
+    if (!c->knhk__next) n->qtail = NULL;
+    c->knhk__next = NULL;
+    if (c->knhk__bits & CB_POOLED) c->knhk__next = n->joined, n->joined = c, n->njoined++;
   }
-  pthread_mutex_unlock(&n->m);
-  *next = c;
-  return c ? 0 : KNHK_ENOENT;
+  knhk__spin_unlock(&n->qlock);
+  return c;
 }
 
 int knhk_nursery_try_next(knhk_nursery_t *n, knhk_child_t **next) {
   if (next) *next = NULL;
-  if (!n || !next) return KNHK_EINVAL;
-  pthread_mutex_lock(&n->m);
-  knhk_child_t *c = n->done_head;
-  int rc = c ? 0 : n->live ? KNHK_EAGAIN : KNHK_ENOENT;
-  if (c) {
-    n->done_head = c->knhk__done_next;
-    if (!n->done_head) n->done_tail = NULL;
+  if (!n || !next || !(n->flags & KNHK_NURSERY_JOIN)) return KNHK_EINVAL;
+  knhk_child_t *c = dequeue(n);
+  if (!c) {
+    if (N_LIVE(ld_acquire(&n->state)) != 0) return KNHK_EAGAIN;
+    c = dequeue(n); /* every end is queued before its decrement: this look is final */
+    if (!c) return KNHK_ENOENT;
   }
-  pthread_mutex_unlock(&n->m);
   *next = c;
-  return rc;
+  return 0;
+}
+
+int knhk_nursery_join_next(knhk_nursery_t *n, knhk_child_t **next) {
+  if (next) *next = NULL;
+  if (!n || !next || !(n->flags & KNHK_NURSERY_JOIN)) return KNHK_EINVAL;
+  for (;;) {
+    int rc = knhk_nursery_try_next(n, next);
+    if (rc != KNHK_EAGAIN) return rc;
+    rc = wait_until(n, some_ended, N_EACH);
+    if (rc != 0) return rc;
+  }
 }
 
 int knhk_nursery_notify(knhk_nursery_t *n, knhk_task_t *task, uint64_t seen) {
   if (!n || !task) return KNHK_EINVAL;
-  pthread_mutex_lock(&n->m);
-  int rc = 0;
-  if (n->ends != seen) rc = KNHK_EALREADY;
-  else if (n->waiter_kind != W_NONE && !(n->waiter_kind == W_TASK && n->waiter_task == task))
-    rc = KNHK_EBUSY;
-  else n->waiter_kind = W_TASK, n->waiter_task = task;
-  pthread_mutex_unlock(&n->m);
+  int rc;
+  knhk__spin_lock(&n->wlock); /* one registrant writes waiter_task at a time */
+  uint64_t s = ld_acquire(&n->state);
+  for (;;) {
+    if ((s >> N_ENDS_SHIFT) != (seen & N_ENDS_MASK) || N_LIVE(s) == 0) {
+      rc = KNHK_EALREADY;
+      break;
+    }
+    uint32_t who = N_WAITER(s);
+    if (who == W_TASK && ld_relaxed(&n->waiter_task) == task) {
+      rc = 0;
+      break;
+    }
+    if (who != W_NONE) {
+      rc = KNHK_EBUSY;
+      break;
+    }
+    st_relaxed(&n->waiter_task, task); /* published by the CAS (release) */
+    if (atomic_compare_exchange_weak_explicit(&n->state, &s,
+                                              s | ((uint64_t)W_TASK << N_WAITER_SHIFT),
+                                              memory_order_acq_rel, memory_order_acquire)) {
+      rc = 0;
+      break;
+    }
+  }
+  knhk__spin_unlock(&n->wlock);
   return rc;
 }
 
 /* ---------------------------------------------------------------- queries */
 
-#define LOCKED_READ(n, expr, type)                                              \
-  ({                                                                            \
-    pthread_mutex_lock(&(n)->m);                                                \
-    type v_ = (expr);                                                           \
-    pthread_mutex_unlock(&(n)->m);                                              \
-    v_;                                                                         \
-  })
-
-uint64_t knhk_nursery_ends(const knhk_nursery_t *cn) {
-  knhk_nursery_t *n = (knhk_nursery_t *)cn;
-  return n ? LOCKED_READ(n, n->ends, uint64_t) : 0;
+uint64_t knhk_nursery_ends(const knhk_nursery_t *n) {
+  return n ? ld_acquire(&((knhk_nursery_t *)n)->state) >> N_ENDS_SHIFT : 0;
 }
 
-uint32_t knhk_nursery_count(const knhk_nursery_t *cn) {
-  knhk_nursery_t *n = (knhk_nursery_t *)cn;
-  return n ? LOCKED_READ(n, n->nchildren, uint32_t) : 0;
-}
-
-uint32_t knhk_nursery_live(const knhk_nursery_t *cn) {
-  knhk_nursery_t *n = (knhk_nursery_t *)cn;
-  return n ? LOCKED_READ(n, n->live, uint32_t) : 0;
-}
-
-knhk_child_t *knhk_nursery_child(const knhk_nursery_t *cn, uint32_t i) {
-  knhk_nursery_t *n = (knhk_nursery_t *)cn;
-  return n ? LOCKED_READ(n, i < n->nchildren ? n->children[i] : NULL, knhk_child_t *) : NULL;
+uint32_t knhk_nursery_live(const knhk_nursery_t *n) {
+  return n ? N_LIVE(ld_acquire(&((knhk_nursery_t *)n)->state)) : 0;
 }
 
 int knhk_nursery_failures(const knhk_nursery_t *cn, int *statuses, int max) {
   knhk_nursery_t *n = (knhk_nursery_t *)cn;
   if (!n) return KNHK_EINVAL;
-  pthread_mutex_lock(&n->m);
+  knhk__spin_lock(&n->flock);
   for (int i = 0; statuses && i < max && i < n->nfail; i++) statuses[i] = n->failures[i];
   int k = n->nfail;
-  pthread_mutex_unlock(&n->m);
+  knhk__spin_unlock(&n->flock);
   return k;
+}
+
+/* ---------------------------------------------------------------- freeing */
+
+/* Gives a NULL-terminated chain of n pool records (linked by knhk__next)
+ * back: one at a time to a worker's list, at once to the shared pool. */
+static void put_chain(knhk__executor_t *impl, knhk__worker_t *w, knhk_child_t *c, size_t n) {
+  if (!c) return;
+  if (!w) {
+    knhk__pool_put_shared(impl, KNHK__POOL_CHILD, c, n);
+    return;
+  }
+  while (c) {
+    knhk_child_t *next = c->knhk__next;
+    child_put(impl, w, c);
+    c = next;
+  }
 }
 
 int knhk_nursery_free(knhk_nursery_t *n) {
   if (!n) return KNHK_EINVAL;
-  if (knhk_nursery_live(n) > 0) knhk_nursery_wait_all(n);
-  for (uint32_t i = 0; i < n->nchildren; i++) free(n->children[i]);
-  free(n->children);
+  if (knhk_nursery_live(n) > 0) {
+    int rc = knhk_nursery_wait_all(n);
+    if (rc == KNHK_EBUSY) return rc; /* another waiter: nothing freed */
+  }
+  knhk__executor_t *impl = n->impl;
+  knhk__worker_t *w = knhk__worker_of(impl);
+  /* pool records still queued, handed out by joins, or kept as the winner */
+  knhk_child_t *chain = n->joined, *c = ld_relaxed(&n->qhead);
+  size_t k = n->njoined;
+  while (c) {
+    knhk_child_t *next = c->knhk__next;
+    if (c->knhk__bits & CB_POOLED) c->knhk__next = chain, chain = c, k++;
+    c = next;
+  }
+  if (n->kept) n->kept->knhk__next = chain, chain = n->kept, k++;
+  put_chain(impl, w, chain, k);
   free(n->failures);
   KNHK__TEL(nursery_close(n->tel));
-  knhk_token_release(n->token);
-  pthread_mutex_destroy(&n->m);
-  free(n);
+  knhk_token_t *t = ld_relaxed(&n->token);
+  if (t) knhk_token_release(t);
+  if (n->parent) knhk_token_release(n->parent);
+  nursery_put(impl, w, n);
   return 0;
 }
 

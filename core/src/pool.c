@@ -1,107 +1,144 @@
-/* pool.c: task records for knhk_executor_submit.
+/* pool.c: fixed-size records of an executor: tasks for knhk_executor_submit,
+ * nursery children and nurseries (one pool of each, executor_impl.h).
  *
  * Records come in slabs that live until the executor is closed. Each worker
- * has a free list in use and one full batch in reserve; whole batches move
- * between workers and the shared pool (under pool_lock), never single
- * records, so every operation here is O(1). Batches move because records
- * migrate: a producer's tasks end, and are freed, on the workers that stole
- * them. Batches need not be full; counts only decide when to hand one over.
- * Slabs are freed at close, so a batch dropped for lack of memory in the
- * bookkeeping array is idle memory, not a leak. A free record links to the
- * next through its `data` field: it belongs to one list at a time.
+ * has, per pool, a free list in use and one full batch in reserve; whole
+ * batches move between workers and the shared pool (under its lock), never
+ * single records, so every operation here is O(1). Batches move because
+ * records migrate: a producer's tasks end, and are freed, on the workers
+ * that stole them. Counts are exact, so a worker hands a batch over only
+ * when it really holds more than two batches' worth, and a record that goes
+ * back and forth between one get and one put stays in the list in use. Slabs are
+ * freed at close, so a batch dropped for lack of memory in the bookkeeping
+ * array is idle memory, not a leak. A free record links to the next through
+ * the pointer at the pool's `link` offset: it belongs to one list at a time.
+ * The fast paths are inline in executor_impl.h.
  */
 #include <stdlib.h>
 
 #include "executor_impl.h"
 #include "knhk/errors.h"
 
-#define KNHK__POOL_BATCH 256
+static void **link_of(const knhk__pool_t *p, void *rec) {
+  return (void **)(void *)((char *)rec + p->link);
+}
 
-static int shared_push_locked(knhk__executor_t *ex, knhk_task_t *batch) {
-  if (ex->nbatches == ex->cap_batches) {
-    size_t cap = ex->cap_batches ? ex->cap_batches * 2 : 16;
-    knhk_task_t **b = realloc(ex->batches, cap * sizeof *b);
+void knhk__pool_init(knhk__pool_t *p, size_t size, size_t link) {
+  p->size = size;
+  p->link = link;
+  pthread_mutex_init(&p->lock, NULL);
+  p->batches = NULL;
+  p->slabs = NULL;
+  p->nbatches = p->cap_batches = p->nslabs = p->cap_slabs = 0;
+}
+
+static int shared_push_locked(knhk__pool_t *p, void *head, size_t n) {
+  if (p->nbatches == p->cap_batches) {
+    size_t cap = p->cap_batches ? p->cap_batches * 2 : 16;
+    knhk__pool_batch_t *b = realloc(p->batches, cap * sizeof *b);
     if (!b) return KNHK_ENOMEM;
-    ex->batches = b;
-    ex->cap_batches = cap;
+    p->batches = b;
+    p->cap_batches = cap;
   }
-  ex->batches[ex->nbatches++] = batch;
+  p->batches[p->nbatches++] = (knhk__pool_batch_t){head, n};
   return 0;
 }
 
-/* A batch from the shared pool, or a new slab. Under pool_lock. */
-static knhk_task_t *shared_take_locked(knhk__executor_t *ex) {
-  if (ex->nbatches) return ex->batches[--ex->nbatches];
-  if (ex->nslabs == ex->cap_slabs) {
-    size_t cap = ex->cap_slabs ? ex->cap_slabs * 2 : 16;
-    void **slabs = realloc(ex->slabs, cap * sizeof *slabs);
-    if (!slabs) return NULL;
-    ex->slabs = slabs;
-    ex->cap_slabs = cap;
+/* A batch from the shared pool, or a new slab. Under p->lock. */
+static knhk__pool_batch_t shared_take_locked(knhk__pool_t *p) {
+  knhk__pool_batch_t none = {NULL, 0};
+  if (p->nbatches) return p->batches[--p->nbatches];
+  if (p->nslabs == p->cap_slabs) {
+    size_t cap = p->cap_slabs ? p->cap_slabs * 2 : 16;
+    void **slabs = realloc(p->slabs, cap * sizeof *slabs);
+    if (!slabs) return none;
+    p->slabs = slabs;
+    p->cap_slabs = cap;
   }
-  knhk_task_t *slab = malloc(KNHK__POOL_BATCH * sizeof *slab);
-  if (!slab) return NULL;
-  ex->slabs[ex->nslabs++] = slab;
+  /* cache-line aligned: a record whose size is a multiple of the line
+   * (nurseries) starts on a line of its own */
+  size_t bytes = (KNHK__POOL_BATCH * p->size + KNHK__CACHELINE - 1) & ~(size_t)(KNHK__CACHELINE - 1);
+  char *slab = aligned_alloc(KNHK__CACHELINE, bytes);
+  if (!slab) return none;
+  p->slabs[p->nslabs++] = slab;
   for (int i = 0; i < KNHK__POOL_BATCH; i++)
-    slab[i].data = i + 1 < KNHK__POOL_BATCH ? &slab[i + 1] : NULL;
-  return slab;
+    *link_of(p, slab + (size_t)i * p->size) =
+        i + 1 < KNHK__POOL_BATCH ? slab + (size_t)(i + 1) * p->size : NULL;
+  return (knhk__pool_batch_t){slab, KNHK__POOL_BATCH};
 }
 
-knhk_task_t *knhk__pool_get(knhk__executor_t *ex, knhk__worker_t *w) {
-  if (w && !w->pool) {
-    w->pool = w->spare;
-    w->spare = NULL;
-    w->pool_n = w->pool ? KNHK__POOL_BATCH : 0;
+void *knhk__pool_get(knhk__executor_t *ex, knhk__worker_t *w, int kind) {
+  knhk__pool_t *p = &ex->pools[kind];
+  knhk__pool_cache_t *c = w ? &w->pools[kind] : NULL;
+  if (c && !c->list) {
+    c->list = c->spare;
+    c->n = c->spare_n;
+    c->spare = NULL;
+    c->spare_n = 0;
   }
-  if (!w || !w->pool) {
-    pthread_mutex_lock(&ex->pool_lock);
-    knhk_task_t *batch = shared_take_locked(ex);
-    if (batch && !w && batch->data) {
+  if (!c || !c->list) {
+    pthread_mutex_lock(&p->lock);
+    knhk__pool_batch_t b = shared_take_locked(p);
+    if (b.head && !c && b.n > 1) {
       /* an outside thread takes one record; the rest goes back */
-      shared_push_locked(ex, batch->data);
+      shared_push_locked(p, *link_of(p, b.head), b.n - 1);
     }
-    pthread_mutex_unlock(&ex->pool_lock);
-    if (!batch || !w) return batch;
-    w->pool = batch;
-    w->pool_n = KNHK__POOL_BATCH;
+    pthread_mutex_unlock(&p->lock);
+    if (!b.head || !c) return b.head;
+    c->list = b.head;
+    c->n = (uint32_t)b.n;
   }
-  knhk_task_t *t = w->pool;
-  w->pool = t->data;
-  w->pool_n--;
+  void *rec = c->list;
+  c->list = *link_of(p, rec);
+  c->n--;
   /* Records freed on another worker are cold here: start fetching the next
    * one now, for write, so the miss overlaps the rest of this spawn. */
-  if (w->pool) __builtin_prefetch(w->pool, 1);
-  return t;
+  if (c->list) __builtin_prefetch(c->list, 1);
+  return rec;
 }
 
-void knhk__pool_put_shared(knhk__executor_t *ex, knhk_task_t *t) {
-  /* A single record as a batch of its own: rare (a refused outside submit). */
-  t->data = NULL;
-  pthread_mutex_lock(&ex->pool_lock);
-  shared_push_locked(ex, t); /* out of memory: the record idles until close */
-  pthread_mutex_unlock(&ex->pool_lock);
+void knhk__pool_put_shared(knhk__executor_t *ex, int kind, void *chain, size_t n) {
+  /* A chain as a batch of its own: rare (a refused outside spawn, records
+   * given back from a thread that is not a worker). */
+  knhk__pool_t *p = &ex->pools[kind];
+  pthread_mutex_lock(&p->lock);
+  shared_push_locked(p, chain, n); /* out of memory: the records idle until close */
+  pthread_mutex_unlock(&p->lock);
 }
 
-void knhk__pool_put(knhk__executor_t *ex, knhk__worker_t *w, knhk_task_t *t) {
-  t->data = w->pool;
-  w->pool = t;
-  if (++w->pool_n < KNHK__POOL_BATCH) return;
-  /* A full batch: keep it in reserve, handing the previous reserve over. */
-  if (w->spare) {
-    pthread_mutex_lock(&ex->pool_lock);
-    shared_push_locked(ex, w->spare);
-    pthread_mutex_unlock(&ex->pool_lock);
+void knhk__pool_put(knhk__executor_t *ex, knhk__worker_t *w, int kind, void *rec) {
+  knhk__pool_t *p = &ex->pools[kind];
+  if (!w) {
+    *link_of(p, rec) = NULL;
+    knhk__pool_put_shared(ex, kind, rec, 1);
+    return;
   }
-  w->spare = w->pool;
-  w->pool = NULL;
-  w->pool_n = 0;
+  knhk__pool_cache_t *c = &w->pools[kind];
+  if (c->n >= KNHK__POOL_BATCH) {
+    /* A full batch: keep it in reserve, handing the previous reserve over,
+     * and start a new list with rec. (Moving the list when a put fills it
+     * instead would make a get/put pair at the boundary move a batch each
+     * time.) */
+    if (c->spare) knhk__pool_put_shared(ex, kind, c->spare, c->spare_n);
+    c->spare = c->list;
+    c->spare_n = c->n;
+    c->list = NULL;
+    c->n = 0;
+  }
+  *link_of(p, rec) = c->list;
+  c->list = rec;
+  c->n++;
 }
 
 void knhk__pool_free_all(knhk__executor_t *ex) {
-  for (size_t i = 0; i < ex->nslabs; i++) free(ex->slabs[i]);
-  free(ex->slabs);
-  free(ex->batches);
-  ex->slabs = NULL;
-  ex->batches = NULL;
-  ex->nslabs = ex->cap_slabs = ex->nbatches = ex->cap_batches = 0;
+  for (int k = 0; k < KNHK__NPOOLS; k++) {
+    knhk__pool_t *p = &ex->pools[k];
+    for (size_t i = 0; i < p->nslabs; i++) free(p->slabs[i]);
+    free(p->slabs);
+    free(p->batches);
+    p->slabs = NULL;
+    p->batches = NULL;
+    p->nslabs = p->cap_slabs = p->nbatches = p->cap_batches = 0;
+    pthread_mutex_destroy(&p->lock);
+  }
 }

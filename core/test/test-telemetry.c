@@ -70,7 +70,7 @@ TEST(nursery_spans_are_written_with_parent_links) {
   ASSERT_OK(knhk_executor_init(&ex, &o));
   knhk_nursery_t *n;
   ASSERT_OK(knhk_nursery_new(&n, &ex, NULL, 0));
-  for (int i = 0; i < 5; i++) ASSERT_OK(knhk_nursery_spawn(n, child_ok, NULL, NULL));
+  for (int i = 0; i < 5; i++) ASSERT_OK(knhk_nursery_spawn(n, child_ok, NULL));
   ASSERT_OK(knhk_nursery_wait_all(n));
   ASSERT_OK(knhk_nursery_free(n));
   ASSERT_OK(knhk_executor_close(&ex));
@@ -81,8 +81,9 @@ TEST(nursery_spans_are_written_with_parent_links) {
   ASSERT_EQ(5, count(s, "\"name\":\"knhk.concurrency.nursery.spawn\""));
   ASSERT_EQ(1, count(s, "\"name\":\"knhk.concurrency.nursery\""));
   ASSERT_EQ(1, count(s, "\"name\":\"knhk.concurrency.nursery.wait\""));
-  /* the nursery's token (its children check that one) */
-  ASSERT_EQ(1, count(s, "\"name\":\"knhk.concurrency.cancel.token.create\""));
+  /* no token: a nursery makes its own only when something needs it (a
+   * cancellation, a failure), and nothing here did */
+  ASSERT_EQ(0, count(s, "\"name\":\"knhk.concurrency.cancel.token.create\""));
   /* every child's parent is the nursery's span, in the nursery's trace */
   char nursery_span[40], nursery_trace[40], parent[40], trace[40];
   const char *nspan = strstr(s, "\"name\":\"knhk.concurrency.nursery\"");
@@ -114,7 +115,7 @@ TEST(a_failed_child_has_an_error_status_and_cancels_with_a_span) {
   ASSERT_OK(knhk_executor_init(&ex, &o));
   knhk_nursery_t *n;
   ASSERT_OK(knhk_nursery_new(&n, &ex, NULL, 0));
-  ASSERT_OK(knhk_nursery_spawn(n, child_fails, NULL, NULL));
+  ASSERT_OK(knhk_nursery_spawn(n, child_fails, NULL));
   ASSERT_EQ(KNHK_EIO, knhk_nursery_wait_all(n));
   ASSERT_OK(knhk_nursery_free(n));
   ASSERT_OK(knhk_executor_close(&ex));
@@ -123,6 +124,8 @@ TEST(a_failed_child_has_an_error_status_and_cancels_with_a_span) {
   *strchr(s, '\n') = 0; /* the spans' line (metrics count failures too) */
   ASSERT_EQ(1, count(s, "\"status\":{\"code\":2"));
   ASSERT_EQ(1, count(s, "{\"key\":\"knhk.task.status\",\"value\":{\"stringValue\":\"failed\"}}"));
+  /* the failure needed the nursery's token to cancel the siblings: made then */
+  ASSERT_EQ(1, count(s, "\"name\":\"knhk.concurrency.cancel.token.create\""));
   ASSERT_EQ(1, count(s, "\"name\":\"knhk.concurrency.cancel.token.cancel\""));
   ASSERT_EQ(1, count(s, "{\"key\":\"knhk.cancel.reason\",\"value\":{\"stringValue\":\"sibling\"}}"));
 }
