@@ -86,22 +86,40 @@ static int trivial(knhk_child_t *c) {
   return 0;
 }
 
+static int noop(knhk_task_t *t) {
+  (void)t;
+  return 0;
+}
+
 typedef struct {
   int k, reps;
-  double ns;
+  double ns, group_ns;
 } nurs_t;
 
+/* On a worker: `reps` nurseries of k trivial children each (made, spawned
+ * into, waited for, freed), then the same shape with what a child is
+ * meant to cost as much as: a join group of k pooled tasks. */
 static int nursery_loop(knhk_task_t *t) {
   nurs_t *a = t->data;
   uint64_t t0 = bench_now_ns();
   for (int i = 0; i < a->reps; i++) {
     knhk_nursery_t *n;
-    knhk_nursery_new(&n, &ex, NULL, 0);
-    for (int j = 0; j < a->k; j++) knhk_nursery_spawn(n, trivial, NULL, NULL);
+    if (knhk_nursery_new(&n, &ex, NULL, 0) != 0) abort();
+    for (int j = 0; j < a->k; j++)
+      if (knhk_nursery_spawn(n, trivial, NULL) != 0) abort();
     if (knhk_nursery_wait_all(n) != 0) abort();
     knhk_nursery_free(n);
   }
   a->ns = (double)(bench_now_ns() - t0) / a->reps;
+  t0 = bench_now_ns();
+  for (int i = 0; i < a->reps; i++) {
+    knhk_group_t g;
+    knhk_group_init(&g);
+    for (int j = 0; j < a->k; j++)
+      if (knhk_executor_submit(&ex, noop, NULL, &g) != 0) abort();
+    if (knhk_executor_wait(&ex, &g) != 0) abort();
+  }
+  a->group_ns = (double)(bench_now_ns() - t0) / a->reps;
   return 0;
 }
 
@@ -115,17 +133,26 @@ static void on_worker(knhk_task_fn fn, void *arg) {
   knhk_executor_wait(&ex, &g);
 }
 
+/* nursery_spawn_wait_K: "ns" is one nursery of K children, from its
+ * creation to its free; "ns_per_child" the same divided by K, against a
+ * join group of K pooled tasks (peer "group") in the same runs. */
 static void bench_nurseries(void) {
   int ks[] = {1, 10, 100};
   const char *names[] = {"nursery_spawn_wait_1", "nursery_spawn_wait_10", "nursery_spawn_wait_100"};
   for (int i = 0; i < 3; i++) {
-    double v[16];
+    double v[16], per[16], group[16];
     for (int r = 0; r < runs; r++) {
-      nurs_t a = {ks[i], 20000 / ks[i] + 100, 0};
+      nurs_t a = {ks[i], 20000 / ks[i] + 100, 0, 0};
       on_worker(nursery_loop, &a);
       v[r] = a.ns;
+      per[r] = a.ns / ks[i];
+      group[r] = a.group_ns / ks[i];
     }
     emit(names[i], "ns", "ns", 2, v, 0);
+    bench_figure_t f = {"cancel", names[i], "ns_per_child", "ns", 2,
+                        bench_median(per, (size_t)runs), "group",
+                        bench_median(group, (size_t)runs), 0, runs};
+    bench_emit(&f);
   }
 }
 
