@@ -85,8 +85,41 @@ describe("errors from tasks", function()
       assert.is_true(knhk.is_cancelled(err))
       assert.is_true(knhk.is_task_error(err)) -- the joiner itself was not cancelled
       assert.is_true(knhk.is_cancelled(err.value))
+      assert.equal("explicit", err.value.reason)
       assert.matches("was cancelled", tostring(err), 1, true)
     end)
+  end)
+
+  it("a cancelled task's joiner learns why it was cancelled", function()
+    local reason = run(function()
+      local h
+      knhk.move_on_after(0.01, function()
+        h = knhk.spawn(function() knhk.sleep(60) end) -- cancelled with the scope it was spawned in
+        knhk.sleep(60)
+      end)
+      local ok, err = pcall(h.join, h)
+      assert.is_false(ok)
+      return err.value.reason
+    end)
+    assert.equal("deadline", reason)
+  end)
+
+  it("a Cancelled the task changed before ending travels whole to its joiner", function()
+    local value = run(function()
+      local h = knhk.spawn(function()
+        local ok, e = pcall(knhk.sleep, 60)
+        assert(not ok and knhk.is_cancelled(e))
+        e.note = "seen by the task"
+        error(e, 0)
+      end)
+      h:cancel()
+      local ok, err = pcall(h.join, h)
+      assert.is_false(ok)
+      return err.value
+    end)
+    assert.is_true(knhk.is_cancelled(value))
+    assert.equal("seen by the task", value.note)
+    assert.equal("explicit", value.reason)
   end)
 
   it("a joined task's cancellation does not cancel the joiner's nursery", function()

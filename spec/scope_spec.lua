@@ -224,3 +224,120 @@ describe("cancel tokens", function()
     end)
   end)
 end)
+
+-- A cancelled task that waits is ended without being resumed when nothing
+-- between its wait and its start could catch Cancelled; otherwise it is
+-- resumed and the error unwinds through the task's own handlers. These
+-- cases pin down that the shortcut never skips code the task would run.
+describe("cancelling tasks that wait", function()
+  local function cancelled_while(waits, kind)
+    return run(function()
+      local seen = {}
+      local h = knhk[kind or "spawn_local"](function() waits(seen) end)
+      knhk.sleep(0.01) -- it started and waits
+      h:cancel()
+      local ok, err = pcall(h.join, h)
+      assert.is_false(ok)
+      assert.is_true(knhk.is_cancelled(err))
+      return seen
+    end)
+  end
+
+  it("a pcall around the wait catches the Cancelled", function()
+    local seen = cancelled_while(function(seen)
+      local ok, e = pcall(knhk.sleep, 60)
+      seen.caught = not ok and knhk.is_cancelled(e)
+      error(e, 0)
+    end)
+    assert.is_true(seen.caught)
+  end)
+
+  it("a pcall several calls below the wait catches it", function()
+    local seen = cancelled_while(function(seen)
+      local function deep(n) if n == 0 then return knhk.sleep(60) end deep(n - 1) end
+      local ok = pcall(function() deep(10) end)
+      seen.caught = not ok
+      knhk.checkpoint() -- level-triggered: raises again
+      seen.after = true
+    end)
+    assert.is_true(seen.caught)
+    assert.is_nil(seen.after)
+  end)
+
+  it("an xpcall handler runs for a join that is cancelled", function()
+    local seen = cancelled_while(function(seen)
+      local other = knhk.spawn(function() knhk.sleep(60) end)
+      xpcall(function() other:join() end, function(e) seen.handled = knhk.is_cancelled(e) end)
+      other:cancel()
+      knhk.checkpoint() -- the task's scope is still cancelled: it ends here
+    end)
+    assert.is_true(seen.handled)
+  end)
+
+  it("a wait inside a metamethod unwinds through the caller's pcall", function()
+    local seen = cancelled_while(function(seen)
+      local lazy = setmetatable({}, { __index = function() knhk.sleep(60) end })
+      seen.caught = not pcall(function() return lazy.x end)
+      knhk.checkpoint()
+    end)
+    assert.is_true(seen.caught)
+  end)
+
+  it("a cancel scope around the wait records that it caught the cancellation", function()
+    local seen = cancelled_while(function(seen)
+      local sc = knhk.cancel_scope(function(s)
+        s:cancel()
+        knhk.sleep(60)
+      end)
+      seen.caught = sc.cancelled_caught
+      knhk.sleep(60) -- the task's own cancellation ends it here
+    end)
+    assert.is_true(seen.caught)
+  end)
+
+  it("a task cancelled at a plain checkpoint ends there", function()
+    local seen = cancelled_while(function(seen)
+      while true do
+        seen.turns = (seen.turns or 0) + 1
+        knhk.checkpoint()
+      end
+    end)
+    assert.is_true(seen.turns >= 1)
+  end)
+
+  it("a cancelled task that spawned ends only after its children did", function()
+    local seen = run(function()
+      local seen = {}
+      local h = knhk.spawn_local(function()
+        knhk.spawn_local(function()
+          pcall(knhk.sleep, 60)
+          seen.child_ended = true
+        end)
+        knhk.sleep(60)
+      end)
+      knhk.sleep(0.01)
+      h:cancel()
+      pcall(h.join, h)
+      seen.at_join = seen.child_ended
+      return seen
+    end)
+    assert.is_true(seen.at_join)
+  end)
+
+  it("many tasks asleep in portable and local kinds all end cancelled", function()
+    local counts = run(function()
+      local kinds = { spawn = 0, spawn_local = 0 }
+      knhk.nursery(function(n)
+        for i = 1, 2000 do
+          n[i % 2 == 0 and "spawn" or "spawn_local"](n, function() knhk.sleep(60) end)
+        end
+        knhk.sleep(0.02)
+        n:cancel()
+      end)
+      local st = knhk.stats()
+      kinds.cancelled = st.cancelled
+      return kinds
+    end)
+    assert.is_true(counts.cancelled >= 2000)
+  end)
+end)

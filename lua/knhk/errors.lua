@@ -27,6 +27,20 @@ function M.cancelled(reason_code, scope)
   return setmetatable({ reason = reasons[reason_code] or nil, scope = scope }, Cancelled)
 end
 
+local codes = {}
+for code, name in ipairs(reasons) do codes[name] = code end
+
+-- The reason code of a Cancelled that holds nothing but its reason (what
+-- the runtime raised, untouched), so a task it ended can record just the
+-- code; nil for any other value.
+function M.plain_cancelled_code(e)
+  if getmetatable(e) ~= Cancelled then return nil end
+  local k = next(e)
+  if k == nil then return 0 end
+  if k ~= "reason" or next(e, k) ~= nil then return nil end
+  return codes[e.reason]
+end
+
 -- The Cancelled signal itself, unwinding to its scope. The runtime
 -- decides what to catch with this one.
 function M.is_signal(e)

@@ -51,16 +51,25 @@ local spawn_into = T.spawn_into
 local task_id = core.task_id
 
 -- The owner keeps its children's handles: in spawn order (wait_all), and
--- by id (join_next gives back the same handle).
+-- by id (join_next gives back the same handle). The index by id is built
+-- on the first join_next: a nursery that is only waited on never pays it.
 local function keep(self, h)
   local st = owned[self]
   if st then
     local k = st.count + 1
     st.count = k
     st.handles[k] = h
-    st.by_id[task_id(h)] = h
+    local by_id = st.by_id
+    if by_id then by_id[task_id(h)] = h end
   end
   return h
+end
+
+local function index_by_id(st)
+  local by_id = {}
+  for i = 1, st.count do local h = st.handles[i]; by_id[task_id(h)] = h end
+  st.by_id = by_id
+  return by_id
 end
 
 -- n:spawn(fn, ...) -> handle
@@ -73,7 +82,7 @@ function Nursery:spawn_local(fn, ...) return keep(self, core.nursery_spawn_local
 -- the owner spawned it (else the one the C side made).
 local function ended(st, h)
   if h == nil then return nil end
-  return st.by_id[task_id(h)] or h
+  return (st.by_id or index_by_id(st))[task_id(h)] or h
 end
 
 -- n:cancel(): ends the children (not an error)
@@ -121,7 +130,7 @@ function M.nursery(fn, opts)
   opts = check.opts(opts, 2, "nursery")
   if core.now() == nil then R.raise("knhk.nursery: must be called inside a knhk task (inside knhk.run)") end
   local n, prev = core.nursery_open(opts.supervise and true or false)
-  owned[n] = { owner = core.current(), handles = {}, count = 0, by_id = {} }
+  owned[n] = { owner = core.current(), handles = {}, count = 0, by_id = false }
   local res = pack(xpcall(fn, R.capture, n))
   core.nursery_body_done(n, prev)
   local ok, err = res[1], res[2]

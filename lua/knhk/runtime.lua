@@ -24,9 +24,9 @@ local function telemetry()
   return tel_module
 end
 
-local DONE, WAIT, CLOSED, CANCELLED, BLOB, MESSAGE, SLOW = 0, 1, 2, 3, 4, 5, 6
-M.DONE, M.WAIT, M.CLOSED, M.CANCELLED, M.BLOB, M.MESSAGE, M.SLOW =
-  DONE, WAIT, CLOSED, CANCELLED, BLOB, MESSAGE, SLOW
+local DONE, WAIT, CLOSED, CANCELLED, BLOB, MESSAGE, SLOW, REASON = 0, 1, 2, 3, 4, 5, 6, 7
+M.DONE, M.WAIT, M.CLOSED, M.CANCELLED, M.BLOB, M.MESSAGE, M.SLOW, M.REASON =
+  DONE, WAIT, CLOSED, CANCELLED, BLOB, MESSAGE, SLOW, REASON
 local OK, ERROR, CANCELLED_OUTCOME = 0, 1, 2 -- how a task ended
 M.OK, M.ERROR, M.CANCELLED_OUTCOME = OK, ERROR, CANCELLED_OUTCOME
 
@@ -121,6 +121,8 @@ local function task_failure(id, outcome, st, payload)
     return e or errors.task_error("task " .. id .. " failed", nil, nil)
   elseif st == MESSAGE then
     return errors.task_error(payload, nil, nil)
+  elseif st == REASON then
+    return errors.task_error("task " .. id .. " was cancelled", nil, errors.cancelled(payload))
   end
   if outcome == CANCELLED_OUTCOME then
     return errors.task_error("task " .. id .. " was cancelled", nil, errors.cancelled(nil))
@@ -199,10 +201,16 @@ local function complete_slow(fn, pooled, st, ok, ...)
     type(e) == "table" and e.traceback or nil, nil)))
 end
 
-local core_finish = core.finish
+local core_finish, finish_cancelled = core.finish, core.finish_cancelled
+local plain_cancelled_code = errors.plain_cancelled_code
 local function complete(fn, pooled, ok, ...)
   local st = core_finish(fn, pooled, ok, ...)
-  if st ~= 0 then return complete_slow(fn, pooled, st, ok, ...) end
+  if st == 0 then return end
+  if st == 2 and not ok then -- ended by cancellation: the reason is enough
+    local code = plain_cancelled_code((...))
+    if code then return finish_cancelled(code) end
+  end
+  return complete_slow(fn, pooled, st, ok, ...)
 end
 
 local function run_blob(snap)

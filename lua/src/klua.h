@@ -59,7 +59,8 @@ enum {
   KLUA_PAY_INLINE = 1, /* values in klua_value encoding (klua_value.c) */
   KLUA_PAY_BLOB = 2,   /* a snapshot made by knhk.codec */
   KLUA_PAY_REFS = 3,   /* local start: function and arguments anchored in the home VM */
-  KLUA_PAY_MESSAGE = 4 /* an error message made in C (the runtime's own failure) */
+  KLUA_PAY_MESSAGE = 4, /* an error message made in C (the runtime's own failure) */
+  KLUA_PAY_REASON = 5   /* cancelled: only the reason code, in nvals (no codec) */
 };
 
 enum { KLUA_INLINE = 48 }; /* payload bytes held in the record itself */
@@ -103,6 +104,10 @@ struct klua_wait {
   int val_kind;                /* KLUA_VAL_* (klua_sync.h) */
   int val_owned;               /* val is malloc'd and ours to free */
   int handed;                  /* a value (or a turn) was handed to us */
+  /* The task's next step, once woken, looks at its scope's token before
+   * anything else (sleep, join, checkpoint): cancelled, it would only
+   * raise Cancelled, and may be ended without being resumed. */
+  int recheck;
   /* cancellation wake-up, while armed */
   knhk_cancel_cb_t ccb;
   int ccb_on;

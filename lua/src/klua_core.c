@@ -33,7 +33,7 @@
 #define UP_HOOKS lua_upvalueindex(6)  /* runtime.lua's: proto_of, new_closure, capture */
 
 enum { ST_DONE = 0, ST_WAIT = 1, ST_CLOSED = 2, ST_CANCELLED = 3, ST_BLOB = 4, ST_MESSAGE = 5,
-       ST_SLOW = 6 };
+       ST_SLOW = 6, ST_REASON = 7 };
 
 static _Atomic int running;            /* one knhk.run at a time in a process */
 static _Atomic uint64_t live_gen;      /* the running runtime's generation, 0 if none */
@@ -577,6 +577,19 @@ static int l_finish_blob(lua_State *L) {
   return 0;
 }
 
+/* core.finish_cancelled(reason): a task that a plain Cancelled ended
+ * keeps only the reason code; its joiners make the TaskError. The common
+ * way for a task to end under cancellation, so it skips the codec. */
+static int l_finish_cancelled(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.runtime");
+  int reason = (int)luaL_optinteger(L, 1, 0);
+  klua_payload_reset(t);
+  t->pay = KLUA_PAY_REASON;
+  t->nvals = reason;
+  klua_task_publish(t, KLUA_CANCELLED);
+  return 0;
+}
+
 /* core.done_mark(), core.wait_mark(): what the runner yields */
 static int l_marks(lua_State *L) {
   lua_pushlightuserdata(L, klua_mark_done());
@@ -587,7 +600,7 @@ static int l_marks(lua_State *L) {
 /* ------------------------------------------------------------------ joins */
 
 /* Pushes a task's results: 0, values... | 4, outcome, snapshot |
- * 5, outcome, message | 6, outcome (no payload) */
+ * 5, outcome, message | 6, outcome (no payload) | 7, outcome, reason */
 static int push_outcome(lua_State *L, klua_task_t *t, int oc) {
   switch (t->pay) {
   case KLUA_PAY_INLINE:
@@ -606,6 +619,11 @@ static int push_outcome(lua_State *L, klua_task_t *t, int oc) {
     lua_pushinteger(L, ST_MESSAGE);
     lua_pushinteger(L, oc);
     lua_pushlstring(L, t->data, t->len);
+    return 3;
+  case KLUA_PAY_REASON:
+    lua_pushinteger(L, ST_REASON);
+    lua_pushinteger(L, oc);
+    lua_pushinteger(L, t->nvals);
     return 3;
   default: break;
   }
@@ -636,6 +654,7 @@ static int l_join_try(lua_State *L) {
         klua_wait_end(t);
         return push_cancelled(L, tok);
       }
+      t->w.recheck = 1;
       lua_pushinteger(L, ST_WAIT);
       return 1;
     }
@@ -692,6 +711,7 @@ static int l_cancelled(lua_State *L) {
 /* core.reschedule(): queued again at once (a checkpoint lets others run) */
 static int l_reschedule(lua_State *L) {
   klua_task_t *t = current(L, "knhk.checkpoint");
+  t->w.recheck = 1; /* knhk.checkpoint looks at the token again */
   klua_wake(t);
   return 0;
 }
@@ -720,6 +740,7 @@ static int l_sleep_try(lua_State *L) {
     klua_wait_end(t);
     return push_cancelled(L, tok);
   }
+  t->w.recheck = 1;
   lua_pushinteger(L, ST_WAIT);
   return 1;
 }
@@ -1377,6 +1398,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"start", l_start},
       {"finish", l_finish},
       {"finish_blob", l_finish_blob},
+      {"finish_cancelled", l_finish_cancelled},
       {"marks", l_marks},
       {"join_try", l_join_try},
       {"outcome", l_outcome},

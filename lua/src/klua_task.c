@@ -123,6 +123,7 @@ klua_task_t *klua_task_alloc(klua_rt_t *rt) {
   t->w.val = NULL;
   t->w.val_owned = 0;
   t->w.handed = 0;
+  t->w.recheck = 0;
   t->w.extra_timer = NULL;
   t->live_prev = t->live_next = NULL;
   return t;
@@ -341,6 +342,57 @@ static int status_of(int outcome) {
   return outcome == KLUA_OK ? 0 : outcome == KLUA_CANCELLED ? KNHK_ECANCELED : KNHK_EFAILED;
 }
 
+/* Whether t, woken in a wait whose next step raises Cancelled, can be
+ * ended without resuming it: nothing between that wait and the task's
+ * own protected call could catch the error (only Lua frames; no pcall,
+ * no C function), and the task has no nursery of its own to close. Then
+ * unwinding would run no code of the task's: ending it here is the same,
+ * without the unwinder's cost, which dominates cancelling many tasks.
+ * The frames from the bottom are: the runner, run_task (or run_blob),
+ * the xpcall that runs the task's function. */
+static int cancel_unwinds_nothing(klua_worker_t *w, klua_task_t *t) {
+  if (t->implicit) return 0;
+  lua_State *co = t->co;
+  lua_Debug ar;
+  int depth = 0;
+  while (depth < 64 && lua_getstack(co, depth, &ar)) depth++;
+  if (depth < 4 || depth >= 64) return 0;
+  if (!lua_checkstack(co, 2)) return 0;
+  /* the bottom frame runs the runner */
+  lua_getstack(co, depth - 1, &ar);
+  lua_getinfo(co, "f", &ar);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, w->runner);
+  int is_runner = lua_rawequal(co, -1, -2);
+  lua_pop(co, 2);
+  if (!is_runner) return 0;
+  lua_getstack(co, depth - 3, &ar);
+  lua_getinfo(co, "S", &ar);
+  if (ar.what[0] != 'C') return 0; /* not the task's xpcall */
+  /* level 0 is the coroutine.yield the wait yielded with (the recheck
+   * flag is set just before it); above the xpcall, only Lua frames */
+  for (int level = 1; level < depth - 3; level++) {
+    lua_getstack(co, level, &ar);
+    lua_getinfo(co, "S", &ar);
+    if (ar.what[0] == 'C') return 0; /* pcall, xpcall, or another C function */
+  }
+  return 1;
+}
+
+/* Ends t, cancelled, without resuming it (cancel_unwinds_nothing said
+ * so): its coroutine, stopped mid-wait, cannot be pooled again. */
+static int end_cancelled_unresumed(klua_worker_t *w, klua_task_t *t, knhk_token_t *tok) {
+  klua_wait_end(t);
+  klua_payload_reset(t);
+  t->pay = KLUA_PAY_REASON;
+  t->nvals = knhk_token_reason(tok);
+  klua_task_publish(t, KLUA_CANCELLED);
+  drop_coroutine(w, t->co_ref);
+  t->co = NULL;
+  t->co_ref = LUA_NOREF;
+  live_remove(w, t);
+  return KNHK_ECANCELED;
+}
+
 static int task_run(knhk_task_t *et) {
   klua_task_t *t = klua_task_of(et);
   klua_rt_t *rt = t->rt;
@@ -361,6 +413,12 @@ static int task_run(knhk_task_t *et) {
       return KNHK_EFAILED;
     }
     live_add(w, t);
+  }
+  if (t->w.recheck) {
+    t->w.recheck = 0;
+    knhk_token_t *tok = klua_task_checkpoint_token(t);
+    if (knhk_token_is_cancelled(tok) && cancel_unwinds_nothing(w, t))
+      return end_cancelled_unresumed(w, t, tok);
   }
   klua_task_t *prev = w->cur;
   w->cur = t;
