@@ -3,14 +3,17 @@
  *
  * The state: one atomic 64-bit word, n->state
  *
- *     bits  0..29  live    children spawned and not ended
- *     bits 30..39  waiter  whom an end wakes: W_NONE; 1 + i, worker i (a
+ *     bits  0..25  live    children spawned and not ended
+ *     bits 26..35  waiter  whom an end wakes: W_NONE; 1 + i, worker i (a
  *                          helping wait: unpark); W_TASK, n->waiter_task
  *                          (knhk_executor_wake); W_OUTSIDE, a thread asleep
  *                          on the futex of the word's low half
- *     bit  40      EACH    the waiter wants every end, not only the last
- *     bit  41      CLOSED
- *     bits 42..63  ends    children ended, modulo 2^22
+ *     bit  36      EACH    the waiter wants every end, not only the last
+ *     bit  37      CLOSED
+ *     bits 38..63  ends    children ended, modulo 2^26
+ *
+ * So ends + live is the number of children spawned (a refused spawn takes
+ * its live back without an end): a spawn's index, modulo 2^26.
  *
  * Transitions (every one a CAS on the word, so they are totally ordered):
  *   spawn          live + 1, refused once CLOSED.
@@ -57,14 +60,14 @@
 #include "knhk/nursery.h"
 #include "telemetry_impl.h"
 
-#define N_LIVE_MASK ((1ull << 30) - 1)
+#define N_LIVE_MASK ((1ull << 26) - 1)
 #define N_LIVE(s) ((uint32_t)((s) & N_LIVE_MASK))
-#define N_WAITER_SHIFT 30
+#define N_WAITER_SHIFT 26
 #define N_WAITER_MASK (0x3ffull << N_WAITER_SHIFT)
 #define N_WAITER(s) ((uint32_t)(((s) & N_WAITER_MASK) >> N_WAITER_SHIFT))
-#define N_EACH (1ull << 40)
-#define N_CLOSED (1ull << 41)
-#define N_ENDS_SHIFT 42
+#define N_EACH (1ull << 36)
+#define N_CLOSED (1ull << 37)
+#define N_ENDS_SHIFT 38
 #define N_ENDS_ONE (1ull << N_ENDS_SHIFT)
 #define N_ENDS_MASK ((1ull << (64 - N_ENDS_SHIFT)) - 1)
 
@@ -89,7 +92,6 @@ struct knhk_nursery_s {
   uint32_t flags;
   _Atomic uint32_t sibling_cancelled;
   _Atomic uint32_t waiting;          /* a wait is in progress */
-  _Atomic uint32_t spawned;          /* spawn indices, counted while recording */
   _Atomic(knhk_task_t *) waiter_task;
   knhk__spin_t wlock;                /* notify's registrations */
   /* the JOIN queue: ended, not joined; joiners hand out its records */
@@ -161,7 +163,6 @@ int knhk_nursery_new(knhk_nursery_t **out, knhk_executor_t *ex, knhk_token_t *pa
   n->flags = flags;
   atomic_init(&n->sibling_cancelled, 0);
   atomic_init(&n->waiting, 0);
-  atomic_init(&n->spawned, 0);
   atomic_init(&n->waiter_task, NULL);
   atomic_init(&n->wlock.held, 0);
   atomic_init(&n->qlock.held, 0);
@@ -375,9 +376,9 @@ int knhk_nursery_spawn_ex(knhk_nursery_t *n, knhk_child_t *c, knhk_child_fn fn, 
   c->status = 0;
   c->knhk__bits = bits;
   c->knhk__next = NULL;
-  if (KNHK__TEL_ON())
+  if (KNHK__TEL_ON()) /* s: the word this spawn replaced */
     knhk__tel_child_spawn(c->knhk__tel, n->tel,
-                          atomic_fetch_add_explicit(&n->spawned, 1, memory_order_relaxed));
+                          (uint32_t)(((s >> N_ENDS_SHIFT) + N_LIVE(s)) & N_LIVE_MASK));
   else
     c->knhk__tel[KNHK__TEL_CHILD_SPAN] = 0; /* no span: the other hooks skip it */
   int rc = knhk__spawn_queued(impl, t);

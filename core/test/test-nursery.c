@@ -783,7 +783,7 @@ static void check_tree(knhk_nursery_t *n, int depth, int copies) {
   long nodes = copies * ((1L << (depth + 1)) - 1);
   ASSERT_EQ(nodes, atomic_load(&tree.nodes));
   ASSERT_EQ(copies * 3 * (1L << depth), atomic_load(&tree.sum));
-  ASSERT_EQ((uint64_t)nodes & ((1u << 22) - 1), knhk_nursery_ends(n));
+  ASSERT_EQ((uint64_t)nodes & ((1u << 26) - 1), knhk_nursery_ends(n));
   ASSERT_EQ(0, knhk_nursery_live(n));
   ASSERT_EQ(0, knhk_nursery_failures(n, NULL, 0));
 }

@@ -102,6 +102,12 @@ TEST(nursery_spans_are_written_with_parent_links) {
     children++;
   }
   ASSERT_EQ(5, children);
+  /* each child's place in the spawn order, from 0, once */
+  for (int i = 0; i < 5; i++) {
+    char attr[96];
+    snprintf(attr, sizeof attr, "{\"key\":\"knhk.task.index\",\"value\":{\"intValue\":\"%d\"}}", i);
+    ASSERT_EQ(1, count(s, attr));
+  }
   ASSERT(strstr(s, "{\"resourceMetrics\":[") != NULL);
   ASSERT(strstr(s, "\"name\":\"knhk.concurrency.executor.tasks.spawned\"") != NULL);
 }
@@ -128,6 +134,32 @@ TEST(a_failed_child_has_an_error_status_and_cancels_with_a_span) {
   ASSERT_EQ(1, count(s, "\"name\":\"knhk.concurrency.cancel.token.create\""));
   ASSERT_EQ(1, count(s, "\"name\":\"knhk.concurrency.cancel.token.cancel\""));
   ASSERT_EQ(1, count(s, "{\"key\":\"knhk.cancel.reason\",\"value\":{\"stringValue\":\"sibling\"}}"));
+}
+
+/* A nursery that already had children when recording began: the spawn
+ * index still counts them. */
+TEST(spawn_indices_count_children_spawned_before_recording) {
+  knhk_executor_t ex;
+  knhk_executor_options_t o;
+  knhk_executor_options_init(&o);
+  o.workers = 1;
+  ASSERT_OK(knhk_executor_init(&ex, &o));
+  knhk_nursery_t *n;
+  ASSERT_OK(knhk_nursery_new(&n, &ex, NULL, 0));
+  for (int i = 0; i < 2; i++) ASSERT_OK(knhk_nursery_spawn(n, child_ok, NULL));
+  start_recording();
+  for (int i = 0; i < 3; i++) ASSERT_OK(knhk_nursery_spawn(n, child_ok, NULL));
+  ASSERT_OK(knhk_nursery_wait_all(n));
+  ASSERT_OK(knhk_nursery_free(n));
+  ASSERT_OK(knhk_executor_close(&ex));
+  ASSERT_OK(knhk_telemetry_stop());
+  char *s = slurp();
+  ASSERT_EQ(3, count(s, "\"name\":\"knhk.concurrency.nursery.spawn\""));
+  for (int i = 0; i < 5; i++) {
+    char attr[96];
+    snprintf(attr, sizeof attr, "{\"key\":\"knhk.task.index\",\"value\":{\"intValue\":\"%d\"}}", i);
+    ASSERT_EQ(i >= 2, count(s, attr));
+  }
 }
 
 TEST(nothing_is_recorded_while_off) {

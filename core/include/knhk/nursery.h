@@ -151,7 +151,7 @@ int knhk_nursery_close(knhk_nursery_t *n);
 int knhk_nursery_close_if_idle(knhk_nursery_t *n);
 
 /* Any thread. Live (spawned, not ended) children, exact at the moment of
- * reading. */
+ * reading. At most 2^26 - 1 at once: a spawn beyond gets KNHK_ENOMEM. */
 uint32_t knhk_nursery_live(const knhk_nursery_t *n);
 /* Any thread. Copies up to `max` failures, first one first, into
  * statuses[] (may be NULL); returns how many there are in all, or
@@ -164,7 +164,7 @@ int knhk_nursery_failures(const knhk_nursery_t *n, int *statuses, int max);
  * KNHK_EINVAL. */
 int knhk_nursery_free(knhk_nursery_t *n);
 
-/* Any thread. A count of the children that have ended so far, modulo 2^22:
+/* Any thread. A count of the children that have ended so far, modulo 2^26:
  * compare it for equality only (knhk_nursery_notify). */
 uint64_t knhk_nursery_ends(const knhk_nursery_t *n);
 /* Any thread. For runtimes built on top, which wait by parking a task
