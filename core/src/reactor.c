@@ -39,13 +39,24 @@ uint64_t knhk_reactor_now(const knhk_reactor_t *r) {
 }
 
 int knhk__reactor_submit(knhk_reactor_t *r, knhk__mpsc_t *q, knhk_link_t *node) {
+  return knhk__reactor_submit_due(r, q, node, 0);
+}
+
+/* The wake-up is skipped only when the reactor has published, in
+ * wake_at, a time no later than `due` at which it will drain the queue.
+ * Dekker-style: the producer pushes, fences, reads wake_at; the reactor
+ * (arm) stores wake_at, fences, and looks at the queue before it sleeps.
+ * Either it sees the node, or the producer sees the new wake_at. */
+int knhk__reactor_submit_due(knhk_reactor_t *r, knhk__mpsc_t *q, knhk_link_t *node, uint64_t due) {
   atomic_fetch_add_explicit(&r->entering, 1, memory_order_seq_cst);
   int rc = 0;
   if (ld_sc(&r->closing)) {
     rc = KNHK_ESHUTDOWN;
   } else {
     knhk__mpsc_push(q, node);
-    uv_async_send(&r->async);
+    atomic_thread_fence(memory_order_seq_cst);
+    uint64_t wake = atomic_load_explicit(&r->wake_at, memory_order_relaxed);
+    if (wake == UINT64_MAX || due < wake) uv_async_send(&r->async);
   }
   atomic_fetch_sub_explicit(&r->entering, 1, memory_order_seq_cst);
   return rc;
@@ -127,7 +138,7 @@ int knhk_timer_start(knhk_reactor_t *r, knhk_timer_t *t, uint64_t deadline_ns,
   t->deadline = deadline_ns;
   t->knhk__reactor = r;
   atomic_store_explicit(&t->knhk__flags, TF_START | TF_QUEUED, memory_order_relaxed);
-  int rc = knhk__reactor_submit(r, &r->timers, &t->knhk__link);
+  int rc = knhk__reactor_submit_due(r, &r->timers, &t->knhk__link, deadline_ns);
   if (rc != 0) st_relaxed(&t->knhk__flags, 0);
   return rc;
 }
@@ -199,7 +210,17 @@ static void fire_due_timers(knhk_reactor_t *r) {
 
 static void on_uvtimer(uv_timer_t *h);
 
+/* Before the loop sleeps: publish when it wakes next (wake_at), then make
+ * sure no timer start that counted on an earlier wake_at is left queued. */
 static void arm(knhk_reactor_t *r) {
+  for (;;) {
+    uint64_t d = r->nheap ? r->heap[0]->deadline : UINT64_MAX;
+    atomic_store_explicit(&r->wake_at, d, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!knhk__mpsc_maybe_nonempty(&r->timers)) break;
+    process_timer_requests(r);
+    fire_due_timers(r);
+  }
   if (!r->nheap) {
     uv_timer_stop(&r->uvtimer);
     return;
@@ -490,6 +511,7 @@ int knhk_reactor_new(knhk_reactor_t **out) {
     free(r);
     return KNHK_EIO;
   }
+  atomic_store_explicit(&r->wake_at, UINT64_MAX, memory_order_relaxed);
   knhk__mpsc_init(&r->timers);
   knhk__mpsc_init(&r->signals);
   knhk__mpsc_init(&r->procs);

@@ -32,6 +32,10 @@ struct knhk_reactor_s {
   int shutting_down;              /* reactor thread only */
   knhk_timer_t **heap;
   uint32_t nheap, capheap;
+  /* When the reactor will next look at its timer queue unprompted (its
+   * earliest deadline; UINT64_MAX: never). A timer start due no earlier
+   * needs no wake-up: most sleeps end after the one already armed. */
+  KNHK__ALIGNED _Atomic uint64_t wake_at;
   knhk__proc_t *live_procs;       /* process.c: for shutdown */
   knhk_signal_t **watches;
   uint32_t nwatches, capwatches;
@@ -44,6 +48,11 @@ struct knhk_reactor_s {
  * drain before its final pass, so no request slips in after shutdown began
  * without completing. */
 int knhk__reactor_submit(knhk_reactor_t *r, knhk__mpsc_t *q, knhk_link_t *node);
+
+/* Any thread: as knhk__reactor_submit, for a request the reactor need
+ * not see before `due` (a timer start): no wake-up when it will look at
+ * its queue by then anyway. */
+int knhk__reactor_submit_due(knhk_reactor_t *r, knhk__mpsc_t *q, knhk_link_t *node, uint64_t due);
 
 /* Reactor thread: the next node of a queue, or NULL. */
 knhk_link_t *knhk__reactor_take(knhk__mpsc_t *q);

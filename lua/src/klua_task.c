@@ -354,28 +354,23 @@ static int cancel_unwinds_nothing(klua_worker_t *w, klua_task_t *t) {
   if (t->implicit) return 0;
   lua_State *co = t->co;
   lua_Debug ar;
-  int depth = 0;
-  while (depth < 64 && lua_getstack(co, depth, &ar)) depth++;
-  if (depth < 4 || depth >= 64) return 0;
+  /* Level 0 is the coroutine.yield the wait yielded with (the recheck
+   * flag is set just before it). The first C frame above it must be the
+   * task's xpcall: two frames below it, the bottom one, the runner. */
+  int level = 1;
+  for (;; level++) {
+    if (level > 200 || !lua_getstack(co, level, &ar)) return 0;
+    lua_getinfo(co, "S", &ar);
+    if (ar.what[0] == 'C') break; /* pcall, xpcall, or another C function */
+  }
+  if (!lua_getstack(co, level + 2, &ar) || lua_getstack(co, level + 3, &ar)) return 0;
+  lua_getstack(co, level + 2, &ar);
   if (!lua_checkstack(co, 2)) return 0;
-  /* the bottom frame runs the runner */
-  lua_getstack(co, depth - 1, &ar);
   lua_getinfo(co, "f", &ar);
   lua_rawgeti(co, LUA_REGISTRYINDEX, w->runner);
   int is_runner = lua_rawequal(co, -1, -2);
   lua_pop(co, 2);
-  if (!is_runner) return 0;
-  lua_getstack(co, depth - 3, &ar);
-  lua_getinfo(co, "S", &ar);
-  if (ar.what[0] != 'C') return 0; /* not the task's xpcall */
-  /* level 0 is the coroutine.yield the wait yielded with (the recheck
-   * flag is set just before it); above the xpcall, only Lua frames */
-  for (int level = 1; level < depth - 3; level++) {
-    lua_getstack(co, level, &ar);
-    lua_getinfo(co, "S", &ar);
-    if (ar.what[0] == 'C') return 0; /* pcall, xpcall, or another C function */
-  }
-  return 1;
+  return is_runner;
 }
 
 /* Ends t, cancelled, without resuming it (cancel_unwinds_nothing said
