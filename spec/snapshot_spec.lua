@@ -50,6 +50,20 @@ describe("a snapshot keeps a function's environment", function()
     assert.is_nil(p) -- the sandbox has no print: the worker's globals do not leak in
   end)
 
+  on_one_and_many("a sandbox with a metatable gains nothing it does not offer", function()
+    local offered = { y = 5 }
+    local f = setfenv(function() return y, os, print, string end,
+      setmetatable({}, { __index = offered }))
+    local y, os_, print_, string_ = knhk.spawn(f):join()
+    assert.equal(5, y)
+    assert.is_nil(os_)
+    assert.is_nil(print_)
+    assert.is_nil(string_)
+    local g = setfenv(function() return io end,
+      setmetatable({}, { __index = function(_, k) return k == "z" and 1 or nil end }))
+    assert.is_nil(knhk.spawn(g):join())
+  end)
+
   on_one_and_many("writes to a sandbox stay in the task's copy", function()
     local env = { hits = 0 }
     local f = setfenv(function() hits = hits + 1; return hits end, env)
@@ -108,6 +122,84 @@ describe("globals a task reads", function()
 
   on_one_and_many("a global that does not exist travels as nil", function()
     assert.is_nil(knhk.spawn(function() return no_such_global_here end):join())
+  end)
+end)
+
+-- Code whose environment is the VM's globals (setfenv(fn, _G): a spec's
+-- own functions run in busted's environment) takes the spawn's fast path
+-- when every global it reads is a plain value, a builtin or a module.
+describe("globals on the fast path", function()
+  on_one_and_many("are read at spawn: a later change is not seen, an earlier one is", function()
+    _G.snapshot_fast_g = 1
+    local f = setfenv(function(x) return snapshot_fast_g + x end, _G)
+    local a = knhk.spawn(f, 10)
+    _G.snapshot_fast_g = 2
+    local b = knhk.spawn(f, 10)
+    _G.snapshot_fast_g = nil
+    assert.equal(11, a:join())
+    assert.equal(12, b:join())
+  end)
+
+  on_one_and_many("builtins and modules arrive as this VM's own", function()
+    local f = setfenv(function(x)
+      return string.format("%03d", x), type(knhk_spec_mod), tostring(math.huge),
+        require("knhk.errors") == package.loaded["knhk.errors"]
+    end, _G)
+    _G.knhk_spec_mod = require "knhk.errors"
+    for i = 1, 50 do -- the first spawns teach the fast path the names
+      local s, t, h, same = knhk.spawn(f, i):join()
+      assert.equal(string.format("%03d", i), s)
+      assert.equal("table", t)
+      assert.equal("inf", h)
+      assert.is_true(same)
+    end
+    _G.knhk_spec_mod = nil
+  end)
+
+  on_one_and_many("a global function that calls itself by its global name", function()
+    _G.snapshot_fast_fib = setfenv(function(n)
+      if n < 2 then return n end
+      return snapshot_fast_fib(n - 1) + snapshot_fast_fib(n - 2)
+    end, _G)
+    local hs = {}
+    for i = 1, 20 do hs[i] = knhk.spawn(snapshot_fast_fib, 15) end
+    for i = 1, 20 do assert.equal(610, hs[i]:join()) end
+    _G.snapshot_fast_fib = nil
+  end)
+
+  on_one_and_many("each task writes its own globals, even two of one function on one worker", function()
+    local ev = knhk.event()
+    local f = setfenv(function(v, e)
+      snapshot_fast_w = v
+      e:wait()
+      return snapshot_fast_w
+    end, _G)
+    local hs = {}
+    for i = 1, 8 do hs[i] = knhk.spawn(f, i, ev) end
+    knhk.sleep(0.01)
+    ev:set()
+    for i = 1, 8 do assert.equal(i, hs[i]:join()) end
+    assert.is_nil(rawget(_G, "snapshot_fast_w")) -- the spawner's globals are untouched
+  end)
+
+  on_one_and_many("a table global still travels whole, by the codec", function()
+    _G.snapshot_fast_t = { a = { b = 7 } }
+    local f = setfenv(function() snapshot_fast_t.a.b = 8; return snapshot_fast_t.a.b end, _G)
+    assert.equal(8, knhk.spawn(f):join())
+    assert.equal(7, _G.snapshot_fast_t.a.b)
+    _G.snapshot_fast_t = nil
+  end)
+
+  on_one_and_many("a function made in a task, reading globals, spawns again", function()
+    _G.snapshot_fast_n = 5
+    local outer = setfenv(function()
+      local inner = function(x) return snapshot_fast_n * x, type(print) end
+      return knhk.spawn(inner, 3):join()
+    end, _G)
+    local v, t = knhk.spawn(outer):join()
+    _G.snapshot_fast_n = nil
+    assert.equal(15, v)
+    assert.equal("function", t)
   end)
 end)
 

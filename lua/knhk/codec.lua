@@ -15,6 +15,7 @@ local ffi = require "ffi"
 local bit = require "bit"
 local buffer = require "string.buffer"
 local jutil = require "jit.util"
+local errors = require "knhk.errors"
 
 local band, bor, rshift, lshift = bit.band, bit.bor, bit.rshift, bit.lshift
 local type, pairs, next, getmetatable, select = type, pairs, next, getmetatable, select
@@ -207,8 +208,31 @@ local BASE_MT = { __index = base_env, __metatable = false }
 -- spawned again has one of them, and is treated as having the globals.
 local task_envs = setmetatable({}, { __mode = "k" })
 
+-- A globals table: this VM's _G, the standard library's, or a task's
+-- (made by the decoder, or by the C side's fast start, which gives it
+-- BASE_MT).
+local getmetatable_raw = debug.getmetatable
 local function is_globals_table(t)
-  return t == _G or t == base_env or task_envs[t] ~= nil
+  return t == _G or t == base_env or task_envs[t] ~= nil or getmetatable_raw(t) == BASE_MT
+end
+
+-- Named values: builtins and modules travel by name, and the C side's
+-- fast path (klua_value.c) sends them as a number the receiving VM turns
+-- back into the name and resolves. M.on_named(v, key) is told of each one
+-- the encoder meets (key: "B" builtin name, or "M" module name), so that
+-- the next spawn that carries it needs no codec.
+M.on_named = function() end
+
+-- The value a named-value key stands for, in this VM.
+local resolve_module
+function M.named_value(key)
+  local kind, name = key:sub(1, 1), key:sub(2)
+  if kind == "B" then
+    local v = name_builtin[name]
+    if v == nil then error("knhk.codec: this VM has no builtin " .. name) end
+    return v
+  end
+  return resolve_module(name)
 end
 
 -- Modules by require name, and their C functions by "module\0field".
@@ -248,7 +272,7 @@ local function can_require(name)
   return ok
 end
 
-local function resolve_module(name)
+function resolve_module(name)
   local mod, field = name:match("^([^%z]+)%z(.+)$")
   if mod then return require(mod)[field] end
   return require(name)
@@ -419,6 +443,12 @@ local function put_module(enc, v, name)
       .. "package.loaded): give it a name require can find, or pass what the task needs")
   end
   put_named(enc.buf, T_MODULE, name)
+  M.on_named(v, "M" .. name)
+end
+
+local function put_builtin(buf, v, name)
+  put_named(buf, T_BUILTIN, name)
+  M.on_named(v, "B" .. name)
 end
 
 local function encode_table(enc, t)
@@ -472,13 +502,34 @@ local function global_value(env, name)
   return nil
 end
 
--- Environments: the globals (the VM's _G, a task's, or any environment
--- with a metatable, such as a proxy of _G) travel as the names the code
--- reads, over the standard library; a plain table given with setfenv (a
--- sandbox) travels as the names read from it, and nothing else.
+-- Whether env is a proxy of the globals (as a test framework's environment
+-- over _G is): its __index leads to a globals table, or it answers `_G`
+-- with one. A sandbox that hands out _G protects nothing, so treating it
+-- as the globals gives away nothing it did not.
+local function proxies_globals(env)
+  for _ = 1, 16 do
+    local mt = getmetatable_raw(env)
+    local up = mt and rawget(mt, "__index")
+    if type(up) == "function" then
+      local ok, g = pcall(index_env, env, "_G")
+      if not ok and errors.is_cancelled(g) then error(g, 0) end
+      return ok and type(g) == "table" and is_globals_table(g)
+    end
+    if type(up) ~= "table" then return false end
+    if is_globals_table(up) then return true end
+    env = up
+  end
+  return false
+end
+
+-- Environments: the globals (the VM's _G, a task's, or a proxy of them)
+-- travel as the names the code reads, over the standard library; any other
+-- table given with setfenv (a sandbox, with or without a metatable)
+-- travels as the names read from it, and nothing else: a sandboxed
+-- function never gains the standard library by being spawned.
 local function put_env(enc, fn, env, globals)
   local buf = enc.buf
-  if is_globals_table(env) or getmetatable(env) ~= nil then
+  if is_globals_table(env) or proxies_globals(env) then
     buf:put(string.char(ENV_GLOBALS))
   else
     local ref = enc.seen[env]
@@ -510,7 +561,7 @@ local function encode_function(enc, fn)
   local ok, info = pcall(funcinfo, fn)
   if not ok or info.addr or not info.source then -- a C function
     local name = builtin_name[fn]
-    if name then return put_named(buf, T_BUILTIN, name) end
+    if name then return put_builtin(buf, fn, name) end
     local mname = module_name[fn]
     if not mname and not enc.modules_indexed then
       enc.modules_indexed = true
@@ -577,7 +628,7 @@ encode_value = function(enc, v)
     if t == "table" then
       if is_globals_table(v) then return buf:put(string.char(T_GLOBALS)) end
       local bname = builtin_name[v]
-      if bname then return put_named(buf, T_BUILTIN, bname) end
+      if bname then return put_builtin(buf, v, bname) end
       local mname = module_name[v]
       if not mname and not enc.modules_indexed and getmetatable(v) == nil then
         enc.modules_indexed = true -- modules loaded since: looked for once per snapshot
@@ -645,14 +696,30 @@ function M.encode(n, places, ...)
 end
 
 -- The prototype of fn as one number, for the C side's cache (klua_core.c):
--- id + upvalues * 2^24 + 2^40 if its snapshot needs this codec (its code
--- reads globals, or it has an environment of its own).
+-- id + upvalues * 2^24, + 2^40 if its snapshot needs this codec (it has an
+-- environment of its own), + 2^41 if its code reads globals (the C side
+-- sends the globals it reads when each is a plain or named value).
 function M.proto_number(fn)
   local p = proto_of(fn)
-  local env = getfenv(fn)
-  local slow = #p.globals > 0 or not (is_globals_table(env) or getmetatable(env) ~= nil)
-  return p.id + p.nuv * 2 ^ 24 + (slow and 2 ^ 40 or 0)
+  local slow = not is_globals_table(getfenv(fn))
+  return p.id + p.nuv * 2 ^ 24 + (slow and 2 ^ 40 or 0) + (#p.globals > 0 and 2 ^ 41 or 0)
 end
+
+-- The names of the globals prototype `id`'s code reads (fn: a closure of
+-- it), for the C side's fast path.
+local names_by_id = {}
+function M.globals_names(id, fn)
+  local names = names_by_id[id]
+  if not names then
+    names = proto_of(fn).globals
+    names_by_id[id] = names
+  end
+  return names
+end
+
+-- What the C side needs to build a task's globals: the metatable that
+-- puts the standard library under them, and the table it reads through.
+M.BASE_MT, M.base_env = BASE_MT, base_env
 
 -- ---------------------------------------------------------------- decoder
 
@@ -672,7 +739,7 @@ local function wrapper_of(id)
     local f = w()
     local info = funcinfo(f)
     nuvs[id] = info.upvalues or 0
-    infos[id] = id + nuvs[id] * 2 ^ 24 + (#globals_read(f, {}, {}) > 0 and 2 ^ 40 or 0)
+    infos[id] = id + nuvs[id] * 2 ^ 24 + (#globals_read(f, {}, {}) > 0 and 2 ^ 41 or 0)
   end
   return w
 end
@@ -835,6 +902,7 @@ function M.init(register, get)
   protos_by_closure = setmetatable({}, { __mode = "k" })
   protos_by_dump = {}
   wrappers, nuvs, infos = {}, {}, {}
+  names_by_id = {}
 end
 
 return M

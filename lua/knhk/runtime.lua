@@ -253,11 +253,39 @@ local function init_vm()
     if p == nil then error("knhk: unknown function prototype " .. id) end
     return ffi.string(p, len[0])
   end)
+  -- Named values (klua_value.c): builtins and modules the codec has met
+  -- travel as an id of the runtime's registry, which holds their key.
+  local named, named_vals = setmetatable({}, { __mode = "k" }), {}
+  local function remember(v, id)
+    named[v] = id
+    named_vals[id] = v
+  end
+  codec.on_named = function(v, key)
+    if named[v] then return end
+    local bytes = "\0" .. key -- never a prototype's dump, which starts "\27LJ"
+    local id = C.klua_proto_register(rt, bytes, #bytes)
+    if id ~= 0 then remember(v, id) end
+  end
+  local function resolve_name(id)
+    local len = ffi.new("size_t[1]")
+    local p = C.klua_proto_get(rt, id, len)
+    if p == nil or len[0] < 2 or p[0] ~= 0 then error("knhk: unknown named value " .. id) end
+    local v = codec.named_value(ffi.string(p + 1, len[0] - 1))
+    remember(v, id)
+    return v
+  end
   core.register(runner, {
     proto_of = codec.proto_number,
     new_closure = codec.new_closure,
     place_of = codec.place_of,
     capture = capture,
+    globals_names = codec.globals_names,
+    gnames = {},
+    base_mt = codec.BASE_MT,
+    base_env = codec.base_env,
+    named = named,
+    named_vals = named_vals,
+    resolve_name = resolve_name,
   })
 end
 

@@ -63,7 +63,9 @@ enum {
   KLUA_PAY_REASON = 5   /* cancelled: only the reason code, in nvals (no codec) */
 };
 
-enum { KLUA_INLINE = 48 }; /* payload bytes held in the record itself */
+enum { KLUA_INLINE = 48 };
+#define KLUA_PROTO_ID_MASK 0xffffffu
+#define KLUA_PROTO_GLOBALS_SHIFT 24 /* payload bytes held in the record itself */
 
 /* ------------------------------------------------------------ spinlocks */
 
@@ -145,7 +147,8 @@ struct klua_task {
   knhk_telemetry_task_t tel;   /* its spans, while recording */
   /* payload: the start, then the results */
   int32_t pay;                 /* KLUA_PAY_* */
-  int32_t proto;               /* inline start: the prototype id of the function */
+  int32_t proto;               /* inline start: the prototype id of the function, and the
+                                  number of globals the payload carries (above the id) */
   int32_t nvals;               /* inline: how many values */
   int32_t fn_ref;              /* refs start: in the home VM's anchor table */
   uint32_t len;                /* bytes at data */
@@ -163,6 +166,8 @@ struct klua_task {
   klua_wait_t *joiners;
   /* links */
   klua_task_t *link;           /* in a free list, or a group's ended list */
+  klua_task_t *batch_next;     /* a shared free batch's head: the next batch */
+  uint32_t batch_n;            /* a shared free batch's head: its length */
   klua_task_t *live_prev, *live_next; /* its worker's live list, while started */
 };
 
@@ -247,7 +252,7 @@ struct klua_rt {
   pthread_mutex_t pool_m;
   void **slabs;
   size_t nslabs, capslabs;
-  klua_task_t *shared_free;
+  klua_task_t *shared_free; /* batches of free records (batch_next, batch_n) */
   klua_group_t *free_groups;
   klua_group_t **group_slabs;
   size_t ngslabs, capgslabs;

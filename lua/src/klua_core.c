@@ -170,8 +170,8 @@ static void call_hook(lua_State *L, const char *name, int n, int r) {
  * count, whether its code reads globals, its place. Cached per closure. */
 typedef struct {
   uint32_t id, nuv;
-  int globals;
-  const char *where;
+  int slow;     /* an environment of its own: only the codec snapshots it */
+  int globals;  /* its code reads globals */
 } proto_t;
 
 static void proto_info(lua_State *L, int idx, proto_t *p) {
@@ -180,7 +180,7 @@ static void proto_info(lua_State *L, int idx, proto_t *p) {
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_pushvalue(L, idx);
-    call_hook(L, "proto_of", 1, 1); /* -> id + nuv * 2^24 + globals * 2^40 */
+    call_hook(L, "proto_of", 1, 1); /* -> id + nuv * 2^24 + slow * 2^40 + globals * 2^41 */
     lua_pushvalue(L, idx);
     lua_pushvalue(L, -2);
     lua_rawset(L, UP_PROTOS);
@@ -190,7 +190,100 @@ static void proto_info(lua_State *L, int idx, proto_t *p) {
   uint64_t u = (uint64_t)v;
   p->id = (uint32_t)(u & 0xffffff);
   p->nuv = (uint32_t)((u >> 24) & 0xff);
-  p->globals = (int)((u >> 40) & 1);
+  p->slow = (int)((u >> 40) & 1);
+  p->globals = (int)((u >> 41) & 1);
+}
+
+/* ------------------------------------------------------------ named values */
+
+static int abs_index(lua_State *L, int idx) {
+  return idx < 0 && idx > LUA_REGISTRYINDEX ? lua_gettop(L) + idx + 1 : idx;
+}
+
+/* The id the value at idx travels under (klua_value.c's "named"), or 0.
+ * hooks.named: value -> id, filled as the codec meets builtins and modules. */
+uint32_t klua_named_id(lua_State *L, int idx) {
+  idx = abs_index(L, idx);
+  lua_getfield(L, UP_HOOKS, "named");
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_pushvalue(L, idx);
+  lua_rawget(L, -2);
+  uint32_t id = (uint32_t)lua_tointeger(L, -1);
+  lua_pop(L, 2);
+  return id;
+}
+
+/* Pushes the value `id` names in this VM: hooks.named_vals caches it; the
+ * first time, hooks.resolve_name finds it by its name. */
+void klua_named_push(lua_State *L, uint32_t id) {
+  lua_getfield(L, UP_HOOKS, "named_vals");
+  lua_rawgeti(L, -1, (int)id);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushinteger(L, id);
+    call_hook(L, "resolve_name", 1, 1);
+  }
+  lua_remove(L, -2);
+}
+
+/* The globals a portable task's code reads, pushed as name, value pairs
+ * (2 * count slots) for the inline encoder, from the environment at envidx.
+ * Returns the count, or -1 when that environment needs the codec: not a
+ * globals table (this VM's _G without a metatable, or a task's, whose
+ * metatable puts the standard library under it), or names too many. */
+static int push_globals(lua_State *L, int fnidx, uint32_t id) {
+  int top = lua_gettop(L);
+  lua_getfenv(L, fnidx);
+  int env = lua_gettop(L);
+  int base = 0; /* the table a task's environment falls back to */
+  if (lua_rawequal(L, env, LUA_GLOBALSINDEX)) {
+    if (lua_getmetatable(L, env)) goto slow; /* a strict or proxied _G */
+  } else {
+    if (!lua_getmetatable(L, env)) goto slow;
+    lua_getfield(L, UP_HOOKS, "base_mt");
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!same) goto slow;
+    lua_getfield(L, UP_HOOKS, "base_env");
+    base = lua_gettop(L);
+  }
+  lua_getfield(L, UP_HOOKS, "gnames");
+  lua_rawgeti(L, -1, (int)id);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushinteger(L, id);
+    lua_pushvalue(L, fnidx);
+    call_hook(L, "globals_names", 2, 1);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -3, (int)id);
+  }
+  int names = lua_gettop(L);
+  int n = (int)lua_objlen(L, names);
+  if (n > 60 || !lua_checkstack(L, 2 * n + 4)) goto slow;
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, names, i);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, env);
+    if (lua_isnil(L, -1) && base) {
+      lua_pop(L, 1);
+      lua_pushvalue(L, -1);
+      lua_rawget(L, base);
+    }
+  }
+  /* keep only the pairs, where the caller expects them */
+  int first = top + 1;
+  for (int i = 0; i < 2 * n; i++) {
+    lua_pushvalue(L, names + 1 + i);
+    lua_replace(L, first + i);
+  }
+  lua_settop(L, first + 2 * n - 1);
+  return n;
+slow:
+  lua_settop(L, top);
+  return -1;
 }
 
 /* The place of the function at idx, interned: cached per closure. */
@@ -273,12 +366,17 @@ static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *
   int top = lua_gettop(L), nargs = top - fnidx;
   proto_t p;
   proto_info(L, fnidx, &p);
-  if (p.globals || p.nuv > 60) { lua_pushinteger(L, ST_SLOW); return 1; }
+  if (p.slow || p.nuv > 60) { lua_pushinteger(L, ST_SLOW); return 1; }
+  /* the stack above top: the upvalues, then the globals' name-value pairs */
+  int ng = p.globals ? push_globals(L, fnidx, p.id) : 0;
+  if (ng < 0) { lua_pushinteger(L, ST_SLOW); return 1; }
   for (uint32_t i = 1; i <= p.nuv; i++) lua_getupvalue(L, fnidx, (int)i);
+  int uvidx = top + 1 + 2 * ng;
   const void *self = lua_topointer(L, fnidx);
-  int64_t uvsize = klua_values_size(L, top + 1, (int)p.nuv, self);
-  int64_t argsize = uvsize < 0 ? -1 : klua_values_size(L, fnidx + 1, nargs, NULL);
-  if (uvsize < 0 || argsize < 0 || uvsize + argsize > 0x7fffffff) {
+  int64_t uvsize = klua_values_size(L, uvidx, (int)p.nuv, self);
+  int64_t gsize = uvsize < 0 ? -1 : klua_values_size(L, top + 1, 2 * ng, self);
+  int64_t argsize = gsize < 0 ? -1 : klua_values_size(L, fnidx + 1, nargs, NULL);
+  if (uvsize < 0 || gsize < 0 || argsize < 0 || uvsize + gsize + argsize > 0x7fffffff) {
     lua_settop(L, top);
     lua_pushinteger(L, ST_SLOW);
     return 1;
@@ -286,17 +384,19 @@ static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *
   if (!g) g = implicit_group(L, cur);
   klua_task_t *t = klua_task_alloc(cur->rt);
   if (!t) return luaL_error(L, "%s: out of memory", fname);
-  char *out = klua_payload_room(t, (uint32_t)(uvsize + argsize));
+  char *out = klua_payload_room(t, (uint32_t)(uvsize + gsize + argsize));
   if (!out) {
     klua_task_release(t);
     return luaL_error(L, "%s: out of memory", fname);
   }
-  klua_values_encode(L, top + 1, (int)p.nuv, out, self);
-  klua_values_encode(L, fnidx + 1, nargs, out + uvsize, NULL);
+  /* payload: upvalues, the globals' pairs, the arguments */
+  klua_values_encode(L, uvidx, (int)p.nuv, out, self);
+  klua_values_encode(L, top + 1, 2 * ng, out + uvsize, self);
+  klua_values_encode(L, fnidx + 1, nargs, out + uvsize + gsize, NULL);
   lua_settop(L, top);
   t->kind = KLUA_PORTABLE;
   t->pay = KLUA_PAY_INLINE;
-  t->proto = (int32_t)p.id;
+  t->proto = (int32_t)p.id | (ng ? (int32_t)ng << KLUA_PROTO_GLOBALS_SHIFT : 0);
   t->nvals = nargs;
   t->group = g;
   t->cancel_parent = cancel_parent_for(cur, g);
@@ -459,23 +559,39 @@ static int l_start(lua_State *L) {
     return 2;
   }
   if (pay == KLUA_PAY_INLINE) {
-    closure_for(L, (uint32_t)t->proto);
+    uint32_t id = (uint32_t)t->proto & KLUA_PROTO_ID_MASK;
+    int ng = (int)((uint32_t)t->proto >> KLUA_PROTO_GLOBALS_SHIFT);
+    closure_for(L, id);
     int fn = lua_gettop(L);
     int nuv = 0;
     while (lua_getupvalue(L, fn, nuv + 1)) {
       lua_pop(L, 1);
       nuv++;
     }
-    if (nuv == 0) { /* the shared closure for it, from now on */
+    /* the shared closure for it, from now on: nothing of a task is in it
+     * (never for code that reads globals: its environment is the task's) */
+    if (nuv == 0 && !ng) {
       lua_pushvalue(L, fn);
-      lua_rawseti(L, UP_POOLS, t->proto);
+      lua_rawseti(L, UP_POOLS, (int)id);
     }
     lua_getfield(L, UP_HOOKS, "capture");
-    /* upvalues first, then the arguments */
+    /* upvalues first, then the globals, then the arguments */
     klua_values_push(L, t->data, nuv, fn);
     for (int i = nuv; i >= 1; i--) lua_setupvalue(L, fn, i);
-    /* the arguments follow the upvalues in the payload */
-    klua_values_push(L, klua_values_skip(t->data, nuv), t->nvals, 0);
+    const char *rest = klua_values_skip(t->data, nuv);
+    if (ng) {
+      /* a fresh table of the globals it reads, over the standard library,
+       * as the codec's decoder would make */
+      lua_createtable(L, 0, ng);
+      int env = lua_gettop(L);
+      klua_values_push(L, rest, 2 * ng, fn);
+      for (int i = 0; i < ng; i++) lua_rawset(L, env);
+      lua_getfield(L, UP_HOOKS, "base_mt");
+      lua_setmetatable(L, env);
+      lua_setfenv(L, fn);
+      rest = klua_values_skip(rest, 2 * ng);
+    }
+    klua_values_push(L, rest, t->nvals, 0);
     int n = 2 + t->nvals;
     klua_payload_reset(t);
     return n;

@@ -22,8 +22,9 @@
 #include "klua_value.h"
 #include "knhk/errors.h"
 
-#define SLAB 64           /* records per slab */
-#define LOCAL_MAX 1024    /* free records a worker keeps before sharing */
+#define SLAB 64           /* records per slab: one shared batch */
+#define BATCH 64          /* records a worker hands to the shared pool at once */
+#define LOCAL_MAX (2 * BATCH) /* free records a worker keeps before sharing */
 
 void klua_spin_lock(klua_spin_t *s) {
   for (unsigned n = 1;; n++) {
@@ -41,8 +42,14 @@ static _Atomic uint64_t next_id = 1;
 static int task_run(knhk_task_t *et);
 static void task_ended(knhk_task_t *et, int status);
 
-/* Under pool_m: a slab of records onto the shared free list. What never
- * changes in a record is set here, once: a late waker (type-stable
+/* Free records move between a worker and the shared pool in batches, so
+ * the pool's lock is taken once per BATCH allocations or releases, and a
+ * batch carries its length: nothing is ever counted by walking a list.
+ * Invariant: every chain on rt->shared_free is linked through `link`,
+ * ends in NULL, and its head's batch_n is its exact length. */
+
+/* Under pool_m: a slab of records onto the shared pool, as one batch. What
+ * never changes in a record is set here, once: a late waker (type-stable
  * memory) may read it at any time. */
 static int grow_locked(klua_rt_t *rt) {
   if (rt->nslabs == rt->capslabs) {
@@ -62,10 +69,19 @@ static int grow_locked(klua_rt_t *rt) {
     t->et.on_end = task_ended;
     t->et.flags = KNHK_TASK_STICKY;
     atomic_init(&t->w.timer_busy, 0);
-    t->link = rt->shared_free;
-    rt->shared_free = t;
+    t->link = i + 1 < SLAB ? &slab[i + 1] : NULL;
   }
+  slab[0].batch_n = SLAB;
+  slab[0].batch_next = rt->shared_free;
+  rt->shared_free = &slab[0];
   return 0;
+}
+
+/* Under pool_m: the chain head..(n records) onto the shared pool. */
+static void share_batch_locked(klua_rt_t *rt, klua_task_t *head, uint32_t n) {
+  head->batch_n = n;
+  head->batch_next = rt->shared_free;
+  rt->shared_free = head;
 }
 
 klua_task_t *klua_task_alloc(klua_rt_t *rt) {
@@ -79,13 +95,12 @@ klua_task_t *klua_task_alloc(klua_rt_t *rt) {
     pthread_mutex_lock(&rt->pool_m);
     if (!rt->shared_free) grow_locked(rt);
     t = rt->shared_free;
-    if (t && w) { /* take the whole shared list: one lock per batch */
+    if (t) rt->shared_free = t->batch_next;
+    if (t && w) { /* the rest of the batch becomes this worker's */
       w->free = t->link;
-      w->nfree = 0;
-      for (klua_task_t *x = w->free; x; x = x->link) w->nfree++;
-      rt->shared_free = NULL;
-    } else if (t) {
-      rt->shared_free = t->link;
+      w->nfree = t->batch_n - 1;
+    } else if (t && t->link) { /* no worker to keep them: the rest goes back */
+      share_batch_locked(rt, t->link, t->batch_n - 1);
     }
     pthread_mutex_unlock(&rt->pool_m);
     if (!t) return NULL;
@@ -156,15 +171,24 @@ static void task_free(klua_task_t *t) {
   knhk_token_release(t->cancel_parent);
   t->cancel_parent = NULL;
   klua_worker_t *w = klua_worker(rt);
-  if (w && w->nfree < LOCAL_MAX) {
-    t->link = w->free;
-    w->free = t;
-    w->nfree++;
+  if (!w) {
+    t->link = NULL;
+    pthread_mutex_lock(&rt->pool_m);
+    share_batch_locked(rt, t, 1);
+    pthread_mutex_unlock(&rt->pool_m);
     return;
   }
+  t->link = w->free;
+  w->free = t;
+  if (++w->nfree < LOCAL_MAX) return;
+  /* Keep the BATCH released last (warm in this cache); share the rest. */
+  klua_task_t *keep_tail = t;
+  for (int i = 1; i < BATCH; i++) keep_tail = keep_tail->link;
+  klua_task_t *head = keep_tail->link;
+  keep_tail->link = NULL;
+  w->nfree = BATCH;
   pthread_mutex_lock(&rt->pool_m);
-  t->link = rt->shared_free;
-  rt->shared_free = t;
+  share_batch_locked(rt, head, LOCAL_MAX - BATCH);
   pthread_mutex_unlock(&rt->pool_m);
 }
 

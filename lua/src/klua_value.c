@@ -6,9 +6,12 @@
  * is one of these; anything else goes through knhk.codec.
  *
  *   value := tag:u8 payload     nil 0 | false 1 | true 2 | number 3 f64 |
- *            string 4 len:u32 bytes | self 5 | handle 6 kind:u8 ptr:u64
+ *            string 4 len:u32 bytes | self 5 | handle 6 kind:u8 ptr:u64 |
+ *            named 7 id:u32
  * ("self": an upvalue that is the task's function itself, as a recursive
- * local function's is.)
+ * local function's is. "named": a builtin or a module, or a function of
+ * one, that the snapshot codec has met before and registered under an id
+ * of the runtime's registry: the receiving VM resolves the name.)
  */
 #include <lauxlib.h>
 #include <string.h>
@@ -28,7 +31,10 @@ static int value_size(lua_State *L, int i, void *self) {
     return n > 0x7fffffff ? -1 : (int)(5 + n);
   }
   case LUA_TFUNCTION:
-    return self && lua_topointer(L, i) == self ? 1 : -1;
+    if (self && lua_topointer(L, i) == self) return 1;
+    return klua_named_id(L, i) ? 5 : -1;
+  case LUA_TTABLE:
+    return klua_named_id(L, i) ? 5 : -1;
   case LUA_TUSERDATA:
     return klua_handle_kind(L, i) > 0 ? 10 : -1;
   default: return -1;
@@ -69,7 +75,20 @@ void klua_values_encode(lua_State *L, int first, int n, char *out, const void *s
       p += 4 + len;
       break;
     }
-    case LUA_TFUNCTION: (void)self; *p++ = KLUA_V_SELF; break;
+    case LUA_TFUNCTION:
+      if (self && lua_topointer(L, i) == self) {
+        *p++ = KLUA_V_SELF;
+        break;
+      }
+      /* a named function */
+      __attribute__((fallthrough));
+    case LUA_TTABLE: {
+      uint32_t id = klua_named_id(L, i);
+      *p++ = KLUA_V_NAMED;
+      memcpy(p, &id, 4);
+      p += 4;
+      break;
+    }
     default: { /* a handle (value_size said so) */
       int kind = klua_handle_kind(L, i);
       void *ptr = klua_handle_export(L, i);
@@ -119,6 +138,13 @@ int klua_values_push(lua_State *L, const char *buf, int n, int self) {
       klua_handle_push(L, kind, (void *)(uintptr_t)u);
       break;
     }
+    case KLUA_V_NAMED: {
+      uint32_t id;
+      memcpy(&id, p, 4);
+      p += 4;
+      klua_named_push(L, id);
+      break;
+    }
     default: luaL_error(L, "knhk: corrupt inline values"); return i;
     }
   }
@@ -129,6 +155,7 @@ int klua_values_push(lua_State *L, const char *buf, int n, int self) {
 static const char *skip_value(const char *p, int drop) {
   switch (*p++) {
   case KLUA_V_NUMBER: return p + 8;
+  case KLUA_V_NAMED: return p + 4;
   case KLUA_V_STRING: {
     uint32_t len;
     memcpy(&len, p, 4);

@@ -8,7 +8,7 @@
 
 enum {
   KLUA_V_NIL = 0, KLUA_V_FALSE = 1, KLUA_V_TRUE = 2, KLUA_V_NUMBER = 3,
-  KLUA_V_STRING = 4, KLUA_V_SELF = 5, KLUA_V_HANDLE = 6
+  KLUA_V_STRING = 4, KLUA_V_SELF = 5, KLUA_V_HANDLE = 6, KLUA_V_NAMED = 7
 };
 
 /* Kinds of handle (0: not a handle). */
@@ -35,5 +35,7 @@ int klua_handle_kind(lua_State *L, int idx);           /* KLUA_H_*, or 0 */
 void *klua_handle_export(lua_State *L, int idx);       /* retains; the object */
 void klua_handle_push(lua_State *L, int kind, void *p); /* takes the reference */
 void klua_handle_drop(int kind, void *p);
+uint32_t klua_named_id(lua_State *L, int idx);          /* its id, or 0: not named */
+void klua_named_push(lua_State *L, uint32_t id);        /* the value id names here */
 
 #endif
