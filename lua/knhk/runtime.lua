@@ -173,6 +173,9 @@ local function complete_slow(fn, pooled, st, ok, ...)
   local res = pack(ok, ...)
   if not ok and res[2] == "error in error handling" then res[2] = overflow_error(fn) end
   if st == 1 then -- it spawned: a task ends only after what it spawned
+    -- a failed task's children are cancelled, as a nursery's are when its
+    -- body fails: nothing would ever ask them to end otherwise
+    if not ok then core.cancel_children() end
     local span = telemetry().wait_begin(nil)
     await(core.close_try)
     telemetry().wait_end(span)
