@@ -1,15 +1,21 @@
 -- bench-lua.lua: suite `lua` — the knhk Lua layer against a single-VM
--- coroutine scheduler in plain LuaJIT (bench/single_vm.lua), same work,
--- same invocation. JSON lines on stdout (../shared/BENCH.md).
---   luajit bench/bench-lua.lua [--runs N]
+-- coroutine scheduler in plain LuaJIT (bench/single_vm.lua) and against
+-- cqueues (bench/cqueues_peer.lua, when lua-cqueues is installed), same
+-- work, same invocation. JSON lines on stdout (../shared/BENCH.md).
+--   luajit bench/bench-lua.lua [--runs N] [--cli path/to/knhk-lua]
+-- With --cli, the sleepers_1m rows run a million sleeping tasks in
+-- knhk-lua processes (bench/sleepers.lua), once each: they take seconds.
 local ffi = require "ffi"
 local cjson = require "cjson"
 local knhk = require "knhk"
-local single = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/single_vm.lua")
+local here = arg[0]:match("^(.*)/[^/]*$") or "."
+local single = dofile(here .. "/single_vm.lua")
+local cq = dofile(here .. "/cqueues_peer.lua") -- nil without lua-cqueues
 
-local runs = 3
+local runs, cli = 3, nil
 for i = 1, #arg do
   if arg[i] == "--runs" then runs = tonumber(arg[i + 1]) or runs end
+  if arg[i] == "--cli" then cli = arg[i + 1] end
 end
 
 ffi.cdef [[
@@ -37,12 +43,17 @@ local function percentile(v, p)
   return v[math.max(1, math.floor(p * #v + 0.5))]
 end
 
-local function emit(bench, metric, unit, workers, value, peer_value, higher)
+-- peer_value: single_vm's figure, or { name, value } for another peer.
+local function emit(bench, metric, unit, workers, value, peer_value, higher, nruns)
   local f = { suite = "lua", bench = bench, metric = metric, unit = unit, value = value,
-              better = higher and "higher" or "lower", runs = runs }
+              better = higher and "higher" or "lower", runs = nruns or runs }
   if workers then f.workers = workers end
-  if peer_value then
+  if type(peer_value) == "table" then
+    f.peer, peer_value = peer_value[1], peer_value[2]
+  elseif peer_value then
     f.peer = "single_vm"
+  end
+  if peer_value then
     f.peer_value = peer_value
     f.ratio = higher and value / peer_value or peer_value / value
   end
@@ -99,6 +110,12 @@ local function bench_spawn()
     end)
   end
   local pp50, pp99, ptput = median(peer.p50), median(peer.p99), median(peer.tput)
+  local cq_tput
+  if cq then
+    local v = {}
+    for r = 1, runs do v[r] = cq.run(function() return throughput(cq.spawn, 200000) end) end
+    cq_tput = median(v)
+  end
   for _, kind in ipairs { "spawn", "spawn_local" } do
     for workers = 1, 2 do
       local p50, p99, tput = {}, {}, {}
@@ -112,8 +129,11 @@ local function bench_spawn()
       local base = kind == "spawn" and "spawn_latency" or "spawn_local_latency"
       emit(base, "p50", "ns", workers, median(p50), pp50, false)
       emit(base, "p99", "ns", workers, median(p99), pp99, false)
-      emit(kind == "spawn" and "throughput" or "spawn_local_throughput", "tasks_per_s", "tasks/s",
-        workers, median(tput), ptput, true)
+      local tname = kind == "spawn" and "throughput" or "spawn_local_throughput"
+      emit(tname, "tasks_per_s", "tasks/s", workers, median(tput), ptput, true)
+      if cq_tput then
+        emit(tname, "tasks_per_s", "tasks/s", workers, median(tput), { "cqueues", cq_tput }, true)
+      end
     end
   end
 end
@@ -132,8 +152,16 @@ local function bench_cpu()
       return (now_ns() - t0) / 1e9
     end, { workers = workers })
   end
-  local t1, t2, ts = {}, {}, {}
+  local function plain()
+    local t0 = now_ns()
+    local s = 0
+    for _ = 1, 64 do s = s + fib(27) end
+    assert(s == 64 * 196418)
+    return (now_ns() - t0) / 1e9
+  end
+  local t1, t2, ts, tp = {}, {}, {}, {}
   for r = 1, runs do
+    tp[r] = plain()
     t1[r] = ours(1)
     t2[r] = ours(2)
     ts[r] = single.run(function()
@@ -145,6 +173,9 @@ local function bench_cpu()
     end)
   end
   emit("cpu_bound_lua", "speedup", "x", 2, median(t1) / median(t2), nil, true)
+  -- the same 64 calls in portable tasks on one worker, against plain calls
+  emit("cpu_bound_lua", "t1_over_plain", "x", 1, median(t1) / median(tp), nil, false)
+  emit("cpu_bound_lua", "s", "s", 1, median(t1), { "plain_luajit", median(tp) }, false)
   emit("cpu_bound_lua", "s", "s", 2, median(t2), median(ts), false)
 end
 
@@ -158,20 +189,23 @@ end
 
 local function bench_sleepers()
   local N = 100000
-  local v, pv = {}, {}
+  local v, pv = { spawn = {}, spawn_local = {} }, {}
+  local cv = {}
   for r = 1, runs do
-    v[r] = knhk.run(function()
-      local before = heap_bytes()
-      local per
-      knhk.nursery(function(n)
-        local ev = knhk.event()
-        for _ = 1, N do n:spawn_local(function() ev:wait() end) end
-        knhk.sleep(0.05) -- all started and waiting
-        per = (heap_bytes() - before) / N
-        ev:set()
-      end)
-      return per
-    end, { workers = 1 })
+    for kind in pairs(v) do
+      v[kind][r] = knhk.run(function()
+        local before = heap_bytes()
+        local per
+        knhk.nursery(function(n)
+          local ev = knhk.event()
+          for _ = 1, N do n[kind](n, function(e) e:wait() end, ev) end
+          knhk.sleep(0.05) -- all started and waiting
+          per = (heap_bytes() - before) / N
+          ev:set()
+        end)
+        return per
+      end, { workers = 1 })
+    end
     pv[r] = single.run(function()
       local before = heap_bytes()
       local ch = single.channel(1)
@@ -185,40 +219,124 @@ local function bench_sleepers()
       for i = 1, N do hs[i]:join() end
       return per
     end)
+    if cq then
+      cv[r] = cq.run(function()
+        local before = heap_bytes()
+        local ch = cq.channel(1)
+        local hs = {}
+        for i = 1, N do hs[i] = cq.spawn(function() return ch:recv() end) end
+        cq.sleep(0.05)
+        local per = (heap_bytes() - before) / N
+        for _ = 1, N do ch:send(1) end
+        for i = 1, N do hs[i]:join() end
+        return per
+      end)
+    end
   end
-  emit("sleeping_task", "bytes", "bytes", 1, median(v), median(pv), false)
+  emit("sleeping_task", "bytes", "bytes", 1, median(v.spawn_local), median(pv), false)
+  emit("sleeping_task_portable", "bytes", "bytes", 1, median(v.spawn), median(pv), false)
+  if cq then
+    emit("sleeping_task", "bytes", "bytes", 1, median(v.spawn_local), { "cqueues", median(cv) }, false)
+  end
 end
 
 -- -------------------------------------------------------------- channels
 
+local function peer_channel(lib, cap, N)
+  return lib.run(function()
+    local ch = lib.channel(cap)
+    local t0 = now_ns()
+    local c = lib.spawn(function() for _ = 1, N do ch:recv() end end)
+    lib.spawn(function() for i = 1, N do ch:send(i) end end)
+    c:join()
+    return N / ((now_ns() - t0) / 1e9)
+  end)
+end
+
+local function ours_channel(cap, N, workers)
+  return knhk.run(function()
+    local ch = knhk.channel(cap)
+    local t0 = now_ns()
+    knhk.nursery(function(n)
+      n:spawn(function(c, k) for _ = 1, k do c:recv() end end, ch, N)
+      n:spawn(function(c, k) for i = 1, k do c:send(i) end end, ch, N)
+    end)
+    return N / ((now_ns() - t0) / 1e9)
+  end, { workers = workers })
+end
+
 local function bench_channels()
   local N = 200000
-  local peer = {}
+  local peer, cpeer = {}, {}
   for r = 1, runs do
-    peer[r] = single.run(function()
-      local ch = single.channel(1024)
-      local t0 = now_ns()
-      local c = single.spawn(function() for _ = 1, N do ch:recv() end end)
-      single.spawn(function() for i = 1, N do ch:send(i) end end)
-      c:join()
-      return N / ((now_ns() - t0) / 1e9)
-    end)
+    peer[r] = peer_channel(single, 1024, N)
+    if cq then cpeer[r] = peer_channel(cq, 1024, N) end
   end
   for workers = 1, 2 do
     local v = {}
-    for r = 1, runs do
-      v[r] = knhk.run(function()
-        local ch = knhk.channel(1024)
-        local t0 = now_ns()
-        knhk.nursery(function(n)
-          n:spawn(function(c, k) for _ = 1, k do c:recv() end end, ch, N)
-          n:spawn(function(c, k) for i = 1, k do c:send(i) end end, ch, N)
-        end)
-        return N / ((now_ns() - t0) / 1e9)
-      end, { workers = workers })
-    end
+    for r = 1, runs do v[r] = ours_channel(1024, N, workers) end
     emit("channel", "msgs_per_s", "msgs/s", workers, median(v), median(peer), true)
+    if cq then
+      emit("channel", "msgs_per_s", "msgs/s", workers, median(v), { "cqueues", median(cpeer) }, true)
+    end
   end
+  -- rendezvous: capacity 0, every message a hand-off between two tasks
+  -- (the peer: a one-slot channel of plain coroutines, the closest it has)
+  local rv, rpeer = {}, {}
+  for r = 1, runs do
+    rpeer[r] = peer_channel(single, 1, N)
+    rv[r] = ours_channel(0, N, 2)
+  end
+  emit("rendezvous", "msgs_per_s", "msgs/s", 2, median(rv), median(rpeer), true)
+  local big = {}
+  for r = 1, runs do big[r] = ours_channel(0, 1000000, 2) end
+  emit("rendezvous_1m", "msgs_per_s", "msgs/s", 2, median(big), median(rpeer), true)
+end
+
+-- ------------------------------------------------------ a million sleepers
+
+local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- One knhk-lua (or luajit) run of bench/sleepers.lua: its JSON line.
+local function sleepers_run(cmd)
+  local f = assert(io.popen(cmd .. " 2>/dev/null"))
+  local out = f:read("*a")
+  f:close()
+  local ok, res = pcall(cjson.decode, out:match("{.-}") or "")
+  if not ok then error("sleepers: no figures from " .. cmd .. ": " .. out) end
+  return res
+end
+
+-- Seconds from SIGINT to the end of a knhk-lua holding n sleeping tasks.
+local function sigint_exit_s(n)
+  local cmd = "sh -c " .. shell_quote('echo $$; exec "$0" -w 2 "$1" ' .. n .. " spawn signal")
+    .. " " .. shell_quote(cli) .. " " .. shell_quote(here .. "/sleepers.lua") .. " 2>/dev/null"
+  local f = assert(io.popen(cmd))
+  local pid = f:read("*l")
+  local ready = f:read("*l")
+  if ready ~= "ready" then error("sleepers: knhk-lua did not get ready: " .. tostring(ready)) end
+  local t0 = now_ns()
+  os.execute("kill -INT " .. pid)
+  f:read("*a") -- until the process has ended and closed the pipe
+  local t = (now_ns() - t0) / 1e9
+  f:close()
+  return t
+end
+
+local function bench_sleepers_1m()
+  local N = 1000000
+  local script = shell_quote(here .. "/sleepers.lua")
+  local peer = sleepers_run("luajit " .. script .. " " .. N .. " coroutines")
+  for _, kind in ipairs { "spawn", "spawn_local" } do
+    progress("  %d %s tasks", N, kind)
+    local r = sleepers_run(shell_quote(cli) .. " -w 2 " .. script .. " " .. N .. " " .. kind .. " cancel")
+    local bench = kind == "spawn" and "sleepers_1m" or "sleepers_1m_local"
+    emit(bench, "spawn_s", "s", 2, r.spawn_s, { "coroutines", peer.spawn_s }, false, 1)
+    emit(bench, "cancel_s", "s", 2, r.cancel_s, { "coroutines", peer.cancel_s }, false, 1)
+    emit(bench, "rss", "MB", 2, r.rss_mb, { "coroutines", peer.rss_mb }, false, 1)
+  end
+  progress("  SIGINT with %d sleeping tasks", N)
+  emit("sleepers_1m", "sigint_exit_s", "s", 2, sigint_exit_s(N), nil, false, 1)
 end
 
 progress("spawn latency and throughput")
@@ -229,3 +347,9 @@ progress("memory per sleeping task")
 bench_sleepers()
 progress("channels")
 bench_channels()
+if cli then
+  progress("a million sleeping tasks")
+  bench_sleepers_1m()
+else
+  progress("sleepers_1m skipped: no --cli path to knhk-lua")
+end

@@ -43,7 +43,7 @@ function Channel:send(v)
   while self.t - self.h + 1 >= self.cap do self.can_send:wait() end
   self.t = self.t + 1
   self.buf[self.t] = v
-  self.can_recv:signal()
+  self.can_recv:signal(1)
 end
 
 function Channel:recv()
@@ -51,7 +51,7 @@ function Channel:recv()
   local v = self.buf[self.h]
   self.buf[self.h] = nil
   self.h = self.h + 1
-  self.can_send:signal()
+  self.can_send:signal(1)
   return v
 end
 

@@ -8,8 +8,6 @@
 -- a yield, the peer.
 local n, kind, mode = tonumber(arg[1]), arg[2], arg[3]
 
-local function now() return os.clock and require("knhk") and knhk.now() end
-
 local function rss_mb()
   local f = io.open("/proc/self/statm")
   local pages = f:read("*n")
