@@ -15,6 +15,7 @@ local ffi = require "ffi"
 local bit = require "bit"
 local buffer = require "string.buffer"
 local jutil = require "jit.util"
+local is_cancelled_signal = require("knhk.errors").is_signal
 
 local band, bor, rshift, lshift = bit.band, bit.bor, bit.rshift, bit.lshift
 local type, pairs, next, getmetatable, select = type, pairs, next, getmetatable, select
@@ -464,11 +465,14 @@ local function index_env(env, name) return env[name] end
 -- The value a function's code gets for global `name`: raw first; through
 -- the environment's __index if it has one. A global that does not exist
 -- (including one a strict environment refuses to look up) travels as nil.
+-- A Cancelled raised inside the __index (it waited, say, and its scope was
+-- cancelled) is not a refusal: it unwinds on, as at any checkpoint.
 local function global_value(env, name)
   local v = rawget(env, name)
   if v ~= nil or getmetatable(env) == nil then return v end
   local ok, r = pcall(index_env, env, name)
   if ok then return r end
+  if is_cancelled_signal(r) then error(r, 0) end
   return nil
 end
 
