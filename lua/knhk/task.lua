@@ -4,6 +4,7 @@
 local core = require "knhk.core"
 local codec = require "knhk.codec"
 local errors = require "knhk.errors"
+local check = require "knhk.check"
 local R = require "knhk.runtime"
 
 local select = select
@@ -14,9 +15,13 @@ local MARK_WAIT = R.MARK_WAIT
 local M = {}
 
 local mts = core.metatables()
-local Task = {}
+local Task = check.no_missing_methods({}, "task handle")
 M.Task = Task
 mts.task.__index = Task
+check.name_kind(mts.task, "task handle")
+local task_mt = mts.task
+local tasks_only = { [task_mt] = true }
+local bad_self = check.bad_self
 mts.task.__tostring = function(h) return "knhk.task#" .. string.format("%d", core.task_id(h)) end
 
 codec.register_handle("task", mts.task, function(h) return select(2, core.export(h)) end,
@@ -85,15 +90,18 @@ end
 -- h:join() -> the task's results, once it ended; raises its error (a
 -- TaskError; for a task that was cancelled, one whose .value is its
 -- Cancelled). A checkpoint while it waits.
-function Task:join() return join_result(self, core_join_try(self)) end
+function Task:join()
+  if getmetatable(self) ~= task_mt then bad_self("join", "task handle", self) end
+  return join_result(self, core_join_try(self))
+end
 
 -- h:cancel(): cancels the task alone (its scopes and its children too).
-Task.cancel = core.task_cancel
+Task.cancel = check.method(tasks_only, "task handle", "cancel", core.task_cancel)
 
 -- h:done() -> whether the task has ended.
-Task.done = core.task_done
+Task.done = check.method(tasks_only, "task handle", "done", core.task_done)
 
 -- h:id() -> the task's id, as knhk.tasks() and knhk.current() give it.
-Task.id = core.task_id
+Task.id = check.method(tasks_only, "task handle", "id", core.task_id)
 
 return M
