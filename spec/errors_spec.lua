@@ -55,6 +55,42 @@ describe("argument errors", function()
     assert.equal(here .. ":" .. line .. ": bad argument #2 to 'run' (workers: whole number in 1..256 expected, got 0)", msg)
   end)
 
+  it("a nursery's spawn points at its caller", function()
+    run(function()
+      knhk.nursery(function(n)
+        for _, m in ipairs({ "spawn", "spawn_local" }) do
+          local line = debug.getinfo(1, "l").currentline + 1
+          local msg = raised(function() n[m](n, 42) end)
+          assert.equal(string.format("%s:%d: bad argument #1 to '%s' (function expected, got number)",
+            here, line, m), msg)
+        end
+      end)
+    end)
+  end)
+
+  it("knhk.map names the item that cannot travel, at its caller's line", function()
+    run(function()
+      for _, opts in ipairs({ {}, { limit = 1 } }) do
+        local line = debug.getinfo(1, "l").currentline + 1
+        local msg = raised(function() knhk.map({ 1, io.stdout }, print, opts) end)
+        assert.equal(string.format("%s:%d: knhk.map: item 2 of the list is a userdata", here, line),
+          msg:match("^[^\n]*"))
+      end
+    end)
+  end)
+
+  it("a task's result that cannot travel is reported with the task's id and place", function()
+    run(function()
+      local h = knhk.spawn(function() return 1, coroutine.create(print) end)
+      local line = debug.getinfo(1, "l").currentline - 1
+      local ok, e = pcall(h.join, h)
+      assert.is_false(ok)
+      assert.is_true(knhk.is_task_error(e))
+      assert.equal(string.format("task %d (function at %s:%d) cannot return its results: "
+        .. "return value 2 is a thread", h:id(), here, line), e.message)
+    end)
+  end)
+
   it("a task-only call outside a task points at its caller", function()
     local line = debug.getinfo(1, "l").currentline + 1
     local msg = raised(function() knhk.sleep(1) end)

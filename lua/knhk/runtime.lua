@@ -177,7 +177,9 @@ local function complete_slow(fn, pooled, st, ok, ...)
   if ok then
     local good, snap = pcall(encode, res.n - 1, as_result, unpack(res, 2, res.n))
     if good then return core.finish_blob(OK, snap) end
-    local msg = "task result: " .. (type(snap) == "table" and snap.message or tostring(snap))
+    -- the joiner may be far from the task: say which task could not return
+    local msg = string.format("task %d (%s) cannot return its results: %s", core.current() or 0,
+      codec.place_of(fn), type(snap) == "table" and snap.message or tostring(snap))
     return core.finish_blob(ERROR, encode(1, as_error, errors.task_error(msg, nil, nil)))
   end
   local e = res[2]

@@ -36,14 +36,18 @@ local function spawn_places(i)
 end
 
 -- A start the inline form cannot hold (globals, tables, ...): the codec's.
-local function spawn_blob(nursery, fn, ...)
-  local ok, snap = pcall(codec.encode, select("#", ...) + 1, spawn_places, fn, ...)
+-- A refusal is raised as "<what>: <place> is a ...", places named by
+-- places(i) (1: the function, then its arguments).
+local function spawn_blob_as(nursery, what, places, fn, ...)
+  local ok, snap = pcall(codec.encode, select("#", ...) + 1, places, fn, ...)
   if not ok then
-    if type(snap) == "table" and snap.knhk_refused then R.raise("spawn: " .. snap.message) end
+    if type(snap) == "table" and snap.knhk_refused then R.raise(what .. ": " .. snap.message) end
     error(snap, 0)
   end
   return core.spawn_blob(nursery, snap, codec.place_of(fn))
 end
+
+local function spawn_blob(nursery, fn, ...) return spawn_blob_as(nursery, "spawn", spawn_places, fn, ...) end
 M.spawn_blob = spawn_blob
 
 local core_spawn, core_nursery_spawn = core.spawn, core.nursery_spawn
@@ -59,6 +63,14 @@ end
 function M.spawn_into(nursery, fn, ...)
   local h = core_nursery_spawn(nursery, fn, ...)
   if h == SLOW then return spawn_blob(nursery, fn, ...) end
+  return h
+end
+
+-- n:spawn made by a step on its caller's behalf (knhk.map): a refusal
+-- names the step and the caller's places, not spawn's arguments.
+function M.spawn_into_as(nursery, what, places, fn, ...)
+  local h = core_nursery_spawn(nursery, fn, ...)
+  if h == SLOW then return spawn_blob_as(nursery, what, places, fn, ...) end
   return h
 end
 
