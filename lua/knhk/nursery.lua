@@ -158,6 +158,7 @@ function M.nursery(fn, opts)
   -- A Cancelled from the body is this nursery's own (n:cancel, a failing
   -- child) unless the scope around it is cancelled too: then it unwinds on.
   if not ok and core.cancelled() then error(err, 0) end
+  if not ok then return end -- caught here, as a cancel scope does: no results
   return unpack(res, 2, res.n)
 end
 
