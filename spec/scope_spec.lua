@@ -149,6 +149,28 @@ describe("knhk.move_on_after and knhk.fail_after", function()
 end)
 
 describe("knhk.sleep and knhk.now", function()
+  it("sleep(0) lets the other tasks of its worker run (a loop of it does not starve them)", function()
+    local ran = run(function()
+      local flag = false
+      knhk.spawn_local(function() flag = true end)
+      local t0 = knhk.now()
+      while not flag and knhk.now() - t0 < 2 do knhk.sleep(0) end
+      local neg = false
+      knhk.spawn_local(function() neg = true end)
+      knhk.sleep(-1)
+      return { zero = flag, negative = neg }
+    end, 1)
+    assert.is_true(ran.zero)
+    assert.is_true(ran.negative)
+  end)
+
+  it("sleep(0) is a checkpoint: it raises Cancelled in a cancelled scope", function()
+    local caught = run(function()
+      return knhk.cancel_scope(function(s) s:cancel(); knhk.sleep(0) end).cancelled_caught
+    end)
+    assert.is_true(caught)
+  end)
+
   it("sleep waits at least the time asked", function()
     run(function()
       local t0 = knhk.now()

@@ -38,7 +38,10 @@ function M.sleep(seconds)
   check.arg("number", seconds, 1, "sleep")
   local ns = core_now()
   if ns == nil then R.raise("knhk.sleep: must be called inside a knhk task (inside knhk.run)") end
-  if seconds < 0 then seconds = 0 end
+  -- sleep(0) is a checkpoint that lets the other tasks run (as in Trio);
+  -- a deadline already passed would not yield, and a loop of sleep(0)
+  -- would keep its worker to itself
+  if seconds <= 0 then return M.checkpoint() end
   await(core_sleep_try, ns + seconds * 1e9)
 end
 
