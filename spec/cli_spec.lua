@@ -207,6 +207,32 @@ describe("knhk-lua", function()
     signalled(15, 143, "terminated")
   end)
 
+  it("SIGINT to a script asleep in knhk.sleep names no task: it is at a checkpoint (30 runs)", function()
+    -- the script says when its root task is asleep (a watcher sees it
+    -- waiting), so every run signals a task parked in its sleep
+    local script = write("asleep.lua", [[
+      knhk.spawn_local(function()
+        while true do
+          for _, t in ipairs(knhk.tasks()) do
+            if t.parent == nil and t.state == "waiting" then print("asleep"); return end
+          end
+          knhk.sleep(0.001)
+        end
+      end)
+      knhk.sleep(10)
+    ]])
+    for run = 1, 30 do
+      local p = pty.spawn({ KNHK_LUA, script })
+      finally(function() p:kill() end)
+      p:expect("asleep", 10)
+      p:signal(2)
+      local code = p:wait(10)
+      assert.equal(130, code, "run " .. run .. ": " .. p.all)
+      assert.not_matches("checkpoint", p.all, nil, "run " .. run)
+      assert.matches("knhk%-lua: interrupted", p.all)
+    end
+  end)
+
   it("SIGINT names the tasks that have not reached a checkpoint; a second one ends it", function()
     local ready = TMP .. "/ready-busy"
     os.remove(ready)

@@ -55,6 +55,42 @@ describe("argument errors", function()
     assert.equal(here .. ":" .. line .. ": bad argument #2 to 'run' (workers: whole number in 1..256 expected, got 0)", msg)
   end)
 
+  it("a nursery's spawn points at its caller", function()
+    run(function()
+      knhk.nursery(function(n)
+        for _, m in ipairs({ "spawn", "spawn_local" }) do
+          local line = debug.getinfo(1, "l").currentline + 1
+          local msg = raised(function() n[m](n, 42) end)
+          assert.equal(string.format("%s:%d: bad argument #1 to '%s' (function expected, got number)",
+            here, line, m), msg)
+        end
+      end)
+    end)
+  end)
+
+  it("knhk.map names the item that cannot travel, at its caller's line", function()
+    run(function()
+      for _, opts in ipairs({ {}, { limit = 1 } }) do
+        local line = debug.getinfo(1, "l").currentline + 1
+        local msg = raised(function() knhk.map({ 1, io.stdout }, print, opts) end)
+        assert.equal(string.format("%s:%d: knhk.map: item 2 of the list is a userdata", here, line),
+          msg:match("^[^\n]*"))
+      end
+    end)
+  end)
+
+  it("a task's result that cannot travel is reported with the task's id and place", function()
+    run(function()
+      local h = knhk.spawn(function() return 1, coroutine.create(print) end)
+      local line = debug.getinfo(1, "l").currentline - 1
+      local ok, e = pcall(h.join, h)
+      assert.is_false(ok)
+      assert.is_true(knhk.is_task_error(e))
+      assert.equal(string.format("task %d (function at %s:%d) cannot return its results: "
+        .. "return value 2 is a thread", h:id(), here, line), e.message)
+    end)
+  end)
+
   it("a task-only call outside a task points at its caller", function()
     local line = debug.getinfo(1, "l").currentline + 1
     local msg = raised(function() knhk.sleep(1) end)
@@ -178,3 +214,126 @@ describe("failures in the runtime's own bookkeeping", function()
   end)
 end)
 
+
+describe("methods called with a wrong self", function()
+  -- h.join() for h:join(), or a method of one kind called on another: a
+  -- clear argument error at the caller's line, never a crash or a hang.
+  -- Every method of every class is tried (the classes are walked, so a
+  -- method added later is covered too), with selves that are wrong.
+  local function call_line(f, self)
+    local line = debug.getinfo(1, "l").currentline + 1
+    local ok, err = pcall(function() return f(self) end)
+    return ok, tostring(err), line
+  end
+
+  local function what(v)
+    if knhk.is_task(v) then return "task handle" end
+    if knhk.is_lock(v) then return "lock" end
+    if knhk.is_semaphore(v) then return "semaphore" end
+    for _, k in ipairs({ "channel", "event", "token", "nursery" }) do
+      if knhk["is_" .. k](v) then return k end
+    end
+    return type(v)
+  end
+
+  it("every method of every kind of handle refuses a self of another kind", function()
+    local checked = run(function()
+      return knhk.fail_after(20, function()
+        local checked = {}
+        knhk.nursery(function(n)
+          local scope = knhk.cancel_scope(function() end)
+          local h = knhk.spawn(function() end)
+          h:join()
+          local objects = {
+            { "task handle", knhk.Task, h, n, { "join", "cancel", "done", "id" } },
+            { "nursery", knhk.Nursery, n, h,
+              { "spawn", "spawn_local", "cancel", "join_next", "wait_any", "wait_all" } },
+            { "channel", knhk.Channel, knhk.channel(1), knhk.token(),
+              { "send", "recv", "close", "is_closed", "capacity", "values" } },
+            { "semaphore", knhk.Semaphore, knhk.semaphore(1), knhk.event(),
+              { "acquire", "release", "permits", "with" } },
+            { "lock", knhk.Lock, knhk.lock(), knhk.semaphore(1),
+              { "lock", "unlock", "with", "acquire", "release", "permits" } },
+            { "event", knhk.Event, knhk.event(), knhk.lock(), { "set", "is_set", "wait" } },
+            { "token", knhk.Token, knhk.token(), knhk.channel(0), { "child", "cancel", "is_cancelled", "wait" } },
+            { "cancel scope", getmetatable(scope), scope, knhk.token(), { "cancel" } },
+            { "telemetry instrument", getmetatable(knhk.telemetry.counter("c")), knhk.telemetry.counter("c"),
+              knhk.event(), { "add" } }, -- record, set: with the histogram, whose class has them
+            { "telemetry instrument", getmetatable(knhk.telemetry.histogram("h")), knhk.telemetry.histogram("h"),
+              knhk.event(), { "record", "add", "set" } },
+          }
+          for _, o in ipairs(objects) do
+            local kind, class, good, other, documented = o[1], o[2], o[3], o[4], o[5]
+            local methods = {}
+            for name, f in pairs(class) do
+              if type(f) == "function" and not name:match("^__") and name ~= "series_id" then
+                methods[name] = f
+              end
+            end
+            local base = rawget(class, "__index")
+            if type(base) == "table" and base ~= class then -- instruments inherit
+              for name, f in pairs(base) do methods[name] = methods[name] or f end
+            end
+            for _, name in ipairs(documented) do
+              assert.is_function(methods[name], kind .. " has a method " .. name)
+              assert.is_function(good[name], kind .. " handle reaches " .. name)
+            end
+            for name, f in pairs(methods) do
+              do
+                for _, bad in ipairs({ {}, 42, "x", false, other }) do
+                  local ok, err, line = call_line(f, bad)
+                  assert.is_false(ok, kind .. "." .. name .. " accepted a " .. what(bad))
+                  assert.equal(string.format("%s:%d: bad argument #1 to '%s' (%s expected, got %s)",
+                    here, line, name, kind, what(bad)), err)
+                  checked[#checked + 1] = kind .. "." .. name
+                end
+                local ok, err, line = call_line(f, nil)
+                assert.is_false(ok)
+                assert.equal(string.format("%s:%d: bad argument #1 to '%s' (%s expected, got nil)",
+                  here, line, name, kind), err)
+              end
+            end
+          end
+        end)
+        return checked
+      end)
+    end)
+    assert.is_true(#checked >= 5 * 38, "every method was tried")
+  end)
+
+  it("a method a handle does not have is named, not called as nil", function()
+    run(function()
+      local cases = { { knhk.channel(1), "channel", "len" }, { knhk.token(), "token", "set" },
+                      { knhk.event(), "event", "send" }, { knhk.lock(), "lock", "acquire_many" },
+                      { knhk.semaphore(2), "semaphore", "lock" } }
+      for _, c in ipairs(cases) do
+        local line = debug.getinfo(1, "l").currentline + 1
+        local ok, err = pcall(function() return c[1][c[3]](c[1]) end)
+        assert.is_false(ok)
+        assert.equal(string.format("%s:%d: %s has no method '%s'", here, line, c[2], c[3]), tostring(err))
+      end
+      local line = debug.getinfo(1, "l").currentline + 1
+      local ok, err = pcall(function() return knhk.spawn(function() end):wait() end)
+      assert.is_false(ok)
+      assert.equal(here .. ":" .. line .. ": task handle has no method 'wait'", tostring(err))
+      knhk.nursery(function(n)
+        line = debug.getinfo(1, "l").currentline + 1
+        ok, err = pcall(function() return n:spawn_all() end)
+        assert.equal(here .. ":" .. line .. ": nursery has no method 'spawn_all'", tostring(err))
+      end)
+    end)
+  end)
+
+  it("with() refuses what is not a function, at the caller's line", function()
+    run(function()
+      for _, s in ipairs({ knhk.semaphore(1), knhk.lock() }) do
+        local line = debug.getinfo(1, "l").currentline + 1
+        local ok, err = pcall(function() return s:with(5) end)
+        assert.is_false(ok)
+        assert.equal(here .. ":" .. line .. ": bad argument #1 to 'with' (function expected, got number)",
+          tostring(err))
+        assert.equal(1, s:permits()) -- nothing was taken
+      end
+    end)
+  end)
+end)

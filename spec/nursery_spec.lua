@@ -3,6 +3,7 @@
 local knhk = require "knhk"
 
 local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
+local function pack(...) return { n = select("#", ...), ... } end
 
 describe("knhk.nursery", function()
   it("returns once every child has ended, with the body's results", function()
@@ -191,5 +192,54 @@ describe("knhk.nursery", function()
       assert.has_error(function() knhk.nursery(function() end, 1) end,
         "bad argument #2 to 'nursery' (options table expected, got number)")
     end)
+  end)
+end)
+
+describe("knhk.nursery, after wait_any", function()
+  -- wait_any cancels the nursery, whose scope holds the body: the rest of
+  -- the body runs cancelled (see README).
+  it("the body's next checkpoint raises Cancelled, caught by the nursery, which returns nothing", function()
+    local out = run(function()
+      return knhk.fail_after(10, function()
+        local after = false
+        local res = pack(knhk.nursery(function(n)
+          n:spawn(function() return "first" end)
+          n:spawn(function() knhk.sleep(60) end)
+          local w = n:wait_any()
+          assert.equal("first", w)
+          knhk.sleep(0.01) -- raises: the nursery is cancelled
+          after = true
+          return "never"
+        end))
+        return { n = res.n, after = after, caller_cancelled = knhk.move_on_after(1, knhk.checkpoint).cancelled_caught }
+      end)
+    end)
+    assert.equal(0, out.n) -- no results, and not the Cancelled as a result
+    assert.is_false(out.after)
+    assert.is_false(out.caller_cancelled) -- the cancellation stayed inside the nursery
+  end)
+
+  it("a pcall in the body sees Cancelled; code without a checkpoint runs and returns", function()
+    local out = run(function()
+      return knhk.fail_after(10, function()
+        local seen = {}
+        local r, x = knhk.nursery(function(n)
+          n:spawn(function() return "first" end)
+          local w = n:wait_any()
+          local ok, e = pcall(knhk.checkpoint)
+          seen.checkpoint_cancelled = not ok and knhk.is_cancelled(e)
+          local late = n:spawn(function() knhk.checkpoint() return "late" end)
+          local ok2, e2 = pcall(late.join, late)
+          seen.late_cancelled = not ok2 and knhk.is_cancelled(e2)
+          return w, 1 + 1
+        end)
+        seen.r, seen.x = r, x
+        return seen
+      end)
+    end)
+    assert.is_true(out.checkpoint_cancelled)
+    assert.is_true(out.late_cancelled) -- a child spawned afterwards starts cancelled
+    assert.equal("first", out.r)
+    assert.equal(2, out.x)
   end)
 end)

@@ -149,6 +149,28 @@ describe("knhk.move_on_after and knhk.fail_after", function()
 end)
 
 describe("knhk.sleep and knhk.now", function()
+  it("sleep(0) lets the other tasks of its worker run (a loop of it does not starve them)", function()
+    local ran = run(function()
+      local flag = false
+      knhk.spawn_local(function() flag = true end)
+      local t0 = knhk.now()
+      while not flag and knhk.now() - t0 < 2 do knhk.sleep(0) end
+      local neg = false
+      knhk.spawn_local(function() neg = true end)
+      knhk.sleep(-1)
+      return { zero = flag, negative = neg }
+    end, 1)
+    assert.is_true(ran.zero)
+    assert.is_true(ran.negative)
+  end)
+
+  it("sleep(0) is a checkpoint: it raises Cancelled in a cancelled scope", function()
+    local caught = run(function()
+      return knhk.cancel_scope(function(s) s:cancel(); knhk.sleep(0) end).cancelled_caught
+    end)
+    assert.is_true(caught)
+  end)
+
   it("sleep waits at least the time asked", function()
     run(function()
       local t0 = knhk.now()
@@ -339,5 +361,73 @@ describe("cancelling tasks that wait", function()
       return kinds
     end)
     assert.is_true(counts.cancelled >= 2000)
+  end)
+end)
+
+describe("after a scope was cancelled", function()
+  -- Each case is bounded by fail_after: a hang fails as a timeout.
+  it("a task spawned after a timed-out scope runs and is joined", function()
+    local got = run(function()
+      return knhk.fail_after(5, function()
+        knhk.move_on_after(0.02, function()
+          knhk.spawn(function() return "inside" end):join()
+          knhk.sleep(60)
+        end)
+        return knhk.spawn(function() return "after" end):join()
+      end)
+    end)
+    assert.equal("after", got)
+  end)
+
+  it("a task spawned inside a scope whose deadline had passed is cancelled, and joins", function()
+    local ok, e = run(function()
+      return knhk.fail_after(5, function()
+        local h
+        knhk.cancel_scope(function() h = knhk.spawn(function() return 1 end) end,
+          { deadline = knhk.now() - 1 })
+        local ok, e = pcall(h.join, h)
+        return ok, e
+      end)
+    end)
+    -- a portable task cancelled before it starts ends cancelled; one that
+    -- ran first may have completed: either way the join returns
+    if ok then assert.equal(1, e) else assert.is_true(knhk.is_cancelled(e)) end
+  end)
+
+  it("a task spawned after its scope's deadline passed while busy joins", function()
+    local ok, e = run(function()
+      return knhk.fail_after(5, function()
+        local h
+        knhk.cancel_scope(function()
+          local t0 = knhk.now()
+          while knhk.now() - t0 < 0.01 do end -- busy past the deadline, no checkpoint
+          h = knhk.spawn(function() return 1 end)
+        end, { timeout = 0.001 })
+        return pcall(h.join, h)
+      end)
+    end)
+    if ok then assert.equal(1, e) else assert.is_true(knhk.is_cancelled(e)) end
+  end)
+
+  it("a wait inside a global's __index during a spawn's snapshot is cancelled, not swallowed", function()
+    local seen = run(function()
+      local seen = {}
+      local env = setmetatable({}, { __index = function(_, k)
+        if k == "cfg" then knhk.sleep(60); return "loaded" end
+      end })
+      local f = setfenv(function() return cfg end, env) -- luacheck: ignore
+      local t0 = knhk.now()
+      local scope = knhk.move_on_after(0.02, function()
+        seen.handle = knhk.spawn(f)
+        seen.after_spawn = true
+      end)
+      seen.caught = scope.cancelled_caught
+      seen.elapsed = knhk.now() - t0
+      return seen
+    end)
+    assert.is_true(seen.caught)
+    assert.is_nil(seen.after_spawn) -- the spawn raised Cancelled: no task took a nil cfg
+    assert.is_nil(seen.handle)
+    assert.is_true(seen.elapsed < 5)
   end)
 end)

@@ -320,6 +320,39 @@ describe("encoding is re-entrant", function()
     end
   end)
 
+  on_one_and_many("a __gc that spawns disturbs neither the spawn it interrupts nor other tasks", function()
+    -- Finalizers run wherever the collector steps: inside a task's spawns
+    -- and joins (their spawn is that task's child), or between tasks (no
+    -- task is running: refused, see README). Either way nothing else is
+    -- touched, and what was spawned returns its own values.
+    local from_gc, refused, wrong = {}, {}, 0
+    for r = 1, 30 do
+      for i = 1, 50 do
+        local tag = r * 1000 + i
+        getmetatable(newproxy(true)).__gc = function()
+          local ok, h = pcall(knhk.spawn, function(k, s) return k, s end, tag, "s" .. tag)
+          if ok then from_gc[#from_gc + 1] = { tag, h } else refused[#refused + 1] = tostring(h) end
+        end
+      end
+      local t = {}
+      for i = 1, 3000 do t[i] = { i, "x" } end
+      local n, rr = knhk.spawn(function(x, v) return #x, v end, t, r):join()
+      if n ~= 3000 or rr ~= r then wrong = wrong + 1 end
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.equal(0, wrong)
+    assert.equal(30 * 50, #from_gc + #refused) -- every finalizer ran once
+    for _, msg in ipairs(refused) do
+      assert.matches("knhk.spawn: must be called inside a knhk task", msg, 1, true)
+    end
+    for _, p in ipairs(from_gc) do
+      local k, s = p[2]:join()
+      assert.equal(p[1], k)
+      assert.equal("s" .. p[1], s)
+    end
+  end)
+
   on_one_and_many("an environment __index that waits during a spawn is harmless", function()
     local env = setmetatable({}, { __index = function(_, k)
       knhk.sleep(0.001) -- another spawn runs meanwhile

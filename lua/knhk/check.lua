@@ -2,7 +2,7 @@
 --     bad argument #1 to 'sleep' (number expected, got NaN)
 -- and raised at the caller's line. `level` follows error(): 2 (the
 -- default) blames the caller of the API function that runs the check.
-local type, error, format, tostring = type, error, string.format, tostring
+local type, error, format, tostring, getmetatable = type, error, string.format, tostring, getmetatable
 
 local M = {}
 
@@ -63,6 +63,63 @@ function M.field(kind, opts, key, n, fname, level, ...)
       M.got(v, w)), (level or 2) + 1)
   end
   return v
+end
+
+-- The level, for error(), of the first frame outside knhk's own modules
+-- (and outside C functions such as pcall): a mistake is reported where the
+-- program made it, however deep in knhk it was found.
+local function user_level()
+  local level = 3
+  while true do
+    local info = debug.getinfo(level, "S")
+    if not info then return 1 end
+    if info.what ~= "C" and not info.source:match("knhk/[%w_/]+%.lua$") then return level - 1 end
+    level = level + 1
+  end
+end
+
+-- error(msg) at the user's line.
+function M.raise(msg) error(msg, user_level()) end
+
+-- ------------------------------------------------------------ methods
+
+-- knhk's objects by metatable, so that a message says "got channel"
+-- rather than "got userdata".
+local kind_names = {}
+
+-- Names the objects whose metatable is mt.
+function M.name_kind(mt, name) kind_names[mt] = name end
+
+-- What v is, for a message: a knhk object's kind, else its type.
+function M.what(v) return kind_names[getmetatable(v)] or type(v) end
+
+-- Argument n of fname is not what was expected: raised at the user's line
+-- (for checks made below the function the user called).
+function M.refuse(n, fname, expected, v)
+  M.raise(format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected, M.got(v, expected)))
+end
+
+-- A method called with '.' instead of ':' (h.join() for h:join()), or on
+-- another object: raised at the user's line.
+function M.bad_self(fname, expected, v)
+  M.raise(format("bad argument #1 to '%s' (%s expected, got %s)", fname, expected, M.what(v)))
+end
+
+-- f as a method of the objects whose metatable is in `accepts` (a set):
+-- any other self is refused with bad_self before f runs.
+function M.method(accepts, expected, fname, f)
+  return function(self, ...)
+    if not accepts[getmetatable(self)] then M.bad_self(fname, expected, self) end
+    return f(self, ...)
+  end
+end
+
+-- Makes a missing method of a class an error that names it
+-- ("channel has no method 'len'") instead of a call of nil.
+function M.no_missing_methods(class, kind)
+  return setmetatable(class, { __index = function(_, k)
+    M.raise(format("%s has no method '%s'", kind, tostring(k)))
+  end })
 end
 
 return M

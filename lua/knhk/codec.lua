@@ -16,6 +16,7 @@ local bit = require "bit"
 local buffer = require "string.buffer"
 local jutil = require "jit.util"
 local errors = require "knhk.errors"
+local is_cancelled_signal = errors.is_signal
 
 local band, bor, rshift, lshift = bit.band, bit.bor, bit.rshift, bit.lshift
 local type, pairs, next, getmetatable, select = type, pairs, next, getmetatable, select
@@ -494,11 +495,14 @@ local function index_env(env, name) return env[name] end
 -- The value a function's code gets for global `name`: raw first; through
 -- the environment's __index if it has one. A global that does not exist
 -- (including one a strict environment refuses to look up) travels as nil.
+-- A Cancelled raised inside the __index (it waited, say, and its scope was
+-- cancelled) is not a refusal: it unwinds on, as at any checkpoint.
 local function global_value(env, name)
   local v = rawget(env, name)
   if v ~= nil or getmetatable(env) == nil then return v end
   local ok, r = pcall(index_env, env, name)
   if ok then return r end
+  if is_cancelled_signal(r) then error(r, 0) end
   return nil
 end
 
@@ -512,7 +516,7 @@ local function proxies_globals(env)
     local up = mt and rawget(mt, "__index")
     if type(up) == "function" then
       local ok, g = pcall(index_env, env, "_G")
-      if not ok and errors.is_cancelled(g) then error(g, 0) end
+      if not ok and is_cancelled_signal(g) then error(g, 0) end
       return ok and type(g) == "table" and is_globals_table(g)
     end
     if type(up) ~= "table" then return false end

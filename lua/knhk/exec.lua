@@ -83,13 +83,16 @@ function M.exec(cmd, opts)
       local reason = core.cancelled()
       if reason then R.raise_cancelled(reason) end
     end
-    local status = tonumber(p.exit_status)
+    local signal = tonumber(p.term_signal)
+    -- killed by a signal: no exit status; status says so as a shell's $?
+    -- does (128 + the signal), never 0
+    local status = signal ~= 0 and 128 + signal or tonumber(p.exit_status)
     return {
       status = status,
-      signal = p.term_signal ~= 0 and p.term_signal or nil,
+      signal = signal ~= 0 and signal or nil,
       stdout = p.out ~= nil and ffi.string(p.out, p.out_len) or "",
       stderr = p.err ~= nil and ffi.string(p.err, p.err_len) or "",
-      ok = status == 0 and p.term_signal == 0,
+      ok = status == 0 and signal == 0,
     }
   end
   local r, m, c

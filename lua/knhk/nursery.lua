@@ -21,9 +21,14 @@ local await, pack = R.await, R.pack
 local M = {}
 
 local mts = core.metatables()
-local Nursery = {}
+local Nursery = check.no_missing_methods({}, "nursery")
 M.Nursery = Nursery
 mts.nursery.__index = Nursery
+check.name_kind(mts.nursery, "nursery")
+local nursery_mt = mts.nursery
+local function check_self(n, fname)
+  if getmetatable(n) ~= nursery_mt then check.bad_self(fname, "nursery", n) end
+end
 mts.nursery.__tostring = function(n)
   return "knhk.nursery" .. (core.nursery_closed(n) and " (closed)" or "")
 end
@@ -73,10 +78,16 @@ local function index_by_id(st)
 end
 
 -- n:spawn(fn, ...) -> handle
-function Nursery:spawn(fn, ...) return keep(self, spawn_into(self, fn, ...)) end
+function Nursery:spawn(fn, ...)
+  check_self(self, "spawn")
+  return keep(self, spawn_into(self, fn, ...))
+end
 
 -- n:spawn_local(fn, ...) -> handle
-function Nursery:spawn_local(fn, ...) return keep(self, core.nursery_spawn_local(self, fn, ...)) end
+function Nursery:spawn_local(fn, ...)
+  check_self(self, "spawn_local")
+  return keep(self, core.nursery_spawn_local(self, fn, ...))
+end
 
 -- A child taken out of the ended list: the handle its spawner got, when
 -- the owner spawned it (else the one the C side made).
@@ -86,11 +97,12 @@ local function ended(st, h)
 end
 
 -- n:cancel(): ends the children (not an error)
-Nursery.cancel = core.nursery_cancel
+Nursery.cancel = check.method({ [nursery_mt] = true }, "nursery", "cancel", core.nursery_cancel)
 
 -- n:join_next() -> handle of the next child to end (completion order), or
 -- nil when none is live and all were taken.
 function Nursery:join_next()
+  check_self(self, "join_next")
   if core.nursery_closed(self) then R.raise("join_next: the nursery is closed") end
   local st = owner_state(self, "join_next")
   local _, h = await(core.next_ended_try, self)
@@ -100,6 +112,7 @@ end
 -- n:wait_any() -> the results of the first child to complete; the others
 -- are cancelled, and their cleanup has run before it returns.
 function Nursery:wait_any()
+  check_self(self, "wait_any")
   if core.nursery_closed(self) then R.raise("wait_any: the nursery is closed") end
   owner_state(self, "wait_any")
   while true do
@@ -118,6 +131,7 @@ end
 -- n:wait_all() -> { {results...}, ... } in spawn order, for the children
 -- spawned so far (raises the first error).
 function Nursery:wait_all()
+  check_self(self, "wait_all")
   local st = owner_state(self, "wait_all")
   local out = {}
   for i = 1, st.count do out[i] = { st.handles[i]:join() } end
@@ -144,6 +158,7 @@ function M.nursery(fn, opts)
   -- A Cancelled from the body is this nursery's own (n:cancel, a failing
   -- child) unless the scope around it is cancelled too: then it unwinds on.
   if not ok and core.cancelled() then error(err, 0) end
+  if not ok then return end -- caught here, as a cancel scope does: no results
   return unpack(res, 2, res.n)
 end
 

@@ -10,6 +10,7 @@
 local core = require "knhk.core"
 local codec = require "knhk.codec"
 local errors = require "knhk.errors"
+local check = require "knhk.check"
 
 local select, type, error, xpcall, unpack = select, type, error, xpcall, unpack
 local co_yield = coroutine.yield
@@ -38,20 +39,8 @@ M.pack = pack
 
 -- ------------------------------------------------------------ raising
 
--- The level, for error(), of the first frame outside knhk's own modules:
--- a mistake is reported where the program made it.
-local function user_level()
-  local level = 3
-  while true do
-    local info = debug.getinfo(level, "S")
-    if not info then return 1 end
-    if info.what ~= "C" and not info.source:match("knhk/[%w_/]+%.lua$") then return level - 1 end
-    level = level + 1
-  end
-end
-
--- error(msg) at the user's line.
-function M.raise(msg) error(msg, user_level()) end
+-- error(msg) at the user's line, outside knhk's own modules.
+M.raise = check.raise
 
 local function raise_cancelled(reason) error(errors.cancelled(reason), 0) end
 M.raise_cancelled = raise_cancelled
@@ -191,7 +180,9 @@ local function complete_slow(fn, pooled, st, ok, ...)
   if ok then
     local good, snap = pcall(encode, res.n - 1, as_result, unpack(res, 2, res.n))
     if good then return core.finish_blob(OK, snap) end
-    local msg = "task result: " .. (type(snap) == "table" and snap.message or tostring(snap))
+    -- the joiner may be far from the task: say which task could not return
+    local msg = string.format("task %d (%s) cannot return its results: %s", core.current() or 0,
+      codec.place_of(fn), type(snap) == "table" and snap.message or tostring(snap))
     return core.finish_blob(ERROR, encode(1, as_error, errors.task_error(msg, nil, nil)))
   end
   local e = res[2]

@@ -38,7 +38,10 @@ function M.sleep(seconds)
   check.arg("number", seconds, 1, "sleep")
   local ns = core_now()
   if ns == nil then R.raise("knhk.sleep: must be called inside a knhk task (inside knhk.run)") end
-  if seconds < 0 then seconds = 0 end
+  -- sleep(0) is a checkpoint that lets the other tasks run (as in Trio);
+  -- a deadline already passed would not yield, and a loop of sleep(0)
+  -- would keep its worker to itself
+  if seconds <= 0 then return M.checkpoint() end
   await(core_sleep_try, ns + seconds * 1e9)
 end
 
@@ -58,8 +61,10 @@ end
 local Scope = {}
 Scope.__index = Scope
 M.Scope = Scope
+check.name_kind(Scope, "cancel scope")
 
 function Scope:cancel()
+  if getmetatable(self) ~= Scope then check.bad_self("cancel", "cancel scope", self) end
   self.cancel_called = true
   core.token_cancel(self.token)
 end
@@ -142,9 +147,11 @@ end
 -- ----------------------------------------------------------------- tokens
 
 local mts = core.metatables()
-local Token = {}
+local Token = check.no_missing_methods({}, "token")
 M.Token = Token
 mts.token.__index = Token
+check.name_kind(mts.token, "token")
+local tokens = { [mts.token] = true }
 mts.token.__tostring = function(t)
   return "knhk.token" .. (core.token_is_cancelled(t) and " (cancelled)" or "")
 end
@@ -159,11 +166,11 @@ function M.token(parent)
   return core.token_new(parent)
 end
 
-function Token:child() return core.token_new(self) end
-Token.cancel = core.token_cancel
-Token.is_cancelled = core.token_is_cancelled
+Token.child = check.method(tokens, "token", "child", core.token_new)
+Token.cancel = check.method(tokens, "token", "cancel", core.token_cancel)
+Token.is_cancelled = check.method(tokens, "token", "is_cancelled", core.token_is_cancelled)
 
 -- t:wait(): waits (a checkpoint) until the token is cancelled
-function Token:wait() await(core.token_wait_try, self) end
+Token.wait = check.method(tokens, "token", "wait", function(t) await(core.token_wait_try, t) end)
 
 return M

@@ -2,6 +2,7 @@
 local check = require "knhk.check"
 local R = require "knhk.runtime"
 local N = require "knhk.nursery"
+local T = require "knhk.task"
 local sync = require "knhk.sync"
 
 local select, pairs, ipairs, type, tostring = select, pairs, ipairs, type, tostring
@@ -25,20 +26,32 @@ function M.map(list, fn, opts)
   in_task("knhk.map")
   local n = #list
   local results = {}
+  -- what cannot travel is named as the caller knows it: "knhk.map: item 3
+  -- of the list is a userdata"
+  local item
+  local function places(k) -- fn, list[item]
+    if k == 1 then return "the function" end
+    return "item " .. item .. " of the list"
+  end
+  local function limited_places(k) -- a wrapper, then fn, list[item], the semaphore
+    return k == 1 and "the function" or places(k - 1)
+  end
+  local spawn_into_as = T.spawn_into_as
   N.nursery(function(nur)
     local sem = limit and sync.semaphore(limit)
     local hs = {}
     for i = 1, n do
+      item = i
       if sem then
         sem:acquire()
-        hs[i] = nur:spawn(function(f, v, s)
+        hs[i] = spawn_into_as(nur, "knhk.map", limited_places, function(f, v, s)
           local ok, r = pcall(f, v)
           s:release()
           if not ok then error(r, 0) end
           return r
         end, fn, list[i], sem)
       else
-        hs[i] = nur:spawn(fn, list[i])
+        hs[i] = spawn_into_as(nur, "knhk.map", places, fn, list[i])
       end
     end
     for i = 1, n do results[i] = hs[i]:join() end

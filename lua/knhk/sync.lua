@@ -5,8 +5,9 @@ local codec = require "knhk.codec"
 local check = require "knhk.check"
 local R = require "knhk.runtime"
 
-local select, unpack = select, unpack
+local select, unpack, getmetatable, type = select, unpack, getmetatable, type
 local await = R.await
+local bad_self, method = check.bad_self, check.method
 local DONE, CLOSED, BLOB, SLOW = R.DONE, R.CLOSED, R.BLOB, R.SLOW
 
 local M = {}
@@ -20,9 +21,12 @@ end
 
 -- ------------------------------------------------------------- channels
 
-local Channel = {}
+local Channel = check.no_missing_methods({}, "channel")
 M.Channel = Channel
 mts.channel.__index = Channel
+check.name_kind(mts.channel, "channel")
+local channel_mt = mts.channel
+local channels = { [channel_mt] = true }
 mts.channel.__len = core.chan_len
 mts.channel.__tostring = function(ch)
   return "knhk.channel" .. (core.chan_closed(ch) and " (closed)" or "")
@@ -49,6 +53,7 @@ local function the_value_sent() return "the value sent" end
 -- rendezvous, returns once a receiver took the value; a send that raised
 -- (cancelled, or the channel closed) did not happen.
 function Channel:send(v)
+  if getmetatable(self) ~= channel_mt then bad_self("send", "channel", self) end
   local st = await(core_send_try, self, v)
   if st == SLOW then -- a value the inline form cannot hold: the codec's
     local ok, snap = pcall(codec.encode, 1, the_value_sent, v)
@@ -63,6 +68,7 @@ end
 
 -- ch:recv() -> value, true; or nil, false once closed and drained.
 function Channel:recv()
+  if getmetatable(self) ~= channel_mt then bad_self("recv", "channel", self) end
   local st, v = await(core_recv_try, self)
   if st == DONE then return v, true end
   if st == BLOB then return select(2, codec.decode(v)), true end
@@ -70,13 +76,14 @@ function Channel:recv()
 end
 
 -- ch:close(): no more sends; receivers get what is left, then nil, false.
-Channel.close = core.chan_close
-Channel.is_closed = core.chan_closed
-Channel.capacity = core.chan_capacity
+Channel.close = method(channels, "channel", "close", core.chan_close)
+Channel.is_closed = method(channels, "channel", "is_closed", core.chan_closed)
+Channel.capacity = method(channels, "channel", "capacity", core.chan_capacity)
 
 -- for v in ch:values() do ... end: until closed and drained (a nil value
 -- sent also ends the loop, as in any Lua iterator).
 function Channel:values()
+  if getmetatable(self) ~= channel_mt then bad_self("values", "channel", self) end
   return function()
     local v = self:recv()
     return v
@@ -85,9 +92,12 @@ end
 
 -- ------------------------------------------------------------ semaphores
 
-local Semaphore = {}
+local Semaphore = check.no_missing_methods({}, "semaphore")
 M.Semaphore = Semaphore
 mts.semaphore.__index = Semaphore
+check.name_kind(mts.semaphore, "semaphore")
+-- a lock is a semaphore of one permit: the semaphore's methods take either
+local semaphores = { [mts.semaphore] = true, [mts.lock] = true }
 mts.semaphore.__tostring = function(s) return "knhk.semaphore (" .. core.permits(s) .. " permits)" end
 handle_kind("semaphore", mts.semaphore, 3)
 
@@ -97,28 +107,45 @@ function M.semaphore(n)
   return core.semaphore(n)
 end
 
-function Semaphore:acquire() await(core.acquire_try, self) end
-Semaphore.release = core.release
-Semaphore.permits = core.permits
+local function acquire(s) await(core.acquire_try, s) end
 
--- s:with(fn, ...) -> fn's results, holding a permit (released on error too).
-function Semaphore:with(fn, ...)
-  self:acquire()
+-- with(fn, ...) -> fn's results, holding a permit (released on error too).
+local function with(s, fn, ...)
+  if type(fn) ~= "function" then
+    -- callable tables are functions too, for pcall
+    local mt = getmetatable(fn)
+    if not (type(mt) == "table" and mt.__call) then check.refuse(1, "with", "function", fn) end
+  end
+  acquire(s)
   local res = R.pack(pcall(fn, ...))
-  self:release()
+  core.release(s)
   if not res[1] then error(res[2], 0) end
   return unpack(res, 2, res.n)
 end
 
--- knhk.lock() -> a lock: lock:lock(), lock:unlock(), lock:with(fn, ...).
-local Lock = setmetatable({}, { __index = Semaphore })
+-- The methods of semaphores, or of locks: each checks its self.
+local function semaphore_methods(class, accepts, kind, names)
+  for name, f in pairs({ acquire = acquire, release = core.release, permits = core.permits,
+                         with = with, lock = acquire, unlock = core.release }) do
+    if names[name] then class[name] = method(accepts, kind, name, f) end
+  end
+  return class
+end
+
+semaphore_methods(Semaphore, semaphores, "semaphore",
+  { acquire = true, release = true, permits = true, with = true })
+
+-- knhk.lock() -> a lock: lock:lock(), lock:unlock(), lock:with(fn, ...)
+-- (and a semaphore's acquire, release, permits).
+local Lock = check.no_missing_methods({}, "lock")
 M.Lock = Lock
 mts.lock.__index = Lock
 mts.lock.__tostring = function() return "knhk.lock" end
+check.name_kind(mts.lock, "lock")
 handle_kind("lock", mts.lock, 4)
 function M.lock() return core.semaphore(1, true) end
-Lock.lock = Semaphore.acquire
-Lock.unlock = core.release
+semaphore_methods(Lock, { [mts.lock] = true }, "lock",
+  { acquire = true, release = true, permits = true, with = true, lock = true, unlock = true })
 
 function M.is_lock(v) return getmetatable(v) == mts.lock end
 
@@ -129,9 +156,11 @@ end
 
 -- ---------------------------------------------------------------- events
 
-local Event = {}
+local Event = check.no_missing_methods({}, "event")
 M.Event = Event
 mts.event.__index = Event
+check.name_kind(mts.event, "event")
+local events = { [mts.event] = true }
 mts.event.__tostring = function(e) return "knhk.event" .. (core.event_is_set(e) and " (set)" or "") end
 handle_kind("event", mts.event, 5)
 
@@ -139,8 +168,8 @@ function M.is_event(v) return getmetatable(v) == mts.event end
 
 -- knhk.event() -> event: ev:set(), ev:is_set(), ev:wait().
 function M.event() return core.event() end
-Event.set = core.event_set
-Event.is_set = core.event_is_set
-function Event:wait() await(core.event_wait_try, self) end
+Event.set = method(events, "event", "set", core.event_set)
+Event.is_set = method(events, "event", "is_set", core.event_is_set)
+Event.wait = method(events, "event", "wait", function(e) await(core.event_wait_try, e) end)
 
 return M

@@ -4,6 +4,7 @@
 local core = require "knhk.core"
 local codec = require "knhk.codec"
 local errors = require "knhk.errors"
+local check = require "knhk.check"
 local R = require "knhk.runtime"
 
 local select = select
@@ -14,9 +15,13 @@ local MARK_WAIT = R.MARK_WAIT
 local M = {}
 
 local mts = core.metatables()
-local Task = {}
+local Task = check.no_missing_methods({}, "task handle")
 M.Task = Task
 mts.task.__index = Task
+check.name_kind(mts.task, "task handle")
+local task_mt = mts.task
+local tasks_only = { [task_mt] = true }
+local bad_self = check.bad_self
 mts.task.__tostring = function(h) return "knhk.task#" .. string.format("%d", core.task_id(h)) end
 
 codec.register_handle("task", mts.task, function(h) return select(2, core.export(h)) end,
@@ -31,14 +36,18 @@ local function spawn_places(i)
 end
 
 -- A start the inline form cannot hold (globals, tables, ...): the codec's.
-local function spawn_blob(nursery, fn, ...)
-  local ok, snap = pcall(codec.encode, select("#", ...) + 1, spawn_places, fn, ...)
+-- A refusal is raised as "<what>: <place> is a ...", places named by
+-- places(i) (1: the function, then its arguments).
+local function spawn_blob_as(nursery, what, places, fn, ...)
+  local ok, snap = pcall(codec.encode, select("#", ...) + 1, places, fn, ...)
   if not ok then
-    if type(snap) == "table" and snap.knhk_refused then R.raise("spawn: " .. snap.message) end
+    if type(snap) == "table" and snap.knhk_refused then R.raise(what .. ": " .. snap.message) end
     error(snap, 0)
   end
   return core.spawn_blob(nursery, snap, codec.place_of(fn))
 end
+
+local function spawn_blob(nursery, fn, ...) return spawn_blob_as(nursery, "spawn", spawn_places, fn, ...) end
 M.spawn_blob = spawn_blob
 
 local core_spawn, core_nursery_spawn = core.spawn, core.nursery_spawn
@@ -54,6 +63,14 @@ end
 function M.spawn_into(nursery, fn, ...)
   local h = core_nursery_spawn(nursery, fn, ...)
   if h == SLOW then return spawn_blob(nursery, fn, ...) end
+  return h
+end
+
+-- n:spawn made by a step on its caller's behalf (knhk.map): a refusal
+-- names the step and the caller's places, not spawn's arguments.
+function M.spawn_into_as(nursery, what, places, fn, ...)
+  local h = core_nursery_spawn(nursery, fn, ...)
+  if h == SLOW then return spawn_blob_as(nursery, what, places, fn, ...) end
   return h
 end
 
@@ -85,15 +102,18 @@ end
 -- h:join() -> the task's results, once it ended; raises its error (a
 -- TaskError; for a task that was cancelled, one whose .value is its
 -- Cancelled). A checkpoint while it waits.
-function Task:join() return join_result(self, core_join_try(self)) end
+function Task:join()
+  if getmetatable(self) ~= task_mt then bad_self("join", "task handle", self) end
+  return join_result(self, core_join_try(self))
+end
 
 -- h:cancel(): cancels the task alone (its scopes and its children too).
-Task.cancel = core.task_cancel
+Task.cancel = check.method(tasks_only, "task handle", "cancel", core.task_cancel)
 
 -- h:done() -> whether the task has ended.
-Task.done = core.task_done
+Task.done = check.method(tasks_only, "task handle", "done", core.task_done)
 
 -- h:id() -> the task's id, as knhk.tasks() and knhk.current() give it.
-Task.id = core.task_id
+Task.id = check.method(tasks_only, "task handle", "id", core.task_id)
 
 return M

@@ -355,8 +355,11 @@ function Instrument:series_id(attrs, fname)
   return id
 end
 
+local instruments = { [Instrument] = true } -- and Counter, below
+
 local function recorder(fname, check_value)
   return function(self, v, attrs)
+    if not instruments[getmetatable(self)] then check.bad_self(fname, "telemetry instrument", self) end
     if type(v) ~= "number" then check.fail(1, fname, "number", v) end
     if check_value then check_value(v, fname) end
     if attrs ~= nil and type(attrs) ~= "table" then check.fail(2, fname, "table", attrs) end
@@ -371,6 +374,7 @@ Instrument.set = recorder("set", nil)
 
 local Counter = setmetatable({}, { __index = Instrument })
 Counter.__index = Counter
+instruments[Counter] = true
 Counter.add = recorder("add", function(v, fname)
   if v < 0 then error("bad argument #1 to '" .. fname .. "' (a counter only goes up, got " .. v .. ")", 3) end
 end)
