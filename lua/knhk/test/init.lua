@@ -144,15 +144,24 @@ local function left_behind(root)
   return { count = count, lines = lines }
 end
 
+-- Whether an error is an assertion that failed (luassert's, as busted
+-- raises them), as opposed to an error the code did not expect.
+local function is_assertion(e)
+  if errors.is_task_error(e) then e = e.value end
+  local mt = type(e) == "table" and getmetatable(e)
+  return type(mt) == "table" and rawget(mt, "__type") == "failure"
+end
+
 -- Runs fn(...) as the root task of a fresh runtime. Returns nil when it
--- passed, else the failure, as text.
+-- passed, else the failure, as text, and whether it is an assertion's
+-- (or a task left behind) rather than an unexpected error.
 local function run_body(fn, opts, seed, ...)
   if opts.clock == "virtual" and not virtual_clock_available() then
     return no_virtual_clock("knhk.test")
   end
   local info = debug.getinfo(fn, "S")
   local name = opts.name or string.format("test body at %s:%d", info.short_src, info.linedefined)
-  local leftovers
+  local leftovers, asserted
   local run_opts = { workers = seed and 1 or opts.workers, seed = seed, clock = opts.clock,
                      name = name }
   local args = pack(...)
@@ -165,6 +174,7 @@ local function run_body(fn, opts, seed, ...)
       local res = pack(xpcall(fn, R.capture, unpack(args, 1, args.n)))
       leftovers = left_behind(root)
       if leftovers then scope:cancel() end
+      if not res[1] then asserted = is_assertion(res[2]) end
       return res
     end)
     if res and not res[1] then error(res[2], 0) end
@@ -177,7 +187,21 @@ local function run_body(fn, opts, seed, ...)
       leftovers.count, leftovers.count == 1 and "" or "s", table.concat(leftovers.lines, "\n"))
   end
   if #out == 0 then return nil end
-  return table.concat(out, "\n")
+  return table.concat(out, "\n"), (ok or asserted) and true or false
+end
+
+-- Raises a test's failure: as an assertion's when busted is running (it
+-- reports a failure, not an error), else as an error. The text starts
+-- with the body's place, which busted shows as where the test failed.
+local function raise(fn, text, assertion)
+  local info = debug.getinfo(fn, "S")
+  text = string.format("%s:%d: %s", info.short_src, info.linedefined, text)
+  if assertion then
+    local ok, busted = pcall(require, "busted")
+    local fail = ok and type(busted) == "table" and busted.fail
+    if type(fail) == "function" then fail(text, 0) end
+  end
+  error(text, 0)
 end
 
 -- knhk.test.wrap(fn [, opts]) -> a function for busted's `it`. opts:
@@ -189,10 +213,10 @@ function M.wrap(fn, opts)
   return function(...)
     local seed = env_seed()
     if seed == nil then seed = opts.seed end
-    local failure = run_body(fn, opts, seed, ...)
+    local failure, assertion = run_body(fn, opts, seed, ...)
     if failure then
       if seed then failure = failure .. "\n(seed " .. string.format("%d", seed) .. ")" end
-      error(failure, 0)
+      raise(fn, failure, assertion)
     end
   end
 end
@@ -227,13 +251,25 @@ end
 local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 local function pattern_quote(s) return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
 
--- The one-line command that replays `seed`.
+-- How busted was started: the interpreter and the script, as the process
+-- got them (`luajit /usr/bin/busted`), else plain `busted`.
+local function busted_command()
+  local a = rawget(_G, "arg")
+  if type(a) == "table" and type(a[0]) == "string" and a[0]:match("busted[^/]*$") then
+    if type(a[-1]) == "string" then return shell_quote(a[-1]) .. " " .. shell_quote(a[0]) end
+    return shell_quote(a[0])
+  end
+  return "busted"
+end
+
+-- The one-line command that replays `seed`: the running busted test
+-- alone, with KNHK_SEED set; outside busted, the Lua call.
 local function replay_command(seed, fn)
   local s = string.format("%d", seed)
   local t = current_test
   if t and t.file then
-    return "KNHK_SEED=" .. s .. " busted " .. shell_quote(t.file) .. " --filter="
-      .. shell_quote("^" .. pattern_quote(t.name) .. "$")
+    return "KNHK_SEED=" .. s .. " " .. busted_command() .. " " .. shell_quote(t.file)
+      .. " --filter=" .. shell_quote("^" .. pattern_quote(t.name) .. "$")
   end
   local info = debug.getinfo(fn, "S")
   return string.format("knhk.test.wrap(fn, { seed = %s })() -- fn: the body at %s:%d", s,
@@ -260,10 +296,10 @@ function M.explore(fn, opts)
     local runs = replay and 1 or opts.runs or 100
     for i = 0, runs - 1 do
       local seed = first + i
-      local failure = run_body(fn, opts, seed, ...)
+      local failure, assertion = run_body(fn, opts, seed, ...)
       if failure then
-        error(string.format("knhk.test.explore: seed %d failed (run %d of %d)\n%s\nreplay: %s",
-          seed, i + 1, runs, failure, replay_command(seed, fn)), 0)
+        raise(fn, string.format("knhk.test.explore: seed %d failed (run %d of %d)\n%s\nreplay: %s",
+          seed, i + 1, runs, failure, replay_command(seed, fn)), assertion)
       end
     end
   end
