@@ -269,6 +269,34 @@ describe("knhk.test.explore", function()
   end)
 end)
 
+-- -------------------------------------------------------- until_waiting
+
+describe("knhk.test.until_waiting", function()
+  it("returns once every task given is blocked in a wait", T.wrap(function()
+    local ch, gate = knhk.channel(0), knhk.event()
+    local sender = knhk.spawn(function(c) c:send("parcel") end, ch)
+    local waiter = knhk.spawn(function(e) e:wait(); return "opened" end, gate)
+    T.until_waiting(sender, waiter)
+    local states = {}
+    for _, r in ipairs(knhk.tasks()) do states[r.id] = r.state end
+    assert.equal("waiting", states[sender:id()])
+    assert.equal("waiting", states[waiter:id()])
+    assert.equal("parcel", ch:recv())
+    gate:set()
+    assert.equal("opened", waiter:join())
+    sender:join()
+  end, { workers = 2 }))
+
+  it("raises if a task ends instead of waiting, and refuses what is not a task", T.wrap(function()
+    local h = knhk.spawn(function() return 1 end)
+    h:join()
+    assert.has_error(function() T.until_waiting(h) end,
+      "knhk.test.until_waiting: task " .. h:id() .. " ended instead of waiting")
+    assert.has_error(function() T.until_waiting(h, "x") end,
+      "bad argument #2 to 'until_waiting' (task expected, got string)")
+  end))
+end)
+
 -- ----------------------------------------------------------- assertions
 
 describe("assert.cancelled", function()

@@ -317,6 +317,34 @@ end
 
 M.virtual_clock_available = virtual_clock_available
 
+-- ------------------------------------------------------------- waiting
+
+-- knhk.test.until_waiting(h, ...) (task): returns once every task given
+-- is waiting (blocked in a wait: a channel, a lock, a sleep, a join...),
+-- letting the others run meanwhile. For a spec that must act once a task
+-- has blocked, without sleeping for a while and hoping. Raises if one of
+-- them ends instead.
+function M.until_waiting(...)
+  local hs = pack(...)
+  for i = 1, hs.n do
+    if not knhk.is_task(hs[i]) then check.fail(i, "until_waiting", "task", hs[i]) end
+  end
+  while true do
+    local state = {}
+    for _, r in ipairs(knhk.tasks()) do state[r.id] = r.state end
+    local all = true
+    for i = 1, hs.n do
+      local h = hs[i]
+      if h:done() then
+        error("knhk.test.until_waiting: task " .. h:id() .. " ended instead of waiting", 2)
+      end
+      if state[h:id()] ~= "waiting" then all = false end
+    end
+    if all then return end
+    knhk.checkpoint()
+  end
+end
+
 -- ---------------------------------------------------------- assertions
 
 require("knhk.test.assertions").register(describe_error)
