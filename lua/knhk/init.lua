@@ -115,7 +115,8 @@ function knhk.current()
   return { id = id, worker = worker }
 end
 
--- knhk.tasks() -> the live tasks: { { id, parent, state, worker, age, where }, ... }
+-- knhk.tasks() -> the live tasks: { { id, parent, state, worker, age, where }, ... };
+-- `ended = true` marks one whose outcome is out but whose worker has not retired it yet
 function knhk.tasks()
   local rows = core.tasks()
   local now = core.now()
