@@ -19,6 +19,15 @@ describe("an installed knhk", function()
     assert.equal("completed", r.status)
     assert.equal(1, r.vars.x)
   end)
+
+  it("has knhk.test: a wrapped body runs, and its assertions are registered", function()
+    local knhk, T = require "knhk", require "knhk.test"
+    local ran
+    T.wrap(function()
+      assert.completes_within(60, function() ran = knhk.current() ~= nil end)
+    end, { seed = 1 })()
+    assert.is_true(ran)
+  end)
 end)
 
 local TREE = os.getenv "KNHK_TREE"

@@ -1,6 +1,7 @@
 -- Cancel scopes: Trio semantics. Cancelled unwinds to the scope that was
 -- cancelled and is caught there; checkpoints are level-triggered.
 local knhk = require "knhk"
+local T = require "knhk.test"
 
 local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
 
@@ -252,11 +253,17 @@ end)
 -- resumed and the error unwinds through the task's own handlers. These
 -- cases pin down that the shortcut never skips code the task would run.
 describe("cancelling tasks that wait", function()
-  local function cancelled_while(waits, kind)
+  -- Runs waits(seen) in a task, cancels it once it waits (or, for a task
+  -- that never blocks, once started(seen) holds), and returns `seen`.
+  local function cancelled_while(waits, started)
     return run(function()
       local seen = {}
-      local h = knhk[kind or "spawn_local"](function() waits(seen) end)
-      knhk.sleep(0.01) -- it started and waits
+      local h = knhk.spawn_local(function() waits(seen) end)
+      if started then
+        while not started(seen) do knhk.checkpoint() end
+      else
+        T.until_waiting(h)
+      end
       h:cancel()
       local ok, err = pcall(h.join, h)
       assert.is_false(ok)
@@ -323,7 +330,7 @@ describe("cancelling tasks that wait", function()
         seen.turns = (seen.turns or 0) + 1
         knhk.checkpoint()
       end
-    end)
+    end, function(seen) return seen.turns ~= nil end)
     assert.is_true(seen.turns >= 1)
   end)
 
@@ -337,7 +344,7 @@ describe("cancelling tasks that wait", function()
         end)
         knhk.sleep(60)
       end)
-      knhk.sleep(0.01)
+      T.until_waiting(h)
       h:cancel()
       pcall(h.join, h)
       seen.at_join = seen.child_ended

@@ -1,5 +1,6 @@
 -- Channels, semaphores, locks, events: across workers, cancellable.
 local knhk = require "knhk"
+local T = require "knhk.test"
 
 local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
 
@@ -39,12 +40,12 @@ describe("knhk.channel", function()
     local order = run(function()
       local ch, log = knhk.channel(1), {}
       knhk.nursery(function(n)
-        n:spawn_local(function()
+        local sender = n:spawn_local(function()
           for i = 1, 3 do ch:send(i); log[#log + 1] = "sent" .. i end
           ch:close()
         end)
         n:spawn_local(function()
-          knhk.sleep(0.01)
+          T.until_waiting(sender) -- blocked: the channel is full
           for v in ch:values() do log[#log + 1] = "got" .. v end
         end)
       end)
@@ -58,9 +59,9 @@ describe("knhk.channel", function()
     local log = run(function()
       local ch, log = knhk.channel(0), {}
       knhk.nursery(function(n)
-        n:spawn_local(function() ch:send("x"); log[#log + 1] = "send returned" end)
+        local sender = n:spawn_local(function() ch:send("x"); log[#log + 1] = "send returned" end)
         n:spawn_local(function()
-          knhk.sleep(0.01)
+          T.until_waiting(sender) -- blocked until someone receives
           log[#log + 1] = "receiving"
           ch:recv()
         end)
@@ -135,7 +136,7 @@ describe("knhk.channel, closing and cancelling", function()
       return ok, tostring(err)
     end, ch, started)
     started:wait()
-    knhk.sleep(0.01) -- let it block in send
+    T.until_waiting(h) -- blocked in send
     ch:close()
     local ok, err = h:join()
     assert.is_false(ok)
@@ -152,7 +153,7 @@ describe("knhk.channel, closing and cancelling", function()
         hs[#hs + 1] = n:spawn(function(c) return pcall(c.send, c, i) end, full)
         hs[#hs + 1] = n:spawn(function(c) return c:recv() end, empty)
       end
-      knhk.sleep(0.01)
+      T.until_waiting(unpack(hs)) -- every one of them blocked
       full:close()
       empty:close()
     end)
@@ -235,7 +236,7 @@ describe("knhk.semaphore and knhk.lock", function()
       local sem = knhk.semaphore(0)
       assert.equal(0, sem:permits())
       local h = knhk.spawn(function(s) s:acquire(); return "acquired" end, sem)
-      knhk.sleep(0.005)
+      T.until_waiting(h)
       assert.is_false(h:done())
       sem:release()
       assert.equal("acquired", h:join())
@@ -249,7 +250,7 @@ describe("knhk.event", function()
       local ev = knhk.event()
       local hs = {}
       for i = 1, 6 do hs[i] = knhk.spawn(function(e) e:wait(); return 1 end, ev) end
-      knhk.sleep(0.005)
+      T.until_waiting(unpack(hs))
       assert.is_false(ev:is_set())
       ev:set()
       local c = 0

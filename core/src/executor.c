@@ -166,11 +166,55 @@ static void end_searching(knhk__worker_t *w) {
   if (KNHK__IDLE_SEARCHING(prev) == 1) knhk__notify_parked(w->ex);
 }
 
+/* ------------------------------------------------- seeded schedules */
+
+/* splitmix64 (Steele, Lea, Flood 2014): every seed, 0 included, gives a
+ * full-period stream, so seeds next to each other give unrelated orders. */
+static uint64_t splitmix_next(uint64_t *state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/* Owner only. Adds t to the ready set; 0, or -1 when out of memory. */
+static int ready_add(knhk__worker_t *w, knhk_task_t *t) {
+  if (w->nready == w->ready_cap) {
+    uint32_t cap = w->ready_cap ? w->ready_cap * 2 : 64;
+    knhk_task_t **r = realloc(w->ready, cap * sizeof *r);
+    if (!r) return -1;
+    w->ready = r;
+    w->ready_cap = cap;
+  }
+  w->ready[w->nready++] = t;
+  return 0;
+}
+
+/* KNHK_EXECUTOR_SEEDED (one worker): moves every task that is ready into
+ * the ready set, in a fixed order (deque, inbox, injector), then takes the
+ * one the seeded generator picks. Out of memory, the task that found no
+ * room runs next: nothing is lost, only that choice is not seeded. */
+static knhk_task_t *seeded_pick(knhk__worker_t *w, int *busy) {
+  knhk_task_t *t;
+  for (;;) {
+    if (!(t = knhk__deque_pop(&w->deque)) && !(t = inbox_pop(w, busy)) &&
+        !(t = injector_pop(w->ex, NULL, busy)))
+      break;
+    if (ready_add(w, t) != 0) return t;
+  }
+  if (w->nready == 0) return NULL;
+  uint32_t i = (uint32_t)(splitmix_next(&w->pick_rng) % w->nready);
+  t = w->ready[i];
+  w->ready[i] = w->ready[--w->nready];
+  return t;
+}
+
 /* Local work first (LIFO), with inbox and injector looked at first every
  * KNHK__FAIRNESS_TICKS so neither starves behind a busy deque. A deep
  * helping wait leaves the injector alone. */
 static knhk_task_t *find_local(knhk__worker_t *w, int *busy, int deep) {
   knhk_task_t *t;
+  if (w->ex->flags & KNHK_EXECUTOR_SEEDED) return seeded_pick(w, busy);
   if (++w->tick % KNHK__FAIRNESS_TICKS == 0) {
     if ((t = inbox_pop(w, busy))) return t;
     if (!deep && (t = injector_pop(w->ex, w, busy))) return t;
@@ -477,7 +521,10 @@ int knhk_executor_options_init(knhk_executor_options_t *o) {
 
 static void free_impl(knhk__executor_t *ex) {
   if (ex->workers) {
-    for (int i = 0; i < ex->n; i++) knhk__deque_destroy(&ex->workers[i].deque);
+    for (int i = 0; i < ex->n; i++) {
+      knhk__deque_destroy(&ex->workers[i].deque);
+      free(ex->workers[i].ready); /* empty: every task had ended */
+    }
     free(ex->workers);
   }
   knhk__pool_free_all(ex);
@@ -495,7 +542,9 @@ int knhk_executor_init(knhk_executor_t *handle, const knhk_executor_options_t *o
     return KNHK_EINVAL;
   }
   if (o.workers < 1 || o.workers > KNHK_MAX_WORKERS) return KNHK_EINVAL;
-  if (o.flags & ~(uint32_t)KNHK_EXECUTOR_CALLER_IS_WORKER0) return KNHK_EINVAL;
+  if (o.flags & ~(uint32_t)(KNHK_EXECUTOR_CALLER_IS_WORKER0 | KNHK_EXECUTOR_SEEDED))
+    return KNHK_EINVAL;
+  if ((o.flags & KNHK_EXECUTOR_SEEDED) && o.workers != 1) return KNHK_EINVAL;
   handle->knhk__magic = 0;
   handle->knhk__impl = NULL;
 
@@ -527,6 +576,7 @@ int knhk_executor_init(knhk_executor_t *handle, const knhk_executor_options_t *o
     w->ex = ex;
     w->index = i;
     w->rng = (o.seed ^ 0x9E3779B97F4A7C15ull) * (uint64_t)(i + 1) | 1;
+    w->pick_rng = o.seed;
   }
   if (!ok) {
     free_impl(ex); /* deque_destroy of a never-initialised deque is a no-op */

@@ -92,6 +92,12 @@ typedef struct knhk__worker {
   uint32_t tick;
   uint64_t rng;
   uint64_t busy_since;
+  /* KNHK_EXECUTOR_SEEDED (executor.c, "seeded schedules"): the ready
+   * tasks drained from the deque, inbox and injector, and the generator
+   * that picks the next one to run. */
+  knhk_task_t **ready;
+  uint32_t nready, ready_cap;
+  uint64_t pick_rng;
   knhk__pool_cache_t pools[KNHK__NPOOLS]; /* free pooled records */
   /* Group counting without a shared cache line per task (group.c):
    * slots reserved in a group by the running task's spawns, and ends of

@@ -67,18 +67,27 @@ end
 -- first SIGINT/SIGTERM cancels everything (cleanup runs; tasks that have
 -- not reached a checkpoint are named on stderr), a second one ends the
 -- process; knhk.signal_received() says which came. opts.name: what
--- reports (:tasks, that of a SIGINT) call the root task.
+-- reports (:tasks, that of a SIGINT) call the root task. opts.seed: a
+-- reproducible schedule: one worker runs the ready tasks in an order drawn
+-- from the seed (the same seed, the same interleaving; see knhk.test).
 function knhk.run(main, opts, ...)
   check.arg("func", main, 1, "run")
   opts = check.opts(opts, 2, "run")
   local workers = check.field("whole", opts, "workers", 2, "run", 2, 1, 256)
+  local seed = check.field("whole", opts, "seed", 2, "run", 2, 0, 2 ^ 53)
+  if seed ~= nil and workers ~= nil and workers ~= 1 then
+    error("bad argument #2 to 'run' (seed: a seeded schedule runs on 1 worker, got workers = "
+      .. workers .. ")", 2)
+  end
+  if seed ~= nil then workers = 1 end
   if workers == nil then
     local err
     workers, err = knhk.default_workers()
     if not workers then error("knhk.run: " .. err, 2) end
   end
   local name = check.field("string", opts, "name", 2, "run")
-  return R.run(main, workers, opts.signals and true or false, name, ...)
+  return R.run(main, { workers = workers, signals = opts.signals and true or false, name = name,
+                       seed = seed }, ...)
 end
 
 -- The first SIGINT/SIGTERM received by a knhk.run with opts.signals, or nil.
@@ -106,7 +115,8 @@ function knhk.current()
   return { id = id, worker = worker }
 end
 
--- knhk.tasks() -> the live tasks: { { id, parent, state, worker, age, where }, ... }
+-- knhk.tasks() -> the live tasks: { { id, parent, state, worker, age, where }, ... };
+-- `ended = true` marks one whose outcome is out but whose worker has not retired it yet
 function knhk.tasks()
   local rows = core.tasks()
   local now = core.now()

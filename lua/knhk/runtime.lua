@@ -317,10 +317,12 @@ end
 
 function M.running() return M.rt ~= nil end
 
--- Runs main(...) as the root task of a new runtime with `workers` workers.
-function M.run(main, workers, signals, name, ...)
+-- Runs main(...) as the root task of a new runtime. cfg: workers,
+-- signals, name, seed (a seeded schedule on one worker), all checked.
+function M.run(main, cfg, ...)
   if M.rt ~= nil then error("knhk.run: already running (knhk.run cannot be nested)", 3) end
-  local r = core.new(workers)
+  local signals, name = cfg.signals, cfg.name
+  local r = core.new(cfg.workers, cfg.seed)
   local args = pack(...)
   local ok, res = pcall(function()
     init_vm()

@@ -260,7 +260,16 @@ struct klua_rt {
 };
 
 /* ---- klua_rt.c: the runtime, VMs, registries ---- */
-int klua_rt_new(lua_State *caller, int workers, klua_rt_t **out, char *err, size_t errlen);
+/* How a runtime runs (knhk.run's options). seeded: one worker picking
+ * among its ready tasks by a generator seeded with `seed`
+ * (KNHK_EXECUTOR_SEEDED), for reproducible schedules. */
+typedef struct {
+  int workers;
+  int seeded;
+  uint64_t seed;
+} klua_rt_opts_t;
+int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, char *err,
+                size_t errlen);
 void klua_rt_free(klua_rt_t *rt);
 int klua_rt_enter(klua_rt_t *rt);
 /* The calling thread's worker in rt while it runs a task, or NULL. */

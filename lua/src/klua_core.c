@@ -1319,7 +1319,9 @@ static int l_current(lua_State *L) {
 }
 
 /* core.tasks(rt, only_running) -> { {id, parent, started_ns, worker,
- * state, where}, ... } of the tasks started and not ended */
+ * state, where [, ended]}, ... } of the tasks started and not retired;
+ * `ended`: its outcome is published (joiners have it), the record not
+ * retired yet */
 int klua_tasks_rows(klua_rt_t *rt, void (*row)(void *, klua_task_t *, int), void *ud,
                     int only_running);
 
@@ -1341,6 +1343,10 @@ static void push_row(void *ud, klua_task_t *t, int state) {
   lua_setfield(L, -2, "state");
   lua_pushstring(L, t->where);
   lua_setfield(L, -2, "where");
+  if (klua_task_outcome(t) != KLUA_RUNNING) { /* its outcome is out; it is being retired */
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "ended");
+  }
   lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
 }
 
@@ -1359,17 +1365,27 @@ static int l_tasks(lua_State *L) {
 
 /* ------------------------------------------------------- the runtime */
 
-/* core.new(workers) -> rt | error */
+/* core.new(workers [, seed]) -> rt | error. A seed (a whole number in
+ * 0..2^53) asks for a seeded schedule, which needs workers == 1. */
 static int l_new(lua_State *L) {
   int workers = (int)luaL_checkinteger(L, 1);
   if (workers < 1 || workers > KNHK_MAX_WORKERS)
     return luaL_error(L, "workers must be in 1..%d, got %d", KNHK_MAX_WORKERS, workers);
+  klua_rt_opts_t opts = {workers, 0, 0};
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Number seed = luaL_checknumber(L, 2);
+    if (!(seed >= 0 && seed <= 9007199254740992.0 && seed == (lua_Number)(uint64_t)seed))
+      return luaL_error(L, "seed must be a whole number in 0..2^53, got %f", seed);
+    if (workers != 1) return luaL_error(L, "a seeded schedule runs on 1 worker, got %d", workers);
+    opts.seeded = 1;
+    opts.seed = (uint64_t)seed;
+  }
   int expected = 0;
   if (!atomic_compare_exchange_strong(&running, &expected, 1))
     return luaL_error(L, "knhk.run: a runtime is already running in this process");
   klua_rt_t *rt = NULL;
   char err[512] = "";
-  int rc = klua_rt_new(L, workers, &rt, err, sizeof err);
+  int rc = klua_rt_new(L, &opts, &rt, err, sizeof err);
   if (rc != 0) {
     atomic_store(&running, 0);
     return luaL_error(L, "knhk.run: %s", err[0] ? err : knhk_strerror(rc));

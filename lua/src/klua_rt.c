@@ -162,7 +162,9 @@ int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
 
 /* -------------------------------------------------------------- lifecycle */
 
-int klua_rt_new(lua_State *caller, int workers, klua_rt_t **out, char *err, size_t errlen) {
+int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, char *err,
+                size_t errlen) {
+  int workers = opts->workers;
   klua_rt_t *rt = calloc(1, sizeof *rt);
   if (!rt) return KNHK_ENOMEM;
   pthread_mutex_init(&rt->protos_m, NULL);
@@ -206,6 +208,10 @@ int klua_rt_new(lua_State *caller, int workers, klua_rt_t **out, char *err, size
     knhk_executor_options_init(&o);
     o.workers = workers;
     o.flags = KNHK_EXECUTOR_CALLER_IS_WORKER0;
+    if (opts->seeded) {
+      o.flags |= KNHK_EXECUTOR_SEEDED;
+      o.seed = opts->seed;
+    }
     rc = knhk_executor_init(&rt->ex, &o);
     if (rc != 0) snprintf(err, errlen, "cannot start %d workers: %s", workers, knhk_strerror(rc));
   } else if (!err[0]) {

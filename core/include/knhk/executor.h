@@ -30,13 +30,25 @@ enum knhk_shutdown_mode {
 enum {
   /* The thread calling knhk_executor_enter() is worker 0; only workers
    * 1..N-1 get threads of their own. */
-  KNHK_EXECUTOR_CALLER_IS_WORKER0 = 1u << 0
+  KNHK_EXECUTOR_CALLER_IS_WORKER0 = 1u << 0,
+  /* Reproducible schedules, for tests: with workers == 1 only (else
+   * knhk_executor_init says KNHK_EINVAL). The worker holds every task that
+   * is ready to run (its spawns, wake-ups, outside spawns) in one set and
+   * runs the one a generator seeded with opts.seed picks, instead of LIFO
+   * for its own spawns and FIFO for wake-ups. The same seed and the same
+   * spawns and wake-ups give the same order of runs; a different seed
+   * gives another interleaving. Wake-ups made by other threads (a
+   * reactor's timers, processes, files) join the set when they arrive, so
+   * where they fall among the worker's own runs is only as reproducible as
+   * their arrival. */
+  KNHK_EXECUTOR_SEEDED = 1u << 1
 };
 
 typedef struct {
   int workers;        /* >= 1 and <= KNHK_MAX_WORKERS */
   uint32_t flags;     /* KNHK_EXECUTOR_* */
-  uint64_t seed;      /* victim selection; same seed, same choices */
+  uint64_t seed;      /* victim selection, and with KNHK_EXECUTOR_SEEDED
+                         the order of runs; same seed, same choices */
 } knhk_executor_options_t;
 
 typedef struct {
@@ -72,8 +84,8 @@ typedef struct {
 int knhk_executor_options_init(knhk_executor_options_t *opts);
 
 /* Any thread. Starts an executor; `opts` may be NULL for the defaults.
- * Returns 0, KNHK_EINVAL (NULL handle, workers out of range), or
- * KNHK_ENOMEM. */
+ * Returns 0, KNHK_EINVAL (NULL handle, workers out of range, an unknown
+ * flag, KNHK_EXECUTOR_SEEDED with workers != 1), or KNHK_ENOMEM. */
 int knhk_executor_init(knhk_executor_t *ex, const knhk_executor_options_t *opts);
 
 /* Any thread. Queues a caller-owned task (prepared with knhk_task_init): on a

@@ -1,0 +1,352 @@
+-- knhk.test: busted specs of workflows.
+--
+--   local T = require "knhk.test"
+--   it("ships within three days", T.wrap(function()
+--     assert.completes_within(72 * 3600, function() ship(order) end)
+--   end, { clock = "virtual" }))
+--
+-- wrap(fn [, opts]) runs fn as the root task of a fresh runtime and turns
+-- what went wrong into a test failure: an error (with its traceback), an
+-- error group (every member with its traceback), a task the body left
+-- running (named, then cancelled). explore(fn, { runs = N }) runs a body
+-- under N seeded schedules and names the first seed that fails, with the
+-- command that replays it. Requiring the module registers the assertions
+-- assert.cancelled, assert.error_group and assert.completes_within with
+-- luassert. See README.md, "Testing your workflows".
+local knhk = require "knhk"
+local check = require "knhk.check"
+local errors = require "knhk.errors"
+local R = require "knhk.runtime"
+
+local M = {}
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+-- ---------------------------------------------------------------- options
+
+-- KNHK_SEED, if set: the seed every wrapped body runs with (how a failing
+-- seed that explore found is replayed). nil when unset.
+local function env_seed()
+  local s = os.getenv "KNHK_SEED"
+  if s == nil or s == "" then return nil end
+  local n = tonumber(s)
+  if not n or n < 0 or n % 1 ~= 0 or n > 2 ^ 53 then
+    error("knhk.test: KNHK_SEED must be a whole number in 0..2^53, got '" .. s .. "'", 0)
+  end
+  return n
+end
+
+-- Whether this build has the virtual clock (knhk.clock).
+local function virtual_clock_available()
+  return type(knhk.clock) == "table" and type(knhk.clock.advance) == "function"
+end
+
+local function no_virtual_clock(fname)
+  return fname .. ": the virtual clock is unavailable in this build (knhk.clock is missing), "
+    .. "so clock = 'virtual' cannot be honoured"
+end
+
+-- Checks wrap's and explore's options (argument n of fname).
+local function check_opts(opts, n, fname)
+  opts = check.opts(opts, n, fname, 3)
+  check.field("whole", opts, "workers", n, fname, 3, 1, 256)
+  check.field("whole", opts, "seed", n, fname, 3, 0, 2 ^ 53)
+  check.field("string", opts, "clock", n, fname, 3)
+  check.field("string", opts, "name", n, fname, 3)
+  if opts.seed ~= nil and opts.workers ~= nil and opts.workers ~= 1 then
+    error(string.format("bad argument #%d to '%s' (seed: a seeded schedule runs on 1 worker, "
+      .. "got workers = %d)", n, fname, opts.workers), 3)
+  end
+  return opts
+end
+
+-- ---------------------------------------------------------- describing
+
+-- A table raised as an error, one level deep: { code = 7, "x" }.
+local function show_table(t)
+  local parts = {}
+  for k, v in pairs(t) do
+    local val = type(v) == "string" and string.format("%q", v) or tostring(v)
+    parts[#parts + 1] = (type(k) == "string" and k or "[" .. tostring(k) .. "]") .. " = " .. val
+  end
+  table.sort(parts)
+  return "{ " .. table.concat(parts, ", ") .. " }"
+end
+
+-- An error value as a test failure: message and traceback; for a group,
+-- every member, numbered, each with its own traceback.
+local function describe_error(e, indent)
+  indent = indent or ""
+  local function lines(text)
+    return (text:gsub("\n", "\n" .. indent))
+  end
+  if errors.is_group(e) then
+    local out = { indent .. string.format("an error group of %d errors:", #e.errors) }
+    for i, member in ipairs(e.errors) do
+      out[#out + 1] = indent .. string.format("[%d] ", i)
+        .. describe_error(member, indent .. "    "):gsub("^%s*", "")
+    end
+    return table.concat(out, "\n")
+  end
+  if errors.is_task_error(e) then
+    if errors.is_group(e.value) then return describe_error(e.value, indent) end
+    local msg = tostring(e.message)
+    if type(e.value) == "table" and getmetatable(e.value) == nil then
+      msg = "an error raised with a table value: " .. show_table(e.value)
+    end
+    local tb = e.traceback
+    return indent .. lines(msg .. ((tb and tb ~= "") and ("\n" .. tb) or ""))
+  end
+  if errors.is_cancelled(e) then return indent .. "cancelled: " .. tostring(e) end
+  if type(e) == "table" and getmetatable(e) == nil then
+    return indent .. "an error raised with a table value: " .. show_table(e)
+  end
+  return indent .. lines(tostring(e))
+end
+M.describe_error = describe_error
+
+-- One live task, as a failure names it.
+local function describe_task(r)
+  local parts = { "task " .. tostring(r.id) }
+  parts[#parts + 1] = "(" .. tostring(r.where or "function at ?")
+  if r.parent then parts[#parts] = parts[#parts] .. ", spawned by task " .. tostring(r.parent) end
+  parts[#parts] = parts[#parts] .. ")"
+  parts[#parts + 1] = tostring(r.state or "live")
+  if r.worker then parts[#parts + 1] = "on worker " .. tostring(r.worker) end
+  return table.concat(parts, " ")
+end
+
+-- ------------------------------------------------------------- the body
+
+-- The tasks still live besides the root: { count =, lines = { ... } },
+-- or nil if none. knhk.tasks() lists only tasks that have started, and
+-- still lists one whose outcome is out (`ended`) until its worker has
+-- retired it; the executor's live count has both. So the root lets the
+-- others run (a checkpoint; a bounded number of times) until every live
+-- task is listed: queued ones start, ended ones are retired.
+local function left_behind(root)
+  local rows, unlisted
+  for _ = 1, 100 do
+    rows = knhk.tasks()
+    unlisted = knhk.stats().live - #rows
+    if unlisted <= 0 then break end
+    knhk.checkpoint()
+  end
+  local lines = {}
+  for _, r in ipairs(rows) do
+    if r.id ~= root and not r.ended then lines[#lines + 1] = "  " .. describe_task(r) end
+  end
+  local count = #lines + math.max(unlisted, 0)
+  if count == 0 then return nil end
+  if unlisted > 0 then
+    lines[#lines + 1] = string.format("  and %d more that had not started", unlisted)
+  end
+  return { count = count, lines = lines }
+end
+
+-- Whether an error is an assertion that failed (luassert's, as busted
+-- raises them), as opposed to an error the code did not expect.
+local function is_assertion(e)
+  if errors.is_task_error(e) then e = e.value end
+  local mt = type(e) == "table" and getmetatable(e)
+  return type(mt) == "table" and rawget(mt, "__type") == "failure"
+end
+
+-- Runs fn(...) as the root task of a fresh runtime. Returns nil when it
+-- passed, else the failure, as text, and whether it is an assertion's
+-- (or a task left behind) rather than an unexpected error.
+local function run_body(fn, opts, seed, ...)
+  if opts.clock == "virtual" and not virtual_clock_available() then
+    return no_virtual_clock("knhk.test")
+  end
+  local info = debug.getinfo(fn, "S")
+  local name = opts.name or string.format("test body at %s:%d", info.short_src, info.linedefined)
+  local leftovers, asserted
+  local run_opts = { workers = seed and 1 or opts.workers, seed = seed, clock = opts.clock,
+                     name = name }
+  local args = pack(...)
+  local ok, err = pcall(knhk.run, function()
+    local root = knhk.current().id
+    -- The body's own scope: cancelling it ends whatever the body left
+    -- running, so the runtime can be torn down.
+    local _, res = knhk.cancel_scope(function(scope)
+      -- capture: the error with the traceback of where it was raised
+      local res = pack(xpcall(fn, R.capture, unpack(args, 1, args.n)))
+      leftovers = left_behind(root)
+      if leftovers then scope:cancel() end
+      if not res[1] then asserted = is_assertion(res[2]) end
+      return res
+    end)
+    if res and not res[1] then error(res[2], 0) end
+  end, run_opts)
+  local out = {}
+  if not ok then out[#out + 1] = "the test body failed with " .. describe_error(err) end
+  if leftovers then
+    out[#out + 1] = string.format("the test body returned with %d task%s still running "
+      .. "(cancelled then; join what a test spawns, or run it in a nursery):\n%s",
+      leftovers.count, leftovers.count == 1 and "" or "s", table.concat(leftovers.lines, "\n"))
+  end
+  if #out == 0 then return nil end
+  return table.concat(out, "\n"), (ok or asserted) and true or false
+end
+
+-- Raises a test's failure: as an assertion's when busted is running (it
+-- reports a failure, not an error), else as an error. The text starts
+-- with the body's place, which busted shows as where the test failed.
+local function raise(fn, text, assertion)
+  local info = debug.getinfo(fn, "S")
+  text = string.format("%s:%d: %s", info.short_src, info.linedefined, text)
+  if assertion then
+    local ok, busted = pcall(require, "busted")
+    local fail = ok and type(busted) == "table" and busted.fail
+    if type(fail) == "function" then fail(text, 0) end
+  end
+  error(text, 0)
+end
+
+-- knhk.test.wrap(fn [, opts]) -> a function for busted's `it`. opts:
+-- workers, seed (one worker, a seeded schedule; KNHK_SEED overrides it),
+-- clock ("virtual"), name (of the root task).
+function M.wrap(fn, opts)
+  check.arg("func", fn, 1, "wrap")
+  opts = check_opts(opts, 2, "wrap")
+  return function(...)
+    local seed = env_seed()
+    if seed == nil then seed = opts.seed end
+    local failure, assertion = run_body(fn, opts, seed, ...)
+    if failure then
+      if seed then failure = failure .. "\n(seed " .. string.format("%d", seed) .. ")" end
+      raise(fn, failure, assertion)
+    end
+  end
+end
+
+-- ------------------------------------------------------------- explore
+
+-- The busted test running now (for the replay command), once explore has
+-- been used: a subscription to busted's 'test start'.
+local current_test
+local subscribed = false
+local function follow_busted()
+  if subscribed then return end
+  subscribed = true
+  local ok, busted = pcall(require, "busted")
+  if not ok or type(busted) ~= "table" then return end
+  local ok2, subscribe = pcall(function() return busted.subscribe end)
+  if not ok2 or type(subscribe) ~= "function" then return end
+  subscribe({ "test", "start" }, function(element)
+    local names = { element.name or element.descriptor }
+    local parent = busted.parent(element)
+    while parent and (parent.name or parent.descriptor) and parent.descriptor ~= "file" do
+      table.insert(names, 1, parent.name or parent.descriptor)
+      parent = busted.parent(parent)
+    end
+    local trace = element.trace
+    local file = trace and trace.source and trace.source:match("^@(.*)") or nil
+    current_test = { name = table.concat(names, " "), file = file }
+    return nil, true
+  end)
+end
+
+local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local function pattern_quote(s) return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
+
+-- How busted was started: the interpreter and the script, as the process
+-- got them (`luajit /usr/bin/busted`), else plain `busted`.
+local function busted_command()
+  local a = rawget(_G, "arg")
+  if type(a) == "table" and type(a[0]) == "string" and a[0]:match("busted[^/]*$") then
+    if type(a[-1]) == "string" then return shell_quote(a[-1]) .. " " .. shell_quote(a[0]) end
+    return shell_quote(a[0])
+  end
+  return "busted"
+end
+
+-- The one-line command that replays `seed`: the running busted test
+-- alone, with KNHK_SEED set; outside busted, the Lua call.
+local function replay_command(seed, fn)
+  local s = string.format("%d", seed)
+  local t = current_test
+  if t and t.file then
+    return "KNHK_SEED=" .. s .. " " .. busted_command() .. " " .. shell_quote(t.file)
+      .. " --filter=" .. shell_quote("^" .. pattern_quote(t.name) .. "$")
+  end
+  local info = debug.getinfo(fn, "S")
+  return string.format("knhk.test.wrap(fn, { seed = %s })() -- fn: the body at %s:%d", s,
+    info.short_src, info.linedefined)
+end
+M.replay_command = replay_command
+
+-- knhk.test.explore(fn [, opts]) -> a function for busted's `it`: runs fn
+-- under opts.runs (default 100) seeds from opts.seed (default 1) and fails
+-- naming the first seed that fails, with the command that replays it.
+-- With KNHK_SEED set, runs that seed only. opts: runs, seed, clock, name.
+function M.explore(fn, opts)
+  check.arg("func", fn, 1, "explore")
+  opts = check_opts(opts, 2, "explore")
+  check.field("whole", opts, "runs", 2, "explore", 2, 1)
+  if opts.workers ~= nil and opts.workers ~= 1 then
+    error("bad argument #2 to 'explore' (workers: seeded schedules run on 1 worker, got "
+      .. opts.workers .. ")", 2)
+  end
+  follow_busted()
+  return function(...)
+    local replay = env_seed()
+    local first = replay or opts.seed or 1
+    local runs = replay and 1 or opts.runs or 100
+    for i = 0, runs - 1 do
+      local seed = first + i
+      local failure, assertion = run_body(fn, opts, seed, ...)
+      if failure then
+        raise(fn, string.format("knhk.test.explore: seed %d failed (run %d of %d)\n%s\nreplay: %s",
+          seed, i + 1, runs, failure, replay_command(seed, fn)), assertion)
+      end
+    end
+  end
+end
+
+-- --------------------------------------------------------- virtual time
+
+-- knhk.test.advance(seconds): moves the virtual clock forward by hand
+-- (knhk.clock.advance). Raises if this build has no virtual clock.
+function M.advance(seconds)
+  check.arg("number", seconds, 1, "advance")
+  if not virtual_clock_available() then error(no_virtual_clock("knhk.test.advance"), 2) end
+  return knhk.clock.advance(seconds)
+end
+
+M.virtual_clock_available = virtual_clock_available
+
+-- ------------------------------------------------------------- waiting
+
+-- knhk.test.until_waiting(h, ...) (task): returns once every task given
+-- is waiting (blocked in a wait: a channel, a lock, a sleep, a join...),
+-- letting the others run meanwhile. For a spec that must act once a task
+-- has blocked, without sleeping for a while and hoping. Raises if one of
+-- them ends instead.
+function M.until_waiting(...)
+  local hs = pack(...)
+  for i = 1, hs.n do
+    if not knhk.is_task(hs[i]) then check.fail(i, "until_waiting", "task", hs[i]) end
+  end
+  while true do
+    local state = {}
+    for _, r in ipairs(knhk.tasks()) do state[r.id] = r.state end
+    local all = true
+    for i = 1, hs.n do
+      local h = hs[i]
+      if h:done() then
+        error("knhk.test.until_waiting: task " .. h:id() .. " ended instead of waiting", 2)
+      end
+      if state[h:id()] ~= "waiting" then all = false end
+    end
+    if all then return end
+    knhk.checkpoint()
+  end
+end
+
+-- ---------------------------------------------------------- assertions
+
+require("knhk.test.assertions").register(describe_error)
+
+return M
