@@ -63,9 +63,11 @@ enum {
   KLUA_PAY_REASON = 5   /* cancelled: only the reason code, in nvals (no codec) */
 };
 
-enum { KLUA_INLINE = 48 };
+enum { KLUA_INLINE = 48 }; /* payload bytes held in the record itself */
+/* An inline start's `proto`: the prototype id, and above it the number of
+ * the globals' name-value pairs that follow the upvalues in the payload. */
 #define KLUA_PROTO_ID_MASK 0xffffffu
-#define KLUA_PROTO_GLOBALS_SHIFT 24 /* payload bytes held in the record itself */
+#define KLUA_PROTO_GLOBALS_SHIFT 24
 
 /* ------------------------------------------------------------ spinlocks */
 
