@@ -471,6 +471,8 @@ int knhk_executor_options_init(knhk_executor_options_t *o) {
   o->workers = cpus < 1 ? 1 : cpus > KNHK_MAX_WORKERS ? KNHK_MAX_WORKERS : (int)cpus;
   o->flags = 0;
   o->seed = 0;
+  o->on_idle = NULL;
+  o->on_idle_arg = NULL;
   int rc = env_workers(&o->workers);
   return rc < 0 ? rc : 0;
 }
@@ -504,6 +506,8 @@ int knhk_executor_init(knhk_executor_t *handle, const knhk_executor_options_t *o
   memset(ex, 0, sizeof *ex);
   ex->n = o.workers;
   ex->flags = o.flags;
+  ex->on_idle = o.on_idle;
+  ex->on_idle_arg = o.on_idle_arg;
   pthread_mutex_init(&ex->idle_lock, NULL);
   knhk__pool_init(&ex->pools[KNHK__POOL_TASK], sizeof(knhk_task_t), offsetof(knhk_task_t, data));
   knhk__pool_init(&ex->pools[KNHK__POOL_CHILD], knhk__nursery_pool_layout[0][0],

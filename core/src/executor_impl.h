@@ -132,6 +132,8 @@ struct knhk__executor {
   int *sleepers;
   int nsleepers;
   int worker0_entered;
+  void (*on_idle)(void *arg);         /* knhk_executor_options_t's */
+  void *on_idle_arg;
   knhk__pool_t pools[KNHK__NPOOLS];
   knhk__worker_t *workers;            /* n, cache-line aligned */
 };

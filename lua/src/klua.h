@@ -31,6 +31,8 @@
 #include <stdint.h>
 
 #include "knhk/cancel.h"
+#include "knhk/clock.h"
+#include "knhk/deadline.h"
 #include "knhk/executor.h"
 #include "knhk/reactor.h"
 #include "knhk/task.h"
@@ -255,7 +257,10 @@ struct klua_rt {
 };
 
 /* ---- klua_rt.c: the runtime, VMs, registries ---- */
-int klua_rt_new(lua_State *caller, int workers, klua_rt_t **out, char *err, size_t errlen);
+/* clock: knhk_clock_kind (knhk/clock.h); a virtual clock jumps when the
+ * executor says that every task waits. */
+int klua_rt_new(lua_State *caller, int workers, int clock, klua_rt_t **out, char *err,
+                size_t errlen);
 void klua_rt_free(klua_rt_t *rt);
 int klua_rt_enter(klua_rt_t *rt);
 /* The calling thread's worker in rt while it runs a task, or NULL. */

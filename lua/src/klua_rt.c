@@ -162,7 +162,8 @@ int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
 
 /* -------------------------------------------------------------- lifecycle */
 
-int klua_rt_new(lua_State *caller, int workers, klua_rt_t **out, char *err, size_t errlen) {
+int klua_rt_new(lua_State *caller, int workers, int clock, klua_rt_t **out, char *err,
+                size_t errlen) {
   klua_rt_t *rt = calloc(1, sizeof *rt);
   if (!rt) return KNHK_ENOMEM;
   pthread_mutex_init(&rt->protos_m, NULL);
@@ -179,7 +180,10 @@ int klua_rt_new(lua_State *caller, int workers, klua_rt_t **out, char *err, size
     w->runner = LUA_NOREF;
     pthread_mutex_init(&w->live_m, NULL);
   }
-  if (rc == 0) rc = knhk_reactor_new(&rt->reactor);
+  if (rc == 0) {
+    knhk_reactor_options_t ro = {clock};
+    rc = knhk_reactor_new_with(&rt->reactor, &ro);
+  }
   if (rc == 0) rc = knhk_token_new(&rt->root_token, NULL);
   if (rc == 0) {
     rt->root_group = klua_group_new(rt, rt->root_token, 0);
@@ -206,8 +210,13 @@ int klua_rt_new(lua_State *caller, int workers, klua_rt_t **out, char *err, size
     knhk_executor_options_init(&o);
     o.workers = workers;
     o.flags = KNHK_EXECUTOR_CALLER_IS_WORKER0;
+    if (clock == KNHK_CLOCK_VIRTUAL) { /* the executor tells the clock when all wait */
+      o.on_idle = knhk_clock_idle_hint;
+      o.on_idle_arg = rt->reactor;
+    }
     rc = knhk_executor_init(&rt->ex, &o);
     if (rc != 0) snprintf(err, errlen, "cannot start %d workers: %s", workers, knhk_strerror(rc));
+    else if (clock == KNHK_CLOCK_VIRTUAL) rc = knhk_clock_watch_idle(rt->reactor, knhk_executor_idle, &rt->ex);
   } else if (!err[0]) {
     snprintf(err, errlen, "cannot start the runtime: %s", knhk_strerror(rc));
   }
