@@ -295,10 +295,11 @@ end
 
 function M.running() return M.rt ~= nil end
 
--- Runs main(...) as the root task of a new runtime with `workers` workers.
-function M.run(main, workers, signals, name, ...)
+-- Runs main(...) as the root task of a new runtime with `workers` workers
+-- and the clock named by `clock` (0 real, 1 virtual: knhk.clock).
+function M.run(main, workers, signals, name, clock, ...)
   if M.rt ~= nil then error("knhk.run: already running (knhk.run cannot be nested)", 3) end
-  local r = core.new(workers)
+  local r = core.new(workers, clock)
   local args = pack(...)
   local ok, res = pcall(function()
     init_vm()
