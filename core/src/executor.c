@@ -675,3 +675,40 @@ int knhk_executor_worker_index(knhk_executor_t *handle) {
   knhk__worker_t *w = ex ? knhk__current_worker(ex) : NULL;
   return w ? w->index : -1;
 }
+
+/* ------------------------------------------------- nursery_exec.h's part */
+
+int knhk__executor_workers(const knhk__executor_t *ex) { return ex->n; }
+
+/* A helping wait over a knhk__help_t: the worker's index is the waiter. */
+typedef struct {
+  knhk__wait_t base;
+  knhk__help_t *h;
+} help_wait_t;
+
+static int help_done(knhk__worker_t *w, knhk__wait_t *wt) {
+  (void)w;
+  help_wait_t *hw = (help_wait_t *)wt;
+  return hw->h->done(hw->h);
+}
+
+static int help_claim(knhk__worker_t *w, knhk__wait_t *wt) {
+  help_wait_t *hw = (help_wait_t *)wt;
+  return hw->h->claim(hw->h, (uint32_t)w->index);
+}
+
+static void help_release(knhk__worker_t *w, knhk__wait_t *wt) {
+  help_wait_t *hw = (help_wait_t *)wt;
+  hw->h->release(hw->h, (uint32_t)w->index);
+}
+
+int knhk__help_until(knhk__executor_t *ex, knhk__help_t *h) {
+  knhk__worker_t *w = knhk__worker_of(ex);
+  if (!w) return KNHK_EDEADLK;
+  help_wait_t hw = {{help_done, help_claim, help_release}, h};
+  return knhk__worker_loop(w, &hw.base);
+}
+
+void knhk__wake_waiter(knhk__executor_t *ex, uint32_t waiter) {
+  knhk__worker_unpark(&ex->workers[waiter]);
+}
