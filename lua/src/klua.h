@@ -232,6 +232,11 @@ struct klua_worker {
 struct klua_rt {
   knhk_executor_t ex;
   knhk_reactor_t *reactor;
+  /* A virtual clock's idle hints go through clock_m, so that none reaches
+   * the reactor once klua_rt_free has started freeing it (a run that
+   * failed before its workers were done). */
+  pthread_mutex_t clock_m;
+  int hints_on;                /* under clock_m */
   int workers;
   klua_worker_t *w;
   knhk_token_t *root_token;

@@ -162,10 +162,20 @@ int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
 
 /* -------------------------------------------------------------- lifecycle */
 
+/* The executor's on_idle under a virtual clock (on a worker, under its
+ * sleep lock). */
+static void idle_hint(void *arg) {
+  klua_rt_t *rt = arg;
+  pthread_mutex_lock(&rt->clock_m);
+  if (rt->hints_on) knhk_clock_idle_hint(rt->reactor);
+  pthread_mutex_unlock(&rt->clock_m);
+}
+
 int klua_rt_new(lua_State *caller, int workers, int clock, klua_rt_t **out, char *err,
                 size_t errlen) {
   klua_rt_t *rt = calloc(1, sizeof *rt);
   if (!rt) return KNHK_ENOMEM;
+  pthread_mutex_init(&rt->clock_m, NULL);
   pthread_mutex_init(&rt->protos_m, NULL);
   pthread_mutex_init(&rt->where_m, NULL);
   pthread_mutex_init(&rt->pool_m, NULL);
@@ -211,8 +221,9 @@ int klua_rt_new(lua_State *caller, int workers, int clock, klua_rt_t **out, char
     o.workers = workers;
     o.flags = KNHK_EXECUTOR_CALLER_IS_WORKER0;
     if (clock == KNHK_CLOCK_VIRTUAL) { /* the executor tells the clock when all wait */
-      o.on_idle = knhk_clock_idle_hint;
-      o.on_idle_arg = rt->reactor;
+      o.on_idle = idle_hint;
+      o.on_idle_arg = rt;
+      rt->hints_on = 1;
     }
     rc = knhk_executor_init(&rt->ex, &o);
     if (rc != 0) snprintf(err, errlen, "cannot start %d workers: %s", workers, knhk_strerror(rc));
@@ -238,6 +249,9 @@ void klua_rt_free(klua_rt_t *rt) {
   if (!rt) return;
   /* The reactor first: its last timer and process completions may still
    * wake tasks (late wake-ups of ended tasks), which needs the executor. */
+  pthread_mutex_lock(&rt->clock_m);
+  rt->hints_on = 0;
+  pthread_mutex_unlock(&rt->clock_m);
   if (rt->reactor) knhk_reactor_free(rt->reactor);
   knhk_executor_close(&rt->ex); /* a handle never initialised reports EALREADY */
   if (rt->root_group) klua_group_release(rt->root_group);
@@ -291,5 +305,6 @@ void klua_rt_free(klua_rt_t *rt) {
   pthread_mutex_destroy(&rt->protos_m);
   pthread_mutex_destroy(&rt->where_m);
   pthread_mutex_destroy(&rt->pool_m);
+  pthread_mutex_destroy(&rt->clock_m);
   free(rt);
 }
