@@ -75,7 +75,8 @@ int knhk_token_on_cancel(knhk_token_t *t, knhk_cancel_cb_t *cb, knhk_cancel_fn f
 int knhk_token_off(knhk_cancel_cb_t *cb);
 
 /* A thread that is not a worker (it blocks). Waits until t is cancelled or
- * timeout_ns passes (< 0: no timeout). Returns 0 or KNHK_ETIMEDOUT.
+ * timeout_ns of real time passes (< 0: no timeout; a thread's wait, never
+ * a virtual clock's). Returns 0 or KNHK_ETIMEDOUT.
  * Tasks wait by registering a callback that wakes them. */
 int knhk_token_wait(knhk_token_t *t, int64_t timeout_ns);
 
