@@ -102,6 +102,18 @@ describe("knhk-lua", function()
     end
   end)
 
+  it("--clock virtual runs the script on a virtual clock; a bad kind is a usage error", function()
+    local code, out = run("--clock virtual -e " .. q("knhk.sleep(72 * 3600); print(knhk.clock.kind(), knhk.now())"))
+    assert.equal(0, code)
+    assert.equal("virtual\t259200\n", out)
+    local code2, out2 = run("--clock=real -e " .. q("print(knhk.clock.kind())"))
+    assert.equal(0, code2)
+    assert.equal("real\n", out2)
+    local code3, _, err3 = run("--clock slow -e " .. q("print('ran')"))
+    assert.equal(2, code3)
+    assert.equal("knhk-lua: --clock takes real or virtual, got 'slow' (try 'knhk-lua --help')\n", err3)
+  end)
+
   it("KNHK_WORKERS that is not a whole number in 1..256: exit 2 and one line, as -w", function()
     for _, value in ipairs { "abc", "0", "100000", "1.5" } do
       local code, out, err = run("-e " .. q("print('ran')"), nil, "KNHK_WORKERS=" .. value)

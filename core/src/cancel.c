@@ -28,7 +28,6 @@
 #include "clock.h"
 #include "knhk/cancel.h"
 #include "knhk/errors.h"
-#include "knhk/reactor.h"
 #include "telemetry_impl.h"
 
 enum { CB_IDLE = 0, CB_REGISTERED = 1, CB_FIRING = 2, CB_FIRED = 3 };
@@ -40,13 +39,12 @@ static _Thread_local knhk_cancel_cb_t *tls_firing;
 struct knhk_token_s {
   _Atomic int32_t reason;
   _Atomic uint32_t refs;
-  knhk__spin_t lock;                 /* children, callbacks, timer */
+  knhk__spin_t lock;                 /* children, callbacks, deadline */
   knhk_token_t *parent;
   knhk_token_t *first_child, *prev, *next;
   knhk_token_t *cancel_next;         /* the canceller's work list */
   knhk_cancel_cb_t *cbs;
   uint64_t deadline;                 /* own deadline, 0 = none (under lock) */
-  knhk_timer_t *timer;               /* its timer, or NULL (under lock) */
   uint64_t tel_id;                   /* telemetry's id for it, or 0 */
 };
 
@@ -158,7 +156,6 @@ int knhk_token_cancel(knhk_token_t *t, int reason) {
       st_release(&cbs->knhk__state, CB_FIRED);
       cbs = next;
     }
-    knhk_token_clear_deadline(cur); /* its timer has nothing left to do */
     knhk_token_release(cur);
   }
   if (tel) knhk__tel_cancel_end(tel, reached - 1);
@@ -246,53 +243,16 @@ int knhk_token_wait(knhk_token_t *t, int64_t timeout_ns) {
 
 /* -------------------------------------------------------------- deadlines */
 
-static void deadline_done(knhk_timer_t *timer, int status) {
-  knhk_token_t *t = timer->data;
-  if (status == 0) knhk_token_cancel(t, KNHK_CANCEL_DEADLINE);
-  knhk__spin_lock(&t->lock);
-  if (t->timer == timer) {
-    t->timer = NULL;
-    t->deadline = 0;
-  }
-  knhk__spin_unlock(&t->lock);
-  free(timer);
-  knhk_token_release(t); /* the reference the timer held */
-}
-
-int knhk_token_set_deadline(knhk_token_t *t, knhk_reactor_t *r, uint64_t deadline_ns) {
-  if (!t || !r) return KNHK_EINVAL;
-  knhk_timer_t *timer = calloc(1, sizeof *timer);
-  if (!timer) return KNHK_ENOMEM;
-  knhk_token_clear_deadline(t);
-  knhk_token_retain(t);
-  knhk__spin_lock(&t->lock);
-  t->timer = timer;
-  t->deadline = deadline_ns;
-  knhk__spin_unlock(&t->lock);
-  int rc = knhk_timer_start(r, timer, deadline_ns, deadline_done, t);
-  if (rc != 0) {
-    knhk__spin_lock(&t->lock);
-    if (t->timer == timer) {
-      t->timer = NULL;
-      t->deadline = 0;
-    }
-    knhk__spin_unlock(&t->lock);
-    free(timer);
-    knhk_token_release(t);
-  }
-  return rc;
-}
-
-int knhk_token_clear_deadline(knhk_token_t *t) {
+/* A plain value: what arms a timer for it is knhk/deadline.h's business. */
+int knhk_token_set_deadline(knhk_token_t *t, uint64_t deadline_ns) {
   if (!t) return KNHK_EINVAL;
   knhk__spin_lock(&t->lock);
-  knhk_timer_t *timer = t->timer;
-  t->timer = NULL;
-  t->deadline = 0;
+  t->deadline = deadline_ns;
   knhk__spin_unlock(&t->lock);
-  if (timer) knhk_timer_stop(timer); /* deadline_done frees it */
   return 0;
 }
+
+int knhk_token_clear_deadline(knhk_token_t *t) { return knhk_token_set_deadline(t, 0); }
 
 uint64_t knhk_token_deadline(const knhk_token_t *t) {
   uint64_t best = 0;

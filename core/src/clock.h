@@ -1,6 +1,6 @@
 /* clock.h: the one place core/src reads the system clock. */
-#ifndef KNHK_CLOCK_H
-#define KNHK_CLOCK_H
+#ifndef KNHK__MONO_NS_H
+#define KNHK__MONO_NS_H
 #include <stdint.h>
 #include <time.h>
 

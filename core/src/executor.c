@@ -515,6 +515,8 @@ int knhk_executor_options_init(knhk_executor_options_t *o) {
   o->workers = cpus < 1 ? 1 : cpus > KNHK_MAX_WORKERS ? KNHK_MAX_WORKERS : (int)cpus;
   o->flags = 0;
   o->seed = 0;
+  o->on_idle = NULL;
+  o->on_idle_arg = NULL;
   int rc = env_workers(&o->workers);
   return rc < 0 ? rc : 0;
 }
@@ -553,6 +555,8 @@ int knhk_executor_init(knhk_executor_t *handle, const knhk_executor_options_t *o
   memset(ex, 0, sizeof *ex);
   ex->n = o.workers;
   ex->flags = o.flags;
+  ex->on_idle = o.on_idle;
+  ex->on_idle_arg = o.on_idle_arg;
   pthread_mutex_init(&ex->idle_lock, NULL);
   knhk__pool_init(&ex->pools[KNHK__POOL_TASK], sizeof(knhk_task_t), offsetof(knhk_task_t, data));
   knhk__pool_init(&ex->pools[KNHK__POOL_CHILD], knhk__nursery_pool_layout[0][0],
@@ -720,4 +724,41 @@ int knhk_executor_worker_index(knhk_executor_t *handle) {
   knhk__executor_t *ex = knhk__impl_of(handle);
   knhk__worker_t *w = ex ? knhk__current_worker(ex) : NULL;
   return w ? w->index : -1;
+}
+
+/* ------------------------------------------------- nursery_exec.h's part */
+
+int knhk__executor_workers(const knhk__executor_t *ex) { return ex->n; }
+
+/* A helping wait over a knhk__help_t: the worker's index is the waiter. */
+typedef struct {
+  knhk__wait_t base;
+  knhk__help_t *h;
+} help_wait_t;
+
+static int help_done(knhk__worker_t *w, knhk__wait_t *wt) {
+  (void)w;
+  help_wait_t *hw = (help_wait_t *)wt;
+  return hw->h->done(hw->h);
+}
+
+static int help_claim(knhk__worker_t *w, knhk__wait_t *wt) {
+  help_wait_t *hw = (help_wait_t *)wt;
+  return hw->h->claim(hw->h, (uint32_t)w->index);
+}
+
+static void help_release(knhk__worker_t *w, knhk__wait_t *wt) {
+  help_wait_t *hw = (help_wait_t *)wt;
+  hw->h->release(hw->h, (uint32_t)w->index);
+}
+
+int knhk__help_until(knhk__executor_t *ex, knhk__help_t *h) {
+  knhk__worker_t *w = knhk__worker_of(ex);
+  if (!w) return KNHK_EDEADLK;
+  help_wait_t hw = {{help_done, help_claim, help_release}, h};
+  return knhk__worker_loop(w, &hw.base);
+}
+
+void knhk__wake_waiter(knhk__executor_t *ex, uint32_t waiter) {
+  knhk__worker_unpark(&ex->workers[waiter]);
 }

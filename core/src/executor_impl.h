@@ -1,7 +1,7 @@
 /* executor_impl.h: the executor's internal types and the functions its
  * files share (executor.c: loop and lifecycle; idle.c: sleeping and waking;
- * pool.c: records; group.c: join groups; join.c: knhk_join; nursery.c uses
- * the pools and the helping wait). */
+ * pool.c: records; group.c: join groups; join.c: knhk_join). nursery.c
+ * does not include it: it gets nursery_exec.h only. */
 #ifndef KNHK_EXECUTOR_IMPL_H
 #define KNHK_EXECUTOR_IMPL_H
 
@@ -11,22 +11,7 @@
 #include "deque.h"
 #include "mpsc.h"
 #include "knhk/executor.h"
-
-/* Task states (knhk_task_t.knhk__state). Transitions:
- *   INIT/DONE --spawn--> QUEUED --worker pops--> RUNNING
- *   RUNNING --run returns PENDING--> PARKED, or QUEUED if NOTIFIED meanwhile
- *   RUNNING --wake--> NOTIFIED;  PARKED --wake--> QUEUED (the waker queues it)
- *   RUNNING/QUEUED(never started, prompt shutdown) --> DONE
- * Only the thread that moves a task into QUEUED pushes it, so a task is in
- * at most one queue, once. */
-enum {
-  KNHK__T_INIT = 0,
-  KNHK__T_QUEUED = 1,
-  KNHK__T_RUNNING = 2,
-  KNHK__T_NOTIFIED = 3,
-  KNHK__T_PARKED = 4,
-  KNHK__T_DONE = 5
-};
+#include "nursery_exec.h" /* task states, pool kinds, and what nursery.c gets */
 
 /* knhk_task_t.knhk__bits */
 enum {
@@ -49,15 +34,9 @@ typedef struct {
       busy_ns;
 } knhk__counters_t;
 
-typedef struct knhk__executor knhk__executor_t;
 
-/* Pools of fixed-size records (pool.c): one per kind, per executor. */
-enum {
-  KNHK__POOL_TASK = 0,    /* knhk_task_t, for knhk_executor_submit */
-  KNHK__POOL_CHILD = 1,   /* knhk_child_t, for knhk_nursery_spawn */
-  KNHK__POOL_NURSERY = 2, /* nurseries (nursery.c) */
-  KNHK__NPOOLS = 3
-};
+/* Pools of fixed-size records (pool.c): one per kind (nursery_exec.h:
+ * tasks for knhk_executor_submit, children and nurseries), per executor. */
 typedef struct {
   void *head;             /* a NULL-terminated list of free records */
   size_t n;               /* how many */
@@ -138,6 +117,8 @@ struct knhk__executor {
   int *sleepers;
   int nsleepers;
   int worker0_entered;
+  void (*on_idle)(void *arg);         /* knhk_executor_options_t's */
+  void *on_idle_arg;
   knhk__pool_t pools[KNHK__NPOOLS];
   knhk__worker_t *workers;            /* n, cache-line aligned */
 };
@@ -153,12 +134,6 @@ struct knhk__executor {
  * (knhk_join's fast path). */
 extern _Thread_local knhk__worker_t *knhk__tls_worker KNHK__TLS_MODEL;
 knhk__worker_t *knhk__current_worker(knhk__executor_t *ex);
-knhk__executor_t *knhk__impl_of(knhk_executor_t *handle);
-/* Any thread. Spawns a task the caller has just prepared, unchecked: state
- * QUEUED, knhk__bits and knhk__home set (knhk_executor_submit's records,
- * nursery children). Returns 0, or KNHK_ESHUTDOWN from an outside thread
- * once shutdown began (the task is then not queued). */
-int knhk__spawn_queued(knhk__executor_t *ex, knhk_task_t *t);
 /* Any thread. Puts a task that moved into QUEUED where it belongs. */
 void knhk__executor_enqueue(knhk__executor_t *ex, knhk_task_t *t);
 /* What a helping wait waits for. done: the condition (may give back what the
@@ -234,8 +209,6 @@ void *knhk__pool_get(knhk__executor_t *ex, knhk__worker_t *w, int kind);
 void knhk__pool_put(knhk__executor_t *ex, knhk__worker_t *w, int kind, void *rec);
 void knhk__pool_put_shared(knhk__executor_t *ex, int kind, void *chain, size_t n);
 void knhk__pool_free_all(knhk__executor_t *ex);
-/* nursery.c: {size, link offset} of a child record and of a nursery */
-extern const size_t knhk__nursery_pool_layout[2][2];
 
 /* join.c. Worker only: runs a join job taken from a queue (by a thief,
  * or by its owner's helping loop) and sets its latch. */

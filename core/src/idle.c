@@ -129,18 +129,42 @@ int knhk__register_sleep(knhk__worker_t *w) {
   pthread_mutex_lock(&ex->idle_lock);
   uint32_t dec = KNHK__IDLE_ONE_UNPARKED | (w->searching ? KNHK__IDLE_ONE_SEARCHING : 0);
   w->searching = 0;
-  atomic_fetch_sub_explicit(&ex->idle, dec, memory_order_seq_cst);
+  uint32_t before = atomic_fetch_sub_explicit(&ex->idle, dec, memory_order_seq_cst);
   ex->sleepers[ex->nsleepers++] = w->index;
   atomic_fetch_add_explicit(&ex->nsleeping, 1, memory_order_seq_cst);
   w->in_sleepers = 1;
   w->woken_to_search = 0;
   int done_now = knhk__check_done_locked(ex);
+  /* The last awake worker: every task may be waiting. After the decrement,
+   * so whoever acts on the hint sees us registered; under idle_lock and
+   * never once done (which is set under it), so every hint happens before
+   * the owner learns that the executor is done and frees what the hint
+   * touches (a runtime frees its reactor then). */
+  if (ex->on_idle && KNHK__IDLE_UNPARKED(before) == 1 && !ld_relaxed(&ex->done))
+    ex->on_idle(ex->on_idle_arg);
   pthread_mutex_unlock(&ex->idle_lock);
   if (done_now) {
     knhk__finish_done(ex);
     return 0;
   }
   if (ex->asymmetric) syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+  return 1;
+}
+
+/* Every worker registered asleep (their queue writes happened before their
+ * seq_cst decrement of `idle`, which this load reads), then every queue
+ * empty. Only a non-worker can change that (see knhk_executor_idle in
+ * knhk/executor.h), so the two reads need not be atomic together. */
+int knhk_executor_idle(void *handle) {
+  knhk__executor_t *ex = knhk__impl_of(handle);
+  if (!ex || ld_acquire(&ex->done)) return 0;
+  if (KNHK__IDLE_UNPARKED(ld_sc(&ex->idle)) != 0) return 0;
+  if (ld_sc(&ex->ext_entering) != 0) return 0;
+  if (knhk__mpsc_maybe_nonempty(&ex->injector)) return 0;
+  for (int i = 0; i < ex->n; i++) {
+    knhk__worker_t *w = &ex->workers[i];
+    if (knhk__mpsc_maybe_nonempty(&w->inbox) || knhk__deque_size(&w->deque) > 0) return 0;
+  }
   return 1;
 }
 

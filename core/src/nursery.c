@@ -5,7 +5,7 @@
  *
  *     bits  0..25  live    children spawned and not ended
  *     bits 26..35  waiter  whom an end wakes: W_NONE; 1 + i, worker i (a
- *                          helping wait: unpark); W_TASK, n->waiter_task
+ *                          helping wait: knhk__wake_waiter); W_TASK, n->waiter_task
  *                          (knhk_executor_wake); W_OUTSIDE, a thread asleep
  *                          on the futex of the word's low half
  *     bit  36      EACH    the waiter wants every end, not only the last
@@ -55,9 +55,10 @@
 #include <limits.h>
 #include <stdlib.h>
 
-#include "executor_impl.h"
+#include "atomics.h"
 #include "knhk/errors.h"
 #include "knhk/nursery.h"
+#include "nursery_exec.h" /* all it uses of the executor */
 #include "telemetry_impl.h"
 
 #define N_LIVE_MASK ((1ull << 26) - 1)
@@ -115,28 +116,12 @@ const size_t knhk__nursery_pool_layout[2][2] = {
     {sizeof(struct knhk_nursery_s), offsetof(struct knhk_nursery_s, pool_next)},
 };
 
-#define CHILD_LINK offsetof(knhk_child_t, knhk__next)
-
-static knhk_child_t *child_get(knhk__executor_t *impl, knhk__worker_t *w) {
-  knhk_child_t *c = w ? knhk__pool_get_local(w, KNHK__POOL_CHILD, CHILD_LINK) : NULL;
-  return c ? c : knhk__pool_get(impl, w, KNHK__POOL_CHILD);
+static knhk_child_t *child_get(knhk__executor_t *impl) {
+  return knhk__record_get(impl, KNHK__POOL_CHILD);
 }
 
-static void child_put(knhk__executor_t *impl, knhk__worker_t *w, knhk_child_t *c) {
-  if (!w || !knhk__pool_put_local(w, KNHK__POOL_CHILD, CHILD_LINK, c))
-    knhk__pool_put(impl, w, KNHK__POOL_CHILD, c);
-}
-
-#define NURSERY_LINK offsetof(struct knhk_nursery_s, pool_next)
-
-static knhk_nursery_t *nursery_get(knhk__executor_t *impl, knhk__worker_t *w) {
-  knhk_nursery_t *n = w ? knhk__pool_get_local(w, KNHK__POOL_NURSERY, NURSERY_LINK) : NULL;
-  return n ? n : knhk__pool_get(impl, w, KNHK__POOL_NURSERY);
-}
-
-static void nursery_put(knhk__executor_t *impl, knhk__worker_t *w, knhk_nursery_t *n) {
-  if (!w || !knhk__pool_put_local(w, KNHK__POOL_NURSERY, NURSERY_LINK, n))
-    knhk__pool_put(impl, w, KNHK__POOL_NURSERY, n);
+static void child_put(knhk__executor_t *impl, knhk_child_t *c) {
+  knhk__record_put(impl, KNHK__POOL_CHILD, c);
 }
 
 static _Atomic uint32_t *futex_of(knhk_nursery_t *n) {
@@ -152,7 +137,7 @@ int knhk_nursery_new(knhk_nursery_t **out, knhk_executor_t *ex, knhk_token_t *pa
   knhk__executor_t *impl = knhk__impl_of(ex);
   if (!out || !impl || (flags & ~(uint32_t)(KNHK_NURSERY_SUPERVISE | KNHK_NURSERY_JOIN)))
     return KNHK_EINVAL;
-  knhk_nursery_t *n = nursery_get(impl, knhk__worker_of(impl));
+  knhk_nursery_t *n = knhk__record_get(impl, KNHK__POOL_NURSERY);
   if (!n) return KNHK_ENOMEM;
   atomic_init(&n->state, 0);
   n->ex = ex;
@@ -272,7 +257,7 @@ static void drop_live(knhk_nursery_t *n, int is_end) {
   if (!wake) return;
   if (who == W_TASK) knhk_executor_wake(ex, task);
   else if (who == W_OUTSIDE) knhk__futex_wake(futex, INT_MAX);
-  else knhk__worker_unpark(&impl->workers[who - 1]);
+  else knhk__wake_waiter(impl, who - 1);
 }
 
 static int child_run(knhk_task_t *t) {
@@ -323,7 +308,7 @@ static void child_ended(knhk_task_t *t, int status) {
     if (keep && pooled) n->kept = c; /* only the winner writes it */
   }
   drop_live(n, 1);
-  if (pooled && !keep) child_put(impl, knhk__worker_of(impl), c);
+  if (pooled && !keep) child_put(impl, c);
 }
 
 knhk_task_t *knhk_child_task(knhk_child_t *c) { return c ? &c->knhk__task : NULL; }
@@ -334,7 +319,8 @@ int knhk_nursery_spawn(knhk_nursery_t *n, knhk_child_fn fn, void *arg) {
 
 int knhk_nursery_spawn_ex(knhk_nursery_t *n, knhk_child_t *c, knhk_child_fn fn, void *arg,
                           uint32_t task_flags, int worker) {
-  if (!n || !fn || worker < -1 || worker >= n->impl->n) return KNHK_EINVAL;
+  if (!n || !fn || worker < -1 || worker >= knhk__executor_workers(n->impl))
+    return KNHK_EINVAL;
   if (c) { /* a plain check, as the executor's: a record spawned again while live */
     uint32_t st = ld_acquire(&c->knhk__task.knhk__state);
     if (st != KNHK__T_INIT && st != KNHK__T_DONE) return KNHK_EINVAL;
@@ -348,10 +334,9 @@ int knhk_nursery_spawn_ex(knhk_nursery_t *n, knhk_child_t *c, knhk_child_fn fn, 
   } while (!atomic_compare_exchange_weak_explicit(&n->state, &s, s + 1, memory_order_relaxed,
                                                   memory_order_relaxed));
   knhk__executor_t *impl = n->impl;
-  knhk__worker_t *w = knhk__worker_of(impl);
   uint32_t bits = 0;
   if (!c) {
-    if (!(c = child_get(impl, w))) {
+    if (!(c = child_get(impl))) {
       drop_live(n, 0);
       return KNHK_ENOMEM;
     }
@@ -387,7 +372,7 @@ int knhk_nursery_spawn_ex(knhk_nursery_t *n, knhk_child_t *c, knhk_child_fn fn, 
   st_release(&t->knhk__state, KNHK__T_DONE);
   KNHK__TEL(child_end(c->knhk__tel, rc, n->ex));
   c->status = rc;
-  if (bits & CB_POOLED) child_put(impl, w, c);
+  if (bits & CB_POOLED) child_put(impl, c);
   drop_live(n, 0);
   return rc;
 }
@@ -449,25 +434,25 @@ static void unclaim(knhk_nursery_t *n, uint32_t id) {
 }
 
 typedef struct {
-  knhk__wait_t base;
+  knhk__help_t base;
   knhk_nursery_t *n;
   cond_fn cond;
   uint64_t each;
 } nursery_wait_t;
 
-static int nw_done(knhk__worker_t *w, knhk__wait_t *wt) {
-  (void)w;
-  nursery_wait_t *nw = (nursery_wait_t *)wt;
+static int nw_done(knhk__help_t *h) {
+  nursery_wait_t *nw = (nursery_wait_t *)h;
   return nw->cond(nw->n);
 }
 
-static int nw_claim(knhk__worker_t *w, knhk__wait_t *wt) {
-  nursery_wait_t *nw = (nursery_wait_t *)wt;
-  return claim(nw->n, 1 + (uint32_t)w->index, nw->each);
+/* waiter: a worker's index; the word holds 1 + it (0 is W_NONE) */
+static int nw_claim(knhk__help_t *h, uint32_t waiter) {
+  nursery_wait_t *nw = (nursery_wait_t *)h;
+  return claim(nw->n, 1 + waiter, nw->each);
 }
 
-static void nw_release(knhk__worker_t *w, knhk__wait_t *wt) {
-  unclaim(((nursery_wait_t *)wt)->n, 1 + (uint32_t)w->index);
+static void nw_release(knhk__help_t *h, uint32_t waiter) {
+  unclaim(((nursery_wait_t *)h)->n, 1 + waiter);
 }
 
 static int wait_outside(knhk_nursery_t *n, cond_fn cond, uint64_t each) {
@@ -490,13 +475,9 @@ static int wait_until(knhk_nursery_t *n, cond_fn cond, uint64_t each) {
       KNHK__TEL_ON() ? knhk__tel_wait_begin(n->tel, N_LIVE(ld_relaxed(&n->state))) : 0;
   int rc = 0;
   if (!cond(n)) {
-    knhk__worker_t *w = knhk__worker_of(n->impl);
-    if (w) {
-      nursery_wait_t nw = {{nw_done, nw_claim, nw_release}, n, cond, each};
-      rc = knhk__worker_loop(w, &nw.base);
-    } else {
-      rc = wait_outside(n, cond, each);
-    }
+    nursery_wait_t nw = {{nw_done, nw_claim, nw_release}, n, cond, each};
+    rc = knhk__help_until(n->impl, &nw.base);
+    if (rc == KNHK_EDEADLK) rc = wait_outside(n, cond, each); /* not a worker */
   }
   if (tel) knhk__tel_wait_end(tel);
   st_release(&n->waiting, 0);
@@ -616,21 +597,6 @@ int knhk_nursery_failures(const knhk_nursery_t *cn, int *statuses, int max) {
 
 /* ---------------------------------------------------------------- freeing */
 
-/* Gives a NULL-terminated chain of n pool records (linked by knhk__next)
- * back: one at a time to a worker's list, at once to the shared pool. */
-static void put_chain(knhk__executor_t *impl, knhk__worker_t *w, knhk_child_t *c, size_t n) {
-  if (!c) return;
-  if (!w) {
-    knhk__pool_put_shared(impl, KNHK__POOL_CHILD, c, n);
-    return;
-  }
-  while (c) {
-    knhk_child_t *next = c->knhk__next;
-    child_put(impl, w, c);
-    c = next;
-  }
-}
-
 int knhk_nursery_free(knhk_nursery_t *n) {
   if (!n) return KNHK_EINVAL;
   if (knhk_nursery_live(n) > 0) {
@@ -638,7 +604,6 @@ int knhk_nursery_free(knhk_nursery_t *n) {
     if (rc == KNHK_EBUSY) return rc; /* another waiter: nothing freed */
   }
   knhk__executor_t *impl = n->impl;
-  knhk__worker_t *w = knhk__worker_of(impl);
   /* pool records still queued, handed out by joins, or kept as the winner */
   knhk_child_t *chain = n->joined, *c = ld_relaxed(&n->qhead);
   size_t k = n->njoined;
@@ -648,13 +613,13 @@ int knhk_nursery_free(knhk_nursery_t *n) {
     c = next;
   }
   if (n->kept) n->kept->knhk__next = chain, chain = n->kept, k++;
-  put_chain(impl, w, chain, k);
+  knhk__record_put_chain(impl, KNHK__POOL_CHILD, chain, k);
   free(n->failures);
   KNHK__TEL(nursery_close(n->tel));
   knhk_token_t *t = ld_relaxed(&n->token);
   if (t) knhk_token_release(t);
   if (n->parent) knhk_token_release(n->parent);
-  nursery_put(impl, w, n);
+  knhk__record_put(impl, KNHK__POOL_NURSERY, n);
   return 0;
 }
 

@@ -142,3 +142,33 @@ void knhk__pool_free_all(knhk__executor_t *ex) {
     pthread_mutex_destroy(&p->lock);
   }
 }
+
+/* ------------------------------------------------- nursery_exec.h's part */
+
+void *knhk__record_get(knhk__executor_t *ex, int kind) {
+  knhk__worker_t *w = knhk__worker_of(ex);
+  void *rec = w ? knhk__pool_get_local(w, kind, ex->pools[kind].link) : NULL;
+  return rec ? rec : knhk__pool_get(ex, w, kind);
+}
+
+void knhk__record_put(knhk__executor_t *ex, int kind, void *rec) {
+  knhk__worker_t *w = knhk__worker_of(ex);
+  if (!w || !knhk__pool_put_local(w, kind, ex->pools[kind].link, rec))
+    knhk__pool_put(ex, w, kind, rec);
+}
+
+/* One at a time to a worker's list; at once to the shared pool. */
+void knhk__record_put_chain(knhk__executor_t *ex, int kind, void *chain, size_t n) {
+  if (!chain) return;
+  knhk__worker_t *w = knhk__worker_of(ex);
+  if (!w) {
+    knhk__pool_put_shared(ex, kind, chain, n);
+    return;
+  }
+  knhk__pool_t *p = &ex->pools[kind];
+  while (chain) {
+    void *next = *link_of(p, chain);
+    knhk__record_put(ex, kind, chain);
+    chain = next;
+  }
+}

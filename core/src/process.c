@@ -22,6 +22,9 @@
  * member counts as running until it is a zombie (an orphan's zombie is
  * reaped by init, which some containers' PID 1 does late, or never).
  *
+ * Under a virtual clock a process holds the clock (no jump) from its
+ * spawn to the end of its on_exit; its kill grace and polls are real time.
+ *
  * The group id is the child's pid. Once every member is gone and reaped the
  * kernel may give that number to a new process; a group is only signalled
  * while it still had running members at the last look, a few ms earlier.
@@ -119,8 +122,10 @@ static void proc_complete(knhk__proc_t *pi) {
   pi->completed = 1;
   int free_now = !ld_acquire(&pi->kill_queued);
   p->knhk__impl = NULL;
+  knhk_reactor_t *r = pi->r;
   p->on_exit(p); /* may free p */
   if (free_now) free(pi);
+  knhk_clock_release(r); /* after on_exit woke its task: see knhk_process_spawn */
 }
 
 static void proc_settle(knhk__proc_t *pi);
@@ -300,6 +305,7 @@ static void proc_start(knhk_reactor_t *r, knhk_process_t *p) {
   if (!pi) {
     p->error = KNHK_ENOMEM;
     p->on_exit(p);
+    knhk_clock_release(r);
     return;
   }
   pi->p = p;
@@ -381,7 +387,13 @@ int knhk_process_spawn(knhk_reactor_t *r, knhk_process_t *p) {
   p->out_len = p->err_len = 0;
   p->knhk__impl = NULL;
   p->knhk__reactor = r;
-  return knhk__reactor_submit(r, &r->procs, &p->knhk__link);
+  /* A process holds the clock from here to the end of its on_exit: a
+   * virtual clock stands still while it runs (knhk/clock.h). Taken before
+   * the request is visible, so the reactor never sees it unheld. */
+  knhk_clock_hold(r);
+  int rc = knhk__reactor_submit(r, &r->procs, &p->knhk__link);
+  if (rc != 0) knhk_clock_release(r);
+  return rc;
 }
 
 void knhk_process_dispose(knhk_process_t *p) {

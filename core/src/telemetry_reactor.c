@@ -2,7 +2,7 @@
  * that exists while recording drains every thread's buffer on its own
  * thread: every interval (spans and metrics), and early, spans only, when a
  * thread's buffer passes half full (knhk__tel_kick). It uses the reactor's
- * public timers only: when the reactor shuts down its timers complete as
+ * public timers only, on the real clock: when the reactor shuts down its timers complete as
  * cancelled, which drains one last time.
  *
  * react_m guards which reactor drains and whether its timers are armed. A
@@ -22,8 +22,10 @@ static void tick_done(knhk_timer_t *t, int status);
 /* Under react_m. */
 static void arm_tick_locked(void) {
   if (!drainer || tick_armed || !ld_acquire(&knhk__tel_on)) return;
-  uint64_t at = knhk_reactor_now(drainer) + knhk__tel.interval_ns;
-  if (knhk_timer_start(drainer, &tick, at, tick_done, drainer) == 0) tick_armed = 1;
+  /* Real time whatever the runtime's clock: a virtual clock must not jump
+   * to our ticks, and the interval is a person's. */
+  uint64_t at = knhk_clock_real_ns() + knhk__tel.interval_ns;
+  if (knhk_timer_start_real(drainer, &tick, at, tick_done, drainer) == 0) tick_armed = 1;
 }
 
 static void drain(int metrics) {
@@ -52,7 +54,7 @@ static void kick_done(knhk_timer_t *t, int status) {
 /* Any thread, while recording. */
 void knhk__tel_kick(void) {
   if (pthread_mutex_trylock(&react_m) != 0) return; /* being kicked, or changing */
-  if (drainer && !kick_armed && knhk_timer_start(drainer, &kick, 0, kick_done, NULL) == 0)
+  if (drainer && !kick_armed && knhk_timer_start_real(drainer, &kick, 0, kick_done, NULL) == 0)
     kick_armed = 1;
   pthread_mutex_unlock(&react_m);
 }

@@ -6,7 +6,6 @@
 
 #include "knhk/cancel.h"
 #include "knhk/errors.h"
-#include "knhk/reactor.h"
 #include "latch.h"
 #include "runner.h"
 
@@ -40,7 +39,7 @@ TEST(token_bad_arguments) {
   ASSERT_EQ(KNHK_EINVAL, knhk_token_on_cancel(t, NULL, NULL, NULL));
   ASSERT_EQ(KNHK_EINVAL, knhk_token_off(NULL));
   ASSERT_EQ(KNHK_EINVAL, knhk_token_wait(NULL, 0));
-  ASSERT_EQ(KNHK_EINVAL, knhk_token_set_deadline(t, NULL, 1));
+  ASSERT_EQ(KNHK_EINVAL, knhk_token_set_deadline(NULL, 1));
   ASSERT_EQ(0, knhk_token_is_cancelled(NULL));
   ASSERT_EQ(0, knhk_token_is_cancelled(t));
   knhk_token_release(t);
@@ -276,52 +275,21 @@ TEST(token_hundred_concurrent_tokens_rapid_cancel_and_check) {
 
 /* ------------------------------------------------------------ deadlines */
 
-TEST(token_deadline_cancels_with_reason_deadline) {
-  knhk_reactor_t *r;
-  ASSERT_OK(knhk_reactor_new(&r));
-  knhk_token_t *t = token(NULL);
-  ASSERT_OK(knhk_token_set_deadline(t, r, knhk_reactor_now(r) + 5000000));
-  ASSERT_OK(knhk_token_wait(t, -1));
-  ASSERT_EQ(KNHK_CANCEL_DEADLINE, knhk_token_reason(t));
-  knhk_token_release(t);
-  ASSERT_OK(knhk_reactor_free(r));
-}
-
-TEST(token_nested_deadlines_outer_earlier_wins) {
-  knhk_reactor_t *r;
-  ASSERT_OK(knhk_reactor_new(&r));
-  uint64_t now = knhk_reactor_now(r);
+/* The tree keeps deadlines as values only (knhk/deadline.h arms them: see
+ * test-deadline.c): the earliest on the path is the token's. */
+TEST(token_deadline_is_the_earliest_value_on_its_path) {
   knhk_token_t *outer = token(NULL), *inner = token(outer);
-  ASSERT_OK(knhk_token_set_deadline(outer, r, now + 10000000));
-  ASSERT_OK(knhk_token_set_deadline(inner, r, now + 60000000000ull));
-  ASSERT_EQ(now + 10000000, knhk_token_deadline(inner));
-  ASSERT_OK(knhk_token_wait(inner, -1));
-  ASSERT_EQ(KNHK_CANCEL_DEADLINE, knhk_token_reason(inner));
-  ASSERT_GE(knhk_reactor_now(r), now + 10000000);
-  ASSERT_EQ(1, knhk_token_is_cancelled(outer));
-  knhk_token_release(inner); /* the inner's long timer was stopped: no wait */
+  ASSERT_EQ(0, knhk_token_deadline(inner));
+  ASSERT_OK(knhk_token_set_deadline(inner, 500));
+  ASSERT_EQ(500, knhk_token_deadline(inner));
+  ASSERT_OK(knhk_token_set_deadline(outer, 200));
+  ASSERT_EQ(200, knhk_token_deadline(inner));
+  ASSERT_EQ(200, knhk_token_deadline(outer));
+  ASSERT_OK(knhk_token_clear_deadline(outer));
+  ASSERT_EQ(500, knhk_token_deadline(inner));
+  ASSERT_OK(knhk_token_set_deadline(inner, 900)); /* replaces, even a later one */
+  ASSERT_EQ(900, knhk_token_deadline(inner));
+  ASSERT_EQ(0, knhk_token_is_cancelled(inner)); /* a value: nothing fires */
+  knhk_token_release(inner);
   knhk_token_release(outer);
-  ASSERT_OK(knhk_reactor_free(r));
-}
-
-TEST(token_cleared_deadline_never_fires) {
-  knhk_reactor_t *r;
-  ASSERT_OK(knhk_reactor_new(&r));
-  knhk_token_t *t = token(NULL);
-  ASSERT_OK(knhk_token_set_deadline(t, r, knhk_reactor_now(r) + 20000000));
-  ASSERT_OK(knhk_token_clear_deadline(t));
-  ASSERT_EQ(0, knhk_token_deadline(t));
-  ASSERT_EQ(KNHK_ETIMEDOUT, knhk_token_wait(t, 60000000));
-  ASSERT_EQ(0, knhk_token_is_cancelled(t));
-  knhk_token_release(t);
-  ASSERT_OK(knhk_reactor_free(r));
-}
-
-TEST(token_deadline_pending_at_reactor_free_releases_the_token) {
-  knhk_reactor_t *r;
-  ASSERT_OK(knhk_reactor_new(&r));
-  knhk_token_t *t = token(NULL);
-  ASSERT_OK(knhk_token_set_deadline(t, r, knhk_reactor_now(r) + 3600000000000ull));
-  knhk_token_release(t);   /* the timer still holds it */
-  ASSERT_OK(knhk_reactor_free(r)); /* completes the timer: frees the token (ASan checks) */
 }

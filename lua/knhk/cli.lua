@@ -28,6 +28,9 @@ options:
   -i               enter the REPL after running the script
   -v               print the version and exit
   -w, --workers N  run N workers (default: KNHK_WORKERS, else every CPU)
+  --clock KIND     run on the real clock (default) or a virtual one
+                   (virtual: time jumps to the next timer whenever every task
+                   waits; see knhk.clock)
   --stats          print the executor's counters to stderr at exit
   --telemetry FILE record OpenTelemetry spans and metrics (OTLP/JSON lines)
                    into FILE; metrics every second and at exit
@@ -267,6 +270,7 @@ end
 function M.main(argv)
   local actions, script, script_args, interactive, workers, stats = {}, nil, {}, false, nil, false
   local telemetry_file = nil
+  local clock = nil -- "real" or "virtual"
   local graph = nil -- "mermaid" or "dot": draw the script's workflow instead
   local i = 1
   local function need(opt)
@@ -293,6 +297,16 @@ function M.main(argv)
       interactive = true
     elseif a == "--stats" then
       stats = true
+    elseif a == "--clock" or a:match("^%-%-clock=") then
+      clock = a:match("^%-%-clock=(.*)$")
+      if not clock then
+        local v, code = need(a)
+        if not v then return code end
+        clock = v
+      end
+      if clock ~= "real" and clock ~= "virtual" then
+        return usage_error("--clock takes real or virtual, got '" .. clock .. "'")
+      end
     elseif a == "--telemetry" or a:match("^%-%-telemetry=") then
       telemetry_file = a:match("^%-%-telemetry=(.*)$")
       if not telemetry_file then
@@ -404,7 +418,7 @@ function M.main(argv)
       if use_repl then repl() end
     end, R.capture)
     if not inner_ok then error(inner_err, 0) end
-  end, { workers = workers, signals = true,
+  end, { workers = workers, signals = true, clock = clock,
          name = script and ("the script " .. (script == "-" and "(stdin)" or script))
            or (use_repl and "the REPL") or "the -e statements" })
   -- once the root task, and every other, has ended

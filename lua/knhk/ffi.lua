@@ -1,8 +1,8 @@
 -- knhk.ffi: the one ffi.cdef of knhk-lua and the one ffi.load, done once.
 --
 -- The cdef is lua/src/klua_ffi.h (spec/ffi_spec.lua fails if they drift):
--- the cold calls only — counters, the prototype registry, processes,
--- signals, the REPL's line input. The hot calls of tasks are knhk.core's
+-- the cold calls only — counters, the prototype registry, processes, the
+-- clock, signals, the REPL's line input. The hot calls of tasks are knhk.core's
 -- lua_CFunctions (lua/src/klua_core.c says why). The library is
 -- knhk/core.so, found where `require "knhk.core"` found it, or at $KNHK_LIB.
 local ffi = require "ffi"
@@ -42,6 +42,12 @@ klua_exec_t *klua_exec_start(klua_task_t *t, const char **argv, int argc, const 
 int klua_exec_done(klua_exec_t *e);
 void klua_exec_result(klua_exec_t *e, klua_exec_result_t *out);
 void klua_exec_free(klua_exec_t *e);
+
+typedef struct klua_advance klua_advance_t;
+int klua_clock_kind(klua_rt_t *rt);
+klua_advance_t *klua_clock_advance(klua_task_t *t, double seconds, int *err);
+int klua_clock_advanced(klua_advance_t *a);
+void klua_clock_advance_free(klua_advance_t *a);
 
 int klua_telemetry_start(const char *path, double interval_s, const char *service);
 int knhk_telemetry_stop(void);

@@ -19,6 +19,7 @@ local S = require "knhk.scope"
 local N = require "knhk.nursery"
 local sync = require "knhk.sync"
 local steps = require "knhk.steps"
+local clock_module = require "knhk.clock"
 
 local knhk = {
   _VERSION = "knhk 0.1.0",
@@ -70,6 +71,8 @@ end
 -- reports (:tasks, that of a SIGINT) call the root task. opts.seed: a
 -- reproducible schedule: one worker runs the ready tasks in an order drawn
 -- from the seed (the same seed, the same interleaving; see knhk.test).
+-- opts.clock: "real" (default) or "virtual" (knhk.clock: time starts at 0
+-- and jumps to the next timer as soon as every task waits).
 function knhk.run(main, opts, ...)
   check.arg("func", main, 1, "run")
   opts = check.opts(opts, 2, "run")
@@ -86,8 +89,16 @@ function knhk.run(main, opts, ...)
     if not workers then error("knhk.run: " .. err, 2) end
   end
   local name = check.field("string", opts, "name", 2, "run")
+  local clock = 0
+  if opts.clock ~= nil then
+    clock = clock_module.KINDS[opts.clock]
+    if not clock then
+      error(string.format("bad argument #2 to 'run' (clock: \"real\" or \"virtual\" expected, got %s)",
+        type(opts.clock) == "string" and ("'" .. opts.clock .. "'") or type(opts.clock)), 2)
+    end
+  end
   return R.run(main, { workers = workers, signals = opts.signals and true or false, name = name,
-                       seed = seed }, ...)
+                       seed = seed, clock = clock }, ...)
 end
 
 -- The first SIGINT/SIGTERM received by a knhk.run with opts.signals, or nil.
@@ -130,7 +141,8 @@ end
 
 -- --------------------------------------------------- time, scopes, tokens
 
-knhk.now = S.now
+knhk.now = S.now -- seconds on the runtime's clock (knhk.clock)
+knhk.clock = clock_module
 knhk.sleep = S.sleep
 knhk.checkpoint = S.checkpoint
 knhk.cancel_scope = S.cancel_scope

@@ -318,11 +318,12 @@ end
 function M.running() return M.rt ~= nil end
 
 -- Runs main(...) as the root task of a new runtime. cfg: workers,
--- signals, name, seed (a seeded schedule on one worker), all checked.
+-- signals, name, seed (a seeded schedule on one worker), clock (0 real,
+-- 1 virtual: knhk.clock), all checked.
 function M.run(main, cfg, ...)
   if M.rt ~= nil then error("knhk.run: already running (knhk.run cannot be nested)", 3) end
   local signals, name = cfg.signals, cfg.name
-  local r = core.new(cfg.workers, cfg.seed)
+  local r = core.new(cfg.workers, cfg.seed, cfg.clock)
   local args = pack(...)
   local ok, res = pcall(function()
     init_vm()

@@ -75,11 +75,11 @@ end
 
 -- Runs fn(scope, ...) in a new scope; deadline: runtime nanoseconds or nil.
 local function in_scope(deadline_ns, shield, fn, ...)
-  local tok, prev = core.scope_enter(deadline_ns or 0, shield)
+  local tok, prev, dl = core.scope_enter(deadline_ns, shield)
   local scope = setmetatable({ token = tok, shield = shield, cancel_called = false,
                                cancelled_caught = false }, Scope)
   local res = pack(pcall(fn, scope, ...))
-  local reason, outer = core.scope_exit(tok, prev)
+  local reason, outer = core.scope_exit(tok, prev, dl)
   telemetry.scope_drop(core.handle_ptr(tok), shield, reason, res, outer)
   if res[1] then return scope, unpack(res, 2, res.n) end
   local e = res[2]

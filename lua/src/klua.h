@@ -31,6 +31,8 @@
 #include <stdint.h>
 
 #include "knhk/cancel.h"
+#include "knhk/clock.h"
+#include "knhk/deadline.h"
 #include "knhk/executor.h"
 #include "knhk/reactor.h"
 #include "knhk/task.h"
@@ -237,6 +239,11 @@ struct klua_worker {
 struct klua_rt {
   knhk_executor_t ex;
   knhk_reactor_t *reactor;
+  /* A virtual clock's idle hints go through clock_m, so that none reaches
+   * the reactor once klua_rt_free has started freeing it (a run that
+   * failed before its workers were done). */
+  pthread_mutex_t clock_m;
+  int hints_on;                /* under clock_m */
   int workers;
   klua_worker_t *w;
   knhk_token_t *root_token;
@@ -264,11 +271,14 @@ struct klua_rt {
 /* ---- klua_rt.c: the runtime, VMs, registries ---- */
 /* How a runtime runs (knhk.run's options). seeded: one worker picking
  * among its ready tasks by a generator seeded with `seed`
- * (KNHK_EXECUTOR_SEEDED), for reproducible schedules. */
+ * (KNHK_EXECUTOR_SEEDED), for reproducible schedules. clock:
+ * knhk_clock_kind (knhk/clock.h); a virtual clock jumps when the executor
+ * says that every task waits. */
 typedef struct {
   int workers;
   int seeded;
   uint64_t seed;
+  int clock;
 } klua_rt_opts_t;
 int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, char *err,
                 size_t errlen);

@@ -895,31 +895,44 @@ static int l_current_ptr(lua_State *L) {
 
 /* --------------------------------------------------------------- scopes */
 
-/* core.scope_enter(deadline_ns or 0, shield) -> token, previous scope */
+/* core.scope_enter(deadline_ns or nil, shield) -> token, previous scope,
+ * deadline (lightuserdata, or nil) for scope_exit. A deadline of 0 is a
+ * real one (a virtual clock starts at 0): it is due at once. */
 static int l_scope_enter(lua_State *L) {
   klua_task_t *t = current(L, "knhk.cancel_scope");
-  double deadline = luaL_optnumber(L, 1, 0);
+  int has_deadline = !lua_isnoneornil(L, 1);
+  double deadline = has_deadline ? luaL_checknumber(L, 1) : 0;
   int shield = lua_toboolean(L, 2);
   knhk_token_t *parent = NULL;
   if (!shield) parent = t->scope ? t->scope : klua_task_own_token(t);
   knhk_token_t *tok = NULL;
   if (knhk_token_new(&tok, parent) != 0) return luaL_error(L, "knhk: out of memory");
-  if (deadline > 0)
-    knhk_token_set_deadline(tok, t->rt->reactor, deadline >= 1.8e19 ? UINT64_MAX : (uint64_t)deadline);
+  knhk_deadline_t *dl = NULL;
+  if (has_deadline) {
+    uint64_t at = deadline >= 1.8e19 ? UINT64_MAX : deadline <= 0 ? 0 : (uint64_t)deadline;
+    int rc = knhk_deadline_start(&dl, t->rt->reactor, tok, at);
+    if (rc != 0) {
+      knhk_token_release(tok);
+      return luaL_error(L, "knhk.cancel_scope: cannot arm the deadline: %s", knhk_strerror(rc));
+    }
+  }
   push_handle(L, KLUA_H_TOKEN, tok); /* owns the token's reference */
   if (t->scope) lua_pushlightuserdata(L, t->scope);
   else lua_pushnil(L);
+  if (dl) lua_pushlightuserdata(L, dl);
+  else lua_pushnil(L);
   t->scope = tok;
-  return 2;
+  return 3;
 }
 
-/* core.scope_exit(token, previous) -> reason (0: not cancelled), whether
- * the scope around it is cancelled too */
+/* core.scope_exit(token, previous, deadline) -> reason (0: not cancelled),
+ * whether the scope around it is cancelled too */
 static int l_scope_exit(lua_State *L) {
   klua_task_t *t = current(L, "knhk.cancel_scope");
   knhk_token_t *tok = TOKEN_ARG(L, 1);
   t->scope = lua_touserdata(L, 2);
-  knhk_token_clear_deadline(tok);
+  knhk_deadline_t *dl = lua_touserdata(L, 3);
+  if (dl) knhk_deadline_stop(dl);
   lua_pushinteger(L, knhk_token_reason(tok));
   lua_pushboolean(L, knhk_token_is_cancelled(klua_task_checkpoint_token(t)));
   return 2;
@@ -1365,13 +1378,15 @@ static int l_tasks(lua_State *L) {
 
 /* ------------------------------------------------------- the runtime */
 
-/* core.new(workers [, seed]) -> rt | error. A seed (a whole number in
- * 0..2^53) asks for a seeded schedule, which needs workers == 1. */
+/* core.new(workers [, seed [, clock]]) -> rt | error. A seed (a whole
+ * number in 0..2^53) asks for a seeded schedule, which needs workers == 1;
+ * clock: 0 real (default), 1 virtual (knhk/clock.h). */
 static int l_new(lua_State *L) {
   int workers = (int)luaL_checkinteger(L, 1);
+  int clock = (int)luaL_optinteger(L, 3, KNHK_CLOCK_REAL);
   if (workers < 1 || workers > KNHK_MAX_WORKERS)
     return luaL_error(L, "workers must be in 1..%d, got %d", KNHK_MAX_WORKERS, workers);
-  klua_rt_opts_t opts = {workers, 0, 0};
+  klua_rt_opts_t opts = {workers, 0, 0, clock};
   if (!lua_isnoneornil(L, 2)) {
     lua_Number seed = luaL_checknumber(L, 2);
     if (!(seed >= 0 && seed <= 9007199254740992.0 && seed == (lua_Number)(uint64_t)seed))

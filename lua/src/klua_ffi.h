@@ -4,7 +4,8 @@
  * to it), and spec/ffi_spec.lua fails if ffi.lua's cdef and this header
  * drift apart (preprocessor lines aside). The hot calls of tasks go
  * through knhk.core instead (klua_core.c); these are the cold ones:
- * counters, prototypes, processes, signals and the REPL's line input. */
+ * counters, prototypes, processes, the clock, signals and the REPL's line
+ * input. */
 #ifndef KLUA_FFI_H
 #define KLUA_FFI_H
 #include <stddef.h>
@@ -47,6 +48,13 @@ klua_exec_t *klua_exec_start(klua_task_t *t, const char **argv, int argc, const 
 int klua_exec_done(klua_exec_t *e);
 void klua_exec_result(klua_exec_t *e, klua_exec_result_t *out);
 void klua_exec_free(klua_exec_t *e);
+
+/* knhk.clock: the runtime's clock (knhk/clock.h) */
+typedef struct klua_advance klua_advance_t;
+int klua_clock_kind(klua_rt_t *rt);
+klua_advance_t *klua_clock_advance(klua_task_t *t, double seconds, int *err);
+int klua_clock_advanced(klua_advance_t *a);
+void klua_clock_advance_free(klua_advance_t *a);
 
 /* OpenTelemetry (knhk/telemetry.h; knhk.telemetry) */
 int klua_telemetry_start(const char *path, double interval_s, const char *service);

@@ -162,11 +162,21 @@ int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
 
 /* -------------------------------------------------------------- lifecycle */
 
+/* The executor's on_idle under a virtual clock (on a worker, under its
+ * sleep lock). */
+static void idle_hint(void *arg) {
+  klua_rt_t *rt = arg;
+  pthread_mutex_lock(&rt->clock_m);
+  if (rt->hints_on) knhk_clock_idle_hint(rt->reactor);
+  pthread_mutex_unlock(&rt->clock_m);
+}
+
 int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, char *err,
                 size_t errlen) {
-  int workers = opts->workers;
+  int workers = opts->workers, clock = opts->clock;
   klua_rt_t *rt = calloc(1, sizeof *rt);
   if (!rt) return KNHK_ENOMEM;
+  pthread_mutex_init(&rt->clock_m, NULL);
   pthread_mutex_init(&rt->protos_m, NULL);
   pthread_mutex_init(&rt->where_m, NULL);
   pthread_mutex_init(&rt->pool_m, NULL);
@@ -181,7 +191,10 @@ int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, 
     w->runner = LUA_NOREF;
     pthread_mutex_init(&w->live_m, NULL);
   }
-  if (rc == 0) rc = knhk_reactor_new(&rt->reactor);
+  if (rc == 0) {
+    knhk_reactor_options_t ro = {clock};
+    rc = knhk_reactor_new_with(&rt->reactor, &ro);
+  }
   if (rc == 0) rc = knhk_token_new(&rt->root_token, NULL);
   if (rc == 0) {
     rt->root_group = klua_group_new(rt, rt->root_token, 0);
@@ -212,8 +225,14 @@ int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, 
       o.flags |= KNHK_EXECUTOR_SEEDED;
       o.seed = opts->seed;
     }
+    if (clock == KNHK_CLOCK_VIRTUAL) { /* the executor tells the clock when all wait */
+      o.on_idle = idle_hint;
+      o.on_idle_arg = rt;
+      rt->hints_on = 1;
+    }
     rc = knhk_executor_init(&rt->ex, &o);
     if (rc != 0) snprintf(err, errlen, "cannot start %d workers: %s", workers, knhk_strerror(rc));
+    else if (clock == KNHK_CLOCK_VIRTUAL) rc = knhk_clock_watch_idle(rt->reactor, knhk_executor_idle, &rt->ex);
   } else if (!err[0]) {
     snprintf(err, errlen, "cannot start the runtime: %s", knhk_strerror(rc));
   }
@@ -235,6 +254,9 @@ void klua_rt_free(klua_rt_t *rt) {
   if (!rt) return;
   /* The reactor first: its last timer and process completions may still
    * wake tasks (late wake-ups of ended tasks), which needs the executor. */
+  pthread_mutex_lock(&rt->clock_m);
+  rt->hints_on = 0;
+  pthread_mutex_unlock(&rt->clock_m);
   if (rt->reactor) knhk_reactor_free(rt->reactor);
   knhk_executor_close(&rt->ex); /* a handle never initialised reports EALREADY */
   if (rt->root_group) klua_group_release(rt->root_group);
@@ -288,5 +310,6 @@ void klua_rt_free(klua_rt_t *rt) {
   pthread_mutex_destroy(&rt->protos_m);
   pthread_mutex_destroy(&rt->where_m);
   pthread_mutex_destroy(&rt->pool_m);
+  pthread_mutex_destroy(&rt->clock_m);
   free(rt);
 }

@@ -102,8 +102,8 @@ static void report_later(klua_rt_t *rt, int signum) {
   report.n = n;
   for (int i = 0; i < n; i++) report.ids[i] = ts[i]->id;
   if (n > 0)
-    knhk_timer_start(rt->reactor, &report.timer, knhk_reactor_now(rt->reactor) + REPORT_AFTER_NS,
-                     report_still_running, &report);
+    knhk_timer_start_real(rt->reactor, &report.timer, knhk_clock_real_ns() + REPORT_AFTER_NS,
+                          report_still_running, &report); /* a person waits: real time */
 }
 
 static void on_signal(knhk_signal_t *w, int signum, uint64_t count) {

@@ -7,9 +7,10 @@
  * registered on a token fire exactly once, on the cancelling thread, outside
  * any lock. Tokens are reference counted: a child holds its parent; a
  * dropped token unlinks itself from its parent's list.
- * A deadline makes a token cancel itself (reason KNHK_CANCEL_DEADLINE) at a
- * time of the reactor's clock; the earliest deadline on the path wins, since
- * an ancestor's cancellation reaches every descendant.
+ * The tree knows no clock: a token only holds its deadline as a value (the
+ * earliest on its path is knhk_token_deadline). What makes a token cancel
+ * itself at that time (reason KNHK_CANCEL_DEADLINE) is a deadline
+ * (knhk/deadline.h), which arms the reactor's timer for it.
  */
 #ifndef KNHK_CANCEL_H
 #define KNHK_CANCEL_H
@@ -18,7 +19,6 @@
 #include "knhk/task.h"
 
 typedef struct knhk_token_s knhk_token_t;
-typedef struct knhk_reactor_s knhk_reactor_t;
 
 /* Why a token was cancelled; descendants inherit the reason. */
 enum knhk_cancel_reason {
@@ -75,16 +75,17 @@ int knhk_token_on_cancel(knhk_token_t *t, knhk_cancel_cb_t *cb, knhk_cancel_fn f
 int knhk_token_off(knhk_cancel_cb_t *cb);
 
 /* A thread that is not a worker (it blocks). Waits until t is cancelled or
- * timeout_ns passes (< 0: no timeout). Returns 0 or KNHK_ETIMEDOUT.
+ * timeout_ns of real time passes (< 0: no timeout; a thread's wait, never
+ * a virtual clock's). Returns 0 or KNHK_ETIMEDOUT.
  * Tasks wait by registering a callback that wakes them. */
 int knhk_token_wait(knhk_token_t *t, int64_t timeout_ns);
 
-/* Any thread. Cancels t with KNHK_CANCEL_DEADLINE at `deadline_ns` of r's
- * clock (knhk_reactor_now); replaces an earlier deadline of t. A pending
- * deadline keeps a reference to t until it fires or is cleared. Returns 0,
- * KNHK_EINVAL, KNHK_ENOMEM or KNHK_ESHUTDOWN (reactor closed). */
-int knhk_token_set_deadline(knhk_token_t *t, knhk_reactor_t *r, uint64_t deadline_ns);
-/* Any thread. Removes t's own deadline, if any. Returns 0. */
+/* Any thread. Records `deadline_ns` (a time of the runtime's clock, 0:
+ * none) as t's own deadline, replacing the one before; nothing is armed:
+ * knhk_deadline_start (knhk/deadline.h) does that and calls this. Returns 0
+ * or KNHK_EINVAL. */
+int knhk_token_set_deadline(knhk_token_t *t, uint64_t deadline_ns);
+/* Any thread. knhk_token_set_deadline(t, 0). Returns 0 or KNHK_EINVAL. */
 int knhk_token_clear_deadline(knhk_token_t *t);
 /* Any thread. The earliest deadline of t and its ancestors, 0 if none. */
 uint64_t knhk_token_deadline(const knhk_token_t *t);

@@ -49,6 +49,15 @@ typedef struct {
   uint32_t flags;     /* KNHK_EXECUTOR_* */
   uint64_t seed;      /* victim selection, and with KNHK_EXECUTOR_SEEDED
                          the order of runs; same seed, same choices */
+  /* Called on a worker each time the last awake worker registers to
+   * sleep: every task may now be waiting. A hint, for a virtual clock
+   * (knhk_clock_idle_hint): check with knhk_executor_idle. It runs under
+   * the executor's sleep lock and never once the executor is done, so
+   * what it touches need only live until knhk_executor_enter or
+   * knhk_executor_shutdown has returned; it must not block, spawn or wake.
+   * NULL: none. */
+  void (*on_idle)(void *arg);
+  void *on_idle_arg;
 } knhk_executor_options_t;
 
 typedef struct {
@@ -79,7 +88,7 @@ typedef struct {
 
 /* Any thread. Fills `opts` with defaults: workers from the KNHK_WORKERS
  * environment variable if set, else the number of online CPUs; flags 0;
- * seed 0. Returns 0, or KNHK_EINVAL if KNHK_WORKERS is not a number in
+ * seed 0; no on_idle. Returns 0, or KNHK_EINVAL if KNHK_WORKERS is not a number in
  * 1..KNHK_MAX_WORKERS (opts then holds the CPU count). */
 int knhk_executor_options_init(knhk_executor_options_t *opts);
 
@@ -147,6 +156,15 @@ int knhk_executor_close(knhk_executor_t *ex);
  * they reconcile exactly once the executor is idle. */
 int knhk_executor_stats(knhk_executor_t *ex, knhk_executor_stats_t *out,
                         knhk_worker_stats_t *per_worker, int n);
+
+/* Any thread. 1 if no task can run now: every worker is registered asleep
+ * (a worker in a helping wait nested deeper than the executor helps counts
+ * as awake), no task is queued anywhere and no outside spawn is in
+ * progress; else 0 (also once shut down, or for NULL). From such a state
+ * only a thread outside the workers (a reactor's completion, an outside
+ * spawn or wake) can make a task runnable. Its type fits knhk_idle_fn
+ * (knhk/clock.h). */
+int knhk_executor_idle(void *ex);
 
 /* Any thread. Index of the calling thread's worker in `ex`, or -1. */
 int knhk_executor_worker_index(knhk_executor_t *ex);

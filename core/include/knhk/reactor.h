@@ -8,7 +8,8 @@
  * alive until its completion callback has run.
  *
  * Time: every sleep, deadline and timestamp of the runtime comes from
- * knhk_reactor_now(): monotonic nanoseconds.
+ * knhk_reactor_now(), the reactor's clock: real (monotonic ns) or virtual
+ * (knhk/clock.h).
  */
 #ifndef KNHK_REACTOR_H
 #define KNHK_REACTOR_H
@@ -16,19 +17,28 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "knhk/cancel.h"
+#include "knhk/clock.h"
 #include "knhk/task.h"
 
 typedef struct knhk_reactor_s knhk_reactor_t;
 
-/* Any thread. Starts a reactor thread. Returns 0, KNHK_EINVAL, KNHK_ENOMEM
- * or KNHK_EIO (libuv could not start). */
+typedef struct {
+  int clock; /* knhk_clock_kind */
+} knhk_reactor_options_t;
+
+/* Any thread. Starts a reactor thread with a real clock. Returns 0,
+ * KNHK_EINVAL, KNHK_ENOMEM or KNHK_EIO (libuv could not start). */
 int knhk_reactor_new(knhk_reactor_t **out);
+/* Any thread. As knhk_reactor_new, with the clock `opts` names (NULL:
+ * real). Returns as knhk_reactor_new; KNHK_EINVAL for an unknown clock. */
+int knhk_reactor_new_with(knhk_reactor_t **out, const knhk_reactor_options_t *opts);
 /* Not from the reactor thread. Stops it: pending timers end cancelled,
  * running processes are killed and reaped, file operations finish, every
  * handle is closed, the thread is joined and the reactor freed. Returns 0,
  * or KNHK_EINVAL for NULL. */
 int knhk_reactor_free(knhk_reactor_t *r);
-/* Any thread. The runtime's clock, in nanoseconds (monotonic). */
+/* Any thread. The runtime's clock, in nanoseconds: monotonic real time,
+ * or virtual time from 0 (knhk/clock.h). */
 uint64_t knhk_reactor_now(const knhk_reactor_t *r);
 
 /* ----------------------------------------------------------------- timers */
@@ -46,13 +56,24 @@ struct knhk_timer_s {
   knhk_link_t knhk__link;
   KNHK_ATOMIC(uint32_t) knhk__flags;
   uint32_t knhk__heap_index;
+  uint32_t knhk__real;          /* on the real clock (knhk_timer_start_real) */
+  uint64_t knhk__seq;           /* order of arrival, among equal deadlines */
   knhk_reactor_t *knhk__reactor;
 };
 
 /* Any thread. Arms `timer` (not armed now: new, or completed) to complete
- * at deadline_ns. Returns 0, KNHK_EINVAL or KNHK_ESHUTDOWN. */
+ * at deadline_ns of the reactor's clock. Timers fire in deadline order;
+ * equal deadlines in the order their starts reached the reactor (from one
+ * thread: the order of the calls). Returns 0, KNHK_EINVAL or
+ * KNHK_ESHUTDOWN. */
 int knhk_timer_start(knhk_reactor_t *r, knhk_timer_t *timer, uint64_t deadline_ns,
                      knhk_timer_fn on_done, void *data);
+/* Any thread. As knhk_timer_start, at deadline_ns of the real clock
+ * (knhk_clock_real_ns) whatever the reactor's clock: for what must follow
+ * real time under a virtual clock (telemetry's interval, a report to a
+ * person). Under a real clock the same as knhk_timer_start. */
+int knhk_timer_start_real(knhk_reactor_t *r, knhk_timer_t *timer, uint64_t deadline_ns,
+                          knhk_timer_fn on_done, void *data);
 /* Any thread. Asks for the timer to complete early with KNHK_ECANCELED.
  * Returns 0, or KNHK_EALREADY if it has completed (or is completing). */
 int knhk_timer_stop(knhk_timer_t *timer);

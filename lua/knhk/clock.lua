@@ -1,0 +1,67 @@
+-- knhk.clock: the runtime's clock (README.md, "Time and the clock").
+--
+-- A runtime reads one clock, chosen by knhk.run's `clock` option: "real"
+-- (monotonic, the default) or "virtual": it starts at 0 and, as soon as
+-- every task is waiting, jumps to the earliest pending timer (a sleep, a
+-- deadline, a timeout) and fires it, so a workflow with a three-day timeout
+-- runs in milliseconds. knhk.now(), sleeps, cancel scopes' deadlines,
+-- move_on_after, fail_after and the patterns' timers all follow it.
+--
+-- Real work (knhk.exec, the reactor's file operations) is awaited in real
+-- time: while it is in flight a virtual clock stands still.
+-- core/include/knhk/clock.h has the rules; core/src/clock.c the invariant.
+local core = require "knhk.core"
+local check = require "knhk.check"
+local R = require "knhk.runtime"
+
+local error, type = error, type
+
+local M = {}
+
+local KINDS = { [0] = "real", [1] = "virtual" }
+M.KINDS = { real = 0, virtual = 1 }
+
+local function running_rt(fname)
+  if not R.running() then
+    error("knhk.clock." .. fname .. ": no runtime is running (call it inside knhk.run)", 3)
+  end
+  return R.rt
+end
+
+-- knhk.clock.kind() -> "real" or "virtual": the running runtime's clock.
+function M.kind()
+  local rt = running_rt("kind")
+  return KINDS[require("knhk.ffi").C.klua_clock_kind(rt)]
+end
+
+-- knhk.clock.advance(seconds): moves a virtual clock forward by hand. When
+-- it returns, knhk.now() is `seconds` later and every timer that became
+-- due has fired, in deadline order (equal deadlines in the order they were
+-- set), so the tasks they woke are already queued; the clock then jumps on
+-- by itself once every task waits again. Not a checkpoint. Raises when the
+-- runtime's clock is real.
+function M.advance(seconds)
+  if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
+    check.fail(1, "advance", "non-negative number", seconds)
+  end
+  local rt = running_rt("advance")
+  local K = require "knhk.ffi"
+  local ffi, C = K.ffi, K.C
+  if C.klua_clock_kind(rt) ~= M.KINDS.virtual then
+    error("knhk.clock.advance: the runtime's clock is real; run with { clock = \"virtual\" }"
+      .. " to move time by hand", 2)
+  end
+  if not core.current() then
+    error("knhk.clock.advance: must be called inside a knhk task (inside knhk.run)", 2)
+  end
+  local err = ffi.new("int[1]")
+  local a = C.klua_clock_advance(core.current_ptr(), seconds, err)
+  if a == nil then
+    error("knhk.clock.advance: " .. ffi.string(C.knhk_strerror(err[0])), 2)
+  end
+  -- uncancellable: the timer is due now, the reactor fires it at once
+  R.wait(function() return C.klua_clock_advanced(a) ~= 0 end, function() return false end, true)
+  C.klua_clock_advance_free(a)
+end
+
+return M

@@ -1,0 +1,220 @@
+-- The runtime's clock: real by default; virtual on request, where time
+-- starts at 0, stands still while any task can run, and jumps to the next
+-- timer as soon as every task waits. Every assertion here is on virtual
+-- time (knhk.now()), never on wall time.
+local knhk = require "knhk"
+local P = require "knhk.patterns"
+
+local HOUR = 3600
+
+local function virtual(fn, workers)
+  return knhk.run(fn, { clock = "virtual", workers = workers or 2 })
+end
+
+-- The tasks parked in a wait now (knhk.tasks() rows), the caller aside.
+local function waiting()
+  local n = 0
+  for _, t in ipairs(knhk.tasks()) do
+    if t.state == "waiting" then n = n + 1 end
+  end
+  return n
+end
+
+describe("knhk.run's clock option", function()
+  it("is real by default", function()
+    knhk.run(function()
+      assert.equal("real", knhk.clock.kind())
+      assert.is_true(knhk.now() > 0)
+    end, { workers = 1 })
+  end)
+
+  it("takes \"virtual\", which starts at 0", function()
+    virtual(function()
+      assert.equal("virtual", knhk.clock.kind())
+      assert.equal(0, knhk.now())
+    end)
+  end)
+
+  it("refuses a clock it does not know, naming it", function()
+    assert.has_error(function() knhk.run(function() end, { clock = "fast" }) end,
+      "bad argument #2 to 'run' (clock: \"real\" or \"virtual\" expected, got 'fast')")
+    assert.has_error(function() knhk.run(function() end, { clock = 1 }) end,
+      "bad argument #2 to 'run' (clock: \"real\" or \"virtual\" expected, got number)")
+  end)
+end)
+
+describe("a virtual clock", function()
+  it("finishes a 72-hour sleep with knhk.now() at exactly 72 hours", function()
+    local now = virtual(function()
+      knhk.sleep(72 * HOUR)
+      return knhk.now()
+    end)
+    assert.equal(72 * HOUR, now)
+  end)
+
+  it("ends move_on_after(72 h) at exactly 72 hours, the scope caught", function()
+    local caught, now = virtual(function()
+      local scope = knhk.move_on_after(72 * HOUR, function() knhk.sleep(math.huge) end)
+      return scope.cancelled_caught, knhk.now()
+    end)
+    assert.is_true(caught)
+    assert.equal(72 * HOUR, now)
+  end)
+
+  it("raises fail_after(72 h)'s TimeoutError at exactly 72 hours", function()
+    local ok, e, now = virtual(function()
+      local ok, e = pcall(knhk.fail_after, 72 * HOUR, function() knhk.sleep(100 * HOUR) end)
+      return ok, e, knhk.now()
+    end)
+    assert.is_false(ok)
+    assert.is_true(knhk.is_timeout(e))
+    assert.equal(72 * HOUR, now)
+  end)
+
+  it("lets a step that ends in time leave its timeout behind: the clock does not go there", function()
+    local now = virtual(function()
+      knhk.fail_after(72 * HOUR, function() knhk.sleep(1) end)
+      knhk.sleep(2)
+      return knhk.now()
+    end)
+    assert.equal(3, now)
+  end)
+
+  it("treats a deadline at time 0 as due at once", function()
+    local caught, now = virtual(function()
+      local scope = knhk.move_on_after(0, function() knhk.sleep(5) end)
+      local s2 = knhk.cancel_scope(function() knhk.sleep(5) end, { deadline = 0 })
+      return scope.cancelled_caught and s2.cancelled_caught, knhk.now()
+    end)
+    assert.is_true(caught)
+    assert.equal(0, now)
+  end)
+
+  it("wakes every sleeper at exactly its own deadline, earliest first", function()
+    local got = virtual(function()
+      local ch = knhk.channel(8)
+      knhk.nursery(function(n)
+        for _, d in ipairs { 50, 10, 40, 20, 30 } do
+          n:spawn(function()
+            knhk.sleep(d)
+            ch:send { d = d, at = knhk.now() }
+          end)
+        end
+      end)
+      local out = {}
+      for i = 1, 5 do out[i] = ch:recv() end
+      return out
+    end, 4)
+    for i, want in ipairs { 10, 20, 30, 40, 50 } do
+      assert.same({ d = want, at = want }, got[i])
+    end
+  end)
+
+  it("never moves while a task is runnable: a sleeper waits for a long busy loop", function()
+    local order, moved = virtual(function()
+      local ch = knhk.channel(4)
+      knhk.nursery(function(n)
+        n:spawn(function()
+          knhk.sleep(1)
+          ch:send "slept"
+        end)
+        n:spawn(function()
+          local moved = false
+          for _ = 1, 20000 do
+            knhk.checkpoint()
+            if knhk.now() ~= 0 then moved = true end
+          end
+          ch:send(moved and "moved" or "busy done")
+        end)
+      end)
+      local first = ch:recv()
+      local second = ch:recv()
+      return { first, second }, knhk.now()
+    end)
+    assert.same({ "busy done", "slept" }, order)
+    assert.equal(1, moved)
+  end)
+
+  it("drives the patterns' timers: a deferred choice with a 3-day reminder", function()
+    local r, now = virtual(function()
+      local r = P.sequence{
+        P.deferred_choice{
+          { on = knhk.channel(1), run = P.task("answered", function() end) },
+          { on = P.timer(72 * HOUR), run = P.task("reminded", function() end) },
+        },
+        P.simple_merge(),
+      }:execute()
+      return r, knhk.now()
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(72 * HOUR, now)
+  end)
+end)
+
+describe("knhk.clock.advance", function()
+  it("fires exactly the timers it made due, in order, before it returns", function()
+    local got = virtual(function()
+      local ch = knhk.channel(8)
+      local fired = {}
+      knhk.nursery(function(n)
+        for _, d in ipairs { 5, 1, 3, 2 } do
+          n:spawn(function()
+            knhk.sleep(d)
+            ch:send(d)
+          end)
+        end
+        -- until the four sleep (time stands still: this task stays runnable)
+        while waiting() < 4 do knhk.checkpoint() end
+        knhk.clock.advance(3)
+        fired.now = knhk.now()
+        -- the woken sleepers are queued already: 1, 2 and 3 arrive without
+        -- the clock moving; nothing else does
+        for i = 1, 3 do fired[i] = ch:recv() end
+        fired.still = knhk.now()
+        fired[4] = ch:recv() -- every task waits: the clock jumps to 5
+        fired.last = knhk.now()
+      end)
+      return fired
+    end, 1)
+    assert.equal(3, got.now)
+    assert.same({ 1, 2, 3, 5 }, { got[1], got[2], got[3], got[4] })
+    assert.equal(3, got.still)
+    assert.equal(5, got.last)
+  end)
+
+  it("moves the clock by exactly the amount given, fractions included", function()
+    local now = virtual(function()
+      knhk.clock.advance(1.5)
+      knhk.clock.advance(0)
+      knhk.clock.advance(72 * HOUR)
+      return knhk.now()
+    end)
+    assert.equal(72 * HOUR + 1.5, now)
+  end)
+
+  it("refuses a runtime on the real clock", function()
+    knhk.run(function()
+      assert.has_error(function() knhk.clock.advance(1) end,
+        "knhk.clock.advance: the runtime's clock is real; run with { clock = \"virtual\" } "
+        .. "to move time by hand")
+    end, { workers = 1 })
+  end)
+
+  it("refuses what is not a non-negative number", function()
+    virtual(function()
+      for _, bad in ipairs { { -1, "-1" }, { 0 / 0, "NaN" }, { "1", "string" } } do
+        assert.has_error(function() knhk.clock.advance(bad[1]) end,
+          "bad argument #1 to 'advance' (non-negative number expected, got " .. bad[2] .. ")")
+      end
+      assert.has_error(function() knhk.clock.advance() end,
+        "bad argument #1 to 'advance' (non-negative number expected, got nil)")
+    end, 1)
+  end)
+
+  it("and knhk.clock.kind refuse to run outside a runtime", function()
+    assert.has_error(function() knhk.clock.advance(1) end,
+      "knhk.clock.advance: no runtime is running (call it inside knhk.run)")
+    assert.has_error(function() knhk.clock.kind() end,
+      "knhk.clock.kind: no runtime is running (call it inside knhk.run)")
+  end)
+end)
