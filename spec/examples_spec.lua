@@ -65,13 +65,9 @@ local function example(name, ...)
   return out
 end
 
--- it() for a body that needs the virtual clock: pending without it.
+-- it() for a body under the virtual clock.
 local function it_virtual(name, body)
-  if T.virtual_clock_available() then
-    it(name .. " (virtual time)", T.wrap(body, { clock = "virtual", workers = 2 }))
-  else
-    pending(name .. " (virtual time: needs the virtual clock)")
-  end
+  it(name .. " (virtual time)", T.wrap(body, { clock = "virtual", workers = 2 }))
 end
 
 -- The virtual seconds body() took: under the virtual clock the time

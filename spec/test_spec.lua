@@ -111,18 +111,6 @@ describe("knhk.test.wrap", function()
     assert.has_error(function() T.wrap(print, { seed = 1, workers = 4 }) end,
       "bad argument #2 to 'wrap' (seed: a seeded schedule runs on 1 worker, got workers = 4)")
   end)
-
-  it("says so when asked for virtual time and the virtual clock is missing", function()
-    if T.virtual_clock_available() then
-      pending("this build has the virtual clock")
-      return
-    end
-    local err = failure_of(function() end, { clock = "virtual" })
-    assert.matches("the virtual clock is unavailable in this build", err, 1, true)
-    assert.has_error(function() T.advance(1) end,
-      "knhk.test.advance: the virtual clock is unavailable in this build (knhk.clock is missing), "
-      .. "so clock = 'virtual' cannot be honoured")
-  end)
 end)
 
 -- ------------------------------------------------------------ schedules
@@ -403,6 +391,13 @@ describe("assert.completes_within", function()
       "completes_within: must run inside a knhk task (inside knhk.test.wrap or knhk.run)")
   end)
 
-  pending("measures virtual time: a 72-hour deadline passes in well under a second "
-    .. "(needs the virtual clock)")
+  it("measures virtual time under the virtual clock", T.wrap(function()
+    local t0 = knhk.now()
+    assert.completes_within(72 * 3600, function() knhk.sleep(71 * 3600) end)
+    assert.equal(71 * 3600, knhk.now() - t0)
+    local err = failed_with(assert.completes_within, 72 * 3600, function() knhk.sleep(73 * 3600) end)
+    assert.matches("within 259200 s (virtual time), but it was still running at the deadline", err,
+      1, true)
+    assert.equal(71 * 3600 + 72 * 3600, knhk.now() - t0)
+  end, { clock = "virtual" }))
 end)

@@ -38,14 +38,7 @@ local function message(arguments, text)
   arguments.nofmt = { true }
 end
 
-local function clock_kind()
-  local clock = knhk.clock
-  if type(clock) == "table" and type(clock.kind) == "function" then
-    local ok, kind = pcall(clock.kind)
-    if ok and kind then return tostring(kind) end
-  end
-  return "real"
-end
+local function clock_kind() return knhk.clock.kind() end
 
 function M.register(describe_error)
   local ok, assert = pcall(require, "luassert")
