@@ -17,6 +17,10 @@
 #define KNHK__MAX_HELP_DEPTH 128 /* deeper helping waits only run their own queues */
 #define KNHK__DEQUE_CAPACITY 256
 #define KNHK__SPIN_NS 40000      /* a searcher spins this long before parking */
+/* ... and one that may not search watches its own inbox as long. (Not
+ * longer: on a machine with more runnable threads than cores, a spinning
+ * worker holds the core its partner's wake-up is waiting for.) */
+#define KNHK__INBOX_SPIN_NS KNHK__SPIN_NS
 #define KNHK__OFFLOAD_AT 256     /* deque length at which the owner shares half */
 #define KNHK__OFFLOAD_MAX 128
 #define KNHK__INJECTOR_BATCH 32  /* tasks a worker takes from the injector at once */
@@ -300,6 +304,21 @@ static int spin_for_work(knhk__worker_t *w, knhk__wait_t *g) {
   }
 }
 
+/* A worker that may not search (half the workers already do) still
+ * watches its own inbox for a while before it parks: the tasks pinned to
+ * it are woken there, and a wake-up that finds it awake costs the waker a
+ * push, where a parked one costs a futex call and an interrupt. Looking at
+ * its own inbox only, it disturbs no other worker. Returns 1 when work (or
+ * the end of the wait) appeared. */
+static int spin_for_inbox(knhk__worker_t *w, knhk__wait_t *g) {
+  uint64_t deadline = knhk__mono_ns() + KNHK__INBOX_SPIN_NS;
+  for (uint32_t i = 1;; i++) {
+    knhk__cpu_relax(); /* one load per pause: a wake-up is seen within ~100 ns */
+    if (knhk__mpsc_maybe_nonempty(&w->inbox) || loop_should_end(w, g)) return 1;
+    if ((i & 255) == 0 && knhk__mono_ns() > deadline) return 0;
+  }
+}
+
 static void park_counted(knhk__worker_t *w) {
   owner_add(&w->c.busy_ns, knhk__mono_ns() - w->busy_since);
   owner_inc(&w->c.parks);
@@ -313,6 +332,7 @@ static void park_counted(knhk__worker_t *w) {
  * the sleepers list, since it could not act on a call to go stealing. */
 int knhk__worker_loop(knhk__worker_t *w, knhk__wait_t *g) {
   int deep = 0, claimed = 0, rc = 0;
+  int watched = 0; /* its inbox watched since it last ran a task */
   if (g) deep = ++w->help_depth > KNHK__MAX_HELP_DEPTH;
   for (;;) {
     if (loop_should_end(w, g)) break;
@@ -326,6 +346,7 @@ int knhk__worker_loop(knhk__worker_t *w, knhk__wait_t *g) {
       end_searching(w);
       if (t->group != w->pend_g) knhk__group_flush_ends(w);
       run_task(w, t);
+      watched = 0;
       continue;
     }
     if (busy) { /* a push or steal in flight: it will be visible soon */
@@ -333,6 +354,10 @@ int knhk__worker_loop(knhk__worker_t *w, knhk__wait_t *g) {
       continue;
     }
     if (!deep && w->searching && spin_for_work(w, g)) continue;
+    if (!deep && !w->searching && !watched && !(w->ex->flags & KNHK_EXECUTOR_SEEDED)) {
+      watched = 1;
+      if (spin_for_inbox(w, g)) continue;
+    }
     if (g && !claimed) { /* from here on, whoever completes the wait wakes us */
       if ((rc = g->claim(w, g)) != 0) break;
       claimed = 1;
