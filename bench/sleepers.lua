@@ -39,11 +39,17 @@ if kind == "coroutines" then
 end
 
 local spawn = kind == "spawn_local" and "spawn_local" or "spawn"
-local function sleeper() knhk.sleep(3600) end
+-- Each task says it started, then sleeps: the spawn figure ends when every
+-- task sleeps, as the peer's ends when every coroutine is parked.
+local function sleeper(started) started:release(); knhk.sleep(3600) end
+
+local started = knhk.semaphore(0)
+local function all_started() for _ = 1, n do started:acquire() end end
 
 if mode == "signal" then
   knhk.nursery(function(nur)
-    for _ = 1, n do nur[spawn](nur, sleeper) end
+    for _ = 1, n do nur[spawn](nur, sleeper, started) end
+    all_started()
     io.write("ready\n")
     io.flush()
     knhk.sleep(3600)
@@ -53,12 +59,13 @@ end
 
 local t0, t1, t2, rss = knhk.now()
 knhk.nursery(function(nur)
-  for _ = 1, n do nur[spawn](nur, sleeper) end
-  knhk.sleep(0.05) -- every task has started and sleeps
+  for _ = 1, n do nur[spawn](nur, sleeper, started) end
+  all_started()
+  knhk.sleep(0) -- the last one started reaches its sleep
   t1 = knhk.now()
   rss = rss_mb()
   nur:cancel()
 end)
 t2 = knhk.now()
-io.write(string.format('{"spawn_s":%.4f,"cancel_s":%.4f,"rss_mb":%.1f}\n', t1 - t0 - 0.05,
+io.write(string.format('{"spawn_s":%.4f,"cancel_s":%.4f,"rss_mb":%.1f}\n', t1 - t0,
   t2 - t1, rss))
