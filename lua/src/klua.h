@@ -99,29 +99,32 @@ enum {
 
 struct klua_wait {
   klua_task_t *task;
-  int kind;
   void *on;                    /* the object, while queued on it */
   klua_wait_t *prev, *next;    /* in on's waiter list, under its lock */
-  int queued;                  /* in a list now (under on's lock) */
-  int list;                    /* which of on's lists */
   /* a channel hands a value over through these (klua_chan.c) */
   const char *val;
   uint32_t val_len;
-  int val_kind;                /* KLUA_VAL_* (klua_sync.h) */
-  int val_owned;               /* val is malloc'd and ours to free */
-  int handed;                  /* a value (or a turn) was handed to us */
+  /* Small fields as bytes (a sleeping task's record is most of its cost):
+   * each is a separate memory location, so writers of neighbours do not
+   * race. */
+  uint8_t kind;                /* KLUA_WAIT_* */
+  uint8_t queued;              /* in a list now (under on's lock) */
+  uint8_t list;                /* which of on's lists */
+  uint8_t val_kind;            /* KLUA_VAL_* (klua_sync.h) */
+  uint8_t val_owned;           /* val is malloc'd and ours to free */
+  uint8_t handed;              /* a value (or a turn) was handed to us */
   /* The task's next step, once woken, looks at its scope's token before
    * anything else (sleep, join, checkpoint): cancelled, it would only
    * raise Cancelled, and may be ended without being resumed. */
-  int recheck;
+  uint8_t recheck;
+  uint8_t ccb_on;              /* ccb armed */
+  uint8_t watch_on;            /* watch armed */
+  _Atomic int timer_busy;      /* armed or completing: use a fresh one */
   /* cancellation wake-up, while armed */
   knhk_cancel_cb_t ccb;
-  int ccb_on;
   knhk_cancel_cb_t watch;      /* another token (token:wait) */
-  int watch_on;
   /* sleep */
   knhk_timer_t timer;          /* ours when not busy */
-  _Atomic int timer_busy;      /* armed or completing: use a fresh one */
   knhk_timer_t *extra_timer;   /* a fresh one, if the embedded one was busy */
 };
 
@@ -170,9 +173,15 @@ struct klua_task {
   klua_wait_t *joiners;
   /* links */
   klua_task_t *link;           /* in a free list, or a group's ended list */
-  klua_task_t *batch_next;     /* a shared free batch's head: the next batch */
-  uint32_t batch_n;            /* a shared free batch's head: its length */
-  klua_task_t *live_prev, *live_next; /* its worker's live list, while started */
+  union {                      /* a free record is never live */
+    struct {
+      klua_task_t *live_prev, *live_next; /* its worker's live list, while started */
+    };
+    struct {
+      klua_task_t *batch_next; /* a shared free batch's head: the next batch */
+      uint32_t batch_n;        /* a shared free batch's head: its length */
+    };
+  };
 };
 
 static inline klua_task_t *klua_task_of(knhk_task_t *et) {
