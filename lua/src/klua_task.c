@@ -381,15 +381,17 @@ static int cancel_unwinds_nothing(klua_worker_t *w, klua_task_t *t) {
   /* Level 0 is the coroutine.yield the wait yielded with (the recheck
    * flag is set just before it). The first C frame above it must be the
    * task's xpcall: two frames below it, the bottom one, the runner. */
+  if (!lua_checkstack(co, 2)) return 0;
   int level = 1;
   for (;; level++) {
     if (level > 200 || !lua_getstack(co, level, &ar)) return 0;
-    lua_getinfo(co, "S", &ar);
-    if (ar.what[0] == 'C') break; /* pcall, xpcall, or another C function */
+    lua_getinfo(co, "f", &ar); /* not "S": that formats the source's name */
+    int c = lua_iscfunction(co, -1);
+    lua_pop(co, 1);
+    if (c) break; /* pcall, xpcall, or another C function */
   }
   if (!lua_getstack(co, level + 2, &ar) || lua_getstack(co, level + 3, &ar)) return 0;
   lua_getstack(co, level + 2, &ar);
-  if (!lua_checkstack(co, 2)) return 0;
   lua_getinfo(co, "f", &ar);
   lua_rawgeti(co, LUA_REGISTRYINDEX, w->runner);
   int is_runner = lua_rawequal(co, -1, -2);
