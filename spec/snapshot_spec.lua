@@ -182,6 +182,17 @@ describe("globals on the fast path", function()
     assert.is_nil(rawget(_G, "snapshot_fast_w")) -- the spawner's globals are untouched
   end)
 
+  on_one_and_many("a task's writes to globals it never reads stay its own", function()
+    local f = setfenv(function() snapshot_fast_leak = 1 end, _G)
+    for _ = 1, 8 do knhk.spawn(f):join() end
+    assert.is_nil(rawget(_G, "snapshot_fast_leak"))
+    _G.snapshot_fast_x = 1
+    local g = setfenv(function() snapshot_fast_x = 2; return snapshot_fast_x end, _G)
+    for _ = 1, 8 do assert.equal(2, knhk.spawn(g):join()) end
+    assert.equal(1, _G.snapshot_fast_x)
+    _G.snapshot_fast_x = nil
+  end)
+
   on_one_and_many("a table global still travels whole, by the codec", function()
     _G.snapshot_fast_t = { a = { b = 7 } }
     local f = setfenv(function() snapshot_fast_t.a.b = 8; return snapshot_fast_t.a.b end, _G)

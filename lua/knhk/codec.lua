@@ -39,10 +39,11 @@ local function ops_of(f)
 end
 local probe_fnew = ops_of(function() return function() end end) -- FNEW UCLO RET1
 local probe_gget = ops_of(function() return knhk_probe_global end) -- GGET RET1
+local probe_gset = ops_of(function() knhk_probe_global = 1 end) -- KSHORT GSET RET0
 local OP_FNEW, OP_UCLO, OP_RET1 = probe_fnew[1], probe_fnew[2], probe_fnew[3]
-local OP_GGET = probe_gget[1]
+local OP_GGET, OP_GSET = probe_gget[1], probe_gset[2]
 -- (spec/codec_spec.lua checks these against jit.vmdef)
-M.opcodes = { FNEW = OP_FNEW, UCLO = OP_UCLO, RET1 = OP_RET1, GGET = OP_GGET }
+M.opcodes = { FNEW = OP_FNEW, UCLO = OP_UCLO, RET1 = OP_RET1, GGET = OP_GGET, GSET = OP_GSET }
 
 local function read_uleb(s, pos)
   local v, shift = 0, 0
@@ -143,14 +144,16 @@ local function wrap_prototype(dump, nuv)
 end
 M.wrap_prototype = wrap_prototype
 
--- Names of the globals a prototype (and the functions nested in it) read.
+-- Names of the globals a prototype (and the functions nested in it) read
+-- or write: a task's writes go to its own table of them, never to the
+-- globals of the VM it runs in (on worker 0, the spawner's).
 local function globals_read(fn, names, seen)
   seen[fn] = true
   local info = funcinfo(fn)
   for pc = 1, (info.bytecodes or 0) - 1 do
     local ins = funcbc(fn, pc)
     local op = band(ins, 0xff)
-    if op == OP_GGET then
+    if op == OP_GGET or op == OP_GSET then
       local name = funck(fn, -rshift(ins, 16) - 1)
       if not names[name] then
         names[name] = true
