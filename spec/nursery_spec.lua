@@ -195,6 +195,27 @@ describe("knhk.nursery", function()
   end)
 end)
 
+describe("knhk.nursery, made again and again", function()
+  it("is open however many nurseries were collected before it", function()
+    run(function()
+      for i = 1, 60 do
+        collectgarbage() -- the handles of the earlier nurseries go
+        assert.equal(i, knhk.nursery(function(n)
+          n:spawn(function(k) return k end, i)
+          n:spawn(function() knhk.sleep(60) end)
+          return n:wait_any()
+        end))
+        local got = knhk.nursery(function(n)
+          n:spawn(function(k) return k end, i)
+          return n:join_next():join()
+        end)
+        assert.equal(i, got)
+        assert.equal(i, knhk.race(function() return i end, function() knhk.sleep(60) end))
+      end
+    end)
+  end)
+end)
+
 describe("knhk.nursery, after wait_any", function()
   -- wait_any cancels the nursery, whose scope holds the body: the rest of
   -- the body runs cancelled (see README).

@@ -57,6 +57,8 @@ klua_group_t *klua_group_new(klua_rt_t *rt, knhk_token_t *token, uint32_t flags)
   atomic_store_explicit(&g->state, 0, memory_order_relaxed);
   atomic_store_explicit(&g->refs, 1, memory_order_relaxed);
   atomic_store_explicit(&g->sibling_cancelled, 0, memory_order_relaxed);
+  atomic_store_explicit(&g->closed, 0, memory_order_relaxed); /* a pooled one was closed */
+  atomic_store_explicit(&g->waiter, NULL, memory_order_relaxed);
   atomic_store_explicit(&g->ends, 0, memory_order_relaxed);
   atomic_store_explicit(&g->ended, NULL, memory_order_relaxed);
   g->ended_fifo = NULL;
