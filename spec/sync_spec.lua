@@ -231,6 +231,38 @@ describe("knhk.semaphore and knhk.lock", function()
     assert.equal(200, counter)
   end)
 
+  it("a lock is unlocked only by the task that holds it, once", function()
+    run(function()
+      local lock = knhk.lock()
+      local ok, err = pcall(lock.unlock, lock)
+      assert.is_false(ok)
+      assert.matches("sync_spec.lua:%d+: unlock: the lock is not held", err)
+      lock:lock()
+      local h = knhk.spawn(function(l) return pcall(l.unlock, l) end, lock)
+      local ok2, err2 = h:join()
+      assert.is_false(ok2)
+      assert.matches("unlock: the lock is held by task %d+, not by this task %(task %d+%)", err2)
+      lock:unlock()
+      assert.has_error(function() lock:unlock() end)
+      -- still one holder at a time afterwards
+      local inside, max = 0, 0
+      knhk.nursery(function(n)
+        for _ = 1, 3 do
+          n:spawn_local(function()
+            lock:with(function()
+              inside = inside + 1
+              max = math.max(max, inside)
+              knhk.sleep(0)
+              inside = inside - 1
+            end)
+          end)
+        end
+      end)
+      assert.equal(1, max)
+      assert.equal(1, lock:permits())
+    end, 2)
+  end)
+
   it("release wakes a waiter; permits are counted", function()
     run(function()
       local sem = knhk.semaphore(0)

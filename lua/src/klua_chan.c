@@ -60,6 +60,8 @@ struct klua_sync {
   slot_t *ring;
   /* semaphore */
   int64_t permits;
+  int is_lock;                  /* a lock: one permit, released by its holder */
+  uint64_t owner;               /* a lock: the holding task's id, 0 if free */
   /* event */
   _Atomic int set;
 };
@@ -479,6 +481,7 @@ int klua_sem_try_acquire(klua_sync_t *s, klua_task_t *t, knhk_token_t *cancel) {
   klua_spin_lock(&s->lock);
   if (s->permits > 0) {
     s->permits--;
+    if (s->is_lock) s->owner = t->id;
     klua_spin_unlock(&s->lock);
     return KLUA_SYNC_DONE;
   }
@@ -487,12 +490,29 @@ int klua_sem_try_acquire(klua_sync_t *s, klua_task_t *t, knhk_token_t *cancel) {
   return try_wait(t, cancel);
 }
 
-void klua_sem_release(klua_sync_t *s) {
+void klua_sem_make_lock(klua_sync_t *s) { s->is_lock = 1; }
+
+uint64_t klua_lock_owner(klua_sync_t *s) {
   klua_spin_lock(&s->lock);
-  s->permits++;
-  klua_task_t *t = dequeue_locked(s, L_RECV);
+  uint64_t o = s->owner;
   klua_spin_unlock(&s->lock);
-  if (t) klua_wake(t);
+  return o;
+}
+
+int klua_sem_release(klua_sync_t *s, const klua_task_t *t) {
+  klua_spin_lock(&s->lock);
+  if (s->is_lock) { /* only the holder releases a lock, once */
+    if (!t || s->owner != t->id) {
+      klua_spin_unlock(&s->lock);
+      return KNHK_EINVAL;
+    }
+    s->owner = 0;
+  }
+  s->permits++;
+  klua_task_t *w = dequeue_locked(s, L_RECV);
+  klua_spin_unlock(&s->lock);
+  if (w) klua_wake(w);
+  return 0;
 }
 
 int64_t klua_sem_permits(klua_sync_t *s) {

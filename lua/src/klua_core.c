@@ -1254,6 +1254,7 @@ static int l_chan_capacity(lua_State *L) {
 static int l_semaphore(lua_State *L) {
   klua_sync_t *s = klua_sem_new((int64_t)luaL_checknumber(L, 1));
   if (!s) return 0;
+  if (lua_toboolean(L, 2)) klua_sem_make_lock(s);
   push_handle(L, lua_toboolean(L, 2) ? KLUA_H_LOCK : KLUA_H_SEMAPHORE, s);
   return 1;
 }
@@ -1273,8 +1274,19 @@ static int l_acquire_try(lua_State *L) {
 }
 
 static int l_release(lua_State *L) {
-  klua_sem_release(sem_arg(L));
-  return 0;
+  klua_sync_t *s = sem_arg(L);
+  if (klua_handle_kind(L, 1) != KLUA_H_LOCK) {
+    klua_sem_release(s, NULL);
+    return 0;
+  }
+  klua_task_t *t = current(L, "unlock");
+  if (klua_sem_release(s, t) == 0) return 0;
+  uint64_t owner = klua_lock_owner(s);
+  if (!owner) return raise_at(L, 1, "unlock: the lock is not held%s%s", "", "");
+  char who[64];
+  snprintf(who, sizeof who, "%llu, not by this task (task %llu)", (unsigned long long)owner,
+           (unsigned long long)t->id);
+  return raise_at(L, 1, "unlock: the lock is held by task %s%s", who, "");
 }
 
 static int l_permits(lua_State *L) {

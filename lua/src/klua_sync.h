@@ -54,7 +54,11 @@ uint32_t klua_chan_capacity(klua_sync_t *s);
 
 /* Semaphores (a lock is one with one permit). */
 int klua_sem_try_acquire(klua_sync_t *s, klua_task_t *t, knhk_token_t *cancel);
-void klua_sem_release(klua_sync_t *s);
+/* Gives a permit back; a lock's only from its holder t (KNHK_EINVAL
+ * otherwise, and nothing changes). */
+int klua_sem_release(klua_sync_t *s, const klua_task_t *t);
+void klua_sem_make_lock(klua_sync_t *s);
+uint64_t klua_lock_owner(klua_sync_t *s); /* the holder's task id, 0 if free */
 int64_t klua_sem_permits(klua_sync_t *s);
 
 /* Events. */
