@@ -110,14 +110,21 @@ function Nursery:join_next()
 end
 
 -- n:wait_any() -> the results of the first child to complete; the others
--- are cancelled, and their cleanup has run before it returns.
+-- are cancelled, and their cleanup has run before it returns. If every
+-- child failed (or was cancelled), nothing: the nursery raises the failures.
 function Nursery:wait_any()
   check_self(self, "wait_any")
   if core.nursery_closed(self) then R.raise("wait_any: the nursery is closed") end
   owner_state(self, "wait_any")
   while true do
     local _, h = await(core.next_ended_try, self)
-    if h == nil then R.raise(errors.task_error("wait_any: no task completed", nil, nil)) end
+    if h == nil then
+      -- every child ended without completing: when some failed, the
+      -- nursery raises their errors as it closes, with nothing of ours
+      if core.nursery_failed(self) or core.nursery_cancelled(self) then return end
+      R.raise(errors.task_error("wait_any: no child to wait for (none was spawned, or every "
+        .. "one was already taken)", nil, nil))
+    end
     local st, outcome = core.outcome(h)
     if st == R.DONE or outcome == R.OK then
       core.nursery_cancel(self)

@@ -1104,6 +1104,16 @@ static int l_close_try(lua_State *L) {
   }
 }
 
+/* core.nursery_failed(n) -> whether a child failed and nobody joined it yet */
+static int l_nursery_failed(lua_State *L) {
+  klua_group_t *g = GROUP_ARG(L, 1);
+  klua_spin_lock(&g->flock);
+  int failed = g->nfail > 0;
+  klua_spin_unlock(&g->flock);
+  lua_pushboolean(L, failed);
+  return 1;
+}
+
 /* core.failures(n|nil) -> { handles of failed children nobody joined } */
 static int l_failures(lua_State *L) {
   klua_task_t *t = current(L, "knhk.nursery");
@@ -1588,6 +1598,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"next_ended_try", l_next_ended_try},
       {"close_try", l_close_try},
       {"failures", l_failures},
+      {"nursery_failed", l_nursery_failed},
       {"drop_own", l_drop_own},
       {"tel_wait_begin", l_tel_wait_begin},
       {"tel_wait_end", l_tel_wait_end},
