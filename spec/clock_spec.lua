@@ -151,6 +151,40 @@ describe("a virtual clock", function()
   end)
 end)
 
+describe("a virtual clock that can never move", function()
+  it("reports the deadlock instead of hanging, and cancels the run", function()
+    local cleaned = false
+    local ok, err = pcall(virtual, function()
+      local ok_, e = pcall(function() knhk.event():wait() end)
+      cleaned = not ok_ and knhk.is_cancelled(e)
+      error(e, 0)
+    end)
+    assert.is_false(ok)
+    assert.matches("deadlock under the virtual clock: every task was waiting", tostring(err))
+    assert.is_true(cleaned) -- the waiting task saw Cancelled: its cleanup ran
+  end)
+
+  it("finds none while a timer is pending, however often it is asked", function()
+    for workers = 1, 2 do
+      for _ = 1, 50 do
+        assert.equal(HOUR, virtual(function()
+          knhk.sleep(HOUR)
+          return knhk.now()
+        end, workers))
+      end
+    end
+  end)
+
+  it("finds none while a task waits on another that sleeps", function()
+    assert.equal(2 * HOUR, virtual(function()
+      local ch = knhk.channel(0)
+      knhk.spawn(function(c) knhk.sleep(2 * HOUR); c:send("late") end, ch)
+      assert.equal("late", ch:recv())
+      return knhk.now()
+    end))
+  end)
+end)
+
 describe("knhk.clock.advance", function()
   it("fires exactly the timers it made due, in order, before it returns", function()
     local got = virtual(function()

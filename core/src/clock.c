@@ -64,6 +64,13 @@ int knhk_clock_watch_idle(knhk_reactor_t *r, knhk_idle_fn fn, void *arg) {
   return 0;
 }
 
+int knhk_clock_on_stall(knhk_reactor_t *r, knhk_stall_fn fn, void *arg) {
+  if (!r || r->clock != KNHK_CLOCK_VIRTUAL) return KNHK_EINVAL;
+  atomic_store_explicit(&r->stall_arg, arg, memory_order_relaxed);
+  atomic_store_explicit(&r->stall_fn, fn, memory_order_release);
+  return 0;
+}
+
 void knhk_clock_idle_hint(void *reactor) {
   knhk_reactor_t *r = reactor;
   if (r && r->clock == KNHK_CLOCK_VIRTUAL) knhk__reactor_poke(r);
@@ -126,10 +133,18 @@ void knhk__clock_settle(knhk_reactor_t *r) {
       knhk__reactor_poke(r); /* go on at the next turn */
       return;
     }
-    /* The caller took in the queues and fired what was due: the heap's
-     * head is in the future, and every start queued before is in it. */
+    if (!every_task_waits(r)) return;
+    /* Every task waits: the timers they started before waiting are queued
+     * by now (a worker pushes, then registers asleep, which the idle watch
+     * saw), even those pushed after this turn took in its queues: take
+     * them, or the earliest deadline would be missed. */
+    knhk__timers_take(r);
     uint64_t next = knhk__timers_next(r);
-    if (next == UINT64_MAX || !every_task_waits(r)) return;
+    if (next == UINT64_MAX) { /* nothing can move the clock, nor wake a task */
+      knhk_stall_fn stall = atomic_load_explicit(&r->stall_fn, memory_order_acquire);
+      if (stall) stall(atomic_load_explicit(&r->stall_arg, memory_order_relaxed));
+      return;
+    }
     jump_to(r, next);
     /* What it fires usually wakes a task: every_task_waits is then false
      * (a task is queued) and we stop. A timer whose firing woke nobody (a

@@ -59,6 +59,8 @@ struct knhk_reactor_s {
   _Atomic uint64_t holds;         /* real work in flight: no jump meanwhile */
   _Atomic(knhk_idle_fn) idle_fn;  /* is every task waiting? */
   _Atomic(void *) idle_arg;
+  _Atomic(knhk_stall_fn) stall_fn; /* called when the clock can never move */
+  _Atomic(void *) stall_arg;
   /* process.c, signal.c, file.c */
   knhk__proc_t *live_procs;       /* for shutdown */
   knhk_signal_t **watches;

@@ -342,6 +342,11 @@ function M.run(main, cfg, ...)
       if st == BLOB then return pack(true, select(2, codec.decode(payload))) end
       return pack(true)
     end
+    if core.stalled(r) then
+      return pack(false, "knhk.run: deadlock under the virtual clock: every task was waiting, "
+        .. "with no timer pending and nothing in flight that could wake one; the run was "
+        .. "cancelled")
+    end
     return pack(false, task_failure(core.task_id(h), outcome, st, payload))
   end)
   M.rt = nil

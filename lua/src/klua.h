@@ -253,6 +253,7 @@ struct klua_rt {
    * failed before its workers were done). */
   pthread_mutex_t clock_m;
   int hints_on;                /* under clock_m */
+  _Atomic int stalled;         /* a virtual clock found every task waiting for ever */
   int workers;
   klua_worker_t *w;
   knhk_token_t *root_token;

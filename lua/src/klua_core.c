@@ -1104,6 +1104,14 @@ static int l_close_try(lua_State *L) {
   }
 }
 
+/* core.stalled(rt) -> whether a virtual clock found every task waiting
+ * with nothing left to wake one (and cancelled the run) */
+static int l_stalled(lua_State *L) {
+  klua_rt_t *rt = lua_touserdata(L, 1);
+  lua_pushboolean(L, rt && atomic_load(&rt->stalled));
+  return 1;
+}
+
 /* core.nursery_failed(n) -> whether a child failed and nobody joined it yet */
 static int l_nursery_failed(lua_State *L) {
   klua_group_t *g = GROUP_ARG(L, 1);
@@ -1599,6 +1607,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"close_try", l_close_try},
       {"failures", l_failures},
       {"nursery_failed", l_nursery_failed},
+      {"stalled", l_stalled},
       {"drop_own", l_drop_own},
       {"tel_wait_begin", l_tel_wait_begin},
       {"tel_wait_end", l_tel_wait_end},

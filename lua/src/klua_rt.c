@@ -171,6 +171,18 @@ static void idle_hint(void *arg) {
   pthread_mutex_unlock(&rt->clock_m);
 }
 
+/* The reactor's stall callback under a virtual clock (on its thread):
+ * every task waits, and neither time nor the runtime will ever wake one.
+ * The run is cancelled, once; knhk.run then reports the deadlock. */
+static void stalled(void *arg) {
+  klua_rt_t *rt = arg;
+  knhk_executor_stats_t s;
+  /* no task at all (the root not spawned yet, or every one ended): idle */
+  if (knhk_executor_stats(&rt->ex, &s, NULL, 0) < 0 || s.live == 0) return;
+  if (atomic_exchange(&rt->stalled, 1)) return;
+  knhk_token_cancel(rt->root_token, KNHK_CANCEL_SHUTDOWN);
+}
+
 int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, char *err,
                 size_t errlen) {
   int workers = opts->workers, clock = opts->clock;
@@ -232,7 +244,10 @@ int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, 
     }
     rc = knhk_executor_init(&rt->ex, &o);
     if (rc != 0) snprintf(err, errlen, "cannot start %d workers: %s", workers, knhk_strerror(rc));
-    else if (clock == KNHK_CLOCK_VIRTUAL) rc = knhk_clock_watch_idle(rt->reactor, knhk_executor_idle, &rt->ex);
+    else if (clock == KNHK_CLOCK_VIRTUAL) {
+      rc = knhk_clock_watch_idle(rt->reactor, knhk_executor_idle, &rt->ex);
+      if (rc == 0) rc = knhk_clock_on_stall(rt->reactor, stalled, rt);
+    }
   } else if (!err[0]) {
     snprintf(err, errlen, "cannot start the runtime: %s", knhk_strerror(rc));
   }

@@ -46,6 +46,15 @@ int knhk_clock_kind(const knhk_reactor_t *r);
  * KNHK_EINVAL (NULL reactor, real clock). */
 int knhk_clock_watch_idle(knhk_reactor_t *r, knhk_idle_fn fn, void *arg);
 
+/* Any thread. Under a virtual clock, fn(arg) is called on the reactor's
+ * thread whenever every task waits, nothing holds the clock and no timer
+ * is pending: time can never move again, and no task will ever be woken
+ * from inside the runtime (a deadlock, unless a thread outside it wakes
+ * one). It must not block; it may cancel tokens. Same lifetime rule as the
+ * idle watch. Returns 0, or KNHK_EINVAL (NULL reactor, real clock). */
+typedef void (*knhk_stall_fn)(void *arg);
+int knhk_clock_on_stall(knhk_reactor_t *r, knhk_stall_fn fn, void *arg);
+
 /* Any thread. "Every task may be waiting now": the reactor asks the idle
  * watch again soon (a hint; it always checks before it jumps). Does
  * nothing under a real clock. Its type fits knhk_executor_options_t's
