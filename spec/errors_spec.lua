@@ -37,6 +37,14 @@ describe("argument errors", function()
     { function() knhk.select(7) end, "bad argument #1 to 'select' (table expected, got number)" },
     { function() knhk.exec(5) end, "bad argument #1 to 'exec' (string or argv table expected, got number)" },
     { function() knhk.exec("true", { timeout = 0 / 0 }) end, "bad argument #2 to 'exec' (timeout: number expected, got NaN)" },
+    { function() knhk.sleep(-1) end, "bad argument #1 to 'sleep' (number >= 0 expected, got -1)" },
+    { function() knhk.cancel_scope(print, { timout = 1 }) end, "bad argument #2 to 'cancel_scope' (unknown option 'timout'; it takes: timeout, deadline, shield)" },
+    { function() knhk.nursery(print, { supervise = "yes" }) end, "bad argument #2 to 'nursery' (supervise: boolean expected, got string)" },
+    { function() knhk.nursery(print, { supervize = true }) end, "bad argument #2 to 'nursery' (unknown option 'supervize'; it takes: supervise)" },
+    { function() knhk.map({}, print, { limt = 2 }) end, "bad argument #3 to 'map' (unknown option 'limt'; it takes: limit)" },
+    { function() knhk.exec("true", { timeuot = 1 }) end, "bad argument #2 to 'exec' (unknown option 'timeuot'; it takes: cwd, env, stdin, timeout)" },
+    { function() knhk.telemetry.counter(5) end, "bad argument #1 to 'counter' (string expected, got number)" },
+    { function() knhk.telemetry.histogram("h", { bound = {} }) end, "bad argument #2 to 'histogram' (unknown option 'bound'; it takes: unit, bounds)" },
   }
 
   for i, case in ipairs(cases) do

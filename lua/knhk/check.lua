@@ -46,10 +46,23 @@ function M.arg(kind, v, n, fname, level, ...)
   return v
 end
 
--- An options table, or nil (then {}).
-function M.opts(v, n, fname, level)
+-- An options table, or nil (then {}). `known`, if given, lists the
+-- options fname takes: any other key is refused, so that a misspelt option
+-- ({ timout = 5 }) is an error rather than silently ignored.
+function M.opts(v, n, fname, level, known)
   if v == nil then return {} end
   if type(v) ~= "table" then M.fail(n, fname, "options table", v, (level or 2) + 1) end
+  if known then
+    for k in pairs(v) do
+      local ok = false
+      for i = 1, #known do if known[i] == k then ok = true break end end
+      if not ok then
+        error(format("bad argument #%d to '%s' (unknown option %s; it takes: %s)", n, fname,
+          type(k) == "string" and ("'" .. k .. "'") or tostring(k), table.concat(known, ", ")),
+          (level or 2) + 1)
+      end
+    end
+  end
   return v
 end
 

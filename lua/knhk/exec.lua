@@ -53,7 +53,7 @@ function M.exec(cmd, opts)
   else
     check.fail(1, "exec", "string or argv table", cmd)
   end
-  opts = check.opts(opts, 2, "exec")
+  opts = check.opts(opts, 2, "exec", 2, { "cwd", "env", "stdin", "timeout" })
   check.field("string", opts, "stdin", 2, "exec")
   check.field("string", opts, "cwd", 2, "exec")
   check.field("table", opts, "env", 2, "exec")

@@ -75,7 +75,7 @@ end
 -- and jumps to the next timer as soon as every task waits).
 function knhk.run(main, opts, ...)
   check.arg("func", main, 1, "run")
-  opts = check.opts(opts, 2, "run")
+  opts = check.opts(opts, 2, "run", 2, { "workers", "signals", "name", "seed", "clock" })
   local workers = check.field("whole", opts, "workers", 2, "run", 2, 1, 256)
   local seed = check.field("whole", opts, "seed", 2, "run", 2, 0, 2 ^ 53)
   if seed ~= nil and workers ~= nil and workers ~= 1 then

@@ -148,7 +148,8 @@ end
 -- knhk.nursery(fn [, opts]) -> fn's results
 function M.nursery(fn, opts)
   check.arg("func", fn, 1, "nursery")
-  opts = check.opts(opts, 2, "nursery")
+  opts = check.opts(opts, 2, "nursery", 2, { "supervise" })
+  check.field("boolean", opts, "supervise", 2, "nursery")
   if core.now() == nil then R.raise("knhk.nursery: must be called inside a knhk task (inside knhk.run)") end
   local n, prev = core.nursery_open(opts.supervise and true or false)
   owned[n] = { owner = core.current(), handles = {}, count = 0, by_id = false }

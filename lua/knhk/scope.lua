@@ -36,6 +36,7 @@ local core_sleep_try = core.sleep_try
 -- knhk.sleep(seconds): a checkpoint that waits
 function M.sleep(seconds)
   check.arg("number", seconds, 1, "sleep")
+  if seconds < 0 then check.fail(1, "sleep", "number >= 0", seconds) end
   local ns = core_now()
   if ns == nil then R.raise("knhk.sleep: must be called inside a knhk task (inside knhk.run)") end
   -- sleep(0) is a checkpoint that lets the other tasks run (as in Trio);
@@ -105,7 +106,7 @@ end
 -- (knhk.now() time), opts.timeout (seconds from now), opts.shield.
 function M.cancel_scope(fn, opts)
   check.arg("func", fn, 1, "cancel_scope")
-  opts = check.opts(opts, 2, "cancel_scope")
+  opts = check.opts(opts, 2, "cancel_scope", 2, { "timeout", "deadline", "shield" })
   check.field("number", opts, "deadline", 2, "cancel_scope")
   check.field("number", opts, "timeout", 2, "cancel_scope")
   if core_now() == nil then

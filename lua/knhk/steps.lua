@@ -21,7 +21,7 @@ end
 function M.map(list, fn, opts)
   check.arg("table", list, 1, "map")
   check.arg("func", fn, 2, "map")
-  opts = check.opts(opts, 3, "map")
+  opts = check.opts(opts, 3, "map", 2, { "limit" })
   local limit = check.field("whole", opts, "limit", 3, "map", 2, 1)
   in_task("knhk.map")
   local n = #list

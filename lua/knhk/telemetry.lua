@@ -318,8 +318,8 @@ Instrument.__index = Instrument
 local KINDS = { counter = 0, updowncounter = 1, histogram = 2, gauge = 3 }
 
 local function instrument(kind, fname, name, opts)
-  check.arg("string", name, 1, fname)
-  opts = check.opts(opts, 2, fname)
+  check.arg("string", name, 1, fname, 3)
+  opts = check.opts(opts, 2, fname, 3, kind == "histogram" and { "unit", "bounds" } or { "unit" })
   if opts.unit ~= nil and type(opts.unit) ~= "string" then
     error("bad argument #2 to '" .. fname .. "' (field 'unit' must be a string, got " .. type(opts.unit) .. ")", 3)
   end
@@ -382,10 +382,10 @@ end)
 -- knhk.telemetry.counter(name [, { unit = }]) -> c; c:add(n [, attrs])
 function M.counter(name, opts) return setmetatable(instrument("counter", "counter", name, opts), Counter) end
 -- knhk.telemetry.updowncounter(name [, { unit = }]) -> c; c:add(n [, attrs])
-function M.updowncounter(name, opts) return instrument("updowncounter", "updowncounter", name, opts) end
+function M.updowncounter(name, opts) return (instrument("updowncounter", "updowncounter", name, opts)) end
 -- knhk.telemetry.histogram(name [, { unit =, bounds = {...} }]) -> h; h:record(v [, attrs])
-function M.histogram(name, opts) return instrument("histogram", "histogram", name, opts) end
+function M.histogram(name, opts) return (instrument("histogram", "histogram", name, opts)) end
 -- knhk.telemetry.gauge(name [, { unit = }]) -> g; g:set(v [, attrs])
-function M.gauge(name, opts) return instrument("gauge", "gauge", name, opts) end
+function M.gauge(name, opts) return (instrument("gauge", "gauge", name, opts)) end
 
 return M
