@@ -9,6 +9,16 @@
 -- See README.md ("Lua API") for every function. A caller's mistake raises
 -- error(msg, 2) in the style of Lua's own "bad argument #n to 'f' (...)";
 -- an operation that can fail at run time returns nil, message, code.
+-- $KNHK_LIB names knhk/core.so when package.cpath does not find it.
+do
+  local lib = os.getenv "KNHK_LIB"
+  if lib and lib ~= "" and not package.loaded["knhk.core"] and not package.preload["knhk.core"]
+      and not package.searchpath("knhk.core", package.cpath) then
+    local open, err = package.loadlib(lib, "luaopen_knhk_core")
+    if not open then error("knhk: cannot load $KNHK_LIB (" .. lib .. "): " .. tostring(err), 2) end
+    package.preload["knhk.core"] = open
+  end
+end
 local core = require "knhk.core"
 local R = require "knhk.runtime"
 local codec = require "knhk.codec"

@@ -119,6 +119,8 @@ KLUA_API int klua_stats(klua_rt_t *rt, klua_counters_t *total, uint64_t *live,
 
 /* -------------------------------------------------------------- VMs */
 
+int luaopen_knhk_core(lua_State *L); /* klua_core.c */
+
 /* A worker VM: the standard libraries, the caller's module paths, and the
  * knhk runtime, which registers its runner (core.register). */
 int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
@@ -133,7 +135,12 @@ int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
   lua_setfield(L, -2, "path");
   lua_pushstring(L, rt->lua_cpath);
   lua_setfield(L, -2, "cpath");
-  lua_pop(L, 1);
+  /* the same knhk.core as the spawner's VM (this library), wherever
+   * package.cpath would find one */
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, luaopen_knhk_core);
+  lua_setfield(L, -2, "knhk.core");
+  lua_pop(L, 2);
   klua_worker_t *w = &rt->w[index];
   w->L = L;
   w->own = 1;
