@@ -27,6 +27,21 @@ local function failure_of(fn, opts)
   return type(err) == "table" and err.message or err
 end
 
+describe("knhk.test inside a runtime", function()
+  it("refuses to run a body from inside knhk.run, saying why", function()
+    local ok, err = pcall(knhk.run, function()
+      return T.wrap(function() end)()
+    end, { workers = 1 })
+    assert.is_false(ok)
+    assert.matches("knhk.test.wrap: its function must be called outside knhk.run", tostring(err), 1, true)
+    ok, err = pcall(knhk.run, function()
+      return T.explore(function() end, { runs = 2 })()
+    end, { workers = 1 })
+    assert.is_false(ok)
+    assert.matches("knhk.test.explore: its function must be called outside knhk.run", tostring(err), 1, true)
+  end)
+end)
+
 describe("knhk.test.wrap", function()
   it("runs the body as the root task of a fresh runtime, with the options given", function()
     local seen

@@ -116,7 +116,10 @@ end
 -- task is listed: queued ones start, ended ones are retired.
 local function left_behind(root)
   local rows, unlisted
-  for _ = 1, 100 do
+  -- A task spawned but not started is not listed yet: let it start (on
+  -- another worker that may first have to wake up: tens of microseconds).
+  -- Checkpoints, not sleeps: a virtual clock must not move for this.
+  for _ = 1, 100000 do
     rows = knhk.tasks()
     unlisted = knhk.stats().live - #rows
     if unlisted <= 0 then break end
@@ -194,10 +197,20 @@ end
 -- knhk.test.wrap(fn [, opts]) -> a function for busted's `it`. opts:
 -- workers, seed (one worker, a seeded schedule; KNHK_SEED overrides it),
 -- clock ("virtual"), name (of the root task).
+-- Each body runs in a runtime of its own: not from inside another one
+-- (inside knhk-lua, or a knhk.run).
+local function outside_run(fname)
+  if R.running() then
+    error("knhk.test." .. fname .. ": its function must be called outside knhk.run (each body "
+      .. "runs in a runtime of its own; run the spec with busted under luajit, not knhk-lua)", 3)
+  end
+end
+
 function M.wrap(fn, opts)
   check.arg("func", fn, 1, "wrap")
   opts = check_opts(opts, 2, "wrap")
   return function(...)
+    outside_run("wrap")
     local seed = env_seed()
     if seed == nil then seed = opts.seed end
     local failure, assertion = run_body(fn, opts, seed, ...)
@@ -278,6 +291,7 @@ function M.explore(fn, opts)
   end
   follow_busted()
   return function(...)
+    outside_run("explore")
     local replay = env_seed()
     local first = replay or opts.seed or 1
     local runs = replay and 1 or opts.runs or 100
