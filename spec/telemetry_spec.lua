@@ -163,6 +163,57 @@ describe("the runtime's spans", function()
     assert.equal("fail_fast", body.attrs["knhk.nursery.mode"])
   end)
 
+  it("keep a task's parent on the worker it runs on: knhk.spawn, spawn_local, and what a moved task spawns", function()
+    local got
+    local rec = record(function()
+      -- a and b each wait, without yielding, for the other to have started:
+      -- they can only both finish on two different workers
+      local function meet(mine, other)
+        mine:set()
+        local deadline = os.clock() + 20
+        while not other:is_set() do
+          if os.clock() > deadline then error("the other task never ran on the other worker", 0) end
+        end
+        local c = knhk.spawn(function() return knhk.current().worker end)
+        local l = knhk.spawn_local(function() return knhk.current().worker end)
+        return knhk.current().worker, c:join(), l:join()
+      end
+      local ea, eb = knhk.event(), knhk.event()
+      local a, b = knhk.spawn(meet, ea, eb), knhk.spawn(meet, eb, ea)
+      got = { { a:join() }, { b:join() } }
+    end, 2)
+    assert.are_not.equal(got[1][1], got[2][1]) -- a and b ran on different workers
+    local spawns = rec.by_name["knhk.concurrency.nursery.spawn"]
+    local root = spawns[1]
+    for _, s in ipairs(spawns) do -- the root task: its nursery is the run's
+      if rec.spans[s.parentSpanId].parentSpanId == nil then root = s end
+    end
+    -- the spans of the tasks spawned by `parent`, through its own nursery
+    local function children(parent)
+      local list = {}
+      for _, s in ipairs(spawns) do
+        local n = rec.spans[s.parentSpanId]
+        if n.name == "knhk.concurrency.nursery" and n.parentSpanId == parent.spanId then
+          assert.equal(parent.traceId, s.traceId)
+          assert.equal(n.attrs["knhk.nursery.id"], s.attrs["knhk.nursery.id"])
+          list[#list + 1] = s
+        end
+      end
+      table.sort(list, function(x, y) return x.attrs["knhk.task.index"] < y.attrs["knhk.task.index"] end)
+      return list
+    end
+    local ab = children(root)
+    assert.equal(2, #ab)
+    for i, task in ipairs(ab) do
+      assert.equal(got[i][1], task.attrs["knhk.worker.id"])
+      local cl = children(task) -- spawned on whichever worker task ran on
+      assert.equal(2, #cl)
+      assert.equal(got[i][2], cl[1].attrs["knhk.worker.id"])
+      assert.equal(got[i][3], cl[2].attrs["knhk.worker.id"])
+      assert.equal(task.attrs["knhk.worker.id"], cl[2].attrs["knhk.worker.id"]) -- local: same VM
+    end
+  end)
+
   it("mark a failed task's span as an error and its nursery's cancellation as a span", function()
     local rec = record(function()
       pcall(knhk.nursery, function(n)
@@ -285,6 +336,34 @@ describe("workflow patterns", function()
     assert.equal(13, steps.pack.attrs["knhk.pattern.id"])
     assert.equal("Multiple Instances with a priori Design-Time Knowledge", steps.pack.attrs["knhk.pattern.name"])
     assert.equal("multiple instances", steps.pack.attrs["knhk.pattern.family"])
+  end)
+end)
+
+describe("nested workflow patterns", function()
+  it("run a loop's body steps under the loop's span, each round, on two workers", function()
+    local rec = record(function()
+      local wf = P.sequence {
+        P.task("init", function() return { i = 0 } end),
+        P.while_do(function(v) return v.i < 2 end,
+          P.sequence { P.task("inc", function(v) return { i = v.i + 1 } end),
+                       P.mi { count = 2, run = function() end, name = "fan" } }, { name = "loop" }),
+        name = "nest" }
+      assert.equal("completed", P.workflow(wf):execute({ case_id = "n-1" }).status)
+    end, 2)
+    local by = {}
+    for _, s in ipairs(rec.by_name["knhk.workflow.pattern.execute"]) do
+      local k = s.attrs["knhk.workflow.step.name"] or "case"
+      by[k] = by[k] or {}
+      table.insert(by[k], s)
+    end
+    assert.equal(1, #by.loop)
+    assert.equal(21, by.loop[1].attrs["knhk.pattern.id"])
+    assert.is_true(under(rec, by.loop[1], by.case[1]))
+    assert.is_false(under(rec, by.init[1], by.loop[1]))
+    for _, name in ipairs { "inc", "fan" } do
+      assert.equal(2, #by[name], name .. ": one per round")
+      for _, s in ipairs(by[name]) do assert.is_true(under(rec, s, by.loop[1]), name .. " is under the loop") end
+    end
   end)
 end)
 
