@@ -102,6 +102,17 @@ describe("knhk-lua", function()
     end
   end)
 
+  it("takes -w N, --workers N and --workers=N alike", function()
+    for _, opt in ipairs({ "-w 3", "--workers 3", "--workers=3" }) do
+      local code, out = run(opt .. " -e " .. q("print(knhk.stats().workers)"))
+      assert.equal(0, code)
+      assert.equal("3\n", out)
+    end
+    local code, _, err = run("--workers=many -e " .. q("print('ran')"))
+    assert.equal(2, code)
+    assert.matches("workers must be a whole number in 1..256, got 'many'", err, 1, true)
+  end)
+
   it("--clock virtual runs the script on a virtual clock; a bad kind is a usage error", function()
     local code, out = run("--clock virtual -e " .. q("knhk.sleep(72 * 3600); print(knhk.clock.kind(), knhk.now())"))
     assert.equal(0, code)
@@ -405,6 +416,18 @@ describe("the knhk-lua REPL", function()
       assert.not_matches("\nnot cancelled", p.all)
     end)
   end
+
+  it("ends on a Ctrl-D typed while a line still runs, once the line is done", function()
+    local p = pty.spawn({ KNHK_LUA, "-w", "1" })
+    finally(function() p:kill() end)
+    p:expect("> ")
+    p:wait_raw()
+    p:send("knhk.sleep(0.5) print('line' .. ' done')\n")
+    p:wait_cooked() -- the line runs
+    p:send("\4")
+    p:expect("\nline done\r?\n")
+    assert.equal(0, p:wait(10))
+  end)
 
   it("keeps what is typed beyond ASCII (a UTF-8 terminal)", function()
     local p = pty.spawn({ KNHK_LUA, "-w", "1" }, { LANG = "C.UTF-8", LC_ALL = "C.UTF-8" })

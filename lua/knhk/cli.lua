@@ -325,9 +325,13 @@ function M.main(argv)
       actions[#actions + 1] = { a, v }
     elseif a:match("^%-e.") or a:match("^%-l.") then
       actions[#actions + 1] = { a:sub(1, 2), a:sub(3) }
-    elseif a == "-w" or a == "--workers" then
-      local v, code = need(a)
-      if not v then return code end
+    elseif a == "-w" or a == "--workers" or a:match("^%-%-workers=") then
+      local v = a:match("^%-%-workers=(.*)$")
+      if not v then
+        local code
+        v, code = need(a)
+        if not v then return code end
+      end
       workers = worker_count(v)
       if not workers then
         return usage_error("workers must be a whole number in 1..256, got '" .. v .. "'")

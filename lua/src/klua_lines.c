@@ -83,6 +83,15 @@ static int read_char(EditLine *el, wchar_t *wc) {
     ssize_t n = read(STDIN_FILENO, &c, 1);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (n <= 0) return n == 0 ? 0 : -1;
+    /* Ctrl-D on an empty line is the end of input, even when typed while
+     * the previous line ran: the terminal, still in canonical mode then,
+     * keeps that end-of-file as a NUL byte, which reaches us once libedit
+     * has made it raw; and a Ctrl-D read raw after such a line arrives as
+     * the character itself, which libedit would insert. */
+    if (c == 4 || c == 0) {
+      const LineInfo *li = el_line(el);
+      if (li && li->lastchar == li->buffer) return 0;
+    }
     size_t r = mbrtowc(wc, &c, 1, &mb);
     if (r == (size_t)-2) continue; /* more bytes of one character to come */
     if (r == (size_t)-1) {         /* not in this locale's encoding: as is */
