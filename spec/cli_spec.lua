@@ -331,6 +331,7 @@ describe("the knhk-lua REPL", function()
     p:expect("workers; :help")
     p:expect("> ")
     line("20+22", "\n42\r?\n")
+    line("error('bo' .. 'om')", "stdin:1: boom.-stdin:1: in main chunk") -- where, and how it got there
     line("return 1, 'tw'..'o', {3, x = 4}", "1\ttwo\t{ 3, x = 4 }")
     line("return 'n'..'il follows', nil", "nil follows\tnil") -- trailing nils echo too
     p:wait_raw()

@@ -191,7 +191,9 @@ local function read_line(prompt)
 end
 
 local function run_line(src)
-  local fn, err = loadstring("return " .. src, "=stdin")
+  -- an expression's values are echoed; through select, not a tail call,
+  -- so that error("x") typed as a line keeps its "stdin:1:" and traceback
+  local fn, err = loadstring("return select(1, " .. src .. "\n)", "=stdin")
   if not fn then fn, err = loadstring(src, "=stdin") end
   if not fn then return nil, err end
   -- the line runs in a scope that Ctrl-C cancels
