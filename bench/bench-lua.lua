@@ -197,9 +197,9 @@ local function bench_sleepers()
         local before = heap_bytes()
         local per
         knhk.nursery(function(n)
-          local ev = knhk.event()
-          for _ = 1, N do n[kind](n, function(e) e:wait() end, ev) end
-          knhk.sleep(0.05) -- all started and waiting
+          local ev, started = knhk.event(), knhk.semaphore(0)
+          for _ = 1, N do n[kind](n, function(e, s) s:release(); e:wait() end, ev, started) end
+          for _ = 1, N do started:acquire() end -- one worker: each waits once it released
           per = (heap_bytes() - before) / N
           ev:set()
         end)
