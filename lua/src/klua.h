@@ -65,7 +65,7 @@ enum {
   KLUA_PAY_REASON = 5   /* cancelled: only the reason code, in nvals (no codec) */
 };
 
-enum { KLUA_INLINE = 48 }; /* payload bytes held in the record itself */
+enum { KLUA_INLINE = 32 }; /* payload bytes held in the record itself */
 /* An inline start's `proto`: the prototype id, and above it the number of
  * the globals' name-value pairs that follow the upvalues in the payload. */
 #define KLUA_PROTO_ID_MASK 0xffffffu
@@ -122,7 +122,7 @@ struct klua_wait {
   _Atomic int timer_busy;      /* armed or completing: use a fresh one */
   /* cancellation wake-up, while armed */
   knhk_cancel_cb_t ccb;
-  knhk_cancel_cb_t watch;      /* another token (token:wait) */
+  knhk_cancel_cb_t *watch;     /* another token (token:wait): made on first use, rare */
   /* sleep */
   knhk_timer_t timer;          /* ours when not busy */
   knhk_timer_t *extra_timer;   /* a fresh one, if the embedded one was busy */
@@ -346,6 +346,8 @@ klua_task_t **klua_group_take_failures(klua_group_t *g, uint32_t *n);
 /* Arms t's wake-up on the cancellation of `token` (NULL: none). Returns 1
  * if it is cancelled already (nothing armed). */
 int klua_wait_arm_cancel(klua_task_t *t, knhk_token_t *token);
+/* Arms t to be woken when token is cancelled (token:wait): 0, 1 if it
+ * already is, -1 out of memory. */
 int klua_wait_arm_watch(klua_task_t *t, knhk_token_t *token);
 int klua_wait_arm_sleep(klua_task_t *t, uint64_t deadline_ns);
 /* Registers t as a joiner of target: 1 if target ended already. */

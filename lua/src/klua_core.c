@@ -980,7 +980,9 @@ static int l_token_wait_try(lua_State *L) {
   }
   knhk_token_t *tok = klua_task_checkpoint_token(t);
   if (knhk_token_is_cancelled(tok)) return push_cancelled(L, tok);
-  if (klua_wait_arm_watch(t, watched) || klua_wait_arm_cancel(t, tok)) {
+  int armed = klua_wait_arm_watch(t, watched);
+  if (armed < 0) return luaL_error(L, "token:wait: out of memory");
+  if (armed || klua_wait_arm_cancel(t, tok)) {
     klua_wait_end(t);
     if (knhk_token_is_cancelled(watched)) {
       lua_pushinteger(L, ST_DONE);

@@ -166,6 +166,8 @@ char *klua_payload_room(klua_task_t *t, uint32_t len) {
 static void task_free(klua_task_t *t) {
   klua_rt_t *rt = t->rt;
   klua_payload_reset(t);
+  free(t->w.watch); /* its wait ended: knhk_token_off returned */
+  t->w.watch = NULL;
   knhk_token_t *tok = atomic_exchange_explicit(&t->token, NULL, memory_order_relaxed);
   if (tok) knhk_token_release(tok);
   knhk_token_release(t->cancel_parent);

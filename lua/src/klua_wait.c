@@ -27,7 +27,8 @@ int klua_wait_arm_cancel(klua_task_t *t, knhk_token_t *token) {
 }
 
 int klua_wait_arm_watch(klua_task_t *t, knhk_token_t *token) {
-  if (knhk_token_on_cancel(token, &t->w.watch, on_cancel, t) == KNHK_ECANCELED) return 1;
+  if (!t->w.watch && !(t->w.watch = calloc(1, sizeof *t->w.watch))) return -1;
+  if (knhk_token_on_cancel(token, t->w.watch, on_cancel, t) == KNHK_ECANCELED) return 1;
   t->w.watch_on = 1;
   return 0;
 }
@@ -121,7 +122,7 @@ void klua_wait_end(klua_task_t *t) {
     w->ccb_on = 0;
   }
   if (w->watch_on) {
-    knhk_token_off(&w->watch);
+    knhk_token_off(w->watch);
     w->watch_on = 0;
   }
   if (w->extra_timer) {
