@@ -223,6 +223,27 @@ describe("failures in the runtime's own bookkeeping", function()
 end)
 
 
+describe("waiting where a task cannot be suspended", function()
+  it("names the problem at the program's line, and leaves nothing armed", function()
+    run(function()
+      local line = debug.getinfo(1, "l").currentline + 2
+      local ok, err = pcall(table.sort, { 3, 2, 1 }, function(a, b)
+        knhk.sleep(0.001)
+        return a < b
+      end)
+      assert.is_false(ok)
+      assert.matches(":" .. line .. ": knhk: cannot wait here: this wait runs inside a C function",
+        err, 1, true)
+      -- the sleep's timer was taken back: the task waits normally afterwards
+      knhk.sleep(0.001)
+      local ch = knhk.channel(0)
+      assert.is_false(pcall(string.gsub, "x", "x", function() return ch:recv() end))
+      knhk.spawn(function(c) c:send("after") end, ch)
+      assert.equal("after", ch:recv())
+    end)
+  end)
+end)
+
 describe("methods called with a wrong self", function()
   -- h.join() for h:join(), or a method of one kind called on another: a
   -- clear argument error at the caller's line, never a crash or a hang.

@@ -49,9 +49,22 @@ M.raise_cancelled = raise_cancelled
 
 -- Runs try(a, b) until it is not WAIT: the one wait loop. A cancelled
 -- scope raises Cancelled here. Returns the status and what came with it.
+-- A wait from inside a C function that calls back into Lua (a table.sort
+-- comparator, a gsub callback, a metamethod run by C) cannot yield: say so
+-- where the program waited, rather than LuaJIT's "attempt to yield across
+-- C-call boundary" from inside knhk.
+local isyieldable = coroutine.isyieldable
+local function cannot_wait_here()
+  core.wait_end()
+  check.raise("knhk: cannot wait here: this wait runs inside a C function that called back "
+    .. "into Lua (a table.sort comparator, a string.gsub callback, a __gc, or another "
+    .. "metamethod called from C), which cannot be suspended; wait outside it")
+end
+
 local function await(try, a, b)
   local st, x, y = try(a, b)
   while st == WAIT do
+    if not isyieldable() then cannot_wait_here() end
     co_yield(MARK_WAIT)
     st, x, y = try(a, b)
   end
@@ -68,7 +81,10 @@ function M.wait(cond, arm, uncancellable)
   while not cond() do
     local st, reason = core.wait_try(uncancellable)
     if st == CANCELLED then raise_cancelled(reason) end
-    if not arm(core.current_ptr()) and not cond() then co_yield(MARK_WAIT) end
+    if not arm(core.current_ptr()) and not cond() then
+      if not isyieldable() then cannot_wait_here() end
+      co_yield(MARK_WAIT)
+    end
   end
   core.wait_end()
 end
