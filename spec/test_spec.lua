@@ -404,6 +404,10 @@ describe("assert.completes_within", function()
       "bad argument #1 to 'completes_within' (number >= 0 expected, got string)")
     assert.has_error(function() assert.completes_within(1, print) end,
       "completes_within: must run inside a knhk task (inside knhk.test.wrap or knhk.run)")
+    -- at the spec's line, not inside luassert
+    local ok, err = pcall(function() assert.error_group(42) end)
+    assert.is_false(ok)
+    assert.matches("^[^\n]*test_spec%.lua:%d+: bad argument #1 to 'error_group'", err)
   end)
 
   it("measures virtual time under the virtual clock", T.wrap(function()

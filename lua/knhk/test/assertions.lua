@@ -40,6 +40,22 @@ end
 
 local function clock_kind() return knhk.clock.kind() end
 
+-- A mistake in an assertion's arguments, raised at the spec's line: past
+-- this module's frames and luassert's own.
+local function refuse(msg)
+  local level = 2
+  while true do
+    local info = debug.getinfo(level, "S")
+    if not info then break end
+    if info.what ~= "C" and not info.source:match("luassert/") and not info.source:match("say/")
+        and not info.source:match("knhk/test/") then
+      break
+    end
+    level = level + 1
+  end
+  error(msg, level)
+end
+
 function M.register(describe_error)
   local ok, assert = pcall(require, "luassert")
   local ok2, say = pcall(require, "say")
@@ -54,8 +70,8 @@ function M.register(describe_error)
     elseif callable(target) then
       run = target
     else
-      error(string.format("bad argument #1 to 'cancelled' (function or task expected, got %s)",
-        got(target)), level)
+      refuse(string.format("bad argument #1 to 'cancelled' (function or task expected, got %s)",
+        got(target)))
     end
     local what = knhk.is_task(target) and "the task" or "the function"
     local res = pack(pcall(run))
@@ -86,12 +102,11 @@ function M.register(describe_error)
   local function error_group(state, arguments, level)
     local fn, n = arguments[1], arguments[2]
     if not callable(fn) then
-      error(string.format("bad argument #1 to 'error_group' (function expected, got %s)", got(fn)),
-        level)
+      refuse(string.format("bad argument #1 to 'error_group' (function expected, got %s)", got(fn)))
     end
     if n ~= nil and (type(n) ~= "number" or n % 1 ~= 0 or n < 1) then
-      error(string.format("bad argument #2 to 'error_group' (whole number >= 1 expected, got %s)",
-        got(n)), level)
+      refuse(string.format("bad argument #2 to 'error_group' (whole number >= 1 expected, got %s)",
+        got(n)))
     end
     local of = n and string.format(" of %d errors", n) or ""
     local ok, err = pcall(fn)
@@ -126,16 +141,15 @@ function M.register(describe_error)
   local function completes_within(state, arguments, level)
     local seconds, fn = arguments[1], arguments[2]
     if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
-      error(string.format("bad argument #1 to 'completes_within' (number >= 0 expected, got %s)",
-        got(seconds)), level)
+      refuse(string.format("bad argument #1 to 'completes_within' (number >= 0 expected, got %s)",
+        got(seconds)))
     end
     if not callable(fn) then
-      error(string.format("bad argument #2 to 'completes_within' (function expected, got %s)",
-        got(fn)), level)
+      refuse(string.format("bad argument #2 to 'completes_within' (function expected, got %s)",
+        got(fn)))
     end
     if knhk.current() == nil then
-      error("completes_within: must run inside a knhk task (inside knhk.test.wrap or knhk.run)",
-        level)
+      refuse("completes_within: must run inside a knhk task (inside knhk.test.wrap or knhk.run)")
     end
     local kind = clock_kind()
     local start = knhk.now()
