@@ -39,6 +39,7 @@ struct klua_lines {
   int have_line, stop, requested;
   int reading;         /* inside el_gets */
   int interrupted;     /* el_gets is being interrupted */
+  int eof_typed;       /* the reader thread's: Ctrl-D on an empty line */
   int interrupt_next;  /* an interrupt came with no prompt up: the next request gets it */
   klua_task_t *waiter; /* woken when the line (or EOF) is there */
 };
@@ -90,7 +91,11 @@ static int read_char(EditLine *el, wchar_t *wc) {
      * the character itself, which libedit would insert. */
     if (c == 4 || c == 0) {
       const LineInfo *li = el_line(el);
-      if (li && li->lastchar == li->buffer) return 0;
+      if (li && li->lastchar == li->buffer) { /* el_gets gives up at once, as for Ctrl-C */
+        l->eof_typed = 1;
+        errno = EINTR;
+        return -1;
+      }
     }
     size_t r = mbrtowc(wc, &c, 1, &mb);
     if (r == (size_t)-2) continue; /* more bytes of one character to come */
@@ -134,8 +139,9 @@ static void *reader(void *arg) {
     l->reading = 1;
     pthread_mutex_unlock(&l->m);
     int count = 0;
+    l->eof_typed = 0;
     const char *got = el_gets(l->el, &count);
-    char *line = got && count > 0 ? strndup(got, (size_t)count) : NULL;
+    char *line = got && count > 0 && !l->eof_typed ? strndup(got, (size_t)count) : NULL;
     if (line) line[strcspn(line, "\n")] = 0;
     pthread_mutex_lock(&l->m);
     l->reading = 0;

@@ -315,6 +315,7 @@ void klua_rt_free(klua_rt_t *rt) {
       knhk_token_t *tok = atomic_load(&slab[k].token);
       if (tok) knhk_token_release(tok);
       if (slab[k].cancel_parent) knhk_token_release(slab[k].cancel_parent);
+      free(slab[k].w.watch); /* a record still referenced when the run ended */
     }
     free(slab);
   }
