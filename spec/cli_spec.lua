@@ -82,8 +82,10 @@ describe("knhk-lua", function()
   it("every error of an error group is shown", function()
     local script = write("group.lua", [[
       knhk.nursery(function(n)
-        n:spawn(function() knhk.sleep(0.005); error("first") end)
-        n:spawn(function() pcall(knhk.sleep, 5); error("second") end)
+        local asleep = knhk.event()
+        -- fails once the other is on its way to sleep, which is cancelled then
+        n:spawn(function(e) e:wait(); error("first") end, asleep)
+        n:spawn(function(e) e:set(); pcall(knhk.sleep, 5); error("second") end, asleep)
       end)
     ]])
     local code, _, err = run(q(script))
@@ -198,6 +200,8 @@ describe("knhk-lua", function()
     assert.matches("tasks: 2 spawned, 2 completed, 0 failed, 0 cancelled, 0 live", err, 1, true)
   end)
 
+  -- The signal specs run in real time: a real signal reaches a real process
+  -- asleep (knhk.sleep(30) stands for "until the signal comes").
   local function signalled(sig, expect_code, word)
     local ready = TMP .. "/ready" .. sig
     os.remove(ready)
@@ -239,7 +243,7 @@ describe("knhk-lua", function()
           for _, t in ipairs(knhk.tasks()) do
             if t.parent == nil and t.state == "waiting" then print("asleep"); return end
           end
-          knhk.sleep(0.001)
+          knhk.checkpoint()
         end
       end)
       knhk.sleep(10)
@@ -427,6 +431,28 @@ describe("the knhk-lua REPL", function()
     p:wait_cooked() -- the line runs
     p:send("\4")
     p:expect("\nline done\r?\n")
+    assert.equal(0, p:wait(10))
+  end)
+
+  it("--clock virtual: time stands still while the prompt waits; a line that waits moves it", function()
+    local p = pty.spawn({ KNHK_LUA, "--clock", "virtual", "-w", "2" })
+    finally(function() p:kill() end)
+    local function line(text, output)
+      p:wait_raw()
+      p:send(text .. "\n")
+      if output then p:expect(output) end
+      p:expect("> ")
+    end
+    p:expect("> ")
+    -- every task waits from here on: without the prompt holding the
+    -- clock, it would jump to this timer at once
+    line("bg = knhk.spawn(function() knhk.sleep(60) print('wo'..'ke at', knhk.now()) end)")
+    line("print('n'..'ow', knhk.now(), bg:done())", "\nnow\t0\tfalse\r?\n")
+    line("knhk.sleep(90) print('sl'..'ept to', knhk.now())", "\nslept to\t90\r?\n")
+    assert.matches("\nwoke at\t60\r?\n", p.all)
+    line("print('do'..'ne', bg:done())", "\ndone\ttrue\r?\n")
+    p:wait_raw()
+    p:send("\4")
     assert.equal(0, p:wait(10))
   end)
 

@@ -135,17 +135,18 @@ describe("errors from tasks", function()
   end)
 
   it("a cancelled task's joiner learns why it was cancelled", function()
-    local reason = run(function()
+    local reason, now = knhk.run(function()
       local h
-      knhk.move_on_after(0.01, function()
+      knhk.move_on_after(1, function()
         h = knhk.spawn(function() knhk.sleep(60) end) -- cancelled with the scope it was spawned in
         knhk.sleep(60)
       end)
       local ok, err = pcall(h.join, h)
       assert.is_false(ok)
-      return err.value.reason
-    end)
+      return err.value.reason, knhk.now()
+    end, { workers = 2, clock = "virtual" })
     assert.equal("deadline", reason)
+    assert.equal(1, now) -- at the scope's deadline, not at the end of either sleep
   end)
 
   it("a Cancelled the task changed before ending travels whole to its joiner", function()
@@ -175,7 +176,7 @@ describe("errors from tasks", function()
         local ok, err = pcall(h.join, h)
         assert.is_false(ok)
         assert.is_true(knhk.is_cancelled(err))
-        knhk.sleep(0.001) -- a checkpoint: the nursery itself is not cancelled
+        knhk.checkpoint() -- would raise were the nursery itself cancelled
         n_after = "still running"
       end)
       return n_after

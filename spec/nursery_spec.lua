@@ -1,22 +1,29 @@
 -- knhk.nursery: structured concurrency. No task outlives its nursery; the
 -- first failure cancels the rest; every error is reported.
 local knhk = require "knhk"
+local T = require "knhk.test"
 
 local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
+-- Under the virtual clock: a child that sleeps ends later than one that
+-- does not, in no real time, and knhk.now() says exactly when.
+local function virtual(fn, workers)
+  return knhk.run(fn, { workers = workers or 2, clock = "virtual" })
+end
 local function pack(...) return { n = select("#", ...), ... } end
 
 describe("knhk.nursery", function()
   it("returns once every child has ended, with the body's results", function()
-    local done = run(function()
+    local done, now = virtual(function()
       local ended = {}
       local r = knhk.nursery(function(n)
-        for i = 1, 5 do n:spawn_local(function() knhk.sleep(0.002 * i); ended[i] = true end) end
+        for i = 1, 5 do n:spawn_local(function() knhk.sleep(i); ended[i] = true end) end
         return "body"
       end)
       assert.equal("body", r)
-      return #ended
+      return #ended, knhk.now()
     end)
     assert.equal(5, done)
+    assert.equal(5, now) -- when the last child ended, not before
   end)
 
   it("an empty nursery returns at once", function()
@@ -35,44 +42,55 @@ describe("knhk.nursery", function()
     end))
   end)
 
-  it("wait_all gives results in spawn order", function()
-    local out = run(function()
-      return knhk.nursery(function(n)
-        for i = 1, 4 do n:spawn(function(x) knhk.sleep(0.001 * (5 - x)); return x * 10 end, i) end
+  it("wait_all gives results in spawn order, whatever order they end in", function()
+    local out, ended = virtual(function()
+      local ends = knhk.channel(4)
+      local out = knhk.nursery(function(n)
+        -- the last spawned ends first
+        for i = 1, 4 do n:spawn(function(x) knhk.sleep(5 - x); ends:send(x); return x * 10 end, i) end
         return n:wait_all()
       end)
+      local ended = {}
+      for i = 1, 4 do ended[i] = ends:recv() end
+      return out, ended
     end)
+    assert.same({ 4, 3, 2, 1 }, ended)
     assert.same({ { 10 }, { 20 }, { 30 }, { 40 } }, out)
   end)
 
   it("a failing child cancels its siblings, whose cleanup runs before it raises", function()
-    local cleanup, err = run(function()
+    local cleanup, err, now = virtual(function()
       local cleaned = 0
       local ok, e = pcall(knhk.nursery, function(n)
-        for _ = 1, 3 do
-          n:spawn_local(function()
+        local sleepers = {}
+        for i = 1, 3 do
+          sleepers[i] = n:spawn_local(function()
             local ok2, e2 = pcall(knhk.sleep, 60)
-            cleaned = cleaned + 1 -- cleanup, then let Cancelled go on
+            if knhk.is_cancelled(e2) then cleaned = cleaned + 1 end -- cleanup, then let Cancelled go on
             error(e2, 0)
           end)
         end
-        n:spawn(function() knhk.sleep(0.01); error("child failed") end)
+        n:spawn_local(function()
+          T.until_waiting(unpack(sleepers)) -- fails while they sleep
+          error("child failed")
+        end)
       end)
       assert.is_false(ok)
-      return cleaned, e
+      return cleaned, e, knhk.now()
     end)
     assert.equal(3, cleanup)
     assert.matches("child failed", tostring(err))
+    assert.equal(0, now) -- cancelled: no sleep ran to its end
   end)
 
   it("several failures come as an error group, first one first", function()
     local err = run(function()
       local ok, e = pcall(knhk.nursery, function(n)
-        n:spawn_local(function()
+        local second = n:spawn_local(function()
           pcall(knhk.sleep, 60) -- cancelled by the first failure...
           error("second")       -- ...then fails on its own
         end)
-        n:spawn_local(function() knhk.sleep(0.005); error("first") end)
+        n:spawn_local(function() T.until_waiting(second); error("first") end)
       end)
       return e
     end)
@@ -90,12 +108,12 @@ describe("knhk.nursery", function()
     local cancelled = run(function()
       local seen = false
       local ok, e = pcall(knhk.nursery, function(n)
-        n:spawn_local(function()
+        local child = n:spawn_local(function()
           local ok2, e2 = pcall(knhk.sleep, 60)
           seen = knhk.is_cancelled(e2)
           error(e2, 0)
         end)
-        knhk.sleep(0.005)
+        T.until_waiting(child) -- the body fails while its child sleeps
         error("body failed")
       end)
       assert.is_false(ok)
@@ -106,30 +124,34 @@ describe("knhk.nursery", function()
   end)
 
   it("n:cancel() ends the children and is not an error", function()
-    local r = run(function()
+    local r, now = virtual(function()
       return knhk.nursery(function(n)
-        n:spawn(function() knhk.sleep(60) end)
-        n:spawn_local(function() knhk.sleep(60) end)
-        knhk.sleep(0.005)
+        local a = n:spawn(function() knhk.sleep(60) end)
+        local b = n:spawn_local(function() knhk.sleep(60) end)
+        T.until_waiting(a, b)
         n:cancel()
         return "after cancel"
-      end)
+      end), knhk.now()
     end)
     assert.equal("after cancel", r)
+    assert.equal(0, now) -- the children ended cancelled, not asleep for 60 s
   end)
 
   it("supervise: a failure is reported but siblings go on", function()
-    local finished, err = run(function()
+    local finished, err, now = virtual(function()
       local fin = false
       local ok, e = pcall(knhk.nursery, function(n)
         n:spawn_local(function() error("one bad child") end)
-        n:spawn_local(function() knhk.sleep(0.01); fin = true end)
+        -- virtual time moves only once the bad child has failed: this one
+        -- goes on after the failure
+        n:spawn_local(function() knhk.sleep(1); fin = true end)
       end, { supervise = true })
       assert.is_false(ok)
-      return fin, e
+      return fin, e, knhk.now()
     end)
     assert.is_true(finished)
     assert.matches("one bad child", tostring(err))
+    assert.equal(1, now)
   end)
 
   it("nested nurseries work on one worker", function()
@@ -148,30 +170,31 @@ describe("knhk.nursery", function()
 
   for _, workers in ipairs { 1, 4 } do
     it("wait_any returns only after the others' cleanup ran (" .. workers .. " workers)", function()
-      local log = run(function()
+      local log, now = virtual(function()
         local cleaned = knhk.channel(8)
         local winner = knhk.nursery(function(n)
           for i = 1, 3 do
             n:spawn(function(c, k)
               local ok, e = pcall(knhk.sleep, 30)
               knhk.cancel_scope(function() -- cleanup that itself waits
-                knhk.sleep(0.01)
+                knhk.sleep(1)
                 c:send("cleaned " .. k)
               end, { shield = true })
               if not ok then error(e, 0) end
             end, cleaned, i)
           end
-          n:spawn(function() knhk.sleep(0.01); return "winner" end)
+          n:spawn(function() knhk.sleep(1); return "winner" end)
           local w = n:wait_any()
           cleaned:close()
           return w
         end)
         local log = { winner }
         for v in cleaned:values() do log[#log + 1] = v end
-        return log
+        return log, knhk.now()
       end, workers)
       assert.equal("winner", log[1])
       assert.equal(4, #log) -- every loser's cleanup had run before wait_any returned
+      assert.equal(2, now) -- the winner at 1, the cleanups' own second after it
     end)
   end
 
@@ -250,7 +273,7 @@ describe("knhk.nursery, after wait_any", function()
   -- wait_any cancels the nursery, whose scope holds the body: the rest of
   -- the body runs cancelled (see README).
   it("the body's next checkpoint raises Cancelled, caught by the nursery, which returns nothing", function()
-    local out = run(function()
+    local out = virtual(function()
       return knhk.fail_after(10, function()
         local after = false
         local res = pack(knhk.nursery(function(n)
@@ -258,15 +281,17 @@ describe("knhk.nursery, after wait_any", function()
           n:spawn(function() knhk.sleep(60) end)
           local w = n:wait_any()
           assert.equal("first", w)
-          knhk.sleep(0.01) -- raises: the nursery is cancelled
+          knhk.sleep(1) -- raises: the nursery is cancelled
           after = true
           return "never"
         end))
-        return { n = res.n, after = after, caller_cancelled = knhk.move_on_after(1, knhk.checkpoint).cancelled_caught }
+        return { n = res.n, after = after, now = knhk.now(),
+                 caller_cancelled = knhk.move_on_after(1, knhk.checkpoint).cancelled_caught }
       end)
     end)
     assert.equal(0, out.n) -- no results, and not the Cancelled as a result
     assert.is_false(out.after)
+    assert.equal(0, out.now) -- the sleep raised at once
     assert.is_false(out.caller_cancelled) -- the cancellation stayed inside the nursery
   end)
 

@@ -2,6 +2,7 @@
 -- must behave as the function would have behaved in the spawner, on any
 -- worker. Each case runs on one worker (nothing moves) and on four.
 local knhk = require "knhk"
+local T = require "knhk.test"
 
 local function on_one_and_many(name, fn)
   it(name .. " (1 worker)", function() knhk.run(fn, { workers = 1 }) end)
@@ -176,7 +177,7 @@ describe("globals on the fast path", function()
     end, _G)
     local hs = {}
     for i = 1, 8 do hs[i] = knhk.spawn(f, i, ev) end
-    knhk.sleep(0.01)
+    T.until_waiting(unpack(hs)) -- every one has written before any reads back
     ev:set()
     for i = 1, 8 do assert.equal(i, hs[i]:join()) end
     assert.is_nil(rawget(_G, "snapshot_fast_w")) -- the spawner's globals are untouched
@@ -365,14 +366,18 @@ describe("encoding is re-entrant", function()
   end)
 
   on_one_and_many("an environment __index that waits during a spawn is harmless", function()
+    local other_done = knhk.event()
     local env = setmetatable({}, { __index = function(_, k)
-      knhk.sleep(0.001) -- another spawn runs meanwhile
+      other_done:wait() -- another spawn runs meanwhile, to its end
       return k == "lookup_me" and "found" or _G[k]
     end })
     local f = setfenv(function() return lookup_me end, env)
     local other
     knhk.nursery(function(n)
-      n:spawn_local(function() other = knhk.spawn(function(v) return v end, "other"):join() end)
+      n:spawn_local(function()
+        other = knhk.spawn(function(v) return v end, "other"):join()
+        other_done:set()
+      end)
       assert.equal("found", knhk.spawn(f):join())
     end)
     assert.equal("other", other)

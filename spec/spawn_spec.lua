@@ -1,6 +1,7 @@
 -- knhk.spawn / knhk.spawn_local and task handles: what a task sees, where
 -- it runs, and what comes back.
 local knhk = require "knhk"
+local T = require "knhk.test"
 
 local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
 
@@ -13,9 +14,11 @@ end
 
 describe("knhk.spawn snapshots", function()
   on_one_and_many("copies arguments: the caller's later writes are not seen", function()
-    local t = { n = 1 }
-    local h = knhk.spawn(function(x) knhk.sleep(0.005); return x.n end, t)
+    local t, written = { n = 1 }, knhk.event()
+    -- the task reads only after the caller's write
+    local h = knhk.spawn(function(x, w) w:wait(); return x.n end, t, written)
     t.n = 2
+    written:set()
     assert.equal(1, h:join())
   end)
 
@@ -76,8 +79,10 @@ describe("knhk.spawn snapshots", function()
   end)
 
   on_one_and_many("runs many closures of one function independently", function()
-    local hs = {}
-    for i = 1, 200 do hs[i] = knhk.spawn(function() knhk.sleep(0.001); return i end) end
+    local hs, go = {}, knhk.event()
+    -- all 200 suspended at once, then resumed together
+    for i = 1, 200 do hs[i] = knhk.spawn(function(g) g:wait(); return i end, go) end
+    go:set()
     for i = 1, 200 do assert.equal(i, hs[i]:join()) end
   end)
 
@@ -161,12 +166,21 @@ describe("knhk.spawn_local", function()
   it("can yield and resume on its worker", function()
     local log = {}
     run(function()
+      local fast_done = knhk.event()
       knhk.nursery(function(n)
-        n:spawn_local(function() knhk.sleep(0.01); log[#log + 1] = "slow" end)
-        n:spawn_local(function() log[#log + 1] = "fast" end)
+        local slow = n:spawn_local(function()
+          log[#log + 1] = "slow starts"
+          fast_done:wait() -- yields; resumed once the other has run
+          log[#log + 1] = "slow"
+        end)
+        n:spawn_local(function()
+          T.until_waiting(slow)
+          log[#log + 1] = "fast"
+          fast_done:set()
+        end)
       end)
     end, 2)
-    assert.same({ "fast", "slow" }, log)
+    assert.same({ "slow starts", "fast", "slow" }, log)
   end)
 end)
 

@@ -43,11 +43,12 @@ local function read(path)
   return { spans = spans, by_name = by_name, metrics = metrics, lines = lines }
 end
 
--- Records fn run in a runtime of `workers`; returns the recording.
-local function record(fn, workers)
+-- Records fn run in a runtime of `workers` on `clock` (default real);
+-- returns the recording.
+local function record(fn, workers, clock)
   local path = tmpfile()
   assert(T.start { file = path, interval = 60 })
-  local ok, err = pcall(knhk.run, fn, { workers = workers or 2 })
+  local ok, err = pcall(knhk.run, fn, { workers = workers or 2, clock = clock })
   assert(T.stop())
   local rec = read(path)
   os.remove(path)
@@ -114,6 +115,7 @@ describe("knhk.telemetry.start and stop", function()
       "bad argument #1 to 'start' (field 'interval' must be a number of seconds > 0, got 0)")
   end)
 
+  -- real time: the export interval is real time whatever the runtime's clock
   it("exports the metrics at the interval, without being asked", function()
     local path = tmpfile()
     assert(T.start { file = path, interval = 0.02 })
@@ -220,7 +222,7 @@ describe("the runtime's spans", function()
         n:spawn(function() error("boom") end)
         n:spawn(function() knhk.sleep(10) end)
       end)
-    end)
+    end, 2, "virtual")
     local failed, cancelled = 0, 0
     for _, s in ipairs(rec.by_name["knhk.concurrency.nursery.spawn"]) do
       if s.attrs["knhk.task.status"] == "failed" then
@@ -241,14 +243,15 @@ describe("the runtime's spans", function()
 
   it("report a scope's drop, and whether it caught its cancellation", function()
     local rec = record(function()
-      knhk.move_on_after(0.01, function() knhk.sleep(10) end)
-    end)
+      knhk.move_on_after(1, function() knhk.sleep(10) end)
+    end, 2, "virtual")
     local drop = only(rec, "knhk.concurrency.cancel.scope.drop")
     assert.is_true(drop.attrs["knhk.cancel.scope.caught"])
     assert.equal("deadline", drop.attrs["knhk.cancel.reason"])
     assert.equal(drop.startTimeUnixNano, drop.endTimeUnixNano)
   end)
 
+  -- real time: spans are timed in real time, the wait's length is the subject
   it("time the wait of a nursery's opener as a child of the nursery", function()
     local rec = record(function()
       knhk.nursery(function(n) n:spawn(function() knhk.sleep(0.02) end) end)
@@ -270,12 +273,12 @@ describe("knhk.telemetry.span", function()
   it("nests spans and the nurseries begun inside, also across a wait", function()
     local rec = record(function()
       T.span("outer", { ["order.id"] = "A-1" }, function()
-        knhk.sleep(0.005) -- the task waits: its current span stays
+        knhk.sleep(1) -- the task waits: its current span stays
         T.span("inner", { size = 3, ok = true, ratio = 0.5 }, function()
           knhk.nursery(function(n) n:spawn(function() end) end)
         end)
       end)
-    end)
+    end, 2, "virtual")
     local outer, inner = only(rec, "outer"), only(rec, "inner")
     assert.equal(outer.spanId, inner.parentSpanId)
     assert.equal(outer.traceId, inner.traceId)

@@ -179,6 +179,48 @@ describe("seeded schedules", function()
     assert.is_true(distinct >= 8, "only " .. distinct .. " distinct interleavings in 10 seeds")
   end)
 
+  -- Four tasks wake from sleeps that end at the same virtual instants and
+  -- record each step with the time it saw: timer wake-ups are part of
+  -- the interleaving, and under the virtual clock reproducible too.
+  local function timed_interleaving()
+    local ch = knhk.channel(64)
+    knhk.nursery(function(n)
+      for i = 1, 4 do
+        n:spawn(function(id, out)
+          for step = 1, 3 do
+            knhk.sleep(step == 2 and 1 or 0.5)
+            out:send(id .. "." .. step .. "@" .. knhk.now())
+          end
+        end, i, ch)
+      end
+    end)
+    ch:close()
+    local events = {}
+    for e in ch:values() do events[#events + 1] = e end
+    return table.concat(events, " ")
+  end
+
+  -- Pending: timers that fire at one virtual instant wake their tasks one
+  -- by one, and the worker may run the first before the others are queued,
+  -- so one seed gives two or more event lists (2 in 30 runs of seed 7). The
+  -- seeded choice needs every wake-up of a jump queued before it picks.
+  pending("give the same event list for the same seed under the virtual clock, timer wake-ups included", function()
+    local seen, distinct = {}, 0
+    for seed = 1, 10 do
+      local opts = { seed = seed, clock = "virtual" }
+      local first = knhk.run(timed_interleaving, opts)
+      assert.equal(12, select(2, first:gsub("%S+", "")))
+      for _, t in ipairs { "0.5", "1.5", "2" } do
+        assert.equal(4, select(2, first:gsub("@" .. t:gsub("%.", "%%.") .. "%f[%s%z]", "")), first)
+      end
+      for _ = 1, 3 do assert.equal(first, knhk.run(timed_interleaving, opts)) end
+      if not seen[first] then distinct = distinct + 1 end
+      seen[first] = true
+    end
+    -- the seed picks among tasks a timer woke at one instant, too
+    assert.is_true(distinct >= 5, "only " .. distinct .. " distinct event lists in 10 seeds")
+  end)
+
   it("follow KNHK_SEED when it is set, whatever the body's own seed", function()
     local expected = knhk.run(interleaving, { seed = 42 })
     ffi.C.setenv("KNHK_SEED", "42", 1)

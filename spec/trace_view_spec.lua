@@ -33,12 +33,15 @@ describe("scripts/trace-view", function()
   f:write [[
 knhk.telemetry.span("pack", nil, function()
   knhk.nursery(function(n)
+    -- real time: spans are drawn on their real times, so the bars have width
     for _ = 1, 3 do n:spawn(function() knhk.sleep(0.005) end) end
   end)
 end)
 pcall(knhk.nursery, function(n)
-  n:spawn(function() knhk.sleep(0.002); error("label printer jammed") end)
-  n:spawn(function() knhk.sleep(5) end)
+  local started = knhk.event()
+  -- fails once the other has started, which is cancelled then
+  n:spawn(function(s) s:wait(); error("label printer jammed") end, started)
+  n:spawn(function(s) s:set(); knhk.sleep(5) end, started)
 end)
 ]]
   f:close()

@@ -3,20 +3,25 @@
 local knhk = require "knhk"
 
 local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
+-- Under the virtual clock: steps that take time end in a known order, in
+-- no real time, and knhk.now() says exactly when.
+local function virtual(fn, workers)
+  return knhk.run(fn, { workers = workers or 2, clock = "virtual" })
+end
 
 describe("knhk.map", function()
-  it("maps on every core and keeps the order", function()
-    local out = run(function()
+  it("maps on every core and keeps the order, whatever order the items end in", function()
+    local out = virtual(function()
       local list = {}
       for i = 1, 100 do list[i] = i end
-      return knhk.map(list, function(x) knhk.sleep(0.001 * (x % 3)); return x * x end, { limit = 8 })
+      return knhk.map(list, function(x) knhk.sleep(x % 3); return x * x end, { limit = 8 })
     end)
     assert.equal(100, #out)
     for i = 1, 100 do assert.equal(i * i, out[i]) end
   end)
 
   it("runs at most `limit` at once", function()
-    local peak = run(function()
+    local peak, now = virtual(function()
       -- a counter shared by portable tasks: a one-slot channel under a lock
       local cell, lock = knhk.channel(1), knhk.lock()
       cell:send({ now = 0, max = 0 })
@@ -30,25 +35,29 @@ describe("knhk.map", function()
       end
       knhk.map({ 1, 2, 3, 4, 5, 6, 7, 8 }, function()
         bump(1)
-        knhk.sleep(0.005)
+        knhk.sleep(1)
         bump(-1)
         return true
       end, { limit = 2 })
-      return cell:recv().max
+      return cell:recv().max, knhk.now()
     end, 4)
-    assert.is_true(peak >= 1 and peak <= 2, "peak concurrency " .. tostring(peak))
+    -- time moves only once both running items sleep: the peak is reached
+    assert.equal(2, peak)
+    assert.equal(4, now) -- eight one-second items, two at a time
   end)
 
   it("the first error cancels the rest and is raised", function()
-    local ok, err = pcall(run, function()
-      return knhk.map({ 1, 2, 3, 4 }, function(x)
+    local ok, err, now = virtual(function()
+      local ok, err = pcall(knhk.map, { 1, 2, 3, 4 }, function(x)
         if x == 2 then error("bad item " .. x) end
         knhk.sleep(5)
         return x
       end)
+      return ok, err, knhk.now()
     end)
     assert.is_false(ok)
     assert.matches("bad item 2", tostring(err))
+    assert.equal(0, now) -- the others were cancelled, not slept to their end
   end)
 
   it("checks its arguments", function()
@@ -63,30 +72,33 @@ end)
 
 describe("knhk.race and knhk.select", function()
   it("race returns the first to finish; the losers' cleanup runs before it returns", function()
-    local winner, cleaned = run(function()
+    local winner, cleaned, now = virtual(function()
       local ev = knhk.event() -- travels to the tasks as a handle
       local w = knhk.race(
-        function() knhk.sleep(0.005); return "fast" end,
+        function() knhk.sleep(1); return "fast" end,
         function()
           local ok, err = pcall(knhk.sleep, 10)
           ev:set() -- cleanup, then the Cancelled goes on
           error(err, 0)
         end)
-      return w, ev:is_set()
+      return w, ev:is_set(), knhk.now()
     end)
     assert.equal("fast", winner)
     assert.is_true(cleaned)
+    assert.equal(1, now)
   end)
 
   it("select names the case that won", function()
-    local name, v = run(function()
-      return knhk.select {
+    local name, v, now = virtual(function()
+      local name, v = knhk.select {
         slow = function() knhk.sleep(10); return "slow" end,
         quick = function() return 42 end,
       }
+      return name, v, knhk.now()
     end)
     assert.equal("quick", name)
     assert.equal(42, v)
+    assert.equal(0, now)
   end)
 
   it("checks its arguments", function()
@@ -101,7 +113,7 @@ end)
 
 describe("nursery wait_any and join_next", function()
   it("wait_any gives the first result and waits for the losers' cleanup", function()
-    local r, cleaned = run(function()
+    local r, cleaned, now = virtual(function()
       local cleaned = 0
       local r = knhk.nursery(function(n)
         for _ = 1, 3 do
@@ -111,31 +123,32 @@ describe("nursery wait_any and join_next", function()
             error(e, 0)
           end)
         end
-        n:spawn(function() knhk.sleep(0.005); return "winner" end)
+        n:spawn(function() knhk.sleep(1); return "winner" end)
         return n:wait_any()
       end)
-      return r, cleaned
+      return r, cleaned, knhk.now()
     end)
     assert.equal("winner", r)
     assert.equal(3, cleaned)
+    assert.equal(1, now)
   end)
 
   it("join_next gives children in the order they end", function()
-    local order = run(function()
+    local order = virtual(function()
       local order = {}
       knhk.nursery(function(n)
-        n:spawn(function() knhk.sleep(0.03); return 3 end)
-        n:spawn(function() knhk.sleep(0.01); return 1 end)
-        n:spawn(function() knhk.sleep(0.02); return 2 end)
+        n:spawn(function() knhk.sleep(3); return 3 end)
+        n:spawn(function() knhk.sleep(1); return 1 end)
+        n:spawn(function() knhk.sleep(2); return 2 end)
         while true do
           local h = n:join_next()
           if not h then break end
-          order[#order + 1] = h:join()
+          order[#order + 1] = h:join() .. "@" .. knhk.now()
         end
       end)
       return order
     end)
-    assert.same({ 1, 2, 3 }, order)
+    assert.same({ "1@1", "2@2", "3@3" }, order) -- each as soon as it ended
   end)
 end)
 
@@ -180,6 +193,8 @@ describe("knhk.exec", function()
     assert.equal(-2, code)
   end)
 
+  -- real time here: the subject is a real child process stopped mid-run
+  -- (under the virtual clock, time stands still while a command runs)
   it("is killed when its scope is cancelled, and waited for", function()
     local caught, elapsed = run(function()
       local t0 = knhk.now()
@@ -190,6 +205,7 @@ describe("knhk.exec", function()
     assert.is_true(elapsed < 5)
   end)
 
+  -- real time: exec's timeout of a real command (virtual time stands still while it runs)
   it("a timeout returns nil, 'timed out'", function()
     local r, msg = run(function() return knhk.exec("sleep 30", { timeout = 0.05 }) end)
     assert.is_nil(r)

@@ -2,9 +2,13 @@
  * driven by an executor's idleness. Every assertion is on virtual time,
  * never on wall time. */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "knhk/clock.h"
 #include "knhk/errors.h"
@@ -184,6 +188,47 @@ TEST(clock_holds_keep_virtual_time_still) {
   ASSERT_OK(knhk_reactor_free(r));
 }
 
+static void file_done(knhk_file_op_t *op) { latch_count_down(op->user); }
+
+/* A file operation in flight is real work: the clock stands still until it
+ * completes, however long that takes (a read of a FIFO waits for a writer,
+ * which this thread is, once it has seen the clock stay), then jumps. */
+TEST(clock_stands_still_while_a_file_operation_is_in_flight) {
+  knhk_reactor_t *r = virtual_reactor();
+  ASSERT_OK(knhk_clock_watch_idle(r, always_idle, NULL));
+  char dir[] = "/tmp/knhk-clock-XXXXXX";
+  ASSERT(mkdtemp(dir) != NULL);
+  char fifo[64];
+  snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+  ASSERT_EQ(0, mkfifo(fifo, 0600));
+  latch_t read_done, fired;
+  latch_init(&read_done, 1);
+  latch_init(&fired, 1);
+  knhk_file_op_t rd = {.kind = KNHK_FILE_READ, .path = fifo, .on_done = file_done,
+                       .user = &read_done};
+  ASSERT_OK(knhk_file_submit(r, &rd)); /* blocks in open() until a writer comes */
+  knhk_timer_t t;
+  memset(&t, 0, sizeof t);
+  ASSERT_OK(knhk_timer_start(r, &t, HOURS(1), count_down, &fired));
+  knhk_clock_idle_hint(r);
+  wait_for_turn(r);
+  ASSERT_EQ(0, knhk_reactor_now(r)); /* every task waits, yet no jump */
+  ASSERT_EQ(1, atomic_load(&fired.left));
+  int fd = open(fifo, O_WRONLY); /* the read can go on now */
+  ASSERT(fd >= 0);
+  ASSERT_EQ(4, write(fd, "data", 4));
+  close(fd);
+  latch_wait(&read_done);
+  ASSERT_EQ(0, rd.error);
+  ASSERT(strcmp(rd.result, "data") == 0);
+  knhk_file_dispose(&rd);
+  latch_wait(&fired); /* the read done, its hold gone: the clock jumps */
+  ASSERT_EQ(HOURS(1), knhk_reactor_now(r));
+  unlink(fifo);
+  rmdir(dir);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
 /* A timer on the real clock under a virtual one: it fires in real time
  * (here at once) and the virtual clock does not jump to it. */
 TEST(clock_real_timers_follow_real_time_under_a_virtual_clock) {
@@ -324,11 +369,12 @@ TEST(clock_never_moves_while_a_task_is_runnable) {
   s.naps[0] = SECONDS(1);
   s.nnaps = 1;
   s.busy_done = &b.done;
-  /* The busy chain first: this thread is outside the runtime, so with the
-   * sleeper first, every task could be waiting (and the clock jump) before
-   * the busy chain was submitted. */
-  ASSERT_OK(knhk_executor_submit(&rt.ex, busy_step, &b, &g));
+  /* held while this thread (no task) starts both: else the sleeper could
+   * wait alone, and the clock jump, before the busy task exists */
+  ASSERT_OK(knhk_clock_hold(rt.r));
   ASSERT_OK(knhk_executor_spawn(&rt.ex, &s.task));
+  ASSERT_OK(knhk_executor_submit(&rt.ex, busy_step, &b, &g));
+  ASSERT_OK(knhk_clock_release(rt.r));
   ASSERT_OK(knhk_executor_wait(&rt.ex, &g));
   ASSERT_EQ(1, s.saw_busy_done); /* the sleeper woke only after the busy one ended */
   ASSERT_EQ(0, atomic_load(&b.moved));
@@ -362,7 +408,12 @@ TEST(clock_stress_every_sleeper_wakes_at_its_own_deadline) {
     }
     if (total > latest) latest = total;
   }
+  /* This thread is no task: once the sleepers spawned so far all wait, the
+   * clock may jump before the rest are spawned, and they would start late.
+   * Spawning is real work in flight: hold the clock through it. */
+  ASSERT_OK(knhk_clock_hold(rt.r));
   for (int i = 0; i < n; i++) ASSERT_OK(knhk_executor_spawn(&rt.ex, &s[i].task));
+  ASSERT_OK(knhk_clock_release(rt.r));
   ASSERT_OK(knhk_executor_wait(&rt.ex, &g));
   ASSERT_EQ(0, atomic_load(&wrong));
   for (int i = 0; i < n; i++) ASSERT_EQ(8, s[i].done_naps);

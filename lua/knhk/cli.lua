@@ -30,7 +30,8 @@ options:
   -w, --workers N  run N workers (default: KNHK_WORKERS, else every CPU)
   --clock KIND     run on the real clock (default) or a virtual one
                    (virtual: time jumps to the next timer whenever every task
-                   waits; see knhk.clock)
+                   waits, but not while the REPL waits for a line; see
+                   knhk.clock)
   --stats          print the executor's counters to stderr at exit
   --telemetry FILE record OpenTelemetry spans and metrics (OTLP/JSON lines)
                    into FILE; metrics every second and at exit

@@ -7,7 +7,13 @@
  * the request ends as KLUA_LINES_INTERRUPTED, so that the REPL shows a
  * fresh prompt. libedit reads characters through read_char below, which
  * waits on the terminal and on a self-pipe at once: a byte on the pipe ends
- * el_gets early (as an error), with the terminal's settings restored. */
+ * el_gets early (as an error), with the terminal's settings restored.
+ *
+ * Typing is real input: while a task waits for a line, the runtime's clock
+ * is held (knhk_clock_hold), so a virtual clock does not jump to the next
+ * timer while the user types; the line's own waits move it. The hold
+ * starts when a task begins to wait and ends once it is woken (or gives
+ * up its wait). Under a real clock the hold does nothing. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -42,6 +48,7 @@ struct klua_lines {
   int eof_typed;       /* the reader thread's: Ctrl-D on an empty line */
   int interrupt_next;  /* an interrupt came with no prompt up: the next request gets it */
   klua_task_t *waiter; /* woken when the line (or EOF) is there */
+  knhk_reactor_t *held; /* the clock held for the waiter, or NULL */
 };
 
 static char *show_prompt(EditLine *el) {
@@ -107,17 +114,22 @@ static int read_char(EditLine *el, wchar_t *wc) {
   }
 }
 
+/* Called with l->m held. Ends the waiter's hold on the clock: after the
+ * wake-up, so that the clock may jump only once the task is runnable. */
 static void deliver(klua_lines_t *l, int status, char *line) {
   l->requested = 0;
   l->line = line;
   l->status = status;
   l->have_line = 1;
   klua_task_t *w = l->waiter;
+  knhk_reactor_t *held = l->held;
   l->waiter = NULL;
+  l->held = NULL;
   if (w) {
     pthread_mutex_unlock(&l->m);
     klua_wake(w);
     klua_task_release(w);
+    if (held) knhk_clock_release(held);
     pthread_mutex_lock(&l->m);
   }
 }
@@ -213,6 +225,8 @@ KLUA_API int klua_lines_request(klua_lines_t *l, const char *prompt, klua_task_t
   if (!l->have_line && task && !l->waiter) {
     klua_task_retain(task);
     l->waiter = task;
+    /* before the reader can deliver (it takes l->m): its release follows */
+    if (knhk_clock_hold(task->rt->reactor) == 0) l->held = task->rt->reactor;
   }
   pthread_mutex_unlock(&l->m);
   return 0;
@@ -248,13 +262,17 @@ void klua_lines_interrupt(klua_lines_t *l) {
   pthread_mutex_unlock(&l->m);
 }
 
-/* Drops the waiter (a cancelled wait); the line, if read later, is kept. */
+/* Drops the waiter (a cancelled wait) and its hold on the clock; the line,
+ * if read later, is kept. */
 KLUA_API void klua_lines_unwait(klua_lines_t *l) {
   pthread_mutex_lock(&l->m);
   klua_task_t *w = l->waiter;
+  knhk_reactor_t *held = l->held;
   l->waiter = NULL;
+  l->held = NULL;
   pthread_mutex_unlock(&l->m);
   if (w) klua_task_release(w);
+  if (held) knhk_clock_release(held);
 }
 
 /* Stops the thread (a prompt being shown is interrupted: the terminal gets

@@ -12,6 +12,14 @@ function H.run(fn, workers)
   return knhk.run(function() return knhk.fail_after(20, fn) end, { workers = workers or 2 })
 end
 
+-- Runs fn in the runtime under the virtual clock: timers and steps that
+-- take time cost no real time, and knhk.now() says exactly when things
+-- happened. A case that hangs fails at once, at a virtual year.
+function H.virtual(fn, workers)
+  return knhk.run(function() return knhk.fail_after(365 * 24 * 3600, fn) end,
+    { workers = workers or 2, clock = "virtual" })
+end
+
 -- How many times `step` had `event` ("completed", "withdrawn", ...).
 function H.count(result, step, event)
   local n = 0

@@ -6,12 +6,14 @@ local function noop(name) return P.task(name, function() end) end
 local function waits(name, ev) return P.task(name, function() ev:wait() end) end
 
 -- A task that counts, in `count`, how many such tasks are running at once;
--- it stays inside for a few milliseconds (a window for overlap to show,
--- not a synchronisation) and records its name in the case's `order`.
+-- it stays inside for one second (run under the virtual clock: every task
+-- that can run meanwhile does, so an overlap, were one allowed, shows) and
+-- records its name in the case's `order`. n of them, one at a time, take
+-- exactly n virtual seconds.
 local function counted(count, name)
   return P.task(name, function(v)
     count.bump(1)
-    knhk.sleep(0.003)
+    knhk.sleep(1)
     count.bump(-1)
     return { order = v.order .. name }
   end)
@@ -19,7 +21,7 @@ end
 
 describe("16 Deferred Choice", function()
   it("the first source to fire picks its branch; the others never run", function()
-    local r = H.run(function()
+    local r, now = H.virtual(function()
       local offer = knhk.channel(4)
       offer:send("accept")
       return P.sequence{
@@ -28,24 +30,26 @@ describe("16 Deferred Choice", function()
           { on = P.timer(30), run = noop("timed out") },
         },
         P.simple_merge(),
-      }:execute()
+      }:execute(), knhk.now()
     end)
     assert.equal("completed", r.status, r.error)
+    assert.equal(0, now) -- the timer was withdrawn, never waited out
     assert.equal("accept", r.vars.answer)
     assert.equal(1, H.count(r, "accepted"))
     assert.equal(0, H.count(r, "timed out"))
   end)
 
-  it("a timer decides when nothing else happens", function()
-    local r = H.run(function()
+  it("a timer decides when nothing else happens, at its time exactly", function()
+    local r, now = H.virtual(function()
       return P.sequence{
         P.deferred_choice{
           { on = knhk.channel(1), run = noop("answered") },
-          { on = P.timer(0.01), run = noop("reminded") },
+          { on = P.timer(3600), run = noop("reminded") },
         },
         P.simple_merge(),
-      }:execute()
+      }:execute(), knhk.now()
     end)
+    assert.equal(3600, now)
     assert.equal(1, H.count(r, "reminded"))
     assert.equal(0, H.count(r, "answered"))
   end)
@@ -75,15 +79,16 @@ end)
 
 describe("17 Interleaved Parallel Routing", function()
   it("runs each task once, in an order its sequences allow, never two at once", function()
-    local r = H.run(function()
+    local r, now = H.virtual(function()
       local count = H.overlap_counter()
       return P.interleaved_parallel{
         P.sequence{ counted(count, "a"), counted(count, "b") },
         P.sequence{ counted(count, "c"), counted(count, "d") },
         counted(count, "e"),
-      }:execute{ vars = { order = "" } }
+      }:execute{ vars = { order = "" } }, knhk.now()
     end)
     assert.equal("completed", r.status, r.error)
+    assert.equal(5, now) -- five one-second tasks, one after another
     local order = r.vars.order
     assert.equal(5, #order)
     for _, t in ipairs { "a", "b", "c", "d", "e" } do assert.equal(1, H.count(r, t)) end
@@ -91,7 +96,7 @@ describe("17 Interleaved Parallel Routing", function()
   end)
 
   it("holds across workers: at most one of its tasks runs at any moment", function()
-    local peak, entries = H.run(function()
+    local peak, entries = H.virtual(function()
       local count = H.overlap_counter()
       P.interleaved_parallel{
         P.sequence{ counted(count, "a"), counted(count, "b") },
@@ -153,7 +158,7 @@ end)
 
 describe("39 Critical Section", function()
   it("sections of one name never overlap, on any worker; other names do", function()
-    local r, peak = H.run(function()
+    local r, peak, now = H.virtual(function()
       local count = H.overlap_counter()
       local inside = knhk.event()
       local r = knhk.fail_after(10, function()
@@ -168,39 +173,42 @@ describe("39 Critical Section", function()
           P.synchronization(),
         }:execute{ vars = { order = "" } }
       end)
-      return r, count.read().max
+      return r, count.read().max, knhk.now()
     end)
     assert.equal("completed", r.status, r.error)
     assert.equal(1, peak)
+    assert.equal(4, now) -- the ledger's four seconds one after another
     -- a section runs whole: a-b and c-d are never interleaved
     local order = r.vars.order
     assert.is_true(order == "abcd" or order == "cdab", order)
   end)
 
   it("a lock given to the section excludes other cases too", function()
-    local peak = H.run(function()
+    local peak, now = H.virtual(function()
       local count, lock = H.overlap_counter(), knhk.lock()
       local wf = P.workflow(P.critical_section("ledger",
         P.sequence{ counted(count, "a"), counted(count, "b") }, { lock = lock }))
       knhk.nursery(function(n)
         for _ = 1, 3 do n:spawn_local(function() wf:execute{ vars = { order = "" } } end) end
       end)
-      return count.read().max
+      return count.read().max, knhk.now()
     end)
     assert.equal(1, peak)
+    assert.equal(6, now) -- three cases' two seconds, one case at a time
   end)
 end)
 
 describe("40 Interleaved Routing", function()
   it("runs each task once, in any order, never two at once", function()
-    local r, peak = H.run(function()
+    local r, peak, now = H.virtual(function()
       local count = H.overlap_counter()
       local r = P.interleaved{ counted(count, "a"), counted(count, "b"), counted(count, "c") }
         :execute{ vars = { order = "" } }
-      return r, count.read().max
+      return r, count.read().max, knhk.now()
     end)
     assert.equal("completed", r.status, r.error)
     assert.equal(1, peak)
+    assert.equal(3, now)
     local got = {}
     for ch in r.vars.order:gmatch(".") do got[#got + 1] = ch end
     table.sort(got)
