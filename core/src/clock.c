@@ -64,6 +64,14 @@ int knhk_clock_watch_idle(knhk_reactor_t *r, knhk_idle_fn fn, void *arg) {
   return 0;
 }
 
+int knhk_clock_batch(knhk_reactor_t *r, knhk_batch_fn begin, knhk_batch_fn end, void *arg) {
+  if (!r || r->clock != KNHK_CLOCK_VIRTUAL || !begin != !end) return KNHK_EINVAL;
+  atomic_store_explicit(&r->batch_arg, arg, memory_order_relaxed);
+  atomic_store_explicit(&r->batch_end, end, memory_order_relaxed);
+  atomic_store_explicit(&r->batch_begin, begin, memory_order_release);
+  return 0;
+}
+
 int knhk_clock_on_stall(knhk_reactor_t *r, knhk_stall_fn fn, void *arg) {
   if (!r || r->clock != KNHK_CLOCK_VIRTUAL) return KNHK_EINVAL;
   atomic_store_explicit(&r->stall_arg, arg, memory_order_relaxed);
@@ -133,6 +141,11 @@ void knhk__clock_settle(knhk_reactor_t *r) {
       knhk__reactor_poke(r); /* go on at the next turn */
       return;
     }
+    /* Read before the idle watch: a stall callback set once the runtime's
+     * first task was queued (the runtime's business) means that "every
+     * task waits" below is about that task and those after it, never
+     * about a runtime whose first task an outside thread has yet to queue. */
+    knhk_stall_fn stall = atomic_load_explicit(&r->stall_fn, memory_order_acquire);
     if (!every_task_waits(r)) return;
     /* Every task waits: the timers they started before waiting are queued
      * by now (a worker pushes, then registers asleep, which the idle watch
@@ -141,14 +154,17 @@ void knhk__clock_settle(knhk_reactor_t *r) {
     knhk__timers_take(r);
     uint64_t next = knhk__timers_next(r);
     if (next == UINT64_MAX) { /* nothing can move the clock, nor wake a task */
-      knhk_stall_fn stall = atomic_load_explicit(&r->stall_fn, memory_order_acquire);
       if (stall) stall(atomic_load_explicit(&r->stall_arg, memory_order_relaxed));
       return;
     }
+    knhk_batch_fn begin = atomic_load_explicit(&r->batch_begin, memory_order_acquire);
+    void *barg = atomic_load_explicit(&r->batch_arg, memory_order_relaxed);
+    if (begin) begin(barg);
     jump_to(r, next);
     /* What it fires usually wakes a task: every_task_waits is then false
      * (a task is queued) and we stop. A timer whose firing woke nobody (a
      * deadline of a scope nobody waits in) leaves them waiting: jump on. */
     knhk__timers_fire_due(r);
+    if (begin) atomic_load_explicit(&r->batch_end, memory_order_relaxed)(barg);
   }
 }

@@ -172,6 +172,16 @@ static void end_searching(knhk__worker_t *w) {
 
 /* ------------------------------------------------- seeded schedules */
 
+void knhk_executor_batch_begin(void *handle) {
+  knhk__executor_t *ex = knhk__impl_of(handle);
+  if (ex && (ex->flags & KNHK_EXECUTOR_SEEDED)) pthread_mutex_lock(&ex->batch_m);
+}
+
+void knhk_executor_batch_end(void *handle) {
+  knhk__executor_t *ex = knhk__impl_of(handle);
+  if (ex && (ex->flags & KNHK_EXECUTOR_SEEDED)) pthread_mutex_unlock(&ex->batch_m);
+}
+
 /* splitmix64 (Steele, Lea, Flood 2014): every seed, 0 included, gives a
  * full-period stream, so seeds next to each other give unrelated orders. */
 static uint64_t splitmix_next(uint64_t *state) {
@@ -200,12 +210,19 @@ static int ready_add(knhk__worker_t *w, knhk_task_t *t) {
  * room runs next: nothing is lost, only that choice is not seeded. */
 static knhk_task_t *seeded_pick(knhk__worker_t *w, int *busy) {
   knhk_task_t *t;
+  /* not while a batch of wake-ups is arriving (knhk_executor_batch_begin):
+   * they are one choice, whatever the order their threads ran in */
+  pthread_mutex_lock(&w->ex->batch_m);
   for (;;) {
     if (!(t = knhk__deque_pop(&w->deque)) && !(t = inbox_pop(w, busy)) &&
         !(t = injector_pop(w->ex, NULL, busy)))
       break;
-    if (ready_add(w, t) != 0) return t;
+    if (ready_add(w, t) != 0) {
+      pthread_mutex_unlock(&w->ex->batch_m);
+      return t;
+    }
   }
+  pthread_mutex_unlock(&w->ex->batch_m);
   if (w->nready == 0) return NULL;
   uint32_t i = (uint32_t)(splitmix_next(&w->pick_rng) % w->nready);
   t = w->ready[i];
@@ -557,6 +574,7 @@ static void free_impl(knhk__executor_t *ex) {
   knhk__pool_free_all(ex);
   free(ex->sleepers);
   pthread_mutex_destroy(&ex->idle_lock);
+  pthread_mutex_destroy(&ex->batch_m);
   free(ex);
 }
 
@@ -583,6 +601,7 @@ int knhk_executor_init(knhk_executor_t *handle, const knhk_executor_options_t *o
   ex->on_idle = o.on_idle;
   ex->on_idle_arg = o.on_idle_arg;
   pthread_mutex_init(&ex->idle_lock, NULL);
+  pthread_mutex_init(&ex->batch_m, NULL);
   knhk__pool_init(&ex->pools[KNHK__POOL_TASK], sizeof(knhk_task_t), offsetof(knhk_task_t, data));
   knhk__pool_init(&ex->pools[KNHK__POOL_CHILD], knhk__nursery_pool_layout[0][0],
                   knhk__nursery_pool_layout[0][1]);

@@ -114,6 +114,7 @@ struct knhk__executor {
   _Atomic uint64_t ext_entering;      /* outside spawns in progress */
   _Atomic uint64_t ext_spawned;
   pthread_mutex_t idle_lock;          /* sleepers, in_sleepers, shutdown check */
+  pthread_mutex_t batch_m;            /* seeded: held while a batch of wake-ups arrives */
   int *sleepers;
   int nsleepers;
   int worker0_entered;

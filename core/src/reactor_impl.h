@@ -61,6 +61,8 @@ struct knhk_reactor_s {
   _Atomic(void *) idle_arg;
   _Atomic(knhk_stall_fn) stall_fn; /* called when the clock can never move */
   _Atomic(void *) stall_arg;
+  _Atomic(knhk_batch_fn) batch_begin, batch_end; /* around a jump's firing */
+  _Atomic(void *) batch_arg;
   /* process.c, signal.c, file.c */
   knhk__proc_t *live_procs;       /* for shutdown */
   knhk_signal_t **watches;

@@ -293,6 +293,7 @@ typedef struct {
 int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, char *err,
                 size_t errlen);
 void klua_rt_free(klua_rt_t *rt);
+void klua_rt_watch_stalls(klua_rt_t *rt); /* the root is queued: stalls are deadlocks */
 int klua_rt_enter(klua_rt_t *rt);
 /* The calling thread's worker in rt while it runs a task, or NULL. */
 klua_worker_t *klua_worker(klua_rt_t *rt);

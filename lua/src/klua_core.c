@@ -1479,6 +1479,7 @@ static int l_enter(lua_State *L) {
   klua_rt_t *rt = lua_touserdata(L, 1);
   if (!rt) return luaL_argerror(L, 1, "runtime expected");
   rt->w[0].L = L;
+  klua_rt_watch_stalls(rt); /* the root is queued by now (core.root) */
   int rc = klua_rt_enter(rt);
   if (rc != 0) return luaL_error(L, "knhk.run: %s", knhk_strerror(rc));
   return 0;

@@ -190,6 +190,12 @@ static void stalled(void *arg) {
   knhk_token_cancel(rt->root_token, KNHK_CANCEL_SHUTDOWN);
 }
 
+/* Once the root task is queued (core.enter): from then on, a virtual clock
+ * that finds every task waiting with nothing to wake one reports it. */
+void klua_rt_watch_stalls(klua_rt_t *rt) {
+  if (knhk_clock_kind(rt->reactor) == KNHK_CLOCK_VIRTUAL) knhk_clock_on_stall(rt->reactor, stalled, rt);
+}
+
 int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, char *err,
                 size_t errlen) {
   int workers = opts->workers, clock = opts->clock;
@@ -253,7 +259,10 @@ int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, 
     if (rc != 0) snprintf(err, errlen, "cannot start %d workers: %s", workers, knhk_strerror(rc));
     else if (clock == KNHK_CLOCK_VIRTUAL) {
       rc = knhk_clock_watch_idle(rt->reactor, knhk_executor_idle, &rt->ex);
-      if (rc == 0) rc = knhk_clock_on_stall(rt->reactor, stalled, rt);
+      /* a seeded schedule sees the timers of one instant as one choice */
+      if (rc == 0 && opts->seeded)
+        rc = knhk_clock_batch(rt->reactor, knhk_executor_batch_begin, knhk_executor_batch_end,
+                              &rt->ex);
     }
   } else if (!err[0]) {
     snprintf(err, errlen, "cannot start the runtime: %s", knhk_strerror(rc));

@@ -50,10 +50,20 @@ int knhk_clock_watch_idle(knhk_reactor_t *r, knhk_idle_fn fn, void *arg);
  * thread whenever every task waits, nothing holds the clock and no timer
  * is pending: time can never move again, and no task will ever be woken
  * from inside the runtime (a deadlock, unless a thread outside it wakes
- * one). It must not block; it may cancel tokens. Same lifetime rule as the
- * idle watch. Returns 0, or KNHK_EINVAL (NULL reactor, real clock). */
+ * one). Set it once the first task is queued: "every task waits" is only
+ * meaningful from then on (an outside thread about to queue the first
+ * task is not seen by the idle watch). It must not block; it may cancel
+ * tokens. Same lifetime rule as the idle watch. Returns 0, or KNHK_EINVAL
+ * (NULL reactor, real clock). */
 typedef void (*knhk_stall_fn)(void *arg);
 int knhk_clock_on_stall(knhk_reactor_t *r, knhk_stall_fn fn, void *arg);
+
+/* Any thread. Under a virtual clock, begin(arg) and end(arg) bracket each
+ * jump and the timers it fires (on the reactor's thread), so that what
+ * they wake reaches the executor as one batch (knhk_executor_batch_begin).
+ * Same lifetime rule as the idle watch. Returns 0, or KNHK_EINVAL. */
+typedef void (*knhk_batch_fn)(void *arg);
+int knhk_clock_batch(knhk_reactor_t *r, knhk_batch_fn begin, knhk_batch_fn end, void *arg);
 
 /* Any thread. "Every task may be waiting now": the reactor asks the idle
  * watch again soon (a hint; it always checks before it jumps). Does

@@ -60,6 +60,15 @@ typedef struct {
   void *on_idle_arg;
 } knhk_executor_options_t;
 
+/* Any thread. With KNHK_EXECUTOR_SEEDED, between begin and end the worker
+ * does not gather ready tasks: tasks made ready together (the timers a
+ * virtual clock fires at one instant) are one choice for the seeded
+ * generator, whatever the order they arrived in. Without it, nothing. Do
+ * not wait for the executor in between. The handle is a knhk_executor_t*
+ * (void *, to fit knhk_clock_batch). */
+void knhk_executor_batch_begin(void *handle);
+void knhk_executor_batch_end(void *handle);
+
 typedef struct {
   uint64_t spawned;        /* tasks spawned by this worker */
   uint64_t completed;      /* tasks that ended on this worker, by status */
