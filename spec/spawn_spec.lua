@@ -87,21 +87,22 @@ describe("knhk.spawn snapshots", function()
   end)
 
   it("runs tasks on other workers when there are several", function()
-    local workers = run(function()
-      local seen, hs = {}, {}
-      for i = 1, 400 do
-        hs[i] = knhk.spawn(function()
-          local x = 0
-          for j = 1, 20000 do x = x + j end
-          return knhk.current().worker
-        end)
+    local wa, wb = run(function()
+      -- each waits, without yielding, for the other to have started: both
+      -- can finish only if the second worker takes one of them
+      local function meet(mine, other)
+        mine:set()
+        local deadline = os.clock() + 20
+        while not other:is_set() do
+          if os.clock() > deadline then error("no other worker ran the other task", 0) end
+        end
+        return knhk.current().worker
       end
-      for _, h in ipairs(hs) do seen[h:join()] = true end
-      local n = 0
-      for _ in pairs(seen) do n = n + 1 end
-      return n
+      local ea, eb = knhk.event(), knhk.event()
+      local a, b = knhk.spawn(meet, ea, eb), knhk.spawn(meet, eb, ea)
+      return a:join(), b:join()
     end, 2)
-    assert.equal(2, workers)
+    assert.are_not.equal(wa, wb)
   end)
 end)
 
