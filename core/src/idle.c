@@ -25,16 +25,38 @@
  */
 #define _GNU_SOURCE
 #include <limits.h>
+#include <pthread.h>
 #include <linux/membarrier.h>
 
 #include "executor_impl.h"
+
+/* Registering for membarrier(PRIVATE_EXPEDITED) costs a kernel grace
+ * period (milliseconds: more than the rest of knhk-lua's start-up) when
+ * the process already has several threads, and almost nothing while it has
+ * one. So it is done once, when the library is loaded (a process usually
+ * has one thread then), and every executor reads the outcome. */
+#ifndef KNHK_TSAN
+static _Atomic int membarrier_state; /* 0 not asked, 1 registered, -1 not available */
+
+static int membarrier_registered(void) {
+  int st = atomic_load_explicit(&membarrier_state, memory_order_acquire);
+  if (st == 0) {
+    st = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 ? 1 : -1;
+    atomic_store_explicit(&membarrier_state, st, memory_order_release);
+  }
+  return st == 1;
+}
+
+__attribute__((constructor)) static void register_membarrier_early(void) {
+  (void)membarrier_registered();
+}
+#endif
 
 void knhk__idle_init(knhk__executor_t *ex) {
 #ifdef KNHK_TSAN
   ex->asymmetric = 0;
 #else
-  ex->asymmetric =
-      syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+  ex->asymmetric = membarrier_registered();
 #endif
 }
 
