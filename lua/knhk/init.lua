@@ -142,7 +142,7 @@ function knhk.tasks()
   local rows = core.tasks()
   local now = core.now()
   for _, r in ipairs(rows) do
-    r.age = now and (now - r.started_ns) / 1e9 or 0
+    r.age = now and math.max(0, (now - r.started_ns) / 1e9) or 0 -- a coarse spawn time
     r.started_ns = nil
   end
   table.sort(rows, function(a, b) return a.id < b.id end)
