@@ -3,14 +3,7 @@
 -- the clock").
 local knhk = require "knhk"
 
--- The tasks parked in a wait now (knhk.tasks() rows).
-local function waiting()
-  local n = 0
-  for _, t in ipairs(knhk.tasks()) do
-    if t.state == "waiting" then n = n + 1 end
-  end
-  return n
-end
+local waiting = require "waiting" -- tasks parked in a wait now
 
 local function virtual(fn)
   return knhk.run(fn, { clock = "virtual", workers = 2 })

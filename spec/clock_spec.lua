@@ -11,14 +11,7 @@ local function virtual(fn, workers)
   return knhk.run(fn, { clock = "virtual", workers = workers or 2 })
 end
 
--- The tasks parked in a wait now (knhk.tasks() rows), the caller aside.
-local function waiting()
-  local n = 0
-  for _, t in ipairs(knhk.tasks()) do
-    if t.state == "waiting" then n = n + 1 end
-  end
-  return n
-end
+local waiting = require "waiting" -- tasks parked in a wait now
 
 describe("knhk.run's clock option", function()
   it("is real by default", function()

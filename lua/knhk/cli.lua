@@ -281,6 +281,12 @@ function M.main(argv)
     if argv[i] == nil then return nil, usage_error("option '" .. opt .. "' needs an argument") end
     return argv[i]
   end
+  -- an option's value: "--name=value", or the next argument
+  local function valued(a, name)
+    local v = a:sub(1, #name + 1) == name .. "=" and a:sub(#name + 2) or nil
+    if v then return v end
+    return need(a)
+  end
   while argv[i] ~= nil do
     local a = argv[i]
     if a == "--" then
@@ -301,22 +307,16 @@ function M.main(argv)
     elseif a == "--stats" then
       stats = true
     elseif a == "--clock" or a:match("^%-%-clock=") then
-      clock = a:match("^%-%-clock=(.*)$")
-      if not clock then
-        local v, code = need(a)
-        if not v then return code end
-        clock = v
-      end
+      local code
+      clock, code = valued(a, "--clock")
+      if not clock then return code end
       if clock ~= "real" and clock ~= "virtual" then
         return usage_error("--clock takes real or virtual, got '" .. clock .. "'")
       end
     elseif a == "--telemetry" or a:match("^%-%-telemetry=") then
-      telemetry_file = a:match("^%-%-telemetry=(.*)$")
-      if not telemetry_file then
-        local v, code = need(a)
-        if not v then return code end
-        telemetry_file = v
-      end
+      local code
+      telemetry_file, code = valued(a, "--telemetry")
+      if not telemetry_file then return code end
     elseif a == "--graph" or a:match("^%-%-graph=") then
       graph = a:match("^%-%-graph=(.*)$") or "mermaid"
       if graph ~= "mermaid" and graph ~= "dot" then
@@ -329,12 +329,8 @@ function M.main(argv)
     elseif a:match("^%-e.") or a:match("^%-l.") then
       actions[#actions + 1] = { a:sub(1, 2), a:sub(3) }
     elseif a == "-w" or a == "--workers" or a:match("^%-%-workers=") then
-      local v = a:match("^%-%-workers=(.*)$")
-      if not v then
-        local code
-        v, code = need(a)
-        if not v then return code end
-      end
+      local v, code = valued(a, "--workers")
+      if not v then return code end
       workers = worker_count(v)
       if not workers then
         return usage_error("workers must be a whole number in 1..256, got '" .. v .. "'")
