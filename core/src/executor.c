@@ -224,7 +224,9 @@ static knhk_task_t *seeded_pick(knhk__worker_t *w, int *busy) {
   }
   pthread_mutex_unlock(&w->ex->batch_m);
   if (w->nready == 0) return NULL;
-  uint32_t i = (uint32_t)(splitmix_next(&w->pick_rng) % w->nready);
+  /* no draw without a choice: the stream of draws is then the same whatever
+   * path a lone task came by */
+  uint32_t i = w->nready == 1 ? 0 : (uint32_t)(splitmix_next(&w->pick_rng) % w->nready);
   t = w->ready[i];
   w->ready[i] = w->ready[--w->nready];
   return t;
@@ -357,7 +359,9 @@ int knhk__worker_loop(knhk__worker_t *w, knhk__wait_t *g) {
     knhk_task_t *t = find_local(w, &busy, deep);
     if (!t) {
       knhk__group_flush(w); /* give back what we hold before looking further */
-      if (!deep) t = find_remote(w, &busy);
+      /* seeded: every task goes through seeded_pick's choice (a push in
+       * flight makes it busy: the loop comes back) */
+      if (!deep && !(w->ex->flags & KNHK_EXECUTOR_SEEDED)) t = find_remote(w, &busy);
     }
     if (t) {
       end_searching(w);
