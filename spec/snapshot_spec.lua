@@ -230,6 +230,20 @@ describe("modules in a snapshot", function()
     local cjson = require "cjson"
     assert.equal("[1]", knhk.spawn(function() return cjson.encode({ 1 }) end):join())
   end)
+
+  on_one_and_many("a module whose table has a metatable travels by name too (busted's assert)", function()
+    -- in a spec, the global `assert` is luassert's module table, which has
+    -- a metatable; a task uses its own VM's
+    local h = knhk.spawn(function(x)
+      assert(x == 1, "x is 1")
+      assert.equal(1, x)
+      return type(assert)
+    end, 1)
+    assert.equal("table", h:join())
+    -- one loaded after every index made so far
+    local m = require "fixtures.callable_module"
+    assert.equal(42, knhk.spawn(function(x) return m(x) end, 6):join())
+  end)
 end)
 
 describe("numbers in a snapshot", function()

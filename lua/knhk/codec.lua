@@ -637,10 +637,16 @@ encode_value = function(enc, v)
       local bname = builtin_name[v]
       if bname then return put_builtin(buf, v, bname) end
       local mname = module_name[v]
-      if not mname and not enc.modules_indexed and getmetatable(v) == nil then
-        enc.modules_indexed = true -- modules loaded since: looked for once per snapshot
-        index_modules()
-        mname = module_name[v]
+      if not mname and not enc.modules_indexed then
+        -- modules loaded since: looked for once per snapshot, unless the
+        -- table is a known class or handle (a module may have a metatable:
+        -- busted's `assert` is luassert's module table)
+        local mt = getmetatable(v)
+        if mt == nil or not (classes[mt] or handle_kinds[mt]) then
+          enc.modules_indexed = true
+          index_modules()
+          mname = module_name[v]
+        end
       end
       if mname then return put_module(enc, v, mname) end
       encode_table(enc, v)
