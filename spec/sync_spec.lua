@@ -242,6 +242,10 @@ describe("knhk.semaphore and knhk.lock", function()
       local ok2, err2 = h:join()
       assert.is_false(ok2)
       assert.matches("unlock: the lock is held by task %d+, not by this task %(task %d+%)", err2)
+      -- locking it again from its holder would wait for ever: refused
+      local ok3, err3 = pcall(lock.lock, lock)
+      assert.is_false(ok3)
+      assert.matches("sync_spec.lua:%d+: lock: this task holds the lock already", err3)
       lock:unlock()
       assert.has_error(function() lock:unlock() end)
       -- still one holder at a time afterwards

@@ -1290,6 +1290,9 @@ static klua_sync_t *sem_arg(lua_State *L) {
 static int l_acquire_try(lua_State *L) {
   klua_sync_t *s = sem_arg(L);
   klua_task_t *t = current(L, "acquire");
+  if (klua_handle_kind(L, 1) == KLUA_H_LOCK && klua_lock_owner(s) == t->id)
+    return raise_at(L, 1, "lock: this task holds the lock already (a lock is not re-entrant)%s%s",
+                    "", "");
   return sync_status(L, klua_sem_try_acquire(s, t, klua_task_checkpoint_token(t)), t);
 }
 
