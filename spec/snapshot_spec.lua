@@ -231,6 +231,41 @@ describe("modules in a snapshot", function()
     assert.equal("[1]", knhk.spawn(function() return cjson.encode({ 1 }) end):join())
   end)
 
+  it("a module found through a package.path the spawner changed during the run (4 workers)", function()
+    knhk.run(function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir -p " .. dir) == 0)
+      local f = assert(io.open(dir .. "/knhk_spec_pathmod.lua", "w"))
+      f:write("return { v = 2 }\n")
+      f:close()
+      local saved = package.path
+      package.path = dir .. "/?.lua;" .. package.path
+      local m = require "knhk_spec_pathmod"
+      -- each waits, without yielding, for the other to start: one of them
+      -- runs in another worker's VM, made with the run's first paths
+      local function meet(mine, other)
+        mine:set()
+        local deadline = os.clock() + 20
+        while not other:is_set() do
+          if os.clock() > deadline then error("no other worker ran the other task", 0) end
+        end
+        return m.v, knhk.current().worker
+      end
+      local ea, eb = knhk.event(), knhk.event()
+      local a, b = knhk.spawn(meet, ea, eb), knhk.spawn(meet, eb, ea)
+      local va, wa = a:join()
+      local vb, wb = b:join()
+      package.path = saved
+      package.loaded.knhk_spec_pathmod = nil
+      os.remove(dir .. "/knhk_spec_pathmod.lua")
+      os.remove(dir)
+      assert.equal(2, va)
+      assert.equal(2, vb)
+      assert.are_not.equal(wa, wb)
+    end, { workers = 4 })
+  end)
+
   on_one_and_many("a module whose table has a metatable travels by name too (busted's assert)", function()
     -- in a spec, the global `assert` is luassert's module table, which has
     -- a metatable; a task uses its own VM's

@@ -276,10 +276,27 @@ local function can_require(name)
   return ok
 end
 
+-- The module paths the spawners use (runtime.lua sets both): a snapshot
+-- names a module its spawner's package.path finds, which a script may have
+-- changed after this VM was made.
+M.share_paths = function() end
+M.spawner_paths = function() end
+
+local function require_here(name)
+  local ok, m = pcall(require, name)
+  if ok then return m end
+  local p, c = M.spawner_paths()
+  if p and (p ~= package.path or c ~= package.cpath) then
+    package.path, package.cpath = p, c
+    return require(name)
+  end
+  error(m, 0)
+end
+
 function resolve_module(name)
   local mod, field = name:match("^([^%z]+)%z(.+)$")
-  if mod then return require(mod)[field] end
-  return require(name)
+  if mod then return require_here(mod)[field] end
+  return require_here(name)
 end
 
 -- ------------------------------------------------------ classes, handles
@@ -447,6 +464,7 @@ local function put_module(enc, v, name)
       .. "package.loaded): give it a name require can find, or pass what the task needs")
   end
   put_named(enc.buf, T_MODULE, name)
+  M.share_paths()
   M.on_named(v, "M" .. name)
 end
 

@@ -284,6 +284,16 @@ local function init_vm()
     remember(v, id)
     return v
   end
+  local shared_p, shared_c
+  codec.share_paths = function()
+    local p, c = package.path, package.cpath
+    if p ~= shared_p or c ~= shared_c then
+      if C.klua_rt_set_paths(rt, p, c) == 0 then shared_p, shared_c = p, c end
+    end
+  end
+  codec.spawner_paths = function()
+    return ffi.string(C.klua_rt_path(rt, 0)), ffi.string(C.klua_rt_path(rt, 1))
+  end
   core.register(runner, {
     proto_of = codec.proto_number,
     new_closure = codec.new_closure,

@@ -257,7 +257,9 @@ struct klua_rt {
   int workers;
   klua_worker_t *w;
   knhk_token_t *root_token;
-  char *lua_path, *lua_cpath;  /* the caller's, for worker VMs made later */
+  char *lua_path, *lua_cpath;  /* the spawner's, for worker VMs (under protos_m) */
+  char **old_paths;            /* replaced ones, kept until the end: readers may hold them */
+  size_t nold_paths;
   /* prototype registry: id -> bytecode */
   pthread_mutex_t protos_m;
   char **protos;

@@ -29,6 +29,8 @@ int klua_stats(klua_rt_t *rt, klua_counters_t *total, uint64_t *live, klua_count
 /* the prototype registry (knhk.codec): id -> bytecode */
 uint32_t klua_proto_register(klua_rt_t *rt, const char *bc, size_t len);
 const char *klua_proto_get(klua_rt_t *rt, uint32_t id, size_t *len);
+int klua_rt_set_paths(klua_rt_t *rt, const char *path, const char *cpath);
+const char *klua_rt_path(klua_rt_t *rt, int c);
 
 /* knhk.exec: a child process as a step */
 enum { KLUA_EXEC_AT_FILE = 0, KLUA_EXEC_AT_CWD = 1 };

@@ -121,6 +121,37 @@ KLUA_API int klua_stats(klua_rt_t *rt, klua_counters_t *total, uint64_t *live,
 
 int luaopen_knhk_core(lua_State *L); /* klua_core.c */
 
+/* Any thread. The module paths worker VMs use from now on: the spawner's,
+ * which it may have changed since the run began (a snapshot names a module
+ * by the name its package.path finds). 0, or KNHK_ENOMEM. */
+KLUA_API int klua_rt_set_paths(klua_rt_t *rt, const char *path, const char *cpath) {
+  char *p = strdup(path), *c = strdup(cpath);
+  pthread_mutex_lock(&rt->protos_m);
+  char **old = p && c ? realloc(rt->old_paths, (rt->nold_paths + 2) * sizeof *old) : NULL;
+  if (!old) {
+    pthread_mutex_unlock(&rt->protos_m);
+    free(p);
+    free(c);
+    return KNHK_ENOMEM;
+  }
+  rt->old_paths = old;
+  old[rt->nold_paths++] = rt->lua_path;
+  old[rt->nold_paths++] = rt->lua_cpath;
+  rt->lua_path = p;
+  rt->lua_cpath = c;
+  pthread_mutex_unlock(&rt->protos_m);
+  return 0;
+}
+
+/* Any thread. package.path (c = 0) or package.cpath (1) for worker VMs;
+ * valid until the runtime is freed. */
+KLUA_API const char *klua_rt_path(klua_rt_t *rt, int c) {
+  pthread_mutex_lock(&rt->protos_m);
+  const char *s = c ? rt->lua_cpath : rt->lua_path;
+  pthread_mutex_unlock(&rt->protos_m);
+  return s;
+}
+
 /* A worker VM: the standard libraries, the caller's module paths, and the
  * knhk runtime, which registers its runner (core.register). */
 int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
@@ -131,9 +162,9 @@ int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
   }
   luaL_openlibs(L);
   lua_getglobal(L, "package");
-  lua_pushstring(L, rt->lua_path);
+  lua_pushstring(L, klua_rt_path(rt, 0));
   lua_setfield(L, -2, "path");
-  lua_pushstring(L, rt->lua_cpath);
+  lua_pushstring(L, klua_rt_path(rt, 1));
   lua_setfield(L, -2, "cpath");
   /* the same knhk.core as the spawner's VM (this library), wherever
    * package.cpath would find one */
@@ -310,6 +341,8 @@ void klua_rt_free(klua_rt_t *rt) {
   knhk_token_release(rt->root_token);
   free(rt->lua_path);
   free(rt->lua_cpath);
+  for (size_t i = 0; i < rt->nold_paths; i++) free(rt->old_paths[i]);
+  free(rt->old_paths);
   for (uint32_t i = 0; i < rt->nprotos; i++) free(rt->protos[i]);
   free(rt->protos);
   free(rt->proto_lens);
