@@ -206,7 +206,12 @@ local function run_line(src)
   end)
   C.klua_signals_target(nil)
   if scope.cancelled_caught or (res and not res[1] and errors.is_cancelled(res[2])) then
-    print("(cancelled)")
+    if C.klua_rt_take_line_stall(R.rt) ~= 0 then
+      print("(cancelled: deadlock under the virtual clock: every task was waiting, with no "
+        .. "timer pending and nothing in flight that could wake one)")
+    else
+      print("(cancelled)")
+    end
     return true
   end
   if not res[1] then

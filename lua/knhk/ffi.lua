@@ -70,6 +70,7 @@ enum { KLUA_LINES_NONE = 0, KLUA_LINES_LINE = 1, KLUA_LINES_INTERRUPTED = 2 };
 int klua_signals_start(klua_rt_t *rt);
 int klua_signals_received(void);
 void klua_signals_target(knhk_token_t *token);
+int klua_rt_take_line_stall(klua_rt_t *rt);
 void klua_signals_repl(klua_lines_t *lines);
 klua_lines_t *klua_lines_new(void);
 int klua_lines_request(klua_lines_t *l, const char *prompt, klua_task_t *task);

@@ -254,6 +254,7 @@ struct klua_rt {
   pthread_mutex_t clock_m;
   int hints_on;                /* under clock_m */
   _Atomic int stalled;         /* a virtual clock found every task waiting for ever */
+  _Atomic int line_stalled;    /* ... while a REPL line ran: that line was cancelled */
   int workers;
   klua_worker_t *w;
   knhk_token_t *root_token;
@@ -296,6 +297,7 @@ int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, 
                 size_t errlen);
 void klua_rt_free(klua_rt_t *rt);
 void klua_rt_watch_stalls(klua_rt_t *rt); /* the root is queued: stalls are deadlocks */
+int klua_signals_cancel_line(void);       /* klua_signals.c */
 int klua_rt_enter(klua_rt_t *rt);
 /* The calling thread's worker in rt while it runs a task, or NULL. */
 klua_worker_t *klua_worker(klua_rt_t *rt);

@@ -217,9 +217,17 @@ static void stalled(void *arg) {
   knhk_executor_stats_t s;
   /* no task at all (the root not spawned yet, or every one ended): idle */
   if (knhk_executor_stats(&rt->ex, &s, NULL, 0) < 0 || s.live == 0) return;
+  if (klua_signals_cancel_line()) { /* a REPL line: only it is cancelled */
+    atomic_store(&rt->line_stalled, 1);
+    return;
+  }
   if (atomic_exchange(&rt->stalled, 1)) return;
   knhk_token_cancel(rt->root_token, KNHK_CANCEL_SHUTDOWN);
 }
+
+/* Whether a REPL line was cancelled because every task waited for ever
+ * under a virtual clock (and forgets it). */
+KLUA_API int klua_rt_take_line_stall(klua_rt_t *rt) { return atomic_exchange(&rt->line_stalled, 0); }
 
 /* Once the root task is queued (core.enter): from then on, a virtual clock
  * that finds every task waiting with nothing to wake one reports it. */

@@ -161,6 +161,18 @@ KLUA_API void klua_signals_target(knhk_token_t *token) {
   if (old) knhk_token_release(old);
 }
 
+/* The reactor's thread, when a virtual clock finds every task waiting with
+ * nothing to wake one: the REPL line that runs, if any, is cancelled (the
+ * REPL goes on, as after a Ctrl-C). 1 then, 0 when no line runs. */
+int klua_signals_cancel_line(void) {
+  knhk_token_t *target = atomic_exchange(&sigs.target, NULL);
+  if (!target) return 0;
+  atomic_store(&sigs.line_cancelled, 1);
+  knhk_token_cancel(target, KNHK_CANCEL_SHUTDOWN);
+  knhk_token_release(target);
+  return 1;
+}
+
 /* The REPL's line input (NULL when the REPL ends): a SIGINT at the prompt
  * interrupts it instead of cancelling the root. Returns once no signal
  * handler uses the previous one (it may be freed then). */
