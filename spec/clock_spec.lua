@@ -235,6 +235,15 @@ describe("knhk.clock.advance", function()
       end
       assert.has_error(function() knhk.clock.advance() end,
         "bad argument #1 to 'advance' (non-negative number expected, got nil)")
+      -- beyond what the clock can show (nanoseconds in 64 bits)
+      for _, big in ipairs { { math.huge, "inf" }, { 1e300, "1e+300" } } do
+        assert.has_error(function() knhk.clock.advance(big[1]) end,
+          "bad argument #1 to 'advance' (number that keeps the clock below 584 years expected, got "
+            .. big[2] .. ")")
+      end
+      assert.equal(0, knhk.now())
+      knhk.sleep(1) -- and the clock still moves
+      assert.equal(1, knhk.now())
     end, 1)
   end)
 

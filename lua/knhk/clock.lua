@@ -18,6 +18,9 @@ local error, type = error, type
 
 local M = {}
 
+local MAX_SECONDS = 2 ^ 64 / 1e9 -- the last time the clock can show
+local function knhk_now() return require("knhk").now() end
+
 local KINDS = { [0] = "real", [1] = "virtual" }
 M.KINDS = { real = 0, virtual = 1 }
 
@@ -53,6 +56,11 @@ function M.advance(seconds)
   end
   if not core.current() then
     error("knhk.clock.advance: must be called inside a knhk task (inside knhk.run)", 2)
+  end
+  -- the clock counts nanoseconds in 64 bits: about 584 years
+  if knhk_now() + seconds >= MAX_SECONDS then
+    check.fail(1, "advance", string.format("number that keeps the clock below %d years",
+      math.floor(MAX_SECONDS / (365 * 86400))), seconds)
   end
   local err = ffi.new("int[1]")
   local a = C.klua_clock_advance(core.current_ptr(), seconds, err)
