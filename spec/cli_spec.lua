@@ -332,7 +332,7 @@ describe("the knhk-lua REPL", function()
       if output then p:expect(output) end
       p:expect("> ")
     end
-    p:expect("workers; :help")
+    p:expect(", 2 workers; :help")
     p:expect("> ")
     line("20+22", "\n42\r?\n")
     line("error('bo' .. 'om')", "stdin:1: boom.-stdin:1: in main chunk") -- where, and how it got there
@@ -425,6 +425,7 @@ describe("the knhk-lua REPL", function()
   it("ends on a Ctrl-D typed while a line still runs, once the line is done", function()
     local p = pty.spawn({ KNHK_LUA, "-w", "1" })
     finally(function() p:kill() end)
+    p:expect(", 1 worker; :help") -- one worker, one word
     p:expect("> ")
     p:wait_raw()
     p:send("knhk.sleep(0.5) print('line' .. ' done')\n")

@@ -230,8 +230,9 @@ local function repl()
   lines = C.klua_lines_new()
   if lines == nil then error("cannot start line input", 0) end
   C.klua_signals_repl(lines)
-  io.write(knhk._VERSION, " on LuaJIT (", jit.version, "), ", knhk.stats().workers,
-    " workers; :help for commands\n")
+  local nw = knhk.stats().workers
+  io.write(knhk._VERSION, " on LuaJIT (", jit.version, "), ", nw, nw == 1 and " worker" or " workers",
+    "; :help for commands\n")
   local pending = nil
   while true do
     local ok, line = pcall(read_line, pending and ">> " or "> ")

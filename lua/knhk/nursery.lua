@@ -122,8 +122,7 @@ function Nursery:wait_any()
       -- every child ended without completing: when some failed, the
       -- nursery raises their errors as it closes, with nothing of ours
       if core.nursery_failed(self) or core.nursery_cancelled(self) then return end
-      R.raise(errors.task_error("wait_any: no child to wait for (none was spawned, or every "
-        .. "one was already taken)", nil, nil))
+      R.raise("wait_any: no child to wait for (none was spawned, or every one was already taken)")
     end
     local st, outcome = core.outcome(h)
     if st == R.DONE or outcome == R.OK then

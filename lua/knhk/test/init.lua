@@ -38,7 +38,8 @@ end
 
 -- Checks wrap's and explore's options (argument n of fname).
 local function check_opts(opts, n, fname)
-  opts = check.opts(opts, n, fname, 3, { "workers", "seed", "clock", "name", "runs" })
+  opts = check.opts(opts, n, fname, 3, fname == "explore" and
+    { "workers", "seed", "clock", "name", "runs" } or { "workers", "seed", "clock", "name" })
   check.field("whole", opts, "workers", n, fname, 3, 1, 256)
   check.field("whole", opts, "seed", n, fname, 3, 0, 2 ^ 53)
   check.field("string", opts, "clock", n, fname, 3)
