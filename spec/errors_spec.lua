@@ -224,6 +224,20 @@ describe("failures in the runtime's own bookkeeping", function()
 end)
 
 
+describe("an error raised below a tail call", function()
+  it("names no place rather than one inside knhk", function()
+    run(function()
+      local ch = knhk.channel(1)
+      ch:close()
+      local h = knhk.spawn(function(c) return c:send(1) end, ch) -- the task's frame goes
+      local ok, err = pcall(h.join, h)
+      assert.is_false(ok)
+      assert.matches("send: the channel is closed", tostring(err))
+      assert.no.matches("knhk/[%w_/]+%.lua:%d+: send", tostring(err))
+    end)
+  end)
+end)
+
 describe("waiting where a task cannot be suspended", function()
   it("names the problem at the program's line, and leaves nothing armed", function()
     run(function()

@@ -85,8 +85,13 @@ local function user_level()
   local level = 3
   while true do
     local info = debug.getinfo(level, "S")
-    if not info then return 1 end
-    if info.what ~= "C" and not info.source:match("knhk/[%w_/]+%.lua$") then return level - 1 end
+    -- none (the program's frame went in a tail call): no place rather than
+    -- one inside knhk
+    if not info then return 0 end
+    -- not C, not knhk's own, not a tail call's placeholder (no line to show)
+    if info.what ~= "C" and info.what ~= "tail" and not info.source:match("knhk/[%w_/]+%.lua$") then
+      return level - 1
+    end
     level = level + 1
   end
 end
