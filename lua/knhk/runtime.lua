@@ -138,9 +138,11 @@ M.task_failure = task_failure
 
 -- The results of a task that completed (no waiting, not a checkpoint).
 function M.results(h)
-  local function values(st, outcome, payload, ...)
-    if st == DONE then return outcome, payload, ... end
-    if st == BLOB then return select(2, codec.decode(payload)) end
+  -- DONE, results... (inline) or BLOB, outcome, snapshot: exactly the
+  -- results, as many as the task returned
+  local function values(st, ...)
+    if st == DONE then return ... end
+    if st == BLOB then return select(2, codec.decode((select(2, ...)))) end
   end
   return values(core.outcome(h))
 end

@@ -344,6 +344,7 @@ uint32_t klua_group_live(klua_group_t *g);
 int klua_group_close_if_idle(klua_group_t *g);
 /* The next ended child (ORDERED), oldest first, with g's reference; NULL if none. */
 klua_task_t *klua_group_next_ended(klua_group_t *g);
+int klua_group_has_ended(klua_group_t *g); /* the owner's: one is there to take */
 /* The failures not joined, oldest first, with a reference each; count in *n. */
 klua_task_t **klua_group_take_failures(klua_group_t *g, uint32_t *n);
 

@@ -1056,7 +1056,12 @@ static int l_next_ended_try(lua_State *L) {
   klua_task_t *t = current(L, "join_next");
   klua_group_t *g = group_or_own(L, 1, t);
   klua_wait_end(t);
+  /* a checkpoint, as every wait: a cancelled scope (the nursery's own, or
+   * one around it) raises Cancelled here, rather than the wait returning
+   * whatever its children left when they were cancelled */
+  knhk_token_t *tok = klua_task_checkpoint_token(t);
   for (;;) {
+    if (knhk_token_is_cancelled(tok)) return push_cancelled(L, tok);
     klua_task_t *c = klua_group_next_ended(g);
     if (c) {
       lua_pushinteger(L, ST_DONE);
@@ -1068,15 +1073,19 @@ static int l_next_ended_try(lua_State *L) {
       return 1;
     }
     uint64_t seen = atomic_load_explicit(&g->ends, memory_order_seq_cst);
-    if (klua_group_next_ended(g)) { /* ended meanwhile: put back in order */
-      continue;
-    }
+    /* one that ended meanwhile is taken at the top (a look, not a pop:
+     * popping it here dropped it, and a wait_any then missed its winner) */
+    if (klua_group_has_ended(g)) continue;
     if (klua_group_notify(g, t, seen) == KNHK_EALREADY) {
       klua_group_unnotify(g, t);
       continue;
     }
     t->w.kind = KLUA_WAIT_GROUP;
     t->w.on = g;
+    if (klua_wait_arm_cancel(t, tok)) { /* cancelled meanwhile */
+      klua_wait_end(t);
+      continue;
+    }
     lua_pushinteger(L, ST_WAIT);
     return 1;
   }

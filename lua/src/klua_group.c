@@ -178,6 +178,10 @@ int klua_group_close_if_idle(klua_group_t *g) {
   }
 }
 
+int klua_group_has_ended(klua_group_t *g) {
+  return g->ended_fifo || atomic_load_explicit(&g->ended, memory_order_acquire);
+}
+
 klua_task_t *klua_group_next_ended(klua_group_t *g) {
   if (!g->ended_fifo) { /* take the stack (newest first) and turn it over */
     klua_task_t *s = atomic_exchange_explicit(&g->ended, NULL, memory_order_acquire);
