@@ -422,19 +422,6 @@ describe("the knhk-lua REPL", function()
     end)
   end
 
-  it("ends on a Ctrl-D typed while a line still runs, once the line is done", function()
-    local p = pty.spawn({ KNHK_LUA, "-w", "1" })
-    finally(function() p:kill() end)
-    p:expect(", 1 worker; :help") -- one worker, one word
-    p:expect("> ")
-    p:wait_raw()
-    p:send("knhk.sleep(0.5) print('line' .. ' done')\n")
-    p:wait_cooked() -- the line runs
-    p:send("\4")
-    p:expect("\nline done\r?\n")
-    assert.equal(0, p:wait(10))
-  end)
-
   it("--clock virtual: time stands still while the prompt waits; a line that waits moves it", function()
     local p = pty.spawn({ KNHK_LUA, "--clock", "virtual", "-w", "2" })
     finally(function() p:kill() end)
@@ -463,6 +450,7 @@ describe("the knhk-lua REPL", function()
   it("keeps what is typed beyond ASCII (a UTF-8 terminal)", function()
     local p = pty.spawn({ KNHK_LUA, "-w", "1" }, { LANG = "C.UTF-8", LC_ALL = "C.UTF-8" })
     finally(function() p:kill() end)
+    p:expect(", 1 worker; :help") -- one worker, one word
     p:expect("> ")
     p:wait_raw()
     p:send("print(#'h\u{e9}llo', 'caf\u{e9}' .. '!')\n")

@@ -245,10 +245,16 @@ local function index_modules()
   for name, mod in pairs(package.loaded) do
     if not indexed_modules[name] and type(mod) == "table" and builtin_name[mod] == nil then
       indexed_modules[name] = true
-      module_name[mod] = name
-      for k, v in pairs(mod) do
-        if type(k) == "string" and type(v) == "function" and funcinfo(v).addr then
-          module_name[v] = name .. "\0" .. k
+      -- A table loaded under several names (a package's init that returns
+      -- one of its parts: luassert is luassert.assert) travels by the
+      -- shortest, the one whose loading sets up the rest.
+      local known = module_name[mod]
+      if not known or #name < #known then
+        module_name[mod] = name
+        for k, v in pairs(mod) do
+          if type(k) == "string" and type(v) == "function" and funcinfo(v).addr then
+            module_name[v] = name .. "\0" .. k
+          end
         end
       end
     end

@@ -90,7 +90,12 @@ static int read_char(EditLine *el, wchar_t *wc) {
     char c;
     ssize_t n = read(STDIN_FILENO, &c, 1);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n <= 0) return n == 0 ? 0 : -1;
+    if (n < 0) return -1;
+    if (n == 0) { /* the terminal's end of file (a Ctrl-D typed ahead, in canonical mode) */
+      l->eof_typed = 1;
+      errno = EINTR;
+      return -1;
+    }
     /* Ctrl-D on an empty line is the end of input, even when typed while
      * the previous line ran: the terminal, still in canonical mode then,
      * keeps that end-of-file as a NUL byte, which reaches us once libedit
