@@ -2,6 +2,7 @@
 -- must behave as the function would have behaved in the spawner, on any
 -- worker. Each case runs on one worker (nothing moves) and on four.
 local knhk = require "knhk"
+local two_workers = require "two_workers"
 local T = require "knhk.test"
 
 local function on_one_and_many(name, fn)
@@ -243,20 +244,10 @@ describe("modules in a snapshot", function()
       local saved = package.path
       package.path = stem .. "_?.lua;" .. package.path
       local m = require "knhk_spec_pathmod"
-      -- each waits, without yielding, for the other to start: one of them
-      -- runs in another worker's VM, made with the run's first paths
-      local function meet(mine, other)
-        mine:set()
-        local deadline = os.clock() + 20
-        while not other:is_set() do
-          if os.clock() > deadline then error("no other worker ran the other task", 0) end
-        end
-        return m.v, knhk.current().worker
-      end
-      local ea, eb = knhk.event(), knhk.event()
-      local a, b = knhk.spawn(meet, ea, eb), knhk.spawn(meet, eb, ea)
-      local va, wa = a:join()
-      local vb, wb = b:join()
+      -- one of the two runs in another worker's VM, made with the run's
+      -- first paths
+      local a, b = two_workers(function() return m.v, knhk.current().worker end)
+      local va, wa, vb, wb = a[1], a[2], b[1], b[2]
       package.path = saved
       package.loaded.knhk_spec_pathmod = nil
       os.remove(file)

@@ -1,6 +1,7 @@
 -- knhk.spawn / knhk.spawn_local and task handles: what a task sees, where
 -- it runs, and what comes back.
 local knhk = require "knhk"
+local two_workers = require "two_workers"
 local T = require "knhk.test"
 
 local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
@@ -87,22 +88,10 @@ describe("knhk.spawn snapshots", function()
   end)
 
   it("runs tasks on other workers when there are several", function()
-    local wa, wb = run(function()
-      -- each waits, without yielding, for the other to have started: both
-      -- can finish only if the second worker takes one of them
-      local function meet(mine, other)
-        mine:set()
-        local deadline = os.clock() + 20
-        while not other:is_set() do
-          if os.clock() > deadline then error("no other worker ran the other task", 0) end
-        end
-        return knhk.current().worker
-      end
-      local ea, eb = knhk.event(), knhk.event()
-      local a, b = knhk.spawn(meet, ea, eb), knhk.spawn(meet, eb, ea)
-      return a:join(), b:join()
+    local a, b = run(function()
+      return two_workers(function() return knhk.current().worker end)
     end, 2)
-    assert.are_not.equal(wa, wb)
+    assert.are_not.equal(a[1], b[1])
   end)
 end)
 
