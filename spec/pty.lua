@@ -108,17 +108,6 @@ function P:wait_raw(seconds)
   end
 end
 
--- Until the program has put the terminal back in canonical mode (a line
--- it read is running).
-function P:wait_cooked(seconds)
-  local deadline = os.time() + (seconds or 10)
-  while true do
-    if C.tcgetattr(self.fd, tio) == 0 and bit.band(tio.c_lflag, ICANON) ~= 0 then return end
-    if os.time() > deadline then error("the terminal never went back to canonical mode", 2) end
-    self:pump(5)
-  end
-end
-
 -- Ends the program if it is still running (for a spec's finally: a spec
 -- that failed half-way must not leave it behind).
 function P:kill()

@@ -2,6 +2,7 @@
 -- runtime's own spans (nurseries, tasks, scopes, workflow patterns) and
 -- instruments.
 local knhk = require "knhk"
+local two_workers = require "two_workers"
 local P = require "knhk.patterns"
 local cjson = require "cjson"
 local T = knhk.telemetry
@@ -168,21 +169,13 @@ describe("the runtime's spans", function()
   it("keep a task's parent on the worker it runs on: knhk.spawn, spawn_local, and what a moved task spawns", function()
     local got
     local rec = record(function()
-      -- a and b each wait, without yielding, for the other to have started:
-      -- they can only both finish on two different workers
-      local function meet(mine, other)
-        mine:set()
-        local deadline = os.clock() + 20
-        while not other:is_set() do
-          if os.clock() > deadline then error("the other task never ran on the other worker", 0) end
-        end
+      -- two tasks that can only both finish on two different workers
+      local a, b = two_workers(function()
         local c = knhk.spawn(function() return knhk.current().worker end)
         local l = knhk.spawn_local(function() return knhk.current().worker end)
         return knhk.current().worker, c:join(), l:join()
-      end
-      local ea, eb = knhk.event(), knhk.event()
-      local a, b = knhk.spawn(meet, ea, eb), knhk.spawn(meet, eb, ea)
-      got = { { a:join() }, { b:join() } }
+      end)
+      got = { a, b }
     end, 2)
     assert.are_not.equal(got[1][1], got[2][1]) -- a and b ran on different workers
     local spawns = rec.by_name["knhk.concurrency.nursery.spawn"]

@@ -16,11 +16,11 @@
 #define KNHK__FAIRNESS_TICKS 61  /* look at inbox + injector first every so often */
 #define KNHK__MAX_HELP_DEPTH 128 /* deeper helping waits only run their own queues */
 #define KNHK__DEQUE_CAPACITY 256
-#define KNHK__SPIN_NS 40000      /* a searcher spins this long before parking */
-/* ... and one that may not search watches its own inbox as long. (Not
- * longer: on a machine with more runnable threads than cores, a spinning
- * worker holds the core its partner's wake-up is waiting for.) */
-#define KNHK__INBOX_SPIN_NS KNHK__SPIN_NS
+/* A searcher spins this long before parking, and one that may not search
+ * watches its own inbox as long. (Not longer: on a machine with more
+ * runnable threads than cores, a spinning worker holds the core its
+ * partner's wake-up is waiting for.) */
+#define KNHK__SPIN_NS 40000
 #define KNHK__OFFLOAD_AT 256     /* deque length at which the owner shares half */
 #define KNHK__OFFLOAD_MAX 128
 #define KNHK__INJECTOR_BATCH 32  /* tasks a worker takes from the injector at once */
@@ -330,7 +330,7 @@ static int spin_for_work(knhk__worker_t *w, knhk__wait_t *g) {
  * its own inbox only, it disturbs no other worker. Returns 1 when work (or
  * the end of the wait) appeared. */
 static int spin_for_inbox(knhk__worker_t *w, knhk__wait_t *g) {
-  uint64_t deadline = knhk__mono_ns() + KNHK__INBOX_SPIN_NS;
+  uint64_t deadline = knhk__mono_ns() + KNHK__SPIN_NS;
   for (uint32_t i = 1;; i++) {
     knhk__cpu_relax(); /* one load per pause: a wake-up is seen within ~100 ns */
     if (knhk__mpsc_maybe_nonempty(&w->inbox) || loop_should_end(w, g)) return 1;

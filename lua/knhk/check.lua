@@ -81,7 +81,17 @@ end
 -- The level, for error(), of the first frame outside knhk's own modules
 -- (and outside C functions such as pcall): a mistake is reported where the
 -- program made it, however deep in knhk it was found.
-local function user_level()
+-- `also`: patterns of sources to pass over too (another library between
+-- knhk and the program, as luassert is for knhk.test's assertions).
+local function passed_over(source, also)
+  if source:match("knhk/[%w_/]+%.lua$") then return true end
+  for i = 1, also and #also or 0 do
+    if source:match(also[i]) then return true end
+  end
+  return false
+end
+
+local function user_level(also)
   local level = 3
   while true do
     local info = debug.getinfo(level, "S")
@@ -89,15 +99,15 @@ local function user_level()
     -- one inside knhk
     if not info then return 0 end
     -- not C, not knhk's own, not a tail call's placeholder (no line to show)
-    if info.what ~= "C" and info.what ~= "tail" and not info.source:match("knhk/[%w_/]+%.lua$") then
+    if info.what ~= "C" and info.what ~= "tail" and not passed_over(info.source, also) then
       return level - 1
     end
     level = level + 1
   end
 end
 
--- error(msg) at the user's line.
-function M.raise(msg) error(msg, user_level()) end
+-- error(msg) at the user's line (past the sources matching `also` too).
+function M.raise(msg, also) error(msg, user_level(also)) end
 
 -- ------------------------------------------------------------ methods
 

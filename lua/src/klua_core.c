@@ -754,6 +754,20 @@ static int push_cancelled(lua_State *L, knhk_token_t *tok) {
   return 2;
 }
 
+/* The end of every try that has to wait: its cancellation armed on tok,
+ * then WAIT; or, cancelled meanwhile, what it armed taken back and
+ * CANCELLED. recheck: the task's next step looks at the token before
+ * anything else (it may then be ended without being resumed). */
+static int wait_unless_cancelled(lua_State *L, klua_task_t *t, knhk_token_t *tok, int recheck) {
+  if (klua_wait_arm_cancel(t, tok)) {
+    klua_wait_end(t);
+    return push_cancelled(L, tok);
+  }
+  if (recheck) t->w.recheck = 1;
+  lua_pushinteger(L, ST_WAIT);
+  return 1;
+}
+
 /* core.join_try(h) */
 static int l_join_try(lua_State *L) {
   klua_task_t *target = TASK_ARG(L, 1);
@@ -765,15 +779,7 @@ static int l_join_try(lua_State *L) {
   if (knhk_token_is_cancelled(tok)) return push_cancelled(L, tok);
   int oc = klua_task_outcome(target);
   if (oc == KLUA_RUNNING) {
-    if (!klua_wait_arm_join(t, target)) {
-      if (klua_wait_arm_cancel(t, tok)) {
-        klua_wait_end(t);
-        return push_cancelled(L, tok);
-      }
-      t->w.recheck = 1;
-      lua_pushinteger(L, ST_WAIT);
-      return 1;
-    }
+    if (!klua_wait_arm_join(t, target)) return wait_unless_cancelled(L, t, tok, 1);
     klua_wait_end(t);
     oc = klua_task_outcome(target);
   }
@@ -852,13 +858,7 @@ static int l_sleep_try(lua_State *L) {
   }
   int rc = klua_wait_arm_sleep(t, deadline >= 1.8e19 ? UINT64_MAX : (uint64_t)deadline);
   if (rc != 0) return raise_at(L, 2, "knhk.sleep: %s%s", knhk_strerror(rc), "");
-  if (klua_wait_arm_cancel(t, tok)) {
-    klua_wait_end(t);
-    return push_cancelled(L, tok);
-  }
-  t->w.recheck = 1;
-  lua_pushinteger(L, ST_WAIT);
-  return 1;
+  return wait_unless_cancelled(L, t, tok, 1);
 }
 
 /* core.wait_try(uncancellable): a wait whose wake-up someone else arms
@@ -870,13 +870,7 @@ static int l_wait_try(lua_State *L) {
     lua_pushinteger(L, ST_WAIT);
     return 1;
   }
-  knhk_token_t *tok = klua_task_checkpoint_token(t);
-  if (klua_wait_arm_cancel(t, tok)) {
-    klua_wait_end(t);
-    return push_cancelled(L, tok);
-  }
-  lua_pushinteger(L, ST_WAIT);
-  return 1;
+  return wait_unless_cancelled(L, t, klua_task_checkpoint_token(t), 0);
 }
 
 /* core.scope_token() -> lightuserdata of the token the caller's checkpoints
@@ -1082,12 +1076,7 @@ static int l_next_ended_try(lua_State *L) {
     }
     t->w.kind = KLUA_WAIT_GROUP;
     t->w.on = g;
-    if (klua_wait_arm_cancel(t, tok)) { /* cancelled meanwhile */
-      klua_wait_end(t);
-      continue;
-    }
-    lua_pushinteger(L, ST_WAIT);
-    return 1;
+    return wait_unless_cancelled(L, t, tok, 0);
   }
 }
 

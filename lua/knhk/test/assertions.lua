@@ -12,6 +12,7 @@
 -- caught: the Cancelled error, the group, fn's results.
 local knhk = require "knhk"
 local errors = require "knhk.errors"
+local check = require "knhk.check"
 
 local M = {}
 
@@ -42,19 +43,8 @@ local function clock_kind() return knhk.clock.kind() end
 
 -- A mistake in an assertion's arguments, raised at the spec's line: past
 -- this module's frames and luassert's own.
-local function refuse(msg)
-  local level = 2
-  while true do
-    local info = debug.getinfo(level, "S")
-    if not info then break end
-    if info.what ~= "C" and not info.source:match("luassert/") and not info.source:match("say/")
-        and not info.source:match("knhk/test/") then
-      break
-    end
-    level = level + 1
-  end
-  error(msg, level)
-end
+local PAST_LUASSERT = { "/luassert/", "/say/" }
+local function refuse(msg) check.raise(msg, PAST_LUASSERT) end
 
 function M.register(describe_error)
   local ok, assert = pcall(require, "luassert")
