@@ -76,12 +76,15 @@ M.await = await
 -- A wait whose wake-up someone else arms through the FFI (exec, the
 -- REPL's line input): until cond() holds; arm(task) registers the task
 -- and returns true if cond already holds. `uncancellable`: not a
--- checkpoint.
+-- checkpoint. cond may consume what it finds (the REPL takes its line):
+-- once it has returned true it is not called again.
 function M.wait(cond, arm, uncancellable)
   while not cond() do
     local st, reason = core.wait_try(uncancellable)
     if st == CANCELLED then raise_cancelled(reason) end
-    if not arm(core.current_ptr()) and not cond() then
+    if not arm(core.current_ptr()) then
+      -- what arrived between the look and the arming
+      if cond() then break end
       if not isyieldable() then cannot_wait_here() end
       co_yield(MARK_WAIT)
     end
