@@ -73,6 +73,22 @@ local function await(try, a, b)
 end
 M.await = await
 
+-- await for a wait that only happens (a sleep, an event, a permit): it
+-- returns nothing, so that the function that waits can end in `return
+-- wait_for(...)`. That tail call takes the waiter's frame: a waiting task
+-- holds fewer frames, and a stack used to under a quarter of its size
+-- shrinks by half at the next garbage collection.
+local function wait_for(try, a, b)
+  local st, x = try(a, b)
+  while st == WAIT do
+    if not isyieldable() then cannot_wait_here() end
+    co_yield(MARK_WAIT)
+    st, x = try(a, b)
+  end
+  if st == CANCELLED then raise_cancelled(x) end
+end
+M.wait_for = wait_for
+
 -- A wait whose wake-up someone else arms through the FFI (exec, the
 -- REPL's line input): until cond() holds; arm(task) registers the task
 -- and returns true if cond already holds. `uncancellable`: not a
@@ -165,11 +181,9 @@ M.failures_of = failures_of
 
 -- A stack overflow leaves the error handler no room to run: xpcall then
 -- reports "error in error handling". Say what happened, and where.
-local function overflow_error(fn)
-  local info = debug.getinfo(fn, "S")
-  local id = core.current()
-  return errors.task_error(string.format("stack overflow in task %d (function at %s:%d)",
-    id or 0, info.short_src, info.linedefined), "", nil)
+local function overflow_error()
+  return errors.task_error(string.format("stack overflow in task %d (%s)", core.current() or 0,
+    core.place()), "", nil)
 end
 
 local encode = codec.encode
@@ -179,9 +193,9 @@ local function as_error() return "error" end
 -- Records a task's end the slow way: its own nursery's children end first
 -- (their unjoined failures become its error), and results or errors that
 -- are not inline values go through the codec.
-local function complete_slow(fn, pooled, st, ok, ...)
+local function complete_slow(st, ok, ...)
   local res = pack(ok, ...)
-  if not ok and res[2] == "error in error handling" then res[2] = overflow_error(fn) end
+  if not ok and res[2] == "error in error handling" then res[2] = overflow_error() end
   if st == 1 then -- it spawned: a task ends only after what it spawned
     -- a failed task's children are cancelled, as a nursery's are when its
     -- body fails: nothing would ever ask them to end otherwise
@@ -194,7 +208,7 @@ local function complete_slow(fn, pooled, st, ok, ...)
     if not ok and not errors.is_signal(res[2]) then table.insert(errs, 1, res[2]) end
     if #errs > 0 then
       ok, res = false, { n = 2, false, errors.group(errs) }
-    elseif ok and core.finish(fn, pooled, true, unpack(res, 2, res.n)) == 0 then
+    elseif ok and core.finish(true, unpack(res, 2, res.n)) == 0 then
       return
     end
   end
@@ -203,7 +217,7 @@ local function complete_slow(fn, pooled, st, ok, ...)
     if good then return core.finish_blob(OK, snap) end
     -- the joiner may be far from the task: say which task could not return
     local msg = string.format("task %d (%s) cannot return its results: %s", core.current() or 0,
-      codec.place_of(fn), type(snap) == "table" and snap.message or tostring(snap))
+      core.place(), type(snap) == "table" and snap.message or tostring(snap))
     return core.finish_blob(ERROR, encode(1, as_error, errors.task_error(msg, nil, nil)))
   end
   local e = res[2]
@@ -218,32 +232,35 @@ end
 
 local core_finish, finish_cancelled = core.finish, core.finish_cancelled
 local plain_cancelled_code = errors.plain_cancelled_code
-local function complete(fn, pooled, ok, ...)
-  local st = core_finish(fn, pooled, ok, ...)
+local function complete(ok, ...)
+  local st = core_finish(ok, ...)
   if st == 0 then return end
   if st == 2 and not ok then -- ended by cancellation: the reason is enough
     local code = plain_cancelled_code((...))
     if code then return finish_cancelled(code) end
   end
-  return complete_slow(fn, pooled, st, ok, ...)
+  return complete_slow(st, ok, ...)
 end
 
-local function run_blob(snap)
+-- A task the codec started (its function's globals, tables, ...): decoded
+-- inside the task's own protected call, so that a start that cannot be
+-- decoded is the task's error; a tail call, so that the function runs
+-- where any other task's does.
+local function start_blob(snap)
   local vals = pack(codec.decode(snap))
-  local fn = vals[2]
-  return complete(fn, false, xpcall(fn, capture, unpack(vals, 3, vals.n)))
-end
-
-local function run_task(fn, handler, ...)
-  if fn == false then return run_blob(handler) end
-  return complete(fn, true, xpcall(fn, handler, ...))
+  return vals[2](unpack(vals, 3, vals.n))
 end
 
 -- What every task coroutine runs: a task, then the next one it is given.
+-- core.start gives the function, the error handler and the arguments, so
+-- the task's function runs two frames from the coroutine's base: a waiting
+-- task's stack is what its own frames need (a stack used to under a
+-- quarter shrinks by half at the next garbage collection, which halves
+-- what a sleeping task costs).
 local core_start = core.start
 local function runner()
   while true do
-    run_task(core_start())
+    complete(xpcall(core_start()))
     co_yield(MARK_DONE)
   end
 end
@@ -304,6 +321,7 @@ local function init_vm()
     new_closure = codec.new_closure,
     place_of = codec.place_of,
     capture = capture,
+    start_blob = start_blob,
     globals_names = codec.globals_names,
     gnames = {},
     base_mt = codec.BASE_MT,

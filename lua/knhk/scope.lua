@@ -14,7 +14,7 @@ local telemetry = require "knhk.telemetry"
 
 local pcall, select, unpack = pcall, select, unpack
 local co_yield = coroutine.yield
-local await, pack = R.await, R.pack
+local wait_for, pack = R.wait_for, R.pack
 
 local M = {}
 
@@ -43,7 +43,7 @@ function M.sleep(seconds)
   -- a deadline already passed would not yield, and a loop of sleep(0)
   -- would keep its worker to itself
   if seconds <= 0 then return M.checkpoint() end
-  await(core_sleep_try, ns + seconds * 1e9)
+  return wait_for(core_sleep_try, ns + seconds * 1e9)
 end
 
 -- knhk.checkpoint(): raises Cancelled if the current scope is cancelled,
@@ -172,6 +172,8 @@ Token.cancel = check.method(tokens, "token", "cancel", core.token_cancel)
 Token.is_cancelled = check.method(tokens, "token", "is_cancelled", core.token_is_cancelled)
 
 -- t:wait(): waits (a checkpoint) until the token is cancelled
-Token.wait = check.method(tokens, "token", "wait", function(t) await(core.token_wait_try, t) end)
+Token.wait = check.method(tokens, "token", "wait", function(t)
+  return wait_for(core.token_wait_try, t)
+end)
 
 return M

@@ -6,7 +6,7 @@ local check = require "knhk.check"
 local R = require "knhk.runtime"
 
 local select, unpack, getmetatable, type = select, unpack, getmetatable, type
-local await = R.await
+local await, wait_for = R.await, R.wait_for
 local bad_self, method = check.bad_self, check.method
 local DONE, CLOSED, BLOB, SLOW = R.DONE, R.CLOSED, R.BLOB, R.SLOW
 
@@ -107,7 +107,7 @@ function M.semaphore(n)
   return core.semaphore(n)
 end
 
-local function acquire(s) await(core.acquire_try, s) end
+local function acquire(s) return wait_for(core.acquire_try, s) end
 
 -- with(fn, ...) -> fn's results, holding a permit (released on error too).
 local function with(s, fn, ...)
@@ -170,6 +170,6 @@ function M.is_event(v) return getmetatable(v) == mts.event end
 function M.event() return core.event() end
 Event.set = method(events, "event", "set", core.event_set)
 Event.is_set = method(events, "event", "is_set", core.event_is_set)
-Event.wait = method(events, "event", "wait", function(e) await(core.event_wait_try, e) end)
+Event.wait = method(events, "event", "wait", function(e) return wait_for(core.event_wait_try, e) end)
 
 return M

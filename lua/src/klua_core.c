@@ -548,15 +548,19 @@ static void closure_for(lua_State *L, uint32_t id) {
   lua_rawset(L, UP_PROTOS); /* so that it finds its way back to the pool */
 }
 
-/* core.start() -> fn, capture, args... (or false, snapshot) */
+/* core.start() -> fn, capture, args...: what the runner hands to xpcall.
+ * A codec start gives runtime.lua's start_blob and the snapshot. A
+ * closure of its prototype's pool is anchored (t->fn_ref) while the task
+ * runs, and goes back to the pool when the task has ended (retire_fn). */
 static int l_start(lua_State *L) {
   klua_task_t *t = current(L, "knhk.runtime");
   int pay = t->pay;
   if (pay == KLUA_PAY_BLOB) {
-    lua_pushboolean(L, 0);
+    lua_getfield(L, UP_HOOKS, "start_blob");
+    lua_getfield(L, UP_HOOKS, "capture");
     lua_pushlstring(L, t->data, t->len);
     klua_payload_reset(t);
-    return 2;
+    return 3;
   }
   if (pay == KLUA_PAY_INLINE) {
     uint32_t id = (uint32_t)t->proto & KLUA_PROTO_ID_MASK;
@@ -573,6 +577,9 @@ static int l_start(lua_State *L) {
     if (nuv == 0 && !ng) {
       lua_pushvalue(L, fn);
       lua_rawseti(L, UP_POOLS, (int)id);
+    } else {
+      lua_pushvalue(L, fn);
+      t->fn_ref = luaL_ref(L, UP_ANCHOR);
     }
     lua_getfield(L, UP_HOOKS, "capture");
     /* upvalues first, then the globals, then the arguments */
@@ -653,26 +660,37 @@ static void give_back_closure(lua_State *L, int fn) {
   lua_pop(L, 1);
 }
 
-/* core.finish(fn, pooled, ok, ...) -> 0 (recorded), 1 (its own nursery
- * has children: close it first), 2 (the results or error need the codec) */
+/* The closure t ran goes back to its pool once t has ended (its code may
+ * still run until then: a nursery's close). */
+static void retire_fn(lua_State *L, klua_task_t *t) {
+  if (t->fn_ref == LUA_NOREF) return;
+  lua_rawgeti(L, UP_ANCHOR, t->fn_ref);
+  give_back_closure(L, lua_gettop(L));
+  lua_pop(L, 1);
+  luaL_unref(L, UP_ANCHOR, t->fn_ref);
+  t->fn_ref = LUA_NOREF;
+}
+
+/* core.finish(ok, ...) -> 0 (recorded), 1 (its own nursery has children:
+ * close it first), 2 (the results or error need the codec) */
 static int l_finish(lua_State *L) {
   klua_task_t *t = current(L, "knhk.runtime");
   if (t->implicit) {
     lua_pushinteger(L, 1);
     return 1;
   }
-  if (lua_toboolean(L, 2) && t->kind == KLUA_PORTABLE) give_back_closure(L, 1);
-  int ok = lua_toboolean(L, 3);
-  int n = lua_gettop(L) - 3;
-  int64_t size = ok ? klua_values_size(L, 4, n, NULL) : -1;
+  int ok = lua_toboolean(L, 1);
+  int n = lua_gettop(L) - 1;
+  int64_t size = ok ? klua_values_size(L, 2, n, NULL) : -1;
   char *out = size >= 0 ? klua_payload_room(t, (uint32_t)size) : NULL;
   if (!out) {
     lua_pushinteger(L, 2);
     return 1;
   }
-  klua_values_encode(L, 4, n, out, NULL);
+  klua_values_encode(L, 2, n, out, NULL);
   t->pay = KLUA_PAY_INLINE;
   t->nvals = n;
+  retire_fn(L, t);
   klua_task_publish(t, KLUA_OK);
   lua_pushinteger(L, 0);
   return 1;
@@ -689,6 +707,7 @@ static int l_finish_blob(lua_State *L) {
     memcpy(out, snap, len);
     t->pay = KLUA_PAY_BLOB;
   }
+  retire_fn(L, t);
   klua_task_publish(t, outcome);
   return 0;
 }
@@ -702,6 +721,7 @@ static int l_finish_cancelled(lua_State *L) {
   klua_payload_reset(t);
   t->pay = KLUA_PAY_REASON;
   t->nvals = reason;
+  retire_fn(L, t);
   klua_task_publish(t, KLUA_CANCELLED);
   return 0;
 }
@@ -1356,6 +1376,14 @@ static int l_now(lua_State *L) {
 }
 
 /* core.current() -> id, worker of the running task, or nothing */
+/* core.place() -> where the running task's function is ("function at
+ * file:line"), for messages about the task as a whole */
+static int l_place(lua_State *L) {
+  klua_task_t *t = current(L, "knhk.runtime");
+  lua_pushstring(L, t->where ? t->where : "a function");
+  return 1;
+}
+
 static int l_current(lua_State *L) {
   klua_worker_t *w = klua_self();
   if (!w || !w->cur || w->cur->co != L) return 0;
@@ -1578,6 +1606,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"root", l_root},
       {"start", l_start},
       {"finish", l_finish},
+      {"place", l_place},
       {"finish_blob", l_finish_blob},
       {"finish_cancelled", l_finish_cancelled},
       {"marks", l_marks},

@@ -314,6 +314,14 @@ static void drop_coroutine(klua_worker_t *w, int ref) {
   lua_pop(L, 1);
 }
 
+/* A task that ended without finishing (its coroutine is dropped): the
+ * closure it ran is let go, not pooled. */
+static void drop_fn(klua_worker_t *w, klua_task_t *t) {
+  if (t->fn_ref == LUA_NOREF) return;
+  drop_coroutine(w, t->fn_ref); /* an anchor reference, as a coroutine's */
+  t->fn_ref = LUA_NOREF;
+}
+
 /* The runtime's own bookkeeping failed while it ran t (the coroutine died
  * outside the task's own protected call: a finalizer raised, or memory
  * ran out): t fails with that message, so nothing waits for ever. */
@@ -376,15 +384,15 @@ static int status_of(int outcome) {
  * no C function), and the task has no nursery of its own to close. Then
  * unwinding would run no code of the task's: ending it here is the same,
  * without the unwinder's cost, which dominates cancelling many tasks.
- * The frames from the bottom are: the runner, run_task (or run_blob),
- * the xpcall that runs the task's function. */
+ * The frames from the bottom are: the runner, the xpcall that runs the
+ * task's function. */
 static int cancel_unwinds_nothing(klua_worker_t *w, klua_task_t *t) {
   if (t->implicit) return 0;
   lua_State *co = t->co;
   lua_Debug ar;
   /* Level 0 is the coroutine.yield the wait yielded with (the recheck
    * flag is set just before it). The first C frame above it must be the
-   * task's xpcall: two frames below it, the bottom one, the runner. */
+   * task's xpcall: the frame below it, the bottom one, the runner. */
   if (!lua_checkstack(co, 2)) return 0;
   int level = 1;
   for (;; level++) {
@@ -394,8 +402,8 @@ static int cancel_unwinds_nothing(klua_worker_t *w, klua_task_t *t) {
     lua_pop(co, 1);
     if (c) break; /* pcall, xpcall, or another C function */
   }
-  if (!lua_getstack(co, level + 2, &ar) || lua_getstack(co, level + 3, &ar)) return 0;
-  lua_getstack(co, level + 2, &ar);
+  if (!lua_getstack(co, level + 1, &ar) || lua_getstack(co, level + 2, &ar)) return 0;
+  lua_getstack(co, level + 1, &ar);
   lua_getinfo(co, "f", &ar);
   lua_rawgeti(co, LUA_REGISTRYINDEX, w->runner);
   int is_runner = lua_rawequal(co, -1, -2);
@@ -411,6 +419,7 @@ static int end_cancelled_unresumed(klua_worker_t *w, klua_task_t *t, knhk_token_
   t->pay = KLUA_PAY_REASON;
   t->nvals = knhk_token_reason(tok);
   klua_task_publish(t, KLUA_CANCELLED);
+  drop_fn(w, t);
   drop_coroutine(w, t->co_ref);
   t->co = NULL;
   t->co_ref = LUA_NOREF;
@@ -462,6 +471,7 @@ static int task_run(knhk_task_t *et) {
       if (!waits) klua_wake(t);
       return KNHK_TASK_PENDING;
     }
+    drop_fn(w, t); /* (its finish let it go already) */
     give_back_coroutine(w, co, t->co_ref);
   } else {
     /* The runner never returns: the coroutine died of an error raised
@@ -469,6 +479,7 @@ static int task_run(knhk_task_t *et) {
     const char *why = lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : NULL;
     klua_wait_end(t);
     fail_in_runtime(t, why);
+    drop_fn(w, t);
     drop_coroutine(w, t->co_ref);
   }
   t->co = NULL;
