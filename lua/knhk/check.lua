@@ -2,7 +2,13 @@
 --     bad argument #1 to 'sleep' (number expected, got NaN)
 -- and raised at the caller's line. `level` follows error(): 2 (the
 -- default) blames the caller of the API function that runs the check.
-local type, error, format, tostring, getmetatable = type, error, string.format, tostring, getmetatable
+-- getmetatable is debug.getmetatable throughout knhk: LuaJIT 2.1's trace
+-- recorder compiles getmetatable() of an io file, an ffi namespace or a
+-- string buffer to a wrong value (the userdata itself, or garbage that
+-- crashes later), and knhk meets such values from user code (a snapshot
+-- refusing io.stdout, an error value, a wrong self). debug.getmetatable
+-- records correctly, and sees through __metatable, as knhk's checks want.
+local type, error, format, tostring, getmetatable = type, error, string.format, tostring, debug.getmetatable
 
 local M = {}
 

@@ -9,6 +9,7 @@ local K = require "knhk.ffi"
 local R = require "knhk.runtime"
 local core = require "knhk.core"
 local errors = require "knhk.errors"
+local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local ffi, C = K.ffi, K.C
 local M = {}

@@ -19,7 +19,7 @@ local errors = require "knhk.errors"
 local is_cancelled_signal = errors.is_signal
 
 local band, bor, rshift, lshift = bit.band, bit.bor, bit.rshift, bit.lshift
-local type, pairs, next, getmetatable, select = type, pairs, next, getmetatable, select
+local type, pairs, next, getmetatable, select = type, pairs, next, debug.getmetatable, select
 local funcinfo, funcbc, funck, funcuvname = jutil.funcinfo, jutil.funcbc, jutil.funck, jutil.funcuvname
 
 local M = {}

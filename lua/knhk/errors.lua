@@ -12,6 +12,7 @@
 --                .traceback (text, from the VM the task ran in), .value.
 --   ErrorGroup   several errors from one nursery: .errors, in the order they
 --                happened; tostring lists them all.
+local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 local M = {}
 
 local Cancelled = { __name = "knhk.Cancelled" }

@@ -14,6 +14,7 @@ local errors = require "knhk.errors"
 local R = require "knhk.runtime"
 local T = require "knhk.task"
 local telemetry = require "knhk.telemetry"
+local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local select, unpack, xpcall = select, unpack, xpcall
 local await, pack = R.await, R.pack

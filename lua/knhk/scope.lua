@@ -11,6 +11,7 @@ local check = require "knhk.check"
 local errors = require "knhk.errors"
 local R = require "knhk.runtime"
 local telemetry = require "knhk.telemetry"
+local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local pcall, select, unpack = pcall, select, unpack
 local co_yield = coroutine.yield

@@ -5,7 +5,7 @@ local codec = require "knhk.codec"
 local check = require "knhk.check"
 local R = require "knhk.runtime"
 
-local select, unpack, getmetatable, type = select, unpack, getmetatable, type
+local select, unpack, getmetatable, type = select, unpack, debug.getmetatable, type
 local await, wait_for = R.await, R.wait_for
 local bad_self, method = check.bad_self, check.method
 local DONE, CLOSED, BLOB, SLOW = R.DONE, R.CLOSED, R.BLOB, R.SLOW

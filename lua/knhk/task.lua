@@ -6,6 +6,7 @@ local codec = require "knhk.codec"
 local errors = require "knhk.errors"
 local check = require "knhk.check"
 local R = require "knhk.runtime"
+local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local select = select
 local co_yield = coroutine.yield

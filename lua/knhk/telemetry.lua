@@ -12,6 +12,7 @@
 -- from the registry by the build). See README.md ("Telemetry").
 local K = require "knhk.ffi"
 local check = require "knhk.check"
+local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local ffi, C = K.ffi, K.C
 local type, pairs, tostring, error = type, pairs, tostring, error

@@ -16,6 +16,7 @@
 -- its scope; cancelling the case is cancelling the case's scope. Nothing
 -- outlives execute: every task is in a nursery inside it.
 local knhk = require "knhk"
+local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local M = {}
 

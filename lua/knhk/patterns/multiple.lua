@@ -21,6 +21,7 @@
 local knhk = require "knhk"
 local S = require "knhk.patterns.step"
 local engine = require "knhk.patterns.engine"
+local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local M = {}
 

@@ -6,6 +6,7 @@
 -- are checked when constructed (a caller's mistake raises there, with the
 -- caller's line); what needs the whole definition (a join's split, a name
 -- someone refers to) is checked when the workflow is built.
+local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 local M = {}
 
 local Step = {}

@@ -5,6 +5,7 @@ local knhk = require "knhk"
 local S = require "knhk.patterns.step"
 local compile = require "knhk.patterns.compile"
 local engine = require "knhk.patterns.engine"
+local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local M = {}
 

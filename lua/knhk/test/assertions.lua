@@ -13,6 +13,7 @@
 local knhk = require "knhk"
 local errors = require "knhk.errors"
 local check = require "knhk.check"
+local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local M = {}
 

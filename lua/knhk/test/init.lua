@@ -17,6 +17,7 @@ local knhk = require "knhk"
 local check = require "knhk.check"
 local errors = require "knhk.errors"
 local R = require "knhk.runtime"
+local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local M = {}
 
