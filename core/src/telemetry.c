@@ -3,8 +3,9 @@
  * Each thread that records owns a ring of 64-byte records, found through a
  * thread-local pointer and registered once in a list that is never shrunk
  * (a thread that exits leaves its ring to the next new thread), so a record
- * costs: a clock reading, a check of the ring's fill level, 64 bytes written,
- * one release store. When a ring passes half full its thread asks the
+ * costs: a stamp (clock.h: the CPU's counter where it can serve, converted
+ * to nanoseconds by the drainer), a check of the ring's fill level, 64 bytes
+ * written, one release store. When a ring passes half full its thread asks the
  * reactor to drain early (knhk__tel_kick). The drainer (telemetry_export.c)
  * holds knhk__tel.m and is the rings' only consumer.
  *
@@ -107,7 +108,7 @@ static void put(knhk__tel_buf_t *b, uint32_t kind, uint32_t name, uint64_t span,
   uint64_t h;
   knhk__tel_rec_t *r = reserve(b, 1, &h);
   if (!r) return;
-  *r = (knhk__tel_rec_t){kind, name, knhk__mono_ns(), span, trace, parent, {a0, a1, a2}};
+  *r = (knhk__tel_rec_t){kind, name, knhk__stamp(), span, trace, parent, {a0, a1, a2}};
   publish(b, h, 1);
 }
 
@@ -162,7 +163,7 @@ void knhk__tel_child_spawn(uint64_t child[4], const uint64_t nursery[2], uint32_
 uint64_t *knhk__tel_child_enter(uint64_t child[4], knhk_executor_t *ex) {
   (void)ex;
   if (!child[KNHK__TEL_CHILD_SPAN]) return NULL;
-  if (!child[KNHK__TEL_CHILD_RAN]) child[KNHK__TEL_CHILD_RAN] = knhk__mono_ns();
+  if (!child[KNHK__TEL_CHILD_RAN]) child[KNHK__TEL_CHILD_RAN] = knhk__stamp();
   uint64_t *prev = cur();
   tls_cur = &child[KNHK__TEL_CHILD_CUR]; /* {cur, trace}: adjacent */
   return prev;
@@ -398,6 +399,10 @@ int knhk_telemetry_start(const knhk_telemetry_options_t *o) {
   uint64_t mono = knhk__mono_ns();
   s->start_unix_ns = (uint64_t)rt.tv_sec * 1000000000u + (uint64_t)rt.tv_nsec;
   s->unix_minus_mono = (int64_t)(s->start_unix_ns - mono);
+  knhk__stamp_pair(&s->stamp0, &s->stamp0_ns); /* decides the stamps' kind, once */
+  s->stamp_at = s->stamp0, s->stamp_at_ns = s->stamp0_ns;
+  s->ns_per_stamp = knhk__stamp_ns_per_tick();
+  s->stamps_are_ns = knhk__stamp_decide() == KNHK__STAMP_NS;
   s->trace_hi = random64();
   /* what a previous recording left unread (a record that raced with its
    * stop) is not this one's */

@@ -133,6 +133,23 @@ static void sb_json(sbuf_t *b, const char *s) {
 
 static uint64_t unix_ns(uint64_t mono) { return mono + (uint64_t)knhk__tel.unix_minus_mono; }
 
+/* A new pair to convert this drain's stamps with, and the rate over the
+ * whole recording so far (the first rate until 2 ms have passed). */
+static void stamps_recalibrate(void) {
+  knhk__tel_session_t *s = &knhk__tel;
+  knhk__stamp_pair(&s->stamp_at, &s->stamp_at_ns);
+  if (s->stamp_at_ns - s->stamp0_ns >= 2000000u && s->stamp_at > s->stamp0)
+    s->ns_per_stamp = (double)(s->stamp_at_ns - s->stamp0_ns) / (double)(s->stamp_at - s->stamp0);
+}
+
+/* A stamp (clock.h) as a knhk__mono_ns reading. */
+static uint64_t stamp_ns(uint64_t stamp) {
+  knhk__tel_session_t *s = &knhk__tel;
+  if (s->stamps_are_ns) return stamp;
+  double d = (double)(int64_t)(stamp - s->stamp_at) * s->ns_per_stamp;
+  return s->stamp_at_ns + (uint64_t)(int64_t)d;
+}
+
 /* ---------------------------------------------------------- attributes */
 
 static void attr_key(sbuf_t *b, int *first, const char *key) {
@@ -262,7 +279,7 @@ static void emit(ent_t *e) {
   sbuf_t *b = &X.spans;
   const char *name = e->name < (uint32_t)s->nnames ? s->names[e->name] : "knhk.unknown";
   if (e->name == KNHK_TEL_SPAN_CONCURRENCY_NURSERY_SPAWN && e->extra) { /* it ran */
-    e->run = (uint64_t)e->extra;
+    e->run = stamp_ns((uint64_t)e->extra);
     e->have |= HAVE_RUN;
     double d = e->run > e->start ? (double)(e->run - e->start) : 0;
     int k = 0;
@@ -273,6 +290,9 @@ static void emit(ent_t *e) {
     X.lat_count++;
     X.lat_sum += d;
   }
+  /* a span's start and end read in different drains were converted with
+   * pairs a few ns apart: never let that make it end before it began */
+  if (e->end < e->start) e->end = e->start;
   sb_str(b, X.nspans ? ",{\"traceId\":\"" : "{\"traceId\":\"");
   sb_hex16(b, s->trace_hi);
   sb_hex16(b, e->trace);
@@ -399,16 +419,16 @@ static void drain_buffer(knhk__tel_buf_t *b) {
     case KNHK__REC_START:
     case KNHK__REC_INSTANT:
       if ((e = entry(r->span))) {
-        e->name = r->name, e->start = r->ts, e->trace = r->trace, e->parent = r->parent;
+        e->name = r->name, e->start = stamp_ns(r->ts), e->trace = r->trace, e->parent = r->parent;
         memcpy(e->a, r->a, sizeof e->a);
         e->have |= HAVE_START;
-        if (r->kind == KNHK__REC_INSTANT) e->end = r->ts, e->have |= HAVE_END;
+        if (r->kind == KNHK__REC_INSTANT) e->end = e->start, e->have |= HAVE_END;
       }
       break;
     case KNHK__REC_END:
       if ((e = entry(r->span))) {
         /* (its start may not have been read yet: emit reads extra) */
-        e->end = r->ts, e->status = (int32_t)r->a[0], e->extra = r->a[1];
+        e->end = stamp_ns(r->ts), e->status = (int32_t)r->a[0], e->extra = r->a[1];
         e->worker = (int32_t)r->a[2];
         e->have |= HAVE_END;
       }
@@ -603,6 +623,7 @@ static void export_metrics(void) {
 
 void knhk__tel_drain_locked(int metrics, int final) {
   if (!knhk__tel.file) return;
+  stamps_recalibrate();
   for (knhk__tel_buf_t *b = knhk__tel_buffers(); b; b = b->next) drain_buffer(b);
   if (final) { /* spans still open end now; ends never begun are dropped */
     uint64_t now = knhk__mono_ns();

@@ -36,7 +36,7 @@ extern _Atomic uint32_t knhk__tel_on;
  * child keeps four words: its own span, its current span, its trace
  * ({current, trace} is the context it runs in), whether it has run. */
 enum { KNHK__TEL_CHILD_SPAN = 0, KNHK__TEL_CHILD_CUR = 1, KNHK__TEL_CHILD_TRACE = 2,
-       KNHK__TEL_CHILD_RAN = 3 /* when it first ran (clock), 0 before */ };
+       KNHK__TEL_CHILD_RAN = 3 /* when it first ran (a stamp), 0 before */ };
 
 /* ---- hooks (any thread) ---- */
 /* nursery.c */
@@ -67,7 +67,7 @@ void knhk__tel_reactor_remove(knhk_reactor_t *r);
 enum {
   KNHK__REC_START = 1,   /* name, ts, span, trace, parent, a0..a2 */
   KNHK__REC_END = 3,     /* ts, span, a0 = status, a1 = extra (a nursery
-                            task's: when it first ran, 0 if never),
+                            task's: when it first ran (a stamp), 0 if never),
                             a2 = its worker */
   KNHK__REC_INSTANT = 4, /* a START and END at once */
   KNHK__REC_BLOB = 5,    /* name = length, span, a0 = what (BLOB_*); the
@@ -78,7 +78,7 @@ enum { KNHK__BLOB_ATTRS = 0, KNHK__BLOB_MESSAGE = 1 };
 
 typedef struct {
   uint32_t kind, name;
-  uint64_t ts;
+  uint64_t ts;                       /* a stamp (clock.h) */
   uint64_t span, trace, parent;
   int64_t a[3];
 } knhk__tel_rec_t;
@@ -124,6 +124,15 @@ typedef struct {
   uint64_t interval_ns;
   uint64_t start_unix_ns;
   int64_t unix_minus_mono;           /* to turn clock readings into Unix time */
+  /* Records carry stamps (clock.h), turned into clock readings when
+   * drained: ns = stamp_at_ns + (stamp - stamp_at) * ns_per_stamp, where
+   * (stamp_at, stamp_at_ns) is a pair read at the latest drain and the rate
+   * is measured from the pair read at start: over that growing baseline
+   * its error, spread over any stretch of the recording, stays within the
+   * few ns of the pairs' own. */
+  uint64_t stamp0, stamp0_ns, stamp_at, stamp_at_ns;
+  double ns_per_stamp;
+  int stamps_are_ns;                 /* KNHK__STAMP_NS: nothing to convert */
   uint64_t trace_hi;                 /* high half of every trace id */
   knhk__tel_buf_t *bufs;
   char **names;                      /* interned: registry spans first */
