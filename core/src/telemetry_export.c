@@ -401,6 +401,26 @@ static char *blob(knhk__tel_buf_t *b, uint64_t t, size_t len) {
   return out;
 }
 
+/* A nursery task's span, whole in one record: written at once, without
+ * the table, unless an error message for it came first (task_error). */
+static void task_span(const knhk__tel_rec_t *r) {
+  uint64_t a2 = (uint64_t)r->a[2];
+  ent_t e = {.span = r->span, .trace = r->trace, .parent = r->parent,
+             .start = stamp_ns((uint64_t)r->a[0]), .end = stamp_ns(r->ts),
+             .name = KNHK_TEL_SPAN_CONCURRENCY_NURSERY_SPAWN, .have = HAVE_START | HAVE_END,
+             .worker = (int32_t)((a2 >> 32) & 0xffff) - 1, .status = (int32_t)(uint32_t)a2,
+             .a = {(a2 >> 16) & KNHK__TEL_IN_NURSERY ? (int64_t)r->parent : 0, r->name, 0},
+             .extra = r->a[1]};
+  ent_t *pending = X.n ? find(r->span) : NULL;
+  if (pending) { /* its message, kept in the table until now */
+    e.msg = pending->msg, e.attrs = pending->attrs;
+    pending->msg = pending->attrs = NULL;
+    erase(pending);
+  }
+  emit(&e);
+  free(e.msg), free(e.attrs);
+}
+
 static void drain_buffer(knhk__tel_buf_t *b) {
   uint64_t h = ld_acquire(&b->head), t = ld_relaxed(&b->tail);
   while (t < h) {
@@ -435,6 +455,9 @@ static void drain_buffer(knhk__tel_buf_t *b) {
       break;
     case KNHK__REC_METRIC:
       aggregate(r->name, r->a[0]);
+      break;
+    case KNHK__REC_TASK:
+      task_span(r);
       break;
     }
     if (e && (e->have & (HAVE_START | HAVE_END)) == (HAVE_START | HAVE_END)) {

@@ -88,7 +88,7 @@ void knhk_telemetry_nursery_wait_end(uint64_t span);
 /* What a nursery, and a task, keep for the telemetry: the caller's
  * memory, zeroed before the first call. */
 typedef struct { uint64_t w[2]; } knhk_telemetry_nursery_t;
-typedef struct { uint64_t w[4]; } knhk_telemetry_task_t;
+typedef struct { uint64_t w[7]; } knhk_telemetry_task_t;
 
 /* Any thread. A nursery opens (its span begins, a child of the current
  * span) and closes (it ends). flags: as knhk_nursery_new's. */
