@@ -39,7 +39,8 @@ typedef struct {
  * be opened. */
 int knhk_telemetry_start(const knhk_telemetry_options_t *opts);
 /* Any thread but a reactor's. Stops recording: every record so far is
- * written (spans still open end now), metrics a last time, and the file is
+ * written (spans still open end now, but for those of tasks: a task's span
+ * is recorded whole when it ends), metrics a last time, and the file is
  * closed. Returns 0, or KNHK_EALREADY if not recording. */
 int knhk_telemetry_stop(void);
 /* Any thread. 1 while recording, else 0. */
