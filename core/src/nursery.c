@@ -260,6 +260,9 @@ static void drop_live(knhk_nursery_t *n, int is_end) {
   else knhk__wake_waiter(impl, who - 1);
 }
 
+_Static_assert(sizeof((knhk_child_t *)0)->knhk__tel == KNHK__TEL_CHILD_WORDS * sizeof(uint64_t),
+               "a child record holds telemetry's words");
+
 static int child_run(knhk_task_t *t) {
   knhk_child_t *c = t->data;
   if (!(c->knhk__bits & CB_STARTED)) {

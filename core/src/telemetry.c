@@ -3,8 +3,9 @@
  * Each thread that records owns a ring of 64-byte records, found through a
  * thread-local pointer and registered once in a list that is never shrunk
  * (a thread that exits leaves its ring to the next new thread), so a record
- * costs: a clock reading, a check of the ring's fill level, 64 bytes written,
- * one release store. When a ring passes half full its thread asks the
+ * costs: a stamp (clock.h: the CPU's counter where it can serve, converted
+ * to nanoseconds by the drainer), a check of the ring's fill level, 64 bytes
+ * written, one release store. When a ring passes half full its thread asks the
  * reactor to drain early (knhk__tel_kick). The drainer (telemetry_export.c)
  * holds knhk__tel.m and is the rings' only consumer.
  *
@@ -107,7 +108,7 @@ static void put(knhk__tel_buf_t *b, uint32_t kind, uint32_t name, uint64_t span,
   uint64_t h;
   knhk__tel_rec_t *r = reserve(b, 1, &h);
   if (!r) return;
-  *r = (knhk__tel_rec_t){kind, name, knhk__mono_ns(), span, trace, parent, {a0, a1, a2}};
+  *r = (knhk__tel_rec_t){kind, name, knhk__stamp(), span, trace, parent, {a0, a1, a2}};
   publish(b, h, 1);
 }
 
@@ -146,23 +147,28 @@ void knhk__tel_nursery_close(const uint64_t tel[2]) {
   if (b) put(b, KNHK__REC_END, 0, tel[0], 0, 0, 0, 0, 0);
 }
 
-void knhk__tel_child_spawn(uint64_t child[4], const uint64_t nursery[2], uint32_t index) {
+/* Nothing is written yet: the child's span stays in its words until it
+ * ends (see KNHK__TEL_CHILD_*). */
+void knhk__tel_child_spawn(uint64_t child[KNHK__TEL_CHILD_WORDS], const uint64_t nursery[2],
+                           uint32_t index) {
   knhk__tel_buf_t *b = knhk__tel_buffer();
-  if (!b) return;
+  if (!b) {
+    child[KNHK__TEL_CHILD_SPAN] = 0; /* no span: the other hooks skip it */
+    return;
+  }
   uint64_t *c = cur(), span = new_id(b);
-  uint64_t parent = nursery[0] ? nursery[0] : c[0];
-  uint64_t trace = nursery[0] ? nursery[1] : c[1] ? c[1] : span;
-  put(b, KNHK__REC_START, KNHK_TEL_SPAN_CONCURRENCY_NURSERY_SPAWN, span, trace, parent,
-      (int64_t)nursery[0], index, 0);
   child[KNHK__TEL_CHILD_SPAN] = child[KNHK__TEL_CHILD_CUR] = span;
-  child[KNHK__TEL_CHILD_TRACE] = trace;
+  child[KNHK__TEL_CHILD_TRACE] = nursery[0] ? nursery[1] : c[1] ? c[1] : span;
   child[KNHK__TEL_CHILD_RAN] = 0;
+  child[KNHK__TEL_CHILD_START] = knhk__stamp();
+  child[KNHK__TEL_CHILD_PARENT] = nursery[0] ? nursery[0] : c[0];
+  child[KNHK__TEL_CHILD_INFO] = index | (nursery[0] ? KNHK__TEL_IN_NURSERY : 0);
 }
 
-uint64_t *knhk__tel_child_enter(uint64_t child[4], knhk_executor_t *ex) {
+uint64_t *knhk__tel_child_enter(uint64_t child[KNHK__TEL_CHILD_WORDS], knhk_executor_t *ex) {
   (void)ex;
   if (!child[KNHK__TEL_CHILD_SPAN]) return NULL;
-  if (!child[KNHK__TEL_CHILD_RAN]) child[KNHK__TEL_CHILD_RAN] = knhk__mono_ns();
+  if (!child[KNHK__TEL_CHILD_RAN]) child[KNHK__TEL_CHILD_RAN] = knhk__stamp();
   uint64_t *prev = cur();
   tls_cur = &child[KNHK__TEL_CHILD_CUR]; /* {cur, trace}: adjacent */
   return prev;
@@ -170,12 +176,21 @@ uint64_t *knhk__tel_child_enter(uint64_t child[4], knhk_executor_t *ex) {
 
 void knhk__tel_child_leave(uint64_t *prev) { tls_cur = prev == tls_own ? NULL : prev; }
 
-void knhk__tel_child_end(const uint64_t child[4], int status, knhk_executor_t *ex) {
+void knhk__tel_child_end(const uint64_t child[KNHK__TEL_CHILD_WORDS], int status,
+                         knhk_executor_t *ex) {
   knhk__tel_buf_t *b = child[KNHK__TEL_CHILD_SPAN] ? knhk__tel_buffer() : NULL;
-  uint64_t ran = child[KNHK__TEL_CHILD_RAN];
-  if (b)
-    put(b, KNHK__REC_END, 0, child[KNHK__TEL_CHILD_SPAN], 0, 0, status, (int64_t)ran,
-        ran ? knhk_executor_worker_index(ex) : -1);
+  uint64_t h, ran = child[KNHK__TEL_CHILD_RAN];
+  knhk__tel_rec_t *r = b ? reserve(b, 1, &h) : NULL;
+  if (!r) return;
+  int worker = ran ? knhk_executor_worker_index(ex) : -1;
+  uint64_t info = child[KNHK__TEL_CHILD_INFO];
+  uint64_t a2 = (uint32_t)status | (uint64_t)(uint16_t)(worker + 1) << 32 |
+                (info & KNHK__TEL_IN_NURSERY) << 16;
+  *r = (knhk__tel_rec_t){KNHK__REC_TASK, (uint32_t)info, knhk__stamp(),
+                         child[KNHK__TEL_CHILD_SPAN], child[KNHK__TEL_CHILD_TRACE],
+                         child[KNHK__TEL_CHILD_PARENT],
+                         {(int64_t)child[KNHK__TEL_CHILD_START], (int64_t)ran, (int64_t)a2}};
+  publish(b, h, 1);
 }
 
 uint64_t knhk__tel_wait_begin(const uint64_t nursery[2], uint32_t live) {
@@ -398,6 +413,10 @@ int knhk_telemetry_start(const knhk_telemetry_options_t *o) {
   uint64_t mono = knhk__mono_ns();
   s->start_unix_ns = (uint64_t)rt.tv_sec * 1000000000u + (uint64_t)rt.tv_nsec;
   s->unix_minus_mono = (int64_t)(s->start_unix_ns - mono);
+  knhk__stamp_pair(&s->stamp0, &s->stamp0_ns); /* decides the stamps' kind, once */
+  s->stamp_at = s->stamp0, s->stamp_at_ns = s->stamp0_ns;
+  s->ns_per_stamp = knhk__stamp_ns_per_tick();
+  s->stamps_are_ns = knhk__stamp_decide() == KNHK__STAMP_NS;
   s->trace_hi = random64();
   /* what a previous recording left unread (a record that raced with its
    * stop) is not this one's */

@@ -68,15 +68,23 @@ static void sb_grow(sbuf_t *b, size_t more) {
   b->p = p, b->cap = cap;
 }
 
-static void sb_add(sbuf_t *b, const char *s, size_t len) {
-  sb_grow(b, len);
-  if (b->oom) return;
+/* The drain writes ~550 bytes of JSON per span, most of them constant
+ * pieces: the helpers below are inlined so that the pieces' lengths are
+ * known when compiled (strlen of a literal folds) and their copies are a
+ * few moves, not calls. */
+#define SB_INLINE static inline __attribute__((always_inline))
+
+SB_INLINE void sb_add(sbuf_t *b, const char *s, size_t len) {
+  if (__builtin_expect(b->n + len + 1 > b->cap, 0)) {
+    sb_grow(b, len);
+    if (b->oom) return;
+  }
   memcpy(b->p + b->n, s, len);
   b->n += len;
   b->p[b->n] = 0;
 }
 
-static void sb_str(sbuf_t *b, const char *s) { sb_add(b, s, strlen(s)); }
+SB_INLINE void sb_str(sbuf_t *b, const char *s) { sb_add(b, s, strlen(s)); }
 
 __attribute__((format(printf, 2, 3))) static void sb_fmt(sbuf_t *b, const char *fmt, ...) {
   char tmp[256];
@@ -87,11 +95,27 @@ __attribute__((format(printf, 2, 3))) static void sb_fmt(sbuf_t *b, const char *
   if (k > 0) sb_add(b, tmp, (size_t)k < sizeof tmp ? (size_t)k : sizeof tmp - 1);
 }
 
-/* Numbers without printf: the drain formats millions of them. */
+/* Numbers without printf: the drain formats millions of them (two
+ * digits a step: a timestamp has nineteen). */
 static void sb_u64(sbuf_t *b, uint64_t v) {
+  static const char pairs[] = "00010203040506070809101112131415161718192021222324"
+                              "25262728293031323334353637383940414243444546474849"
+                              "50515253545556575859606162636465666768697071727374"
+                              "75767778798081828384858687888990919293949596979899";
   char tmp[24];
   int i = sizeof tmp;
-  do tmp[--i] = (char)('0' + v % 10); while ((v /= 10) != 0);
+  while (v >= 100) {
+    unsigned d = (unsigned)(v % 100) * 2;
+    v /= 100;
+    tmp[--i] = pairs[d + 1];
+    tmp[--i] = pairs[d];
+  }
+  if (v >= 10) {
+    tmp[--i] = pairs[v * 2 + 1];
+    tmp[--i] = pairs[v * 2];
+  } else {
+    tmp[--i] = (char)('0' + v);
+  }
   sb_add(b, tmp + i, sizeof tmp - (size_t)i);
 }
 
@@ -104,7 +128,7 @@ static void sb_i64(sbuf_t *b, int64_t v) {
   }
 }
 
-static void sb_hex16(sbuf_t *b, uint64_t v) {
+SB_INLINE void sb_hex16(sbuf_t *b, uint64_t v) {
   static const char digits[] = "0123456789abcdef";
   char tmp[16];
   for (int i = 15; i >= 0; i--, v >>= 4) tmp[i] = digits[v & 15];
@@ -114,8 +138,8 @@ static void sb_hex16(sbuf_t *b, uint64_t v) {
 /* A JSON string, quoted and escaped. */
 static void sb_json(sbuf_t *b, const char *s) {
   sb_add(b, "\"", 1);
-  size_t plain = strcspn(s, "\"\\\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"
-                            "\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f");
+  size_t plain = 0; /* (a loop: strcspn with 33 bytes to reject is slower) */
+  for (unsigned char c; (c = (unsigned char)s[plain]) >= 0x20 && c != '"' && c != '\\';) plain++;
   sb_add(b, s, plain); /* the usual case: nothing to escape */
   s += plain;
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -133,22 +157,39 @@ static void sb_json(sbuf_t *b, const char *s) {
 
 static uint64_t unix_ns(uint64_t mono) { return mono + (uint64_t)knhk__tel.unix_minus_mono; }
 
+/* A new pair to convert this drain's stamps with, and the rate over the
+ * whole recording so far (the first rate until 2 ms have passed). */
+static void stamps_recalibrate(void) {
+  knhk__tel_session_t *s = &knhk__tel;
+  knhk__stamp_pair(&s->stamp_at, &s->stamp_at_ns);
+  if (s->stamp_at_ns - s->stamp0_ns >= 2000000u && s->stamp_at > s->stamp0)
+    s->ns_per_stamp = (double)(s->stamp_at_ns - s->stamp0_ns) / (double)(s->stamp_at - s->stamp0);
+}
+
+/* A stamp (clock.h) as a knhk__mono_ns reading. */
+static uint64_t stamp_ns(uint64_t stamp) {
+  knhk__tel_session_t *s = &knhk__tel;
+  if (s->stamps_are_ns) return stamp;
+  double d = (double)(int64_t)(stamp - s->stamp_at) * s->ns_per_stamp;
+  return s->stamp_at_ns + (uint64_t)(int64_t)d;
+}
+
 /* ---------------------------------------------------------- attributes */
 
-static void attr_key(sbuf_t *b, int *first, const char *key) {
+SB_INLINE void attr_key(sbuf_t *b, int *first, const char *key) {
   sb_str(b, *first ? "{\"key\":\"" : ",{\"key\":\"");
   sb_str(b, key);
   *first = 0;
 }
 
-static void attr_int(sbuf_t *b, int *first, const char *key, int64_t v) {
+SB_INLINE void attr_int(sbuf_t *b, int *first, const char *key, int64_t v) {
   attr_key(b, first, key);
   sb_str(b, "\",\"value\":{\"intValue\":\"");
   sb_i64(b, v);
   sb_str(b, "\"}}");
 }
 
-static void attr_str(sbuf_t *b, int *first, const char *key, const char *v) {
+SB_INLINE void attr_str(sbuf_t *b, int *first, const char *key, const char *v) {
   attr_key(b, first, key);
   sb_str(b, "\",\"value\":{\"stringValue\":");
   sb_json(b, v);
@@ -262,7 +303,7 @@ static void emit(ent_t *e) {
   sbuf_t *b = &X.spans;
   const char *name = e->name < (uint32_t)s->nnames ? s->names[e->name] : "knhk.unknown";
   if (e->name == KNHK_TEL_SPAN_CONCURRENCY_NURSERY_SPAWN && e->extra) { /* it ran */
-    e->run = (uint64_t)e->extra;
+    e->run = stamp_ns((uint64_t)e->extra);
     e->have |= HAVE_RUN;
     double d = e->run > e->start ? (double)(e->run - e->start) : 0;
     int k = 0;
@@ -273,6 +314,9 @@ static void emit(ent_t *e) {
     X.lat_count++;
     X.lat_sum += d;
   }
+  /* a span's start and end read in different drains were converted with
+   * pairs a few ns apart: never let that make it end before it began */
+  if (e->end < e->start) e->end = e->start;
   sb_str(b, X.nspans ? ",{\"traceId\":\"" : "{\"traceId\":\"");
   sb_hex16(b, s->trace_hi);
   sb_hex16(b, e->trace);
@@ -381,6 +425,26 @@ static char *blob(knhk__tel_buf_t *b, uint64_t t, size_t len) {
   return out;
 }
 
+/* A nursery task's span, whole in one record: written at once, without
+ * the table, unless an error message for it came first (task_error). */
+static void task_span(const knhk__tel_rec_t *r) {
+  uint64_t a2 = (uint64_t)r->a[2];
+  ent_t e = {.span = r->span, .trace = r->trace, .parent = r->parent,
+             .start = stamp_ns((uint64_t)r->a[0]), .end = stamp_ns(r->ts),
+             .name = KNHK_TEL_SPAN_CONCURRENCY_NURSERY_SPAWN, .have = HAVE_START | HAVE_END,
+             .worker = (int32_t)((a2 >> 32) & 0xffff) - 1, .status = (int32_t)(uint32_t)a2,
+             .a = {(a2 >> 16) & KNHK__TEL_IN_NURSERY ? (int64_t)r->parent : 0, r->name, 0},
+             .extra = r->a[1]};
+  ent_t *pending = X.n ? find(r->span) : NULL;
+  if (pending) { /* its message, kept in the table until now */
+    e.msg = pending->msg, e.attrs = pending->attrs;
+    pending->msg = pending->attrs = NULL;
+    erase(pending);
+  }
+  emit(&e);
+  free(e.msg), free(e.attrs);
+}
+
 static void drain_buffer(knhk__tel_buf_t *b) {
   uint64_t h = ld_acquire(&b->head), t = ld_relaxed(&b->tail);
   while (t < h) {
@@ -399,22 +463,25 @@ static void drain_buffer(knhk__tel_buf_t *b) {
     case KNHK__REC_START:
     case KNHK__REC_INSTANT:
       if ((e = entry(r->span))) {
-        e->name = r->name, e->start = r->ts, e->trace = r->trace, e->parent = r->parent;
+        e->name = r->name, e->start = stamp_ns(r->ts), e->trace = r->trace, e->parent = r->parent;
         memcpy(e->a, r->a, sizeof e->a);
         e->have |= HAVE_START;
-        if (r->kind == KNHK__REC_INSTANT) e->end = r->ts, e->have |= HAVE_END;
+        if (r->kind == KNHK__REC_INSTANT) e->end = e->start, e->have |= HAVE_END;
       }
       break;
     case KNHK__REC_END:
       if ((e = entry(r->span))) {
         /* (its start may not have been read yet: emit reads extra) */
-        e->end = r->ts, e->status = (int32_t)r->a[0], e->extra = r->a[1];
+        e->end = stamp_ns(r->ts), e->status = (int32_t)r->a[0], e->extra = r->a[1];
         e->worker = (int32_t)r->a[2];
         e->have |= HAVE_END;
       }
       break;
     case KNHK__REC_METRIC:
       aggregate(r->name, r->a[0]);
+      break;
+    case KNHK__REC_TASK:
+      task_span(r);
       break;
     }
     if (e && (e->have & (HAVE_START | HAVE_END)) == (HAVE_START | HAVE_END)) {
@@ -603,6 +670,7 @@ static void export_metrics(void) {
 
 void knhk__tel_drain_locked(int metrics, int final) {
   if (!knhk__tel.file) return;
+  stamps_recalibrate();
   for (knhk__tel_buf_t *b = knhk__tel_buffers(); b; b = b->next) drain_buffer(b);
   if (final) { /* spans still open end now; ends never begun are dropped */
     uint64_t now = knhk__mono_ns();

@@ -33,23 +33,38 @@ extern _Atomic uint32_t knhk__tel_on;
   } while (0)
 
 /* A span context: the span code runs in now, and its trace. A nursery
- * child keeps four words: its own span, its current span, its trace
- * ({current, trace} is the context it runs in), whether it has run. */
+ * child keeps its span in its own words until it ends, and then writes it
+ * as one record (KNHK__REC_TASK): one record per task rather than a start
+ * and an end, and the drainer need not pair them. The words: its own span,
+ * its current span, its trace ({current, trace} is the context it runs
+ * in), when it first ran, when it was spawned, its parent span, and its
+ * spawn index with KNHK__TEL_IN_NURSERY. */
 enum { KNHK__TEL_CHILD_SPAN = 0, KNHK__TEL_CHILD_CUR = 1, KNHK__TEL_CHILD_TRACE = 2,
-       KNHK__TEL_CHILD_RAN = 3 /* when it first ran (clock), 0 before */ };
+       KNHK__TEL_CHILD_RAN = 3,   /* when it first ran (a stamp), 0 before */
+       KNHK__TEL_CHILD_START = 4, /* when it was spawned (a stamp) */
+       KNHK__TEL_CHILD_PARENT = 5,
+       KNHK__TEL_CHILD_INFO = 6,  /* index | KNHK__TEL_IN_NURSERY */
+       KNHK__TEL_CHILD_WORDS = 7 };
+/* The parent is the nursery's span (else the spawner's: the nursery was
+ * opened while not recording), and the span's nursery id. */
+#define KNHK__TEL_IN_NURSERY (UINT64_C(1) << 32)
+_Static_assert(sizeof(knhk_telemetry_task_t) == KNHK__TEL_CHILD_WORDS * sizeof(uint64_t),
+               "knhk_telemetry_task_t holds a child's words");
 
 /* ---- hooks (any thread) ---- */
 /* nursery.c */
 void knhk__tel_nursery_open(uint64_t tel[2], uint32_t flags);
 void knhk__tel_nursery_close(const uint64_t tel[2]);
-void knhk__tel_child_spawn(uint64_t child[4], const uint64_t nursery[2], uint32_t index);
+void knhk__tel_child_spawn(uint64_t child[KNHK__TEL_CHILD_WORDS], const uint64_t nursery[2],
+                           uint32_t index);
 /* Makes the child's context the thread's current one (and notes when it
  * first ran); returns what to give back to leave, or NULL (nothing to give
  * back). The end's record carries the first run's time and the worker of
  * `ex` it ran on (a task ends on the worker that ran it). */
-uint64_t *knhk__tel_child_enter(uint64_t child[4], knhk_executor_t *ex);
+uint64_t *knhk__tel_child_enter(uint64_t child[KNHK__TEL_CHILD_WORDS], knhk_executor_t *ex);
 void knhk__tel_child_leave(uint64_t *prev);
-void knhk__tel_child_end(const uint64_t child[4], int status, knhk_executor_t *ex);
+void knhk__tel_child_end(const uint64_t child[KNHK__TEL_CHILD_WORDS], int status,
+                         knhk_executor_t *ex);
 uint64_t knhk__tel_wait_begin(const uint64_t nursery[2], uint32_t live);
 void knhk__tel_wait_end(uint64_t span);
 /* cancel.c */
@@ -66,19 +81,22 @@ void knhk__tel_reactor_remove(knhk_reactor_t *r);
 
 enum {
   KNHK__REC_START = 1,   /* name, ts, span, trace, parent, a0..a2 */
-  KNHK__REC_END = 3,     /* ts, span, a0 = status, a1 = extra (a nursery
-                            task's: when it first ran, 0 if never),
-                            a2 = its worker */
+  KNHK__REC_END = 3,     /* ts, span, a0 = status, a1 = extra */
   KNHK__REC_INSTANT = 4, /* a START and END at once */
   KNHK__REC_BLOB = 5,    /* name = length, span, a0 = what (BLOB_*); the
                             bytes follow in the next slots */
-  KNHK__REC_METRIC = 6   /* name = instrument, a0 = the value's bits */
+  KNHK__REC_METRIC = 6,  /* name = instrument, a0 = the value's bits */
+  KNHK__REC_TASK = 7     /* a nursery task's whole span: name = its index,
+                            ts = its end, span, trace, parent, a0 = its
+                            spawn, a1 = its first run (0: never), a2 = its
+                            status (low 32 bits) | (worker + 1) << 32 |
+                            KNHK__TEL_IN_NURSERY << 16 */
 };
 enum { KNHK__BLOB_ATTRS = 0, KNHK__BLOB_MESSAGE = 1 };
 
 typedef struct {
   uint32_t kind, name;
-  uint64_t ts;
+  uint64_t ts;                       /* a stamp (clock.h) */
   uint64_t span, trace, parent;
   int64_t a[3];
 } knhk__tel_rec_t;
@@ -124,6 +142,15 @@ typedef struct {
   uint64_t interval_ns;
   uint64_t start_unix_ns;
   int64_t unix_minus_mono;           /* to turn clock readings into Unix time */
+  /* Records carry stamps (clock.h), turned into clock readings when
+   * drained: ns = stamp_at_ns + (stamp - stamp_at) * ns_per_stamp, where
+   * (stamp_at, stamp_at_ns) is a pair read at the latest drain and the rate
+   * is measured from the pair read at start: over that growing baseline
+   * its error, spread over any stretch of the recording, stays within the
+   * few ns of the pairs' own. */
+  uint64_t stamp0, stamp0_ns, stamp_at, stamp_at_ns;
+  double ns_per_stamp;
+  int stamps_are_ns;                 /* KNHK__STAMP_NS: nothing to convert */
   uint64_t trace_hi;                 /* high half of every trace id */
   knhk__tel_buf_t *bufs;
   char **names;                      /* interned: registry spans first */

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "knhk/errors.h"
@@ -110,6 +111,68 @@ TEST(nursery_spans_are_written_with_parent_links) {
   }
   ASSERT(strstr(s, "{\"resourceMetrics\":[") != NULL);
   ASSERT(strstr(s, "\"name\":\"knhk.concurrency.executor.tasks.spawned\"") != NULL);
+}
+
+static uint64_t unix_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int child_sleeps(knhk_child_t *c) {
+  (void)c;
+  usleep(3000);
+  return 0;
+}
+
+/* The value of the next `"key":"` in s from p on, as a number. */
+static uint64_t number_after(const char **p, const char *key) {
+  char k[64];
+  snprintf(k, sizeof k, "\"%s\":\"", key);
+  *p = strstr(*p, k);
+  ASSERT(*p != NULL);
+  *p += strlen(k);
+  return strtoull(*p, NULL, 10);
+}
+
+/* Stamps (the CPU's counter, or clock readings under KNHK_STAMP=clock, a
+ * second ctest) become Unix times inside the recording, and a child that
+ * sleeps 3 ms lasts at least that long. */
+TEST(spans_are_timed_within_the_recording) {
+  uint64_t before = unix_now_ns();
+  start_recording();
+  knhk_executor_t ex;
+  knhk_executor_options_t o;
+  knhk_executor_options_init(&o);
+  o.workers = 2;
+  ASSERT_OK(knhk_executor_init(&ex, &o));
+  knhk_nursery_t *n;
+  ASSERT_OK(knhk_nursery_new(&n, &ex, NULL, 0));
+  for (int i = 0; i < 4; i++) ASSERT_OK(knhk_nursery_spawn(n, child_sleeps, NULL));
+  ASSERT_OK(knhk_nursery_wait_all(n));
+  ASSERT_OK(knhk_nursery_free(n));
+  ASSERT_OK(knhk_executor_close(&ex));
+  ASSERT_OK(knhk_telemetry_stop());
+  uint64_t after = unix_now_ns();
+  char *s = slurp();
+  *strchr(s, '\n') = 0; /* the spans' line */
+  int spans = 0, children = 0;
+  for (const char *p = s; (p = strstr(p, "{\"traceId\"")); spans++) {
+    const char *next = strstr(p + 1, "{\"traceId\"");
+    int child = strstr(p, "\"name\":\"knhk.concurrency.nursery.spawn\"") != NULL &&
+                (!next || strstr(p, "\"name\":\"knhk.concurrency.nursery.spawn\"") < next);
+    uint64_t start = number_after(&p, "startTimeUnixNano");
+    uint64_t end = number_after(&p, "endTimeUnixNano");
+    /* (1 ms of slack: the realtime clock may be slewed meanwhile) */
+    ASSERT(start + 1000000u >= before && end <= after + 1000000u);
+    ASSERT(end >= start);
+    if (child) {
+      ASSERT(end - start >= 3000000u);
+      children++;
+    }
+  }
+  ASSERT_EQ(4, children);
+  ASSERT_EQ(6, spans); /* and the nursery's, and its wait's */
 }
 
 TEST(a_failed_child_has_an_error_status_and_cancels_with_a_span) {

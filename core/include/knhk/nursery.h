@@ -77,7 +77,7 @@ struct knhk_child_s {
   /* private */
   uint32_t knhk__bits;
   knhk_child_t *knhk__next;
-  uint64_t knhk__tel[4];   /* telemetry: span, current span, trace, ran */
+  uint64_t knhk__tel[7];   /* telemetry: its span, until it ends (telemetry_impl.h) */
 };
 
 /* Any thread. A nursery on `ex` whose cancellation follows `parent` (NULL:

@@ -39,7 +39,8 @@ typedef struct {
  * be opened. */
 int knhk_telemetry_start(const knhk_telemetry_options_t *opts);
 /* Any thread but a reactor's. Stops recording: every record so far is
- * written (spans still open end now), metrics a last time, and the file is
+ * written (spans still open end now, but for those of tasks: a task's span
+ * is recorded whole when it ends), metrics a last time, and the file is
  * closed. Returns 0, or KNHK_EALREADY if not recording. */
 int knhk_telemetry_stop(void);
 /* Any thread. 1 while recording, else 0. */
@@ -88,7 +89,7 @@ void knhk_telemetry_nursery_wait_end(uint64_t span);
 /* What a nursery, and a task, keep for the telemetry: the caller's
  * memory, zeroed before the first call. */
 typedef struct { uint64_t w[2]; } knhk_telemetry_nursery_t;
-typedef struct { uint64_t w[4]; } knhk_telemetry_task_t;
+typedef struct { uint64_t w[7]; } knhk_telemetry_task_t;
 
 /* Any thread. A nursery opens (its span begins, a child of the current
  * span) and closes (it ends). flags: as knhk_nursery_new's. */
