@@ -296,3 +296,54 @@ describe("knhk.event", function()
     assert.equal(6, n)
   end)
 end)
+
+describe("handles of channels, semaphores, locks, events and nurseries", function()
+  it("are one value per object in a VM: what travels back is what was sent", function()
+    knhk.run(function()
+      local ch, s, l, e = knhk.channel(1), knhk.semaphore(1), knhk.lock(), knhk.event()
+      knhk.nursery(function(n)
+        local back = { n:spawn(function(...) return ... end, ch, s, l, e, n):join() }
+        assert.is_true(rawequal(ch, back[1]))
+        assert.is_true(rawequal(s, back[2]))
+        assert.is_true(rawequal(l, back[3]))
+        assert.is_true(rawequal(e, back[4]))
+        assert.is_true(rawequal(n, back[5]))
+      end)
+    end, { workers = 1 })
+  end)
+
+  it("work as table keys across the tasks of one worker", function()
+    local keys, sum = knhk.run(function()
+      local ch = knhk.channel(4)
+      local count = {}
+      knhk.nursery(function(n)
+        local hs = {}
+        for i = 1, 3 do hs[i] = n:spawn(function(c, k) c:send(k) return c end, ch, i) end
+        for i = 1, 3 do
+          local c = hs[i]:join() -- a handle made in this VM from the task's result
+          count[c] = (count[c] or 0) + c:recv()
+        end
+      end)
+      local k = 0
+      for _ in pairs(count) do k = k + 1 end
+      return k, count[ch]
+    end, { workers = 1 })
+    assert.equal(1, keys)
+    assert.equal(6, sum)
+  end)
+
+  it("keep their object alive while any of them lives, and let it go after", function()
+    knhk.run(function()
+      local ev = knhk.event()
+      local got = knhk.spawn(function(x) return x end, ev):join()
+      ev, got = nil, nil
+      collectgarbage()
+      collectgarbage()
+      -- a new event may reuse the freed object's memory: its handle is new
+      local ev2 = knhk.event()
+      assert.is_false(ev2:is_set())
+      ev2:set()
+      assert.is_true(knhk.spawn(function(x) return x:is_set() end, ev2):join())
+    end, { workers = 1 })
+  end)
+end)

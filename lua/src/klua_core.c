@@ -114,13 +114,62 @@ static handle_t *check_handle(lua_State *L, int idx, int kind, const char *what)
 #define SYNC_ARG(L, i, k, w) ((klua_sync_t *)check_handle((L), (i), (k), (w))->p)
 #define TOKEN_ARG(L, i) ((knhk_token_t *)check_handle((L), (i), KLUA_H_TOKEN, "token")->p)
 
-/* Pushes a handle of `kind` owning one reference to p. */
+/* A VM's handles of nurseries, tokens, channels, semaphores, locks and
+ * events, by object (weak values, in the registry at &interned): one
+ * userdata per object per VM, so that the handles a VM gets of one object
+ * are equal (and work as table keys), and a channel given to a million
+ * tasks is one userdata, not a million to collect and finalize. Task
+ * handles are not interned: each spawn makes a new one, and seldom would
+ * one be met again. */
+static char interned;
+
+static void push_interned_table(lua_State *L) {
+  lua_pushlightuserdata(L, &interned);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_istable(L, -1)) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushlightuserdata(L, &interned);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+/* Pushes a handle of `kind` owning one reference to p: the VM's handle of
+ * p if it has one (the reference given is dropped: that handle holds its
+ * own), else a new one. */
 static void push_handle(lua_State *L, int kind, void *p) {
+  uint64_t gen = atomic_load_explicit(&live_gen, memory_order_relaxed);
+  int intern = kind != KLUA_H_TASK;
+  if (intern) {
+    push_interned_table(L);
+    lua_pushlightuserdata(L, p);
+    lua_rawget(L, -2);
+    handle_t *old = lua_touserdata(L, -1);
+    /* a handle being finalized, or one of a nursery at the same address
+     * in an earlier run, is not this one */
+    if (old && old->p == p && klua_handle_kind(L, -1) == kind &&
+        (kind != KLUA_H_NURSERY || old->gen == gen)) {
+      lua_remove(L, -2);
+      klua_handle_drop(kind, p);
+      return;
+    }
+    lua_pop(L, 1);
+  }
   handle_t *h = lua_newuserdata(L, sizeof *h);
   h->p = p;
-  h->gen = atomic_load_explicit(&live_gen, memory_order_relaxed);
+  h->gen = gen;
   lua_rawgeti(L, UP_MTS, kind);
   lua_setmetatable(L, -2);
+  if (intern) {
+    lua_pushlightuserdata(L, p);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+    lua_remove(L, -2);
+  }
 }
 
 void klua_handle_push(lua_State *L, int kind, void *p) { push_handle(L, kind, p); }
