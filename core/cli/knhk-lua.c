@@ -5,7 +5,9 @@
  * layout of `cmake --install` and of a luarocks tree) and nowhere else for
  * knhk; the binary in the build tree looks in the source and build trees it
  * was built from instead. Either way LUA_PATH / LUA_CPATH and the usual
- * places follow, for the script's own modules. Everything else (options,
+ * places follow, for the script's own modules. knhk's own modules come
+ * precompiled (knhk_modules.c) when the file found is the one compiled.
+ * Everything else (options,
  * running the script as the root task, exit codes, the REPL) is knhk.cli
  * (Lua).
  */
@@ -18,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "knhk_modules.h"
 
 static void prepend(lua_State *L, const char *field, const char *dirs) {
   lua_getglobal(L, "package");
@@ -52,6 +56,110 @@ static void set_paths(lua_State *L) {
   prepend(L, "cpath", buf);
 }
 
+/* ------------------------------------------------ precompiled modules
+ *
+ * Parsing knhk's modules was most of knhk-lua's start-up; loading their
+ * bytecode costs a tenth of it. A searcher placed before Lua's own does for
+ * knhk's modules what Lua's does (the file package.path finds, loaded as
+ * "@file"), but loads the bytecode compiled from that file's text by the
+ * build, when the text is exactly that: an edited module, or another file
+ * found under the same name, is left to Lua's searcher and parsed. */
+
+static const knhk_module_t *find_module(const char *name) {
+  int lo = 0, hi = knhk_modules_count - 1;
+  while (lo <= hi) {
+    int mid = (lo + hi) / 2;
+    int c = strcmp(name, knhk_modules[mid].name);
+    if (c == 0) return &knhk_modules[mid];
+    if (c < 0) hi = mid - 1;
+    else lo = mid + 1;
+  }
+  return NULL;
+}
+
+/* 1 if the file at `path` holds exactly `len` bytes equal to `text`. */
+static int file_is(const char *path, const unsigned char *text, size_t len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return 0;
+  char buf[8192];
+  size_t at = 0, n;
+  int same = 1;
+  while (same && (n = fread(buf, 1, sizeof buf, f)) > 0) {
+    same = at + n <= len && memcmp(buf, text + at, n) == 0;
+    at += n;
+  }
+  same = same && !ferror(f) && at == len;
+  fclose(f);
+  return same;
+}
+
+/* The dump, with the chunk name the file's own load would give it: the
+ * name is in the dump, so error messages, tracebacks and debug.getinfo
+ * say the file's path as before. */
+static int load_module(lua_State *L, const knhk_module_t *m, const char *path) {
+  size_t plen = strlen(path), nlen = plen + 1; /* "@" path */
+  unsigned char uleb[10]; /* the name's length, as a uleb128 */
+  size_t ulen = 0, v = nlen;
+  do {
+    uleb[ulen++] = (unsigned char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+    v >>= 7;
+  } while (v > 0);
+  size_t len = m->head_len + ulen + nlen + m->body_len;
+  char *dump = malloc(len);
+  if (!dump) return -1;
+  char *p = dump;
+  memcpy(p, m->head, m->head_len), p += m->head_len;
+  memcpy(p, uleb, ulen), p += ulen;
+  *p++ = '@';
+  memcpy(p, path, plen), p += plen;
+  memcpy(p, m->body, m->body_len);
+  int rc = luaL_loadbuffer(L, dump, len, path);
+  free(dump);
+  return rc;
+}
+
+/* package.loaders entry: upvalue 1 is the package table, 2 the original
+ * package.searchpath (what Lua's searcher uses, whatever a script does to
+ * the globals). Returns the module's chunk, or nothing: then Lua's
+ * searcher looks, and says what it tried if it finds nothing either. */
+static int precompiled_searcher(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  const knhk_module_t *m = find_module(name);
+  if (!m) return 0;
+  lua_getfield(L, lua_upvalueindex(1), "path");
+  if (!lua_isstring(L, -1)) return 0; /* Lua's searcher raises the error */
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushstring(L, name);
+  lua_pushvalue(L, -3);
+  lua_call(L, 2, 1);
+  const char *path = lua_tostring(L, -1);
+  if (!path || !file_is(path, m->src, m->src_len)) return 0;
+  if (load_module(L, m, path) != 0) return 0; /* another LuaJIT's bytecode: parse the file */
+  return 1;
+}
+
+/* Puts the searcher second in package.loaders, after package.preload's,
+ * when this LuaJIT is the one that compiled the modules. */
+static void add_searcher(lua_State *L) {
+  lua_getglobal(L, "jit");
+  lua_getfield(L, -1, "version");
+  int same = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), knhk_modules_jit_version) == 0;
+  lua_pop(L, 2);
+  if (!same) return;
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaders");
+  int n = (int)lua_objlen(L, -1);
+  for (int i = n; i >= 2; i--) {
+    lua_rawgeti(L, -1, i);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushvalue(L, -2);
+  lua_getfield(L, -1, "searchpath");
+  lua_pushcclosure(L, precompiled_searcher, 2);
+  lua_rawseti(L, -2, 2);
+  lua_pop(L, 2);
+}
+
 static int traceback(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
@@ -66,6 +174,7 @@ int main(int argc, char **argv) {
   }
   luaL_openlibs(L);
   set_paths(L);
+  add_searcher(L);
   lua_pushcfunction(L, traceback);
   lua_getglobal(L, "require");
   lua_pushstring(L, "knhk.cli");
