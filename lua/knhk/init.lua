@@ -71,6 +71,9 @@ function knhk.default_workers()
   end
   return cpus > 0 and cpus or 1
 end
+-- (once per run: not worth a trace, which costs more to compile than the
+-- loop takes to interpret)
+jit.off(knhk.default_workers)
 
 -- knhk.run(main [, opts], ...) -> main's results. The calling thread
 -- becomes worker 0 and runs `main` as the root task; opts.workers (default:
