@@ -77,10 +77,40 @@ static const knhk_module_t *find_module(const char *name) {
   return NULL;
 }
 
-/* 1 if the file at `path` holds exactly `len` bytes equal to `text`. */
-static int file_is(const char *path, const unsigned char *text, size_t len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return 0;
+/* The file Lua's searcher would load for `name` (as package.searchpath:
+ * the first template of `path`, '?' replaced by the name with its dots
+ * made slashes, that fopen opens), opened, its name in `file`; NULL if
+ * there is none, or if a name does not fit: Lua's searcher says which. */
+static FILE *open_module_file(const char *name, const char *path, char *file, size_t size) {
+  char sub[PATH_MAX];
+  size_t nlen = strlen(name);
+  if (nlen >= sizeof sub) return NULL;
+  for (size_t i = 0; i <= nlen; i++) sub[i] = name[i] == '.' ? '/' : name[i];
+  for (const char *t = path; *t;) {
+    if (*t == ';') {
+      t++;
+      continue;
+    }
+    const char *end = strchr(t, ';');
+    if (!end) end = t + strlen(t);
+    size_t at = 0;
+    for (const char *c = t; c < end; c++) {
+      const char *piece = *c == '?' ? sub : c;
+      size_t len = *c == '?' ? nlen : 1;
+      if (at + len >= size) return NULL;
+      memcpy(file + at, piece, len);
+      at += len;
+    }
+    file[at] = 0;
+    FILE *f = fopen(file, "r");
+    if (f) return f;
+    t = end;
+  }
+  return NULL;
+}
+
+/* 1 if the rest of `f` is exactly the `len` bytes of `text`. */
+static int file_is(FILE *f, const unsigned char *text, size_t len) {
   char buf[8192];
   size_t at = 0, n;
   int same = 1;
@@ -88,9 +118,7 @@ static int file_is(const char *path, const unsigned char *text, size_t len) {
     same = at + n <= len && memcmp(buf, text + at, n) == 0;
     at += n;
   }
-  same = same && !ferror(f) && at == len;
-  fclose(f);
-  return same;
+  return same && !ferror(f) && at == len;
 }
 
 /* The dump, with the chunk name the file's own load would give it: the
@@ -118,23 +146,23 @@ static int load_module(lua_State *L, const knhk_module_t *m, const char *path) {
   return rc;
 }
 
-/* package.loaders entry: upvalue 1 is the package table, 2 the original
- * package.searchpath (what Lua's searcher uses, whatever a script does to
- * the globals). Returns the module's chunk, or nothing: then Lua's
- * searcher looks, and says what it tried if it finds nothing either. */
+/* package.loaders entry; upvalue 1 is the package table (whose `path`
+ * Lua's searcher reads, whatever a script does to the globals). Returns
+ * the module's chunk, or nothing: then Lua's searcher looks, and says what
+ * it tried if it finds nothing either. One open of the file, where
+ * package.searchpath and a load would have opened it twice. */
 static int precompiled_searcher(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   const knhk_module_t *m = find_module(name);
   if (!m) return 0;
   lua_getfield(L, lua_upvalueindex(1), "path");
   if (!lua_isstring(L, -1)) return 0; /* Lua's searcher raises the error */
-  lua_pushvalue(L, lua_upvalueindex(2));
-  lua_pushstring(L, name);
-  lua_pushvalue(L, -3);
-  lua_call(L, 2, 1);
-  const char *path = lua_tostring(L, -1);
-  if (!path || !file_is(path, m->src, m->src_len)) return 0;
-  if (load_module(L, m, path) != 0) return 0; /* another LuaJIT's bytecode: parse the file */
+  char file[PATH_MAX];
+  FILE *f = open_module_file(name, lua_tostring(L, -1), file, sizeof file);
+  if (!f) return 0;
+  int same = file_is(f, m->src, m->src_len);
+  fclose(f);
+  if (!same || load_module(L, m, file) != 0) return 0; /* edited, or another LuaJIT: parse it */
   return 1;
 }
 
@@ -154,8 +182,7 @@ static void add_searcher(lua_State *L) {
     lua_rawseti(L, -2, i + 1);
   }
   lua_pushvalue(L, -2);
-  lua_getfield(L, -1, "searchpath");
-  lua_pushcclosure(L, precompiled_searcher, 2);
+  lua_pushcclosure(L, precompiled_searcher, 1);
   lua_rawseti(L, -2, 2);
   lua_pop(L, 2);
 }
