@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "knhk_modules.h"
@@ -31,8 +32,13 @@ static void prepend(lua_State *L, const char *field, const char *dirs) {
   lua_pop(L, 2);
 }
 
-/* 1 if `dir` is the build tree's directory of this executable. */
+/* 1 if `dir` (a real path) is the build tree's directory of this
+ * executable. Only a directory with the same inode can have the same real
+ * path: realpath, a readlink per component, runs only then. */
 static int in_build_tree(const char *dir) {
+  struct stat a, b;
+  if (stat(KNHK_BUILD_CLI_DIR, &a) != 0 || stat(dir, &b) != 0) return 0;
+  if (a.st_ino != b.st_ino || a.st_dev != b.st_dev) return 0;
   char built[PATH_MAX];
   return realpath(KNHK_BUILD_CLI_DIR, built) != NULL && strcmp(built, dir) == 0;
 }
