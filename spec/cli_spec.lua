@@ -344,6 +344,23 @@ describe("knhk-lua", function()
     assert.is_true(n >= 3, out)
   end)
 
+  it("worker VMs, which parse knhk's modules, agree with the precompiled ones", function()
+    -- a function of a precompiled module travels to a worker by its
+    -- prototype (string.dump of what the bytecode made), and a task on
+    -- another worker sees the modules at the same file and lines
+    local code, out, err = run([[-w 2 -e 'local two = require "two_workers"
+      local function where()
+        local i = debug.getinfo(require("knhk").run, "S")
+        return i.source, i.linedefined, knhk.current().worker
+      end
+      local a, b = two(where)
+      local i = debug.getinfo(knhk.run, "S")
+      print(a[1] == i.source, b[1] == i.source, a[2] == i.linedefined, a[3] ~= b[3])
+      print(knhk.spawn(require("knhk.errors").message, "boom"):join())']])
+    assert.equal(0, code, err)
+    assert.equal("true\ttrue\ttrue\ttrue\nboom\n", out)
+  end)
+
   it("a knhk module edited, or found elsewhere on package.path, is loaded from its file", function()
     os.execute("mkdir -p " .. TMP .. "/mods/knhk")
     write("mods/knhk/steps.lua", "return { edited = ... }\n")
