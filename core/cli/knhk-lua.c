@@ -12,6 +12,8 @@
  * (Lua).
  */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
@@ -87,12 +89,13 @@ static const knhk_module_t *find_module(const char *name) {
 
 /* The file Lua's searcher would load for `name` (as package.searchpath:
  * the first template of `path`, '?' replaced by the name with its dots
- * made slashes, that fopen opens), opened, its name in `file`; NULL if
- * there is none, or if a name does not fit: Lua's searcher says which. */
-static FILE *open_module_file(const char *name, const char *path, char *file, size_t size) {
+ * made slashes, that can be opened for reading), opened, its name in
+ * `file`; -1 if there is none, or if a name does not fit: Lua's searcher
+ * says which. */
+static int open_module_file(const char *name, const char *path, char *file, size_t size) {
   char sub[PATH_MAX];
   size_t nlen = strlen(name);
-  if (nlen >= sizeof sub) return NULL;
+  if (nlen >= sizeof sub) return -1;
   for (size_t i = 0; i <= nlen; i++) sub[i] = name[i] == '.' ? '/' : name[i];
   for (const char *t = path; *t;) {
     if (*t == ';') {
@@ -105,28 +108,37 @@ static FILE *open_module_file(const char *name, const char *path, char *file, si
     for (const char *c = t; c < end; c++) {
       const char *piece = *c == '?' ? sub : c;
       size_t len = *c == '?' ? nlen : 1;
-      if (at + len >= size) return NULL;
+      if (at + len >= size) return -1;
       memcpy(file + at, piece, len);
       at += len;
     }
     file[at] = 0;
-    FILE *f = fopen(file, "r");
-    if (f) return f;
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) return fd;
     t = end;
   }
-  return NULL;
+  return -1;
 }
 
-/* 1 if the rest of `f` is exactly the `len` bytes of `text`. */
-static int file_is(FILE *f, const unsigned char *text, size_t len) {
-  char buf[8192];
-  size_t at = 0, n;
-  int same = 1;
-  while (same && (n = fread(buf, 1, sizeof buf, f)) > 0) {
-    same = at + n <= len && memcmp(buf, text + at, n) == 0;
-    at += n;
+/* 1 if the file `fd` holds exactly the `len` bytes of `text`: its size
+ * first, then its bytes, read at once. */
+static int file_is(int fd, const unsigned char *text, size_t len) {
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size != len) return 0;
+  char *buf = malloc(len + 1);
+  if (!buf) return 0;
+  size_t at = 0;
+  ssize_t n = -1;
+  while (at <= len && (n = read(fd, buf + at, len + 1 - at)) != 0) {
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    at += (size_t)n;
   }
-  return same && !ferror(f) && at == len;
+  int same = n == 0 && at == len && memcmp(buf, text, len) == 0;
+  free(buf);
+  return same;
 }
 
 /* The dump, with the chunk name the file's own load would give it: the
@@ -166,10 +178,10 @@ static int precompiled_searcher(lua_State *L) {
   lua_getfield(L, lua_upvalueindex(1), "path");
   if (!lua_isstring(L, -1)) return 0; /* Lua's searcher raises the error */
   char file[PATH_MAX];
-  FILE *f = open_module_file(name, lua_tostring(L, -1), file, sizeof file);
-  if (!f) return 0;
-  int same = file_is(f, m->src, m->src_len);
-  fclose(f);
+  int fd = open_module_file(name, lua_tostring(L, -1), file, sizeof file);
+  if (fd < 0) return 0;
+  int same = file_is(fd, m->src, m->src_len);
+  close(fd);
   if (!same || load_module(L, m, file) != 0) return 0; /* edited, or another LuaJIT: parse it */
   return 1;
 }
