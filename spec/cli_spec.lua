@@ -316,6 +316,62 @@ describe("knhk-lua", function()
     assert.equal(2, code2)
     assert.matches("option '%-%-telemetry' needs an argument", err2)
   end)
+
+  -- knhk-lua loads its modules precompiled (core/cli/knhk-lua.c): what a
+  -- module's functions say of themselves is what parsing its file gives.
+  it("knhk's modules say their file and lines as when parsed from it", function()
+    local code, out, err = run([[-e 'for _, name in ipairs { "knhk", "knhk.runtime", "knhk.cli",
+        "knhk.patterns.engine" } do
+      local m = require(name)
+      for _, k in ipairs { "run", "main", "await", "workflow" } do
+        if type(m[k]) == "function" then
+          local i = debug.getinfo(m[k], "S")
+          print(name, k, i.source, i.linedefined, package.searchpath(name, package.path))
+        end
+      end
+    end']])
+    assert.equal(0, code, err)
+    local n = 0
+    for name, k, source, line, file in out:gmatch("(%S+)\t(%S+)\t(%S+)\t(%d+)\t(%S+)\n") do
+      n = n + 1
+      assert.equal("@" .. file, source)
+      local parsed = assert(loadfile(file))()
+      if name == "knhk.patterns.engine" or name == "knhk.cli" or name == "knhk" then
+        -- (modules whose loading has no side effects outside them)
+        assert.equal(debug.getinfo(parsed[k], "S").linedefined, tonumber(line))
+      end
+    end
+    assert.is_true(n >= 3, out)
+  end)
+
+  it("worker VMs, which parse knhk's modules, agree with the precompiled ones", function()
+    -- a function of a precompiled module travels to a worker by its
+    -- prototype (string.dump of what the bytecode made), and a task on
+    -- another worker sees the modules at the same file and lines
+    local code, out, err = run([[-w 2 -e 'local two = require "two_workers"
+      local function where()
+        local i = debug.getinfo(require("knhk").run, "S")
+        return i.source, i.linedefined, knhk.current().worker
+      end
+      local a, b = two(where)
+      local i = debug.getinfo(knhk.run, "S")
+      print(a[1] == i.source, b[1] == i.source, a[2] == i.linedefined, a[3] ~= b[3])
+      print(knhk.spawn(require("knhk.errors").message, "boom"):join())']])
+    assert.equal(0, code, err)
+    assert.equal("true\ttrue\ttrue\ttrue\nboom\n", out)
+  end)
+
+  it("a knhk module edited, or found elsewhere on package.path, is loaded from its file", function()
+    os.execute("mkdir -p " .. TMP .. "/mods/knhk")
+    write("mods/knhk/steps.lua", "return { edited = ... }\n")
+    local code, out, err = run("-e " .. q(string.format([[
+      package.path = %q .. "/mods/?.lua;" .. package.path
+      package.loaded["knhk.steps"] = nil
+      print(require("knhk.steps").edited)
+      print(knhk.map({ 1, 2 }, function(x) return x + 1 end)[2])]], TMP)))
+    assert.equal(0, code, err)
+    assert.equal("knhk.steps\n3\n", out)
+  end)
 end)
 
 describe("the knhk-lua REPL", function()

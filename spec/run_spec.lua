@@ -24,6 +24,18 @@ describe("knhk.run", function()
     assert.same({ code = 7 }, err.value)
   end)
 
+  it("runs on every CPU by default: as many workers as /proc/cpuinfo lists processors", function()
+    local f = assert(io.open "/proc/cpuinfo")
+    local cpus = 0
+    for line in f:lines() do
+      if line:match "^processor%s*:" then cpus = cpus + 1 end
+    end
+    f:close()
+    local saved = os.getenv "KNHK_WORKERS"
+    assert.is_true(saved == nil or saved == "", "the spec runs with KNHK_WORKERS unset")
+    assert.equal(math.max(cpus, 1), knhk.default_workers())
+  end)
+
   it("can run again after a run ended", function()
     for i = 1, 3 do assert.equal(i, knhk.run(function() return i end, { workers = 2 })) end
   end)

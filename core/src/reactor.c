@@ -12,7 +12,6 @@
  * arms the uv timer for the earliest real-time deadline.
  */
 #define _GNU_SOURCE
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -132,8 +131,6 @@ static void on_async(uv_async_t *h) {
 
 static void *reactor_main(void *arg) {
   knhk_reactor_t *r = arg;
-  st_release(&r->started, 1);
-  knhk__futex_wake(&r->started, INT_MAX);
   uv_run(&r->loop, UV_RUN_DEFAULT);
   /* Processes killed during shutdown may still be reaped after uv_run
    * returned once: run until every handle has closed. */
@@ -176,7 +173,10 @@ int knhk_reactor_new_with(knhk_reactor_t **out, const knhk_reactor_options_t *op
     free(r);
     return KNHK_ENOMEM;
   }
-  while (!ld_acquire(&r->started)) knhk__futex_wait(&r->started, 0);
+  /* Not waiting for the thread to run: what is submitted before it does
+   * waits in the queues, and the async wake-up in its eventfd, until its
+   * loop's first poll; the caller goes on meanwhile (a wait here was a
+   * round trip through the scheduler in every knhk-lua start). */
   knhk__tel_reactor_add(r); /* it may drain telemetry */
   *out = r;
   return 0;

@@ -40,7 +40,6 @@ struct knhk_reactor_s {
   uv_timer_t uvtimer;
   knhk__mpsc_t timers, signals, procs, kills, files;
   pthread_t thread;
-  _Atomic uint32_t started;       /* futex: 1 once the loop runs */
   int start_rc;
   KNHK__ALIGNED _Atomic uint32_t closing;
   _Atomic uint64_t entering;

@@ -197,6 +197,12 @@ local function index_builtins()
     end
   end
 end
+-- It and the loop below run once per VM, as the module loads: left to the
+-- interpreter, as the rest of this chunk is (jit.off(true)), since the
+-- traces the JIT would record and compile for them cost more than running
+-- them (~0.2 ms of every knhk-lua start).
+jit.off(true)
+jit.off(index_builtins)
 index_builtins()
 
 -- The globals every task sees besides those its code names: the standard

@@ -67,7 +67,6 @@ void knhk_telemetry_record(int instrument, double value);
 
 typedef struct klua_lines klua_lines_t;
 enum { KLUA_LINES_NONE = 0, KLUA_LINES_LINE = 1, KLUA_LINES_INTERRUPTED = 2 };
-int klua_signals_start(klua_rt_t *rt);
 int klua_signals_received(void);
 void klua_signals_target(knhk_token_t *token);
 int klua_rt_take_line_stall(klua_rt_t *rt);

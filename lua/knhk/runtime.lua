@@ -371,16 +371,13 @@ function M.running() return M.rt ~= nil end
 -- 1 virtual: knhk.clock), all checked.
 function M.run(main, cfg, ...)
   if M.rt ~= nil then error("knhk.run: already running (knhk.run cannot be nested)", 3) end
-  local signals, name = cfg.signals, cfg.name
-  local r = core.new(cfg.workers, cfg.seed, cfg.clock)
+  local name = cfg.name
+  -- (with signals, core.new has the reactor install the handlers, and
+  -- core.root waits until it has)
+  local r = core.new(cfg.workers, cfg.seed, cfg.clock, cfg.signals)
   local args = pack(...)
   local ok, res = pcall(function()
     init_vm()
-    local C = K.C
-    if signals then
-      local rc = C.klua_signals_start(M.rt)
-      if rc ~= 0 then error("knhk.run: cannot watch signals: " .. K.ffi.string(C.knhk_strerror(rc)), 0) end
-    end
     local h = core.root(r, function() return main(unpack(args, 1, args.n)) end,
       name or ("main " .. codec.place_of(main)))
     core.enter(r)

@@ -256,6 +256,7 @@ struct klua_rt {
   _Atomic int stalled;         /* a virtual clock found every task waiting for ever */
   _Atomic int line_stalled;    /* ... while a REPL line ran: that line was cancelled */
   int workers;
+  int signals;                 /* klua_rt_opts_t's */
   klua_worker_t *w;
   knhk_token_t *root_token;
   char *lua_path, *lua_cpath;  /* the spawner's, for worker VMs (under protos_m) */
@@ -286,18 +287,22 @@ struct klua_rt {
  * among its ready tasks by a generator seeded with `seed`
  * (KNHK_EXECUTOR_SEEDED), for reproducible schedules. clock:
  * knhk_clock_kind (knhk/clock.h); a virtual clock jumps when the executor
- * says that every task waits. */
+ * says that every task waits. signals: SIGINT and SIGTERM cancel the run
+ * (klua_signals.c). */
 typedef struct {
   int workers;
   int seeded;
   uint64_t seed;
   int clock;
+  int signals;
 } klua_rt_opts_t;
 int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, char *err,
                 size_t errlen);
 void klua_rt_free(klua_rt_t *rt);
 void klua_rt_watch_stalls(klua_rt_t *rt); /* the root is queued: stalls are deadlocks */
 int klua_signals_cancel_line(void);       /* klua_signals.c */
+int klua_signals_start(klua_rt_t *rt);    /* klua_signals.c */
+void klua_signals_wait(void);             /* klua_signals.c */
 int klua_rt_enter(klua_rt_t *rt);
 /* The calling thread's worker in rt while it runs a task, or NULL. */
 klua_worker_t *klua_worker(klua_rt_t *rt);

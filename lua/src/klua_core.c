@@ -562,6 +562,7 @@ static int l_root(lua_State *L) {
   t->where = w ? w : "the main task";
   lua_pushvalue(L, 2);
   t->fn_ref = luaL_ref(L, UP_ANCHOR);
+  if (rt->signals) klua_signals_wait(); /* before any task code can run */
   int rc = klua_task_spawn(t, 0);
   if (rc != 0) {
     luaL_unref(L, UP_ANCHOR, t->fn_ref);
@@ -1488,15 +1489,16 @@ static int l_tasks(lua_State *L) {
 
 /* ------------------------------------------------------- the runtime */
 
-/* core.new(workers [, seed [, clock]]) -> rt | error. A seed (a whole
- * number in 0..2^53) asks for a seeded schedule, which needs workers == 1;
- * clock: 0 real (default), 1 virtual (knhk/clock.h). */
+/* core.new(workers [, seed [, clock [, signals]]]) -> rt | error. A seed
+ * (a whole number in 0..2^53) asks for a seeded schedule, which needs
+ * workers == 1; clock: 0 real (default), 1 virtual (knhk/clock.h);
+ * signals: SIGINT and SIGTERM cancel the run (klua_signals.c). */
 static int l_new(lua_State *L) {
   int workers = (int)luaL_checkinteger(L, 1);
   int clock = (int)luaL_optinteger(L, 3, KNHK_CLOCK_REAL);
   if (workers < 1 || workers > KNHK_MAX_WORKERS)
     return luaL_error(L, "workers must be in 1..%d, got %d", KNHK_MAX_WORKERS, workers);
-  klua_rt_opts_t opts = {workers, 0, 0, clock};
+  klua_rt_opts_t opts = {workers, 0, 0, clock, lua_toboolean(L, 4)};
   if (!lua_isnoneornil(L, 2)) {
     lua_Number seed = luaL_checknumber(L, 2);
     if (!(seed >= 0 && seed <= 9007199254740992.0 && seed == (lua_Number)(uint64_t)seed))

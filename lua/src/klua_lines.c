@@ -13,8 +13,13 @@
  * is held (knhk_clock_hold), so a virtual clock does not jump to the next
  * timer while the user types; the line's own waits move it. The hold
  * starts when a task begins to wait and ends once it is woken (or gives
- * up its wait). Under a real clock the hold does nothing. */
+ * up its wait). Under a real clock the hold does nothing.
+ *
+ * libedit is opened when the first line input starts, not linked: loading
+ * it and the libraries it needs (libtinfo, libbsd, libmd) was about 0.4 ms
+ * of every knhk-lua start and every `require "knhk"`, for the REPL alone. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <histedit.h>
@@ -30,6 +35,37 @@
 #include "klua.h"
 #include "klua_lines.h"
 #include "knhk/errors.h"
+
+/* libedit's functions, from KLUA_LIBEDIT (its soname, set by the build). */
+static struct { /* the types the header declares them with */
+  __typeof__(el_init) *el_init;
+  __typeof__(el_end) *el_end;
+  __typeof__(el_gets) *el_gets;
+  __typeof__(el_set) *el_set;
+  __typeof__(el_get) *el_get;
+  __typeof__(el_line) *el_line;
+  __typeof__(el_source) *el_source;
+  __typeof__(history_init) *history_init;
+  __typeof__(history_end) *history_end;
+  __typeof__(history) *history;
+} edit;
+static pthread_once_t edit_once = PTHREAD_ONCE_INIT;
+static int edit_loaded;
+
+/* Once per process; the library stays loaded (lines may start again). */
+static void load_edit(void) {
+  void *lib = dlopen(KLUA_LIBEDIT, RTLD_NOW | RTLD_LOCAL);
+  if (!lib) {
+    fprintf(stderr, "knhk: cannot load %s for line input: %s\n", KLUA_LIBEDIT, dlerror());
+    return;
+  }
+#define SYM(name) (edit.name = (__typeof__(edit.name))dlsym(lib, #name)) != NULL
+  edit_loaded = SYM(el_init) && SYM(el_end) && SYM(el_gets) && SYM(el_set) && SYM(el_get) &&
+                SYM(el_line) && SYM(el_source) && SYM(history_init) && SYM(history_end) &&
+                SYM(history);
+#undef SYM
+  if (!edit_loaded) fprintf(stderr, "knhk: %s lacks a function line input needs\n", KLUA_LIBEDIT);
+}
 
 struct klua_lines {
   pthread_t thread;
@@ -53,7 +89,7 @@ struct klua_lines {
 
 static char *show_prompt(EditLine *el) {
   klua_lines_t *l;
-  el_get(el, EL_CLIENTDATA, &l);
+  edit.el_get(el, EL_CLIENTDATA, &l);
   return l->shown ? l->shown : "> ";
 }
 
@@ -67,7 +103,7 @@ static void drain_wake(klua_lines_t *l) {
  * end, or -1 (EINTR) once the read is interrupted. */
 static int read_char(EditLine *el, wchar_t *wc) {
   klua_lines_t *l;
-  el_get(el, EL_CLIENTDATA, &l);
+  edit.el_get(el, EL_CLIENTDATA, &l);
   mbstate_t mb;
   memset(&mb, 0, sizeof mb);
   for (;;) {
@@ -102,7 +138,7 @@ static int read_char(EditLine *el, wchar_t *wc) {
      * has made it raw; and a Ctrl-D read raw after such a line arrives as
      * the character itself, which libedit would insert. */
     if (c == 4 || c == 0) {
-      const LineInfo *li = el_line(el);
+      const LineInfo *li = edit.el_line(el);
       if (li && li->lastchar == li->buffer) { /* el_gets gives up at once, as for Ctrl-C */
         l->eof_typed = 1;
         errno = EINTR;
@@ -157,7 +193,7 @@ static void *reader(void *arg) {
     pthread_mutex_unlock(&l->m);
     int count = 0;
     l->eof_typed = 0;
-    const char *got = el_gets(l->el, &count);
+    const char *got = edit.el_gets(l->el, &count);
     char *line = got && count > 0 && !l->eof_typed ? strndup(got, (size_t)count) : NULL;
     if (line) line[strcspn(line, "\n")] = 0;
     pthread_mutex_lock(&l->m);
@@ -171,7 +207,7 @@ static void *reader(void *arg) {
       status = KLUA_LINES_INTERRUPTED;
     } else if (line && *line) {
       HistEvent ev;
-      history(l->hist, &ev, H_ENTER, line);
+      edit.history(l->hist, &ev, H_ENTER, line);
     }
     deliver(l, status, line);
   }
@@ -180,6 +216,8 @@ static void *reader(void *arg) {
 }
 
 KLUA_API klua_lines_t *klua_lines_new(void) {
+  pthread_once(&edit_once, load_edit);
+  if (!edit_loaded) return NULL;
   klua_lines_t *l = calloc(1, sizeof *l);
   if (!l) return NULL;
   if (pipe2(l->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -190,17 +228,17 @@ KLUA_API klua_lines_t *klua_lines_new(void) {
    * libedit drops every character that is not ASCII. Only LC_CTYPE: the
    * rest (LC_NUMERIC: how Lua writes numbers) stays "C". */
   setlocale(LC_CTYPE, "");
-  l->el = el_init("knhk-lua", stdin, stdout, stderr);
-  l->hist = history_init();
+  l->el = edit.el_init("knhk-lua", stdin, stdout, stderr);
+  l->hist = edit.history_init();
   if (!l->el || !l->hist) goto fail;
   HistEvent ev;
-  history(l->hist, &ev, H_SETSIZE, 1000);
-  el_set(l->el, EL_CLIENTDATA, l);
-  el_set(l->el, EL_EDITOR, "emacs");
-  el_set(l->el, EL_PROMPT, show_prompt);
-  el_set(l->el, EL_HIST, history, l->hist);
-  el_set(l->el, EL_GETCFN, read_char);
-  el_source(l->el, NULL); /* the user's ~/.editrc, if any */
+  edit.history(l->hist, &ev, H_SETSIZE, 1000);
+  edit.el_set(l->el, EL_CLIENTDATA, l);
+  edit.el_set(l->el, EL_EDITOR, "emacs");
+  edit.el_set(l->el, EL_PROMPT, show_prompt);
+  edit.el_set(l->el, EL_HIST, edit.history, l->hist);
+  edit.el_set(l->el, EL_GETCFN, read_char);
+  edit.el_source(l->el, NULL); /* the user's ~/.editrc, if any */
   pthread_mutex_init(&l->m, NULL);
   pthread_cond_init(&l->cv, NULL);
   if (pthread_create(&l->thread, NULL, reader, l) != 0) {
@@ -210,8 +248,8 @@ KLUA_API klua_lines_t *klua_lines_new(void) {
   }
   return l;
 fail:
-  if (l->el) el_end(l->el);
-  if (l->hist) history_end(l->hist);
+  if (l->el) edit.el_end(l->el);
+  if (l->hist) edit.history_end(l->hist);
   close(l->wake[0]);
   close(l->wake[1]);
   free(l);
@@ -292,8 +330,8 @@ KLUA_API void klua_lines_free(klua_lines_t *l) {
   pthread_mutex_unlock(&l->m);
   pthread_join(l->thread, NULL);
   klua_lines_unwait(l);
-  el_end(l->el);
-  history_end(l->hist);
+  edit.el_end(l->el);
+  edit.history_end(l->hist);
   close(l->wake[0]);
   close(l->wake[1]);
   free(l->line);

@@ -264,6 +264,14 @@ int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, 
     rt->root_group = klua_group_new(rt, rt->root_token, 0);
     if (!rt->root_group) rc = KNHK_ENOMEM;
   }
+  /* As soon as there is a root token to cancel: the reactor's thread
+   * installs the handlers while the executor and the VM are set up, and
+   * core.root waits for them (klua_signals_wait) only then. */
+  rt->signals = opts->signals;
+  if (rc == 0 && rt->signals) {
+    rc = klua_signals_start(rt);
+    if (rc != 0) snprintf(err, errlen, "cannot watch signals: %s", knhk_strerror(rc));
+  }
   if (rc == 0) {
     rt->w[0].L = caller;
     lua_pushlightuserdata(caller, rt);

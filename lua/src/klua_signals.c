@@ -132,8 +132,10 @@ static void on_signal(knhk_signal_t *w, int signum, uint64_t count) {
   knhk_token_cancel(rt->root_token, KNHK_CANCEL_SIGNAL);
 }
 
-/* Starts watching SIGINT and SIGTERM for rt. Returns 0 or an error. */
-KLUA_API int klua_signals_start(klua_rt_t *rt) {
+/* Starts watching SIGINT and SIGTERM for rt (klua_rt_new, once rt has
+ * its root token). Returns 0 or an error. The reactor's thread installs the
+ * handlers: klua_signals_wait waits for that. */
+int klua_signals_start(klua_rt_t *rt) {
   atomic_store(&sigs.first, 0);
   atomic_store(&sigs.target, NULL);
   atomic_store(&sigs.repl, NULL);
@@ -141,12 +143,15 @@ KLUA_API int klua_signals_start(klua_rt_t *rt) {
   atomic_store(&sigs.using_repl, 0);
   int rc = knhk_signal_start(rt->reactor, &sigs.watch[0], SIGINT, on_signal, rt);
   if (rc == 0) rc = knhk_signal_start(rt->reactor, &sigs.watch[1], SIGTERM, on_signal, rt);
-  if (rc != 0) return rc;
-  /* Until the reactor has installed the handlers, a signal would still take
-   * its default action (and skip the cleanup): return only once it has. */
+  return rc;
+}
+
+/* Until the reactor has installed the handlers, a signal would still take
+ * its default action (and skip the cleanup): core.root waits here before
+ * any task can run. */
+void klua_signals_wait(void) {
   while (!knhk_signal_active(&sigs.watch[0]) || !knhk_signal_active(&sigs.watch[1]))
     sched_yield();
-  return 0;
 }
 
 /* The first signal received since klua_signals_start, or 0. */
