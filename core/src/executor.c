@@ -222,13 +222,16 @@ static knhk_task_t *seeded_pick(knhk__worker_t *w, int *busy) {
       return t;
     }
   }
-  pthread_mutex_unlock(&w->ex->batch_m);
-  if (w->nready == 0) return NULL;
+  if (w->nready == 0) {
+    pthread_mutex_unlock(&w->ex->batch_m);
+    return NULL;
+  }
   /* no draw without a choice: the stream of draws is then the same whatever
    * path a lone task came by */
   uint32_t i = w->nready == 1 ? 0 : (uint32_t)(splitmix_next(&w->pick_rng) % w->nready);
   t = w->ready[i];
   w->ready[i] = w->ready[--w->nready];
+  pthread_mutex_unlock(&w->ex->batch_m);
   return t;
 }
 

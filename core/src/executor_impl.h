@@ -73,7 +73,9 @@ typedef struct knhk__worker {
   uint64_t busy_since;
   /* KNHK_EXECUTOR_SEEDED (executor.c, "seeded schedules"): the ready
    * tasks drained from the deque, inbox and injector, and the generator
-   * that picks the next one to run. */
+   * that picks the next one to run. nready changes under ex->batch_m only,
+   * where knhk_executor_idle reads it: a task moved from the inbox to the
+   * ready set stays visible as queued. */
   knhk_task_t **ready;
   uint32_t nready, ready_cap;
   uint64_t pick_rng;

@@ -187,6 +187,16 @@ int knhk_executor_idle(void *handle) {
     knhk__worker_t *w = &ex->workers[i];
     if (knhk__mpsc_maybe_nonempty(&w->inbox) || knhk__deque_size(&w->deque) > 0) return 0;
   }
+  /* Seeded: the tasks a worker drained into its ready set are queued too
+   * (without this look a virtual clock saw a woken task's worker idle, and
+   * jumped or reported a deadlock: test_spec, under ThreadSanitizer). */
+  if (ex->flags & KNHK_EXECUTOR_SEEDED) {
+    int held = 0;
+    pthread_mutex_lock(&ex->batch_m);
+    for (int i = 0; i < ex->n && !held; i++) held = ex->workers[i].nready > 0;
+    pthread_mutex_unlock(&ex->batch_m);
+    if (held) return 0;
+  }
   return 1;
 }
 
