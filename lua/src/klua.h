@@ -98,12 +98,13 @@ enum {
 };
 
 struct klua_wait {
-  klua_task_t *task;
+  /* (its task: klua_wait_task, the record it is embedded in) */
   void *on;                    /* the object, while queued on it */
   klua_wait_t *prev, *next;    /* in on's waiter list, under its lock */
   /* a channel hands a value over through these (klua_chan.c) */
   const char *val;
   uint32_t val_len;
+  _Atomic int timer_busy;      /* armed or completing: use a fresh one */
   /* Small fields as bytes (a sleeping task's record is most of its cost):
    * each is a separate memory location, so writers of neighbours do not
    * race. */
@@ -119,7 +120,6 @@ struct klua_wait {
   uint8_t recheck;
   uint8_t ccb_on;              /* ccb armed */
   uint8_t watch_on;            /* watch armed */
-  _Atomic int timer_busy;      /* armed or completing: use a fresh one */
   /* cancellation wake-up, while armed */
   knhk_cancel_cb_t ccb;
   knhk_cancel_cb_t *watch;     /* another token (token:wait): made on first use, rare */
@@ -135,6 +135,8 @@ enum {
   KLUA_T_EXPORTED = 1u << 1
 };
 
+/* The fields are ordered so that the record has no holes: a sleeping
+ * task's record is most of what it costs. */
 struct klua_task {
   knhk_task_t et;              /* the executor task that runs it */
   klua_rt_t *rt;
@@ -143,15 +145,18 @@ struct klua_task {
   _Atomic int32_t outcome;     /* KLUA_RUNNING until it ends: stored with
                                   release after the results (acquire to read) */
   _Atomic uint32_t flags;      /* KLUA_T_* */
-  int32_t kind;                /* KLUA_PORTABLE / KLUA_LOCAL */
   _Atomic int32_t home;        /* its worker once started, else -1 */
+  int32_t kind;                /* KLUA_PORTABLE / KLUA_LOCAL */
+  int co_ref;                  /* its coroutine's anchor, while it runs */
   klua_group_t *group;         /* the nursery it belongs to */
   knhk_token_t *cancel_parent; /* what cancels it (a reference): the scope it
                                   was spawned in, or its nursery's token */
   uint64_t parent;             /* id of the task that spawned it, or 0 */
   uint64_t started_ns;         /* when it was spawned (the runtime's clock) */
   const char *where;           /* its function's place (klua_where) */
-  knhk_telemetry_task_t tel;   /* its spans, while recording */
+  /* its spans' words: its own (malloc'd) when it was spawned while
+   * recording, else a shared zeroed one that the hooks only read */
+  knhk_telemetry_task_t *tel;
   /* payload: the start, then the results */
   int32_t pay;                 /* KLUA_PAY_* */
   int32_t proto;               /* inline start: the prototype id of the function, and the
@@ -159,17 +164,16 @@ struct klua_task {
   int32_t nvals;               /* inline: how many values */
   int32_t fn_ref;              /* refs start: in the home VM's anchor table */
   uint32_t len;                /* bytes at data */
+  klua_spin_t jlock;           /* guards joiners */
   char *data;                  /* buf, or malloc'd */
   char buf[KLUA_INLINE];
   /* while it runs: its worker only */
   lua_State *co;               /* its coroutine */
-  int co_ref;
   knhk_token_t *scope;         /* the innermost cancel scope's token, or NULL */
   _Atomic(knhk_token_t *) token; /* its own token, made when first needed */
   klua_group_t *implicit;      /* its nursery for knhk.spawn, made on first use */
   klua_wait_t w;
-  /* who waits for it to end */
-  klua_spin_t jlock;
+  /* who waits for it to end (under jlock) */
   klua_wait_t *joiners;
   /* links */
   klua_task_t *link;           /* in a free list, or a group's ended list */
@@ -186,6 +190,11 @@ struct klua_task {
 
 static inline klua_task_t *klua_task_of(knhk_task_t *et) {
   return (klua_task_t *)(void *)((char *)et - offsetof(klua_task_t, et));
+}
+
+/* The task a wait belongs to: every wait is a record's own. */
+static inline klua_task_t *klua_wait_task(klua_wait_t *w) {
+  return (klua_task_t *)(void *)((char *)w - offsetof(klua_task_t, w));
 }
 
 /* --------------------------------------------------------------- groups */

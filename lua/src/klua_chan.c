@@ -159,7 +159,7 @@ static klua_task_t *dequeue_locked(klua_sync_t *s, int list) {
   wl_remove(&s->w[list], w);
   atomic_fetch_sub_explicit(count_of(s, list), 1, memory_order_relaxed);
   w->handed = 1;
-  return w->task;
+  return klua_wait_task(w);
 }
 
 static void wake_one(klua_sync_t *s, int list) {

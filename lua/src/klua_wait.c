@@ -106,7 +106,7 @@ void klua_wake_joiners(klua_task_t *t) {
   klua_spin_unlock(&t->jlock);
   while (w) {
     klua_wait_t *next = w->next; /* read before the wake: the joiner may move on */
-    klua_wake(w->task);
+    klua_wake(klua_wait_task(w));
     w = next;
   }
 }
