@@ -62,21 +62,30 @@ static int child_fails(knhk_child_t *c) {
   return KNHK_EIO;
 }
 
-TEST(nursery_spans_are_written_with_parent_links) {
+/* Records a nursery of `children` children running fn on `workers`
+ * workers, from start to stop; returns what was written, and the wait's
+ * status in *status. */
+static char *record_nursery(int workers, int children, knhk_child_fn fn, int *status) {
   start_recording();
   knhk_executor_t ex;
   knhk_executor_options_t o;
   knhk_executor_options_init(&o);
-  o.workers = 2;
+  o.workers = workers;
   ASSERT_OK(knhk_executor_init(&ex, &o));
   knhk_nursery_t *n;
   ASSERT_OK(knhk_nursery_new(&n, &ex, NULL, 0));
-  for (int i = 0; i < 5; i++) ASSERT_OK(knhk_nursery_spawn(n, child_ok, NULL));
-  ASSERT_OK(knhk_nursery_wait_all(n));
+  for (int i = 0; i < children; i++) ASSERT_OK(knhk_nursery_spawn(n, fn, NULL));
+  *status = knhk_nursery_wait_all(n);
   ASSERT_OK(knhk_nursery_free(n));
   ASSERT_OK(knhk_executor_close(&ex));
   ASSERT_OK(knhk_telemetry_stop());
-  char *s = slurp();
+  return slurp();
+}
+
+TEST(nursery_spans_are_written_with_parent_links) {
+  int st;
+  char *s = record_nursery(2, 5, child_ok, &st);
+  ASSERT_OK(st);
   ASSERT(strstr(s, "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\","
                    "\"value\":{\"stringValue\":\"test\"}}]}") == s);
   ASSERT_EQ(5, count(s, "\"name\":\"knhk.concurrency.nursery.spawn\""));
@@ -140,21 +149,10 @@ static uint64_t number_after(const char **p, const char *key) {
  * sleeps 3 ms lasts at least that long. */
 TEST(spans_are_timed_within_the_recording) {
   uint64_t before = unix_now_ns();
-  start_recording();
-  knhk_executor_t ex;
-  knhk_executor_options_t o;
-  knhk_executor_options_init(&o);
-  o.workers = 2;
-  ASSERT_OK(knhk_executor_init(&ex, &o));
-  knhk_nursery_t *n;
-  ASSERT_OK(knhk_nursery_new(&n, &ex, NULL, 0));
-  for (int i = 0; i < 4; i++) ASSERT_OK(knhk_nursery_spawn(n, child_sleeps, NULL));
-  ASSERT_OK(knhk_nursery_wait_all(n));
-  ASSERT_OK(knhk_nursery_free(n));
-  ASSERT_OK(knhk_executor_close(&ex));
-  ASSERT_OK(knhk_telemetry_stop());
+  int st;
+  char *s = record_nursery(2, 4, child_sleeps, &st);
   uint64_t after = unix_now_ns();
-  char *s = slurp();
+  ASSERT_OK(st);
   *strchr(s, '\n') = 0; /* the spans' line */
   int spans = 0, children = 0;
   for (const char *p = s; (p = strstr(p, "{\"traceId\"")); spans++) {
@@ -176,20 +174,9 @@ TEST(spans_are_timed_within_the_recording) {
 }
 
 TEST(a_failed_child_has_an_error_status_and_cancels_with_a_span) {
-  start_recording();
-  knhk_executor_t ex;
-  knhk_executor_options_t o;
-  knhk_executor_options_init(&o);
-  o.workers = 1;
-  ASSERT_OK(knhk_executor_init(&ex, &o));
-  knhk_nursery_t *n;
-  ASSERT_OK(knhk_nursery_new(&n, &ex, NULL, 0));
-  ASSERT_OK(knhk_nursery_spawn(n, child_fails, NULL));
-  ASSERT_EQ(KNHK_EIO, knhk_nursery_wait_all(n));
-  ASSERT_OK(knhk_nursery_free(n));
-  ASSERT_OK(knhk_executor_close(&ex));
-  ASSERT_OK(knhk_telemetry_stop());
-  char *s = slurp();
+  int st;
+  char *s = record_nursery(1, 1, child_fails, &st);
+  ASSERT_EQ(KNHK_EIO, st);
   *strchr(s, '\n') = 0; /* the spans' line (metrics count failures too) */
   ASSERT_EQ(1, count(s, "\"status\":{\"code\":2"));
   ASSERT_EQ(1, count(s, "{\"key\":\"knhk.task.status\",\"value\":{\"stringValue\":\"failed\"}}"));
