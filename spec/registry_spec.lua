@@ -65,6 +65,26 @@ groups:
     assert.matches("1 violation in", err)
   end)
 
+  it("refuses a key given twice in one mapping, which a YAML loader would fold silently", function()
+    local rc, _, err = check(registry_with [[
+groups:
+  - id: registry.extra
+    type: attribute_group
+    brief: first
+    brief: second
+    attributes:
+      - id: knhk.extra.thing
+        type: int
+        type: int
+        stability: development
+        brief: x
+]])
+    assert.equal(1, rc)
+    assert.matches("reg/extra.yaml:5: key 'brief' given twice in one mapping", err)
+    assert.matches("reg/extra.yaml:9: key 'type' given twice in one mapping", err)
+    assert.matches("2 violations in", err)
+  end)
+
   it("refuses an attribute id declared twice", function()
     local rc, _, err = check(registry_with [[
 groups:

@@ -88,6 +88,43 @@ local function example_fits(t, v)
   return vt == t
 end
 
+-- Keys given twice in one mapping, as { line = n, key = k } (1-based
+-- lines). A YAML loader keeps the last value silently; Weaver refuses
+-- them. Walks the parser's events: a mapping alternates key and value,
+-- and a value may be a whole nested collection.
+local yaml_events = require "yaml"
+local function duplicate_keys(text)
+  local dups = {}
+  local stack = {} -- per open collection: { mapping = bool, keys = {}, expect_key = bool }
+  local function value_done()
+    local top = stack[#stack]
+    if top and top.mapping then top.expect_key = true end
+  end
+  local ok = pcall(function()
+    for ev in yaml_events.parser(text) do
+      local top = stack[#stack]
+      if ev.type == "MAPPING_START" or ev.type == "SEQUENCE_START" then
+        if top and top.mapping then top.expect_key = false end
+        stack[#stack + 1] = { mapping = ev.type == "MAPPING_START", keys = {}, expect_key = true }
+      elseif ev.type == "MAPPING_END" or ev.type == "SEQUENCE_END" then
+        stack[#stack] = nil
+        value_done()
+      elseif ev.type == "SCALAR" or ev.type == "ALIAS" then
+        if top and top.mapping and top.expect_key then
+          local k = tostring(ev.value)
+          if top.keys[k] then dups[#dups + 1] = { line = ev.start_mark.line + 1, key = k } end
+          top.keys[k] = true
+          top.expect_key = false
+        else
+          value_done()
+        end
+      end
+    end
+  end)
+  return ok and dups or {}
+end
+M.duplicate_keys = duplicate_keys
+
 -- Loads and checks the registry in `dir`. Returns a resolved registry and
 -- the list of violations ({ file, group, message }).
 function M.load(dir)
@@ -131,6 +168,9 @@ function M.load(dir)
     if base ~= "manifest.yaml" and base ~= "registry_manifest.yaml" then
       local text = read(path)
       local ok, doc = pcall(lyaml.load, text)
+      for _, d in ipairs(ok and duplicate_keys(text) or {}) do
+        err(path .. ":" .. d.line, nil, "key '" .. d.key .. "' given twice in one mapping (YAML keeps only the last)")
+      end
       if not ok then
         err(path, nil, "not valid YAML: " .. tostring(doc))
       elseif type(doc) ~= "table" or doc.groups == nil then
