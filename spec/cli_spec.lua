@@ -234,6 +234,27 @@ describe("knhk-lua", function()
     signalled(15, 143, "terminated")
   end)
 
+  it("a signal that comes as the script's first line runs is caught: cleanup runs (20 runs)", function()
+    -- the handlers are in place before any task code runs, though nothing
+    -- waits for the reactor's thread any more
+    local script = write("selfsig.lua", [[
+      local ffi = require "ffi"
+      ffi.cdef "int kill(int pid, int sig); int getpid(void);"
+      local ok, err = pcall(function()
+        ffi.C.kill(ffi.C.getpid(), tonumber(arg[1]))
+        knhk.sleep(30)
+      end)
+      io.stderr:write("cleanup ran: ", tostring(err), "\n")
+      error(err, 0)
+    ]])
+    for run_no = 1, 20 do
+      local sig = run_no % 2 == 0 and 2 or 15
+      local code, _, err = run(q(script) .. " " .. sig)
+      assert.equal(sig == 2 and 130 or 143, code, "run " .. run_no .. ": " .. err)
+      assert.matches("cleanup ran: Cancelled %(signal%)", err)
+    end
+  end)
+
   it("SIGINT to a script asleep in knhk.sleep names no task: it is at a checkpoint (30 runs)", function()
     -- the script says when its root task is asleep (a watcher sees it
     -- waiting), so every run signals a task parked in its sleep
