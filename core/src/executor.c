@@ -374,8 +374,13 @@ int knhk__worker_loop(knhk__worker_t *w, knhk__wait_t *g) {
       knhk__cpu_relax();
       continue;
     }
-    if (!deep && w->searching && spin_for_work(w, g)) continue;
-    if (!deep && !w->searching && !watched && !(w->ex->flags & KNHK_EXECUTOR_SEEDED)) {
+    /* Once stopping, no spinning: the executor is done when every worker
+     * sleeps with nothing live, and a spin for work that will not come
+     * only puts that off (by KNHK__SPIN_NS at the end of every run: the
+     * last worker spun before it could register asleep and finish). */
+    int spin = !deep && !ld_relaxed(&w->ex->stopping);
+    if (spin && w->searching && spin_for_work(w, g)) continue;
+    if (spin && !w->searching && !watched && !(w->ex->flags & KNHK_EXECUTOR_SEEDED)) {
       watched = 1;
       if (spin_for_inbox(w, g)) continue;
     }
