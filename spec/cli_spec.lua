@@ -393,6 +393,30 @@ describe("knhk-lua", function()
     assert.equal(0, code, err)
     assert.equal("knhk.steps\n3\n", out)
   end)
+
+  it("the registry's names load as the file they are read from says, edited or not", function()
+    -- knhk.telemetry reads telemetry_names.lua next to core.so through
+    -- knhk-lua's loadfile, which has that file precompiled
+    os.execute("mkdir -p " .. TMP .. "/names")
+    write("names/telemetry_names.lua", "return { edited = true, where = debug.getinfo(1, 'S').source }\n")
+    local code, out, err = run("-e " .. q(string.format([[
+      local names = knhk.telemetry.names
+      local i = debug.getinfo(debug.getmetatable(names.span).__index, "S")
+      print(i.source == "@" .. package.searchpath("knhk.core", package.cpath):gsub("core%%.so$", "telemetry_names.lua"))
+      print(names.span.CONCURRENCY_NURSERY, pcall(function() return names.span.NOPE end))
+      local load = debug.getregistry()["knhk.loadfile"]
+      local t = load(%q)()
+      print(t.edited, t.where)
+      print(load(%q))]], TMP .. "/names/telemetry_names.lua", TMP .. "/names/missing.lua")))
+    assert.equal(0, code, err)
+    local lines = {}
+    for l in out:gmatch("[^\n]*") do if l ~= "" then lines[#lines + 1] = l end end
+    assert.equal("true", lines[1])
+    assert.matches("^knhk%.concurrency%.nursery\tfalse\t.*no span 'NOPE'", lines[2])
+    assert.equal("true\t@" .. TMP .. "/names/telemetry_names.lua", lines[3])
+    local _, missing = loadfile(TMP .. "/names/missing.lua")
+    assert.equal("nil\t" .. missing, lines[4])
+  end)
 end)
 
 describe("the knhk-lua REPL", function()

@@ -22,12 +22,15 @@ local M = {}
 -- The names of the registry, built next to the library (knhk/core.so):
 -- the one loaded, else the one package.cpath finds (KNHK_LIB may name a
 -- library elsewhere), looked for only then.
+-- (knhk-lua's loadfile, when there is one, loads the file's bytecode
+-- compiled with knhk-lua when the file is the one compiled.)
 local function load_names()
-  local f, err = loadfile((K.path:match("^(.*)/[^/]*$") or ".") .. "/telemetry_names.lua")
+  local load = debug.getregistry()["knhk.loadfile"] or loadfile
+  local f, err = load((K.path:match("^(.*)/[^/]*$") or ".") .. "/telemetry_names.lua")
   if f then return f() end
   local core = package.searchpath("knhk.core", package.cpath)
   if core then
-    f, err = loadfile(core:match("^(.*)/[^/]*$") .. "/telemetry_names.lua")
+    f, err = load(core:match("^(.*)/[^/]*$") .. "/telemetry_names.lua")
     if f then return f() end
   end
   error("knhk.telemetry: cannot load the registry's names (built with knhk/core.so): " .. tostring(err), 0)
