@@ -234,6 +234,27 @@ describe("knhk-lua", function()
     signalled(15, 143, "terminated")
   end)
 
+  it("a signal that comes as the script's first line runs is caught: cleanup runs (20 runs)", function()
+    -- the handlers are in place before any task code runs, though nothing
+    -- waits for the reactor's thread any more
+    local script = write("selfsig.lua", [[
+      local ffi = require "ffi"
+      ffi.cdef "int kill(int pid, int sig); int getpid(void);"
+      local ok, err = pcall(function()
+        ffi.C.kill(ffi.C.getpid(), tonumber(arg[1]))
+        knhk.sleep(30)
+      end)
+      io.stderr:write("cleanup ran: ", tostring(err), "\n")
+      error(err, 0)
+    ]])
+    for run_no = 1, 20 do
+      local sig = run_no % 2 == 0 and 2 or 15
+      local code, _, err = run(q(script) .. " " .. sig)
+      assert.equal(sig == 2 and 130 or 143, code, "run " .. run_no .. ": " .. err)
+      assert.matches("cleanup ran: Cancelled %(signal%)", err)
+    end
+  end)
+
   it("SIGINT to a script asleep in knhk.sleep names no task: it is at a checkpoint (30 runs)", function()
     -- the script says when its root task is asleep (a watcher sees it
     -- waiting), so every run signals a task parked in its sleep
@@ -371,6 +392,30 @@ describe("knhk-lua", function()
       print(knhk.map({ 1, 2 }, function(x) return x + 1 end)[2])]], TMP)))
     assert.equal(0, code, err)
     assert.equal("knhk.steps\n3\n", out)
+  end)
+
+  it("the registry's names load as the file they are read from says, edited or not", function()
+    -- knhk.telemetry reads telemetry_names.lua next to core.so through
+    -- knhk-lua's loadfile, which has that file precompiled
+    os.execute("mkdir -p " .. TMP .. "/names")
+    write("names/telemetry_names.lua", "return { edited = true, where = debug.getinfo(1, 'S').source }\n")
+    local code, out, err = run("-e " .. q(string.format([[
+      local names = knhk.telemetry.names
+      local i = debug.getinfo(debug.getmetatable(names.span).__index, "S")
+      print(i.source == "@" .. package.searchpath("knhk.core", package.cpath):gsub("core%%.so$", "telemetry_names.lua"))
+      print(names.span.CONCURRENCY_NURSERY, pcall(function() return names.span.NOPE end))
+      local load = debug.getregistry()["knhk.loadfile"]
+      local t = load(%q)()
+      print(t.edited, t.where)
+      print(load(%q))]], TMP .. "/names/telemetry_names.lua", TMP .. "/names/missing.lua")))
+    assert.equal(0, code, err)
+    local lines = {}
+    for l in out:gmatch("[^\n]*") do if l ~= "" then lines[#lines + 1] = l end end
+    assert.equal("true", lines[1])
+    assert.matches("^knhk%.concurrency%.nursery\tfalse\t.*no span 'NOPE'", lines[2])
+    assert.equal("true\t@" .. TMP .. "/names/telemetry_names.lua", lines[3])
+    local _, missing = loadfile(TMP .. "/names/missing.lua")
+    assert.equal("nil\t" .. missing, lines[4])
   end)
 end)
 

@@ -48,4 +48,36 @@ describe("knhk.codec", function()
     assert.equal(2, b())
     assert.equal(before + 1, #reg)
   end)
+
+  it("sends the standard library by the names it had when the codec loaded", function()
+    -- a copy of the module, loaded now, that has sent nothing yet
+    package.loaded["knhk.codec"] = nil
+    local fresh = require "knhk.codec"
+    package.loaded["knhk.codec"] = codec
+    local freg = {}
+    fresh.init(function(bytes) freg[#freg + 1] = bytes; return #freg end,
+      function(id) return freg[id] end)
+    local function send(v)
+      return select(2, fresh.decode(fresh.encode(1, function() return "argument 1" end, v)))
+    end
+    -- changed after it loaded: a library function replaced, a C function
+    -- added to a library
+    local real_rep = string.rep
+    local file_write = debug.getmetatable(io.stdout).__index.write
+    string.rep = function(str, n) return real_rep(str, n) end
+    table.knhk_added = file_write
+    local ok, err = pcall(function()
+      local rep = send(string.rep) -- a Lua function: it travels as one
+      assert.are_not.equal(real_rep, rep)
+      assert.equal("abab", rep("ab", 2))
+      assert.equal(real_rep, send(real_rep)) -- by its name, string.rep
+      assert.equal(string.byte, send(string.byte))
+      assert.equal(print, send(print))
+      local sent, why = pcall(send, file_write)
+      assert.is_false(sent)
+      assert.matches("a C function that is not part of a loaded module", why.message)
+    end)
+    string.rep, table.knhk_added = real_rep, nil
+    assert(ok, err)
+  end)
 end)

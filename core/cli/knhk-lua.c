@@ -186,8 +186,35 @@ static int precompiled_searcher(lua_State *L) {
   return 1;
 }
 
+/* loadfile for the files knhk loads by path (the telemetry registry's
+ * names, next to knhk/core.so): the bytecode compiled from a file of that
+ * name, when the file at `path` holds exactly its text, loaded as
+ * loadfile(path) would name it; anything else goes to loadfile (upvalue 1,
+ * Lua's own), which says what it says. knhk.telemetry finds it in the
+ * registry as "knhk.loadfile"; plain luajit has none. */
+static int precompiled_loadfile(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  const char *base = strrchr(path, '/');
+  char name[NAME_MAX + 2];
+  if (snprintf(name, sizeof name, "@%s", base ? base + 1 : path) < (int)sizeof name) {
+    const knhk_module_t *m = find_module(name);
+    int fd = m ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    if (fd >= 0) {
+      int same = file_is(fd, m->src, m->src_len);
+      close(fd);
+      if (same && load_module(L, m, path) == 0) return 1;
+    }
+  }
+  lua_settop(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
 /* Puts the searcher second in package.loaders, after package.preload's,
- * when this LuaJIT is the one that compiled the modules. */
+ * when this LuaJIT is the one that compiled the modules (and registers
+ * precompiled_loadfile then). */
 static void add_searcher(lua_State *L) {
   lua_getglobal(L, "jit");
   lua_getfield(L, -1, "version");
@@ -205,6 +232,9 @@ static void add_searcher(lua_State *L) {
   lua_pushcclosure(L, precompiled_searcher, 1);
   lua_rawseti(L, -2, 2);
   lua_pop(L, 2);
+  lua_getglobal(L, "loadfile");
+  lua_pushcclosure(L, precompiled_loadfile, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "knhk.loadfile");
 }
 
 static int traceback(lua_State *L) {

@@ -377,8 +377,13 @@ int knhk__worker_loop(knhk__worker_t *w, knhk__wait_t *g) {
       knhk__cpu_relax();
       continue;
     }
-    if (!deep && w->searching && spin_for_work(w, g)) continue;
-    if (!deep && !w->searching && !watched && !(w->ex->flags & KNHK_EXECUTOR_SEEDED)) {
+    /* Once stopping, no spinning: the executor is done when every worker
+     * sleeps with nothing live, and a spin for work that will not come
+     * only puts that off (by KNHK__SPIN_NS at the end of every run: the
+     * last worker spun before it could register asleep and finish). */
+    int spin = !deep && !ld_relaxed(&w->ex->stopping);
+    if (spin && w->searching && spin_for_work(w, g)) continue;
+    if (spin && !w->searching && !watched && !(w->ex->flags & KNHK_EXECUTOR_SEEDED)) {
       watched = 1;
       if (spin_for_inbox(w, g)) continue;
     }
@@ -474,6 +479,12 @@ int knhk__spawn_queued(knhk__executor_t *ex, knhk_task_t *t) {
 
 static int spawn_checked(knhk__executor_t *ex, knhk_task_t *t, int worker) {
   if (!ex || !t || !t->run || worker < -1 || worker >= ex->n) return KNHK_EINVAL;
+  /* A task pinned to a worker not started yet: start it now, so that a
+   * thread that cannot be started is this call's error, not a task left in
+   * an inbox nobody reads. (After shutdown, spawning says so below.) */
+  if (worker >= 0 && !ld_acquire(&ex->workers[worker].started) &&
+      knhk__worker_start(&ex->workers[worker]) == KNHK_ENOMEM)
+    return KNHK_ENOMEM;
   /* A plain check, not a CAS: it catches a record spawned again while
    * live; two threads racing to spawn one record is beyond it. */
   uint32_t s = ld_acquire(&t->knhk__state);
@@ -548,6 +559,70 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
+/* A worker started by a wake-up (KNHK_EXECUTOR_LAZY_WORKERS) begins as
+ * one coming back from park_counted: it takes the token, and leaves the
+ * sleepers (or keeps the searching role its waker gave it). */
+static void *lazy_worker_main(void *arg) {
+  knhk__worker_t *w = arg;
+  knhk__tls_worker = w;
+  w->busy_since = knhk__mono_ns();
+  atomic_exchange_explicit(&w->park, KNHK__P_EMPTY, memory_order_acq_rel);
+  knhk__unregister_sleep(w);
+  knhk__worker_loop(w, NULL);
+  owner_add(&w->c.busy_ns, knhk__mono_ns() - w->busy_since);
+  knhk__tls_worker = NULL;
+  return NULL;
+}
+
+/* Undoes what waking `w` counted, when its thread could not be started: a
+ * notifier took it off the sleepers as unparked and searching; it goes
+ * back, first in line, so the next wake-up tries another worker. */
+static void unwake_unstarted(knhk__worker_t *w) {
+  knhk__executor_t *ex = w->ex;
+  pthread_mutex_lock(&ex->idle_lock);
+  int done_now = 0;
+  if (!w->in_sleepers && w->woken_to_search) {
+    memmove(ex->sleepers + 1, ex->sleepers, (size_t)ex->nsleepers * sizeof *ex->sleepers);
+    ex->sleepers[0] = w->index;
+    ex->nsleepers++;
+    atomic_fetch_add_explicit(&ex->nsleeping, 1, memory_order_seq_cst);
+    atomic_fetch_sub_explicit(&ex->idle, KNHK__IDLE_ONE_UNPARKED | KNHK__IDLE_ONE_SEARCHING,
+                              memory_order_seq_cst);
+    w->in_sleepers = 1;
+    w->woken_to_search = 0;
+    done_now = knhk__check_done_locked(ex);
+  }
+  pthread_mutex_unlock(&ex->idle_lock);
+  if (done_now) knhk__finish_done(ex);
+}
+
+int knhk__worker_start(knhk__worker_t *w) {
+  knhk__executor_t *ex = w->ex;
+  int rc = 0;
+  pthread_mutex_lock(&ex->start_m);
+  if (w->has_thread) {
+    /* started already */
+  } else if (ld_acquire(&ex->done)) {
+    rc = KNHK_ESHUTDOWN; /* shutdown no longer joins threads started now */
+  } else {
+    st_release(&w->started, 1);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 8u << 20); /* helping waits nest task frames */
+    if (pthread_create(&w->thread, &attr, lazy_worker_main, w) == 0) {
+      w->has_thread = 1;
+    } else {
+      st_release(&w->started, 0);
+      atomic_store_explicit(&w->park, KNHK__P_PARKED, memory_order_seq_cst);
+      rc = KNHK_ENOMEM;
+    }
+    pthread_attr_destroy(&attr);
+  }
+  pthread_mutex_unlock(&ex->start_m);
+  if (rc == KNHK_ENOMEM) unwake_unstarted(w);
+  return rc;
+}
+
 static int env_workers(int *out) {
   const char *s = getenv("KNHK_WORKERS");
   if (!s || !*s) return 0;
@@ -582,6 +657,7 @@ static void free_impl(knhk__executor_t *ex) {
   free(ex->sleepers);
   pthread_mutex_destroy(&ex->idle_lock);
   pthread_mutex_destroy(&ex->batch_m);
+  pthread_mutex_destroy(&ex->start_m);
   free(ex);
 }
 
@@ -594,7 +670,8 @@ int knhk_executor_init(knhk_executor_t *handle, const knhk_executor_options_t *o
     return KNHK_EINVAL;
   }
   if (o.workers < 1 || o.workers > KNHK_MAX_WORKERS) return KNHK_EINVAL;
-  if (o.flags & ~(uint32_t)(KNHK_EXECUTOR_CALLER_IS_WORKER0 | KNHK_EXECUTOR_SEEDED))
+  if (o.flags & ~(uint32_t)(KNHK_EXECUTOR_CALLER_IS_WORKER0 | KNHK_EXECUTOR_SEEDED |
+                            KNHK_EXECUTOR_LAZY_WORKERS))
     return KNHK_EINVAL;
   if ((o.flags & KNHK_EXECUTOR_SEEDED) && o.workers != 1) return KNHK_EINVAL;
   handle->knhk__magic = 0;
@@ -609,6 +686,7 @@ int knhk_executor_init(knhk_executor_t *handle, const knhk_executor_options_t *o
   ex->on_idle_arg = o.on_idle_arg;
   pthread_mutex_init(&ex->idle_lock, NULL);
   pthread_mutex_init(&ex->batch_m, NULL);
+  pthread_mutex_init(&ex->start_m, NULL);
   knhk__pool_init(&ex->pools[KNHK__POOL_TASK], sizeof(knhk_task_t), offsetof(knhk_task_t, data));
   knhk__pool_init(&ex->pools[KNHK__POOL_CHILD], knhk__nursery_pool_layout[0][0],
                   knhk__nursery_pool_layout[0][1]);
@@ -617,9 +695,12 @@ int knhk_executor_init(knhk_executor_t *handle, const knhk_executor_options_t *o
   knhk__mpsc_init(&ex->injector);
   knhk__idle_init(ex);
   int caller0 = (o.flags & KNHK_EXECUTOR_CALLER_IS_WORKER0) != 0;
+  /* Threads started here: all but the caller's worker 0, or with lazy
+   * workers worker 0 alone (none if it is the caller's). */
+  int eager_end = (o.flags & KNHK_EXECUTOR_LAZY_WORKERS) ? 1 : ex->n;
   /* Every worker starts counted as unparked, except a worker 0 that the
-   * caller has not entered yet. */
-  atomic_init(&ex->idle, (uint32_t)(ex->n - caller0) << 16);
+   * caller has not entered yet and the workers left asleep until needed. */
+  atomic_init(&ex->idle, (uint32_t)(eager_end - caller0) << 16);
   ex->sleepers = calloc((size_t)ex->n, sizeof *ex->sleepers);
   ex->workers = aligned_alloc(KNHK__CACHELINE, (size_t)ex->n * sizeof *ex->workers);
   if (ex->workers) memset(ex->workers, 0, (size_t)ex->n * sizeof *ex->workers);
@@ -637,13 +718,25 @@ int knhk_executor_init(knhk_executor_t *handle, const knhk_executor_options_t *o
     free_impl(ex); /* deque_destroy of a never-initialised deque is a no-op */
     return KNHK_ENOMEM;
   }
+  /* The workers left for later are asleep from the start: registered as
+   * sleepers (worker 1 the first woken), their park word PARKED, so the
+   * first spawn that sees them wakes one, and waking starts its thread.
+   * Before the handle is out, so every spawner sees them counted. */
+  for (int i = ex->n - 1; i >= eager_end; i--) {
+    knhk__worker_t *w = &ex->workers[i];
+    ex->sleepers[ex->nsleepers++] = i;
+    w->in_sleepers = 1;
+    atomic_init(&w->park, KNHK__P_PARKED);
+  }
+  atomic_init(&ex->nsleeping, (uint32_t)ex->nsleepers);
+  for (int i = 0; i < eager_end; i++) atomic_init(&ex->workers[i].started, 1);
   handle->knhk__impl = ex;
   handle->knhk__magic = KNHK__MAGIC;
 
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, 8u << 20); /* helping waits nest task frames */
-  for (int i = caller0; i < ex->n; i++) {
+  for (int i = caller0; i < eager_end; i++) {
     knhk__worker_t *w = &ex->workers[i];
     if (pthread_create(&w->thread, &attr, worker_main, w) != 0) {
       pthread_attr_destroy(&attr);
@@ -679,6 +772,9 @@ int knhk_executor_shutdown(knhk_executor_t *handle, enum knhk_shutdown_mode mode
   int rc = knhk_executor_stop(handle, mode);
   if (rc != 0 && rc != KNHK_EALREADY) return rc;
   while (!ld_acquire(&ex->done)) knhk__futex_wait(&ex->done, 0);
+  /* Under start_m, taken once done: a worker start either finished before
+   * (its thread is joined here) or sees done and starts nothing. */
+  pthread_mutex_lock(&ex->start_m);
   for (int i = 0; i < ex->n; i++) {
     knhk__worker_t *w = &ex->workers[i];
     if (w->has_thread) {
@@ -686,6 +782,7 @@ int knhk_executor_shutdown(knhk_executor_t *handle, enum knhk_shutdown_mode mode
       w->has_thread = 0;
     }
   }
+  pthread_mutex_unlock(&ex->start_m);
   return 0;
 }
 

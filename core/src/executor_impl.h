@@ -89,7 +89,11 @@ typedef struct knhk__worker {
   uint32_t pend_n;
   int pend_status;      /* first failure among the pending ends */
   pthread_t thread;
-  int has_thread;
+  int has_thread;       /* under ex->start_m */
+  /* 1 once its thread runs or is being started (KNHK_EXECUTOR_LAZY_WORKERS:
+   * until then the worker is a sleeper whose park word reads PARKED, and
+   * knhk__worker_unpark starts it) */
+  _Atomic uint32_t started;
   /* protected by ex->idle_lock */
   int in_sleepers;      /* in ex->sleepers: counted as parked */
   int woken_to_search;  /* a notifier counted it as unparked + searching */
@@ -117,6 +121,7 @@ struct knhk__executor {
   _Atomic uint64_t ext_spawned;
   pthread_mutex_t idle_lock;          /* sleepers, in_sleepers, shutdown check */
   pthread_mutex_t batch_m;            /* seeded: held while a batch of wake-ups arrives */
+  pthread_mutex_t start_m;            /* starting worker threads; has_thread */
   int *sleepers;
   int nsleepers;
   int worker0_entered;
@@ -156,6 +161,9 @@ int knhk__worker_loop(knhk__worker_t *w, knhk__wait_t *wt);
 /* idle.c: parking, waking, the shutdown check */
 void knhk__idle_init(knhk__executor_t *ex);
 void knhk__worker_unpark(knhk__worker_t *w);
+/* executor.c. Starts the thread of a worker that has none yet
+ * (KNHK_EXECUTOR_LAZY_WORKERS); 0 once it has one, or KNHK_ENOMEM. */
+int knhk__worker_start(knhk__worker_t *w);
 void knhk__worker_park(knhk__worker_t *w);
 void knhk__notify_parked(knhk__executor_t *ex);
 /* knhk__notify_parked's first look, inline, for paths where the call

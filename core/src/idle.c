@@ -60,10 +60,17 @@ void knhk__idle_init(knhk__executor_t *ex) {
 #endif
 }
 
+/* A worker whose thread was never started (KNHK_EXECUTOR_LAZY_WORKERS)
+ * reads PARKED: waking it starts its thread, which takes the token as a
+ * worker back from park_counted would. */
 void knhk__worker_unpark(knhk__worker_t *w) {
-  if (atomic_exchange_explicit(&w->park, KNHK__P_NOTIFIED, memory_order_seq_cst) ==
+  if (atomic_exchange_explicit(&w->park, KNHK__P_NOTIFIED, memory_order_seq_cst) !=
       KNHK__P_PARKED)
+    return;
+  if (ld_acquire(&w->started))
     knhk__futex_wake(&w->park, 1);
+  else
+    (void)knhk__worker_start(w);
 }
 
 /* Sleeps until the token is set. The caller announced itself (sleepers list
@@ -141,7 +148,10 @@ int knhk__check_done_locked(knhk__executor_t *ex) {
 
 void knhk__finish_done(knhk__executor_t *ex) {
   knhk__futex_wake(&ex->done, INT_MAX);
-  for (int i = 0; i < ex->n; i++) knhk__worker_unpark(&ex->workers[i]);
+  /* A worker never started has no thread to wake, and none is starting:
+   * one being started counts as unparked, which done excludes. */
+  for (int i = 0; i < ex->n; i++)
+    if (ld_acquire(&ex->workers[i].started)) knhk__worker_unpark(&ex->workers[i]);
 }
 
 /* Registers `w` as sleeping; returns 1 if it may sleep now (after one more

@@ -24,6 +24,30 @@ int knhk__reactor_submit(knhk_reactor_t *r, knhk__mpsc_t *q, knhk_link_t *node) 
   return knhk__reactor_submit_due(r, q, node, 0, 0);
 }
 
+static void *reactor_main(void *arg);
+
+/* The thread starts when something is first asked of the reactor: a
+ * runtime that never sleeps, waits on a deadline, runs a process or
+ * watches a signal has none, and one that watches signals has the caller
+ * install them (signal.c) with no round trip to a thread being scheduled.
+ * Everything the caller did to the loop before happens before the thread
+ * runs (pthread_create). */
+int knhk__reactor_start_locked(knhk_reactor_t *r) {
+  if (ld_relaxed(&r->started)) return 0;
+  if (ld_sc(&r->closing)) return KNHK_ESHUTDOWN; /* knhk_reactor_free joins no thread */
+  if (pthread_create(&r->thread, NULL, reactor_main, r) != 0) return KNHK_ENOMEM;
+  st_release(&r->started, 1);
+  return 0;
+}
+
+static int start_thread(knhk_reactor_t *r) {
+  if (ld_acquire(&r->started)) return 0;
+  pthread_mutex_lock(&r->thread_m);
+  int rc = knhk__reactor_start_locked(r);
+  pthread_mutex_unlock(&r->thread_m);
+  return rc;
+}
+
 /* The wake-up is skipped only when the reactor will look at the queue in
  * time anyway. Dekker-style: the producer pushes, fences, reads wake_at
  * (or the virtual time); the reactor stores wake_at, fences, and looks at
@@ -37,7 +61,7 @@ int knhk__reactor_submit_due(knhk_reactor_t *r, knhk__mpsc_t *q, knhk_link_t *no
   int rc = 0;
   if (ld_sc(&r->closing)) {
     rc = KNHK_ESHUTDOWN;
-  } else {
+  } else if ((rc = start_thread(r)) == 0) {
     knhk__mpsc_push(q, node); /* node may be completed and gone from here on */
     atomic_thread_fence(memory_order_seq_cst);
     int wake;
@@ -54,6 +78,7 @@ int knhk__reactor_submit_due(knhk_reactor_t *r, knhk__mpsc_t *q, knhk_link_t *no
 }
 
 void knhk__reactor_poke(knhk_reactor_t *r) {
+  (void)start_thread(r); /* without a thread, nothing to do: what it was poked for is queued */
   atomic_fetch_add_explicit(&r->entering, 1, memory_order_seq_cst);
   if (!ld_sc(&r->closing)) uv_async_send(&r->async);
   atomic_fetch_sub_explicit(&r->entering, 1, memory_order_seq_cst);
@@ -131,6 +156,11 @@ static void on_async(uv_async_t *h) {
 
 static void *reactor_main(void *arg) {
   knhk_reactor_t *r = arg;
+  /* after whatever the caller that started us does to the loop meanwhile
+   * (signal.c installs a second watch the same way as the first) */
+  pthread_mutex_lock(&r->thread_m);
+  r->looping = 1;
+  pthread_mutex_unlock(&r->thread_m);
   uv_run(&r->loop, UV_RUN_DEFAULT);
   /* Processes killed during shutdown may still be reaped after uv_run
    * returned once: run until every handle has closed. */
@@ -165,18 +195,11 @@ int knhk_reactor_new_with(knhk_reactor_t **out, const knhk_reactor_options_t *op
   r->async.data = r;
   uv_timer_init(&r->loop, &r->uvtimer);
   r->uvtimer.data = r;
-  if (pthread_create(&r->thread, NULL, reactor_main, r) != 0) {
-    uv_close((uv_handle_t *)&r->async, NULL);
-    uv_close((uv_handle_t *)&r->uvtimer, NULL);
-    uv_run(&r->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&r->loop);
-    free(r);
-    return KNHK_ENOMEM;
-  }
-  /* Not waiting for the thread to run: what is submitted before it does
-   * waits in the queues, and the async wake-up in its eventfd, until its
-   * loop's first poll; the caller goes on meanwhile (a wait here was a
-   * round trip through the scheduler in every knhk-lua start). */
+  pthread_mutex_init(&r->thread_m, NULL);
+  /* No thread yet: the first request starts it (knhk__reactor_start_locked).
+   * Once started it is not waited for either: what is submitted before it
+   * runs waits in the queues, and the async wake-up in its eventfd, until
+   * its loop's first poll. */
   knhk__tel_reactor_add(r); /* it may drain telemetry */
   *out = r;
   return 0;
@@ -190,10 +213,22 @@ int knhk_reactor_free(knhk_reactor_t *r) {
    * handle only once nobody is between its check and its send. */
   atomic_fetch_add_explicit(&r->entering, 1, memory_order_seq_cst);
   atomic_store_explicit(&r->closing, 1, memory_order_seq_cst);
-  uv_async_send(&r->async);
-  atomic_fetch_sub_explicit(&r->entering, 1, memory_order_seq_cst);
-  pthread_join(r->thread, NULL);
+  /* From here on no thread starts (closing, read under thread_m) */
+  pthread_mutex_lock(&r->thread_m);
+  int started = (int)ld_relaxed(&r->started);
+  pthread_mutex_unlock(&r->thread_m);
+  if (started) {
+    uv_async_send(&r->async);
+    atomic_fetch_sub_explicit(&r->entering, 1, memory_order_seq_cst);
+    pthread_join(r->thread, NULL);
+  } else { /* never started: the final pass runs here, the loop being ours */
+    atomic_fetch_sub_explicit(&r->entering, 1, memory_order_seq_cst);
+    shut_down(r);
+    while (uv_run(&r->loop, UV_RUN_DEFAULT) != 0) {
+    }
+  }
   uv_loop_close(&r->loop);
+  pthread_mutex_destroy(&r->thread_m);
   knhk__timers_free(r);
   knhk__signals_free(r);
   free(r);

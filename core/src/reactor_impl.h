@@ -40,7 +40,12 @@ struct knhk_reactor_s {
   uv_timer_t uvtimer;
   knhk__mpsc_t timers, signals, procs, kills, files;
   pthread_t thread;
-  int start_rc;
+  /* The thread starts with the first request or signal watch (reactor.c,
+   * knhk__reactor_start_locked), and takes thread_m before its loop runs:
+   * until `looping`, the loop is whoever holds thread_m's. */
+  pthread_mutex_t thread_m;
+  _Atomic uint32_t started;       /* written under thread_m */
+  int looping;                    /* under thread_m */
   KNHK__ALIGNED _Atomic uint32_t closing;
   _Atomic uint64_t entering;
   int shutting_down;              /* reactor thread only */
@@ -77,6 +82,9 @@ struct knhk_reactor_s {
  * drain before its final pass, so no request slips in after shutdown began
  * without completing. */
 int knhk__reactor_submit(knhk_reactor_t *r, knhk__mpsc_t *q, knhk_link_t *node);
+/* Under r->thread_m. Starts the reactor's thread unless it runs already;
+ * 0, KNHK_ESHUTDOWN once closing, or KNHK_ENOMEM. */
+int knhk__reactor_start_locked(knhk_reactor_t *r);
 /* Any thread: as knhk__reactor_submit, for a request the reactor need not
  * see before `due` (a timer start): no wake-up when it will look at its
  * queue by then anyway. On the real clock that is its published wake_at;

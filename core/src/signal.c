@@ -39,6 +39,29 @@ static void watch_end(knhk_reactor_t *r, knhk_signal_t *w) {
   watch_forget(r, w);
 }
 
+/* Installs the watch's handler (on the reactor thread, or by the caller
+ * before the thread exists). Out of memory: the watch stays inactive. */
+static void watch_install(knhk_reactor_t *r, knhk_signal_t *w) {
+  uv_signal_t *h = malloc(sizeof *h);
+  if (!h) return;
+  uv_signal_init(&r->loop, h);
+  h->data = w;
+  if (r->nwatches == r->capwatches) {
+    uint32_t cap = r->capwatches ? r->capwatches * 2 : 8;
+    knhk_signal_t **ws = realloc(r->watches, cap * sizeof *ws);
+    if (!ws) {
+      uv_close((uv_handle_t *)h, free_handle);
+      return;
+    }
+    r->watches = ws;
+    r->capwatches = cap;
+  }
+  r->watches[r->nwatches++] = w;
+  w->knhk__uv = h;
+  uv_signal_start(h, on_uvsignal, w->signum);
+  st_release(&w->knhk__active, 1);
+}
+
 void knhk__signals_take(knhk_reactor_t *r) {
   knhk_link_t *l;
   while ((l = knhk__reactor_take(&r->signals))) {
@@ -46,24 +69,7 @@ void knhk__signals_take(knhk_reactor_t *r) {
     uint32_t old = atomic_fetch_and_explicit(&w->knhk__op,
                                              ~(uint32_t)SF_QUEUED, memory_order_acq_rel);
     if ((old & SF_WANT) && !w->knhk__uv) {
-      uv_signal_t *h = malloc(sizeof *h);
-      if (!h) continue;
-      uv_signal_init(&r->loop, h);
-      h->data = w;
-      if (r->nwatches == r->capwatches) {
-        uint32_t cap = r->capwatches ? r->capwatches * 2 : 8;
-        knhk_signal_t **ws = realloc(r->watches, cap * sizeof *ws);
-        if (!ws) {
-          uv_close((uv_handle_t *)h, free_handle);
-          continue;
-        }
-        r->watches = ws;
-        r->capwatches = cap;
-      }
-      r->watches[r->nwatches++] = w;
-      w->knhk__uv = h;
-      uv_signal_start(h, on_uvsignal, w->signum);
-      st_release(&w->knhk__active, 1);
+      watch_install(r, w);
     } else if (!(old & SF_WANT) && w->knhk__uv) {
       watch_end(r, w);
     }
@@ -80,6 +86,22 @@ int knhk_signal_start(knhk_reactor_t *r, knhk_signal_t *w, int signum, knhk_sign
   w->knhk__count = 0;
   w->knhk__reactor = r;
   atomic_store_explicit(&w->knhk__active, 0, memory_order_relaxed);
+  /* Until the reactor's thread runs its loop, the loop is ours under
+   * thread_m: the handler is installed now, and the watch is active on
+   * return, with no wait for a thread to be scheduled; the thread is
+   * started (if it was not) to run the callbacks. */
+  pthread_mutex_lock(&r->thread_m);
+  if (!r->looping) {
+    int rc = KNHK_ESHUTDOWN;
+    if (!ld_sc(&r->closing)) {
+      atomic_store_explicit(&w->knhk__op, SF_WANT, memory_order_relaxed);
+      watch_install(r, w);
+      rc = knhk__reactor_start_locked(r);
+    }
+    pthread_mutex_unlock(&r->thread_m);
+    return rc;
+  }
+  pthread_mutex_unlock(&r->thread_m);
   atomic_store_explicit(&w->knhk__op, SF_QUEUED | SF_WANT,
                         memory_order_relaxed);
   return knhk__reactor_submit(r, &r->signals, &w->knhk__link);

@@ -10,10 +10,15 @@
 #include "knhk/executor.h"
 #include "runner.h"
 
+/* Flags start() adds: the lazy-worker cases run other cases' bodies with
+ * KNHK_EXECUTOR_LAZY_WORKERS. */
+static uint32_t start_flags;
+
 static void start(knhk_executor_t *ex, int workers) {
   knhk_executor_options_t o;
   ASSERT_OK(knhk_executor_options_init(&o));
   o.workers = workers;
+  o.flags |= start_flags;
   ASSERT_OK(knhk_executor_init(ex, &o));
 }
 
@@ -741,4 +746,156 @@ TEST(executor_caller_can_be_worker_zero) {
   ASSERT_EQ(2584, f.result);
   ASSERT_EQ(-1, knhk_executor_worker_index(&ex)); /* left the loop */
   finish(&ex);
+}
+
+/* ------------------------------------------------------- lazy workers */
+
+static void *no_thread_work(void *arg) { return arg; }
+
+/* The threads of this process, from /proc/self/status. The first call
+ * starts and joins a thread first: a sanitizer's runtime starts its own
+ * helper thread at the first pthread_create, which would count. */
+static int thread_count(void) {
+  static int warm;
+  if (!warm) {
+    pthread_t t;
+    ASSERT_OK(pthread_create(&t, NULL, no_thread_work, NULL));
+    ASSERT_OK(pthread_join(t, NULL));
+    warm = 1;
+  }
+  FILE *f = fopen("/proc/self/status", "r");
+  ASSERT(f != NULL);
+  char line[256];
+  int n = -1;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "Threads: %d", &n) == 1) break;
+  fclose(f);
+  return n;
+}
+
+static int noop_run(knhk_task_t *t) {
+  (void)t;
+  return 0;
+}
+
+TEST(executor_lazy_workers_start_none_without_work) {
+  int before = thread_count();
+  knhk_executor_t ex;
+  knhk_executor_options_t o;
+  knhk_executor_options_init(&o);
+  o.workers = 4;
+  o.flags = KNHK_EXECUTOR_LAZY_WORKERS;
+  ASSERT_OK(knhk_executor_init(&ex, &o));
+  ASSERT_EQ(before + 1, thread_count()); /* worker 0 only */
+  ASSERT_OK(knhk_executor_shutdown(&ex, KNHK_SHUTDOWN_GRACEFUL));
+  knhk_executor_stats_t s;
+  knhk_worker_stats_t per[4];
+  ASSERT_EQ(4, knhk_executor_stats(&ex, &s, per, 4));
+  for (int i = 1; i < 4; i++) { /* never ran, never looked for work */
+    ASSERT_EQ(0, per[i].busy_ns);
+    ASSERT_EQ(0, per[i].parks);
+  }
+  finish(&ex);
+  ASSERT_EQ(before, thread_count());
+  /* The caller's worker 0 and a task pinned to it: no thread at all. */
+  o.flags = KNHK_EXECUTOR_LAZY_WORKERS | KNHK_EXECUTOR_CALLER_IS_WORKER0;
+  ASSERT_OK(knhk_executor_init(&ex, &o));
+  knhk_task_t t;
+  knhk_group_t g;
+  knhk_group_init(&g);
+  knhk_task_init(&t, noop_run, NULL);
+  t.group = &g;
+  ASSERT_OK(knhk_executor_spawn_on(&ex, &t, 0));
+  ASSERT_OK(knhk_executor_enter(&ex, &g));
+  ASSERT_EQ(before, thread_count());
+  ASSERT_EQ(4, knhk_executor_stats(&ex, &s, per, 4));
+  for (int i = 1; i < 4; i++) ASSERT_EQ(0, per[i].busy_ns);
+  s = finish(&ex);
+  ASSERT_EQ(1, s.total.completed);
+  ASSERT_EQ(0, s.total.parks);
+}
+
+TEST(executor_lazy_workers_start_for_work_and_share_it) {
+  int before = thread_count();
+  knhk_executor_t ex;
+  knhk_executor_options_t o;
+  knhk_executor_options_init(&o);
+  o.workers = 4;
+  o.flags = KNHK_EXECUTOR_LAZY_WORKERS | KNHK_EXECUTOR_CALLER_IS_WORKER0;
+  ASSERT_OK(knhk_executor_init(&ex, &o));
+  ASSERT_EQ(before, thread_count());
+  /* Spawns on worker 0 wake the sleepers, which start, steal and help. */
+  fib_t f = {&ex, 22, 0};
+  knhk_task_t t;
+  knhk_group_t g;
+  knhk_group_init(&g);
+  knhk_task_init(&t, fib_task, &f);
+  t.group = &g;
+  ASSERT_OK(knhk_executor_spawn_on(&ex, &t, 0));
+  ASSERT_OK(knhk_executor_enter(&ex, &g));
+  ASSERT_EQ(17711, f.result);
+  ASSERT_GT(thread_count(), before);
+  finish(&ex);
+  ASSERT_EQ(before, thread_count());
+}
+
+/* The other cases' bodies, every worker but 0 started by a wake-up. */
+TEST(executor_lazy_workers_run_tasks_each_once) {
+  start_flags = KNHK_EXECUTOR_LAZY_WORKERS;
+  run_many(4, KNHK_TEST_SCALE(200000L));
+  ASSERT_EQ(6765, fib_on(4, 20));
+  start_flags = 0;
+}
+
+TEST(executor_lazy_workers_steal) {
+  start_flags = KNHK_EXECUTOR_LAZY_WORKERS;
+  knhk_executor_t ex;
+  imbalance_t im = {.ex = &ex, .spawner = -1, .children = 100};
+  knhk_executor_stats_t s = run_imbalanced(&im);
+  ASSERT_GT(s.total.stolen, 0);
+  start_flags = 0;
+}
+
+TEST(executor_lazy_workers_sticky_tasks_and_cycles) {
+  start_flags = KNHK_EXECUTOR_LAZY_WORKERS;
+  pend_with(KNHK_TASK_STICKY, 4);
+  for (int i = 0; i < KNHK_TEST_SCALE(200); i++) {
+    knhk_executor_t ex;
+    start(&ex, 1 + i % 4);
+    _Atomic long ran = 0;
+    for (int k = 0; k < 50; k++) ASSERT_OK(knhk_executor_submit(&ex, count_run, (void *)&ran, NULL));
+    finish(&ex);
+    ASSERT_EQ(50, ran);
+  }
+  start_flags = 0;
+}
+
+typedef struct {
+  knhk_executor_t *ex;
+  _Atomic int worker;
+} where_t;
+
+static int note_where(knhk_task_t *t) {
+  where_t *w = t->data;
+  atomic_store(&w->worker, knhk_executor_worker_index(w->ex));
+  return 0;
+}
+
+TEST(executor_lazy_workers_spawn_on_starts_the_worker) {
+  start_flags = KNHK_EXECUTOR_LAZY_WORKERS;
+  knhk_executor_t ex;
+  start(&ex, 3);
+  for (int target = 2; target >= 0; target--) {
+    where_t w = {&ex, -1};
+    knhk_task_t t;
+    knhk_group_t g;
+    knhk_group_init(&g);
+    knhk_task_init(&t, note_where, &w);
+    t.group = &g;
+    ASSERT_OK(knhk_executor_spawn_on(&ex, &t, target));
+    ASSERT_OK(knhk_executor_wait(&ex, &g));
+    ASSERT_EQ(target, atomic_load(&w.worker));
+  }
+  finish(&ex);
+  start_flags = 0;
 }

@@ -1,6 +1,7 @@
 /* test-reactor.c: timers, signals, child processes and files on the reactor. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -171,6 +172,75 @@ TEST(reactor_delivers_signals_to_a_watch) {
   }
   ASSERT_OK(knhk_signal_stop(&w));
   ASSERT_OK(knhk_reactor_free(r));
+}
+
+static void *no_thread_work(void *arg) { return arg; }
+
+/* The threads of this process, from /proc/self/status. The first call
+ * starts and joins a thread first: a sanitizer's runtime starts its own
+ * helper thread at the first pthread_create, which would count. */
+static int thread_count(void) {
+  static int warm;
+  if (!warm) {
+    pthread_t t;
+    ASSERT_OK(pthread_create(&t, NULL, no_thread_work, NULL));
+    ASSERT_OK(pthread_join(t, NULL));
+    warm = 1;
+  }
+  FILE *f = fopen("/proc/self/status", "r");
+  ASSERT(f != NULL);
+  char line[256];
+  int n = -1;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "Threads: %d", &n) == 1) break;
+  fclose(f);
+  return n;
+}
+
+TEST(reactor_thread_starts_with_the_first_request) {
+  int before = thread_count();
+  knhk_reactor_t *r = reactor();
+  ASSERT_EQ(before, thread_count()); /* nothing asked yet */
+  ASSERT_OK(knhk_reactor_free(r));
+  ASSERT_EQ(before, thread_count());
+  r = reactor();
+  knhk_timer_t t;
+  timers_t s = {.timers = &t, .r = r};
+  latch_init(&s.done, 1);
+  ASSERT_OK(knhk_timer_start(r, &t, knhk_reactor_now(r), timer_done, &s));
+  latch_wait(&s.done);
+  ASSERT_EQ(1, atomic_load(&s.statuses[0]));
+  ASSERT_EQ(before + 1, thread_count());
+  ASSERT_OK(knhk_reactor_free(r));
+  ASSERT_EQ(before, thread_count());
+}
+
+static void on_usr2(knhk_signal_t *w, int signum, uint64_t count) {
+  ASSERT_EQ(SIGUSR2, signum);
+  ASSERT_GE(count, 1);
+  atomic_store((_Atomic int *)w->data, 1);
+}
+
+TEST(reactor_first_signal_watch_is_active_at_once) {
+  knhk_reactor_t *r = reactor();
+  knhk_signal_t w;
+  _Atomic int got = 0;
+  ASSERT_OK(knhk_signal_start(r, &w, SIGUSR2, on_usr2, (void *)&got));
+  ASSERT_EQ(1, knhk_signal_active(&w)); /* no wait: a signal now is caught */
+  kill(getpid(), SIGUSR2);
+  while (!atomic_load(&got)) sched_yield(); /* the reactor's thread runs the callback */
+  ASSERT_OK(knhk_signal_stop(&w));
+  ASSERT_OK(knhk_reactor_free(r));
+  struct sigaction sa;
+  ASSERT_OK(sigaction(SIGUSR2, NULL, &sa));
+  ASSERT(sa.sa_handler == SIG_DFL); /* given back */
+  /* Freed with the watch still on, and never a request: the same. */
+  r = reactor();
+  ASSERT_OK(knhk_signal_start(r, &w, SIGUSR2, on_usr2, (void *)&got));
+  ASSERT_EQ(1, knhk_signal_active(&w));
+  ASSERT_OK(knhk_reactor_free(r));
+  ASSERT_OK(sigaction(SIGUSR2, NULL, &sa));
+  ASSERT(sa.sa_handler == SIG_DFL);
 }
 
 /* ------------------------------------------------------------ processes */

@@ -170,49 +170,90 @@ end
 
 -- ------------------------------------------------------------ name tables
 
-local builtin_name, name_builtin = setmetatable({}, { __mode = "k" }), {}
+-- The standard library as it is when this module loads travels by name:
+-- its C functions in _G, and each library's functions and tables under
+-- "lib.field". What they are is taken now, in the order pairs() meets
+-- them; the two tables of names are made from that the first time either
+-- is read (one index of ~200 new strings, which a run that never sends a
+-- builtin does not need), with what it would have held at load.
+local builtin_name, name_builtin = {}, {}
 local module_name = setmetatable({}, { __mode = "k" })
 local STDLIB = { "string", "table", "math", "os", "io", "coroutine", "debug", "bit", "jit",
                  "package", "ffi" }
 
-local function index_builtins()
+-- The C functions of _G (name, value, ...), and per library present its
+-- name, table, and its fields that are functions or tables (key, value, ...).
+local global_cfuncs, lib_fields = {}, {}
+local function take_builtins()
+  local n = 0
   for k, v in pairs(_G) do
     if type(v) == "function" and funcinfo(v).addr then -- a C function
-      builtin_name[v] = k
-      name_builtin[k] = v
+      global_cfuncs[n + 1], global_cfuncs[n + 2] = k, v
+      n = n + 2
     end
   end
   for _, lib in ipairs(STDLIB) do
     local t = package.loaded[lib] or _G[lib]
     if type(t) == "table" then
-      builtin_name[t] = lib
-      name_builtin[lib] = t
+      local fields, m = { lib, t }, 2
       for k, v in pairs(t) do
         if type(k) == "string" and (type(v) == "function" or type(v) == "table") then
-          local name = lib .. "." .. k
-          if builtin_name[v] == nil then builtin_name[v] = name end
-          name_builtin[name] = v
+          fields[m + 1], fields[m + 2] = k, v
+          m = m + 2
         end
       end
+      lib_fields[#lib_fields + 1] = fields
     end
   end
 end
--- It and the loop below run once per VM, as the module loads: left to the
--- interpreter, as the rest of this chunk is (jit.off(true)), since the
--- traces the JIT would record and compile for them cost more than running
--- them (~0.2 ms of every knhk-lua start).
+
+local WEAK_KEYS = { __mode = "k" }
+local function index_builtins()
+  setmetatable(builtin_name, WEAK_KEYS)
+  setmetatable(name_builtin, nil)
+  for i = 1, #global_cfuncs, 2 do
+    local k, v = global_cfuncs[i], global_cfuncs[i + 1]
+    builtin_name[v] = k
+    name_builtin[k] = v
+  end
+  for _, fields in ipairs(lib_fields) do
+    local lib, t = fields[1], fields[2]
+    builtin_name[t] = lib
+    name_builtin[lib] = t
+    for i = 3, #fields, 2 do
+      local v = fields[i + 1]
+      local name = lib .. "." .. fields[i]
+      if builtin_name[v] == nil then builtin_name[v] = name end
+      name_builtin[name] = v
+    end
+  end
+  global_cfuncs, lib_fields = nil, nil
+end
+setmetatable(builtin_name, { __mode = "k", __index = function(_, v)
+  index_builtins()
+  return builtin_name[v]
+end })
+setmetatable(name_builtin, { __index = function(_, name)
+  index_builtins()
+  return name_builtin[name]
+end })
+-- They and the loops below run once per VM: left to the interpreter, as
+-- the rest of this chunk is (jit.off(true)), since the traces the JIT
+-- would record and compile for them cost more than running them (~0.2 ms
+-- of every knhk-lua start).
 jit.off(true)
+jit.off(take_builtins)
 jit.off(index_builtins)
-index_builtins()
+take_builtins()
 
 -- The globals every task sees besides those its code names: the standard
 -- library, the same on every worker. A task's environment falls back to
 -- this table, never to the worker's own _G (which, on worker 0, is the
 -- spawner's), so a global reached dynamically answers the same everywhere.
+-- (The names without a dot: _G's C functions, and the libraries.)
 local base_env = { _VERSION = _VERSION }
-for name, v in pairs(name_builtin) do
-  if not name:find(".", 1, true) then base_env[name] = v end
-end
+for i = 1, #global_cfuncs, 2 do base_env[global_cfuncs[i]] = global_cfuncs[i + 1] end
+for _, fields in ipairs(lib_fields) do base_env[fields[1]] = fields[2] end
 local BASE_MT = { __index = base_env, __metatable = false }
 -- Environments made by the decoder: a function defined in a task and
 -- spawned again has one of them, and is treated as having the globals.

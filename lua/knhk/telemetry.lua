@@ -21,14 +21,16 @@ local M = {}
 
 -- The names of the registry, built next to the library (knhk/core.so):
 -- the one loaded, else the one package.cpath finds (KNHK_LIB may name a
--- library elsewhere).
+-- library elsewhere), looked for only then.
+-- (knhk-lua's loadfile, when there is one, loads the file's bytecode
+-- compiled with knhk-lua when the file is the one compiled.)
 local function load_names()
-  local places = { (K.path:match("^(.*)/[^/]*$") or ".") .. "/telemetry_names.lua" }
+  local load = debug.getregistry()["knhk.loadfile"] or loadfile
+  local f, err = load((K.path:match("^(.*)/[^/]*$") or ".") .. "/telemetry_names.lua")
+  if f then return f() end
   local core = package.searchpath("knhk.core", package.cpath)
-  if core then places[2] = core:match("^(.*)/[^/]*$") .. "/telemetry_names.lua" end
-  local f, err
-  for _, p in ipairs(places) do
-    f, err = loadfile(p)
+  if core then
+    f, err = load(core:match("^(.*)/[^/]*$") .. "/telemetry_names.lua")
     if f then return f() end
   end
   error("knhk.telemetry: cannot load the registry's names (built with knhk/core.so): " .. tostring(err), 0)

@@ -292,7 +292,9 @@ int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, 
     knhk_executor_options_t o;
     knhk_executor_options_init(&o);
     o.workers = workers;
-    o.flags = KNHK_EXECUTOR_CALLER_IS_WORKER0;
+    /* Worker threads start when a task is first there for them: a run
+     * that never spawns a portable task (a short script) starts none. */
+    o.flags = KNHK_EXECUTOR_CALLER_IS_WORKER0 | KNHK_EXECUTOR_LAZY_WORKERS;
     if (opts->seeded) {
       o.flags |= KNHK_EXECUTOR_SEEDED;
       o.seed = opts->seed;

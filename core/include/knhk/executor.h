@@ -41,7 +41,18 @@ enum {
    * reactor's timers, processes, files) join the set when they arrive, so
    * where they fall among the worker's own runs is only as reproducible as
    * their arrival. */
-  KNHK_EXECUTOR_SEEDED = 1u << 1
+  KNHK_EXECUTOR_SEEDED = 1u << 1,
+  /* Worker threads start when they are first needed, not in
+   * knhk_executor_init: a worker that was never woken counts as asleep,
+   * and the spawn or wake-up that would wake it starts its thread instead
+   * (knhk_executor_spawn_on starts the worker it names). A run that never
+   * has work for them starts none: a short-lived process saves the
+   * threads' start, stacks and joins, and their spinning while it sets up.
+   * Without KNHK_EXECUTOR_CALLER_IS_WORKER0, worker 0 still starts in
+   * knhk_executor_init, so an executor always has one worker. If a thread
+   * cannot be started later, its worker stays asleep and the work it was
+   * woken for is left to the others. */
+  KNHK_EXECUTOR_LAZY_WORKERS = 1u << 2
 };
 
 typedef struct {

@@ -26,8 +26,10 @@ typedef struct {
   int clock; /* knhk_clock_kind */
 } knhk_reactor_options_t;
 
-/* Any thread. Starts a reactor thread with a real clock. Returns 0,
- * KNHK_EINVAL, KNHK_ENOMEM or KNHK_EIO (libuv could not start). */
+/* Any thread. Makes a reactor with a real clock. Its thread starts with
+ * the first request or signal watch (one never asked anything has none);
+ * a request that cannot start it returns KNHK_ENOMEM.
+ * Returns 0, KNHK_EINVAL, KNHK_ENOMEM or KNHK_EIO (libuv could not start). */
 int knhk_reactor_new(knhk_reactor_t **out);
 /* Any thread. As knhk_reactor_new, with the clock `opts` names (NULL:
  * real). Returns as knhk_reactor_new; KNHK_EINVAL for an unknown clock. */
@@ -99,7 +101,10 @@ struct knhk_signal_s {
 };
 
 /* Any thread. Watches `signum` (SIGINT, SIGTERM, ...) until stopped or the
- * reactor is freed. Returns 0, KNHK_EINVAL or KNHK_ESHUTDOWN. */
+ * reactor is freed. A watch started before the reactor's thread runs its
+ * loop (the reactor's first request) is installed by this call: it is
+ * active on return. Returns 0, KNHK_EINVAL, KNHK_ESHUTDOWN, or KNHK_ENOMEM
+ * (the reactor's thread could not start). */
 int knhk_signal_start(knhk_reactor_t *r, knhk_signal_t *watch, int signum,
                       knhk_signal_fn on_signal, void *data);
 /* Any thread. 1 once the reactor has installed the watch's handler (the
