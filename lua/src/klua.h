@@ -154,9 +154,8 @@ struct klua_task {
   uint64_t parent;             /* id of the task that spawned it, or 0 */
   uint64_t started_ns;         /* when it was spawned (the runtime's clock) */
   const char *where;           /* its function's place (klua_where) */
-  /* its spans' words: its own (malloc'd) when it was spawned while
-   * recording, else a shared zeroed one that the hooks only read */
-  knhk_telemetry_task_t *tel;
+  knhk_telemetry_task_t tel;   /* its spans, while recording (in the record: a
+                                  separate block costs recording a cold line) */
   /* payload: the start, then the results */
   int32_t pay;                 /* KLUA_PAY_* */
   int32_t proto;               /* inline start: the prototype id of the function, and the

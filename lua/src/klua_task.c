@@ -41,15 +41,6 @@ void klua_spin_lock(klua_spin_t *s) {
 
 static _Atomic uint64_t next_id = 1;
 
-/* The spans' words of every task spawned while not recording: all zero,
- * which the telemetry hooks read as "no span" and never write. */
-static knhk_telemetry_task_t no_tel;
-
-static void drop_tel(klua_task_t *t) {
-  if (t->tel == &no_tel) return;
-  free(t->tel);
-  t->tel = &no_tel;
-}
 
 static int task_run(knhk_task_t *et);
 static void task_ended(knhk_task_t *et, int status);
@@ -81,7 +72,6 @@ static int grow_locked(klua_rt_t *rt) {
     t->et.on_end = task_ended;
     t->et.flags = KNHK_TASK_STICKY;
     atomic_init(&t->w.timer_busy, 0);
-    t->tel = &no_tel;
     t->link = i + 1 < SLAB ? &slab[i + 1] : NULL;
   }
   slab[0].batch_n = SLAB;
@@ -466,7 +456,7 @@ static int task_run(knhk_task_t *et) {
   }
   klua_task_t *prev = w->cur;
   w->cur = t;
-  uint64_t *tel = knhk_telemetry_task_enter(t->tel, &rt->ex);
+  uint64_t *tel = knhk_telemetry_task_enter(&t->tel, &rt->ex);
   lua_State *co = t->co;
   int rc = lua_resume(co, 0);
   knhk_telemetry_task_leave(tel);
@@ -510,10 +500,7 @@ static void task_ended(knhk_task_t *et, int status) {
   klua_group_t *g = t->group;
   klua_rt_t *rt = t->rt;
   int root = g == rt->root_group;
-  if (t->tel != &no_tel) {
-    knhk_telemetry_task_end(t->tel, status, &rt->ex);
-    drop_tel(t);
-  }
+  knhk_telemetry_task_end(&t->tel, status, &rt->ex);
   klua_group_child_ended(g, t); /* the last touch of g by this child */
   klua_task_release(t);          /* the running task's reference */
   /* The root task ended (its children had, before it): the run is over
@@ -538,19 +525,13 @@ int klua_task_spawn(klua_task_t *t, int worker) {
   klua_task_retain(t); /* the running task's, until task_ended */
   if (t->group->flags & KLUA_G_ORDERED) klua_task_retain(t); /* the ended list's */
   t->started_ns = spawn_time(rt);
-  if (knhk_telemetry_enabled()) {
-    knhk_telemetry_task_t *tel = calloc(1, sizeof *tel); /* none: no span, as when off */
-    if (tel) {
-      t->tel = tel;
-      knhk_telemetry_task_spawn(tel, &t->group->tel,
-                                atomic_fetch_add_explicit(&t->group->spawned, 1,
-                                                          memory_order_relaxed));
-    }
-  }
+  memset(&t->tel, 0, sizeof t->tel);
+  if (knhk_telemetry_enabled())
+    knhk_telemetry_task_spawn(&t->tel, &t->group->tel,
+                              atomic_fetch_add_explicit(&t->group->spawned, 1, memory_order_relaxed));
   rc = worker >= 0 ? knhk_executor_spawn_on(&rt->ex, &t->et, worker)
                    : knhk_executor_spawn(&rt->ex, &t->et);
-  if (rc != 0) { /* it never ran: it ends here, as cancelled (no span) */
-    drop_tel(t);
+  if (rc != 0) { /* it never ran: it ends here, as cancelled */
     klua_payload_reset(t);
     klua_task_publish(t, KLUA_CANCELLED);
     klua_group_child_ended(t->group, t);
