@@ -344,11 +344,15 @@ end
 
 M.last_stats = nil
 
+local stats_bufs -- what klua_stats fills
+
 -- The executor's counters, summed and per worker (knhk.stats).
 function M.stats()
   local ffi, C = K.ffi, K.C
-  local total, live = ffi.new("klua_counters_t"), ffi.new("uint64_t[1]")
-  local per = ffi.new("klua_counters_t[?]", 256)
+  -- made once per VM: every run's end asks (16 KB for 256 workers)
+  stats_bufs = stats_bufs or { ffi.new("klua_counters_t"), ffi.new("uint64_t[1]"),
+                               ffi.new("klua_counters_t[?]", 256) }
+  local total, live, per = stats_bufs[1], stats_bufs[2], stats_bufs[3]
   local n = C.klua_stats(M.rt, total, live, per, 256)
   local function tab(w)
     return { spawned = tonumber(w.spawned), completed = tonumber(w.completed),
