@@ -447,7 +447,7 @@ int knhk_telemetry_stop(void) {
     return KNHK_EALREADY;
   }
   st_release(&knhk__tel_on, 0);
-  knhk__tel_drain_locked(1, 1);
+  knhk__tel_drain_locked(1, 1, UINT64_MAX);
   fclose(s->file);
   s->file = NULL;
   pthread_mutex_unlock(&s->m);
@@ -461,7 +461,7 @@ int knhk_telemetry_flush(void) {
   pthread_mutex_lock(&s->m);
   int rc = KNHK_EALREADY;
   if (ld_relaxed(&knhk__tel_on) && s->file) {
-    knhk__tel_drain_locked(1, 0);
+    knhk__tel_drain_locked(1, 0, UINT64_MAX);
     fflush(s->file);
     rc = 0;
   }

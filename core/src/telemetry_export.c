@@ -445,9 +445,10 @@ static void task_span(const knhk__tel_rec_t *r) {
   free(e.msg), free(e.attrs);
 }
 
-static void drain_buffer(knhk__tel_buf_t *b) {
-  uint64_t h = ld_acquire(&b->head), t = ld_relaxed(&b->tail);
-  while (t < h) {
+/* Reads up to `budget` records of b; returns how many it read. */
+static uint64_t drain_buffer(knhk__tel_buf_t *b, uint64_t budget) {
+  uint64_t h = ld_acquire(&b->head), t = ld_relaxed(&b->tail), t0 = t;
+  while (t < h && t - t0 < budget) {
     knhk__tel_rec_t *r = &b->ring[t & (KNHK__TEL_RING - 1)];
     uint64_t step = 1;
     ent_t *e = NULL;
@@ -491,6 +492,7 @@ static void drain_buffer(knhk__tel_buf_t *b) {
     t += step;
   }
   st_release(&b->tail, t); /* release: done reading those slots */
+  return t - t0;
 }
 
 /* ---------------------------------------------------------------- metrics */
@@ -668,10 +670,14 @@ static void export_metrics(void) {
   free(out.p);
 }
 
-void knhk__tel_drain_locked(int metrics, int final) {
-  if (!knhk__tel.file) return;
+int knhk__tel_drain_locked(int metrics, int final, uint64_t budget) {
+  if (!knhk__tel.file) return 0;
   stamps_recalibrate();
-  for (knhk__tel_buf_t *b = knhk__tel_buffers(); b; b = b->next) drain_buffer(b);
+  int more = 0;
+  for (knhk__tel_buf_t *b = knhk__tel_buffers(); b; b = b->next) {
+    budget -= drain_buffer(b, budget);
+    if (ld_acquire(&b->head) != ld_relaxed(&b->tail)) more = 1;
+  }
   if (final) { /* spans still open end now; ends never begun are dropped */
     uint64_t now = knhk__mono_ns();
     for (size_t i = 0; i < X.cap; i++) {
@@ -688,6 +694,7 @@ void knhk__tel_drain_locked(int metrics, int final) {
   flush_spans();
   if (metrics) export_metrics();
   fflush(knhk__tel.file);
+  return more;
 }
 
 void knhk__tel_export_reset_locked(void) {

@@ -173,7 +173,9 @@ extern knhk__tel_session_t knhk__tel;
 knhk__tel_buf_t *knhk__tel_buffer(void);
 /* telemetry_export.c, under knhk__tel.m: drains every buffer; with
  * metrics, also exports the metrics. final: spans still open end now. */
-void knhk__tel_drain_locked(int metrics, int final);
+/* Drains up to `budget` records (UINT64_MAX: all) into the file; with
+ * `final`, spans still open end now. Returns 1 if records are left. */
+int knhk__tel_drain_locked(int metrics, int final, uint64_t budget);
 void knhk__tel_export_reset_locked(void);
 /* telemetry_reactor.c */
 void knhk__tel_kick(void);
