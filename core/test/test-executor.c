@@ -9,6 +9,7 @@
 #include "knhk/errors.h"
 #include "knhk/executor.h"
 #include "runner.h"
+#include "threads.h"
 
 /* Flags start() adds: the lazy-worker cases run other cases' bodies with
  * KNHK_EXECUTOR_LAZY_WORKERS. */
@@ -750,28 +751,6 @@ TEST(executor_caller_can_be_worker_zero) {
 
 /* ------------------------------------------------------- lazy workers */
 
-static void *no_thread_work(void *arg) { return arg; }
-
-/* The threads of this process, from /proc/self/status. The first call
- * starts and joins a thread first: a sanitizer's runtime starts its own
- * helper thread at the first pthread_create, which would count. */
-static int thread_count(void) {
-  static int warm;
-  if (!warm) {
-    pthread_t t;
-    ASSERT_OK(pthread_create(&t, NULL, no_thread_work, NULL));
-    ASSERT_OK(pthread_join(t, NULL));
-    warm = 1;
-  }
-  FILE *f = fopen("/proc/self/status", "r");
-  ASSERT(f != NULL);
-  char line[256];
-  int n = -1;
-  while (fgets(line, sizeof line, f))
-    if (sscanf(line, "Threads: %d", &n) == 1) break;
-  fclose(f);
-  return n;
-}
 
 static int noop_run(knhk_task_t *t) {
   (void)t;

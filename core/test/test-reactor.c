@@ -16,6 +16,7 @@
 #include "knhk/reactor.h"
 #include "latch.h"
 #include "runner.h"
+#include "threads.h"
 
 static knhk_reactor_t *reactor(void) {
   knhk_reactor_t *r = NULL;
@@ -174,28 +175,6 @@ TEST(reactor_delivers_signals_to_a_watch) {
   ASSERT_OK(knhk_reactor_free(r));
 }
 
-static void *no_thread_work(void *arg) { return arg; }
-
-/* The threads of this process, from /proc/self/status. The first call
- * starts and joins a thread first: a sanitizer's runtime starts its own
- * helper thread at the first pthread_create, which would count. */
-static int thread_count(void) {
-  static int warm;
-  if (!warm) {
-    pthread_t t;
-    ASSERT_OK(pthread_create(&t, NULL, no_thread_work, NULL));
-    ASSERT_OK(pthread_join(t, NULL));
-    warm = 1;
-  }
-  FILE *f = fopen("/proc/self/status", "r");
-  ASSERT(f != NULL);
-  char line[256];
-  int n = -1;
-  while (fgets(line, sizeof line, f))
-    if (sscanf(line, "Threads: %d", &n) == 1) break;
-  fclose(f);
-  return n;
-}
 
 TEST(reactor_thread_starts_with_the_first_request) {
   int before = thread_count();

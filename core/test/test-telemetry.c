@@ -73,8 +73,9 @@ static int child_fails(knhk_child_t *c) {
 /* Records a nursery of `children` children running fn on `workers`
  * workers, from start to stop; returns what was written, and the wait's
  * status in *status. */
-static char *record_nursery(int workers, int children, knhk_child_fn fn, int *status) {
-  start_recording();
+/* Runs a nursery of `children` children running fn on `workers` workers;
+ * returns the wait's status. */
+static int run_nursery(int workers, int children, knhk_child_fn fn) {
   knhk_executor_t ex;
   knhk_executor_options_t o;
   knhk_executor_options_init(&o);
@@ -83,9 +84,15 @@ static char *record_nursery(int workers, int children, knhk_child_fn fn, int *st
   knhk_nursery_t *n;
   ASSERT_OK(knhk_nursery_new(&n, &ex, NULL, 0));
   for (int i = 0; i < children; i++) ASSERT_OK(knhk_nursery_spawn(n, fn, NULL));
-  *status = knhk_nursery_wait_all(n);
+  int status = knhk_nursery_wait_all(n);
   ASSERT_OK(knhk_nursery_free(n));
   ASSERT_OK(knhk_executor_close(&ex));
+  return status;
+}
+
+static char *record_nursery(int workers, int children, knhk_child_fn fn, int *status) {
+  start_recording();
+  *status = run_nursery(workers, children, fn);
   ASSERT_OK(knhk_telemetry_stop());
   return slurp();
 }
@@ -256,17 +263,7 @@ TEST(a_reactor_drains_a_backlog_in_turns_and_loses_nothing) {
   snprintf(path, sizeof path, "/tmp/knhk-tel-%d.jsonl", (int)getpid());
   knhk_telemetry_options_t to = {path, 60000000000u, "test"};
   ASSERT_OK(knhk_telemetry_start(&to));
-  knhk_executor_t ex;
-  knhk_executor_options_t o;
-  knhk_executor_options_init(&o);
-  o.workers = 2;
-  ASSERT_OK(knhk_executor_init(&ex, &o));
-  knhk_nursery_t *n;
-  ASSERT_OK(knhk_nursery_new(&n, &ex, NULL, 0));
-  for (int i = 0; i < 100000; i++) ASSERT_OK(knhk_nursery_spawn(n, child_ok, NULL));
-  ASSERT_OK(knhk_nursery_wait_all(n));
-  ASSERT_OK(knhk_nursery_free(n));
-  ASSERT_OK(knhk_executor_close(&ex));
+  ASSERT_OK(run_nursery(2, 100000, child_ok));
   /* the first kick's drain kicks again while records are left: all of
    * them arrive by themselves */
   int seen = 0;
