@@ -234,6 +234,42 @@ describe("knhk.nursery's waits are checkpoints", function()
     end)
   end)
 
+  it("its end is one too: a scope around it cancelled while the children ended unwinds past it", function()
+    run(function()
+      local after = false
+      local scope = knhk.move_on_after(0.05, function()
+        knhk.nursery(function(n)
+          n:spawn(function() knhk.sleep(60) end)
+          n:spawn_local(function() knhk.sleep(60) end)
+        end) -- the body returned at once: the nursery waits for its children
+        after = true
+      end)
+      assert.is_false(after) -- the code after the nursery did not run
+      assert.is_true(scope.cancelled_caught)
+      local ok, err = pcall(knhk.fail_after, 0.05, function()
+        knhk.nursery(function(n) n:spawn(function() knhk.sleep(60) end) end)
+      end)
+      assert.is_false(ok)
+      assert.is_true(knhk.is_timeout(err), tostring(err))
+      -- its own cancel is not the scope's: the code after it goes on
+      local went_on = knhk.nursery(function(n)
+        n:spawn(function() knhk.sleep(60) end)
+        n:cancel()
+        return "on"
+      end)
+      assert.equal("on", went_on)
+    end)
+  end)
+
+  it("under the virtual clock, children that can never end are reported as a deadlock", function()
+    local ok, err = pcall(knhk.run, function()
+      knhk.nursery(function(n) n:spawn(function() knhk.event():wait() end) end)
+      return "finished"
+    end, { clock = "virtual", workers = 2 })
+    assert.is_false(ok)
+    assert.matches("deadlock under the virtual clock", tostring(err), 1, true)
+  end)
+
   it("wait_any and race give exactly the winner's results", function()
     run(function()
       assert.equal(1, select("#", knhk.race(function() return 1 end, function() knhk.sleep(60) end)))

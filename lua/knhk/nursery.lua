@@ -167,6 +167,11 @@ function M.nursery(fn, opts)
   -- child) unless the scope around it is cancelled too: then it unwinds on.
   if not ok and core.cancelled() then error(err, 0) end
   if not ok then return end -- caught here, as a cancel scope does: no results
+  -- Its end is a checkpoint, as Trio's: the scope around it cancelled while
+  -- the children ended (their end was its cause) unwinds on from here, so
+  -- the code after the nursery does not run.
+  local reason = core.cancelled()
+  if reason then R.raise_cancelled(reason) end
   return unpack(res, 2, res.n)
 end
 

@@ -82,6 +82,8 @@ local function in_scope(deadline_ns, shield, fn, ...)
                                cancelled_caught = false }, Scope)
   local res = pack(pcall(fn, scope, ...))
   local reason, outer = core.scope_exit(tok, prev, dl)
+  -- as Trio's: cancel() was called, or the scope's own deadline has passed
+  if deadline_ns and core_now() >= deadline_ns then scope.cancel_called = true end
   telemetry.scope_drop(core.handle_ptr(tok), shield, reason, res, outer)
   if res[1] then return scope, unpack(res, 2, res.n) end
   local e = res[2]
