@@ -446,7 +446,7 @@ describe("the knhk-lua REPL", function()
     line("knhk.sleep(0.01) print('sl'..'ept')", "\nslept\r?\n")
     -- a background task keeps running between prompts
     line("bg = knhk.spawn(function() knhk.sleep(0.05); return 'bg '..'done' end)")
-    line(":tasks", "task%s+parent%s+state")
+    line(":tasks", "task%s+parent%s+state.-function at stdin:1\r?\n") -- a typed chunk is "stdin"
     line("print(bg:join())", "\nbg done\r?\n")
     line(":stats", "tasks: %d+ spawned")
     line(":help", "Ctrl%-C cancels")

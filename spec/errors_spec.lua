@@ -36,6 +36,7 @@ describe("argument errors", function()
     { function() knhk.race(print, 3) end, "bad argument #2 to 'race' (function expected, got number)" },
     { function() knhk.select(7) end, "bad argument #1 to 'select' (table expected, got number)" },
     { function() knhk.exec(5) end, "bad argument #1 to 'exec' (string or argv table expected, got number)" },
+    { function() knhk.exec({}) end, "bad argument #1 to 'exec' (argv table with the program first expected, got an empty table)" },
     { function() knhk.exec("true", { timeout = 0 / 0 }) end, "bad argument #2 to 'exec' (timeout: number expected, got NaN)" },
     { function() knhk.sleep(-1) end, "bad argument #1 to 'sleep' (number >= 0 expected, got -1)" },
     { function() knhk.cancel_scope(print, { timout = 1 }) end, "bad argument #2 to 'cancel_scope' (unknown option 'timout'; it takes: timeout, deadline, shield)" },

@@ -384,6 +384,7 @@ function M.main(argv)
   end
   if graph then
     if not chunk then return usage_error("--graph needs a workflow script") end
+    _G.knhk = knhk -- the script runs as it would without --graph
     return require("knhk.patterns.diagram").cli(chunk, script_args, graph,
       { workers = workers, script = script })
   end

@@ -421,7 +421,7 @@ end
 
 local function fn_place(fn)
   local info = funcinfo(fn)
-  local src = (info.source or "?"):gsub("^@", "")
+  local src = (info.source or "?"):gsub("^[@=]", "") -- a file's name, or a chunk's ("=stdin")
   return string.format("function at %s:%d", src, info.linedefined or 0)
 end
 

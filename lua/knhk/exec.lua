@@ -50,6 +50,8 @@ function M.exec(cmd, opts)
       end
       argv[i] = tostring(a)
     end
+  elseif type(cmd) == "table" then
+    error("bad argument #1 to 'exec' (argv table with the program first expected, got an empty table)", 2)
   else
     check.fail(1, "exec", "string or argv table", cmd)
   end

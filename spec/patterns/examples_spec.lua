@@ -125,6 +125,17 @@ describe("knhk-lua --graph", function()
       .. '  n1_1 --> e1\n  e1(("end"))\n', out)
   end)
 
+  it("runs the script as knhk-lua would, with the knhk global", function()
+    local f = assert(io.open(TMP, "w"))
+    f:write('local P = require "knhk.patterns"\nlocal t0 = knhk.now()\n'
+      .. 'local wf = P.workflow(P.sequence{ P.task("only", function() end) })\n'
+      .. 'wf:execute{}\n')
+    f:close()
+    local code, out, err = run("--graph " .. TMP)
+    assert.equal(0, code, err)
+    assert.matches('n1_1%["only"%]', out)
+  end)
+
   it("says so when a script has no workflow, and refuses other formats", function()
     local f = assert(io.open(TMP, "w"))
     f:write("return 42\n")
