@@ -25,7 +25,10 @@ local refusals = {
       .. "P.skip() for nothing))" },
   { "a condition that is not Lua", function() return P.exclusive_choice{ { when = "x >", run = f } } end,
     "bad argument #1 to 'exclusive_choice' (branch 1: 'when' 'x >' is not a Lua expression: "
-      .. "condition 'x >':1: unexpected symbol near ')')" },
+      .. "condition 'x >':1: unexpected symbol near '<eof>')" }, -- as written: no ')' of ours
+  { "two expressions for one condition", function() return P.exclusive_choice{ { when = "a, b", run = f } } end,
+    "bad argument #1 to 'exclusive_choice' (branch 1: 'when' 'a, b' is not a Lua expression: "
+      .. "it is not one expression)" },
   { "a non-callable task", function() return P.task("t", 42) end,
     "bad argument #2 to 'task' (function expected for the task, got number)" },
   { "k > n in a partial join of instances", function() return P.mi{ count = 3, run = f, join = P.partial(5) } end,

@@ -94,8 +94,12 @@ local cond_env_mt = {}
 function M.as_condition(v, fname, n, what, level)
   if type(v) == "function" then return v, nil end
   if type(v) == "string" then
-    local chunk, err = loadstring("return (" .. v .. ")", "=condition '" .. v .. "'")
+    local name = "=condition '" .. v .. "'"
+    local chunk = loadstring("return (" .. v .. ")", name) -- one expression, one value
     if not chunk then
+      -- the message of the text as written, without the parentheses added
+      local plain, err = loadstring("return " .. v, name)
+      err = plain and "it is not one expression" or err
       M.argerror(fname, n, what .. " '" .. v .. "' is not a Lua expression: " .. err, (level or 2) + 1)
     end
     -- evaluated with the case variables as its globals (the standard
