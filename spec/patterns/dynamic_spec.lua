@@ -40,6 +40,20 @@ describe("15 Multiple Instances without a priori Run-Time Knowledge", function()
 end)
 
 describe("36 Dynamic Partial Join for Multiple Instances", function()
+  it("takes a condition string over the case variables, with `results` the results so far", function()
+    local by_var, by_results = H.virtual(function()
+      local function mi(cond)
+        return P.workflow(P.mi{ name = "m", count = 3, dynamic = true, into = "o",
+          join = P.complete_when(cond), run = function(_, i) knhk.sleep(i) return i end })
+      end
+      return mi("enough"):execute{ vars = { enough = true } }, mi("#results >= 2"):execute{}
+    end, 1)
+    assert.equal("completed", by_var.status, by_var.error)
+    assert.same({ 1 }, by_var.vars.o) -- a variable that holds: done at the first
+    assert.equal("completed", by_results.status, by_results.error)
+    assert.same({ 1, 2 }, by_results.vars.o)
+  end)
+
   it("continues once its completion condition holds; no instance can be added after", function()
     local late
     local r = H.run(function()

@@ -49,10 +49,20 @@ function M.cancelling_partial(k)
   S.check_count(k, "cancelling_partial", 1, "k", 2, 1)
   return mi_join("partial", { k = k, cancel = true })
 end
--- P.complete_when(cond): cond(results, vars) is asked each time an
--- instance completes; once it holds, the step continues.
+-- P.complete_when(cond): asked each time an instance completes; once it
+-- holds, the step continues. A function gets (results, vars); a string is
+-- an expression over the case variables, as every condition (README rule
+-- 6), where `results` is the list of the instances' results so far.
+local results_view_mt = {}
+results_view_mt.__index = function(view, k) return rawget(view, "\0vars")[k] end
 function M.complete_when(cond)
   local fn = S.as_condition(cond, "complete_when", 1, "the completion condition", 2)
+  if type(cond) == "string" then
+    local over_vars = fn
+    fn = function(results, vars)
+      return over_vars(setmetatable({ results = results, ["\0vars"] = vars }, results_view_mt))
+    end
+  end
   return mi_join("when", { cond = fn })
 end
 
