@@ -64,26 +64,6 @@ local function usage_error(msg)
   return 2
 end
 
--- A task error's message. A value raised that is not a message (error({...}),
--- error(nil), error(false)) is named and shown, not printed as "table:
--- 0x..." or "nil"; an error object with a message or __tostring keeps it.
-local function readable_message(e)
-  local v = e.value
-  local tv = type(v)
-  if tv == "string" or tv == "number" then return e.message end
-  local mt = tv == "table" and getmetatable(v)
-  if tv == "table" and (v.message ~= nil or (type(mt) == "table" and mt.__tostring)) then
-    return e.message
-  end
-  if v == nil then -- nil itself, or a value that could not be copied out of its task
-    if e.message == "nil" then return "error raised with no value (nil)" end
-    local kind = tostring(e.message):match("^(%a+): 0x%x+$")
-    if kind then return "error raised with a " .. kind .. " value" end
-    return e.message
-  end
-  return "error raised with a " .. tv .. " value: " .. M.show(v)
-end
-
 -- "file:line: message" and the traceback of every error, for stderr.
 local function describe_error(e, out)
   out = out or {}
@@ -94,7 +74,7 @@ local function describe_error(e, out)
       describe_error(sub, out)
     end
   elseif errors.is_task_error(e) then
-    out[#out + 1] = readable_message(e)
+    out[#out + 1] = errors.readable(e)
     if e.traceback and e.traceback ~= "" then out[#out + 1] = e.traceback end
   elseif errors.is_cancelled(e) then
     out[#out + 1] = tostring(e)
@@ -120,28 +100,7 @@ end
 
 -- ------------------------------------------------------------- the REPL
 
--- Values as the REPL shows them: tables readably (one level deep, sorted).
-local function show(v, depth)
-  depth = depth or 0
-  if type(v) == "string" then return depth > 0 and string.format("%q", v) or v end
-  if type(v) ~= "table" or getmetatable(v) ~= nil or depth > 1 then return tostring(v) end
-  local keys = {}
-  for k in pairs(v) do keys[#keys + 1] = k end
-  table.sort(keys, function(a, b)
-    if type(a) == type(b) and (type(a) == "number" or type(a) == "string") then return a < b end
-    return type(a) < type(b)
-  end)
-  local parts, n = {}, #v
-  for i = 1, n do parts[#parts + 1] = show(v[i], depth + 1) end
-  for _, k in ipairs(keys) do
-    if not (type(k) == "number" and k >= 1 and k <= n and k % 1 == 0) then
-      local key = type(k) == "string" and k:match("^[%a_][%w_]*$") and k or ("[" .. show(k, depth + 1) .. "]")
-      parts[#parts + 1] = key .. " = " .. show(v[k], depth + 1)
-    end
-    if #parts > 40 then parts[#parts + 1] = "..."; break end
-  end
-  return "{ " .. table.concat(parts, ", ") .. " }"
-end
+local show = errors.show
 M.show = show
 
 local REPL_HELP = [[

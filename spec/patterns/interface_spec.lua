@@ -107,6 +107,16 @@ describe("wf:execute(ctx) -> result", function()
   end)
 end)
 
+describe("wf:execute(ctx) -> result, for errors that are not messages", function()
+  it("shows a table a task raised in result.error, not its address", function()
+    local r = H.run(function()
+      return P.workflow(P.task("tbl", function() error({ code = 7 }) end)):execute{}
+    end)
+    assert.equal("failed", r.status)
+    assert.equal("error raised with a table value: { code = 7 }", r.error)
+  end)
+end)
+
 describe("case data", function()
   it("a task works on a snapshot: changing it in place changes nothing", function()
     local r = H.run(function()

@@ -16,6 +16,7 @@
 -- its scope; cancelling the case is cancelling the case's scope. Nothing
 -- outlives execute: every task is in a nursery inside it.
 local knhk = require "knhk"
+local errors = require "knhk.errors"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local M = {}
@@ -60,8 +61,7 @@ local function message_of(e)
     for i, sub in ipairs(e.errors) do out[i] = message_of(sub) end
     return table.concat(out, "; ")
   end
-  if type(e) == "table" and e.message then return tostring(e.message) end
-  return tostring(e)
+  return errors.readable(e) -- a table raised is shown, not "table: 0x..."
 end
 
 local function traceback_of(e)

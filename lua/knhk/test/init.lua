@@ -54,16 +54,7 @@ end
 
 -- ---------------------------------------------------------- describing
 
--- A table raised as an error, one level deep: { code = 7, "x" }.
-local function show_table(t)
-  local parts = {}
-  for k, v in pairs(t) do
-    local val = type(v) == "string" and string.format("%q", v) or tostring(v)
-    parts[#parts + 1] = (type(k) == "string" and k or "[" .. tostring(k) .. "]") .. " = " .. val
-  end
-  table.sort(parts)
-  return "{ " .. table.concat(parts, ", ") .. " }"
-end
+local show_table = errors.show -- a table raised as an error: { code = 7, "x" }
 
 -- An error value as a test failure: message and traceback; for a group,
 -- every member, numbered, each with its own traceback.
