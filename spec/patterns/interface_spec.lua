@@ -117,6 +117,23 @@ describe("wf:execute(ctx) -> result, for errors that are not messages", function
   end)
 end)
 
+describe("wf:execute(ctx), refusing what would be ignored", function()
+  it("refuses an unknown ctx field and a signal no trigger of the workflow has", function()
+    local r1, r2 = H.run(function()
+      local ch = knhk.channel(1)
+      return { pcall(function() return P.workflow(P.task("t", function() end)):execute{ varz = {} } end) },
+        { pcall(function()
+          return P.workflow(P.wait_for(P.persistent_trigger("paid"))):execute{ signals = { payd = ch } }
+        end) }
+    end)
+    assert.is_false(r1[1])
+    assert.matches("unknown ctx field 'varz' (it takes case_id, vars, token, telemetry, signals)", r1[2], 1, true)
+    assert.is_false(r2[1])
+    assert.matches("ctx.signals['payd']: the workflow has no trigger of that name (its triggers: 'paid')",
+      r2[2], 1, true)
+  end)
+end)
+
 describe("case data", function()
   it("a task works on a snapshot: changing it in place changes nothing", function()
     local r = H.run(function()

@@ -50,9 +50,18 @@ end
 -- failed: step (its name), error (message), traceback; ended_by: the
 -- explicit termination or cancel-case step that ended it; unfinished: the
 -- steps still holding tokens when a case ended with nothing left to run.
+local CTX_FIELDS = { case_id = true, vars = true, token = true, telemetry = true, signals = true }
+
 function Workflow:execute(ctx)
   if ctx == nil then ctx = {} end
   if type(ctx) ~= "table" then S.argerror("execute", 1, "table expected, got " .. type(ctx)) end
+  for k in pairs(ctx) do -- a misspelt field would be ignored silently
+    if not CTX_FIELDS[k] then
+      S.argerror("execute", 1, "unknown ctx field "
+        .. (type(k) == "string" and ("'" .. k .. "'") or S.describe(k))
+        .. " (it takes case_id, vars, token, telemetry, signals)")
+    end
+  end
   if ctx.vars ~= nil and type(ctx.vars) ~= "table" then
     S.argerror("execute", 1, "ctx.vars must be a table, got " .. type(ctx.vars))
   end
@@ -71,6 +80,14 @@ function Workflow:execute(ctx)
       if not knhk.is_channel(ch) then
         S.argerror("execute", 1, "ctx.signals['" .. tostring(name) .. "'] must be a knhk.channel, got "
           .. S.describe(ch))
+      end
+      if not (self.triggers and self.triggers[name]) then -- a misspelt one would never fire
+        local known = {}
+        for t in pairs(self.triggers or {}) do known[#known + 1] = "'" .. t .. "'" end
+        table.sort(known)
+        S.argerror("execute", 1, "ctx.signals['" .. tostring(name) .. "']: the workflow has no trigger "
+          .. "of that name (" .. (#known > 0 and ("its triggers: " .. table.concat(known, ", "))
+          or "it has no trigger") .. ")")
       end
     end
   end
