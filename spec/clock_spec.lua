@@ -157,6 +157,21 @@ describe("a virtual clock that can never move", function()
     assert.is_true(cleaned) -- the waiting task saw Cancelled: its cleanup ran
   end)
 
+  it("names the tasks that wait for ever, where they were spawned and by whom", function()
+    local ok, err = pcall(virtual, function()
+      knhk.nursery(function(n)
+        n:spawn(function() knhk.event():wait() end)
+        n:spawn_local(function() knhk.semaphore(0):acquire() end)
+      end)
+    end)
+    assert.is_false(ok)
+    local text = tostring(err)
+    assert.matches("Waiting:\n  task %d+ %(function at [^)]*clock_spec%.lua:%d+, spawned by task %d+%) "
+      .. "waiting on worker %d", text)
+    local lines = select(2, text:gsub("\n  task ", ""))
+    assert.equal(3, lines) -- the two children and the root, which waits on them
+  end)
+
   it("finds none while a timer is pending, however often it is asked", function()
     for workers = 1, 2 do
       for _ = 1, 50 do

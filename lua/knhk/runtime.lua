@@ -392,10 +392,11 @@ function M.run(main, cfg, ...)
       if st == BLOB then return pack(true, select(2, codec.decode(payload))) end
       return pack(true)
     end
-    if core.stalled(r) then
+    local stalled, stuck = core.stalled(r)
+    if stalled then
       return pack(false, "knhk.run: deadlock under the virtual clock: every task was waiting, "
         .. "with no timer pending and nothing in flight that could wake one; the run was "
-        .. "cancelled")
+        .. "cancelled" .. (stuck ~= "" and (". Waiting:" .. stuck) or ""))
     end
     return pack(false, task_failure(core.task_id(h), outcome, st, payload))
   end)

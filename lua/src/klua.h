@@ -263,6 +263,8 @@ struct klua_rt {
   int hints_on;                /* under clock_m */
   _Atomic int stalled;         /* a virtual clock found every task waiting for ever */
   _Atomic int line_stalled;    /* ... while a REPL line ran: that line was cancelled */
+  char *stall_text;            /* the stalled run's waiting tasks, a line each (reactor
+                                  writes it before cancelling the root) */
   int workers;
   int signals;                 /* klua_rt_opts_t's */
   klua_worker_t *w;

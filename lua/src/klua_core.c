@@ -1175,11 +1175,14 @@ static int l_close_try(lua_State *L) {
 }
 
 /* core.stalled(rt) -> whether a virtual clock found every task waiting
- * with nothing left to wake one (and cancelled the run) */
+ * with nothing left to wake one (and cancelled the run), and those tasks
+ * ("\n  task N (...) waiting on worker W" each) */
 static int l_stalled(lua_State *L) {
   klua_rt_t *rt = lua_touserdata(L, 1);
-  lua_pushboolean(L, rt && atomic_load(&rt->stalled));
-  return 1;
+  int stalled = rt && atomic_load(&rt->stalled);
+  lua_pushboolean(L, stalled);
+  lua_pushstring(L, stalled && rt->stall_text ? rt->stall_text : "");
+  return 2;
 }
 
 /* core.nursery_failed(n) -> whether a child failed and nobody joined it yet */
@@ -1446,8 +1449,6 @@ static int l_current(lua_State *L) {
  * state, where [, ended]}, ... } of the tasks started and not retired;
  * `ended`: its outcome is published (joiners have it), the record not
  * retired yet */
-int klua_tasks_rows(klua_rt_t *rt, void (*row)(void *, klua_task_t *, int), void *ud,
-                    int only_running);
 
 static void push_row(void *ud, klua_task_t *t, int state) {
   lua_State *L = ud;

@@ -209,6 +209,39 @@ static void idle_hint(void *arg) {
   pthread_mutex_unlock(&rt->clock_m);
 }
 
+/* The tasks waiting for ever, for the deadlock's message: one line each
+ * (the first STUCK_SHOWN), as knhk.test names a task left behind. Every
+ * task waits meanwhile: the records hold still. */
+enum { STUCK_SHOWN = 10, STUCK_TEXT = 2048 };
+static char *stuck_tasks(klua_rt_t *rt) {
+  char *text = malloc(STUCK_TEXT);
+  if (!text) return NULL;
+  size_t n = 0;
+  int shown = 0, more = 0;
+  text[0] = 0;
+  for (int i = 0; i < rt->workers; i++) {
+    klua_worker_t *w = &rt->w[i];
+    pthread_mutex_lock(&w->live_m);
+    for (klua_task_t *t = w->live; t; t = t->live_next) {
+      if (klua_task_outcome(t) != KLUA_RUNNING) continue;
+      if (shown == STUCK_SHOWN || n >= STUCK_TEXT - 1) {
+        more++;
+        continue;
+      }
+      char parent[48] = "";
+      if (t->parent) snprintf(parent, sizeof parent, ", spawned by task %llu", (unsigned long long)t->parent);
+      int k = snprintf(text + n, STUCK_TEXT - n, "\n  task %llu (%s%s) waiting on worker %d",
+                       (unsigned long long)t->id, t->where, parent,
+                       atomic_load_explicit(&t->home, memory_order_relaxed));
+      if (k > 0) n += (size_t)k < STUCK_TEXT - n ? (size_t)k : STUCK_TEXT - 1 - n;
+      shown++;
+    }
+    pthread_mutex_unlock(&w->live_m);
+  }
+  if (more && n < STUCK_TEXT - 1) snprintf(text + n, STUCK_TEXT - n, "\n  and %d more", more);
+  return text;
+}
+
 /* The reactor's stall callback under a virtual clock (on its thread):
  * every task waits, and neither time nor the runtime will ever wake one.
  * The run is cancelled, once; knhk.run then reports the deadlock. */
@@ -222,6 +255,7 @@ static void stalled(void *arg) {
     return;
   }
   if (atomic_exchange(&rt->stalled, 1)) return;
+  rt->stall_text = stuck_tasks(rt);
   knhk_token_cancel(rt->root_token, KNHK_CANCEL_SHUTDOWN);
 }
 
@@ -356,6 +390,7 @@ void klua_rt_free(klua_rt_t *rt) {
       pthread_mutex_destroy(&w->live_m);
     }
   }
+  free(rt->stall_text);
   knhk_token_release(rt->root_token);
   free(rt->lua_path);
   free(rt->lua_cpath);
