@@ -125,6 +125,8 @@ describe("knhk.test.wrap", function()
       "bad argument #2 to 'wrap' (workers: whole number in 1..256 expected, got 0)")
     assert.has_error(function() T.wrap(print, { seed = 1, workers = 4 }) end,
       "bad argument #2 to 'wrap' (seed: a seeded schedule runs on 1 worker, got workers = 4)")
+    assert.has_error(function() T.wrap(print, { clock = "virtul" }) end,
+      "bad argument #2 to 'wrap' (clock: \"real\" or \"virtual\" expected, got 'virtul')")
   end)
 end)
 

@@ -63,6 +63,8 @@ local refusals = {
       .. "how wf:execute(ctx) ends every case)" },
   { "a graph node that is not a table", function() return P.graph{ start = "a", nodes = { a = 1 } } end,
     "bad argument #1 to 'graph' (node 'a' must be a table { run =, join =, next = }, got number)" },
+  { "a graph without a start", function() return P.graph{ nodes = {} } end,
+    "bad argument #1 to 'graph' (start (the name of the first node) expected, got nil)" },
   { "a signal to a name", function() return P.signal("name") end,
     "bad argument #1 to 'signal' (trigger (P.transient_trigger or P.persistent_trigger) expected, got string)" },
   { "a negative timer", function() return P.timer(-1) end,

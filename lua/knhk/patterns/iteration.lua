@@ -341,7 +341,9 @@ S.define("graph", {
 function M.graph(t)
   local F = "graph"
   if type(t) ~= "table" or S.is_step(t) then S.argerror(F, 1, "table expected, got " .. S.describe(t)) end
-  S.check_name(t.start, F, 1, 2)
+  if type(t.start) ~= "string" or t.start == "" then
+    S.argerror(F, 1, "start (the name of the first node) expected, got " .. S.describe(t.start))
+  end
   if type(t.nodes) ~= "table" then S.argerror(F, 1, "nodes (a table of named nodes) expected, got " .. S.describe(t.nodes)) end
   local nodes = {}
   for name, g in pairs(t.nodes) do

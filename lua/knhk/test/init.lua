@@ -44,6 +44,10 @@ local function check_opts(opts, n, fname)
   check.field("whole", opts, "workers", n, fname, 3, 1, 256)
   check.field("whole", opts, "seed", n, fname, 3, 0, 2 ^ 53)
   check.field("string", opts, "clock", n, fname, 3)
+  if opts.clock ~= nil and not knhk.clock.KINDS[opts.clock] then -- here, not when the test runs
+    error(string.format("bad argument #%d to '%s' (clock: \"real\" or \"virtual\" expected, got '%s')",
+      n, fname, opts.clock), 3)
+  end
   check.field("string", opts, "name", n, fname, 3)
   if opts.seed ~= nil and opts.workers ~= nil and opts.workers ~= 1 then
     error(string.format("bad argument #%d to '%s' (seed: a seeded schedule runs on 1 worker, "
