@@ -319,6 +319,9 @@ klua_worker_t *klua_worker(klua_rt_t *rt);
 /* The worker whose thread this is (any runtime), or NULL. */
 klua_worker_t *klua_self(void);
 int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen);
+/* fn(ud, t) for every task started and not retired, worker by worker,
+ * under each worker's live_m (fn must not take it). */
+void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, klua_task_t *t), void *ud);
 
 /* ---- klua_task.c: records, spawning, running, ending, joining ---- */
 klua_task_t *klua_task_alloc(klua_rt_t *rt);

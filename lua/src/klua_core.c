@@ -1450,8 +1450,9 @@ static int l_current(lua_State *L) {
  * `ended`: its outcome is published (joiners have it), the record not
  * retired yet */
 
-static void push_row(void *ud, klua_task_t *t, int state) {
+static void push_row(void *ud, klua_task_t *t) {
   lua_State *L = ud;
+  int state = knhk_task_state(&t->et);
   lua_createtable(L, 0, 6);
   lua_pushnumber(L, (double)t->id);
   lua_setfield(L, -2, "id");
@@ -1479,12 +1480,7 @@ static int l_tasks(lua_State *L) {
   klua_rt_t *rt = rt_of_vm(L);
   lua_newtable(L);
   if (!rt) return 1;
-  for (int i = 0; i < rt->workers; i++) {
-    klua_worker_t *w = &rt->w[i];
-    pthread_mutex_lock(&w->live_m);
-    for (klua_task_t *t = w->live; t; t = t->live_next) push_row(L, t, knhk_task_state(&t->et));
-    pthread_mutex_unlock(&w->live_m);
-  }
+  klua_tasks_each(rt, push_row, L);
   return 1;
 }
 

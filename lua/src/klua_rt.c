@@ -209,37 +209,48 @@ static void idle_hint(void *arg) {
   pthread_mutex_unlock(&rt->clock_m);
 }
 
+void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, klua_task_t *t), void *ud) {
+  for (int i = 0; i < rt->workers; i++) {
+    klua_worker_t *w = &rt->w[i];
+    pthread_mutex_lock(&w->live_m);
+    for (klua_task_t *t = w->live; t; t = t->live_next) fn(ud, t);
+    pthread_mutex_unlock(&w->live_m);
+  }
+}
+
 /* The tasks waiting for ever, for the deadlock's message: one line each
  * (the first STUCK_SHOWN), as knhk.test names a task left behind. Every
  * task waits meanwhile: the records hold still. */
 enum { STUCK_SHOWN = 10, STUCK_TEXT = 2048 };
-static char *stuck_tasks(klua_rt_t *rt) {
-  char *text = malloc(STUCK_TEXT);
-  if (!text) return NULL;
-  size_t n = 0;
-  int shown = 0, more = 0;
-  text[0] = 0;
-  for (int i = 0; i < rt->workers; i++) {
-    klua_worker_t *w = &rt->w[i];
-    pthread_mutex_lock(&w->live_m);
-    for (klua_task_t *t = w->live; t; t = t->live_next) {
-      if (klua_task_outcome(t) != KLUA_RUNNING) continue;
-      if (shown == STUCK_SHOWN || n >= STUCK_TEXT - 1) {
-        more++;
-        continue;
-      }
-      char parent[48] = "";
-      if (t->parent) snprintf(parent, sizeof parent, ", spawned by task %llu", (unsigned long long)t->parent);
-      int k = snprintf(text + n, STUCK_TEXT - n, "\n  task %llu (%s%s) waiting on worker %d",
-                       (unsigned long long)t->id, t->where, parent,
-                       atomic_load_explicit(&t->home, memory_order_relaxed));
-      if (k > 0) n += (size_t)k < STUCK_TEXT - n ? (size_t)k : STUCK_TEXT - 1 - n;
-      shown++;
-    }
-    pthread_mutex_unlock(&w->live_m);
+typedef struct {
+  char *text;
+  size_t n;
+  int shown, more;
+} stuck_t;
+
+static void stuck_line(void *ud, klua_task_t *t) {
+  stuck_t *s = ud;
+  if (klua_task_outcome(t) != KLUA_RUNNING) return;
+  if (s->shown == STUCK_SHOWN || s->n >= STUCK_TEXT - 1) {
+    s->more++;
+    return;
   }
-  if (more && n < STUCK_TEXT - 1) snprintf(text + n, STUCK_TEXT - n, "\n  and %d more", more);
-  return text;
+  char parent[48] = "";
+  if (t->parent) snprintf(parent, sizeof parent, ", spawned by task %llu", (unsigned long long)t->parent);
+  int k = snprintf(s->text + s->n, STUCK_TEXT - s->n, "\n  task %llu (%s%s) waiting on worker %d",
+                   (unsigned long long)t->id, t->where, parent,
+                   atomic_load_explicit(&t->home, memory_order_relaxed));
+  if (k > 0) s->n += (size_t)k < STUCK_TEXT - s->n ? (size_t)k : STUCK_TEXT - 1 - s->n;
+  s->shown++;
+}
+
+static char *stuck_tasks(klua_rt_t *rt) {
+  stuck_t s = {malloc(STUCK_TEXT), 0, 0, 0};
+  if (!s.text) return NULL;
+  s.text[0] = 0;
+  klua_tasks_each(rt, stuck_line, &s);
+  if (s.more && s.n < STUCK_TEXT - 1) snprintf(s.text + s.n, STUCK_TEXT - s.n, "\n  and %d more", s.more);
+  return s.text;
 }
 
 /* The reactor's stall callback under a virtual clock (on its thread):

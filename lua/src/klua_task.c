@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
 #include <time.h>
 
 #include "klua.h"
@@ -40,7 +39,6 @@ void klua_spin_lock(klua_spin_t *s) {
 /* ------------------------------------------------------------------ pool */
 
 static _Atomic uint64_t next_id = 1;
-
 
 static int task_run(knhk_task_t *et);
 static void task_ended(knhk_task_t *et, int status);
@@ -307,7 +305,8 @@ static void give_back_coroutine(klua_worker_t *w, lua_State *co, int ref) {
   w->nco++;
 }
 
-static void drop_coroutine(klua_worker_t *w, int ref) {
+/* Lets go of what w's anchor table holds at ref (a coroutine, a closure). */
+static void unanchor(klua_worker_t *w, int ref) {
   lua_State *L = w->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, w->anchor);
   luaL_unref(L, -1, ref);
@@ -318,7 +317,7 @@ static void drop_coroutine(klua_worker_t *w, int ref) {
  * closure it ran is let go, not pooled. */
 static void drop_fn(klua_worker_t *w, klua_task_t *t) {
   if (t->fn_ref == LUA_NOREF) return;
-  drop_coroutine(w, t->fn_ref); /* an anchor reference, as a coroutine's */
+  unanchor(w, t->fn_ref);
   t->fn_ref = LUA_NOREF;
 }
 
@@ -420,7 +419,7 @@ static int end_cancelled_unresumed(klua_worker_t *w, klua_task_t *t, knhk_token_
   t->nvals = knhk_token_reason(tok);
   klua_task_publish(t, KLUA_CANCELLED);
   drop_fn(w, t);
-  drop_coroutine(w, t->co_ref);
+  unanchor(w, t->co_ref);
   t->co = NULL;
   t->co_ref = LUA_NOREF;
   live_remove(w, t);
@@ -480,7 +479,7 @@ static int task_run(knhk_task_t *et) {
     klua_wait_end(t);
     fail_in_runtime(t, why);
     drop_fn(w, t);
-    drop_coroutine(w, t->co_ref);
+    unanchor(w, t->co_ref);
   }
   t->co = NULL;
   t->co_ref = LUA_NOREF;
