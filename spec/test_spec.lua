@@ -132,24 +132,29 @@ end)
 
 -- ------------------------------------------------------------ schedules
 
--- Four tasks each record three steps in a channel, letting the others
--- run between their steps: the order of the records is the interleaving.
-local function interleaving()
+-- Four tasks run three steps each; step(id, n, out) records a step in the
+-- channel out: the order of the records is the interleaving.
+local function recorded(step)
   local ch = knhk.channel(64)
   knhk.nursery(function(n)
     for i = 1, 4 do
-      n:spawn(function(id, out)
-        for step = 1, 3 do
-          out:send(id .. "." .. step)
-          knhk.checkpoint()
-        end
-      end, i, ch)
+      n:spawn(function(id, out, each)
+        for k = 1, 3 do each(id, k, out) end
+      end, i, ch, step)
     end
   end)
   ch:close()
   local events = {}
   for e in ch:values() do events[#events + 1] = e end
   return table.concat(events, " ")
+end
+
+-- Each step recorded, then the others may run.
+local function interleaving()
+  return recorded(function(id, k, out)
+    out:send(id .. "." .. k)
+    knhk.checkpoint()
+  end)
 end
 
 describe("seeded schedules", function()
@@ -185,21 +190,10 @@ describe("seeded schedules", function()
   -- record each step with the time it saw: timer wake-ups are part of
   -- the interleaving, and under the virtual clock reproducible too.
   local function timed_interleaving()
-    local ch = knhk.channel(64)
-    knhk.nursery(function(n)
-      for i = 1, 4 do
-        n:spawn(function(id, out)
-          for step = 1, 3 do
-            knhk.sleep(step == 2 and 1 or 0.5)
-            out:send(id .. "." .. step .. "@" .. knhk.now())
-          end
-        end, i, ch)
-      end
+    return recorded(function(id, k, out)
+      knhk.sleep(k == 2 and 1 or 0.5)
+      out:send(id .. "." .. k .. "@" .. knhk.now())
     end)
-    ch:close()
-    local events = {}
-    for e in ch:values() do events[#events + 1] = e end
-    return table.concat(events, " ")
   end
 
   -- Timers that fire at one virtual instant wake their tasks one by one:

@@ -760,11 +760,8 @@ static int noop_run(knhk_task_t *t) {
 TEST(executor_lazy_workers_start_none_without_work) {
   int before = thread_count();
   knhk_executor_t ex;
-  knhk_executor_options_t o;
-  knhk_executor_options_init(&o);
-  o.workers = 4;
-  o.flags = KNHK_EXECUTOR_LAZY_WORKERS;
-  ASSERT_OK(knhk_executor_init(&ex, &o));
+  start_flags = KNHK_EXECUTOR_LAZY_WORKERS;
+  start(&ex, 4);
   ASSERT_EQ(before + 1, thread_count()); /* worker 0 only */
   ASSERT_OK(knhk_executor_shutdown(&ex, KNHK_SHUTDOWN_GRACEFUL));
   knhk_executor_stats_t s;
@@ -777,8 +774,9 @@ TEST(executor_lazy_workers_start_none_without_work) {
   finish(&ex);
   ASSERT_EQ(before, thread_count());
   /* The caller's worker 0 and a task pinned to it: no thread at all. */
-  o.flags = KNHK_EXECUTOR_LAZY_WORKERS | KNHK_EXECUTOR_CALLER_IS_WORKER0;
-  ASSERT_OK(knhk_executor_init(&ex, &o));
+  start_flags = KNHK_EXECUTOR_LAZY_WORKERS | KNHK_EXECUTOR_CALLER_IS_WORKER0;
+  start(&ex, 4);
+  start_flags = 0;
   knhk_task_t t;
   knhk_group_t g;
   knhk_group_init(&g);
@@ -797,11 +795,9 @@ TEST(executor_lazy_workers_start_none_without_work) {
 TEST(executor_lazy_workers_start_for_work_and_share_it) {
   int before = thread_count();
   knhk_executor_t ex;
-  knhk_executor_options_t o;
-  knhk_executor_options_init(&o);
-  o.workers = 4;
-  o.flags = KNHK_EXECUTOR_LAZY_WORKERS | KNHK_EXECUTOR_CALLER_IS_WORKER0;
-  ASSERT_OK(knhk_executor_init(&ex, &o));
+  start_flags = KNHK_EXECUTOR_LAZY_WORKERS | KNHK_EXECUTOR_CALLER_IS_WORKER0;
+  start(&ex, 4);
+  start_flags = 0;
   ASSERT_EQ(before, thread_count());
   /* Spawns on worker 0 wake the sleepers, which start, steal and help. */
   fib_t f = {&ex, 22, 0};
