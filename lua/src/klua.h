@@ -335,6 +335,11 @@ void klua_wake(klua_task_t *t);
  * wakes its joiners. Its worker, once. */
 void klua_task_publish(klua_task_t *t, int outcome);
 int klua_task_outcome(const klua_task_t *t);
+/* A record of a task that ended well and was joined, made again from what
+ * a task handle kept of it (klua_core.c): for a handle that travels on
+ * after it let go of its record. A reference, or NULL if out of memory. */
+klua_task_t *klua_task_remade(klua_rt_t *rt, uint64_t id, const char *vals, uint32_t len,
+                              int nvals);
 /* The token t's checkpoints look at now. Its worker only. */
 knhk_token_t *klua_task_checkpoint_token(klua_task_t *t);
 /* t's own token, made (a child of its group's) on first use. Any thread. */

@@ -87,6 +87,22 @@ typedef struct {
   uint64_t gen;
 } handle_t;
 
+/* A task handle is a handle_t and, once the task ended well and was
+ * joined, what a join gives: the handle then lets go of the record (p is
+ * NULL), which goes back to its pool warm, at the join, instead of cold at
+ * the handle's collection; and the handle's finalizer has nothing to do.
+ * Only results that mean the same without the runtime are kept (nil,
+ * booleans, numbers, short strings): a handle with other results keeps its
+ * record. A detached handle that travels is given a record again
+ * (klua_task_remade). */
+enum { KEPT_BYTES = 20 };
+typedef struct {
+  handle_t h;
+  uint64_t id;
+  uint8_t nvals, len;
+  char vals[KEPT_BYTES];
+} task_handle_t;
+
 int klua_handle_kind(lua_State *L, int idx) {
   if (!lua_getmetatable(L, idx)) return 0;
   lua_rawget(L, UP_MTS);
@@ -109,7 +125,9 @@ static handle_t *check_handle(lua_State *L, int idx, int kind, const char *what)
   return h;
 }
 
-#define TASK_ARG(L, i) ((klua_task_t *)check_handle((L), (i), KLUA_H_TASK, "task handle")->p)
+/* The task handle at i; its record, or NULL if it let go of it (detached). */
+#define TASK_HANDLE(L, i) ((task_handle_t *)check_handle((L), (i), KLUA_H_TASK, "task handle"))
+#define TASK_ARG(L, i) ((klua_task_t *)TASK_HANDLE((L), (i))->h.p)
 #define GROUP_ARG(L, i) ((klua_group_t *)check_handle((L), (i), KLUA_H_NURSERY, "nursery")->p)
 #define SYNC_ARG(L, i, k, w) ((klua_sync_t *)check_handle((L), (i), (k), (w))->p)
 #define TOKEN_ARG(L, i) ((knhk_token_t *)check_handle((L), (i), KLUA_H_TOKEN, "token")->p)
@@ -159,7 +177,7 @@ static void push_handle(lua_State *L, int kind, void *p) {
     }
     lua_pop(L, 1);
   }
-  handle_t *h = lua_newuserdata(L, sizeof *h);
+  handle_t *h = lua_newuserdata(L, kind == KLUA_H_TASK ? sizeof(task_handle_t) : sizeof *h);
   h->p = p;
   h->gen = gen;
   lua_rawgeti(L, UP_MTS, kind);
@@ -174,10 +192,23 @@ static void push_handle(lua_State *L, int kind, void *p) {
 
 void klua_handle_push(lua_State *L, int kind, void *p) { push_handle(L, kind, p); }
 
+/* A detached task handle gets a record again (it is going to another
+ * task, which will want one); raises if out of memory. */
+static void reattach(lua_State *L, task_handle_t *th) {
+  klua_worker_t *w = klua_self();
+  if (th->h.p || !w) return;
+  th->h.p = klua_task_remade(w->rt, th->id, th->vals, th->len, th->nvals);
+  if (!th->h.p) luaL_error(L, "knhk: out of memory");
+}
+
 void *klua_handle_export(lua_State *L, int idx) {
   handle_t *h = lua_touserdata(L, idx);
   switch (klua_handle_kind(L, idx)) {
-  case KLUA_H_TASK: klua_task_retain(h->p); break;
+  case KLUA_H_TASK:
+    reattach(L, (task_handle_t *)h);
+    if (!h->p) luaL_error(L, "knhk: a task handle cannot leave its knhk.run");
+    klua_task_retain(h->p);
+    break;
   case KLUA_H_NURSERY: klua_group_retain(h->p); break;
   case KLUA_H_TOKEN: knhk_token_retain(h->p); break;
   default: klua_sync_retain(h->p); break;
@@ -838,15 +869,38 @@ static int wait_unless_cancelled(lua_State *L, klua_task_t *t, knhk_token_t *tok
   return 1;
 }
 
+/* A detached handle's results, as push_outcome gives a joined task's. */
+static int push_kept(lua_State *L, const task_handle_t *th) {
+  luaL_checkstack(L, th->nvals + 1, "too many results");
+  lua_pushinteger(L, ST_DONE);
+  return 1 + klua_values_push(L, th->vals, th->nvals, 0);
+}
+
+/* After a join of th's task that ended well: keeps its results in the
+ * handle and lets go of the record, if they are plain and small. */
+static void detach(task_handle_t *th, klua_task_t *t) {
+  if (t->pay != KLUA_PAY_INLINE || t->len > KEPT_BYTES || t->nvals > 255 ||
+      !klua_values_plain(t->data, t->nvals))
+    return;
+  memcpy(th->vals, t->data, t->len);
+  th->len = (uint8_t)t->len;
+  th->nvals = (uint8_t)t->nvals;
+  th->id = t->id;
+  th->h.p = NULL;
+  klua_task_release(t);
+}
+
 /* core.join_try(h) */
 static int l_join_try(lua_State *L) {
-  klua_task_t *target = TASK_ARG(L, 1);
+  task_handle_t *th = TASK_HANDLE(L, 1);
+  klua_task_t *target = th->h.p;
   klua_task_t *t = current(L, "join");
   if (target == t) return raise_at(L, 2, "join: a task cannot join itself%s%s", "", "");
   klua_wait_end(t);
   /* a checkpoint: a cancelled scope raises, whether or not it has ended */
   knhk_token_t *tok = klua_task_checkpoint_token(t);
   if (knhk_token_is_cancelled(tok)) return push_cancelled(L, tok);
+  if (!target) return push_kept(L, th);
   int oc = klua_task_outcome(target);
   if (oc == KLUA_RUNNING) {
     if (!klua_wait_arm_join(t, target)) return wait_unless_cancelled(L, t, tok, 1);
@@ -854,13 +908,17 @@ static int l_join_try(lua_State *L) {
     oc = klua_task_outcome(target);
   }
   atomic_fetch_or_explicit(&target->flags, KLUA_T_JOINED, memory_order_relaxed);
-  return push_outcome(L, target, oc);
+  int n = push_outcome(L, target, oc);
+  if (oc == KLUA_OK) detach(th, target);
+  return n;
 }
 
 /* core.outcome(h) -> outcome code, and the results as join_try gives
  * them (for a task known to have ended: a nursery's failures). */
 static int l_outcome(lua_State *L) {
-  klua_task_t *t = TASK_ARG(L, 1);
+  task_handle_t *th = TASK_HANDLE(L, 1);
+  if (!th->h.p) return push_kept(L, th);
+  klua_task_t *t = th->h.p;
   int oc = klua_task_outcome(t);
   if (oc == KLUA_RUNNING) {
     lua_pushinteger(L, ST_WAIT);
@@ -870,22 +928,29 @@ static int l_outcome(lua_State *L) {
 }
 
 static int l_task_id(lua_State *L) {
-  lua_pushnumber(L, (double)TASK_ARG(L, 1)->id);
+  task_handle_t *th = TASK_HANDLE(L, 1);
+  klua_task_t *t = th->h.p;
+  lua_pushnumber(L, (double)(t ? t->id : th->id));
   return 1;
 }
 
+/* A detached handle's task ended and was joined: done, joined, and
+ * cancelling it does nothing (as for any task that ended). */
 static int l_task_done(lua_State *L) {
-  lua_pushboolean(L, klua_task_outcome(TASK_ARG(L, 1)) != KLUA_RUNNING);
+  klua_task_t *t = TASK_ARG(L, 1);
+  lua_pushboolean(L, !t || klua_task_outcome(t) != KLUA_RUNNING);
   return 1;
 }
 
 static int l_task_joined(lua_State *L) {
-  lua_pushboolean(L, (atomic_load(&TASK_ARG(L, 1)->flags) & KLUA_T_JOINED) != 0);
+  klua_task_t *t = TASK_ARG(L, 1);
+  lua_pushboolean(L, !t || (atomic_load(&t->flags) & KLUA_T_JOINED) != 0);
   return 1;
 }
 
 static int l_task_cancel(lua_State *L) {
-  klua_task_cancel(TASK_ARG(L, 1));
+  klua_task_t *t = TASK_ARG(L, 1);
+  if (t) klua_task_cancel(t);
   return 0;
 }
 

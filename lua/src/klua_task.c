@@ -208,6 +208,24 @@ int klua_task_outcome(const klua_task_t *t) {
   return atomic_load_explicit(&((klua_task_t *)t)->outcome, memory_order_acquire);
 }
 
+klua_task_t *klua_task_remade(klua_rt_t *rt, uint64_t id, const char *vals, uint32_t len,
+                              int nvals) {
+  klua_task_t *t = klua_task_alloc(rt);
+  if (!t) return NULL;
+  char *out = klua_payload_room(t, len);
+  if (!out) {
+    klua_task_release(t);
+    return NULL;
+  }
+  memcpy(out, vals, len);
+  t->id = id;
+  t->pay = KLUA_PAY_INLINE;
+  t->nvals = nvals;
+  atomic_store_explicit(&t->flags, KLUA_T_JOINED, memory_order_relaxed);
+  atomic_store_explicit(&t->outcome, KLUA_OK, memory_order_release);
+  return t;
+}
+
 void klua_task_publish(klua_task_t *t, int outcome) {
   /* release: a joiner that reads the outcome (acquire) sees the payload */
   atomic_store_explicit(&t->outcome, outcome, memory_order_release);
