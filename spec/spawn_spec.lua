@@ -264,6 +264,29 @@ describe("a handle after its task was joined", function()
       end)
     end)
 
+    it("joins again to the same single result, whatever it is (" .. kind .. ")", function()
+      run(function()
+        local nan_bits = knhk[kind](function() return 0 / 0 end)
+        local v = nan_bits:join()
+        assert.is_true(v ~= v)
+        v = nan_bits:join()
+        assert.is_true(v ~= v)
+        for _, want in ipairs { -0.0, 2 ^ 53 + 2, -1.5, true, false } do
+          local h = knhk[kind](function() return want end)
+          assert.equal(want, h:join())
+          local again = h:join()
+          assert.equal(want, again)
+          if want == 0 then assert.equal(-math.huge, 1 / again) end
+        end
+        local none = knhk[kind](function() end)
+        assert.equal(0, select("#", none:join()))
+        assert.equal(0, select("#", none:join()))
+        local one_nil = knhk[kind](function() return nil end)
+        assert.equal(1, select("#", one_nil:join()))
+        assert.equal(1, select("#", one_nil:join()))
+      end)
+    end)
+
     it("keeps its id, and is done; cancel does nothing (" .. kind .. ")", function()
       run(function()
         local h = knhk[kind](function() return 42 end)
@@ -277,6 +300,25 @@ describe("a handle after its task was joined", function()
       end)
     end)
   end
+
+  it("travels to other tasks whatever it kept", function()
+    assert.same({ 0, 1, 1, 1, 1 }, run(function()
+      local hs = {
+        knhk.spawn(function() end), knhk.spawn(function() return nil end),
+        knhk.spawn(function() return false end), knhk.spawn(function() return true end),
+        knhk.spawn(function() return 2.5 end),
+      }
+      for _, h in ipairs(hs) do h:join() end
+      local counts = {}
+      for i, h in ipairs(hs) do
+        counts[i] = knhk.spawn(function(x) return select("#", x:join()) end, h):join()
+      end
+      assert.equal(2.5, knhk.spawn(function(x) return x:join() end, hs[5]):join())
+      assert.is_false(knhk.spawn(function(x) return x:join() end, hs[3]):join())
+      assert.is_true(knhk.spawn(function(x) return x:join() end, hs[4]):join())
+      return counts
+    end))
+  end)
 
   it("travels to other tasks as an argument, an upvalue and in a table", function()
     assert.same({ 8, 9, 10, 11 }, run(function()

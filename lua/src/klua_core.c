@@ -87,21 +87,26 @@ typedef struct {
   uint64_t gen;
 } handle_t;
 
-/* A task handle is a handle_t and, once the task ended well and was
- * joined, what a join gives: the handle then lets go of the record (p is
- * NULL), which goes back to its pool warm, at the join, instead of cold at
- * the handle's collection; and the handle's finalizer has nothing to do.
- * Only results that mean the same without the runtime are kept (nil,
- * booleans, numbers, short strings): a handle with other results keeps its
- * record. A detached handle that travels is given a record again
- * (klua_task_remade). */
-enum { KEPT_BYTES = 20 };
+/* A task handle is a handle_t and one word more. Once its task ended well
+ * with no result, or one that is nil, a boolean or a number, a join keeps
+ * that in the handle and lets go of the record (detach): the record goes
+ * back to its pool warm, at the join, instead of cold when the handle is
+ * collected, and the handle's finalizer has nothing left to do. A detached
+ * handle that travels is given a record again (reattach). Detached, `p` is
+ * not a pointer but the task's id and what it returned, with its low bit
+ * set (a record's address is even): id << 4 | kept << 1 | 1; `num` is the
+ * number it returned. (One word more, not room for any result: a million
+ * handles of sleeping tasks are a million userdata.) */
+enum { KEPT_NONE = 0, KEPT_NIL = 1, KEPT_FALSE = 2, KEPT_TRUE = 3, KEPT_NUMBER = 4 };
 typedef struct {
   handle_t h;
-  uint64_t id;
-  uint8_t nvals, len;
-  char vals[KEPT_BYTES];
+  double num;
 } task_handle_t;
+
+static int detached(const task_handle_t *th) { return ((uintptr_t)th->h.p & 1) != 0; }
+static klua_task_t *task_of(const task_handle_t *th) { return detached(th) ? NULL : th->h.p; }
+static uint64_t kept_id(const task_handle_t *th) { return (uintptr_t)th->h.p >> 4; }
+static int kept_what(const task_handle_t *th) { return (int)((uintptr_t)th->h.p >> 1) & 7; }
 
 int klua_handle_kind(lua_State *L, int idx) {
   if (!lua_getmetatable(L, idx)) return 0;
@@ -127,7 +132,7 @@ static handle_t *check_handle(lua_State *L, int idx, int kind, const char *what)
 
 /* The task handle at i; its record, or NULL if it let go of it (detached). */
 #define TASK_HANDLE(L, i) ((task_handle_t *)check_handle((L), (i), KLUA_H_TASK, "task handle"))
-#define TASK_ARG(L, i) ((klua_task_t *)TASK_HANDLE((L), (i))->h.p)
+#define TASK_ARG(L, i) task_of(TASK_HANDLE((L), (i)))
 #define GROUP_ARG(L, i) ((klua_group_t *)check_handle((L), (i), KLUA_H_NURSERY, "nursery")->p)
 #define SYNC_ARG(L, i, k, w) ((klua_sync_t *)check_handle((L), (i), (k), (w))->p)
 #define TOKEN_ARG(L, i) ((knhk_token_t *)check_handle((L), (i), KLUA_H_TOKEN, "token")->p)
@@ -192,13 +197,33 @@ static void push_handle(lua_State *L, int kind, void *p) {
 
 void klua_handle_push(lua_State *L, int kind, void *p) { push_handle(L, kind, p); }
 
+/* A detached handle's result in klua_value form (<= 9 bytes); its count. */
+static int kept_encode(const task_handle_t *th, char *buf, uint32_t *len) {
+  static const char tags[] = {0, KLUA_V_NIL, KLUA_V_FALSE, KLUA_V_TRUE, KLUA_V_NUMBER};
+  int what = kept_what(th);
+  *len = 0;
+  if (what == KEPT_NONE) return 0;
+  buf[0] = tags[what];
+  *len = 1;
+  if (what == KEPT_NUMBER) {
+    memcpy(buf + 1, &th->num, 8);
+    *len = 9;
+  }
+  return 1;
+}
+
 /* A detached task handle gets a record again (it is going to another
  * task, which will want one); raises if out of memory. */
 static void reattach(lua_State *L, task_handle_t *th) {
   klua_worker_t *w = klua_self();
-  if (th->h.p || !w) return;
-  th->h.p = klua_task_remade(w->rt, th->id, th->vals, th->len, th->nvals);
-  if (!th->h.p) luaL_error(L, "knhk: out of memory");
+  if (!detached(th)) return;
+  if (!w) luaL_error(L, "knhk: a task handle cannot leave its knhk.run");
+  char buf[9];
+  uint32_t len;
+  int n = kept_encode(th, buf, &len);
+  klua_task_t *t = klua_task_remade(w->rt, kept_id(th), buf, len, n);
+  if (!t) luaL_error(L, "knhk: out of memory");
+  th->h.p = t;
 }
 
 void *klua_handle_export(lua_State *L, int idx) {
@@ -206,7 +231,6 @@ void *klua_handle_export(lua_State *L, int idx) {
   switch (klua_handle_kind(L, idx)) {
   case KLUA_H_TASK:
     reattach(L, (task_handle_t *)h);
-    if (!h->p) luaL_error(L, "knhk: a task handle cannot leave its knhk.run");
     klua_task_retain(h->p);
     break;
   case KLUA_H_NURSERY: klua_group_retain(h->p); break;
@@ -229,6 +253,7 @@ static int handle_gc(lua_State *L) {
   handle_t *h = lua_touserdata(L, 1);
   int kind = klua_handle_kind(L, 1);
   if (!h || !h->p || !kind) return 0;
+  if (kind == KLUA_H_TASK && detached((task_handle_t *)h)) return 0;
   if ((kind == KLUA_H_TASK || kind == KLUA_H_NURSERY) &&
       h->gen != atomic_load_explicit(&live_gen, memory_order_acquire))
     return 0; /* its runtime, and the memory, are gone */
@@ -871,29 +896,39 @@ static int wait_unless_cancelled(lua_State *L, klua_task_t *t, knhk_token_t *tok
 
 /* A detached handle's results, as push_outcome gives a joined task's. */
 static int push_kept(lua_State *L, const task_handle_t *th) {
-  luaL_checkstack(L, th->nvals + 1, "too many results");
   lua_pushinteger(L, ST_DONE);
-  return 1 + klua_values_push(L, th->vals, th->nvals, 0);
+  switch (kept_what(th)) {
+  case KEPT_NONE: return 1;
+  case KEPT_NIL: lua_pushnil(L); break;
+  case KEPT_FALSE: lua_pushboolean(L, 0); break;
+  case KEPT_TRUE: lua_pushboolean(L, 1); break;
+  default: lua_pushnumber(L, th->num); break;
+  }
+  return 2;
 }
 
-/* After a join of th's task that ended well: keeps its results in the
- * handle and lets go of the record, if they are plain and small. */
+/* After a join of th's task, which ended well: keeps its result in the
+ * handle and lets go of the record, if the result fits. */
 static void detach(task_handle_t *th, klua_task_t *t) {
-  if (t->pay != KLUA_PAY_INLINE || t->len > KEPT_BYTES || t->nvals > 255 ||
-      !klua_values_plain(t->data, t->nvals))
-    return;
-  memcpy(th->vals, t->data, t->len);
-  th->len = (uint8_t)t->len;
-  th->nvals = (uint8_t)t->nvals;
-  th->id = t->id;
-  th->h.p = NULL;
+  if (t->pay != KLUA_PAY_INLINE || t->nvals > 1) return;
+  int what = KEPT_NONE;
+  if (t->nvals == 1) {
+    switch (t->data[0]) {
+    case KLUA_V_NIL: what = KEPT_NIL; break;
+    case KLUA_V_FALSE: what = KEPT_FALSE; break;
+    case KLUA_V_TRUE: what = KEPT_TRUE; break;
+    case KLUA_V_NUMBER: what = KEPT_NUMBER; memcpy(&th->num, t->data + 1, 8); break;
+    default: return;
+    }
+  }
+  th->h.p = (void *)(uintptr_t)(t->id << 4 | (uint64_t)what << 1 | 1);
   klua_task_release(t);
 }
 
 /* core.join_try(h) */
 static int l_join_try(lua_State *L) {
   task_handle_t *th = TASK_HANDLE(L, 1);
-  klua_task_t *target = th->h.p;
+  klua_task_t *target = task_of(th);
   klua_task_t *t = current(L, "join");
   if (target == t) return raise_at(L, 2, "join: a task cannot join itself%s%s", "", "");
   klua_wait_end(t);
@@ -917,8 +952,8 @@ static int l_join_try(lua_State *L) {
  * them (for a task known to have ended: a nursery's failures). */
 static int l_outcome(lua_State *L) {
   task_handle_t *th = TASK_HANDLE(L, 1);
-  if (!th->h.p) return push_kept(L, th);
-  klua_task_t *t = th->h.p;
+  klua_task_t *t = task_of(th);
+  if (!t) return push_kept(L, th);
   int oc = klua_task_outcome(t);
   if (oc == KLUA_RUNNING) {
     lua_pushinteger(L, ST_WAIT);
@@ -929,8 +964,8 @@ static int l_outcome(lua_State *L) {
 
 static int l_task_id(lua_State *L) {
   task_handle_t *th = TASK_HANDLE(L, 1);
-  klua_task_t *t = th->h.p;
-  lua_pushnumber(L, (double)(t ? t->id : th->id));
+  klua_task_t *t = task_of(th);
+  lua_pushnumber(L, (double)(t ? t->id : kept_id(th)));
   return 1;
 }
 
@@ -1677,8 +1712,9 @@ static int l_metatables(lua_State *L) {
 /* core.handle_ptr(handle) -> lightuserdata of the object (for the FFI) */
 static int l_handle_ptr(lua_State *L) {
   handle_t *h = lua_touserdata(L, 1);
-  if (!h || !klua_handle_kind(L, 1)) return luaL_argerror(L, 1, "knhk handle expected");
-  lua_pushlightuserdata(L, h->p);
+  int kind = h ? klua_handle_kind(L, 1) : 0;
+  if (!kind) return luaL_argerror(L, 1, "knhk handle expected");
+  lua_pushlightuserdata(L, kind == KLUA_H_TASK ? (void *)task_of((task_handle_t *)h) : h->p);
   return 1;
 }
 

@@ -177,20 +177,6 @@ const char *klua_values_skip(const char *buf, int n) {
   return buf;
 }
 
-/* Whether every one of the n values at buf is plain (nil, a boolean, a
- * number or a string): values that mean the same without a runtime, as
- * no handle, `self` or named value does. */
-int klua_values_plain(const char *buf, int n) {
-  for (int i = 0; i < n; i++) {
-    int tag = *buf;
-    if (tag != KLUA_V_NIL && tag != KLUA_V_FALSE && tag != KLUA_V_TRUE &&
-        tag != KLUA_V_NUMBER && tag != KLUA_V_STRING)
-      return 0;
-    buf = skip_value(buf, 0);
-  }
-  return 1;
-}
-
 /* Drops the references the handles in n values hold (values never pushed). */
 void klua_values_drop(const char *buf, int n) {
   for (int i = 0; i < n; i++) buf = skip_value(buf, 1);

@@ -27,8 +27,6 @@ int klua_values_push(lua_State *L, const char *buf, int n, int self);
 /* Drops the handles' references of n values that will never be pushed. */
 void klua_values_drop(const char *buf, int n);
 void klua_values_drop_len(const char *buf, uint32_t len);
-/* Whether the n values are nil, booleans, numbers and strings only. */
-int klua_values_plain(const char *buf, int n);
 /* Past n values. */
 const char *klua_values_skip(const char *buf, int n);
 
