@@ -358,9 +358,17 @@ describe("a handle after its task was joined", function()
       local s2, t2 = h:join()
       assert.equal(long, s2)
       assert.same({ 1, 2 }, t2)
+      -- a handle among the results: every join gets it, working
       local handle_result = knhk.spawn(function() return knhk.channel(1) end)
       local c1 = handle_result:join()
       assert.equal(c1, handle_result:join())
+      c1:send("still open")
+      assert.equal("still open", handle_result:join():recv())
+      local in_table = knhk.spawn(function() return { ch = knhk.channel(1) } end)
+      local c2 = in_table:join().ch
+      assert.equal(c2, in_table:join().ch)
+      c2:send("here")
+      assert.equal("here", in_table:join().ch:recv())
     end)
   end)
 

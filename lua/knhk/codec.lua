@@ -526,6 +526,19 @@ local function put_builtin(buf, v, name)
   M.on_named(v, "B" .. name)
 end
 
+-- The reference a handle's export takes belongs to the snapshot: its owner
+-- (a task's record, for results) is told which handles it holds.
+local function put_handle(enc, v, h)
+  put_named(enc.buf, T_HANDLE, h.name)
+  local hs = enc.handles
+  if not hs then
+    hs = {}
+    enc.handles = hs
+  end
+  hs[#hs + 1] = v
+  return encode_value(enc, h.export(v))
+end
+
 local function encode_table(enc, t)
   local buf = enc.buf
   local mt = getmetatable(t)
@@ -533,10 +546,7 @@ local function encode_table(enc, t)
     local cname = classes[mt]
     if not cname then
       local h = handle_kinds[mt]
-      if h then
-        put_named(buf, T_HANDLE, h.name)
-        return encode_value(enc, h.export(t))
-      end
+      if h then return put_handle(enc, t, h) end
       refuse(enc, t, "a table with a metatable knhk does not know (register it with knhk.codec)")
     end
     put_named(buf, T_CLASS, cname)
@@ -725,10 +735,7 @@ encode_value = function(enc, v)
       encode_function(enc, v)
     else
       local h = handle_kinds[handle_key(v)]
-      if h then
-        put_named(buf, T_HANDLE, h.name)
-        return encode_value(enc, h.export(v))
-      end
+      if h then return put_handle(enc, v, h) end
       refuse(enc, v)
     end
   end
@@ -749,6 +756,7 @@ local function take_encoder(places)
   end
   enc.seen, enc.uvs, enc.path = {}, {}, {}
   enc.nrefs, enc.depth, enc.places, enc.modules_indexed = 0, 0, places, false
+  enc.handles = nil
   return enc
 end
 
@@ -771,12 +779,15 @@ end
 -- Encodes n values; `places(i)` names value i for refusals (e.g.
 -- "argument 2"). Returns a string, or raises a refusal table
 -- { knhk_refused = true, message = ... } (or an error user code raised).
+-- Also returns the handles the snapshot holds a reference to, if any (a
+-- list), for an owner that must drop them (knhk.runtime's task results).
 function M.encode(n, places, ...)
   local enc = take_encoder(places)
   local ok, res = pcall(encode_all, enc, n, ...)
+  local handles = enc.handles
   give_back(enc)
   if not ok then error(res, 0) end
-  return res
+  return res, handles
 end
 
 -- The prototype of fn as one number, for the C side's cache (klua_core.c):
@@ -953,7 +964,7 @@ decode_value = function(r)
     local name = rd_str(r)
     local import = handle_names[name]
     if not import then error("knhk.codec: no handle kind " .. name .. " in this VM") end
-    return import(decode_value(r))
+    return import(decode_value(r), r.copies)
   elseif tag == T_FN then return decode_function(r)
   end
   error("knhk.codec: corrupt snapshot (tag " .. tostring(tag) .. ")")
@@ -966,18 +977,27 @@ end
 
 -- Decodes a snapshot made by encode from `len` bytes at `ptr` (a cdata
 -- pointer) or from a string. Returns n, then the values.
-function M.decode(ptr, len)
+local function decode(ptr, copies)
   local keep
   if type(ptr) == "string" then
     keep = ptr
     ptr = ffi.cast("const uint8_t*", keep)
   end
-  local r = { p = ffi.cast("const uint8_t*", ptr), pos = 0, refs = {}, nrefs = 0, keep = keep }
+  local r = { p = ffi.cast("const uint8_t*", ptr), pos = 0, refs = {}, nrefs = 0, keep = keep,
+              copies = copies }
   local n = rd_uleb(r)
   local vals = {}
   for i = 1, n do vals[i] = decode_value(r) end
   return n, unpack_n(vals, 1, n)
 end
+
+-- Decodes a snapshot read once (a start, a message): its handles' references
+-- go to the handles made.
+function M.decode(ptr) return decode(ptr, false) end
+
+-- Decodes a snapshot read as often as asked (a task's results, which every
+-- join decodes): the handles made take references of their own.
+function M.decode_copies(ptr) return decode(ptr, true) end
 
 -- The runtime tells the codec where prototypes are interned. Ids from an
 -- earlier runtime mean nothing in this one: every cache starts empty.

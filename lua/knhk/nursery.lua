@@ -36,7 +36,7 @@ end
 codec.register_handle("nursery", mts.nursery, function(h)
   if core.nursery_closed(h) then error("a nursery that has closed cannot be given to a task", 0) end
   return select(2, core.export(h))
-end, function(n) return core.import(7, n) end)
+end, function(n, copy) return core.import(7, n, copy) end)
 
 function M.is_nursery(v) return getmetatable(v) == mts.nursery end
 

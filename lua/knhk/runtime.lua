@@ -137,7 +137,7 @@ M.capture = capture
 -- gave as (status, payload).
 local function task_failure(id, outcome, st, payload)
   if st == BLOB then
-    local _, e = codec.decode(payload)
+    local _, e = codec.decode_copies(payload)
     if outcome == CANCELLED_OUTCOME then
       if not errors.is_signal(e) then e = errors.cancelled(nil) end
       return errors.task_error("task " .. id .. " was cancelled", nil, e)
@@ -161,7 +161,7 @@ function M.results(h)
   -- results, as many as the task returned
   local function values(st, ...)
     if st == DONE then return ... end
-    if st == BLOB then return select(2, codec.decode((select(2, ...)))) end
+    if st == BLOB then return select(2, codec.decode_copies((select(2, ...)))) end
   end
   return values(core.outcome(h))
 end
@@ -213,8 +213,8 @@ local function complete_slow(st, ok, ...)
     end
   end
   if ok then
-    local good, snap = pcall(encode, res.n - 1, as_result, unpack(res, 2, res.n))
-    if good then return core.finish_blob(OK, snap) end
+    local good, snap, handles = pcall(encode, res.n - 1, as_result, unpack(res, 2, res.n))
+    if good then return core.finish_blob(OK, snap, handles) end
     -- the joiner may be far from the task: say which task could not return
     local msg = string.format("task %d (%s) cannot return its results: %s", core.current() or 0,
       core.place(), type(snap) == "table" and snap.message or tostring(snap))
@@ -223,8 +223,8 @@ local function complete_slow(st, ok, ...)
   local e = res[2]
   if errors.is_signal(e) then return core.finish_blob(CANCELLED_OUTCOME, encode(1, as_error, e)) end
   telemetry().task_error(e)
-  local good, snap = pcall(encode, 1, as_error, e)
-  if good then return core.finish_blob(ERROR, snap) end
+  local good, snap, handles = pcall(encode, 1, as_error, e)
+  if good then return core.finish_blob(ERROR, snap, handles) end
   -- an error value that cannot travel: its message and traceback do
   return core.finish_blob(ERROR, encode(1, as_error, errors.task_error(errors.message(e),
     type(e) == "table" and e.traceback or nil, nil)))
@@ -389,7 +389,7 @@ function M.run(main, cfg, ...)
     local st, outcome, payload = core.outcome(h)
     if st == DONE then return pack(true, select(2, core.outcome(h))) end
     if outcome == OK then
-      if st == BLOB then return pack(true, select(2, codec.decode(payload))) end
+      if st == BLOB then return pack(true, select(2, codec.decode_copies(payload))) end
       return pack(true)
     end
     local stalled, stuck = core.stalled(r)

@@ -160,7 +160,7 @@ mts.token.__tostring = function(t)
   return "knhk.token" .. (core.token_is_cancelled(t) and " (cancelled)" or "")
 end
 codec.register_handle("token", mts.token, function(h) return select(2, core.export(h)) end,
-  function(n) return core.import(6, n) end)
+  function(n, copy) return core.import(6, n, copy) end)
 
 function M.is_token(v) return getmetatable(v) == mts.token end
 

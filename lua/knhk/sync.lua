@@ -16,7 +16,7 @@ local mts = core.metatables()
 
 local function handle_kind(name, mt, kind)
   codec.register_handle(name, mt, function(h) return select(2, core.export(h)) end,
-    function(n) return core.import(kind, n) end)
+    function(n, copy) return core.import(kind, n, copy) end)
 end
 
 -- ------------------------------------------------------------- channels

@@ -26,7 +26,7 @@ local bad_self = check.bad_self
 mts.task.__tostring = function(h) return "knhk.task#" .. string.format("%d", core.task_id(h)) end
 
 codec.register_handle("task", mts.task, function(h) return select(2, core.export(h)) end,
-  function(n) return core.import(1, n) end)
+  function(n, copy) return core.import(1, n, copy) end)
 
 function M.is_task(v) return getmetatable(v) == mts.task end
 
@@ -95,7 +95,7 @@ join_slow = function(h, st, a, b)
   end
   if st == CANCELLED then R.raise_cancelled(a) end
   -- it ended otherwise than with inline results
-  if st == R.BLOB and a == R.OK then return select(2, codec.decode(b)) end
+  if st == R.BLOB and a == R.OK then return select(2, codec.decode_copies(b)) end
   if a == R.OK then return end
   error(R.task_failure(core.task_id(h), a, st, b), 0)
 end

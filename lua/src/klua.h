@@ -66,6 +66,9 @@ enum {
 };
 
 enum { KLUA_INLINE = 32 }; /* payload bytes held in the record itself */
+/* A results snapshot (KLUA_PAY_BLOB) is followed by the nvals handles it
+ * holds references to, each an inline value of this size (klua_value.c). */
+enum { KLUA_BLOB_HANDLE_BYTES = 10 };
 /* An inline start's `proto`: the prototype id, and above it the number of
  * the globals' name-value pairs that follow the upvalues in the payload. */
 #define KLUA_PROTO_ID_MASK 0xffffffu
@@ -347,6 +350,9 @@ knhk_token_t *klua_task_own_token(klua_task_t *t);
 /* Cancels t alone (h:cancel()). Any thread. */
 void klua_task_cancel(klua_task_t *t);
 void klua_payload_reset(klua_task_t *t);
+/* At the end of a run, for a record still referenced: the references its
+ * results hold to objects that outlive the run (channels, tokens, ...). */
+void klua_results_drop_foreign(klua_task_t *t);
 /* Room for len payload bytes (the record's own, or malloc'd); NULL if out of memory. */
 char *klua_payload_room(klua_task_t *t, uint32_t len);
 

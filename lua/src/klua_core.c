@@ -228,16 +228,19 @@ static void reattach(lua_State *L, task_handle_t *th) {
 
 void *klua_handle_export(lua_State *L, int idx) {
   handle_t *h = lua_touserdata(L, idx);
-  switch (klua_handle_kind(L, idx)) {
-  case KLUA_H_TASK:
-    reattach(L, (task_handle_t *)h);
-    klua_task_retain(h->p);
-    break;
-  case KLUA_H_NURSERY: klua_group_retain(h->p); break;
-  case KLUA_H_TOKEN: knhk_token_retain(h->p); break;
-  default: klua_sync_retain(h->p); break;
-  }
+  int kind = klua_handle_kind(L, idx);
+  if (kind == KLUA_H_TASK) reattach(L, (task_handle_t *)h);
+  klua_handle_retain(kind, h->p);
   return h->p;
+}
+
+void klua_handle_retain(int kind, void *p) {
+  switch (kind) {
+  case KLUA_H_TASK: klua_task_retain(p); break;
+  case KLUA_H_NURSERY: klua_group_retain(p); break;
+  case KLUA_H_TOKEN: knhk_token_retain(p); break;
+  default: klua_sync_retain(p); break;
+  }
 }
 
 void klua_handle_drop(int kind, void *p) {
@@ -802,16 +805,38 @@ static int l_finish(lua_State *L) {
   return 1;
 }
 
-/* core.finish_blob(outcome, snapshot) */
+/* core.finish_blob(outcome, snapshot [, handles]): `handles`, the list of
+ * the handles the snapshot holds a reference to (knhk.codec's encode),
+ * follows the snapshot in the payload as inline values, nvals of them: the
+ * record drops them when it is freed (every join decodes copies). */
 static int l_finish_blob(lua_State *L) {
   klua_task_t *t = current(L, "knhk.runtime");
   int outcome = (int)luaL_checkinteger(L, 1);
   size_t len;
   const char *snap = luaL_checklstring(L, 2, &len);
-  char *out = klua_payload_room(t, (uint32_t)len);
+  int nh = lua_istable(L, 3) ? (int)lua_objlen(L, 3) : 0;
+  char *out = klua_payload_room(t, (uint32_t)(len + (size_t)nh * KLUA_BLOB_HANDLE_BYTES));
   if (out) {
     memcpy(out, snap, len);
+    char *p = out + len;
+    int kept = 0;
+    for (int i = 1; i <= nh; i++) {
+      lua_rawgeti(L, 3, i);
+      handle_t *h = lua_touserdata(L, -1);
+      int kind = h ? klua_handle_kind(L, -1) : 0;
+      lua_pop(L, 1);
+      if (!kind) continue; /* a kind registered by others: theirs to own */
+      /* the codec exported it: a handle with its object (reattached) */
+      p[0] = KLUA_V_HANDLE;
+      p[1] = (char)kind;
+      uint64_t u = (uintptr_t)h->p;
+      memcpy(p + 2, &u, 8);
+      p += KLUA_BLOB_HANDLE_BYTES;
+      kept++;
+    }
+    t->len = (uint32_t)(len + (size_t)kept * KLUA_BLOB_HANDLE_BYTES);
     t->pay = KLUA_PAY_BLOB;
+    t->nvals = kept;
   }
   retire_fn(L, t);
   klua_task_publish(t, outcome);
@@ -849,13 +874,13 @@ static int push_outcome(lua_State *L, klua_task_t *t, int oc) {
     if (oc == KLUA_OK) {
       luaL_checkstack(L, t->nvals + 1, "too many results");
       lua_pushinteger(L, ST_DONE);
-      return 1 + klua_values_push(L, t->data, t->nvals, 0);
+      return 1 + klua_values_push_copies(L, t->data, t->nvals);
     }
     break;
   case KLUA_PAY_BLOB:
     lua_pushinteger(L, ST_BLOB);
     lua_pushinteger(L, oc);
-    lua_pushlstring(L, t->data, t->len);
+    lua_pushlstring(L, t->data, t->len - (uint32_t)t->nvals * KLUA_BLOB_HANDLE_BYTES);
     return 3;
   case KLUA_PAY_MESSAGE:
     lua_pushinteger(L, ST_MESSAGE);
@@ -1728,9 +1753,12 @@ static int l_export(lua_State *L) {
   return 2;
 }
 
+/* core.import(kind, number [, copy]): copy, a snapshot read more than once
+ * (results): the handle takes a reference of its own. */
 static int l_import(lua_State *L) {
   int kind = (int)luaL_checkinteger(L, 1);
   void *p = (void *)(uintptr_t)luaL_checknumber(L, 2);
+  if (lua_toboolean(L, 3)) klua_handle_retain(kind, p);
   push_handle(L, kind, p);
   return 1;
 }

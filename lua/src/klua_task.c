@@ -163,8 +163,25 @@ char *klua_payload_room(klua_task_t *t, uint32_t len) {
   return t->data;
 }
 
+/* The handles t's results hold references to (every join pushed copies):
+ * the inline values, or those that follow a snapshot. */
+static void results_drop(klua_task_t *t, int foreign_only) {
+  const char *p = t->data;
+  uint32_t len = t->len;
+  if (t->pay == KLUA_PAY_BLOB) {
+    len = (uint32_t)t->nvals * KLUA_BLOB_HANDLE_BYTES;
+    p += t->len - len;
+  } else if (t->pay != KLUA_PAY_INLINE) {
+    return;
+  }
+  klua_values_drop_kinds(p, len, foreign_only);
+}
+
+void klua_results_drop_foreign(klua_task_t *t) { results_drop(t, 1); }
+
 static void task_free(klua_task_t *t) {
   klua_rt_t *rt = t->rt;
+  results_drop(t, 0);
   klua_payload_reset(t);
   free(t->w.watch); /* its wait ended: knhk_token_off returned */
   t->w.watch = NULL;

@@ -104,8 +104,9 @@ void klua_values_encode(lua_State *L, int first, int n, char *out, const void *s
 }
 
 /* Pushes the n values at buf (self: the stack index of the function that
- * "self" means, or 0). Handles become userdata that own the reference. */
-int klua_values_push(lua_State *L, const char *buf, int n, int self) {
+ * "self" means, or 0). Handles become userdata that own the reference;
+ * with `copy`, a reference of their own (the buffer keeps its own). */
+static int push_values(lua_State *L, const char *buf, int n, int self, int copy) {
   const char *p = buf;
   for (int i = 0; i < n; i++) {
     switch (*p++) {
@@ -135,6 +136,7 @@ int klua_values_push(lua_State *L, const char *buf, int n, int self) {
       uint64_t u;
       memcpy(&u, p, 8);
       p += 8;
+      if (copy) klua_handle_retain(kind, (void *)(uintptr_t)u);
       klua_handle_push(L, kind, (void *)(uintptr_t)u);
       break;
     }
@@ -151,7 +153,16 @@ int klua_values_push(lua_State *L, const char *buf, int n, int self) {
   return n;
 }
 
-/* Past one value at p; drops its reference if it is a handle and `drop`. */
+int klua_values_push(lua_State *L, const char *buf, int n, int self) {
+  return push_values(L, buf, n, self, 0);
+}
+
+int klua_values_push_copies(lua_State *L, const char *buf, int n) {
+  return push_values(L, buf, n, 0, 1);
+}
+
+/* Past one value at p; drops its reference if it is a handle and `drop`
+ * (2: only if its object outlives the run: not a task or a nursery). */
 static const char *skip_value(const char *p, int drop) {
   switch (*p++) {
   case KLUA_V_NUMBER: return p + 8;
@@ -165,7 +176,8 @@ static const char *skip_value(const char *p, int drop) {
     int kind = (unsigned char)*p++;
     uint64_t u;
     memcpy(&u, p, 8);
-    if (drop) klua_handle_drop(kind, (void *)(uintptr_t)u);
+    if (drop == 1 || (drop == 2 && kind != KLUA_H_TASK && kind != KLUA_H_NURSERY))
+      klua_handle_drop(kind, (void *)(uintptr_t)u);
     return p + 8;
   }
   default: return p;
@@ -183,7 +195,9 @@ void klua_values_drop(const char *buf, int n) {
 }
 
 /* The same for every value in len bytes. */
-void klua_values_drop_len(const char *buf, uint32_t len) {
+void klua_values_drop_len(const char *buf, uint32_t len) { klua_values_drop_kinds(buf, len, 0); }
+
+void klua_values_drop_kinds(const char *buf, uint32_t len, int foreign_only) {
   const char *end = buf + len;
-  while (buf < end) buf = skip_value(buf, 1);
+  while (buf < end) buf = skip_value(buf, foreign_only ? 2 : 1);
 }

@@ -24,9 +24,15 @@ int64_t klua_values_size(lua_State *L, int first, int n, const void *self);
 void klua_values_encode(lua_State *L, int first, int n, char *out, const void *self);
 /* Pushes n values; `self`: stack index of the function "self" stands for. */
 int klua_values_push(lua_State *L, const char *buf, int n, int self);
+/* The same, leaving the buffer its references (values read more than once:
+ * a task's results, which every join pushes). */
+int klua_values_push_copies(lua_State *L, const char *buf, int n);
 /* Drops the handles' references of n values that will never be pushed. */
 void klua_values_drop(const char *buf, int n);
 void klua_values_drop_len(const char *buf, uint32_t len);
+/* foreign_only: only the handles whose objects outlive a run (not tasks,
+ * nurseries: a run's end frees those with their slabs). */
+void klua_values_drop_kinds(const char *buf, uint32_t len, int foreign_only);
 /* Past n values. */
 const char *klua_values_skip(const char *buf, int n);
 
@@ -35,6 +41,7 @@ int klua_handle_kind(lua_State *L, int idx);           /* KLUA_H_*, or 0 */
 void *klua_handle_export(lua_State *L, int idx);       /* retains; the object */
 void klua_handle_push(lua_State *L, int kind, void *p); /* takes the reference */
 void klua_handle_drop(int kind, void *p);
+void klua_handle_retain(int kind, void *p);
 uint32_t klua_named_id(lua_State *L, int idx);          /* its id, or 0: not named */
 void klua_named_push(lua_State *L, uint32_t id);        /* the value id names here */
 
