@@ -40,12 +40,12 @@ end
 -- A refusal is raised as "<what>: <place> is a ...", places named by
 -- places(i) (1: the function, then its arguments).
 local function spawn_blob_as(nursery, what, places, fn, ...)
-  local ok, snap = pcall(codec.encode, select("#", ...) + 1, places, fn, ...)
+  local ok, snap, handles = pcall(codec.encode, select("#", ...) + 1, places, fn, ...)
   if not ok then
     if type(snap) == "table" and snap.knhk_refused then R.raise(what .. ": " .. snap.message) end
     error(snap, 0)
   end
-  return core.spawn_blob(nursery, snap, codec.place_of(fn))
+  return core.spawn_blob(nursery, snap, codec.place_of(fn), handles)
 end
 
 local function spawn_blob(nursery, fn, ...) return spawn_blob_as(nursery, "spawn", spawn_places, fn, ...) end

@@ -351,8 +351,8 @@ knhk_token_t *klua_task_own_token(klua_task_t *t);
 void klua_task_cancel(klua_task_t *t);
 void klua_payload_reset(klua_task_t *t);
 /* At the end of a run, for a record still referenced: the references its
- * results hold to objects that outlive the run (channels, tokens, ...). */
-void klua_results_drop_foreign(klua_task_t *t);
+ * payload holds to objects that outlive the run (channels, tokens, ...). */
+void klua_payload_drop_foreign(klua_task_t *t);
 /* Room for len payload bytes (the record's own, or malloc'd); NULL if out of memory. */
 char *klua_payload_room(klua_task_t *t, uint32_t len);
 

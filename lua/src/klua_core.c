@@ -574,8 +574,45 @@ static int l_nursery_spawn_local(lua_State *L) {
   return spawn_local(L, 2, GROUP_ARG(L, 1), "spawn_local", "spawn_local");
 }
 
-/* core.spawn_blob(nursery|nil, snapshot, place) -> handle: a start the
- * codec made (the function's globals, tables, ...). */
+/* t's payload: a snapshot and, after it, the handles it holds references
+ * to (the list at index hidx: knhk.codec's encode gives it), as nvals
+ * inline values, so that whoever never decodes it (a start that never ran)
+ * or decodes it many times (results: every join decodes copies) can drop
+ * them. 0 if out of memory. */
+static int blob_payload(lua_State *L, klua_task_t *t, const char *snap, size_t len, int hidx) {
+  int nh = lua_istable(L, hidx) ? (int)lua_objlen(L, hidx) : 0;
+  char *out = klua_payload_room(t, (uint32_t)(len + (size_t)nh * KLUA_BLOB_HANDLE_BYTES));
+  if (!out) return 0;
+  memcpy(out, snap, len);
+  char *p = out + len;
+  int kept = 0;
+  for (int i = 1; i <= nh; i++) {
+    lua_rawgeti(L, hidx, i);
+    handle_t *h = lua_touserdata(L, -1);
+    int kind = h ? klua_handle_kind(L, -1) : 0;
+    lua_pop(L, 1);
+    if (!kind) continue; /* a kind registered by others: theirs to own */
+    /* the codec exported it: a handle with its object (reattached) */
+    p[0] = KLUA_V_HANDLE;
+    p[1] = (char)kind;
+    uint64_t u = (uintptr_t)h->p;
+    memcpy(p + 2, &u, 8);
+    p += KLUA_BLOB_HANDLE_BYTES;
+    kept++;
+  }
+  t->len = (uint32_t)(len + (size_t)kept * KLUA_BLOB_HANDLE_BYTES);
+  t->pay = KLUA_PAY_BLOB;
+  t->nvals = kept;
+  return 1;
+}
+
+/* The snapshot of a BLOB payload, without the handles after it. */
+static uint32_t blob_len(const klua_task_t *t) {
+  return t->len - (uint32_t)t->nvals * KLUA_BLOB_HANDLE_BYTES;
+}
+
+/* core.spawn_blob(nursery|nil, snapshot, place [, handles]) -> handle: a
+ * start the codec made (the function's globals, tables, ...). */
 static int l_spawn_blob(lua_State *L) {
   klua_task_t *cur = current(L, "spawn");
   klua_group_t *g = lua_isnil(L, 1) ? implicit_group(L, cur) : GROUP_ARG(L, 1);
@@ -583,14 +620,11 @@ static int l_spawn_blob(lua_State *L) {
   const char *snap = luaL_checklstring(L, 2, &len);
   const char *place = luaL_checkstring(L, 3);
   klua_task_t *t = klua_task_alloc(cur->rt);
-  char *out = t ? klua_payload_room(t, (uint32_t)len) : NULL;
-  if (!out) {
+  if (!t || !blob_payload(L, t, snap, len, 4)) {
     if (t) klua_task_release(t);
     return luaL_error(L, "spawn: out of memory");
   }
-  memcpy(out, snap, len);
   t->kind = KLUA_PORTABLE;
-  t->pay = KLUA_PAY_BLOB;
   t->group = g;
   t->cancel_parent = cancel_parent_for(cur, g);
   t->parent = cur->id;
@@ -667,7 +701,7 @@ static int l_start(lua_State *L) {
   if (pay == KLUA_PAY_BLOB) {
     lua_getfield(L, UP_HOOKS, "start_blob");
     lua_getfield(L, UP_HOOKS, "capture");
-    lua_pushlstring(L, t->data, t->len);
+    lua_pushlstring(L, t->data, blob_len(t)); /* its handles' references: the decode's */
     klua_payload_reset(t);
     return 3;
   }
@@ -805,39 +839,13 @@ static int l_finish(lua_State *L) {
   return 1;
 }
 
-/* core.finish_blob(outcome, snapshot [, handles]): `handles`, the list of
- * the handles the snapshot holds a reference to (knhk.codec's encode),
- * follows the snapshot in the payload as inline values, nvals of them: the
- * record drops them when it is freed (every join decodes copies). */
+/* core.finish_blob(outcome, snapshot [, handles]) */
 static int l_finish_blob(lua_State *L) {
   klua_task_t *t = current(L, "knhk.runtime");
   int outcome = (int)luaL_checkinteger(L, 1);
   size_t len;
   const char *snap = luaL_checklstring(L, 2, &len);
-  int nh = lua_istable(L, 3) ? (int)lua_objlen(L, 3) : 0;
-  char *out = klua_payload_room(t, (uint32_t)(len + (size_t)nh * KLUA_BLOB_HANDLE_BYTES));
-  if (out) {
-    memcpy(out, snap, len);
-    char *p = out + len;
-    int kept = 0;
-    for (int i = 1; i <= nh; i++) {
-      lua_rawgeti(L, 3, i);
-      handle_t *h = lua_touserdata(L, -1);
-      int kind = h ? klua_handle_kind(L, -1) : 0;
-      lua_pop(L, 1);
-      if (!kind) continue; /* a kind registered by others: theirs to own */
-      /* the codec exported it: a handle with its object (reattached) */
-      p[0] = KLUA_V_HANDLE;
-      p[1] = (char)kind;
-      uint64_t u = (uintptr_t)h->p;
-      memcpy(p + 2, &u, 8);
-      p += KLUA_BLOB_HANDLE_BYTES;
-      kept++;
-    }
-    t->len = (uint32_t)(len + (size_t)kept * KLUA_BLOB_HANDLE_BYTES);
-    t->pay = KLUA_PAY_BLOB;
-    t->nvals = kept;
-  }
+  if (!blob_payload(L, t, snap, len, 3)) return luaL_error(L, "knhk: out of memory");
   retire_fn(L, t);
   klua_task_publish(t, outcome);
   return 0;
@@ -880,7 +888,7 @@ static int push_outcome(lua_State *L, klua_task_t *t, int oc) {
   case KLUA_PAY_BLOB:
     lua_pushinteger(L, ST_BLOB);
     lua_pushinteger(L, oc);
-    lua_pushlstring(L, t->data, t->len - (uint32_t)t->nvals * KLUA_BLOB_HANDLE_BYTES);
+    lua_pushlstring(L, t->data, blob_len(t));
     return 3;
   case KLUA_PAY_MESSAGE:
     lua_pushinteger(L, ST_MESSAGE);

@@ -417,7 +417,7 @@ void klua_rt_free(klua_rt_t *rt) {
   for (size_t i = 0; i < rt->nslabs; i++) {
     klua_task_t *slab = rt->slabs[i];
     for (int k = 0; k < 64; k++) {
-      klua_results_drop_foreign(&slab[k]);
+      klua_payload_drop_foreign(&slab[k]);
       if (slab[k].data && slab[k].data != slab[k].buf) free(slab[k].data);
       knhk_token_t *tok = atomic_load(&slab[k].token);
       if (tok) knhk_token_release(tok);

@@ -163,9 +163,10 @@ char *klua_payload_room(klua_task_t *t, uint32_t len) {
   return t->data;
 }
 
-/* The handles t's results hold references to (every join pushed copies):
- * the inline values, or those that follow a snapshot. */
-static void results_drop(klua_task_t *t, int foreign_only) {
+/* The references to handles t's payload holds (results: every join pushed
+ * or decoded copies; a start that never ran): its inline values, or those
+ * that follow a snapshot. A start that ran gave its own to its task. */
+static void payload_drop_handles(klua_task_t *t, int foreign_only) {
   const char *p = t->data;
   uint32_t len = t->len;
   if (t->pay == KLUA_PAY_BLOB) {
@@ -177,11 +178,11 @@ static void results_drop(klua_task_t *t, int foreign_only) {
   klua_values_drop_kinds(p, len, foreign_only);
 }
 
-void klua_results_drop_foreign(klua_task_t *t) { results_drop(t, 1); }
+void klua_payload_drop_foreign(klua_task_t *t) { payload_drop_handles(t, 1); }
 
 static void task_free(klua_task_t *t) {
   klua_rt_t *rt = t->rt;
-  results_drop(t, 0);
+  payload_drop_handles(t, 0);
   klua_payload_reset(t);
   free(t->w.watch); /* its wait ended: knhk_token_off returned */
   t->w.watch = NULL;
@@ -397,6 +398,8 @@ static void live_remove(klua_worker_t *w, klua_task_t *t) {
 static void drop_start(klua_worker_t *w, klua_task_t *t) {
   if (t->pay == KLUA_PAY_INLINE) {
     klua_values_drop_len(t->data, t->len); /* upvalues and arguments */
+  } else if (t->pay == KLUA_PAY_BLOB) {
+    payload_drop_handles(t, 0); /* the handles after the snapshot */
   } else if (t->pay == KLUA_PAY_REFS) {
     lua_State *L = w->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, w->anchor);
