@@ -338,7 +338,7 @@ describe("knhk-lua", function()
     assert.matches("option '%-%-telemetry' needs an argument", err2)
   end)
 
-  -- knhk-lua loads its modules precompiled (core/cli/knhk-lua.c): what a
+  -- knhk-lua loads its modules precompiled (lua/src/klua_modules.c): what a
   -- module's functions say of themselves is what parsing its file gives.
   it("knhk's modules say their file and lines as when parsed from it", function()
     local code, out, err = run([[-e 'for _, name in ipairs { "knhk", "knhk.runtime", "knhk.cli",
@@ -365,7 +365,7 @@ describe("knhk-lua", function()
     assert.is_true(n >= 3, out)
   end)
 
-  it("worker VMs, which parse knhk's modules, agree with the precompiled ones", function()
+  it("worker VMs, which load knhk's modules precompiled too, agree with the main VM", function()
     -- a function of a precompiled module travels to a worker by its
     -- prototype (string.dump of what the bytecode made), and a task on
     -- another worker sees the modules at the same file and lines
@@ -396,7 +396,7 @@ describe("knhk-lua", function()
 
   it("the registry's names load as the file they are read from says, edited or not", function()
     -- knhk.telemetry reads telemetry_names.lua next to core.so through
-    -- knhk-lua's loadfile, which has that file precompiled
+    -- the loader's loadfile, which has that file precompiled
     os.execute("mkdir -p " .. TMP .. "/names")
     write("names/telemetry_names.lua", "return { edited = true, where = debug.getinfo(1, 'S').source }\n")
     local code, out, err = run("-e " .. q(string.format([[

@@ -15,6 +15,29 @@ describe("require \"knhk\" from plain luajit", function()
     assert.equal("42", out)
   end)
 
+  -- knhk/core.so carries knhk's modules precompiled and puts a loader of
+  -- them into the VM that loads it and into every worker VM
+  -- (lua/src/klua_modules.c): they load from bytecode where the file found
+  -- has the text compiled, from the file where it was edited.
+  it("loads knhk's modules precompiled in the program's VM and in worker VMs", function()
+    local cmd = "LUA_PATH=" .. sh_quote(package.path) .. " LUA_CPATH=" .. sh_quote(package.cpath)
+      .. " luajit -e " .. sh_quote([[
+        local knhk = require "knhk"
+        local two = require "two_workers"
+        -- the loader: one more in package.loaders (LuaJIT has 4 of its own),
+        -- before Lua's own file searcher
+        local function loader() return #package.loaders end
+        local function source() return debug.getinfo(require("knhk.runtime").await, "S").source end
+        local a, b = knhk.run(function() return two(function() return loader(), source() end) end,
+          { workers = 2 })
+        print(loader(), source() == "@" .. package.searchpath("knhk.runtime", package.path))
+        print(a[1], b[1], a[2] == source(), b[2] == source())]]) .. " 2>&1"
+    local f = assert(io.popen(cmd))
+    local out = f:read("*a")
+    f:close()
+    assert.equal("5\ttrue\n5\t5\ttrue\ttrue\n", out)
+  end)
+
   it("says what $KNHK_LIB named when it cannot load it", function()
     local cmd = "KNHK_LIB=/nonexistent/core.so LUA_CPATH='/nonexistent/?.so' LUA_PATH="
       .. sh_quote(package.path) .. " luajit -e 'require \"knhk\"' 2>&1"

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "klua.h"
+#include "knhk_modules.h"
 #include "klua_sync.h"
 #include "klua_value.h"
 #include "knhk/errors.h"
@@ -254,9 +255,11 @@ void klua_handle_drop(int kind, void *p) {
 
 static int handle_gc(lua_State *L) {
   handle_t *h = lua_touserdata(L, 1);
+  /* every object's address is even: an odd p is a detached task handle's,
+   * which holds no reference (most collected task handles: check first) */
+  if (!h || !h->p || ((uintptr_t)h->p & 1)) return 0;
   int kind = klua_handle_kind(L, 1);
-  if (!h || !h->p || !kind) return 0;
-  if (kind == KLUA_H_TASK && detached((task_handle_t *)h)) return 0;
+  if (!kind) return 0;
   if ((kind == KLUA_H_TASK || kind == KLUA_H_NURSERY) &&
       h->gen != atomic_load_explicit(&live_gen, memory_order_acquire))
     return 0; /* its runtime, and the memory, are gone */
@@ -1782,6 +1785,7 @@ static void pin_library(void) {
 
 KLUA_API int luaopen_knhk_core(lua_State *L) {
   pin_library();
+  klua_modules_install(L); /* the rest of knhk loads as bytecode */
   static const luaL_Reg fns[] = {
       {"spawn", l_spawn},
       {"spawn_local", l_spawn_local},

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "klua.h"
+#include "knhk_modules.h"
 #include "klua_ffi.h"
 #include "knhk/errors.h"
 
@@ -179,6 +180,7 @@ int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
   lua_setfield(L, LUA_REGISTRYINDEX, "knhk.rt");
   lua_pushinteger(L, index);
   lua_setfield(L, LUA_REGISTRYINDEX, "knhk.worker");
+  klua_modules_install(L); /* knhk.runtime and what it requires, precompiled */
   lua_getglobal(L, "require");
   lua_pushstring(L, "knhk.runtime");
   if (lua_pcall(L, 1, 1, 0) != 0) {
