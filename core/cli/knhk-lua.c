@@ -62,6 +62,32 @@ static void set_paths(lua_State *L) {
   prepend(L, "cpath", buf);
 }
 
+/* knhk.core first: it puts in the loader of knhk's precompiled modules
+ * (lua/src/klua_modules.c), which the CLI's modules then come from. By
+ * Lua's C searcher (package.loaders[3]) straight away: a require would
+ * look for a knhk/core.lua on every package.path template first. If it
+ * cannot be loaded, requiring knhk.cli says why. */
+static void load_core(lua_State *L) {
+  int top = lua_gettop(L);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaders");
+  lua_rawgeti(L, -1, 3);
+  lua_pushstring(L, "knhk.core");
+  if (lua_pcall(L, 1, 1, 0) == 0 && lua_isfunction(L, -1)) {
+    lua_pushstring(L, "knhk.core");
+    if (lua_pcall(L, 1, 1, 0) == 0) {
+      if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 1);
+      }
+      lua_getfield(L, -3, "loaded"); /* package.loaded["knhk.core"], as require */
+      lua_pushvalue(L, -2);
+      lua_setfield(L, -2, "knhk.core");
+    }
+  }
+  lua_settop(L, top);
+}
+
 static int traceback(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
@@ -82,12 +108,7 @@ int main(int argc, char **argv) {
   lua_gc(L, LUA_GCSTOP, 0);
   luaL_openlibs(L);
   set_paths(L);
-  /* knhk.core first: it puts in the loader of knhk's precompiled modules
-   * (lua/src/klua_modules.c), which the CLI's modules then come from. If
-   * it cannot be loaded, requiring knhk.cli says why. */
-  lua_getglobal(L, "require");
-  lua_pushstring(L, "knhk.core");
-  if (lua_pcall(L, 1, 0, 0) != 0) lua_pop(L, 1);
+  load_core(L);
   lua_pushcfunction(L, traceback);
   lua_getglobal(L, "require");
   lua_pushstring(L, "knhk.cli");
