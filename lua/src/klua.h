@@ -242,6 +242,7 @@ struct klua_worker {
   lua_State *L;                /* its VM */
   int own;                     /* made by us (closed at the end) */
   int anchor;                  /* registry ref: the VM's anchor table */
+  int anchor_top, anchor_free; /* its refs handed out, its first free one (klua_ref) */
   int runner;                  /* registry ref: the runner function */
   klua_task_t *cur;            /* the task being resumed now */
   /* idle coroutines, in the anchor table at refs co_refs[] */
@@ -325,6 +326,19 @@ int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen);
 /* fn(ud, t) for every task started and not retired, worker by worker,
  * under each worker's live_m (fn must not take it). */
 void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, klua_task_t *t), void *ud);
+
+/* ---- klua_task.c: a VM's anchor table ----
+ * What C holds of a VM's Lua values (coroutines, local tasks' functions and
+ * arguments) lives in the VM's anchor table, at small integer refs. The
+ * worker counts the refs it has handed out, and the free ones chain
+ * through the table as luaL_ref's do: luaL_ref finds a new one with
+ * lua_objlen, a search of the table's hash part once its array part is
+ * full, a few percent of every spawn with many tasks alive. t: the
+ * table's index (a pseudo-index too). */
+int klua_ref(klua_worker_t *w, lua_State *L, int t); /* pops the value */
+void klua_unref(klua_worker_t *w, lua_State *L, int t, int ref);
+/* The VM's anchor table starts empty (a new run in a VM that had one). */
+void klua_anchor_reset(klua_worker_t *w, lua_State *L, int t);
 
 /* ---- klua_task.c: records, spawning, running, ending, joining ---- */
 klua_task_t *klua_task_alloc(klua_rt_t *rt);

@@ -449,8 +449,8 @@ static knhk_token_t *cancel_parent_for(klua_task_t *cur, klua_group_t *g) {
 /* A local task that never started: what it anchored, and the handles
  * among its arguments, go. */
 static void undo_start(lua_State *L, klua_task_t *t) {
-  luaL_unref(L, UP_ANCHOR, t->fn_ref);
-  if (t->nvals < 0) luaL_unref(L, UP_ANCHOR, (int)t->proto);
+  klua_unref(klua_self(), L, UP_ANCHOR, t->fn_ref);
+  if (t->nvals < 0) klua_unref(klua_self(), L, UP_ANCHOR, (int)t->proto);
   else klua_values_drop(t->data, t->nvals);
   klua_payload_reset(t);
 }
@@ -546,11 +546,11 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
     }
     lua_pushinteger(L, nargs);
     lua_setfield(L, -2, "n");
-    t->proto = luaL_ref(L, UP_ANCHOR);
+    t->proto = klua_ref(klua_self(), L, UP_ANCHOR);
     t->nvals = -1;
   }
   lua_pushvalue(L, fnidx);
-  t->fn_ref = luaL_ref(L, UP_ANCHOR);
+  t->fn_ref = klua_ref(klua_self(), L, UP_ANCHOR);
   klua_worker_t *w = klua_self();
   int rc = klua_task_spawn(t, w->index);
   if (rc != 0) {
@@ -657,11 +657,12 @@ static int l_root(lua_State *L) {
   const char *w = klua_where(rt, luaL_checkstring(L, 3));
   t->where = w ? w : "the main task";
   lua_pushvalue(L, 2);
-  t->fn_ref = luaL_ref(L, UP_ANCHOR);
+  klua_worker_t *w0 = &rt->w[0]; /* this VM's: not running yet */
+  t->fn_ref = klua_ref(w0, L, UP_ANCHOR);
   if (rt->signals) klua_signals_wait(); /* before any task code can run */
   int rc = klua_task_spawn(t, 0);
   if (rc != 0) {
-    luaL_unref(L, UP_ANCHOR, t->fn_ref);
+    klua_unref(w0, L, UP_ANCHOR, t->fn_ref);
     klua_task_release(t);
     return luaL_error(L, "knhk.run: %s", knhk_strerror(rc));
   }
@@ -725,7 +726,7 @@ static int l_start(lua_State *L) {
       lua_rawseti(L, UP_POOLS, (int)id);
     } else {
       lua_pushvalue(L, fn);
-      t->fn_ref = luaL_ref(L, UP_ANCHOR);
+      t->fn_ref = klua_ref(klua_self(), L, UP_ANCHOR);
     }
     lua_getfield(L, UP_HOOKS, "capture");
     /* upvalues first, then the globals, then the arguments */
@@ -751,7 +752,7 @@ static int l_start(lua_State *L) {
   }
   /* local: its function and arguments, anchored in this VM */
   lua_rawgeti(L, UP_ANCHOR, t->fn_ref);
-  luaL_unref(L, UP_ANCHOR, t->fn_ref);
+  klua_unref(klua_self(), L, UP_ANCHOR, t->fn_ref);
   t->fn_ref = LUA_NOREF;
   lua_getfield(L, UP_HOOKS, "capture");
   int n = 2;
@@ -761,7 +762,7 @@ static int l_start(lua_State *L) {
   } else {
     int ref = (int)t->proto;
     lua_rawgeti(L, UP_ANCHOR, ref);
-    luaL_unref(L, UP_ANCHOR, ref);
+    klua_unref(klua_self(), L, UP_ANCHOR, ref);
     int tab = lua_gettop(L);
     lua_getfield(L, tab, "n");
     int nargs = (int)lua_tointeger(L, -1);
@@ -813,7 +814,7 @@ static void retire_fn(lua_State *L, klua_task_t *t) {
   lua_rawgeti(L, UP_ANCHOR, t->fn_ref);
   give_back_closure(L, lua_gettop(L));
   lua_pop(L, 1);
-  luaL_unref(L, UP_ANCHOR, t->fn_ref);
+  klua_unref(klua_self(), L, UP_ANCHOR, t->fn_ref);
   t->fn_ref = LUA_NOREF;
 }
 
@@ -1673,6 +1674,7 @@ static int l_register(lua_State *L) {
     lua_rawset(L, UP_HOOKS);
   }
   klua_worker_t *w = &rt->w[index];
+  klua_anchor_reset(w, L, UP_ANCHOR);
   lua_pushvalue(L, 1);
   w->runner = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, UP_ANCHOR);

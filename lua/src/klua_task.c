@@ -298,7 +298,7 @@ static int make_coroutine(lua_State *L) {
   lua_State *co = lua_newthread(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, w->runner);
   lua_xmove(L, co, 1);
-  int ref = luaL_ref(L, -2);
+  int ref = klua_ref(w, L, -2);
   lua_pushlightuserdata(L, co);
   lua_pushinteger(L, ref);
   return 2;
@@ -323,6 +323,8 @@ static lua_State *take_coroutine(klua_worker_t *w, int *ref) {
   return co;
 }
 
+static void unanchor(klua_worker_t *w, int ref);
+
 static void give_back_coroutine(klua_worker_t *w, lua_State *co, int ref) {
   if (w->nco == w->capco) {
     int cap = w->capco ? w->capco * 2 : 64;
@@ -330,7 +332,7 @@ static void give_back_coroutine(klua_worker_t *w, lua_State *co, int ref) {
     int *r = c ? realloc(w->co_refs, (size_t)cap * sizeof *r) : NULL;
     if (c) w->co_free = c;
     if (!c || !r) { /* no room to pool it: let the GC have it */
-      luaL_unref(w->L, LUA_REGISTRYINDEX, ref); /* never reached with a valid anchor */
+      unanchor(w, ref);
       return;
     }
     w->co_refs = r;
@@ -341,11 +343,49 @@ static void give_back_coroutine(klua_worker_t *w, lua_State *co, int ref) {
   w->nco++;
 }
 
+static int abs_index(lua_State *L, int t) {
+  return t < 0 && t > LUA_REGISTRYINDEX ? lua_gettop(L) + t + 1 : t;
+}
+
+int klua_ref(klua_worker_t *w, lua_State *L, int t) {
+  t = abs_index(L, t);
+  int ref = w->anchor_free;
+  if (ref > 0) {
+    lua_rawgeti(L, t, ref);
+    w->anchor_free = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  } else {
+    ref = ++w->anchor_top;
+  }
+  lua_rawseti(L, t, ref);
+  return ref;
+}
+
+void klua_unref(klua_worker_t *w, lua_State *L, int t, int ref) {
+  if (ref <= 0) return;
+  t = abs_index(L, t);
+  lua_pushinteger(L, w->anchor_free);
+  lua_rawseti(L, t, ref);
+  w->anchor_free = ref;
+}
+
+void klua_anchor_reset(klua_worker_t *w, lua_State *L, int t) {
+  t = abs_index(L, t);
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushnil(L);
+    lua_rawset(L, t);
+  }
+  w->anchor_top = w->anchor_free = 0;
+}
+
 /* Lets go of what w's anchor table holds at ref (a coroutine, a closure). */
 static void unanchor(klua_worker_t *w, int ref) {
   lua_State *L = w->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, w->anchor);
-  luaL_unref(L, -1, ref);
+  klua_unref(w, L, -1, ref);
   lua_pop(L, 1);
 }
 
@@ -403,8 +443,8 @@ static void drop_start(klua_worker_t *w, klua_task_t *t) {
   } else if (t->pay == KLUA_PAY_REFS) {
     lua_State *L = w->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, w->anchor);
-    luaL_unref(L, -1, t->fn_ref);
-    if (t->nvals < 0) luaL_unref(L, -1, t->proto);
+    klua_unref(w, L, -1, t->fn_ref);
+    if (t->nvals < 0) klua_unref(w, L, -1, t->proto);
     lua_pop(L, 1);
     if (t->nvals > 0) klua_values_drop(t->data, t->nvals);
   }
