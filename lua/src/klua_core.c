@@ -268,9 +268,23 @@ static int handle_gc(lua_State *L) {
   return 0;
 }
 
-/* Calls hooks[name] with n arguments on the stack, r results. */
-static void call_hook(lua_State *L, const char *name, int n, int r) {
-  lua_getfield(L, UP_HOOKS, name);
+/* runtime.lua's hooks (core.register gives them by name), found by these
+ * integer keys of the hooks table: a lookup by name interns the name's
+ * string at every call, on every spawn and start. */
+enum {
+  HOOK_PROTO_OF = 1, HOOK_NEW_CLOSURE, HOOK_PLACE_OF, HOOK_CAPTURE, HOOK_START_BLOB,
+  HOOK_GLOBALS_NAMES, HOOK_GNAMES, HOOK_BASE_MT, HOOK_BASE_ENV, HOOK_NAMED, HOOK_NAMED_VALS,
+  HOOK_RESOLVE_NAME, HOOK_COUNT
+};
+static const char *const hook_names[HOOK_COUNT - 1] = {
+    "proto_of", "new_closure", "place_of", "capture", "start_blob", "globals_names",
+    "gnames",   "base_mt",     "base_env", "named",   "named_vals", "resolve_name"};
+
+#define PUSH_HOOK(L, h) lua_rawgeti((L), UP_HOOKS, (h))
+
+/* Calls hook h with n arguments on the stack, r results. */
+static void call_hook(lua_State *L, int h, int n, int r) {
+  PUSH_HOOK(L, h);
   lua_insert(L, -n - 1);
   lua_call(L, n, r);
 }
@@ -291,7 +305,7 @@ static void proto_info(lua_State *L, int idx, proto_t *p) {
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_pushvalue(L, idx);
-    call_hook(L, "proto_of", 1, 1); /* -> id + nuv * 2^24 + slow * 2^40 + globals * 2^41 */
+    call_hook(L, HOOK_PROTO_OF, 1, 1); /* -> id + nuv * 2^24 + slow * 2^40 + globals * 2^41 */
     lua_pushvalue(L, idx);
     lua_pushvalue(L, -2);
     lua_rawset(L, UP_PROTOS);
@@ -315,7 +329,7 @@ static int abs_index(lua_State *L, int idx) {
  * hooks.named: value -> id, filled as the codec meets builtins and modules. */
 uint32_t klua_named_id(lua_State *L, int idx) {
   idx = abs_index(L, idx);
-  lua_getfield(L, UP_HOOKS, "named");
+  PUSH_HOOK(L, HOOK_NAMED);
   if (!lua_istable(L, -1)) {
     lua_pop(L, 1);
     return 0;
@@ -330,12 +344,12 @@ uint32_t klua_named_id(lua_State *L, int idx) {
 /* Pushes the value `id` names in this VM: hooks.named_vals caches it; the
  * first time, hooks.resolve_name finds it by its name. */
 void klua_named_push(lua_State *L, uint32_t id) {
-  lua_getfield(L, UP_HOOKS, "named_vals");
+  PUSH_HOOK(L, HOOK_NAMED_VALS);
   lua_rawgeti(L, -1, (int)id);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_pushinteger(L, id);
-    call_hook(L, "resolve_name", 1, 1);
+    call_hook(L, HOOK_RESOLVE_NAME, 1, 1);
   }
   lua_remove(L, -2);
 }
@@ -354,20 +368,20 @@ static int push_globals(lua_State *L, int fnidx, uint32_t id) {
     if (lua_getmetatable(L, env)) goto slow; /* a strict or proxied _G */
   } else {
     if (!lua_getmetatable(L, env)) goto slow;
-    lua_getfield(L, UP_HOOKS, "base_mt");
+    PUSH_HOOK(L, HOOK_BASE_MT);
     int same = lua_rawequal(L, -1, -2);
     lua_pop(L, 2);
     if (!same) goto slow;
-    lua_getfield(L, UP_HOOKS, "base_env");
+    PUSH_HOOK(L, HOOK_BASE_ENV);
     base = lua_gettop(L);
   }
-  lua_getfield(L, UP_HOOKS, "gnames");
+  PUSH_HOOK(L, HOOK_GNAMES);
   lua_rawgeti(L, -1, (int)id);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_pushinteger(L, id);
     lua_pushvalue(L, fnidx);
-    call_hook(L, "globals_names", 2, 1);
+    call_hook(L, HOOK_GLOBALS_NAMES, 2, 1);
     lua_pushvalue(L, -1);
     lua_rawseti(L, -3, (int)id);
   }
@@ -405,7 +419,7 @@ static const char *place_of(lua_State *L, klua_rt_t *rt, int idx) {
   lua_pop(L, 1);
   if (w) return w;
   lua_pushvalue(L, idx);
-  call_hook(L, "place_of", 1, 1);
+  call_hook(L, HOOK_PLACE_OF, 1, 1);
   w = klua_where(rt, lua_tostring(L, -1));
   lua_pop(L, 1);
   if (!w) w = "a function";
@@ -689,7 +703,7 @@ static void closure_for(lua_State *L, uint32_t id) {
   }
   lua_pop(L, 1);
   lua_pushinteger(L, id);
-  call_hook(L, "new_closure", 1, 2); /* -> closure, its prototype number */
+  call_hook(L, HOOK_NEW_CLOSURE, 1, 2); /* -> closure, its prototype number */
   lua_pushvalue(L, -2);
   lua_insert(L, -2);
   lua_rawset(L, UP_PROTOS); /* so that it finds its way back to the pool */
@@ -703,8 +717,8 @@ static int l_start(lua_State *L) {
   klua_task_t *t = current(L, "knhk.runtime");
   int pay = t->pay;
   if (pay == KLUA_PAY_BLOB) {
-    lua_getfield(L, UP_HOOKS, "start_blob");
-    lua_getfield(L, UP_HOOKS, "capture");
+    PUSH_HOOK(L, HOOK_START_BLOB);
+    PUSH_HOOK(L, HOOK_CAPTURE);
     lua_pushlstring(L, t->data, blob_len(t)); /* its handles' references: the decode's */
     klua_payload_reset(t);
     return 3;
@@ -728,7 +742,7 @@ static int l_start(lua_State *L) {
       lua_pushvalue(L, fn);
       t->fn_ref = klua_ref(klua_self(), L, UP_ANCHOR);
     }
-    lua_getfield(L, UP_HOOKS, "capture");
+    PUSH_HOOK(L, HOOK_CAPTURE);
     /* upvalues first, then the globals, then the arguments */
     klua_values_push(L, t->data, nuv, fn);
     for (int i = nuv; i >= 1; i--) lua_setupvalue(L, fn, i);
@@ -740,7 +754,7 @@ static int l_start(lua_State *L) {
       int env = lua_gettop(L);
       klua_values_push(L, rest, 2 * ng, fn);
       for (int i = 0; i < ng; i++) lua_rawset(L, env);
-      lua_getfield(L, UP_HOOKS, "base_mt");
+      PUSH_HOOK(L, HOOK_BASE_MT);
       lua_setmetatable(L, env);
       lua_setfenv(L, fn);
       rest = klua_values_skip(rest, 2 * ng);
@@ -754,7 +768,7 @@ static int l_start(lua_State *L) {
   lua_rawgeti(L, UP_ANCHOR, t->fn_ref);
   klua_unref(klua_self(), L, UP_ANCHOR, t->fn_ref);
   t->fn_ref = LUA_NOREF;
-  lua_getfield(L, UP_HOOKS, "capture");
+  PUSH_HOOK(L, HOOK_CAPTURE);
   int n = 2;
   if (t->nvals >= 0) {
     klua_values_push(L, t->data, t->nvals, 0);
@@ -1667,11 +1681,10 @@ static int l_register(lua_State *L) {
   lua_pop(L, 1);
   if (!rt || index < 0 || index >= rt->workers) return luaL_error(L, "no runtime in this VM");
   /* the hooks go into this module's shared hooks table */
-  lua_pushnil(L);
-  while (lua_next(L, 2)) {
-    lua_pushvalue(L, -2);
-    lua_insert(L, -2);
-    lua_rawset(L, UP_HOOKS);
+  for (int h = 1; h < HOOK_COUNT; h++) {
+    lua_getfield(L, 2, hook_names[h - 1]);
+    if (lua_isnil(L, -1)) return luaL_error(L, "core.register: no hook '%s'", hook_names[h - 1]);
+    lua_rawseti(L, UP_HOOKS, h);
   }
   klua_worker_t *w = &rt->w[index];
   klua_anchor_reset(w, L, UP_ANCHOR);
