@@ -424,3 +424,95 @@ describe("encoding is re-entrant", function()
     assert.equal("other", other)
   end)
 end)
+
+-- A helper a task calls (an upvalue of the task's function) whose copies
+-- cannot differ in behaviour is one closure per VM, so that the traces
+-- LuaJIT records for it serve every task (lua/knhk/codec.lua, "Shared
+-- closures"); any helper whose copies could differ stays a copy per task.
+describe("helpers shared between tasks", function()
+  local function same_on_one_worker(fn, n)
+    local seen = {}
+    knhk.run(function()
+      for _ = 1, n or 8 do seen[knhk.spawn(fn):join()] = true end
+    end, { workers = 1 })
+    local k = 0
+    for _ in pairs(seen) do k = k + 1 end
+    return k
+  end
+
+  it("a recursive helper with no state is one closure in a VM, and computes the same", function()
+    local function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end
+    assert.equal(1, same_on_one_worker(function() return tostring(fib) end))
+    knhk.run(function()
+      for _ = 1, 3 do assert.equal(6765, knhk.spawn(function() return fib(20) end):join()) end
+    end, { workers = 2 })
+  end)
+
+  it("a helper whose upvalue is assigned stays a copy per task", function()
+    local count = 0
+    local function bump() count = count + 1 return count end
+    assert.equal(8, same_on_one_worker(function() return tostring(bump) end))
+    knhk.run(function()
+      for _ = 1, 3 do assert.equal(1, knhk.spawn(function() return bump() end):join()) end
+    end, { workers = 1 })
+  end)
+
+  it("a helper over a table stays a copy per task (the table is the task's own)", function()
+    local t = { n = 0 }
+    local function add() t.n = t.n + 1 return t.n end
+    assert.equal(8, same_on_one_worker(function() return tostring(add) end))
+    knhk.run(function()
+      for _ = 1, 3 do assert.equal(1, knhk.spawn(function() return add() end):join()) end
+    end, { workers = 1 })
+  end)
+
+  it("a helper with different upvalue values is a different closure", function()
+    local function make(k) return function() return k end end
+    local seen = {}
+    knhk.run(function()
+      for i = 1, 4 do
+        local get = make(i % 2)
+        local v, name = knhk.spawn(function() return get(), tostring(get) end):join()
+        assert.equal(i % 2, v)
+        seen[name] = v
+      end
+    end, { workers = 1 })
+    local k = 0
+    for _ in pairs(seen) do k = k + 1 end
+    assert.equal(2, k)
+  end)
+
+  it("a helper reading a global sees the value of its own spawn", function()
+    knhk.run(function()
+      LIMIT_FOR_SPEC = 3
+      local function limit() return LIMIT_FOR_SPEC end
+      local a = knhk.spawn(function() return limit() end):join()
+      LIMIT_FOR_SPEC = 4
+      local b = knhk.spawn(function() return limit() end):join()
+      LIMIT_FOR_SPEC = nil
+      assert.same({ 3, 4 }, { a, b })
+    end, { workers = 1 })
+  end)
+
+  it("a helper reading a global the task writes sees the task's write", function()
+    knhk.run(function()
+      local function limit() return LIMIT_FOR_SPEC end
+      for i = 1, 3 do
+        assert.equal(i, knhk.spawn(function(k) LIMIT_FOR_SPEC = k return limit() end, i):join())
+      end
+      assert.is_nil(LIMIT_FOR_SPEC)
+    end, { workers = 1 })
+  end)
+
+  it("a helper that writes a global stays a copy per task", function()
+    local function mark(v) LAST_FOR_SPEC = v return tostring(mark) end
+    knhk.run(function()
+      local names = {}
+      for i = 1, 4 do names[knhk.spawn(function() return mark(i) end):join()] = true end
+      local k = 0
+      for _ in pairs(names) do k = k + 1 end
+      assert.equal(4, k)
+      assert.is_nil(LAST_FOR_SPEC)
+    end, { workers = 1 })
+  end)
+end)

@@ -114,9 +114,11 @@ local function wrap_prototype(dump, nuv)
   end
   local uvat = p + sizebc * 4
   local uvs = {}
+  local all_immutable = true
   for i = 0, sizeuv - 1 do
     local lo, hi = f:byte(uvat + 2 * i, uvat + 2 * i + 1)
     local immutable = band(hi * 256 + lo, 0x4000)
+    if immutable == 0 then all_immutable = false end
     local v = 0x8000 + immutable + i -- PROTO_UV_LOCAL | slot i
     uvs[#uvs + 1] = string.char(band(v, 0xff), rshift(v, 8))
   end
@@ -140,14 +142,14 @@ local function wrap_prototype(dump, nuv)
   out[#out + 1] = uleb(#parent)
   out[#out + 1] = parent
   out[#out + 1] = uleb(0)
-  return table.concat(out)
+  return table.concat(out), all_immutable
 end
 M.wrap_prototype = wrap_prototype
 
 -- Names of the globals a prototype (and the functions nested in it) read
 -- or write: a task's writes go to its own table of them, never to the
 -- globals of the VM it runs in (on worker 0, the spawner's).
-local function globals_read(fn, names, seen)
+local function globals_read(fn, names, seen, writes)
   seen[fn] = true
   local info = funcinfo(fn)
   for pc = 1, (info.bytecodes or 0) - 1 do
@@ -159,11 +161,12 @@ local function globals_read(fn, names, seen)
         names[name] = true
         names[#names + 1] = name
       end
+      if op == OP_GSET and writes then writes[name] = true end
     end
   end
   for i = 1, info.gcconsts or 0 do
     local k = funck(fn, -i)
-    if type(k) == "proto" and not seen[k] then globals_read(k, names, seen) end
+    if type(k) == "proto" and not seen[k] then globals_read(k, names, seen, writes) end
   end
   return names
 end
@@ -380,7 +383,7 @@ end
 
 local T_NIL, T_FALSE, T_TRUE, T_INT, T_NUM, T_STR = 0, 1, 2, 3, 4, 5
 local T_TAB, T_REF, T_FN, T_BUILTIN, T_MODULE, T_CLASS, T_HANDLE, T_END = 6, 7, 8, 9, 10, 11, 12, 13
-local T_UVJOIN, T_GLOBALS = 14, 15
+local T_UVJOIN, T_GLOBALS, T_SELF = 14, 15, 16
 -- how a function's environment travels
 local ENV_GLOBALS, ENV_SANDBOX, ENV_SANDBOX_REF = 0, 1, 2
 
@@ -407,12 +410,18 @@ local function proto_of(fn)
     local nuv = info.upvalues or 0
     local uvnames = {}
     for i = 0, nuv - 1 do uvnames[i + 1] = funcuvname(fn, i) or ("#" .. (i + 1)) end
+    local wrapped, immutable = wrap_prototype(dump, nuv)
+    local writes = {}
     p = {
-      id = register_proto(wrap_prototype(dump, nuv)),
+      id = register_proto(wrapped),
       nuv = nuv,
       uvnames = uvnames,
-      globals = globals_read(fn, {}, {}),
+      globals = globals_read(fn, {}, {}, writes),
+      writes = writes,
     }
+    -- shareable (see "Shared closures" below): no upvalue is ever
+    -- assigned, and its code (nested functions too) writes no global
+    p.shareable = immutable and next(writes) == nil
     protos_by_dump[dump] = p
   end
   protos_by_closure[fn] = p
@@ -663,6 +672,17 @@ local function encode_function(enc, fn)
   local me = new_ref(enc, fn)
   buf:put(string.char(T_FN))
   put_uleb(buf, p.id)
+  -- whether the receiver may share one closure for it (see "Shared
+  -- closures"); cleared at the end if a function of the snapshot writes a
+  -- global this one reads
+  local writes = enc.writes
+  for name in pairs(p.writes) do writes[name] = true end
+  if p.shareable then
+    local at = enc.shareable
+    at[#at + 1] = #buf
+    at[#at + 1] = p
+  end
+  buf:put(string.char(p.shareable and 1 or 0))
   local seg = { PATH_UPVALUE, fn, nil }
   enter(enc, fn, seg)
   -- Closures that share an upvalue (debug.upvalueid) share it in the
@@ -671,7 +691,11 @@ local function encode_function(enc, fn)
   for i = 1, p.nuv do
     local id = upvalueid(fn, i)
     local at = uvs[id]
-    if at then
+    if p.shareable and rawequal(select(2, getupvalue(fn, i)), fn) then
+      -- itself (a recursive local function): never assigned, so the
+      -- receiver's copy may hold itself in a cell of its own
+      buf:put(string.char(T_SELF))
+    elseif at then
       buf:put(string.char(T_UVJOIN))
       put_uleb(buf, at[1])
       put_uleb(buf, at[2])
@@ -757,12 +781,14 @@ local function take_encoder(places)
   enc.seen, enc.uvs, enc.path = {}, {}, {}
   enc.nrefs, enc.depth, enc.places, enc.modules_indexed = 0, 0, places, false
   enc.handles = nil
+  enc.writes, enc.shareable = {}, {}
   return enc
 end
 
 local function give_back(enc)
   enc.buf:reset()
   enc.seen, enc.uvs, enc.path, enc.places = nil, nil, nil, nil
+  enc.writes, enc.shareable = nil, nil
   idle_encoders[#idle_encoders + 1] = enc
 end
 
@@ -772,6 +798,18 @@ local function encode_all(enc, n, ...)
     enc.depth = 1
     enc.path[1] = i
     encode_value(enc, (select(i, ...)))
+  end
+  -- a shareable function reading a global that the snapshot's code writes
+  -- must see that write (its task's environment): not shared then
+  local at, writes = enc.shareable, enc.writes
+  if #at > 0 and next(writes) ~= nil then
+    local bytes = ffi.cast("uint8_t*", (enc.buf:ref()))
+    for i = 1, #at, 2 do
+      local globals = at[i + 1].globals
+      for k = 1, #globals do
+        if writes[globals[k]] then bytes[at[i]] = 0 break end
+      end
+    end
   end
   return enc.buf:tostring()
 end
@@ -905,17 +943,83 @@ end
 
 local setupvalue, upvaluejoin = debug.setupvalue, debug.upvaluejoin
 
+-- Shared closures. LuaJIT specialises its traces on the closure a call
+-- reaches: a task's helper function made anew for every task (a fresh copy
+-- from each snapshot) meets traces recorded for another copy, and a
+-- recursive helper ran ~4x slower in tasks than in plain LuaJIT. A function
+-- whose copies cannot differ in behaviour is given one closure per VM
+-- instead: its upvalues are never assigned (LuaJIT marks them immutable)
+-- and hold values that are the same in every copy (nil, booleans,
+-- numbers, short strings, the function itself, the VM's builtins and
+-- modules, other shared closures), its code writes no global and the
+-- globals it reads are not written by the snapshot's code (it then reads
+-- them from an environment of its own, with the values they had). The
+-- closures are found by that content; the table is weak, so a function no
+-- task uses any more goes.
+-- key -> closure, closure -> key; new for each runtime (M.init)
+local shared_closures = setmetatable({}, { __mode = "v" })
+local shared_key = setmetatable({}, { __mode = "k" })
+local object_ids = setmetatable({}, { __mode = "k" })      -- in keys: shared closures, named values
+local next_object_id = 0
+local SHORT_STRING = 64
+
+local function object_id(v)
+  local id = object_ids[v]
+  if not id then
+    next_object_id = next_object_id + 1
+    id = next_object_id
+    object_ids[v] = id
+  end
+  return id
+end
+
+-- The part of a shared closure's key that value v is, or nil: v differs
+-- from copy to copy.
+local function key_of(v, self, r)
+  local t = type(v)
+  if t == "number" then return string.format("n%a", v)
+  elseif t == "string" then return #v <= SHORT_STRING and ("s" .. #v .. ":" .. v) or nil
+  elseif t == "boolean" then return v and "T" or "F"
+  elseif t == "nil" then return "N"
+  elseif rawequal(v, self) then return "@"
+  elseif (r.named and r.named[v]) or shared_key[v] then
+    return "o" .. object_id(v)
+  end
+  return nil
+end
+
+-- A builtin or a module's value: the same object in every decode of the VM.
+local function named_value(r, v)
+  local named = r.named
+  if not named then
+    named = {}
+    r.named = named
+  end
+  named[v] = true
+  return v
+end
+
 local function decode_function(r)
   local id = rd_uleb(r)
+  local key = rd_byte(r) == 1 and { id } or nil
   local fn = wrapper_of(id)()
   new_ref_d(r, fn)
+  local ref = r.nrefs
   for i = 1, nuvs[id] do
-    if r.p[r.pos] == T_UVJOIN then
+    local tag = r.p[r.pos]
+    if tag == T_SELF then
+      r.pos = r.pos + 1
+      setupvalue(fn, i, fn)
+      if key then key[#key + 1] = "@" end
+    elseif tag == T_UVJOIN then
       r.pos = r.pos + 1
       local other = r.refs[rd_uleb(r)]
       upvaluejoin(fn, i, other, rd_uleb(r))
+      key = nil
     else
-      setupvalue(fn, i, decode_value(r))
+      local v = decode_value(r)
+      setupvalue(fn, i, v)
+      if key then key[#key + 1] = key_of(v, fn, r) or false end
     end
   end
   local kind, env = rd_byte(r), nil
@@ -924,14 +1028,43 @@ local function decode_function(r)
   elseif kind == ENV_SANDBOX then
     env = {}
     new_ref_d(r, env)
+    key = nil
   else
     env = r.refs[rd_uleb(r)]
+    key = nil
   end
-  for _ = 1, rd_uleb(r) do
+  local nglobals = rd_uleb(r)
+  local names, values = key and {}, key and {}
+  for i = 1, nglobals do
     local name = rd_str(r)
-    rawset(env, name, decode_value(r))
+    local v = decode_value(r)
+    rawset(env, name, v)
+    if key then
+      names[i], values[i] = name, v
+      key[#key + 1] = name
+      key[#key + 1] = key_of(v, fn, r) or false
+    end
   end
   setfenv(fn, env)
+  if key then
+    for i = 2, #key do
+      if key[i] == false then return fn end
+    end
+    local k = table.concat(key, "\0")
+    local shared = shared_closures[k]
+    if shared then
+      r.refs[ref] = shared
+      return shared
+    end
+    -- the first: it becomes the shared one, with the globals it reads in
+    -- an environment of its own
+    local own = setmetatable({}, BASE_MT)
+    task_envs[own] = true
+    for i = 1, nglobals do rawset(own, names[i], values[i]) end
+    setfenv(fn, own)
+    shared_closures[k] = fn
+    shared_key[fn] = k
+  end
   return fn
 end
 
@@ -958,8 +1091,8 @@ decode_value = function(r)
     local name = rd_str(r)
     local v = name_builtin[name]
     if v == nil then error("knhk.codec: this VM has no builtin " .. name) end
-    return v
-  elseif tag == T_MODULE then return resolve_module(rd_str(r))
+    return named_value(r, v)
+  elseif tag == T_MODULE then return named_value(r, resolve_module(rd_str(r)))
   elseif tag == T_HANDLE then
     local name = rd_str(r)
     local import = handle_names[name]
@@ -1007,6 +1140,9 @@ function M.init(register, get)
   protos_by_dump = {}
   wrappers, nuvs, infos = {}, {}, {}
   names_by_id = {}
+  -- keys name prototypes by id: a new runtime's ids are new
+  shared_closures = setmetatable({}, { __mode = "v" })
+  shared_key = setmetatable({}, { __mode = "k" })
 end
 
 return M
