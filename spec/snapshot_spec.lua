@@ -516,3 +516,89 @@ describe("helpers shared between tasks", function()
     end, { workers = 1 })
   end)
 end)
+
+-- The same for a task's own function on the fast path (klua_core.c,
+-- "Closures of a task's own function shared by content"). The functions
+-- are made by loadstring: a spec's own functions have busted's environment,
+-- which only the codec sends.
+describe("a task's own function shared between its tasks", function()
+  local core = require "knhk.core"
+  local function fast(source) return assert(loadstring(source))() end
+
+  -- How many closures ran 6 spawns of fn(i) on one worker, alive at once
+  -- (each waits for the last; a task that has ended gives its closure to
+  -- the next one). Each spawn is on the fast path (after a first one,
+  -- which meets the builtins) unless `any_path`. fn(i, wait) -> name, ...
+  local function distinct(fn, check, any_path)
+    local seen, k = {}, 0
+    knhk.run(function()
+      local set, go = knhk.event(), knhk.event()
+      set:set()
+      knhk.spawn(fn, 0, set):join()
+      local hs = {}
+      for i = 1, 6 do
+        local h = any_path and knhk.spawn(fn, i, go) or core.spawn(fn, i, go)
+        assert.is_not.equal("number", type(h), "the spawn went to the codec")
+        hs[i] = h
+      end
+      T.until_waiting(unpack(hs))
+      go:set()
+      for i = 1, 6 do
+        local name, a, b = hs[i]:join()
+        if check then check(i, a, b) end
+        if not seen[name] then seen[name], k = true, k + 1 end
+      end
+    end, { workers = 1 })
+    return k
+  end
+
+  it("is one closure in a VM when its copies cannot differ", function()
+    local me = fast "local function me(x, go) go:wait() return tostring(me), x end return me"
+    assert.equal(1, distinct(me, function(i, x) assert.equal(i, x) end))
+  end)
+
+  it("one per value of its upvalues and of the globals it reads", function()
+    local make = fast [[return function(k)
+      local function me(_, go) if go then go:wait() end return tostring(me), k, math.floor(2.5) end
+      return me
+    end]]
+    local a, b = make(0), make(1)
+    assert.equal(1, distinct(a, function(_, k, two) assert.same({ 0, 2 }, { k, two }) end))
+    local names = {}
+    knhk.run(function()
+      for _ = 1, 3 do
+        names[(knhk.spawn(a):join())] = true
+        names[(knhk.spawn(b):join())] = true
+      end
+    end, { workers = 1 })
+    local k = 0
+    for _ in pairs(names) do k = k + 1 end
+    assert.is_true(k >= 2)
+    assert.is_true(k <= 4) -- the first of each may come through the codec
+  end)
+
+  it("is a copy per task when it writes a global", function()
+    local me = fast [[local function me(_, go)
+      COUNT_FOR_SPEC = (COUNT_FOR_SPEC or 0) + 1
+      go:wait()
+      return tostring(me), COUNT_FOR_SPEC
+    end return me]]
+    assert.equal(6, distinct(me, function(_, count) assert.equal(1, count) end))
+    assert.is_nil(rawget(_G, "COUNT_FOR_SPEC"))
+  end)
+
+  it("is a copy per task when it reaches its environment (_G, getfenv)", function()
+    local me = fast "local function me(_, go) go:wait() return tostring(me), _G ~= nil end return me"
+    local me2 = fast [[local function me2(_, go) go:wait() return tostring(me2), getfenv(1) ~= nil end
+      return me2]]
+    assert.equal(6, distinct(me, nil, true)) -- (_G itself travels by the codec)
+    assert.equal(6, distinct(me2))
+  end)
+
+  it("is a copy per task when an upvalue of it is assigned", function()
+    local me = fast [[local n = 0
+      local function me(_, go) n = n + 1 go:wait() return tostring(me), n end
+      return me]]
+    assert.equal(6, distinct(me, function(_, count) assert.equal(1, count) end))
+  end)
+end)

@@ -400,6 +400,16 @@ local protos_by_closure = setmetatable({}, { __mode = "k" })
 local protos_by_dump = {}
 local register_proto -- set by M.init: bytes -> id
 
+-- Globals through which code can reach or change a function's environment
+-- or upvalues other than by reading and writing its globals.
+local ENV_REACHING = { _G = true, getfenv = true, setfenv = true, debug = true }
+local function reaches_env(globals)
+  for i = 1, #globals do
+    if ENV_REACHING[globals[i]] then return true end
+  end
+  return false
+end
+
 local function proto_of(fn)
   local p = protos_by_closure[fn]
   if p then return p end
@@ -420,8 +430,9 @@ local function proto_of(fn)
       writes = writes,
     }
     -- shareable (see "Shared closures" below): no upvalue is ever
-    -- assigned, and its code (nested functions too) writes no global
-    p.shareable = immutable and next(writes) == nil
+    -- assigned, its code (nested functions too) writes no global, and it
+    -- names none of what reaches an environment otherwise
+    p.shareable = immutable and next(writes) == nil and not reaches_env(p.globals)
     protos_by_dump[dump] = p
   end
   protos_by_closure[fn] = p
@@ -831,11 +842,13 @@ end
 -- The prototype of fn as one number, for the C side's cache (klua_core.c):
 -- id + upvalues * 2^24, + 2^40 if its snapshot needs this codec (it has an
 -- environment of its own), + 2^41 if its code reads globals (the C side
--- sends the globals it reads when each is a plain or named value).
+-- sends the globals it reads when each is a plain or named value), + 2^42
+-- if its closures may be shared ("Shared closures" below).
 function M.proto_number(fn)
   local p = proto_of(fn)
   local slow = not is_globals_table(getfenv(fn))
   return p.id + p.nuv * 2 ^ 24 + (slow and 2 ^ 40 or 0) + (#p.globals > 0 and 2 ^ 41 or 0)
+    + (p.shareable and 2 ^ 42 or 0)
 end
 
 -- The names of the globals prototype `id`'s code reads (fn: a closure of
@@ -951,11 +964,13 @@ local setupvalue, upvaluejoin = debug.setupvalue, debug.upvaluejoin
 -- instead: its upvalues are never assigned (LuaJIT marks them immutable)
 -- and hold values that are the same in every copy (nil, booleans,
 -- numbers, short strings, the function itself, the VM's builtins and
--- modules, other shared closures), its code writes no global and the
--- globals it reads are not written by the snapshot's code (it then reads
--- them from an environment of its own, with the values they had). The
--- closures are found by that content; the table is weak, so a function no
--- task uses any more goes.
+-- modules, other shared closures), its code writes no global, names none
+-- of _G, getfenv, setfenv and debug, and the globals it reads are not
+-- written by the snapshot's code (it then reads them from an environment
+-- of its own, with the values they had). The closures are found by that
+-- content; the table is weak, so a function no task uses any more goes.
+-- (The C side does the same for a task's own function when its start is
+-- inline: klua_core.c's shared_start.)
 -- key -> closure, closure -> key; new for each runtime (M.init)
 local shared_closures = setmetatable({}, { __mode = "v" })
 local shared_key = setmetatable({}, { __mode = "k" })

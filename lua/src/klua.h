@@ -73,6 +73,9 @@ enum { KLUA_BLOB_HANDLE_BYTES = 10 };
  * the globals' name-value pairs that follow the upvalues in the payload. */
 #define KLUA_PROTO_ID_MASK 0xffffffu
 #define KLUA_PROTO_GLOBALS_SHIFT 24
+#define KLUA_PROTO_GLOBALS_MASK 0x7fu
+/* ... and, in its top bit, whether its closures may be shared (codec.lua) */
+#define KLUA_PROTO_SHAREABLE 0x80000000u
 
 /* ------------------------------------------------------------ spinlocks */
 
@@ -149,7 +152,8 @@ struct klua_task {
                                   release after the results (acquire to read) */
   _Atomic uint32_t flags;      /* KLUA_T_* */
   _Atomic int32_t home;        /* its worker once started, else -1 */
-  int32_t kind;                /* KLUA_PORTABLE / KLUA_LOCAL */
+  uint16_t kind;               /* KLUA_PORTABLE / KLUA_LOCAL */
+  uint16_t start_len;          /* inline start: bytes of its upvalues and globals, or 0 */
   int co_ref;                  /* its coroutine's anchor, while it runs */
   klua_group_t *group;         /* the nursery it belongs to */
   knhk_token_t *cancel_parent; /* what cancels it (a reference): the scope it

@@ -274,7 +274,8 @@ static int handle_gc(lua_State *L) {
 enum {
   HOOK_PROTO_OF = 1, HOOK_NEW_CLOSURE, HOOK_PLACE_OF, HOOK_CAPTURE, HOOK_START_BLOB,
   HOOK_GLOBALS_NAMES, HOOK_GNAMES, HOOK_BASE_MT, HOOK_BASE_ENV, HOOK_NAMED, HOOK_NAMED_VALS,
-  HOOK_RESOLVE_NAME, HOOK_COUNT
+  HOOK_RESOLVE_NAME, HOOK_COUNT,
+  HOOK_SHARED = HOOK_COUNT /* not a hook: shared_start's cache, new each run */
 };
 static const char *const hook_names[HOOK_COUNT - 1] = {
     "proto_of", "new_closure", "place_of", "capture", "start_blob", "globals_names",
@@ -295,8 +296,9 @@ static void call_hook(lua_State *L, int h, int n, int r) {
  * count, whether its code reads globals, its place. Cached per closure. */
 typedef struct {
   uint32_t id, nuv;
-  int slow;     /* an environment of its own: only the codec snapshots it */
-  int globals;  /* its code reads globals */
+  int slow;      /* an environment of its own: only the codec snapshots it */
+  int globals;   /* its code reads globals */
+  int shareable; /* its closures may be shared (knhk/codec.lua) */
 } proto_t;
 
 static void proto_info(lua_State *L, int idx, proto_t *p) {
@@ -305,7 +307,7 @@ static void proto_info(lua_State *L, int idx, proto_t *p) {
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_pushvalue(L, idx);
-    call_hook(L, HOOK_PROTO_OF, 1, 1); /* -> id + nuv * 2^24 + slow * 2^40 + globals * 2^41 */
+    call_hook(L, HOOK_PROTO_OF, 1, 1); /* id + nuv*2^24 + slow*2^40 + globals*2^41 + shareable*2^42 */
     lua_pushvalue(L, idx);
     lua_pushvalue(L, -2);
     lua_rawset(L, UP_PROTOS);
@@ -317,6 +319,7 @@ static void proto_info(lua_State *L, int idx, proto_t *p) {
   p->nuv = (uint32_t)((u >> 24) & 0xff);
   p->slow = (int)((u >> 40) & 1);
   p->globals = (int)((u >> 41) & 1);
+  p->shareable = (int)((u >> 42) & 1);
 }
 
 /* ------------------------------------------------------------ named values */
@@ -515,13 +518,15 @@ static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *
     return luaL_error(L, "%s: out of memory", fname);
   }
   /* payload: upvalues, the globals' pairs, the arguments */
+  if (uvsize + gsize <= 0xffff) t->start_len = (uint16_t)(uvsize + gsize);
   klua_values_encode(L, uvidx, (int)p.nuv, out, self);
   klua_values_encode(L, top + 1, 2 * ng, out + uvsize, self);
   klua_values_encode(L, fnidx + 1, nargs, out + uvsize + gsize, NULL);
   lua_settop(L, top);
   t->kind = KLUA_PORTABLE;
   t->pay = KLUA_PAY_INLINE;
-  t->proto = (int32_t)p.id | (ng ? (int32_t)ng << KLUA_PROTO_GLOBALS_SHIFT : 0);
+  t->proto = (int32_t)(p.id | (uint32_t)ng << KLUA_PROTO_GLOBALS_SHIFT |
+                       (p.shareable ? KLUA_PROTO_SHAREABLE : 0));
   t->nvals = nargs;
   t->group = g;
   t->cancel_parent = cancel_parent_for(cur, g);
@@ -709,6 +714,43 @@ static void closure_for(lua_State *L, uint32_t id) {
   lua_rawset(L, UP_PROTOS); /* so that it finds its way back to the pool */
 }
 
+/* Closures of a task's own function shared by content, as the codec
+ * shares helpers (knhk/codec.lua, "Shared closures"): when the function
+ * may be shared (the codec's flag) and its upvalues and globals are values
+ * the same in every copy, one closure per VM serves every start with that
+ * content: its traces stay, and no closure or environment is made per
+ * task. Found in a weak cache (HOOK_SHARED) by the prototype id and the
+ * bytes of those values. */
+enum { SHARED_KEY_MAX = 256 };
+
+/* Pushes t's key in the cache, or returns 0 (no key: pushes nothing). */
+static int push_start_key(lua_State *L, const klua_task_t *t, uint32_t id) {
+  uint32_t len = t->start_len;
+  if (len == 0 || len > SHARED_KEY_MAX) return 0;
+  const char *p = t->data, *end = p + len;
+  while (p < end) {
+    int tag = *p;
+    if (tag == KLUA_V_HANDLE) return 0; /* a task's own: not the same in every copy */
+    p = klua_values_skip(p, 1);
+  }
+  char key[4 + SHARED_KEY_MAX];
+  memcpy(key, &id, 4);
+  memcpy(key + 4, t->data, len);
+  lua_pushlstring(L, key, 4 + len);
+  return 1;
+}
+
+/* The shared closure for key (at index k), or nothing (returns 0). */
+static int push_shared(lua_State *L, int k) {
+  PUSH_HOOK(L, HOOK_SHARED);
+  lua_pushvalue(L, k);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  if (lua_isfunction(L, -1)) return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+
 /* core.start() -> fn, capture, args...: what the runner hands to xpcall.
  * A codec start gives runtime.lua's start_blob and the snapshot. A
  * closure of its prototype's pool is anchored (t->fn_ref) while the task
@@ -725,7 +767,16 @@ static int l_start(lua_State *L) {
   }
   if (pay == KLUA_PAY_INLINE) {
     uint32_t id = (uint32_t)t->proto & KLUA_PROTO_ID_MASK;
-    int ng = (int)((uint32_t)t->proto >> KLUA_PROTO_GLOBALS_SHIFT);
+    int ng = (int)(((uint32_t)t->proto >> KLUA_PROTO_GLOBALS_SHIFT) & KLUA_PROTO_GLOBALS_MASK);
+    int key = ((uint32_t)t->proto & KLUA_PROTO_SHAREABLE) && push_start_key(L, t, id)
+                  ? lua_gettop(L) : 0;
+    if (key && push_shared(L, key)) {
+      PUSH_HOOK(L, HOOK_CAPTURE);
+      klua_values_push(L, t->data + t->start_len, t->nvals, 0);
+      int n = 2 + t->nvals;
+      klua_payload_reset(t);
+      return n;
+    }
     closure_for(L, id);
     int fn = lua_gettop(L);
     int nuv = 0;
@@ -738,6 +789,12 @@ static int l_start(lua_State *L) {
     if (nuv == 0 && !ng) {
       lua_pushvalue(L, fn);
       lua_rawseti(L, UP_POOLS, (int)id);
+    } else if (key) { /* shared from now on: never back to the pool */
+      PUSH_HOOK(L, HOOK_SHARED);
+      lua_pushvalue(L, key);
+      lua_pushvalue(L, fn);
+      lua_rawset(L, -3);
+      lua_pop(L, 1);
     } else {
       lua_pushvalue(L, fn);
       t->fn_ref = klua_ref(klua_self(), L, UP_ANCHOR);
@@ -1686,6 +1743,12 @@ static int l_register(lua_State *L) {
     if (lua_isnil(L, -1)) return luaL_error(L, "core.register: no hook '%s'", hook_names[h - 1]);
     lua_rawseti(L, UP_HOOKS, h);
   }
+  lua_createtable(L, 0, 4); /* its keys name prototypes by this run's ids */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawseti(L, UP_HOOKS, HOOK_SHARED);
   klua_worker_t *w = &rt->w[index];
   klua_anchor_reset(w, L, UP_ANCHOR);
   lua_pushvalue(L, 1);

@@ -121,6 +121,7 @@ klua_task_t *klua_task_alloc(klua_rt_t *rt) {
   t->where = "a function";
   t->pay = KLUA_PAY_NONE;
   t->proto = 0;
+  t->start_len = 0;
   t->nvals = 0;
   t->fn_ref = LUA_NOREF;
   t->len = 0;
