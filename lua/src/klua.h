@@ -248,6 +248,7 @@ struct klua_worker {
   int anchor;                  /* registry ref: the VM's anchor table */
   int anchor_top, anchor_free; /* its refs handed out, its first free one (klua_ref) */
   int runner;                  /* registry ref: the runner function */
+  int make_co;                 /* registry ref: make_coroutine (klua_task.c), or 0 */
   klua_task_t *cur;            /* the task being resumed now */
   /* idle coroutines, in the anchor table at refs co_refs[] */
   lua_State **co_free;

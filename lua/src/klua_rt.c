@@ -395,6 +395,7 @@ void klua_rt_free(klua_rt_t *rt) {
       } else if (w->L) { /* the caller's: drop what we anchored in it */
         if (w->anchor != LUA_NOREF) luaL_unref(w->L, LUA_REGISTRYINDEX, w->anchor);
         if (w->runner != LUA_NOREF) luaL_unref(w->L, LUA_REGISTRYINDEX, w->runner);
+        if (w->make_co > 0) luaL_unref(w->L, LUA_REGISTRYINDEX, w->make_co);
         lua_pushnil(w->L);
         lua_setfield(w->L, LUA_REGISTRYINDEX, "knhk.rt");
       }

@@ -292,11 +292,17 @@ void klua_wake(klua_task_t *t) { knhk_executor_wake(&t->rt->ex, &t->et); }
 static char mark_done, mark_wait;
 
 /* An idle coroutine of w's VM running the runner, or NULL. Made inside a
- * protected call: an allocation may raise (out of memory, or a finalizer). */
+ * protected call: an allocation may raise (out of memory, or a finalizer).
+ * Its stack is grown at once to what a task that waits needs (a C call a
+ * few frames into a task's function takes it past LuaJIT's first size):
+ * the first stack goes back to the allocator now, for the next coroutine,
+ * not later among a task's other allocations. */
+enum { CO_STACK = 48 };
 static int make_coroutine(lua_State *L) {
   klua_worker_t *w = lua_touserdata(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, w->anchor);
   lua_State *co = lua_newthread(L);
+  lua_checkstack(co, CO_STACK);
   lua_rawgeti(L, LUA_REGISTRYINDEX, w->runner);
   lua_xmove(L, co, 1);
   int ref = klua_ref(w, L, -2);
@@ -313,7 +319,11 @@ static lua_State *take_coroutine(klua_worker_t *w, int *ref) {
   }
   lua_State *L = w->L;
   int top = lua_gettop(L);
-  lua_pushcfunction(L, make_coroutine);
+  if (w->make_co <= 0) { /* one C function per VM: pushing it anew made one per call */
+    lua_pushcfunction(L, make_coroutine);
+    w->make_co = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->make_co);
   lua_pushlightuserdata(L, w);
   lua_State *co = NULL;
   if (lua_pcall(L, 1, 2, 0) == 0) {
