@@ -602,3 +602,25 @@ describe("a task's own function shared between its tasks", function()
     assert.equal(6, distinct(me, function(_, count) assert.equal(1, count) end))
   end)
 end)
+
+-- LuaJIT compiles an upvalue that is never assigned as a constant of the
+-- closure its trace was recorded with: a closure the runtime gave to one
+-- task and then another, re-armed with other upvalues, ran the first
+-- one's values once its loop was compiled.
+describe("upvalues under the JIT compiler", function()
+  it("each task of a hot loop over an upvalue sees its own value", function()
+    local make = assert(loadstring([[return function(k, tag)
+      return function() local s = 0 for _ = 1, 3000 do s = s + k end WRITTEN_FOR_SPEC = s return s, #tag end
+    end]]))()
+    local long = string.rep("x", 300)
+    knhk.run(function()
+      for i = 1, 8 do
+        -- a function that writes a global (never shared), then one whose
+        -- upvalue is a long string (shared only by content it cannot key)
+        assert.equal(3000 * i, (knhk.spawn(make(i, "t")):join()))
+        assert.equal(3000 * i, (knhk.spawn(make(i, long)):join()))
+      end
+    end, { workers = 1 })
+    assert.is_nil(rawget(_G, "WRITTEN_FOR_SPEC"))
+  end)
+end)

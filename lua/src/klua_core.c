@@ -862,6 +862,12 @@ static void give_back_closure(lua_State *L, int fn) {
   uint64_t u = (uint64_t)lua_tonumber(L, -1);
   lua_pop(L, 1);
   int id = (int)(u & 0xffffff);
+  /* Only a closure without upvalues is given to another task (its
+   * environment is set anew). One with upvalues is not: LuaJIT's traces
+   * take an upvalue that is never assigned as a constant of the closure
+   * they were recorded with, so a closure re-armed with other values ran
+   * the old ones once its loop was compiled. */
+  if ((u >> 24) & 0xff) return;
   lua_rawgeti(L, UP_POOLS, id);
   if (lua_isfunction(L, -1)) { /* shared */
     lua_pop(L, 1);
