@@ -466,20 +466,30 @@ describe("helpers shared between tasks", function()
     end, { workers = 1 })
   end)
 
-  it("a helper with different upvalue values is a different closure", function()
+  it("two closures stay two, even of one content", function()
     local function make(k) return function() return k end end
+    local gets = { make(0), make(1), make(1) }
     local seen = {}
     knhk.run(function()
-      for i = 1, 4 do
-        local get = make(i % 2)
+      for i = 1, 9 do
+        local get = gets[(i - 1) % 3 + 1]
         local v, name = knhk.spawn(function() return get(), tostring(get) end):join()
-        assert.equal(i % 2, v)
-        seen[name] = v
+        assert.equal(get(), v)
+        seen[name] = true
       end
+      -- and in one task, as in the spawner
+      local a, b = gets[2], gets[3]
+      assert.same({ false, 2 }, { knhk.spawn(function()
+        local reg = {}
+        reg[a], reg[b] = "a", "b"
+        local n = 0
+        for _ in pairs(reg) do n = n + 1 end
+        return a == b, n
+      end):join() })
     end, { workers = 1 })
     local k = 0
     for _ in pairs(seen) do k = k + 1 end
-    assert.equal(2, k)
+    assert.equal(3, k)
   end)
 
   it("a helper reading a global sees the value of its own spawn", function()
@@ -623,4 +633,97 @@ describe("upvalues under the JIT compiler", function()
     end, { workers = 1 })
     assert.is_nil(rawget(_G, "WRITTEN_FOR_SPEC"))
   end)
+end)
+
+-- Found by an adversarial review of the shared closures: code that reaches
+-- a function's environment or upvalues (getfenv, setfenv, debug, _G,
+-- rawset on them, module, a module that reaches its caller's) must not
+-- change what another task sees. Each case is a chunk (loadstring: the
+-- globals environment, so the fast path is taken where it can be) run on
+-- one worker, where shared closures would be one object.
+describe("shared closures keep tasks apart", function()
+  local cases = {
+    { "a builtin held as an upvalue (getfenv)", "t1 orig orig", [[
+      X = "orig"
+      local getfenv = getfenv
+      local function f(set) if set then rawset(getfenv(1), "X", set) end return X end
+      knhk.spawn(f, false):join()
+      return knhk.spawn(f, "t1"):join(), knhk.spawn(f, false):join(), knhk.spawn(f, false):join()]] },
+    { "setfenv on a helper by the task", "hacked orig", [[
+      X = "orig"
+      local function helper() return X end
+      local function task(mode) if mode then setfenv(helper, { X = "hacked" }) end return helper() end
+      return knhk.spawn(task, true):join(), knhk.spawn(task, false):join()]] },
+    { "a global written through _G, rawset and getfenv", "new new new new new new orig", [[
+      X = "orig"
+      local function helper() return X end
+      local a, b = knhk.spawn(function(v) _G.X = v return helper(), X end, "new"):join()
+      local c, d = knhk.spawn(function(v) rawset(_G, "X", v) return helper(), X end, "new"):join()
+      local e, f = knhk.spawn(function(v) getfenv(1).X = v return helper(), X end, "new"):join()
+      return a, b, c, d, e, f, X]] },
+    { "a callback that reaches its caller's environment", "hacked orig", [[
+      X = "orig"
+      local function f(cb) cb() return X end
+      return knhk.spawn(f, function() rawset(getfenv(2), "X", "hacked") end):join(),
+        knhk.spawn(f, function() end):join()]] },
+    { "debug held as an upvalue", "1 99 1", [[
+      local dbg = require "debug"
+      local k = 1
+      local function f(set)
+        if set then dbg.setupvalue(dbg.getinfo(1, "f").func, 2, set) end
+        return k
+      end
+      return knhk.spawn(f, false):join(), knhk.spawn(f, 99):join(), knhk.spawn(f, false):join()]] },
+    { "require 'debug' in the task", "orig t2 orig", [[
+      X = "orig"
+      local function f(set) if set then require("debug").getfenv(f).X = set end return X end
+      return knhk.spawn(f, false):join(), knhk.spawn(f, "t2"):join(), knhk.spawn(f, false):join()]] },
+    { "a module that writes its caller's environment", "orig t2 orig", [[
+      local declare = require "declare_for_spec"
+      X = "orig"
+      local function f(v) if v then declare.set("X", v) end return X end
+      return knhk.spawn(f, false):join(), knhk.spawn(f, "t2"):join(), knhk.spawn(f, false):join()]] },
+    { "setfenv on a helper the spawner got back", "sandbox orig", [[
+      X = "orig"
+      local function helper() return X end
+      local h = knhk.spawn(function() return helper end):join()
+      setfenv(h, { X = "sandbox" })
+      return h(), knhk.spawn(function() return helper() end):join()]] },
+    { "debug.setupvalue on a helper the spawner got back", "42 1 1", [[
+      local k = 1
+      local function helper() return k end
+      local h = knhk.spawn(function() return helper end):join()
+      debug.setupvalue(h, 1, 42)
+      return h(), helper(), knhk.spawn(function() return helper() end):join()]] },
+    { "debug.setupvalue on a helper by the task", "5 1", [[
+      local k = 1
+      local function helper() return k end
+      local function task(v) if v then debug.setupvalue(helper, 1, v) end return helper() end
+      return knhk.spawn(task, 5):join(), knhk.spawn(task):join()]] },
+  }
+  local dir = os.tmpname()
+  os.remove(dir)
+  setup(function()
+    os.execute("mkdir -p " .. dir)
+    local f = assert(io.open(dir .. "/declare_for_spec.lua", "w"))
+    f:write("local M = {}\nfunction M.set(name, v) rawset(getfenv(2), name, v) end\nreturn M\n")
+    f:close()
+  end)
+  teardown(function() os.execute("rm -rf " .. dir) end)
+  for _, case in ipairs(cases) do
+    it(case[1], function()
+      local saved = package.path
+      package.path = dir .. "/?.lua;" .. package.path
+      local chunk = assert(loadstring("local knhk = require 'knhk' return function() " .. case[3] .. " end"))()
+      local ok, out = pcall(knhk.run, function()
+        local res = { chunk() }
+        for i = 1, #res do res[i] = tostring(res[i]) end
+        return table.concat(res, " ")
+      end, { workers = 1 })
+      package.path = saved
+      rawset(_G, "X", nil)
+      assert.is_true(ok, tostring(out))
+      assert.equal(case[2], out)
+    end)
+  end
 end)

@@ -400,14 +400,39 @@ local protos_by_closure = setmetatable({}, { __mode = "k" })
 local protos_by_dump = {}
 local register_proto -- set by M.init: bytes -> id
 
--- Globals through which code can reach or change a function's environment
--- or upvalues other than by reading and writing its globals.
-local ENV_REACHING = { _G = true, getfenv = true, setfenv = true, debug = true }
-local function reaches_env(globals)
-  for i = 1, #globals do
-    if ENV_REACHING[globals[i]] then return true end
+-- What reaches or changes a function's environment or upvalues other than
+-- by reading and writing its globals: code that names one of these (or
+-- holds the string "debug", as require "debug" does) may change a closure
+-- other tasks would share ("Shared closures" below).
+local REFLECTIVE = { _G = true, getfenv = true, setfenv = true, debug = true, module = true }
+local function has_debug_string(fn, seen)
+  seen[fn] = true
+  local info = funcinfo(fn)
+  for i = 1, info.gcconsts or 0 do
+    local k = funck(fn, -i)
+    if k == "debug" then return true end
+    if type(k) == "proto" and not seen[k] and has_debug_string(k, seen) then return true end
   end
   return false
+end
+local function reflective(fn, globals)
+  for i = 1, #globals do
+    if REFLECTIVE[globals[i]] then return true end
+  end
+  return has_debug_string(fn, {})
+end
+
+-- Whether a builtin or module (a named value's key: "B" name or "M"
+-- name) is the same harmless value in every copy: not one of the above
+-- (nor debug's functions), and of the modules only knhk's own (another
+-- module's code could reach its caller's environment).
+function M.named_shareable(key)
+  local kind, name = key:sub(1, 1), key:sub(2)
+  if kind == "B" then
+    return not (REFLECTIVE[name] or name:match("^debug%."))
+  end
+  local modname = name:match("^[^%z]+")
+  return modname == "knhk" or modname:sub(1, 5) == "knhk."
 end
 
 local function proto_of(fn)
@@ -431,8 +456,9 @@ local function proto_of(fn)
     }
     -- shareable (see "Shared closures" below): no upvalue is ever
     -- assigned, its code (nested functions too) writes no global, and it
-    -- names none of what reaches an environment otherwise
-    p.shareable = immutable and next(writes) == nil and not reaches_env(p.globals)
+    -- reaches no environment otherwise
+    p.reflective = reflective(fn, p.globals)
+    p.shareable = immutable and next(writes) == nil and not p.reflective
     protos_by_dump[dump] = p
   end
   protos_by_closure[fn] = p
@@ -541,9 +567,10 @@ local function put_module(enc, v, name)
   M.on_named(v, "M" .. name)
 end
 
-local function put_builtin(buf, v, name)
-  put_named(buf, T_BUILTIN, name)
+local function put_builtin(enc, v, name)
+  put_named(enc.buf, T_BUILTIN, name)
   M.on_named(v, "B" .. name)
+  if not M.named_shareable("B" .. name) then enc.reflective = true end
 end
 
 -- The reference a handle's export takes belongs to the snapshot: its owner
@@ -664,12 +691,28 @@ end
 
 local upvalueid, getupvalue = debug.upvalueid, debug.getupvalue
 
+-- Where a shareable closure comes from: this VM (an id no other VM of the
+-- process has while this one lives) and the closure (a number of this VM's
+-- for it). Distinct closures of one content stay distinct in a task.
+local VM_ID = tostring({}):match("0x%x+") or tostring({})
+local origin_ids = setmetatable({}, { __mode = "k" })
+local next_origin_id = 0
+local function origin_id(fn)
+  local id = origin_ids[fn]
+  if not id then
+    next_origin_id = next_origin_id + 1
+    id = next_origin_id
+    origin_ids[fn] = id
+  end
+  return id
+end
+
 local function encode_function(enc, fn)
   local buf = enc.buf
   local ok, info = pcall(funcinfo, fn)
   if not ok or info.addr or not info.source then -- a C function
     local name = builtin_name[fn]
-    if name then return put_builtin(buf, fn, name) end
+    if name then return put_builtin(enc, fn, name) end
     local mname = module_name[fn]
     if not mname and not enc.modules_indexed then
       enc.modules_indexed = true
@@ -683,17 +726,25 @@ local function encode_function(enc, fn)
   local me = new_ref(enc, fn)
   buf:put(string.char(T_FN))
   put_uleb(buf, p.id)
-  -- whether the receiver may share one closure for it (see "Shared
-  -- closures"); cleared at the end if a function of the snapshot writes a
-  -- global this one reads
+  -- whether the receiver may share one closure for it ("Shared closures"):
+  -- 1, then where it comes from (this VM's id for the closure: two
+  -- closures are never one in a task); set to 2 (not shared) at the end if
+  -- the snapshot's code reaches environments, writes a global this one
+  -- reads, or joins one of its upvalues
   local writes = enc.writes
   for name in pairs(p.writes) do writes[name] = true end
+  if p.reflective then enc.reflective = true end
   if p.shareable then
     local at = enc.shareable
     at[#at + 1] = #buf
     at[#at + 1] = p
+    enc.flag_at[me] = #buf
+    buf:put(string.char(1))
+    put_uleb(buf, origin_id(fn))
+    put_str(buf, VM_ID)
+  else
+    buf:put(string.char(0))
   end
-  buf:put(string.char(p.shareable and 1 or 0))
   local seg = { PATH_UPVALUE, fn, nil }
   enter(enc, fn, seg)
   -- Closures that share an upvalue (debug.upvalueid) share it in the
@@ -704,12 +755,16 @@ local function encode_function(enc, fn)
     local at = uvs[id]
     if p.shareable and rawequal(select(2, getupvalue(fn, i)), fn) then
       -- itself (a recursive local function): never assigned, so the
-      -- receiver's copy may hold itself in a cell of its own
+      -- receiver's copy may hold itself in a cell of its own (a closure
+      -- sharing that cell keeps its own: only debug.upvalueid tells)
+      if not at then uvs[id] = { me, i } end
       buf:put(string.char(T_SELF))
     elseif at then
       buf:put(string.char(T_UVJOIN))
       put_uleb(buf, at[1])
       put_uleb(buf, at[2])
+      local shared_at = enc.flag_at[at[1]] -- a cell of a shareable one: not shared
+      if shared_at then enc.unshare[#enc.unshare + 1] = shared_at end
     else
       uvs[id] = { me, i }
       seg[3] = p.uvnames[i]
@@ -749,9 +804,12 @@ encode_value = function(enc, v)
       return
     end
     if t == "table" then
-      if is_globals_table(v) then return buf:put(string.char(T_GLOBALS)) end
+      if is_globals_table(v) then
+        enc.reflective = true -- the globals table itself: environments in reach
+        return buf:put(string.char(T_GLOBALS))
+      end
       local bname = builtin_name[v]
-      if bname then return put_builtin(buf, v, bname) end
+      if bname then return put_builtin(enc, v, bname) end
       local mname = module_name[v]
       if not mname and not enc.modules_indexed then
         -- modules loaded since: looked for once per snapshot, unless the
@@ -792,14 +850,15 @@ local function take_encoder(places)
   enc.seen, enc.uvs, enc.path = {}, {}, {}
   enc.nrefs, enc.depth, enc.places, enc.modules_indexed = 0, 0, places, false
   enc.handles = nil
-  enc.writes, enc.shareable = {}, {}
+  enc.writes, enc.shareable, enc.flag_at, enc.unshare = {}, {}, {}, {}
+  enc.reflective = false
   return enc
 end
 
 local function give_back(enc)
   enc.buf:reset()
   enc.seen, enc.uvs, enc.path, enc.places = nil, nil, nil, nil
-  enc.writes, enc.shareable = nil, nil
+  enc.writes, enc.shareable, enc.flag_at, enc.unshare = nil, nil, nil, nil
   idle_encoders[#idle_encoders + 1] = enc
 end
 
@@ -810,17 +869,22 @@ local function encode_all(enc, n, ...)
     enc.path[1] = i
     encode_value(enc, (select(i, ...)))
   end
-  -- a shareable function reading a global that the snapshot's code writes
-  -- must see that write (its task's environment): not shared then
+  -- A shareable function is not shared when the snapshot's code reaches
+  -- environments (it could change the shared one), writes a global it
+  -- reads (it must see the write: its task's environment), or joins one
+  -- of its upvalues.
   local at, writes = enc.shareable, enc.writes
-  if #at > 0 and next(writes) ~= nil then
+  if #at > 0 then
     local bytes = ffi.cast("uint8_t*", (enc.buf:ref()))
     for i = 1, #at, 2 do
+      local unshare = enc.reflective
       local globals = at[i + 1].globals
       for k = 1, #globals do
-        if writes[globals[k]] then bytes[at[i]] = 0 break end
+        if writes[globals[k]] then unshare = true break end
       end
+      if unshare then bytes[at[i]] = 2 end
     end
+    for _, pos in ipairs(enc.unshare) do bytes[pos] = 2 end
   end
   return enc.buf:tostring()
 end
@@ -997,26 +1061,33 @@ local function key_of(v, self, r)
   elseif t == "boolean" then return v and "T" or "F"
   elseif t == "nil" then return "N"
   elseif rawequal(v, self) then return "@"
-  elseif (r.named and r.named[v]) or shared_key[v] then
+  elseif shared_key[v] or (r.named and r.named[v] and M.named_shareable(r.named[v])) then
     return "o" .. object_id(v)
   end
   return nil
 end
 
--- A builtin or a module's value: the same object in every decode of the VM.
-local function named_value(r, v)
+-- A builtin or a module's value: the same object in every decode of the
+-- VM; its key ("B" name, "M" name) kept for key_of.
+local function named_value(r, v, key)
   local named = r.named
   if not named then
     named = {}
     r.named = named
   end
-  named[v] = true
+  named[v] = key
   return v
 end
 
 local function decode_function(r)
   local id = rd_uleb(r)
-  local key = rd_byte(r) == 1 and { id } or nil
+  local flag, key = rd_byte(r), nil
+  if flag ~= 0 then -- where it comes from, then: shared unless the flag says not
+    local origin = rd_uleb(r)
+    local vm = rd_str(r)
+    -- (results, which every join decodes, are copies: the spawner's own)
+    if flag == 1 and not r.copies then key = { id, vm, origin } end
+  end
   local fn = wrapper_of(id)()
   new_ref_d(r, fn)
   local ref = r.nrefs
@@ -1062,7 +1133,7 @@ local function decode_function(r)
   end
   setfenv(fn, env)
   if key then
-    for i = 2, #key do
+    for i = 4, #key do
       if key[i] == false then return fn end
     end
     local k = table.concat(key, "\0")
@@ -1106,8 +1177,10 @@ decode_value = function(r)
     local name = rd_str(r)
     local v = name_builtin[name]
     if v == nil then error("knhk.codec: this VM has no builtin " .. name) end
-    return named_value(r, v)
-  elseif tag == T_MODULE then return named_value(r, resolve_module(rd_str(r)))
+    return named_value(r, v, "B" .. name)
+  elseif tag == T_MODULE then
+    local name = rd_str(r)
+    return named_value(r, resolve_module(name), "M" .. name)
   elseif tag == T_HANDLE then
     local name = rd_str(r)
     local import = handle_names[name]

@@ -287,23 +287,26 @@ local function init_vm()
   end)
   -- Named values (klua_value.c): builtins and modules the codec has met
   -- travel as an id of the runtime's registry, which holds their key.
-  local named, named_vals = setmetatable({}, { __mode = "k" }), {}
-  local function remember(v, id)
+  -- named_safe: the ids of those a shared closure may hold (codec.named_shareable)
+  local named, named_vals, named_safe = setmetatable({}, { __mode = "k" }), {}, {}
+  local function remember(v, id, key)
     named[v] = id
     named_vals[id] = v
+    named_safe[id] = codec.named_shareable(key) or nil
   end
   codec.on_named = function(v, key)
     if named[v] then return end
     local bytes = "\0" .. key -- never a prototype's dump, which starts "\27LJ"
     local id = C.klua_proto_register(rt, bytes, #bytes)
-    if id ~= 0 then remember(v, id) end
+    if id ~= 0 then remember(v, id, key) end
   end
   local function resolve_name(id)
     local len = ffi.new("size_t[1]")
     local p = C.klua_proto_get(rt, id, len)
     if p == nil or len[0] < 2 or p[0] ~= 0 then error("knhk: unknown named value " .. id) end
-    local v = codec.named_value(ffi.string(p + 1, len[0] - 1))
-    remember(v, id)
+    local key = ffi.string(p + 1, len[0] - 1)
+    local v = codec.named_value(key)
+    remember(v, id, key)
     return v
   end
   local shared_p, shared_c
@@ -328,6 +331,7 @@ local function init_vm()
     base_env = codec.base_env,
     named = named,
     named_vals = named_vals,
+    named_safe = named_safe,
     resolve_name = resolve_name,
   })
 end

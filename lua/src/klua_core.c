@@ -274,12 +274,13 @@ static int handle_gc(lua_State *L) {
 enum {
   HOOK_PROTO_OF = 1, HOOK_NEW_CLOSURE, HOOK_PLACE_OF, HOOK_CAPTURE, HOOK_START_BLOB,
   HOOK_GLOBALS_NAMES, HOOK_GNAMES, HOOK_BASE_MT, HOOK_BASE_ENV, HOOK_NAMED, HOOK_NAMED_VALS,
-  HOOK_RESOLVE_NAME, HOOK_COUNT,
+  HOOK_RESOLVE_NAME, HOOK_NAMED_SAFE, HOOK_COUNT,
   HOOK_SHARED = HOOK_COUNT /* not a hook: shared_start's cache, new each run */
 };
 static const char *const hook_names[HOOK_COUNT - 1] = {
     "proto_of", "new_closure", "place_of", "capture", "start_blob", "globals_names",
-    "gnames",   "base_mt",     "base_env", "named",   "named_vals", "resolve_name"};
+    "gnames",   "base_mt",     "base_env", "named",   "named_vals", "resolve_name",
+    "named_safe"};
 
 #define PUSH_HOOK(L, h) lua_rawgeti((L), UP_HOOKS, (h))
 
@@ -723,16 +724,41 @@ static void closure_for(lua_State *L, uint32_t id) {
  * bytes of those values. */
 enum { SHARED_KEY_MAX = 256 };
 
-/* Pushes t's key in the cache, or returns 0 (no key: pushes nothing). */
-static int push_start_key(lua_State *L, const klua_task_t *t, uint32_t id) {
+/* Whether the n values at p may be held by a shared closure (held: no
+ * handle, a task's own) or given to it: builtins and modules only of those
+ * the codec says are harmless (hooks.named_safe). Past them in *end. */
+static int shareable_values(lua_State *L, const char *p, int n, int held, const char **end) {
+  int ok = 1;
+  for (int i = 0; i < n && ok; i++) {
+    int tag = *p;
+    if (tag == KLUA_V_HANDLE && held) ok = 0;
+    if (tag == KLUA_V_NAMED) {
+      uint32_t id;
+      memcpy(&id, p + 1, 4);
+      PUSH_HOOK(L, HOOK_NAMED_SAFE);
+      lua_rawgeti(L, -1, (int)id);
+      ok = lua_toboolean(L, -1);
+      lua_pop(L, 2);
+    }
+    p = klua_values_skip(p, 1);
+  }
+  *end = p;
+  return ok;
+}
+
+/* Pushes t's key in the cache, or returns 0 (no key: pushes nothing).
+ * nuv + 2 * ng values (its upvalues and globals) then t->nvals arguments
+ * (a builtin given as an argument could reach the closure too). */
+static int push_start_key(lua_State *L, const klua_task_t *t, uint32_t id, int nvals) {
   uint32_t len = t->start_len;
   if (len == 0 || len > SHARED_KEY_MAX) return 0;
   const char *p = t->data, *end = p + len;
   while (p < end) {
-    int tag = *p;
-    if (tag == KLUA_V_HANDLE) return 0; /* a task's own: not the same in every copy */
-    p = klua_values_skip(p, 1);
+    const char *next;
+    if (!shareable_values(L, p, 1, 1, &next)) return 0;
+    p = next;
   }
+  if (!shareable_values(L, p, nvals, 0, &p)) return 0;
   char key[4 + SHARED_KEY_MAX];
   memcpy(key, &id, 4);
   memcpy(key + 4, t->data, len);
@@ -768,7 +794,7 @@ static int l_start(lua_State *L) {
   if (pay == KLUA_PAY_INLINE) {
     uint32_t id = (uint32_t)t->proto & KLUA_PROTO_ID_MASK;
     int ng = (int)(((uint32_t)t->proto >> KLUA_PROTO_GLOBALS_SHIFT) & KLUA_PROTO_GLOBALS_MASK);
-    int key = ((uint32_t)t->proto & KLUA_PROTO_SHAREABLE) && push_start_key(L, t, id)
+    int key = ((uint32_t)t->proto & KLUA_PROTO_SHAREABLE) && push_start_key(L, t, id, t->nvals)
                   ? lua_gettop(L) : 0;
     if (key && push_shared(L, key)) {
       PUSH_HOOK(L, HOOK_CAPTURE);
