@@ -700,6 +700,50 @@ describe("shared closures keep tasks apart", function()
       local function helper() return k end
       local function task(v) if v then debug.setupvalue(helper, 1, v) end return helper() end
       return knhk.spawn(task, 5):join(), knhk.spawn(task):join()]] },
+    -- (a second review)
+    { "setfenv reached through loadstring", "orig t2 orig", [[
+      X = "orig"
+      local function helper() return X end
+      local function task(v)
+        if v then loadstring("local h, v = ... setfenv(h, { X = v })")(helper, v) end
+        return helper()
+      end
+      return knhk.spawn(task, false):join(), knhk.spawn(task, "t2"):join(), knhk.spawn(task, false):join()]] },
+    { "setfenv reached through require('_G')", "orig t2 orig", [[
+      X = "orig"
+      local function helper() return X end
+      local function task(v) if v then require("_G").setfenv(helper, { X = v }) end return helper() end
+      return knhk.spawn(task, false):join(), knhk.spawn(task, "t2"):join(), knhk.spawn(task, false):join()]] },
+    { "a module required in the task writes its caller's globals", "orig orig t3 orig orig", [[
+      X = "orig"
+      local function task(v) if v then require("declare_for_spec").set("X", v) end return X end
+      local out = {}
+      for _, v in ipairs { false, false, "t3", false, false } do out[#out + 1] = knhk.spawn(task, v):join() end
+      return unpack(out)]] },
+    { "a helper reads what a module wrote into its task's globals", "t1 t1 t2 t2 orig orig", [[
+      local declare = require "declare_for_spec"
+      X = "orig"
+      local function helper() return X end
+      local function task(v) if v then declare.set("X", v) end return helper(), X end
+      local a, b = knhk.spawn(task, "t1"):join()
+      local c, d = knhk.spawn(task, "t2"):join()
+      local e, f = knhk.spawn(task, false):join()
+      return a, b, c, d, e, f]] },
+    { "a function received by channel is each receiver's own", "orig hacked orig 1 99 1", [[
+      X = "orig"
+      local k = 1
+      local function helper() return X end
+      local function getk() return k end
+      local ch = knhk.channel(8)
+      for _ = 1, 3 do ch:send(helper) end
+      for _ = 1, 3 do ch:send(getk) end
+      local r1 = knhk.spawn(function() return ch:recv()() end):join()
+      local r2 = knhk.spawn(function() local f = ch:recv() setfenv(f, { X = "hacked" }) return f() end):join()
+      local r3 = knhk.spawn(function() return ch:recv()() end):join()
+      local r4 = knhk.spawn(function() return ch:recv()() end):join()
+      local r5 = knhk.spawn(function() local f = ch:recv() debug.setupvalue(f, 1, 99) return f() end):join()
+      local r6 = knhk.spawn(function() return ch:recv()() end):join()
+      return r1, r2, r3, r4, r5, r6]] },
   }
   local dir = os.tmpname()
   os.remove(dir)

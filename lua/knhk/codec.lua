@@ -1024,17 +1024,26 @@ local setupvalue, upvaluejoin = debug.setupvalue, debug.upvaluejoin
 -- reaches: a task's helper function made anew for every task (a fresh copy
 -- from each snapshot) meets traces recorded for another copy, and a
 -- recursive helper ran ~4x slower in tasks than in plain LuaJIT. A function
--- whose copies cannot differ in behaviour is given one closure per VM
--- instead: its upvalues are never assigned (LuaJIT marks them immutable)
--- and hold values that are the same in every copy (nil, booleans,
--- numbers, short strings, the function itself, the VM's builtins and
--- modules, other shared closures), its code writes no global, names none
--- of _G, getfenv, setfenv and debug, and the globals it reads are not
--- written by the snapshot's code (it then reads them from an environment
--- of its own, with the values they had). The closures are found by that
--- content; the table is weak, so a function no task uses any more goes.
+-- of a task's start whose copies cannot differ in behaviour is given one
+-- closure per VM instead, found by its content and where it comes from:
+--  - its upvalues are never assigned (LuaJIT marks them immutable) and hold
+--    values the same in every copy: nil, booleans, numbers, short strings,
+--    the function itself, builtins, knhk's modules, other shared closures;
+--  - the globals it reads hold builtins, knhk's modules or shared closures
+--    (a number or a string in the task's globals could be changed there by
+--    code the snapshot does not show, which a copy would see);
+--  - its code writes no global, and no code of the snapshot reaches an
+--    environment or upvalues (REFLECTIVE above: names, builtins as values,
+--    the globals table as a value), writes a global it reads, or joins one
+--    of its upvalues;
+--  - it comes in a task's start (decode_start): a function in a message or
+--    a result is the receiver's own copy.
+-- Reflection reached at run time by other routes (a chunk loaded with
+-- loadstring, a module required later) on a shared function is not seen:
+-- README says so. Closures are cached in weak tables, per runtime.
 -- (The C side does the same for a task's own function when its start is
--- inline: klua_core.c's shared_start.)
+-- inline: klua_core.c, "Closures of a task's own function shared by
+-- content".)
 -- key -> closure, closure -> key; new for each runtime (M.init)
 local shared_closures = setmetatable({}, { __mode = "v" })
 local shared_key = setmetatable({}, { __mode = "k" })
@@ -1085,8 +1094,9 @@ local function decode_function(r)
   if flag ~= 0 then -- where it comes from, then: shared unless the flag says not
     local origin = rd_uleb(r)
     local vm = rd_str(r)
-    -- (results, which every join decodes, are copies: the spawner's own)
-    if flag == 1 and not r.copies then key = { id, vm, origin } end
+    -- (only in a task's start: a function that arrives in a message or a
+    -- result is the receiver's own copy, whatever it does with it)
+    if flag == 1 and r.share then key = { id, vm, origin } end
   end
   local fn = wrapper_of(id)()
   new_ref_d(r, fn)
@@ -1128,7 +1138,13 @@ local function decode_function(r)
     if key then
       names[i], values[i] = name, v
       key[#key + 1] = name
-      key[#key + 1] = key_of(v, fn, r) or false
+      -- a global's value must be a builtin, knhk's or a shared function:
+      -- others (a number, a string, ...) may be changed in the task's
+      -- globals by code the snapshot does not show (a module writing its
+      -- caller's environment), which a copy would see and a shared one not
+      local k = type(v) ~= "nil" and type(v) ~= "boolean" and type(v) ~= "number"
+        and type(v) ~= "string" and key_of(v, fn, r)
+      key[#key + 1] = k or false
     end
   end
   setfenv(fn, env)
@@ -1198,27 +1214,30 @@ end
 
 -- Decodes a snapshot made by encode from `len` bytes at `ptr` (a cdata
 -- pointer) or from a string. Returns n, then the values.
-local function decode(ptr, copies)
+local function decode(ptr, copies, share)
   local keep
   if type(ptr) == "string" then
     keep = ptr
     ptr = ffi.cast("const uint8_t*", keep)
   end
   local r = { p = ffi.cast("const uint8_t*", ptr), pos = 0, refs = {}, nrefs = 0, keep = keep,
-              copies = copies }
+              copies = copies, share = share }
   local n = rd_uleb(r)
   local vals = {}
   for i = 1, n do vals[i] = decode_value(r) end
   return n, unpack_n(vals, 1, n)
 end
 
--- Decodes a snapshot read once (a start, a message): its handles' references
--- go to the handles made.
-function M.decode(ptr) return decode(ptr, false) end
+-- Decodes a snapshot read once (a message): its handles' references go to
+-- the handles made.
+function M.decode(ptr) return decode(ptr, false, false) end
+
+-- The same for a task's start: its functions may be shared closures.
+function M.decode_start(ptr) return decode(ptr, false, true) end
 
 -- Decodes a snapshot read as often as asked (a task's results, which every
 -- join decodes): the handles made take references of their own.
-function M.decode_copies(ptr) return decode(ptr, true) end
+function M.decode_copies(ptr) return decode(ptr, true, false) end
 
 -- The runtime tells the codec where prototypes are interned. Ids from an
 -- earlier runtime mean nothing in this one: every cache starts empty.

@@ -247,7 +247,7 @@ end
 -- decoded is the task's error; a tail call, so that the function runs
 -- where any other task's does.
 local function start_blob(snap)
-  local vals = pack(codec.decode(snap))
+  local vals = pack(codec.decode_start(snap))
   return vals[2](unpack(vals, 3, vals.n))
 end
 

@@ -724,41 +724,40 @@ static void closure_for(lua_State *L, uint32_t id) {
  * bytes of those values. */
 enum { SHARED_KEY_MAX = 256 };
 
-/* Whether the n values at p may be held by a shared closure (held: no
- * handle, a task's own) or given to it: builtins and modules only of those
- * the codec says are harmless (hooks.named_safe). Past them in *end. */
-static int shareable_values(lua_State *L, const char *p, int n, int held, const char **end) {
-  int ok = 1;
-  for (int i = 0; i < n && ok; i++) {
-    int tag = *p;
-    if (tag == KLUA_V_HANDLE && held) ok = 0;
-    if (tag == KLUA_V_NAMED) {
-      uint32_t id;
-      memcpy(&id, p + 1, 4);
-      PUSH_HOOK(L, HOOK_NAMED_SAFE);
-      lua_rawgeti(L, -1, (int)id);
-      ok = lua_toboolean(L, -1);
-      lua_pop(L, 2);
-    }
-    p = klua_values_skip(p, 1);
-  }
-  *end = p;
+/* Whether the value at p may be given to a shared closure: a builtin or
+ * a module only if the codec says it is harmless (hooks.named_safe). */
+static int safe_value(lua_State *L, const char *p) {
+  if (*p != KLUA_V_NAMED) return 1;
+  uint32_t id;
+  memcpy(&id, p + 1, 4);
+  PUSH_HOOK(L, HOOK_NAMED_SAFE);
+  lua_rawgeti(L, -1, (int)id);
+  int ok = lua_toboolean(L, -1);
+  lua_pop(L, 2);
   return ok;
 }
 
-/* Pushes t's key in the cache, or returns 0 (no key: pushes nothing).
- * nuv + 2 * ng values (its upvalues and globals) then t->nvals arguments
- * (a builtin given as an argument could reach the closure too). */
-static int push_start_key(lua_State *L, const klua_task_t *t, uint32_t id, int nvals) {
+/* Pushes t's key in the cache, or returns 0 (no key: pushes nothing). Its
+ * upvalues must hold no handle (a task's own) and harmless values, the
+ * globals it reads only harmless builtins or modules (a number or a string
+ * could change in its task's globals, as knhk/codec.lua says), and its
+ * arguments no builtin that is not harmless (it could reach the closure). */
+static int push_start_key(lua_State *L, const klua_task_t *t, uint32_t id, int ng) {
   uint32_t len = t->start_len;
   if (len == 0 || len > SHARED_KEY_MAX) return 0;
-  const char *p = t->data, *end = p + len;
-  while (p < end) {
-    const char *next;
-    if (!shareable_values(L, p, 1, 1, &next)) return 0;
-    p = next;
-  }
-  if (!shareable_values(L, p, nvals, 0, &p)) return 0;
+  const char *vals[SHARED_KEY_MAX];
+  int n = 0;
+  for (const char *p = t->data, *end = p + len; p < end; p = klua_values_skip(p, 1))
+    vals[n++] = p; /* (each value takes a byte at least) */
+  int nuv = n - 2 * ng;
+  if (nuv < 0) return 0;
+  for (int i = 0; i < nuv; i++)
+    if (*vals[i] == KLUA_V_HANDLE || !safe_value(L, vals[i])) return 0;
+  for (int i = nuv + 1; i < n; i += 2)
+    if (*vals[i] != KLUA_V_NAMED || !safe_value(L, vals[i])) return 0;
+  const char *arg = t->data + len;
+  for (int i = 0; i < t->nvals; i++, arg = klua_values_skip(arg, 1))
+    if (!safe_value(L, arg)) return 0;
   char key[4 + SHARED_KEY_MAX];
   memcpy(key, &id, 4);
   memcpy(key + 4, t->data, len);
@@ -794,7 +793,7 @@ static int l_start(lua_State *L) {
   if (pay == KLUA_PAY_INLINE) {
     uint32_t id = (uint32_t)t->proto & KLUA_PROTO_ID_MASK;
     int ng = (int)(((uint32_t)t->proto >> KLUA_PROTO_GLOBALS_SHIFT) & KLUA_PROTO_GLOBALS_MASK);
-    int key = ((uint32_t)t->proto & KLUA_PROTO_SHAREABLE) && push_start_key(L, t, id, t->nvals)
+    int key = ((uint32_t)t->proto & KLUA_PROTO_SHAREABLE) && push_start_key(L, t, id, ng)
                   ? lua_gettop(L) : 0;
     if (key && push_shared(L, key)) {
       PUSH_HOOK(L, HOOK_CAPTURE);
