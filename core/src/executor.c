@@ -465,14 +465,25 @@ int knhk__spawn_queued(knhk__executor_t *ex, knhk_task_t *t) {
       knhk__notify_parked(ex);
     }
   }
-  if (atomic_fetch_sub_explicit(&ex->ext_entering, 1, memory_order_seq_cst) == 1 &&
-      ld_sc(&ex->stopping)) {
-    /* The last worker to fall asleep may have seen us in progress and so
-     * not finished the shutdown: run its check again. */
-    pthread_mutex_lock(&ex->idle_lock);
-    int done_now = knhk__check_done_locked(ex);
-    pthread_mutex_unlock(&ex->idle_lock);
-    if (done_now) knhk__finish_done(ex);
+  if (atomic_fetch_sub_explicit(&ex->ext_entering, 1, memory_order_seq_cst) == 1) {
+    if (ld_sc(&ex->stopping)) {
+      /* The last worker to fall asleep may have seen us in progress and so
+       * not finished the shutdown: run its check again. */
+      pthread_mutex_lock(&ex->idle_lock);
+      int done_now = knhk__check_done_locked(ex);
+      pthread_mutex_unlock(&ex->idle_lock);
+      if (done_now) knhk__finish_done(ex);
+    } else if (ex->on_idle && KNHK__IDLE_UNPARKED(ld_sc(&ex->idle)) == 0) {
+      /* Likewise its idle hint: whoever acted on it (a virtual clock) saw
+       * us in progress, so "not idle", and will not look again. Hint again
+       * (Dekker: our decrement, then its count; its decrement, then the
+       * watcher's read of ours). A virtual clock's run hung so, once in
+       * ~25 under ThreadSanitizer with the cores busy. */
+      pthread_mutex_lock(&ex->idle_lock);
+      if (KNHK__IDLE_UNPARKED(ld_relaxed(&ex->idle)) == 0 && !ld_relaxed(&ex->done))
+        ex->on_idle(ex->on_idle_arg);
+      pthread_mutex_unlock(&ex->idle_lock);
+    }
   }
   return rc;
 }

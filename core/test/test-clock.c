@@ -356,6 +356,29 @@ static int busy_step(knhk_task_t *t) {
   return 0;
 }
 
+/* An outside thread spawns a task that sleeps: the worker that runs it may
+ * fall asleep, and hint "idle", while the spawn is still in progress (the
+ * clock then sees "not idle"); the spawn's end must hint again, or the
+ * clock never jumps. Many short runs, for the interleaving to come up. */
+TEST(clock_jumps_after_an_outside_spawn_that_was_still_in_progress) {
+  for (int i = 0; i < 200; i++) {
+    rt_t rt;
+    rt_start(&rt, 2);
+    knhk_group_t g;
+    ASSERT_OK(knhk_group_init(&g));
+    _Atomic int wrong = 0;
+    sleeper_t s;
+    sleeper_init(&s, &rt, &wrong, &g);
+    s.naps[0] = 1000;
+    s.nnaps = 1;
+    ASSERT_OK(knhk_executor_spawn(&rt.ex, &s.task));
+    ASSERT_OK(knhk_executor_wait(&rt.ex, &g));
+    ASSERT_EQ(1000, s.woke_at);
+    ASSERT_EQ(0, atomic_load(&wrong));
+    rt_finish(&rt);
+  }
+}
+
 TEST(clock_never_moves_while_a_task_is_runnable) {
   rt_t rt;
   rt_start(&rt, 2);
