@@ -691,18 +691,20 @@ end
 
 local upvalueid, getupvalue = debug.upvalueid, debug.getupvalue
 
--- Where a shareable closure comes from: this VM (an id no other VM of the
--- process has while this one lives) and the closure (a number of this VM's
--- for it). Distinct closures of one content stay distinct in a task.
+-- A number of this VM's for an object (a closure, a builtin), the same
+-- while it lives: where a shareable closure comes from (with VM_ID, an id
+-- no other VM of the process has while this one lives: distinct closures
+-- of one content stay distinct in a task), and the part of a shared
+-- closure's key that a shared closure or named value is.
 local VM_ID = tostring({}):match("0x%x+") or tostring({})
-local origin_ids = setmetatable({}, { __mode = "k" })
-local next_origin_id = 0
-local function origin_id(fn)
-  local id = origin_ids[fn]
+local object_ids = setmetatable({}, { __mode = "k" })
+local next_object_id = 0
+local function object_id(v)
+  local id = object_ids[v]
   if not id then
-    next_origin_id = next_origin_id + 1
-    id = next_origin_id
-    origin_ids[fn] = id
+    next_object_id = next_object_id + 1
+    id = next_object_id
+    object_ids[v] = id
   end
   return id
 end
@@ -740,7 +742,7 @@ local function encode_function(enc, fn)
     at[#at + 1] = p
     enc.flag_at[me] = #buf
     buf:put(string.char(1))
-    put_uleb(buf, origin_id(fn))
+    put_uleb(buf, object_id(fn))
     put_str(buf, VM_ID)
   else
     buf:put(string.char(0))
@@ -1047,19 +1049,7 @@ local setupvalue, upvaluejoin = debug.setupvalue, debug.upvaluejoin
 -- key -> closure, closure -> key; new for each runtime (M.init)
 local shared_closures = setmetatable({}, { __mode = "v" })
 local shared_key = setmetatable({}, { __mode = "k" })
-local object_ids = setmetatable({}, { __mode = "k" })      -- in keys: shared closures, named values
-local next_object_id = 0
 local SHORT_STRING = 64
-
-local function object_id(v)
-  local id = object_ids[v]
-  if not id then
-    next_object_id = next_object_id + 1
-    id = next_object_id
-    object_ids[v] = id
-  end
-  return id
-end
 
 -- The part of a shared closure's key that value v is, or nil: v differs
 -- from copy to copy.

@@ -246,7 +246,10 @@ struct klua_worker {
   lua_State *L;                /* its VM */
   int own;                     /* made by us (closed at the end) */
   int anchor;                  /* registry ref: the VM's anchor table */
-  int anchor_top, anchor_free; /* its refs handed out, its first free one (klua_ref) */
+  /* its anchor table's refs handed out, its first free one (klua_ref):
+   * zero with each runtime's workers, as the table is once core.free
+   * cleared it at the end of the last run in this VM */
+  int anchor_top, anchor_free;
   int runner;                  /* registry ref: the runner function */
   int make_co;                 /* registry ref: make_coroutine (klua_task.c), or 0 */
   klua_task_t *cur;            /* the task being resumed now */
@@ -342,8 +345,6 @@ void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, klua_task_t *t), void *
  * table's index (a pseudo-index too). */
 int klua_ref(klua_worker_t *w, lua_State *L, int t); /* pops the value */
 void klua_unref(klua_worker_t *w, lua_State *L, int t, int ref);
-/* The VM's anchor table starts empty (a new run in a VM that had one). */
-void klua_anchor_reset(klua_worker_t *w, lua_State *L, int t);
 
 /* ---- klua_task.c: records, spawning, running, ending, joining ---- */
 klua_task_t *klua_task_alloc(klua_rt_t *rt);

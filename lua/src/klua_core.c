@@ -275,7 +275,7 @@ enum {
   HOOK_PROTO_OF = 1, HOOK_NEW_CLOSURE, HOOK_PLACE_OF, HOOK_CAPTURE, HOOK_START_BLOB,
   HOOK_GLOBALS_NAMES, HOOK_GNAMES, HOOK_BASE_MT, HOOK_BASE_ENV, HOOK_NAMED, HOOK_NAMED_VALS,
   HOOK_RESOLVE_NAME, HOOK_NAMED_SAFE, HOOK_COUNT,
-  HOOK_SHARED = HOOK_COUNT /* not a hook: shared_start's cache, new each run */
+  HOOK_SHARED = HOOK_COUNT /* not a hook: the shared closures' cache (push_shared), new each run */
 };
 static const char *const hook_names[HOOK_COUNT - 1] = {
     "proto_of", "new_closure", "place_of", "capture", "start_blob", "globals_names",
@@ -1781,7 +1781,6 @@ static int l_register(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_rawseti(L, UP_HOOKS, HOOK_SHARED);
   klua_worker_t *w = &rt->w[index];
-  klua_anchor_reset(w, L, UP_ANCHOR);
   lua_pushvalue(L, 1);
   w->runner = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, UP_ANCHOR);

@@ -380,18 +380,6 @@ void klua_unref(klua_worker_t *w, lua_State *L, int t, int ref) {
   w->anchor_free = ref;
 }
 
-void klua_anchor_reset(klua_worker_t *w, lua_State *L, int t) {
-  t = abs_index(L, t);
-  lua_pushnil(L);
-  while (lua_next(L, t)) {
-    lua_pop(L, 1);
-    lua_pushvalue(L, -1);
-    lua_pushnil(L);
-    lua_rawset(L, t);
-  }
-  w->anchor_top = w->anchor_free = 0;
-}
-
 /* Lets go of what w's anchor table holds at ref (a coroutine, a closure). */
 static void unanchor(klua_worker_t *w, int ref) {
   lua_State *L = w->L;
