@@ -395,3 +395,33 @@ describe("a handle after its task was joined", function()
     end)
   end)
 end)
+
+-- knhk.tasks() (and the REPL's :tasks, a stall's report, knhk.test's
+-- leftovers) lists a task from its spawn: queued, on no worker yet, until
+-- it starts.
+describe("knhk.tasks", function()
+  it("lists a task from its spawn, queued until it starts, then where it waits", function()
+    run(function()
+      local go = knhk.event()
+      local h = knhk.spawn(function(e) e:wait() end, go)
+      local local_h = knhk.spawn_local(function(e) e:wait() end, go)
+      local function row(id)
+        for _, r in ipairs(knhk.tasks()) do
+          if r.id == id then return r end
+        end
+      end
+      for _, id in ipairs { h:id(), local_h:id() } do
+        local r = assert(row(id), "a task just spawned is listed")
+        assert.same({ "queued", -1 }, { r.state, r.worker })
+      end
+      T.until_waiting(h, local_h)
+      assert.equal("waiting", row(h:id()).state)
+      assert.equal(0, row(local_h:id()).worker)
+      go:set()
+      h:join()
+      local_h:join()
+      assert.is_nil(row(h:id()))
+      assert.is_nil(row(local_h:id()))
+    end, 1)
+  end)
+end)

@@ -152,7 +152,8 @@ struct klua_task {
                                   release after the results (acquire to read) */
   _Atomic uint32_t flags;      /* KLUA_T_* */
   _Atomic int32_t home;        /* its worker once started, else -1 */
-  uint16_t kind;               /* KLUA_PORTABLE / KLUA_LOCAL */
+  uint8_t kind;                /* KLUA_PORTABLE / KLUA_LOCAL */
+  uint8_t live_on;             /* the worker whose live list holds it (from its spawn) */
   uint16_t start_len;          /* inline start: bytes of its upvalues and globals, or 0 */
   int co_ref;                  /* its coroutine's anchor, while it runs */
   klua_group_t *group;         /* the nursery it belongs to */
@@ -331,7 +332,7 @@ klua_worker_t *klua_worker(klua_rt_t *rt);
 /* The worker whose thread this is (any runtime), or NULL. */
 klua_worker_t *klua_self(void);
 int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen);
-/* fn(ud, t) for every task started and not retired, worker by worker,
+/* fn(ud, t) for every task spawned and not ended, worker by worker,
  * under each worker's live_m (fn must not take it). */
 void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, klua_task_t *t), void *ud);
 

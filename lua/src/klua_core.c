@@ -1685,7 +1685,8 @@ static int l_current(lua_State *L) {
 }
 
 /* core.tasks(rt, only_running) -> { {id, parent, started_ns, worker,
- * state, where [, ended]}, ... } of the tasks started and not retired;
+ * state, where [, ended]}, ... } of the tasks spawned and not retired
+ * (worker -1: queued, not started yet);
  * `ended`: its outcome is published (joiners have it), the record not
  * retired yet */
 

@@ -414,7 +414,11 @@ static void fail_in_runtime(klua_task_t *t, const char *why) {
   klua_task_publish(t, KLUA_ERROR);
 }
 
+/* A task is on a live list (knhk.tasks(), a stall's report) from its spawn
+ * to its end: the spawner's worker's (worker 0's for the root), recorded in
+ * live_on, since the task may run and end on another. */
 static void live_add(klua_worker_t *w, klua_task_t *t) {
+  t->live_on = (uint8_t)w->index;
   pthread_mutex_lock(&w->live_m);
   t->live_prev = NULL;
   t->live_next = w->live;
@@ -423,7 +427,8 @@ static void live_add(klua_worker_t *w, klua_task_t *t) {
   pthread_mutex_unlock(&w->live_m);
 }
 
-static void live_remove(klua_worker_t *w, klua_task_t *t) {
+static void live_remove(klua_task_t *t) {
+  klua_worker_t *w = &t->rt->w[t->live_on];
   pthread_mutex_lock(&w->live_m);
   if (t->live_prev) t->live_prev->live_next = t->live_next;
   else if (w->live == t) w->live = t->live_next;
@@ -499,7 +504,6 @@ static int end_cancelled_unresumed(klua_worker_t *w, klua_task_t *t, knhk_token_
   unanchor(w, t->co_ref);
   t->co = NULL;
   t->co_ref = LUA_NOREF;
-  live_remove(w, t);
   return KNHK_ECANCELED;
 }
 
@@ -522,7 +526,6 @@ static int task_run(knhk_task_t *et) {
       fail_in_runtime(t, "out of memory making its coroutine");
       return KNHK_EFAILED;
     }
-    live_add(w, t);
   }
   if (t->w.recheck) {
     t->w.recheck = 0;
@@ -560,13 +563,13 @@ static int task_run(knhk_task_t *et) {
   }
   t->co = NULL;
   t->co_ref = LUA_NOREF;
-  live_remove(w, t);
   return status_of(klua_task_outcome(t));
 }
 
 /* The executor ended t (it ran to its end, or never ran: prompt shutdown). */
 static void task_ended(knhk_task_t *et, int status) {
   klua_task_t *t = klua_task_of(et);
+  live_remove(t); /* however it ended: ran, failed to start, or never ran */
   if (klua_task_outcome(t) == KLUA_RUNNING) { /* dropped without running */
     klua_worker_t *w = klua_worker(t->rt);
     if (w && (t->pay != KLUA_PAY_REFS || w->L)) drop_start(w, t);
@@ -605,9 +608,12 @@ int klua_task_spawn(klua_task_t *t, int worker) {
   if (knhk_telemetry_enabled())
     knhk_telemetry_task_spawn(&t->tel, &t->group->tel,
                               atomic_fetch_add_explicit(&t->group->spawned, 1, memory_order_relaxed));
+  klua_worker_t *self = klua_self();
+  live_add(self && self->rt == rt ? self : &rt->w[0], t); /* listed while queued too */
   rc = worker >= 0 ? knhk_executor_spawn_on(&rt->ex, &t->et, worker)
                    : knhk_executor_spawn(&rt->ex, &t->et);
   if (rc != 0) { /* it never ran: it ends here, as cancelled */
+    live_remove(t);
     klua_payload_reset(t);
     klua_task_publish(t, KLUA_CANCELLED);
     klua_group_child_ended(t->group, t);
