@@ -1,6 +1,7 @@
 -- knhk.runtime: the per-VM half of the Lua layer. Each worker's VM loads
--- it; its coroutines run `runner`, which the C side resumes from the
--- worker's loop (lua/src/klua_task.c). It never schedules: a wait arms its
+-- it; the C side runs each task in a coroutine of that VM, resumed from the
+-- worker's loop (lua/src/klua_task.c), and settles its end with `settle`
+-- when it cannot record it alone. It never schedules: a wait arms its
 -- wake-ups in C and yields; C decides who runs next.
 --
 -- Everything that waits goes through `await`, the one wait loop: a C
@@ -17,8 +18,8 @@ local co_yield = coroutine.yield
 
 local M = {}
 
--- knhk.telemetry, once loaded (it loads the FFI; the runner needs it only
--- when a task ends in error or spawned)
+-- knhk.telemetry, once loaded (it loads the FFI; settling a task needs it
+-- only when the task ended in error or spawned)
 local tel_module
 local function telemetry()
   tel_module = tel_module or require "knhk.telemetry"
@@ -31,7 +32,7 @@ M.DONE, M.WAIT, M.CLOSED, M.CANCELLED, M.BLOB, M.MESSAGE, M.SLOW, M.REASON =
 local OK, ERROR, CANCELLED_OUTCOME = 0, 1, 2 -- how a task ended
 M.OK, M.ERROR, M.CANCELLED_OUTCOME = OK, ERROR, CANCELLED_OUTCOME
 
-local MARK_DONE, MARK_WAIT = core.marks()
+local MARK_WAIT = core.wait_mark()
 M.MARK_WAIT = MARK_WAIT
 
 local function pack(...) return { n = select("#", ...), ... } end
@@ -166,7 +167,7 @@ function M.results(h)
   return values(core.outcome(h))
 end
 
--- ------------------------------------------------------------ the runner
+-- ------------------------------------------------- a task's end, settled
 
 -- The errors of the task's children that failed and that nobody joined.
 local function failures_of(nursery)
@@ -208,8 +209,8 @@ local function complete_slow(st, ok, ...)
     if not ok and not errors.is_signal(res[2]) then table.insert(errs, 1, res[2]) end
     if #errs > 0 then
       ok, res = false, { n = 2, false, errors.group(errs) }
-    elseif ok and core.finish(true, unpack(res, 2, res.n)) == 0 then
-      return
+    elseif ok and select("#", core.finish(true, unpack(res, 2, res.n))) == 0 then
+      return -- recorded
     end
   end
   if ok then
@@ -230,16 +231,19 @@ local function complete_slow(st, ok, ...)
     type(e) == "table" and e.traceback or nil, nil)))
 end
 
-local core_finish, finish_cancelled = core.finish, core.finish_cancelled
+-- What a task's coroutine is resumed with when core.finish could not
+-- record how the task ended (task_run, klua_task.c): how to settle it
+-- (1: its own nursery has children; 2: the results or the error need the
+-- codec), then xpcall's ok and the results or the error. It returns
+-- nothing: the coroutine ends empty, which tells task_run it is settled.
+local finish_cancelled = core.finish_cancelled
 local plain_cancelled_code = errors.plain_cancelled_code
-local function complete(ok, ...)
-  local st = core_finish(ok, ...)
-  if st == 0 then return end
+local function settle(st, ok, ...)
   if st == 2 and not ok then -- ended by cancellation: the reason is enough
     local code = plain_cancelled_code((...))
-    if code then return finish_cancelled(code) end
+    if code then finish_cancelled(code) return end
   end
-  return complete_slow(st, ok, ...)
+  complete_slow(st, ok, ...)
 end
 
 -- A task the codec started (its function's globals, tables, ...): decoded
@@ -249,20 +253,6 @@ end
 local function start_blob(snap)
   local vals = pack(codec.decode_start(snap))
   return vals[2](unpack(vals, 3, vals.n))
-end
-
--- What every task coroutine runs: a task, then the next one it is given.
--- core.start gives the function, the error handler and the arguments, so
--- the task's function runs two frames from the coroutine's base: a waiting
--- task's stack is what its own frames need (a stack used to under a
--- quarter shrinks by half at the next garbage collection, which halves
--- what a sleeping task costs).
-local core_start = core.start
-local function runner()
-  while true do
-    complete(xpcall(core_start()))
-    co_yield(MARK_DONE)
-  end
 end
 
 -- ------------------------------------------------------------------ VMs
@@ -319,7 +309,10 @@ local function init_vm()
   codec.spawner_paths = function()
     return ffi.string(C.klua_rt_path(rt, 0)), ffi.string(C.klua_rt_path(rt, 1))
   end
-  core.register(runner, {
+  core.register(settle, {
+    xpcall = xpcall,
+    start = core.start,
+    finish = core.finish,
     proto_of = codec.proto_number,
     new_closure = codec.new_closure,
     place_of = codec.place_of,

@@ -36,7 +36,9 @@ local core_sleep_try = core.sleep_try
 
 -- knhk.sleep(seconds): a checkpoint that waits
 function M.sleep(seconds)
-  check.arg("number", seconds, 1, "sleep")
+  -- check.want.number, written out: check.arg's frames (it takes varargs)
+  -- would take a sleeping task past LuaJIT's first coroutine stack
+  if type(seconds) ~= "number" or seconds ~= seconds then check.fail(1, "sleep", "number", seconds) end
   if seconds < 0 then check.fail(1, "sleep", "number >= 0", seconds) end
   local ns = core_now()
   if ns == nil then R.raise("knhk.sleep: must be called inside a knhk task (inside knhk.run)") end

@@ -5,8 +5,9 @@
  * caller's own). A Lua task is a record (klua_task_t) that embeds the
  * executor task that runs it; running it resumes its coroutine, in its
  * worker's VM, with lua_resume from the worker's loop. The coroutine runs
- * the VM's runner (lua/knhk/runtime.lua), which asks this side for the
- * task's function and arguments, calls it, and hands the results back.
+ * xpcall of the task's function and arguments (core.start puts them on
+ * it); what it returned is recorded by core.finish, or settled by the VM's
+ * settle function (lua/knhk/runtime.lua), resumed in the same coroutine.
  *
  * Everything the Lua code asks of a task (spawn, join, waits, scopes,
  * channels) goes through classic lua_CFunctions of knhk.core (klua_core.c):
@@ -251,7 +252,8 @@ struct klua_worker {
    * zero with each runtime's workers, as the table is once core.free
    * cleared it at the end of the last run in this VM */
   int anchor_top, anchor_free;
-  int runner;                  /* registry ref: the runner function */
+  /* registry refs (core.register): what task_run puts on coroutines */
+  int xpcall_fn, start_fn, finish_fn, settle;
   int make_co;                 /* registry ref: make_coroutine (klua_task.c), or 0 */
   klua_task_t *cur;            /* the task being resumed now */
   /* idle coroutines, in the anchor table at refs co_refs[] */

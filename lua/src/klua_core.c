@@ -40,7 +40,6 @@ static _Atomic int running;            /* one knhk.run at a time in a process */
 static _Atomic uint64_t live_gen;      /* the running runtime's generation, 0 if none */
 static _Atomic uint64_t gen_counter;
 
-void *klua_mark_done(void);
 void *klua_mark_wait(void);
 void klua_sync_unwait(klua_wait_t *w);
 KLUA_API const char *klua_where(klua_rt_t *rt, const char *place);
@@ -920,29 +919,30 @@ static void retire_fn(lua_State *L, klua_task_t *t) {
   t->fn_ref = LUA_NOREF;
 }
 
-/* core.finish(ok, ...) -> 0 (recorded), 1 (its own nursery has children:
- * close it first), 2 (the results or error need the codec) */
+/* core.finish(ok, ...): records how the task ended (ok, then its results
+ * or its error) and returns nothing, when it can; else returns how it
+ * must be settled, then its arguments: 1 (its own nursery has children:
+ * close it first) or 2 (the results or the error need the codec). */
+static int finish_later(lua_State *L, int how) {
+  lua_pushinteger(L, how);
+  lua_insert(L, 1);
+  return lua_gettop(L);
+}
+
 static int l_finish(lua_State *L) {
   klua_task_t *t = current(L, "knhk.runtime");
-  if (t->implicit) {
-    lua_pushinteger(L, 1);
-    return 1;
-  }
+  if (t->implicit) return finish_later(L, 1);
   int ok = lua_toboolean(L, 1);
   int n = lua_gettop(L) - 1;
   int64_t size = ok ? klua_values_size(L, 2, n, NULL) : -1;
   char *out = size >= 0 ? klua_payload_room(t, (uint32_t)size) : NULL;
-  if (!out) {
-    lua_pushinteger(L, 2);
-    return 1;
-  }
+  if (!out) return finish_later(L, 2);
   klua_values_encode(L, 2, n, out, NULL);
   t->pay = KLUA_PAY_INLINE;
   t->nvals = n;
   retire_fn(L, t);
   klua_task_publish(t, KLUA_OK);
-  lua_pushinteger(L, 0);
-  return 1;
+  return 0;
 }
 
 /* core.finish_blob(outcome, snapshot [, handles]) */
@@ -971,11 +971,10 @@ static int l_finish_cancelled(lua_State *L) {
   return 0;
 }
 
-/* core.done_mark(), core.wait_mark(): what the runner yields */
-static int l_marks(lua_State *L) {
-  lua_pushlightuserdata(L, klua_mark_done());
+/* core.wait_mark(): what a task yields to wait (task_run knows it) */
+static int l_wait_mark(lua_State *L) {
   lua_pushlightuserdata(L, klua_mark_wait());
-  return 2;
+  return 1;
 }
 
 /* ------------------------------------------------------------------ joins */
@@ -1759,8 +1758,11 @@ static int l_new(lua_State *L) {
   return 1;
 }
 
-/* core.register(runner, hooks): this VM's runner (what its coroutines
- * run) and runtime.lua's hooks for this module. */
+/* core.register(settle, hooks): runtime.lua's hooks for this module, and
+ * what task_run puts on a task's coroutine (klua_task.c): hooks.xpcall
+ * under the start that hooks.start (core.start) gives, then hooks.finish
+ * (core.finish) on what it returned, and `settle` when that could not
+ * record it. */
 static int l_register(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -1775,6 +1777,11 @@ static int l_register(lua_State *L) {
     if (lua_isnil(L, -1)) return luaL_error(L, "core.register: no hook '%s'", hook_names[h - 1]);
     lua_rawseti(L, UP_HOOKS, h);
   }
+  static const char *const edges[] = {"xpcall", "start", "finish"};
+  for (int i = 0; i < 3; i++) {
+    lua_getfield(L, 2, edges[i]);
+    if (!lua_isfunction(L, -1)) return luaL_error(L, "core.register: no function '%s'", edges[i]);
+  }
   lua_createtable(L, 0, 4); /* its keys name prototypes by this run's ids */
   lua_createtable(L, 0, 1);
   lua_pushliteral(L, "v");
@@ -1782,8 +1789,11 @@ static int l_register(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_rawseti(L, UP_HOOKS, HOOK_SHARED);
   klua_worker_t *w = &rt->w[index];
+  w->finish_fn = luaL_ref(L, LUA_REGISTRYINDEX);
+  w->start_fn = luaL_ref(L, LUA_REGISTRYINDEX);
+  w->xpcall_fn = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, 1);
-  w->runner = luaL_ref(L, LUA_REGISTRYINDEX);
+  w->settle = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, UP_ANCHOR);
   w->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
@@ -1907,7 +1917,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"place", l_place},
       {"finish_blob", l_finish_blob},
       {"finish_cancelled", l_finish_cancelled},
-      {"marks", l_marks},
+      {"wait_mark", l_wait_mark},
       {"join_try", l_join_try},
       {"outcome", l_outcome},
       {"task_id", l_task_id},

@@ -154,7 +154,7 @@ KLUA_API const char *klua_rt_path(klua_rt_t *rt, int c) {
 }
 
 /* A worker VM: the standard libraries, the caller's module paths, and the
- * knhk runtime, which registers its runner (core.register). */
+ * knhk runtime, which registers itself (core.register). */
 int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
   lua_State *L = luaL_newstate();
   if (!L) {
@@ -193,8 +193,8 @@ int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
     return KNHK_EIO;
   }
   lua_pop(L, 1);
-  if (w->runner == LUA_NOREF) {
-    snprintf(err, errlen, "worker %d: knhk.runtime did not register its runner", index);
+  if (w->settle == LUA_NOREF) {
+    snprintf(err, errlen, "worker %d: knhk.runtime did not register itself", index);
     return KNHK_EIO;
   }
   return 0;
@@ -299,7 +299,7 @@ int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, 
     w->rt = rt;
     w->index = i;
     w->anchor = LUA_NOREF;
-    w->runner = LUA_NOREF;
+    w->settle = w->xpcall_fn = w->start_fn = w->finish_fn = LUA_NOREF;
     pthread_mutex_init(&w->live_m, NULL);
   }
   if (rc == 0) {
@@ -394,7 +394,10 @@ void klua_rt_free(klua_rt_t *rt) {
         lua_close(w->L);
       } else if (w->L) { /* the caller's: drop what we anchored in it */
         if (w->anchor != LUA_NOREF) luaL_unref(w->L, LUA_REGISTRYINDEX, w->anchor);
-        if (w->runner != LUA_NOREF) luaL_unref(w->L, LUA_REGISTRYINDEX, w->runner);
+        luaL_unref(w->L, LUA_REGISTRYINDEX, w->settle); /* (LUA_NOREF: nothing) */
+        luaL_unref(w->L, LUA_REGISTRYINDEX, w->xpcall_fn);
+        luaL_unref(w->L, LUA_REGISTRYINDEX, w->start_fn);
+        luaL_unref(w->L, LUA_REGISTRYINDEX, w->finish_fn);
         if (w->make_co > 0) luaL_unref(w->L, LUA_REGISTRYINDEX, w->make_co);
         lua_pushnil(w->L);
         lua_setfield(w->L, LUA_REGISTRYINDEX, "knhk.rt");

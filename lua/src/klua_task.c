@@ -3,8 +3,9 @@
  *
  * A record's life:  alloc -> filled in by the spawner (klua_core.c) ->
  * klua_task_spawn (counted in its group, queued on the executor) -> run:
- * its coroutine resumed until the runner yields "done" -> the outcome
- * published (klua_task_publish, by core.finish) -> the executor ends it
+ * its coroutine resumed until its function returned and the results were
+ * settled -> the outcome published (klua_task_publish, by core.finish or
+ * the settle function) -> the executor ends it
  * (task_ended: its group counts it out) -> released by the last handle.
  *
  * References: each handle (a Lua userdata) holds one; the running task
@@ -288,23 +289,18 @@ void klua_task_cancel(klua_task_t *t) {
 
 void klua_wake(klua_task_t *t) { knhk_executor_wake(&t->rt->ex, &t->et); }
 
-/* Markers the runner yields: a task that ended, or one that waits. */
-static char mark_done, mark_wait;
+/* The marker a task yields to wait (the runtime's waits: runtime.lua). */
+static char mark_wait;
 
-/* An idle coroutine of w's VM running the runner, or NULL. Made inside a
- * protected call: an allocation may raise (out of memory, or a finalizer).
- * Its stack is grown at once to what a task that waits needs (a C call a
- * few frames into a task's function takes it past LuaJIT's first size):
- * the first stack goes back to the allocator now, for the next coroutine,
- * not later among a task's other allocations. */
-enum { CO_STACK = 48 };
+/* An idle coroutine of w's VM, or NULL. Made inside a protected call: an
+ * allocation may raise (out of memory, or a finalizer). Its stack is
+ * LuaJIT's first size: a task's function runs three slots from its base
+ * (task_run), so a task that waits a frame or two deep fits in it, and a
+ * million sleeping tasks do not each carry a grown stack. */
 static int make_coroutine(lua_State *L) {
   klua_worker_t *w = lua_touserdata(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, w->anchor);
   lua_State *co = lua_newthread(L);
-  lua_checkstack(co, CO_STACK);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, w->runner);
-  lua_xmove(L, co, 1);
   int ref = klua_ref(w, L, -2);
   lua_pushlightuserdata(L, co);
   lua_pushinteger(L, ref);
@@ -336,7 +332,11 @@ static lua_State *take_coroutine(klua_worker_t *w, int *ref) {
 
 static void unanchor(klua_worker_t *w, int ref);
 
+/* A coroutine whose task ended, back to the pool: it ended its last
+ * function (status ok, empty stack), and LuaJIT resumes such a coroutine
+ * anew with the next function put on it. */
 static void give_back_coroutine(klua_worker_t *w, lua_State *co, int ref) {
+  lua_settop(co, 0);
   if (w->nco == w->capco) {
     int cap = w->capco ? w->capco * 2 : 64;
     lua_State **c = realloc(w->co_free, (size_t)cap * sizeof *c);
@@ -465,31 +465,28 @@ static int status_of(int outcome) {
  * no C function), and the task has no nursery of its own to close. Then
  * unwinding would run no code of the task's: ending it here is the same,
  * without the unwinder's cost, which dominates cancelling many tasks.
- * The frames from the bottom are: the runner, the xpcall that runs the
- * task's function. */
+ * The bottom frame is the xpcall that runs the task's function (task_run);
+ * while the task's results are settled, it is the settle function. */
 static int cancel_unwinds_nothing(klua_worker_t *w, klua_task_t *t) {
   if (t->implicit) return 0;
   lua_State *co = t->co;
   lua_Debug ar;
   /* Level 0 is the coroutine.yield the wait yielded with (the recheck
    * flag is set just before it). The first C frame above it must be the
-   * task's xpcall: the frame below it, the bottom one, the runner. */
+   * task's xpcall, and the bottom one. */
   if (!lua_checkstack(co, 2)) return 0;
   int level = 1;
   for (;; level++) {
     if (level > 200 || !lua_getstack(co, level, &ar)) return 0;
     lua_getinfo(co, "f", &ar); /* not "S": that formats the source's name */
-    int c = lua_iscfunction(co, -1);
+    if (lua_iscfunction(co, -1)) break; /* pcall, xpcall, or another C function */
     lua_pop(co, 1);
-    if (c) break; /* pcall, xpcall, or another C function */
   }
-  if (!lua_getstack(co, level + 1, &ar) || lua_getstack(co, level + 2, &ar)) return 0;
-  lua_getstack(co, level + 1, &ar);
-  lua_getinfo(co, "f", &ar);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, w->runner);
-  int is_runner = lua_rawequal(co, -1, -2);
+  int bottom = !lua_getstack(co, level + 1, &ar);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, w->xpcall_fn);
+  int is_xpcall = lua_rawequal(co, -1, -2);
   lua_pop(co, 2);
-  return is_runner;
+  return bottom && is_xpcall;
 }
 
 /* Ends t, cancelled, without resuming it (cancel_unwinds_nothing said
@@ -507,6 +504,38 @@ static int end_cancelled_unresumed(klua_worker_t *w, klua_task_t *t, knhk_token_
   return KNHK_ECANCELED;
 }
 
+/* Puts t's start on its fresh coroutine: xpcall, then what core.start
+ * gives it (the function, the error handler, the arguments), so that the
+ * task's function runs three slots from the coroutine's base, under no
+ * frame of the runtime's but the xpcall: its waits fit in LuaJIT's first
+ * stack. core.start decodes, and may raise: a protected call. Returns the
+ * number of values to resume with, or -1 with the message on top. */
+static int put_start(klua_worker_t *w, lua_State *co) {
+  lua_rawgeti(co, LUA_REGISTRYINDEX, w->start_fn);
+  if (lua_pcall(co, 0, LUA_MULTRET, 0) != 0) return -1;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, w->xpcall_fn);
+  lua_insert(co, 1);
+  return lua_gettop(co) - 1;
+}
+
+/* t's function returned: its coroutine holds what xpcall returned (ok,
+ * then the results or the error). core.finish records it if it can (no
+ * nursery of its own to close, results the record holds inline) and
+ * returns nothing; else it returns how to settle it and its arguments,
+ * which the settle function (runtime.lua) is resumed with, in the same
+ * coroutine: it may wait (its nursery's children). Returns what to resume
+ * with: 0 if recorded, -1 with the message on top if core.finish raised. */
+static int put_settle(klua_worker_t *w, lua_State *co) {
+  lua_rawgeti(co, LUA_REGISTRYINDEX, w->finish_fn);
+  lua_insert(co, 1);
+  if (lua_pcall(co, lua_gettop(co) - 1, LUA_MULTRET, 0) != 0) return -1;
+  int n = lua_gettop(co);
+  if (n == 0) return 0;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, w->settle);
+  lua_insert(co, 1);
+  return n;
+}
+
 static int task_run(knhk_task_t *et) {
   klua_task_t *t = klua_task_of(et);
   klua_rt_t *rt = t->rt;
@@ -518,43 +547,55 @@ static int task_run(knhk_task_t *et) {
       return KNHK_EFAILED;
     }
   }
+  int nargs = 0; /* to resume with */
+  klua_task_t *prev = w->cur;
+  w->cur = t;
+  uint64_t *tel = knhk_telemetry_task_enter(&t->tel, &rt->ex);
   if (!t->co) { /* its first run (cancelled or not: as in Trio, a task
                    * runs until its first checkpoint, so its cleanup runs) */
     atomic_store_explicit(&t->home, w->index, memory_order_relaxed);
     t->co = take_coroutine(w, &t->co_ref);
     if (!t->co) {
+      knhk_telemetry_task_leave(tel);
+      w->cur = prev;
       fail_in_runtime(t, "out of memory making its coroutine");
       return KNHK_EFAILED;
     }
-  }
-  if (t->w.recheck) {
+    nargs = put_start(w, t->co);
+  } else if (t->w.recheck) {
     t->w.recheck = 0;
     knhk_token_t *tok = klua_task_checkpoint_token(t);
-    if (knhk_token_is_cancelled(tok) && cancel_unwinds_nothing(w, t))
+    if (knhk_token_is_cancelled(tok) && cancel_unwinds_nothing(w, t)) {
+      knhk_telemetry_task_leave(tel);
+      w->cur = prev;
       return end_cancelled_unresumed(w, t, tok);
+    }
   }
-  klua_task_t *prev = w->cur;
-  w->cur = t;
-  uint64_t *tel = knhk_telemetry_task_enter(&t->tel, &rt->ex);
   lua_State *co = t->co;
-  int rc = lua_resume(co, 0);
+  int rc = nargs < 0 ? LUA_ERRRUN : lua_resume(co, nargs);
+  /* The task's function returned (xpcall's ok and results on the stack):
+   * settled here, or by the settle function, resumed in its place. A
+   * coroutine that ended with nothing on it ended the settle function. */
+  if (rc == 0 && lua_gettop(co) > 0) {
+    nargs = put_settle(w, co);
+    rc = nargs < 0 ? LUA_ERRRUN : nargs > 0 ? lua_resume(co, nargs) : 0;
+  }
   knhk_telemetry_task_leave(tel);
   w->cur = prev;
   if (rc == LUA_YIELD) {
-    int done = lua_gettop(co) == 1 && lua_touserdata(co, 1) == &mark_done;
     int waits = lua_gettop(co) == 1 && lua_touserdata(co, 1) == &mark_wait;
     lua_settop(co, 0);
-    if (!done) {
-      /* A yield that is not the runner's: the task's code yielded its own
-       * coroutine. It goes on at once, after the others. */
-      if (!waits) klua_wake(t);
-      return KNHK_TASK_PENDING;
-    }
+    /* A yield that is not the runtime's: the task's code yielded its own
+     * coroutine. It goes on at once, after the others. */
+    if (!waits) klua_wake(t);
+    return KNHK_TASK_PENDING;
+  }
+  if (rc == 0) {
     drop_fn(w, t); /* (its finish let it go already) */
     give_back_coroutine(w, co, t->co_ref);
   } else {
-    /* The runner never returns: the coroutine died of an error raised
-     * outside the task's own protected call. */
+    /* The coroutine died of an error raised outside the task's own
+     * protected call (its start, or the settling of its results). */
     const char *why = lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : NULL;
     klua_wait_end(t);
     fail_in_runtime(t, why);
@@ -622,6 +663,5 @@ int klua_task_spawn(klua_task_t *t, int worker) {
   return rc;
 }
 
-/* The markers, for the runner (klua_core.c pushes them). */
-void *klua_mark_done(void) { return &mark_done; }
+/* The marker, for runtime.lua's waits (klua_core.c pushes it). */
 void *klua_mark_wait(void) { return &mark_wait; }
