@@ -256,6 +256,9 @@ struct klua_worker {
   int xpcall_fn, start_fn, finish_fn, settle;
   int make_co;                 /* registry ref: make_coroutine (klua_task.c), or 0 */
   klua_task_t *cur;            /* the task being resumed now */
+  /* the function spawned last and its place (place_of, klua_core.c) */
+  const void *last_fn;
+  const char *last_place;
   /* idle coroutines, in the anchor table at refs co_refs[] */
   lua_State **co_free;
   int *co_refs;
@@ -263,8 +266,9 @@ struct klua_worker {
   /* free records */
   klua_task_t *free;
   uint32_t nfree;
-  /* live tasks started here, for :tasks */
-  pthread_mutex_t live_m;
+  /* the tasks spawned here and not ended, for :tasks (a spinlock: taken
+   * twice per task; walked under it only to list or report them) */
+  klua_spin_t live_m;
   klua_task_t *live;
 };
 
@@ -329,10 +333,21 @@ int klua_signals_cancel_line(void);       /* klua_signals.c */
 int klua_signals_start(klua_rt_t *rt);    /* klua_signals.c */
 void klua_signals_wait(void);             /* klua_signals.c */
 int klua_rt_enter(klua_rt_t *rt);
+/* The worker this thread runs, set at each task run: reading it is how a
+ * lua_CFunction finds its task without an argument. initial-exec: one
+ * %fs-relative load, where the default model of a dlopen'ed library calls
+ * __tls_get_addr at every read (a dozen times per task); glibc serves a
+ * pointer from its static TLS reserve. */
+#define KLUA_TLS_MODEL __attribute__((tls_model("initial-exec")))
+extern _Thread_local klua_worker_t *klua__tls_worker KLUA_TLS_MODEL;
+klua_worker_t *klua_worker_slow(klua_rt_t *rt);
 /* The calling thread's worker in rt while it runs a task, or NULL. */
-klua_worker_t *klua_worker(klua_rt_t *rt);
+static inline klua_worker_t *klua_worker(klua_rt_t *rt) {
+  klua_worker_t *w = klua__tls_worker;
+  return w && w->rt == rt ? w : klua_worker_slow(rt);
+}
 /* The worker whose thread this is (any runtime), or NULL. */
-klua_worker_t *klua_self(void);
+static inline klua_worker_t *klua_self(void) { return klua__tls_worker; }
 int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen);
 /* fn(ud, t) for every task spawned and not ended, worker by worker,
  * under each worker's live_m (fn must not take it). */

@@ -116,9 +116,19 @@ int klua_handle_kind(lua_State *L, int idx) {
   return kind;
 }
 
+/* Whether the value at idx is a handle of this kind: its metatable is the
+ * kind's (compared with UP_MTS[kind]: no hash lookup on the hot path). */
+static int is_kind(lua_State *L, int idx, int kind) {
+  if (!lua_getmetatable(L, idx)) return 0;
+  lua_rawgeti(L, UP_MTS, kind);
+  int same = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return same;
+}
+
 static handle_t *check_handle(lua_State *L, int idx, int kind, const char *what) {
   handle_t *h = lua_touserdata(L, idx);
-  if (!h || klua_handle_kind(L, idx) != kind) {
+  if (!h || !is_kind(L, idx, kind)) {
     luaL_where(L, 1);
     lua_pushfstring(L, "bad argument #%d (%s expected, got %s)", idx, what, luaL_typename(L, idx));
     lua_concat(L, 2);
@@ -415,12 +425,28 @@ slow:
 }
 
 /* The place of the function at idx, interned: cached per closure. */
+static const char *remember_place(lua_State *L, klua_worker_t *self, int idx, const void *fn,
+                                  const char *w) {
+  if (self) {
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, UP_PLACES, 0);
+    self->last_fn = fn;
+    self->last_place = w;
+  }
+  return w;
+}
+
 static const char *place_of(lua_State *L, klua_rt_t *rt, int idx) {
+  /* the last function's, first: a loop spawns one function many times
+   * (UP_PLACES[0] keeps it alive, so its address names it) */
+  klua_worker_t *self = klua_self();
+  const void *fn = lua_topointer(L, idx);
+  if (self && self->last_fn == fn) return self->last_place;
   lua_pushvalue(L, idx);
   lua_rawget(L, UP_PLACES);
   const char *w = lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (w) return w;
+  if (w) return remember_place(L, self, idx, fn, w);
   lua_pushvalue(L, idx);
   call_hook(L, HOOK_PLACE_OF, 1, 1);
   w = klua_where(rt, lua_tostring(L, -1));
@@ -429,7 +455,7 @@ static const char *place_of(lua_State *L, klua_rt_t *rt, int idx) {
   lua_pushvalue(L, idx);
   lua_pushlightuserdata(L, (void *)w);
   lua_rawset(L, UP_PLACES);
-  return w;
+  return remember_place(L, self, idx, fn, w);
 }
 
 /* The task's own nursery (knhk.spawn), made on first use. Its token is a

@@ -12,20 +12,14 @@
 #include "klua_ffi.h"
 #include "knhk/errors.h"
 
-/* The worker this thread runs, set at each task run: reading it is how a
- * lua_CFunction finds its task without an argument. */
-static _Thread_local klua_worker_t *tls_worker;
+_Thread_local klua_worker_t *klua__tls_worker KLUA_TLS_MODEL;
 
-klua_worker_t *klua_worker(klua_rt_t *rt) {
-  klua_worker_t *w = tls_worker;
-  if (w && w->rt == rt) return w;
+klua_worker_t *klua_worker_slow(klua_rt_t *rt) {
   int i = knhk_executor_worker_index(&rt->ex);
   if (i < 0) return NULL;
-  tls_worker = &rt->w[i];
-  return tls_worker;
+  klua__tls_worker = &rt->w[i];
+  return klua__tls_worker;
 }
-
-klua_worker_t *klua_self(void) { return tls_worker; }
 
 /* ------------------------------------------------------ prototype registry */
 
@@ -214,9 +208,9 @@ static void idle_hint(void *arg) {
 void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, klua_task_t *t), void *ud) {
   for (int i = 0; i < rt->workers; i++) {
     klua_worker_t *w = &rt->w[i];
-    pthread_mutex_lock(&w->live_m);
+    klua_spin_lock(&w->live_m);
     for (klua_task_t *t = w->live; t; t = t->live_next) fn(ud, t);
-    pthread_mutex_unlock(&w->live_m);
+    klua_spin_unlock(&w->live_m);
   }
 }
 
@@ -300,7 +294,6 @@ int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, 
     w->index = i;
     w->anchor = LUA_NOREF;
     w->settle = w->xpcall_fn = w->start_fn = w->finish_fn = LUA_NOREF;
-    pthread_mutex_init(&w->live_m, NULL);
   }
   if (rc == 0) {
     knhk_reactor_options_t ro = {clock};
@@ -373,7 +366,7 @@ int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, 
 
 int klua_rt_enter(klua_rt_t *rt) {
   int rc = knhk_executor_enter(&rt->ex, NULL);
-  tls_worker = NULL;
+  klua__tls_worker = NULL;
   return rc;
 }
 
@@ -404,7 +397,6 @@ void klua_rt_free(klua_rt_t *rt) {
       }
       free(w->co_free);
       free(w->co_refs);
-      pthread_mutex_destroy(&w->live_m);
     }
   }
   free(rt->stall_text);

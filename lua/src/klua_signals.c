@@ -52,10 +52,10 @@ static int running_tasks(klua_rt_t *rt, klua_task_t **out, int max) {
   int n = 0;
   for (int i = 0; i < rt->workers && n < max; i++) {
     klua_worker_t *w = &rt->w[i];
-    pthread_mutex_lock(&w->live_m);
+    klua_spin_lock(&w->live_m);
     for (klua_task_t *t = w->live; t && n < max; t = t->live_next)
       if (knhk_task_state(&t->et) == KNHK_TASK_RUNNING) out[n++] = t;
-    pthread_mutex_unlock(&w->live_m);
+    klua_spin_unlock(&w->live_m);
   }
   return n;
 }
@@ -70,7 +70,7 @@ static void report_still_running(knhk_timer_t *tm, int status) {
   int worker[REPORT_MAX];
   for (int i = 0; i < rt->workers && n < REPORT_MAX; i++) {
     klua_worker_t *w = &rt->w[i];
-    pthread_mutex_lock(&w->live_m);
+    klua_spin_lock(&w->live_m);
     for (klua_task_t *t = w->live; t && n < REPORT_MAX; t = t->live_next) {
       if (knhk_task_state(&t->et) != KNHK_TASK_RUNNING) continue;
       int before = 0;
@@ -80,7 +80,7 @@ static void report_still_running(knhk_timer_t *tm, int status) {
       where[n] = t->where;
       worker[n++] = i;
     }
-    pthread_mutex_unlock(&w->live_m);
+    klua_spin_unlock(&w->live_m);
   }
   if (n == 0) return;
   const char *what = r->signum == SIGINT ? "interrupted" : "terminated";

@@ -419,22 +419,22 @@ static void fail_in_runtime(klua_task_t *t, const char *why) {
  * live_on, since the task may run and end on another. */
 static void live_add(klua_worker_t *w, klua_task_t *t) {
   t->live_on = (uint8_t)w->index;
-  pthread_mutex_lock(&w->live_m);
+  klua_spin_lock(&w->live_m);
   t->live_prev = NULL;
   t->live_next = w->live;
   if (w->live) w->live->live_prev = t;
   w->live = t;
-  pthread_mutex_unlock(&w->live_m);
+  klua_spin_unlock(&w->live_m);
 }
 
 static void live_remove(klua_task_t *t) {
   klua_worker_t *w = &t->rt->w[t->live_on];
-  pthread_mutex_lock(&w->live_m);
+  klua_spin_lock(&w->live_m);
   if (t->live_prev) t->live_prev->live_next = t->live_next;
   else if (w->live == t) w->live = t->live_next;
   if (t->live_next) t->live_next->live_prev = t->live_prev;
   t->live_prev = t->live_next = NULL;
-  pthread_mutex_unlock(&w->live_m);
+  klua_spin_unlock(&w->live_m);
 }
 
 /* A start that will never be used: its handles' references, and what a
@@ -518,6 +518,30 @@ static int put_start(klua_worker_t *w, lua_State *co) {
   return lua_gettop(co) - 1;
 }
 
+/* What xpcall returned, recorded here, with no call into Lua, when that is
+ * what core.finish would do and needs no lookup in the VM's tables: the
+ * task ended well, has no nursery of its own and no pooled closure to give
+ * back, and returned only nils, booleans, numbers and strings (the most
+ * common end of all). 1 if recorded. */
+static int finish_plain(lua_State *co, klua_task_t *t) {
+  if (t->implicit || t->fn_ref != LUA_NOREF || !lua_toboolean(co, 1)) return 0;
+  int n = lua_gettop(co) - 1;
+  for (int i = 2; i <= n + 1; i++) {
+    int type = lua_type(co, i);
+    if (type != LUA_TNIL && type != LUA_TBOOLEAN && type != LUA_TNUMBER && type != LUA_TSTRING)
+      return 0;
+  }
+  int64_t size = klua_values_size(co, 2, n, NULL);
+  char *out = size >= 0 ? klua_payload_room(t, (uint32_t)size) : NULL;
+  if (!out) return 0;
+  klua_values_encode(co, 2, n, out, NULL);
+  t->pay = KLUA_PAY_INLINE;
+  t->nvals = n;
+  klua_task_publish(t, KLUA_OK);
+  lua_settop(co, 0);
+  return 1;
+}
+
 /* t's function returned: its coroutine holds what xpcall returned (ok,
  * then the results or the error). core.finish records it if it can (no
  * nursery of its own to close, results the record holds inline) and
@@ -526,6 +550,7 @@ static int put_start(klua_worker_t *w, lua_State *co) {
  * coroutine: it may wait (its nursery's children). Returns what to resume
  * with: 0 if recorded, -1 with the message on top if core.finish raised. */
 static int put_settle(klua_worker_t *w, lua_State *co) {
+  if (finish_plain(co, w->cur)) return 0;
   lua_rawgeti(co, LUA_REGISTRYINDEX, w->finish_fn);
   lua_insert(co, 1);
   if (lua_pcall(co, lua_gettop(co) - 1, LUA_MULTRET, 0) != 0) return -1;
