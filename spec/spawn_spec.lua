@@ -186,6 +186,20 @@ describe("task handles", function()
     end)
   end)
 
+  it("a task's traceback shows the program's frames, and no address of the runtime's", function()
+    run(function()
+      for _, spawn in ipairs { knhk.spawn, knhk.spawn_local } do
+        local h = spawn(loadstring("error('boom')", "=boom"))
+        local ok, err = pcall(h.join, h)
+        assert.is_false(ok)
+        assert.matches("boom:1:", err.traceback)
+        assert.not_matches("0x%x+", err.traceback)
+        assert.not_matches("builtin#", err.traceback)
+        assert.not_matches("xpcall", err.traceback)
+      end
+    end)
+  end)
+
   it("a joined failure is handled: the spawner does not raise it again", function()
     assert.equal("fine", run(function()
       local h = knhk.spawn(function() error("seen") end)

@@ -112,12 +112,14 @@ end
 -- ------------------------------------------------------------ errors
 
 -- Tracebacks show the program's frames, not knhk's own (its modules, and
--- the pcall/xpcall that run tasks).
+-- the pcall/xpcall that run tasks: the xpcall at a task's base, which the
+-- C side calls, is named "[builtin#N]: at 0x..." by LuaJIT).
 local function user_traceback(level)
   local out = {}
   for line in debug.traceback("", level + 1):gmatch("[^\n]+") do
     if not line:match("knhk/[%w_/]+%.lua:") and not line:match("^%s*%[C%]: in function '[x]?pcall'")
-        and not line:match("^%s*%[C%]: at 0x") and line ~= "stack traceback:" then
+        and not line:match("^%s*%[C%]: at 0x") and not line:match("^%s*%[builtin#%d+%]: at 0x")
+        and line ~= "stack traceback:" then
       out[#out + 1] = line
     end
   end
