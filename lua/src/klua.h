@@ -253,7 +253,7 @@ struct klua_worker {
    * cleared it at the end of the last run in this VM */
   int anchor_top, anchor_free;
   /* registry refs (core.register): what task_run puts on coroutines */
-  int xpcall_fn, start_fn, finish_fn, settle;
+  int xpcall_fn, start_fn, finish_fn, settle, capture_fn;
   int make_co;                 /* registry ref: make_coroutine (klua_task.c), or 0 */
   klua_task_t *cur;            /* the task being resumed now */
   /* the function spawned last and its place (place_of, klua_core.c) */

@@ -1803,8 +1803,8 @@ static int l_register(lua_State *L) {
     if (lua_isnil(L, -1)) return luaL_error(L, "core.register: no hook '%s'", hook_names[h - 1]);
     lua_rawseti(L, UP_HOOKS, h);
   }
-  static const char *const edges[] = {"xpcall", "start", "finish"};
-  for (int i = 0; i < 3; i++) {
+  static const char *const edges[] = {"capture", "xpcall", "start", "finish"};
+  for (int i = 0; i < 4; i++) {
     lua_getfield(L, 2, edges[i]);
     if (!lua_isfunction(L, -1)) return luaL_error(L, "core.register: no function '%s'", edges[i]);
   }
@@ -1818,6 +1818,7 @@ static int l_register(lua_State *L) {
   w->finish_fn = luaL_ref(L, LUA_REGISTRYINDEX);
   w->start_fn = luaL_ref(L, LUA_REGISTRYINDEX);
   w->xpcall_fn = luaL_ref(L, LUA_REGISTRYINDEX);
+  w->capture_fn = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, 1);
   w->settle = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, UP_ANCHOR);

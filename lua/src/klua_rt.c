@@ -293,7 +293,7 @@ int klua_rt_new(lua_State *caller, const klua_rt_opts_t *opts, klua_rt_t **out, 
     w->rt = rt;
     w->index = i;
     w->anchor = LUA_NOREF;
-    w->settle = w->xpcall_fn = w->start_fn = w->finish_fn = LUA_NOREF;
+    w->settle = w->xpcall_fn = w->start_fn = w->finish_fn = w->capture_fn = LUA_NOREF;
   }
   if (rc == 0) {
     knhk_reactor_options_t ro = {clock};
@@ -391,6 +391,7 @@ void klua_rt_free(klua_rt_t *rt) {
         luaL_unref(w->L, LUA_REGISTRYINDEX, w->xpcall_fn);
         luaL_unref(w->L, LUA_REGISTRYINDEX, w->start_fn);
         luaL_unref(w->L, LUA_REGISTRYINDEX, w->finish_fn);
+        luaL_unref(w->L, LUA_REGISTRYINDEX, w->capture_fn);
         if (w->make_co > 0) luaL_unref(w->L, LUA_REGISTRYINDEX, w->make_co);
         lua_pushnil(w->L);
         lua_setfield(w->L, LUA_REGISTRYINDEX, "knhk.rt");

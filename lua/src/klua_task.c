@@ -504,13 +504,36 @@ static int end_cancelled_unresumed(klua_worker_t *w, klua_task_t *t, knhk_token_
   return KNHK_ECANCELED;
 }
 
+/* What core.start does for a local start whose arguments are only nils,
+ * booleans and numbers (the commonest), done here without a protected call
+ * into Lua: nothing in it allocates (the function comes from the anchor
+ * table, whose slot keeps the free list's number; the coroutine's first
+ * stack has room), so nothing can raise. */
+static int put_plain_local_start(klua_worker_t *w, lua_State *co, klua_task_t *t) {
+  lua_rawgeti(co, LUA_REGISTRYINDEX, w->xpcall_fn);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, w->anchor);
+  lua_rawgeti(co, -1, t->fn_ref);
+  klua_unref(w, co, -2, t->fn_ref);
+  t->fn_ref = LUA_NOREF;
+  lua_remove(co, -2);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, w->capture_fn);
+  klua_values_push(co, t->data, t->nvals, 0);
+  int n = 2 + t->nvals;
+  t->proto = 0;
+  klua_payload_reset(t);
+  return n;
+}
+
 /* Puts t's start on its fresh coroutine: xpcall, then what core.start
  * gives it (the function, the error handler, the arguments), so that the
  * task's function runs three slots from the coroutine's base, under no
  * frame of the runtime's but the xpcall: its waits fit in LuaJIT's first
  * stack. core.start decodes, and may raise: a protected call. Returns the
  * number of values to resume with, or -1 with the message on top. */
-static int put_start(klua_worker_t *w, lua_State *co) {
+static int put_start(klua_worker_t *w, lua_State *co, klua_task_t *t) {
+  if (t->pay == KLUA_PAY_REFS && t->nvals >= 0 && t->nvals <= LUA_MINSTACK - 4 &&
+      klua_values_plain(t->data, t->nvals))
+    return put_plain_local_start(w, co, t);
   lua_rawgeti(co, LUA_REGISTRYINDEX, w->start_fn);
   if (lua_pcall(co, 0, LUA_MULTRET, 0) != 0) return -1;
   lua_rawgeti(co, LUA_REGISTRYINDEX, w->xpcall_fn);
@@ -586,7 +609,7 @@ static int task_run(knhk_task_t *et) {
       fail_in_runtime(t, "out of memory making its coroutine");
       return KNHK_EFAILED;
     }
-    nargs = put_start(w, t->co);
+    nargs = put_start(w, t->co, t);
   } else if (t->w.recheck) {
     t->w.recheck = 0;
     knhk_token_t *tok = klua_task_checkpoint_token(t);

@@ -184,6 +184,19 @@ static const char *skip_value(const char *p, int drop) {
   }
 }
 
+int klua_values_plain(const char *buf, int n) {
+  for (int i = 0; i < n; i++) {
+    switch (*buf) {
+    case KLUA_V_NIL:
+    case KLUA_V_FALSE:
+    case KLUA_V_TRUE: buf++; break;
+    case KLUA_V_NUMBER: buf += 9; break;
+    default: return 0;
+    }
+  }
+  return 1;
+}
+
 const char *klua_values_skip(const char *buf, int n) {
   for (int i = 0; i < n; i++) buf = skip_value(buf, 0);
   return buf;

@@ -33,6 +33,9 @@ void klua_values_drop_len(const char *buf, uint32_t len);
 /* foreign_only: only the handles whose objects outlive a run (not tasks,
  * nurseries: a run's end frees those with their slabs). */
 void klua_values_drop_kinds(const char *buf, uint32_t len, int foreign_only);
+/* Whether n values are only nils, booleans and numbers: pushing them
+ * allocates nothing (so cannot raise). */
+int klua_values_plain(const char *buf, int n);
 /* Past n values. */
 const char *klua_values_skip(const char *buf, int n);
 
