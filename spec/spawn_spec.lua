@@ -174,6 +174,19 @@ describe("knhk.spawn_local", function()
   end)
 end)
 
+describe("tasks one after another on a worker", function()
+  it("a task's thread environment (setfenv(0, ...)) does not reach the next task", function()
+    run(function()
+      for _, spawn in ipairs { knhk.spawn_local, knhk.spawn } do
+        spawn(loadstring("setfenv(0, { leaked = true })")):join()
+        -- the next task reuses the coroutine: chunks it loads see the globals
+        local h = spawn(loadstring("return loadstring('return leaked')()"))
+        assert.is_nil(h:join())
+      end
+    end, 1)
+  end)
+end)
+
 describe("task handles", function()
   it("join re-raises the task's error with its traceback", function()
     run(function()

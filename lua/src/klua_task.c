@@ -337,6 +337,14 @@ static void unanchor(klua_worker_t *w, int ref);
  * anew with the next function put on it. */
 static void give_back_coroutine(klua_worker_t *w, lua_State *co, int ref) {
   lua_settop(co, 0);
+  /* A task that set its thread's environment (setfenv(0, t)) must not
+   * leave it to the next task on this coroutine: the chunks that task
+   * loads would get it. */
+  if (lua_topointer(co, LUA_GLOBALSINDEX) != lua_topointer(w->L, LUA_GLOBALSINDEX)) {
+    lua_pushvalue(w->L, LUA_GLOBALSINDEX);
+    lua_xmove(w->L, co, 1);
+    lua_replace(co, LUA_GLOBALSINDEX);
+  }
   if (w->nco == w->capco) {
     int cap = w->capco ? w->capco * 2 : 64;
     lua_State **c = realloc(w->co_free, (size_t)cap * sizeof *c);
