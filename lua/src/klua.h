@@ -67,6 +67,9 @@ enum {
 };
 
 enum { KLUA_INLINE = 32 }; /* payload bytes held in the record itself */
+/* The spans of a task spawned while not recording: all zero, never written
+ * (knhk_telemetry_task_enter writes only a task with a span). */
+extern knhk_telemetry_task_t klua_no_tel;
 /* A results snapshot (KLUA_PAY_BLOB) is followed by the nvals handles it
  * holds references to, each an inline value of this size (klua_value.c). */
 enum { KLUA_BLOB_HANDLE_BYTES = 10 };
@@ -163,8 +166,9 @@ struct klua_task {
   uint64_t parent;             /* id of the task that spawned it, or 0 */
   uint64_t started_ns;         /* when it was spawned (the runtime's clock) */
   const char *where;           /* its function's place (klua_where) */
-  knhk_telemetry_task_t tel;   /* its spans, while recording (in the record: a
-                                  separate block costs recording a cold line) */
+  knhk_telemetry_task_t *tel;  /* its spans: a block of its own while recording,
+                                  else klua_no_tel (zero: nothing recorded); out
+                                  of the record, which a sleeping task keeps */
   /* payload: the start, then the results */
   int32_t pay;                 /* KLUA_PAY_* */
   int32_t proto;               /* inline start: the prototype id of the function, and the
@@ -368,6 +372,7 @@ void klua_unref(klua_worker_t *w, lua_State *L, int t, int ref);
 klua_task_t *klua_task_alloc(klua_rt_t *rt);
 void klua_task_retain(klua_task_t *t);
 void klua_task_release(klua_task_t *t);
+void klua_task_drop_tel(klua_task_t *t); /* its telemetry block, if it had one */
 /* Spawns t (filled in: kind, group, payload) as a child of its group. */
 int klua_task_spawn(klua_task_t *t, int worker);
 /* Any thread: queues t again if it waits (a wake-up; spurious ones are fine). */

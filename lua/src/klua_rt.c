@@ -422,6 +422,7 @@ void klua_rt_free(klua_rt_t *rt) {
       if (tok) knhk_token_release(tok);
       if (slab[k].cancel_parent) knhk_token_release(slab[k].cancel_parent);
       free(slab[k].w.watch); /* a record still referenced when the run ended */
+      klua_task_drop_tel(&slab[k]);
     }
     free(slab);
   }

@@ -182,8 +182,17 @@ static void payload_drop_handles(klua_task_t *t, int foreign_only) {
 
 void klua_payload_drop_foreign(klua_task_t *t) { payload_drop_handles(t, 1); }
 
+knhk_telemetry_task_t klua_no_tel;
+
+/* The telemetry block a task had while recording, if any. */
+void klua_task_drop_tel(klua_task_t *t) {
+  if (t->tel && t->tel != &klua_no_tel) free(t->tel);
+  t->tel = &klua_no_tel;
+}
+
 static void task_free(klua_task_t *t) {
   klua_rt_t *rt = t->rt;
+  klua_task_drop_tel(t);
   payload_drop_handles(t, 0);
   klua_payload_reset(t);
   free(t->w.watch); /* its wait ended: knhk_token_off returned */
@@ -606,7 +615,7 @@ static int task_run(knhk_task_t *et) {
   int nargs = 0; /* to resume with */
   klua_task_t *prev = w->cur;
   w->cur = t;
-  uint64_t *tel = knhk_telemetry_task_enter(&t->tel, &rt->ex);
+  uint64_t *tel = knhk_telemetry_task_enter(t->tel, &rt->ex);
   if (!t->co) { /* its first run (cancelled or not: as in Trio, a task
                    * runs until its first checkpoint, so its cleanup runs) */
     atomic_store_explicit(&t->home, w->index, memory_order_relaxed);
@@ -676,7 +685,7 @@ static void task_ended(knhk_task_t *et, int status) {
   klua_group_t *g = t->group;
   klua_rt_t *rt = t->rt;
   int root = g == rt->root_group;
-  knhk_telemetry_task_end(&t->tel, status, &rt->ex);
+  knhk_telemetry_task_end(t->tel, status, &rt->ex);
   klua_group_child_ended(g, t); /* the last touch of g by this child */
   klua_task_release(t);          /* the running task's reference */
   /* The root task ended (its children had, before it): the run is over
@@ -701,10 +710,15 @@ int klua_task_spawn(klua_task_t *t, int worker) {
   klua_task_retain(t); /* the running task's, until task_ended */
   if (t->group->flags & KLUA_G_ORDERED) klua_task_retain(t); /* the ended list's */
   t->started_ns = spawn_time(rt);
-  memset(&t->tel, 0, sizeof t->tel);
-  if (knhk_telemetry_enabled())
-    knhk_telemetry_task_spawn(&t->tel, &t->group->tel,
-                              atomic_fetch_add_explicit(&t->group->spawned, 1, memory_order_relaxed));
+  t->tel = &klua_no_tel;
+  if (knhk_telemetry_enabled()) {
+    knhk_telemetry_task_t *tel = calloc(1, sizeof *tel);
+    if (tel) { /* (else: this task is not recorded) */
+      t->tel = tel;
+      knhk_telemetry_task_spawn(tel, &t->group->tel,
+                                atomic_fetch_add_explicit(&t->group->spawned, 1, memory_order_relaxed));
+    }
+  }
   klua_worker_t *self = klua_self();
   live_add(self && self->rt == rt ? self : &rt->w[0], t); /* listed while queued too */
   rc = worker >= 0 ? knhk_executor_spawn_on(&rt->ex, &t->et, worker)
