@@ -18,17 +18,23 @@ local M = {}
 local mts = core.metatables()
 local Task = check.no_missing_methods({}, "task handle")
 M.Task = Task
-mts.task.__index = Task
-check.name_kind(mts.task, "task handle")
-local task_mt = mts.task
-local tasks_only = { [task_mt] = true }
+-- A task handle has one of two metatables: task_mt while it holds its
+-- task's record, detached_mt (the same, without a finalizer) once a join
+-- kept the result in the handle and let the record go: the collector then
+-- has no finalizer to call for it (the C side swaps them).
+local task_mt, detached_mt = mts.task, mts.task_detached
+local tasks_only = { [task_mt] = true, [detached_mt] = true }
 local bad_self = check.bad_self
-mts.task.__tostring = function(h) return "knhk.task#" .. string.format("%d", core.task_id(h)) end
+local function export(h) return select(2, core.export(h)) end
+local function import(n, copy) return core.import(1, n, copy) end
+for mt in pairs(tasks_only) do
+  mt.__index = Task
+  check.name_kind(mt, "task handle")
+  mt.__tostring = function(h) return "knhk.task#" .. string.format("%d", core.task_id(h)) end
+  codec.register_handle("task", mt, export, import)
+end
 
-codec.register_handle("task", mts.task, function(h) return select(2, core.export(h)) end,
-  function(n, copy) return core.import(1, n, copy) end)
-
-function M.is_task(v) return getmetatable(v) == mts.task end
+function M.is_task(v) return tasks_only[getmetatable(v)] == true end
 
 -- ------------------------------------------------------------- spawning
 
@@ -104,7 +110,7 @@ end
 -- TaskError; for a task that was cancelled, one whose .value is its
 -- Cancelled). A checkpoint while it waits.
 function Task:join()
-  if getmetatable(self) ~= task_mt then bad_self("join", "task handle", self) end
+  if not tasks_only[getmetatable(self)] then bad_self("join", "task handle", self) end
   return join_result(self, core_join_try(self))
 end
 

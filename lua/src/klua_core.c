@@ -31,6 +31,8 @@
 #define UP_POOLS lua_upvalueindex(3)  /* prototype id -> idle closures, or the shared one */
 #define UP_PLACES lua_upvalueindex(4) /* function -> lightuserdata place (weak) */
 #define UP_MTS lua_upvalueindex(5)    /* handle kind <-> metatable */
+/* UP_MTS's slot of a detached task handle's metatable (set_task_mt) */
+#define MT_TASK_DETACHED KLUA_H_KINDS
 #define UP_HOOKS lua_upvalueindex(6)  /* runtime.lua's: proto_of, new_closure, capture */
 
 enum { ST_DONE = 0, ST_WAIT = 1, ST_CLOSED = 2, ST_CANCELLED = 3, ST_BLOB = 4, ST_MESSAGE = 5,
@@ -117,13 +119,27 @@ int klua_handle_kind(lua_State *L, int idx) {
 }
 
 /* Whether the value at idx is a handle of this kind: its metatable is the
- * kind's (compared with UP_MTS[kind]: no hash lookup on the hot path). */
+ * kind's (compared with UP_MTS[kind]: no hash lookup on the hot path), or
+ * for a task handle, the detached one's. */
 static int is_kind(lua_State *L, int idx, int kind) {
   if (!lua_getmetatable(L, idx)) return 0;
   lua_rawgeti(L, UP_MTS, kind);
   int same = lua_rawequal(L, -1, -2);
+  if (!same && kind == KLUA_H_TASK) {
+    lua_rawgeti(L, UP_MTS, MT_TASK_DETACHED);
+    same = lua_rawequal(L, -1, -3);
+    lua_pop(L, 1);
+  }
   lua_pop(L, 2);
   return same;
+}
+
+/* Gives the task handle at idx the metatable its state asks for: without a
+ * finalizer once detached (nothing to release: the collector then has no
+ * call to make for it), with one while it holds a record. */
+static void set_task_mt(lua_State *L, int idx, const task_handle_t *th) {
+  lua_rawgeti(L, UP_MTS, detached(th) ? MT_TASK_DETACHED : KLUA_H_TASK);
+  lua_setmetatable(L, idx);
 }
 
 static handle_t *check_handle(lua_State *L, int idx, int kind, const char *what) {
@@ -239,7 +255,10 @@ static void reattach(lua_State *L, task_handle_t *th) {
 void *klua_handle_export(lua_State *L, int idx) {
   handle_t *h = lua_touserdata(L, idx);
   int kind = klua_handle_kind(L, idx);
-  if (kind == KLUA_H_TASK) reattach(L, (task_handle_t *)h);
+  if (kind == KLUA_H_TASK && detached((task_handle_t *)h)) {
+    reattach(L, (task_handle_t *)h);
+    set_task_mt(L, idx, (task_handle_t *)h); /* it holds a record again */
+  }
   klua_handle_retain(kind, h->p);
   return h->p;
 }
@@ -1073,8 +1092,8 @@ static int push_kept(lua_State *L, const task_handle_t *th) {
 
 /* After a join of th's task, which ended well: keeps its result in the
  * handle and lets go of the record, if the result fits. */
-static void detach(task_handle_t *th, klua_task_t *t) {
-  if (t->pay != KLUA_PAY_INLINE || t->nvals > 1) return;
+static int detach(task_handle_t *th, klua_task_t *t) {
+  if (t->pay != KLUA_PAY_INLINE || t->nvals > 1) return 0;
   int what = KEPT_NONE;
   if (t->nvals == 1) {
     switch (t->data[0]) {
@@ -1082,11 +1101,12 @@ static void detach(task_handle_t *th, klua_task_t *t) {
     case KLUA_V_FALSE: what = KEPT_FALSE; break;
     case KLUA_V_TRUE: what = KEPT_TRUE; break;
     case KLUA_V_NUMBER: what = KEPT_NUMBER; memcpy(&th->num, t->data + 1, 8); break;
-    default: return;
+    default: return 0;
     }
   }
   th->h.p = (void *)(uintptr_t)(t->id << 4 | (uint64_t)what << 1 | 1);
   klua_task_release(t);
+  return 1;
 }
 
 /* core.join_try(h) */
@@ -1108,7 +1128,7 @@ static int l_join_try(lua_State *L) {
   }
   atomic_fetch_or_explicit(&target->flags, KLUA_T_JOINED, memory_order_relaxed);
   int n = push_outcome(L, target, oc);
-  if (oc == KLUA_OK) detach(th, target);
+  if (oc == KLUA_OK && detach(th, target)) set_task_mt(L, 1, th);
   return n;
 }
 
@@ -1882,9 +1902,9 @@ static int l_path(lua_State *L) {
  * each kind of handle its methods. */
 static int l_metatables(lua_State *L) {
   static const char *names[] = {NULL, "task", "channel", "semaphore", "lock", "event", "token",
-                                "nursery"};
+                                "nursery", "task_detached"};
   lua_newtable(L);
-  for (int k = 1; k < KLUA_H_KINDS; k++) {
+  for (int k = 1; k <= MT_TASK_DETACHED; k++) {
     lua_rawgeti(L, UP_MTS, k);
     lua_setfield(L, -2, names[k]);
   }
@@ -2032,6 +2052,11 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
     lua_pushinteger(L, k);
     lua_rawset(L, -3);
   }
+  lua_newtable(L); /* a detached task handle's: no finalizer (detach) */
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, -3, MT_TASK_DETACHED);
+  lua_pushinteger(L, KLUA_H_TASK);
+  lua_rawset(L, -3);
   lua_newtable(L); /* 6 hooks */
   /* the metatables' __gc need the kinds table (UP_MTS) too */
   for (int k = 1; k < KLUA_H_KINDS; k++) {
