@@ -612,20 +612,22 @@ static int task_run(knhk_task_t *et) {
       return KNHK_EFAILED;
     }
   }
-  int nargs = 0; /* to resume with */
-  klua_task_t *prev = w->cur;
-  w->cur = t;
-  uint64_t *tel = knhk_telemetry_task_enter(t->tel, &rt->ex);
-  if (!t->co) { /* its first run (cancelled or not: as in Trio, a task
-                   * runs until its first checkpoint, so its cleanup runs) */
+  int nargs = 0, first = !t->co; /* to resume with; its first run */
+  if (first) { /* (cancelled or not: as in Trio, a task runs until its
+                  * first checkpoint, so its cleanup runs) */
     atomic_store_explicit(&t->home, w->index, memory_order_relaxed);
+    /* before t is current: a finalizer that runs in the making of a
+     * coroutine runs in no task */
     t->co = take_coroutine(w, &t->co_ref);
     if (!t->co) {
-      knhk_telemetry_task_leave(tel);
-      w->cur = prev;
       fail_in_runtime(t, "out of memory making its coroutine");
       return KNHK_EFAILED;
     }
+  }
+  klua_task_t *prev = w->cur;
+  w->cur = t;
+  uint64_t *tel = knhk_telemetry_task_enter(t->tel, &rt->ex);
+  if (first) {
     nargs = put_start(w, t->co, t);
   } else if (t->w.recheck) {
     t->w.recheck = 0;
