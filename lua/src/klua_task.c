@@ -624,20 +624,16 @@ static int task_run(knhk_task_t *et) {
       return KNHK_EFAILED;
     }
   }
+  if (!first && t->w.recheck) { /* (not current yet either: see above) */
+    t->w.recheck = 0;
+    knhk_token_t *tok = klua_task_checkpoint_token(t);
+    if (knhk_token_is_cancelled(tok) && cancel_unwinds_nothing(w, t))
+      return end_cancelled_unresumed(w, t, tok);
+  }
   klua_task_t *prev = w->cur;
   w->cur = t;
   uint64_t *tel = knhk_telemetry_task_enter(t->tel, &rt->ex);
-  if (first) {
-    nargs = put_start(w, t->co, t);
-  } else if (t->w.recheck) {
-    t->w.recheck = 0;
-    knhk_token_t *tok = klua_task_checkpoint_token(t);
-    if (knhk_token_is_cancelled(tok) && cancel_unwinds_nothing(w, t)) {
-      knhk_telemetry_task_leave(tel);
-      w->cur = prev;
-      return end_cancelled_unresumed(w, t, tok);
-    }
-  }
+  if (first) nargs = put_start(w, t->co, t);
   lua_State *co = t->co;
   int rc = nargs < 0 ? LUA_ERRRUN : lua_resume(co, nargs);
   /* The task's function returned (xpcall's ok and results on the stack):
