@@ -820,7 +820,7 @@ static int push_shared(lua_State *L, int k) {
   return 0;
 }
 
-/* core.start() -> fn, capture, args...: what the runner hands to xpcall.
+/* core.start() -> fn, capture, args...: what task_run puts under xpcall.
  * A codec start gives runtime.lua's start_blob and the snapshot. A
  * closure of its prototype's pool is anchored (t->fn_ref) while the task
  * runs, and goes back to the pool when the task has ended (retire_fn). */
