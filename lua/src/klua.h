@@ -373,6 +373,10 @@ klua_task_t *klua_task_alloc(klua_rt_t *rt);
 void klua_task_retain(klua_task_t *t);
 void klua_task_release(klua_task_t *t);
 void klua_task_drop_tel(klua_task_t *t); /* its telemetry block, if it had one */
+/* A local start pushed from the anchor table at `anchor` (klua_task.c). */
+int klua_push_local_start(klua_worker_t *w, lua_State *L, int anchor, klua_task_t *t);
+/* The n values at `first` kept as t's results inline, if they fit; 1 if so. */
+int klua_task_keep_results(klua_task_t *t, lua_State *L, int first, int n);
 /* Spawns t (filled in: kind, group, payload) as a child of its group. */
 int klua_task_spawn(klua_task_t *t, int worker);
 /* Any thread: queues t again if it waits (a wake-up; spurious ones are fine). */

@@ -443,7 +443,7 @@ slow:
   return -1;
 }
 
-/* The place of the function at idx, interned: cached per closure. */
+/* place_of's answer, remembered as the worker's last (see there). */
 static const char *remember_place(lua_State *L, klua_worker_t *self, int idx, const void *fn,
                                   const char *w) {
   if (self) {
@@ -455,6 +455,7 @@ static const char *remember_place(lua_State *L, klua_worker_t *self, int idx, co
   return w;
 }
 
+/* The place of the function at idx, interned: cached per closure. */
 static const char *place_of(lua_State *L, klua_rt_t *rt, int idx) {
   /* the last function's, first: a loop spawns one function many times
    * (UP_PLACES[0] keeps it alive, so its address names it) */
@@ -891,30 +892,7 @@ static int l_start(lua_State *L) {
     return n;
   }
   /* local: its function and arguments, anchored in this VM */
-  lua_rawgeti(L, UP_ANCHOR, t->fn_ref);
-  klua_unref(klua_self(), L, UP_ANCHOR, t->fn_ref);
-  t->fn_ref = LUA_NOREF;
-  PUSH_HOOK(L, HOOK_CAPTURE);
-  int n = 2;
-  if (t->nvals >= 0) {
-    klua_values_push(L, t->data, t->nvals, 0);
-    n += t->nvals;
-  } else {
-    int ref = (int)t->proto;
-    lua_rawgeti(L, UP_ANCHOR, ref);
-    klua_unref(klua_self(), L, UP_ANCHOR, ref);
-    int tab = lua_gettop(L);
-    lua_getfield(L, tab, "n");
-    int nargs = (int)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    luaL_checkstack(L, nargs, "too many arguments");
-    for (int i = 1; i <= nargs; i++) lua_rawgeti(L, tab, i);
-    lua_remove(L, tab);
-    n += nargs;
-  }
-  t->proto = 0;
-  klua_payload_reset(t);
-  return n;
+  return klua_push_local_start(klua_self(), L, UP_ANCHOR, t);
 }
 
 /* The closure a portable task ran goes back to its prototype's pool
@@ -977,14 +955,8 @@ static int finish_later(lua_State *L, int how) {
 static int l_finish(lua_State *L) {
   klua_task_t *t = current(L, "knhk.runtime");
   if (t->implicit) return finish_later(L, 1);
-  int ok = lua_toboolean(L, 1);
-  int n = lua_gettop(L) - 1;
-  int64_t size = ok ? klua_values_size(L, 2, n, NULL) : -1;
-  char *out = size >= 0 ? klua_payload_room(t, (uint32_t)size) : NULL;
-  if (!out) return finish_later(L, 2);
-  klua_values_encode(L, 2, n, out, NULL);
-  t->pay = KLUA_PAY_INLINE;
-  t->nvals = n;
+  if (!lua_toboolean(L, 1) || !klua_task_keep_results(t, L, 2, lua_gettop(L) - 1))
+    return finish_later(L, 2);
   retire_fn(L, t);
   klua_task_publish(t, KLUA_OK);
   return 0;

@@ -397,6 +397,51 @@ void klua_unref(klua_worker_t *w, lua_State *L, int t, int ref) {
   w->anchor_free = ref;
 }
 
+/* A local start's function, its error handler and its arguments, pushed
+ * on L from the VM's anchor table (at stack index `anchor`), which lets
+ * them go; returns how many. core.start's local case, and task_run's for
+ * arguments that are only nils, booleans and numbers: then nothing here
+ * allocates. */
+int klua_push_local_start(klua_worker_t *w, lua_State *L, int anchor, klua_task_t *t) {
+  anchor = abs_index(L, anchor);
+  lua_rawgeti(L, anchor, t->fn_ref);
+  klua_unref(w, L, anchor, t->fn_ref);
+  t->fn_ref = LUA_NOREF;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->capture_fn);
+  int n = 2;
+  if (t->nvals >= 0) {
+    klua_values_push(L, t->data, t->nvals, 0);
+    n += t->nvals;
+  } else { /* (a table of them, anchored too) */
+    int ref = (int)t->proto;
+    lua_rawgeti(L, anchor, ref);
+    klua_unref(w, L, anchor, ref);
+    int tab = lua_gettop(L);
+    lua_getfield(L, tab, "n");
+    int nargs = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    luaL_checkstack(L, nargs, "too many arguments");
+    for (int i = 1; i <= nargs; i++) lua_rawgeti(L, tab, i);
+    lua_remove(L, tab);
+    n += nargs;
+  }
+  t->proto = 0;
+  klua_payload_reset(t);
+  return n;
+}
+
+/* Keeps the n values at `first` on L as t's results, inline, if they can
+ * be (klua_values_size); 1 if kept (not published yet). */
+int klua_task_keep_results(klua_task_t *t, lua_State *L, int first, int n) {
+  int64_t size = klua_values_size(L, first, n, NULL);
+  char *out = size >= 0 ? klua_payload_room(t, (uint32_t)size) : NULL;
+  if (!out) return 0;
+  klua_values_encode(L, first, n, out, NULL);
+  t->pay = KLUA_PAY_INLINE;
+  t->nvals = n;
+  return 1;
+}
+
 /* Lets go of what w's anchor table holds at ref (a coroutine, a closure). */
 static void unanchor(klua_worker_t *w, int ref) {
   lua_State *L = w->L;
@@ -529,15 +574,8 @@ static int end_cancelled_unresumed(klua_worker_t *w, klua_task_t *t, knhk_token_
 static int put_plain_local_start(klua_worker_t *w, lua_State *co, klua_task_t *t) {
   lua_rawgeti(co, LUA_REGISTRYINDEX, w->xpcall_fn);
   lua_rawgeti(co, LUA_REGISTRYINDEX, w->anchor);
-  lua_rawgeti(co, -1, t->fn_ref);
-  klua_unref(w, co, -2, t->fn_ref);
-  t->fn_ref = LUA_NOREF;
-  lua_remove(co, -2);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, w->capture_fn);
-  klua_values_push(co, t->data, t->nvals, 0);
-  int n = 2 + t->nvals;
-  t->proto = 0;
-  klua_payload_reset(t);
+  int n = klua_push_local_start(w, co, 2, t);
+  lua_remove(co, 2);
   return n;
 }
 
@@ -571,12 +609,7 @@ static int finish_plain(lua_State *co, klua_task_t *t) {
     if (type != LUA_TNIL && type != LUA_TBOOLEAN && type != LUA_TNUMBER && type != LUA_TSTRING)
       return 0;
   }
-  int64_t size = klua_values_size(co, 2, n, NULL);
-  char *out = size >= 0 ? klua_payload_room(t, (uint32_t)size) : NULL;
-  if (!out) return 0;
-  klua_values_encode(co, 2, n, out, NULL);
-  t->pay = KLUA_PAY_INLINE;
-  t->nvals = n;
+  if (!klua_task_keep_results(t, co, 2, n)) return 0;
   klua_task_publish(t, KLUA_OK);
   lua_settop(co, 0);
   return 1;
