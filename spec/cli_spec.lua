@@ -200,6 +200,29 @@ describe("knhk-lua", function()
     assert.matches("tasks: 2 spawned, 2 completed, 0 failed, 0 cancelled, 0 live", err, 1, true)
   end)
 
+  it("closes the Lua state at exit, as luajit does: files left open are flushed, finalizers run",
+    function()
+      -- one file written by the root task (the main VM), one by a task on
+      -- any worker; neither is closed, and the __gc of a live table runs
+      local a, b, c = TMP .. "/left-open-a", TMP .. "/left-open-b", TMP .. "/gc-ran"
+      for _, f in ipairs { a, b, c } do os.remove(f) end
+      local code, _, err = run("-e " .. q(string.format([[
+        OPEN = io.open(%q, "w"); OPEN:write("root")
+        knhk.spawn(function(path) KEEP = io.open(path, "w"); KEEP:write("task") end, %q):join()
+        ANCHOR = newproxy(true)
+        getmetatable(ANCHOR).__gc = function() io.open(%q, "w"):write("gc") end
+      ]], a, b, c)))
+      assert.equal(0, code, err)
+      assert.equal("root", slurp(a))
+      assert.equal("task", slurp(b))
+      assert.equal("gc", slurp(c))
+      -- the same when the script fails: exit 1, and still flushed
+      os.remove(a)
+      code = run("-e " .. q(string.format([[OPEN = io.open(%q, "w"); OPEN:write("x"); error("boom")]], a)))
+      assert.equal(1, code)
+      assert.equal("x", slurp(a))
+    end)
+
   -- The signal specs run in real time: a real signal reaches a real process
   -- asleep (knhk.sleep(30) stands for "until the signal comes").
   local function signalled(sig, expect_code, word)

@@ -131,7 +131,9 @@ int main(int argc, char **argv) {
     return 1;
   }
   int code = (int)lua_tointeger(L, -1);
-  fflush(stdout);
-  /* Exit without lua_close: worker VMs and threads are gone already. */
-  _exit(code);
+  /* As luajit ends: the state is closed, so every finalizer runs (a file a
+   * script left open is flushed and closed; an ffi.gc cleanup runs).
+   * knhk.run has closed its worker VMs and stopped its threads already. */
+  lua_close(L);
+  return code;
 }
