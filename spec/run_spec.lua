@@ -40,6 +40,31 @@ describe("knhk.run", function()
     for i = 1, 3 do assert.equal(i, knhk.run(function() return i end, { workers = 2 })) end
   end)
 
+  it("runs again in the memory an earlier run's task records had, and they start clean", function()
+    -- A run's records are kept for the next run of the process (2 MB
+    -- chunks): a big run, a small one that leaves most of a reused chunk
+    -- untouched, then a big one again, with results that would show a
+    -- record that kept something of its last run (and a run's end that
+    -- freed a payload twice would abort).
+    local function run(n, salt)
+      return knhk.run(function()
+        local hs = {}
+        for i = 1, n do
+          local spawn = i % 2 == 0 and knhk.spawn or knhk.spawn_local
+          hs[i] = spawn(function(x, s) return x, s .. string.rep("x", x % 300) end, i, salt)
+        end
+        for i = 1, n do
+          local x, s = hs[i]:join()
+          assert(x == i and s == salt .. string.rep("x", i % 300), "task " .. i .. " of run " .. salt)
+        end
+        return knhk.stats().spawned
+      end, { workers = 2 })
+    end
+    assert.equal(20001, run(20000, "a"))
+    assert.equal(11, run(10, "b"))
+    assert.equal(30001, run(30000, "c"))
+  end)
+
   it("refuses bad arguments with the caller's line", function()
     assert.has_error(function() knhk.run("nope") end,
       "bad argument #1 to 'run' (function expected, got string)")

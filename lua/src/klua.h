@@ -276,6 +276,20 @@ struct klua_worker {
   klua_task_t *live;
 };
 
+/* ---- klua_arena.c: chunks that record and group slabs are carved from ---- */
+typedef struct {
+  void **chunks;
+  size_t nchunks, capchunks;
+  char *at;    /* the rest of the current chunk */
+  size_t left;
+  int dirty;   /* the current chunk held another run's records: zero what is carved */
+} klua_arena_t;
+/* `size` zeroed bytes, 64-aligned, alive until klua_arena_free; NULL when
+ * out of memory. Not thread-safe: the runtime's pool_m guards its arena. */
+void *klua_arena_alloc(klua_arena_t *a, size_t size);
+/* Everything a's allocations gave: kept for a later runtime, or unmapped. */
+void klua_arena_free(klua_arena_t *a);
+
 struct klua_rt {
   knhk_executor_t ex;
   knhk_reactor_t *reactor;
@@ -306,6 +320,7 @@ struct klua_rt {
   size_t nwheres, capwheres;
   /* type-stable memory: record slabs and records freed off a worker */
   pthread_mutex_t pool_m;
+  klua_arena_t arena; /* where the slabs below are carved from (under pool_m) */
   void **slabs;
   size_t nslabs, capslabs;
   klua_task_t *shared_free; /* batches of free records (batch_next, batch_n) */

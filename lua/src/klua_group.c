@@ -40,7 +40,7 @@ klua_group_t *klua_group_new(klua_rt_t *rt, knhk_token_t *token, uint32_t flags)
       klua_group_t **s = realloc(rt->group_slabs, cap * sizeof *s);
       if (s) rt->group_slabs = s, rt->capgslabs = cap;
     }
-    if (rt->ngslabs < rt->capgslabs) slab = calloc(GSLAB, sizeof *slab);
+    if (rt->ngslabs < rt->capgslabs) slab = klua_arena_alloc(&rt->arena, GSLAB * sizeof *slab);
     if (slab) {
       rt->group_slabs[rt->ngslabs++] = slab;
       for (int i = 0; i < GSLAB; i++) {

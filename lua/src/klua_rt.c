@@ -424,7 +424,6 @@ void klua_rt_free(klua_rt_t *rt) {
       free(slab[k].w.watch); /* a record still referenced when the run ended */
       klua_task_drop_tel(&slab[k]);
     }
-    free(slab);
   }
   free(rt->slabs);
   for (size_t i = 0; i < rt->ngslabs; i++) {
@@ -433,9 +432,9 @@ void klua_rt_free(klua_rt_t *rt) {
       if (g->token) knhk_token_release(g->token);
       free(g->failures);
     }
-    free(rt->group_slabs[i]);
   }
   free(rt->group_slabs);
+  klua_arena_free(&rt->arena); /* the slabs of both */
   free(rt->w);
   pthread_mutex_destroy(&rt->protos_m);
   pthread_mutex_destroy(&rt->where_m);

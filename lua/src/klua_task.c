@@ -61,7 +61,7 @@ static int grow_locked(klua_rt_t *rt) {
     rt->slabs = s;
     rt->capslabs = cap;
   }
-  klua_task_t *slab = calloc(SLAB, sizeof *slab);
+  klua_task_t *slab = klua_arena_alloc(&rt->arena, SLAB * sizeof *slab);
   if (!slab) return KNHK_ENOMEM;
   rt->slabs[rt->nslabs++] = slab;
   for (int i = 0; i < SLAB; i++) {
