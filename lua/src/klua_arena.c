@@ -38,6 +38,17 @@
 #define CACHE_MAX 32 /* chunks kept for the next runtime: 64 MB */
 #define ALIGN 64
 
+/* Room in a->chunks for one more. */
+static int chunks_room(klua_arena_t *a) {
+  if (a->nchunks < a->capchunks) return 0;
+  size_t cap = a->capchunks ? a->capchunks * 2 : 8;
+  void **c = realloc(a->chunks, cap * sizeof *c);
+  if (!c) return -1;
+  a->chunks = c;
+  a->capchunks = cap;
+  return 0;
+}
+
 #ifndef KLUA_ARENA_MALLOC
 /* Chunks of freed runtimes. Their bytes are whatever the last run left:
  * zeroed again as they are carved (klua_arena_alloc). */
@@ -53,13 +64,7 @@ static void *chunk_map(void) {
 
 /* A chunk for `a`: a cached one (dirty) or a fresh one (zero). */
 static int chunk_next(klua_arena_t *a) {
-  if (a->nchunks == a->capchunks) {
-    size_t cap = a->capchunks ? a->capchunks * 2 : 8;
-    void **c = realloc(a->chunks, cap * sizeof *c);
-    if (!c) return -1;
-    a->chunks = c;
-    a->capchunks = cap;
-  }
+  if (chunks_room(a) != 0) return -1;
   void *p = NULL;
   pthread_mutex_lock(&cache_m);
   if (ncache > 0) p = cache[--ncache];
@@ -75,13 +80,7 @@ static int chunk_next(klua_arena_t *a) {
 
 void *klua_arena_alloc(klua_arena_t *a, size_t size) {
 #ifdef KLUA_ARENA_MALLOC
-  if (a->nchunks == a->capchunks) {
-    size_t cap = a->capchunks ? a->capchunks * 2 : 8;
-    void **c = realloc(a->chunks, cap * sizeof *c);
-    if (!c) return NULL;
-    a->chunks = c;
-    a->capchunks = cap;
-  }
+  if (chunks_room(a) != 0) return NULL;
   void *p = calloc(1, size);
   if (p) a->chunks[a->nchunks++] = p;
   return p;
