@@ -65,6 +65,24 @@ describe("knhk.run", function()
     assert.equal(30001, run(30000, "c"))
   end)
 
+  it("counts the record memory of live runtimes (malloc does not see it), none once they end",
+    function()
+      local K = require "knhk.ffi"
+      local function in_use() return tonumber(K.C.klua_arena_in_use()) end
+      assert.equal(0, in_use())
+      local small, big = knhk.run(function()
+        local small = in_use()
+        local hs = {}
+        for i = 1, 2000 do hs[i] = knhk.spawn_local(knhk.sleep, 0.001) end
+        local big = in_use()
+        for i = 1, 2000 do hs[i]:join() end
+        return small, big
+      end, { workers = 1 })
+      assert.is_true(small > 0)
+      assert.is_true(big - small >= 2000 * 256, "2000 waiting tasks: " .. (big - small) .. " bytes")
+      assert.equal(0, in_use())
+    end)
+
   it("refuses bad arguments with the caller's line", function()
     assert.has_error(function() knhk.run("nope") end,
       "bad argument #1 to 'run' (function expected, got string)")

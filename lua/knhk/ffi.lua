@@ -21,6 +21,7 @@ typedef struct {
 } klua_counters_t;
 int klua_stats(klua_rt_t *rt, klua_counters_t *total, uint64_t *live, klua_counters_t *per,
                int n);
+size_t klua_arena_in_use(void);
 
 uint32_t klua_proto_register(klua_rt_t *rt, const char *bc, size_t len);
 const char *klua_proto_get(klua_rt_t *rt, uint32_t id, size_t *len);

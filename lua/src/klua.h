@@ -283,6 +283,7 @@ typedef struct {
   char *at;    /* the rest of the current chunk */
   size_t left;
   int dirty;   /* the current chunk held another run's records: zero what is carved */
+  size_t used; /* bytes given out */
 } klua_arena_t;
 /* `size` zeroed bytes, 64-aligned, alive until klua_arena_free; NULL when
  * out of memory. Not thread-safe: the runtime's pool_m guards its arena. */

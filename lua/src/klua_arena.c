@@ -20,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -33,6 +34,9 @@
 #define KLUA_ARENA_MALLOC 1
 #endif
 #endif
+
+/* What klua_arena_alloc gave to arenas not freed yet (klua_arena_in_use). */
+static _Atomic size_t in_use;
 
 #define CHUNK ((size_t)2 << 20)
 #define CACHE_MAX 32 /* chunks kept for the next runtime: 64 MB */
@@ -82,7 +86,10 @@ void *klua_arena_alloc(klua_arena_t *a, size_t size) {
 #ifdef KLUA_ARENA_MALLOC
   if (chunks_room(a) != 0) return NULL;
   void *p = calloc(1, size);
-  if (p) a->chunks[a->nchunks++] = p;
+  if (!p) return NULL;
+  a->chunks[a->nchunks++] = p;
+  a->used += size;
+  atomic_fetch_add_explicit(&in_use, size, memory_order_relaxed);
   return p;
 #else
   size = (size + ALIGN - 1) & ~(size_t)(ALIGN - 1);
@@ -92,11 +99,18 @@ void *klua_arena_alloc(klua_arena_t *a, size_t size) {
   a->at += size;
   a->left -= size;
   if (a->dirty) memset(p, 0, size);
+  a->used += size;
+  atomic_fetch_add_explicit(&in_use, size, memory_order_relaxed);
   return p;
 #endif
 }
 
+KLUA_API size_t klua_arena_in_use(void) {
+  return atomic_load_explicit(&in_use, memory_order_relaxed);
+}
+
 void klua_arena_free(klua_arena_t *a) {
+  atomic_fetch_sub_explicit(&in_use, a->used, memory_order_relaxed);
   for (size_t i = 0; i < a->nchunks; i++) {
 #ifdef KLUA_ARENA_MALLOC
     free(a->chunks[i]);

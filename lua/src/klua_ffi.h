@@ -25,6 +25,9 @@ typedef struct {
 } klua_counters_t;
 int klua_stats(klua_rt_t *rt, klua_counters_t *total, uint64_t *live, klua_counters_t *per,
                int n);
+/* bytes of task records and nursery groups that live runtimes hold
+ * (klua_arena.c: not malloc's, so mallinfo does not count them) */
+size_t klua_arena_in_use(void);
 
 /* the prototype registry (knhk.codec): id -> bytecode */
 uint32_t klua_proto_register(klua_rt_t *rt, const char *bc, size_t len);
