@@ -661,11 +661,7 @@ static int blob_payload(lua_State *L, klua_task_t *t, const char *snap, size_t l
     lua_pop(L, 1);
     if (!kind) continue; /* a kind registered by others: theirs to own */
     /* the codec exported it: a handle with its object (reattached) */
-    p[0] = KLUA_V_HANDLE;
-    p[1] = (char)kind;
-    uint64_t u = (uintptr_t)h->p;
-    memcpy(p + 2, &u, 8);
-    p += KLUA_BLOB_HANDLE_BYTES;
+    p = klua_value_put_handle(p, kind, h->p);
     kept++;
   }
   t->len = (uint32_t)(len + (size_t)kept * KLUA_BLOB_HANDLE_BYTES);

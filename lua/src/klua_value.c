@@ -51,6 +51,14 @@ int64_t klua_values_size(lua_State *L, int first, int n, const void *self) {
   return total;
 }
 
+char *klua_value_put_handle(char *p, int kind, void *obj) {
+  uint64_t u = (uint64_t)(uintptr_t)obj;
+  *p++ = KLUA_V_HANDLE;
+  *p++ = (char)kind;
+  memcpy(p, &u, 8);
+  return p + 8;
+}
+
 /* Encodes what klua_values_size measured; takes a reference on handles. */
 void klua_values_encode(lua_State *L, int first, int n, char *out, const void *self) {
   char *p = out;
@@ -91,12 +99,7 @@ void klua_values_encode(lua_State *L, int first, int n, char *out, const void *s
     }
     default: { /* a handle (value_size said so) */
       int kind = klua_handle_kind(L, i);
-      void *ptr = klua_handle_export(L, i);
-      uint64_t u = (uint64_t)(uintptr_t)ptr;
-      *p++ = KLUA_V_HANDLE;
-      *p++ = (char)kind;
-      memcpy(p, &u, 8);
-      p += 8;
+      p = klua_value_put_handle(p, kind, klua_handle_export(L, i));
       break;
     }
     }

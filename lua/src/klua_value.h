@@ -22,6 +22,9 @@ enum {
 int64_t klua_values_size(lua_State *L, int first, int n, const void *self);
 /* Writes them (the size measured above); takes a reference on handles. */
 void klua_values_encode(lua_State *L, int first, int n, char *out, const void *self);
+/* Writes a handle value at p (the reference to obj it carries is the
+ * caller's to give); returns past it. */
+char *klua_value_put_handle(char *p, int kind, void *obj);
 /* Pushes n values; `self`: stack index of the function "self" stands for. */
 int klua_values_push(lua_State *L, const char *buf, int n, int self);
 /* The same, leaving the buffer its references (values read more than once:
