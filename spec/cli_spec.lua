@@ -183,6 +183,27 @@ describe("knhk-lua", function()
     assert.matches("^knhk%-lua: my error\n", err)
   end)
 
+  it("an error object whose __tostring raises: what it raised, and the traceback", function()
+    -- (reporting it raised again: the script's error became "error in error
+    -- handling", and a task's was called a stack overflow)
+    local script = write("raise_bad_tostring.lua", "local function f()\n  error(setmetatable({}, "
+      .. "{ __tostring = function() error('tostring exploded', 0) end }))\nend\n"
+      .. "knhk.spawn(f):join()\n")
+    local code, _, err = run(q(script))
+    assert.equal(1, code)
+    assert.equal("knhk-lua: (a table value whose __tostring failed: tostring exploded)",
+      err:match("^[^\n]*"))
+    assert.matches("raise_bad_tostring%.lua:2: in function", err)
+    assert.not_matches("error in error handling", err, 1, true)
+    assert.not_matches("stack overflow", err, 1, true)
+    local root = write("raise_bad_tostring_root.lua", "error(setmetatable({}, "
+      .. "{ __tostring = function() error('tostring exploded', 0) end }))\n")
+    local code2, _, err2 = run(q(root))
+    assert.equal(1, code2)
+    assert.equal("knhk-lua: (a table value whose __tostring failed: tostring exploded)",
+      err2:match("^[^\n]*"))
+  end)
+
   it("a missing script or a syntax error: exit 1 and one clear line", function()
     local code, _, err = run(q(TMP .. "/missing.lua"))
     assert.equal(1, code)

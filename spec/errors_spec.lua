@@ -121,6 +121,34 @@ describe("errors from tasks", function()
     end)
   end)
 
+  -- An error object whose __tostring raises made the task's error handler
+  -- raise in turn: xpcall then said "error in error handling", which was
+  -- reported as a stack overflow. What the object's __tostring said is kept.
+  for _, kind in ipairs { "spawn", "spawn_local" } do
+    it("an error object whose __tostring raises is named with what it raised (" .. kind .. ")", function()
+      run(function()
+        local h = knhk[kind](function()
+          error(setmetatable({}, { __tostring = function() error("tostring exploded", 0) end }))
+        end)
+        local ok, err = pcall(h.join, h)
+        assert.is_false(ok)
+        assert.is_true(knhk.is_task_error(err))
+        assert.equal("(a table value whose __tostring failed: tostring exploded)", err.message)
+        assert.not_matches("stack overflow", tostring(err), 1, true)
+        assert.matches(here .. ":%d+", err.traceback)
+      end)
+    end)
+  end
+
+  it("an error object whose __tostring returns no string is named too", function()
+    run(function()
+      local h = knhk.spawn(function() error(setmetatable({}, { __tostring = function() return 42 end })) end)
+      local ok, err = pcall(h.join, h)
+      assert.is_false(ok)
+      assert.equal("(a table value whose __tostring failed: it returned a number value)", err.message)
+    end)
+  end)
+
   it("joining a task that was cancelled raises an error knhk.is_cancelled recognises", function()
     run(function()
       local h = knhk.spawn(function() knhk.sleep(60) end)

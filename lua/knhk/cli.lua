@@ -77,9 +77,9 @@ local function describe_error(e, out)
     out[#out + 1] = errors.readable(e)
     if e.traceback and e.traceback ~= "" then out[#out + 1] = e.traceback end
   elseif errors.is_cancelled(e) then
-    out[#out + 1] = tostring(e)
+    out[#out + 1] = errors.tostring(e)
   else
-    out[#out + 1] = tostring(e)
+    out[#out + 1] = errors.tostring(e)
   end
   return out
 end

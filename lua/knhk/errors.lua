@@ -15,6 +15,19 @@
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 local M = {}
 
+-- tostring that cannot raise. An error object whose __tostring raises (or
+-- returns something other than a string) is named with what went wrong:
+-- reporting an error must not become an error of its own, which inside an
+-- error handler would leave only "error in error handling".
+local function safe_tostring(v)
+  local ok, s = pcall(tostring, v)
+  if ok and type(s) == "string" then return s end
+  local why = not ok and type(s) == "string" and s
+    or (ok and "it returned a " or "it raised a ") .. type(s) .. " value"
+  return "(a " .. type(v) .. " value whose __tostring failed: " .. why .. ")"
+end
+M.tostring = safe_tostring
+
 local Cancelled = { __name = "knhk.Cancelled" }
 Cancelled.__index = Cancelled
 Cancelled.__tostring = function(e)
@@ -94,7 +107,7 @@ ErrorGroup.__index = ErrorGroup
 ErrorGroup.__tostring = function(g)
   local out = { string.format("%d errors in a nursery:", #g.errors) }
   for i, e in ipairs(g.errors) do
-    out[#out + 1] = string.format("[%d] %s", i, tostring(e))
+    out[#out + 1] = string.format("[%d] %s", i, safe_tostring(e))
   end
   return table.concat(out, "\n")
 end
@@ -109,11 +122,12 @@ function M.is_group(e)
   return getmetatable(e) == ErrorGroup
 end
 
+
 -- The message of any error value, for logs and for TaskError.message.
 function M.message(e)
   if type(e) == "string" then return e end
-  if type(e) == "table" and e.message then return tostring(e.message) end
-  return tostring(e)
+  if type(e) == "table" and e.message then return safe_tostring(e.message) end
+  return safe_tostring(e)
 end
 
 -- Values as people read them (the REPL, error messages): tables one level
@@ -121,7 +135,7 @@ end
 local function show(v, depth)
   depth = depth or 0
   if type(v) == "string" then return depth > 0 and string.format("%q", v) or v end
-  if type(v) ~= "table" or getmetatable(v) ~= nil or depth > 1 then return tostring(v) end
+  if type(v) ~= "table" or getmetatable(v) ~= nil or depth > 1 then return safe_tostring(v) end
   local keys = {}
   for k in pairs(v) do keys[#keys + 1] = k end
   table.sort(keys, function(a, b)
@@ -154,7 +168,7 @@ local function readable_task_error(e)
   end
   if v == nil then -- nil itself, or a value that could not be copied out of its task
     if e.message == "nil" then return "error raised with no value (nil)" end
-    local kind = tostring(e.message):match("^(%a+): 0x%x+$")
+    local kind = safe_tostring(e.message):match("^(%a+): 0x%x+$")
     if kind then return "error raised with a " .. kind .. " value" end
     return e.message
   end
@@ -167,9 +181,9 @@ end
 function M.readable(e)
   if M.is_task_error(e) then return readable_task_error(e) end
   if type(e) == "string" then return e end
-  if type(e) == "table" and e.message ~= nil then return tostring(e.message) end
+  if type(e) == "table" and e.message ~= nil then return safe_tostring(e.message) end
   local mt = type(e) == "table" and getmetatable(e)
-  if type(mt) == "table" and mt.__tostring then return tostring(e) end
+  if type(mt) == "table" and mt.__tostring then return safe_tostring(e) end
   if e == nil then return "error raised with no value (nil)" end
   return "error raised with a " .. type(e) .. " value: " .. show(e)
 end
