@@ -276,6 +276,10 @@ struct klua_worker {
   klua_task_t *live;
 };
 
+/* Records and groups come in slabs of these many (klua_task.c, klua_group.c);
+ * klua_rt_free walks the slabs with the same counts. */
+enum { KLUA_TASK_SLAB = 64, KLUA_GROUP_SLAB = 32 };
+
 /* ---- klua_arena.c: chunks that record and group slabs are carved from ---- */
 typedef struct {
   void **chunks;

@@ -29,7 +29,7 @@
 
 #define G_CLOSED (1ull << 41)
 #define G_EACH (1ull << 42)
-#define GSLAB 32
+#define GSLAB KLUA_GROUP_SLAB
 
 klua_group_t *klua_group_new(klua_rt_t *rt, knhk_token_t *token, uint32_t flags) {
   pthread_mutex_lock(&rt->pool_m);

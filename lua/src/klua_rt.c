@@ -415,7 +415,7 @@ void klua_rt_free(klua_rt_t *rt) {
    * (a payload, a failure list) goes with their slabs. */
   for (size_t i = 0; i < rt->nslabs; i++) {
     klua_task_t *slab = rt->slabs[i];
-    for (int k = 0; k < 64; k++) {
+    for (int k = 0; k < KLUA_TASK_SLAB; k++) {
       klua_payload_drop_foreign(&slab[k]);
       if (slab[k].data && slab[k].data != slab[k].buf) free(slab[k].data);
       knhk_token_t *tok = atomic_load(&slab[k].token);
@@ -427,7 +427,7 @@ void klua_rt_free(klua_rt_t *rt) {
   }
   free(rt->slabs);
   for (size_t i = 0; i < rt->ngslabs; i++) {
-    for (int k = 0; k < 32; k++) { /* a nursery whose handle outlived the run */
+    for (int k = 0; k < KLUA_GROUP_SLAB; k++) { /* a nursery whose handle outlived the run */
       klua_group_t *g = &rt->group_slabs[i][k];
       if (g->token) knhk_token_release(g->token);
       free(g->failures);

@@ -24,7 +24,7 @@
 #include "klua_value.h"
 #include "knhk/errors.h"
 
-#define SLAB 64           /* records per slab: one shared batch */
+#define SLAB KLUA_TASK_SLAB /* records per slab: one shared batch */
 #define BATCH 64          /* records a worker hands to the shared pool at once */
 #define LOCAL_MAX (2 * BATCH) /* free records a worker keeps before sharing */
 
