@@ -135,7 +135,7 @@ describe("errors from tasks", function()
         assert.is_true(knhk.is_task_error(err))
         assert.equal("(a table value whose __tostring failed: tostring exploded)", err.message)
         assert.not_matches("stack overflow", tostring(err), 1, true)
-        assert.matches(here .. ":%d+", err.traceback)
+        assert.truthy(err.traceback:find(here .. ":", 1, true), err.traceback) -- (a path, not a pattern)
       end)
     end)
   end
