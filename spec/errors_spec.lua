@@ -140,6 +140,29 @@ describe("errors from tasks", function()
     end)
   end
 
+  it("a strict error object (its __index raises) is reported by its __tostring", function()
+    run(function()
+      local strict = { __index = function(_, k) error("no field " .. k, 0) end,
+                       __tostring = function() return "MyError" end }
+      for _, kind in ipairs { "spawn", "spawn_local" } do
+        local h = knhk[kind](function() error(setmetatable({}, strict)) end)
+        local ok, err = pcall(h.join, h)
+        assert.is_false(ok)
+        assert.equal("MyError", err.message, kind)
+        assert.not_matches("stack overflow", tostring(err), 1, true)
+      end
+    end)
+  end)
+
+  it("a span gives back the very error object whose __tostring raises", function()
+    run(function()
+      local bad = setmetatable({}, { __tostring = function() error("tostring exploded", 0) end })
+      local ok, err = pcall(knhk.telemetry.span, "work", nil, function() error(bad) end)
+      assert.is_false(ok)
+      assert.equal(bad, err)
+    end)
+  end)
+
   it("an error object whose __tostring returns no string is named too", function()
     run(function()
       local h = knhk.spawn(function() error(setmetatable({}, { __tostring = function() return 42 end })) end)

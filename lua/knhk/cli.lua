@@ -374,7 +374,7 @@ function M.main(argv)
           local ok_mod, mod = pcall(require, act[2])
           if not ok_mod then
             -- the module's own error, not where this file called require
-            module_error = tostring(mod):gsub("^[^\n]-knhk/cli%.lua:%d+: ", "")
+            module_error = errors.tostring(mod):gsub("^[^\n]-knhk/cli%.lua:%d+: ", "")
             return
           end
           _G[act[2]] = mod

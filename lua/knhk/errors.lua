@@ -19,6 +19,7 @@ local M = {}
 -- returns something other than a string) is named with what went wrong:
 -- reporting an error must not become an error of its own, which inside an
 -- error handler would leave only "error in error handling".
+local tostring, pcall, type = tostring, pcall, type -- (a script may replace the globals)
 local function safe_tostring(v)
   local ok, s = pcall(tostring, v)
   if ok and type(s) == "string" then return s end
@@ -27,6 +28,15 @@ local function safe_tostring(v)
   return "(a " .. type(v) .. " value whose __tostring failed: " .. why .. ")"
 end
 M.tostring = safe_tostring
+
+-- t[k] that cannot raise: an error object may be a "strict" table whose
+-- __index raises for a field it lacks (nil then).
+local function index(t, k) return t[k] end
+local function safe_field(t, k)
+  local ok, v = pcall(index, t, k)
+  if ok then return v end
+  return nil
+end
 
 local Cancelled = { __name = "knhk.Cancelled" }
 Cancelled.__index = Cancelled
@@ -126,7 +136,8 @@ end
 -- The message of any error value, for logs and for TaskError.message.
 function M.message(e)
   if type(e) == "string" then return e end
-  if type(e) == "table" and e.message then return safe_tostring(e.message) end
+  local m = type(e) == "table" and safe_field(e, "message")
+  if m then return safe_tostring(m) end
   return safe_tostring(e)
 end
 
@@ -163,7 +174,7 @@ local function readable_task_error(e)
   local tv = type(v)
   if tv == "string" or tv == "number" then return e.message end
   local mt = tv == "table" and getmetatable(v)
-  if tv == "table" and (v.message ~= nil or (type(mt) == "table" and mt.__tostring)) then
+  if tv == "table" and (safe_field(v, "message") ~= nil or (type(mt) == "table" and mt.__tostring)) then
     return e.message
   end
   if v == nil then -- nil itself, or a value that could not be copied out of its task
@@ -181,7 +192,8 @@ end
 function M.readable(e)
   if M.is_task_error(e) then return readable_task_error(e) end
   if type(e) == "string" then return e end
-  if type(e) == "table" and e.message ~= nil then return safe_tostring(e.message) end
+  local m = type(e) == "table" and safe_field(e, "message")
+  if m ~= nil and m ~= false then return safe_tostring(m) end
   local mt = type(e) == "table" and getmetatable(e)
   if type(mt) == "table" and mt.__tostring then return safe_tostring(e) end
   if e == nil then return "error raised with no value (nil)" end

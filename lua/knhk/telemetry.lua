@@ -167,10 +167,7 @@ end
 
 local function pack(...) return { n = select("#", ...), ... } end
 
-local function message_of(e)
-  if type(e) == "table" and e.message ~= nil then return tostring(e.message) end
-  return tostring(e)
-end
+local message_of = require("knhk.errors").message -- (one that cannot raise)
 
 -- knhk.telemetry.span(name, attrs, fn, ...) -> fn(...)'s results. Runs fn
 -- inside a span: spans, nurseries and tasks begun inside are its children.

@@ -50,7 +50,7 @@ end
 -- carry theirs, as knhk TaskErrors).
 local function capture(e)
   if knhk.is_cancelled(e) or knhk.is_task_error(e) or knhk.is_error_group(e) then return e end
-  return { message = type(e) == "table" and e.message or tostring(e),
+  return { message = errors.message(e), -- (never raises: a handler must not)
            traceback = user_traceback(2), value = e }
 end
 M.capture = capture
