@@ -76,8 +76,6 @@ local function describe_error(e, out)
   elseif errors.is_task_error(e) then
     out[#out + 1] = errors.readable(e)
     if e.traceback and e.traceback ~= "" then out[#out + 1] = e.traceback end
-  elseif errors.is_cancelled(e) then
-    out[#out + 1] = errors.tostring(e)
   else
     out[#out + 1] = errors.tostring(e)
   end

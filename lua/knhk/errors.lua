@@ -132,7 +132,6 @@ function M.is_group(e)
   return getmetatable(e) == ErrorGroup
 end
 
-
 -- The message of any error value, for logs and for TaskError.message.
 function M.message(e)
   if type(e) == "string" then return e end
@@ -193,7 +192,7 @@ function M.readable(e)
   if M.is_task_error(e) then return readable_task_error(e) end
   if type(e) == "string" then return e end
   local m = type(e) == "table" and safe_field(e, "message")
-  if m ~= nil and m ~= false then return safe_tostring(m) end
+  if type(e) == "table" and m ~= nil then return safe_tostring(m) end
   local mt = type(e) == "table" and getmetatable(e)
   if type(mt) == "table" and mt.__tostring then return safe_tostring(e) end
   if e == nil then return "error raised with no value (nil)" end
