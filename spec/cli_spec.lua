@@ -438,6 +438,30 @@ describe("knhk-lua", function()
     assert.equal("knhk.steps\n3\n", out)
   end)
 
+  -- The loader takes a file whose size and modification time are those the
+  -- build saw for the one compiled; any edit changes the time.
+  it("a module edited to the same size is loaded from its file; a copy that keeps its time as the original", function()
+    local original = assert(package.searchpath("knhk.steps", package.path))
+    os.execute("mkdir -p " .. TMP .. "/same/knhk " .. TMP .. "/kept/knhk")
+    os.execute("cp -p " .. q(original) .. " " .. q(TMP .. "/kept/knhk/steps.lua"))
+    local size = #assert(io.open(original, "rb")):read("*a")
+    local edited = "return { edited = ... }\n"
+    write("same/knhk/steps.lua", edited .. ("-"):rep(size - #edited - 1) .. "\n")
+    local function steps_from(dir)
+      return run("-e " .. q(string.format([[
+        package.path = %q .. "/?.lua;" .. package.path
+        package.loaded["knhk.steps"] = nil
+        local m = require("knhk.steps")
+        print(m.edited, debug.getinfo(m.map or print, "S").source)]], TMP .. "/" .. dir)))
+    end
+    local code, out, err = steps_from("same")
+    assert.equal(0, code, err)
+    assert.equal("knhk.steps\t=[C]\n", out)
+    code, out, err = steps_from("kept")
+    assert.equal(0, code, err)
+    assert.equal("nil\t@" .. TMP .. "/kept/knhk/steps.lua\n", out)
+  end)
+
   it("the registry's names load as the file they are read from says, edited or not", function()
     -- knhk.telemetry reads telemetry_names.lua next to core.so through
     -- the loader's loadfile, which has that file precompiled

@@ -7,7 +7,9 @@
  * knhk's modules what Lua's does (the file package.path finds, loaded as
  * "@file"), but loads the bytecode compiled from that file's text by the
  * build, when the text is exactly that: an edited module, or another file
- * found under the same name, is left to Lua's searcher and parsed. */
+ * found under the same name, is left to Lua's searcher and parsed. A file
+ * with the size and modification time the build saw is that text without
+ * reading it (five system calls fewer per module: ~0.1 ms of a start). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -34,14 +36,29 @@ static const knhk_module_t *find_module(const char *name) {
   return NULL;
 }
 
+/* 1 if the file `st` describes is, by its size and modification time, the
+ * one `m` was compiled from (the build recorded both): no need to read it.
+ * `cmake --install` (and so luarocks) keeps a file's time to the second
+ * only: a copy whose time has no fraction matches on the seconds. */
+static int stamp_is(const struct stat *st, const knhk_module_t *m) {
+  return m->mtime_sec != 0 && S_ISREG(st->st_mode) && (size_t)st->st_size == m->src_len &&
+         (long long)st->st_mtim.tv_sec == m->mtime_sec &&
+         (st->st_mtim.tv_nsec == m->mtime_nsec || st->st_mtim.tv_nsec == 0);
+}
+
 /* The file Lua's searcher would load for `name` (as package.searchpath:
  * the first template of `path`, '?' replaced by the name with its dots
- * made slashes, that can be opened for reading), opened, its name in
- * `file`; -1 if there is none, or if a name does not fit: Lua's searcher
- * says which. */
-static int open_module_file(const char *name, const char *path, char *file, size_t size) {
+ * made slashes, that can be opened for reading), its name in `file`.
+ * Returns KNOWN when that file is the one `m` was compiled from by its
+ * stamp (then `*fd` is -1), else the file opened in `*fd`; -1 if there is
+ * none, or if a name does not fit: Lua's searcher says which. */
+enum { KNOWN = 1 };
+static int find_module_file(const knhk_module_t *m, const char *path, char *file, size_t size,
+                            int *fd) {
+  const char *name = m->name;
   char sub[PATH_MAX];
   size_t nlen = strlen(name);
+  *fd = -1;
   if (nlen >= sizeof sub) return -1;
   for (size_t i = 0; i <= nlen; i++) sub[i] = name[i] == '.' ? '/' : name[i];
   for (const char *t = path; *t;) {
@@ -60,9 +77,12 @@ static int open_module_file(const char *name, const char *path, char *file, size
       at += len;
     }
     file[at] = 0;
-    int fd = open(file, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) return fd;
     t = end;
+    struct stat st;
+    if (stat(file, &st) != 0) continue; /* no such file: the next template */
+    if (stamp_is(&st, m)) return KNOWN;
+    *fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (*fd >= 0) return 0;
   }
   return -1;
 }
@@ -125,10 +145,10 @@ static int precompiled_searcher(lua_State *L) {
   lua_getfield(L, lua_upvalueindex(1), "path");
   if (!lua_isstring(L, -1)) return 0; /* Lua's searcher raises the error */
   char file[PATH_MAX];
-  int fd = open_module_file(name, lua_tostring(L, -1), file, sizeof file);
-  if (fd < 0) return 0;
-  int same = file_is(fd, m->src, m->src_len);
-  close(fd);
+  int fd, found = find_module_file(m, lua_tostring(L, -1), file, sizeof file, &fd);
+  if (found < 0) return 0;
+  int same = found == KNOWN || file_is(fd, m->src, m->src_len);
+  if (fd >= 0) close(fd);
   if (!same || load_module(L, m, file) != 0) return 0; /* edited, or another LuaJIT: parse it */
   return 1;
 }
@@ -145,6 +165,8 @@ static int precompiled_loadfile(lua_State *L) {
   char name[NAME_MAX + 2];
   if (snprintf(name, sizeof name, "@%s", base ? base + 1 : path) < (int)sizeof name) {
     const knhk_module_t *m = find_module(name);
+    struct stat st;
+    if (m && stat(path, &st) == 0 && stamp_is(&st, m) && load_module(L, m, path) == 0) return 1;
     int fd = m ? open(path, O_RDONLY | O_CLOEXEC) : -1;
     if (fd >= 0) {
       int same = file_is(fd, m->src, m->src_len);

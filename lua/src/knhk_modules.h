@@ -14,6 +14,8 @@ typedef struct {
   size_t head_len;
   const unsigned char *body; /* the dump after its chunk name: the prototypes */
   size_t body_len;
+  long long mtime_sec; /* the source file's modification time at the build, */
+  long mtime_nsec;     /* or 0, 0: unknown (its size is src_len) */
 } knhk_module_t;
 
 extern const char knhk_modules_jit_version[]; /* the compiler's jit.version */
