@@ -38,6 +38,24 @@ describe("require \"knhk\" from plain luajit", function()
     assert.equal("5\ttrue\n5\t5\ttrue\ttrue\n", out)
   end)
 
+  -- knhk.telemetry and knhk.exec load the FFI's cdef and the registry's
+  -- names: a program that reads neither field does not pay for them.
+  it("loads knhk.telemetry and knhk.exec at the first read of their fields", function()
+    local cmd = "LUA_PATH=" .. sh_quote(package.path) .. " LUA_CPATH=" .. sh_quote(package.cpath)
+      .. " luajit -e " .. sh_quote([[
+        local knhk = require "knhk"
+        print(knhk.run(function() return knhk.spawn(function() return 6 * 7 end):join() end),
+          package.loaded["knhk.telemetry"], package.loaded["knhk.exec"], rawget(knhk, "telemetry"))
+        local tel, exec = knhk.telemetry, knhk.exec
+        print(tel == require "knhk.telemetry", exec == require("knhk.exec").exec,
+          rawget(knhk, "telemetry") == tel, rawget(knhk, "exec") == exec, knhk.no_such_field)]])
+      .. " 2>&1"
+    local f = assert(io.popen(cmd))
+    local out = f:read("*a")
+    f:close()
+    assert.equal("42\tnil\tnil\tnil\ntrue\ttrue\ttrue\ttrue\tnil\n", out)
+  end)
+
   it("says what $KNHK_LIB named when it cannot load it", function()
     local cmd = "KNHK_LIB=/nonexistent/core.so LUA_CPATH='/nonexistent/?.so' LUA_PATH="
       .. sh_quote(package.path) .. " luajit -e 'require \"knhk\"' 2>&1"

@@ -218,10 +218,21 @@ knhk.map = steps.map
 knhk.race = steps.race
 knhk.select = steps.select
 -- knhk.exec(cmd [, opts]): a child process as a step (lua/knhk/exec.lua)
-knhk.exec = require("knhk.exec").exec
-
 -- knhk.telemetry: OpenTelemetry spans and metrics (lua/knhk/telemetry.lua)
-knhk.telemetry = require "knhk.telemetry"
+-- Both load the FFI's cdef, which a script that uses neither does not
+-- need: their modules load at the first read of the field, which then
+-- holds what it would have held from the start.
+local on_first_read = {
+  exec = function() return require("knhk.exec").exec end,
+  telemetry = function() return require "knhk.telemetry" end,
+}
+setmetatable(knhk, { __index = function(t, k)
+  local load = on_first_read[k]
+  if not load then return nil end
+  local v = load()
+  rawset(t, k, v)
+  return v
+end })
 
 -- ---------------------------------------------------------------- stats
 

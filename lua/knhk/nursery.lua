@@ -13,7 +13,6 @@ local check = require "knhk.check"
 local errors = require "knhk.errors"
 local R = require "knhk.runtime"
 local T = require "knhk.task"
-local telemetry = require "knhk.telemetry"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local select, unpack, xpcall = select, unpack, xpcall
@@ -157,6 +156,7 @@ function M.nursery(fn, opts)
   core.nursery_body_done(n, prev)
   local ok, err = res[1], res[2]
   if not ok and not errors.is_signal(err) then core.nursery_fail(n) end -- cancels the children
+  local telemetry = R.telemetry()
   local span = telemetry.wait_begin(n)
   await(core.close_try, n, true)
   telemetry.wait_end(span)

@@ -18,13 +18,15 @@ local co_yield = coroutine.yield
 
 local M = {}
 
--- knhk.telemetry, once loaded (it loads the FFI; settling a task needs it
--- only when the task ended in error or spawned)
+-- knhk.telemetry, loaded at its first use (it loads the FFI's cdef, which
+-- a run that records no telemetry never needs): settling a task needs it
+-- only when the task ended in error or spawned; scopes and nurseries too.
 local tel_module
 local function telemetry()
   tel_module = tel_module or require "knhk.telemetry"
   return tel_module
 end
+M.telemetry = telemetry
 
 local DONE, WAIT, CLOSED, CANCELLED, BLOB, MESSAGE, SLOW, REASON = 0, 1, 2, 3, 4, 5, 6, 7
 M.DONE, M.WAIT, M.CLOSED, M.CANCELLED, M.BLOB, M.MESSAGE, M.SLOW, M.REASON =

@@ -10,12 +10,11 @@ local codec = require "knhk.codec"
 local check = require "knhk.check"
 local errors = require "knhk.errors"
 local R = require "knhk.runtime"
-local telemetry = require "knhk.telemetry"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local pcall, select, unpack = pcall, select, unpack
 local co_yield = coroutine.yield
-local wait_for, pack = R.wait_for, R.pack
+local wait_for, pack, telemetry = R.wait_for, R.pack, R.telemetry
 
 local M = {}
 
@@ -86,7 +85,7 @@ local function in_scope(deadline_ns, shield, fn, ...)
   local reason, outer = core.scope_exit(tok, prev, dl)
   -- as Trio's: cancel() was called, or the scope's own deadline has passed
   if deadline_ns and core_now() >= deadline_ns then scope.cancel_called = true end
-  telemetry.scope_drop(core.handle_ptr(tok), shield, reason, res, outer)
+  telemetry().scope_drop(core.handle_ptr(tok), shield, reason, res, outer)
   if res[1] then return scope, unpack(res, 2, res.n) end
   local e = res[2]
   -- Cancelled unwinds to the outermost cancelled scope: this one, unless
