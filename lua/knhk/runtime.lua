@@ -18,15 +18,17 @@ local co_yield = coroutine.yield
 
 local M = {}
 
--- knhk.telemetry, loaded at its first use (it loads the FFI's cdef, which
--- a run that records no telemetry never needs): settling a task needs it
--- only when the task ended in error or spawned; scopes and nurseries too.
+-- knhk.telemetry, loaded at its first use while telemetry is on (it loads
+-- the FFI's cdef and the registry's names, which a run that records no
+-- telemetry never needs): settling a task that ended in error or spawned,
+-- a scope's end, a nursery's wait ask tel_enabled() first.
 local tel_module
 local function telemetry()
   tel_module = tel_module or require "knhk.telemetry"
   return tel_module
 end
-M.telemetry = telemetry
+local tel_enabled = core.tel_enabled
+M.telemetry, M.tel_enabled = telemetry, tel_enabled
 
 local DONE, WAIT, CLOSED, CANCELLED, BLOB, MESSAGE, SLOW, REASON = 0, 1, 2, 3, 4, 5, 6, 7
 M.DONE, M.WAIT, M.CLOSED, M.CANCELLED, M.BLOB, M.MESSAGE, M.SLOW, M.REASON =
@@ -205,9 +207,9 @@ local function complete_slow(st, ok, ...)
     -- a failed task's children are cancelled, as a nursery's are when its
     -- body fails: nothing would ever ask them to end otherwise
     if not ok then core.cancel_children() end
-    local span = telemetry().wait_begin(nil)
+    local span = tel_enabled() and telemetry().wait_begin(nil)
     await(core.close_try)
-    telemetry().wait_end(span)
+    if span then telemetry().wait_end(span) end
     local errs = failures_of(nil)
     core.drop_own()
     if not ok and not errors.is_signal(res[2]) then table.insert(errs, 1, res[2]) end
@@ -227,7 +229,7 @@ local function complete_slow(st, ok, ...)
   end
   local e = res[2]
   if errors.is_signal(e) then return core.finish_blob(CANCELLED_OUTCOME, encode(1, as_error, e)) end
-  telemetry().task_error(e)
+  if tel_enabled() then telemetry().task_error(e) end
   local good, snap, handles = pcall(encode, 1, as_error, e)
   if good then return core.finish_blob(ERROR, snap, handles) end
   -- an error value that cannot travel: its message and traceback do

@@ -14,7 +14,7 @@ local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local pcall, select, unpack = pcall, select, unpack
 local co_yield = coroutine.yield
-local wait_for, pack, telemetry = R.wait_for, R.pack, R.telemetry
+local wait_for, pack, telemetry, tel_enabled = R.wait_for, R.pack, R.telemetry, R.tel_enabled
 
 local M = {}
 
@@ -85,7 +85,7 @@ local function in_scope(deadline_ns, shield, fn, ...)
   local reason, outer = core.scope_exit(tok, prev, dl)
   -- as Trio's: cancel() was called, or the scope's own deadline has passed
   if deadline_ns and core_now() >= deadline_ns then scope.cancel_called = true end
-  telemetry().scope_drop(core.handle_ptr(tok), shield, reason, res, outer)
+  if tel_enabled() then telemetry().scope_drop(core.handle_ptr(tok), shield, reason, res, outer) end
   if res[1] then return scope, unpack(res, 2, res.n) end
   local e = res[2]
   -- Cancelled unwinds to the outermost cancelled scope: this one, unless

@@ -1487,6 +1487,13 @@ static int l_tel_wait_end(lua_State *L) {
   return 0;
 }
 
+/* core.tel_enabled() -> whether telemetry is being recorded: asked before
+ * knhk.telemetry (and the FFI's cdef it loads) is needed at all */
+static int l_tel_enabled(lua_State *L) {
+  lua_pushboolean(L, knhk_telemetry_enabled());
+  return 1;
+}
+
 /* core.tel_task_error(message): the running task fails with it */
 static int l_tel_task_error(lua_State *L) {
   if (knhk_telemetry_enabled()) knhk_telemetry_task_error(luaL_checkstring(L, 1));
@@ -1968,6 +1975,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"tel_wait_begin", l_tel_wait_begin},
       {"tel_wait_end", l_tel_wait_end},
       {"tel_task_error", l_tel_task_error},
+      {"tel_enabled", l_tel_enabled},
       {"cancel_children", l_cancel_children},
       {"channel", l_channel},
       {"send_try", l_send_try},
