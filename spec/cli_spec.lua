@@ -440,6 +440,22 @@ describe("knhk-lua", function()
 
   -- The loader takes a file whose size and modification time are those the
   -- build saw for the one compiled; any edit changes the time.
+  -- knhk.core is linked into knhk-lua: no knhk/core.so is opened, not even
+  -- one that $KNHK_LIB or package.cpath names (its state would be a second
+  -- runtime's), and the FFI binds the program's own functions.
+  it("has knhk.core linked in, and never opens knhk/core.so", function()
+    local lib = assert(package.searchpath("knhk.core", package.cpath))
+    local code, out, err = run([[-w 2 -e '
+      local core = require "knhk.core"
+      assert(package.searchpath("knhk.core", package.cpath)) -- (the build tree's, there to find)
+      print(core.global, require("knhk.ffi").C == require("ffi").C)
+      print(knhk.spawn(function() return 6 * 7 end):join(), knhk.telemetry.names.span.CONCURRENCY_NURSERY)
+      local maps = io.open("/proc/self/maps"):read("*a")
+      print(maps:find("core.so", 1, true) == nil)']], nil, "KNHK_LIB=" .. q(lib))
+    assert.equal(0, code, err)
+    assert.equal("true\ttrue\n42\tknhk.concurrency.nursery\ntrue\n", out)
+  end)
+
   it("a module edited to the same size is loaded from its file; a copy that keeps its time as the original", function()
     local original = assert(package.searchpath("knhk.steps", package.path))
     os.execute("mkdir -p " .. TMP .. "/same/knhk " .. TMP .. "/kept/knhk")

@@ -5,8 +5,9 @@
  * layout of `cmake --install` and of a luarocks tree) and nowhere else for
  * knhk; the binary in the build tree looks in the source and build trees it
  * was built from instead. Either way LUA_PATH / LUA_CPATH and the usual
- * places follow, for the script's own modules. knhk's own modules come
- * precompiled (from knhk/core.so) when the file found is the one compiled.
+ * places follow, for the script's own modules. knhk.core is linked in, and
+ * knhk's own Lua modules come precompiled (from it) when the file found is
+ * the one compiled.
  * Everything else (options,
  * running the script as the root task, exit codes, the REPL) is knhk.cli
  * (Lua).
@@ -63,27 +64,25 @@ static void set_paths(lua_State *L) {
 }
 
 /* knhk.core first: it puts in the loader of knhk's precompiled modules
- * (lua/src/klua_modules.c), which the CLI's modules then come from. By
- * Lua's C searcher (package.loaders[3]) straight away: a require would
- * look for a knhk/core.lua on every package.path template first. If it
- * cannot be loaded, requiring knhk.cli says why. */
+ * (lua/src/klua_modules.c), which the CLI's modules then come from. It is
+ * linked into this program (core/cli/CMakeLists.txt says why): opened as
+ * `require` would, its result in package.loaded, so that every require of
+ * it, the runtime's worker VMs' included, has this one and never loads a
+ * knhk/core.so that package.cpath may find. */
+int luaopen_knhk_core(lua_State *L);
+
 static void load_core(lua_State *L) {
   int top = lua_gettop(L);
   lua_getglobal(L, "package");
-  lua_getfield(L, -1, "loaders");
-  lua_rawgeti(L, -1, 3);
+  lua_getfield(L, -1, "loaded");
+  lua_pushcfunction(L, luaopen_knhk_core);
   lua_pushstring(L, "knhk.core");
-  if (lua_pcall(L, 1, 1, 0) == 0 && lua_isfunction(L, -1)) {
-    lua_pushstring(L, "knhk.core");
-    if (lua_pcall(L, 1, 1, 0) == 0) {
-      if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        lua_pushboolean(L, 1);
-      }
-      lua_getfield(L, -3, "loaded"); /* package.loaded["knhk.core"], as require */
-      lua_pushvalue(L, -2);
-      lua_setfield(L, -2, "knhk.core");
+  if (lua_pcall(L, 1, 1, 0) == 0) {
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushboolean(L, 1);
     }
+    lua_setfield(L, -2, "knhk.core");
   }
   lua_settop(L, top);
 }

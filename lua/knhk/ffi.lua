@@ -4,7 +4,8 @@
 -- the cold calls only — counters, the prototype registry, processes, the
 -- clock, signals, the REPL's line input. The hot calls of tasks are knhk.core's
 -- lua_CFunctions (lua/src/klua_core.c says why). The library is
--- knhk/core.so, found where `require "knhk.core"` found it, or at $KNHK_LIB.
+-- knhk/core.so, found where `require "knhk.core"` found it, or at $KNHK_LIB;
+-- the program itself where knhk.core is linked in (knhk-lua).
 local ffi = require "ffi"
 
 local CDEF = [[
@@ -91,10 +92,20 @@ local function library_path()
     .. "  set KNHK_LIB to its path, or install knhk with luarocks", 0)
 end
 
-local path = library_path()
-local ok, C = pcall(ffi.load, path)
-if not ok then
-  error("knhk: cannot load " .. path .. ": " .. tostring(C), 0)
+-- knhk-lua has knhk.core linked in: its functions are the program's
+-- (core.global), and $KNHK_LIB or a core.so on package.cpath would be a
+-- second copy of the runtime, with state of its own.
+local linked = package.loaded["knhk.core"]
+local path, C
+if type(linked) == "table" and linked.global then
+  path, C = linked.path(), ffi.C
+else
+  path = library_path()
+  local ok
+  ok, C = pcall(ffi.load, path)
+  if not ok then
+    error("knhk: cannot load " .. path .. ": " .. tostring(C), 0)
+  end
 end
 
 return {

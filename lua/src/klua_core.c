@@ -2043,5 +2043,15 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
     lua_pop(L, 1);
   }
   luaL_openlib(L, NULL, fns, 6);
+  /* core.global: whether the program's global symbols are these (knhk-lua,
+   * which has knhk.core linked in, or a host that loaded knhk/core.so with
+   * RTLD_GLOBAL): knhk.ffi binds ffi.C then, and never opens a second copy
+   * of the library, whose state would not be this one's. */
+  /* (through the program's handle: RTLD_DEFAULT from here would search
+   * this library's own scope too, and find it wherever it was loaded) */
+  void *program = dlopen(NULL, RTLD_LAZY);
+  lua_pushboolean(L, program && dlsym(program, "luaopen_knhk_core") == (void *)luaopen_knhk_core);
+  lua_setfield(L, -2, "global");
+  if (program) dlclose(program);
   return 1;
 }
