@@ -447,7 +447,7 @@ describe("knhk-lua", function()
     local lib = assert(package.searchpath("knhk.core", package.cpath))
     local code, out, err = run([[-w 2 -e '
       local core = require "knhk.core"
-      assert(package.searchpath("knhk.core", package.cpath)) -- (the build tree's, there to find)
+      assert(package.searchpath("knhk.core", package.cpath)) -- (the build tree has one)
       print(core.global, require("knhk.ffi").C == require("ffi").C)
       print(knhk.spawn(function() return 6 * 7 end):join(), knhk.telemetry.names.span.CONCURRENCY_NURSERY)
       local maps = io.open("/proc/self/maps"):read("*a")
