@@ -429,13 +429,15 @@ describe("knhk-lua", function()
   it("a knhk module edited, or found elsewhere on package.path, is loaded from its file", function()
     os.execute("mkdir -p " .. TMP .. "/mods/knhk")
     write("mods/knhk/steps.lua", "return { edited = ... }\n")
+    -- (knhk.map is read first: knhk loads knhk.steps at that first read)
     local code, out, err = run("-e " .. q(string.format([[
+      local map = knhk.map
       package.path = %q .. "/mods/?.lua;" .. package.path
       package.loaded["knhk.steps"] = nil
       print(require("knhk.steps").edited)
-      print(knhk.map({ 1, 2 }, function(x) return x + 1 end)[2])]], TMP)))
+      print(knhk.map({ 1, 2 }, function(x) return x + 1 end)[2], knhk.map == map)]], TMP)))
     assert.equal(0, code, err)
-    assert.equal("knhk.steps\n3\n", out)
+    assert.equal("knhk.steps\n3\ttrue\n", out)
   end)
 
   -- The loader takes a file whose size and modification time are those the
@@ -454,6 +456,23 @@ describe("knhk-lua", function()
       print(maps:find("core.so", 1, true) == nil)']], nil, "KNHK_LIB=" .. q(lib))
     assert.equal(0, code, err)
     assert.equal("true\ttrue\n42\tknhk.concurrency.nursery\ntrue\n", out)
+  end)
+
+  -- knhk loads knhk.sync at the first read of knhk.channel (and the rest of
+  -- its fields); a VM that receives a channel first loads it then.
+  it("a channel reaching a VM that never read knhk.channel works there as anywhere", function()
+    local code, out, err = run([[-w 2 -e '
+      local loaded_before = package.loaded["knhk.sync"] ~= nil
+      local ch = knhk.spawn(function()
+        local c = knhk.channel(2)
+        c:send("a")
+        return c
+      end):join()
+      print(loaded_before, #ch, tostring(ch), ch:recv(), knhk.is_channel(ch))
+      local ev = knhk.spawn(function() local e = knhk.event(); e:set(); return e end):join()
+      print(tostring(ev), ev:is_set())']])
+    assert.equal(0, code, err)
+    assert.equal("false\t1\tknhk.channel\ta\ttrue\nknhk.event (set)\ttrue\n", out)
   end)
 
   it("a module edited to the same size is loaded from its file; a copy that keeps its time as the original", function()

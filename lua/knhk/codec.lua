@@ -364,7 +364,7 @@ function M.register_class(name, mt)
   class_names[name] = mt
 end
 
-local handle_kinds, handle_names = {}, {}
+local handle_kinds, handle_names, handle_modules = {}, {}, {}
 -- Values whose metatable (or ctype) is `key` travel as a number that
 -- export(v) makes (taking a reference) and import(n) turns back.
 function M.register_handle(name, key, export, import)
@@ -372,6 +372,10 @@ function M.register_handle(name, key, export, import)
   handle_kinds[key] = { name = name, export = export }
   handle_names[name] = import
 end
+-- The module that registers handle kind `name`, loaded by a VM that meets
+-- such a handle before it loaded the module (knhk loads knhk.sync at the
+-- first read of a field of its).
+function M.handle_module(name, module) handle_modules[name] = module end
 
 local function handle_key(v)
   local t = type(v)
@@ -1190,6 +1194,10 @@ decode_value = function(r)
   elseif tag == T_HANDLE then
     local name = rd_str(r)
     local import = handle_names[name]
+    if not import and handle_modules[name] then
+      require(handle_modules[name])
+      import = handle_names[name]
+    end
     if not import then error("knhk.codec: no handle kind " .. name .. " in this VM") end
     return import(decode_value(r), r.copies)
   elseif tag == T_FN then return decode_function(r)

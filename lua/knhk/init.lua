@@ -27,9 +27,6 @@ local check = require "knhk.check"
 local T = require "knhk.task"
 local S = require "knhk.scope"
 local N = require "knhk.nursery"
-local sync = require "knhk.sync"
-local steps = require "knhk.steps"
-local clock_module = require "knhk.clock"
 
 local knhk = {
   _VERSION = "knhk 0.1.0",
@@ -129,7 +126,7 @@ function knhk.run(main, opts, ...)
   local name = check.field("string", opts, "name", 2, "run")
   local clock = 0
   if opts.clock ~= nil then
-    clock = clock_module.KINDS[opts.clock]
+    clock = require("knhk.clock").KINDS[opts.clock]
     if not clock then
       error(string.format("bad argument #2 to 'run' (clock: \"real\" or \"virtual\" expected, got %s)",
         type(opts.clock) == "string" and ("'" .. opts.clock .. "'") or type(opts.clock)), 2)
@@ -179,8 +176,7 @@ end
 
 -- --------------------------------------------------- time, scopes, tokens
 
-knhk.now = S.now -- seconds on the runtime's clock (knhk.clock)
-knhk.clock = clock_module
+knhk.now = S.now -- seconds on the runtime's clock (knhk.clock; loaded at its first read)
 knhk.sleep = S.sleep
 knhk.checkpoint = S.checkpoint
 knhk.cancel_scope = S.cancel_scope
@@ -195,41 +191,69 @@ knhk.nursery = N.nursery
 knhk.Nursery = N.Nursery
 
 -- ---------------------------------------------- channels, synchronisation
-
-knhk.channel = sync.channel
-knhk.semaphore = sync.semaphore
-knhk.lock = sync.lock
-knhk.event = sync.event
-knhk.Channel, knhk.Semaphore, knhk.Lock, knhk.Event = sync.Channel, sync.Semaphore, sync.Lock,
-  sync.Event
+-- knhk.channel, semaphore, lock, event, their classes and is_channel,
+-- is_event, is_semaphore, is_lock: knhk.sync's (loaded at their first read)
 
 -- What a value is, for code that accepts several kinds of handle.
-knhk.is_channel = sync.is_channel
-knhk.is_event = sync.is_event
-knhk.is_semaphore = sync.is_semaphore
-knhk.is_lock = sync.is_lock
 knhk.is_token = S.is_token
 knhk.is_task = T.is_task
 knhk.is_nursery = N.is_nursery
 
 -- ------------------------------------------------- map, race, select, exec
-
-knhk.map = steps.map
-knhk.race = steps.race
-knhk.select = steps.select
+-- knhk.map, race, select: knhk.steps's (loaded at their first read)
 -- knhk.exec(cmd [, opts]): a child process as a step (lua/knhk/exec.lua)
 -- knhk.telemetry: OpenTelemetry spans and metrics (lua/knhk/telemetry.lua)
--- Both load the FFI's cdef, which a script that uses neither does not
--- need: their modules load at the first read of the field, which then
--- holds what it would have held from the start.
+
+-- The fields above whose modules load at the first read of one of them:
+-- a script that uses none of them does not pay for loading them (exec and
+-- telemetry load the FFI's cdef; together ~0.15 ms of a knhk-lua start).
+-- A field holds, from its first read on, what it would have held from the
+-- start. field -> { module, its field (nil: the module itself) }
 local on_first_read = {
-  exec = function() return require("knhk.exec").exec end,
-  telemetry = function() return require "knhk.telemetry" end,
+  channel = { "knhk.sync", "channel" }, semaphore = { "knhk.sync", "semaphore" },
+  lock = { "knhk.sync", "lock" }, event = { "knhk.sync", "event" },
+  Channel = { "knhk.sync", "Channel" }, Semaphore = { "knhk.sync", "Semaphore" },
+  Lock = { "knhk.sync", "Lock" }, Event = { "knhk.sync", "Event" },
+  is_channel = { "knhk.sync", "is_channel" }, is_event = { "knhk.sync", "is_event" },
+  is_semaphore = { "knhk.sync", "is_semaphore" }, is_lock = { "knhk.sync", "is_lock" },
+  map = { "knhk.steps", "map" }, race = { "knhk.steps", "race" },
+  select = { "knhk.steps", "select" },
+  exec = { "knhk.exec", "exec" },
+  clock = { "knhk.clock" },
+  telemetry = { "knhk.telemetry" },
 }
+-- A VM can receive a channel (semaphore, lock, event) before it loaded
+-- knhk.sync: as an argument, an upvalue or a result, through the codec or
+-- the C side's own import. Until then the kinds' metatables load it at
+-- their first use (knhk.sync puts in their methods, which they then use).
+if not package.loaded["knhk.sync"] then
+  local mts = core.metatables()
+  for _, kind in ipairs { "channel", "semaphore", "lock", "event" } do
+    local mt = mts[kind]
+    codec.handle_module(kind, "knhk.sync")
+    check.name_kind(mt, kind)
+    mt.__index = function(v, k)
+      require "knhk.sync"
+      return mt.__index[k]
+    end
+    mt.__tostring = function(v)
+      require "knhk.sync"
+      return mt.__tostring(v)
+    end
+    if kind == "channel" then
+      mt.__len = function(v)
+        require "knhk.sync"
+        return mt.__len(v)
+      end
+    end
+  end
+end
 setmetatable(knhk, { __index = function(t, k)
-  local load = on_first_read[k]
-  if not load then return nil end
-  local v = load()
+  local where = on_first_read[k]
+  if not where then return nil end
+  local m = require(where[1])
+  local v = m
+  if where[2] then v = m[where[2]] end
   rawset(t, k, v)
   return v
 end })
