@@ -46,47 +46,6 @@ static int stamp_is(const struct stat *st, const knhk_module_t *m) {
          (st->st_mtim.tv_nsec == m->mtime_nsec || st->st_mtim.tv_nsec == 0);
 }
 
-/* The file Lua's searcher would load for `name` (as package.searchpath:
- * the first template of `path`, '?' replaced by the name with its dots
- * made slashes, that can be opened for reading), its name in `file`.
- * Returns KNOWN when that file is the one `m` was compiled from by its
- * stamp (then `*fd` is -1), else the file opened in `*fd`; -1 if there is
- * none, or if a name does not fit: Lua's searcher says which. */
-enum { KNOWN = 1 };
-static int find_module_file(const knhk_module_t *m, const char *path, char *file, size_t size,
-                            int *fd) {
-  const char *name = m->name;
-  char sub[PATH_MAX];
-  size_t nlen = strlen(name);
-  *fd = -1;
-  if (nlen >= sizeof sub) return -1;
-  for (size_t i = 0; i <= nlen; i++) sub[i] = name[i] == '.' ? '/' : name[i];
-  for (const char *t = path; *t;) {
-    if (*t == ';') {
-      t++;
-      continue;
-    }
-    const char *end = strchr(t, ';');
-    if (!end) end = t + strlen(t);
-    size_t at = 0;
-    for (const char *c = t; c < end; c++) {
-      const char *piece = *c == '?' ? sub : c;
-      size_t len = *c == '?' ? nlen : 1;
-      if (at + len >= size) return -1;
-      memcpy(file + at, piece, len);
-      at += len;
-    }
-    file[at] = 0;
-    t = end;
-    struct stat st;
-    if (stat(file, &st) != 0) continue; /* no such file: the next template */
-    if (stamp_is(&st, m)) return KNOWN;
-    *fd = open(file, O_RDONLY | O_CLOEXEC);
-    if (*fd >= 0) return 0;
-  }
-  return -1;
-}
-
 /* 1 if the file `fd` holds exactly the `len` bytes of `text`: its size
  * first, then its bytes, read at once. */
 static int file_is(int fd, const unsigned char *text, size_t len) {
@@ -106,6 +65,54 @@ static int file_is(int fd, const unsigned char *text, size_t len) {
   int same = n == 0 && at == len && memcmp(buf, text, len) == 0;
   free(buf);
   return same;
+}
+
+/* 1 if `file` holds the text `m` was compiled from: by its size and time
+ * (stamp_is), else by reading it; 0 if it holds another; -1 if it cannot
+ * be opened. */
+static int holds_compiled(const char *file, const knhk_module_t *m) {
+  struct stat st;
+  if (stat(file, &st) != 0) return -1;
+  if (stamp_is(&st, m)) return 1;
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  int same = file_is(fd, m->src, m->src_len);
+  close(fd);
+  return same;
+}
+
+/* The file Lua's searcher would load for `m` (as package.searchpath: the
+ * first template of `path`, '?' replaced by the name with its dots made
+ * slashes, that can be opened for reading), its name in `file`: whether it
+ * holds the text compiled (holds_compiled); -1 if there is none, or if a
+ * name does not fit: Lua's searcher says which. */
+static int find_module_file(const knhk_module_t *m, const char *path, char *file, size_t size) {
+  const char *name = m->name;
+  char sub[PATH_MAX];
+  size_t nlen = strlen(name);
+  if (nlen >= sizeof sub) return -1;
+  for (size_t i = 0; i <= nlen; i++) sub[i] = name[i] == '.' ? '/' : name[i];
+  for (const char *t = path; *t;) {
+    if (*t == ';') {
+      t++;
+      continue;
+    }
+    const char *end = strchr(t, ';');
+    if (!end) end = t + strlen(t);
+    size_t at = 0;
+    for (const char *c = t; c < end; c++) {
+      const char *piece = *c == '?' ? sub : c;
+      size_t len = *c == '?' ? nlen : 1;
+      if (at + len >= size) return -1;
+      memcpy(file + at, piece, len);
+      at += len;
+    }
+    file[at] = 0;
+    t = end;
+    int same = holds_compiled(file, m);
+    if (same >= 0) return same; /* else not there, or unreadable: the next template */
+  }
+  return -1;
 }
 
 /* The dump, with the chunk name the file's own load would give it: the
@@ -136,8 +143,9 @@ static int load_module(lua_State *L, const knhk_module_t *m, const char *path) {
 /* package.loaders entry; upvalue 1 is the package table (whose `path`
  * Lua's searcher reads, whatever a script does to the globals). Returns
  * the module's chunk, or nothing: then Lua's searcher looks, and says what
- * it tried if it finds nothing either. One open of the file, where
- * package.searchpath and a load would have opened it twice. */
+ * it tried if it finds nothing either. At most one open of the file (none
+ * when its stamp says), where package.searchpath and a load would have
+ * opened it twice. */
 static int precompiled_searcher(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   const knhk_module_t *m = find_module(name);
@@ -145,12 +153,9 @@ static int precompiled_searcher(lua_State *L) {
   lua_getfield(L, lua_upvalueindex(1), "path");
   if (!lua_isstring(L, -1)) return 0; /* Lua's searcher raises the error */
   char file[PATH_MAX];
-  int fd, found = find_module_file(m, lua_tostring(L, -1), file, sizeof file, &fd);
-  if (found < 0) return 0;
-  int same = found == KNOWN || file_is(fd, m->src, m->src_len);
-  if (fd >= 0) close(fd);
-  if (!same || load_module(L, m, file) != 0) return 0; /* edited, or another LuaJIT: parse it */
-  return 1;
+  /* not found, edited, or another LuaJIT: Lua's searcher parses it */
+  if (find_module_file(m, lua_tostring(L, -1), file, sizeof file) != 1) return 0;
+  return load_module(L, m, file) == 0;
 }
 
 /* loadfile for the files knhk loads by path (the telemetry registry's
@@ -165,14 +170,7 @@ static int precompiled_loadfile(lua_State *L) {
   char name[NAME_MAX + 2];
   if (snprintf(name, sizeof name, "@%s", base ? base + 1 : path) < (int)sizeof name) {
     const knhk_module_t *m = find_module(name);
-    struct stat st;
-    if (m && stat(path, &st) == 0 && stamp_is(&st, m) && load_module(L, m, path) == 0) return 1;
-    int fd = m ? open(path, O_RDONLY | O_CLOEXEC) : -1;
-    if (fd >= 0) {
-      int same = file_is(fd, m->src, m->src_len);
-      close(fd);
-      if (same && load_module(L, m, path) == 0) return 1;
-    }
+    if (m && holds_compiled(path, m) == 1 && load_module(L, m, path) == 0) return 1;
   }
   lua_settop(L, 1);
   lua_pushvalue(L, lua_upvalueindex(1));
