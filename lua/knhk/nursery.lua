@@ -156,9 +156,9 @@ function M.nursery(fn, opts)
   core.nursery_body_done(n, prev)
   local ok, err = res[1], res[2]
   if not ok and not errors.is_signal(err) then core.nursery_fail(n) end -- cancels the children
-  local span = R.tel_enabled() and R.telemetry().wait_begin(n)
+  local span = core.tel_wait_begin(n)
   await(core.close_try, n, true)
-  if span then R.telemetry().wait_end(span) end
+  core.tel_wait_end(span)
   local errs = R.failures_of(n)
   if not ok and not errors.is_signal(err) then table.insert(errs, 1, err) end
   if #errs > 0 then error(errors.group(errs), 0) end

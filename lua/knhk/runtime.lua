@@ -20,8 +20,10 @@ local M = {}
 
 -- knhk.telemetry, loaded at its first use while telemetry is on (it loads
 -- the FFI's cdef and the registry's names, which a run that records no
--- telemetry never needs): settling a task that ended in error or spawned,
--- a scope's end, a nursery's wait ask tel_enabled() first.
+-- telemetry never needs): a scope's end asks tel_enabled() first. A task's
+-- failure and a wait for children are recorded by core.tel_task_error,
+-- core.tel_wait_begin and core.tel_wait_end, which do nothing while it is
+-- off.
 local tel_module
 local function telemetry()
   tel_module = tel_module or require "knhk.telemetry"
@@ -207,9 +209,9 @@ local function complete_slow(st, ok, ...)
     -- a failed task's children are cancelled, as a nursery's are when its
     -- body fails: nothing would ever ask them to end otherwise
     if not ok then core.cancel_children() end
-    local span = tel_enabled() and telemetry().wait_begin(nil)
+    local span = core.tel_wait_begin(nil)
     await(core.close_try)
-    if span then telemetry().wait_end(span) end
+    core.tel_wait_end(span)
     local errs = failures_of(nil)
     core.drop_own()
     if not ok and not errors.is_signal(res[2]) then table.insert(errs, 1, res[2]) end
@@ -229,7 +231,7 @@ local function complete_slow(st, ok, ...)
   end
   local e = res[2]
   if errors.is_signal(e) then return core.finish_blob(CANCELLED_OUTCOME, encode(1, as_error, e)) end
-  if tel_enabled() then telemetry().task_error(e) end
+  if tel_enabled() then core.tel_task_error(errors.message(e)) end
   local good, snap, handles = pcall(encode, 1, as_error, e)
   if good then return core.finish_blob(ERROR, snap, handles) end
   -- an error value that cannot travel: its message and traceback do

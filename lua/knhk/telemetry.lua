@@ -219,20 +219,6 @@ function M.reason_name(reason)
   return N.enum.CANCEL_REASON[reasons[tonumber(reason)] or "SHUTDOWN"]
 end
 
--- The running task is failing with error e: its span says why.
-function M.task_error(e)
-  if enabled() then require("knhk.core").tel_task_error(message_of(e)) end
-end
-
--- The task that opened nursery n (nil: its own) waits for its children.
-function M.wait_begin(n)
-  if not enabled() then return nil end
-  return require("knhk.core").tel_wait_begin(n)
-end
-function M.wait_end(span)
-  if span then require("knhk.core").tel_wait_end(span) end
-end
-
 -- ------------------------------------------------ the patterns' handle
 
 local catalogue
