@@ -448,22 +448,23 @@ describe("helpers shared between tasks", function()
     end, { workers = 2 })
   end)
 
+  -- helper() counts from 0 in state of its own: a closure per task, and
+  -- each task's count starts again
+  local function stays_a_copy_per_task(helper)
+    assert.equal(8, same_on_one_worker(function() return tostring(helper) end))
+    knhk.run(function()
+      for _ = 1, 3 do assert.equal(1, knhk.spawn(function() return helper() end):join()) end
+    end, { workers = 1 })
+  end
+
   it("a helper whose upvalue is assigned stays a copy per task", function()
     local count = 0
-    local function bump() count = count + 1 return count end
-    assert.equal(8, same_on_one_worker(function() return tostring(bump) end))
-    knhk.run(function()
-      for _ = 1, 3 do assert.equal(1, knhk.spawn(function() return bump() end):join()) end
-    end, { workers = 1 })
+    stays_a_copy_per_task(function() count = count + 1 return count end)
   end)
 
   it("a helper over a table stays a copy per task (the table is the task's own)", function()
     local t = { n = 0 }
-    local function add() t.n = t.n + 1 return t.n end
-    assert.equal(8, same_on_one_worker(function() return tostring(add) end))
-    knhk.run(function()
-      for _ = 1, 3 do assert.equal(1, knhk.spawn(function() return add() end):join()) end
-    end, { workers = 1 })
+    stays_a_copy_per_task(function() t.n = t.n + 1 return t.n end)
   end)
 
   it("two closures stay two, even of one content", function()
