@@ -1924,6 +1924,21 @@ static void pin_library(void) {
     dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
 }
 
+/* core.global: whether the program's global symbols are these (knhk-lua,
+ * which has knhk.core linked in, or a host that loaded knhk/core.so with
+ * RTLD_GLOBAL): knhk.ffi binds ffi.C then, and never opens a second copy
+ * of the library, whose state would not be this one's. Asked through the
+ * program's handle (RTLD_DEFAULT from here would search this library's own
+ * scope too, and find it wherever it was loaded); once per process, not
+ * per VM. */
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static int in_global_scope;
+static void find_global(void) {
+  void *program = dlopen(NULL, RTLD_LAZY);
+  in_global_scope = program && dlsym(program, "luaopen_knhk_core") == (void *)luaopen_knhk_core;
+  if (program) dlclose(program);
+}
+
 KLUA_API int luaopen_knhk_core(lua_State *L) {
   pin_library();
   klua_modules_install(L); /* the rest of knhk loads as bytecode */
@@ -2043,15 +2058,8 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
     lua_pop(L, 1);
   }
   luaL_openlib(L, NULL, fns, 6);
-  /* core.global: whether the program's global symbols are these (knhk-lua,
-   * which has knhk.core linked in, or a host that loaded knhk/core.so with
-   * RTLD_GLOBAL): knhk.ffi binds ffi.C then, and never opens a second copy
-   * of the library, whose state would not be this one's. */
-  /* (through the program's handle: RTLD_DEFAULT from here would search
-   * this library's own scope too, and find it wherever it was loaded) */
-  void *program = dlopen(NULL, RTLD_LAZY);
-  lua_pushboolean(L, program && dlsym(program, "luaopen_knhk_core") == (void *)luaopen_knhk_core);
+  pthread_once(&global_once, find_global);
+  lua_pushboolean(L, in_global_scope);
   lua_setfield(L, -2, "global");
-  if (program) dlclose(program);
   return 1;
 }
