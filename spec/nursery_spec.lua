@@ -58,6 +58,66 @@ describe("knhk.nursery", function()
     assert.same({ { 10 }, { 20 }, { 30 }, { 40 } }, out)
   end)
 
+  it("wait_all gives every child's results though the program dropped their handles", function()
+    local out = run(function()
+      return knhk.nursery(function(n)
+        for i = 1, 50 do n:spawn(function(x) return x, -x end, i) end
+        for i = 51, 100 do n:spawn_local(function(x) return x, -x end, i) end
+        collectgarbage()
+        collectgarbage()
+        return n:wait_all()
+      end)
+    end)
+    assert.equal(100, #out)
+    for i = 1, 100 do assert.same({ i, -i }, out[i]) end
+  end)
+
+  it("wait_all counts what the body's own children spawned into it, in spawn order", function()
+    local out = run(function()
+      return knhk.nursery(function(n)
+        n:spawn_local(function()
+          n:spawn_local(function() return "grandchild" end)
+          return "child"
+        end)
+        knhk.sleep(0.01)
+        n:spawn(function() return "last" end)
+        return n:wait_all()
+      end)
+    end)
+    assert.same({ { "child" }, { "grandchild" }, { "last" } }, out)
+  end)
+
+  it("does not keep the handles its spawns returned: the program's to drop", function()
+    local kept = run(function()
+      local seen = setmetatable({}, { __mode = "k" })
+      return knhk.nursery(function(n)
+        for _ = 1, 20 do seen[n:spawn(function() knhk.sleep(60) end)] = true end
+        for _ = 1, 20 do seen[n:spawn_local(function() knhk.sleep(60) end)] = true end
+        collectgarbage()
+        collectgarbage()
+        local left = 0
+        for _ in pairs(seen) do left = left + 1 end
+        n:cancel()
+        return left
+      end)
+    end)
+    assert.equal(0, kept)
+  end)
+
+  it("join_next gives back the very handle the spawn returned, while the program holds it", function()
+    local same, other = run(function()
+      return knhk.nursery(function(n)
+        local mine = n:spawn(function() return 1 end)
+        n:spawn_local(function() knhk.sleep(0.01); return 2 end) -- dropped
+        collectgarbage()
+        local first, second = n:join_next(), n:join_next()
+        return rawequal(first, mine), { second:join() }
+      end)
+    end)
+    assert.is_true(same)
+    assert.same({ 2 }, other)
+  end)
+
   it("a failing child cancels its siblings, whose cleanup runs before it raises", function()
     local cleanup, err, now = virtual(function()
       local cleaned = 0

@@ -39,9 +39,14 @@ end, function(n, copy) return core.import(7, n, copy) end)
 
 function M.is_nursery(v) return getmetatable(v) == mts.nursery end
 
--- What the task that opened a nursery keeps of it (in its VM): its
--- children's handles in spawn order, and who it is.
+-- What the task that opened a nursery keeps of it (in its VM): who it is,
+-- and its children's handles by id, weakly (join_next gives back the
+-- handle the spawner got while the program still holds it). The children
+-- themselves, in spawn order, are kept by the nursery in C (wait_all): a
+-- handle held here for each would cost a userdata, a slot and a finalizer
+-- per child for as long as the nursery lives.
 local owned = setmetatable({}, { __mode = "k" })
+local weak_values = { __mode = "v" }
 
 local function owner_state(n, where)
   local st = owned[n]
@@ -55,26 +60,10 @@ local spawn_into = T.spawn_into
 
 local task_id = core.task_id
 
--- The owner keeps its children's handles: in spawn order (wait_all), and
--- by id (join_next gives back the same handle). The index by id is built
--- on the first join_next: a nursery that is only waited on never pays it.
 local function keep(self, h)
   local st = owned[self]
-  if st then
-    local k = st.count + 1
-    st.count = k
-    st.handles[k] = h
-    local by_id = st.by_id
-    if by_id then by_id[task_id(h)] = h end
-  end
+  if st then st.by_id[task_id(h)] = h end
   return h
-end
-
-local function index_by_id(st)
-  local by_id = {}
-  for i = 1, st.count do local h = st.handles[i]; by_id[task_id(h)] = h end
-  st.by_id = by_id
-  return by_id
 end
 
 -- n:spawn(fn, ...) -> handle
@@ -90,10 +79,10 @@ function Nursery:spawn_local(fn, ...)
 end
 
 -- A child taken out of the ended list: the handle its spawner got, when
--- the owner spawned it (else the one the C side made).
+-- the owner spawned it and it is still held (else the one the C side made).
 local function ended(st, h)
   if h == nil then return nil end
-  return (st.by_id or index_by_id(st))[task_id(h)] or h
+  return st.by_id[task_id(h)] or h
 end
 
 -- n:cancel(): ends the children (not an error)
@@ -138,9 +127,9 @@ end
 -- spawned so far (raises the first error).
 function Nursery:wait_all()
   check_self(self, "wait_all")
-  local st = owner_state(self, "wait_all")
+  owner_state(self, "wait_all")
   local out = {}
-  for i = 1, st.count do out[i] = { st.handles[i]:join() } end
+  for i = 1, core.nursery_children(self) do out[i] = { core.nursery_child(self, i):join() } end
   return out
 end
 
@@ -151,7 +140,7 @@ function M.nursery(fn, opts)
   check.field("boolean", opts, "supervise", 2, "nursery")
   if core.now() == nil then R.raise("knhk.nursery: must be called inside a knhk task (inside knhk.run)") end
   local n, prev = core.nursery_open(opts.supervise and true or false)
-  owned[n] = { owner = core.current(), handles = {}, count = 0, by_id = false }
+  owned[n] = { owner = core.current(), by_id = setmetatable({}, weak_values) }
   local res = pack(xpcall(fn, R.capture, n))
   core.nursery_body_done(n, prev)
   local ok, err = res[1], res[2]

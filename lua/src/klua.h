@@ -241,6 +241,14 @@ struct klua_group {
   klua_spin_t flock;           /* failures */
   klua_task_t **failures;
   uint32_t nfail, capfail;
+  /* The children its owner's VM spawned, in spawn order, a reference each
+   * (wait_all): kept here, 8 bytes a child, rather than as the Lua handles
+   * the spawns returned, which cost a userdata, a table slot and a
+   * finalizer each for as long as the nursery lives. Only the worker
+   * whose VM opened it (owner_worker) appends and reads. */
+  int32_t owner_worker;        /* -1: none (a task's own nursery, the root's) */
+  uint32_t nkept, capkept;
+  klua_task_t **kept;
   klua_group_t *next_free;
 };
 
@@ -443,6 +451,12 @@ klua_task_t *klua_group_next_ended(klua_group_t *g);
 int klua_group_has_ended(klua_group_t *g); /* the owner's: one is there to take */
 /* The failures not joined, oldest first, with a reference each; count in *n. */
 klua_task_t **klua_group_take_failures(klua_group_t *g, uint32_t *n);
+/* Whether a child spawned now by worker w is kept in g's spawn-order list
+ * (w is g's owner's): then room for it is made, and -1 returned if there
+ * is none (out of memory); 0 if not kept, 1 if kept. Before the spawn, so
+ * that keeping it (klua_group_keep) cannot fail after. */
+int klua_group_keep_room(klua_group_t *g, klua_worker_t *w);
+void klua_group_keep(klua_group_t *g, klua_task_t *t); /* takes a reference */
 
 /* ---- klua_wait.c: waits ---- */
 /* Arms t's wake-up on the cancellation of `token` (NULL: none). Returns 1

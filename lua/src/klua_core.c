@@ -518,15 +518,31 @@ static void undo_start(lua_State *L, klua_task_t *t) {
   klua_payload_reset(t);
 }
 
-static int finish_spawn(lua_State *L, klua_task_t *t, int worker, const char *fname) {
+/* Whether a child spawned into g now is kept in its owner's list
+ * (klua_group_keep_room); raises if there is no room for it. Asked before
+ * the record is made, so that the raise leaks nothing. */
+static int keeps_child(lua_State *L, klua_group_t *g, const char *fname) {
+  int keep = klua_group_keep_room(g, klua_self());
+  if (keep < 0) luaL_error(L, "%s: out of memory", fname);
+  return keep;
+}
+
+/* The spawn of t (made, ours) went well: kept by its nursery's owner if
+ * `keep`, and its handle pushed (our reference). */
+static int spawned(lua_State *L, klua_task_t *t, int keep) {
+  if (keep) klua_group_keep(t->group, t);
+  push_handle(L, KLUA_H_TASK, t);
+  return 1;
+}
+
+static int finish_spawn(lua_State *L, klua_task_t *t, int worker, int keep, const char *fname) {
   int rc = klua_task_spawn(t, worker);
   if (rc != 0) {
     klua_task_release(t); /* ours; the spawn dropped its own */
     if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: the nursery is closed%s", fname, "");
     return raise_at(L, 1, "%s: %s", fname, knhk_strerror(rc));
   }
-  push_handle(L, KLUA_H_TASK, t);
-  return 1;
+  return spawned(L, t, keep);
 }
 
 /* spawn(fn, ...) into g (NULL: the caller's own nursery), first at fnidx. */
@@ -556,6 +572,7 @@ static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *
     return 1;
   }
   if (!g) g = implicit_group(L, cur);
+  int keep = keeps_child(L, g, fname);
   klua_task_t *t = klua_task_alloc(cur->rt);
   if (!t) return luaL_error(L, "%s: out of memory", fname);
   char *out = klua_payload_room(t, (uint32_t)(uvsize + gsize + argsize));
@@ -578,7 +595,7 @@ static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *
   t->cancel_parent = cancel_parent_for(cur, g);
   t->parent = cur->id;
   t->where = place_of(L, cur->rt, fnidx);
-  return finish_spawn(L, t, -1, fname);
+  return finish_spawn(L, t, -1, keep, fname);
 }
 
 static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api,
@@ -589,6 +606,7 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
                     luaL_typename(L, fnidx));
   int top = lua_gettop(L), nargs = top - fnidx;
   if (!g) g = implicit_group(L, cur);
+  int keep = keeps_child(L, g, fname);
   klua_task_t *t = klua_task_alloc(cur->rt);
   if (!t) return luaL_error(L, "%s: out of memory", fname);
   t->kind = KLUA_LOCAL;
@@ -624,8 +642,7 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
     if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: the nursery is closed%s", fname, "");
     return raise_at(L, 1, "%s: %s", fname, knhk_strerror(rc));
   }
-  push_handle(L, KLUA_H_TASK, t);
-  return 1;
+  return spawned(L, t, keep);
 }
 
 /* core.spawn(fn, ...) -> handle | SLOW */
@@ -683,6 +700,7 @@ static int l_spawn_blob(lua_State *L) {
   size_t len;
   const char *snap = luaL_checklstring(L, 2, &len);
   const char *place = luaL_checkstring(L, 3);
+  int keep = keeps_child(L, g, "spawn");
   klua_task_t *t = klua_task_alloc(cur->rt);
   if (!t || !blob_payload(L, t, snap, len, 4)) {
     if (t) klua_task_release(t);
@@ -700,8 +718,7 @@ static int l_spawn_blob(lua_State *L) {
     if (rc == KNHK_ECLOSED) return raise_at(L, 2, "spawn: the nursery is closed%s%s", "", "");
     return raise_at(L, 2, "spawn: %s%s", knhk_strerror(rc), "");
   }
-  push_handle(L, KLUA_H_TASK, t);
-  return 1;
+  return spawned(L, t, keep);
 }
 
 /* core.root(rt, fn, place) -> handle: the root task of a run, on worker 0. */
@@ -1323,6 +1340,7 @@ static int l_nursery_open(lua_State *L) {
       klua_group_new(t->rt, tok, KLUA_G_ORDERED | (lua_toboolean(L, 1) ? KLUA_G_SUPERVISE : 0));
   knhk_token_release(tok); /* the group holds it */
   if (!g) return luaL_error(L, "knhk: out of memory");
+  g->owner_worker = klua_self()->index;
   push_handle(L, KLUA_H_NURSERY, g);
   if (t->scope) lua_pushlightuserdata(L, t->scope);
   else lua_pushnil(L);
@@ -1358,6 +1376,28 @@ static int l_nursery_closed(lua_State *L) {
 
 static int l_nursery_cancelled(lua_State *L) {
   lua_pushboolean(L, knhk_token_is_cancelled(GROUP_ARG(L, 1)->token));
+  return 1;
+}
+
+/* core.nursery_children(n) -> how many children its owner's VM spawned
+ * into it so far (wait_all's) */
+static int l_nursery_children(lua_State *L) {
+  klua_group_t *g = GROUP_ARG(L, 1);
+  klua_worker_t *w = klua_self();
+  lua_pushinteger(L, w && g->owner_worker == w->index ? (lua_Integer)g->nkept : 0);
+  return 1;
+}
+
+/* core.nursery_child(n, i) -> a handle of the i-th of those */
+static int l_nursery_child(lua_State *L) {
+  klua_group_t *g = GROUP_ARG(L, 1);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  klua_worker_t *w = klua_self();
+  if (!w || g->owner_worker != w->index || i < 1 || i > (lua_Integer)g->nkept)
+    return luaL_error(L, "nursery_child: no child %d", (int)i);
+  klua_task_t *t = g->kept[i - 1];
+  klua_task_retain(t);
+  push_handle(L, KLUA_H_TASK, t); /* takes the reference */
   return 1;
 }
 
@@ -1947,6 +1987,8 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"spawn_local", l_spawn_local},
       {"nursery_spawn", l_nursery_spawn},
       {"nursery_spawn_local", l_nursery_spawn_local},
+      {"nursery_children", l_nursery_children},
+      {"nursery_child", l_nursery_child},
       {"spawn_blob", l_spawn_blob},
       {"root", l_root},
       {"start", l_start},

@@ -65,6 +65,8 @@ klua_group_t *klua_group_new(klua_rt_t *rt, knhk_token_t *token, uint32_t flags)
   g->flags = flags;
   g->token = knhk_token_retain(token);
   g->nfail = 0;
+  g->owner_worker = -1;
+  g->nkept = 0;
   atomic_store_explicit(&g->spawned, 0, memory_order_relaxed);
   memset(&g->tel, 0, sizeof g->tel);
   knhk_telemetry_nursery_open(&g->tel, flags & KLUA_G_SUPERVISE ? 1u : 0u);
@@ -83,6 +85,10 @@ void klua_group_release(klua_group_t *g) {
   while ((t = klua_group_next_ended(g))) klua_task_release(t);
   for (uint32_t i = 0; i < g->nfail; i++) klua_task_release(g->failures[i]);
   g->nfail = 0;
+  for (uint32_t i = 0; i < g->nkept; i++) klua_task_release(g->kept[i]);
+  free(g->kept); /* not pooled with g: a big nursery's list would stay */
+  g->kept = NULL;
+  g->nkept = g->capkept = 0;
   knhk_telemetry_nursery_close(&g->tel);
   knhk_token_release(g->token);
   g->token = NULL;
@@ -216,4 +222,21 @@ klua_task_t **klua_group_take_failures(klua_group_t *g, uint32_t *n) {
   }
   klua_spin_unlock(&g->flock);
   return out;
+}
+
+int klua_group_keep_room(klua_group_t *g, klua_worker_t *w) {
+  if (!w || g->owner_worker != w->index) return 0;
+  if (g->nkept < g->capkept) return 1;
+  uint32_t cap = g->capkept ? g->capkept * 2 : 16;
+  if (cap <= g->capkept) return -1;
+  klua_task_t **k = realloc(g->kept, cap * sizeof *k);
+  if (!k) return -1;
+  g->kept = k;
+  g->capkept = cap;
+  return 1;
+}
+
+void klua_group_keep(klua_group_t *g, klua_task_t *t) {
+  klua_task_retain(t);
+  g->kept[g->nkept++] = t;
 }

@@ -431,6 +431,7 @@ void klua_rt_free(klua_rt_t *rt) {
       klua_group_t *g = &rt->group_slabs[i][k];
       if (g->token) knhk_token_release(g->token);
       free(g->failures);
+      free(g->kept); /* (the records it names go with the arena) */
     }
   }
   free(rt->group_slabs);
