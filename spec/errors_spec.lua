@@ -309,6 +309,29 @@ describe("waiting where a task cannot be suspended", function()
       assert.equal("after", ch:recv())
     end)
   end)
+
+  it("says so for every kind of wait, and each then waits normally outside", function()
+    run(function()
+      local ev, sem, tok = knhk.event(), knhk.semaphore(0), knhk.token()
+      local sleeper = knhk.spawn(function() knhk.sleep(0.01); return "joined" end)
+      local waits = {
+        event = function() ev:wait() end,
+        permit = function() sem:acquire() end,
+        join = function() sleeper:join() end,
+        token = function() tok:wait() end,
+      }
+      for name, wait in pairs(waits) do
+        local ok, err = pcall(table.sort, { 2, 1 }, function(a, b) wait(); return a < b end)
+        assert.is_false(ok, name)
+        assert.matches("knhk: cannot wait here", tostring(err), 1, true)
+      end
+      knhk.spawn(function(e, s, t) e:set(); s:release(); t:cancel() end, ev, sem, tok)
+      ev:wait()
+      sem:acquire()
+      tok:wait()
+      assert.equal("joined", sleeper:join())
+    end)
+  end)
 end)
 
 describe("methods called with a wrong self", function()

@@ -148,6 +148,17 @@ function M.method(accepts, expected, fname, f)
   end
 end
 
+-- The same for an f that takes nothing but its self. Without the varargs:
+-- a task that waits through a vararg frame (sem:acquire(), ev:wait())
+-- holds it a few slots higher on its stack, enough to outgrow LuaJIT's
+-- first coroutine stack (see runtime.lua's wait loops).
+function M.self_method(accepts, expected, fname, f)
+  return function(self)
+    if not accepts[getmetatable(self)] then M.bad_self(fname, expected, self) end
+    return f(self)
+  end
+end
+
 -- Makes a missing method of a class an error that names it
 -- ("channel has no method 'len'") instead of a call of nil.
 function M.no_missing_methods(class, kind)

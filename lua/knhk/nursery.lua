@@ -86,7 +86,7 @@ local function ended(st, h)
 end
 
 -- n:cancel(): ends the children (not an error)
-Nursery.cancel = check.method({ [nursery_mt] = true }, "nursery", "cancel", core.nursery_cancel)
+Nursery.cancel = check.self_method({ [nursery_mt] = true }, "nursery", "cancel", core.nursery_cancel)
 
 -- n:join_next() -> handle of the next child to end (completion order), or
 -- nil when none is live and all were taken.

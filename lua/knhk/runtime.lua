@@ -5,8 +5,8 @@
 -- wake-ups in C and yields; C decides who runs next.
 --
 -- Everything that waits goes through `await`, the one wait loop: a C
--- "try" either completes or arms the task's wake-ups and says WAIT; the
--- task yields, and tries again when woken (lua/src/klua_core.c has the
+-- "try" either completes or arms the task's wake-ups and suspends the task
+-- from C; woken, the task tries again (lua/src/klua_core.c has the
 -- statuses).
 local core = require "knhk.core"
 local codec = require "knhk.codec"
@@ -54,12 +54,46 @@ M.raise_cancelled = raise_cancelled
 
 -- ------------------------------------------------------------- waiting
 
--- Runs try(a, b) until it is not WAIT: the one wait loop. A cancelled
--- scope raises Cancelled here. Returns the status and what came with it.
--- A wait from inside a C function that calls back into Lua (a table.sort
--- comparator, a gsub callback, a metamethod run by C) cannot yield: say so
--- where the program waited, rather than LuaJIT's "attempt to yield across
--- C-call boundary" from inside knhk.
+-- Runs try(a, b) until it has something to say: the one wait loop. A try
+-- that must wait arms its wake-up and suspends the task itself (the C
+-- side's yield_wait); resumed, its call returns nothing, and the loop
+-- looks again. A cancelled scope raises Cancelled here. Returns the
+-- status and what came with it.
+local function await(try, a, b)
+  local st, x, y = try(a, b)
+  while st == nil do st, x, y = try(a, b) end
+  if st == CANCELLED then raise_cancelled(x) end
+  return st, x, y
+end
+M.await = await
+
+-- waiter(try) -> wait(a): await for a wait that only happens (a sleep, an
+-- event, a permit, a token), with try(a) its one look: the wait returns
+-- nothing, so that the function that waits can end in `return wait(a)`,
+-- a tail call that takes the waiter's frame. Each frame and slot under the
+-- yield counts: a task that waits from its own function keeps LuaJIT's
+-- first coroutine stack only while the try's C call finds 20 of its 40
+-- slots free (yield_wait in klua_core.c). So try is an upvalue, one
+-- argument is passed, and the loop is not compiled: a trace that reached
+-- the try would stitch around the C call, which puts a continuation frame
+-- (3 slots) under it. Interpreted, the loop costs a few bytecodes a wait.
+-- (await stays compiled: a channel's receiver waits a frame deeper, past
+-- the edge either way, and channels' hot loops keep their traces.)
+function M.waiter(try)
+  local function wait(a)
+    local st, x = try(a)
+    while st == nil do st, x = try(a) end
+    if st == CANCELLED then raise_cancelled(x) end
+  end
+  jit.off(wait)
+  return wait
+end
+
+-- The REPL and exec wait through M.wait: from inside a C function that
+-- calls back into Lua (a table.sort comparator, a gsub callback, a
+-- metamethod run by C) a wait cannot yield: said where the program waited,
+-- rather than LuaJIT's "attempt to yield across C-call boundary" from
+-- inside knhk (the C side's tries say the same).
 local isyieldable = coroutine.isyieldable
 local function cannot_wait_here()
   core.wait_end()
@@ -67,34 +101,6 @@ local function cannot_wait_here()
     .. "into Lua (a table.sort comparator, a string.gsub callback, a __gc, or another "
     .. "metamethod called from C), which cannot be suspended; wait outside it")
 end
-
-local function await(try, a, b)
-  local st, x, y = try(a, b)
-  while st == WAIT do
-    if not isyieldable() then cannot_wait_here() end
-    co_yield(MARK_WAIT)
-    st, x, y = try(a, b)
-  end
-  if st == CANCELLED then raise_cancelled(x) end
-  return st, x, y
-end
-M.await = await
-
--- await for a wait that only happens (a sleep, an event, a permit): it
--- returns nothing, so that the function that waits can end in `return
--- wait_for(...)`. That tail call takes the waiter's frame: a waiting task
--- holds fewer frames, and a stack used to under a quarter of its size
--- shrinks by half at the next garbage collection.
-local function wait_for(try, a, b)
-  local st, x = try(a, b)
-  while st == WAIT do
-    if not isyieldable() then cannot_wait_here() end
-    co_yield(MARK_WAIT)
-    st, x = try(a, b)
-  end
-  if st == CANCELLED then raise_cancelled(x) end
-end
-M.wait_for = wait_for
 
 -- A wait whose wake-up someone else arms through the FFI (exec, the
 -- REPL's line input): until cond() holds; arm(task) registers the task

@@ -14,7 +14,7 @@ local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local pcall, select, unpack = pcall, select, unpack
 local co_yield = coroutine.yield
-local wait_for, pack, telemetry, tel_enabled = R.wait_for, R.pack, R.telemetry, R.tel_enabled
+local pack, telemetry, tel_enabled = R.pack, R.telemetry, R.tel_enabled
 
 local M = {}
 
@@ -31,7 +31,7 @@ function M.now()
   return ns / 1e9
 end
 
-local core_sleep_try = core.sleep_try
+local sleep_until = R.waiter(core.sleep_try)
 
 -- knhk.sleep(seconds): a checkpoint that waits
 function M.sleep(seconds)
@@ -45,7 +45,7 @@ function M.sleep(seconds)
   -- a deadline already passed would not yield, and a loop of sleep(0)
   -- would keep its worker to itself
   if seconds <= 0 then return M.checkpoint() end
-  return wait_for(core_sleep_try, ns + seconds * 1e9)
+  return sleep_until(ns + seconds * 1e9)
 end
 
 -- knhk.checkpoint(): raises Cancelled if the current scope is cancelled,
@@ -176,8 +176,6 @@ Token.cancel = check.method(tokens, "token", "cancel", core.token_cancel)
 Token.is_cancelled = check.method(tokens, "token", "is_cancelled", core.token_is_cancelled)
 
 -- t:wait(): waits (a checkpoint) until the token is cancelled
-Token.wait = check.method(tokens, "token", "wait", function(t)
-  return wait_for(core.token_wait_try, t)
-end)
+Token.wait = check.self_method(tokens, "token", "wait", R.waiter(core.token_wait_try))
 
 return M

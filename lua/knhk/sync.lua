@@ -6,8 +6,8 @@ local check = require "knhk.check"
 local R = require "knhk.runtime"
 
 local select, unpack, getmetatable, type = select, unpack, debug.getmetatable, type
-local await, wait_for = R.await, R.wait_for
-local bad_self, method = check.bad_self, check.method
+local await, waiter = R.await, R.waiter
+local bad_self, method, self_method = check.bad_self, check.method, check.self_method
 local DONE, CLOSED, BLOB, SLOW = R.DONE, R.CLOSED, R.BLOB, R.SLOW
 
 local M = {}
@@ -76,9 +76,9 @@ function Channel:recv()
 end
 
 -- ch:close(): no more sends; receivers get what is left, then nil, false.
-Channel.close = method(channels, "channel", "close", core.chan_close)
-Channel.is_closed = method(channels, "channel", "is_closed", core.chan_closed)
-Channel.capacity = method(channels, "channel", "capacity", core.chan_capacity)
+Channel.close = self_method(channels, "channel", "close", core.chan_close)
+Channel.is_closed = self_method(channels, "channel", "is_closed", core.chan_closed)
+Channel.capacity = self_method(channels, "channel", "capacity", core.chan_capacity)
 
 -- for v in ch:values() do ... end: until closed and drained (a nil value
 -- sent also ends the loop, as in any Lua iterator).
@@ -107,7 +107,7 @@ function M.semaphore(n)
   return core.semaphore(n)
 end
 
-local function acquire(s) return wait_for(core.acquire_try, s) end
+local acquire = waiter(core.acquire_try)
 
 -- with(fn, ...) -> fn's results, holding a permit (released on error too).
 local function with(s, fn, ...)
@@ -127,7 +127,9 @@ end
 local function semaphore_methods(class, accepts, kind, names)
   for name, f in pairs({ acquire = acquire, release = core.release, permits = core.permits,
                          with = with, lock = acquire, unlock = core.release }) do
-    if names[name] then class[name] = method(accepts, kind, name, f) end
+    if names[name] then
+      class[name] = (name == "with" and method or self_method)(accepts, kind, name, f)
+    end
   end
   return class
 end
@@ -168,8 +170,8 @@ function M.is_event(v) return getmetatable(v) == mts.event end
 
 -- knhk.event() -> event: ev:set(), ev:is_set(), ev:wait().
 function M.event() return core.event() end
-Event.set = method(events, "event", "set", core.event_set)
-Event.is_set = method(events, "event", "is_set", core.event_is_set)
-Event.wait = method(events, "event", "wait", function(e) return wait_for(core.event_wait_try, e) end)
+Event.set = self_method(events, "event", "set", core.event_set)
+Event.is_set = self_method(events, "event", "is_set", core.event_is_set)
+Event.wait = self_method(events, "event", "wait", waiter(core.event_wait_try))
 
 return M

@@ -9,9 +9,7 @@ local R = require "knhk.runtime"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local select = select
-local co_yield = coroutine.yield
-local DONE, WAIT, CANCELLED, SLOW = R.DONE, R.WAIT, R.CANCELLED, R.SLOW
-local MARK_WAIT = R.MARK_WAIT
+local DONE, CANCELLED, SLOW = R.DONE, R.CANCELLED, R.SLOW
 
 local M = {}
 
@@ -95,10 +93,8 @@ local function join_result(h, st, ...)
 end
 
 join_slow = function(h, st, a, b)
-  if st == WAIT then
-    co_yield(MARK_WAIT)
-    return join_result(h, core_join_try(h))
-  end
+  -- the join waited (join_try suspended the task): look again
+  if st == nil then return join_result(h, core_join_try(h)) end
   if st == CANCELLED then R.raise_cancelled(a) end
   -- it ended otherwise than with inline results
   if st == R.BLOB and a == R.OK then return select(2, codec.decode_copies(b)) end
@@ -115,12 +111,12 @@ function Task:join()
 end
 
 -- h:cancel(): cancels the task alone (its scopes and its children too).
-Task.cancel = check.method(tasks_only, "task handle", "cancel", core.task_cancel)
+Task.cancel = check.self_method(tasks_only, "task handle", "cancel", core.task_cancel)
 
 -- h:done() -> whether the task has ended.
-Task.done = check.method(tasks_only, "task handle", "done", core.task_done)
+Task.done = check.self_method(tasks_only, "task handle", "done", core.task_done)
 
 -- h:id() -> the task's id, as knhk.tasks() and knhk.current() give it.
-Task.id = check.method(tasks_only, "task handle", "id", core.task_id)
+Task.id = check.self_method(tasks_only, "task handle", "id", core.task_id)
 
 return M

@@ -1048,18 +1048,43 @@ static int push_cancelled(lua_State *L, knhk_token_t *tok) {
   return 2;
 }
 
+/* A try whose wake-up is armed suspends the task from here, yielding the
+ * runtime's wait mark: resumed, the try's call returns nothing, and the
+ * wait loop (runtime.lua's await and wait_for, join) calls it again to
+ * look. Yielding from the C function rather than returning WAIT to a Lua
+ * loop that yields saves the loop's two calls (coroutine.isyieldable and
+ * coroutine.yield) and the stack they take: a task that waits a frame or
+ * two below its function stays within LuaJIT's first coroutine stack
+ * (40 slots, 20 of them kept free at each call of a C function, and 3
+ * more for the continuation of a trace that stitches around one); a
+ * stack that outgrows it is reallocated at twice the size, a million
+ * sleeping tasks' worth of memory. A wait from inside a C function that
+ * called back into Lua cannot be suspended: said where the program
+ * waited, rather than LuaJIT's "attempt to yield across C-call boundary". */
+static int yield_wait(lua_State *L, klua_task_t *t) {
+  if (!lua_isyieldable(L)) {
+    klua_wait_end(t);
+    return raise_at(L, 1, "%s%s",
+                    "knhk: cannot wait here: this wait runs inside a C function that called back "
+                    "into Lua (a table.sort comparator, a string.gsub callback, a __gc, or another "
+                    "metamethod called from C), which cannot be suspended; wait outside it", "");
+  }
+  lua_pushlightuserdata(L, klua_mark_wait());
+  return lua_yield(L, 1);
+}
+
 /* The end of every try that has to wait: its cancellation armed on tok,
- * then WAIT; or, cancelled meanwhile, what it armed taken back and
- * CANCELLED. recheck: the task's next step looks at the token before
- * anything else (it may then be ended without being resumed). */
+ * then the task suspended (yield_wait); or, cancelled meanwhile, what it
+ * armed taken back and CANCELLED. recheck: the task's next step looks at
+ * the token before anything else (it may then be ended without being
+ * resumed). */
 static int wait_unless_cancelled(lua_State *L, klua_task_t *t, knhk_token_t *tok, int recheck) {
   if (klua_wait_arm_cancel(t, tok)) {
     klua_wait_end(t);
     return push_cancelled(L, tok);
   }
   if (recheck) t->w.recheck = 1;
-  lua_pushinteger(L, ST_WAIT);
-  return 1;
+  return yield_wait(L, t);
 }
 
 /* A detached handle's results, as push_outcome gives a joined task's. */
@@ -1205,11 +1230,16 @@ static int l_sleep_try(lua_State *L) {
 static int l_wait_try(lua_State *L) {
   klua_task_t *t = current(L, "wait");
   klua_wait_end(t);
-  if (lua_toboolean(L, 1)) {
-    lua_pushinteger(L, ST_WAIT);
-    return 1;
+  if (!lua_toboolean(L, 1)) {
+    knhk_token_t *tok = klua_task_checkpoint_token(t);
+    if (klua_wait_arm_cancel(t, tok)) {
+      klua_wait_end(t);
+      return push_cancelled(L, tok);
+    }
   }
-  return wait_unless_cancelled(L, t, klua_task_checkpoint_token(t), 0);
+  /* WAIT, not a yield: the caller arms the wake-up, then yields */
+  lua_pushinteger(L, ST_WAIT);
+  return 1;
 }
 
 /* core.scope_token() -> lightuserdata of the token the caller's checkpoints
@@ -1323,8 +1353,7 @@ static int l_token_wait_try(lua_State *L) {
     }
     return push_cancelled(L, tok);
   }
-  lua_pushinteger(L, ST_WAIT);
-  return 1;
+  return yield_wait(L, t);
 }
 
 /* --------------------------------------------------------------- nurseries */
@@ -1461,8 +1490,7 @@ static int l_close_try(lua_State *L) {
     }
     t->w.kind = KLUA_WAIT_GROUP;
     t->w.on = g;
-    lua_pushinteger(L, ST_WAIT);
-    return 1;
+    return yield_wait(L, t);
   }
 }
 
@@ -1561,7 +1589,8 @@ static int l_channel(lua_State *L) {
 static int sync_status(lua_State *L, int st, klua_task_t *t) {
   if (st == KLUA_SYNC_CANCELLED) return push_cancelled(L, klua_task_checkpoint_token(t));
   if (st < 0) return raise_at(L, 2, "knhk: %s%s", knhk_strerror(st), "");
-  lua_pushinteger(L, st == KLUA_SYNC_DONE ? ST_DONE : st == KLUA_SYNC_WAIT ? ST_WAIT : ST_CLOSED);
+  if (st == KLUA_SYNC_WAIT) return yield_wait(L, t);
+  lua_pushinteger(L, st == KLUA_SYNC_DONE ? ST_DONE : ST_CLOSED);
   return 1;
 }
 

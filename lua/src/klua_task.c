@@ -533,9 +533,9 @@ static int cancel_unwinds_nothing(klua_worker_t *w, klua_task_t *t) {
   if (t->implicit) return 0;
   lua_State *co = t->co;
   lua_Debug ar;
-  /* Level 0 is the coroutine.yield the wait yielded with (the recheck
-   * flag is set just before it). The first C frame above it must be the
-   * task's xpcall, and the bottom one. */
+  /* Level 0 is the C function the wait yielded from (a try's yield_wait,
+   * or coroutine.yield; the recheck flag is set just before it). The
+   * first C frame above it must be the task's xpcall, and the bottom one. */
   if (!lua_checkstack(co, 2)) return 0;
   int level = 1;
   for (;; level++) {
