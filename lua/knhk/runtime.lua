@@ -89,19 +89,6 @@ function M.waiter(try)
   return wait
 end
 
--- The REPL and exec wait through M.wait: from inside a C function that
--- calls back into Lua (a table.sort comparator, a gsub callback, a
--- metamethod run by C) a wait cannot yield: said where the program waited,
--- rather than LuaJIT's "attempt to yield across C-call boundary" from
--- inside knhk (the C side's tries say the same).
-local isyieldable = coroutine.isyieldable
-local function cannot_wait_here()
-  core.wait_end()
-  check.raise("knhk: cannot wait here: this wait runs inside a C function that called back "
-    .. "into Lua (a table.sort comparator, a string.gsub callback, a __gc, or another "
-    .. "metamethod called from C), which cannot be suspended; wait outside it")
-end
-
 -- A wait whose wake-up someone else arms through the FFI (exec, the
 -- REPL's line input): until cond() holds; arm(task) registers the task
 -- and returns true if cond already holds. `uncancellable`: not a
@@ -114,8 +101,7 @@ function M.wait(cond, arm, uncancellable)
     if not arm(core.current_ptr()) then
       -- what arrived between the look and the arming
       if cond() then break end
-      if not isyieldable() then cannot_wait_here() end
-      co_yield(MARK_WAIT)
+      co_yield(MARK_WAIT) -- (wait_try raised if the task cannot be suspended here)
     end
   end
   core.wait_end()

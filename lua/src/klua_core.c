@@ -1061,14 +1061,16 @@ static int push_cancelled(lua_State *L, knhk_token_t *tok) {
  * sleeping tasks' worth of memory. A wait from inside a C function that
  * called back into Lua cannot be suspended: said where the program
  * waited, rather than LuaJIT's "attempt to yield across C-call boundary". */
+static int cannot_wait_here(lua_State *L, klua_task_t *t) {
+  klua_wait_end(t);
+  return raise_at(L, 1, "%s%s",
+                  "knhk: cannot wait here: this wait runs inside a C function that called back "
+                  "into Lua (a table.sort comparator, a string.gsub callback, a __gc, or another "
+                  "metamethod called from C), which cannot be suspended; wait outside it", "");
+}
+
 static int yield_wait(lua_State *L, klua_task_t *t) {
-  if (!lua_isyieldable(L)) {
-    klua_wait_end(t);
-    return raise_at(L, 1, "%s%s",
-                    "knhk: cannot wait here: this wait runs inside a C function that called back "
-                    "into Lua (a table.sort comparator, a string.gsub callback, a __gc, or another "
-                    "metamethod called from C), which cannot be suspended; wait outside it", "");
-  }
+  if (!lua_isyieldable(L)) return cannot_wait_here(L, t);
   lua_pushlightuserdata(L, klua_mark_wait());
   return lua_yield(L, 1);
 }
@@ -1238,6 +1240,7 @@ static int l_wait_try(lua_State *L) {
     }
   }
   /* WAIT, not a yield: the caller arms the wake-up, then yields */
+  if (!lua_isyieldable(L)) return cannot_wait_here(L, t);
   lua_pushinteger(L, ST_WAIT);
   return 1;
 }
