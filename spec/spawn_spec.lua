@@ -183,21 +183,25 @@ describe("a task that waits from its own function", function()
   -- stopped (it would shrink grown stacks again), over enough tasks that
   -- LuaJIT compiles the path (its traces once made the stacks grow).
   local N = 3000
-  local waits = {
-    sleep = function(started) started:release(); knhk.sleep(60) end,
-    event = function(started, ev) started:release(); ev:wait() end,
-    permit = function(started, _, sem) started:release(); sem:acquire() end,
-    token = function(started, _, _, tok) started:release(); tok:wait() end,
+  local waits = { -- name = { the task's function, what it waits on }
+    sleep = { function(started) started:release(); knhk.sleep(60) end },
+    event = { function(started, ev) started:release(); ev:wait() end, knhk.event },
+    permit = { function(started, sem) started:release(); sem:acquire() end,
+      function() return knhk.semaphore(0) end },
+    token = { function(started, tok) started:release(); tok:wait() end, knhk.token },
+    channel = { function(started, ch) started:release(); ch:recv() end,
+      function() return knhk.channel(0) end },
   }
-  for name, body in pairs(waits) do
+  for name, case in pairs(waits) do
     it("keeps its coroutine's first stack: " .. name, function()
+      local body, make = case[1], case[2]
       local per_task = run(function()
-        local started, ev, sem, tok = knhk.semaphore(0), knhk.event(), knhk.semaphore(0), knhk.token()
+        local started, on = knhk.semaphore(0), make and make()
         return knhk.nursery(function(n)
           collectgarbage()
           collectgarbage("stop")
           local before = collectgarbage("count")
-          for _ = 1, N do n:spawn_local(body, started, ev, sem, tok) end
+          for _ = 1, N do n:spawn_local(body, started, on) end
           for _ = 1, N do started:acquire() end
           local per = (collectgarbage("count") - before) * 1024 / N
           collectgarbage("restart")

@@ -8,7 +8,8 @@ local R = require "knhk.runtime"
 local select, unpack, getmetatable, type = select, unpack, debug.getmetatable, type
 local await, waiter = R.await, R.waiter
 local bad_self, method, self_method = check.bad_self, check.method, check.self_method
-local DONE, CLOSED, BLOB, SLOW = R.DONE, R.CLOSED, R.BLOB, R.SLOW
+local DONE, CLOSED, BLOB, SLOW, CANCELLED = R.DONE, R.CLOSED, R.BLOB, R.SLOW, R.CANCELLED
+local raise_cancelled = R.raise_cancelled
 
 local M = {}
 
@@ -52,9 +53,16 @@ local function the_value_sent() return "the value sent" end
 -- ch:send(value): waits for room; raises if the channel is closed. On a
 -- rendezvous, returns once a receiver took the value; a send that raised
 -- (cancelled, or the channel closed) did not happen.
+--
+-- send and recv run await's loop themselves (a try that must wait
+-- suspends the task from C; resumed, it returns nothing, and they look
+-- again): one frame fewer under a task waiting on a channel, which then
+-- keeps LuaJIT's first coroutine stack (see runtime.lua's waiter).
 function Channel:send(v)
   if getmetatable(self) ~= channel_mt then bad_self("send", "channel", self) end
-  local st = await(core_send_try, self, v)
+  local st, reason = core_send_try(self, v)
+  while st == nil do st, reason = core_send_try(self, v) end
+  if st == CANCELLED then raise_cancelled(reason) end
   if st == SLOW then -- a value the inline form cannot hold: the codec's
     local ok, snap = pcall(codec.encode, 1, the_value_sent, v)
     if not ok then
@@ -66,13 +74,20 @@ function Channel:send(v)
   if st == CLOSED then R.raise("send: the channel is closed") end
 end
 
+-- A receive: value, true; or nil, false once closed and drained.
+local function take(self)
+  local st, v = core_recv_try(self)
+  while st == nil do st, v = core_recv_try(self) end
+  if st == DONE then return v, true end
+  if st == BLOB then return select(2, codec.decode(v)), true end
+  if st == CANCELLED then raise_cancelled(v) end
+  return nil, false
+end
+
 -- ch:recv() -> value, true; or nil, false once closed and drained.
 function Channel:recv()
   if getmetatable(self) ~= channel_mt then bad_self("recv", "channel", self) end
-  local st, v = await(core_recv_try, self)
-  if st == DONE then return v, true end
-  if st == BLOB then return select(2, codec.decode(v)), true end
-  return nil, false
+  return take(self)
 end
 
 -- ch:close(): no more sends; receivers get what is left, then nil, false.
@@ -84,10 +99,7 @@ Channel.capacity = self_method(channels, "channel", "capacity", core.chan_capaci
 -- sent also ends the loop, as in any Lua iterator).
 function Channel:values()
   if getmetatable(self) ~= channel_mt then bad_self("values", "channel", self) end
-  return function()
-    local v = self:recv()
-    return v
-  end
+  return function() return take(self) end -- (a tail call: a frame fewer under a wait)
 end
 
 -- ------------------------------------------------------------ semaphores
