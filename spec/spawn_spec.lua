@@ -177,11 +177,12 @@ end)
 describe("a task that waits from its own function", function()
   -- LuaJIT gives a coroutine a first stack of 376 bytes and doubles it
   -- (to 816) when a call of a C function finds too little of it free. A
-  -- task that sleeps, or waits for an event, a permit or a token, right
-  -- from its function keeps that first stack: a million sleeping tasks
-  -- would otherwise cost ~440 MB more. Measured with the collector
-  -- stopped (it would shrink grown stacks again), over enough tasks that
-  -- LuaJIT compiles the path (its traces once made the stacks grow).
+  -- task that sleeps, or waits for an event, a permit, a token or a
+  -- channel, right from its function keeps that first stack: a million
+  -- sleeping tasks would otherwise cost ~440 MB more. Measured with the
+  -- collector stopped (it would shrink grown stacks again), over enough
+  -- tasks that LuaJIT compiles the path (its traces once made the stacks
+  -- grow).
   local N = 3000
   local waits = { -- name = { the task's function, what it waits on }
     sleep = { function(started) started:release(); knhk.sleep(60) end },
