@@ -453,8 +453,9 @@ int klua_group_has_ended(klua_group_t *g); /* the owner's: one is there to take 
 klua_task_t **klua_group_take_failures(klua_group_t *g, uint32_t *n);
 /* Whether a child spawned now by worker w is kept in g's spawn-order list
  * (w is g's owner's): then room for it is made, and -1 returned if there
- * is none (out of memory); 0 if not kept, 1 if kept. Before the spawn, so
- * that keeping it (klua_group_keep) cannot fail after. */
+ * is none (out of memory); 0 if not kept, 1 if kept. Just before the
+ * spawn, so that keeping it (klua_group_keep) cannot fail after; nothing
+ * in between may run Lua code (a finalizer could spawn into g). */
 int klua_group_keep_room(klua_group_t *g, klua_worker_t *w);
 void klua_group_keep(klua_group_t *g, klua_task_t *t); /* takes a reference */
 

@@ -518,31 +518,28 @@ static void undo_start(lua_State *L, klua_task_t *t) {
   klua_payload_reset(t);
 }
 
-/* Whether a child spawned into g now is kept in its owner's list
- * (klua_group_keep_room); raises if there is no room for it. Asked before
- * the record is made, so that the raise leaks nothing. */
-static int keeps_child(lua_State *L, klua_group_t *g, const char *fname) {
-  int keep = klua_group_keep_room(g, klua_self());
-  if (keep < 0) luaL_error(L, "%s: out of memory", fname);
-  return keep;
-}
-
-/* The spawn of t (made, ours) went well: kept by its nursery's owner if
- * `keep`, and its handle pushed (our reference). */
-static int spawned(lua_State *L, klua_task_t *t, int keep) {
-  if (keep) klua_group_keep(t->group, t);
-  push_handle(L, KLUA_H_TASK, t);
-  return 1;
-}
-
-static int finish_spawn(lua_State *L, klua_task_t *t, int worker, int keep, const char *fname) {
+/* Spawns t (made, ours) and, if g's owner is spawning it, keeps it in g's
+ * list (wait_all). Room in the list is made here, just before the spawn:
+ * nothing between that and the keep runs Lua code (an allocation of the
+ * VM's could run a finalizer that spawns into g and takes the room). */
+static int spawn_kept(klua_task_t *t, int worker, int *keep) {
+  *keep = klua_group_keep_room(t->group, klua_self());
+  if (*keep < 0) return KNHK_ENOMEM;
   int rc = klua_task_spawn(t, worker);
+  if (rc == 0 && *keep) klua_group_keep(t->group, t);
+  return rc;
+}
+
+static int finish_spawn(lua_State *L, klua_task_t *t, int worker, const char *fname) {
+  int keep;
+  int rc = spawn_kept(t, worker, &keep);
   if (rc != 0) {
     klua_task_release(t); /* ours; the spawn dropped its own */
     if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: the nursery is closed%s", fname, "");
     return raise_at(L, 1, "%s: %s", fname, knhk_strerror(rc));
   }
-  return spawned(L, t, keep);
+  push_handle(L, KLUA_H_TASK, t);
+  return 1;
 }
 
 /* spawn(fn, ...) into g (NULL: the caller's own nursery), first at fnidx. */
@@ -572,7 +569,6 @@ static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *
     return 1;
   }
   if (!g) g = implicit_group(L, cur);
-  int keep = keeps_child(L, g, fname);
   klua_task_t *t = klua_task_alloc(cur->rt);
   if (!t) return luaL_error(L, "%s: out of memory", fname);
   char *out = klua_payload_room(t, (uint32_t)(uvsize + gsize + argsize));
@@ -595,7 +591,7 @@ static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *
   t->cancel_parent = cancel_parent_for(cur, g);
   t->parent = cur->id;
   t->where = place_of(L, cur->rt, fnidx);
-  return finish_spawn(L, t, -1, keep, fname);
+  return finish_spawn(L, t, -1, fname);
 }
 
 static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api,
@@ -606,7 +602,6 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
                     luaL_typename(L, fnidx));
   int top = lua_gettop(L), nargs = top - fnidx;
   if (!g) g = implicit_group(L, cur);
-  int keep = keeps_child(L, g, fname);
   klua_task_t *t = klua_task_alloc(cur->rt);
   if (!t) return luaL_error(L, "%s: out of memory", fname);
   t->kind = KLUA_LOCAL;
@@ -634,15 +629,16 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
   }
   lua_pushvalue(L, fnidx);
   t->fn_ref = klua_ref(klua_self(), L, UP_ANCHOR);
-  klua_worker_t *w = klua_self();
-  int rc = klua_task_spawn(t, w->index);
+  int keep;
+  int rc = spawn_kept(t, klua_self()->index, &keep);
   if (rc != 0) {
     undo_start(L, t);
     klua_task_release(t);
     if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: the nursery is closed%s", fname, "");
     return raise_at(L, 1, "%s: %s", fname, knhk_strerror(rc));
   }
-  return spawned(L, t, keep);
+  push_handle(L, KLUA_H_TASK, t);
+  return 1;
 }
 
 /* core.spawn(fn, ...) -> handle | SLOW */
@@ -700,7 +696,6 @@ static int l_spawn_blob(lua_State *L) {
   size_t len;
   const char *snap = luaL_checklstring(L, 2, &len);
   const char *place = luaL_checkstring(L, 3);
-  int keep = keeps_child(L, g, "spawn");
   klua_task_t *t = klua_task_alloc(cur->rt);
   if (!t || !blob_payload(L, t, snap, len, 4)) {
     if (t) klua_task_release(t);
@@ -712,13 +707,15 @@ static int l_spawn_blob(lua_State *L) {
   t->parent = cur->id;
   t->where = klua_where(cur->rt, place);
   if (!t->where) t->where = "a function";
-  int rc = klua_task_spawn(t, -1);
+  int keep;
+  int rc = spawn_kept(t, -1, &keep);
   if (rc != 0) {
     klua_task_release(t);
     if (rc == KNHK_ECLOSED) return raise_at(L, 2, "spawn: the nursery is closed%s%s", "", "");
     return raise_at(L, 2, "spawn: %s%s", knhk_strerror(rc), "");
   }
-  return spawned(L, t, keep);
+  push_handle(L, KLUA_H_TASK, t);
+  return 1;
 }
 
 /* core.root(rt, fn, place) -> handle: the root task of a run, on worker 0. */
