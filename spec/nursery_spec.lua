@@ -480,3 +480,40 @@ describe("knhk.nursery, after wait_any", function()
     assert.equal(2, out.x)
   end)
 end)
+
+describe("knhk.nursery, once closed", function()
+  it("frees children whose results hold the nursery itself", function()
+    -- a child's results that hold the nursery's handle held the nursery,
+    -- which held the child: neither went, joined or not
+    local ffi = require "ffi"
+    local K = require "knhk.ffi"
+    local grew = run(function()
+      local function round()
+        for _ = 1, 200 do
+          knhk.nursery(function(n)
+            n:spawn_local(function() return { n = n } end)
+            n:spawn_local(function() return { n = n } end)
+            n:join_next()
+          end)
+        end
+        collectgarbage()
+        collectgarbage()
+        return tonumber(K.C.klua_arena_in_use())
+      end
+      local first = round()
+      round()
+      return round() - first
+    end)
+    assert.is_true(grew <= 0, grew .. " bytes of task records more after 400 nurseries")
+  end)
+
+  it("says so when wait_all is called after it closed", function()
+    local ok, err = pcall(run, function()
+      local saved
+      knhk.nursery(function(n) saved = n; n:spawn(function() return 1 end) end)
+      return saved:wait_all()
+    end)
+    assert.is_false(ok)
+    assert.matches("wait_all: the nursery is closed", tostring(err), 1, true)
+  end)
+end)

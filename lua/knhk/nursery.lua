@@ -127,6 +127,7 @@ end
 -- spawned so far (raises the first error).
 function Nursery:wait_all()
   check_self(self, "wait_all")
+  if core.nursery_closed(self) then R.raise("wait_all: the nursery is closed") end
   owner_state(self, "wait_all")
   local out = {}
   for i = 1, core.nursery_children(self) do out[i] = { core.nursery_child(self, i):join() } end

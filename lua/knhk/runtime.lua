@@ -73,19 +73,18 @@ M.await = await
 -- a tail call that takes the waiter's frame. Each frame and slot under the
 -- yield counts: a task that waits from its own function keeps LuaJIT's
 -- first coroutine stack only while the try's C call finds 20 of its 40
--- slots free (yield_wait in klua_core.c). So try is an upvalue, one
--- argument is passed, and the loop is not compiled: a trace that reached
--- the try would stitch around the C call, which puts a continuation frame
--- (3 slots) under it. Interpreted, the loop costs a few bytecodes a wait.
--- (await stays compiled: a channel's receiver waits a frame deeper, past
--- the edge either way, and channels' hot loops keep their traces.)
+-- slots free (yield_wait in klua_core.c), and a trace that reaches the
+-- try stitches around the C call, with a continuation frame (3 slots)
+-- under it. So try is an upvalue and one argument is passed: the call sits
+-- two slots lower than a loop taking (try, a, b) put it, enough for a task
+-- function with a few locals. (The loop stays compiled: turning it off
+-- blacklisted every program loop that sleeps or takes a lock.)
 function M.waiter(try)
   local function wait(a)
     local st, x = try(a)
     while st == nil do st, x = try(a) end
     if st == CANCELLED then raise_cancelled(x) end
   end
-  jit.off(wait)
   return wait
 end
 

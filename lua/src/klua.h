@@ -446,6 +446,8 @@ void klua_group_unnotify(klua_group_t *g, klua_task_t *t);
 uint32_t klua_group_live(klua_group_t *g);
 /* Closes g if it has no live child: 0, or KNHK_EBUSY. */
 int klua_group_close_if_idle(klua_group_t *g);
+/* The owner closed g: the lists only its waits read are dropped. */
+void klua_group_closed(klua_group_t *g);
 /* The next ended child (ORDERED), oldest first, with g's reference; NULL if none. */
 klua_task_t *klua_group_next_ended(klua_group_t *g);
 int klua_group_has_ended(klua_group_t *g); /* the owner's: one is there to take */

@@ -1060,6 +1060,7 @@ static int push_cancelled(lua_State *L, knhk_token_t *tok) {
  * waited, rather than LuaJIT's "attempt to yield across C-call boundary". */
 static int cannot_wait_here(lua_State *L, klua_task_t *t) {
   klua_wait_end(t);
+  t->w.recheck = 0; /* no wait is under way: a later one must not find it */
   return raise_at(L, 1, "%s%s",
                   "knhk: cannot wait here: this wait runs inside a C function that called back "
                   "into Lua (a table.sort comparator, a string.gsub callback, a __gc, or another "
@@ -1481,6 +1482,7 @@ static int l_close_try(lua_State *L) {
   klua_wait_end(t);
   for (;;) {
     if (close ? klua_group_close_if_idle(g) == 0 : klua_group_live(g) == 0) {
+      if (close) klua_group_closed(g);
       lua_pushinteger(L, ST_DONE);
       return 1;
     }

@@ -79,16 +79,27 @@ void klua_group_retain(klua_group_t *g) {
 
 /* The last reference: every child has ended (the owner closed it), so
  * only their references in the lists are left to drop. */
-void klua_group_release(klua_group_t *g) {
-  if (!g || atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1) return;
+/* What only a nursery's waits use (the ended list for join_next and
+ * wait_any, the spawn-order list for wait_all) goes once it is closed, when
+ * no wait can ask any more: kept to the group's release, a child whose
+ * results hold the nursery's handle held the group through them, and
+ * neither was ever freed. Failures stay: the nursery raises them after. */
+static void drop_waits_lists(klua_group_t *g) {
   klua_task_t *t;
   while ((t = klua_group_next_ended(g))) klua_task_release(t);
-  for (uint32_t i = 0; i < g->nfail; i++) klua_task_release(g->failures[i]);
-  g->nfail = 0;
   for (uint32_t i = 0; i < g->nkept; i++) klua_task_release(g->kept[i]);
   free(g->kept); /* not pooled with g: a big nursery's list would stay */
   g->kept = NULL;
   g->nkept = g->capkept = 0;
+}
+
+void klua_group_closed(klua_group_t *g) { drop_waits_lists(g); }
+
+void klua_group_release(klua_group_t *g) {
+  if (!g || atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1) return;
+  drop_waits_lists(g);
+  for (uint32_t i = 0; i < g->nfail; i++) klua_task_release(g->failures[i]);
+  g->nfail = 0;
   knhk_telemetry_nursery_close(&g->tel);
   knhk_token_release(g->token);
   g->token = NULL;
