@@ -453,6 +453,10 @@ klua_task_t *klua_group_next_ended(klua_group_t *g);
 int klua_group_has_ended(klua_group_t *g); /* the owner's: one is there to take */
 /* The failures not joined, oldest first, with a reference each; count in *n. */
 klua_task_t **klua_group_take_failures(klua_group_t *g, uint32_t *n);
+/* Whether w is the worker whose VM opened g (its spawn-order list's). */
+static inline int klua_group_owned_by(const klua_group_t *g, const klua_worker_t *w) {
+  return w && g->owner_worker == w->index;
+}
 /* Whether a child spawned now by worker w is kept in g's spawn-order list
  * (w is g's owner's): then room for it is made, and -1 returned if there
  * is none (out of memory); 0 if not kept, 1 if kept. Just before the

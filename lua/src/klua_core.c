@@ -522,17 +522,16 @@ static void undo_start(lua_State *L, klua_task_t *t) {
  * list (wait_all). Room in the list is made here, just before the spawn:
  * nothing between that and the keep runs Lua code (an allocation of the
  * VM's could run a finalizer that spawns into g and takes the room). */
-static int spawn_kept(klua_task_t *t, int worker, int *keep) {
-  *keep = klua_group_keep_room(t->group, klua_self());
-  if (*keep < 0) return KNHK_ENOMEM;
+static int spawn_kept(klua_task_t *t, int worker) {
+  int keep = klua_group_keep_room(t->group, klua_self());
+  if (keep < 0) return KNHK_ENOMEM;
   int rc = klua_task_spawn(t, worker);
-  if (rc == 0 && *keep) klua_group_keep(t->group, t);
+  if (rc == 0 && keep) klua_group_keep(t->group, t);
   return rc;
 }
 
 static int finish_spawn(lua_State *L, klua_task_t *t, int worker, const char *fname) {
-  int keep;
-  int rc = spawn_kept(t, worker, &keep);
+  int rc = spawn_kept(t, worker);
   if (rc != 0) {
     klua_task_release(t); /* ours; the spawn dropped its own */
     if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: the nursery is closed%s", fname, "");
@@ -629,8 +628,7 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
   }
   lua_pushvalue(L, fnidx);
   t->fn_ref = klua_ref(klua_self(), L, UP_ANCHOR);
-  int keep;
-  int rc = spawn_kept(t, klua_self()->index, &keep);
+  int rc = spawn_kept(t, klua_self()->index);
   if (rc != 0) {
     undo_start(L, t);
     klua_task_release(t);
@@ -707,8 +705,7 @@ static int l_spawn_blob(lua_State *L) {
   t->parent = cur->id;
   t->where = klua_where(cur->rt, place);
   if (!t->where) t->where = "a function";
-  int keep;
-  int rc = spawn_kept(t, -1, &keep);
+  int rc = spawn_kept(t, -1);
   if (rc != 0) {
     klua_task_release(t);
     if (rc == KNHK_ECLOSED) return raise_at(L, 2, "spawn: the nursery is closed%s%s", "", "");
@@ -1045,19 +1042,9 @@ static int push_cancelled(lua_State *L, knhk_token_t *tok) {
   return 2;
 }
 
-/* A try whose wake-up is armed suspends the task from here, yielding the
- * runtime's wait mark: resumed, the try's call returns nothing, and the
- * wait loop (runtime.lua's await and wait_for, join) calls it again to
- * look. Yielding from the C function rather than returning WAIT to a Lua
- * loop that yields saves the loop's two calls (coroutine.isyieldable and
- * coroutine.yield) and the stack they take: a task that waits a frame or
- * two below its function stays within LuaJIT's first coroutine stack
- * (40 slots, 20 of them kept free at each call of a C function, and 3
- * more for the continuation of a trace that stitches around one); a
- * stack that outgrows it is reallocated at twice the size, a million
- * sleeping tasks' worth of memory. A wait from inside a C function that
- * called back into Lua cannot be suspended: said where the program
- * waited, rather than LuaJIT's "attempt to yield across C-call boundary". */
+/* A wait from inside a C function that called back into Lua cannot be
+ * suspended: said where the program waited, rather than LuaJIT's "attempt
+ * to yield across C-call boundary". */
 static int cannot_wait_here(lua_State *L, klua_task_t *t) {
   klua_wait_end(t);
   t->w.recheck = 0; /* no wait is under way: a later one must not find it */
@@ -1067,6 +1054,17 @@ static int cannot_wait_here(lua_State *L, klua_task_t *t) {
                   "metamethod called from C), which cannot be suspended; wait outside it", "");
 }
 
+/* A try whose wake-up is armed suspends the task from here, yielding the
+ * runtime's wait mark: resumed, the try's call returns nothing, and the
+ * wait loop (runtime.lua's await and waiter, the channel's send and
+ * take, join) calls it again to look. Yielding from the C function rather
+ * than returning WAIT to a Lua loop that yields saves the loop's two calls (coroutine.isyieldable and
+ * coroutine.yield) and the stack they take: a task that waits a frame or
+ * two below its function stays within LuaJIT's first coroutine stack
+ * (40 slots, 20 of them kept free at each call of a C function, and 3
+ * more for the continuation of a trace that stitches around one); a
+ * stack that outgrows it is reallocated at twice the size, a million
+ * sleeping tasks' worth of memory. */
 static int yield_wait(lua_State *L, klua_task_t *t) {
   if (!lua_isyieldable(L)) return cannot_wait_here(L, t);
   lua_pushlightuserdata(L, klua_mark_wait());
@@ -1413,8 +1411,7 @@ static int l_nursery_cancelled(lua_State *L) {
  * into it so far (wait_all's) */
 static int l_nursery_children(lua_State *L) {
   klua_group_t *g = GROUP_ARG(L, 1);
-  klua_worker_t *w = klua_self();
-  lua_pushinteger(L, w && g->owner_worker == w->index ? (lua_Integer)g->nkept : 0);
+  lua_pushinteger(L, klua_group_owned_by(g, klua_self()) ? (lua_Integer)g->nkept : 0);
   return 1;
 }
 
@@ -1422,8 +1419,7 @@ static int l_nursery_children(lua_State *L) {
 static int l_nursery_child(lua_State *L) {
   klua_group_t *g = GROUP_ARG(L, 1);
   lua_Integer i = luaL_checkinteger(L, 2);
-  klua_worker_t *w = klua_self();
-  if (!w || g->owner_worker != w->index || i < 1 || i > (lua_Integer)g->nkept)
+  if (!klua_group_owned_by(g, klua_self()) || i < 1 || i > (lua_Integer)g->nkept)
     return luaL_error(L, "nursery_child: no child %d", (int)i);
   klua_task_t *t = g->kept[i - 1];
   klua_task_retain(t);

@@ -77,14 +77,12 @@ void klua_group_retain(klua_group_t *g) {
   atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
 }
 
-/* The last reference: every child has ended (the owner closed it), so
- * only their references in the lists are left to drop. */
 /* What only a nursery's waits use (the ended list for join_next and
  * wait_any, the spawn-order list for wait_all) goes once it is closed, when
  * no wait can ask any more: kept to the group's release, a child whose
  * results hold the nursery's handle held the group through them, and
  * neither was ever freed. Failures stay: the nursery raises them after. */
-static void drop_waits_lists(klua_group_t *g) {
+void klua_group_closed(klua_group_t *g) {
   klua_task_t *t;
   while ((t = klua_group_next_ended(g))) klua_task_release(t);
   for (uint32_t i = 0; i < g->nkept; i++) klua_task_release(g->kept[i]);
@@ -93,11 +91,11 @@ static void drop_waits_lists(klua_group_t *g) {
   g->nkept = g->capkept = 0;
 }
 
-void klua_group_closed(klua_group_t *g) { drop_waits_lists(g); }
-
+/* The last reference: every child has ended (the owner closed it), so
+ * only their references in the lists are left to drop. */
 void klua_group_release(klua_group_t *g) {
   if (!g || atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1) return;
-  drop_waits_lists(g);
+  klua_group_closed(g); /* (done already if the owner closed it: empty) */
   for (uint32_t i = 0; i < g->nfail; i++) klua_task_release(g->failures[i]);
   g->nfail = 0;
   knhk_telemetry_nursery_close(&g->tel);
@@ -236,7 +234,7 @@ klua_task_t **klua_group_take_failures(klua_group_t *g, uint32_t *n) {
 }
 
 int klua_group_keep_room(klua_group_t *g, klua_worker_t *w) {
-  if (!w || g->owner_worker != w->index) return 0;
+  if (!klua_group_owned_by(g, w)) return 0;
   if (g->nkept < g->capkept) return 1;
   uint32_t cap = g->capkept ? g->capkept * 2 : 16;
   if (cap <= g->capkept) return -1;
