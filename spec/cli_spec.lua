@@ -522,6 +522,22 @@ describe("knhk-lua", function()
   end)
 end)
 
+describe("knhk-lua running a nursery under an eager collector", function()
+  -- Here rather than in nursery_spec: in a process of its own (busted's
+  -- heap would make this collector take a minute), and a spec that starts
+  -- processes does not run under ThreadSanitizer (the knhk-lua of the
+  -- ASan build checks its memory).
+  it("keeps every child for wait_all when a finalizer spawns into it in the middle of a spawn", function()
+    local dir = debug.getinfo(1, "S").source:match("^@(.-)[^/]*$")
+    local code, out, err = run(q(dir .. "fixtures/finalizer_spawns.lua"))
+    assert.equal(0, code, err)
+    local spawned, results, by_finalizers = out:match("^(%d+)\t(%d+)\t(%d+)\n$")
+    assert(spawned, "no counts from the fixture: " .. out .. err)
+    assert.is_true(tonumber(by_finalizers) > 0)
+    assert.equal(spawned, results)
+  end)
+end)
+
 describe("the knhk-lua REPL", function()
   -- The terminal echoes what is typed: every expected output below is
   -- built (concatenated) so that it never appears in the input itself.
