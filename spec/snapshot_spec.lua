@@ -375,9 +375,10 @@ describe("encoding is re-entrant", function()
 
   on_one_and_many("a __gc that spawns disturbs neither the spawn it interrupts nor other tasks", function()
     -- Finalizers run wherever the collector steps: inside a task's spawns
-    -- and joins (their spawn is that task's child), or between tasks (no
-    -- task is running: refused, see README). Either way nothing else is
-    -- touched, and what was spawned returns its own values.
+    -- and joins (their spawn is that task's child), between tasks (no
+    -- task is running: refused, see README), or in a task settling after
+    -- it waited for its own children (refused: it is ending). Either way
+    -- nothing else is touched, and what was spawned returns its own values.
     local from_gc, refused, wrong = {}, {}, 0
     for r = 1, 30 do
       for i = 1, 50 do
@@ -397,7 +398,9 @@ describe("encoding is re-entrant", function()
     assert.equal(0, wrong)
     assert.equal(30 * 50, #from_gc + #refused) -- every finalizer ran once
     for _, msg in ipairs(refused) do
-      assert.matches("knhk.spawn: must be called inside a knhk task", msg, 1, true)
+      assert.is_true(msg:find("knhk.spawn: must be called inside a knhk task", 1, true) ~= nil
+        or msg:find("spawn: the task is ending: its own children were already waited for", 1, true) ~= nil,
+        msg)
     end
     for _, p in ipairs(from_gc) do
       local k, s = p[2]:join()

@@ -530,11 +530,19 @@ static int spawn_kept(klua_task_t *t, int worker) {
   return rc;
 }
 
+/* Why a spawn into g was refused as closed: a nursery that closed, or,
+ * for knhk.spawn, the spawning task's own children already waited for (it
+ * is ending: only a finalizer run while it settles can spawn then). */
+static const char *closed_why(const klua_group_t *g) {
+  return g->flags & KLUA_G_IMPLICIT ? "the task is ending: its own children were already waited for"
+                                    : "the nursery is closed";
+}
+
 static int finish_spawn(lua_State *L, klua_task_t *t, int worker, const char *fname) {
   int rc = spawn_kept(t, worker);
   if (rc != 0) {
     klua_task_release(t); /* ours; the spawn dropped its own */
-    if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: the nursery is closed%s", fname, "");
+    if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: %s", fname, closed_why(t->group));
     return raise_at(L, 1, "%s: %s", fname, knhk_strerror(rc));
   }
   push_handle(L, KLUA_H_TASK, t);
@@ -632,7 +640,7 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
   if (rc != 0) {
     undo_start(L, t);
     klua_task_release(t);
-    if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: the nursery is closed%s", fname, "");
+    if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: %s", fname, closed_why(t->group));
     return raise_at(L, 1, "%s: %s", fname, knhk_strerror(rc));
   }
   push_handle(L, KLUA_H_TASK, t);
@@ -708,7 +716,7 @@ static int l_spawn_blob(lua_State *L) {
   int rc = spawn_kept(t, -1);
   if (rc != 0) {
     klua_task_release(t);
-    if (rc == KNHK_ECLOSED) return raise_at(L, 2, "spawn: the nursery is closed%s%s", "", "");
+    if (rc == KNHK_ECLOSED) return raise_at(L, 2, "spawn: %s%s", closed_why(t->group), "");
     return raise_at(L, 2, "spawn: %s%s", knhk_strerror(rc), "");
   }
   push_handle(L, KLUA_H_TASK, t);
