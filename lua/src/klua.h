@@ -211,6 +211,21 @@ static inline klua_task_t *klua_wait_task(klua_wait_t *w) {
 
 /* --------------------------------------------------------------- groups */
 
+/* What a nursery keeps of a child for its waits (wait_all's spawn order,
+ * join_next's end order): its record (p even, a record's address: one
+ * reference), or, once the child ended well with at most one result that
+ * is nil, a boolean or a number, that result as a detached task handle
+ * holds it (p odd: id << 4 | what << 1 | 1, and num) and no record. So a
+ * nursery that lives long and spawns without end, as a server's does,
+ * keeps 16 bytes of such a child in each list rather than its record. */
+typedef struct {
+  uintptr_t p;
+  double num;
+} klua_kept_t;
+enum { KLUA_KEPT_NONE = 0, KLUA_KEPT_NIL = 1, KLUA_KEPT_FALSE = 2, KLUA_KEPT_TRUE = 3,
+       KLUA_KEPT_NUMBER = 4 };
+static inline int klua_kept_is_record(const klua_kept_t *k) { return (k->p & 1) == 0; }
+
 /* A nursery of Lua tasks. `live` counts children not ended; the high bit
  * says a waiter is registered (KLUA_G_WAITER) and `waiter` which task.
  * The decrement that ends the last child reads that bit in the same
@@ -233,9 +248,8 @@ struct klua_group {
   uint32_t flags;              /* KLUA_G_* */
   knhk_token_t *token;         /* its children's checkpoints look here */
   _Atomic uint64_t ends;       /* children ended so far */
-  /* ended children, newest first (ORDERED), and failed ones not joined */
+  /* ended children, newest first (ORDERED), until the owner takes them */
   _Atomic(klua_task_t *) ended;
-  klua_task_t *ended_fifo;     /* the owner's: taken from `ended`, oldest first */
   knhk_telemetry_nursery_t tel; /* its span, while recording */
   _Atomic uint32_t spawned;    /* children so far (the telemetry's index) */
   klua_spin_t flock;           /* failures */
@@ -248,7 +262,16 @@ struct klua_group {
    * whose VM opened it (owner_worker) appends and reads. */
   int32_t owner_worker;        /* -1: none (a task's own nursery, the root's) */
   uint32_t nkept, capkept;
-  klua_task_t **kept;
+  klua_kept_t *kept;
+  /* Where kept[] still holds a record of a child not ended then, and the
+   * count of them at which the owner looks again (klua_group.c: compact). */
+  uint32_t *held;
+  uint32_t nheld, capheld, compact_at;
+  /* Ended children taken from `ended`, oldest first (the owner's): a ring;
+   * spill, linked through `link`, only if the ring could not grow. */
+  klua_kept_t *ring;
+  uint32_t rhead, rlen, rcap;
+  klua_task_t *spill;
   klua_group_t *next_free;
 };
 
@@ -401,6 +424,9 @@ klua_task_t *klua_task_alloc(klua_rt_t *rt);
 void klua_task_retain(klua_task_t *t);
 void klua_task_release(klua_task_t *t);
 void klua_task_drop_tel(klua_task_t *t); /* its telemetry block, if it had one */
+/* If t ended well with a result a detached handle holds, that result into
+ * *k (klua_kept_t), and 1; else 0. */
+int klua_task_keepable(klua_task_t *t, klua_kept_t *k);
 /* A local start pushed from the anchor table at `anchor` (klua_task.c). */
 int klua_push_local_start(klua_worker_t *w, lua_State *L, int anchor, klua_task_t *t);
 /* The n values at `first` kept as t's results inline, if they fit; 1 if so. */
@@ -448,8 +474,9 @@ uint32_t klua_group_live(klua_group_t *g);
 int klua_group_close_if_idle(klua_group_t *g);
 /* The owner closed g: the lists only its waits read are dropped. */
 void klua_group_closed(klua_group_t *g);
-/* The next ended child (ORDERED), oldest first, with g's reference; NULL if none. */
-klua_task_t *klua_group_next_ended(klua_group_t *g);
+/* The owner's: the next ended child (ORDERED), oldest first, into *out
+ * (a record with g's reference, or its result); 0 if none. */
+int klua_group_next_ended(klua_group_t *g, klua_kept_t *out);
 int klua_group_has_ended(klua_group_t *g); /* the owner's: one is there to take */
 /* The failures not joined, oldest first, with a reference each; count in *n. */
 klua_task_t **klua_group_take_failures(klua_group_t *g, uint32_t *n);

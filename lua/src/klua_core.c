@@ -99,7 +99,6 @@ typedef struct {
  * set (a record's address is even): id << 4 | kept << 1 | 1; `num` is the
  * number it returned. (One word more, not room for any result: a million
  * handles of sleeping tasks are a million userdata.) */
-enum { KEPT_NONE = 0, KEPT_NIL = 1, KEPT_FALSE = 2, KEPT_TRUE = 3, KEPT_NUMBER = 4 };
 typedef struct {
   handle_t h;
   double num;
@@ -223,15 +222,29 @@ static void push_handle(lua_State *L, int kind, void *p) {
 
 void klua_handle_push(lua_State *L, int kind, void *p) { push_handle(L, kind, p); }
 
+/* Pushes a handle of a child as a nursery's list keeps it: of its record
+ * (taking the reference given), or a detached one holding its result. */
+static void push_kept_child(lua_State *L, const klua_kept_t *k) {
+  if (klua_kept_is_record(k)) {
+    push_handle(L, KLUA_H_TASK, (void *)k->p);
+    return;
+  }
+  task_handle_t *th = lua_newuserdata(L, sizeof *th);
+  th->h.p = (void *)k->p;
+  th->h.gen = atomic_load_explicit(&live_gen, memory_order_relaxed);
+  th->num = k->num;
+  set_task_mt(L, lua_gettop(L), th);
+}
+
 /* A detached handle's result in klua_value form (<= 9 bytes); its count. */
 static int kept_encode(const task_handle_t *th, char *buf, uint32_t *len) {
   static const char tags[] = {0, KLUA_V_NIL, KLUA_V_FALSE, KLUA_V_TRUE, KLUA_V_NUMBER};
   int what = kept_what(th);
   *len = 0;
-  if (what == KEPT_NONE) return 0;
+  if (what == KLUA_KEPT_NONE) return 0;
   buf[0] = tags[what];
   *len = 1;
-  if (what == KEPT_NUMBER) {
+  if (what == KLUA_KEPT_NUMBER) {
     memcpy(buf + 1, &th->num, 8);
     *len = 9;
   }
@@ -1097,10 +1110,10 @@ static int wait_unless_cancelled(lua_State *L, klua_task_t *t, knhk_token_t *tok
 static int push_kept(lua_State *L, const task_handle_t *th) {
   lua_pushinteger(L, ST_DONE);
   switch (kept_what(th)) {
-  case KEPT_NONE: return 1;
-  case KEPT_NIL: lua_pushnil(L); break;
-  case KEPT_FALSE: lua_pushboolean(L, 0); break;
-  case KEPT_TRUE: lua_pushboolean(L, 1); break;
+  case KLUA_KEPT_NONE: return 1;
+  case KLUA_KEPT_NIL: lua_pushnil(L); break;
+  case KLUA_KEPT_FALSE: lua_pushboolean(L, 0); break;
+  case KLUA_KEPT_TRUE: lua_pushboolean(L, 1); break;
   default: lua_pushnumber(L, th->num); break;
   }
   return 2;
@@ -1109,18 +1122,10 @@ static int push_kept(lua_State *L, const task_handle_t *th) {
 /* After a join of th's task, which ended well: keeps its result in the
  * handle and lets go of the record, if the result fits. */
 static int detach(task_handle_t *th, klua_task_t *t) {
-  if (t->pay != KLUA_PAY_INLINE || t->nvals > 1) return 0;
-  int what = KEPT_NONE;
-  if (t->nvals == 1) {
-    switch (t->data[0]) {
-    case KLUA_V_NIL: what = KEPT_NIL; break;
-    case KLUA_V_FALSE: what = KEPT_FALSE; break;
-    case KLUA_V_TRUE: what = KEPT_TRUE; break;
-    case KLUA_V_NUMBER: what = KEPT_NUMBER; memcpy(&th->num, t->data + 1, 8); break;
-    default: return 0;
-    }
-  }
-  th->h.p = (void *)(uintptr_t)(t->id << 4 | (uint64_t)what << 1 | 1);
+  klua_kept_t k;
+  if (!klua_task_keepable(t, &k)) return 0;
+  th->h.p = (void *)k.p;
+  th->num = k.num;
   klua_task_release(t);
   return 1;
 }
@@ -1429,9 +1434,9 @@ static int l_nursery_child(lua_State *L) {
   lua_Integer i = luaL_checkinteger(L, 2);
   if (!klua_group_owned_by(g, klua_self()) || i < 1 || i > (lua_Integer)g->nkept)
     return luaL_error(L, "nursery_child: no child %d", (int)i);
-  klua_task_t *t = g->kept[i - 1];
-  klua_task_retain(t);
-  push_handle(L, KLUA_H_TASK, t); /* takes the reference */
+  const klua_kept_t *k = &g->kept[i - 1];
+  if (klua_kept_is_record(k)) klua_task_retain((klua_task_t *)k->p); /* the handle's */
+  push_kept_child(L, k);
   return 1;
 }
 
@@ -1452,10 +1457,10 @@ static int l_next_ended_try(lua_State *L) {
   knhk_token_t *tok = klua_task_checkpoint_token(t);
   for (;;) {
     if (knhk_token_is_cancelled(tok)) return push_cancelled(L, tok);
-    klua_task_t *c = klua_group_next_ended(g);
-    if (c) {
+    klua_kept_t c;
+    if (klua_group_next_ended(g, &c)) {
       lua_pushinteger(L, ST_DONE);
-      push_handle(L, KLUA_H_TASK, c); /* takes the group's reference */
+      push_kept_child(L, &c); /* takes the group's reference */
       return 2;
     }
     if (klua_group_live(g) == 0) {

@@ -20,6 +20,20 @@
  * failure list, in the order they happened; the first one cancels the
  * group's token unless it supervises. Ended children of an ORDERED group
  * are pushed on a lock-free stack the owner drains, oldest first.
+ *
+ * What the waits read (the owner's alone): `kept`, the children its VM
+ * spawned, in spawn order (wait_all), and `ring`, the ended ones drained
+ * from the stack, oldest first (join_next, wait_any). Both hold a child's
+ * record until it ended well with a result a detached handle holds; then
+ * that result (klua_kept_t, 16 bytes) replaces it and the record goes
+ * back to the pool. Drained ones are looked at as they are drained; kept
+ * ones through `held` (where kept[] holds a record of a child that had not
+ * ended when last looked at), whenever it has doubled since the last look:
+ * each look costs what the spawns since the last one did, and at most
+ * twice the records of children still running are held (a server's
+ * nursery that never asks for results keeps 32 bytes an ended child, not
+ * ~500). A child that ended otherwise (an error, a table, a string) keeps
+ * its record: its results are more than a word.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +44,7 @@
 #define G_CLOSED (1ull << 41)
 #define G_EACH (1ull << 42)
 #define GSLAB KLUA_GROUP_SLAB
+#define COMPACT_MIN 64 /* records held by kept[] before the first look */
 
 klua_group_t *klua_group_new(klua_rt_t *rt, knhk_token_t *token, uint32_t flags) {
   pthread_mutex_lock(&rt->pool_m);
@@ -61,12 +76,15 @@ klua_group_t *klua_group_new(klua_rt_t *rt, knhk_token_t *token, uint32_t flags)
   atomic_store_explicit(&g->waiter, NULL, memory_order_relaxed);
   atomic_store_explicit(&g->ends, 0, memory_order_relaxed);
   atomic_store_explicit(&g->ended, NULL, memory_order_relaxed);
-  g->ended_fifo = NULL;
   g->flags = flags;
   g->token = knhk_token_retain(token);
   g->nfail = 0;
   g->owner_worker = -1;
-  g->nkept = 0;
+  g->nkept = g->capkept = 0;
+  g->nheld = g->capheld = 0;
+  g->compact_at = COMPACT_MIN;
+  g->rhead = g->rlen = g->rcap = 0;
+  g->spill = NULL;
   atomic_store_explicit(&g->spawned, 0, memory_order_relaxed);
   memset(&g->tel, 0, sizeof g->tel);
   knhk_telemetry_nursery_open(&g->tel, flags & KLUA_G_SUPERVISE ? 1u : 0u);
@@ -83,12 +101,20 @@ void klua_group_retain(klua_group_t *g) {
  * results hold the nursery's handle held the group through them, and
  * neither was ever freed. Failures stay: the nursery raises them after. */
 void klua_group_closed(klua_group_t *g) {
-  klua_task_t *t;
-  while ((t = klua_group_next_ended(g))) klua_task_release(t);
-  for (uint32_t i = 0; i < g->nkept; i++) klua_task_release(g->kept[i]);
-  free(g->kept); /* not pooled with g: a big nursery's list would stay */
+  klua_kept_t k;
+  while (klua_group_next_ended(g, &k))
+    if (klua_kept_is_record(&k)) klua_task_release((klua_task_t *)k.p);
+  for (uint32_t i = 0; i < g->nkept; i++)
+    if (klua_kept_is_record(&g->kept[i])) klua_task_release((klua_task_t *)g->kept[i].p);
+  /* not pooled with g: a big nursery's lists would stay */
+  free(g->kept);
+  free(g->held);
+  free(g->ring);
   g->kept = NULL;
-  g->nkept = g->capkept = 0;
+  g->held = NULL;
+  g->ring = NULL;
+  g->nkept = g->capkept = g->nheld = g->capheld = 0;
+  g->rhead = g->rlen = g->rcap = 0;
 }
 
 /* The last reference: every child has ended (the owner closed it), so
@@ -194,27 +220,91 @@ int klua_group_close_if_idle(klua_group_t *g) {
 }
 
 int klua_group_has_ended(klua_group_t *g) {
-  return g->ended_fifo || atomic_load_explicit(&g->ended, memory_order_acquire);
+  return g->rlen || g->spill || atomic_load_explicit(&g->ended, memory_order_acquire);
 }
 
-klua_task_t *klua_group_next_ended(klua_group_t *g) {
-  if (!g->ended_fifo) { /* take the stack (newest first) and turn it over */
-    klua_task_t *s = atomic_exchange_explicit(&g->ended, NULL, memory_order_acquire);
-    klua_task_t *fifo = NULL;
-    while (s) {
-      klua_task_t *next = s->link;
-      s->link = fifo;
-      fifo = s;
-      s = next;
-    }
-    g->ended_fifo = fifo;
+/* Room in the ring for one more; 0, or -1 out of memory. */
+static int ring_room(klua_group_t *g) {
+  if (g->rlen < g->rcap) return 0;
+  uint32_t cap = g->rcap ? g->rcap * 2 : 16;
+  if (cap <= g->rcap) return -1;
+  klua_kept_t *r = malloc(cap * sizeof *r);
+  if (!r) return -1;
+  for (uint32_t i = 0; i < g->rlen; i++) r[i] = g->ring[(g->rhead + i) % g->rcap];
+  free(g->ring);
+  g->ring = r;
+  g->rhead = 0;
+  g->rcap = cap;
+  return 0;
+}
+
+/* A child as a list keeps it: its result if it has one a word holds (the
+ * list's reference to the record then goes), else its record. */
+static klua_kept_t kept_of(klua_task_t *t) {
+  klua_kept_t k;
+  if (klua_task_keepable(t, &k)) {
+    klua_task_release(t);
+    return k;
   }
-  klua_task_t *t = g->ended_fifo;
-  if (t) {
-    g->ended_fifo = t->link;
+  k.p = (uintptr_t)t;
+  k.num = 0;
+  return k;
+}
+
+/* The stack's children onto the end of the ring, oldest first (onto the
+ * spill list, in order, if the ring cannot grow, and while it is not empty). */
+static void drain_ended(klua_group_t *g) {
+  klua_task_t *s = atomic_exchange_explicit(&g->ended, NULL, memory_order_acquire);
+  klua_task_t *oldest = NULL; /* turned over: oldest first */
+  while (s) {
+    klua_task_t *next = s->link;
+    s->link = oldest;
+    oldest = s;
+    s = next;
+  }
+  while (oldest && !g->spill && ring_room(g) == 0) {
+    klua_task_t *t = oldest;
+    oldest = t->link;
     t->link = NULL;
+    g->ring[(g->rhead + g->rlen++) % g->rcap] = kept_of(t);
   }
-  return t;
+  if (oldest) { /* (out of memory) after what the spill list has */
+    klua_task_t **end = &g->spill;
+    while (*end) end = &(*end)->link;
+    *end = oldest;
+  }
+}
+
+int klua_group_next_ended(klua_group_t *g, klua_kept_t *out) {
+  if (!g->rlen && !g->spill) drain_ended(g);
+  if (g->rlen) {
+    *out = g->ring[g->rhead];
+    g->rhead = (g->rhead + 1) % g->rcap;
+    g->rlen--;
+    return 1;
+  }
+  klua_task_t *t = g->spill;
+  if (!t) return 0;
+  g->spill = t->link;
+  t->link = NULL;
+  out->p = (uintptr_t)t;
+  out->num = 0;
+  return 1;
+}
+
+/* The owner's look at its lists (see the top of this file): what ended
+ * is drained, and kept children that ended well give up their records. */
+static void compact(klua_group_t *g) {
+  if (g->flags & KLUA_G_ORDERED) drain_ended(g);
+  uint32_t j = 0;
+  for (uint32_t i = 0; i < g->nheld; i++) {
+    klua_kept_t *k = &g->kept[g->held[i]];
+    klua_task_t *t = (klua_task_t *)k->p;
+    if (klua_task_outcome(t) == KLUA_RUNNING) g->held[j++] = g->held[i]; /* a later look */
+    else *k = kept_of(t); /* (one that ended otherwise keeps its record for good) */
+  }
+  g->nheld = j;
+  g->compact_at = j * 2 > COMPACT_MIN ? j * 2 : COMPACT_MIN;
 }
 
 klua_task_t **klua_group_take_failures(klua_group_t *g, uint32_t *n) {
@@ -233,19 +323,30 @@ klua_task_t **klua_group_take_failures(klua_group_t *g, uint32_t *n) {
   return out;
 }
 
+/* Room for one more in an array of *cap elements of `size` bytes. */
+static int array_room(void **a, uint32_t n, uint32_t *cap, size_t size) {
+  if (n < *cap) return 0;
+  uint32_t c = *cap ? *cap * 2 : 16;
+  if (c <= *cap) return -1;
+  void *p = realloc(*a, (size_t)c * size);
+  if (!p) return -1;
+  *a = p;
+  *cap = c;
+  return 0;
+}
+
 int klua_group_keep_room(klua_group_t *g, klua_worker_t *w) {
   if (!klua_group_owned_by(g, w)) return 0;
-  if (g->nkept < g->capkept) return 1;
-  uint32_t cap = g->capkept ? g->capkept * 2 : 16;
-  if (cap <= g->capkept) return -1;
-  klua_task_t **k = realloc(g->kept, cap * sizeof *k);
-  if (!k) return -1;
-  g->kept = k;
-  g->capkept = cap;
+  if (g->nheld >= g->compact_at) compact(g);
+  if (array_room((void **)&g->kept, g->nkept, &g->capkept, sizeof *g->kept) != 0 ||
+      array_room((void **)&g->held, g->nheld, &g->capheld, sizeof *g->held) != 0)
+    return -1;
   return 1;
 }
 
 void klua_group_keep(klua_group_t *g, klua_task_t *t) {
   klua_task_retain(t);
-  g->kept[g->nkept++] = t;
+  g->held[g->nheld++] = g->nkept;
+  g->kept[g->nkept].p = (uintptr_t)t;
+  g->kept[g->nkept++].num = 0;
 }

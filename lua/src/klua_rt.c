@@ -431,7 +431,10 @@ void klua_rt_free(klua_rt_t *rt) {
       klua_group_t *g = &rt->group_slabs[i][k];
       if (g->token) knhk_token_release(g->token);
       free(g->failures);
-      free(g->kept); /* (the records it names go with the arena) */
+      /* (the records they name go with the arena) */
+      free(g->kept);
+      free(g->held);
+      free(g->ring);
     }
   }
   free(rt->group_slabs);

@@ -255,6 +255,23 @@ klua_task_t *klua_task_remade(klua_rt_t *rt, uint64_t id, const char *vals, uint
   return t;
 }
 
+int klua_task_keepable(klua_task_t *t, klua_kept_t *k) {
+  if (klua_task_outcome(t) != KLUA_OK || t->pay != KLUA_PAY_INLINE || t->nvals > 1) return 0;
+  int what = KLUA_KEPT_NONE;
+  k->num = 0;
+  if (t->nvals == 1) {
+    switch (t->data[0]) {
+    case KLUA_V_NIL: what = KLUA_KEPT_NIL; break;
+    case KLUA_V_FALSE: what = KLUA_KEPT_FALSE; break;
+    case KLUA_V_TRUE: what = KLUA_KEPT_TRUE; break;
+    case KLUA_V_NUMBER: what = KLUA_KEPT_NUMBER; memcpy(&k->num, t->data + 1, 8); break;
+    default: return 0;
+    }
+  }
+  k->p = (uintptr_t)(t->id << 4 | (uint64_t)what << 1 | 1);
+  return 1;
+}
+
 void klua_task_publish(klua_task_t *t, int outcome) {
   /* release: a joiner that reads the outcome (acquire) sees the payload */
   atomic_store_explicit(&t->outcome, outcome, memory_order_release);
