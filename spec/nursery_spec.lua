@@ -482,6 +482,28 @@ describe("knhk.nursery that lives long", function()
     assert.is_true(grew < 2 * 2000 * 500, grew .. " bytes of task records more after 36000 more children")
   end)
 
+  it("lets go of a burst's records once every child ended and the owner spawns or waits again", function()
+    local K = require "knhk.ffi"
+    local function in_use() return tonumber(K.C.klua_arena_in_use()) end
+    local grew = run(function()
+      return knhk.nursery(function(n)
+        local function burst()
+          for _ = 1, 5000 do n:spawn_local(function() knhk.sleep(0) end) end
+          knhk.sleep(0.01)
+          while n:join_next() do end -- every child taken
+          collectgarbage()
+          return in_use()
+        end
+        local base = burst()
+        burst()
+        return burst() - base
+      end)
+    end, 1)
+    -- before: a burst's records stayed until the spawns after it doubled
+    -- what was held, and the next burst needed as many again
+    assert.is_true(grew <= 0, grew .. " bytes of task records more after two more bursts")
+  end)
+
   it("still gives every child to wait_all and join_next, results and ids as they were", function()
     local out = run(function()
       return knhk.nursery(function(n)

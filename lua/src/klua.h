@@ -490,6 +490,9 @@ static inline int klua_group_owned_by(const klua_group_t *g, const klua_worker_t
  * spawn, so that keeping it (klua_group_keep) cannot fail after; nothing
  * in between may run Lua code (a finalizer could spawn into g). */
 int klua_group_keep_room(klua_group_t *g, klua_worker_t *w);
+/* The owner's: lets go of the records its lists hold of children that
+ * ended well, when that is due (klua_group.c). */
+void klua_group_tidy(klua_group_t *g);
 void klua_group_keep(klua_group_t *g, klua_task_t *t); /* takes a reference */
 
 /* ---- klua_wait.c: waits ---- */

@@ -224,15 +224,17 @@ void klua_handle_push(lua_State *L, int kind, void *p) { push_handle(L, kind, p)
 
 /* Pushes a handle of a child as a nursery's list keeps it: of its record
  * (taking the reference given), or a detached one holding its result. */
-static void push_kept_child(lua_State *L, const klua_kept_t *k) {
-  if (klua_kept_is_record(k)) {
-    push_handle(L, KLUA_H_TASK, (void *)k->p);
+static void push_kept_child(lua_State *L, klua_kept_t k) {
+  /* (k by value: the allocation below may run a finalizer that spawns
+   * into the nursery and moves its lists) */
+  if (klua_kept_is_record(&k)) {
+    push_handle(L, KLUA_H_TASK, (void *)k.p);
     return;
   }
   task_handle_t *th = lua_newuserdata(L, sizeof *th);
-  th->h.p = (void *)k->p;
+  th->h.p = (void *)k.p;
   th->h.gen = atomic_load_explicit(&live_gen, memory_order_relaxed);
-  th->num = k->num;
+  th->num = k.num;
   set_task_mt(L, lua_gettop(L), th);
 }
 
@@ -1434,8 +1436,8 @@ static int l_nursery_child(lua_State *L) {
   lua_Integer i = luaL_checkinteger(L, 2);
   if (!klua_group_owned_by(g, klua_self()) || i < 1 || i > (lua_Integer)g->nkept)
     return luaL_error(L, "nursery_child: no child %d", (int)i);
-  const klua_kept_t *k = &g->kept[i - 1];
-  if (klua_kept_is_record(k)) klua_task_retain((klua_task_t *)k->p); /* the handle's */
+  klua_kept_t k = g->kept[i - 1]; /* (a copy: see push_kept_child) */
+  if (klua_kept_is_record(&k)) klua_task_retain((klua_task_t *)k.p); /* the handle's */
   push_kept_child(L, k);
   return 1;
 }
@@ -1455,12 +1457,13 @@ static int l_next_ended_try(lua_State *L) {
    * one around it) raises Cancelled here, rather than the wait returning
    * whatever its children left when they were cancelled */
   knhk_token_t *tok = klua_task_checkpoint_token(t);
+  if (klua_group_owned_by(g, klua_self())) klua_group_tidy(g);
   for (;;) {
     if (knhk_token_is_cancelled(tok)) return push_cancelled(L, tok);
     klua_kept_t c;
     if (klua_group_next_ended(g, &c)) {
       lua_pushinteger(L, ST_DONE);
-      push_kept_child(L, &c); /* takes the group's reference */
+      push_kept_child(L, c); /* takes the group's reference */
       return 2;
     }
     if (klua_group_live(g) == 0) {

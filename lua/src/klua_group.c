@@ -29,11 +29,15 @@
  * back to the pool. Drained ones are looked at as they are drained; kept
  * ones through `held` (where kept[] holds a record of a child that had not
  * ended when last looked at), whenever it has doubled since the last look:
- * each look costs what the spawns since the last one did, and at most
- * twice the records of children still running are held (a server's
- * nursery that never asks for results keeps 32 bytes an ended child, not
- * ~500). A child that ended otherwise (an error, a table, a string) keeps
- * its record: its results are more than a word.
+ * each look costs what the spawns since the last one did, and the records
+ * held are at most about twice those of the children running at the last
+ * look (a server's nursery that never asks for results keeps 32 bytes an
+ * ended child, not ~500), and none once no child runs and the owner spawns
+ * or waits again (join_next). The owner looks only when it spawns or
+ * waits: children spawned from other workers, while the owner does
+ * neither, stay on the stack with their records. A child that ended
+ * otherwise (an error, a table, a string) keeps its record: its results
+ * are more than a word.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -335,9 +339,15 @@ static int array_room(void **a, uint32_t n, uint32_t *cap, size_t size) {
   return 0;
 }
 
+void klua_group_tidy(klua_group_t *g) {
+  /* (no child running: every record held has ended, and one look lets
+   * them all go; else only once they doubled: see the top of this file) */
+  if (g->nheld >= g->compact_at || (g->nheld && klua_group_live(g) == 0)) compact(g);
+}
+
 int klua_group_keep_room(klua_group_t *g, klua_worker_t *w) {
   if (!klua_group_owned_by(g, w)) return 0;
-  if (g->nheld >= g->compact_at) compact(g);
+  klua_group_tidy(g);
   if (array_room((void **)&g->kept, g->nkept, &g->capkept, sizeof *g->kept) != 0 ||
       array_room((void **)&g->held, g->nheld, &g->capheld, sizeof *g->held) != 0)
     return -1;
