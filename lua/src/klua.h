@@ -225,6 +225,12 @@ typedef struct {
 enum { KLUA_KEPT_NONE = 0, KLUA_KEPT_NIL = 1, KLUA_KEPT_FALSE = 2, KLUA_KEPT_TRUE = 3,
        KLUA_KEPT_NUMBER = 4 };
 static inline int klua_kept_is_record(const klua_kept_t *k) { return (k->p & 1) == 0; }
+/* The detached form's word, and its parts: written and read only here. */
+static inline uintptr_t klua_kept_word(uint64_t id, int what) {
+  return (uintptr_t)(id << 4 | (uint64_t)what << 1 | 1);
+}
+static inline uint64_t klua_kept_id(uintptr_t p) { return p >> 4; }
+static inline int klua_kept_what(uintptr_t p) { return (int)(p >> 1) & 7; }
 
 /* A nursery of Lua tasks. `live` counts children not ended; the high bit
  * says a waiter is registered (KLUA_G_WAITER) and `waiter` which task.
@@ -255,11 +261,11 @@ struct klua_group {
   klua_spin_t flock;           /* failures */
   klua_task_t **failures;
   uint32_t nfail, capfail;
-  /* The children its owner's VM spawned, in spawn order, a reference each
-   * (wait_all): kept here, 8 bytes a child, rather than as the Lua handles
-   * the spawns returned, which cost a userdata, a table slot and a
-   * finalizer each for as long as the nursery lives. Only the worker
-   * whose VM opened it (owner_worker) appends and reads. */
+  /* The children its owner's VM spawned, in spawn order (wait_all), as
+   * klua_kept_t: kept here rather than as the Lua handles the spawns
+   * returned, which cost a userdata, a table slot and a finalizer each for
+   * as long as the nursery lives. Only the worker whose VM opened it
+   * (owner_worker) appends and reads. */
   int32_t owner_worker;        /* -1: none (a task's own nursery, the root's) */
   uint32_t nkept, capkept;
   klua_kept_t *kept;

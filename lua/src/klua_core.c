@@ -94,11 +94,11 @@ typedef struct {
  * that in the handle and lets go of the record (detach): the record goes
  * back to its pool warm, at the join, instead of cold when the handle is
  * collected, and the handle's finalizer has nothing left to do. A detached
- * handle that travels is given a record again (reattach). Detached, `p` is
- * not a pointer but the task's id and what it returned, with its low bit
- * set (a record's address is even): id << 4 | kept << 1 | 1; `num` is the
- * number it returned. (One word more, not room for any result: a million
- * handles of sleeping tasks are a million userdata.) */
+ * handle that travels is given a record again (reattach). Detached, `p`
+ * and `num` are a klua_kept_t's detached form (klua.h): the task's id and
+ * what it returned in a word with its low bit set, and the number it
+ * returned. (One word more, not room for any result: a million handles of
+ * sleeping tasks are a million userdata.) */
 typedef struct {
   handle_t h;
   double num;
@@ -106,8 +106,8 @@ typedef struct {
 
 static int detached(const task_handle_t *th) { return ((uintptr_t)th->h.p & 1) != 0; }
 static klua_task_t *task_of(const task_handle_t *th) { return detached(th) ? NULL : th->h.p; }
-static uint64_t kept_id(const task_handle_t *th) { return (uintptr_t)th->h.p >> 4; }
-static int kept_what(const task_handle_t *th) { return (int)((uintptr_t)th->h.p >> 1) & 7; }
+static uint64_t kept_id(const task_handle_t *th) { return klua_kept_id((uintptr_t)th->h.p); }
+static int kept_what(const task_handle_t *th) { return klua_kept_what((uintptr_t)th->h.p); }
 
 int klua_handle_kind(lua_State *L, int idx) {
   if (!lua_getmetatable(L, idx)) return 0;

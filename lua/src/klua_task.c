@@ -268,7 +268,7 @@ int klua_task_keepable(klua_task_t *t, klua_kept_t *k) {
     default: return 0;
     }
   }
-  k->p = (uintptr_t)(t->id << 4 | (uint64_t)what << 1 | 1);
+  k->p = klua_kept_word(t->id, what);
   return 1;
 }
 
