@@ -172,6 +172,64 @@ describe("knhk.spawn_local", function()
     end, 2)
     assert.same({ "slow starts", "fast", "slow" }, log)
   end)
+
+  -- A run of spawns of one function anchors it once (the runtime keeps
+  -- count of the starts pending); another function spawned meanwhile gets
+  -- its own anchor. Every task must still run its own function.
+  it("runs each task's own function when spawns of several interleave", function()
+    local order = { "f", "f", "g", "f", "g", "g", "h", "f", "f", "h", "g" }
+    run(function()
+      local fns = {
+        f = function(i) return "f" .. i end,
+        g = function(i) return "g" .. i end,
+        h = function(i) return "h" .. i end,
+      }
+      for _ = 1, 3 do -- the runs end and begin again as the batches drain
+        local hs = {}
+        for i, name in ipairs(order) do hs[i] = knhk.spawn_local(fns[name], i) end
+        for i, name in ipairs(order) do assert.equal(name .. i, hs[i]:join()) end
+      end
+    end, 2)
+  end)
+
+  for _, kind in ipairs { "spawn_local", "spawn" } do
+    it("lets go of the function once its spawned tasks ran (" .. kind .. ")", function()
+      local seen = setmetatable({}, { __mode = "k" })
+      run(function()
+        do
+          local big = {}
+          local f = function(i) return #big + i end
+          seen[f] = true
+          local hs = {}
+          for i = 1, 100 do hs[i] = knhk[kind](f, i) end
+          for i = 1, 100 do assert.equal(i, hs[i]:join()) end
+        end
+        collectgarbage()
+        collectgarbage()
+        assert.is_nil(next(seen), "the runtime still holds the spawned function")
+      end, 1)
+    end)
+  end
+
+  it("lets go of the function of a spawn refused (a closed nursery)", function()
+    local seen = setmetatable({}, { __mode = "k" })
+    run(function()
+      local kept
+      knhk.nursery(function(n) kept = n end)
+      do
+        local f = function() end
+        seen[f] = true
+        local ok, err = pcall(kept.spawn_local, kept, f)
+        assert.is_false(ok)
+        assert.matches("the nursery is closed", tostring(err))
+        -- a spawn of the same function right after: the count started again
+        assert.is_nil(knhk.spawn_local(f):join())
+      end
+      collectgarbage()
+      collectgarbage()
+      assert.is_nil(next(seen), "the runtime still holds the refused function")
+    end, 1)
+  end)
 end)
 
 describe("a task that waits from its own function", function()

@@ -297,9 +297,13 @@ struct klua_worker {
   int xpcall_fn, start_fn, finish_fn, settle, capture_fn;
   int make_co;                 /* registry ref: make_coroutine (klua_task.c), or 0 */
   klua_task_t *cur;            /* the task being resumed now */
-  /* the function spawned last and its place (place_of, klua_core.c) */
-  const void *last_fn;
-  const char *last_place;
+  /* A loop of spawn_local calls of one function anchors it once: at the
+   * anchor table's slot KLUA_REF_REPEAT, with rep_n starts of it pending
+   * (klua_ref_fn), instead of one slot per task that a 200 k-task loop
+   * writes and reads back scattered over a 1.6 MB array. */
+  const void *rep_fn;
+  const char *rep_place;       /* its place (local_place_of, klua_core.c) */
+  uint32_t rep_n;
   /* idle coroutines, in the anchor table at refs co_refs[] */
   lua_State **co_free;
   int *co_refs;
@@ -424,6 +428,12 @@ void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, klua_task_t *t), void *
  * table's index (a pseudo-index too). */
 int klua_ref(klua_worker_t *w, lua_State *L, int t); /* pops the value */
 void klua_unref(klua_worker_t *w, lua_State *L, int t, int ref);
+/* A local start's function (the function at fnidx) anchored in anchor
+ * table t: its ref, KLUA_REF_REPEAT if it is the one the last local starts
+ * pending are of. Let go of with klua_unref_fn. */
+enum { KLUA_REF_REPEAT = 0 };
+int klua_ref_fn(klua_worker_t *w, lua_State *L, int t, int fnidx);
+void klua_unref_fn(klua_worker_t *w, lua_State *L, int t, int ref);
 
 /* ---- klua_task.c: records, spawning, running, ending, joining ---- */
 klua_task_t *klua_task_alloc(klua_rt_t *rt);

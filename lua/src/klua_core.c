@@ -458,30 +458,14 @@ slow:
   return -1;
 }
 
-/* place_of's answer, remembered as the worker's last (see there). */
-static const char *remember_place(lua_State *L, klua_worker_t *self, int idx, const void *fn,
-                                  const char *w) {
-  if (self) {
-    lua_pushvalue(L, idx);
-    lua_rawseti(L, UP_PLACES, 0);
-    self->last_fn = fn;
-    self->last_place = w;
-  }
-  return w;
-}
-
-/* The place of the function at idx, interned: cached per closure. */
+/* The place of the function at idx, interned: cached per closure (weak
+ * keys: the cache keeps no function alive). */
 static const char *place_of(lua_State *L, klua_rt_t *rt, int idx) {
-  /* the last function's, first: a loop spawns one function many times
-   * (UP_PLACES[0] keeps it alive, so its address names it) */
-  klua_worker_t *self = klua_self();
-  const void *fn = lua_topointer(L, idx);
-  if (self && self->last_fn == fn) return self->last_place;
   lua_pushvalue(L, idx);
   lua_rawget(L, UP_PLACES);
   const char *w = lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (w) return remember_place(L, self, idx, fn, w);
+  if (w) return w;
   lua_pushvalue(L, idx);
   call_hook(L, HOOK_PLACE_OF, 1, 1);
   w = klua_where(rt, lua_tostring(L, -1));
@@ -490,7 +474,15 @@ static const char *place_of(lua_State *L, klua_rt_t *rt, int idx) {
   lua_pushvalue(L, idx);
   lua_pushlightuserdata(L, (void *)w);
   lua_rawset(L, UP_PLACES);
-  return remember_place(L, self, idx, fn, w);
+  return w;
+}
+
+/* The same for a local spawn: the place of the function of the run of
+ * spawns pending (klua_ref_fn), which its anchor keeps alive so that its
+ * address names it, without a lookup. */
+static const char *local_place_of(lua_State *L, klua_rt_t *rt, klua_worker_t *self, int idx) {
+  if (self->rep_n > 0 && self->rep_fn == lua_topointer(L, idx)) return self->rep_place;
+  return place_of(L, rt, idx);
 }
 
 /* The task's own nursery (knhk.spawn), made on first use. Its token is a
@@ -527,7 +519,7 @@ static knhk_token_t *cancel_parent_for(klua_task_t *cur, klua_group_t *g) {
 /* A local task that never started: what it anchored, and the handles
  * among its arguments, go. */
 static void undo_start(lua_State *L, klua_task_t *t) {
-  klua_unref(klua_self(), L, UP_ANCHOR, t->fn_ref);
+  klua_unref_fn(klua_self(), L, UP_ANCHOR, t->fn_ref);
   if (t->nvals < 0) klua_unref(klua_self(), L, UP_ANCHOR, (int)t->proto);
   else klua_values_drop(t->data, t->nvals);
   klua_payload_reset(t);
@@ -631,7 +623,8 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
   t->group = g;
   t->cancel_parent = cancel_parent_for(cur, g);
   t->parent = cur->id;
-  t->where = place_of(L, cur->rt, fnidx);
+  klua_worker_t *self = klua_self();
+  t->where = local_place_of(L, cur->rt, self, fnidx);
   int64_t size = klua_values_size(L, fnidx + 1, nargs, NULL);
   char *out = size >= 0 ? klua_payload_room(t, (uint32_t)size) : NULL;
   t->pay = KLUA_PAY_REFS; /* (payload_room reset it) */
@@ -649,9 +642,9 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
     t->proto = klua_ref(klua_self(), L, UP_ANCHOR);
     t->nvals = -1;
   }
-  lua_pushvalue(L, fnidx);
-  t->fn_ref = klua_ref(klua_self(), L, UP_ANCHOR);
-  int rc = spawn_kept(t, klua_self()->index);
+  t->fn_ref = klua_ref_fn(self, L, UP_ANCHOR, fnidx);
+  if (t->fn_ref == KLUA_REF_REPEAT) self->rep_place = t->where;
+  int rc = spawn_kept(t, self->index);
   if (rc != 0) {
     undo_start(L, t);
     klua_task_release(t);

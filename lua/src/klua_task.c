@@ -414,6 +414,33 @@ void klua_unref(klua_worker_t *w, lua_State *L, int t, int ref) {
   w->anchor_free = ref;
 }
 
+int klua_ref_fn(klua_worker_t *w, lua_State *L, int t, int fnidx) {
+  t = abs_index(L, t);
+  const void *fn = lua_topointer(L, fnidx);
+  if (w->rep_n > 0 && w->rep_fn == fn && w->rep_n < UINT32_MAX) {
+    w->rep_n++; /* (the slot holds it: its address names it meanwhile) */
+    return KLUA_REF_REPEAT;
+  }
+  lua_pushvalue(L, fnidx);
+  if (w->rep_n > 0) return klua_ref(w, L, t); /* another function's run pends */
+  lua_rawseti(L, t, KLUA_REF_REPEAT);
+  w->rep_fn = fn;
+  w->rep_n = 1;
+  return KLUA_REF_REPEAT;
+}
+
+void klua_unref_fn(klua_worker_t *w, lua_State *L, int t, int ref) {
+  if (ref != KLUA_REF_REPEAT) {
+    klua_unref(w, L, t, ref);
+    return;
+  }
+  if (--w->rep_n > 0) return;
+  t = abs_index(L, t);
+  lua_pushnil(L); /* the run ended: the function is not kept alive by it */
+  lua_rawseti(L, t, KLUA_REF_REPEAT);
+  w->rep_fn = NULL;
+}
+
 /* A local start's function, its error handler and its arguments, pushed
  * on L from the VM's anchor table (at stack index `anchor`), which lets
  * them go; returns how many. core.start's local case, and task_run's for
@@ -422,7 +449,7 @@ void klua_unref(klua_worker_t *w, lua_State *L, int t, int ref) {
 int klua_push_local_start(klua_worker_t *w, lua_State *L, int anchor, klua_task_t *t) {
   anchor = abs_index(L, anchor);
   lua_rawgeti(L, anchor, t->fn_ref);
-  klua_unref(w, L, anchor, t->fn_ref);
+  klua_unref_fn(w, L, anchor, t->fn_ref);
   t->fn_ref = LUA_NOREF;
   lua_rawgeti(L, LUA_REGISTRYINDEX, w->capture_fn);
   int n = 2;
@@ -526,7 +553,7 @@ static void drop_start(klua_worker_t *w, klua_task_t *t) {
   } else if (t->pay == KLUA_PAY_REFS) {
     lua_State *L = w->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, w->anchor);
-    klua_unref(w, L, -1, t->fn_ref);
+    klua_unref_fn(w, L, -1, t->fn_ref);
     if (t->nvals < 0) klua_unref(w, L, -1, t->proto);
     lua_pop(L, 1);
     if (t->nvals > 0) klua_values_drop(t->data, t->nvals);
