@@ -648,6 +648,16 @@ static int put_start(klua_worker_t *w, lua_State *co, klua_task_t *t) {
 static int finish_plain(lua_State *co, klua_task_t *t) {
   if (t->implicit || t->fn_ref != LUA_NOREF || !lua_toboolean(co, 1)) return 0;
   int n = lua_gettop(co) - 1;
+  char plain[KLUA_INLINE];
+  int len = klua_values_encode_plain(co, 2, n, plain, sizeof plain);
+  if (len >= 0) { /* (the commonest: fits the record, one pass) */
+    memcpy(klua_payload_room(t, (uint32_t)len), plain, (size_t)len);
+    t->pay = KLUA_PAY_INLINE;
+    t->nvals = n;
+    klua_task_publish(t, KLUA_OK);
+    lua_settop(co, 0);
+    return 1;
+  }
   for (int i = 2; i <= n + 1; i++) {
     int type = lua_type(co, i);
     if (type != LUA_TNIL && type != LUA_TBOOLEAN && type != LUA_TNUMBER && type != LUA_TSTRING)

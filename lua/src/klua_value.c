@@ -51,6 +51,43 @@ int64_t klua_values_size(lua_State *L, int first, int n, const void *self) {
   return total;
 }
 
+int klua_values_encode_plain(lua_State *L, int first, int n, char *out, int cap) {
+  char *p = out, *end = out + cap;
+  for (int i = first; i < first + n; i++) {
+    switch (lua_type(L, i)) {
+    case LUA_TNIL:
+      if (p == end) return -1;
+      *p++ = KLUA_V_NIL;
+      break;
+    case LUA_TBOOLEAN:
+      if (p == end) return -1;
+      *p++ = lua_toboolean(L, i) ? KLUA_V_TRUE : KLUA_V_FALSE;
+      break;
+    case LUA_TNUMBER: {
+      if (end - p < 9) return -1;
+      double d = lua_tonumber(L, i);
+      *p++ = KLUA_V_NUMBER;
+      memcpy(p, &d, 8);
+      p += 8;
+      break;
+    }
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, i, &len);
+      if ((size_t)(end - p) < 5 || len > (size_t)(end - p) - 5) return -1;
+      uint32_t l32 = (uint32_t)len;
+      *p++ = KLUA_V_STRING;
+      memcpy(p, &l32, 4);
+      memcpy(p + 4, s, len);
+      p += 4 + len;
+      break;
+    }
+    default: return -1;
+    }
+  }
+  return (int)(p - out);
+}
+
 char *klua_value_put_handle(char *p, int kind, void *obj) {
   uint64_t u = (uint64_t)(uintptr_t)obj;
   *p++ = KLUA_V_HANDLE;

@@ -22,6 +22,11 @@ enum {
 int64_t klua_values_size(lua_State *L, int first, int n, const void *self);
 /* Writes them (the size measured above); takes a reference on handles. */
 void klua_values_encode(lua_State *L, int first, int n, char *out, const void *self);
+/* The common case of both, in one pass: values [first, first+n) that are
+ * only nils, booleans, numbers and strings, written at out if they fit in
+ * cap bytes; the bytes written, or -1 (then out holds nothing of use, and
+ * the caller measures and writes them the general way). */
+int klua_values_encode_plain(lua_State *L, int first, int n, char *out, int cap);
 /* Writes a handle value at p (the reference to obj it carries is the
  * caller's to give); returns past it. */
 char *klua_value_put_handle(char *p, int kind, void *obj);
