@@ -34,6 +34,12 @@
 /* UP_MTS's slot of a detached task handle's metatable (set_task_mt) */
 #define MT_TASK_DETACHED KLUA_H_KINDS
 #define UP_HOOKS lua_upvalueindex(6)  /* runtime.lua's: proto_of, new_closure, capture */
+/* A task handle's two metatables again (UP_MTS[KLUA_H_TASK] and
+ * [MT_TASK_DETACHED]), as upvalues: every spawn and join reads them, and
+ * an upvalue costs no table lookup. */
+#define UP_MT_TASK lua_upvalueindex(7)
+#define UP_MT_DETACHED lua_upvalueindex(8)
+#define NUPVALUES 8
 
 enum { ST_DONE = 0, ST_WAIT = 1, ST_CLOSED = 2, ST_CANCELLED = 3, ST_BLOB = 4, ST_MESSAGE = 5,
        ST_SLOW = 6, ST_REASON = 7 };
@@ -119,16 +125,16 @@ int klua_handle_kind(lua_State *L, int idx) {
 
 /* Whether the value at idx is a handle of this kind: its metatable is the
  * kind's (compared with UP_MTS[kind]: no hash lookup on the hot path), or
- * for a task handle, the detached one's. */
+ * for a task handle, one of its two (upvalues: no lookup at all). */
 static int is_kind(lua_State *L, int idx, int kind) {
   if (!lua_getmetatable(L, idx)) return 0;
+  if (kind == KLUA_H_TASK) {
+    int same = lua_rawequal(L, -1, UP_MT_TASK) || lua_rawequal(L, -1, UP_MT_DETACHED);
+    lua_pop(L, 1);
+    return same;
+  }
   lua_rawgeti(L, UP_MTS, kind);
   int same = lua_rawequal(L, -1, -2);
-  if (!same && kind == KLUA_H_TASK) {
-    lua_rawgeti(L, UP_MTS, MT_TASK_DETACHED);
-    same = lua_rawequal(L, -1, -3);
-    lua_pop(L, 1);
-  }
   lua_pop(L, 2);
   return same;
 }
@@ -137,7 +143,7 @@ static int is_kind(lua_State *L, int idx, int kind) {
  * finalizer once detached (nothing to release: the collector then has no
  * call to make for it), with one while it holds a record. */
 static void set_task_mt(lua_State *L, int idx, const task_handle_t *th) {
-  lua_rawgeti(L, UP_MTS, detached(th) ? MT_TASK_DETACHED : KLUA_H_TASK);
+  lua_pushvalue(L, detached(th) ? UP_MT_DETACHED : UP_MT_TASK);
   lua_setmetatable(L, idx);
 }
 
@@ -210,7 +216,8 @@ static void push_handle(lua_State *L, int kind, void *p) {
   handle_t *h = lua_newuserdata(L, kind == KLUA_H_TASK ? sizeof(task_handle_t) : sizeof *h);
   h->p = p;
   h->gen = gen;
-  lua_rawgeti(L, UP_MTS, kind);
+  if (kind == KLUA_H_TASK) lua_pushvalue(L, UP_MT_TASK);
+  else lua_rawgeti(L, UP_MTS, kind);
   lua_setmetatable(L, -2);
   if (intern) {
     lua_pushlightuserdata(L, p);
@@ -2135,15 +2142,17 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
   lua_pushinteger(L, KLUA_H_TASK);
   lua_rawset(L, -3);
   lua_newtable(L); /* 6 hooks */
+  lua_rawgeti(L, -2, KLUA_H_TASK); /* 7 */
+  lua_rawgeti(L, -3, MT_TASK_DETACHED); /* 8 */
   /* the metatables' __gc need the kinds table (UP_MTS) too */
   for (int k = 1; k < KLUA_H_KINDS; k++) {
-    lua_rawgeti(L, -2, k);
-    for (int i = 0; i < 6; i++) lua_pushvalue(L, -7); /* anchor .. hooks */
-    lua_pushcclosure(L, handle_gc, 6);
+    lua_rawgeti(L, -4, k);
+    for (int i = 0; i < NUPVALUES; i++) lua_pushvalue(L, -1 - NUPVALUES); /* anchor .. */
+    lua_pushcclosure(L, handle_gc, NUPVALUES);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
   }
-  luaL_openlib(L, NULL, fns, 6);
+  luaL_openlib(L, NULL, fns, NUPVALUES);
   pthread_once(&global_once, find_global);
   lua_pushboolean(L, in_global_scope);
   lua_setfield(L, -2, "global");
