@@ -304,6 +304,10 @@ struct klua_worker {
   const void *rep_fn;
   const char *rep_place;       /* its place (local_place_of, klua_core.c) */
   uint32_t rep_n;
+  /* the places of the prototypes spawned here, by prototype id (a place
+   * is its prototype's: portable_place_of, klua_core.c), or NULL */
+  const char **place_by_proto;
+  uint32_t nplace_by_proto;
   /* idle coroutines, in the anchor table at refs co_refs[] */
   lua_State **co_free;
   int *co_refs;

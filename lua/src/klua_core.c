@@ -492,6 +492,28 @@ static const char *local_place_of(lua_State *L, klua_rt_t *rt, klua_worker_t *se
   return place_of(L, rt, idx);
 }
 
+/* The same for a portable spawn, whose function's prototype id is known:
+ * a place is its prototype's (source and line), so the worker keeps them
+ * by id, without a lookup. */
+static const char *portable_place_of(lua_State *L, klua_rt_t *rt, klua_worker_t *self, int idx,
+                                     uint32_t id) {
+  if (self && id < self->nplace_by_proto && self->place_by_proto[id])
+    return self->place_by_proto[id];
+  const char *w = place_of(L, rt, idx);
+  if (!self) return w;
+  if (id >= self->nplace_by_proto) {
+    uint32_t n = self->nplace_by_proto ? self->nplace_by_proto : 64;
+    while (n <= id) n *= 2;
+    const char **a = realloc(self->place_by_proto, n * sizeof *a);
+    if (!a) return w; /* (a cache: it can do without) */
+    memset(a + self->nplace_by_proto, 0, (n - self->nplace_by_proto) * sizeof *a);
+    self->place_by_proto = a;
+    self->nplace_by_proto = n;
+  }
+  self->place_by_proto[id] = w;
+  return w;
+}
+
 /* The task's own nursery (knhk.spawn), made on first use. Its token is a
  * child of the task's: cancelling the task reaches its children, and its
  * children can be cancelled without it. */
@@ -611,7 +633,7 @@ static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *
   t->group = g;
   t->cancel_parent = cancel_parent_for(cur, g);
   t->parent = cur->id;
-  t->where = place_of(L, cur->rt, fnidx);
+  t->where = portable_place_of(L, cur->rt, klua_self(), fnidx, p.id);
   return finish_spawn(L, t, -1, fname);
 }
 

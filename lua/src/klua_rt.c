@@ -397,6 +397,7 @@ void klua_rt_free(klua_rt_t *rt) {
         lua_setfield(w->L, LUA_REGISTRYINDEX, "knhk.rt");
       }
       free(w->co_free);
+      free(w->place_by_proto);
       free(w->co_refs);
     }
   }
