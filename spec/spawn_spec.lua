@@ -192,6 +192,25 @@ describe("knhk.spawn_local", function()
     end, 2)
   end)
 
+  it("runs the right function when a finalizer spawns amid a loop of spawns", function()
+    run(function()
+      local from_gc = {}
+      local g = function(i) return "g" .. i end
+      local f = function(i) return "f" .. i end
+      local hs = {}
+      for i = 1, 3000 do
+        local p = newproxy(true)
+        getmetatable(p).__gc = function() from_gc[#from_gc + 1] = knhk.spawn_local(g, i) end
+        hs[i] = knhk.spawn_local(f, i)
+        if i % 500 == 0 then collectgarbage("step", 50) end
+      end
+      collectgarbage()
+      for i = 1, #hs do assert.equal("f" .. i, hs[i]:join()) end
+      assert.is_true(#from_gc > 0, "no finalizer ran")
+      for _, h in ipairs(from_gc) do assert.matches("^g%d+$", h:join()) end
+    end, 1)
+  end)
+
   for _, kind in ipairs { "spawn_local", "spawn" } do
     it("lets go of the function once its spawned tasks ran (" .. kind .. ")", function()
       local seen = setmetatable({}, { __mode = "k" })

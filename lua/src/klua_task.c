@@ -423,9 +423,11 @@ int klua_ref_fn(klua_worker_t *w, lua_State *L, int t, int fnidx) {
   }
   lua_pushvalue(L, fnidx);
   if (w->rep_n > 0) return klua_ref(w, L, t); /* another function's run pends */
-  lua_rawseti(L, t, KLUA_REF_REPEAT);
+  /* counted before the slot is written: a spawn nested in the write (none
+   * can run there today) would count itself in, or take a ref of its own */
   w->rep_fn = fn;
   w->rep_n = 1;
+  lua_rawseti(L, t, KLUA_REF_REPEAT);
   return KLUA_REF_REPEAT;
 }
 
