@@ -51,6 +51,21 @@ int64_t klua_values_size(lua_State *L, int first, int n, const void *self) {
   return total;
 }
 
+/* A number's and a string's encodings at p; past them. */
+static char *put_number(char *p, double d) {
+  *p++ = KLUA_V_NUMBER;
+  memcpy(p, &d, 8);
+  return p + 8;
+}
+
+static char *put_string(char *p, const char *s, size_t len) {
+  uint32_t l32 = (uint32_t)len;
+  *p++ = KLUA_V_STRING;
+  memcpy(p, &l32, 4);
+  memcpy(p + 4, s, len);
+  return p + 4 + len;
+}
+
 int klua_values_encode_plain(lua_State *L, int first, int n, char *out, int cap) {
   char *p = out, *end = out + cap;
   for (int i = first; i < first + n; i++) {
@@ -63,23 +78,15 @@ int klua_values_encode_plain(lua_State *L, int first, int n, char *out, int cap)
       if (p == end) return -1;
       *p++ = lua_toboolean(L, i) ? KLUA_V_TRUE : KLUA_V_FALSE;
       break;
-    case LUA_TNUMBER: {
+    case LUA_TNUMBER:
       if (end - p < 9) return -1;
-      double d = lua_tonumber(L, i);
-      *p++ = KLUA_V_NUMBER;
-      memcpy(p, &d, 8);
-      p += 8;
+      p = put_number(p, lua_tonumber(L, i));
       break;
-    }
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, i, &len);
       if ((size_t)(end - p) < 5 || len > (size_t)(end - p) - 5) return -1;
-      uint32_t l32 = (uint32_t)len;
-      *p++ = KLUA_V_STRING;
-      memcpy(p, &l32, 4);
-      memcpy(p + 4, s, len);
-      p += 4 + len;
+      p = put_string(p, s, len);
       break;
     }
     default: return -1;
@@ -103,21 +110,11 @@ void klua_values_encode(lua_State *L, int first, int n, char *out, const void *s
     switch (lua_type(L, i)) {
     case LUA_TNIL: *p++ = KLUA_V_NIL; break;
     case LUA_TBOOLEAN: *p++ = lua_toboolean(L, i) ? KLUA_V_TRUE : KLUA_V_FALSE; break;
-    case LUA_TNUMBER: {
-      double d = lua_tonumber(L, i);
-      *p++ = KLUA_V_NUMBER;
-      memcpy(p, &d, 8);
-      p += 8;
-      break;
-    }
+    case LUA_TNUMBER: p = put_number(p, lua_tonumber(L, i)); break;
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, i, &len);
-      uint32_t l32 = (uint32_t)len;
-      *p++ = KLUA_V_STRING;
-      memcpy(p, &l32, 4);
-      memcpy(p + 4, s, len);
-      p += 4 + len;
+      p = put_string(p, s, len);
       break;
     }
     case LUA_TFUNCTION:
