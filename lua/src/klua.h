@@ -449,6 +449,11 @@ void klua_task_drop_tel(klua_task_t *t); /* its telemetry block, if it had one *
 int klua_task_keepable(klua_task_t *t, klua_kept_t *k);
 /* A local start pushed from the anchor table at `anchor` (klua_task.c). */
 int klua_push_local_start(klua_worker_t *w, lua_State *L, int anchor, klua_task_t *t);
+/* The n values at `first` encoded as t's payload (klua_value.c): in one
+ * pass when they are nils, booleans, numbers and strings that fit the
+ * record, else measured, then written. The payload, or NULL if one of them
+ * cannot go inline (t's payload untouched) or memory ran out. */
+char *klua_payload_encode(klua_task_t *t, lua_State *L, int first, int n);
 /* The n values at `first` kept as t's results inline, if they fit; 1 if so. */
 int klua_task_keep_results(klua_task_t *t, lua_State *L, int first, int n);
 /* Spawns t (filled in: kind, group, payload) as a child of its group. */

@@ -654,17 +654,7 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
   t->parent = cur->id;
   klua_worker_t *self = klua_self();
   t->where = local_place_of(L, cur->rt, self, fnidx);
-  char plain[KLUA_INLINE];
-  int len = klua_values_encode_plain(L, fnidx + 1, nargs, plain, sizeof plain);
-  char *out = NULL;
-  if (len >= 0) { /* (the commonest: fits the record, one pass) */
-    out = klua_payload_room(t, (uint32_t)len);
-    memcpy(out, plain, (size_t)len);
-  } else {
-    int64_t size = klua_values_size(L, fnidx + 1, nargs, NULL);
-    out = size >= 0 ? klua_payload_room(t, (uint32_t)size) : NULL;
-    if (out) klua_values_encode(L, fnidx + 1, nargs, out, NULL);
-  }
+  char *out = klua_payload_encode(t, L, fnidx + 1, nargs);
   t->pay = KLUA_PAY_REFS; /* (payload_room reset it) */
   if (out) {
     t->nvals = nargs;

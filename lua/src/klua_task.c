@@ -476,13 +476,24 @@ int klua_push_local_start(klua_worker_t *w, lua_State *L, int anchor, klua_task_
   return n;
 }
 
-/* Keeps the n values at `first` on L as t's results, inline, if they can
- * be (klua_values_size); 1 if kept (not published yet). */
-int klua_task_keep_results(klua_task_t *t, lua_State *L, int first, int n) {
+char *klua_payload_encode(klua_task_t *t, lua_State *L, int first, int n) {
+  char plain[KLUA_INLINE];
+  int len = klua_values_encode_plain(L, first, n, plain, sizeof plain);
+  if (len >= 0) { /* (the commonest: they fit the record, in one pass) */
+    char *out = klua_payload_room(t, (uint32_t)len);
+    memcpy(out, plain, (size_t)len);
+    return out;
+  }
   int64_t size = klua_values_size(L, first, n, NULL);
   char *out = size >= 0 ? klua_payload_room(t, (uint32_t)size) : NULL;
-  if (!out) return 0;
-  klua_values_encode(L, first, n, out, NULL);
+  if (out) klua_values_encode(L, first, n, out, NULL);
+  return out;
+}
+
+/* Keeps the n values at `first` on L as t's results, inline, if they can
+ * be (klua_payload_encode); 1 if kept (not published yet). */
+int klua_task_keep_results(klua_task_t *t, lua_State *L, int first, int n) {
+  if (!klua_payload_encode(t, L, first, n)) return 0;
   t->pay = KLUA_PAY_INLINE;
   t->nvals = n;
   return 1;
@@ -650,16 +661,6 @@ static int put_start(klua_worker_t *w, lua_State *co, klua_task_t *t) {
 static int finish_plain(lua_State *co, klua_task_t *t) {
   if (t->implicit || t->fn_ref != LUA_NOREF || !lua_toboolean(co, 1)) return 0;
   int n = lua_gettop(co) - 1;
-  char plain[KLUA_INLINE];
-  int len = klua_values_encode_plain(co, 2, n, plain, sizeof plain);
-  if (len >= 0) { /* (the commonest: fits the record, one pass) */
-    memcpy(klua_payload_room(t, (uint32_t)len), plain, (size_t)len);
-    t->pay = KLUA_PAY_INLINE;
-    t->nvals = n;
-    klua_task_publish(t, KLUA_OK);
-    lua_settop(co, 0);
-    return 1;
-  }
   for (int i = 2; i <= n + 1; i++) {
     int type = lua_type(co, i);
     if (type != LUA_TNIL && type != LUA_TBOOLEAN && type != LUA_TNUMBER && type != LUA_TSTRING)
