@@ -574,12 +574,19 @@ static const char *closed_why(const klua_group_t *g) {
                                     : "the nursery is closed";
 }
 
+/* Raises a spawn into g that spawn_kept refused with rc. The caller read g
+ * before it let go of the task's record, which may be reused after. */
+static int raise_refused(lua_State *L, int level, const char *fname, int rc,
+                         const klua_group_t *g) {
+  return raise_at(L, level, "%s: %s", fname, rc == KNHK_ECLOSED ? closed_why(g) : knhk_strerror(rc));
+}
+
 static int finish_spawn(lua_State *L, klua_task_t *t, int worker, const char *fname) {
   int rc = spawn_kept(t, worker);
   if (rc != 0) {
+    klua_group_t *g = t->group;
     klua_task_release(t); /* ours; the spawn dropped its own */
-    if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: %s", fname, closed_why(t->group));
-    return raise_at(L, 1, "%s: %s", fname, knhk_strerror(rc));
+    return raise_refused(L, 1, fname, rc, g);
   }
   push_handle(L, KLUA_H_TASK, t);
   return 1;
@@ -675,8 +682,7 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
   if (rc != 0) {
     undo_start(L, t);
     klua_task_release(t);
-    if (rc == KNHK_ECLOSED) return raise_at(L, 1, "%s: %s", fname, closed_why(t->group));
-    return raise_at(L, 1, "%s: %s", fname, knhk_strerror(rc));
+    return raise_refused(L, 1, fname, rc, g);
   }
   push_handle(L, KLUA_H_TASK, t);
   return 1;
@@ -751,8 +757,7 @@ static int l_spawn_blob(lua_State *L) {
   int rc = spawn_kept(t, -1);
   if (rc != 0) {
     klua_task_release(t);
-    if (rc == KNHK_ECLOSED) return raise_at(L, 2, "spawn: %s%s", closed_why(t->group), "");
-    return raise_at(L, 2, "spawn: %s%s", knhk_strerror(rc), "");
+    return raise_refused(L, 2, "spawn", rc, g);
   }
   push_handle(L, KLUA_H_TASK, t);
   return 1;
