@@ -225,6 +225,11 @@ typedef struct {
 enum { KLUA_KEPT_NONE = 0, KLUA_KEPT_NIL = 1, KLUA_KEPT_FALSE = 2, KLUA_KEPT_TRUE = 3,
        KLUA_KEPT_NUMBER = 4 };
 static inline int klua_kept_is_record(const klua_kept_t *k) { return (k->p & 1) == 0; }
+/* The form that holds a child's record (one reference to it). */
+static inline klua_kept_t klua_kept_record(klua_task_t *t) {
+  klua_kept_t k = {(uintptr_t)t, 0};
+  return k;
+}
 /* The detached form's word, and its parts: written and read only here. */
 static inline uintptr_t klua_kept_word(uint64_t id, int what) {
   return (uintptr_t)(id << 4 | (uint64_t)what << 1 | 1);

@@ -250,9 +250,7 @@ static klua_kept_t kept_of(klua_task_t *t) {
     klua_task_release(t);
     return k;
   }
-  k.p = (uintptr_t)t;
-  k.num = 0;
-  return k;
+  return klua_kept_record(t);
 }
 
 /* The stack's children onto the end of the ring, oldest first (onto the
@@ -291,8 +289,7 @@ int klua_group_next_ended(klua_group_t *g, klua_kept_t *out) {
   if (!t) return 0;
   g->spill = t->link;
   t->link = NULL;
-  out->p = (uintptr_t)t;
-  out->num = 0;
+  *out = klua_kept_record(t);
   return 1;
 }
 
@@ -357,6 +354,5 @@ int klua_group_keep_room(klua_group_t *g, klua_worker_t *w) {
 void klua_group_keep(klua_group_t *g, klua_task_t *t) {
   klua_task_retain(t);
   g->held[g->nheld++] = g->nkept;
-  g->kept[g->nkept].p = (uintptr_t)t;
-  g->kept[g->nkept++].num = 0;
+  g->kept[g->nkept++] = klua_kept_record(t);
 }
