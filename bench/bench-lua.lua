@@ -65,9 +65,18 @@ end
 local BATCH = 8
 local function trivial(x) return x end
 
+-- Each timed region starts from a collected heap: otherwise a row pays for
+-- sweeping the garbage the rows before it left (the peers' coroutines and
+-- tables, hundreds of MB), and its figure swings 5x with the order of rows.
+local function settle()
+  collectgarbage()
+  collectgarbage()
+end
+
 -- Per-call spawn latency: batches of BATCH spawns timed together.
 local function latency(spawn, nbatch, overhead)
   local samples, hs = {}, {}
+  settle()
   for b = 1, nbatch do
     local t0 = now_ns()
     for k = 1, BATCH do hs[#hs + 1] = spawn(trivial, k) end
@@ -91,6 +100,7 @@ local function timer_overhead()
 end
 
 local function throughput(spawn, n)
+  settle()
   local t0 = now_ns()
   local hs = {}
   for i = 1, n do hs[i] = spawn(trivial, i) end
@@ -164,6 +174,7 @@ end
 local function bench_cpu_of(bench, task)
   local function ours(workers)
     return knhk.run(function()
+      settle()
       local t0 = now_ns()
       local hs = {}
       for i = 1, 64 do hs[i] = knhk.spawn(task, 27) end
@@ -172,6 +183,7 @@ local function bench_cpu_of(bench, task)
     end, { workers = workers })
   end
   local function plain(f)
+    settle()
     local t0 = now_ns()
     local s = 0
     for _ = 1, 64 do s = s + f(27) end
@@ -195,6 +207,7 @@ local function bench_cpu_of(bench, task)
     t1[r] = ours(1)
     t2[r] = ours(2)
     ts[r] = single.run(function()
+      settle()
       local t0 = now_ns()
       local hs = {}
       for i = 1, 64 do hs[i] = single.spawn(task, 27) end
@@ -284,6 +297,7 @@ end
 local function peer_channel(lib, cap, N)
   return lib.run(function()
     local ch = lib.channel(cap)
+    settle()
     local t0 = now_ns()
     local c = lib.spawn(function() for _ = 1, N do ch:recv() end end)
     lib.spawn(function() for i = 1, N do ch:send(i) end end)
@@ -295,6 +309,7 @@ end
 local function ours_channel(cap, N, workers)
   return knhk.run(function()
     local ch = knhk.channel(cap)
+    settle()
     local t0 = now_ns()
     knhk.nursery(function(n)
       n:spawn(function(c, k) for _ = 1, k do c:recv() end end, ch, N)
