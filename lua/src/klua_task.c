@@ -477,12 +477,13 @@ int klua_push_local_start(klua_worker_t *w, lua_State *L, int anchor, klua_task_
 }
 
 char *klua_payload_encode(klua_task_t *t, lua_State *L, int first, int n) {
-  char plain[KLUA_INLINE];
-  int len = klua_values_encode_plain(L, first, n, plain, sizeof plain);
-  if (len >= 0) { /* (the commonest: they fit the record, in one pass) */
-    char *out = klua_payload_room(t, (uint32_t)len);
-    memcpy(out, plain, (size_t)len);
-    return out;
+  /* The commonest: they fit the record, written there in one pass (a
+   * failed try leaves bytes in buf that the general path overwrites). */
+  klua_payload_reset(t);
+  int len = klua_values_encode_plain(L, first, n, t->buf, KLUA_INLINE);
+  if (len >= 0) {
+    t->len = (uint32_t)len;
+    return t->buf;
   }
   int64_t size = klua_values_size(L, first, n, NULL);
   char *out = size >= 0 ? klua_payload_room(t, (uint32_t)size) : NULL;
