@@ -592,6 +592,24 @@ static int finish_spawn(lua_State *L, klua_task_t *t, int worker, const char *fn
   return 1;
 }
 
+/* The commonest start: upvalues, globals' pairs and arguments that are all
+ * nils, booleans, numbers and short strings, written into t's record in
+ * one pass each. 1 if they fit (their first two parts' sizes in *uvsize,
+ * *gsize), else 0: the general encoder measures and writes them. */
+static int put_start_plain(lua_State *L, klua_task_t *t, int uvidx, int nuv, int gidx, int ng2,
+                           int argidx, int nargs, int64_t *uvsize, int64_t *gsize) {
+  char *b = t->buf;
+  int cap = KLUA_INLINE;
+  int u = klua_values_encode_plain(L, uvidx, nuv, b, cap);
+  int gl = u < 0 ? -1 : klua_values_encode_plain(L, gidx, ng2, b + u, cap - u);
+  int a = gl < 0 ? -1 : klua_values_encode_plain(L, argidx, nargs, b + u + gl, cap - u - gl);
+  if (a < 0) return 0;
+  t->len = (uint32_t)(u + gl + a);
+  *uvsize = u;
+  *gsize = gl;
+  return 1;
+}
+
 /* spawn(fn, ...) into g (NULL: the caller's own nursery), first at fnidx. */
 static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *api,
                           const char *fname) {
@@ -609,28 +627,33 @@ static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *
   if (ng < 0) { lua_pushinteger(L, ST_SLOW); return 1; }
   for (uint32_t i = 1; i <= p.nuv; i++) lua_getupvalue(L, fnidx, (int)i);
   int uvidx = top + 1 + 2 * ng;
-  const void *self = lua_topointer(L, fnidx);
-  int64_t uvsize = klua_values_size(L, uvidx, (int)p.nuv, self);
-  int64_t gsize = uvsize < 0 ? -1 : klua_values_size(L, top + 1, 2 * ng, self);
-  int64_t argsize = gsize < 0 ? -1 : klua_values_size(L, fnidx + 1, nargs, NULL);
-  if (uvsize < 0 || gsize < 0 || argsize < 0 || uvsize + gsize + argsize > 0x7fffffff) {
-    lua_settop(L, top);
-    lua_pushinteger(L, ST_SLOW);
-    return 1;
-  }
-  if (!g) g = implicit_group(L, cur);
+  if (!g) g = implicit_group(L, cur); /* (may raise: before the record is ours) */
   klua_task_t *t = klua_task_alloc(cur->rt);
   if (!t) return luaL_error(L, "%s: out of memory", fname);
-  char *out = klua_payload_room(t, (uint32_t)(uvsize + gsize + argsize));
-  if (!out) {
-    klua_task_release(t);
-    return luaL_error(L, "%s: out of memory", fname);
-  }
   /* payload: upvalues, the globals' pairs, the arguments */
+  int64_t uvsize, gsize;
+  if (!put_start_plain(L, t, uvidx, (int)p.nuv, top + 1, 2 * ng, fnidx + 1, nargs, &uvsize,
+                       &gsize)) {
+    const void *self = lua_topointer(L, fnidx);
+    uvsize = klua_values_size(L, uvidx, (int)p.nuv, self);
+    gsize = uvsize < 0 ? -1 : klua_values_size(L, top + 1, 2 * ng, self);
+    int64_t argsize = gsize < 0 ? -1 : klua_values_size(L, fnidx + 1, nargs, NULL);
+    if (uvsize < 0 || gsize < 0 || argsize < 0 || uvsize + gsize + argsize > 0x7fffffff) {
+      klua_task_release(t);
+      lua_settop(L, top);
+      lua_pushinteger(L, ST_SLOW);
+      return 1;
+    }
+    char *out = klua_payload_room(t, (uint32_t)(uvsize + gsize + argsize));
+    if (!out) {
+      klua_task_release(t);
+      return luaL_error(L, "%s: out of memory", fname);
+    }
+    klua_values_encode(L, uvidx, (int)p.nuv, out, self);
+    klua_values_encode(L, top + 1, 2 * ng, out + uvsize, self);
+    klua_values_encode(L, fnidx + 1, nargs, out + uvsize + gsize, NULL);
+  }
   if (uvsize + gsize <= 0xffff) t->start_len = (uint16_t)(uvsize + gsize);
-  klua_values_encode(L, uvidx, (int)p.nuv, out, self);
-  klua_values_encode(L, top + 1, 2 * ng, out + uvsize, self);
-  klua_values_encode(L, fnidx + 1, nargs, out + uvsize + gsize, NULL);
   lua_settop(L, top);
   t->kind = KLUA_PORTABLE;
   t->pay = KLUA_PAY_INLINE;
