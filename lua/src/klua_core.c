@@ -678,14 +678,13 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
   klua_task_t *t = klua_task_alloc(cur->rt);
   if (!t) return luaL_error(L, "%s: out of memory", fname);
   t->kind = KLUA_LOCAL;
-  t->pay = KLUA_PAY_REFS;
   t->group = g;
   t->cancel_parent = cancel_parent_for(cur, g);
   t->parent = cur->id;
   klua_worker_t *self = klua_self();
   t->where = local_place_of(L, cur->rt, self, fnidx);
   char *out = klua_payload_encode(t, L, fnidx + 1, nargs);
-  t->pay = KLUA_PAY_REFS; /* (payload_room reset it) */
+  t->pay = KLUA_PAY_REFS; /* (after the encode, which resets it) */
   if (out) {
     t->nvals = nargs;
   } else { /* arguments that are not inline: a table of them, in the home VM */
@@ -696,7 +695,7 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
     }
     lua_pushinteger(L, nargs);
     lua_setfield(L, -2, "n");
-    t->proto = klua_ref(klua_self(), L, UP_ANCHOR);
+    t->proto = klua_ref(self, L, UP_ANCHOR);
     t->nvals = -1;
   }
   t->fn_ref = klua_ref_fn(self, L, UP_ANCHOR, fnidx);
