@@ -79,6 +79,24 @@ describe("knhk.spawn snapshots", function()
     assert.is_nil(d)
   end)
 
+  on_one_and_many("carries plain values exactly, whether they fit the task's record or not", function()
+    -- the record holds 32 bytes of them: lengths on both sides of that,
+    -- in upvalues, arguments and results, for knhk.spawn and spawn_local
+    -- (in _G's environment, as a program's code is: the spawn's fast path)
+    for len = 0, 40, 3 do
+      local s, flag = string.rep("u", len), len % 2 == 0
+      local f = setfenv(function(x, y, z) return s, x, y, z, flag end, _G)
+      for _, spawn in ipairs { knhk.spawn, knhk.spawn_local } do
+        local a, b, c, d, e = spawn(f, len + 0.5, string.rep("a", len), nil):join()
+        assert.equal(s, a)
+        assert.equal(len + 0.5, b)
+        assert.equal(string.rep("a", len), c)
+        assert.is_nil(d)
+        assert.equal(flag, e)
+      end
+    end
+  end)
+
   on_one_and_many("runs many closures of one function independently", function()
     local hs, go = {}, knhk.event()
     -- all 200 suspended at once, then resumed together
