@@ -326,6 +326,28 @@ describe("waiting where a task cannot be suspended", function()
     assert.matches("child cleanup failed", tostring(err), 1, true)
   end)
 
+  it("lets knhk.checkpoint there be a cancellation point only: it returns, or raises Cancelled",
+    function()
+    run(function()
+      local t = { 5, 3, 1, 4, 2 }
+      local calls = 0
+      table.sort(t, function(a, b) knhk.checkpoint(); calls = calls + 1; return a < b end)
+      assert.same({ 1, 2, 3, 4, 5 }, t)
+      assert.is_true(calls > 0)
+      assert.equal("x", (string.gsub("y", "y", function() knhk.sleep(0); return "x" end)))
+      -- nothing was left queued: the task waits and checkpoints normally
+      knhk.sleep(0.001)
+      knhk.checkpoint()
+      local caught
+      knhk.cancel_scope(function(s)
+        s:cancel()
+        local ok, err = pcall(table.sort, { 2, 1 }, function(a, b) knhk.checkpoint(); return a < b end)
+        caught = not ok and knhk.is_cancelled(err)
+      end)
+      assert.is_true(caught)
+    end)
+  end)
+
   it("says so for every kind of wait, and each then waits normally outside", function()
     run(function()
       local ev, sem, tok = knhk.event(), knhk.semaphore(0), knhk.token()

@@ -49,11 +49,13 @@ function M.sleep(seconds)
 end
 
 -- knhk.checkpoint(): raises Cancelled if the current scope is cancelled,
--- and lets other tasks run.
+-- and lets other tasks run. Inside a C function that called back into Lua
+-- (a table.sort comparator, a string.gsub callback), which cannot be
+-- suspended, it is a cancellation point only: it raises, or returns.
 function M.checkpoint()
   local reason = core.cancelled()
   if reason then R.raise_cancelled(reason) end
-  core.reschedule()
+  if not core.reschedule() then return end
   co_yield(R.MARK_WAIT)
   reason = core.cancelled()
   if reason then R.raise_cancelled(reason) end

@@ -1254,12 +1254,20 @@ static int l_cancelled(lua_State *L) {
   return 1;
 }
 
-/* core.reschedule(): queued again at once (a checkpoint lets others run) */
+/* core.reschedule() -> true, queued again at once (a checkpoint lets the
+ * others run), or false inside a C function that called back into Lua (a
+ * table.sort comparator, ...), which cannot be suspended: there a
+ * checkpoint is a cancellation point only. */
 static int l_reschedule(lua_State *L) {
   klua_task_t *t = current(L, "knhk.checkpoint");
+  if (!lua_isyieldable(L)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
   t->w.recheck = 1; /* knhk.checkpoint looks at the token again */
   klua_wake(t);
-  return 0;
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 /* core.wait_end(): takes back what the last wait armed (a wait left early) */
