@@ -627,7 +627,8 @@ static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *
   if (ng < 0) { lua_pushinteger(L, ST_SLOW); return 1; }
   for (uint32_t i = 1; i <= p.nuv; i++) lua_getupvalue(L, fnidx, (int)i);
   int uvidx = top + 1 + 2 * ng;
-  if (!g) g = implicit_group(L, cur); /* (may raise: before the record is ours) */
+  if (!g) g = implicit_group(L, cur); /* (these two may raise: before the record is ours) */
+  const char *where = portable_place_of(L, cur->rt, klua_self(), fnidx, p.id);
   klua_task_t *t = klua_task_alloc(cur->rt);
   if (!t) return luaL_error(L, "%s: out of memory", fname);
   /* payload: upvalues, the globals' pairs, the arguments */
@@ -663,7 +664,7 @@ static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *
   t->group = g;
   t->cancel_parent = cancel_parent_for(cur, g);
   t->parent = cur->id;
-  t->where = portable_place_of(L, cur->rt, klua_self(), fnidx, p.id);
+  t->where = where;
   return finish_spawn(L, t, -1, fname);
 }
 
@@ -674,15 +675,16 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
     return raise_at(L, 1, "bad argument #1 to '%s' (function expected, got %s)", fname,
                     luaL_typename(L, fnidx));
   int top = lua_gettop(L), nargs = top - fnidx;
-  if (!g) g = implicit_group(L, cur);
+  klua_worker_t *self = klua_self();
+  if (!g) g = implicit_group(L, cur); /* (these two may raise: before the record is ours) */
+  const char *where = local_place_of(L, cur->rt, self, fnidx);
   klua_task_t *t = klua_task_alloc(cur->rt);
   if (!t) return luaL_error(L, "%s: out of memory", fname);
   t->kind = KLUA_LOCAL;
   t->group = g;
   t->cancel_parent = cancel_parent_for(cur, g);
   t->parent = cur->id;
-  klua_worker_t *self = klua_self();
-  t->where = local_place_of(L, cur->rt, self, fnidx);
+  t->where = where;
   char *out = klua_payload_encode(t, L, fnidx + 1, nargs);
   t->pay = KLUA_PAY_REFS; /* (after the encode, which resets it) */
   if (out) {
