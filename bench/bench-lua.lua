@@ -4,7 +4,7 @@
 -- work, same invocation. JSON lines on stdout (../shared/BENCH.md).
 --   luajit bench/bench-lua.lua [--runs N] [--cli path/to/knhk-lua]
 -- With --cli, the sleepers_1m rows run a million sleeping tasks in
--- knhk-lua processes (bench/sleepers.lua), once each: they take seconds.
+-- knhk-lua processes (bench/sleepers.lua), `runs` rounds: they take seconds.
 local ffi = require "ffi"
 local cjson = require "cjson"
 local knhk = require "knhk"
@@ -379,20 +379,36 @@ local function sigint_exit_s(n)
   return t
 end
 
+-- Each process runs once a round, ours and the peer's taking turns, and
+-- each figure is the median of `runs` rounds: one run of a million tasks
+-- swings by a third on these machines (page faults, the collector's pace).
 local function bench_sleepers_1m()
   local N = 1000000
   local script = shell_quote(here .. "/sleepers.lua")
-  local peer = sleepers_run("luajit " .. script .. " " .. N .. " coroutines")
-  for _, kind in ipairs { "spawn", "spawn_local" } do
-    progress("  %d %s tasks", N, kind)
-    local r = sleepers_run(shell_quote(cli) .. " -w 2 " .. script .. " " .. N .. " " .. kind .. " cancel")
-    local bench = kind == "spawn" and "sleepers_1m" or "sleepers_1m_local"
-    emit(bench, "spawn_s", "s", 2, r.spawn_s, { "coroutines", peer.spawn_s }, false, 1)
-    emit(bench, "cancel_s", "s", 2, r.cancel_s, { "coroutines", peer.cancel_s }, false, 1)
-    emit(bench, "rss", "MB", 2, r.rss_mb, { "coroutines", peer.rss_mb }, false, 1)
+  local kinds = { "spawn", "spawn_local" }
+  local peer, ours, sigint = {}, { spawn = {}, spawn_local = {} }, {}
+  for r = 1, runs do
+    progress("  round %d of %d: %d coroutines, %d tasks of each kind, SIGINT", r, runs, N, N)
+    peer[r] = sleepers_run("luajit " .. script .. " " .. N .. " coroutines")
+    for _, kind in ipairs(kinds) do
+      ours[kind][r] = sleepers_run(shell_quote(cli) .. " -w 2 " .. script .. " " .. N .. " "
+        .. kind .. " cancel")
+    end
+    sigint[r] = sigint_exit_s(N)
   end
-  progress("  SIGINT with %d sleeping tasks", N)
-  emit("sleepers_1m", "sigint_exit_s", "s", 2, sigint_exit_s(N), nil, false, 1)
+  local function med(list, field)
+    local v = {}
+    for i, r in ipairs(list) do v[i] = r[field] end
+    return median(v)
+  end
+  for _, kind in ipairs(kinds) do
+    local bench = kind == "spawn" and "sleepers_1m" or "sleepers_1m_local"
+    for _, f in ipairs { { "spawn_s", "spawn_s", "s" }, { "cancel_s", "cancel_s", "s" },
+                         { "rss", "rss_mb", "MB" } } do
+      emit(bench, f[1], f[3], 2, med(ours[kind], f[2]), { "coroutines", med(peer, f[2]) }, false)
+    end
+  end
+  emit("sleepers_1m", "sigint_exit_s", "s", 2, median(sigint), nil, false)
 end
 
 progress("spawn latency and throughput")
