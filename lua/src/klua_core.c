@@ -1233,12 +1233,6 @@ static int l_task_done(lua_State *L) {
   return 1;
 }
 
-static int l_task_joined(lua_State *L) {
-  klua_task_t *t = TASK_ARG(L, 1);
-  lua_pushboolean(L, !t || (atomic_load(&t->flags) & KLUA_T_JOINED) != 0);
-  return 1;
-}
-
 static int l_task_cancel(lua_State *L) {
   klua_task_t *t = TASK_ARG(L, 1);
   if (t) klua_task_cancel(t);
@@ -2101,7 +2095,6 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"outcome", l_outcome},
       {"task_id", l_task_id},
       {"task_done", l_task_done},
-      {"task_joined", l_task_joined},
       {"task_cancel", l_task_cancel},
       {"cancelled", l_cancelled},
       {"reschedule", l_reschedule},
