@@ -18,9 +18,9 @@ describe("argument errors", function()
   local cases = {
     { function() knhk.sleep("x") end, "bad argument #1 to 'sleep' (number expected, got string)" },
     { function() knhk.sleep(0 / 0) end, "bad argument #1 to 'sleep' (number expected, got NaN)" },
-    { function() knhk.channel(-1) end, "bad argument #1 to 'channel' (whole number >= 0 expected, got -1)" },
-    { function() knhk.channel("3") end, "bad argument #1 to 'channel' (whole number >= 0 expected, got string)" },
-    { function() knhk.channel(1.5) end, "bad argument #1 to 'channel' (whole number >= 0 expected, got 1.5)" },
+    { function() knhk.channel(-1) end, "bad argument #1 to 'channel' (whole number in 0..16777216 expected, got -1)" },
+    { function() knhk.channel("3") end, "bad argument #1 to 'channel' (whole number in 0..16777216 expected, got string)" },
+    { function() knhk.channel(1.5) end, "bad argument #1 to 'channel' (whole number in 0..16777216 expected, got 1.5)" },
     { function() knhk.semaphore(-2) end, "bad argument #1 to 'semaphore' (whole number >= 0 expected, got -2)" },
     { function() knhk.spawn(42) end, "bad argument #1 to 'spawn' (function expected, got number)" },
     { function() knhk.spawn_local({}) end, "bad argument #1 to 'spawn_local' (function expected, got table)" },

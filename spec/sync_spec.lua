@@ -114,7 +114,15 @@ describe("knhk.channel", function()
   it("refuses bad capacities and unsendable values", function()
     run(function()
       assert.has_error(function() knhk.channel(-1) end,
-        "bad argument #1 to 'channel' (whole number >= 0 expected, got -1)")
+        "bad argument #1 to 'channel' (whole number in 0..16777216 expected, got -1)")
+      -- a capacity past the largest is refused, not taken modulo 2^32 (2^32
+      -- would have been a rendezvous, where a lone send waits for ever)
+      for _, cap in ipairs { 2 ^ 24 + 1, 2 ^ 32, 2 ^ 32 + 3, 2 ^ 40, math.huge } do
+        local ok, err = pcall(knhk.channel, cap)
+        assert.is_false(ok)
+        assert.matches("bad argument #1 to 'channel' (whole number in 0..16777216 expected", err, 1, true)
+      end
+      assert.equal(2 ^ 24, knhk.channel(2 ^ 24):capacity())
       local ch = knhk.channel()
       assert.has_error(function() ch:send(io.stdout) end, "send: the value sent is a userdata")
     end)

@@ -36,13 +36,16 @@ handle_kind("channel", mts.channel, 2)
 
 function M.is_channel(v) return getmetatable(v) == mts.channel end
 
--- knhk.channel([capacity]) -> channel. capacity 0: a rendezvous (send
--- waits for a receiver); default 64. Values travel by snapshot.
+-- knhk.channel([capacity]) -> channel, or nil, message, code (out of
+-- memory). capacity 0: a rendezvous (send waits for a receiver); default
+-- 64; at most CHAN_MAX (its slots are made at once). Values travel by
+-- snapshot.
+local CHAN_MAX = select(2, core.channel(0))
 function M.channel(capacity)
   if capacity == nil then capacity = 64 end
-  check.arg("whole", capacity, 1, "channel", 2, 0)
-  local ch = core.channel(capacity)
-  if not ch then return nil, "out of memory" end
+  check.arg("whole", capacity, 1, "channel", 2, 0, CHAN_MAX)
+  local ch, msg, code = core.channel(capacity)
+  if not ch then return nil, msg, code end
   return ch
 end
 

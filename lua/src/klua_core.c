@@ -1643,12 +1643,21 @@ static int l_drop_own(lua_State *L) {
 
 /* --------------------------------------------------------------- channels */
 
+/* core.channel(capacity) -> channel | nil, message, code (sync.lua checked
+ * the capacity: a whole number in 0..KLUA_CHAN_MAX) */
 static int l_channel(lua_State *L) {
   double cap = luaL_checknumber(L, 1);
-  klua_sync_t *s = klua_chan_new((uint32_t)cap);
-  if (!s) return 0;
+  klua_sync_t *s = cap >= 0 && cap <= KLUA_CHAN_MAX ? klua_chan_new((uint32_t)cap) : NULL;
+  if (!s) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "channel: cannot make one of capacity %f: %s", cap,
+                    knhk_strerror(KNHK_ENOMEM));
+    lua_pushinteger(L, KNHK_ENOMEM);
+    return 3;
+  }
   push_handle(L, KLUA_H_CHANNEL, s);
-  return 1;
+  lua_pushinteger(L, KLUA_CHAN_MAX);
+  return 2;
 }
 
 static int sync_status(lua_State *L, int st, klua_task_t *t) {

@@ -28,6 +28,9 @@ typedef struct {
   uint32_t len;
 } klua_val_t;
 
+/* The largest capacity a channel takes: its slots are made at once (32
+ * bytes each), and a ring index must not wrap. */
+#define KLUA_CHAN_MAX (1u << 24)
 klua_sync_t *klua_chan_new(uint32_t capacity);
 klua_sync_t *klua_sem_new(int64_t permits);
 klua_sync_t *klua_event_new(void);
