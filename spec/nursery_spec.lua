@@ -87,6 +87,31 @@ describe("knhk.nursery", function()
     assert.same({ { "child" }, { "grandchild" }, { "last" } }, out)
   end)
 
+  it("wait_all counts children that tasks on other workers spawned into it, live or ended", function()
+    -- the spawning task runs on either worker: 100 rounds meet both
+    for workers = 1, 4, 3 do
+      local wrong = run(function()
+        local wrong = {}
+        for round = 1, 100 do
+          local got = knhk.nursery(function(n)
+            n:spawn(function() return 1 end)
+            knhk.spawn(function(nn)
+              nn:spawn(function() return 2 end)
+              nn:spawn(function() knhk.sleep(0.002); return 3 end) -- still live at wait_all
+            end, n):join()
+            n:spawn_local(function() return 4 end)
+            local out = {}
+            for i, r in ipairs(n:wait_all()) do out[i] = r[1] end
+            return table.concat(out, " ")
+          end)
+          if got ~= "1 2 3 4" then wrong[#wrong + 1] = round .. ": " .. got end
+        end
+        return wrong
+      end, workers)
+      assert.same({}, wrong)
+    end
+  end)
+
   it("does not keep the handles its spawns returned: the program's to drop", function()
     local kept = run(function()
       local seen = setmetatable({}, { __mode = "k" })

@@ -267,14 +267,21 @@ struct klua_group {
   _Atomic(klua_task_t *) ended;
   knhk_telemetry_nursery_t tel; /* its span, while recording */
   _Atomic uint32_t spawned;    /* children so far (the telemetry's index) */
-  klua_spin_t flock;           /* failures */
+  klua_spin_t flock;           /* failures, and the foreign list */
   klua_task_t **failures;
   uint32_t nfail, capfail;
-  /* The children its owner's VM spawned, in spawn order (wait_all), as
+  /* Children spawned from other workers' VMs (a task the nursery's handle
+   * travelled to), as records, until the owner moves them to `kept`: under
+   * flock. rforeign counts the room spawns about to happen reserved. */
+  klua_kept_t *foreign;
+  _Atomic uint32_t nforeign;
+  uint32_t rforeign, capforeign;
+  /* The children spawned into it, in spawn order (wait_all), as
    * klua_kept_t: kept here rather than as the Lua handles the spawns
    * returned, which cost a userdata, a table slot and a finalizer each for
    * as long as the nursery lives. Only the worker whose VM opened it
-   * (owner_worker) appends and reads. */
+   * (owner_worker) appends and reads: the others' spawns come through
+   * `foreign`, and are taken in whenever the owner spawns or counts. */
   int32_t owner_worker;        /* -1: none (a task's own nursery, the root's) */
   uint32_t nkept, capkept;
   klua_kept_t *kept;
@@ -520,15 +527,20 @@ static inline int klua_group_owned_by(const klua_group_t *g, const klua_worker_t
   return w && g->owner_worker == w->index;
 }
 /* Whether a child spawned now by worker w is kept in g's spawn-order list
- * (w is g's owner's): then room for it is made, and -1 returned if there
- * is none (out of memory); 0 if not kept, 1 if kept. Just before the
- * spawn, so that keeping it (klua_group_keep) cannot fail after; nothing
- * in between may run Lua code (a finalizer could spawn into g). */
+ * (an explicit nursery's): then room for it is made, and -1 returned if
+ * there is none (out of memory); 0 if not kept, 1 if kept by the owner, 2
+ * through the foreign list (w is not the owner's). Just before the spawn,
+ * so that keeping it (klua_group_keep) cannot fail after; nothing in
+ * between may run Lua code (a finalizer could spawn into g). A spawn that
+ * failed gives the room back (klua_group_unkeep). */
 int klua_group_keep_room(klua_group_t *g, klua_worker_t *w);
+void klua_group_unkeep(klua_group_t *g, int keep);
+/* The owner's: the children other workers spawned, taken into `kept`. */
+void klua_group_take_foreign(klua_group_t *g);
 /* The owner's: lets go of the records its lists hold of children that
  * ended well, when that is due (klua_group.c). */
 void klua_group_tidy(klua_group_t *g);
-void klua_group_keep(klua_group_t *g, klua_task_t *t); /* takes a reference */
+void klua_group_keep(klua_group_t *g, klua_task_t *t, int keep); /* takes a reference */
 
 /* ---- klua_wait.c: waits ---- */
 /* Arms t's wake-up on the cancellation of `token` (NULL: none). Returns 1

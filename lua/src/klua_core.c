@@ -562,7 +562,8 @@ static int spawn_kept(klua_task_t *t, int worker) {
   int keep = klua_group_keep_room(t->group, klua_self());
   if (keep < 0) return KNHK_ENOMEM;
   int rc = klua_task_spawn(t, worker);
-  if (rc == 0 && keep) klua_group_keep(t->group, t);
+  if (rc == 0 && keep) klua_group_keep(t->group, t, keep);
+  else if (keep) klua_group_unkeep(t->group, keep);
   return rc;
 }
 
@@ -1473,11 +1474,13 @@ static int l_nursery_cancelled(lua_State *L) {
   return 1;
 }
 
-/* core.nursery_children(n) -> how many children its owner's VM spawned
- * into it so far (wait_all's) */
+/* core.nursery_children(n) -> how many children were spawned into it so
+ * far, from any worker (wait_all's; its owner's call) */
 static int l_nursery_children(lua_State *L) {
   klua_group_t *g = GROUP_ARG(L, 1);
-  lua_pushinteger(L, klua_group_owned_by(g, klua_self()) ? (lua_Integer)g->nkept : 0);
+  int owner = klua_group_owned_by(g, klua_self());
+  if (owner) klua_group_take_foreign(g);
+  lua_pushinteger(L, owner ? (lua_Integer)g->nkept : 0);
   return 1;
 }
 

@@ -86,6 +86,9 @@ klua_group_t *klua_group_new(klua_rt_t *rt, knhk_token_t *token, uint32_t flags)
   g->owner_worker = -1;
   g->nkept = g->capkept = 0;
   g->nheld = g->capheld = 0;
+  g->foreign = NULL; /* (a pooled one's went when it closed) */
+  atomic_store_explicit(&g->nforeign, 0, memory_order_relaxed);
+  g->rforeign = g->capforeign = 0;
   g->compact_at = COMPACT_MIN;
   g->rhead = g->rlen = g->rcap = 0;
   g->spill = NULL;
@@ -110,6 +113,14 @@ void klua_group_closed(klua_group_t *g) {
     if (klua_kept_is_record(&k)) klua_task_release((klua_task_t *)k.p);
   for (uint32_t i = 0; i < g->nkept; i++)
     if (klua_kept_is_record(&g->kept[i])) klua_task_release((klua_task_t *)g->kept[i].p);
+  klua_spin_lock(&g->flock); /* (a spawn that reserved room fails: closed) */
+  uint32_t nf = atomic_load_explicit(&g->nforeign, memory_order_relaxed);
+  for (uint32_t i = 0; i < nf; i++) klua_task_release((klua_task_t *)g->foreign[i].p);
+  free(g->foreign);
+  g->foreign = NULL;
+  atomic_store_explicit(&g->nforeign, 0, memory_order_relaxed);
+  g->capforeign = 0;
+  klua_spin_unlock(&g->flock);
   /* not pooled with g: a big nursery's lists would stay */
   free(g->kept);
   free(g->held);
@@ -342,8 +353,33 @@ void klua_group_tidy(klua_group_t *g) {
   if (g->nheld >= g->compact_at || (g->nheld && klua_group_live(g) == 0)) compact(g);
 }
 
+void klua_group_take_foreign(klua_group_t *g) {
+  if (!atomic_load_explicit(&g->nforeign, memory_order_relaxed)) return;
+  klua_spin_lock(&g->flock);
+  uint32_t n = atomic_load_explicit(&g->nforeign, memory_order_relaxed), i = 0;
+  for (; i < n; i++) {
+    if (array_room((void **)&g->kept, g->nkept, &g->capkept, sizeof *g->kept) != 0 ||
+        array_room((void **)&g->held, g->nheld, &g->capheld, sizeof *g->held) != 0)
+      break; /* (out of memory: the rest stay, for a later look) */
+    g->held[g->nheld++] = g->nkept;
+    g->kept[g->nkept++] = g->foreign[i];
+  }
+  memmove(g->foreign, g->foreign + i, (n - i) * sizeof *g->foreign);
+  atomic_store_explicit(&g->nforeign, n - i, memory_order_relaxed);
+  klua_spin_unlock(&g->flock);
+}
+
 int klua_group_keep_room(klua_group_t *g, klua_worker_t *w) {
-  if (!klua_group_owned_by(g, w)) return 0;
+  if (g->owner_worker < 0) return 0; /* no wait_all: a task's own nursery */
+  if (!klua_group_owned_by(g, w)) {
+    klua_spin_lock(&g->flock);
+    uint32_t used = atomic_load_explicit(&g->nforeign, memory_order_relaxed) + g->rforeign;
+    int rc = array_room((void **)&g->foreign, used, &g->capforeign, sizeof *g->foreign);
+    if (rc == 0) g->rforeign++;
+    klua_spin_unlock(&g->flock);
+    return rc == 0 ? 2 : -1;
+  }
+  klua_group_take_foreign(g); /* (before this child: they were spawned before it) */
   klua_group_tidy(g);
   if (array_room((void **)&g->kept, g->nkept, &g->capkept, sizeof *g->kept) != 0 ||
       array_room((void **)&g->held, g->nheld, &g->capheld, sizeof *g->held) != 0)
@@ -351,8 +387,24 @@ int klua_group_keep_room(klua_group_t *g, klua_worker_t *w) {
   return 1;
 }
 
-void klua_group_keep(klua_group_t *g, klua_task_t *t) {
+void klua_group_unkeep(klua_group_t *g, int keep) {
+  if (keep != 2) return; /* (the owner's room stays for its next spawn) */
+  klua_spin_lock(&g->flock);
+  g->rforeign--;
+  klua_spin_unlock(&g->flock);
+}
+
+void klua_group_keep(klua_group_t *g, klua_task_t *t, int keep) {
   klua_task_retain(t);
+  if (keep == 2) {
+    klua_spin_lock(&g->flock);
+    g->rforeign--;
+    uint32_t n = atomic_load_explicit(&g->nforeign, memory_order_relaxed);
+    g->foreign[n] = klua_kept_record(t);
+    atomic_store_explicit(&g->nforeign, n + 1, memory_order_relaxed);
+    klua_spin_unlock(&g->flock);
+    return;
+  }
   g->held[g->nheld++] = g->nkept;
   g->kept[g->nkept++] = klua_kept_record(t);
 }
