@@ -60,6 +60,37 @@ for _, workers in ipairs { 1, 4 } do
       assert.is_false(running(pid))
     end)
 
+    it("h:cancel() on a task waiting in exec stops its command, and the join says cancelled",
+      function()
+      for _, spawn in ipairs { "spawn", "spawn_local" } do
+        local pid, ok, err, took = run(function()
+          -- (a file, not a FIFO: opening one would block the worker the
+          -- command's task may be waiting to start on)
+          fifos = fifos + 1
+          local path = TMP .. "/pid" .. fifos
+          local h = knhk[spawn](function(p)
+            return knhk.exec(string.format("sleep 30 & echo $! >%s.w; mv %s.w %s; wait", p, p, p))
+          end, path)
+          local f
+          for _ = 1, 1000 do -- (10 s at most)
+            f = io.open(path)
+            if f then break end
+            knhk.sleep(0.01)
+          end
+          local pid = tonumber(assert(f, "the command never started"):read "*l")
+          f:close()
+          local t0 = knhk.now()
+          h:cancel()
+          local ok, err = pcall(h.join, h)
+          return pid, ok, err, knhk.now() - t0
+        end)
+        assert.is_false(ok, spawn)
+        assert.is_true(knhk.is_cancelled(err.value), spawn .. ": " .. tostring(err))
+        assert.is_true(took < 10, spawn .. " took " .. took .. " s")
+        assert.is_false(running(pid), spawn)
+      end
+    end)
+
     it("a cancelled step leaves no orphan when its output is redirected", function()
       local pid, caught, took = run(function()
         return cancel_after_pid "sleep 30 >/dev/null 2>&1 & echo $! >%s; wait"

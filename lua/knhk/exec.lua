@@ -73,7 +73,7 @@ function M.exec(cmd, opts)
   local function run_it()
     local err = ffi.new("int[1]")
     local e = C.klua_exec_start(core.current_ptr(), cargv, #argv, cenv, envc, opts.cwd, opts.stdin,
-      opts.stdin and #opts.stdin or 0, core.scope_token(), err)
+      opts.stdin and #opts.stdin or 0, core.scope_token(true), err)
     if e == nil then return nil, ffi.string(C.knhk_strerror(err[0])), err[0] end
     e = ffi.gc(e, C.klua_exec_free)
     -- uncancellable wait: a cancel stops the process group, which ends soon

@@ -1308,10 +1308,17 @@ static int l_wait_try(lua_State *L) {
   return 1;
 }
 
-/* core.scope_token() -> lightuserdata of the token the caller's checkpoints
- * look at (for the FFI calls that stop on cancellation: exec) */
+/* core.scope_token([own]) -> lightuserdata of the token the caller's
+ * checkpoints look at (for the FFI calls that stop on cancellation: exec).
+ * With own, outside any scope of its, the task's own token, made now if it
+ * had none: a call that watches a token for its whole length must hear
+ * h:cancel(), which cancels that token (made then, it would be one the
+ * call never watched). */
 static int l_scope_token(lua_State *L) {
-  lua_pushlightuserdata(L, klua_task_checkpoint_token(current(L, "knhk")));
+  klua_task_t *t = current(L, "knhk");
+  knhk_token_t *tok = NULL;
+  if (lua_toboolean(L, 1) && !t->scope) tok = klua_task_own_token(t);
+  lua_pushlightuserdata(L, tok ? tok : klua_task_checkpoint_token(t));
   return 1;
 }
 
