@@ -108,6 +108,28 @@ describe("knhk.cancel_scope", function()
 end)
 
 describe("knhk.move_on_after and knhk.fail_after", function()
+  it("a deadline already past is seen by the first checkpoint, not by a later wait", function()
+    for _, clock in ipairs { "real", "virtual" } do
+      knhk.run(function()
+        local steps = 0
+        local ok, err = pcall(knhk.fail_after, 0, function()
+          knhk.checkpoint()
+          steps = steps + 1
+          return "finished"
+        end)
+        assert.is_false(ok, clock)
+        assert.is_true(knhk.is_timeout(err), clock)
+        local s = knhk.move_on_after(-5, function() knhk.sleep(0); steps = steps + 1 end)
+        assert.is_true(s.cancelled_caught, clock)
+        s = knhk.cancel_scope(function()
+          for _ = 1, 3 do knhk.checkpoint(); steps = steps + 1 end
+        end, { deadline = knhk.now() - 1 })
+        assert.is_true(s.cancelled_caught, clock)
+        assert.equal(0, steps, clock)
+      end, { workers = 2, clock = clock })
+    end
+  end)
+
   it("move_on_after stops the work and moves on", function()
     run(function()
       local scope, r = knhk.move_on_after(0.01, function() knhk.sleep(10); return "never" end)

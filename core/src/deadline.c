@@ -12,6 +12,7 @@
 #include <stdlib.h>
 
 #include "atomics.h"
+#include "knhk/reactor.h"
 #include "knhk/deadline.h"
 #include "knhk/errors.h"
 
@@ -67,6 +68,11 @@ int knhk_deadline_start(knhk_deadline_t **out, knhk_reactor_t *r, knhk_token_t *
     knhk_timer_stop(&d->timer);
   else
     d->cb_on = 1;
+  /* A time already past cancels now, not when the reactor next turns: a
+   * scope entered past its deadline must not run on to a real wait
+   * (fail_after(0, f) would run f's checkpoints through). The timer, told
+   * by token_cancelled, stops. */
+  if (at_ns <= knhk_reactor_now(r)) knhk_token_cancel(token, KNHK_CANCEL_DEADLINE);
   *out = d;
   return 0;
 }

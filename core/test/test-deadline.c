@@ -142,6 +142,9 @@ TEST(deadline_already_past_fires_at_once) {
   knhk_token_t *t = token(NULL);
   knhk_deadline_t *d;
   ASSERT_OK(knhk_deadline_start(&d, r, t, HOURS(1)));
+  /* before the start returned, not at the reactor's next turn: a scope
+   * entered past its deadline is cancelled at its first checkpoint */
+  ASSERT(knhk_token_is_cancelled(t));
   ASSERT_OK(knhk_token_wait(t, -1));
   ASSERT_EQ(KNHK_CANCEL_DEADLINE, knhk_token_reason(t));
   ASSERT_OK(knhk_deadline_stop(d));

@@ -24,7 +24,8 @@
 typedef struct knhk_deadline_s knhk_deadline_t;
 
 /* Any thread. Cancels `token` with KNHK_CANCEL_DEADLINE at `at_ns` of r's
- * clock (knhk_reactor_now; a time already past fires at once). The
+ * clock (knhk_reactor_now; a time already past cancels it before this
+ * returns). The
  * deadline holds a reference to the token until it is stopped. On success
  * *out is the caller's to stop, exactly once, with knhk_deadline_stop.
  * Returns 0, KNHK_EINVAL, KNHK_ENOMEM, or KNHK_ESHUTDOWN (the reactor is
