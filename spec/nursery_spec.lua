@@ -239,6 +239,24 @@ describe("knhk.nursery", function()
     assert.equal(1, now)
   end)
 
+  it("supervise: wait_all waits for every child, then raises the first error in spawn order",
+    function()
+    local finished, err, returned = virtual(function()
+      local fin, returned = false, false
+      local _, e = pcall(knhk.nursery, function(n)
+        n:spawn_local(function() knhk.sleep(2); error("second to fail, first spawned") end)
+        n:spawn_local(function() error("first to fail") end)
+        n:spawn_local(function() knhk.sleep(5); fin = true end)
+        n:wait_all()
+        returned = true
+      end, { supervise = true })
+      return fin, e, returned
+    end)
+    assert.is_true(finished) -- not cancelled by the body's error while wait_all waited
+    assert.is_false(returned)
+    assert.matches("second to fail, first spawned", tostring(err))
+  end)
+
   it("nested nurseries work on one worker", function()
     assert.equal(27, run(function()
       local count = 0

@@ -124,13 +124,29 @@ function Nursery:wait_any()
 end
 
 -- n:wait_all() -> { {results...}, ... } in spawn order, for the children
--- spawned so far (raises the first error).
+-- spawned so far. Once all of them have ended it raises the first error,
+-- in spawn order: a supervising nursery's other children run to their
+-- end, rather than being cancelled by the body's error while wait_all
+-- still waited. Cancelled (a checkpoint) raises at once.
 function Nursery:wait_all()
   check_self(self, "wait_all")
   if core.nursery_closed(self) then R.raise("wait_all: the nursery is closed") end
   owner_state(self, "wait_all")
-  local out = {}
-  for i = 1, core.nursery_children(self) do out[i] = { core.nursery_child(self, i):join() } end
+  local out, first_err = {}, nil
+  local function keep(i, ok, ...)
+    if ok then
+      out[i] = { ... }
+    elseif first_err == nil then
+      first_err = (...)
+    end
+    -- this task's own cancellation (not a child's): it stops waiting
+    if not ok and getmetatable((...)) == errors.Cancelled then error((...), 0) end
+  end
+  for i = 1, core.nursery_children(self) do
+    local h = core.nursery_child(self, i)
+    keep(i, pcall(h.join, h))
+  end
+  if first_err ~= nil then error(first_err, 0) end
   return out
 end
 
