@@ -12,7 +12,6 @@
 #include <stdlib.h>
 
 #include "atomics.h"
-#include "knhk/reactor.h"
 #include "knhk/deadline.h"
 #include "knhk/errors.h"
 

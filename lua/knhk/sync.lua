@@ -40,7 +40,7 @@ function M.is_channel(v) return getmetatable(v) == mts.channel end
 -- memory). capacity 0: a rendezvous (send waits for a receiver); default
 -- 64; at most CHAN_MAX (its slots are made at once). Values travel by
 -- snapshot.
-local CHAN_MAX = select(2, core.channel(0))
+local CHAN_MAX = core.CHAN_MAX
 function M.channel(capacity)
   if capacity == nil then capacity = 64 end
   check.arg("whole", capacity, 1, "channel", 2, 0, CHAN_MAX)

@@ -528,11 +528,12 @@ static inline int klua_group_owned_by(const klua_group_t *g, const klua_worker_t
 }
 /* Whether a child spawned now by worker w is kept in g's spawn-order list
  * (an explicit nursery's): then room for it is made, and -1 returned if
- * there is none (out of memory); 0 if not kept, 1 if kept by the owner, 2
- * through the foreign list (w is not the owner's). Just before the spawn,
+ * there is none (out of memory); else KLUA_KEEP_NONE, KLUA_KEEP_OWNER, or
+ * KLUA_KEEP_FOREIGN (w is not the owner's). Just before the spawn,
  * so that keeping it (klua_group_keep) cannot fail after; nothing in
  * between may run Lua code (a finalizer could spawn into g). A spawn that
  * failed gives the room back (klua_group_unkeep). */
+enum { KLUA_KEEP_NONE = 0, KLUA_KEEP_OWNER = 1, KLUA_KEEP_FOREIGN = 2 };
 int klua_group_keep_room(klua_group_t *g, klua_worker_t *w);
 void klua_group_unkeep(klua_group_t *g, int keep);
 /* The owner's: the children other workers spawned, taken into `kept`. */

@@ -1654,7 +1654,7 @@ static int l_drop_own(lua_State *L) {
 /* --------------------------------------------------------------- channels */
 
 /* core.channel(capacity) -> channel | nil, message, code (sync.lua checked
- * the capacity: a whole number in 0..KLUA_CHAN_MAX) */
+ * the capacity: a whole number in 0..core.CHAN_MAX) */
 static int l_channel(lua_State *L) {
   double cap = luaL_checknumber(L, 1);
   klua_sync_t *s = cap >= 0 && cap <= KLUA_CHAN_MAX ? klua_chan_new((uint32_t)cap) : NULL;
@@ -1666,8 +1666,7 @@ static int l_channel(lua_State *L) {
     return 3;
   }
   push_handle(L, KLUA_H_CHANNEL, s);
-  lua_pushinteger(L, KLUA_CHAN_MAX);
-  return 2;
+  return 1;
 }
 
 static int sync_status(lua_State *L, int st, klua_task_t *t) {
@@ -2217,5 +2216,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
   pthread_once(&global_once, find_global);
   lua_pushboolean(L, in_global_scope);
   lua_setfield(L, -2, "global");
+  lua_pushinteger(L, KLUA_CHAN_MAX);
+  lua_setfield(L, -2, "CHAN_MAX");
   return 1;
 }

@@ -353,42 +353,46 @@ void klua_group_tidy(klua_group_t *g) {
   if (g->nheld >= g->compact_at || (g->nheld && klua_group_live(g) == 0)) compact(g);
 }
 
+/* Room in kept[] (and held[]) for one more child: 0, or -1 out of memory. */
+static int kept_room(klua_group_t *g) {
+  if (array_room((void **)&g->kept, g->nkept, &g->capkept, sizeof *g->kept) != 0) return -1;
+  return array_room((void **)&g->held, g->nheld, &g->capheld, sizeof *g->held);
+}
+
+/* A child's record at the end of kept[], held there until it ends (room made). */
+static void kept_push(klua_group_t *g, klua_kept_t k) {
+  g->held[g->nheld++] = g->nkept;
+  g->kept[g->nkept++] = k;
+}
+
 void klua_group_take_foreign(klua_group_t *g) {
   if (!atomic_load_explicit(&g->nforeign, memory_order_relaxed)) return;
   klua_spin_lock(&g->flock);
   uint32_t n = atomic_load_explicit(&g->nforeign, memory_order_relaxed), i = 0;
-  for (; i < n; i++) {
-    if (array_room((void **)&g->kept, g->nkept, &g->capkept, sizeof *g->kept) != 0 ||
-        array_room((void **)&g->held, g->nheld, &g->capheld, sizeof *g->held) != 0)
-      break; /* (out of memory: the rest stay, for a later look) */
-    g->held[g->nheld++] = g->nkept;
-    g->kept[g->nkept++] = g->foreign[i];
-  }
+  for (; i < n && kept_room(g) == 0; i++) kept_push(g, g->foreign[i]);
+  /* (out of memory: the rest stay, for a later look) */
   memmove(g->foreign, g->foreign + i, (n - i) * sizeof *g->foreign);
   atomic_store_explicit(&g->nforeign, n - i, memory_order_relaxed);
   klua_spin_unlock(&g->flock);
 }
 
 int klua_group_keep_room(klua_group_t *g, klua_worker_t *w) {
-  if (g->owner_worker < 0) return 0; /* no wait_all: a task's own nursery */
+  if (g->owner_worker < 0) return KLUA_KEEP_NONE; /* no wait_all: a task's own nursery */
   if (!klua_group_owned_by(g, w)) {
     klua_spin_lock(&g->flock);
     uint32_t used = atomic_load_explicit(&g->nforeign, memory_order_relaxed) + g->rforeign;
     int rc = array_room((void **)&g->foreign, used, &g->capforeign, sizeof *g->foreign);
     if (rc == 0) g->rforeign++;
     klua_spin_unlock(&g->flock);
-    return rc == 0 ? 2 : -1;
+    return rc == 0 ? KLUA_KEEP_FOREIGN : -1;
   }
   klua_group_take_foreign(g); /* (before this child: they were spawned before it) */
   klua_group_tidy(g);
-  if (array_room((void **)&g->kept, g->nkept, &g->capkept, sizeof *g->kept) != 0 ||
-      array_room((void **)&g->held, g->nheld, &g->capheld, sizeof *g->held) != 0)
-    return -1;
-  return 1;
+  return kept_room(g) == 0 ? KLUA_KEEP_OWNER : -1;
 }
 
 void klua_group_unkeep(klua_group_t *g, int keep) {
-  if (keep != 2) return; /* (the owner's room stays for its next spawn) */
+  if (keep != KLUA_KEEP_FOREIGN) return; /* (the owner's room stays for its next spawn) */
   klua_spin_lock(&g->flock);
   g->rforeign--;
   klua_spin_unlock(&g->flock);
@@ -396,7 +400,7 @@ void klua_group_unkeep(klua_group_t *g, int keep) {
 
 void klua_group_keep(klua_group_t *g, klua_task_t *t, int keep) {
   klua_task_retain(t);
-  if (keep == 2) {
+  if (keep == KLUA_KEEP_FOREIGN) {
     klua_spin_lock(&g->flock);
     g->rforeign--;
     uint32_t n = atomic_load_explicit(&g->nforeign, memory_order_relaxed);
@@ -405,6 +409,5 @@ void klua_group_keep(klua_group_t *g, klua_task_t *t, int keep) {
     klua_spin_unlock(&g->flock);
     return;
   }
-  g->held[g->nheld++] = g->nkept;
-  g->kept[g->nkept++] = klua_kept_record(t);
+  kept_push(g, klua_kept_record(t));
 }
