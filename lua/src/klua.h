@@ -342,6 +342,14 @@ struct klua_worker {
 enum { KLUA_TASK_SLAB = 64, KLUA_GROUP_SLAB = 32 };
 
 /* ---- klua_arena.c: chunks that record and group slabs are carved from ---- */
+/* Under AddressSanitizer every slab is a calloc of its own (klua_arena.c). */
+#if defined(__SANITIZE_ADDRESS__)
+#define KLUA_ARENA_MALLOC 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KLUA_ARENA_MALLOC 1
+#endif
+#endif
 typedef struct {
   void **chunks;
   size_t nchunks, capchunks;

@@ -34,14 +34,6 @@
 
 #include "klua.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define KLUA_ARENA_MALLOC 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define KLUA_ARENA_MALLOC 1
-#endif
-#endif
-
 /* What klua_arena_alloc gave to arenas not freed yet (klua_arena_in_use). */
 static _Atomic size_t in_use;
 
@@ -118,19 +110,29 @@ KLUA_API size_t klua_arena_in_use(void) {
 
 void klua_arena_free(klua_arena_t *a) {
   atomic_fetch_sub_explicit(&in_use, a->used, memory_order_relaxed);
-  for (size_t i = 0; i < a->nchunks; i++) {
 #ifdef KLUA_ARENA_MALLOC
-    free(a->chunks[i]);
+  for (size_t i = 0; i < a->nchunks; i++) free(a->chunks[i]);
 #else
-    int kept = 0;
+  /* The cache is a stack, and the next runtime starts from its top. The
+   * first chunks a runtime carved have had every page written; its last
+   * one may have been carved only a little, the rest of its pages never
+   * faulted in. So the first chunks go on top, and when the cache is full
+   * the last ones are the ones given back: pushed last-first, the next
+   * runtime's first records (its first few thousand spawns) faulted on a
+   * page every nine records, and the spawn rows' second run had a p99 of
+   * ~2 us against ~0.7 us for the runs after it. */
+  size_t keep = 0;
+  pthread_mutex_lock(&cache_m);
+  if (ncache < CACHE_MAX) keep = (size_t)(CACHE_MAX - ncache);
+  if (keep > a->nchunks) keep = a->nchunks;
+  for (size_t i = keep; i-- > 0;) {
     /* (its pages the kernel's to take back; if it does not, no fault) */
     madvise(a->chunks[i], CHUNK, MADV_FREE);
-    pthread_mutex_lock(&cache_m);
-    if (ncache < CACHE_MAX) cache[ncache++] = a->chunks[i], kept = 1;
-    pthread_mutex_unlock(&cache_m);
-    if (!kept) munmap(a->chunks[i], CHUNK);
-#endif
+    cache[ncache++] = a->chunks[i];
   }
+  pthread_mutex_unlock(&cache_m);
+  for (size_t i = keep; i < a->nchunks; i++) munmap(a->chunks[i], CHUNK);
+#endif
   free(a->chunks);
   memset(a, 0, sizeof *a);
 }
