@@ -157,6 +157,18 @@ describe("a virtual clock that can never move", function()
     assert.is_true(cleaned) -- the waiting task saw Cancelled: its cleanup ran
   end)
 
+  it("reports the deadlock even when the root caught the Cancelled and returned", function()
+    local caught
+    local ok, err = pcall(virtual, function()
+      local ok_, e = pcall(function() knhk.event():wait() end)
+      caught = not ok_ and knhk.is_cancelled(e)
+      return "finished anyway"
+    end)
+    assert.is_true(caught)
+    assert.is_false(ok)
+    assert.matches("deadlock under the virtual clock: every task was waiting", tostring(err))
+  end)
+
   it("names the tasks that wait for ever, where they were spawned and by whom", function()
     local ok, err = pcall(virtual, function()
       knhk.nursery(function(n)

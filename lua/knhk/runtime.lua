@@ -382,17 +382,20 @@ function M.run(main, cfg, ...)
       name or ("main " .. codec.place_of(main)))
     core.enter(r)
     M.last_stats = M.stats() -- every task has ended: the counters are final
-    local st, outcome, payload = core.outcome(h)
-    if st == DONE then return pack(true, select(2, core.outcome(h))) end
-    if outcome == OK then
-      if st == BLOB then return pack(true, select(2, codec.decode_copies(payload))) end
-      return pack(true)
-    end
+    -- A deadlock is the run's failure however the root ended: a root that
+    -- caught the Cancelled it raised and returned would otherwise pass a
+    -- run (or a spec) that could never have finished.
     local stalled, stuck = core.stalled(r)
     if stalled then
       return pack(false, "knhk.run: deadlock under the virtual clock: every task was waiting, "
         .. "with no timer pending and nothing in flight that could wake one; the run was "
         .. "cancelled" .. (stuck ~= "" and (". Waiting:" .. stuck) or ""))
+    end
+    local st, outcome, payload = core.outcome(h)
+    if st == DONE then return pack(true, select(2, core.outcome(h))) end
+    if outcome == OK then
+      if st == BLOB then return pack(true, select(2, codec.decode_copies(payload))) end
+      return pack(true)
     end
     return pack(false, task_failure(core.task_id(h), outcome, st, payload))
   end)
