@@ -158,6 +158,15 @@ describe("knhk-lua", function()
     assert.equal("knhk-lua: " .. TMP .. "/knhk_broken_mod.lua:2: broken at load\n", err2)
   end)
 
+  it("an error raised with a huge table: one line, what was left out counted", function()
+    local script = write("raise_big.lua", "local t = {} for i = 1, 100000 do t[i] = i end t.code = 7 error(t)\n")
+    local code, _, err = run(q(script))
+    assert.equal(1, code)
+    local first = err:match("^[^\n]*")
+    assert.matches("^knhk%-lua: error raised with a table value: { 1, 2, 3,", first)
+    assert.matches(", 39, %.%.%. %(99961 more%), code = 7 }$", first)
+  end)
+
   it("an error raised with a table, nil or boolean: the value shown readably, and the traceback",
     function()
     local cases = {

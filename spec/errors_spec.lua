@@ -494,3 +494,43 @@ describe("methods called with a wrong self", function()
     end)
   end)
 end)
+
+describe("a raised table, shown in a message", function()
+  local errors = require "knhk.errors"
+  local function list(n)
+    local t = {}
+    for i = 1, n do t[i] = i end
+    return t
+  end
+
+  it("shows a short list and its named fields whole", function()
+    assert.equal('{ 1, "two", x = 3 }', errors.show({ 1, "two", x = 3 }))
+    assert.equal("{ " .. table.concat(list(40), ", ") .. " }", errors.show(list(40)))
+  end)
+
+  it("counts what it leaves out of a long list, and says nothing is left out when nothing is", function()
+    local s = errors.show(list(41))
+    assert.matches(", 40, %.%.%. %(1 more%) }$", s)
+    assert.not_matches("41", s)
+  end)
+
+  it("keeps a huge list to one readable line", function()
+    local s = errors.show(list(100000))
+    assert.is_true(#s < 300, "shown in " .. #s .. " characters")
+    assert.matches("... (99960 more) }", s, 1, true)
+  end)
+
+  it("keeps the named fields of a long list, which say what the value is", function()
+    local t = list(45)
+    t.code, t.name = 7, "x"
+    local s = errors.show(t)
+    assert.matches(', code = 7, name = "x" }$', s)
+    assert.matches(", 38, ... (7 more), code", s, 1, true)
+  end)
+
+  it("counts the named fields it leaves out", function()
+    local t = {}
+    for i = 1, 100 do t["k" .. i] = i end
+    assert.matches(", %.%.%. %(60 more%) }$", errors.show(t))
+  end)
+end)

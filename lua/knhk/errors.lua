@@ -142,25 +142,36 @@ end
 
 -- Values as people read them (the REPL, error messages): tables one level
 -- deep, keys sorted.
+-- Entries shown of one table; the rest are counted, not printed (an error
+-- raised with a 100 000-element list is one line a person can read).
+local SHOW_MAX = 40
+
 local function show(v, depth)
   depth = depth or 0
   if type(v) == "string" then return depth > 0 and string.format("%q", v) or v end
   if type(v) ~= "table" or getmetatable(v) ~= nil or depth > 1 then return safe_tostring(v) end
-  local keys = {}
-  for k in pairs(v) do keys[#keys + 1] = k end
-  table.sort(keys, function(a, b)
+  local n, named = #v, {}
+  for k in pairs(v) do
+    if not (type(k) == "number" and k >= 1 and k <= n and k % 1 == 0) then named[#named + 1] = k end
+  end
+  -- The list, then the named fields. When they do not all fit, the named
+  -- fields keep at least half the room: they usually say what the value is
+  -- (code = 7), where the list's tail is more of the same.
+  local nnamed = math.min(#named, math.max(SHOW_MAX - n, SHOW_MAX / 2))
+  local nlist = math.min(n, SHOW_MAX - nnamed)
+  local parts = {}
+  for i = 1, nlist do parts[#parts + 1] = show(v[i], depth + 1) end
+  if nlist < n then parts[#parts + 1] = "... (" .. (n - nlist) .. " more)" end
+  table.sort(named, function(a, b)
     if type(a) == type(b) and (type(a) == "number" or type(a) == "string") then return a < b end
     return type(a) < type(b)
   end)
-  local parts, n = {}, #v
-  for i = 1, n do parts[#parts + 1] = show(v[i], depth + 1) end
-  for _, k in ipairs(keys) do
-    if not (type(k) == "number" and k >= 1 and k <= n and k % 1 == 0) then
-      local key = type(k) == "string" and k:match("^[%a_][%w_]*$") and k or ("[" .. show(k, depth + 1) .. "]")
-      parts[#parts + 1] = key .. " = " .. show(v[k], depth + 1)
-    end
-    if #parts > 40 then parts[#parts + 1] = "..."; break end
+  for i = 1, nnamed do
+    local k = named[i]
+    local key = type(k) == "string" and k:match("^[%a_][%w_]*$") and k or ("[" .. show(k, depth + 1) .. "]")
+    parts[#parts + 1] = key .. " = " .. show(v[k], depth + 1)
   end
+  if nnamed < #named then parts[#parts + 1] = "... (" .. (#named - nnamed) .. " more)" end
   return "{ " .. table.concat(parts, ", ") .. " }"
 end
 M.show = show
