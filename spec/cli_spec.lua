@@ -110,9 +110,11 @@ describe("knhk-lua", function()
       assert.equal(0, code)
       assert.equal("3\n", out)
     end
-    local code, _, err = run("--workers=many -e " .. q("print('ran')"))
-    assert.equal(2, code)
-    assert.matches("workers must be a whole number in 1..256, got 'many'", err, 1, true)
+    for _, bad in ipairs { "many", "1e1", "0x2" } do
+      local code, _, err = run("--workers=" .. bad .. " -e " .. q("print('ran')"))
+      assert.equal(2, code, bad)
+      assert.matches("workers must be a whole number in 1..256, got '" .. bad .. "'", err, 1, true)
+    end
   end)
 
   it("--clock virtual runs the script on a virtual clock; a bad kind is a usage error", function()
@@ -128,7 +130,8 @@ describe("knhk-lua", function()
   end)
 
   it("KNHK_WORKERS that is not a whole number in 1..256: exit 2 and one line, as -w", function()
-    for _, value in ipairs { "abc", "0", "100000", "1.5" } do
+    -- written as a person writes a count: "1e1" or "0x2" are not ten and two
+    for _, value in ipairs { "abc", "0", "100000", "1.5", "1e1", "0x2", "2x" } do
       local code, out, err = run("-e " .. q("print('ran')"), nil, "KNHK_WORKERS=" .. value)
       assert.equal(2, code, value)
       assert.equal("", out)

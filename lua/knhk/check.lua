@@ -23,6 +23,15 @@ function M.got(v, expected)
   return type(v)
 end
 
+-- A count written as text (a command-line option, an environment
+-- variable): decimal digits only, in lo..hi; else nil. tonumber alone
+-- would take "1e1", "0x2" and " 2" for numbers a person did not write.
+function M.count_text(text, lo, hi)
+  local n = type(text) == "string" and text:match("^%d+$") and tonumber(text)
+  if not n or n < lo or n > hi then return nil end
+  return n
+end
+
 -- Predicates: nil when v is acceptable, else what was expected.
 local want = {}
 M.want = want

@@ -8,6 +8,7 @@ local knhk = require "knhk"
 local R = require "knhk.runtime"
 local core = require "knhk.core"
 local errors = require "knhk.errors"
+local check = require "knhk.check"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 -- knhk.ffi's cdef is the REPL's only (line input, signals at the prompt):
@@ -60,11 +61,7 @@ exit codes: 0 success, 1 the workflow failed, 2 usage error,
 ]==]
 
 -- A worker count given as text (-w, KNHK_WORKERS), or nil if it is not one.
-local function worker_count(text)
-  local n = tonumber(text)
-  if not n or n < 1 or n > 256 or n % 1 ~= 0 then return nil end
-  return n
-end
+local function worker_count(text) return check.count_text(text, 1, 256) end
 
 local function usage_error(msg)
   io.stderr:write(PROG, ": ", msg, " (try '", PROG, " --help')\n")

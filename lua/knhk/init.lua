@@ -75,8 +75,8 @@ end
 function knhk.default_workers()
   local env = os.getenv "KNHK_WORKERS"
   if env and env ~= "" then
-    local n = tonumber(env)
-    if not n or n < 1 or n % 1 ~= 0 or n > 256 then
+    local n = check.count_text(env, 1, 256)
+    if not n then
       return nil, "KNHK_WORKERS must be a whole number in 1..256, got '" .. env .. "'"
     end
     return n
