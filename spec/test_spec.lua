@@ -100,7 +100,7 @@ describe("knhk.test.wrap", function()
       line = here(); knhk.spawn(function(ev) ev:wait() end, never)
     end, { workers = 1 })
     -- the run ended although nothing sets the event: the task was cancelled
-    assert.matches("the test body returned with 1 task still running", err, 1, true)
+    assert.matches("the test body returned with 1 task not ended", err, 1, true)
     assert.matches("task %d+ %(function at .*test_spec%.lua:" .. line .. ", spawned by task %d+%) waiting",
       err)
   end)
@@ -113,7 +113,7 @@ describe("knhk.test.wrap", function()
       error("gave up")
     end, { workers = 1 })
     assert.matches("the test body failed with .*gave up", err)
-    assert.matches("returned with 1 task still running", err, 1, true)
+    assert.matches("returned with 1 task not ended", err, 1, true)
   end)
 
   it("refuses a bad body or bad options at the call, in Lua's words", function()

@@ -168,7 +168,7 @@ local function run_body(fn, opts, seed, ...)
   local out = {}
   if not ok then out[#out + 1] = "the test body failed with " .. describe_error(err) end
   if leftovers then
-    out[#out + 1] = string.format("the test body returned with %d task%s still running "
+    out[#out + 1] = string.format("the test body returned with %d task%s not ended "
       .. "(cancelled then; join what a test spawns, or run it in a nursery):\n%s",
       leftovers.count, leftovers.count == 1 and "" or "s", table.concat(leftovers.lines, "\n"))
   end
