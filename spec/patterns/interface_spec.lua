@@ -266,6 +266,18 @@ flowchart TD
 ]=], P.workflow(small()):to_mermaid())
   end)
 
+  it("writes any step name as text: quotes, '#', markup and line breaks cannot break a label", function()
+    local name = 'say "hi" #1; <b>bold</b> & co\nsecond line'
+    local wf = P.workflow(P.sequence{ P.task(name, function() end) })
+    local mermaid = wf:to_mermaid()
+    assert.matches('n1_1%["say #quot;hi#quot; #35;1; #lt;b>bold#lt;/b> #amp; co<br/>second line"%]\n', mermaid)
+    local dot = wf:to_dot()
+    assert.matches('n1_1 [label="say \\"hi\\" #1; <b>bold</b> & co\\nsecond line", shape=box', dot, 1, true)
+    -- the line break in the name did not split the line that holds it
+    assert.not_matches("\nsecond line", mermaid, 1, true)
+    assert.not_matches("\nsecond line", dot, 1, true)
+  end)
+
   it("to_dot draws the same net for Graphviz", function()
     local dot = P.workflow(small(), { name = "order" }):to_dot()
     assert.matches('^digraph "order" {\n', dot)

@@ -76,7 +76,17 @@ local function walk(net, w, is_root)
   if ends or net.exit then w.node(end_id, is_root and "end" or "out", "marker") end
 end
 
-local function mermaid_text(s) return (s:gsub('"', "#quot;")) end
+-- Mermaid reads its own entity codes (#quot;, #35;) inside a quoted
+-- label and renders the label as HTML: a step named with a quote, a '#',
+-- markup or a line break would end the label, become an entity or be
+-- drawn as markup. Each such character becomes its code ('<' is enough to
+-- keep a tag from being one: "total > 100" stays readable); a line break
+-- becomes the <br/> Mermaid draws as one.
+local MERMAID_CODES = { ['"'] = "#quot;", ["#"] = "#35;", ["<"] = "#lt;", ["&"] = "#amp;",
+                        ["\n"] = "<br/>" }
+local function mermaid_text(s)
+  return (s:gsub("\r\n", "\n"):gsub('[#"<&\n]', MERMAID_CODES))
+end
 
 function M.mermaid(wf)
   local out = { "flowchart TD" }
@@ -103,7 +113,10 @@ function M.mermaid(wf)
   return table.concat(out, "\n") .. "\n"
 end
 
-local function dot_text(s) return '"' .. s:gsub("\\", "\\\\"):gsub('"', '\\"') .. '"' end
+-- A DOT string: quotes and backslashes escaped, a line break as DOT's \n
+local function dot_text(s)
+  return '"' .. s:gsub("\\", "\\\\"):gsub('"', '\\"'):gsub("\r?\n", "\\n") .. '"'
+end
 
 function M.dot(wf)
   local out = { "digraph " .. dot_text(wf.name or "workflow") .. " {",
