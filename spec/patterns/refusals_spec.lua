@@ -146,6 +146,17 @@ local refusals = {
     "workflow: cancel_mi (26) at HERE: 'a' is a task step, not a multiple-instance step (P.mi)" },
   { "a milestone nobody holds", function() return P.workflow(P.when_milestone("x", f)) end,
     "workflow: when_milestone (18) at HERE: no P.milestone is named 'x'" },
+  { "a milestone that comes only after the step it guards", function()
+      return P.workflow(P.sequence{ P.when_milestone("m", f), P.milestone("m", g) }) end,
+    "workflow: when_milestone (18) at HERE: the milestone 'm' it waits for (milestone (18) at HERE) "
+      .. "comes only after it, later in its sequence, so it can never hold when this step is "
+      .. "enabled; put the milestone before it, or on a parallel branch" },
+  { "a milestone that comes only after the sequence holding the step it guards", function()
+      return P.workflow(P.sequence{ P.sequence{ f, P.when_milestone("m", f) }, g,
+                                    P.parallel_split{ P.milestone("m", g), h } }) end,
+    "workflow: when_milestone (18) at HERE: the milestone 'm' it waits for (milestone (18) at HERE) "
+      .. "comes only after it, later in its sequence, so it can never hold when this step is "
+      .. "enabled; put the milestone before it, or on a parallel branch" },
   { "a signal nobody waits for", function() return P.workflow(P.signal(P.persistent_trigger("t"), 1)) end,
     "workflow: signal (24) at HERE: no step waits for trigger 't' (declare it with "
       .. "P.transient_trigger or P.persistent_trigger and wait for it with P.wait_for)" },

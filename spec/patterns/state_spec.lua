@@ -154,6 +154,99 @@ describe("18 Milestone", function()
     assert.equal(0, H.count(r, "after change"))
     assert.equal(1, H.count(r, "when milestone 'in transit'", "withdrawn"))
   end)
+
+  -- the case can no longer reach the milestone: the guarded step can never
+  -- be enabled, so it is withdrawn and the case ends (it never waits for ever)
+  local function express_or_standard(express, prep_seconds)
+    return H.virtual(function()
+      return P.parallel_split{
+        P.sequence{
+          P.exclusive_choice{
+            { when = "express", run = P.milestone("packing", P.task("pack", function() knhk.sleep(5) end)) },
+            otherwise = noop("standard"),
+          },
+          P.simple_merge(),
+        },
+        P.sequence{ P.task("prep", function() knhk.sleep(prep_seconds) end),
+                    P.when_milestone("packing", noop("upgrade")), noop("after upgrade") },
+      }:execute{ vars = { express = express } }, knhk.now()
+    end)
+  end
+
+  it("a guarded step is withdrawn when a choice took the branch without the milestone", function()
+    local r, now = express_or_standard(false, 10)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(10, now) -- withdrawn as soon as it was reached, not left waiting
+    assert.equal(1, H.count(r, "standard"))
+    assert.equal(0, H.count(r, "upgrade"))
+    assert.equal(0, H.count(r, "after upgrade")) -- no token leaves a withdrawn step
+    assert.equal(1, H.count(r, "when milestone 'packing'", "withdrawn"))
+    assert.is_nil(r.unfinished)
+  end)
+
+  it("a guarded step that waits is withdrawn once the other branches end without the milestone", function()
+    -- the guarded step is reached first; the choice is made (and the
+    -- milestone's branch left out) only later, after the 10 s step
+    local r, withdrawn_at = H.virtual(function()
+      local at
+      local tel = { event = function(_, name, a)
+        if name == "knhk.workflow.step.end" and a.outcome == "withdrawn" then at = knhk.now() end
+      end }
+      local r = P.parallel_split{
+        P.sequence{
+          P.task("decide", function() knhk.sleep(10) end),
+          P.exclusive_choice{ { when = "express", run = P.milestone("packing", noop("pack")) },
+                              otherwise = noop("standard") },
+          P.simple_merge(),
+          P.task("label", function() knhk.sleep(5) end),
+        },
+        P.when_milestone("packing", noop("upgrade")),
+      }:execute{ vars = { express = false }, telemetry = tel }
+      return r, at
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(10, withdrawn_at) -- when the choice left the milestone out, not at the end (15)
+    assert.equal(0, H.count(r, "upgrade"))
+    assert.equal(1, H.count(r, "label"))
+    assert.is_true(H.pos(r, "when milestone 'packing'", "withdrawn") < H.pos(r, "label"), H.events(r))
+  end)
+
+  it("a guarded step still waits while the milestone's branch can get there", function()
+    local r = express_or_standard(true, 1)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(1, H.count(r, "upgrade")) -- ran while packing held
+    assert.equal(1, H.count(r, "after upgrade"))
+    assert.is_true(H.pos(r, "upgrade") < H.pos(r, "pack"), H.events(r))
+  end)
+
+  it("a guarded step is withdrawn when its milestone was withdrawn", function()
+    local r = H.virtual(function()
+      local obs = H.observer()
+      return P.parallel_split{
+        P.sequence{ P.task("wait", function() knhk.event():wait() end),
+                    P.milestone("open", noop("holding")) },
+        P.sequence{ waits("withdraw", obs:after("wait", 1, "started")), P.cancel_task("wait") },
+        P.when_milestone("open", noop("guarded")),
+      }:execute{ telemetry = obs }
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(0, H.count(r, "guarded"))
+    assert.equal(1, H.count(r, "wait", "withdrawn"))
+    assert.equal(1, H.count(r, "when milestone 'open'", "withdrawn"))
+  end)
+
+  it("guarded steps waiting for each other's milestones are all withdrawn", function()
+    local r = H.virtual(function()
+      return P.parallel_split{
+        P.sequence{ P.when_milestone("a", noop("x")), P.milestone("b", noop("hold b")) },
+        P.sequence{ P.when_milestone("b", noop("y")), P.milestone("a", noop("hold a")) },
+      }:execute()
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(0, H.count(r, "x") + H.count(r, "y"))
+    assert.equal(1, H.count(r, "when milestone 'a'", "withdrawn"))
+    assert.equal(1, H.count(r, "when milestone 'b'", "withdrawn"))
+  end)
 end)
 
 describe("39 Critical Section", function()

@@ -166,8 +166,10 @@ end
 function Ctx:chain(list, src, owner)
   local i, n = 1, #list
   local exit = nil
+  local done = {} -- per step compiled: the milestone guards in it, the milestones so far
   while i <= n do
     local s = list[i]
+    done[#done + 1] = { guards = #self.guards }
     local role = kinds[s.kind].role
     if role == "join" then
       self:refuse(s, "it does not follow a split; a join closes the split just before it "
@@ -191,6 +193,13 @@ function Ctx:chain(list, src, owner)
       exit = self:compile(s, here)
       i = i + 1
     end
+    local d = done[#done]
+    d.guards_end, d.milestones = #self.guards, #self.milestones_seen
+  end
+  -- a milestone in a later step of the sequence comes only after the
+  -- guarded steps of an earlier one have been enabled
+  for _, d in ipairs(done) do
+    for g = d.guards + 1, d.guards_end do self:milestones_after(self.guards[g], d.milestones) end
   end
   return exit
 end
@@ -294,6 +303,107 @@ function Ctx:resolve_references()
   end
 end
 
+-- ------------------------------------------------------------ milestones
+
+-- Every P.milestone, in the order compiled; inside a P.define it may also
+-- run wherever the block is called, so no order is known for it.
+function Ctx:milestone_defined(step)
+  self.milestones_seen[#self.milestones_seen + 1] = { name = step.milestone, step = step,
+                                                      in_define = self.define_depth > 0 }
+end
+
+-- A P.when_milestone: which milestones of its name can come only after it
+-- has been enabled (use.after[i] for milestones_seen[i]).
+function Ctx:milestone_guard(step)
+  local use = { step = step, name = step.milestone, after = {}, from = #self.milestones_seen }
+  self.guards[#self.guards + 1] = use
+  return use
+end
+
+-- The milestones compiled since the `from`th come after `use`.
+function Ctx:milestones_after(use, from)
+  for k = from + 1, #self.milestones_seen do
+    if self.milestones_seen[k].name == use.name then use.after[k] = true end
+  end
+end
+
+-- Refuses a guarded step whose every milestone comes after it: the case
+-- can never be in the milestone's state when the step is enabled, so the
+-- step would always be withdrawn (WCP-18).
+function Ctx:check_milestone_order()
+  for _, use in ipairs(self.guards) do
+    local first, all = nil, true
+    for k, ms in ipairs(self.milestones_seen) do
+      if ms.name == use.name then
+        if not use.after[k] or ms.in_define then
+          all = false
+          break
+        end
+        first = first or ms
+      end
+    end
+    if first and all then
+      self:refuse(use.step, "the milestone '" .. use.name .. "' it waits for (" .. label_of(first.step)
+        .. ") comes only after it, later in its sequence, so it can never hold when this step is "
+        .. "enabled; put the milestone before it, or on a parallel branch")
+    end
+  end
+end
+
+-- Which milestones each node can lead to (itself, the nets it runs, the
+-- nodes after it): node.milestones, a set of names. A guarded step whose
+-- milestone no running step can lead to any more is withdrawn
+-- (knhk.patterns.state). A fixpoint: graphs and recursion make cycles.
+local function milestone_reach(root, defs)
+  local nets, seen = {}, {}
+  local function inner(node)
+    local out = {}
+    for i, sub in ipairs(node.subnets or out) do out[i] = sub end
+    if node.defs and node.target and node.defs[node.target] then
+      out[#out + 1] = node.defs[node.target].net
+    end
+    return out
+  end
+  local function collect(net)
+    if seen[net] then return end
+    seen[net] = true
+    nets[#nets + 1] = net
+    for _, node in ipairs(net.nodes) do
+      node.milestones = {}
+      for _, sub in ipairs(inner(node)) do collect(sub) end
+    end
+  end
+  collect(root)
+  local grew = true
+  local function add(set, name)
+    if not set[name] then
+      set[name] = true
+      grew = true
+    end
+  end
+  while grew do
+    grew = false
+    for _, net in ipairs(nets) do
+      for id = #net.nodes, 1, -1 do
+        local node = net.nodes[id]
+        local set = node.milestones
+        if node.kind == "milestone" then add(set, node.step.milestone) end
+        for _, sub in ipairs(inner(node)) do
+          for _, n in ipairs(sub.nodes) do
+            for name in pairs(n.milestones) do add(set, name) end
+          end
+        end
+        for _, eid in ipairs(node.outs) do
+          local to = net.edges[eid].to
+          if to then
+            for name in pairs(net.nodes[to].milestones) do add(set, name) end
+          end
+        end
+      end
+    end
+  end
+end
+
 -- --------------------------------------------------------- net analysis
 
 -- Edges that can reach a local synchronizing merge (37) carry skip tokens
@@ -369,6 +479,7 @@ function M.compile(root, name)
   local ctx = setmetatable({
     net = nil, path = {}, names = {}, refs = {}, defs = {}, conditional = 0,
     milestones = {}, milestone_uses = {}, triggers = {}, trigger_waits = {}, signals = {},
+    milestones_seen = {}, guards = {}, define_depth = 0,
     defining = {}, -- define name -> conditional depth when it was entered
     calls = {}, nets = 0,
   }, Ctx)
@@ -393,6 +504,10 @@ function M.compile(root, name)
     if not ctx.milestones[mname] then
       ctx:refuse(use, "no P.milestone is named '" .. mname .. "'")
     end
+  end
+  if #ctx.guards > 0 then
+    ctx:check_milestone_order()
+    milestone_reach(net, ctx.defs)
   end
   for tname, use in pairs(ctx.signals) do
     if not ctx.trigger_waits[tname] then

@@ -209,6 +209,9 @@ end
 
 local function unregister(frame, node, run)
   local id = node.id
+  -- the case is moving: what follows this run is not settled yet (see
+  -- M.moved; the runner counts it back once it is)
+  frame.case.moving = frame.case.moving + 1
   frame.runs[id][run] = nil
   frame.busy[id] = frame.busy[id] - 1
   if not run.emitted then frame.live[id] = frame.live[id] - 1 end
@@ -284,7 +287,23 @@ local function telemetry_end(case, node, outcome)
     pattern = node.pattern, outcome = outcome })
 end
 
-runner = function(frame, node, run)
+-- Steps that wait on what the rest of the case can still do (a step
+-- guarded by a milestone, which is withdrawn once nothing running can lead
+-- to the milestone) look again each time a run has ended and what followed
+-- it has settled: case.moved is set then. The first such waiter makes the
+-- event; a case without one pays a nil check per run. While case.moving is
+-- not 0, some run has ended but what follows it is not started yet (its
+-- runner is between two steps of its bookkeeping): nothing can be
+-- concluded from the runs then.
+function M.moved(case)
+  local ev = case.moved
+  if ev then
+    case.moved = knhk.event()
+    ev:set()
+  end
+end
+
+local function run_node(frame, node, run)
   local case = frame.case
   if run.cancelled then -- withdrawn before it began
     unregister(frame, node, run)
@@ -322,6 +341,14 @@ runner = function(frame, node, run)
   trace(case, node, "completed")
   telemetry_end(case, node, "completed")
   M.settle(frame)
+end
+
+runner = function(frame, node, run)
+  local case = frame.case
+  run_node(frame, node, run) -- (raises when the case is cancelled: then nothing waits any more)
+  -- it unregistered the run, and what followed has settled
+  case.moving = case.moving - 1
+  M.moved(case)
 end
 
 -- Completes a running step early (its outputs now, its run goes on): for
@@ -433,7 +460,7 @@ function M.execute(wf, ctx)
   local case = {
     id = case_id, wf = wf, vars = copy(ctx.vars or {}), trace = {}, named = {}, frames = {},
     telemetry = require("knhk.telemetry").pattern_handle(ctx.telemetry), signals = ctx.signals or {}, triggers = {},
-    milestones = {}, locks = {}, stopped = false, unfinished = {},
+    milestones = {}, locks = {}, stopped = false, unfinished = {}, moving = 0,
   }
   case.telemetry:event("knhk.workflow.case.start", { case_id = case_id, workflow = wf.name })
   local scope = knhk.cancel_scope(function(sc)

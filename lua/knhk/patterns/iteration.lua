@@ -82,7 +82,9 @@ S.define("define", {
     local node = ctx:node(step, { activity = run_call, defs = ctx.defs, target = name,
                                   label = "define '" .. name .. "'", shape = "composite",
                                   named = false })
+    ctx.define_depth = ctx.define_depth + 1 -- (its milestones run wherever it is called)
     node.subnets = { ctx:subnet(step.body, node) }
+    ctx.define_depth = ctx.define_depth - 1
     def.net = node.subnets[1]
     ctx.defining[name] = nil
     ctx:link(src, node.id)

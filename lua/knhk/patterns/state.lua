@@ -5,7 +5,8 @@
 --   P.interleaved_parallel{ P.sequence{ a, b }, c }
 --                                        17  each task once, partial order kept, one at a time
 --   P.milestone(name, s)                 18  the milestone holds while s runs
---   P.when_milestone(name, s)            18  s starts only while the milestone holds
+--   P.when_milestone(name, s)            18  s starts only while the milestone holds;
+--                                            withdrawn once it cannot hold any more
 --   P.critical_section(name, s [, { lock = knhk.lock() }])
 --                                        39  sections of one name never overlap
 --   P.interleaved{ a, b, c }             40  each task once, any order, one at a time
@@ -180,37 +181,83 @@ end
 local function milestone_state(case, name)
   local m = case.milestones[name]
   if not m then
-    m = { active = 0, passed = false, changed = knhk.event() }
+    m = { active = 0, passed = false }
     case.milestones[name] = m
   end
   return m
 end
 
-local function changed(m)
-  local ev = m.changed
-  m.changed = knhk.event()
-  ev:set()
-end
-
 local function run_milestone(frame, node, run)
-  local m = milestone_state(frame.case, node.step.milestone)
+  local case = frame.case
+  local m = milestone_state(case, node.step.milestone)
   m.active = m.active + 1
-  changed(m)
-  local ok, f = pcall(engine.run_frame, frame.case, node.subnets[1], frame, run)
+  engine.moved(case)
+  local ok, f = pcall(engine.run_frame, case, node.subnets[1], frame, run)
   m.active = m.active - 1
   if m.active == 0 then m.passed = true end
-  changed(m)
+  engine.moved(case)
   if not ok then error(f, 0) end
   if not engine.completed(f) then return WITHDRAWN end
 end
 
-local function run_when_milestone(frame, node, run)
-  local m = milestone_state(frame.case, node.step.milestone)
-  while m.active == 0 do
-    if m.passed then return WITHDRAWN end -- the case has moved past it: never
-    m.changed:wait()
+local NONE = {}
+
+-- Whether milestone `name` can still be reached: some run of the case
+-- that can go on may lead to it (node.milestones: what a node can lead
+-- to, see knhk.patterns.compile). Tokens are not counted: between two
+-- waits every token that can move has moved, so those left wait at a join
+-- for what a run will bring. A run waiting for a milestone goes on only
+-- if its milestone can be reached or holds: a least fixpoint, so guarded
+-- steps that wait for each other's milestones are all found stuck.
+local function reachable(case, name)
+  local can, waiting = {}, {}
+  local function add(node)
+    for n in pairs(node.milestones or NONE) do can[n] = true end
   end
-  local f = engine.run_frame(frame.case, node.subnets[1], frame, run)
+  for frame in pairs(case.frames) do
+    for _, set in pairs(frame.runs) do
+      for run in pairs(set) do
+        if run.awaits then waiting[#waiting + 1] = run else add(run.node) end
+      end
+    end
+  end
+  local grew = true
+  while grew and not can[name] do
+    grew = false
+    for i, run in ipairs(waiting) do
+      if run and (can[run.awaits] or milestone_state(case, run.awaits).active > 0) then
+        add(run.node)
+        waiting[i] = false
+        grew = true
+      end
+    end
+  end
+  return can[name] == true
+end
+
+-- WCP-18: the guarded step is enabled only while the case is in the
+-- milestone's state. Once the case has moved past it (it held and ended),
+-- or can no longer get there (its branch was not taken, it was skipped or
+-- withdrawn, or every run that could lead to it has ended), the step can
+-- never be enabled: it is withdrawn, and the case goes on without it.
+local function run_when_milestone(frame, node, run)
+  local case = frame.case
+  local name = node.step.milestone
+  local m = milestone_state(case, name)
+  if m.active == 0 then
+    run.awaits = name
+    case.moved = case.moved or knhk.event()
+    engine.moved(case) -- this run no longer goes on by itself: other guarded steps look again
+    while m.active == 0 do
+      if m.passed or (case.moving == 0 and not reachable(case, name)) then
+        run.awaits = nil
+        return WITHDRAWN
+      end
+      case.moved:wait()
+    end
+    run.awaits = nil
+  end
+  local f = engine.run_frame(case, node.subnets[1], frame, run)
   if not engine.completed(f) then return WITHDRAWN end
 end
 
@@ -218,6 +265,7 @@ S.define("milestone", {
   role = "node",
   compile = function(ctx, step, src)
     ctx.milestones[step.milestone] = step
+    ctx:milestone_defined(step)
     return ctx:composite(step, src, { step.body }, { activity = run_milestone,
       label = "milestone '" .. step.milestone .. "'", named = false })
   end,
@@ -227,8 +275,11 @@ S.define("when_milestone", {
   role = "node",
   compile = function(ctx, step, src)
     ctx.milestone_uses[step.milestone] = ctx.milestone_uses[step.milestone] or step
-    return ctx:composite(step, src, { step.body }, { activity = run_when_milestone,
+    local use = ctx:milestone_guard(step)
+    local id = ctx:composite(step, src, { step.body }, { activity = run_when_milestone,
       label = "when milestone '" .. step.milestone .. "'", named = false }, true)
+    ctx:milestones_after(use, use.from) -- one inside its own step holds only once it has started
+    return id
   end,
 })
 
@@ -240,7 +291,8 @@ function M.milestone(name, body)
 end
 
 -- P.when_milestone(name, step): 18, the guarded step: it waits until the
--- milestone holds, runs while it does, and is withdrawn once it has passed.
+-- milestone holds, runs while it does, and is withdrawn once it has passed
+-- or can no longer be reached.
 function M.when_milestone(name, body)
   S.check_name(name, "when_milestone", 1, 2)
   body = S.as_step(body, "when_milestone", 2, "the guarded step", 2)
