@@ -335,6 +335,27 @@ describe("workflow patterns", function()
   end)
 end)
 
+describe("workflow patterns that fail", function()
+  it("carry the failure's message on the failed step's span and its case's", function()
+    local rec = record(function()
+      local running = knhk.event()
+      P.workflow(P.sequence { P.parallel_split { P.task("slow", function() running:wait() knhk.sleep(60) end),
+                                                 P.task("bad", function() running:set() error("no stock") end) },
+                              P.synchronization() }):execute { case_id = "f-1" }
+    end)
+    local by = {}
+    for _, s in ipairs(rec.by_name["knhk.workflow.pattern.execute"]) do
+      by[s.attrs["knhk.workflow.step.name"] or "case"] = s
+    end
+    assert.equal("failed", by.bad.attrs["knhk.workflow.outcome"])
+    assert.matches("telemetry_spec.lua:%d+: no stock$", by.bad.status.message)
+    assert.equal("failed", by.case.attrs["knhk.workflow.outcome"])
+    assert.equal(by.bad.status.message, by.case.status.message)
+    assert.equal("cancelled", by.slow.attrs["knhk.workflow.outcome"]) -- not failed
+    assert.is_nil(by.slow.status.message)
+  end)
+end)
+
 describe("nested workflow patterns", function()
   it("run a loop's body steps under the loop's span, each round, on two workers", function()
     local rec = record(function()

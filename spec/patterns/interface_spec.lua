@@ -88,6 +88,65 @@ describe("wf:execute(ctx) -> result", function()
                   "step.end b completed", "case.end completed" }, seen)
   end)
 
+  -- "step.start a" / "step.end a cancelled" ... for the events of one case
+  local function ends(obs)
+    local starts, out = {}, {}
+    for _, e in ipairs(obs.events) do
+      local a = e.attrs
+      if e.name == "knhk.workflow.step.start" then starts[a.step] = (starts[a.step] or 0) + 1
+      elseif e.name == "knhk.workflow.step.end" then
+        starts[a.step] = (starts[a.step] or 0) - 1
+        out[a.step] = a
+      end
+    end
+    for step, open in pairs(starts) do assert.equal(0, open, step .. ": a start without its end") end
+    return out
+  end
+
+  it("reports the end of every step that started: one cancelled by a failure ends 'cancelled'", function()
+    local obs, r = H.run(function()
+      local obs, ch, running = H.observer(), knhk.channel(4), H.barrier(1)
+      local r = P.sequence{
+        P.parallel_split{
+          P.task("charge", function() running.event:wait(); error("card declined") end),
+          P.task("reserve", H.blocker(ch, "reserve", running)),
+        },
+        P.synchronization(),
+      }:execute{ telemetry = obs }
+      return obs, r
+    end)
+    assert.equal("failed", r.status)
+    local e = ends(obs)
+    assert.equal("cancelled", e.reserve.outcome)
+    assert.is_nil(e.reserve.error)
+    -- the failure's message, not just "failed", on the step and the case
+    assert.equal("failed", e.charge.outcome)
+    assert.matches("interface_spec.lua:%d+: card declined", e.charge.error)
+    local last = obs.events[#obs.events]
+    assert.equal("knhk.workflow.case.end", last.name)
+    assert.equal("failed", last.attrs.status)
+    assert.equal(r.error, last.attrs.error)
+  end)
+
+  it("reports the end of a step cancelled through ctx.token", function()
+    local obs, r = H.virtual(function()
+      local obs, token = H.observer(), knhk.token()
+      local started = obs:after("long", 1, "started")
+      local r
+      knhk.nursery(function(n)
+        n:spawn_local(function() started:wait(); knhk.sleep(5); token:cancel() end)
+        r = P.sequence{ noop("first"), P.task("long", function() knhk.event():wait() end) }
+          :execute{ telemetry = obs, token = token }
+      end)
+      return obs, r
+    end)
+    assert.equal("cancelled", r.status)
+    local e = ends(obs)
+    assert.equal("completed", e.first.outcome)
+    assert.equal("cancelled", e.long.outcome)
+    assert.equal("cancelled", obs.events[#obs.events].attrs.status)
+  end)
+
   it("ends, cancelled and with nothing left running, when the caller's scope is cancelled", function()
     local caught, before, after, now = H.virtual(function()
       local before = H.live()

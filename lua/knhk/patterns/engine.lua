@@ -82,13 +82,25 @@ local function stop(case)
 end
 M.stop = stop
 
--- The case fails at `node`: everything else is cancelled.
-function M.fail(case, node, err)
+-- The end of a step, for ctx.telemetry: every step.start gets exactly one
+-- (a step that completed early has had its end; a failure after that is
+-- the case's, not a second end). `err`: the message of a failure.
+local function telemetry_end(case, node, outcome, run, err)
+  if run then
+    if run.reported then return end
+    run.reported = true
+  end
+  case.telemetry:event("knhk.workflow.step.end", { case_id = case.id, step = node.name,
+    pattern = node.pattern, outcome = outcome, error = err })
+end
+
+-- The case fails at `node` (in `run`, if it had started): everything else
+-- is cancelled.
+function M.fail(case, node, err, run)
   if case.stopped then return end
   trace(case, node, "failed")
   case.failure = { step = node.name, error = message_of(err), traceback = traceback_of(err) }
-  case.telemetry:event("knhk.workflow.step.end", { case_id = case.id, step = node.name,
-    pattern = node.pattern, outcome = "failed" })
+  telemetry_end(case, node, "failed", run, case.failure.error)
   stop(case)
 end
 
@@ -282,11 +294,6 @@ function M.settle(frame)
   end
 end
 
-local function telemetry_end(case, node, outcome)
-  case.telemetry:event("knhk.workflow.step.end", { case_id = case.id, step = node.name,
-    pattern = node.pattern, outcome = outcome })
-end
-
 -- Steps that wait on what the rest of the case can still do (a step
 -- guarded by a milestone, which is withdrawn once nothing running can lead
 -- to the milestone) look again each time a run has ended and what followed
@@ -321,25 +328,38 @@ local function run_node(frame, node, run)
   end)
   run.scope = nil
   if not sok then -- the case (or its caller) is being cancelled: this step with it
-    if knhk.is_cancelled(scope) then trace(case, node, "cancelled") end
+    if knhk.is_cancelled(scope) then
+      trace(case, node, "cancelled")
+      -- (protected: the Cancelled goes on unwinding whatever the handle does)
+      pcall(telemetry_end, case, node, "cancelled", run)
+    else
+      pcall(telemetry_end, case, node, "failed", run, message_of(scope))
+    end
     error(scope, 0)
   end
   unregister(frame, node, run)
-  if case.stopped then return end
+  if case.stopped then -- it ended as its case was being stopped: what it did is dropped
+    if not ok and not knhk.is_cancelled(res) then
+      telemetry_end(case, node, "failed", run, message_of(res))
+    else
+      telemetry_end(case, node, "cancelled", run)
+    end
+    return
+  end
   if scope.cancelled_caught or (ok and res == WITHDRAWN) then
     trace(case, node, "withdrawn")
-    telemetry_end(case, node, "withdrawn")
+    telemetry_end(case, node, "withdrawn", run)
     return M.settle(frame)
   end
-  if not ok then return M.fail(case, node, res) end
+  if not ok then return M.fail(case, node, res, run) end
   if run.emitted then -- it completed early and has now ended too
     trace(case, node, "ended")
     return M.settle(frame)
   end
   local eok, err = xpcall(M.emit, capture, frame, node, run, res)
-  if not eok then return M.fail(case, node, err) end
+  if not eok then return M.fail(case, node, err, run) end
   trace(case, node, "completed")
-  telemetry_end(case, node, "completed")
+  telemetry_end(case, node, "completed", run)
   M.settle(frame)
 end
 
@@ -357,7 +377,7 @@ function M.complete_early(frame, node, run, updates)
   if run.emitted then return end
   M.emit(frame, node, run, updates)
   trace(frame.case, node, "completed")
-  telemetry_end(frame.case, node, "completed")
+  telemetry_end(frame.case, node, "completed", run)
   M.settle(frame)
 end
 
@@ -494,7 +514,8 @@ function M.execute(wf, ctx)
     result.status = "completed"
     if #case.unfinished > 0 then result.unfinished = case.unfinished end
   end
-  case.telemetry:event("knhk.workflow.case.end", { case_id = case_id, status = result.status })
+  case.telemetry:event("knhk.workflow.case.end", { case_id = case_id, status = result.status,
+    error = result.error })
   return result
 end
 
