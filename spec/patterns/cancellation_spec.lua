@@ -59,7 +59,8 @@ describe("19 Cancel Task", function()
         },
       }:execute{ telemetry = obs }
     end)
-    assert.equal("completed", r.status, r.error)
+    -- y's token can never be joined by x's: the case is deadlocked there
+    assert.equal("deadlocked", r.status, r.error)
     assert.equal(0, H.count(r, "approve"))
     assert.same({ "approve" }, r.unfinished)
   end)

@@ -24,7 +24,7 @@ describe("11 Implicit Termination", function()
     assert.equal(before, after)
   end)
 
-  it("also ends a case that can go no further, and lists where tokens were left", function()
+  it("ends a case that can go no further as deadlocked, and lists where tokens were left", function()
     local r = H.run(function()
       local obs = H.observer()
       return P.sequence{
@@ -36,9 +36,29 @@ describe("11 Implicit Termination", function()
         noop("ship"),
       }:execute{ telemetry = obs }
     end)
-    assert.equal("completed", r.status)
+    -- not "completed": ship never ran, and the pattern excludes a deadlock
+    assert.equal("deadlocked", r.status)
     assert.equal(0, H.count(r, "ship"))
     assert.same({ "AND-join" }, r.unfinished)
+  end)
+
+  it("a thread merge waiting for more threads than were split is deadlocked too", function()
+    local r = H.virtual(function()
+      return P.sequence{ P.thread_split(3), noop("pick"), P.thread_merge(2), noop("pack") }:execute()
+    end)
+    assert.equal("deadlocked", r.status)
+    assert.equal(3, H.count(r, "pick"))
+    assert.equal(1, H.count(r, "pack")) -- two threads made one; the third waits for a partner
+    assert.same({ "merge 2 threads" }, r.unfinished)
+  end)
+
+  it("a case whose every join fired is completed, with nothing unfinished", function()
+    local r = H.virtual(function()
+      return P.sequence{ P.thread_split(4), noop("pick"), P.thread_merge(2), noop("pack") }:execute()
+    end)
+    assert.equal("completed", r.status)
+    assert.equal(2, H.count(r, "pack"))
+    assert.is_nil(r.unfinished)
   end)
 end)
 

@@ -510,9 +510,14 @@ function M.execute(wf, ctx)
     result.ended_by = case.end_step
   elseif case.external_cancel or scope.cancelled_caught then
     result.status = "cancelled"
+  elseif #case.unfinished > 0 then
+    -- nothing runs any more, yet tokens wait at a join that can never fire:
+    -- implicit termination (11) excludes a deadlocked case, and the steps
+    -- after that join never ran, so this is not "completed"
+    result.status = "deadlocked"
+    result.unfinished = case.unfinished
   else
     result.status = "completed"
-    if #case.unfinished > 0 then result.unfinished = case.unfinished end
   end
   case.telemetry:event("knhk.workflow.case.end", { case_id = case_id, status = result.status,
     error = result.error })

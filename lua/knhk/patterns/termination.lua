@@ -3,8 +3,9 @@
 -- 11 Implicit Termination is how every case ends: when nothing is left to
 -- do (no step runs and no token can move), wf:execute returns, with the
 -- status "completed". No end step is needed; branches may end on their
--- own. Tokens left waiting at a join that can no longer fire (a deadlock)
--- are listed in result.unfinished.
+-- own. A case that stops with tokens left waiting at a join that can no
+-- longer fire is deadlocked, which the pattern excludes: its status is
+-- "deadlocked", and result.unfinished lists those joins.
 --
 --   P.terminate()   43  reaching it ends the case at once: everything still
 --                       running is cancelled; the case ends "completed",

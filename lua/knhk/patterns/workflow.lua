@@ -45,11 +45,12 @@ end
 --   token      a knhk.token: cancelling it cancels the case
 --   telemetry  an object with :event(name, attributes) (default: none)
 --   signals    { trigger name = knhk.channel } for triggers fed from outside
--- result: status ("completed", "cancelled" or "failed"), case_id, vars,
--- trace ({ step, event } in the order things happened), and when it
--- failed: step (its name), error (message), traceback; ended_by: the
--- explicit termination or cancel-case step that ended it; unfinished: the
--- steps still holding tokens when a case ended with nothing left to run.
+-- result: status ("completed", "deadlocked", "cancelled" or "failed"),
+-- case_id, vars, trace ({ step, event } in the order things happened), and
+-- when it failed: step (its name), error (message), traceback; ended_by:
+-- the explicit termination or cancel-case step that ended it; when it is
+-- deadlocked, unfinished: the steps still holding tokens when it ended
+-- with nothing left to run.
 local CTX_FIELDS = { case_id = true, vars = true, token = true, telemetry = true, signals = true }
 
 function Workflow:execute(ctx)
