@@ -41,6 +41,10 @@ local refusals = {
       return P.mi{ count = 2, run = f, join = P.complete_when("true") } end,
     "bad argument #1 to 'mi' (complete_when is the dynamic partial join (36): add dynamic = true, "
       .. "or use P.partial(k) (34))" },
+  { "results of detached instances", function() return P.mi{ count = 2, run = f, join = P.detached(), into = "o" } end,
+    "bad argument #1 to 'mi' (into = 'o' would never be filled: with join = P.detached() the step "
+      .. "completes at once, before any instance has a result; drop into, or wait for the instances "
+      .. "with P.all() or P.partial(k))" },
   { "a partial join of 0", function() return P.partial_join(0) end,
     "bad argument #1 to 'partial_join' (k must be a whole number >= 1, got 0)" },
   { "a fraction of a thread", function() return P.thread_split(1.5) end,

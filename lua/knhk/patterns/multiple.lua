@@ -334,6 +334,11 @@ function M.mi(t)
     S.argerror(F, 1, "complete_when is the dynamic partial join (36): add dynamic = true, or use "
       .. "P.partial(k) (34)")
   end
+  if join.kind == "detached" and t.into ~= nil then -- o would stay empty: refuse rather than mislead
+    S.argerror(F, 1, "into = '" .. t.into .. "' would never be filled: with join = P.detached() the "
+      .. "step completes at once, before any instance has a result; drop into, or wait for the "
+      .. "instances with P.all() or P.partial(k)")
+  end
   if join.kind == "detached" and t.dynamic then
     S.argerror(F, 1, "dynamic instances are waited for (15); P.detached() does not wait")
   end
