@@ -84,3 +84,46 @@ describe("24 Persistent Trigger", function()
     assert.same({ 1, 2 }, got)
   end)
 end)
+
+describe("waiting for a closed channel", function()
+  it("fails the waiting step with a clear error instead of waiting for ever", function()
+    local r = H.virtual(function()
+      local paid = P.persistent_trigger("paid")
+      local ch = knhk.channel(1)
+      ch:close()
+      return P.sequence{ P.wait_for(paid, { into = "v", name = "await payment" }), noop("ship") }
+        :execute{ signals = { paid = ch } }
+    end)
+    assert.equal("failed", r.status)
+    assert.equal("await payment", r.step)
+    assert.equal("wait_for: trigger 'paid' (its channel, ctx.signals['paid']) is closed and empty, so "
+      .. "it can never fire (expected an open channel, or one that still holds a message)", r.error)
+    assert.equal(0, H.count(r, "ship"))
+  end)
+
+  it("still takes what a closed channel holds", function()
+    local r = H.virtual(function()
+      local ch = knhk.channel(1)
+      ch:send("paid in full")
+      ch:close()
+      return P.wait_for(ch, { into = "v" }):execute()
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal("paid in full", r.vars.v)
+  end)
+
+  it("as a branch of a deferred choice, never wins: another branch decides", function()
+    local r, now = H.virtual(function()
+      local ch = knhk.channel(1)
+      ch:close()
+      return P.sequence{
+        P.deferred_choice{ { on = ch, run = noop("by message") }, { on = P.timer(60), run = noop("timed out") } },
+        P.simple_merge(),
+      }:execute(), knhk.now()
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(60, now)
+    assert.equal(1, H.count(r, "timed out"))
+    assert.equal(0, H.count(r, "by message"))
+  end)
+end)

@@ -136,8 +136,12 @@ end
 
 -- Waits for source `on`: returns its value (if any) and whether the value
 -- was taken from a channel (a losing branch of a deferred choice gives it
--- back, so that no message is lost).
-function M.wait(case, on)
+-- back, so that no message is lost). A closed channel never fires: as a
+-- branch of a deferred choice it just never wins; `closed_raises` (a step
+-- that waits for this source alone) raises instead, as it would wait for
+-- ever.
+function M.wait(case, on, closed_raises)
+  local what = nil
   if S.is_step(on) then
     if on.kind == "timer" then
       knhk.sleep(on.seconds)
@@ -156,11 +160,18 @@ function M.wait(case, on)
       end
       return w.value, false
     end
+    what = "trigger '" .. on.name .. "' (its channel, ctx.signals['" .. on.name .. "'])"
     on = t.ch
   end
   if knhk.is_channel(on) then
     local v, ok = on:recv()
-    if not ok then knhk.event():wait() end -- a closed channel never fires
+    if not ok then
+      if closed_raises then
+        error("wait_for: " .. (what or "its channel") .. " is closed and empty, so it can never "
+          .. "fire (expected an open channel, or one that still holds a message)", 0)
+      end
+      knhk.event():wait()
+    end
     return v, true
   end
   on:wait() -- an event or a token
@@ -182,7 +193,7 @@ S.define("wait_for", {
     local _, what = M.source_pattern(step.on)
     local node = ctx:node(step, {
       activity = function(frame)
-        local v = M.wait(frame.case, step.on)
+        local v = M.wait(frame.case, step.on, true)
         if step.into then return { [step.into] = v } end
       end,
       label = "wait for " .. what, shape = "wait",
