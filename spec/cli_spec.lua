@@ -385,13 +385,23 @@ describe("knhk-lua", function()
     assert.matches('"name":"knhk.concurrency.executor.tasks.completed"', text)
   end)
 
-  it("--telemetry needs a file it can write", function()
-    local code, _, err = run("--telemetry /nonexistent/dir/x.jsonl -e 'print(1)'")
+  it("--telemetry needs a file it can write: exit 1 and one line, as for a missing script", function()
+    local code, out, err = run("--telemetry /nonexistent/dir/x.jsonl -e 'print(1)'")
     assert.equal(1, code)
-    assert.equal("knhk-lua: knhk.telemetry.start: cannot open /nonexistent/dir/x.jsonl: no such file or directory\n", err)
-    local code2, _, err2 = run("--telemetry")
-    assert.equal(2, code2)
-    assert.matches("option '%-%-telemetry' needs an argument", err2)
+    assert.equal("", out) -- nothing ran
+    assert.equal("knhk-lua: --telemetry: cannot open /nonexistent/dir/x.jsonl: no such file or directory\n", err)
+  end)
+
+  it("--telemetry without a file name is a usage error", function()
+    local code, _, err = run("--telemetry")
+    assert.equal(2, code)
+    assert.matches("option '%-%-telemetry' needs an argument", err)
+    for _, args in ipairs { "--telemetry '' -e 'print(1)'", "--telemetry= -e 'print(1)'" } do
+      local code2, out2, err2 = run(args)
+      assert.equal(2, code2, args)
+      assert.equal("", out2, args)
+      assert.equal("knhk-lua: --telemetry takes a file name, got '' (try 'knhk-lua --help')\n", err2, args)
+    end
   end)
 
   -- knhk-lua loads its modules precompiled (lua/src/klua_modules.c): what a

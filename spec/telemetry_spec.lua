@@ -112,6 +112,8 @@ describe("knhk.telemetry.start and stop", function()
     assert.has_error(function() T.start() end, "bad argument #1 to 'start' (table expected, got nil)")
     assert.has_error(function() T.start { file = 3 } end,
       "bad argument #1 to 'start' (field 'file' must be a file name, got number)")
+    assert.has_error(function() T.start { file = "" } end,
+      "bad argument #1 to 'start' (field 'file' must be a file name, got an empty string)")
     assert.has_error(function() T.start { file = "x", interval = 0 } end,
       "bad argument #1 to 'start' (field 'interval' must be a number of seconds > 0, got 0)")
   end)

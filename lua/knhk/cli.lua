@@ -286,6 +286,9 @@ function M.main(argv)
       local code
       telemetry_file, code = valued(a, "--telemetry")
       if not telemetry_file then return code end
+      if telemetry_file == "" then
+        return usage_error("--telemetry takes a file name, got ''")
+      end
     elseif a == "--graph" or a:match("^%-%-graph=") then
       graph = a:match("^%-%-graph=(.*)$") or "mermaid"
       if graph ~= "mermaid" and graph ~= "dot" then
@@ -363,9 +366,11 @@ function M.main(argv)
   end
   _G.knhk = knhk
   if telemetry_file then
+    -- (a file that cannot be opened is not a usage error: exit 1, as for a
+    -- script that cannot be read)
     local started, why = knhk.telemetry.start { file = telemetry_file }
     if not started then
-      io.stderr:write(PROG, ": ", why, "\n")
+      io.stderr:write(PROG, ": --telemetry: ", (why:gsub("^knhk%.telemetry%.start: ", "")), "\n")
       return 1
     end
   end

@@ -101,7 +101,7 @@ function M.start(opts)
   check.arg("table", opts, 1, "start")
   if type(opts.file) ~= "string" or opts.file == "" then
     error("bad argument #1 to 'start' (field 'file' must be a file name, got "
-      .. (opts.file == nil and "nil" or type(opts.file)) .. ")", 2)
+      .. (opts.file == "" and "an empty string" or type(opts.file)) .. ")", 2)
   end
   local interval = opts.interval
   if interval ~= nil and (type(interval) ~= "number" or not (interval > 0)) then
