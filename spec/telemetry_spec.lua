@@ -409,6 +409,37 @@ describe("instruments", function()
     assert.equal(62.5, h.sum)
   end)
 
+  it("have only their own kind's method: a counter adds, a histogram records, a gauge sets", function()
+    local c, u = T.counter("orders"), T.updowncounter("queue")
+    local h, g = T.histogram("weight"), T.gauge("load")
+    local wrong = { { c, "counter", { "record", "set" } }, { u, "updowncounter", { "record", "set" } },
+                    { h, "histogram", { "add", "set" } }, { g, "gauge", { "add", "record" } } }
+    for _, w in ipairs(wrong) do
+      for _, method in ipairs(w[3]) do
+        assert.has_error(function() w[1][method](w[1], -7) end,
+          w[2] .. " has no method '" .. method .. "'")
+      end
+    end
+    -- a method taken from another kind refuses the instrument
+    assert.has_error(function() h.record(c, 1) end,
+      "bad argument #1 to 'record' (histogram expected, got counter)")
+  end)
+
+  it("never export a monotonic counter below zero, nor a gauge that was added to", function()
+    local rec = record(function()
+      local c, g = T.counter("orders"), T.gauge("load")
+      c:add(5)
+      g:set(3)
+      for _, call in ipairs { function() c:add(-7) end, function() c:record(-7) end,
+                              function() c:set(-7) end, function() g:add(1) end } do
+        assert.is_false(pcall(call))
+      end
+    end)
+    assert.equal(5, rec.metrics["orders"].sum.dataPoints[1].asDouble)
+    assert.is_true(rec.metrics["orders"].sum.isMonotonic)
+    assert.equal(3, rec.metrics["load"].gauge.dataPoints[1].asDouble)
+  end)
+
   it("refuses a counter that goes down, and values that are not numbers", function()
     local c = T.counter("x")
     assert.has_error(function() c:add(-1) end, "bad argument #1 to 'add' (a counter only goes up, got -1)")

@@ -298,10 +298,13 @@ end
 
 -- ---------------------------------------------------------- instruments
 
-local Instrument = {}
-Instrument.__index = Instrument
-
+-- Each kind of instrument is a class of its own with its one method: a
+-- counter and an updowncounter add, a histogram records, a gauge sets.
+-- Another kind's method is an error that names the kind and the method,
+-- not a value recorded as if it fitted (a counter "set" to -7 would export
+-- a negative monotonic sum).
 local KINDS = { counter = 0, updowncounter = 1, histogram = 2, gauge = 3 }
+local classes = {} -- kind name -> the class (metatable) of its instruments
 
 local function instrument(kind, fname, name, opts)
   check.arg("string", name, 1, fname, 3)
@@ -321,52 +324,56 @@ local function instrument(kind, fname, name, opts)
       end
     end
   end
-  return setmetatable({ name = name, kind = KINDS[kind], unit = opts.unit or "", bounds = bounds,
-                        series = {} }, Instrument)
+  -- (fields are set whole, false for none: a missing one would be taken for
+  -- a missing method)
+  return setmetatable({ name = name, kind = KINDS[kind], unit = opts.unit or "", bounds = bounds or false,
+                        series = {} }, classes[kind])
 end
 
--- The id of the time series for attrs (made once per attribute set).
-function Instrument:series_id(attrs, fname)
+-- The id of the time series of instrument `inst` for attrs (made once per
+-- attribute set).
+local function series_id(inst, attrs, fname)
   local json = encode_attrs(attrs, fname, 2) or ""
-  local id = self.series[json]
+  local id = inst.series[json]
   if id then return id end
   local b, nb = nil, 0
-  if self.bounds then
-    nb = #self.bounds
-    b = ffi.new("double[?]", nb, self.bounds)
+  if inst.bounds then
+    nb = #inst.bounds
+    b = ffi.new("double[?]", nb, inst.bounds)
   end
-  id = C.knhk_telemetry_instrument(self.name, self.kind, self.unit, json ~= "" and json or nil, b, nb)
-  if id < 0 then error("knhk.telemetry: cannot make instrument " .. self.name, 0) end
-  self.series[json] = id
+  id = C.knhk_telemetry_instrument(inst.name, inst.kind, inst.unit, json ~= "" and json or nil, b, nb)
+  if id < 0 then error("knhk.telemetry: cannot make instrument " .. inst.name, 0) end
+  inst.series[json] = id
   return id
 end
 
-local instruments = { [Instrument] = true } -- and Counter, below
-
-local function recorder(fname, check_value)
-  return function(self, v, attrs)
-    if not instruments[getmetatable(self)] then check.bad_self(fname, "telemetry instrument", self) end
+-- The class of the instruments of `kind`, whose one method `fname` records
+-- a value that check_value (if any) accepts.
+local function class(kind, fname, check_value)
+  local c = check.no_missing_methods({}, kind)
+  c.__index = c
+  check.name_kind(c, kind)
+  c[fname] = function(self, v, attrs)
+    if getmetatable(self) ~= c then check.bad_self(fname, kind, self) end
     if type(v) ~= "number" then check.fail(1, fname, "number", v) end
     if check_value then check_value(v, fname) end
     if attrs ~= nil and type(attrs) ~= "table" then check.fail(2, fname, "table", attrs) end
     if not enabled() then return end
-    C.knhk_telemetry_record(self:series_id(attrs, fname), v)
+    C.knhk_telemetry_record(series_id(self, attrs, fname), v)
   end
+  classes[kind] = c
+  return c
 end
 
-Instrument.add = recorder("add", nil)
-Instrument.record = recorder("record", nil)
-Instrument.set = recorder("set", nil)
-
-local Counter = setmetatable({}, { __index = Instrument })
-Counter.__index = Counter
-instruments[Counter] = true
-Counter.add = recorder("add", function(v, fname)
+class("counter", "add", function(v, fname)
   if v < 0 then error("bad argument #1 to '" .. fname .. "' (a counter only goes up, got " .. v .. ")", 3) end
 end)
+class("updowncounter", "add")
+class("histogram", "record")
+class("gauge", "set")
 
 -- knhk.telemetry.counter(name [, { unit = }]) -> c; c:add(n [, attrs])
-function M.counter(name, opts) return setmetatable(instrument("counter", "counter", name, opts), Counter) end
+function M.counter(name, opts) return (instrument("counter", "counter", name, opts)) end
 -- knhk.telemetry.updowncounter(name [, { unit = }]) -> c; c:add(n [, attrs])
 function M.updowncounter(name, opts) return (instrument("updowncounter", "updowncounter", name, opts)) end
 -- knhk.telemetry.histogram(name [, { unit =, bounds = {...} }]) -> h; h:record(v [, attrs])
