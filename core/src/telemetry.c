@@ -17,6 +17,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -337,8 +338,8 @@ int knhk_telemetry_instrument(const char *name, int kind, const char *unit, cons
   if (!name || kind < KNHK_INSTRUMENT_COUNTER || kind > KNHK_INSTRUMENT_GAUGE || nbounds < 0 ||
       (nbounds && !bounds))
     return KNHK_EINVAL;
-  for (int i = 1; i < nbounds; i++)
-    if (!(bounds[i] > bounds[i - 1])) return KNHK_EINVAL;
+  for (int i = 0; i < nbounds; i++) /* (finite: the +inf bucket is the last, always there) */
+    if (!isfinite(bounds[i]) || (i > 0 && !(bounds[i] > bounds[i - 1]))) return KNHK_EINVAL;
   knhk__tel_session_t *s = &knhk__tel;
   pthread_mutex_lock(&s->m);
   int id = intern_locked(name);

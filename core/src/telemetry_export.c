@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,6 +134,17 @@ SB_INLINE void sb_hex16(sbuf_t *b, uint64_t v) {
   char tmp[16];
   for (int i = 15; i >= 0; i--, v >>= 4) tmp[i] = digits[v & 15];
   sb_add(b, tmp, 16);
+}
+
+/* A double as OTLP/JSON carries one. JSON has no NaN or infinity (printf's
+ * "nan" and "inf" would make the whole line unreadable): the protobuf JSON
+ * mapping writes them as the strings "NaN", "Infinity", "-Infinity". The
+ * Lua layer refuses non-finite values, but a C caller may record one, and
+ * a sum may overflow. */
+static void sb_double(sbuf_t *b, double v) {
+  if (isnan(v)) sb_str(b, "\"NaN\"");
+  else if (isinf(v)) sb_str(b, v > 0 ? "\"Infinity\"" : "\"-Infinity\"");
+  else sb_fmt(b, "%.17g", v);
 }
 
 /* A JSON string, quoted and escaped. */
@@ -600,7 +612,7 @@ static void export_metrics(void) {
     uint64_t cpu = cpu_ns(), wall = knhk__mono_ns();
     if (s->last_wall_ns && wall > s->last_wall_ns) {
       double u = (double)(cpu - s->last_cpu_ns) / ((double)(wall - s->last_wall_ns) * live_workers);
-      if (u < 0) u = 0;
+      if (!(u >= 0)) u = 0; /* (NaN too: never written as such) */
       if (u > 1) u = 1;
       metric_begin(&w, KNHK_TEL_METRIC_CONCURRENCY_EXECUTOR_CPU_UTILIZATION, "gauge");
       int f = 1;
@@ -648,15 +660,27 @@ static void export_metrics(void) {
       if (y->kind != KNHK_INSTRUMENT_GAUGE) sb_fmt(&out, "\"startTimeUnixNano\":\"%" PRIu64 "\",", w.t0);
       sb_fmt(&out, "\"timeUnixNano\":\"%" PRIu64 "\"", w.now);
       if (y->kind == KNHK_INSTRUMENT_HISTOGRAM) {
-        sb_fmt(&out, ",\"count\":\"%" PRIu64 "\",\"sum\":%.17g,\"bucketCounts\":[", y->count, y->sum);
+        sb_fmt(&out, ",\"count\":\"%" PRIu64 "\",\"sum\":", y->count);
+        sb_double(&out, y->sum);
+        sb_str(&out, ",\"bucketCounts\":[");
         for (int k = 0; k <= y->nbounds; k++) sb_fmt(&out, "%s\"%" PRIu64 "\"", k ? "," : "", y->buckets[k]);
         sb_str(&out, "],\"explicitBounds\":[");
-        for (int k = 0; k < y->nbounds; k++) sb_fmt(&out, "%s%.17g", k ? "," : "", y->bounds[k]);
+        for (int k = 0; k < y->nbounds; k++) {
+          if (k) sb_str(&out, ",");
+          sb_double(&out, y->bounds[k]);
+        }
         sb_str(&out, "]");
-        if (y->count) sb_fmt(&out, ",\"min\":%.17g,\"max\":%.17g", y->min, y->max);
+        if (y->count) {
+          sb_str(&out, ",\"min\":");
+          sb_double(&out, y->min);
+          sb_str(&out, ",\"max\":");
+          sb_double(&out, y->max);
+        }
         sb_str(&out, "}");
       } else {
-        sb_fmt(&out, ",\"asDouble\":%.17g}", y->kind == KNHK_INSTRUMENT_GAUGE ? y->last : y->sum);
+        sb_str(&out, ",\"asDouble\":");
+        sb_double(&out, y->kind == KNHK_INSTRUMENT_GAUGE ? y->last : y->sum);
+        sb_str(&out, "}");
       }
     }
     sb_str(&out, "]");

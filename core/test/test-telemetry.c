@@ -304,3 +304,43 @@ TEST(a_reactor_drains_at_the_interval) {
   ASSERT_OK(knhk_reactor_free(r));
   slurp();
 }
+
+/* JSON has no NaN or infinity: a value that is not finite, recorded from C
+ * or reached by a sum that overflows, is written as the strings of the
+ * protobuf JSON mapping, never as printf's nan / inf (which would make the
+ * whole metrics line unreadable, every later one too). */
+TEST(non_finite_values_are_written_as_otlp_json_strings) {
+  start_recording();
+  int gauge = knhk_telemetry_instrument("t.gauge", KNHK_INSTRUMENT_GAUGE, "", NULL, NULL, 0);
+  int up = knhk_telemetry_instrument("t.up", KNHK_INSTRUMENT_COUNTER, "", NULL, NULL, 0);
+  int down = knhk_telemetry_instrument("t.down", KNHK_INSTRUMENT_UPDOWNCOUNTER, "", NULL, NULL, 0);
+  double bounds[] = {1, 10};
+  int hist = knhk_telemetry_instrument("t.hist", KNHK_INSTRUMENT_HISTOGRAM, "", NULL, bounds, 2);
+  ASSERT_GE(gauge, 0);
+  ASSERT_GE(up, 0);
+  ASSERT_GE(down, 0);
+  ASSERT_GE(hist, 0);
+  knhk_telemetry_record(gauge, 0.0 / 0.0);
+  knhk_telemetry_record(up, 1e308); /* twice: the sum overflows */
+  knhk_telemetry_record(up, 1e308);
+  knhk_telemetry_record(down, -1e308);
+  knhk_telemetry_record(down, -1e308);
+  knhk_telemetry_record(hist, 0.0 / 0.0);
+  ASSERT_OK(knhk_telemetry_stop());
+  char *s = slurp();
+  ASSERT_EQ(1, count(s, "\"asDouble\":\"NaN\""));
+  ASSERT_EQ(1, count(s, "\"asDouble\":\"Infinity\""));
+  ASSERT_EQ(1, count(s, "\"asDouble\":\"-Infinity\""));
+  ASSERT_EQ(1, count(s, "\"sum\":\"NaN\""));
+  ASSERT_EQ(1, count(s, "\"min\":\"NaN\",\"max\":\"NaN\""));
+  ASSERT_EQ(0, count(s, ":nan") + count(s, ":-nan") + count(s, ":inf") + count(s, ":-inf"));
+}
+
+/* A histogram's bounds are finite and ascending (the bucket above the
+ * last bound is always there). */
+TEST(histogram_bounds_must_be_finite_and_ascending) {
+  double nan_first[] = {0.0 / 0.0}, inf_last[] = {1, 1.0 / 0.0}, down[] = {2, 1};
+  ASSERT_EQ(KNHK_EINVAL, knhk_telemetry_instrument("t.b", KNHK_INSTRUMENT_HISTOGRAM, "", NULL, nan_first, 1));
+  ASSERT_EQ(KNHK_EINVAL, knhk_telemetry_instrument("t.b", KNHK_INSTRUMENT_HISTOGRAM, "", NULL, inf_last, 2));
+  ASSERT_EQ(KNHK_EINVAL, knhk_telemetry_instrument("t.b", KNHK_INSTRUMENT_HISTOGRAM, "", NULL, down, 2));
+}

@@ -121,12 +121,14 @@ enum knhk_instrument_kind {
 
 /* Any thread. One time series: the instrument `name` (interned) with
  * `attributes` (a JSON array of OTLP attributes, may be NULL) and, for a
- * histogram, its bucket bounds (ascending). The same arguments give the
+ * histogram, its bucket bounds (finite, ascending). The same arguments give the
  * same id. Returns an id >= 0, KNHK_EINVAL or KNHK_ENOMEM. Works while not
  * recording too: values recorded then are ignored. */
 int knhk_telemetry_instrument(const char *name, int kind, const char *unit, const char *attributes,
                               const double *bounds, int nbounds);
-/* Any thread. Adds to a counter, records into a histogram, sets a gauge. */
+/* Any thread. Adds to a counter, records into a histogram, sets a gauge.
+ * A value that is not finite (or a sum that overflows) is written as the
+ * OTLP/JSON strings "NaN", "Infinity", "-Infinity"; a NaN stays in a sum. */
 void knhk_telemetry_record(int instrument, double value);
 
 #endif
