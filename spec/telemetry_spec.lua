@@ -4,7 +4,10 @@
 local knhk = require "knhk"
 local two_workers = require "two_workers"
 local P = require "knhk.patterns"
-local cjson = require "cjson"
+-- Recordings are read as strict JSON: lua-cjson would read nan and inf,
+-- which no collector does.
+local cjson = require("cjson").new()
+cjson.decode_invalid_numbers(false)
 local T = knhk.telemetry
 
 local function tmpfile()
@@ -439,6 +442,37 @@ describe("instruments", function()
     assert.is_true(rec.metrics["orders"].sum.isMonotonic)
     assert.equal(3, rec.metrics["load"].gauge.dataPoints[1].asDouble)
   end)
+
+  it("refuse values that are not finite, naming the instrument and the value", function()
+    local cases = { { T.counter("c"), "add", 0 / 0, "counter 'c' takes a finite number, got nan" },
+                    { T.counter("c"), "add", math.huge, "counter 'c' takes a finite number, got inf" },
+                    { T.updowncounter("u"), "add", -math.huge, "updowncounter 'u' takes a finite number, got -inf" },
+                    { T.histogram("h"), "record", 0 / 0, "histogram 'h' takes a finite number, got nan" },
+                    { T.gauge("g"), "set", math.huge, "gauge 'g' takes a finite number, got inf" } }
+    for _, c in ipairs(cases) do
+      assert.has_error(function() c[1][c[2]](c[1], c[3]) end,
+        "bad argument #1 to '" .. c[2] .. "' (" .. c[4] .. ")")
+    end
+    assert.has_error(function() T.histogram("h", { bounds = { 1, math.huge } }) end,
+      "bad argument #2 to 'histogram' (field 'bounds' must be finite numbers, got inf at 2)")
+    assert.has_error(function() T.histogram("h", { bounds = { 0 / 0 } }) end,
+      "bad argument #2 to 'histogram' (field 'bounds' must be finite numbers, got nan at 1)")
+  end)
+
+  it("keep every metrics line strict JSON: a value refused is not recorded, a sum that overflows is \"Infinity\"",
+    function()
+      local rec = record(function()
+        local g, c = T.gauge("load"), T.counter("bytes")
+        g:set(2)
+        assert.is_false(pcall(g.set, g, 0 / 0))
+        c:add(1e308)
+        c:add(1e308) -- the sum is no longer finite: written as OTLP/JSON spells it
+      end)
+      -- (read() decodes strictly: a bare nan or inf would have failed it)
+      assert.equal(2, rec.metrics["load"].gauge.dataPoints[1].asDouble)
+      assert.equal("Infinity", rec.metrics["bytes"].sum.dataPoints[1].asDouble)
+      assert.is_table(rec.metrics["knhk.concurrency.executor.tasks.completed"])
+    end)
 
   it("refuses a counter that goes down, and values that are not numbers", function()
     local c = T.counter("x")

@@ -306,6 +306,14 @@ end
 local KINDS = { counter = 0, updowncounter = 1, histogram = 2, gauge = 3 }
 local classes = {} -- kind name -> the class (metatable) of its instruments
 
+-- A number for a message: NaN and the infinities as Lua reads them back
+-- (tostring gives "nan" or "-nan" as the C library pleases).
+local function number_text(v)
+  if v ~= v then return "nan" end
+  if v == math.huge then return "inf" elseif v == -math.huge then return "-inf" end
+  return tostring(v)
+end
+
 local function instrument(kind, fname, name, opts)
   check.arg("string", name, 1, fname, 3)
   opts = check.opts(opts, 2, fname, 3, kind == "histogram" and { "unit", "bounds" } or { "unit" })
@@ -319,7 +327,13 @@ local function instrument(kind, fname, name, opts)
       error("bad argument #2 to '" .. fname .. "' (field 'bounds' must be a list of numbers)", 3)
     end
     for i = 1, #bounds do
-      if type(bounds[i]) ~= "number" or (i > 1 and bounds[i] <= bounds[i - 1]) then
+      local b = bounds[i]
+      -- (the bucket above the last bound is always there: +inf is not one)
+      if type(b) == "number" and (b ~= b or b == math.huge or b == -math.huge) then
+        error(string.format("bad argument #2 to '%s' (field 'bounds' must be finite numbers, got %s at %d)",
+          fname, number_text(b), i), 3)
+      end
+      if type(b) ~= "number" or (i > 1 and b <= bounds[i - 1]) then
         error("bad argument #2 to '" .. fname .. "' (field 'bounds' must be ascending numbers)", 3)
       end
     end
@@ -356,6 +370,13 @@ local function class(kind, fname, check_value)
   c[fname] = function(self, v, attrs)
     if getmetatable(self) ~= c then check.bad_self(fname, kind, self) end
     if type(v) ~= "number" then check.fail(1, fname, "number", v) end
+    -- NaN and the infinities measure nothing, and a NaN added to a sum
+    -- stays in it: refused here (NaN passes every comparison a check could
+    -- make, such as a counter's v < 0)
+    if v ~= v or v == math.huge or v == -math.huge then
+      error(string.format("bad argument #1 to '%s' (%s '%s' takes a finite number, got %s)",
+        fname, kind, self.name, number_text(v)), 2)
+    end
     if check_value then check_value(v, fname) end
     if attrs ~= nil and type(attrs) ~= "table" then check.fail(2, fname, "table", attrs) end
     if not enabled() then return end
