@@ -243,6 +243,17 @@ describe("scripts/registry-live-check", function()
     assert.matches("metric 'knhk.telemetry.records.dropped': unit is '1', the registry declares '{record}'", err)
   end)
 
+  it("refuses a line that is not strict JSON: a number spelt nan or inf", function()
+    for _, bad in ipairs { "nan", "-nan", "inf", "-inf" } do
+      local metric = [[{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"t"}}]},"scopeMetrics":[{"scope":{"name":"knhk"},"metrics":[{"name":"knhk.telemetry.records.dropped","unit":"{record}","sum":{"dataPoints":[{"attributes":[],"timeUnixNano":"2","asDouble":]]
+        .. bad .. [[}],"aggregationTemporality":2,"isMonotonic":true}}]}]}]}]]
+      local rc, out, err = live(recording(ok_attrs, metric))
+      assert.equal(1, rc, bad)
+      assert.matches("rec.jsonl:2: line: not strict JSON %(a number JSON has no spelling for, such as nan or inf%)", err)
+      assert.matches("1 violation\n", out)
+    end
+  end)
+
   it("refuses a span whose parent is not in the recording", function()
     local path = recording(ok_attrs)
     write(path, (slurp(path):gsub('"name":"knhk.concurrency.nursery"',
