@@ -656,7 +656,10 @@ static void export_metrics(void) {
     for (int j = i; j < s->ninsts; j++) {
       knhk__tel_inst_t *y = &s->insts[j];
       if (y->name != x->name || !y->seen) continue;
-      sb_fmt(&out, "%s{\"attributes\":%s,", np++ ? "," : "", y->attrs ? y->attrs : "[]");
+      /* (not through sb_fmt, whose 256 bytes would cut a long list short) */
+      sb_str(&out, np++ ? ",{\"attributes\":" : "{\"attributes\":");
+      sb_str(&out, y->attrs ? y->attrs : "[]");
+      sb_str(&out, ",");
       if (y->kind != KNHK_INSTRUMENT_GAUGE) sb_fmt(&out, "\"startTimeUnixNano\":\"%" PRIu64 "\",", w.t0);
       sb_fmt(&out, "\"timeUnixNano\":\"%" PRIu64 "\"", w.now);
       if (y->kind == KNHK_INSTRUMENT_HISTOGRAM) {

@@ -344,3 +344,20 @@ TEST(histogram_bounds_must_be_finite_and_ascending) {
   ASSERT_EQ(KNHK_EINVAL, knhk_telemetry_instrument("t.b", KNHK_INSTRUMENT_HISTOGRAM, "", NULL, inf_last, 2));
   ASSERT_EQ(KNHK_EINVAL, knhk_telemetry_instrument("t.b", KNHK_INSTRUMENT_HISTOGRAM, "", NULL, down, 2));
 }
+
+/* A series' attributes are written whole, however long. */
+TEST(long_instrument_attributes_are_written_whole) {
+  char attrs[1024];
+  int n = snprintf(attrs, sizeof attrs, "[{\"key\":\"k\",\"value\":{\"stringValue\":\"");
+  while (n < 900) attrs[n++] = 'x';
+  snprintf(attrs + n, sizeof attrs - (size_t)n, "\"}}]");
+  start_recording();
+  int g = knhk_telemetry_instrument("t.long", KNHK_INSTRUMENT_GAUGE, "", attrs, NULL, 0);
+  ASSERT_GE(g, 0);
+  knhk_telemetry_record(g, 1);
+  ASSERT_OK(knhk_telemetry_stop());
+  char *s = slurp();
+  char whole[1100];
+  snprintf(whole, sizeof whole, "{\"attributes\":%s,\"timeUnixNano\"", attrs);
+  ASSERT_EQ(1, count(s, whole));
+}
