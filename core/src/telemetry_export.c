@@ -147,21 +147,75 @@ static void sb_double(sbuf_t *b, double v) {
   else sb_fmt(b, "%.17g", v);
 }
 
-/* A JSON string, quoted and escaped. */
+/* OTLP/JSON is UTF-8, and strings come from anywhere (a Lua string is
+ * bytes): a sequence that is not UTF-8 is written as U+FFFD, one for each
+ * maximal ill-formed part, as Unicode advises. utf8_seq says how long the
+ * sequence at p (before end) is: n > 0 bytes of valid UTF-8, or -n bytes
+ * to replace. */
+static int utf8_seq(const unsigned char *p, const unsigned char *end) {
+  unsigned c = p[0], lo = 0x80, hi = 0xBF;
+  int need;
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) {
+    need = 1;
+  } else if (c >= 0xE0 && c <= 0xEF) { /* no overlong forms, no surrogates */
+    need = 2;
+    if (c == 0xE0) lo = 0xA0;
+    else if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) { /* nothing above U+10FFFF */
+    need = 3;
+    if (c == 0xF0) lo = 0x90;
+    else if (c == 0xF4) hi = 0x8F;
+  } else {
+    return -1;
+  }
+  for (int i = 1; i <= need; i++) {
+    if (p + i >= end || p[i] < lo || p[i] > hi) return -i;
+    lo = 0x80, hi = 0xBF;
+  }
+  return need + 1;
+}
+
+static const char replacement[] = "\xEF\xBF\xBD"; /* U+FFFD */
+
+/* s[0, len) as UTF-8: JSON text made elsewhere (attribute lists), whose
+ * only bytes above 0x7f are inside its strings. */
+static void sb_utf8(sbuf_t *b, const char *s, size_t len) {
+  const unsigned char *p = (const unsigned char *)s, *end = p + len;
+  while (p < end) {
+    const unsigned char *run = p; /* the usual case: ASCII */
+    while (p < end && *p < 0x80) p++;
+    for (int k; p < end && (k = utf8_seq(p, end)) > 0;) p += k;
+    sb_add(b, (const char *)run, (size_t)(p - run));
+    if (p < end) {
+      sb_add(b, replacement, 3);
+      p += -utf8_seq(p, end);
+    }
+  }
+}
+
+/* A JSON string, quoted and escaped, in UTF-8. */
 static void sb_json(sbuf_t *b, const char *s) {
   sb_add(b, "\"", 1);
   size_t plain = 0; /* (a loop: strcspn with 33 bytes to reject is slower) */
-  for (unsigned char c; (c = (unsigned char)s[plain]) >= 0x20 && c != '"' && c != '\\';) plain++;
+  for (unsigned char c; (c = (unsigned char)s[plain]) >= 0x20 && c < 0x80 && c != '"' && c != '\\';)
+    plain++;
   sb_add(b, s, plain); /* the usual case: nothing to escape */
   s += plain;
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+  const unsigned char *end = (const unsigned char *)s + strlen(s);
+  for (const unsigned char *p = (const unsigned char *)s; *p;) {
     if (*p == '"' || *p == '\\') {
       char e[2] = {'\\', (char)*p};
       sb_add(b, e, 2);
+      p++;
     } else if (*p < 0x20) {
       sb_fmt(b, "\\u%04x", *p);
+      p++;
     } else {
-      sb_add(b, (const char *)p, 1);
+      int k = utf8_seq(p, end);
+      if (k > 0) sb_add(b, (const char *)p, (size_t)k);
+      else sb_add(b, replacement, 3);
+      p += k > 0 ? k : -k;
     }
   }
   sb_add(b, "\"", 1);
@@ -387,7 +441,8 @@ static void emit(ent_t *e) {
     sb_str(b, "]");
     break;
   default: /* spans begun above C carry their attributes as JSON */
-    sb_str(b, e->attrs ? e->attrs : "[]");
+    if (e->attrs) sb_utf8(b, e->attrs, strlen(e->attrs));
+    else sb_str(b, "[]");
     failed = e->status == 2;
     break;
   }
@@ -658,7 +713,8 @@ static void export_metrics(void) {
       if (y->name != x->name || !y->seen) continue;
       /* (not through sb_fmt, whose 256 bytes would cut a long list short) */
       sb_str(&out, np++ ? ",{\"attributes\":" : "{\"attributes\":");
-      sb_str(&out, y->attrs ? y->attrs : "[]");
+      if (y->attrs) sb_utf8(&out, y->attrs, strlen(y->attrs));
+      else sb_str(&out, "[]");
       sb_str(&out, ",");
       if (y->kind != KNHK_INSTRUMENT_GAUGE) sb_fmt(&out, "\"startTimeUnixNano\":\"%" PRIu64 "\",", w.t0);
       sb_fmt(&out, "\"timeUnixNano\":\"%" PRIu64 "\"", w.now);

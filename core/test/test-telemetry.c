@@ -361,3 +361,30 @@ TEST(long_instrument_attributes_are_written_whole) {
   snprintf(whole, sizeof whole, "{\"attributes\":%s,\"timeUnixNano\"", attrs);
   ASSERT_EQ(1, count(s, whole));
 }
+
+#define FFFD "\xEF\xBF\xBD"
+
+/* OTLP/JSON is UTF-8: bytes that are not (a Lua string may hold any) are
+ * written as U+FFFD, one per maximal ill-formed part, in attributes made
+ * above C and in messages alike; valid sequences pass as they are. */
+TEST(strings_that_are_not_utf8_are_written_with_replacement_characters) {
+  start_recording();
+  int name = knhk_telemetry_intern("t.utf8");
+  ASSERT_GE(name, 0);
+  uint64_t parent;
+  uint64_t span = knhk_telemetry_span_begin(name, &parent);
+  ASSERT_NE(0, span);
+  /* two stray bytes; e acute and an emoji (valid); a sequence cut short */
+  const char *attrs = "[{\"key\":\"m\",\"value\":{\"stringValue\":\"\xff\xfe ok \xc3\xa9 \xf0\x9f\x98\x80 \xe2\x82\"}}]";
+  /* a surrogate (ED A0 80) and an overlong slash (C0 AF): one per byte */
+  knhk_telemetry_span_end(span, parent, 2, attrs, strlen(attrs), "bad \xed\xa0\x80 \xc0\xaf end");
+  int g = knhk_telemetry_instrument("t.utf8.g", KNHK_INSTRUMENT_GAUGE, "",
+                                    "[{\"key\":\"k\",\"value\":{\"stringValue\":\"a\xf5z\"}}]", NULL, 0);
+  ASSERT_GE(g, 0);
+  knhk_telemetry_record(g, 1);
+  ASSERT_OK(knhk_telemetry_stop());
+  char *s = slurp();
+  ASSERT_EQ(1, count(s, "\"stringValue\":\"" FFFD FFFD " ok \xc3\xa9 \xf0\x9f\x98\x80 " FFFD "\""));
+  ASSERT_EQ(1, count(s, "\"message\":\"bad " FFFD FFFD FFFD " " FFFD FFFD " end\""));
+  ASSERT_EQ(1, count(s, "\"stringValue\":\"a" FFFD "z\""));
+}
