@@ -311,6 +311,37 @@ describe("knhk.telemetry.span", function()
     assert.has_error(function() T.span(1, nil, function() end) end,
       "bad argument #1 to 'span' (string expected, got number)")
   end)
+
+  it("refuses a map or a list of lists as an attribute, rather than losing it", function()
+    local ran = false
+    assert.has_error(function() T.span("s", { order = { id = 7, total = 9.5 } }, function() ran = true end) end,
+      "bad argument #2 to 'span' (attribute 'order' is a table with key 'id', not a list "
+      .. "(expected a string, number, boolean or list))")
+    assert.is_false(ran) -- refused before fn runs
+    assert.has_error(function() T.span("s", { tags = { "a", "b", extra = 1 } }, function() end) end,
+      "bad argument #2 to 'span' (attribute 'tags' is a table with key 'extra', not a list "
+      .. "(expected a string, number, boolean or list))")
+    assert.has_error(function() T.span("s", { grid = { { 1 }, { 2 } } }, function() end) end,
+      "bad argument #2 to 'span' (attribute 'grid' holds a table at [1] (a list holds strings, numbers or booleans))")
+    record(function() -- (an instrument encodes its attributes only while recording)
+      assert.has_error(function() T.counter("c"):add(1, { where = { x = 1 } }) end,
+        "bad argument #2 to 'add' (attribute 'where' is a table with key 'x', not a list "
+        .. "(expected a string, number, boolean or list))")
+    end)
+  end)
+
+  it("records a list as an array of its values, and a string that is not UTF-8 with replacement characters",
+    function()
+      local rec = record(function()
+        T.span("s", { tags = { "a", "b" }, sizes = { 1, 2.5 }, empty = {}, raw = "ok\255\254" }, function() end)
+      end)
+      local attrs = {}
+      for _, kv in ipairs(only(rec, "s").attributes) do attrs[kv.key] = kv.value end
+      assert.same({ arrayValue = { values = { { stringValue = "a" }, { stringValue = "b" } } } }, attrs.tags)
+      assert.same({ arrayValue = { values = { { intValue = "1" }, { doubleValue = 2.5 } } } }, attrs.sizes)
+      assert.same({ arrayValue = { values = {} } }, attrs.empty)
+      assert.equal("ok\239\191\189\239\191\189", attrs.raw.stringValue) -- U+FFFD twice
+    end)
 end)
 
 describe("workflow patterns", function()

@@ -62,8 +62,25 @@ local function any_value(v, where)
     return string.format('{"doubleValue":%.17g}', v)
   end
   if t == "table" then
+    -- OpenTelemetry's attributes are scalars and lists of scalars: a map
+    -- (or a list of lists) would need kvlistValue, which the attributes of
+    -- a span or a metric do not carry and registry-live-check has no type
+    -- for. Refused, as a function is, rather than written as an empty list.
+    local n = #v
+    for k in pairs(v) do
+      if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
+        error(string.format("%s is a table with key %s, not a list (expected a string, number, boolean or list)",
+          where, type(k) == "string" and ("'" .. k .. "'") or tostring(k)), 0)
+      end
+    end
     local parts = {}
-    for i = 1, #v do parts[i] = any_value(v[i], where) end
+    for i = 1, n do
+      local e = v[i]
+      if type(e) == "table" then
+        error(string.format("%s holds a table at [%d] (a list holds strings, numbers or booleans)", where, i), 0)
+      end
+      parts[i] = any_value(e, where .. "[" .. i .. "]")
+    end
     return '{"arrayValue":{"values":[' .. table.concat(parts, ",") .. "]}}"
   end
   error(where .. " is a " .. t .. " (expected a string, number, boolean or list)", 0)
