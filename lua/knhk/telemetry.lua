@@ -67,10 +67,18 @@ local function any_value(v, where)
     -- a span or a metric do not carry and registry-live-check has no type
     -- for. Refused, as a function is, rather than written as an empty list.
     local n = #v
+    local function not_list(k) return type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 end
     for k in pairs(v) do
-      if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
+      if not_list(k) then
+        -- the first such key in sorted order: pairs' order varies from run
+        -- to run, the message should not
+        local shown = type(k) == "string" and ("'" .. k .. "'") or tostring(k)
+        for k2 in pairs(v) do
+          local s2 = type(k2) == "string" and ("'" .. k2 .. "'") or tostring(k2)
+          if not_list(k2) and s2 < shown then shown = s2 end
+        end
         error(string.format("%s is a table with key %s, not a list (expected a string, number, boolean or list)",
-          where, type(k) == "string" and ("'" .. k .. "'") or tostring(k)), 0)
+          where, shown), 0)
       end
     end
     local parts = {}
