@@ -388,6 +388,31 @@ static uint64_t random64(void) {
   return v | 1;
 }
 
+/* exit() while recording: what was recorded reaches the file, as at a
+ * stop. A program (a Lua script's os.exit, from whichever thread) may end
+ * that way without stopping first, and a recording's last interval, for a
+ * short run its whole, would be lost with the stdio buffer. Not in a
+ * forked child: its copy of the session is its parent's. The lock is
+ * waited for a while only: the thread that exits may be the one holding
+ * it, and an exit must not hang. */
+static pid_t recording_pid;
+static pthread_once_t at_exit_once = PTHREAD_ONCE_INIT;
+
+static void stop_locked(void);
+
+static void stop_at_exit(void) {
+  knhk__tel_session_t *s = &knhk__tel;
+  if (!ld_acquire(&knhk__tel_on) || recording_pid != getpid()) return;
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 2;
+  if (pthread_mutex_timedlock(&s->m, &until) != 0) return;
+  if (ld_relaxed(&knhk__tel_on)) stop_locked();
+  pthread_mutex_unlock(&s->m);
+}
+
+static void register_at_exit(void) { atexit(stop_at_exit); }
+
 int knhk_telemetry_start(const knhk_telemetry_options_t *o) {
   if (!o || !o->path || !*o->path) return KNHK_EINVAL;
   knhk__tel_session_t *s = &knhk__tel;
@@ -434,10 +459,21 @@ int knhk_telemetry_start(const knhk_telemetry_options_t *o) {
   s->retired_external = 0;
   s->retired_workers = 0;
   knhk__tel_export_reset_locked();
+  recording_pid = getpid();
   st_release(&knhk__tel_on, 1);
   pthread_mutex_unlock(&s->m);
+  pthread_once(&at_exit_once, register_at_exit);
   knhk__tel_reactor_attach_locked();
   return 0;
+}
+
+/* Under s->m, recording: every record to the file, which is closed. */
+static void stop_locked(void) {
+  knhk__tel_session_t *s = &knhk__tel;
+  st_release(&knhk__tel_on, 0);
+  knhk__tel_drain_locked(1, 1, UINT64_MAX);
+  fclose(s->file);
+  s->file = NULL;
 }
 
 int knhk_telemetry_stop(void) {
@@ -447,10 +483,7 @@ int knhk_telemetry_stop(void) {
     pthread_mutex_unlock(&s->m);
     return KNHK_EALREADY;
   }
-  st_release(&knhk__tel_on, 0);
-  knhk__tel_drain_locked(1, 1, UINT64_MAX);
-  fclose(s->file);
-  s->file = NULL;
+  stop_locked();
   pthread_mutex_unlock(&s->m);
   return 0;
 }

@@ -3,6 +3,7 @@
  * parent links, ids); spec/telemetry_spec.lua reads them as JSON. */
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -387,4 +388,26 @@ TEST(strings_that_are_not_utf8_are_written_with_replacement_characters) {
   ASSERT_EQ(1, count(s, "\"stringValue\":\"" FFFD FFFD " ok \xc3\xa9 \xf0\x9f\x98\x80 " FFFD "\""));
   ASSERT_EQ(1, count(s, "\"message\":\"bad " FFFD FFFD FFFD " " FFFD FFFD " end\""));
   ASSERT_EQ(1, count(s, "\"stringValue\":\"a" FFFD "z\""));
+}
+
+/* A process that exits while recording (a Lua script's os.exit, from any
+ * thread) has what it recorded written: the recording stops at exit. */
+TEST(a_process_that_exits_while_recording_writes_the_recording) {
+  snprintf(path, sizeof path, "/tmp/knhk-tel-%d.jsonl", (int)getpid());
+  pid_t child = fork();
+  ASSERT(child >= 0);
+  if (child == 0) {
+    knhk_telemetry_options_t o = {path, 60000000000u, "test"}; /* no interval export */
+    if (knhk_telemetry_start(&o) != 0) _exit(2);
+    knhk_token_t *t;
+    if (knhk_token_new(&t, NULL) != 0) _exit(3);
+    exit(0); /* no stop */
+  }
+  int status;
+  ASSERT_EQ(child, waitpid(child, &status, 0));
+  ASSERT(WIFEXITED(status));
+  ASSERT_EQ(0, WEXITSTATUS(status));
+  char *s = slurp();
+  ASSERT_EQ(1, count(s, "\"name\":\"knhk.concurrency.cancel.token.create\""));
+  ASSERT_EQ(1, count(s, "{\"resourceMetrics\":["));
 }

@@ -36,7 +36,8 @@ typedef struct {
 
 /* Any thread. Starts recording into opts->path. Returns 0; KNHK_EINVAL
  * (NULL, no path); KNHK_EALREADY if recording; -errno if the file cannot
- * be opened. */
+ * be opened. A process that calls exit() while recording stops it then
+ * (an atexit handler): what was recorded is written. */
 int knhk_telemetry_start(const knhk_telemetry_options_t *opts);
 /* Any thread but a reactor's. Stops recording: every record so far is
  * written (spans still open end now, but for those of tasks: a task's span
