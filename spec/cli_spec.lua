@@ -385,6 +385,49 @@ describe("knhk-lua", function()
     assert.matches('"name":"knhk.concurrency.executor.tasks.completed"', text)
   end)
 
+  describe("a script that ends with os.exit", function()
+    local function spans_named(text, name)
+      local n = 0
+      for _ in text:gmatch('"name":"' .. name:gsub("%.", "%%.") .. '"') do n = n + 1 end
+      return n
+    end
+
+    it("still has its telemetry written, with and without os.exit's close argument", function()
+      for _, call in ipairs { "os.exit(0)", "os.exit(3, true)", "os.exit(true)" } do
+        local rec = TMP .. "/exit.jsonl"
+        os.remove(rec)
+        local code, _, err = run("--telemetry " .. rec .. " -e " .. q(
+          "knhk.telemetry.span('before.exit', nil, function() end) knhk.telemetry.counter('n'):add(1) " .. call))
+        assert.equal(call:match("3") and 3 or 0, code, err)
+        local text = slurp(rec)
+        assert.equal(1, spans_named(text, "before.exit"), call)
+        assert.matches('\n{"resourceMetrics":%[', text) -- the metrics at exit, with n in them
+        assert.equal(1, spans_named(text, "n"), call)
+      end
+    end)
+
+    it("still has its telemetry written when a task on another worker calls it", function()
+      local rec = TMP .. "/exit-task.jsonl"
+      os.remove(rec)
+      -- two tasks that only finish on two different workers: the one on
+      -- worker 1 (a VM of its own) exits, the other is still sleeping
+      local code, _, err = run("-w 2 --telemetry " .. rec .. " -e " .. q([[
+        require "two_workers"(function()
+          knhk.telemetry.span("in.task", nil, function() end)
+          if knhk.current().worker == 1 then os.exit(4) end
+          knhk.sleep(10)
+        end)]]))
+      assert.equal(4, code, err)
+      assert.equal(2, spans_named(slurp(rec), "in.task"))
+    end)
+
+    it("prints --stats first, with the tasks still running as live", function()
+      local code, _, err = run("--stats -w 1 -e " .. q("knhk.spawn(function() end):join() os.exit(5)"))
+      assert.equal(5, code)
+      assert.matches("tasks: 2 spawned, 1 completed, 0 failed, 0 cancelled, 1 live", err, 1, true)
+    end)
+  end)
+
   it("--telemetry needs a file it can write: exit 1 and one line, as for a missing script", function()
     local code, out, err = run("--telemetry /nonexistent/dir/x.jsonl -e 'print(1)'")
     assert.equal(1, code)

@@ -375,6 +375,20 @@ function M.main(argv)
     end
   end
 
+  if stats then
+    -- os.exit ends the process where it is called, before the run ends:
+    -- the counters are printed first, as they stand then (tasks still
+    -- running count as live). (This VM's os.exit: the script's and its
+    -- local tasks'. The telemetry file needs nothing here: the C library
+    -- writes it out at exit, whichever thread exits.)
+    local exit = os.exit
+    os.exit = function(...)
+      local ok, now = pcall(knhk.stats)
+      if ok then print_stats(now) end
+      return exit(...)
+    end
+  end
+
   local module_error -- -l mod failed: its message, shown alone
   local ok, err = pcall(knhk.run, function()
     local inner_ok, inner_err = xpcall(function()
