@@ -1528,6 +1528,12 @@ static int l_next_ended_try(lua_State *L) {
       return 2;
     }
     if (klua_group_live(g) == 0) {
+      /* A child that ended between the look above and this one pushed
+       * itself on the ended list before it stopped counting as live
+       * (klua_group_child_ended): seeing it not live, we see it there.
+       * Answering "none left" dropped it: join_next returned nil, and
+       * wait_any raised "no child", for a child that had completed. */
+      if (klua_group_has_ended(g)) continue;
       lua_pushinteger(L, ST_DONE);
       return 1;
     }
