@@ -475,10 +475,10 @@ describe("instruments", function()
   end)
 
   it("refuse values that are not finite, naming the instrument and the value", function()
-    local cases = { { T.counter("c"), "add", 0 / 0, "counter 'c' takes a finite number, got nan" },
+    local cases = { { T.counter("c"), "add", 0 / 0, "counter 'c' takes a finite number, got NaN" },
                     { T.counter("c"), "add", math.huge, "counter 'c' takes a finite number, got inf" },
                     { T.updowncounter("u"), "add", -math.huge, "updowncounter 'u' takes a finite number, got -inf" },
-                    { T.histogram("h"), "record", 0 / 0, "histogram 'h' takes a finite number, got nan" },
+                    { T.histogram("h"), "record", 0 / 0, "histogram 'h' takes a finite number, got NaN" },
                     { T.gauge("g"), "set", math.huge, "gauge 'g' takes a finite number, got inf" } }
     for _, c in ipairs(cases) do
       assert.has_error(function() c[1][c[2]](c[1], c[3]) end,
@@ -487,7 +487,7 @@ describe("instruments", function()
     assert.has_error(function() T.histogram("h", { bounds = { 1, math.huge } }) end,
       "bad argument #2 to 'histogram' (field 'bounds' must be finite numbers, got inf at 2)")
     assert.has_error(function() T.histogram("h", { bounds = { 0 / 0 } }) end,
-      "bad argument #2 to 'histogram' (field 'bounds' must be finite numbers, got nan at 1)")
+      "bad argument #2 to 'histogram' (field 'bounds' must be finite numbers, got NaN at 1)")
   end)
 
   it("keep every metrics line strict JSON: a value refused is not recorded, a sum that overflows is \"Infinity\"",

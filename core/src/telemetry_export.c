@@ -194,6 +194,13 @@ static void sb_utf8(sbuf_t *b, const char *s, size_t len) {
   }
 }
 
+/* A list of attributes made as JSON elsewhere (a span's, a series'), or
+ * an empty one. */
+static void sb_attrs(sbuf_t *b, const char *attrs) {
+  if (attrs) sb_utf8(b, attrs, strlen(attrs));
+  else sb_str(b, "[]");
+}
+
 /* A JSON string, quoted and escaped, in UTF-8. */
 static void sb_json(sbuf_t *b, const char *s) {
   sb_add(b, "\"", 1);
@@ -441,8 +448,7 @@ static void emit(ent_t *e) {
     sb_str(b, "]");
     break;
   default: /* spans begun above C carry their attributes as JSON */
-    if (e->attrs) sb_utf8(b, e->attrs, strlen(e->attrs));
-    else sb_str(b, "[]");
+    sb_attrs(b, e->attrs);
     failed = e->status == 2;
     break;
   }
@@ -713,8 +719,7 @@ static void export_metrics(void) {
       if (y->name != x->name || !y->seen) continue;
       /* (not through sb_fmt, whose 256 bytes would cut a long list short) */
       sb_str(&out, np++ ? ",{\"attributes\":" : "{\"attributes\":");
-      if (y->attrs) sb_utf8(&out, y->attrs, strlen(y->attrs));
-      else sb_str(&out, "[]");
+      sb_attrs(&out, y->attrs);
       sb_str(&out, ",");
       if (y->kind != KNHK_INSTRUMENT_GAUGE) sb_fmt(&out, "\"startTimeUnixNano\":\"%" PRIu64 "\",", w.t0);
       sb_fmt(&out, "\"timeUnixNano\":\"%" PRIu64 "\"", w.now);

@@ -67,19 +67,18 @@ local function any_value(v, where)
     -- a span or a metric do not carry and registry-live-check has no type
     -- for. Refused, as a function is, rather than written as an empty list.
     local n = #v
-    local function not_list(k) return type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 end
+    -- the first key that is not the list's, in sorted order: pairs' order
+    -- varies from run to run, the message should not
+    local shown
     for k in pairs(v) do
-      if not_list(k) then
-        -- the first such key in sorted order: pairs' order varies from run
-        -- to run, the message should not
-        local shown = type(k) == "string" and ("'" .. k .. "'") or tostring(k)
-        for k2 in pairs(v) do
-          local s2 = type(k2) == "string" and ("'" .. k2 .. "'") or tostring(k2)
-          if not_list(k2) and s2 < shown then shown = s2 end
-        end
-        error(string.format("%s is a table with key %s, not a list (expected a string, number, boolean or list)",
-          where, shown), 0)
+      if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
+        local s = type(k) == "string" and ("'" .. k .. "'") or tostring(k)
+        if not shown or s < shown then shown = s end
       end
+    end
+    if shown then
+      error(string.format("%s is a table with key %s, not a list (expected a string, number, boolean or list)",
+        where, shown), 0)
     end
     local parts = {}
     for i = 1, n do
@@ -331,14 +330,6 @@ end
 local KINDS = { counter = 0, updowncounter = 1, histogram = 2, gauge = 3 }
 local classes = {} -- kind name -> the class (metatable) of its instruments
 
--- A number for a message: NaN and the infinities as Lua reads them back
--- (tostring gives "nan" or "-nan" as the C library pleases).
-local function number_text(v)
-  if v ~= v then return "nan" end
-  if v == math.huge then return "inf" elseif v == -math.huge then return "-inf" end
-  return tostring(v)
-end
-
 local function instrument(kind, fname, name, opts)
   check.arg("string", name, 1, fname, 3)
   opts = check.opts(opts, 2, fname, 3, kind == "histogram" and { "unit", "bounds" } or { "unit" })
@@ -356,7 +347,7 @@ local function instrument(kind, fname, name, opts)
       -- (the bucket above the last bound is always there: +inf is not one)
       if type(b) == "number" and (b ~= b or b == math.huge or b == -math.huge) then
         error(string.format("bad argument #2 to '%s' (field 'bounds' must be finite numbers, got %s at %d)",
-          fname, number_text(b), i), 3)
+          fname, check.got(b, "number"), i), 3)
       end
       if type(b) ~= "number" or (i > 1 and b <= bounds[i - 1]) then
         error("bad argument #2 to '" .. fname .. "' (field 'bounds' must be ascending numbers)", 3)
@@ -400,7 +391,7 @@ local function class(kind, fname, check_value)
     -- make, such as a counter's v < 0)
     if v ~= v or v == math.huge or v == -math.huge then
       error(string.format("bad argument #1 to '%s' (%s '%s' takes a finite number, got %s)",
-        fname, kind, self.name, number_text(v)), 2)
+        fname, kind, self.name, check.got(v, "number")), 2)
     end
     if check_value then check_value(v, fname) end
     if attrs ~= nil and type(attrs) ~= "table" then check.fail(2, fname, "table", attrs) end

@@ -354,7 +354,7 @@ end
 -- nodes after it): node.milestones, a set of names. A guarded step whose
 -- milestone no running step can lead to any more is withdrawn
 -- (knhk.patterns.state). A fixpoint: graphs and recursion make cycles.
-local function milestone_reach(root, defs)
+local function milestone_reach(root)
   local nets, seen = {}, {}
   local function inner(node)
     local out = {}
@@ -507,7 +507,7 @@ function M.compile(root, name)
   end
   if #ctx.guards > 0 then
     ctx:check_milestone_order()
-    milestone_reach(net, ctx.defs)
+    milestone_reach(net)
   end
   for tname, use in pairs(ctx.signals) do
     if not ctx.trigger_waits[tname] then
