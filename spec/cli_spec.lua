@@ -410,15 +410,20 @@ describe("knhk-lua", function()
       local rec = TMP .. "/exit-task.jsonl"
       os.remove(rec)
       -- two tasks that only finish on two different workers: the one on
-      -- worker 1 (a VM of its own) exits, the other is still sleeping.
+      -- worker 1 (a VM of its own) exits once the other has recorded its
+      -- span too and is sleeping.
       -- (An exit amid the run leaves what the live tasks hold allocated,
       -- as exit() does: under AddressSanitizer, not a leak to report.)
       local code, _, err = run("-w 2 --telemetry " .. rec .. " -e " .. q([[
-        require "two_workers"(function()
+        require "two_workers"(function(spanned)
           knhk.telemetry.span("in.task", nil, function() end)
-          if knhk.current().worker == 1 then os.exit(4) end
+          if knhk.current().worker == 1 then
+            spanned:wait()
+            os.exit(4)
+          end
+          spanned:set()
           knhk.sleep(10)
-        end)]]), nil, 'ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"')
+        end, knhk.event())]]), nil, 'ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"')
       assert.equal(4, code, err)
       assert.equal(2, spans_named(slurp(rec), "in.task"))
     end)
