@@ -1,6 +1,7 @@
 -- The FFI contract: lua/knhk/ffi.lua's cdef is lua/src/klua_ffi.h, and
 -- every function it declares is in the library.
 local K = require "knhk.ffi"
+for _, part in ipairs { "exec", "clock", "telemetry", "repl" } do K.need(part) end
 
 -- Declarations without comments, preprocessor lines or spacing differences.
 local function normalise(text)
@@ -33,6 +34,12 @@ describe("knhk.ffi", function()
       end
     end
     assert.same({}, missing)
+  end)
+
+  it("refuses a part it does not have, naming it", function()
+    local ok, err = pcall(K.need, "sockets")
+    assert.is_false(ok)
+    assert.matches("no part named sockets", err, 1, true)
   end)
 
   it("would notice a declaration that drifted", function()

@@ -17,6 +17,7 @@ local ffi, C
 local function use_ffi()
   if not C then
     local K = require "knhk.ffi"
+    K.need "repl"
     ffi, C = K.ffi, K.C
   end
 end

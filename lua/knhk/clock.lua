@@ -34,7 +34,9 @@ end
 -- knhk.clock.kind() -> "real" or "virtual": the running runtime's clock.
 function M.kind()
   local rt = running_rt("kind")
-  return KINDS[require("knhk.ffi").C.klua_clock_kind(rt)]
+  local K = require "knhk.ffi"
+  K.need "clock"
+  return KINDS[K.C.klua_clock_kind(rt)]
 end
 
 -- knhk.clock.advance(seconds): moves a virtual clock forward by hand. When
@@ -49,6 +51,7 @@ function M.advance(seconds)
   end
   local rt = running_rt("advance")
   local K = require "knhk.ffi"
+  K.need "clock"
   local ffi, C = K.ffi, K.C
   if C.klua_clock_kind(rt) ~= M.KINDS.virtual then
     error("knhk.clock.advance: the runtime's clock is real; run with { clock = \"virtual\" }"

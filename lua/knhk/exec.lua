@@ -6,6 +6,7 @@
 -- after one second) and exec still waits for it: no process outlives its
 -- step, not even what the command started in the background.
 local K = require "knhk.ffi"
+K.need "exec"
 local R = require "knhk.runtime"
 local core = require "knhk.core"
 local check = require "knhk.check"

@@ -11,6 +11,7 @@
 -- counters) under the names of registry/, which `names` holds (generated
 -- from the registry by the build). See README.md ("Telemetry").
 local K = require "knhk.ffi"
+K.need "telemetry"
 local check = require "knhk.check"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 

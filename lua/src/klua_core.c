@@ -2073,10 +2073,18 @@ static int l_import(lua_State *L) {
   return 1;
 }
 
+/* Defined by a program that has knhk.core linked in (knhk-lua), so the
+ * code is the program's own: nothing to pin, and its symbols are the
+ * global ones. In knhk/core.so the weak reference is NULL. (dladdr, which
+ * pin_library needs, walks every symbol of the program: ~10 us of a
+ * knhk-lua start.) */
+extern const char klua_core_in_program __attribute__((weak));
+
 /* Keeps this library loaded until the process ends: its threads and
  * process-wide state (the telemetry's) must not lose their code when a
  * VM that required it closes. */
 static void pin_library(void) {
+  if (&klua_core_in_program) return;
   Dl_info info;
   if (dladdr((void *)pin_library, &info) && info.dli_fname)
     dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
@@ -2092,6 +2100,10 @@ static void pin_library(void) {
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static int in_global_scope;
 static void find_global(void) {
+  if (&klua_core_in_program) { /* knhk-lua: no need to ask */
+    in_global_scope = 1;
+    return;
+  }
   void *program = dlopen(NULL, RTLD_LAZY);
   in_global_scope = program && dlsym(program, "luaopen_knhk_core") == (void *)luaopen_knhk_core;
   if (program) dlclose(program);

@@ -5,7 +5,9 @@
  * drift apart (preprocessor lines aside). The hot calls of tasks go
  * through knhk.core instead (klua_core.c); these are the cold ones:
  * counters, prototypes, processes, the clock, signals and the REPL's line
- * input. */
+ * input. ffi.lua declares them in parts, each when first needed: its
+ * parts begin where this header's comments name knhk.exec, knhk.clock,
+ * OpenTelemetry and the REPL. */
 #ifndef KLUA_FFI_H
 #define KLUA_FFI_H
 #include <stddef.h>
@@ -34,6 +36,9 @@ uint32_t klua_proto_register(klua_rt_t *rt, const char *bc, size_t len);
 const char *klua_proto_get(klua_rt_t *rt, uint32_t id, size_t *len);
 int klua_rt_set_paths(klua_rt_t *rt, const char *path, const char *cpath);
 const char *klua_rt_path(klua_rt_t *rt, int c);
+/* the first SIGINT/SIGTERM a run with signals received, or 0 (every run
+ * of knhk-lua asks at its end) */
+int klua_signals_received(void);
 
 /* knhk.exec: a child process as a step */
 enum { KLUA_EXEC_AT_FILE = 0, KLUA_EXEC_AT_CWD = 1 };
@@ -79,7 +84,6 @@ void knhk_telemetry_record(int instrument, double value);
 /* signals, and the REPL's line input (the knhk-lua command) */
 typedef struct klua_lines klua_lines_t;
 enum { KLUA_LINES_NONE = 0, KLUA_LINES_LINE = 1, KLUA_LINES_INTERRUPTED = 2 };
-int klua_signals_received(void);
 void klua_signals_target(knhk_token_t *token);
 int klua_rt_take_line_stall(klua_rt_t *rt);
 void klua_signals_repl(klua_lines_t *lines);
