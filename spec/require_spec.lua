@@ -56,6 +56,39 @@ describe("require \"knhk\" from plain luajit", function()
     assert.equal("42\tnil\tnil\tnil\ntrue\ttrue\ttrue\ttrue\tnil\n", out)
   end)
 
+  -- A run that spawns nothing, sleeps not, opens no nursery (`knhk-lua -e
+  -- ''`, a short script) does not load them; a VM that meets one of their
+  -- handles first (an argument, a result) loads its module then.
+  it("loads knhk.task, knhk.scope and knhk.nursery at their first use, in every VM", function()
+    local cmd = "LUA_PATH=" .. sh_quote(package.path) .. " LUA_CPATH=" .. sh_quote(package.cpath)
+      .. " luajit -e " .. sh_quote([[
+        local knhk = require "knhk"
+        local function loaded()
+          return tostring(package.loaded["knhk.task"] ~= nil) .. tostring(package.loaded["knhk.scope"] ~= nil)
+            .. tostring(package.loaded["knhk.nursery"] ~= nil)
+        end
+        print(knhk.run(function() return loaded() end))
+        print(knhk.run(function()
+          local tok = knhk.token()
+          return knhk.nursery(function(n)
+            local h = n:spawn_local(function() return 5 end)
+            h:join()
+            -- a fresh worker VM gets a token, a nursery and a task handle
+            local t = knhk.spawn(function(tok, n, h)
+              local seen = loaded()
+              tok:cancel()
+              return seen, tostring(tok), h:join(), knhk.is_nursery(n), tok, h
+            end, tok, n, h)
+            local seen, text, five, is_n, tok2, h2 = t:join()
+            return seen, text, five, is_n, tok2 == tok, h2:join(), tok:is_cancelled()
+          end)
+        end, { workers = 2 }))]]) .. " 2>&1"
+    local f = assert(io.popen(cmd))
+    local out = f:read("*a")
+    f:close()
+    assert.equal("falsefalsefalse\ntruetruetrue\tknhk.token (cancelled)\t5\ttrue\ttrue\t5\ttrue\n", out)
+  end)
+
   it("says what $KNHK_LIB named when it cannot load it", function()
     local cmd = "KNHK_LIB=/nonexistent/core.so LUA_CPATH='/nonexistent/?.so' LUA_PATH="
       .. sh_quote(package.path) .. " luajit -e 'require \"knhk\"' 2>&1"

@@ -372,10 +372,26 @@ function M.register_handle(name, key, export, import)
   handle_kinds[key] = { name = name, export = export }
   handle_names[name] = import
 end
--- The module that registers handle kind `name`, loaded by a VM that meets
--- such a handle before it loaded the module (knhk loads knhk.sync at the
--- first read of a field of its).
-function M.handle_module(name, module) handle_modules[name] = module end
+-- The module that registers handle kind `name` (whose handles have
+-- metatable `mt`), loaded by a VM that meets such a handle before it
+-- loaded the module (knhk loads knhk.task, knhk.sync, ... at the first
+-- read of a field of theirs).
+local module_of_mt = {}
+function M.handle_module(name, module, mt)
+  handle_modules[name] = module
+  if mt ~= nil then module_of_mt[mt] = module end
+end
+
+-- The handle kind of key (handle_key's), loading the module that
+-- registers it if this VM has not yet.
+local function handle_kind(key)
+  local h = handle_kinds[key]
+  if h == nil and key ~= nil and module_of_mt[key] then
+    require(module_of_mt[key])
+    h = handle_kinds[key]
+  end
+  return h
+end
 
 local function handle_key(v)
   local t = type(v)
@@ -596,7 +612,7 @@ local function encode_table(enc, t)
   if mt ~= nil then
     local cname = classes[mt]
     if not cname then
-      local h = handle_kinds[mt]
+      local h = handle_kind(mt)
       if h then return put_handle(enc, t, h) end
       refuse(enc, t, "a table with a metatable knhk does not know (register it with knhk.codec)")
     end
@@ -833,7 +849,7 @@ encode_value = function(enc, v)
     elseif t == "function" then
       encode_function(enc, v)
     else
-      local h = handle_kinds[handle_key(v)]
+      local h = handle_kind(handle_key(v))
       if h then return put_handle(enc, v, h) end
       refuse(enc, v)
     end

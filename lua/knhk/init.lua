@@ -24,9 +24,6 @@ local R = require "knhk.runtime"
 local codec = require "knhk.codec"
 local errors = require "knhk.errors"
 local check = require "knhk.check"
-local T = require "knhk.task"
-local S = require "knhk.scope"
-local N = require "knhk.nursery"
 
 local knhk = {
   _VERSION = "knhk 0.1.0",
@@ -144,15 +141,12 @@ function knhk.signal_received()
 end
 
 -- ----------------------------------------------------------------- tasks
-
 -- knhk.spawn(fn, ...) -> handle: a portable task. A snapshot of fn (its
 -- upvalues and the globals it reads) and of the arguments is taken now;
 -- the task runs on any worker and shares nothing else with the caller.
-knhk.spawn = T.spawn
 -- knhk.spawn_local(fn, ...) -> handle: a coroutine on this worker's VM,
 -- sharing its memory (no snapshot); it never moves to another worker.
-knhk.spawn_local = T.spawn_local
-knhk.Task = T.Task
+-- Both, Task and is_task: knhk.task's (loaded at their first read, below).
 
 -- knhk.current() -> { id, worker } of the running task, or nil.
 function knhk.current()
@@ -175,29 +169,16 @@ function knhk.tasks()
 end
 
 -- --------------------------------------------------- time, scopes, tokens
-
-knhk.now = S.now -- seconds on the runtime's clock (knhk.clock; loaded at its first read)
-knhk.sleep = S.sleep
-knhk.checkpoint = S.checkpoint
-knhk.cancel_scope = S.cancel_scope
-knhk.move_on_after = S.move_on_after
-knhk.fail_after = S.fail_after
-knhk.token = S.token
-knhk.Token = S.Token
+-- knhk.now (seconds on the runtime's clock: knhk.clock), sleep,
+-- checkpoint, cancel_scope, move_on_after, fail_after, token, Token and
+-- is_token: knhk.scope's (loaded at their first read, below)
 
 -- ------------------------------------------------------------ nurseries
-
-knhk.nursery = N.nursery
-knhk.Nursery = N.Nursery
+-- knhk.nursery, Nursery and is_nursery: knhk.nursery's (likewise)
 
 -- ---------------------------------------------- channels, synchronisation
 -- knhk.channel, semaphore, lock, event, their classes and is_channel,
--- is_event, is_semaphore, is_lock: knhk.sync's (loaded at their first read)
-
--- What a value is, for code that accepts several kinds of handle.
-knhk.is_token = S.is_token
-knhk.is_task = T.is_task
-knhk.is_nursery = N.is_nursery
+-- is_event, is_semaphore, is_lock: knhk.sync's (likewise)
 
 -- ------------------------------------------------- map, race, select, exec
 -- knhk.map, race, select: knhk.steps's (loaded at their first read)
@@ -205,11 +186,21 @@ knhk.is_nursery = N.is_nursery
 -- knhk.telemetry: OpenTelemetry spans and metrics (lua/knhk/telemetry.lua)
 
 -- The fields above whose modules load at the first read of one of them:
--- a script that uses none of them does not pay for loading them (exec and
--- telemetry load the FFI's cdef; together ~0.15 ms of a knhk-lua start).
--- A field holds, from its first read on, what it would have held from the
--- start. field -> { module, its field (nil: the module itself) }
+-- a script (or a worker's VM) that uses none of them does not pay for
+-- loading them (exec and telemetry load the FFI's cdef; together ~0.15 ms
+-- of a knhk-lua start; task, scope and nursery ~0.07 ms). A field holds,
+-- from its first read on, what it would have held from the start.
+-- field -> { module, its field (nil: the module itself) }
 local on_first_read = {
+  spawn = { "knhk.task", "spawn" }, spawn_local = { "knhk.task", "spawn_local" },
+  Task = { "knhk.task", "Task" }, is_task = { "knhk.task", "is_task" },
+  now = { "knhk.scope", "now" }, sleep = { "knhk.scope", "sleep" },
+  checkpoint = { "knhk.scope", "checkpoint" }, cancel_scope = { "knhk.scope", "cancel_scope" },
+  move_on_after = { "knhk.scope", "move_on_after" }, fail_after = { "knhk.scope", "fail_after" },
+  token = { "knhk.scope", "token" }, Token = { "knhk.scope", "Token" },
+  is_token = { "knhk.scope", "is_token" },
+  nursery = { "knhk.nursery", "nursery" }, Nursery = { "knhk.nursery", "Nursery" },
+  is_nursery = { "knhk.nursery", "is_nursery" },
   channel = { "knhk.sync", "channel" }, semaphore = { "knhk.sync", "semaphore" },
   lock = { "knhk.sync", "lock" }, event = { "knhk.sync", "event" },
   Channel = { "knhk.sync", "Channel" }, Semaphore = { "knhk.sync", "Semaphore" },
@@ -222,28 +213,43 @@ local on_first_read = {
   clock = { "knhk.clock" },
   telemetry = { "knhk.telemetry" },
 }
--- A VM can receive a channel (semaphore, lock, event) before it loaded
--- knhk.sync: as an argument, an upvalue or a result, through the codec or
--- the C side's own import. Until then the kinds' metatables load it at
--- their first use (knhk.sync puts in their methods, which they then use).
-if not package.loaded["knhk.sync"] then
-  local mts = core.metatables()
-  for _, kind in ipairs { "channel", "semaphore", "lock", "event" } do
-    local mt = mts[kind]
-    codec.handle_module(kind, "knhk.sync")
-    check.name_kind(mt, kind)
-    mt.__index = function(v, k)
-      require "knhk.sync"
-      return mt.__index[k]
-    end
-    mt.__tostring = function(v)
-      require "knhk.sync"
-      return mt.__tostring(v)
-    end
-    if kind == "channel" then
-      mt.__len = function(v)
-        require "knhk.sync"
-        return mt.__len(v)
+-- A VM can receive a handle (a task, a nursery, a token, a channel, ...)
+-- before it loaded the module of its kind: as an argument, an upvalue, a
+-- result or a message. Until then the kind's metatables load the module at
+-- their first use (it puts in their methods, which they then use), and the
+-- codec loads it to send or receive such a handle.
+-- { module, the codec's name of the kind, the kind's name in messages,
+--   its metatables (core.metatables() names) }
+local HANDLE_KINDS = {
+  { "knhk.task", "task", "task handle", { "task", "task_detached" } },
+  { "knhk.nursery", "nursery", "nursery", { "nursery" } },
+  { "knhk.scope", "token", "token", { "token" } },
+  { "knhk.sync", "channel", "channel", { "channel" } },
+  { "knhk.sync", "semaphore", "semaphore", { "semaphore" } },
+  { "knhk.sync", "lock", "lock", { "lock" } },
+  { "knhk.sync", "event", "event", { "event" } },
+}
+local mts = core.metatables()
+for _, kind in ipairs(HANDLE_KINDS) do
+  local module, name, said, of_kind = kind[1], kind[2], kind[3], kind[4]
+  if not package.loaded[module] then
+    for _, which in ipairs(of_kind) do
+      local mt = mts[which]
+      codec.handle_module(name, module, mt)
+      check.name_kind(mt, said)
+      mt.__index = function(v, k)
+        require(module)
+        return mt.__index[k]
+      end
+      mt.__tostring = function(v)
+        require(module)
+        return mt.__tostring(v)
+      end
+      if name == "channel" then
+        mt.__len = function(v)
+          require(module)
+          return mt.__len(v)
+        end
       end
     end
   end
