@@ -112,6 +112,25 @@ describe("waiting for a closed channel", function()
     assert.equal("paid in full", r.vars.v)
   end)
 
+  it("as every branch of a deferred choice, fails the choice instead of waiting for ever", function()
+    local r, now = H.virtual(function()
+      local a, b = knhk.channel(1), knhk.channel(1)
+      a:close()
+      knhk.spawn_local(function() knhk.sleep(5) b:close() end) -- the last open one, later
+      return P.sequence{
+        P.deferred_choice{ { on = a, run = noop("by a") }, { on = b, run = noop("by b") } },
+        P.simple_merge(),
+        noop("after"),
+      }:execute(), knhk.now()
+    end)
+    assert.equal("failed", r.status)
+    assert.equal(5, now)
+    assert.equal("deferred_choice: every branch waits for a channel that is closed and empty, so "
+      .. "none can ever fire (expected at least one open channel, or one that still holds a "
+      .. "message)", r.error)
+    assert.equal(0, H.count(r, "by a") + H.count(r, "by b") + H.count(r, "after"))
+  end)
+
   it("as a branch of a deferred choice, never wins: another branch decides", function()
     local r, now = H.virtual(function()
       local ch = knhk.channel(1)

@@ -24,8 +24,8 @@ local WITHDRAWN = engine.WITHDRAWN
 
 -- -------------------------------------------------------- deferred choice
 
-local function wait_branch(case, on, i)
-  local v, took = triggers.wait(case, on)
+local function wait_branch(case, on, i, none_open)
+  local v, took = triggers.wait(case, on, none_open)
   return i, v, took
 end
 
@@ -33,8 +33,20 @@ local function run_deferred(frame, node, run)
   local case = frame.case
   local branches = node.step.branches
   local hs = {}
+  -- A branch whose channel is closed and empty never fires; when every
+  -- branch is such a one, none ever will: the step fails, as a lone
+  -- P.wait_for on it does, instead of waiting for ever.
+  local open = #branches
+  local function none_open()
+    open = open - 1
+    if open == 0 then
+      error("deferred_choice: every branch waits for a channel that is closed and empty, so "
+        .. "none can ever fire (expected at least one open channel, or one that still holds a "
+        .. "message)", 0)
+    end
+  end
   local i, v = knhk.nursery(function(n)
-    for k, br in ipairs(branches) do hs[k] = n:spawn_local(wait_branch, case, br.on, k) end
+    for k, br in ipairs(branches) do hs[k] = n:spawn_local(wait_branch, case, br.on, k, none_open) end
     return n:wait_any()
   end)
   -- a branch that lost but had already taken a message gives it back

@@ -139,7 +139,8 @@ end
 -- back, so that no message is lost). A closed channel never fires: as a
 -- branch of a deferred choice it just never wins; `closed_raises` (a step
 -- that waits for this source alone) raises instead, as it would wait for
--- ever.
+-- ever. A function as `closed_raises` is called instead (a deferred
+-- choice's: it raises once every branch found its channel closed).
 function M.wait(case, on, closed_raises)
   local what = nil
   if S.is_step(on) then
@@ -166,7 +167,9 @@ function M.wait(case, on, closed_raises)
   if knhk.is_channel(on) then
     local v, ok = on:recv()
     if not ok then
-      if closed_raises then
+      if type(closed_raises) == "function" then
+        closed_raises()
+      elseif closed_raises then
         error("wait_for: " .. (what or "its channel") .. " is closed and empty, so it can never "
           .. "fire (expected an open channel, or one that still holds a message)", 0)
       end
