@@ -192,7 +192,8 @@ end
 
 local function pack(...) return { n = select("#", ...), ... } end
 
-local message_of = require("knhk.errors").message -- (one that cannot raise)
+-- (one that cannot raise, and shows a table raised as an error, as the CLI does)
+local message_of = require("knhk.errors").readable
 
 -- knhk.telemetry.span(name, attrs, fn, ...) -> fn(...)'s results. Runs fn
 -- inside a span: spans, nurseries and tasks begun inside are its children.
