@@ -333,6 +333,9 @@ describe("knhk.telemetry.span", function()
       .. "(expected a string, number, boolean or list))")
     assert.has_error(function() T.span("s", { grid = { { 1 }, { 2 } } }, function() end) end,
       "bad argument #2 to 'span' (attribute 'grid' holds a table at [1] (a list holds strings, numbers or booleans))")
+    assert.has_error(function() T.span("s", { ids = { "a", 2 } }, function() end) end,
+      "bad argument #2 to 'span' (attribute 'ids' mixes a string at [1] and a number at [2] "
+      .. "(a list holds values of one type))")
     record(function() -- (an instrument encodes its attributes only while recording)
       assert.has_error(function() T.counter("c"):add(1, { where = { x = 1 } }) end,
         "bad argument #2 to 'add' (attribute 'where' is a table with key 'x', not a list "
@@ -340,15 +343,18 @@ describe("knhk.telemetry.span", function()
     end)
   end)
 
-  it("records a list as an array of its values, and a string that is not UTF-8 with replacement characters",
+  it("records a list as an array of its values, of one type, and a string that is not UTF-8 with replacement characters",
     function()
       local rec = record(function()
-        T.span("s", { tags = { "a", "b" }, sizes = { 1, 2.5 }, empty = {}, raw = "ok\255\254" }, function() end)
+        T.span("s", { tags = { "a", "b" }, sizes = { 1, 2.5 }, counts = { 1, 2 }, empty = {},
+                      raw = "ok\255\254" }, function() end)
       end)
       local attrs = {}
       for _, kv in ipairs(only(rec, "s").attributes) do attrs[kv.key] = kv.value end
       assert.same({ arrayValue = { values = { { stringValue = "a" }, { stringValue = "b" } } } }, attrs.tags)
-      assert.same({ arrayValue = { values = { { intValue = "1" }, { doubleValue = 2.5 } } } }, attrs.sizes)
+      -- one type a list: doubles throughout when one is not an integer
+      assert.same({ arrayValue = { values = { { doubleValue = 1 }, { doubleValue = 2.5 } } } }, attrs.sizes)
+      assert.same({ arrayValue = { values = { { intValue = "1" }, { intValue = "2" } } } }, attrs.counts)
       assert.same({ arrayValue = { values = {} } }, attrs.empty)
       assert.equal("ok\239\191\189\239\191\189", attrs.raw.stringValue) -- U+FFFD twice
     end)

@@ -81,13 +81,30 @@ local function any_value(v, where)
       error(string.format("%s is a table with key %s, not a list (expected a string, number, boolean or list)",
         where, shown), 0)
     end
-    local parts = {}
+    -- OpenTelemetry's lists are of one type: one Lua type, and a list of
+    -- numbers that are not all integers is written as doubles throughout
+    local parts, first, doubles = {}, n > 0 and type(v[1]), false
     for i = 1, n do
       local e = v[i]
       if type(e) == "table" then
         error(string.format("%s holds a table at [%d] (a list holds strings, numbers or booleans)", where, i), 0)
       end
-      parts[i] = any_value(e, where .. "[" .. i .. "]")
+      if type(e) ~= first then
+        error(string.format("%s mixes a %s at [1] and a %s at [%d] (a list holds values of one type)",
+          where, first, type(e), i), 0)
+      end
+      if first == "number" and not (e % 1 == 0 and e > -2^53 and e < 2^53) then doubles = true end
+    end
+    for i = 1, n do
+      local e = v[i]
+      if doubles then
+        parts[i] = e ~= e and '{"doubleValue":"NaN"}'
+          or e == math.huge and '{"doubleValue":"Infinity"}'
+          or e == -math.huge and '{"doubleValue":"-Infinity"}'
+          or string.format('{"doubleValue":%.17g}', e)
+      else
+        parts[i] = any_value(e, where .. "[" .. i .. "]")
+      end
     end
     return '{"arrayValue":{"values":[' .. table.concat(parts, ",") .. "]}}"
   end
