@@ -155,5 +155,21 @@ for _, workers in ipairs { 1, 4 } do
       assert.is_nil(r2)
       assert.equal("exec: cwd '/dev/null' is not a directory", m2)
     end)
+
+    it("a command that leaves its stdin unread ends well, and so does the program", function()
+      -- (the write to its stdin raised SIGPIPE, which ended knhk-lua)
+      local script = TMP .. "/unread_stdin.lua"
+      local f = assert(io.open(script, "w"))
+      f:write([[
+        local r, m = knhk.exec("true", { stdin = string.rep("x", 1000000) })
+        print(r and r.status, m)
+        print("still here")]])
+      f:close()
+      local p = assert(io.popen(os.getenv("KNHK_LUA") .. " -w " .. workers .. " " .. script
+        .. " 2>&1; echo rc=$?"))
+      local out = p:read "*a"
+      p:close()
+      assert.equal("0\tnil\nstill here\nrc=0\n", out)
+    end)
   end)
 end

@@ -12,6 +12,7 @@
  * arms the uv timer for the earliest real-time deadline.
  */
 #define _GNU_SOURCE
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -156,6 +157,15 @@ static void on_async(uv_async_t *h) {
 
 static void *reactor_main(void *arg) {
   knhk_reactor_t *r = arg;
+  /* A child that exits without reading all of its stdin makes our write
+   * to the pipe raise SIGPIPE, whose default action ends the process.
+   * Blocked on this thread, which does every such write, it stays pending
+   * here and the write fails with EPIPE instead (process.c lets the child's
+   * stdin go then), whatever the program does with SIGPIPE elsewhere. */
+  sigset_t pipe_only;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_only, NULL);
   /* after whatever the caller that started us does to the loop meanwhile
    * (signal.c installs a second watch the same way as the first) */
   pthread_mutex_lock(&r->thread_m);

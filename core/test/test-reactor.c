@@ -274,6 +274,32 @@ TEST(process_stdin_is_fed_and_large_output_captured) {
   ASSERT_OK(knhk_reactor_free(r));
 }
 
+TEST(process_that_leaves_its_stdin_unread_ends_well) {
+  /* Our write to its stdin fails with EPIPE, which raised SIGPIPE and
+   * ended this process (no handler here: the default action). */
+  knhk_reactor_t *r = reactor();
+  size_t n = 1 << 20; /* more than a pipe holds: the write meets the exit */
+  char *input = calloc(1, n);
+  ASSERT(input != NULL);
+  for (int i = 0; i < 3; i++) {
+    knhk_process_t p;
+    memset(&p, 0, sizeof p);
+    p.stdin_data = input;
+    p.stdin_len = n;
+    char *argv[] = {"true", NULL};
+    run(r, &p, argv);
+    ASSERT_EQ(0, p.error);
+    ASSERT_EQ(0, p.exit_status);
+    ASSERT_EQ(0, p.term_signal);
+    knhk_process_dispose(&p);
+  }
+  struct sigaction sa;
+  ASSERT_OK(sigaction(SIGPIPE, NULL, &sa));
+  ASSERT(sa.sa_handler == SIG_DFL); /* nothing changed process-wide */
+  free(input);
+  ASSERT_OK(knhk_reactor_free(r));
+}
+
 TEST(process_missing_command_reports_enoent) {
   knhk_reactor_t *r = reactor();
   knhk_process_t p;
