@@ -5,7 +5,8 @@
  * with one CAS on `tail`, writes the value and publishes the slot; a
  * receiver does the same on `head`. Sequences count in twos (free for
  * position p: 2p; holding p's value: 2p + 1; freed by it: 2(p + cap)), so
- * "full" and "free" differ even with one slot. When both sides are busy no lock is
+ * "full" and "free" differ even with one slot. A slot stores its sequence
+ * less twice its index, so that all start at zero (klua_chan_new says why). When both sides are busy no lock is
  * taken. Values up to 16 bytes (numbers, short strings) sit in the slot.
  *   Waking: a task that found the ring empty (full) counts itself in
  *   `nrecv` (`nsend`), queues its wait node under the lock, and looks once
@@ -80,12 +81,17 @@ klua_sync_t *klua_chan_new(uint32_t capacity) {
   if (!s) return NULL;
   s->cap = capacity;
   if (capacity > 0) {
+    /* Zero is every slot's first sequence (they are stored less 2 * their
+     * index): a large ring comes from calloc untouched, and its pages are
+     * written only as messages reach them. A channel of capacity 2^20 (32
+     * MB of slots) that never holds more than a few messages costs a few
+     * pages, not 32 MB that the Lua collector, which sees only the small
+     * handle, would not hurry to give back. */
     s->ring = calloc(capacity, sizeof *s->ring);
     if (!s->ring) {
       free(s);
       return NULL;
     }
-    for (uint32_t i = 0; i < capacity; i++) atomic_init(&s->ring[i].seq, 2 * (uint64_t)i);
   }
   return s;
 }
@@ -240,9 +246,11 @@ static void leave_completed(klua_task_t *t) {
 static int ring_put(klua_sync_t *s, const klua_val_t *v) {
   uint64_t pos = atomic_load_explicit(&s->tail, memory_order_relaxed);
   slot_t *sl;
+  uint64_t at; /* 2 * the slot's index: what its stored sequence is less by */
   for (;;) {
-    sl = &s->ring[pos % s->cap];
-    uint64_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire);
+    at = 2 * (pos % s->cap);
+    sl = &s->ring[at / 2];
+    uint64_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire) + at;
     int64_t diff = (int64_t)(seq - 2 * pos);
     if (diff == 0) {
       if (atomic_compare_exchange_weak_explicit(&s->tail, &pos, pos + 1, memory_order_relaxed,
@@ -265,16 +273,18 @@ static int ring_put(klua_sync_t *s, const klua_val_t *v) {
     sl->u.p = p;
   }
   /* seq_cst: published before this sender reads nrecv */
-  atomic_store_explicit(&sl->seq, 2 * pos + 1, memory_order_seq_cst);
+  atomic_store_explicit(&sl->seq, 2 * pos + 1 - at, memory_order_seq_cst);
   return 1;
 }
 
 static int ring_take(klua_sync_t *s, klua_val_t *out) {
   uint64_t pos = atomic_load_explicit(&s->head, memory_order_relaxed);
   slot_t *sl;
+  uint64_t at;
   for (;;) {
-    sl = &s->ring[pos % s->cap];
-    uint64_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire);
+    at = 2 * (pos % s->cap);
+    sl = &s->ring[at / 2];
+    uint64_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire) + at;
     int64_t diff = (int64_t)(seq - (2 * pos + 1));
     if (diff == 0) {
       if (atomic_compare_exchange_weak_explicit(&s->head, &pos, pos + 1, memory_order_relaxed,
@@ -295,7 +305,7 @@ static int ring_take(klua_sync_t *s, klua_val_t *out) {
   } else {
     out->p = sl->u.p;
   }
-  atomic_store_explicit(&sl->seq, 2 * (pos + s->cap), memory_order_seq_cst);
+  atomic_store_explicit(&sl->seq, 2 * (pos + s->cap) - at, memory_order_seq_cst);
   return 1;
 }
 
