@@ -224,12 +224,24 @@ static int try_wait(klua_task_t *t, knhk_token_t *cancel) {
 
 static int cancelled(knhk_token_t *cancel) { return cancel && knhk_token_is_cancelled(cancel); }
 
-/* t's node was handed something by s (a value, or its value was taken)
- * while it waited: the operation completed. */
-static int completed_on(klua_task_t *t, klua_sync_t *s, int list) {
+/* Whether t's last wait, on list `list` of the rendezvous s, completed: a
+ * sender handed it a value (a receiver), or a receiver took its value (a
+ * sender). Decided under the lock, where the other side hands over: a
+ * wait woken by its cancellation may be handed its value at that very
+ * moment, and a look before the lock could miss it and then drop the
+ * value that send had already reported as taken. A wait that did not
+ * complete is taken off the list here. */
+static int rdv_completed(klua_task_t *t, klua_sync_t *s, int list) {
   klua_wait_t *w = &t->w;
-  return w->kind == KLUA_WAIT_SYNC && w->on == s && w->list == list && w->handed &&
-         !w->queued && (list == L_SEND ? w->val == NULL : w->val != NULL);
+  if (w->kind != KLUA_WAIT_SYNC || w->on != s || w->list != list) return 0;
+  klua_spin_lock(&s->lock);
+  int done = w->handed && !w->queued && (list == L_SEND ? w->val == NULL : w->val != NULL);
+  if (w->queued) {
+    wl_remove(&s->w[list], w);
+    atomic_fetch_sub_explicit(count_of(s, list), 1, memory_order_relaxed);
+  }
+  klua_spin_unlock(&s->lock);
+  return done;
 }
 
 /* Leaves a completed wait: nothing to pass on, nothing to take back. */
@@ -239,6 +251,28 @@ static void leave_completed(klua_task_t *t) {
   w->kind = KLUA_WAIT_NONE;
   w->on = NULL;
   klua_wait_end(t);
+}
+
+/* try_wait for a rendezvous node just queued on `list`: the other side
+ * may complete it between the unlock and a cancellation found here, and
+ * then the operation happened (DONE: a receiver's value is in its node). */
+static int rdv_wait(klua_task_t *t, klua_sync_t *s, int list, knhk_token_t *cancel) {
+  if (!klua_wait_arm_cancel(t, cancel)) return KLUA_SYNC_WAIT;
+  if (rdv_completed(t, s, list)) return KLUA_SYNC_DONE;
+  klua_wait_end(t);
+  return KLUA_SYNC_CANCELLED;
+}
+
+/* A receiver's completed node: its value out, the wait left. */
+static int rdv_take_handed(klua_task_t *t, klua_val_t *out) {
+  klua_wait_t *w = &t->w;
+  out->p = w->val;
+  out->len = w->val_len;
+  out->kind = w->val_kind;
+  w->val = NULL;
+  w->val_owned = 0;
+  leave_completed(t);
+  return KLUA_SYNC_DONE;
 }
 
 /* ------------------------------------------------------------------ ring */
@@ -329,7 +363,7 @@ static char *copy_of(const klua_val_t *v) {
 }
 
 static int rdv_send(klua_sync_t *s, klua_task_t *t, const klua_val_t *v, knhk_token_t *cancel) {
-  if (completed_on(t, s, L_SEND)) { /* a receiver took our value: sent */
+  if (rdv_completed(t, s, L_SEND)) { /* a receiver took our value: sent */
     leave_completed(t);
     return KLUA_SYNC_DONE;
   }
@@ -361,20 +395,13 @@ static int rdv_send(klua_sync_t *s, klua_task_t *t, const klua_val_t *v, knhk_to
   w->val_owned = 1;
   enqueue_locked(s, t, L_SEND);
   klua_spin_unlock(&s->lock);
-  return try_wait(t, cancel);
+  int st = rdv_wait(t, s, L_SEND, cancel);
+  if (st == KLUA_SYNC_DONE) leave_completed(t);
+  return st;
 }
 
 static int rdv_recv(klua_sync_t *s, klua_task_t *t, klua_val_t *out, knhk_token_t *cancel) {
-  klua_wait_t *w = &t->w;
-  if (completed_on(t, s, L_RECV)) { /* a sender handed us its value */
-    out->p = w->val;
-    out->len = w->val_len;
-    out->kind = w->val_kind;
-    w->val = NULL;
-    w->val_owned = 0;
-    leave_completed(t);
-    return KLUA_SYNC_DONE;
-  }
+  if (rdv_completed(t, s, L_RECV)) return rdv_take_handed(t, out); /* a sender handed us its value */
   try_begin(t);
   if (cancelled(cancel)) return KLUA_SYNC_CANCELLED;
   klua_spin_lock(&s->lock);
@@ -396,7 +423,9 @@ static int rdv_recv(klua_sync_t *s, klua_task_t *t, klua_val_t *out, knhk_token_
   }
   enqueue_locked(s, t, L_RECV);
   klua_spin_unlock(&s->lock);
-  return try_wait(t, cancel);
+  int st = rdv_wait(t, s, L_RECV, cancel);
+  if (st == KLUA_SYNC_DONE) return rdv_take_handed(t, out);
+  return st;
 }
 
 int klua_chan_try_send(klua_sync_t *s, klua_task_t *t, const klua_val_t *v, knhk_token_t *cancel) {
