@@ -156,6 +156,17 @@ for _, workers in ipairs { 1, 4 } do
       assert.equal("exec: cwd '/dev/null' is not a directory", m2)
     end)
 
+    it("a program that is not executable says so, not 'unknown error'", function()
+      local path = TMP .. "/not_executable.sh"
+      local f = assert(io.open(path, "w"))
+      f:write("echo hi\n")
+      f:close()
+      local r, m, c = run(function() return knhk.exec({ path }) end)
+      assert.is_nil(r)
+      assert.equal(path .. ": permission denied", m)
+      assert.equal(-13, c)
+    end)
+
     it("a command that leaves its stdin unread ends well, and so does the program", function()
       -- (the write to its stdin raised SIGPIPE, which ended knhk-lua)
       local script = TMP .. "/unread_stdin.lua"

@@ -15,6 +15,12 @@
   X(KNHK_EALREADY, "already done")                                             \
   X(KNHK_ENOENT, "no such file or directory")                                  \
   X(KNHK_EIO, "input/output error")                                            \
+  X(KNHK_EACCES, "permission denied")                                          \
+  X(KNHK_EMFILE, "too many open files")                                        \
+  X(KNHK_ENFILE, "too many open files in the system")                          \
+  X(KNHK_ENOTDIR, "not a directory")                                           \
+  X(KNHK_ENOEXEC, "not an executable format")                                  \
+  X(KNHK_E2BIG, "argument list too long")                                      \
   X(KNHK_EFAILED, "task failed")
 
 const char *knhk_strerror(int err) {

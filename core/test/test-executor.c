@@ -126,6 +126,10 @@ TEST(executor_close_twice_and_uninitialised_handles) {
 TEST(strerror_names_every_code) {
   ASSERT(strcmp(knhk_strerror(KNHK_EINVAL), "invalid argument") == 0);
   ASSERT(strcmp(knhk_err_name(KNHK_ESHUTDOWN), "KNHK_ESHUTDOWN") == 0);
+  /* what a command can fail to start with (knhk.exec says these) */
+  ASSERT(strcmp(knhk_strerror(KNHK_EACCES), "permission denied") == 0);
+  ASSERT(strcmp(knhk_strerror(KNHK_EMFILE), "too many open files") == 0);
+  ASSERT(strcmp(knhk_err_name(KNHK_ENOEXEC), "KNHK_ENOEXEC") == 0);
   ASSERT(strcmp(knhk_strerror(12345), "unknown error") == 0);
   ASSERT(strcmp(knhk_err_name(12345), "KNHK_E?") == 0);
 }

@@ -22,6 +22,12 @@ enum {
   KNHK_EALREADY = -114,    /* already done (second close, second start) */
   KNHK_ENOENT = -2,        /* no such file or command */
   KNHK_EIO = -5,           /* an I/O operation failed */
+  KNHK_EACCES = -13,       /* permission denied (a command not executable) */
+  KNHK_EMFILE = -24,       /* too many open files in this process */
+  KNHK_ENFILE = -23,       /* too many open files in the system */
+  KNHK_ENOTDIR = -20,      /* a path's directory part is not a directory */
+  KNHK_ENOEXEC = -8,       /* a command the system cannot execute */
+  KNHK_E2BIG = -7,         /* a command's arguments and environment are too long */
   KNHK_EFAILED = -1000     /* a task failed (the generic task failure status) */
 };
 
