@@ -24,6 +24,10 @@ local wf = P.workflow(P.sequence{
 })
 
 local result = wf:execute{ vars = { n = records } }
+if result.status ~= "completed" then -- a quorum above the records: it can never be reached
+  print(result.status .. " at '" .. tostring(result.step) .. "': " .. tostring(result.error))
+  return
+end
 print(result.status .. ": quorum reached with " .. result.vars.report .. " records")
 local ended = false
 for _, t in ipairs(result.trace) do

@@ -147,6 +147,10 @@ describe("examples/batch.lua", function()
       .. "all instances finished before the case ended: true\n", example("batch", "12", "8"))
   end, { workers = 2 }))
 
+  it("says why when the quorum is more than the records", T.wrap(function()
+    assert.matches("^failed at 'checksum': .*partial%(5%)", example("batch", "3", "5"))
+  end, { workers = 2 }))
+
   it("reaches its quorum in every interleaving", T.explore(function()
     assert.matches("^completed: quorum reached with 3 of 5 records\n", example("batch", "5", "3"))
   end, { runs = 20 }))
