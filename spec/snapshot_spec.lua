@@ -347,6 +347,37 @@ describe("deep tables", function()
   end)
 end)
 
+describe("the nesting limit", function()
+  local function levels(n)
+    local t = {}
+    local cur = t
+    for _ = 2, n do
+      cur.x = {}
+      cur = cur.x
+    end
+    cur.leaf = n
+    return t
+  end
+  local function depth_of(t)
+    local n = 1
+    while t.x do t, n = t.x, n + 1 end
+    return n, t.leaf
+  end
+
+  it("takes a table nested exactly as deep as the limit, and refuses one level more", function()
+    local ok1, n, leaf, ok2, err = knhk.run(function()
+      local ok1, n, leaf = pcall(function() return knhk.spawn(depth_of, levels(1000)):join() end)
+      local ok2, err = pcall(knhk.spawn, depth_of, levels(1001))
+      return ok1, n, leaf, ok2, err
+    end, { workers = 2 })
+    assert.is_true(ok1, tostring(n))
+    assert.equal(1000, n)
+    assert.equal(1000, leaf)
+    assert.is_false(ok2)
+    assert.matches("nested deeper than 1000 levels", tostring(err), 1, true)
+  end)
+end)
+
 describe("encoding is re-entrant", function()
   -- An environment whose __index collects garbage: finalizers then run in
   -- the middle of the spawn's encoding, and each of them spawns too.

@@ -568,7 +568,9 @@ local function enter(enc, v, seg)
   local depth = enc.depth + 1
   enc.depth = depth
   enc.path[depth] = seg
-  if depth > MAX_DEPTH then refuse(enc, v, "nested deeper than " .. MAX_DEPTH .. " levels") end
+  -- (depth 1 is the value's own slot: a table at the top is level 1 of
+  -- its nesting when entered at depth 2)
+  if depth - 1 > MAX_DEPTH then refuse(enc, v, "nested deeper than " .. MAX_DEPTH .. " levels") end
 end
 
 local function leave(enc)
