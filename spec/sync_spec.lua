@@ -428,7 +428,10 @@ describe("a channel's capacity", function()
       return rss_mb() - before, sum
     end, { workers = 1 })
     assert.equal(6 * 210, got) -- (1 + 2 + 3) * (1 + ... + 20): every message came back
-    assert.is_true(grew < 32, string.format("20 channels of capacity 2^20 took %.0f MB", grew))
+    -- (ThreadSanitizer's calloc writes every byte it gives: nothing to see there)
+    if not (os.getenv("LD_PRELOAD") or ""):find("libtsan", 1, true) then
+      assert.is_true(grew < 32, string.format("20 channels of capacity 2^20 took %.0f MB", grew))
+    end
   end)
 
   it("still wraps around its ring, message after message", function()
