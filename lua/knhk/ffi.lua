@@ -11,7 +11,7 @@ local ffi = require "ffi"
 -- The cdef in parts, in the header's order. Each VM declares a part when a
 -- module first needs it (need): every knhk.run declares the base part in
 -- each of its VMs, and parsing all of them was ~0.04 ms of each VM's
--- start (a third of `knhk-lua -e ''`'s run after loading).
+-- start (a tenth of `knhk-lua -e ''`'s run after loading).
 local PARTS = {
   { "base", [[
 typedef struct klua_rt klua_rt_t;

@@ -51,12 +51,15 @@ local function json_string(s)
   end) .. '"'
 end
 
+-- A number OTLP writes as an int (exactly: within 2^53).
+local function is_int(v) return v % 1 == 0 and v > -2^53 and v < 2^53 end
+
 local function any_value(v, where)
   local t = type(v)
   if t == "string" then return '{"stringValue":' .. json_string(v) .. "}" end
   if t == "boolean" then return '{"boolValue":' .. tostring(v) .. "}" end
   if t == "number" then
-    if v == v and v % 1 == 0 and v > -2^53 and v < 2^53 then
+    if is_int(v) then
       return string.format('{"intValue":"%d"}', v)
     end
     if v ~= v or v == math.huge or v == -math.huge then return '{"stringValue":"' .. tostring(v) .. '"}' end
@@ -93,7 +96,7 @@ local function any_value(v, where)
         error(string.format("%s mixes a %s at [1] and a %s at [%d] (a list holds values of one type)",
           where, first, type(e), i), 0)
       end
-      if first == "number" and not (e % 1 == 0 and e > -2^53 and e < 2^53) then doubles = true end
+      if first == "number" and not is_int(e) then doubles = true end
     end
     for i = 1, n do
       local e = v[i]

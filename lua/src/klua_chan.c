@@ -6,8 +6,8 @@
  * receiver does the same on `head`. Sequences count in twos (free for
  * position p: 2p; holding p's value: 2p + 1; freed by it: 2(p + cap)), so
  * "full" and "free" differ even with one slot. A slot stores its sequence
- * less twice its index, so that all start at zero (klua_chan_new says why). When both sides are busy no lock is
- * taken. Values up to 16 bytes (numbers, short strings) sit in the slot.
+ * less twice its index, so that all start at zero (klua_chan_new says
+ * why). When both sides are busy no lock is taken. Values up to 16 bytes (numbers, short strings) sit in the slot.
  *   Waking: a task that found the ring empty (full) counts itself in
  *   `nrecv` (`nsend`), queues its wait node under the lock, and looks once
  *   more before it sleeps; a sender publishes its slot (seq_cst) and then
