@@ -44,6 +44,9 @@ describe("argument errors", function()
     { function() knhk.nursery(print, { supervize = true }) end, "bad argument #2 to 'nursery' (unknown option 'supervize'; it takes: supervise)" },
     { function() knhk.map({}, print, { limt = 2 }) end, "bad argument #3 to 'map' (unknown option 'limt'; it takes: limit)" },
     { function() knhk.exec("true", { timeuot = 1 }) end, "bad argument #2 to 'exec' (unknown option 'timeuot'; it takes: cwd, env, stdin, timeout)" },
+    { function() local h = knhk.spawn_local(print); h.join() end, "bad argument #1 to 'join' (task handle expected, got nil)" },
+    { function() local h = knhk.spawn_local(print); h.join(knhk.channel(1)) end, "bad argument #1 to 'join' (task handle expected, got channel)" },
+    { function() local h = knhk.spawn(print); h.join({}) end, "bad argument #1 to 'join' (task handle expected, got table)" },
     { function() knhk.telemetry.counter(5) end, "bad argument #1 to 'counter' (string expected, got number)" },
     { function() knhk.telemetry.histogram("h", { bound = {} }) end, "bad argument #2 to 'histogram' (unknown option 'bound'; it takes: unit, bounds)" },
   }

@@ -9,7 +9,7 @@ local R = require "knhk.runtime"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local select = select
-local DONE, CANCELLED, SLOW = R.DONE, R.CANCELLED, R.SLOW
+local DONE, CANCELLED, SLOW, NOT_HANDLE = R.DONE, R.CANCELLED, R.SLOW, R.NOT_HANDLE
 
 local M = {}
 
@@ -96,6 +96,7 @@ join_slow = function(h, st, a, b)
   -- the join waited (join_try suspended the task): look again
   if st == nil then return join_result(h, core_join_try(h)) end
   if st == CANCELLED then R.raise_cancelled(a) end
+  if st == NOT_HANDLE then bad_self("join", "task handle", h) end
   -- it ended otherwise than with inline results
   if st == R.BLOB and a == R.OK then return select(2, codec.decode_copies(b)) end
   if a == R.OK then return end
@@ -106,8 +107,7 @@ end
 -- TaskError; for a task that was cancelled, one whose .value is its
 -- Cancelled). A checkpoint while it waits.
 function Task:join()
-  if not tasks_only[getmetatable(self)] then bad_self("join", "task handle", self) end
-  return join_result(self, core_join_try(self))
+  return join_result(self, core_join_try(self)) -- (which checks self)
 end
 
 -- h:cancel(): cancels the task alone (its scopes and its children too).

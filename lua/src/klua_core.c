@@ -42,7 +42,7 @@
 #define NUPVALUES 8
 
 enum { ST_DONE = 0, ST_WAIT = 1, ST_CLOSED = 2, ST_CANCELLED = 3, ST_BLOB = 4, ST_MESSAGE = 5,
-       ST_SLOW = 6, ST_REASON = 7 };
+       ST_SLOW = 6, ST_REASON = 7, ST_NOT_HANDLE = 8 };
 
 static _Atomic int running;            /* one knhk.run at a time in a process */
 static _Atomic uint64_t live_gen;      /* the running runtime's generation, 0 if none */
@@ -147,6 +147,13 @@ static void set_task_mt(lua_State *L, int idx, const task_handle_t *th) {
   lua_setmetatable(L, idx);
 }
 
+/* A task or nursery handle of a run that has ended is refused. */
+static void check_live(lua_State *L, const handle_t *h, int kind, const char *what) {
+  if ((kind == KLUA_H_TASK || kind == KLUA_H_NURSERY) &&
+      h->gen != atomic_load_explicit(&live_gen, memory_order_acquire))
+    raise_at(L, 1, "this %s belongs to a knhk.run that has ended%s", what, "");
+}
+
 static handle_t *check_handle(lua_State *L, int idx, int kind, const char *what) {
   handle_t *h = lua_touserdata(L, idx);
   if (!h || !is_kind(L, idx, kind)) {
@@ -155,9 +162,7 @@ static handle_t *check_handle(lua_State *L, int idx, int kind, const char *what)
     lua_concat(L, 2);
     lua_error(L);
   }
-  if ((kind == KLUA_H_TASK || kind == KLUA_H_NURSERY) &&
-      h->gen != atomic_load_explicit(&live_gen, memory_order_acquire))
-    raise_at(L, 1, "this %s belongs to a knhk.run that has ended%s", what, "");
+  check_live(L, h, kind, what);
   return h;
 }
 
@@ -1184,7 +1189,14 @@ static int detach(task_handle_t *th, klua_task_t *t) {
 
 /* core.join_try(h) */
 static int l_join_try(lua_State *L) {
-  task_handle_t *th = TASK_HANDLE(L, 1);
+  /* Not a task handle: the Lua side raises, naming the method, so that
+   * h:join() checks its self here, once, and not before the call too. */
+  task_handle_t *th = lua_touserdata(L, 1);
+  if (!th || !is_kind(L, 1, KLUA_H_TASK)) {
+    lua_pushinteger(L, ST_NOT_HANDLE);
+    return 1;
+  }
+  check_live(L, &th->h, KLUA_H_TASK, "task handle");
   klua_task_t *target = task_of(th);
   klua_task_t *t = current(L, "join");
   if (target == t) return raise_at(L, 2, "join: a task cannot join itself%s%s", "", "");
@@ -1976,6 +1988,14 @@ static int l_register(lua_State *L) {
   w->settle = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, UP_ANCHOR);
   w->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* Every local start pushes xpcall and the error handler: from the
+   * anchor table's array part, not the registry's hash part. */
+  if (w->anchor_top != 0) return luaL_error(L, "core.register: the anchor table is in use");
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->xpcall_fn);
+  lua_rawseti(L, UP_ANCHOR, KLUA_ANCHOR_XPCALL);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->capture_fn);
+  lua_rawseti(L, UP_ANCHOR, KLUA_ANCHOR_CAPTURE);
+  w->anchor_top = KLUA_ANCHOR_CAPTURE;
   return 0;
 }
 
