@@ -460,6 +460,9 @@ void klua_unref(klua_worker_t *w, lua_State *L, int t, int ref);
  * table t: its ref, KLUA_REF_REPEAT if it is the one the last local starts
  * pending are of. Let go of with klua_unref_fn. */
 enum { KLUA_REF_REPEAT = 0 };
+/* Slots of the anchor table that hold what every local start pushes
+ * (klua_push_local_start); refs are numbered after them. */
+enum { KLUA_ANCHOR_XPCALL = 1, KLUA_ANCHOR_CAPTURE = 2 };
 int klua_ref_fn(klua_worker_t *w, lua_State *L, int t, int fnidx);
 void klua_unref_fn(klua_worker_t *w, lua_State *L, int t, int ref);
 

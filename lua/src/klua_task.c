@@ -453,7 +453,7 @@ int klua_push_local_start(klua_worker_t *w, lua_State *L, int anchor, klua_task_
   lua_rawgeti(L, anchor, t->fn_ref);
   klua_unref_fn(w, L, anchor, t->fn_ref);
   t->fn_ref = LUA_NOREF;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, w->capture_fn);
+  lua_rawgeti(L, anchor, KLUA_ANCHOR_CAPTURE);
   int n = 2;
   if (t->nvals >= 0) {
     klua_values_push(L, t->data, t->nvals, 0);
@@ -630,10 +630,10 @@ static int end_cancelled_unresumed(klua_worker_t *w, klua_task_t *t, knhk_token_
  * table, whose slot keeps the free list's number; the coroutine's first
  * stack has room), so nothing can raise. */
 static int put_plain_local_start(klua_worker_t *w, lua_State *co, klua_task_t *t) {
-  lua_rawgeti(co, LUA_REGISTRYINDEX, w->xpcall_fn);
   lua_rawgeti(co, LUA_REGISTRYINDEX, w->anchor);
-  int n = klua_push_local_start(w, co, 2, t);
-  lua_remove(co, 2);
+  lua_rawgeti(co, 1, KLUA_ANCHOR_XPCALL);
+  int n = klua_push_local_start(w, co, 1, t);
+  lua_remove(co, 1);
   return n;
 }
 
