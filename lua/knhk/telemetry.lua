@@ -287,8 +287,21 @@ function M.pattern_handle(forward)
     return (cur and cur.id or 0) .. "\0" .. tostring(a.case_id) .. "\0" .. tostring(a.step)
   end
   local handle = {}
+  local told -- the caller's handle raised once: said on stderr, not again
+  -- An observer that fails must not change what it observes: an error
+  -- from the caller's handle is reported (once per case) and the case
+  -- goes on. A cancellation raised in it goes on unwinding.
+  local function tell(name, a)
+    local ok, err = pcall(forward.event, forward, name, a)
+    if ok then return end
+    if require("knhk.errors").is_signal(err) then error(err, 0) end
+    if told then return end
+    told = true
+    io.stderr:write(("knhk: ctx.telemetry:event(%q) raised: %s (the workflow goes on; later errors from this handle are not shown)\n")
+      :format(name, message_of(err)))
+  end
   function handle.event(_, name, a)
-    if forward then forward:event(name, a) end
+    if forward then tell(name, a) end
     if not enabled() then return end
     local attrs = { [N.attr.WORKFLOW_CASE_ID] = tostring(a.case_id) }
     if a.step ~= nil then

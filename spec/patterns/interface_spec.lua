@@ -88,6 +88,23 @@ describe("wf:execute(ctx) -> result", function()
                   "step.end b completed", "case.end completed" }, seen)
   end)
 
+  it("goes on when ctx.telemetry raises, and says so once on stderr", function()
+    local said, real = {}, io.stderr
+    io.stderr = { write = function(_, s) said[#said + 1] = s end }
+    local ok, r, calls = pcall(H.run, function()
+      local calls = 0
+      local sink = { event = function() calls = calls + 1; error("the sink is down") end }
+      return P.sequence{ noop("a"), noop("b") }:execute{ telemetry = sink }, calls
+    end, 1)
+    io.stderr = real
+    assert(ok, r)
+    assert.equal("completed", r.status)
+    assert.equal(6, calls) -- every event was still offered to it
+    assert.equal(1, #said)
+    assert.matches('ctx.telemetry:event("knhk.workflow.case.start") raised: ', said[1], 1, true)
+    assert.matches("the sink is down (the workflow goes on", said[1], 1, true)
+  end)
+
   -- "step.start a" / "step.end a cancelled" ... for the events of one case
   local function ends(obs)
     local starts, out = {}, {}
