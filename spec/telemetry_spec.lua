@@ -336,11 +336,24 @@ describe("knhk.telemetry.span", function()
     assert.has_error(function() T.span("s", { ids = { "a", 2 } }, function() end) end,
       "bad argument #2 to 'span' (attribute 'ids' mixes a string at [1] and a number at [2] "
       .. "(a list holds values of one type))")
-    record(function() -- (an instrument encodes its attributes only while recording)
+    record(function()
       assert.has_error(function() T.counter("c"):add(1, { where = { x = 1 } }) end,
         "bad argument #2 to 'add' (attribute 'where' is a table with key 'x', not a list "
         .. "(expected a string, number, boolean or list))")
     end)
+  end)
+
+  it("refuses an instrument's bad attributes whether or not it is recording", function()
+    assert.is_false(T.enabled())
+    assert.has_error(function() T.counter("c"):add(1, { where = { x = 1 } }) end,
+      "bad argument #2 to 'add' (attribute 'where' is a table with key 'x', not a list "
+      .. "(expected a string, number, boolean or list))")
+    assert.has_error(function() T.histogram("h"):record(1, { f = print }) end,
+      "bad argument #2 to 'record' (attribute 'f' is a function (expected a string, number, boolean or list))")
+    assert.has_error(function() T.gauge("g"):set(1, { [1] = "x" }) end,
+      "bad argument #2 to 'set' (attribute names must be strings, got number)")
+    -- good ones cost nothing but the check
+    T.counter("c"):add(1, { route = "/a", code = 200, ok = true, tags = { "x", "y" } })
   end)
 
   it("records a list as an array of its values, of one type, and a string that is not UTF-8 with replacement characters",

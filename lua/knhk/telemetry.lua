@@ -412,6 +412,20 @@ local function series_id(inst, attrs, fname)
   return id
 end
 
+-- What series_id's encoding refuses, refused while not recording too: a
+-- call that is wrong is wrong whether or not it is recorded. Scalars with
+-- string names pass at the cost of a walk; anything else is encoded once,
+-- which raises what is wrong with it (from the same depth as series_id).
+local function check_attrs(attrs, fname)
+  for k, v in pairs(attrs) do
+    local t = type(v)
+    if type(k) ~= "string" or (t ~= "string" and t ~= "number" and t ~= "boolean") then
+      encode_attrs(attrs, fname, 2)
+      return
+    end
+  end
+end
+
 -- The class of the instruments of `kind`, whose one method `fname` records
 -- a value that check_value (if any) accepts.
 local function class(kind, fname, check_value)
@@ -430,7 +444,10 @@ local function class(kind, fname, check_value)
     end
     if check_value then check_value(v, fname) end
     if attrs ~= nil and type(attrs) ~= "table" then check.fail(2, fname, "table", attrs) end
-    if not enabled() then return end
+    if not enabled() then
+      if attrs ~= nil then check_attrs(attrs, fname) end
+      return
+    end
     C.knhk_telemetry_record(series_id(self, attrs, fname), v)
   end
   classes[kind] = c
