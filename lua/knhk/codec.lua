@@ -616,7 +616,7 @@ local function encode_table(enc, t)
     if not cname then
       local h = handle_kind(mt)
       if h then return put_handle(enc, t, h) end
-      refuse(enc, t, "a table with a metatable knhk does not know (register it with knhk.codec)")
+      refuse(enc, t, "a table with a metatable knhk does not know (register its metatable with knhk.codec.register_class)")
     end
     put_named(buf, T_CLASS, cname)
   end

@@ -133,10 +133,47 @@ local function capture(e)
 end
 M.capture = capture
 
+-- A local task's error as it was raised (spawn_local, a nursery's
+-- spawn_local child, the root): the task shares its VM with its spawner,
+-- so a joiner there gets the error object itself, class and all, rather
+-- than the copy that travels to other VMs. Kept by task id until a join or
+-- a nursery in this VM takes it, then by the handle that took it (weakly),
+-- so that joining that handle again gives the same object. (A local task
+-- joined only from other VMs leaves its entry here: handles rarely leave
+-- the spawner's VM, and only failed tasks whose error is an object count.)
+local kept_errors = {}
+local taken_errors = setmetatable({}, { __mode = "k" })
+
+local function has_identity(v)
+  local t = type(v)
+  return t == "table" or t == "userdata" or t == "function" or t == "thread"
+end
+
+local function keep_local_error(e)
+  if errors.is_group(e) or (errors.is_task_error(e) and has_identity(e.value)) then
+    kept_errors[core.current()] = e
+  end
+end
+
+local function local_error(h, id)
+  local e = taken_errors[h]
+  if e ~= nil then return e end
+  e = kept_errors[id]
+  if e ~= nil then
+    kept_errors[id] = nil
+    taken_errors[h] = e
+  end
+  return e
+end
+
 -- The error a task that ended with `outcome` left in a payload the C side
--- gave as (status, payload).
-local function task_failure(id, outcome, st, payload)
+-- gave as (status, payload); h: its handle, in this VM.
+local function task_failure(id, outcome, st, payload, h)
   if st == BLOB then
+    if outcome ~= CANCELLED_OUTCOME and h ~= nil then
+      local e = local_error(h, id)
+      if e ~= nil then return e end
+    end
     local _, e = codec.decode_copies(payload)
     if outcome == CANCELLED_OUTCOME then
       if not errors.is_signal(e) then e = errors.cancelled(nil) end
@@ -173,7 +210,7 @@ local function failures_of(nursery)
   local out = {}
   for _, h in ipairs(core.failures(nursery)) do
     local st, outcome, payload = core.outcome(h)
-    out[#out + 1] = task_failure(core.task_id(h), outcome, st, payload)
+    out[#out + 1] = task_failure(core.task_id(h), outcome, st, payload, h)
   end
   return out
 end
@@ -189,6 +226,26 @@ end
 local encode = codec.encode
 local function as_result(i) return "return value " .. i end
 local function as_error() return "error" end
+local function as_it() return "it" end
+
+-- An error that cannot travel to a joiner in another VM (its value is a
+-- table of an unregistered class, a userdata, ...): its message and
+-- traceback do, and the message says that the value was left behind and
+-- why, so that a nil .value is never a silent loss. A group keeps each
+-- member that can travel.
+local function carried(e)
+  if errors.is_group(e) then
+    local out = {}
+    for i, x in ipairs(e.errors) do out[i] = carried(x) end
+    return errors.group(out)
+  end
+  if pcall(encode, 1, as_error, e) then return e end
+  local v = errors.is_task_error(e) and e.value or e
+  local good, why = pcall(encode, 1, as_it, v)
+  why = good and "it cannot be copied" or (type(why) == "table" and why.message or tostring(why))
+  return errors.task_error(errors.message(e) .. " [the error value was not carried to the joiner: "
+    .. why .. "]", errors.is_task_error(e) and e.traceback or nil, nil)
+end
 
 -- Records a task's end the slow way: its own nursery's children end first
 -- (their unjoined failures become its error), and results or errors that
@@ -223,11 +280,10 @@ local function complete_slow(st, ok, ...)
   local e = res[2]
   if errors.is_signal(e) then return core.finish_blob(CANCELLED_OUTCOME, encode(1, as_error, e)) end
   if tel_enabled() then core.tel_task_error(errors.message(e)) end
+  if core.current_local() then keep_local_error(e) end
   local good, snap, handles = pcall(encode, 1, as_error, e)
   if good then return core.finish_blob(ERROR, snap, handles) end
-  -- an error value that cannot travel: its message and traceback do
-  return core.finish_blob(ERROR, encode(1, as_error, errors.task_error(errors.message(e),
-    type(e) == "table" and e.traceback or nil, nil)))
+  return core.finish_blob(ERROR, encode(1, as_error, carried(e)))
 end
 
 -- What a task's coroutine is resumed with when core.finish could not
@@ -397,7 +453,7 @@ function M.run(main, cfg, ...)
       if st == BLOB then return pack(true, select(2, codec.decode_copies(payload))) end
       return pack(true)
     end
-    return pack(false, task_failure(core.task_id(h), outcome, st, payload))
+    return pack(false, task_failure(core.task_id(h), outcome, st, payload, h))
   end)
   M.rt = nil
   core.free(r)

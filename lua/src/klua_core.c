@@ -1341,6 +1341,13 @@ static int l_current_ptr(lua_State *L) {
   return 1;
 }
 
+/* core.current_local() -> whether the running task is local (spawn_local,
+ * the root): it shares its VM with whoever spawned it. */
+static int l_current_local(lua_State *L) {
+  lua_pushboolean(L, current(L, "knhk")->kind == KLUA_LOCAL);
+  return 1;
+}
+
 /* --------------------------------------------------------------- scopes */
 
 /* core.scope_enter(deadline_ns or nil, shield) -> token, previous scope,
@@ -2158,6 +2165,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"sleep_try", l_sleep_try},
       {"wait_try", l_wait_try},
       {"current_ptr", l_current_ptr},
+      {"current_local", l_current_local},
       {"scope_token", l_scope_token},
       {"scope_enter", l_scope_enter},
       {"scope_exit", l_scope_exit},
