@@ -130,6 +130,67 @@ describe("knhk.test.wrap", function()
   end)
 end)
 
+-- busted tells a failed assertion (a Failure) from an error the code did
+-- not expect (an Error) by the error object: luassert raises a table with
+-- busted's failure metatable. What a wrapped body raised, and how busted
+-- would classify it.
+local function classified(fn, opts)
+  local ok, err = pcall(T.wrap(fn, opts))
+  assert.is_false(ok, "the body passed")
+  local mt = getmetatable(err)
+  local kind = type(mt) == "table" and mt.__type == "failure" and "Failure" or "Error"
+  return kind, type(err) == "table" and tostring(err.message) or tostring(err)
+end
+
+describe("a failed assertion in a task, under knhk.test", function()
+  -- each: a body whose task fails an assertion on line `line` (known
+  -- here: a portable task's writes to an upvalue stay its own)
+  local line = here() + 1
+  local function fails() assert.equal(3, 2) end
+
+  local ways = {
+    ["the body itself"] = function() fails() end,
+    ["a spawn_local task"] = function() knhk.spawn_local(fails):join() end,
+    ["a nursery's spawn_local child"] = function()
+      knhk.nursery(function(n) n:spawn_local(fails) end)
+    end,
+    ["a portable task"] = function() knhk.spawn(fails):join() end,
+    ["a nursery's child"] = function() knhk.nursery(function(n) n:spawn(fails) end) end,
+    ["knhk.map"] = function() knhk.map({ 1 }, fails) end,
+  }
+  for name, body in pairs(ways) do
+    it("in " .. name .. " is reported as a Failure, at the assertion's line", function()
+      local kind, msg = classified(body, { workers = 2 })
+      assert.equal("Failure", kind, msg)
+      assert.matches("test_spec%.lua:" .. line .. ": Expected objects to be equal", msg)
+    end)
+  end
+
+  -- luassert is loaded afresh in another worker's VM, where busted does not
+  -- run: there too its failed assertion is a Failure
+  for worker = 0, 1 do
+    it("in a portable task on worker " .. worker .. " is reported as a Failure", function()
+      local kind, msg = classified(function()
+        for _ = 1, 500 do
+          knhk.spawn(function(w)
+            knhk.sleep(0.001)
+            if knhk.current().worker == w then assert.is_true(false) end
+          end, worker):join()
+        end
+        error("no task ran on worker " .. worker)
+      end, { workers = 2 })
+      assert.equal("Failure", kind, msg)
+      assert.matches("Expected objects to be the same", msg, 1, true)
+    end)
+  end
+
+  it("stays an Error when a task's error is not an assertion", function()
+    local kind = classified(function() knhk.spawn(function() error("broke") end):join() end,
+      { workers = 2 })
+    assert.equal("Error", kind)
+  end)
+end)
+
 -- ------------------------------------------------------------ schedules
 
 -- Four tasks run three steps each; step(id, n, out) records a step in the

@@ -291,6 +291,7 @@ end
 
 -- Modules by require name, and their C functions by "module\0field".
 local indexed_modules = {}
+local named_modules = setmetatable({}, { __mode = "k" }) -- (register_module's)
 local function index_modules()
   for name, mod in pairs(package.loaded) do
     if not indexed_modules[name] and type(mod) == "table" and builtin_name[mod] == nil then
@@ -299,7 +300,7 @@ local function index_modules()
       -- one of its parts: luassert is luassert.assert) travels by the
       -- shortest, the one whose loading sets up the rest.
       local known = module_name[mod]
-      if not known or #name < #known then
+      if not named_modules[mod] and (not known or #name < #known) then
         module_name[mod] = name
         for k, v in pairs(mod) do
           if type(k) == "string" and type(v) == "function" and funcinfo(v).addr then
@@ -353,6 +354,15 @@ function resolve_module(name)
   local mod, field = name:match("^([^%z]+)%z(.+)$")
   if mod then return require_here(mod)[field] end
   return require_here(name)
+end
+
+-- The module `mod`, loaded in this VM, travels as `require(name)` rather
+-- than by a name package.loaded gives it: another VM that meets it loads
+-- `name`, which may set it up for that VM (knhk.test has luassert travel
+-- as knhk.test.luassert, whose failed assertions busted reports as such).
+function M.register_module(name, mod)
+  named_modules[mod] = true
+  module_name[mod] = name
 end
 
 -- ------------------------------------------------------ classes, handles

@@ -343,4 +343,23 @@ end
 
 require("knhk.test.assertions").register(describe_error)
 
+-- A failed assertion in a portable task, reported by busted as a Failure
+-- too (knhk/test/luassert.lua says how): busted's failure metatables travel
+-- as classes, and luassert as the module that raises them on other workers.
+local function carry_failures()
+  local ok, busted = pcall(require, "busted")
+  local fail = ok and type(busted) == "table" and busted.fail
+  local luassert = package.loaded["luassert"]
+  if type(fail) ~= "function" or type(luassert) ~= "table" then return end
+  local _, with_string = pcall(fail, "x")
+  local _, without = pcall(fail, {})
+  if type(getmetatable(with_string)) ~= "table" or type(getmetatable(without)) ~= "table" then return end
+  local codec = require "knhk.codec"
+  codec.register_class("knhk.test.failure", getmetatable(with_string))
+  codec.register_class("knhk.test.failure_nostring", getmetatable(without))
+  package.loaded["knhk.test.luassert"] = luassert
+  codec.register_module("knhk.test.luassert", luassert)
+end
+carry_failures()
+
 return M
