@@ -91,6 +91,19 @@ describe("globals a task reads", function()
     assert.equal(d, c)
   end)
 
+  on_one_and_many("a global read through _G with a constant name is copied as one named plainly", function()
+    snapshot_spec_config = { url = "https://example" }
+    local a, b, c = knhk.spawn(function()
+      local function nested() return _G["snapshot_spec_config"].url end
+      return _G.snapshot_spec_config and _G.snapshot_spec_config.url, nested(),
+        rawget(_G, "snapshot_spec_config") ~= nil
+    end):join()
+    snapshot_spec_config = nil
+    assert.equal("https://example", a)
+    assert.equal("https://example", b)
+    assert.is_true(c) -- one of the globals the code names
+  end)
+
   on_one_and_many("a global reached only by a computed name reads nil on every worker", function()
     snapshot_spec_hidden = "spawner's"
     local name = "snapshot_spec" .. "_hidden"

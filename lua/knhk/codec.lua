@@ -40,10 +40,13 @@ end
 local probe_fnew = ops_of(function() return function() end end) -- FNEW UCLO RET1
 local probe_gget = ops_of(function() return knhk_probe_global end) -- GGET RET1
 local probe_gset = ops_of(function() knhk_probe_global = 1 end) -- KSHORT GSET RET0
+local probe_tgets = ops_of(function(t) return t.x end) -- TGETS RET1
 local OP_FNEW, OP_UCLO, OP_RET1 = probe_fnew[1], probe_fnew[2], probe_fnew[3]
 local OP_GGET, OP_GSET = probe_gget[1], probe_gset[2]
+local OP_TGETS = probe_tgets[1]
 -- (spec/codec_spec.lua checks these against jit.vmdef)
-M.opcodes = { FNEW = OP_FNEW, UCLO = OP_UCLO, RET1 = OP_RET1, GGET = OP_GGET, GSET = OP_GSET }
+M.opcodes = { FNEW = OP_FNEW, UCLO = OP_UCLO, RET1 = OP_RET1, GGET = OP_GGET, GSET = OP_GSET,
+              TGETS = OP_TGETS }
 
 local function read_uleb(s, pos)
   local v, shift = 0, 0
@@ -146,22 +149,38 @@ local function wrap_prototype(dump, nuv)
 end
 M.wrap_prototype = wrap_prototype
 
+local function add_name(names, name)
+  if not names[name] then
+    names[name] = true
+    names[#names + 1] = name
+  end
+end
+
 -- Names of the globals a prototype (and the functions nested in it) read
 -- or write: a task's writes go to its own table of them, never to the
 -- globals of the VM it runs in (on worker 0, the spawner's).
+--
+-- A global read through _G with a constant key (_G.NAME, _G["NAME"]) is
+-- named too: it compiles to GGET _G into a slot and, at once, TGETS from
+-- that slot with the name as a constant (a write, _G.NAME = v, needs no
+-- copy: the task writes to its own table).
 local function globals_read(fn, names, seen, writes)
   seen[fn] = true
   local info = funcinfo(fn)
+  local g_slot -- the slot the instruction just before loaded _G into
   for pc = 1, (info.bytecodes or 0) - 1 do
     local ins = funcbc(fn, pc)
     local op = band(ins, 0xff)
     if op == OP_GGET or op == OP_GSET then
       local name = funck(fn, -rshift(ins, 16) - 1)
-      if not names[name] then
-        names[name] = true
-        names[#names + 1] = name
-      end
+      add_name(names, name)
       if op == OP_GSET and writes then writes[name] = true end
+      g_slot = op == OP_GGET and name == "_G" and band(rshift(ins, 8), 0xff) or nil
+    else
+      if op == OP_TGETS and rshift(ins, 24) == g_slot then
+        add_name(names, funck(fn, -band(rshift(ins, 16), 0xff) - 1))
+      end
+      g_slot = nil
     end
   end
   for i = 1, info.gcconsts or 0 do
