@@ -189,6 +189,53 @@ describe("knhk.nursery", function()
     assert.matches("second", text)
   end)
 
+  it("lists a child's failure before the body's error it caused", function()
+    local err = run(function()
+      local _, e = pcall(knhk.nursery, function(n)
+        n:spawn(function() error("1st: child failed", 0) end)
+        local _, c = pcall(knhk.sleep, 60) -- cancelled by the child's failure
+        assert(knhk.is_cancelled(c))
+        error("2nd: body failed during its cleanup", 0)
+      end)
+      return e
+    end)
+    assert.is_true(knhk.is_error_group(err))
+    assert.equal("1st: child failed", err.errors[1].message)
+    assert.equal("2nd: body failed during its cleanup", err.errors[2].message)
+  end)
+
+  it("lists the body's error before a failure in the cleanup of a child it cancelled", function()
+    local err = run(function()
+      local _, e = pcall(knhk.nursery, function(n)
+        local child = n:spawn_local(function()
+          pcall(knhk.sleep, 60) -- cancelled by the body's failure
+          error("2nd: child's cleanup failed", 0)
+        end)
+        T.until_waiting(child)
+        error("1st: body failed", 0)
+      end)
+      return e
+    end)
+    assert.equal("1st: body failed", err.errors[1].message)
+    assert.equal("2nd: child's cleanup failed", err.errors[2].message)
+  end)
+
+  it("orders a task's own error among its children's failures as they happened", function()
+    local err = run(function()
+      local _, e = pcall(function()
+        return knhk.spawn(function()
+          knhk.spawn(function() error("1st: child failed", 0) end) -- joined by no one
+          knhk.sleep(0.05) -- (the child fails meanwhile)
+          error("2nd: the task failed", 0)
+        end):join()
+      end)
+      return e
+    end)
+    assert.is_true(knhk.is_error_group(err))
+    assert.equal("1st: child failed", err.errors[1].message)
+    assert.equal("2nd: the task failed", err.errors[2].message)
+  end)
+
   it("a failing body cancels the children and raises the body's error", function()
     local cancelled = run(function()
       local seen = false

@@ -256,13 +256,17 @@ local function complete_slow(st, ok, ...)
   if st == 1 then -- it spawned: a task ends only after what it spawned
     -- a failed task's children are cancelled, as a nursery's are when its
     -- body fails: nothing would ever ask them to end otherwise
+    local failed = not ok and not errors.is_signal(res[2])
+    -- errors in the order they happened: the children's failures so far,
+    -- the task's own, then those of children that ended after it failed
+    local errs = failed and failures_of(nil) or {}
     if not ok then core.cancel_children() end
     local span = core.tel_wait_begin(nil)
     await(core.close_try)
     core.tel_wait_end(span)
-    local errs = failures_of(nil)
+    if failed then errs[#errs + 1] = res[2] end
+    for _, e in ipairs(failures_of(nil)) do errs[#errs + 1] = e end
     core.drop_own()
-    if not ok and not errors.is_signal(res[2]) then table.insert(errs, 1, res[2]) end
     if #errs > 0 then
       ok, res = false, { n = 2, false, errors.group(errs) }
     elseif ok and select("#", core.finish(true, unpack(res, 2, res.n))) == 0 then
