@@ -719,6 +719,31 @@ describe("knhk.nursery, once closed", function()
     assert.is_true(grew <= 0, grew .. " bytes of task records more after 400 nurseries")
   end)
 
+  -- Each: the refusal of a closed nursery given to a task, at the line of
+  -- the call, naming where it was. The first two take the spawn's fast
+  -- path (a function that reads no global, arguments that are handles).
+  local src = debug.getinfo(1, "S").short_src
+  local closed_refusals = {
+    { "argument 1", function(n) knhk.spawn(function(x) return x end, n) end },
+    { "upvalue 'n' of function at " .. src .. ":%d+ of the task function",
+      function(n) knhk.spawn(function() return n end) end },
+    { "key 'n' of argument 1", function(n) knhk.spawn(function(t) return t end, { n = n }) end },
+    { "argument 1", function(n) knhk.spawn(function(x) return tostring(x) end, n) end },
+  }
+  for _, case in ipairs(closed_refusals) do
+    it("is refused when given to a task, with the call's line and its place: " .. case[1], function()
+      local line = debug.getinfo(case[2], "S").linedefined
+      local ok, err = pcall(run, function()
+        local saved
+        knhk.nursery(function(n) saved = n end)
+        case[2](saved)
+      end)
+      assert.is_false(ok)
+      assert.matches("^" .. src:gsub("%p", "%%%0") .. ":" .. line .. ": spawn: " .. case[1]
+        .. " is a nursery that has closed %(it cannot be given to a task%)", tostring(err))
+    end)
+  end
+
   it("says so when wait_all is called after it closed", function()
     local ok, err = pcall(run, function()
       local saved

@@ -625,8 +625,11 @@ local function put_builtin(enc, v, name)
 end
 
 -- The reference a handle's export takes belongs to the snapshot: its owner
--- (a task's record, for results) is told which handles it holds.
+-- (a task's record, for results) is told which handles it holds. An export
+-- that raises (a nursery that has closed) refuses the handle, with its place.
 local function put_handle(enc, v, h)
+  local ok, n = pcall(h.export, v)
+  if not ok then refuse(enc, v, type(n) == "string" and n:gsub("^[^\n]-:%d+: ", "") or nil) end
   put_named(enc.buf, T_HANDLE, h.name)
   local hs = enc.handles
   if not hs then
@@ -634,7 +637,7 @@ local function put_handle(enc, v, h)
     enc.handles = hs
   end
   hs[#hs + 1] = v
-  return encode_value(enc, h.export(v))
+  return encode_value(enc, n)
 end
 
 local function encode_table(enc, t)

@@ -33,7 +33,9 @@ mts.nursery.__tostring = function(n)
   return "knhk.nursery" .. (core.nursery_closed(n) and " (closed)" or "")
 end
 codec.register_handle("nursery", mts.nursery, function(h)
-  if core.nursery_closed(h) then error("a nursery that has closed cannot be given to a task", 0) end
+  local live, closed = pcall(core.nursery_closed, h)
+  if not live then error("a nursery of a knhk.run that has ended", 0) end
+  if closed then error("a nursery that has closed (it cannot be given to a task)", 0) end
   return select(2, core.export(h))
 end, function(n, copy) return core.import(7, n, copy) end)
 

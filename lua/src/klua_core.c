@@ -290,6 +290,16 @@ void *klua_handle_export(lua_State *L, int idx) {
   return h->p;
 }
 
+/* Whether the handle at idx, of kind `kind`, cannot go inline: a nursery
+ * that has closed (or whose run has ended) cannot be given to a task. The
+ * codec then refuses it, naming its place and the caller's line. */
+int klua_handle_unfit(lua_State *L, int idx, int kind) {
+  if (kind != KLUA_H_NURSERY) return 0;
+  handle_t *h = lua_touserdata(L, idx);
+  if (h->gen != atomic_load_explicit(&live_gen, memory_order_acquire)) return 1;
+  return atomic_load(&((klua_group_t *)h->p)->closed) != 0;
+}
+
 void klua_handle_retain(int kind, void *p) {
   switch (kind) {
   case KLUA_H_TASK: klua_task_retain(p); break;

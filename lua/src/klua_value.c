@@ -35,8 +35,10 @@ static int value_size(lua_State *L, int i, void *self) {
     return klua_named_id(L, i) ? 5 : -1;
   case LUA_TTABLE:
     return klua_named_id(L, i) ? 5 : -1;
-  case LUA_TUSERDATA:
-    return klua_handle_kind(L, i) > 0 ? 10 : -1;
+  case LUA_TUSERDATA: {
+    int kind = klua_handle_kind(L, i);
+    return kind > 0 && !klua_handle_unfit(L, i, kind) ? 10 : -1;
+  }
   default: return -1;
   }
 }

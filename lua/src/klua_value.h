@@ -50,6 +50,7 @@ const char *klua_values_skip(const char *buf, int n);
 /* klua_core.c */
 int klua_handle_kind(lua_State *L, int idx);           /* KLUA_H_*, or 0 */
 void *klua_handle_export(lua_State *L, int idx);       /* retains; the object */
+int klua_handle_unfit(lua_State *L, int idx, int kind); /* a closed nursery: not inline */
 void klua_handle_push(lua_State *L, int kind, void *p); /* takes the reference */
 void klua_handle_drop(int kind, void *p);
 void klua_handle_retain(int kind, void *p);
