@@ -183,6 +183,18 @@ describe("errors from tasks", function()
     end)
   end)
 
+  it("a table raised without a message is shown in the TaskError's message, as the CLI shows it", function()
+    run(function()
+      for _, kind in ipairs { "spawn", "spawn_local" } do
+        local h = knhk[kind](function() error({ code = 7 }) end)
+        local ok, err = pcall(h.join, h)
+        assert.is_false(ok)
+        assert.equal("error raised with a table value: { code = 7 }", err.message, kind)
+        assert.equal(7, err.value.code)
+      end
+    end)
+  end)
+
   it("joining a task that was cancelled raises an error knhk.is_cancelled recognises", function()
     run(function()
       local h = knhk.spawn(function() knhk.sleep(60) end)

@@ -140,6 +140,17 @@ function M.message(e)
   return safe_tostring(e)
 end
 
+-- A TaskError's message for the value a task raised: the message of an
+-- error that has one; a plain table, which has none, shown as the CLI
+-- shows it (error({ code = 7 }): "error raised with a table value:
+-- { code = 7 }", not "table: 0x...").
+function M.task_message(e)
+  if type(e) == "table" and getmetatable(e) == nil and rawget(e, "message") == nil then
+    return M.readable(e)
+  end
+  return M.message(e)
+end
+
 -- Values as people read them (the REPL, error messages): tables one level
 -- deep, keys sorted.
 -- Entries shown of one table; the rest are counted, not printed (an error

@@ -129,7 +129,7 @@ M.user_traceback = user_traceback
 -- happened (the value travels to joiners in other VMs).
 local function capture(e)
   if errors.is_signal(e) or errors.is_task_error(e) or errors.is_group(e) then return e end
-  return errors.task_error(errors.message(e), user_traceback(2), e)
+  return errors.task_error(errors.task_message(e), user_traceback(2), e)
 end
 M.capture = capture
 
