@@ -184,3 +184,37 @@ for _, workers in ipairs { 1, 4 } do
     end)
   end)
 end
+
+describe("knhk.exec refuses what a process could not be given", function()
+  local here = debug.getinfo(1, "S").short_src
+  local function refusal(fn)
+    local line = debug.getinfo(fn, "S").linedefined
+    local ok, err = pcall(knhk.run, function()
+      local ok2, e = pcall(fn)
+      assert(not ok2, "exec was not refused")
+      return e
+    end, { workers = 1 })
+    assert.is_true(ok, tostring(err))
+    assert.equal(here .. ":" .. line .. ": ", err:sub(1, #here + #tostring(line) + 3))
+    return err:sub(#here + #tostring(line) + 4)
+  end
+
+  it("an env value that is not a string or a number, naming its key", function()
+    assert.equal("bad argument #2 to 'exec' (env.A: string expected, got table)",
+      refusal(function() knhk.exec("true", { env = { A = {} } }) end))
+  end)
+
+  it("an env name that is not a string, or holds '='", function()
+    assert.equal("bad argument #2 to 'exec' (env: a name that is a non-empty string without '=' or "
+      .. "NUL expected, got number)", refusal(function() knhk.exec("true", { env = { "x" } }) end))
+    assert.equal("bad argument #2 to 'exec' (env: a name that is a non-empty string without '=' or "
+      .. "NUL expected, got \"A=B\")", refusal(function() knhk.exec("true", { env = { ["A=B"] = "1" } }) end))
+  end)
+
+  it("a NUL byte in an env value or an argument, which would cut it", function()
+    assert.equal("bad argument #2 to 'exec' (env.A: string expected, got a string with a NUL byte)",
+      refusal(function() knhk.exec("true", { env = { A = "a\0b" } }) end))
+    assert.equal("bad argument #1 to 'exec' (argv[2]: a string without NUL bytes expected, got one with)",
+      refusal(function() knhk.exec({ "echo", "a\0b" }) end))
+  end)
+end)

@@ -33,6 +33,25 @@ local function start_error(p, argv, cwd)
   return nil, argv[1] .. ": " .. ffi.string(C.knhk_strerror(code)), code
 end
 
+-- opts.env: names are strings, values strings (or numbers), without NUL bytes
+-- (a C string would end there) and a name without '=': anything else would
+-- reach the process as tostring's "table: 0x...", or cut.
+local function env_string(v)
+  return (type(v) == "string" or type(v) == "number") and not tostring(v):find("\0", 1, true)
+end
+local function check_env(env)
+  for k, v in pairs(env) do
+    if type(k) ~= "string" or k == "" or k:find("[=%z]") then
+      error(string.format("bad argument #2 to 'exec' (env: a name that is a non-empty string "
+        .. "without '=' or NUL expected, got %s)", type(k) == "string" and string.format("%q", k) or type(k)), 3)
+    end
+    if not env_string(v) then
+      error(string.format("bad argument #2 to 'exec' (env.%s: string expected, got %s)", k,
+        type(v) == "string" and "a string with a NUL byte" or type(v)), 3)
+    end
+  end
+end
+
 -- knhk.exec(cmd [, opts]) -> { status, stdout, stderr, signal, ok } or
 -- nil, message, code when the command cannot be started. cmd is a string
 -- (run by /bin/sh -c) or an argv table. opts: stdin (string), cwd, env
@@ -49,6 +68,10 @@ function M.exec(cmd, opts)
       if type(a) ~= "string" and type(a) ~= "number" then
         error("bad argument #1 to 'exec' (argv[" .. i .. "]: string expected, got " .. type(a) .. ")", 2)
       end
+      -- a C string ends at a NUL: the program would get a cut argument
+      if type(a) == "string" and a:find("\0", 1, true) then
+        error("bad argument #1 to 'exec' (argv[" .. i .. "]: a string without NUL bytes expected, got one with)", 2)
+      end
       argv[i] = tostring(a)
     end
   elseif type(cmd) == "table" then
@@ -61,6 +84,7 @@ function M.exec(cmd, opts)
   check.field("string", opts, "cwd", 2, "exec")
   check.field("table", opts, "env", 2, "exec")
   local timeout = check.field("number", opts, "timeout", 2, "exec")
+  if opts.env ~= nil then check_env(opts.env) end
   if not core.current() then R.raise("knhk.exec: must be called inside a knhk task (inside knhk.run)") end
   local cargv = ffi.new("const char*[?]", #argv + 1, argv)
   local cenv, envc, env_strings = nil, 0, nil -- env_strings keeps cenv's strings alive
