@@ -27,13 +27,18 @@ local function has_tostring(v)
   return type(v) == "string" or type(v) == "number" or (type(mt) == "table" and mt.__tostring ~= nil)
 end
 
--- busted.fail, whose levels it keeps: the message names the assertion's line
+-- What luassert's error(msg, level) raises while busted runs: a failure
+-- object whose message carries the position that `level` names (the
+-- assertion's line), raised from that same level. A level that is not a
+-- positive number asks for no position, as error's does.
 local function fail(msg, level)
-  local rawlevel = (type(level) ~= "number" or level <= 0) and level
-  level = level or 1
-  local _, emsg = pcall(throw, msg, rawlevel or level + 2)
-  throw(setmetatable({ message = emsg }, has_tostring(msg) and Failure or FailureNoString),
-    rawlevel or level + 1)
+  local mt = has_tostring(msg) and Failure or FailureNoString
+  if type(level) ~= "number" then level = 1 end
+  if level <= 0 then throw(setmetatable({ message = msg }, mt), level) end
+  -- error's own formatting, at the caller's level (+1 for this function,
+  -- +1 for pcall's frame)
+  local _, positioned = pcall(throw, msg, level + 2)
+  throw(setmetatable({ message = positioned }, mt), level + 1)
 end
 
 -- busted.bindfenv(callable, "error", fail), on what busted binds
