@@ -460,6 +460,9 @@ function M.run(main, cfg, ...)
     return pack(false, task_failure(core.task_id(h), outcome, st, payload, h))
   end)
   M.rt = nil
+  -- errors of this run's local tasks that no join here took: no handle of
+  -- them can be joined any more (task ids are not reused, but the memory is)
+  for id in pairs(kept_errors) do kept_errors[id] = nil end
   core.free(r)
   if not ok then error(res, 0) end
   if not res[1] then error(res[2], 0) end
