@@ -177,8 +177,8 @@ end
 -- knhk.nursery, Nursery and is_nursery: knhk.nursery's (likewise)
 
 -- ---------------------------------------------- channels, synchronisation
--- knhk.channel, semaphore, lock, event, their classes and is_channel,
--- is_event, is_semaphore, is_lock: knhk.sync's (likewise)
+-- knhk.channel, recv_any, semaphore, lock, event, their classes and
+-- is_channel, is_event, is_semaphore, is_lock: knhk.sync's (likewise)
 
 -- ------------------------------------------------- map, race, select, exec
 -- knhk.map, race, select: knhk.steps's (loaded at their first read)
@@ -201,7 +201,8 @@ local on_first_read = {
   is_token = { "knhk.scope", "is_token" },
   nursery = { "knhk.nursery", "nursery" }, Nursery = { "knhk.nursery", "Nursery" },
   is_nursery = { "knhk.nursery", "is_nursery" },
-  channel = { "knhk.sync", "channel" }, semaphore = { "knhk.sync", "semaphore" },
+  channel = { "knhk.sync", "channel" }, recv_any = { "knhk.sync", "recv_any" },
+  semaphore = { "knhk.sync", "semaphore" },
   lock = { "knhk.sync", "lock" }, event = { "knhk.sync", "event" },
   Channel = { "knhk.sync", "Channel" }, Semaphore = { "knhk.sync", "Semaphore" },
   Lock = { "knhk.sync", "Lock" }, Event = { "knhk.sync", "Event" },

@@ -105,6 +105,54 @@ function Channel:values()
   return function() return take(self) end -- (a tail call: a frame fewer under a wait)
 end
 
+-- -------------------------------------------------- receive from any
+
+local core_recv_any_try = core.recv_any_try
+
+-- The channels of a recv_any call: its list argument, or its arguments
+-- as one. Every one is checked here, before any crosses into C.
+local function channel_list(n, first, ...)
+  local list, from_table = first, false
+  if n == 1 and type(first) == "table" and getmetatable(first) ~= channel_mt then
+    from_table = true
+  else
+    list = { first, ... }
+  end
+  local count = from_table and #list or n
+  if count == 0 then
+    error(string.format("bad argument #1 to 'recv_any' (channel expected, got %s)",
+      from_table and "an empty list" or "no value"), 3)
+  end
+  for i = 1, count do
+    local ch = list[i]
+    if getmetatable(ch) ~= channel_mt then
+      if from_table then
+        error(string.format("bad argument #1 to 'recv_any' (channel expected at [%d], got %s)", i,
+          check.got(ch, "channel")), 3)
+      end
+      check.fail(i, "recv_any", "channel", ch, 3)
+    end
+  end
+  return list
+end
+
+-- knhk.recv_any(ch1, ch2, ...) or knhk.recv_any{ ch1, ch2, ... } -> i, value:
+-- waits for a value on any of the channels and takes exactly one, from
+-- list[i] (never losing or repeating one, unlike knhk.select over
+-- functions that recv); a closed and drained channel is passed over, and
+-- once every one is, it returns nil. Buffered and rendezvous channels mix;
+-- the look starts at a random one, so a busy channel does not starve the
+-- others. A checkpoint, like recv.
+function M.recv_any(...)
+  local list = channel_list(select("#", ...), ...)
+  local st, i, v = core_recv_any_try(list)
+  while st == nil do st, i, v = core_recv_any_try(list) end
+  if st == DONE then return i, v end
+  if st == BLOB then return i, select(2, codec.decode(v)) end
+  if st == CANCELLED then raise_cancelled(i) end
+  return nil
+end
+
 -- ------------------------------------------------------------ semaphores
 
 local Semaphore = check.no_missing_methods({}, "semaphore")

@@ -104,7 +104,12 @@ enum {
   KLUA_WAIT_JOIN = 1,  /* on: the task joined */
   KLUA_WAIT_SYNC = 2,  /* on: a klua_sync_t (channel, semaphore, event) */
   KLUA_WAIT_GROUP = 3, /* on: a group, until it is idle or a child ends */
-  KLUA_WAIT_OTHER = 4  /* exec, line input: they wake the task themselves */
+  KLUA_WAIT_OTHER = 4, /* exec, line input: they wake the task themselves */
+  /* The task's own node: on is a receive from any of several channels
+   * (klua_chan.c's sel_t), which queues nodes of its own, one per
+   * channel. Those nodes carry this kind too: their task is not the
+   * record they sit in (klua_chan.c's node_task). */
+  KLUA_WAIT_SELECT = 5
 };
 
 struct klua_wait {

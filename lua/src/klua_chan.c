@@ -23,6 +23,16 @@
  * done; otherwise it waits, with its value in its wait node, until a
  * receiver takes it. A sender that leaves before (cancelled, or the
  * channel closed) takes its value back with it: that send did not happen.
+ *
+ * A receive from any of several channels (klua_chan_try_recv_any, at the
+ * end) queues one node per channel, all of one "select" (sel_t) with one
+ * state word, `won`: OPEN while it waits; a node's index once a rendezvous
+ * sender claimed it (CAS from OPEN) to hand that node its value; SHUT once
+ * the task leaves. Only a claim hands a select a value, so it gets at most
+ * one; a rendezvous sender that finds a select claimed or shut takes its
+ * node off and tries the next receiver. A buffered channel's sender only
+ * wakes a select node, as it wakes a receiver: the task looks again, and
+ * a turn its node was given and not used is passed on when it leaves.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -145,16 +155,57 @@ static _Atomic uint32_t *count_of(klua_sync_t *s, int list) {
   return list == L_RECV ? &s->nrecv : &s->nsend;
 }
 
-/* Under the lock: queues t's wait node on list `list` of s. */
-static void enqueue_locked(klua_sync_t *s, klua_task_t *t, int list) {
-  klua_wait_t *w = &t->w;
-  w->kind = KLUA_WAIT_SYNC;
+/* A select's node on one channel (see the top): kind KLUA_WAIT_SELECT. */
+typedef struct sel sel_t;
+typedef struct {
+  klua_wait_t w; /* first: the waiter lists link these */
+  sel_t *sel;
+} sel_node_t;
+
+enum { SEL_OPEN = -1, SEL_SHUT = -2 };
+
+struct sel {
+  klua_task_t *task;
+  _Atomic int32_t won; /* SEL_OPEN, a node's index (claimed), or SEL_SHUT */
+  uint32_t n;          /* nodes: one per channel given, a repeated one too */
+  uint32_t nlocks;     /* distinct channels, in `locks` */
+  klua_sync_t **locks; /* the distinct channels, by address: the order their
+                          locks are taken in, so that two selects never wait
+                          on each other's */
+  sel_node_t node[];
+};
+
+/* The task a queued node wakes: the record it sits in, or its select's. */
+static klua_task_t *node_task(klua_wait_t *w) {
+  if (w->kind == KLUA_WAIT_SELECT) return ((sel_node_t *)(void *)w)->sel->task;
+  return klua_wait_task(w);
+}
+
+/* Under the lock of a rendezvous channel: whether its receiver node w may
+ * be handed a value. A plain receiver may; a select's node only if this
+ * claims its select (a select takes one value, then it is done). */
+static int rdv_claim(klua_wait_t *w) {
+  if (w->kind != KLUA_WAIT_SELECT) return 1;
+  sel_node_t *sn = (sel_node_t *)(void *)w;
+  int32_t open = SEL_OPEN;
+  return atomic_compare_exchange_strong_explicit(&sn->sel->won, &open, (int32_t)(sn - sn->sel->node),
+                                                 memory_order_acq_rel, memory_order_acquire);
+}
+
+/* Under the lock: queues node w (of kind `kind`) on list `list` of s. */
+static void enqueue_node_locked(klua_sync_t *s, klua_wait_t *w, int list, int kind) {
+  w->kind = (uint8_t)kind;
   w->on = s;
-  w->list = list;
+  w->list = (uint8_t)list;
   w->handed = 0;
   wl_push(&s->w[list], w);
   /* seq_cst: Dekker with a sender's publish-then-read (see the top) */
   atomic_fetch_add_explicit(count_of(s, list), 1, memory_order_seq_cst);
+}
+
+/* Under the lock: queues t's wait node on list `list` of s. */
+static void enqueue_locked(klua_sync_t *s, klua_task_t *t, int list) {
+  enqueue_node_locked(s, &t->w, list, KLUA_WAIT_SYNC);
 }
 
 /* Under the lock: takes the first waiter of `list` out (handed = 1);
@@ -165,7 +216,7 @@ static klua_task_t *dequeue_locked(klua_sync_t *s, int list) {
   wl_remove(&s->w[list], w);
   atomic_fetch_sub_explicit(count_of(s, list), 1, memory_order_relaxed);
   w->handed = 1;
-  return klua_wait_task(w);
+  return node_task(w);
 }
 
 static void wake_one(klua_sync_t *s, int list) {
@@ -362,6 +413,20 @@ static char *copy_of(const klua_val_t *v) {
   return c;
 }
 
+/* Under the lock of the rendezvous s: takes the value of the first
+ * waiting sender into *out (its send happened) and returns that sender,
+ * to wake once unlocked; or NULL if none waits. */
+static klua_task_t *rdv_take_sender_locked(klua_sync_t *s, klua_val_t *out) {
+  klua_wait_t *snd = s->w[L_SEND].head;
+  if (!snd) return NULL;
+  out->p = snd->val;
+  out->len = snd->val_len;
+  out->kind = snd->val_kind;
+  snd->val = NULL;
+  snd->val_owned = 0;
+  return dequeue_locked(s, L_SEND);
+}
+
 static int rdv_send(klua_sync_t *s, klua_task_t *t, const klua_val_t *v, knhk_token_t *cancel) {
   if (rdv_completed(t, s, L_SEND)) { /* a receiver took our value: sent */
     leave_completed(t);
@@ -377,7 +442,11 @@ static int rdv_send(klua_sync_t *s, klua_task_t *t, const klua_val_t *v, knhk_to
     free(copy);
     return KLUA_SYNC_CLOSED;
   }
-  klua_wait_t *r = s->w[L_RECV].head;
+  klua_wait_t *r;
+  while ((r = s->w[L_RECV].head) && !rdv_claim(r)) { /* a select served or leaving: not a receiver */
+    wl_remove(&s->w[L_RECV], r);
+    atomic_fetch_sub_explicit(&s->nrecv, 1, memory_order_relaxed);
+  }
   if (r) { /* a receiver waits: the value is its, and the send is done */
     klua_task_t *rt = dequeue_locked(s, L_RECV);
     r->val = copy;
@@ -405,16 +474,10 @@ static int rdv_recv(klua_sync_t *s, klua_task_t *t, klua_val_t *out, knhk_token_
   try_begin(t);
   if (cancelled(cancel)) return KLUA_SYNC_CANCELLED;
   klua_spin_lock(&s->lock);
-  klua_wait_t *snd = s->w[L_SEND].head;
-  if (snd) { /* take a waiting sender's value: its send happened */
-    klua_task_t *st = dequeue_locked(s, L_SEND);
-    out->p = snd->val;
-    out->len = snd->val_len;
-    out->kind = snd->val_kind;
-    snd->val = NULL;
-    snd->val_owned = 0;
+  klua_task_t *snd = rdv_take_sender_locked(s, out);
+  if (snd) {
     klua_spin_unlock(&s->lock);
-    klua_wake(st);
+    klua_wake(snd);
     return KLUA_SYNC_DONE;
   }
   if (atomic_load_explicit(&s->closed, memory_order_relaxed)) {
@@ -510,6 +573,191 @@ uint32_t klua_chan_count(klua_sync_t *s) {
   uint64_t h = atomic_load_explicit(&s->head, memory_order_acquire);
   uint64_t t = atomic_load_explicit(&s->tail, memory_order_acquire);
   return t > h ? (uint32_t)(t - h) : 0;
+}
+
+/* ------------------------------------------------------- receive from any
+ *
+ * klua_chan_try_recv_any, one try (see the top for the select's word):
+ *   1. The last wait's select is shut; if a rendezvous sender claimed it
+ *      first, its value is the result (a completed hand-off wins, even
+ *      over a cancellation, as for recv).
+ *   2. A look at every channel, from a random one on, without waiting.
+ *   3. Nothing: every channel's lock is taken (in address order), a node
+ *      queued on each, and a second look made under the locks. No
+ *      rendezvous sender can hand a node a value while they are held, so
+ *      a value found here is the only one; a buffered channel's sender
+ *      that published after the first look sees the node counted in
+ *      nrecv (Dekker, as for recv) and wakes the task.
+ *   4. Still nothing: the task waits, its select in t->w.on.
+ * Invariants: only the task's own try takes from a ring, and only a claim
+ * (CAS OPEN -> index) hands its nodes a value, so each DONE takes exactly
+ * one value; a node comes off its channel only under that channel's lock.
+ */
+
+/* A random start for a look at n channels (xorshift, per thread). */
+static _Thread_local uint32_t sel_rand;
+
+static uint32_t sel_start(const klua_task_t *t, uint32_t n) {
+  uint32_t x = sel_rand;
+  if (!x) x = (uint32_t)(t->id * 2654435761u) | 1u;
+  x ^= x << 13;
+  x ^= x >> 17;
+  x ^= x << 5;
+  sel_rand = x;
+  return x % n;
+}
+
+/* One look at every channel, from chs[start] on: DONE (the value in *out,
+ * from chs[*which]), CLOSED (every one closed and drained), or WAIT.
+ * `locked`: the caller holds every channel's lock. A rendezvous sender
+ * whose value was taken is left in *sender, to wake once unlocked. */
+static int sel_look(klua_sync_t *const *chs, uint32_t n, uint32_t start, int locked, klua_val_t *out,
+                    uint32_t *which, klua_task_t **sender) {
+  int open = 0;
+  for (uint32_t k = 0; k < n; k++) {
+    uint32_t i = k < n - start ? start + k : start + k - n;
+    klua_sync_t *s = chs[i];
+    if (s->cap > 0) {
+      if (ring_take(s, out)) {
+        *which = i;
+        return KLUA_SYNC_DONE;
+      }
+      if (!drained(s)) open = 1;
+      continue;
+    }
+    if (!locked) klua_spin_lock(&s->lock);
+    klua_task_t *snd = rdv_take_sender_locked(s, out);
+    if (!snd && !atomic_load_explicit(&s->closed, memory_order_relaxed)) open = 1;
+    if (!locked) klua_spin_unlock(&s->lock);
+    if (snd) {
+      *sender = snd;
+      *which = i;
+      return KLUA_SYNC_DONE;
+    }
+  }
+  return open ? KLUA_SYNC_WAIT : KLUA_SYNC_CLOSED;
+}
+
+/* After a value was taken from s (no lock held): the sender it made room
+ * for, or the rendezvous sender it came from, is woken. */
+static void sel_took(klua_sync_t *s, klua_task_t *sender) {
+  if (s->cap > 0) wake_one(s, L_SEND);
+  else klua_wake(sender);
+}
+
+static int by_address(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t) * (klua_sync_t *const *)a, y = (uintptr_t) * (klua_sync_t *const *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* A select of t over chs: a node per channel (each channel retained while
+ * it holds it), and the distinct channels in lock order. */
+static sel_t *sel_new(klua_task_t *t, klua_sync_t *const *chs, uint32_t n) {
+  sel_t *sel = calloc(1, sizeof *sel + n * (sizeof(sel_node_t) + sizeof(klua_sync_t *)));
+  if (!sel) return NULL;
+  sel->task = t;
+  atomic_init(&sel->won, SEL_OPEN);
+  sel->n = n;
+  sel->locks = (klua_sync_t **)(void *)(sel->node + n);
+  for (uint32_t i = 0; i < n; i++) {
+    sel->node[i].sel = sel;
+    sel->node[i].w.on = chs[i];
+    klua_sync_retain(chs[i]);
+    sel->locks[i] = chs[i];
+  }
+  qsort(sel->locks, n, sizeof *sel->locks, by_address);
+  uint32_t m = 1; /* a channel given twice is locked once */
+  for (uint32_t i = 1; i < n; i++)
+    if (sel->locks[i] != sel->locks[m - 1]) sel->locks[m++] = sel->locks[i];
+  sel->nlocks = m;
+  return sel;
+}
+
+static void sel_free(sel_t *sel) {
+  for (uint32_t i = 0; i < sel->n; i++) klua_sync_release(sel->node[i].w.on);
+  free(sel);
+}
+
+static void sel_lock_all(sel_t *sel) {
+  for (uint32_t i = 0; i < sel->nlocks; i++) klua_spin_lock(&sel->locks[i]->lock);
+}
+
+static void sel_unlock_all(sel_t *sel) {
+  for (uint32_t i = sel->nlocks; i-- > 0;) klua_spin_unlock(&sel->locks[i]->lock);
+}
+
+/* Shuts a select: no sender hands it a value from now on. Returns 1 if
+ * one claimed it before: the value is moved to *out and its node's index
+ * to *which (the receive happened); else 0. */
+static int sel_shut(sel_t *sel, klua_val_t *out, uint32_t *which) {
+  int32_t won = SEL_OPEN;
+  if (atomic_compare_exchange_strong_explicit(&sel->won, &won, SEL_SHUT, memory_order_acq_rel,
+                                              memory_order_acquire))
+    return 0;
+  if (won < 0) return 0; /* shut already */
+  klua_wait_t *w = &sel->node[won].w;
+  klua_sync_t *s = w->on;
+  klua_spin_lock(&s->lock); /* the claim and the value were made under it */
+  out->p = w->val;
+  out->len = w->val_len;
+  out->kind = w->val_kind;
+  w->val = NULL;
+  w->val_owned = 0;
+  klua_spin_unlock(&s->lock);
+  *which = (uint32_t)won;
+  return 1;
+}
+
+/* klua_wait_end's for a select: shut, every node taken off its channel (a
+ * turn a node was handed passed on, a value it was handed and nobody took
+ * dropped: the task is leaving without it), and freed. */
+void klua_select_unwait(void *p) {
+  sel_t *sel = p;
+  int32_t open = SEL_OPEN;
+  atomic_compare_exchange_strong_explicit(&sel->won, &open, SEL_SHUT, memory_order_acq_rel,
+                                          memory_order_acquire);
+  for (uint32_t i = 0; i < sel->n; i++) klua_sync_unwait(&sel->node[i].w);
+  sel_free(sel);
+}
+
+int klua_chan_try_recv_any(klua_sync_t *const *chs, uint32_t n, klua_task_t *t, klua_val_t *out,
+                           uint32_t *which, knhk_token_t *cancel) {
+  if (t->w.kind == KLUA_WAIT_SELECT && sel_shut(t->w.on, out, which)) { /* 1 */
+    klua_wait_end(t);
+    return KLUA_SYNC_DONE;
+  }
+  try_begin(t);
+  if (cancelled(cancel)) return KLUA_SYNC_CANCELLED;
+  uint32_t start = sel_start(t, n);
+  klua_task_t *sender = NULL;
+  int st = sel_look(chs, n, start, 0, out, which, &sender); /* 2 */
+  if (st == KLUA_SYNC_DONE) sel_took(chs[*which], sender);
+  if (st != KLUA_SYNC_WAIT) return st;
+  sel_t *sel = sel_new(t, chs, n); /* 3 */
+  if (!sel) return KNHK_ENOMEM;
+  sel_lock_all(sel);
+  for (uint32_t i = 0; i < n; i++) enqueue_node_locked(chs[i], &sel->node[i].w, L_RECV, KLUA_WAIT_SELECT);
+  st = sel_look(chs, n, start, 1, out, which, &sender);
+  if (st != KLUA_SYNC_WAIT) { /* nobody could reach the nodes yet: all still queued */
+    for (uint32_t i = 0; i < n; i++) {
+      wl_remove(&chs[i]->w[L_RECV], &sel->node[i].w);
+      atomic_fetch_sub_explicit(&chs[i]->nrecv, 1, memory_order_relaxed);
+    }
+  }
+  sel_unlock_all(sel);
+  if (st != KLUA_SYNC_WAIT) {
+    if (st == KLUA_SYNC_DONE) sel_took(chs[*which], sender);
+    sel_free(sel);
+    return st;
+  }
+  t->w.kind = KLUA_WAIT_SELECT; /* 4 */
+  t->w.on = sel;
+  if (!klua_wait_arm_cancel(t, cancel)) return KLUA_SYNC_WAIT;
+  /* cancelled already: a sender may have claimed the select since the
+   * unlock, and then the receive happened */
+  st = sel_shut(sel, out, which) ? KLUA_SYNC_DONE : KLUA_SYNC_CANCELLED;
+  klua_wait_end(t);
+  return st;
 }
 
 /* -------------------------------------------------------------- semaphores */

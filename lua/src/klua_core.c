@@ -1747,6 +1747,17 @@ static int l_send_blob_try(lua_State *L) {
   return sync_status(L, klua_chan_try_send(s, t, &v, klua_task_checkpoint_token(t)), t);
 }
 
+/* Pushes a received value: 0, [index,] value | 4, [index,] snapshot. */
+static int push_received(lua_State *L, klua_val_t *v, int index) {
+  lua_pushinteger(L, v->kind == KLUA_VAL_BLOB ? ST_BLOB : ST_DONE);
+  if (index) lua_pushinteger(L, index);
+  if (v->kind == KLUA_VAL_BLOB) lua_pushlstring(L, v->p, v->len);
+  else if (v->len) klua_values_push(L, v->p, 1, 0);
+  else lua_pushnil(L);
+  klua_val_free(v);
+  return index ? 3 : 2;
+}
+
 /* core.recv_try(ch) -> 0, value | 4, snapshot | 1 | 2 | 3, reason */
 static int l_recv_try(lua_State *L) {
   klua_sync_t *s = SYNC_ARG(L, 1, KLUA_H_CHANNEL, "channel");
@@ -1754,16 +1765,39 @@ static int l_recv_try(lua_State *L) {
   klua_val_t v;
   int st = klua_chan_try_recv(s, t, &v, klua_task_checkpoint_token(t));
   if (st != KLUA_SYNC_DONE) return sync_status(L, st, t);
-  if (v.kind == KLUA_VAL_BLOB) {
-    lua_pushinteger(L, ST_BLOB);
-    lua_pushlstring(L, v.p, v.len);
-  } else {
-    lua_pushinteger(L, ST_DONE);
-    if (v.len) klua_values_push(L, v.p, 1, 0);
-    else lua_pushnil(L);
+  return push_received(L, &v, 0);
+}
+
+/* core.recv_any_try(list) -> 0, i, value | 4, i, snapshot | 1 | 2 (every
+ * channel closed and drained) | 3, reason. list: 1..n channels (sync.lua
+ * checked them: here a wrong one is only refused) */
+static int l_recv_any_try(lua_State *L) {
+  enum { SMALL = 16 };
+  luaL_checktype(L, 1, LUA_TTABLE);
+  uint32_t n = (uint32_t)lua_objlen(L, 1);
+  if (n == 0) return raise_at(L, 2, "recv_any: no channels to receive from%s%s", "", "");
+  klua_task_t *t = current(L, "recv_any");
+  klua_sync_t *small[SMALL];
+  klua_sync_t **chs = n <= SMALL ? small : malloc(n * sizeof *chs);
+  if (!chs) return luaL_error(L, "recv_any: out of memory");
+  for (uint32_t i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, (int)i + 1);
+    handle_t *h = lua_touserdata(L, -1);
+    if (!h || !is_kind(L, -1, KLUA_H_CHANNEL)) {
+      const char *got = luaL_typename(L, -1);
+      if (chs != small) free(chs);
+      return raise_at(L, 2, "recv_any: channel expected at [%s], got %s",
+                      lua_pushfstring(L, "%d", (int)i + 1), got);
+    }
+    lua_pop(L, 1);
+    chs[i] = h->p;
   }
-  klua_val_free(&v);
-  return 2;
+  klua_val_t v;
+  uint32_t which = 0;
+  int st = klua_chan_try_recv_any(chs, n, t, &v, &which, klua_task_checkpoint_token(t));
+  if (chs != small) free(chs);
+  if (st != KLUA_SYNC_DONE) return sync_status(L, st, t);
+  return push_received(L, &v, (int)which + 1);
 }
 
 static int l_chan_close(lua_State *L) {
@@ -2205,6 +2239,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"send_try", l_send_try},
       {"send_blob_try", l_send_blob_try},
       {"recv_try", l_recv_try},
+      {"recv_any_try", l_recv_any_try},
       {"chan_close", l_chan_close},
       {"chan_closed", l_chan_closed},
       {"chan_len", l_chan_len},

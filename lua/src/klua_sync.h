@@ -50,6 +50,15 @@ int klua_chan_try_send(klua_sync_t *s, klua_task_t *t, const klua_val_t *v, knhk
  * CLOSED (closed and drained), CANCELLED. */
 int klua_chan_try_recv(klua_sync_t *s, klua_task_t *t, klua_val_t *out, knhk_token_t *cancel);
 void klua_val_free(klua_val_t *v);
+/* A receive from whichever of chs[0..n) has a value first (n >= 1; a
+ * channel may be given twice): DONE (*out filled, *which its index in
+ * chs), WAIT, CLOSED (every one closed and drained), CANCELLED, or
+ * KNHK_ENOMEM. Exactly one value is taken by a DONE, and none otherwise.
+ * The look starts at a random channel, so that a busy one does not starve
+ * the others. The caller keeps chs's channels alive until it stops
+ * trying; the array itself is only read during a call. */
+int klua_chan_try_recv_any(klua_sync_t *const *chs, uint32_t n, klua_task_t *t, klua_val_t *out,
+                           uint32_t *which, knhk_token_t *cancel);
 int klua_chan_close(klua_sync_t *s);
 int klua_chan_closed(klua_sync_t *s);
 uint32_t klua_chan_count(klua_sync_t *s);

@@ -113,7 +113,8 @@ void klua_wake_joiners(klua_task_t *t) {
 
 /* ------------------------------------------------------------------- end */
 
-void klua_sync_unwait(klua_wait_t *w); /* klua_chan.c */
+void klua_sync_unwait(klua_wait_t *w);     /* klua_chan.c */
+void klua_select_unwait(void *sel);       /* klua_chan.c */
 
 void klua_wait_end(klua_task_t *t) {
   klua_wait_t *w = &t->w;
@@ -143,6 +144,8 @@ void klua_wait_end(klua_task_t *t) {
     klua_spin_unlock(&target->jlock);
   } else if (w->kind == KLUA_WAIT_SYNC && w->on) {
     klua_sync_unwait(w);
+  } else if (w->kind == KLUA_WAIT_SELECT && w->on) {
+    klua_select_unwait(w->on);
   } else if (w->kind == KLUA_WAIT_GROUP && w->on) {
     klua_group_unnotify(w->on, t);
   }
