@@ -243,6 +243,232 @@ describe("a rendezvous channel under cancellation", function()
   end)
 end)
 
+describe("knhk.recv_any", function()
+  local here = debug.getinfo(1, "S").short_src
+
+  -- knhk.select over functions that recv lost 24 to 46 values of these
+  -- 100 (2 workers): the losing branch's recv completed before it was
+  -- cancelled. recv_any takes one value per call, from one channel.
+  it("takes each value from several channels exactly once", function()
+    local bad = run(function()
+      local bad = {}
+      for round = 1, 100 do
+        local a, b = knhk.channel(100), knhk.channel(100)
+        for i = 1, 50 do a:send("a" .. i); b:send("b" .. i) end
+        local seen, got = {}, 0
+        for _ = 1, 50 do
+          local i, v = knhk.recv_any(a, b)
+          if seen[v] or v:sub(1, 1) ~= (i == 1 and "a" or "b") then
+            bad[#bad + 1] = string.format("round %d: %s from channel %d", round, v, i)
+          end
+          seen[v], got = true, got + 1
+        end
+        if got + #a + #b ~= 100 then
+          bad[#bad + 1] = string.format("round %d: %d received, %d left of 100", round, got, #a + #b)
+        end
+      end
+      return bad
+    end, 2)
+    assert.same({}, bad)
+  end)
+
+  it("takes a list too, and returns the index of the channel the value came from", function()
+    run(function()
+      local a, b, c = knhk.channel(1), knhk.channel(1), knhk.channel(1)
+      b:send({ "a table", 2 }) -- (a value that travels by snapshot)
+      assert.same({ 2, { "a table", 2 } }, { knhk.recv_any{ a, b, c } })
+      c:send(nil)
+      assert.same({ 3, nil }, { knhk.recv_any(a, b, c) }) -- a nil value, told apart by its index
+      a:send(1)
+      assert.same({ 1, 1 }, { knhk.recv_any{ a, a } }) -- a channel given twice
+    end)
+  end)
+
+  it("mixes rendezvous and buffered channels, with many senders and receivers", function()
+    local seen, total = run(function()
+      local chans = { knhk.channel(0), knhk.channel(4), knhk.channel(0), knhk.channel(1) }
+      local seen, total = {}, 0
+      knhk.nursery(function(n)
+        for c = 1, #chans do
+          n:spawn(function(ch, c)
+            for i = 1, 500 do ch:send(c * 10000 + i) end
+            ch:close()
+          end, chans[c], c)
+        end
+        local rs = {}
+        for r = 1, 3 do
+          rs[r] = n:spawn(function(list)
+            local got = {}
+            while true do
+              local i, v = knhk.recv_any(list)
+              if not i then return got end
+              assert(math.floor(v / 10000) == i, "a value from the wrong channel")
+              got[#got + 1] = v
+            end
+          end, chans)
+        end
+        for r = 1, 3 do
+          for _, v in ipairs(rs[r]:join()) do
+            seen[v] = (seen[v] or 0) + 1
+            total = total + 1
+          end
+        end
+      end)
+      return seen, total
+    end, 2)
+    assert.equal(2000, total)
+    for c = 1, 4 do
+      for i = 1, 500 do assert.equal(1, seen[c * 10000 + i], "value " .. (c * 10000 + i)) end
+    end
+  end)
+
+  it("passes over closed, drained channels, and returns nil once all are", function()
+    run(function()
+      local a, b, r = knhk.channel(4), knhk.channel(4), knhk.channel(0)
+      a:send("left in a")
+      a:close()
+      r:close()
+      b:send("b")
+      local got = {}
+      for _ = 1, 2 do got[select(2, knhk.recv_any(a, b, r))] = true end
+      assert.same({ ["left in a"] = true, b = true }, got)
+      b:close()
+      assert.same({}, { knhk.recv_any(a, b, r) })
+      -- and a wait ends when the last one open closes
+      local c = knhk.channel(0)
+      local h = knhk.spawn(function(x, y) return knhk.recv_any(x, y) end, a, c)
+      knhk.sleep(0.005)
+      c:close()
+      assert.is_nil(h:join())
+    end)
+  end)
+
+  it("is a checkpoint: a cancelled scope raises Cancelled and takes nothing", function()
+    run(function()
+      local a = knhk.channel(1)
+      a:send("kept")
+      local scope = knhk.cancel_scope(function(s)
+        s:cancel()
+        knhk.recv_any(a)
+      end)
+      assert.is_true(scope.cancelled_caught)
+      assert.equal(1, #a)
+      local waited = knhk.move_on_after(0.005, function() knhk.recv_any(knhk.channel(0), knhk.channel()) end)
+      assert.is_true(waited.cancelled_caught)
+      assert.equal("kept", a:recv())
+    end)
+  end)
+
+  -- Receivers on short deadlines over a rendezvous and a buffered channel,
+  -- senders on deadlines too: every send that returned is received exactly
+  -- once or is left in its channel, and no send that raised is received
+  -- (a hand-off that completed as its receiver's deadline fired is kept).
+  it("loses nothing to cancellation", function()
+    local bad = run(function()
+      local bad = {}
+      for round = 1, 200 do
+        local r, b = knhk.channel(0), knhk.channel(2)
+        knhk.nursery(function(n)
+          local rs = {}
+          for k = 1, 3 do
+            rs[k] = n:spawn(function(r, b, d)
+              local vals = {}
+              while true do
+                local scope, i, v = knhk.move_on_after(d, function() return knhk.recv_any(r, b) end)
+                if not scope.cancelled_caught then
+                  if i == nil then return vals end
+                  vals[#vals + 1] = v
+                end
+              end
+            end, r, b, 0.00002 * k)
+          end
+          local sent = {}
+          for i = 1, 100 do
+            local ch = i % 2 == 0 and r or b
+            local scope = knhk.move_on_after(0.00003, function() ch:send(i) end)
+            sent[i] = not scope.cancelled_caught
+          end
+          local seen = {}
+          r:close()
+          b:close()
+          for k = 1, 3 do
+            for _, v in ipairs(rs[k]:join()) do seen[v] = (seen[v] or 0) + 1 end
+          end
+          for i = 1, 100 do
+            if (seen[i] or 0) ~= (sent[i] and 1 or 0) then
+              bad[#bad + 1] = string.format("round %d: value %d sent %s, received %d times", round, i,
+                tostring(sent[i]), seen[i] or 0)
+            end
+          end
+        end)
+      end
+      return bad
+    end, 2)
+    assert.same({}, bad)
+  end)
+
+  it("is fair: with both channels always full, each gives its share", function()
+    local wins = run(function()
+      local a, b = knhk.channel(8), knhk.channel(8)
+      for i = 1, 8 do a:send(i); b:send(i) end
+      local wins = { 0, 0 }
+      for _ = 1, 2000 do
+        local i, v = knhk.recv_any(a, b)
+        wins[i] = wins[i] + 1;
+        (i == 1 and a or b):send(v) -- full again
+      end
+      return wins
+    end, 1)
+    assert.is_true(wins[1] > 800 and wins[2] > 800, string.format("%d to %d", wins[1], wins[2]))
+  end)
+
+  it("refuses what is not a channel, at the caller's line, before waiting", function()
+    run(function()
+      local ch, line = knhk.channel(), nil
+      local function at() line = debug.getinfo(2, "l").currentline end
+      local cases = {
+        { "bad argument #2 to 'recv_any' (channel expected, got number)",
+          function() at(); knhk.recv_any(ch, 3) end },
+        { "bad argument #1 to 'recv_any' (channel expected, got table)",
+          function() at(); knhk.recv_any({}, ch) end },
+        { "bad argument #1 to 'recv_any' (channel expected at [2], got string)",
+          function() at(); knhk.recv_any{ ch, "x" } end },
+        { "bad argument #1 to 'recv_any' (channel expected, got no value)",
+          function() at(); knhk.recv_any() end },
+        { "bad argument #1 to 'recv_any' (channel expected, got an empty list)",
+          function() at(); knhk.recv_any{} end },
+        { "bad argument #1 to 'recv_any' (channel expected, got semaphore)",
+          function() at(); knhk.recv_any(knhk.semaphore(1)) end },
+      }
+      for _, case in ipairs(cases) do
+        local ok, err = pcall(case[2])
+        assert.is_false(ok)
+        assert.equal(here .. ":" .. line .. ": " .. case[1], err)
+      end
+    end)
+  end)
+
+  it("refuses to run outside a task, as recv does", function()
+    local ch = knhk.channel(1)
+    local _, recv_err = pcall(ch.recv, ch)
+    local _, any_err = pcall(knhk.recv_any, ch)
+    local function message(e) return (e:gsub("^[^:]*:%d+: ", "")) end
+    assert.equal("recv: must be called inside a knhk task (inside knhk.run)", message(recv_err))
+    assert.equal("recv_any: must be called inside a knhk task (inside knhk.run)", message(any_err))
+  end)
+
+  it("says it cannot wait inside a C function that called back, and leaves nothing queued", function()
+    run(function()
+      local a, b = knhk.channel(0), knhk.channel(1)
+      local ok, err = pcall(table.sort, { 2, 1 }, function(x, y) knhk.recv_any(a, b); return x < y end)
+      assert.is_false(ok)
+      assert.matches("knhk: cannot wait here", tostring(err), 1, true)
+      knhk.spawn(function(c) c:send("after") end, a)
+      assert.same({ 1, "after" }, { knhk.recv_any(a, b) })
+    end)
+  end)
+end)
+
 describe("knhk.semaphore and knhk.lock", function()
   it("limits how many run at once", function()
     local max = run(function()

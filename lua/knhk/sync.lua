@@ -110,7 +110,14 @@ end
 local core_recv_any_try = core.recv_any_try
 
 -- The channels of a recv_any call: its list argument, or its arguments
--- as one. Every one is checked here, before any crosses into C.
+-- as one. Every one is checked here, before any crosses into C; a wrong
+-- one is named by its argument (or its place in the list), at the
+-- caller's line.
+local function refuse_channel(n, at, got)
+  error(string.format("bad argument #%d to 'recv_any' (channel expected%s, got %s)", n,
+    at and string.format(" at [%d]", at) or "", got), 4)
+end
+
 local function channel_list(n, first, ...)
   local list, from_table = first, false
   if n == 1 and type(first) == "table" and getmetatable(first) ~= channel_mt then
@@ -119,18 +126,12 @@ local function channel_list(n, first, ...)
     list = { first, ... }
   end
   local count = from_table and #list or n
-  if count == 0 then
-    error(string.format("bad argument #1 to 'recv_any' (channel expected, got %s)",
-      from_table and "an empty list" or "no value"), 3)
-  end
+  if count == 0 then refuse_channel(1, nil, from_table and "an empty list" or "no value") end
   for i = 1, count do
     local ch = list[i]
     if getmetatable(ch) ~= channel_mt then
-      if from_table then
-        error(string.format("bad argument #1 to 'recv_any' (channel expected at [%d], got %s)", i,
-          check.got(ch, "channel")), 3)
-      end
-      check.fail(i, "recv_any", "channel", ch, 3)
+      if from_table then refuse_channel(1, i, check.what(ch)) end
+      refuse_channel(i, nil, check.what(ch))
     end
   end
   return list
