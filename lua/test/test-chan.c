@@ -154,24 +154,26 @@ typedef struct {
   int cancel; /* receivers cancel themselves at random while they wait */
 } world_t;
 
+/* A thread's task record outlives the thread, as a runtime's records do
+ * (type-stable): a wake-up may still come after its task is done. */
 typedef struct {
   world_t *w;
   int index;
+  fake_t *f;
 } arg_t;
 
 static void *sender(void *p) {
   arg_t *a = p;
-  fake_t *f = fake_new(100 + (uint64_t)a->index);
+  fake_t *f = a->f;
   for (uint32_t i = 0; i < PER; i++) send_u32(a->w->chs[a->index], f, (uint32_t)a->index * PER + i);
   klua_chan_close(a->w->chs[a->index]);
-  free(f);
   return NULL;
 }
 
 static void *receiver(void *p) {
   arg_t *a = p;
   world_t *w = a->w;
-  fake_t *f = fake_new(200 + (uint64_t)a->index);
+  fake_t *f = a->f;
   uint32_t seed = 2654435761u * (uint32_t)(a->index + 1);
   knhk_token_t *tok = NULL;
   for (;;) {
@@ -197,7 +199,6 @@ static void *receiver(void *p) {
     atomic_fetch_add(&w->seen[x], 1);
   }
   if (tok) knhk_token_release(tok);
-  free(f);
   return NULL;
 }
 
@@ -209,14 +210,15 @@ static void many_threads(int cancel) {
   pthread_t th[NCH + NRECV];
   arg_t args[NCH + NRECV];
   for (int i = 0; i < NRECV; i++) {
-    args[i] = (arg_t){w, i};
+    args[i] = (arg_t){w, i, fake_new(200 + (uint64_t)i)};
     ASSERT_EQ(0, pthread_create(&th[i], NULL, receiver, &args[i]));
   }
   for (int i = 0; i < NCH; i++) {
-    args[NRECV + i] = (arg_t){w, i};
+    args[NRECV + i] = (arg_t){w, i, fake_new(100 + (uint64_t)i)};
     ASSERT_EQ(0, pthread_create(&th[NRECV + i], NULL, sender, &args[NRECV + i]));
   }
   for (int i = 0; i < NCH + NRECV; i++) pthread_join(th[i], NULL);
+  for (int i = 0; i < NCH + NRECV; i++) free(args[i].f);
   ASSERT_EQ(0, atomic_load(&w->wrong));
   for (int x = 0; x < NCH * PER; x++) {
     if (atomic_load(&w->seen[x]) != 1) KNHK_FAIL("value %d received %d times", x, atomic_load(&w->seen[x]));
