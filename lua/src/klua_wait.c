@@ -132,22 +132,25 @@ void klua_wait_end(klua_task_t *t) {
     knhk_timer_stop(tm); /* EALREADY if it fired: either way it completes once */
     if (tm != &w->timer) spare_release(tm);
   }
-  if (w->kind == KLUA_WAIT_JOIN && w->on) {
-    klua_task_t *target = w->on;
-    klua_spin_lock(&target->jlock);
-    if (w->queued) {
-      if (w->prev) w->prev->next = w->next;
-      else target->joiners = w->next;
-      if (w->next) w->next->prev = w->prev;
-      w->queued = 0;
+  if (w->on) { /* queued on something (every try starts here: one test when not) */
+    switch (w->kind) {
+    case KLUA_WAIT_JOIN: {
+      klua_task_t *target = w->on;
+      klua_spin_lock(&target->jlock);
+      if (w->queued) {
+        if (w->prev) w->prev->next = w->next;
+        else target->joiners = w->next;
+        if (w->next) w->next->prev = w->prev;
+        w->queued = 0;
+      }
+      klua_spin_unlock(&target->jlock);
+      break;
     }
-    klua_spin_unlock(&target->jlock);
-  } else if (w->kind == KLUA_WAIT_SYNC && w->on) {
-    klua_sync_unwait(w);
-  } else if (w->kind == KLUA_WAIT_SELECT && w->on) {
-    klua_select_unwait(w->on);
-  } else if (w->kind == KLUA_WAIT_GROUP && w->on) {
-    klua_group_unnotify(w->on, t);
+    case KLUA_WAIT_SYNC: klua_sync_unwait(w); break;
+    case KLUA_WAIT_SELECT: klua_select_unwait(w->on); break;
+    case KLUA_WAIT_GROUP: klua_group_unnotify(w->on, t); break;
+    default: break;
+    }
   }
   w->kind = KLUA_WAIT_NONE;
   w->on = NULL;
