@@ -98,7 +98,9 @@ static inline void klua_spin_unlock(klua_spin_t *s) {
 /* One wait of one task: it waits for one thing at a time. The node lives
  * in the task record; an object the task waits on (a task to join, a
  * channel, a semaphore, an event) links it into its waiter list under the
- * object's lock. Whoever wakes a waiter takes it out of the list first. */
+ * object's lock. Whoever wakes a waiter takes it out of the list first.
+ * (One thing may be several channels: knhk.recv_any's select, whose nodes
+ * are made for the wait, one per channel: KLUA_WAIT_SELECT.) */
 enum {
   KLUA_WAIT_NONE = 0,
   KLUA_WAIT_JOIN = 1,  /* on: the task joined */

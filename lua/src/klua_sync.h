@@ -55,8 +55,8 @@ void klua_val_free(klua_val_t *v);
  * chs), WAIT, CLOSED (every one closed and drained), CANCELLED, or
  * KNHK_ENOMEM. Exactly one value is taken by a DONE, and none otherwise.
  * The look starts at a random channel, so that a busy one does not starve
- * the others. The caller keeps chs's channels alive until it stops
- * trying; the array itself is only read during a call. */
+ * the others. A waiting task holds a reference to each channel until its
+ * wait ends; the array itself is only read during the call. */
 int klua_chan_try_recv_any(klua_sync_t *const *chs, uint32_t n, klua_task_t *t, klua_val_t *out,
                            uint32_t *which, knhk_token_t *cancel);
 int klua_chan_close(klua_sync_t *s);
