@@ -640,6 +640,15 @@ local function put_handle(enc, v, h)
   return encode_value(enc, n)
 end
 
+-- A key as a refusal's path names it: by value when it has one that
+-- reads well, by kind when its value is an address (a table used as a key).
+local function key_place(k)
+  local t = type(k)
+  if t == "string" then return "key '" .. k .. "'" end
+  if t == "number" or t == "boolean" then return "key " .. tostring(k) end
+  return "a " .. t .. " key"
+end
+
 local function encode_table(enc, t)
   local buf = enc.buf
   local mt = getmetatable(t)
@@ -664,7 +673,7 @@ local function encode_table(enc, t)
   end
   for k, v in next, t do
     if not (type(k) == "number" and k >= 1 and k <= n and k % 1 == 0) then
-      path[depth] = type(k) == "string" and ("key '" .. k .. "'") or ("key " .. tostring(k))
+      path[depth] = key_place(k)
       encode_value(enc, k)
       encode_value(enc, v)
     end
