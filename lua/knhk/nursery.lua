@@ -166,17 +166,13 @@ function M.nursery(fn, opts)
   local failed = not ok and not errors.is_signal(err)
   -- the errors in the order they happened: the children's failures before
   -- the body's error (one may be its cause), the body's, then the rest
-  local errs = failed and R.failures_of(n) or nil
+  local errs = failed and R.failures_of(n) or {}
   if failed then core.nursery_fail(n) end -- cancels the children
   local span = core.tel_wait_begin(n)
   await(core.close_try, n, true)
   core.tel_wait_end(span)
-  if failed then
-    errs[#errs + 1] = err
-    for _, e in ipairs(R.failures_of(n)) do errs[#errs + 1] = e end
-  else
-    errs = R.failures_of(n)
-  end
+  if failed then errs[#errs + 1] = err end
+  for _, e in ipairs(R.failures_of(n)) do errs[#errs + 1] = e end
   if #errs > 0 then error(errors.group(errs), 0) end
   -- A Cancelled from the body is this nursery's own (n:cancel, a failing
   -- child) unless the scope around it is cancelled too: then it unwinds on.

@@ -166,11 +166,12 @@ local function local_error(h, id)
   return e
 end
 
--- The error a task that ended with `outcome` left in a payload the C side
--- gave as (status, payload); h: its handle, in this VM.
-local function task_failure(id, outcome, st, payload, h)
+-- The error the task of handle h (in this VM) left, having ended with
+-- `outcome`, in a payload the C side gave as (status, payload).
+local function task_failure(h, outcome, st, payload)
+  local id = core.task_id(h)
   if st == BLOB then
-    if outcome ~= CANCELLED_OUTCOME and h ~= nil then
+    if outcome ~= CANCELLED_OUTCOME then
       local e = local_error(h, id)
       if e ~= nil then return e end
     end
@@ -210,7 +211,7 @@ local function failures_of(nursery)
   local out = {}
   for _, h in ipairs(core.failures(nursery)) do
     local st, outcome, payload = core.outcome(h)
-    out[#out + 1] = task_failure(core.task_id(h), outcome, st, payload, h)
+    out[#out + 1] = task_failure(h, outcome, st, payload)
   end
   return out
 end
@@ -457,7 +458,7 @@ function M.run(main, cfg, ...)
       if st == BLOB then return pack(true, select(2, codec.decode_copies(payload))) end
       return pack(true)
     end
-    return pack(false, task_failure(core.task_id(h), outcome, st, payload, h))
+    return pack(false, task_failure(h, outcome, st, payload))
   end)
   M.rt = nil
   -- errors of this run's local tasks that no join here took: no handle of

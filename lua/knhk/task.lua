@@ -100,7 +100,7 @@ join_slow = function(h, st, a, b)
   -- it ended otherwise than with inline results
   if st == R.BLOB and a == R.OK then return select(2, codec.decode_copies(b)) end
   if a == R.OK then return end
-  error(R.task_failure(core.task_id(h), a, st, b, h), 0)
+  error(R.task_failure(h, a, st, b), 0)
 end
 
 -- h:join() -> the task's results, once it ended; raises its error (a
