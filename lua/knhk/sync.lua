@@ -114,8 +114,8 @@ local core_recv_any_try = core.recv_any_try
 -- one is named by its argument (or its place in the list), at the
 -- caller's line.
 local function refuse_channel(n, at, got)
-  error(string.format("bad argument #%d to 'recv_any' (channel expected%s, got %s)", n,
-    at and string.format(" at [%d]", at) or "", got), 4)
+  check.raise(string.format("bad argument #%d to 'recv_any' (channel expected%s, got %s)", n,
+    at and string.format(" at [%d]", at) or "", got))
 end
 
 local function channel_list(n, first, ...)

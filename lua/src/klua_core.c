@@ -1747,6 +1747,19 @@ static int l_send_blob_try(lua_State *L) {
   return sync_status(L, klua_chan_try_send(s, t, &v, klua_task_checkpoint_token(t)), t);
 }
 
+/* Pushes a value received, from the index'th channel (0: one channel,
+ * no index): 0, [index,] value | 4, [index,] snapshot. */
+static inline int push_received(lua_State *L, klua_val_t *v, int index) {
+  int blob = v->kind == KLUA_VAL_BLOB;
+  lua_pushinteger(L, blob ? ST_BLOB : ST_DONE);
+  if (index > 0) lua_pushinteger(L, index);
+  if (blob) lua_pushlstring(L, v->p, v->len);
+  else if (v->len) klua_values_push(L, v->p, 1, 0);
+  else lua_pushnil(L);
+  klua_val_free(v);
+  return index > 0 ? 3 : 2;
+}
+
 /* core.recv_try(ch) -> 0, value | 4, snapshot | 1 | 2 | 3, reason */
 static int l_recv_try(lua_State *L) {
   klua_sync_t *s = SYNC_ARG(L, 1, KLUA_H_CHANNEL, "channel");
@@ -1754,29 +1767,7 @@ static int l_recv_try(lua_State *L) {
   klua_val_t v;
   int st = klua_chan_try_recv(s, t, &v, klua_task_checkpoint_token(t));
   if (st != KLUA_SYNC_DONE) return sync_status(L, st, t);
-  /* (push_received's work, written out: a call fewer on every receive) */
-  if (v.kind == KLUA_VAL_BLOB) {
-    lua_pushinteger(L, ST_BLOB);
-    lua_pushlstring(L, v.p, v.len);
-  } else {
-    lua_pushinteger(L, ST_DONE);
-    if (v.len) klua_values_push(L, v.p, 1, 0);
-    else lua_pushnil(L);
-  }
-  klua_val_free(&v);
-  return 2;
-}
-
-/* Pushes a value received from the index'th channel: 0, index, value |
- * 4, index, snapshot. */
-static int push_received(lua_State *L, klua_val_t *v, int index) {
-  lua_pushinteger(L, v->kind == KLUA_VAL_BLOB ? ST_BLOB : ST_DONE);
-  lua_pushinteger(L, index);
-  if (v->kind == KLUA_VAL_BLOB) lua_pushlstring(L, v->p, v->len);
-  else if (v->len) klua_values_push(L, v->p, 1, 0);
-  else lua_pushnil(L);
-  klua_val_free(v);
-  return 3;
+  return push_received(L, &v, 0);
 }
 
 /* core.recv_any_try(list) -> 0, i, value | 4, i, snapshot | 1 | 2 (every
