@@ -148,9 +148,10 @@ struct klua_wait {
 
 /* ---------------------------------------------------------------- tasks */
 
+/* (JOINED is the only flag: it is stored, not or-ed in, which is a plain
+ * store where an or is a locked instruction) */
 enum {
-  KLUA_T_JOINED = 1u << 0,     /* someone joined it: its error is handled */
-  KLUA_T_EXPORTED = 1u << 1
+  KLUA_T_JOINED = 1u << 0      /* someone joined it: its error is handled */
 };
 
 /* The fields are ordered so that the record has no holes: a sleeping
@@ -338,6 +339,10 @@ struct klua_worker {
   /* free records */
   klua_task_t *free;
   uint32_t nfree;
+  /* task ids: a block taken from the process's counter, handed out here
+   * one by one (a shared counter is a locked add per spawn, and a cache
+   * line every worker's spawns pull back and forth) */
+  uint64_t id_next, id_end;
   /* the tasks spawned here and not ended, for :tasks (a spinlock: taken
    * twice per task; walked under it only to list or report them) */
   klua_spin_t live_m;
@@ -491,7 +496,9 @@ int klua_push_local_start(klua_worker_t *w, lua_State *L, int anchor, klua_task_
 char *klua_payload_encode(klua_task_t *t, lua_State *L, int first, int n);
 /* The n values at `first` kept as t's results inline, if they fit; 1 if so. */
 int klua_task_keep_results(klua_task_t *t, lua_State *L, int first, int n);
-/* Spawns t (filled in: kind, group, payload) as a child of its group. */
+/* Spawns t (filled in: kind, group, payload) as a child of its group. t is
+ * as klua_task_alloc made it, seen by no other thread yet: the references
+ * the spawn adds are stored, not added atomically. */
 int klua_task_spawn(klua_task_t *t, int worker);
 /* Any thread: queues t again if it waits (a wake-up; spurious ones are fine). */
 void klua_wake(klua_task_t *t);

@@ -1221,7 +1221,7 @@ static int l_join_try(lua_State *L) {
     klua_wait_end(t);
     oc = klua_task_outcome(target);
   }
-  atomic_fetch_or_explicit(&target->flags, KLUA_T_JOINED, memory_order_relaxed);
+  atomic_store_explicit(&target->flags, KLUA_T_JOINED, memory_order_relaxed);
   int n = push_outcome(L, target, oc);
   if (oc == KLUA_OK && detach(th, target)) set_task_mt(L, 1, th);
   return n;

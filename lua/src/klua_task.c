@@ -40,6 +40,17 @@ void klua_spin_lock(klua_spin_t *s) {
 /* ------------------------------------------------------------------ pool */
 
 static _Atomic uint64_t next_id = 1;
+enum { ID_BLOCK = 1024 }; /* ids a worker takes at a time (klua_worker_t) */
+
+/* A task id, unique in the process: from w's block, or the counter. */
+static uint64_t new_id(klua_worker_t *w) {
+  if (!w) return atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
+  if (w->id_next == w->id_end) {
+    w->id_next = atomic_fetch_add_explicit(&next_id, ID_BLOCK, memory_order_relaxed);
+    w->id_end = w->id_next + ID_BLOCK;
+  }
+  return w->id_next++;
+}
 
 static int task_run(knhk_task_t *et);
 static void task_ended(knhk_task_t *et, int status);
@@ -115,7 +126,7 @@ klua_task_t *klua_task_alloc(klua_rt_t *rt) {
   atomic_store_explicit(&t->flags, 0, memory_order_relaxed);
   atomic_store_explicit(&t->home, -1, memory_order_relaxed);
   atomic_store_explicit(&t->token, NULL, memory_order_relaxed);
-  t->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
+  t->id = new_id(w);
   t->group = NULL;
   t->cancel_parent = NULL;
   t->parent = 0;
@@ -197,7 +208,9 @@ static void task_free(klua_task_t *t) {
   klua_payload_reset(t);
   free(t->w.watch); /* its wait ended: knhk_token_off returned */
   t->w.watch = NULL;
-  knhk_token_t *tok = atomic_exchange_explicit(&t->token, NULL, memory_order_relaxed);
+  /* (no reference is left: nobody else makes its token now) */
+  knhk_token_t *tok = atomic_load_explicit(&t->token, memory_order_relaxed);
+  atomic_store_explicit(&t->token, NULL, memory_order_relaxed);
   if (tok) knhk_token_release(tok);
   knhk_token_release(t->cancel_parent);
   t->cancel_parent = NULL;
@@ -227,8 +240,15 @@ void klua_task_retain(klua_task_t *t) {
   atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
 }
 
+/* The last reference is seen with a load: no other holder is left to let
+ * one go, nor to take one (only a holder makes another: a handle, a copy
+ * of it, a group's list), and the acquire sees what the others did before
+ * their release. So the common end, the join after the task ended, costs
+ * no locked instruction. */
 void klua_task_release(klua_task_t *t) {
-  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) task_free(t);
+  if (atomic_load_explicit(&t->refs, memory_order_acquire) == 1 ||
+      atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1)
+    task_free(t);
 }
 
 /* ------------------------------------------------------------- outcome */
@@ -796,8 +816,11 @@ int klua_task_spawn(klua_task_t *t, int worker) {
   klua_rt_t *rt = t->rt;
   int rc = klua_group_enter(t->group);
   if (rc != 0) return rc;
-  klua_task_retain(t); /* the running task's, until task_ended */
-  if (t->group->flags & KLUA_G_ORDERED) klua_task_retain(t); /* the ended list's */
+  /* the running task's reference, until task_ended, and the ended list's
+   * for an ordered group: stored, as nothing else sees t yet */
+  int32_t more = 1 + ((t->group->flags & KLUA_G_ORDERED) != 0);
+  atomic_store_explicit(&t->refs, atomic_load_explicit(&t->refs, memory_order_relaxed) + more,
+                        memory_order_relaxed);
   t->started_ns = spawn_time(rt);
   t->tel = &klua_no_tel;
   if (knhk_telemetry_enabled()) {
