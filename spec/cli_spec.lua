@@ -435,6 +435,56 @@ describe("knhk-lua", function()
       assert.equal(5, code)
       assert.matches("tasks: 2 spawned, 1 completed, 0 failed, 0 cancelled, 1 live", err, 1, true)
     end)
+
+    local function reports(err)
+      local n = 0
+      for _ in err:gmatch("knhk%-lua: %d+ workers; tasks: ") do n = n + 1 end
+      return n
+    end
+    -- (an exit amid the run leaves what the live tasks hold allocated, as
+    -- exit() does: under AddressSanitizer, not a leak to report)
+    local NO_LEAKS = 'ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"'
+
+    it("prints --stats once when a portable task calls it on another worker's VM", function()
+      -- the task on worker 1 exits once the other is sleeping on worker 0
+      local code, out, err = run("--stats -w 2 -e " .. q([[
+        require "two_workers"(function(sleeping)
+          if knhk.current().worker == 1 then
+            sleeping:wait()
+            print("exits on worker " .. knhk.current().worker)
+            os.exit(6)
+          end
+          sleeping:set()
+          knhk.sleep(10)
+        end, knhk.event())]]), nil, NO_LEAKS)
+      assert.equal(6, code, err)
+      assert.equal("exits on worker 1\n", out)
+      assert.equal(1, reports(err), err)
+      -- the root and the two tasks, none ended
+      assert.matches("knhk-lua: 2 workers; tasks: 3 spawned, 0 completed, 0 failed, 0 cancelled, 3 live",
+        err, 1, true)
+    end)
+
+    it("prints --stats once when tasks on two workers call it at once, with one's status", function()
+      local code, _, err = run("--stats -w 2 -e " .. q([[
+        require "two_workers"(function() os.exit(10 + knhk.current().worker) end)]]), nil, NO_LEAKS)
+      assert.is_true(code == 10 or code == 11, err)
+      assert.equal(1, reports(err), err)
+    end)
+
+    it("with --stats, still refuses a status os.exit would refuse, at the caller's line", function()
+      local code, out, err = run("--stats -w 2 -e " .. q([[
+        require "two_workers"(function()
+          if knhk.current().worker == 1 then
+            print(select(2, pcall(function() os.exit("seven") end)))
+            os.exit(false)
+          end
+          knhk.sleep(10)
+        end)]]), nil, NO_LEAKS)
+      assert.equal(1, code, err)
+      assert.matches("^%(command line%):3: bad argument #1 to 'exit' %(number expected, got string%)\n$", out)
+      assert.equal(1, reports(err), err)
+    end)
   end)
 
   it("--telemetry needs a file it can write: exit 1 and one line, as for a missing script", function()

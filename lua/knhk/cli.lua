@@ -101,6 +101,14 @@ local function print_stats(s)
   end
 end
 
+-- --stats at an os.exit, in the VM that called it (knhk.runtime's
+-- report_at_exit): the counters as they stand then, the tasks still
+-- running counted as live.
+function M.at_exit()
+  local ok, now = pcall(knhk.stats)
+  if ok then print_stats(now) end
+end
+
 -- ------------------------------------------------------------- the REPL
 
 local show = errors.show
@@ -378,16 +386,11 @@ function M.main(argv)
 
   if stats then
     -- os.exit ends the process where it is called, before the run ends:
-    -- the counters are printed first, as they stand then (tasks still
-    -- running count as live). (This VM's os.exit: the script's and its
-    -- local tasks'. The telemetry file needs nothing here: the C library
-    -- writes it out at exit, whichever thread exits.)
-    local exit = os.exit
-    os.exit = function(...)
-      local ok, now = pcall(knhk.stats)
-      if ok then print_stats(now) end
-      return exit(...)
-    end
+    -- M.at_exit prints the counters first, in whichever VM calls it (the
+    -- script's, or a worker's from a portable task). (The telemetry file
+    -- needs nothing here: the C library writes it out at exit, whichever
+    -- thread exits.)
+    R.report_at_exit "knhk.cli"
   end
 
   local module_error -- -l mod failed: its message, shown alone

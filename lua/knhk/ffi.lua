@@ -1,11 +1,11 @@
 -- knhk.ffi: the one ffi.cdef of knhk-lua and the one ffi.load, done once.
 --
 -- The cdef is lua/src/klua_ffi.h (spec/ffi_spec.lua fails if they drift):
--- the cold calls only — counters, the prototype registry, processes, the
--- clock, signals, the REPL's line input. The hot calls of tasks are knhk.core's
--- lua_CFunctions (lua/src/klua_core.c says why). The library is
--- knhk/core.so, found where `require "knhk.core"` found it, or at $KNHK_LIB;
--- the program itself where knhk.core is linked in (knhk-lua).
+-- the cold calls only — counters, the prototype registry, os.exit's report,
+-- processes, the clock, signals, the REPL's line input. The hot calls of
+-- tasks are knhk.core's lua_CFunctions (lua/src/klua_core.c says why). The
+-- library is knhk/core.so, found where `require "knhk.core"` found it, or
+-- at $KNHK_LIB; the program itself where knhk.core is linked in (knhk-lua).
 local ffi = require "ffi"
 
 -- The cdef in parts, in the header's order. Each VM declares a part when a
@@ -34,6 +34,9 @@ const char *klua_proto_get(klua_rt_t *rt, uint32_t id, size_t *len);
 int klua_rt_set_paths(klua_rt_t *rt, const char *path, const char *cpath);
 const char *klua_rt_path(klua_rt_t *rt, int c);
 int klua_signals_received(void);
+int klua_exit_report_set(const char *module);
+const char *klua_exit_report(void);
+int klua_exit_claim(void);
 ]] },
   { "exec", [[
 enum { KLUA_EXEC_AT_FILE = 0, KLUA_EXEC_AT_CWD = 1 };

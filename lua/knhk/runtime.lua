@@ -319,6 +319,51 @@ end
 
 local K -- knhk.ffi, once a runtime exists
 
+-- ------------------------------------------------------------- os.exit
+
+-- os.exit with a report first (knhk-lua --stats prints the counters). A
+-- program names the module whose at_exit() reports (report_at_exit,
+-- before knhk.run); each VM of a run, the caller's and every worker's,
+-- puts the os.exit below in front of its own as it starts, so that the
+-- report comes whichever task calls os.exit, on whichever worker. The
+-- first os.exit of the process reports; one from another thread meanwhile
+-- waits for the process to end, and the status is the first one's
+-- (lua/src/klua_exit.c: the claim, and why).
+
+-- Names the module (nil: none) for the runs that start from now on.
+function M.report_at_exit(module)
+  if module ~= nil then check.arg("string", module, 1, "report_at_exit") end
+  K = K or require "knhk.ffi"
+  if K.C.klua_exit_report_set(module) ~= 0 then error("knhk: out of memory", 2) end
+end
+
+-- os.exit(status, close) for `exit`, this VM's own: reports, then exits.
+local function exit_reporting(exit, module)
+  return function(status, ...)
+    -- the status as os.exit reads it, refused here as os.exit would
+    -- refuse it: once the exit is claimed, exit must not raise
+    if status == nil or status == true then
+      status = 0 -- EXIT_SUCCESS
+    elseif status == false then
+      status = 1 -- EXIT_FAILURE
+    else
+      local n = tonumber(status)
+      if n == nil then check.fail(1, "exit", "number", status) end
+      status = n
+    end
+    if K.C.klua_exit_claim() == 1 then
+      pcall(function() require(module).at_exit() end) -- a failed report still exits
+    end
+    return exit(status, ...)
+  end
+end
+
+-- In the caller's VM, while a run has put an os.exit in front of the
+-- caller's: that one, and the caller's, put back when the run ends unless
+-- the program has replaced os.exit meanwhile. (A worker's VM ends with
+-- its run.)
+local run_exit, callers_exit
+
 -- Called once per VM with the runtime, before any task runs in it.
 local function init_vm()
   K = K or require "knhk.ffi"
@@ -368,6 +413,11 @@ local function init_vm()
   end
   codec.spawner_paths = function()
     return ffi.string(C.klua_rt_path(rt, 0)), ffi.string(C.klua_rt_path(rt, 1))
+  end
+  local report = C.klua_exit_report()
+  if report ~= nil then
+    run_exit, callers_exit = exit_reporting(os.exit, ffi.string(report)), os.exit
+    os.exit = run_exit
   end
   core.register(settle, {
     xpcall = xpcall,
@@ -461,6 +511,10 @@ function M.run(main, cfg, ...)
     return pack(false, task_failure(h, outcome, st, payload))
   end)
   M.rt = nil
+  if run_exit then
+    if os.exit == run_exit then os.exit = callers_exit end
+    run_exit, callers_exit = nil, nil
+  end
   -- errors of this run's local tasks that no join here took: no handle of
   -- them can be joined any more (task ids are not reused, but the memory is)
   for id in pairs(kept_errors) do kept_errors[id] = nil end

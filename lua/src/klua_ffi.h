@@ -4,10 +4,10 @@
  * to it), and spec/ffi_spec.lua fails if ffi.lua's cdef and this header
  * drift apart (preprocessor lines aside). The hot calls of tasks go
  * through knhk.core instead (klua_core.c); these are the cold ones:
- * counters, prototypes, processes, the clock, signals and the REPL's line
- * input. ffi.lua declares them in parts, each when first needed: its
- * parts begin where this header's comments name knhk.exec, knhk.clock,
- * OpenTelemetry and the REPL. */
+ * counters, prototypes, os.exit's report, processes, the clock, signals
+ * and the REPL's line input. ffi.lua declares them in parts, each when
+ * first needed: its parts begin where this header's comments name
+ * knhk.exec, knhk.clock, OpenTelemetry and the REPL. */
 #ifndef KLUA_FFI_H
 #define KLUA_FFI_H
 #include <stddef.h>
@@ -39,6 +39,11 @@ const char *klua_rt_path(klua_rt_t *rt, int c);
 /* the first SIGINT/SIGTERM a run with signals received, or 0 (every run
  * of knhk-lua asks at its end) */
 int klua_signals_received(void);
+/* os.exit with a report first, in every VM of a run (klua_exit.c;
+ * knhk-lua --stats) */
+int klua_exit_report_set(const char *module);
+const char *klua_exit_report(void);
+int klua_exit_claim(void);
 
 /* knhk.exec: a child process as a step */
 enum { KLUA_EXEC_AT_FILE = 0, KLUA_EXEC_AT_CWD = 1 };
