@@ -235,6 +235,133 @@ describe("18 Milestone", function()
     assert.equal(1, H.count(r, "when milestone 'open'", "withdrawn"))
   end)
 
+  -- When a guarded step was withdrawn, in virtual seconds (nil: never).
+  local function withdrawn_at(tel_into)
+    return { event = function(_, name, a)
+      if name == "knhk.workflow.step.end" and a.outcome == "withdrawn" then tel_into.at = knhk.now() end
+    end }
+  end
+
+  it("without a loop, a guarded step reached after the milestone passed is withdrawn as it is reached", function()
+    -- no loop: the milestone is passed at 1, the guarded step is reached at
+    -- 2 and withdrawn then, not when the case ends (11)
+    local seen = {}
+    local r = H.virtual(function()
+      return P.parallel_split{
+        P.sequence{ P.milestone("m", P.task("hold", function() knhk.sleep(1) end)),
+                    P.task("long", function() knhk.sleep(10) end) },
+        P.sequence{ P.task("prep", function() knhk.sleep(2) end),
+                    P.when_milestone("m", noop("guarded")), noop("after") },
+      }:execute{ telemetry = withdrawn_at(seen) }
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(2, seen.at)
+    assert.equal(0, H.count(r, "guarded"))
+    assert.equal(0, H.count(r, "after"))
+    assert.equal(1, H.count(r, "when milestone 'm'", "withdrawn"))
+  end)
+
+  -- A loop whose every round holds the milestone "m" for a second (hold),
+  -- then spends a second (between); three rounds, 0 to 6 s. Beside it, a
+  -- guarded step reached at `ready` seconds.
+  local function loop_beside(ready, tel)
+    return P.parallel_split{
+      P.repeat_until(P.sequence{
+        P.milestone("m", P.task("hold", function() knhk.sleep(1) end)),
+        P.task("between", function(v) knhk.sleep(1) return { round = v.round + 1 } end),
+      }, "round >= 3"),
+      P.sequence{ P.task("prep", function() knhk.sleep(ready) end),
+                  P.when_milestone("m", P.task("guarded", function() return { ran_at = knhk.now() } end)),
+                  noop("after") },
+    }:execute{ vars = { round = 0 }, telemetry = tel }
+  end
+
+  it("a guarded step reached after a loop's round passed the milestone runs in a later round", function()
+    local r = H.virtual(function() return loop_beside(1.5) end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(2, r.vars.ran_at) -- as the second round's hold began
+    assert.equal(1, H.count(r, "guarded"))
+    assert.equal(1, H.count(r, "after"))
+    assert.equal(0, H.count(r, "when milestone 'm'", "withdrawn"))
+    assert.equal(3, H.count(r, "hold"))
+  end)
+
+  it("a guarded step is withdrawn once the loop has ended with the milestone passed", function()
+    -- reached in the last round after its hold (5.5): it waits, since the
+    -- loop may go round again, until the loop ends (6)
+    local seen = {}
+    local r = H.virtual(function() return loop_beside(5.5, withdrawn_at(seen)) end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(6, seen.at)
+    assert.equal(0, H.count(r, "guarded"))
+    assert.equal(0, H.count(r, "after"))
+    assert.equal(1, H.count(r, "when milestone 'm'", "withdrawn"))
+    -- reached after the loop ended: withdrawn at once
+    local seen2 = {}
+    local r2 = H.virtual(function() return loop_beside(8, withdrawn_at(seen2)) end)
+    assert.equal("completed", r2.status, r2.error)
+    assert.equal(8, seen2.at)
+    assert.equal(0, H.count(r2, "guarded"))
+  end)
+
+  it("a guarded step inside a loop's round is withdrawn, not kept for the next round it holds up", function()
+    -- each round: the milestone (0-1) beside a guarded step reached at 1.5;
+    -- the round ends only once that step has, so the next round's
+    -- milestone cannot come while it waits
+    local r, now = H.virtual(function()
+      local r = P.repeat_until(P.sequence{
+        P.parallel_split{
+          P.milestone("m", P.task("hold", function() knhk.sleep(1) end)),
+          P.sequence{ P.task("prep", function() knhk.sleep(1.5) end),
+                      P.when_milestone("m", noop("guarded")) },
+        },
+        P.general_synchronizing_merge(),
+        P.task("between", function(v) return { round = v.round + 1 } end),
+      }, "round >= 3"):execute{ vars = { round = 0 } }
+      return r, knhk.now()
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(4.5, now) -- three rounds of 1.5 s
+    assert.equal(0, H.count(r, "guarded"))
+    assert.equal(3, H.count(r, "when milestone 'm'", "withdrawn"))
+    assert.equal(3, H.count(r, "between"))
+  end)
+
+  it("a guarded step runs when a graph's cycle comes back to the milestone", function()
+    local r = H.virtual(function()
+      return P.parallel_split{
+        P.graph{ start = "hold", nodes = {
+          hold = { run = P.milestone("m", P.task("hold", function() knhk.sleep(1) end)), next = "count" },
+          count = { run = function(v) knhk.sleep(1) return { round = v.round + 1 } end,
+                    next = P.exclusive_choice{ { when = "round < 3", to = "hold" },
+                                               { when = "round >= 3", to = "done" } } },
+          done = { run = noop("done") },
+        } },
+        P.sequence{ P.task("prep", function() knhk.sleep(1.5) end),
+                    P.when_milestone("m", P.task("guarded", function() return { ran_at = knhk.now() } end)) },
+      }:execute{ vars = { round = 0 } }
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(2, r.vars.ran_at)
+    assert.equal(1, H.count(r, "guarded"))
+  end)
+
+  it("a guarded step runs at a later milestone of the same name", function()
+    local r = H.virtual(function()
+      return P.parallel_split{
+        P.sequence{ P.milestone("m", P.task("first", function() knhk.sleep(1) end)),
+                    P.task("gap", function() knhk.sleep(1) end),
+                    P.milestone("m", P.task("second", function() knhk.sleep(1) end)) },
+        P.sequence{ P.task("prep", function() knhk.sleep(1.5) end),
+                    P.when_milestone("m", P.task("guarded", function() return { ran_at = knhk.now() } end)) },
+      }:execute()
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(2, r.vars.ran_at)
+    assert.is_true(H.pos(r, "gap") < H.pos(r, "guarded") and H.pos(r, "guarded") < H.pos(r, "second"),
+      H.events(r))
+  end)
+
   it("guarded steps waiting for each other's milestones are all withdrawn", function()
     local r = H.virtual(function()
       return P.parallel_split{

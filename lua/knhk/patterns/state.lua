@@ -6,7 +6,7 @@
 --                                        17  each task once, partial order kept, one at a time
 --   P.milestone(name, s)                 18  the milestone holds while s runs
 --   P.when_milestone(name, s)            18  s starts only while the milestone holds;
---                                            withdrawn once it cannot hold any more
+--                                            withdrawn once it cannot hold again
 --   P.critical_section(name, s [, { lock = knhk.lock() }])
 --                                        39  sections of one name never overlap
 --   P.interleaved{ a, b, c }             40  each task once, any order, one at a time
@@ -190,10 +190,15 @@ end
 
 -- -------------------------------------------------------------- milestone
 
+-- A milestone's state in a case: `active`, the runs of its steps that
+-- hold it now (it holds while active > 0). Nothing is kept of its past:
+-- whether a guarded step may still run is asked of what the case can do
+-- from now on (reachable, below), so a milestone left in one round of a
+-- loop holds again in the next.
 local function milestone_state(case, name)
   local m = case.milestones[name]
   if not m then
-    m = { active = 0, passed = false }
+    m = { active = 0 }
     case.milestones[name] = m
   end
   return m
@@ -206,7 +211,6 @@ local function run_milestone(frame, node, run)
   engine.moved(case)
   local ok, f = pcall(engine.run_frame, case, node.subnets[1], frame, run)
   m.active = m.active - 1
-  if m.active == 0 then m.passed = true end
   engine.moved(case)
   if not ok then error(f, 0) end
   if not engine.completed(f) then return WITHDRAWN end
@@ -214,22 +218,40 @@ end
 
 local NONE = {}
 
--- Whether milestone `name` can still be reached: some run of the case
--- that can go on may lead to it (node.milestones: what a node can lead
--- to, see knhk.patterns.compile). Tokens are not counted: between two
--- waits every token that can move has moved, so those left wait at a join
--- for what a run will bring. A run waiting for a milestone goes on only
--- if its milestone can be reached or holds: a least fixpoint, so guarded
--- steps that wait for each other's milestones are all found stuck.
-local function reachable(case, name)
+-- Whether milestone `name` can still be reached while the guarded run
+-- asking, in `frame`, waits: some run of the case that can go on may lead
+-- to it (node.milestones: what a node can lead to, see
+-- knhk.patterns.compile). Tokens are not counted: between two waits every
+-- token that can move has moved, so those left wait at a join for what a
+-- run will bring. A run waiting for a milestone goes on only if its
+-- milestone can be reached or holds: a least fixpoint, so guarded steps
+-- that wait for each other's milestones are all found stuck.
+--
+-- The composite steps around the asking run (the loop, graph, region or
+-- call whose frame holds it, and those around that one) cannot get past
+-- that frame while it waits, since a frame ends only once every run in it
+-- has: they count only through the runs inside them, not through what
+-- follows their frame (a loop's next round, the steps after the loop). So
+-- a loop whose next round would reach the milestone keeps a guarded step
+-- on a parallel branch waiting, while one that holds the guarded step in
+-- its own round does not: that step ends (withdrawn) before the loop can
+-- come round again.
+local function reachable(case, name, frame)
+  local around = {} -- the runs of the composite steps around the asking one
+  local up = frame
+  while up do
+    if up.run then around[up.run] = true end
+    up = up.parent
+  end
   local can, waiting = {}, {}
   local function add(node)
     for n in pairs(node.milestones or NONE) do can[n] = true end
   end
-  for frame in pairs(case.frames) do
-    for _, set in pairs(frame.runs) do
+  for f in pairs(case.frames) do
+    for _, set in pairs(f.runs) do
       for run in pairs(set) do
-        if run.awaits then waiting[#waiting + 1] = run else add(run.node) end
+        if run.awaits then waiting[#waiting + 1] = run
+        elseif not around[run] then add(run.node) end
       end
     end
   end
@@ -248,10 +270,12 @@ local function reachable(case, name)
 end
 
 -- WCP-18: the guarded step is enabled only while the case is in the
--- milestone's state. Once the case has moved past it (it held and ended),
--- or can no longer get there (its branch was not taken, it was skipped or
--- withdrawn, or every run that could lead to it has ended), the step can
--- never be enabled: it is withdrawn, and the case goes on without it.
+-- milestone's state. While the milestone does not hold, the step waits as
+-- long as the case can still get there; once it cannot (the milestone's
+-- branch was not taken, it was skipped or withdrawn, every run that could
+-- lead to it has ended, or it was passed and nothing can come back to it),
+-- the step can never be enabled: it is withdrawn, and the case goes on
+-- without it.
 local function run_when_milestone(frame, node, run)
   local case = frame.case
   local name = node.step.milestone
@@ -261,7 +285,7 @@ local function run_when_milestone(frame, node, run)
     case.moved = case.moved or knhk.event()
     engine.moved(case) -- this run no longer goes on by itself: other guarded steps look again
     while m.active == 0 do
-      if m.passed or (case.moving == 0 and not reachable(case, name)) then
+      if case.moving == 0 and not reachable(case, name, frame) then
         run.awaits = nil
         return WITHDRAWN
       end
@@ -303,8 +327,8 @@ function M.milestone(name, body)
 end
 
 -- P.when_milestone(name, step): 18, the guarded step: it waits until the
--- milestone holds, runs while it does, and is withdrawn once it has passed
--- or can no longer be reached.
+-- milestone holds, runs while it does, and is withdrawn once the
+-- milestone can no longer be reached (again: a loop may come back to it).
 function M.when_milestone(name, body)
   S.check_name(name, "when_milestone", 1, 2)
   body = S.as_step(body, "when_milestone", 2, "the guarded step", 2)
