@@ -142,7 +142,8 @@ struct klua_wait {
   /* Above: what every record's start resets, 64 bytes. Below: touched
    * only by a task that waits on cancellation or sleeps. */
   knhk_cancel_cb_t ccb;        /* cancellation wake-up, while armed */
-  knhk_cancel_cb_t *watch;     /* another token (token:wait): made on first use, rare */
+  knhk_cancel_cb_t *watch;     /* another token (token:wait): made for the wait,
+                                  set exactly while watch_on is */
   knhk_timer_t timer;          /* sleep: ours when not busy */
 };
 

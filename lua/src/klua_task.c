@@ -206,8 +206,6 @@ static void task_free(klua_task_t *t) {
   klua_task_drop_tel(t);
   payload_drop_handles(t, 0);
   klua_payload_reset(t);
-  free(t->w.watch); /* its wait ended: knhk_token_off returned */
-  t->w.watch = NULL;
   /* (no reference is left: nobody else makes its token now) */
   knhk_token_t *tok = atomic_load_explicit(&t->token, memory_order_relaxed);
   atomic_store_explicit(&t->token, NULL, memory_order_relaxed);

@@ -26,9 +26,17 @@ int klua_wait_arm_cancel(klua_task_t *t, knhk_token_t *token) {
   return 0;
 }
 
+/* The watch is made for the wait and freed at its end (klua_wait_end):
+ * watch is set exactly while watch_on is, so the end of a task that never
+ * watched (all but token:wait's) need not read the record's cold part. */
 int klua_wait_arm_watch(klua_task_t *t, knhk_token_t *token) {
-  if (!t->w.watch && !(t->w.watch = calloc(1, sizeof *t->w.watch))) return -1;
-  if (knhk_token_on_cancel(token, t->w.watch, on_cancel, t) == KNHK_ECANCELED) return 1;
+  knhk_cancel_cb_t *cb = calloc(1, sizeof *cb);
+  if (!cb) return -1;
+  if (knhk_token_on_cancel(token, cb, on_cancel, t) == KNHK_ECANCELED) {
+    free(cb);
+    return 1;
+  }
+  t->w.watch = cb;
   t->w.watch_on = 1;
   return 0;
 }
@@ -123,7 +131,9 @@ void klua_wait_end(klua_task_t *t) {
     w->ccb_on = 0;
   }
   if (w->watch_on) {
-    knhk_token_off(w->watch);
+    knhk_token_off(w->watch); /* (returned: the token is done with it) */
+    free(w->watch);
+    w->watch = NULL;
     w->watch_on = 0;
   }
   if (w->extra_timer) {
