@@ -460,6 +460,23 @@ describe("a handle after its task was joined", function()
       end)
     end)
 
+    it("gives every result, nils counted, whether the join waited or not (" .. kind .. ")", function()
+      run(function()
+        for _, wait in ipairs { false, true } do
+          local function task(...)
+            if wait then knhk.sleep(0.002) end
+            return ...
+          end
+          for _, args in ipairs { { n = 0 }, { n = 1 }, { 7, n = 1 }, { n = 2 }, { nil, 8, n = 2 },
+                                  { 1, 2, nil, n = 3 } } do
+            local h = knhk[kind](task, unpack(args, 1, args.n))
+            local got = { n = select("#", h:join()), h:join() }
+            assert.same(args, got)
+          end
+        end
+      end)
+    end)
+
     it("keeps its id, and is done; cancel does nothing (" .. kind .. ")", function()
       run(function()
         local h = knhk[kind](function() return 42 end)

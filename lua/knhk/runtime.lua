@@ -35,6 +35,7 @@ M.telemetry, M.tel_enabled = telemetry, tel_enabled
 local DONE, WAIT, CLOSED, CANCELLED, BLOB, MESSAGE, SLOW, REASON, NOT_HANDLE = 0, 1, 2, 3, 4, 5, 6, 7, 8
 M.DONE, M.WAIT, M.CLOSED, M.CANCELLED, M.BLOB, M.MESSAGE, M.SLOW, M.REASON, M.NOT_HANDLE =
   DONE, WAIT, CLOSED, CANCELLED, BLOB, MESSAGE, SLOW, REASON, NOT_HANDLE
+M.DONE0, M.DONE1 = 9, 10 -- join_try only: DONE with no result, with one (knhk/task.lua)
 local OK, ERROR, CANCELLED_OUTCOME = 0, 1, 2 -- how a task ended
 M.OK, M.ERROR, M.CANCELLED_OUTCOME = OK, ERROR, CANCELLED_OUTCOME
 

@@ -10,6 +10,7 @@ local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local select = select
 local DONE, CANCELLED, SLOW, NOT_HANDLE = R.DONE, R.CANCELLED, R.SLOW, R.NOT_HANDLE
+local DONE0, DONE1 = R.DONE0, R.DONE1
 
 local M = {}
 
@@ -89,25 +90,33 @@ local join_slow
 
 local function join_result(h, st, ...)
   if st == DONE then return ... end
-  return join_slow(h, st, ...)
-end
-
-join_slow = function(h, st, a, b)
-  -- the join waited (join_try suspended the task): look again
-  if st == nil then return join_result(h, core_join_try(h)) end
-  if st == CANCELLED then R.raise_cancelled(a) end
-  if st == NOT_HANDLE then bad_self("join", "task handle", h) end
-  -- it ended otherwise than with inline results
-  if st == R.BLOB and a == R.OK then return select(2, codec.decode_copies(b)) end
-  if a == R.OK then return end
-  error(R.task_failure(h, a, st, b), 0)
+  return join_slow(h, st, ...) -- (no DONE0 or DONE1: it has more than one result)
 end
 
 -- h:join() -> the task's results, once it ended; raises its error (a
 -- TaskError; for a task that was cancelled, one whose .value is its
 -- Cancelled). A checkpoint while it waits.
 function Task:join()
-  return join_result(self, core_join_try(self)) -- (which checks self)
+  -- One result or none, the commonest ends, are returned without a vararg
+  -- call (which costs a join more than the C call): join_try says DONE1,
+  -- DONE0; DONE when there are more, all of them after it.
+  local st, a, b = core_join_try(self) -- (which checks self)
+  if st == DONE1 then return a end
+  if st == DONE0 then return end
+  return join_slow(self, st, a, b)
+end
+
+join_slow = function(h, st, a, b)
+  -- the join waited (join_try suspended the task): look again
+  if st == nil then return Task.join(h) end
+  -- more results than a and b: join_try again, taking every one
+  if st == DONE then return join_result(h, core_join_try(h)) end
+  if st == CANCELLED then R.raise_cancelled(a) end
+  if st == NOT_HANDLE then bad_self("join", "task handle", h) end
+  -- it ended otherwise than with inline results
+  if st == R.BLOB and a == R.OK then return select(2, codec.decode_copies(b)) end
+  if a == R.OK then return end
+  error(R.task_failure(h, a, st, b), 0)
 end
 
 -- h:cancel(): cancels the task alone (its scopes and its children too).

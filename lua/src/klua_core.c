@@ -41,8 +41,15 @@
 #define UP_MT_DETACHED lua_upvalueindex(8)
 #define NUPVALUES 8
 
+/* ST_DONE0, ST_DONE1: join_try's DONE with no result, and with exactly
+ * one (h:join() returns them without a vararg call: task.lua). */
 enum { ST_DONE = 0, ST_WAIT = 1, ST_CLOSED = 2, ST_CANCELLED = 3, ST_BLOB = 4, ST_MESSAGE = 5,
-       ST_SLOW = 6, ST_REASON = 7, ST_NOT_HANDLE = 8 };
+       ST_SLOW = 6, ST_REASON = 7, ST_NOT_HANDLE = 8, ST_DONE0 = 9, ST_DONE1 = 10 };
+
+/* The status of a DONE with n results: counted (join_try's), or not. */
+static int done_status(int counted, int n) {
+  return !counted || n > 1 ? ST_DONE : n == 1 ? ST_DONE1 : ST_DONE0;
+}
 
 static _Atomic int running;            /* one knhk.run at a time in a process */
 static _Atomic uint64_t live_gen;      /* the running runtime's generation, 0 if none */
@@ -1093,12 +1100,13 @@ static int l_wait_mark(lua_State *L) {
 
 /* Pushes a task's results: 0, values... | 4, outcome, snapshot |
  * 5, outcome, message | 6, outcome (no payload) | 7, outcome, reason */
-static int push_outcome(lua_State *L, klua_task_t *t, int oc) {
+/* (counted: join_try's, whose DONE says how many results: done_status) */
+static int push_outcome(lua_State *L, klua_task_t *t, int oc, int counted) {
   switch (t->pay) {
   case KLUA_PAY_INLINE:
     if (oc == KLUA_OK) {
       luaL_checkstack(L, t->nvals + 1, "too many results");
-      lua_pushinteger(L, ST_DONE);
+      lua_pushinteger(L, done_status(counted, t->nvals));
       return 1 + klua_values_push_copies(L, t->data, t->nvals);
     }
     break;
@@ -1174,8 +1182,9 @@ static int wait_unless_cancelled(lua_State *L, klua_task_t *t, knhk_token_t *tok
 }
 
 /* A detached handle's results, as push_outcome gives a joined task's. */
-static int push_kept(lua_State *L, const task_handle_t *th) {
-  lua_pushinteger(L, ST_DONE);
+static int push_kept(lua_State *L, const task_handle_t *th, int counted) {
+  int none = kept_what(th) == KLUA_KEPT_NONE;
+  lua_pushinteger(L, done_status(counted, !none));
   switch (kept_what(th)) {
   case KLUA_KEPT_NONE: return 1;
   case KLUA_KEPT_NIL: lua_pushnil(L); break;
@@ -1214,7 +1223,7 @@ static int l_join_try(lua_State *L) {
   /* a checkpoint: a cancelled scope raises, whether or not it has ended */
   knhk_token_t *tok = klua_task_checkpoint_token(t);
   if (knhk_token_is_cancelled(tok)) return push_cancelled(L, tok);
-  if (!target) return push_kept(L, th);
+  if (!target) return push_kept(L, th, 1);
   int oc = klua_task_outcome(target);
   if (oc == KLUA_RUNNING) {
     if (!klua_wait_arm_join(t, target)) return wait_unless_cancelled(L, t, tok, 1);
@@ -1222,7 +1231,7 @@ static int l_join_try(lua_State *L) {
     oc = klua_task_outcome(target);
   }
   atomic_store_explicit(&target->flags, KLUA_T_JOINED, memory_order_relaxed);
-  int n = push_outcome(L, target, oc);
+  int n = push_outcome(L, target, oc, 1);
   if (oc == KLUA_OK && detach(th, target)) set_task_mt(L, 1, th);
   return n;
 }
@@ -1232,13 +1241,13 @@ static int l_join_try(lua_State *L) {
 static int l_outcome(lua_State *L) {
   task_handle_t *th = TASK_HANDLE(L, 1);
   klua_task_t *t = task_of(th);
-  if (!t) return push_kept(L, th);
+  if (!t) return push_kept(L, th, 0);
   int oc = klua_task_outcome(t);
   if (oc == KLUA_RUNNING) {
     lua_pushinteger(L, ST_WAIT);
     return 1;
   }
-  return push_outcome(L, t, oc);
+  return push_outcome(L, t, oc, 0);
 }
 
 static int l_task_id(lua_State *L) {
