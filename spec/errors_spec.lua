@@ -28,8 +28,8 @@ describe("argument errors", function()
     { function() knhk.channel("3") end, "bad argument #1 to 'channel' (whole number in 0..16777216 expected, got string)" },
     { function() knhk.channel(1.5) end, "bad argument #1 to 'channel' (whole number in 0..16777216 expected, got 1.5)" },
     { function() knhk.semaphore(-2) end, "bad argument #1 to 'semaphore' (whole number >= 0 expected, got -2)" },
-    { function() knhk.spawn(42) end, "bad argument #1 to 'spawn' (function expected, got number)" },
-    { function() knhk.spawn_local({}) end, "bad argument #1 to 'spawn_local' (function expected, got table)" },
+    { function() knhk.spawn(42) end, "bad argument #1 to 'spawn' (function or callable object expected, got number)" },
+    { function() knhk.spawn_local({}) end, "bad argument #1 to 'spawn_local' (function or callable object expected, got table)" },
     { function() knhk.nursery(1) end, "bad argument #1 to 'nursery' (function expected, got number)" },
     { function() knhk.nursery(function() end, 5) end, "bad argument #2 to 'nursery' (options table expected, got number)" },
     { function() knhk.cancel_scope("f") end, "bad argument #1 to 'cancel_scope' (function expected, got string)" },
@@ -79,7 +79,7 @@ describe("argument errors", function()
         for _, m in ipairs({ "spawn", "spawn_local" }) do
           local line = debug.getinfo(1, "l").currentline + 1
           local msg = raised(function() n[m](n, 42) end)
-          assert.equal(string.format("%s:%d: bad argument #1 to '%s' (function expected, got number)",
+          assert.equal(string.format("%s:%d: bad argument #1 to '%s' (function or callable object expected, got number)",
             here, line, m), msg)
         end
       end)

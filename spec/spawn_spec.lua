@@ -159,7 +159,7 @@ describe("knhk.spawn refusals", function()
 
   it("refuses a non-function with Lua's own wording", function()
     local msg = refusal(function() knhk.spawn(42) end)
-    assert.matches("bad argument #1 to 'spawn' (function expected, got number)", msg, 1, true)
+    assert.matches("bad argument #1 to 'spawn' (function or callable object expected, got number)", msg, 1, true)
   end)
 end)
 

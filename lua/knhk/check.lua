@@ -37,6 +37,21 @@ local want = {}
 M.want = want
 
 function want.func(v) if type(v) ~= "function" then return "function" end end
+
+-- A function, or a table or userdata whose metatable's __call is a
+-- function: what Lua calls as it calls a function (the C side's
+-- is_callable, lua/src/klua_core.c, says the same).
+local rawget = rawget
+function M.callable(v)
+  local t = type(v)
+  if t == "function" then return true end
+  if t ~= "table" and t ~= "userdata" then return false end
+  local mt = getmetatable(v)
+  return type(mt) == "table" and type(rawget(mt, "__call")) == "function"
+end
+function want.callable(v)
+  if type(v) ~= "function" and not M.callable(v) then return "function or callable object" end
+end
 function want.table(v) if type(v) ~= "table" then return "table" end end
 function want.string(v) if type(v) ~= "string" then return "string" end end
 function want.boolean(v) if type(v) ~= "boolean" then return "boolean" end end

@@ -521,14 +521,22 @@ local function fn_place(fn)
 end
 
 -- "function at file:line" for a Lua function (a C function: its name if
--- the codec knows it), computed once per closure.
+-- the codec knows it; a callable object: what it is, and where its __call
+-- is), computed once per closure or object.
 local places = setmetatable({}, { __mode = "k" })
 function M.place_of(fn)
   local p = places[fn]
   if p == nil then
-    local ok, info = pcall(funcinfo, fn)
-    if ok and info.source then p = fn_place(fn)
-    else p = "C function " .. (builtin_name[fn] or "?") end
+    if type(fn) ~= "function" then
+      local call = rawget(getmetatable(fn) or {}, "__call")
+      local ok, info = pcall(funcinfo, call)
+      p = "callable " .. type(fn)
+      if ok and info.source then p = p .. " (__call " .. fn_place(call) .. ")" end
+    else
+      local ok, info = pcall(funcinfo, fn)
+      if ok and info.source then p = fn_place(fn)
+      else p = "C function " .. (builtin_name[fn] or "?") end
+    end
     places[fn] = p
   end
   return p

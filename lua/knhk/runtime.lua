@@ -313,7 +313,15 @@ end
 -- where any other task's does.
 local function start_blob(snap)
   local vals = pack(codec.decode_start(snap))
-  return vals[2](unpack(vals, 3, vals.n))
+  local fn = vals[2]
+  -- a callable object is sent as a table of its class, which gets its
+  -- metatable (and __call) only in a VM that registered the class
+  if type(fn) ~= "function" and not check.callable(fn) then
+    error(string.format("knhk: the task's callable object arrived on worker %d without its "
+      .. "__call: its class is not registered in that worker's VM (knhk.codec.register_class "
+      .. "must have run there)", select(2, core.current())), 0)
+  end
+  return fn(unpack(vals, 3, vals.n))
 end
 
 -- ------------------------------------------------------------------ VMs

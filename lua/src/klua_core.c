@@ -633,13 +633,33 @@ static int put_start_plain(lua_State *L, klua_task_t *t, int uvidx, int nuv, int
   return 1;
 }
 
+/* A table or userdata whose metatable's __call is a function: Lua calls it
+ * as it calls a function (knhk/check.lua's check.callable says the same). */
+static int is_callable(lua_State *L, int idx) {
+  int type = lua_type(L, idx);
+  if ((type != LUA_TTABLE && type != LUA_TUSERDATA) || !lua_getmetatable(L, idx)) return 0;
+  lua_pushliteral(L, "__call");
+  lua_rawget(L, -2);
+  int callable = lua_type(L, -1) == LUA_TFUNCTION;
+  lua_pop(L, 2);
+  return callable;
+}
+
+/* Raises the refusal of a task function that is neither. */
+static int refuse_fn(lua_State *L, int fnidx, const char *fname) {
+  return raise_at(L, 1, "bad argument #1 to '%s' (function or callable object expected, got %s)",
+                  fname, luaL_typename(L, fnidx));
+}
+
 /* spawn(fn, ...) into g (NULL: the caller's own nursery), first at fnidx. */
 static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *api,
                           const char *fname) {
   klua_task_t *cur = current(L, api);
-  if (lua_type(L, fnidx) != LUA_TFUNCTION)
-    return raise_at(L, 1, "bad argument #1 to '%s' (function expected, got %s)", fname,
-                    luaL_typename(L, fnidx));
+  if (lua_type(L, fnidx) != LUA_TFUNCTION) {
+    if (!is_callable(L, fnidx)) return refuse_fn(L, fnidx, fname);
+    lua_pushinteger(L, ST_SLOW); /* the codec sends it, as it would an argument */
+    return 1;
+  }
   if (lua_iscfunction(L, fnidx)) { lua_pushinteger(L, ST_SLOW); return 1; }
   int top = lua_gettop(L), nargs = top - fnidx;
   proto_t p;
@@ -694,9 +714,9 @@ static int spawn_portable(lua_State *L, int fnidx, klua_group_t *g, const char *
 static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api,
                        const char *fname) {
   klua_task_t *cur = current(L, api);
-  if (lua_type(L, fnidx) != LUA_TFUNCTION)
-    return raise_at(L, 1, "bad argument #1 to '%s' (function expected, got %s)", fname,
-                    luaL_typename(L, fnidx));
+  /* a callable object is kept and called as a function is: it never leaves this VM */
+  if (lua_type(L, fnidx) != LUA_TFUNCTION && !is_callable(L, fnidx))
+    return refuse_fn(L, fnidx, fname);
   int top = lua_gettop(L), nargs = top - fnidx;
   klua_worker_t *self = klua_self();
   if (!g) g = implicit_group(L, cur); /* (these two may raise: before the record is ours) */
