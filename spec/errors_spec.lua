@@ -30,16 +30,16 @@ describe("argument errors", function()
     { function() knhk.semaphore(-2) end, "bad argument #1 to 'semaphore' (whole number >= 0 expected, got -2)" },
     { function() knhk.spawn(42) end, "bad argument #1 to 'spawn' (function or callable object expected, got number)" },
     { function() knhk.spawn_local({}) end, "bad argument #1 to 'spawn_local' (function or callable object expected, got table)" },
-    { function() knhk.nursery(1) end, "bad argument #1 to 'nursery' (function expected, got number)" },
+    { function() knhk.nursery(1) end, "bad argument #1 to 'nursery' (function or callable object expected, got number)" },
     { function() knhk.nursery(function() end, 5) end, "bad argument #2 to 'nursery' (options table expected, got number)" },
-    { function() knhk.cancel_scope("f") end, "bad argument #1 to 'cancel_scope' (function expected, got string)" },
+    { function() knhk.cancel_scope("f") end, "bad argument #1 to 'cancel_scope' (function or callable object expected, got string)" },
     { function() knhk.cancel_scope(print, { timeout = "1" }) end, "bad argument #2 to 'cancel_scope' (timeout: number expected, got string)" },
     { function() knhk.move_on_after(0 / 0, print) end, "bad argument #1 to 'move_on_after' (number expected, got NaN)" },
-    { function() knhk.fail_after(1, nil) end, "bad argument #2 to 'fail_after' (function expected, got nil)" },
+    { function() knhk.fail_after(1, nil) end, "bad argument #2 to 'fail_after' (function or callable object expected, got nil)" },
     { function() knhk.map(1, print) end, "bad argument #1 to 'map' (table expected, got number)" },
     { function() knhk.map({}, print, { limit = 0 }) end, "bad argument #3 to 'map' (limit: whole number >= 1 expected, got 0)" },
     { function() knhk.token(5) end, "bad argument #1 to 'token' (token expected, got number)" },
-    { function() knhk.race(print, 3) end, "bad argument #2 to 'race' (function expected, got number)" },
+    { function() knhk.race(print, 3) end, "bad argument #2 to 'race' (function or callable object expected, got number)" },
     { function() knhk.select(7) end, "bad argument #1 to 'select' (table expected, got number)" },
     { function() knhk.exec(5) end, "bad argument #1 to 'exec' (string or argv table expected, got number)" },
     { function() knhk.exec({}) end, "bad argument #1 to 'exec' (argv table with the program first expected, got an empty table)" },
@@ -580,7 +580,7 @@ describe("methods called with a wrong self", function()
         local line = debug.getinfo(1, "l").currentline + 1
         local ok, err = pcall(function() return s:with(5) end)
         assert.is_false(ok)
-        assert.equal(here .. ":" .. line .. ": bad argument #1 to 'with' (function expected, got number)",
+        assert.equal(here .. ":" .. line .. ": bad argument #1 to 'with' (function or callable object expected, got number)",
           tostring(err))
         assert.equal(1, s:permits()) -- nothing was taken
       end

@@ -361,7 +361,7 @@ describe("knhk.nursery", function()
   it("checks its arguments", function()
     run(function()
       assert.has_error(function() knhk.nursery(1) end,
-        "bad argument #1 to 'nursery' (function expected, got number)")
+        "bad argument #1 to 'nursery' (function or callable object expected, got number)")
       assert.has_error(function() knhk.nursery(function() end, 1) end,
         "bad argument #2 to 'nursery' (options table expected, got number)")
     end)

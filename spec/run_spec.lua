@@ -85,7 +85,7 @@ describe("knhk.run", function()
 
   it("refuses bad arguments with the caller's line", function()
     assert.has_error(function() knhk.run("nope") end,
-      "bad argument #1 to 'run' (function expected, got string)")
+      "bad argument #1 to 'run' (function or callable object expected, got string)")
     assert.has_error(function() knhk.run(function() end, 3) end,
       "bad argument #2 to 'run' (options table expected, got number)")
     assert.has_error(function() knhk.run(function() end, { workers = 0 }) end,

@@ -100,7 +100,7 @@ describe("knhk.cancel_scope", function()
   it("checks its arguments", function()
     run(function()
       assert.has_error(function() knhk.cancel_scope(1) end,
-        "bad argument #1 to 'cancel_scope' (function expected, got number)")
+        "bad argument #1 to 'cancel_scope' (function or callable object expected, got number)")
       assert.has_error(function() knhk.cancel_scope(function() end, { timeout = "x" }) end,
         "bad argument #2 to 'cancel_scope' (timeout: number expected, got string)")
     end)

@@ -104,9 +104,9 @@ describe("knhk.race and knhk.select", function()
   it("checks its arguments", function()
     run(function()
       assert.has_error(function() knhk.race(1) end,
-        "bad argument #1 to 'race' (function expected, got number)")
+        "bad argument #1 to 'race' (function or callable object expected, got number)")
       assert.has_error(function() knhk.select({ a = 1 }) end,
-        "bad argument #1 to 'select' (case 'a' is a number, expected a function)")
+        "bad argument #1 to 'select' (case 'a' is a number, expected a function or callable object)")
     end)
   end)
 end)

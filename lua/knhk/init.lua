@@ -106,7 +106,7 @@ jit.off(knhk.default_workers)
 -- opts.clock: "real" (default) or "virtual" (knhk.clock: time starts at 0
 -- and jumps to the next timer as soon as every task waits).
 function knhk.run(main, opts, ...)
-  check.arg("func", main, 1, "run")
+  check.arg("callable", main, 1, "run")
   opts = check.opts(opts, 2, "run", 2, { "workers", "signals", "name", "seed", "clock" })
   local workers = check.field("whole", opts, "workers", 2, "run", 2, 1, 256)
   local seed = check.field("whole", opts, "seed", 2, "run", 2, 0, 2 ^ 53)

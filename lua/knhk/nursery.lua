@@ -154,7 +154,7 @@ end
 
 -- knhk.nursery(fn [, opts]) -> fn's results
 function M.nursery(fn, opts)
-  check.arg("func", fn, 1, "nursery")
+  check.arg("callable", fn, 1, "nursery")
   opts = check.opts(opts, 2, "nursery", 2, { "supervise" })
   check.field("boolean", opts, "supervise", 2, "nursery")
   if core.now() == nil then R.raise("knhk.nursery: must be called inside a knhk task (inside knhk.run)") end

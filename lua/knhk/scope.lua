@@ -111,7 +111,7 @@ end
 -- knhk.cancel_scope(fn [, opts]) -> scope, fn's results. opts.deadline
 -- (knhk.now() time), opts.timeout (seconds from now), opts.shield.
 function M.cancel_scope(fn, opts)
-  check.arg("func", fn, 1, "cancel_scope")
+  check.arg("callable", fn, 1, "cancel_scope")
   opts = check.opts(opts, 2, "cancel_scope", 2, { "timeout", "deadline", "shield" })
   check.field("number", opts, "deadline", 2, "cancel_scope")
   check.field("number", opts, "timeout", 2, "cancel_scope")
@@ -131,7 +131,7 @@ local function call_with(scope, fn, ...) return fn(...) end
 -- knhk.move_on_after(seconds, fn, ...) -> scope, results
 function M.move_on_after(seconds, fn, ...)
   check.arg("number", seconds, 1, "move_on_after")
-  check.arg("func", fn, 2, "move_on_after")
+  check.arg("callable", fn, 2, "move_on_after")
   local d = deadline_of(seconds)
   if d == nil then R.raise("knhk.move_on_after: must be called inside a knhk task (inside knhk.run)") end
   return in_scope(d, false, call_with, fn, ...)
@@ -140,7 +140,7 @@ end
 -- knhk.fail_after(seconds, fn, ...) -> results; raises a TimeoutError
 function M.fail_after(seconds, fn, ...)
   check.arg("number", seconds, 1, "fail_after")
-  check.arg("func", fn, 2, "fail_after")
+  check.arg("callable", fn, 2, "fail_after")
   local d = deadline_of(seconds)
   if d == nil then R.raise("knhk.fail_after: must be called inside a knhk task (inside knhk.run)") end
   local res = pack(in_scope(d, false, call_with, fn, ...))

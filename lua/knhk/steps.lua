@@ -20,7 +20,7 @@ end
 -- error cancels the rest and is raised.
 function M.map(list, fn, opts)
   check.arg("table", list, 1, "map")
-  check.arg("func", fn, 2, "map")
+  check.arg("callable", fn, 2, "map")
   opts = check.opts(opts, 3, "map", 2, { "limit" })
   local limit = check.field("whole", opts, "limit", 3, "map", 2, 1)
   in_task("knhk.map")
@@ -63,12 +63,21 @@ end
 -- are cancelled and waited for before it returns.
 function M.race(...)
   local n = select("#", ...)
-  if n == 0 then R.raise("bad argument #1 to 'race' (function expected, got no value)") end
+  if n == 0 then
+    R.raise("bad argument #1 to 'race' (function or callable object expected, got no value)")
+  end
   local fns = { ... }
-  for i = 1, n do check.arg("func", fns[i], i, "race") end
+  for i = 1, n do check.arg("callable", fns[i], i, "race") end
   in_task("knhk.race")
+  -- what cannot travel is named as the caller knows it: "knhk.race:
+  -- argument 2 is a userdata"
+  local i
+  local function places() return "argument " .. i end
   return N.nursery(function(nur)
-    for i = 1, n do nur:spawn(fns[i]) end
+    for k = 1, n do
+      i = k
+      T.spawn_into_as(nur, "knhk.race", places, fns[k])
+    end
     return nur:wait_any()
   end)
 end
@@ -79,17 +88,23 @@ function M.select(cases)
   check.arg("table", cases, 1, "select")
   local names, fns = {}, {}
   for k, f in pairs(cases) do
-    if type(f) ~= "function" then
+    if not check.callable(f) then
       R.raise("bad argument #1 to 'select' (case '" .. tostring(k) .. "' is a " .. type(f)
-        .. ", expected a function)")
+        .. ", expected a function or callable object)")
     end
     names[#names + 1], fns[#fns + 1] = k, f
   end
   if #fns == 0 then R.raise("bad argument #1 to 'select' (no cases)") end
   in_task("knhk.select")
+  local case -- what cannot travel is named by its case: "knhk.select: case 'b' is a userdata"
+  local function places(k) -- a wrapper, then the case's function and its name
+    return k == 1 and "the function" or k == 2 and ("case '" .. tostring(case) .. "'")
+      or ("the name of case '" .. tostring(case) .. "'")
+  end
   return N.nursery(function(nur)
     for i, f in ipairs(fns) do
-      nur:spawn(function(g, nm) return nm, g() end, f, names[i])
+      case = names[i]
+      T.spawn_into_as(nur, "knhk.select", places, function(g, nm) return nm, g() end, f, names[i])
     end
     return nur:wait_any()
   end)

@@ -175,10 +175,8 @@ local acquire = waiter(core.acquire_try)
 
 -- with(fn, ...) -> fn's results, holding a permit (released on error too).
 local function with(s, fn, ...)
-  if type(fn) ~= "function" then
-    -- callable tables are functions too, for pcall
-    local mt = getmetatable(fn)
-    if not (type(mt) == "table" and mt.__call) then check.refuse(1, "with", "function", fn) end
+  if type(fn) ~= "function" and not check.callable(fn) then
+    check.refuse(1, "with", "function or callable object", fn)
   end
   acquire(s)
   local res = R.pack(pcall(fn, ...))

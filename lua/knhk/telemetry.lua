@@ -221,7 +221,7 @@ local message_of = require("knhk.errors").readable
 function M.span(name, attrs, fn, ...)
   check.arg("string", name, 1, "span")
   if attrs ~= nil and type(attrs) ~= "table" then check.fail(2, "span", "table", attrs) end
-  check.arg("func", fn, 3, "span")
+  check.arg("callable", fn, 3, "span")
   encode_attrs(attrs, "span", 2) -- a bad attribute is the caller's mistake, before fn runs
   local h = M.begin_span(name)
   local res = pack(pcall(fn, ...))
