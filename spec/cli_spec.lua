@@ -79,6 +79,33 @@ describe("knhk-lua", function()
     assert.not_matches("knhk/runtime%.lua", err) -- not the runtime's own frames
   end)
 
+  -- each: a call the runtime refuses, and its message
+  local refused = {
+    { "knhk.spawn(42)", "bad argument #1 to 'spawn' (function or callable object expected, got number)" },
+    { "knhk.nursery(42)", "bad argument #1 to 'nursery' (function or callable object expected, got number)" },
+    { "knhk.channel(1).send(42)", "bad argument #1 to 'send' (channel expected, got number)" },
+  }
+
+  it("an argument error names the script's line, as under plain luajit's knhk.run", function()
+    for _, case in ipairs(refused) do
+      local script = write("refused.lua", "local x = 1\n" .. case[1] .. "\n")
+      local code, _, err = run(q(script))
+      assert.equal(1, code)
+      assert.equal("knhk-lua: " .. script .. ":2: " .. case[2], err:match("^[^\n]*"))
+    end
+  end)
+
+  -- The script's frame went in the tail call: nothing of the program is
+  -- left to name (knhk-lua called it), and nothing of knhk's is named.
+  it("an argument error below a tail call at the script's top names no place", function()
+    for _, case in ipairs(refused) do
+      local script = write("refused.lua", "local x = 1\nreturn " .. case[1] .. "\n")
+      local code, _, err = run(q(script))
+      assert.equal(1, code)
+      assert.equal("knhk-lua: " .. case[2], err:match("^[^\n]*"))
+    end
+  end)
+
   it("every error of an error group is shown", function()
     local script = write("group.lua", [[
       knhk.nursery(function(n)

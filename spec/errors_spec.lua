@@ -383,6 +383,64 @@ describe("an error raised below a tail call", function()
   end)
 end)
 
+-- busted runs this file under plain luajit: knhk.run is called from the
+-- program, and its root task's coroutine holds only the root's frames.
+describe("an argument error in the root task of knhk.run", function()
+  local spawn = "bad argument #1 to 'spawn' (function or callable object expected, got number)"
+  local nursery = "bad argument #1 to 'nursery' (function or callable object expected, got number)"
+  local send = "bad argument #1 to 'send' (channel expected, got number)"
+  local ONE = { workers = 1 }
+
+  -- what pcall(knhk.run, ...) gave: the first line of its error
+  local function first_line(ok, err)
+    assert.is_false(ok, "expected an error")
+    return tostring(err):match("^[^\n]*")
+  end
+
+  it("names the line of the call that made it", function()
+    -- each case: the root's function, on one line; what it must raise
+    for _, case in ipairs({
+      { function() knhk.spawn(42) end, spawn },
+      { function() knhk.nursery(42) end, nursery },
+      { function() knhk.channel(1).send(42) end, send },
+    }) do
+      local line = debug.getinfo(case[1], "S").linedefined
+      assert.equal(here .. ":" .. line .. ": " .. case[2], first_line(pcall(knhk.run, case[1], ONE)))
+    end
+  end)
+
+  -- The root's function is gone from the coroutine (a tail call), or was
+  -- never the program's: the root's stack goes on where the program called
+  -- knhk.run, as if the function had been called there.
+  it("names the line that called knhk.run when the call was a tail call", function()
+    for _, case in ipairs({
+      { function() return knhk.spawn(42) end, spawn },
+      { function() return knhk.nursery(42) end, nursery },
+      { function() return knhk.channel(1).send(42) end, send },
+    }) do
+      local line = debug.getinfo(1, "l").currentline + 1
+      local msg = first_line(pcall(knhk.run, case[1], ONE))
+      assert.equal(here .. ":" .. line .. ": " .. case[2], msg)
+    end
+  end)
+
+  it("names the line that called knhk.run when the root's function is knhk's own", function()
+    local line = debug.getinfo(1, "l").currentline + 1
+    local msg = first_line(pcall(knhk.run, knhk.spawn, ONE, 42))
+    assert.equal(here .. ":" .. line .. ": " .. spawn, msg)
+    line = debug.getinfo(1, "l").currentline + 1
+    msg = first_line(pcall(knhk.run, knhk.nursery, ONE, 42))
+    assert.equal(here .. ":" .. line .. ": " .. nursery, msg)
+  end)
+
+  it("names no place below a coroutine of the program's own", function()
+    local msg = first_line(pcall(knhk.run, function()
+      return coroutine.wrap(function() return knhk.nursery(42) end)()
+    end, ONE))
+    assert.equal(nursery, msg)
+  end)
+end)
+
 describe("waiting where a task cannot be suspended", function()
   it("names the problem at the program's line, and leaves nothing armed", function()
     run(function()

@@ -1,7 +1,9 @@
 -- knhk.check: argument checks for the public API, worded like Lua's own
 --     bad argument #1 to 'sleep' (number expected, got NaN)
 -- and raised at the caller's line. `level` follows error(): 2 (the
--- default) blames the caller of the API function that runs the check.
+-- default) blames the caller of the API function that runs the check (or,
+-- where that is knhk's own code or a coroutine's base, the program past
+-- it: `blame`, below).
 -- getmetatable is debug.getmetatable throughout knhk: LuaJIT 2.1's trace
 -- recorder compiles getmetatable() of an io file, an ffi namespace or a
 -- string buffer to a wrong value (the userdata itself, or garbage that
@@ -64,8 +66,10 @@ function want.whole(v, min, max)
   end
 end
 
+local blame -- (below, with the rest of where an error is raised)
+
 function M.fail(n, fname, expected, v, level)
-  error(format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected, M.got(v, expected)),
+  blame(format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected, M.got(v, expected)),
     (level or 2) + 1)
 end
 
@@ -87,7 +91,7 @@ function M.opts(v, n, fname, level, known)
       local ok = false
       for i = 1, #known do if known[i] == k then ok = true break end end
       if not ok then
-        error(format("bad argument #%d to '%s' (unknown option %s; it takes: %s)", n, fname,
+        blame(format("bad argument #%d to '%s' (unknown option %s; it takes: %s)", n, fname,
           type(k) == "string" and ("'" .. k .. "'") or tostring(k), table.concat(known, ", ")),
           (level or 2) + 1)
       end
@@ -102,17 +106,18 @@ function M.field(kind, opts, key, n, fname, level, ...)
   if v == nil then return nil end
   local w = want[kind](v, ...)
   if w then
-    error(format("bad argument #%d to '%s' (%s: %s expected, got %s)", n, fname, key, w,
+    blame(format("bad argument #%d to '%s' (%s: %s expected, got %s)", n, fname, key, w,
       M.got(v, w)), (level or 2) + 1)
   end
   return v
 end
 
--- The level, for error(), of the first frame outside knhk's own modules
--- (and outside C functions such as pcall): a mistake is reported where the
--- program made it, however deep in knhk it was found.
--- `also`: patterns of sources to pass over too (another library between
--- knhk and the program, as luassert is for knhk.test's assertions).
+-- ------------------------------------------------------ where it is raised
+-- A mistake is reported where the program made it, however deep in knhk
+-- it was found: at the first frame outside knhk's own modules (and outside
+-- C functions such as pcall). `also`: patterns of sources to pass over too
+-- (another library between knhk and the program, as luassert is for
+-- knhk.test's assertions).
 local function passed_over(source, also)
   if source:match("knhk/[%w_/]+%.lua$") then return true end
   for i = 1, also and #also or 0 do
@@ -121,23 +126,68 @@ local function passed_over(source, also)
   return false
 end
 
-local function user_level(also)
-  local level = 3
+-- Lua code of the program, with a line to show.
+local function is_program(info, also)
+  return info.what ~= "C" and info.currentline > 0 and not passed_over(info.source, also)
+end
+
+-- "file:line: ", as error() writes a place.
+local function place_of(info) return format("%s:%d: ", info.short_src, info.currentline) end
+
+-- Where the stack goes on once a coroutine's frames are passed, none of
+-- them the program's (its frame went in a tail call, or the task's
+-- function is knhk's own): for the root task's own coroutine, the
+-- program's call of knhk.run, as if the root's function had been called
+-- there (knhk.core keeps it: the C side's refusals use it too); anywhere
+-- else no place, rather than one inside knhk.
+local function below_the_stack() return require("knhk.core").root_place() or "" end
+
+-- The place of the first frame of the program from `level` on (numbered
+-- as debug.getinfo numbers them for the caller of program_place).
+local function program_place(level, also)
+  level = level + 1
   while true do
-    local info = debug.getinfo(level, "S")
-    -- none (the program's frame went in a tail call): no place rather than
-    -- one inside knhk
-    if not info then return 0 end
-    -- not C, not knhk's own, not a tail call's placeholder (no line to show)
-    if info.what ~= "C" and info.what ~= "tail" and not passed_over(info.source, also) then
-      return level - 1
-    end
+    local info = debug.getinfo(level, "Sl")
+    if not info then return below_the_stack() end
+    if is_program(info, also) then return place_of(info) end
     level = level + 1
   end
 end
 
+-- error(msg, level), as Lua raises it, for the checks that blame a given
+-- frame (the caller of the API function, mostly): when that frame is
+-- knhk's own or the base of a coroutine, the program's frame past it is
+-- blamed instead; a C function between (a pcall the program called the
+-- API through) keeps Lua's own answer, no place.
+blame = function(msg, level)
+  level = level + 1
+  local info = debug.getinfo(level, "Sl")
+  local place
+  if info and is_program(info) then
+    place = place_of(info)
+  elseif info and info.what == "C" and debug.getinfo(level + 1, "S") then
+    place = ""
+  else
+    place = program_place(level)
+  end
+  error(place .. msg, 0)
+end
+
 -- error(msg) at the user's line (past the sources matching `also` too).
-function M.raise(msg, also) error(msg, user_level(also)) end
+function M.raise(msg, also) error(program_place(2, also) .. msg, 0) end
+
+-- Where the program called the function that calls caller_place (through
+-- C functions such as pcall), for knhk.run: the root task's stack goes on
+-- there. "" when knhk's own code called it (knhk-lua, knhk.test), or none.
+function M.caller_place()
+  local level = 3
+  while true do
+    local info = debug.getinfo(level, "Sl")
+    if not info then return "" end
+    if info.what ~= "C" then return is_program(info) and place_of(info) or "" end
+    level = level + 1
+  end
+end
 
 -- ------------------------------------------------------------ methods
 

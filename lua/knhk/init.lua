@@ -129,8 +129,10 @@ function knhk.run(main, opts, ...)
         type(opts.clock) == "string" and ("'" .. opts.clock .. "'") or type(opts.clock)), 2)
     end
   end
+  -- (a refusal in the root task that finds no frame of the program in the
+  -- root's coroutine names this call: check.lua's below_the_stack)
   return R.run(main, { workers = workers, signals = opts.signals and true or false, name = name,
-                       seed = seed, clock = clock }, ...)
+                       seed = seed, clock = clock, place = check.caller_place() }, ...)
 end
 
 -- The first SIGINT/SIGTERM received by a knhk.run with opts.signals, or nil.

@@ -488,7 +488,8 @@ function M.running() return M.rt ~= nil end
 
 -- Runs main(...) as the root task of a new runtime. cfg: workers,
 -- signals, name, seed (a seeded schedule on one worker), clock (0 real,
--- 1 virtual: knhk.clock), all checked.
+-- 1 virtual: knhk.clock), all checked; place: the program's call of
+-- knhk.run, "file:line: " or "" (check.caller_place).
 function M.run(main, cfg, ...)
   if M.rt ~= nil then error("knhk.run: already running (knhk.run cannot be nested)", 3) end
   local name = cfg.name
@@ -499,7 +500,7 @@ function M.run(main, cfg, ...)
   local ok, res = pcall(function()
     init_vm()
     local h = core.root(r, function() return main(unpack(args, 1, args.n)) end,
-      name or ("main " .. codec.place_of(main)))
+      name or ("main " .. codec.place_of(main)), cfg.place)
     core.enter(r)
     M.last_stats = M.stats() -- every task has ended: the counters are final
     -- A deadlock is the run's failure however the root ended: a root that

@@ -415,6 +415,12 @@ struct klua_rt {
   klua_group_t **group_slabs;
   size_t ngslabs, capgslabs;
   klua_group_t *root_group;
+  /* The root task's id, and where its stack goes on below its coroutine:
+   * the program's call of knhk.run ("file:line: ", interned; NULL when
+   * knhk's own code called it, as knhk-lua does). Written by core.root
+   * before any task runs. */
+  uint64_t root_id;
+  const char *root_place;
 };
 
 /* ---- klua_rt.c: the runtime, VMs, registries ---- */

@@ -61,6 +61,17 @@ KLUA_API const char *klua_where(klua_rt_t *rt, const char *place);
 
 /* ---------------------------------------------------------------- helpers */
 
+/* Where the stack of the root task's own coroutine L goes on: the place of
+ * the program's call of knhk.run (core.root's), or NULL (another task or
+ * coroutine, or knhk's own code called knhk.run). check.lua's refusals
+ * ask core.root_place for it too. */
+static const char *root_place(lua_State *L) {
+  klua_worker_t *w = klua_self();
+  klua_task_t *t = w ? w->cur : NULL;
+  if (!t || t->co != L || t->id != t->rt->root_id) return NULL;
+  return t->rt->root_place;
+}
+
 /* Raises fmt (a, b) at the first frame of the program, outside knhk's own
  * modules (`level`: where to start looking): a mistake is reported where
  * the program made it. */
@@ -68,7 +79,11 @@ static int raise_at(lua_State *L, int level, const char *fmt, const char *a, con
   lua_Debug ar;
   for (int l = level;; l++) {
     if (!lua_getstack(L, l, &ar)) {
-      luaL_where(L, level);
+      /* none (the program's frame went in a tail call, or the task's
+       * function is knhk's own): below the root task's coroutine, the
+       * program's call of knhk.run; else no place, never one inside knhk */
+      const char *below = root_place(L);
+      lua_pushstring(L, below ? below : "");
       break;
     }
     lua_getinfo(L, "Sl", &ar);
@@ -830,7 +845,16 @@ static int l_spawn_blob(lua_State *L) {
   return 1;
 }
 
-/* core.root(rt, fn, place) -> handle: the root task of a run, on worker 0. */
+/* core.root_place() -> root_place's place for the calling coroutine, or nil. */
+static int l_root_place(lua_State *L) {
+  const char *place = root_place(L);
+  if (!place) return 0;
+  lua_pushstring(L, place);
+  return 1;
+}
+
+/* core.root(rt, fn, name [, place]) -> handle: the root task of a run, on
+ * worker 0. place: the program's call of knhk.run, "file:line: " (or ""). */
 static int l_root(lua_State *L) {
   klua_rt_t *rt = lua_touserdata(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -843,6 +867,9 @@ static int l_root(lua_State *L) {
   t->cancel_parent = knhk_token_retain(rt->root_token);
   const char *w = klua_where(rt, luaL_checkstring(L, 3));
   t->where = w ? w : "the main task";
+  const char *place = luaL_optstring(L, 4, "");
+  rt->root_place = *place ? klua_where(rt, place) : NULL; /* (out of memory: no place) */
+  rt->root_id = t->id;
   lua_pushvalue(L, 2);
   klua_worker_t *w0 = &rt->w[0]; /* this VM's: not running yet */
   t->fn_ref = klua_ref(w0, L, UP_ANCHOR);
@@ -2223,6 +2250,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"nursery_child", l_nursery_child},
       {"spawn_blob", l_spawn_blob},
       {"root", l_root},
+      {"root_place", l_root_place},
       {"start", l_start},
       {"finish", l_finish},
       {"place", l_place},
