@@ -52,7 +52,7 @@ function M.callable(v)
   return type(mt) == "table" and type(rawget(mt, "__call")) == "function"
 end
 function want.callable(v)
-  if type(v) ~= "function" and not M.callable(v) then return "function or callable object" end
+  if not M.callable(v) then return "function or callable object" end
 end
 function want.table(v) if type(v) ~= "table" then return "table" end end
 function want.string(v) if type(v) ~= "string" then return "string" end end
