@@ -84,14 +84,9 @@ M.spawn_local = core.spawn_local
 
 -- --------------------------------------------------------------- joining
 
-local core_join_try = core.join_try
+local core_join_try, core_outcome = core.join_try, core.outcome
 
 local join_slow
-
-local function join_result(h, st, ...)
-  if st == DONE then return ... end
-  return join_slow(h, st, ...) -- (no DONE0 or DONE1: it has more than one result)
-end
 
 -- h:join() -> the task's results, once it ended; raises its error (a
 -- TaskError; for a task that was cancelled, one whose .value is its
@@ -99,7 +94,7 @@ end
 function Task:join()
   -- One result or none, the commonest ends, are returned without a vararg
   -- call (which costs a join more than the C call): join_try says DONE1,
-  -- DONE0; DONE when there are more, all of them after it.
+  -- DONE0; DONE, alone, when there are more.
   local st, a, b = core_join_try(self) -- (which checks self)
   if st == DONE1 then return a end
   if st == DONE0 then return end
@@ -109,8 +104,9 @@ end
 join_slow = function(h, st, a, b)
   -- the join waited (join_try suspended the task): look again
   if st == nil then return Task.join(h) end
-  -- more results than a and b: join_try again, taking every one
-  if st == DONE then return join_result(h, core_join_try(h)) end
+  -- more than one result (join_try said DONE alone): all of them, from the
+  -- record (the join is made: checkpoint passed, nothing to wait for)
+  if st == DONE then return select(2, core_outcome(h)) end
   if st == CANCELLED then R.raise_cancelled(a) end
   if st == NOT_HANDLE then bad_self("join", "task handle", h) end
   -- it ended otherwise than with inline results

@@ -1146,14 +1146,18 @@ static int l_wait_mark(lua_State *L) {
 /* ------------------------------------------------------------------ joins */
 
 /* Pushes a task's results: 0, values... | 4, outcome, snapshot |
- * 5, outcome, message | 6, outcome (no payload) | 7, outcome, reason */
-/* (counted: join_try's, whose DONE says how many results: done_status) */
+ * 5, outcome, message | 6, outcome (no payload) | 7, outcome, reason.
+ * counted (join_try's): DONE says how many results (done_status), and
+ * comes alone when there are more than one: task.lua takes them all with
+ * core.outcome, rather than from a call that copied them for nothing. */
 static int push_outcome(lua_State *L, klua_task_t *t, int oc, int counted) {
   switch (t->pay) {
   case KLUA_PAY_INLINE:
     if (oc == KLUA_OK) {
-      luaL_checkstack(L, t->nvals + 1, "too many results");
-      lua_pushinteger(L, done_status(counted, t->nvals));
+      int st = done_status(counted, t->nvals);
+      lua_pushinteger(L, st);
+      if (counted && st == ST_DONE) return 1;
+      luaL_checkstack(L, t->nvals, "too many results");
       return 1 + klua_values_push_copies(L, t->data, t->nvals);
     }
     break;
