@@ -386,11 +386,59 @@ end
 
 -- ------------------------------------------------------ classes, handles
 
-local classes, class_names = {}, {}
+local classes, class_names, class_modules = {}, {}, {}
+
+-- The module whose loading is calling us: the nearest main chunk on the
+-- stack that `require` runs (its first vararg is the module's name, which
+-- package.loaded does not hold as a value yet), or nil.
+local function module_being_loaded()
+  for level = 3, 50 do
+    local info = debug.getinfo(level, "S")
+    if not info then return nil end
+    if info.what == "main" then
+      local _, name = debug.getlocal(level, -1)
+      if type(name) == "string" and type(rawget(package.loaded, name)) ~= "table"
+        and can_require(name) then
+        return name
+      end
+    end
+  end
+end
+
 -- A table with metatable `mt` travels as a plain table and gets `mt` back.
-function M.register_class(name, mt)
+-- It travels with the name of the module that registered the class (the
+-- one being loaded, or `module`): a VM that meets the class before it
+-- loaded that module loads it, which registers the class there too.
+function M.register_class(name, mt, module)
+  if type(name) ~= "string" or name:find("%z") then
+    error("bad argument #1 to 'register_class' (class name expected: a string without NUL, got "
+      .. (type(name) == "string" and "one with NUL" or type(name)) .. ")", 2)
+  end
+  if type(mt) ~= "table" then
+    error("bad argument #2 to 'register_class' (metatable expected, got " .. type(mt) .. ")", 2)
+  end
+  if module ~= nil and type(module) ~= "string" then
+    error("bad argument #3 to 'register_class' (module name expected, got " .. type(module) .. ")", 2)
+  end
   classes[mt] = name
   class_names[name] = mt
+  class_modules[name] = module or module_being_loaded() or class_modules[name]
+end
+
+-- The metatable of class `name` in this VM, loading its module if the
+-- class came with one this VM has not loaded yet; nil for a class
+-- registered outside any module (its tables arrive plain).
+local function class_mt(name, module)
+  local mt = class_names[name]
+  if mt == nil and module then
+    require_here(module)
+    mt = class_names[name]
+    if mt == nil then
+      error(string.format("knhk.codec: class '%s' arrived from module '%s', which this VM "
+        .. "loaded, but loading it did not register the class", name, module), 0)
+    end
+  end
+  return mt
 end
 
 local handle_kinds, handle_names, handle_modules = {}, {}, {}
@@ -432,7 +480,7 @@ end
 
 local T_NIL, T_FALSE, T_TRUE, T_INT, T_NUM, T_STR = 0, 1, 2, 3, 4, 5
 local T_TAB, T_REF, T_FN, T_BUILTIN, T_MODULE, T_CLASS, T_HANDLE, T_END = 6, 7, 8, 9, 10, 11, 12, 13
-local T_UVJOIN, T_GLOBALS, T_SELF = 14, 15, 16
+local T_UVJOIN, T_GLOBALS, T_SELF, T_CLASS_IN = 14, 15, 16, 17
 -- how a function's environment travels
 local ENV_GLOBALS, ENV_SANDBOX, ENV_SANDBOX_REF = 0, 1, 2
 
@@ -667,7 +715,13 @@ local function encode_table(enc, t)
       if h then return put_handle(enc, t, h) end
       refuse(enc, t, "a table with a metatable knhk does not know (register its metatable with knhk.codec.register_class)")
     end
-    put_named(buf, T_CLASS, cname)
+    local module = class_modules[cname]
+    if module then
+      put_named(buf, T_CLASS_IN, cname)
+      put_str(buf, module)
+    else
+      put_named(buf, T_CLASS, cname)
+    end
   end
   new_ref(enc, t)
   buf:put(string.char(T_TAB))
@@ -1243,9 +1297,9 @@ decode_value = function(r)
     return v
   elseif tag == T_STR then return rd_str(r)
   elseif tag == T_TAB then return decode_table(r, nil)
-  elseif tag == T_CLASS then
+  elseif tag == T_CLASS or tag == T_CLASS_IN then
     local name = rd_str(r)
-    local mt = class_names[name]
+    local mt = class_mt(name, tag == T_CLASS_IN and rd_str(r) or nil)
     if rd_byte(r) ~= T_TAB then error("knhk.codec: corrupt snapshot (class)") end
     return decode_table(r, mt)
   elseif tag == T_REF then return r.refs[rd_uleb(r)]
