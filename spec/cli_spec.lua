@@ -499,6 +499,19 @@ describe("knhk-lua", function()
       assert.equal(1, reports(err), err)
     end)
 
+    it("without --stats, exits once with one's status when tasks on two workers call it at once", function()
+      -- (exit() is not thread-safe: two run side by side could crash, hang,
+      -- or end with a status half-way between; a race, so several runs)
+      for _ = 1, 5 do
+        local code, out, err = run("-w 2 -e " .. q([[
+          require "two_workers"(function() io.write("x") io.flush() os.exit(10 + knhk.current().worker, true) end)]]),
+          nil, NO_LEAKS)
+        assert.is_true(code == 10 or code == 11, err)
+        assert.matches("^xx?$", out)
+        assert.equal("", err)
+      end
+    end)
+
     it("with --stats, still refuses a status os.exit would refuse, at the caller's line", function()
       local code, out, err = run("--stats -w 2 -e " .. q([[
         require "two_workers"(function()

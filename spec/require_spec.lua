@@ -15,6 +15,29 @@ describe("require \"knhk\" from plain luajit", function()
     assert.equal("42", out)
   end)
 
+  -- A run puts an os.exit of its own in front of each VM's, so that two
+  -- tasks' exits do not run exit() side by side; one the program had put
+  -- in place of os.exit (a spec's stub) is called as it is, and its call
+  -- leaves the next task's real exit free to end the process.
+  it("leaves a program's stub of os.exit a stub, and a later real exit on another worker works", function()
+    local cmd = "LUA_PATH=" .. sh_quote(package.path) .. " LUA_CPATH=" .. sh_quote(package.cpath)
+      .. " timeout 20 luajit -e " .. sh_quote([[
+        local knhk = require "knhk"
+        os.exit = function(status) print("stubbed " .. status) return "stub" end
+        knhk.run(function()
+          print(os.exit(3))
+          require "two_workers"(function()
+            if knhk.current().worker == 1 then os.exit(7) end -- the worker VM's own
+            knhk.sleep(10)
+          end)
+        end, { workers = 2 })
+        print("not reached")]]) .. " 2>&1; echo \"exit=$?\""
+    local f = assert(io.popen(cmd))
+    local out = f:read("*a")
+    f:close()
+    assert.equal("stubbed 3\nstub\nexit=7\n", out)
+  end)
+
   -- knhk/core.so carries knhk's modules precompiled and puts a loader of
   -- them into the VM that loads it and into every worker VM
   -- (lua/src/klua_modules.c): they load from bytecode where the file found

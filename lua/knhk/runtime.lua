@@ -330,14 +330,15 @@ local K -- knhk.ffi, once a runtime exists
 
 -- ------------------------------------------------------------- os.exit
 
--- os.exit with a report first (knhk-lua --stats prints the counters). A
--- program names the module whose at_exit() reports (report_at_exit,
--- before knhk.run); each VM of a run, the caller's and every worker's,
--- puts the os.exit below in front of its own as it starts, so that the
--- report comes whichever task calls os.exit, on whichever worker. The
--- first os.exit of the process reports; one from another thread meanwhile
--- waits for the process to end, and the status is the first one's
--- (lua/src/klua_exit.c: the claim, and why).
+-- os.exit, one at a time, with a report first if a program asked for one
+-- (knhk-lua --stats prints the counters). A program names the module
+-- whose at_exit() reports (report_at_exit, before knhk.run); each VM of a
+-- run, the caller's and every worker's, puts the os.exit below in front of
+-- its own as it starts, so that the report comes whichever task calls
+-- os.exit, on whichever worker. The first os.exit of the process exits
+-- (and reports); one from another thread meanwhile waits for the process
+-- to end, and the status is the first one's (lua/src/klua_exit.c: the
+-- claim, and why).
 
 -- Names the module (nil: none) for the runs that start from now on.
 function M.report_at_exit(module)
@@ -347,7 +348,12 @@ function M.report_at_exit(module)
 end
 
 -- os.exit(status, close) for `exit`, this VM's own: reports, then exits.
+-- An `exit` the program put in place of the C library's (a spec's stub,
+-- which may return or raise) claims nothing unless a report was asked
+-- for: a claim is for good, and a stub's would leave every later os.exit
+-- from another thread waiting for an exit that never comes.
 local function exit_reporting(exit, module)
+  local claims = module ~= nil or debug.getinfo(exit, "S").what == "C"
   return function(status, ...)
     -- the status as os.exit reads it, refused here as os.exit would
     -- refuse it: once the exit is claimed, exit must not raise
@@ -360,7 +366,7 @@ local function exit_reporting(exit, module)
       if n == nil then check.fail(1, "exit", "number", status) end
       status = n
     end
-    if K.C.klua_exit_claim() == 1 then
+    if claims and K.C.klua_exit_claim() == 1 and module then
       pcall(function() require(module).at_exit() end) -- a failed report still exits
     end
     return exit(status, ...)
@@ -423,11 +429,11 @@ local function init_vm()
   codec.spawner_paths = function()
     return ffi.string(C.klua_rt_path(rt, 0)), ffi.string(C.klua_rt_path(rt, 1))
   end
+  -- (with no report too: two tasks that call os.exit at once on two
+  -- workers would otherwise run exit() side by side)
   local report = C.klua_exit_report()
-  if report ~= nil then
-    run_exit, callers_exit = exit_reporting(os.exit, ffi.string(report)), os.exit
-    os.exit = run_exit
-  end
+  run_exit, callers_exit = exit_reporting(os.exit, report ~= nil and ffi.string(report) or nil), os.exit
+  os.exit = run_exit
   core.register(settle, {
     xpcall = xpcall,
     start = core.start,
