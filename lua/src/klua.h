@@ -321,6 +321,9 @@ struct klua_worker {
   /* registry refs (core.register): what task_run puts on coroutines */
   int xpcall_fn, start_fn, finish_fn, settle, capture_fn;
   int make_co;                 /* registry ref: make_coroutine (klua_task.c), or 0 */
+  const void *globals;         /* its globals table (core.register): what a pooled
+                                  coroutine's must be again (give_back_coroutine) */
+  const void *mt_task;         /* its VM's metatable of task handles (core.register) */
   klua_task_t *cur;            /* the task being resumed now */
   /* A loop of spawn_local calls of one function anchors it once: at the
    * anchor table's slot KLUA_REF_REPEAT, with rep_n starts of it pending
@@ -482,7 +485,8 @@ enum { KLUA_REF_REPEAT = 0 };
 /* Slots of the anchor table that hold what every local start pushes
  * (klua_push_local_start); refs are numbered after them. */
 enum { KLUA_ANCHOR_XPCALL = 1, KLUA_ANCHOR_CAPTURE = 2 };
-int klua_ref_fn(klua_worker_t *w, lua_State *L, int t, int fnidx);
+/* fn: lua_topointer of the function at fnidx (the caller has it already) */
+int klua_ref_fn(klua_worker_t *w, lua_State *L, int t, int fnidx, const void *fn);
 void klua_unref_fn(klua_worker_t *w, lua_State *L, int t, int ref);
 
 /* ---- klua_task.c: records, spawning, running, ending, joining ---- */

@@ -161,6 +161,19 @@ static int is_kind(lua_State *L, int idx, int kind) {
   return same;
 }
 
+/* is_kind(L, idx, KLUA_H_TASK), for a join: a handle of a task not
+ * joined yet, the common case, is told by its metatable's address, which
+ * this worker's VM noted (core.register), without two value compares. */
+static int is_task_handle(lua_State *L, int idx) {
+  klua_worker_t *w = klua_self();
+  if (w && w->mt_task && lua_getmetatable(L, idx)) {
+    int same = lua_topointer(L, -1) == w->mt_task;
+    lua_pop(L, 1);
+    if (same) return 1;
+  }
+  return is_kind(L, idx, KLUA_H_TASK);
+}
+
 /* Gives the task handle at idx the metatable its state asks for: without a
  * finalizer once detached (nothing to release: the collector then has no
  * call to make for it), with one while it holds a record. */
@@ -524,8 +537,9 @@ static const char *place_of(lua_State *L, klua_rt_t *rt, int idx) {
 /* The same for a local spawn: the place of the function of the run of
  * spawns pending (klua_ref_fn), which its anchor keeps alive so that its
  * address names it, without a lookup. */
-static const char *local_place_of(lua_State *L, klua_rt_t *rt, klua_worker_t *self, int idx) {
-  if (self->rep_n > 0 && self->rep_fn == lua_topointer(L, idx)) return self->rep_place;
+static const char *local_place_of(lua_State *L, klua_rt_t *rt, klua_worker_t *self, int idx,
+                                  const void *fn) {
+  if (self->rep_n > 0 && self->rep_fn == fn) return self->rep_place;
   return place_of(L, rt, idx);
 }
 
@@ -735,7 +749,8 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
   int top = lua_gettop(L), nargs = top - fnidx;
   klua_worker_t *self = klua_self();
   if (!g) g = implicit_group(L, cur); /* (these two may raise: before the record is ours) */
-  const char *where = local_place_of(L, cur->rt, self, fnidx);
+  const void *fn = lua_topointer(L, fnidx);
+  const char *where = local_place_of(L, cur->rt, self, fnidx, fn);
   klua_task_t *t = klua_task_alloc(cur->rt);
   if (!t) return luaL_error(L, "%s: out of memory", fname);
   t->kind = KLUA_LOCAL;
@@ -758,7 +773,7 @@ static int spawn_local(lua_State *L, int fnidx, klua_group_t *g, const char *api
     t->proto = klua_ref(self, L, UP_ANCHOR);
     t->nvals = -1;
   }
-  t->fn_ref = klua_ref_fn(self, L, UP_ANCHOR, fnidx);
+  t->fn_ref = klua_ref_fn(self, L, UP_ANCHOR, fnidx, fn);
   if (t->fn_ref == KLUA_REF_REPEAT) self->rep_place = t->where;
   int rc = spawn_kept(t, self->index);
   if (rc != 0) {
@@ -1262,7 +1277,7 @@ static int l_join_try(lua_State *L) {
   /* Not a task handle: the Lua side raises, naming the method, so that
    * h:join() checks its self here, once, and not before the call too. */
   task_handle_t *th = lua_touserdata(L, 1);
-  if (!th || !is_kind(L, 1, KLUA_H_TASK)) {
+  if (!th || !is_task_handle(L, 1)) {
     lua_pushinteger(L, ST_NOT_HANDLE);
     return 1;
   }
@@ -2097,6 +2112,8 @@ static int l_register(lua_State *L) {
   w->start_fn = luaL_ref(L, LUA_REGISTRYINDEX);
   w->xpcall_fn = luaL_ref(L, LUA_REGISTRYINDEX);
   w->capture_fn = luaL_ref(L, LUA_REGISTRYINDEX);
+  w->globals = lua_topointer(w->L ? w->L : L, LUA_GLOBALSINDEX);
+  w->mt_task = lua_topointer(L, UP_MT_TASK);
   lua_pushvalue(L, 1);
   w->settle = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, UP_ANCHOR);

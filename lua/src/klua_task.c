@@ -384,7 +384,7 @@ static void give_back_coroutine(klua_worker_t *w, lua_State *co, int ref) {
   /* A task that set its thread's environment (setfenv(0, t)) must not
    * leave it to the next task on this coroutine: the chunks that task
    * loads would get it. */
-  if (lua_topointer(co, LUA_GLOBALSINDEX) != lua_topointer(w->L, LUA_GLOBALSINDEX)) {
+  if (lua_topointer(co, LUA_GLOBALSINDEX) != w->globals) {
     lua_pushvalue(w->L, LUA_GLOBALSINDEX);
     lua_xmove(w->L, co, 1);
     lua_replace(co, LUA_GLOBALSINDEX);
@@ -432,9 +432,8 @@ void klua_unref(klua_worker_t *w, lua_State *L, int t, int ref) {
   w->anchor_free = ref;
 }
 
-int klua_ref_fn(klua_worker_t *w, lua_State *L, int t, int fnidx) {
+int klua_ref_fn(klua_worker_t *w, lua_State *L, int t, int fnidx, const void *fn) {
   t = abs_index(L, t);
-  const void *fn = lua_topointer(L, fnidx);
   if (w->rep_n > 0 && w->rep_fn == fn && w->rep_n < UINT32_MAX) {
     w->rep_n++; /* (the slot holds it: its address names it meanwhile) */
     return KLUA_REF_REPEAT;
