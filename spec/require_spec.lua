@@ -23,9 +23,10 @@ describe("require \"knhk\" from plain luajit", function()
     local cmd = "LUA_PATH=" .. sh_quote(package.path) .. " LUA_CPATH=" .. sh_quote(package.cpath)
       .. " timeout 20 luajit -e " .. sh_quote([[
         local knhk = require "knhk"
-        os.exit = function(status) print("stubbed " .. status) return "stub" end
+        os.exit = function(status) print("stubbed " .. tostring(status)) return "stub" end
         knhk.run(function()
           print(os.exit(3))
+          os.exit(true) -- (as given: not read as a status)
           require "two_workers"(function()
             if knhk.current().worker == 1 then os.exit(7) end -- the worker VM's own
             knhk.sleep(10)
@@ -35,7 +36,7 @@ describe("require \"knhk\" from plain luajit", function()
     local f = assert(io.popen(cmd))
     local out = f:read("*a")
     f:close()
-    assert.equal("stubbed 3\nstub\nexit=7\n", out)
+    assert.equal("stubbed 3\nstub\nstubbed true\nexit=7\n", out)
   end)
 
   -- knhk/core.so carries knhk's modules precompiled and puts a loader of

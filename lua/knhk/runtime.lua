@@ -348,12 +348,15 @@ function M.report_at_exit(module)
 end
 
 -- os.exit(status, close) for `exit`, this VM's own: reports, then exits.
--- An `exit` the program put in place of the C library's (a spec's stub,
--- which may return or raise) claims nothing unless a report was asked
--- for: a claim is for good, and a stub's would leave every later os.exit
--- from another thread waiting for an exit that never comes.
+-- Nil for an `exit` the program put in place of the C library's (a
+-- spec's stub, which may return or raise) when no report was asked for:
+-- that one is left as it is. A claim is for good, and a stub's would
+-- leave every later os.exit from another thread waiting for an exit that
+-- never comes.
 local function exit_reporting(exit, module)
-  local claims = module ~= nil or debug.getinfo(exit, "S").what == "C"
+  if module == nil and not (type(exit) == "function" and debug.getinfo(exit, "S").what == "C") then
+    return nil
+  end
   return function(status, ...)
     -- the status as os.exit reads it, refused here as os.exit would
     -- refuse it: once the exit is claimed, exit must not raise
@@ -366,7 +369,7 @@ local function exit_reporting(exit, module)
       if n == nil then check.fail(1, "exit", "number", status) end
       status = n
     end
-    if claims and K.C.klua_exit_claim() == 1 and module then
+    if K.C.klua_exit_claim() == 1 and module then
       pcall(function() require(module).at_exit() end) -- a failed report still exits
     end
     return exit(status, ...)
@@ -432,8 +435,11 @@ local function init_vm()
   -- (with no report too: two tasks that call os.exit at once on two
   -- workers would otherwise run exit() side by side)
   local report = C.klua_exit_report()
-  run_exit, callers_exit = exit_reporting(os.exit, report ~= nil and ffi.string(report) or nil), os.exit
-  os.exit = run_exit
+  run_exit = exit_reporting(os.exit, report ~= nil and ffi.string(report) or nil)
+  if run_exit then
+    callers_exit = os.exit
+    os.exit = run_exit
+  end
   core.register(settle, {
     xpcall = xpcall,
     start = core.start,
