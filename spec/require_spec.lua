@@ -20,7 +20,10 @@ describe("require \"knhk\" from plain luajit", function()
   -- in place of os.exit (a spec's stub) is called as it is, and its call
   -- leaves the next task's real exit free to end the process.
   it("leaves a program's stub of os.exit a stub, and a later real exit on another worker works", function()
-    local cmd = "LUA_PATH=" .. sh_quote(package.path) .. " LUA_CPATH=" .. sh_quote(package.cpath)
+    -- (an exit amid the run leaves what the live tasks hold allocated, as
+    -- exit() does: under AddressSanitizer, not a leak to report)
+    local cmd = 'ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" LUA_PATH='
+      .. sh_quote(package.path) .. " LUA_CPATH=" .. sh_quote(package.cpath)
       .. " timeout 20 luajit -e " .. sh_quote([[
         local knhk = require "knhk"
         os.exit = function(status) print("stubbed " .. tostring(status)) return "stub" end
