@@ -4,6 +4,22 @@ local T = require "knhk.test"
 
 local function run(fn, workers) return knhk.run(fn, { workers = workers or 2 }) end
 
+-- For the cancellation specs: joins the receivers (each returns the values
+-- it received) and adds a line to `bad` for each value 1..#sent that was
+-- not received exactly once if its send returned (sent[i]), never if not.
+local function not_received_once(receivers, sent, round, bad)
+  local seen = {}
+  for k = 1, #receivers do
+    for _, v in ipairs(receivers[k]:join()) do seen[v] = (seen[v] or 0) + 1 end
+  end
+  for i = 1, #sent do
+    if (seen[i] or 0) ~= (sent[i] and 1 or 0) then
+      bad[#bad + 1] = string.format("round %d: value %d sent %s, received %d times", round, i,
+        tostring(sent[i]), seen[i] or 0)
+    end
+  end
+end
+
 describe("knhk.channel", function()
   it("carries values between tasks, in order, by snapshot", function()
     local got = run(function()
@@ -225,16 +241,7 @@ describe("a rendezvous channel under cancellation", function()
             sent[i] = not scope.cancelled_caught
           end
           ch:close()
-          local seen = {}
-          for r = 1, 3 do
-            for _, v in ipairs(rs[r]:join()) do seen[v] = (seen[v] or 0) + 1 end
-          end
-          for i = 1, 200 do
-            if (seen[i] or 0) ~= (sent[i] and 1 or 0) then
-              bad[#bad + 1] = string.format("round %d: value %d sent %s, received %d times", round, i,
-                tostring(sent[i]), seen[i] or 0)
-            end
-          end
+          not_received_once(rs, sent, round, bad)
         end)
       end
       return bad
@@ -391,18 +398,9 @@ describe("knhk.recv_any", function()
             local scope = knhk.move_on_after(0.00003, function() ch:send(i) end)
             sent[i] = not scope.cancelled_caught
           end
-          local seen = {}
           r:close()
           b:close()
-          for k = 1, 3 do
-            for _, v in ipairs(rs[k]:join()) do seen[v] = (seen[v] or 0) + 1 end
-          end
-          for i = 1, 100 do
-            if (seen[i] or 0) ~= (sent[i] and 1 or 0) then
-              bad[#bad + 1] = string.format("round %d: value %d sent %s, received %d times", round, i,
-                tostring(sent[i]), seen[i] or 0)
-            end
-          end
+          not_received_once(rs, sent, round, bad)
         end)
       end
       return bad
