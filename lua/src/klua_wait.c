@@ -105,17 +105,29 @@ int klua_wait_arm_join(klua_task_t *t, klua_task_t *target) {
 
 /* t ended (its outcome is published): every joiner is taken out of the
  * list and woken. A joiner holds a handle to t while it waits, so t's
- * lock outlives the joiners' own unlinking. */
+ * lock outlives the joiners' own unlinking. Its node is read only under
+ * the lock, and its task woken after, in batches as a channel's close
+ * wakes its waiters: once the lock is let go, a joiner whose node is out
+ * (queued 0) may go on, woken by something else, and queue that node on
+ * another task (a `next` read after the unlock then walked that task's
+ * list: ThreadSanitizer saw the write race the read). No joiner comes
+ * meanwhile: the outcome is published, and klua_wait_arm_join looks. */
 void klua_wake_joiners(klua_task_t *t) {
-  klua_spin_lock(&t->jlock);
-  klua_wait_t *w = t->joiners;
-  t->joiners = NULL;
-  for (klua_wait_t *x = w; x; x = x->next) x->queued = 0;
-  klua_spin_unlock(&t->jlock);
-  while (w) {
-    klua_wait_t *next = w->next; /* read before the wake: the joiner may move on */
-    klua_wake(klua_wait_task(w));
-    w = next;
+  enum { MAXW = 64 };
+  for (;;) {
+    klua_task_t *ts[MAXW];
+    int n = 0;
+    klua_spin_lock(&t->jlock);
+    klua_wait_t *w = t->joiners;
+    for (; w && n < MAXW; w = w->next) {
+      w->queued = 0;
+      ts[n++] = klua_wait_task(w);
+    }
+    t->joiners = w; /* (the rest, still queued, for the next batch) */
+    if (w) w->prev = NULL;
+    klua_spin_unlock(&t->jlock);
+    for (int i = 0; i < n; i++) klua_wake(ts[i]);
+    if (n < MAXW) break;
   }
 }
 
