@@ -416,6 +416,55 @@ describe("task handles", function()
       return knhk.spawn(function(h) return h:join() + 7 end, a):join()
     end))
   end)
+
+  it("wake every joiner once when their scopes are cancelled as the task ends, and they go on to join others", function()
+    -- The task ends on worker 1 while worker 0 runs its joiners, woken by
+    -- their scopes' cancellation: each goes on and queues its wait on
+    -- another task as the end still wakes the first list. Under
+    -- ThreadSanitizer (this spec runs there) a waker that read a joiner's
+    -- list node after letting go of the list's lock was a race; a wake-up
+    -- lost either way hangs a round, which fail_after turns into an error.
+    local rounds, joiners = 50, 64
+    local total = knhk.run(function()
+      return knhk.fail_after(120, function()
+        local sum = 0
+        for _ = 1, rounds do
+          local started, go = knhk.event(), knhk.event()
+          local target = knhk.spawn(function(s, g)
+            s:set()
+            while not g:is_set() do end -- holds worker 1 until the joiners wait
+            return 1
+          end, started, go)
+          -- this worker stays busy until the task started: on the other one
+          local deadline = os.clock() + 20
+          while not started:is_set() do
+            if os.clock() > deadline then error("no other worker ran the task", 0) end
+          end
+          local scopes, later, js, release = {}, {}, {}, knhk.event()
+          for j = 1, joiners do
+            later[j] = knhk.spawn_local(function() release:wait() return 1 end)
+            js[j] = knhk.spawn_local(function()
+              knhk.cancel_scope(function(scope)
+                scopes[j] = scope
+                target:join()
+              end)
+              return later[j]:join()
+            end)
+          end
+          knhk.sleep(0) -- the joiners queue on the task
+          -- their wake-ups queued here first, then the task ends there: both at once
+          for j = 1, joiners do scopes[j]:cancel() end
+          go:set()
+          knhk.sleep(0.001) -- the joiners go on to wait for the others
+          release:set()
+          for j = 1, joiners do sum = sum + js[j]:join() end
+          assert.equal(1, target:join())
+        end
+        return sum
+      end)
+    end, { workers = 2 })
+    assert.equal(rounds * joiners, total)
+  end)
 end)
 
 -- A join of a task that ended well with small plain results keeps them in
