@@ -373,6 +373,45 @@ describe("task handles", function()
     assert.matches("unseen", tostring(err))
   end)
 
+  it("a failure nobody joined is raised even among thousands that were joined", function()
+    -- the joined ones are let go as more fail (below); the unjoined one stays
+    local ok, err = pcall(run, function()
+      for i = 1, 5000 do
+        local h = knhk.spawn(function(k) error("failed " .. k) end, i)
+        if i ~= 2500 then pcall(h.join, h) end
+      end
+    end)
+    assert.is_false(ok)
+    assert.matches("failed 2500", tostring(err))
+    assert.not_matches("failed 2499", tostring(err))
+  end)
+
+  it("a failure that was joined is let go, not kept until its spawner ends", function()
+    -- a sanitizer holds freed memory (quarantine, shadow): RSS says nothing there
+    if (os.getenv("LD_PRELOAD") or ""):find("lib[at]san") then return end
+    local function rss_kb()
+      for line in io.lines("/proc/self/status") do
+        local kb = line:match("^VmRSS:%s+(%d+)")
+        if kb then return tonumber(kb) end
+      end
+    end
+    local grew = run(function()
+      local function fail_and_join(n)
+        for _ = 1, n do
+          local h = knhk.spawn(function() error("x") end)
+          pcall(h.join, h)
+        end
+        collectgarbage()
+        collectgarbage()
+      end
+      fail_and_join(10000) -- pools and heaps at their working size
+      local before = rss_kb()
+      fail_and_join(60000) -- each kept was ~640 bytes: 38 MB
+      return rss_kb() - before
+    end)
+    assert.is_true(grew < 12 * 1024, ("RSS grew %d KB over 60000 joined failures"):format(grew))
+  end)
+
   on_one_and_many("a task that fails cancels what it spawned, then ends with its error", function()
     local ev = knhk.event()
     local waiter

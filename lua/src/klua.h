@@ -285,8 +285,9 @@ struct klua_group {
   knhk_telemetry_nursery_t tel; /* its span, while recording */
   _Atomic uint32_t spawned;    /* children so far (the telemetry's index) */
   klua_spin_t flock;           /* failures, and the foreign list */
-  klua_task_t **failures;
+  klua_task_t **failures;       /* failed children, until joined or taken */
   uint32_t nfail, capfail;
+  uint32_t any_failed;         /* a child failed (joined or not): under flock */
   /* Children spawned from other workers' VMs (a task the nursery's handle
    * travelled to), as records, until the owner moves them to `kept`: under
    * flock. rforeign counts the room spawns about to happen reserved. */
@@ -566,6 +567,8 @@ int klua_group_next_ended(klua_group_t *g, klua_kept_t *out);
 int klua_group_has_ended(klua_group_t *g); /* the owner's: one is there to take */
 /* The failures not joined, oldest first, with a reference each; count in *n. */
 klua_task_t **klua_group_take_failures(klua_group_t *g, uint32_t *n);
+/* Whether a child failed (joined or not). */
+int klua_group_any_failed(klua_group_t *g);
 /* Whether w is the worker whose VM opened g (its spawn-order list's). */
 static inline int klua_group_owned_by(const klua_group_t *g, const klua_worker_t *w) {
   return w && g->owner_worker == w->index;

@@ -1690,13 +1690,9 @@ static int l_stalled(lua_State *L) {
   return 2;
 }
 
-/* core.nursery_failed(n) -> whether a child failed and nobody joined it yet */
+/* core.nursery_failed(n) -> whether a child failed (its failure may have been joined since) */
 static int l_nursery_failed(lua_State *L) {
-  klua_group_t *g = GROUP_ARG(L, 1);
-  klua_spin_lock(&g->flock);
-  int failed = g->nfail > 0;
-  klua_spin_unlock(&g->flock);
-  lua_pushboolean(L, failed);
+  lua_pushboolean(L, klua_group_any_failed(GROUP_ARG(L, 1)));
   return 1;
 }
 

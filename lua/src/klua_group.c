@@ -83,6 +83,7 @@ klua_group_t *klua_group_new(klua_rt_t *rt, knhk_token_t *token, uint32_t flags)
   g->flags = flags;
   g->token = knhk_token_retain(token);
   g->nfail = 0;
+  g->any_failed = 0;
   g->owner_worker = -1;
   g->nkept = g->capkept = 0;
   g->nheld = g->capheld = 0;
@@ -165,9 +166,40 @@ uint32_t klua_group_live(klua_group_t *g) {
   return KLUA_G_LIVE(atomic_load_explicit(&g->state, memory_order_acquire));
 }
 
+/* Under flock: lets go of the failures that were joined since they were
+ * recorded (their error is handled: nobody raises it again). Without it a
+ * long-lived task that spawns children which fail, and joins each, kept
+ * every one of their records and errors until it ended. */
+static void drop_joined_failures_locked(klua_group_t *g) {
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < g->nfail; i++) {
+    klua_task_t *f = g->failures[i];
+    if (atomic_load_explicit(&f->flags, memory_order_relaxed) & KLUA_T_JOINED)
+      klua_task_release(f);
+    else
+      g->failures[kept++] = f;
+  }
+  g->nfail = kept;
+}
+
+int klua_group_any_failed(klua_group_t *g) {
+  klua_spin_lock(&g->flock);
+  int failed = g->any_failed != 0;
+  klua_spin_unlock(&g->flock);
+  return failed;
+}
+
 static void record_failure(klua_group_t *g, klua_task_t *t) {
   klua_spin_lock(&g->flock);
-  if (g->nfail == g->capfail) {
+  g->any_failed = 1;
+  /* full: the joined ones go first; it grows only if more than half the
+   * rest are still unjoined, so each failure is looked at O(1) times */
+  int grow = g->nfail == g->capfail;
+  if (grow && g->capfail) {
+    drop_joined_failures_locked(g);
+    grow = g->nfail > g->capfail / 2;
+  }
+  if (grow) {
     uint32_t cap = g->capfail ? g->capfail * 2 : 4;
     klua_task_t **f = realloc(g->failures, cap * sizeof *f);
     if (f) g->failures = f, g->capfail = cap;
