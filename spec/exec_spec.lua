@@ -217,4 +217,16 @@ describe("knhk.exec refuses what a process could not be given", function()
     assert.equal("bad argument #1 to 'exec' (argv[2]: a string without NUL bytes expected, got one with)",
       refusal(function() knhk.exec({ "echo", "a\0b" }) end))
   end)
+
+  it("a NUL byte in a command string or a cwd, which would run another command or elsewhere", function()
+    assert.equal("bad argument #1 to 'exec' (a command without NUL bytes expected, got one with)",
+      refusal(function() knhk.exec("echo first\0; echo second") end))
+    assert.equal("bad argument #2 to 'exec' (cwd: a path without NUL bytes expected, got one with)",
+      refusal(function() knhk.exec({ "pwd" }, { cwd = "/tmp\0/etc" }) end))
+  end)
+
+  it("a negative timeout", function()
+    assert.equal("bad argument #2 to 'exec' (timeout: a number >= 0 expected, got -1)",
+      refusal(function() knhk.exec({ "true" }, { timeout = -1 }) end))
+  end)
 end)

@@ -61,6 +61,10 @@ end
 function M.exec(cmd, opts)
   local argv
   if type(cmd) == "string" then
+    -- a C string ends at a NUL: the shell would run only the part before it
+    if cmd:find("\0", 1, true) then
+      error("bad argument #1 to 'exec' (a command without NUL bytes expected, got one with)", 2)
+    end
     argv = { "/bin/sh", "-c", cmd }
   elseif type(cmd) == "table" and #cmd >= 1 then
     argv = {}
@@ -84,6 +88,12 @@ function M.exec(cmd, opts)
   check.field("string", opts, "cwd", 2, "exec")
   check.field("table", opts, "env", 2, "exec")
   local timeout = check.field("number", opts, "timeout", 2, "exec")
+  if opts.cwd and opts.cwd:find("\0", 1, true) then
+    error("bad argument #2 to 'exec' (cwd: a path without NUL bytes expected, got one with)", 2)
+  end
+  if timeout and not (timeout >= 0) then
+    error(("bad argument #2 to 'exec' (timeout: a number >= 0 expected, got %s)"):format(tostring(timeout)), 2)
+  end
   if opts.env ~= nil then check_env(opts.env) end
   if not core.current() then R.raise("knhk.exec: must be called inside a knhk task (inside knhk.run)") end
   local cargv = ffi.new("const char*[?]", #argv + 1, argv)
