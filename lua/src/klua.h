@@ -155,19 +155,22 @@ enum {
   KLUA_T_JOINED = 1u << 0      /* someone joined it: its error is handled */
 };
 
-/* The record is laid out by when its fields are used, one cache line
- * (64 bytes; records are 64-aligned) per phase of a task's life, so that
- * a task that is spawned, runs and is joined touches few lines in each
- * phase: with 200 k tasks between a task's spawn and its run, every line
- * a phase touches is a miss (a spawn_local of a trivial function spent
- * more time in such misses than in its instructions). Line 0 is the
- * executor's; line 1 all that the join of an ended task reads; line 2 what
- * running it reads; line 3 who it is. No holes. */
+/* The record is laid out by when its fields are used, 64 bytes (a cache
+ * line's worth) per phase of a task's life, so that a task that is
+ * spawned, runs and is joined touches few lines in each phase: with 200 k
+ * tasks between a task's spawn and its run, every line a phase touches is
+ * a miss (a spawn_local of a trivial function spent more time in such
+ * misses than in its instructions). Part 0 is the executor's; part 1 all
+ * that the join of an ended task reads; part 2 what running it reads;
+ * part 3 who it is. No holes. Records are not 64-aligned (they are 456
+ * bytes apart, so a part mostly spans two lines): aligned, at 512 bytes,
+ * the power-of-two stride crowded every record's hot lines into a few of
+ * the cache's sets and spawn_local measured slower. */
 struct klua_task {
-  /* line 0: the executor's, and the runtime's */
+  /* part 0: the executor's, and the runtime's */
   knhk_task_t et;              /* the executor task that runs it */
   klua_rt_t *rt;
-  /* line 1: how it ended, and its payload */
+  /* part 1: how it ended, and its payload */
   _Atomic int32_t refs;        /* handles, the running task, an ordered group */
   _Atomic int32_t outcome;     /* KLUA_RUNNING until it ends: stored with
                                   release after the results (acquire to read) */
@@ -179,7 +182,7 @@ struct klua_task {
   uint16_t start_len;          /* inline start: bytes of its upvalues and globals, or 0 */
   char *data;                  /* buf, or malloc'd */
   char buf[KLUA_INLINE];
-  /* line 2: what running it reads (while it runs: its worker only, but
+  /* part 2: what running it reads (while it runs: its worker only, but
    * for token and jlock) */
   lua_State *co;               /* its coroutine */
   knhk_token_t *scope;         /* the innermost cancel scope's token, or NULL */
@@ -194,7 +197,7 @@ struct klua_task {
   int co_ref;                  /* its coroutine's anchor, while it runs */
   int32_t fn_ref;              /* refs start: in the home VM's anchor table */
   klua_spin_t jlock;           /* guards joiners */
-  /* line 3: who it is, and its links */
+  /* part 3: who it is, and its links */
   uint64_t id;
   uint64_t parent;             /* id of the task that spawned it, or 0 */
   uint64_t started_ns;         /* when it was spawned (the runtime's clock) */
@@ -205,7 +208,7 @@ struct klua_task {
   int32_t proto;               /* inline start: the prototype id of the function, and the
                                   number of globals the payload carries (above the id) */
   uint8_t live_on;             /* the worker whose live list holds it (from its spawn) */
-  /* line 4 on */
+  /* part 4 on */
   union {                      /* a free record is never live */
     struct {
       klua_task_t *live_prev, *live_next; /* its worker's live list, while started */
@@ -220,6 +223,11 @@ struct klua_task {
    * untouched: at 200 k live tasks every line touched is a cache miss. */
   klua_wait_t w;
 };
+
+/* Whether someone joined t (its failure is then handled: not raised again). */
+static inline int klua_task_joined(klua_task_t *t) {
+  return (atomic_load_explicit(&t->flags, memory_order_relaxed) & KLUA_T_JOINED) != 0;
+}
 
 static inline klua_task_t *klua_task_of(knhk_task_t *et) {
   return (klua_task_t *)(void *)((char *)et - offsetof(klua_task_t, et));

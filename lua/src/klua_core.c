@@ -1705,7 +1705,7 @@ static int l_failures(lua_State *L) {
   lua_createtable(L, (int)n, 0);
   int k = 0;
   for (uint32_t i = 0; i < n; i++) {
-    if (atomic_load(&f[i]->flags) & KLUA_T_JOINED) {
+    if (klua_task_joined(f[i])) {
       klua_task_release(f[i]);
     } else {
       push_handle(L, KLUA_H_TASK, f[i]);

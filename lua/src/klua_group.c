@@ -174,7 +174,7 @@ static void drop_joined_failures_locked(klua_group_t *g) {
   uint32_t kept = 0;
   for (uint32_t i = 0; i < g->nfail; i++) {
     klua_task_t *f = g->failures[i];
-    if (atomic_load_explicit(&f->flags, memory_order_relaxed) & KLUA_T_JOINED)
+    if (klua_task_joined(f))
       klua_task_release(f);
     else
       g->failures[kept++] = f;
