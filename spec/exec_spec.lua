@@ -226,7 +226,7 @@ describe("knhk.exec refuses what a process could not be given", function()
   end)
 
   it("a negative timeout", function()
-    assert.equal("bad argument #2 to 'exec' (timeout: a number >= 0 expected, got -1)",
+    assert.equal("bad argument #2 to 'exec' (timeout: number >= 0 expected, got -1)",
       refusal(function() knhk.exec({ "true" }, { timeout = -1 }) end))
   end)
 end)

@@ -59,6 +59,8 @@ function want.string(v) if type(v) ~= "string" then return "string" end end
 function want.boolean(v) if type(v) ~= "boolean" then return "boolean" end end
 -- a number that is not NaN (infinities are fine: "sleep forever")
 function want.number(v) if type(v) ~= "number" or v ~= v then return "number" end end
+-- a number >= 0, not NaN (a duration)
+function want.nonnegative(v) if type(v) ~= "number" or not (v >= 0) then return "number >= 0" end end
 -- a whole number >= min (and <= max, if given)
 function want.whole(v, min, max)
   if type(v) ~= "number" or v ~= v or v % 1 ~= 0 or v < min or (max and v > max) then

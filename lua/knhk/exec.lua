@@ -88,11 +88,9 @@ function M.exec(cmd, opts)
   check.field("string", opts, "cwd", 2, "exec")
   check.field("table", opts, "env", 2, "exec")
   local timeout = check.field("number", opts, "timeout", 2, "exec")
+  check.field("nonnegative", opts, "timeout", 2, "exec") -- (a number by now: its range)
   if opts.cwd and opts.cwd:find("\0", 1, true) then
     error("bad argument #2 to 'exec' (cwd: a path without NUL bytes expected, got one with)", 2)
-  end
-  if timeout and not (timeout >= 0) then
-    error(("bad argument #2 to 'exec' (timeout: a number >= 0 expected, got %s)"):format(tostring(timeout)), 2)
   end
   if opts.env ~= nil then check_env(opts.env) end
   if not core.current() then R.raise("knhk.exec: must be called inside a knhk task (inside knhk.run)") end
