@@ -685,3 +685,72 @@ describe("a raised table, shown in a message", function()
     assert.matches(", %.%.%. %(60 more%) }$", errors.show(t))
   end)
 end)
+
+-- A cancel scope, sem:with, lock:with and a span catch an error to clean up
+-- and raise it again, unchanged. The traceback a task reports is still the
+-- one of the place the error was raised, not of the block.
+describe("an error raised inside one of knhk's blocks", function()
+  local function raise_here() error("raised below", 0) end
+  local raise_line = debug.getinfo(raise_here, "S").linedefined
+
+  local blocks = {
+    cancel_scope = function(f) return knhk.cancel_scope(f) end,
+    move_on_after = function(f) return knhk.move_on_after(5, f) end,
+    fail_after = function(f) return knhk.fail_after(5, f) end,
+    ["semaphore with"] = function(f) return knhk.semaphore(1):with(f) end,
+    ["lock with"] = function(f) return knhk.lock():with(f) end,
+    span = function(f) return knhk.telemetry.span("work", nil, f) end,
+  }
+
+  for name, block in pairs(blocks) do
+    for _, kind in ipairs { "spawn", "spawn_local" } do
+      it("keeps the traceback of the raise: " .. name .. " (" .. kind .. ")", function()
+        run(function()
+          local h = knhk[kind](function() block(function() raise_here() end) end)
+          local ok, err = pcall(h.join, h)
+          assert.is_false(ok)
+          assert.equal("raised below", err.message)
+          assert.truthy(err.traceback:find(here .. ":" .. raise_line .. ": in function",
+            1, true), err.traceback)
+        end)
+      end)
+    end
+
+    it("gives a pcall around it the very value raised: " .. name, function()
+      run(function()
+        local value = { code = 7 }
+        local ok, err = pcall(block, function() error(value) end)
+        assert.is_false(ok)
+        assert.equal(value, err)
+      end)
+    end)
+  end
+
+  it("keeps it through blocks nested in each other", function()
+    run(function()
+      local h = knhk.spawn_local(function()
+        knhk.fail_after(5, function()
+          knhk.lock():with(function()
+            knhk.cancel_scope(function() raise_here() end)
+          end)
+        end)
+      end)
+      local ok, err = pcall(h.join, h)
+      assert.is_false(ok)
+      assert.truthy(err.traceback:find(here .. ":" .. raise_line .. ":", 1, true), err.traceback)
+    end)
+  end)
+
+  it("does not lend that traceback to a later error of the same value", function()
+    run(function()
+      local h = knhk.spawn_local(function()
+        pcall(knhk.cancel_scope, function() raise_here() end) -- caught by the task
+        error("raised below", 0)                               -- the same value, elsewhere
+      end)
+      local ok, err = pcall(h.join, h)
+      assert.is_false(ok)
+      assert.equal("raised below", err.message)
+      assert.falsy(err.traceback:find(here .. ":" .. raise_line .. ":", 1, true), err.traceback)
+    end)
+  end)
+end)

@@ -126,11 +126,55 @@ local function user_traceback(level)
 end
 M.user_traceback = user_traceback
 
+-- A block of knhk's that runs the caller's function and must clean up
+-- after it (a cancel scope, sem:with, a span) catches its error and raises
+-- it again, unchanged (a pcall around the block sees the same value). The
+-- traceback of that second raise would show the block, not the place of
+-- the error: so the block's handler (note_origin) keeps the traceback of
+-- the first raise, and the block raises again through rethrow. A handler
+-- that sees a raise come from rethrow knows it for that same error: a
+-- block further out keeps the traceback as it is, and capture (a task's
+-- base, a nursery's body, the CLI) reports it. No yield can come between
+-- a raise and its handler, nor between a block's handler and its rethrow:
+-- nothing here is kept per coroutine.
+local noted, noted_tb -- the last error a block caught, and where it was raised
+local rethrow
+
+local function plain_error(e)
+  return not (errors.is_signal(e) or errors.is_task_error(e) or errors.is_group(e))
+end
+
+-- Whether the raise that called this handler is a block's rethrow of the
+-- error noted last (level 1: this function, 2: the handler, 3: error, 4:
+-- who called it).
+local function raised_again(e)
+  local caller = debug.getinfo(4, "f")
+  return caller ~= nil and caller.func == rethrow and noted ~= nil and rawequal(e, noted)
+end
+
+-- The handler of a block's xpcall: notes where e was raised.
+local function note_origin(e)
+  if raised_again(e) then return e end -- by a block inside this one: kept
+  if plain_error(e) then noted, noted_tb = e, user_traceback(2)
+  else noted, noted_tb = nil, nil end
+  return e
+end
+M.note_origin = note_origin
+
+-- Raises e again, from a block whose handler was note_origin.
+rethrow = function(e)
+  error(e, 0) -- (not a tail call: the handler finds this function above it)
+end
+M.rethrow = rethrow
+
 -- The error a task's code raised, with its traceback captured where it
--- happened (the value travels to joiners in other VMs).
+-- happened (the value travels to joiners in other VMs), or where a block
+-- first caught it (above).
 local function capture(e)
-  if errors.is_signal(e) or errors.is_task_error(e) or errors.is_group(e) then return e end
-  return errors.task_error(errors.task_message(e), user_traceback(2), e)
+  local tb = raised_again(e) and noted_tb
+  noted, noted_tb = nil, nil
+  if not plain_error(e) then return e end
+  return errors.task_error(errors.task_message(e), tb or user_traceback(2), e)
 end
 M.capture = capture
 

@@ -12,9 +12,10 @@ local errors = require "knhk.errors"
 local R = require "knhk.runtime"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
-local pcall, select, unpack = pcall, select, unpack
+local xpcall, select, unpack = xpcall, select, unpack
 local co_yield = coroutine.yield
 local pack, telemetry, tel_enabled = R.pack, R.telemetry, R.tel_enabled
+local note_origin, rethrow = R.note_origin, R.rethrow
 
 local M = {}
 
@@ -83,7 +84,7 @@ local function in_scope(deadline_ns, shield, fn, ...)
   local tok, prev, dl = core.scope_enter(deadline_ns, shield)
   local scope = setmetatable({ token = tok, shield = shield, cancel_called = false,
                                cancelled_caught = false }, Scope)
-  local res = pack(pcall(fn, scope, ...))
+  local res = pack(xpcall(fn, note_origin, scope, ...))
   local reason, outer = core.scope_exit(tok, prev, dl)
   -- as Trio's: cancel() was called, or the scope's own deadline has passed
   if deadline_ns and core_now() >= deadline_ns then scope.cancel_called = true end
@@ -97,7 +98,7 @@ local function in_scope(deadline_ns, shield, fn, ...)
     scope.reason = reason
     return scope
   end
-  error(e, 0)
+  rethrow(e)
 end
 M.in_scope = in_scope
 

@@ -224,7 +224,8 @@ function M.span(name, attrs, fn, ...)
   check.arg("callable", fn, 3, "span")
   encode_attrs(attrs, "span", 2) -- a bad attribute is the caller's mistake, before fn runs
   local h = M.begin_span(name)
-  local res = pack(pcall(fn, ...))
+  local R = require "knhk.runtime"
+  local res = pack(xpcall(fn, R.note_origin, ...))
   if res[1] then
     M.end_span(h, attrs)
     return unpack(res, 2, res.n)
@@ -232,7 +233,7 @@ function M.span(name, attrs, fn, ...)
   local cancelled = type(res[2]) == "table" and getmetatable(res[2]) ~= nil
     and require("knhk.errors").is_signal(res[2])
   M.end_span(h, attrs, (not cancelled) and message_of(res[2]) or nil)
-  error(res[2], 0)
+  R.rethrow(res[2])
 end
 
 -- A span without duration, now (for events such as a scope's drop).
