@@ -282,6 +282,28 @@ describe("an error object raised in a task", function()
     end)
   end)
 
+  -- A handle that went through a channel is another handle to the same
+  -- task: whichever joins first, each gets the object.
+  for _, first in ipairs { "the spawner's handle", "the copy" } do
+    it("comes back itself to every handle of a spawn_local task, " .. first .. " joining first",
+      function()
+        run(function()
+          local obj = setmetatable({ status = 503 }, Unregistered)
+          local h = knhk.spawn_local(failing(obj))
+          local ch = knhk.channel(1)
+          ch:send(h)
+          local copy = ch:recv()
+          assert.are_not.equal(h, copy) -- (else this would test nothing)
+          local order = first == "the copy" and { copy, h } or { h, copy }
+          for _, handle in ipairs(order) do
+            local ok, err = pcall(handle.join, handle)
+            assert.is_false(ok)
+            assert.equal(obj, err.value)
+          end
+        end)
+      end)
+  end
+
   it("comes back itself from a nursery's spawn_local child", function()
     run(function()
       local obj = setmetatable({ status = 503 }, Unregistered)

@@ -182,12 +182,16 @@ M.capture = capture
 -- spawn_local child, the root): the task shares its VM with its spawner,
 -- so a joiner there gets the error object itself, class and all, rather
 -- than the copy that travels to other VMs. Kept by task id until a join or
--- a nursery in this VM takes it, then by the handle that took it (weakly),
--- so that joining that handle again gives the same object. (A local task
--- joined only from other VMs leaves its entry here: handles rarely leave
--- the spawner's VM, and only failed tasks whose error is an object count.)
+-- a nursery in this VM takes it, then by each handle that took it (weakly),
+-- so that joining a handle again gives the same object; and by id, weakly,
+-- for another handle of the same task (one that went through a channel),
+-- which finds it while a handle that took it, or the program, holds it.
+-- (A local task joined only from other VMs leaves its entry here: handles
+-- rarely leave the spawner's VM, and only failed tasks whose error is an
+-- object count.)
 local kept_errors = {}
 local taken_errors = setmetatable({}, { __mode = "k" })
+local taken_by_id = setmetatable({}, { __mode = "v" })
 
 local function has_identity(v)
   local t = type(v)
@@ -206,8 +210,11 @@ local function local_error(h, id)
   e = kept_errors[id]
   if e ~= nil then
     kept_errors[id] = nil
-    taken_errors[h] = e
+    taken_by_id[id] = e
+  else
+    e = taken_by_id[id]
   end
+  if e ~= nil then taken_errors[h] = e end
   return e
 end
 
@@ -584,6 +591,7 @@ function M.run(main, cfg, ...)
   -- errors of this run's local tasks that no join here took: no handle of
   -- them can be joined any more (task ids are not reused, but the memory is)
   for id in pairs(kept_errors) do kept_errors[id] = nil end
+  for id in pairs(taken_by_id) do taken_by_id[id] = nil end
   core.free(r)
   if not ok then error(res, 0) end
   if not res[1] then error(res[2], 0) end
