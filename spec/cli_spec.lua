@@ -174,6 +174,24 @@ describe("knhk-lua", function()
     assert.equal("2\n", out2)
   end)
 
+  it("-e with a syntax error: exit 1 and the error alone, after the -e before it ran", function()
+    local code, out, err = run("-e " .. q("print('first')") .. " -e " .. q("x = = 1") .. " -e "
+      .. q("print('never')"))
+    assert.equal(1, code)
+    assert.equal("first\n", out)
+    assert.equal("knhk-lua: (command line):1: unexpected symbol near '='\n", err)
+  end)
+
+  it("knhk.run called inside the run: an error naming the line that called it", function()
+    for _, where in ipairs { "", "knhk.spawn(function() ", "knhk.spawn_local(function() " } do
+      local close = where == "" and "" or " end):join()"
+      local code, _, err = run("-e " .. q(where .. "knhk.run(function() end)" .. close))
+      assert.equal(1, code)
+      assert.matches("^knhk%-lua: %(command line%):1: knhk%.run: already running", err)
+      assert.not_matches("cli%.lua", err)
+    end
+  end)
+
   it("-l with a module that cannot be loaded: exit 1 and only the module's error", function()
     local code, out, err = run("-l knhk_no_such_module -e " .. q("print('ran')"))
     assert.equal(1, code)

@@ -393,7 +393,9 @@ function M.main(argv)
     R.report_at_exit "knhk.cli"
   end
 
-  local module_error -- -l mod failed: its message, shown alone
+  -- an -l module or an -e chunk failed to load: its message, shown alone
+  -- (as lua shows it: a syntax error has no traceback)
+  local load_error
   local ok, err = pcall(knhk.run, function()
     local inner_ok, inner_err = xpcall(function()
       for _, act in ipairs(actions) do
@@ -401,13 +403,16 @@ function M.main(argv)
           local ok_mod, mod = pcall(require, act[2])
           if not ok_mod then
             -- the module's own error, not where this file called require
-            module_error = errors.tostring(mod):gsub("^[^\n]-knhk/cli%.lua:%d+: ", "")
+            load_error = errors.tostring(mod):gsub("^[^\n]-knhk/cli%.lua:%d+: ", "")
             return
           end
           _G[act[2]] = mod
         else
           local f, e = loadstring(act[2], "=(command line)")
-          if not f then error(e, 0) end
+          if not f then
+            load_error = e
+            return
+          end
           f()
         end
       end
@@ -427,8 +432,8 @@ function M.main(argv)
     io.stderr:write(PROG, ": ", sig == 15 and "terminated" or "interrupted", "\n")
     return 128 + sig
   end
-  if ok and module_error then
-    io.stderr:write(PROG, ": ", module_error, "\n")
+  if ok and load_error then
+    io.stderr:write(PROG, ": ", load_error, "\n")
     return 1
   end
   if not ok then

@@ -106,6 +106,10 @@ jit.off(knhk.default_workers)
 -- opts.clock: "real" (default) or "virtual" (knhk.clock: time starts at 0
 -- and jumps to the next timer as soon as every task waits).
 function knhk.run(main, opts, ...)
+  if R.running() then
+    R.raise("knhk.run: already running (knhk.run cannot be nested: inside a run, spawn tasks or "
+      .. "open a knhk.nursery)")
+  end
   check.arg("callable", main, 1, "run")
   opts = check.opts(opts, 2, "run", 2, { "workers", "signals", "name", "seed", "clock" })
   local workers = check.field("whole", opts, "workers", 2, "run", 2, 1, 256)
