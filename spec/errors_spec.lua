@@ -748,6 +748,20 @@ describe("an error raised inside one of knhk's blocks", function()
     end)
   end
 
+  -- The block's error handler has no room to run after a stack overflow.
+  for name, block in pairs(blocks) do
+    it("says stack overflow for one in its function, naming the block's call: " .. name, function()
+      run(function()
+        local function deep(n) return deep(n + 1) + 1 end
+        local ok, err = pcall(block, function() deep(1) end)
+        assert.is_false(ok)
+        assert.matches("stack overflow", tostring(err), 1, true)
+        assert.not_matches("error in error handling", tostring(err), 1, true)
+        assert.equal(1, tostring(err):find(here .. ":", 1, true), tostring(err)) -- a place
+      end)
+    end)
+  end
+
   it("keeps it through blocks nested in each other", function()
     run(function()
       local h = knhk.spawn_local(function()

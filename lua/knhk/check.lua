@@ -175,6 +175,8 @@ blame = function(msg, level)
   error(place .. msg, 0)
 end
 
+M.program_place = program_place
+
 -- error(msg) at the user's line (past the sources matching `also` too).
 function M.raise(msg, also) error(program_place(2, also) .. msg, 0) end
 

@@ -161,6 +161,18 @@ local function note_origin(e)
 end
 M.note_origin = note_origin
 
+-- What a block raises for e, the error its xpcall gave. A stack overflow
+-- leaves a handler that calls anything (note_origin: debug.traceback) no
+-- room to run, and xpcall then gives "error in error handling": the block
+-- says what pcall would have, a stack overflow, at the place of the
+-- program's call of the block (the place of the overflow went with the
+-- handler). `what` names the block.
+local ERRERR = "error in error handling"
+function M.block_error(e, what)
+  if e ~= ERRERR then return e end
+  return check.program_place(1) .. "stack overflow (in the function given to " .. what .. ")"
+end
+
 -- Raises e again, from a block whose handler was note_origin.
 rethrow = function(e)
   error(e, 0) -- (not a tail call: the handler finds this function above it)

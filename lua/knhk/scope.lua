@@ -90,7 +90,7 @@ local function in_scope(deadline_ns, shield, fn, ...)
   if deadline_ns and core_now() >= deadline_ns then scope.cancel_called = true end
   if tel_enabled() then telemetry().scope_drop(core.handle_ptr(tok), shield, reason, res, outer) end
   if res[1] then return scope, unpack(res, 2, res.n) end
-  local e = res[2]
+  local e = R.block_error(res[2], "a cancel scope")
   -- Cancelled unwinds to the outermost cancelled scope: this one, unless
   -- the scope around it is cancelled too (then that one catches it).
   if errors.is_signal(e) and reason ~= 0 and (shield or not outer) then

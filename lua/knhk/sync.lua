@@ -181,7 +181,7 @@ local function with(s, fn, ...)
   acquire(s)
   local res = R.pack(xpcall(fn, R.note_origin, ...))
   core.release(s)
-  if not res[1] then R.rethrow(res[2]) end
+  if not res[1] then R.rethrow(R.block_error(res[2], ":with")) end
   return unpack(res, 2, res.n)
 end
 

@@ -230,6 +230,7 @@ function M.span(name, attrs, fn, ...)
     M.end_span(h, attrs)
     return unpack(res, 2, res.n)
   end
+  res[2] = R.block_error(res[2], "knhk.telemetry.span")
   local cancelled = type(res[2]) == "table" and getmetatable(res[2]) ~= nil
     and require("knhk.errors").is_signal(res[2])
   M.end_span(h, attrs, (not cancelled) and message_of(res[2]) or nil)
