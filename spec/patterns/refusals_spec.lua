@@ -214,3 +214,30 @@ describe("execute refuses a bad ctx", function()
     end)
   end
 end)
+
+-- wf.execute(ctx) with a dot gives ctx as self: refused at the caller's
+-- line, not deep in the engine.
+describe("a workflow's or a step's method called with a dot", function()
+  local wf = P.workflow(P.task("t", f))
+  local step = P.task("t", f)
+  local cases = {
+    { "wf.execute{}", function() return wf.execute({}) end,
+      "bad argument #1 to 'execute' (workflow expected, got table)" },
+    { "wf.to_dot()", function() return wf.to_dot() end,
+      "bad argument #1 to 'to_dot' (workflow expected, got nil)" },
+    { "wf.to_mermaid(5)", function() return wf.to_mermaid(5) end,
+      "bad argument #1 to 'to_mermaid' (workflow expected, got number)" },
+    { "step.execute{}", function() return step.execute({}) end,
+      "bad argument #1 to 'execute' (workflow step expected, got table)" },
+    { "step.to_dot()", function() return step.to_dot() end,
+      "bad argument #1 to 'to_dot' (workflow step expected, got nil)" },
+  }
+  for _, c in ipairs(cases) do
+    it("is refused: " .. c[1], function()
+      local ok, err = H.run(function() return pcall(c[2]) end, 1)
+      assert.is_false(ok)
+      assert.equal(c[3], message(err))
+      assert.matches("refusals_spec%.lua:%d+: ", tostring(err))
+    end)
+  end
+end)

@@ -6,6 +6,7 @@
 -- are checked when constructed (a caller's mistake raises there, with the
 -- caller's line); what needs the whole definition (a join's split, a name
 -- someone refers to) is checked when the workflow is built.
+local check = require "knhk.check"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 local M = {}
 
@@ -134,12 +135,24 @@ function M.built(step)
   return wf
 end
 
+-- step.execute(ctx), with a dot, passes ctx as self: refused here.
+local function check_step_self(self, fname)
+  if not M.is_step(self) then check.bad_self(fname, "workflow step", self) end
+end
+
 function Step:execute(ctx)
+  check_step_self(self, "execute")
   local result = M.built(self):execute(ctx) -- not a tail call: errors name the caller's line
   return result
 end
-function Step:to_mermaid() return M.built(self):to_mermaid() end
-function Step:to_dot() return M.built(self):to_dot() end
+function Step:to_mermaid()
+  check_step_self(self, "to_mermaid")
+  return M.built(self):to_mermaid()
+end
+function Step:to_dot()
+  check_step_self(self, "to_dot")
+  return M.built(self):to_dot()
+end
 
 function Step:__tostring()
   return "knhk.patterns " .. self.kind .. (self.name and (" '" .. self.name .. "'") or "")

@@ -5,6 +5,7 @@ local knhk = require "knhk"
 local S = require "knhk.patterns.step"
 local compile = require "knhk.patterns.compile"
 local engine = require "knhk.patterns.engine"
+local check = require "knhk.check"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local M = {}
@@ -53,7 +54,14 @@ end
 -- with nothing left to run.
 local CTX_FIELDS = { case_id = true, vars = true, token = true, telemetry = true, signals = true }
 
+-- wf.execute(ctx), with a dot, passes ctx as self: refused here, not deep
+-- in the engine.
+local function check_self(self, fname)
+  if getmetatable(self) ~= Workflow then check.bad_self(fname, "workflow", self) end
+end
+
 function Workflow:execute(ctx)
+  check_self(self, "execute")
   if ctx == nil then ctx = {} end
   if type(ctx) ~= "table" then S.argerror("execute", 1, "table expected, got " .. type(ctx)) end
   for k in pairs(ctx) do -- a misspelt field would be ignored silently
@@ -99,8 +107,14 @@ function Workflow:execute(ctx)
   return engine.execute(self, ctx)
 end
 
-function Workflow:to_mermaid() return require("knhk.patterns.diagram").mermaid(self) end
-function Workflow:to_dot() return require("knhk.patterns.diagram").dot(self) end
+function Workflow:to_mermaid()
+  check_self(self, "to_mermaid")
+  return require("knhk.patterns.diagram").mermaid(self)
+end
+function Workflow:to_dot()
+  check_self(self, "to_dot")
+  return require("knhk.patterns.diagram").dot(self)
+end
 
 function Workflow:__tostring()
   return "knhk.patterns workflow" .. (self.name and (" '" .. self.name .. "'") or "")
