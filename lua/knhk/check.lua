@@ -159,15 +159,17 @@ end
 -- error(msg, level), as Lua raises it, for the checks that blame a given
 -- frame (the caller of the API function, mostly): when that frame is
 -- knhk's own or the base of a coroutine, the program's frame past it is
--- blamed instead; a C function between (a pcall the program called the
--- API through) keeps Lua's own answer, no place.
+-- blamed instead; a C function that the program called the API through (a
+-- pcall) keeps Lua's own answer, no place. A C function that knhk called
+-- (a cancel scope's xpcall, when the program's function made the API call
+-- as a tail call and its frame went) is passed over like knhk's frames.
 blame = function(msg, level)
   level = level + 1
   local info = debug.getinfo(level, "Sl")
   local place
   if info and is_program(info) then
     place = place_of(info)
-  elseif info and info.what == "C" and debug.getinfo(level + 1, "S") then
+  elseif info and info.what == "C" and is_program(debug.getinfo(level + 1, "Sl") or info) then
     place = ""
   else
     place = program_place(level)

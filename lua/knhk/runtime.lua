@@ -144,32 +144,46 @@ local function plain_error(e)
   return not (errors.is_signal(e) or errors.is_task_error(e) or errors.is_group(e))
 end
 
--- Whether the raise that called this handler is a block's rethrow of the
--- error noted last (level 1: this function, 2: the handler, 3: error, 4:
--- who called it).
-local function raised_again(e)
-  local caller = debug.getinfo(4, "f")
+-- Whether the raise that called a handler is a block's rethrow of the
+-- error noted last; `level`: that of error's caller, for this function.
+local function raised_again(e, level)
+  local caller = debug.getinfo(level, "f")
   return caller ~= nil and caller.func == rethrow and noted ~= nil and rawequal(e, noted)
 end
 
--- The handler of a block's xpcall: notes where e was raised.
-local function note_origin(e)
-  if raised_again(e) then return e end -- by a block inside this one: kept
-  if plain_error(e) then noted, noted_tb = e, user_traceback(2)
+local function note(e)
+  -- (levels: 1 raised_again, 2 note, 3 note_origin, 4 error, 5 its caller)
+  if raised_again(e, 5) then return e end -- by a block inside this one: kept
+  if plain_error(e) then noted, noted_tb = e, user_traceback(3)
   else noted, noted_tb = nil, nil end
   return e
 end
+
+-- The handler of a block's xpcall: notes where e was raised. A stack
+-- overflow leaves it no room to call anything: xpcall then gives "error in
+-- error handling", or, in this LuaJIT, now and then a stale value from the
+-- stack. `noting` stays set when the handler did not finish (it is set
+-- before any call, and this frame is small enough to start even then), so
+-- block_error knows either for what it is.
+local noting = false
+local function note_origin(e)
+  noting = true
+  local r = note(e)
+  noting = false
+  return r
+end
 M.note_origin = note_origin
 
--- What a block raises for e, the error its xpcall gave. A stack overflow
--- leaves a handler that calls anything (note_origin: debug.traceback) no
--- room to run, and xpcall then gives "error in error handling": the block
--- says what pcall would have, a stack overflow, at the place of the
--- program's call of the block (the place of the overflow went with the
--- handler). `what` names the block.
+-- What a block raises for e, the error its xpcall gave. When the handler
+-- could not finish (a stack overflow: note_origin), the block says what
+-- pcall would have, a stack overflow, at the place of the program's call
+-- of the block (the place of the overflow went with the handler). `what`
+-- names the block.
 local ERRERR = "error in error handling"
 function M.block_error(e, what)
-  if e ~= ERRERR then return e end
+  local unfinished = noting
+  noting = false
+  if not unfinished and e ~= ERRERR then return e end
   return check.program_place(1) .. "stack overflow (in the function given to " .. what .. ")"
 end
 
@@ -183,7 +197,7 @@ M.rethrow = rethrow
 -- happened (the value travels to joiners in other VMs), or where a block
 -- first caught it (above).
 local function capture(e)
-  local tb = raised_again(e) and noted_tb
+  local tb = raised_again(e, 4) and noted_tb -- (1 raised_again, 2 capture, 3 error)
   noted, noted_tb = nil, nil
   if not plain_error(e) then return e end
   return errors.task_error(errors.task_message(e), tb or user_traceback(2), e)
