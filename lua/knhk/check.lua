@@ -161,7 +161,7 @@ end
 -- knhk's own or the base of a coroutine, the program's frame past it is
 -- blamed instead; a C function that the program called the API through (a
 -- pcall) keeps Lua's own answer, no place. A C function that knhk called
--- (a cancel scope's xpcall, when the program's function made the API call
+-- (a cancel scope's pcall, when the program's function made the API call
 -- as a tail call and its frame went) is passed over like knhk's frames.
 blame = function(msg, level)
   level = level + 1
@@ -176,8 +176,6 @@ blame = function(msg, level)
   end
   error(place .. msg, 0)
 end
-
-M.program_place = program_place
 
 -- error(msg) at the user's line (past the sources matching `also` too).
 function M.raise(msg, also) error(program_place(2, also) .. msg, 0) end

@@ -126,81 +126,11 @@ local function user_traceback(level)
 end
 M.user_traceback = user_traceback
 
--- A block of knhk's that runs the caller's function and must clean up
--- after it (a cancel scope, sem:with, a span) catches its error and raises
--- it again, unchanged (a pcall around the block sees the same value). The
--- traceback of that second raise would show the block, not the place of
--- the error: so the block's handler (note_origin) keeps the traceback of
--- the first raise, and the block raises again through rethrow. A handler
--- that sees a raise come from rethrow knows it for that same error: a
--- block further out keeps the traceback as it is, and capture (a task's
--- base, a nursery's body, the CLI) reports it. No yield can come between
--- a raise and its handler, nor between a block's handler and its rethrow:
--- nothing here is kept per coroutine.
-local noted, noted_tb -- the last error a block caught, and where it was raised
-local rethrow
-
-local function plain_error(e)
-  return not (errors.is_signal(e) or errors.is_task_error(e) or errors.is_group(e))
-end
-
--- Whether the raise that called a handler is a block's rethrow of the
--- error noted last; `level`: that of error's caller, for this function.
-local function raised_again(e, level)
-  local caller = debug.getinfo(level, "f")
-  return caller ~= nil and caller.func == rethrow and noted ~= nil and rawequal(e, noted)
-end
-
-local function note(e)
-  -- (levels: 1 raised_again, 2 note, 3 note_origin, 4 error, 5 its caller)
-  if raised_again(e, 5) then return e end -- by a block inside this one: kept
-  if plain_error(e) then noted, noted_tb = e, user_traceback(3)
-  else noted, noted_tb = nil, nil end
-  return e
-end
-
--- The handler of a block's xpcall: notes where e was raised. A stack
--- overflow leaves it no room to call anything: xpcall then gives "error in
--- error handling", or, in this LuaJIT, now and then a stale value from the
--- stack. `noting` stays set when the handler did not finish (it is set
--- before any call, and this frame is small enough to start even then), so
--- block_error knows either for what it is.
-local noting = false
-local function note_origin(e)
-  noting = true
-  local r = note(e)
-  noting = false
-  return r
-end
-M.note_origin = note_origin
-
--- What a block raises for e, the error its xpcall gave. When the handler
--- could not finish (a stack overflow: note_origin), the block says what
--- pcall would have, a stack overflow, at the place of the program's call
--- of the block (the place of the overflow went with the handler). `what`
--- names the block.
-local ERRERR = "error in error handling"
-function M.block_error(e, what)
-  local unfinished = noting
-  noting = false
-  if not unfinished and e ~= ERRERR then return e end
-  return check.program_place(1) .. "stack overflow (in the function given to " .. what .. ")"
-end
-
--- Raises e again, from a block whose handler was note_origin.
-rethrow = function(e)
-  error(e, 0) -- (not a tail call: the handler finds this function above it)
-end
-M.rethrow = rethrow
-
 -- The error a task's code raised, with its traceback captured where it
--- happened (the value travels to joiners in other VMs), or where a block
--- first caught it (above).
+-- happened (the value travels to joiners in other VMs).
 local function capture(e)
-  local tb = raised_again(e, 4) and noted_tb -- (1 raised_again, 2 capture, 3 error)
-  noted, noted_tb = nil, nil
-  if not plain_error(e) then return e end
-  return errors.task_error(errors.task_message(e), tb or user_traceback(2), e)
+  if errors.is_signal(e) or errors.is_task_error(e) or errors.is_group(e) then return e end
+  return errors.task_error(errors.task_message(e), user_traceback(2), e)
 end
 M.capture = capture
 

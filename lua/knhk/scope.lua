@@ -12,10 +12,9 @@ local errors = require "knhk.errors"
 local R = require "knhk.runtime"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
-local xpcall, select, unpack = xpcall, select, unpack
+local pcall, select, unpack = pcall, select, unpack
 local co_yield = coroutine.yield
 local pack, telemetry, tel_enabled = R.pack, R.telemetry, R.tel_enabled
-local note_origin, rethrow = R.note_origin, R.rethrow
 
 local M = {}
 
@@ -84,13 +83,13 @@ local function in_scope(deadline_ns, shield, fn, ...)
   local tok, prev, dl = core.scope_enter(deadline_ns, shield)
   local scope = setmetatable({ token = tok, shield = shield, cancel_called = false,
                                cancelled_caught = false }, Scope)
-  local res = pack(xpcall(fn, note_origin, scope, ...))
+  local res = pack(pcall(fn, scope, ...))
   local reason, outer = core.scope_exit(tok, prev, dl)
   -- as Trio's: cancel() was called, or the scope's own deadline has passed
   if deadline_ns and core_now() >= deadline_ns then scope.cancel_called = true end
   if tel_enabled() then telemetry().scope_drop(core.handle_ptr(tok), shield, reason, res, outer) end
   if res[1] then return scope, unpack(res, 2, res.n) end
-  local e = R.block_error(res[2], "a cancel scope")
+  local e = res[2]
   -- Cancelled unwinds to the outermost cancelled scope: this one, unless
   -- the scope around it is cancelled too (then that one catches it).
   if errors.is_signal(e) and reason ~= 0 and (shield or not outer) then
@@ -98,7 +97,7 @@ local function in_scope(deadline_ns, shield, fn, ...)
     scope.reason = reason
     return scope
   end
-  rethrow(e)
+  error(e, 0)
 end
 M.in_scope = in_scope
 

@@ -179,9 +179,9 @@ local function with(s, fn, ...)
     check.refuse(1, "with", "function or callable object", fn)
   end
   acquire(s)
-  local res = R.pack(xpcall(fn, R.note_origin, ...))
+  local res = R.pack(pcall(fn, ...))
   core.release(s)
-  if not res[1] then R.rethrow(R.block_error(res[2], ":with")) end
+  if not res[1] then error(res[2], 0) end
   return unpack(res, 2, res.n)
 end
 

@@ -224,17 +224,15 @@ function M.span(name, attrs, fn, ...)
   check.arg("callable", fn, 3, "span")
   encode_attrs(attrs, "span", 2) -- a bad attribute is the caller's mistake, before fn runs
   local h = M.begin_span(name)
-  local R = require "knhk.runtime"
-  local res = pack(xpcall(fn, R.note_origin, ...))
+  local res = pack(pcall(fn, ...))
   if res[1] then
     M.end_span(h, attrs)
     return unpack(res, 2, res.n)
   end
-  res[2] = R.block_error(res[2], "knhk.telemetry.span")
   local cancelled = type(res[2]) == "table" and getmetatable(res[2]) ~= nil
     and require("knhk.errors").is_signal(res[2])
   M.end_span(h, attrs, (not cancelled) and message_of(res[2]) or nil)
-  R.rethrow(res[2])
+  error(res[2], 0)
 end
 
 -- A span without duration, now (for events such as a scope's drop).
