@@ -508,9 +508,9 @@ function M.running() return M.rt ~= nil end
 -- Runs main(...) as the root task of a new runtime. cfg: workers,
 -- signals, name, seed (a seeded schedule on one worker), clock (0 real,
 -- 1 virtual: knhk.clock), all checked; place: the program's call of
--- knhk.run, "file:line: " or "" (check.caller_place).
+-- knhk.run, "file:line: " or "" (check.caller_place). knhk.run has
+-- refused a nested run already, at the program's place.
 function M.run(main, cfg, ...)
-  if M.rt ~= nil then error("knhk.run: already running (knhk.run cannot be nested)", 3) end
   local name = cfg.name
   -- (with signals, core.new has the reactor install the handlers, and
   -- core.root waits until it has)

@@ -135,24 +135,19 @@ function M.built(step)
   return wf
 end
 
--- step.execute(ctx), with a dot, passes ctx as self: refused here.
-local function check_step_self(self, fname)
-  if not M.is_step(self) then check.bad_self(fname, "workflow step", self) end
-end
-
-function Step:execute(ctx)
-  check_step_self(self, "execute")
+-- step.execute(ctx), with a dot, passes ctx as self: each method refuses a
+-- self that is not a step (check.method).
+local steps = { [Step] = true }
+Step.execute = check.method(steps, "workflow step", "execute", function(self, ctx)
   local result = M.built(self):execute(ctx) -- not a tail call: errors name the caller's line
   return result
-end
-function Step:to_mermaid()
-  check_step_self(self, "to_mermaid")
+end)
+Step.to_mermaid = check.method(steps, "workflow step", "to_mermaid", function(self)
   return M.built(self):to_mermaid()
-end
-function Step:to_dot()
-  check_step_self(self, "to_dot")
+end)
+Step.to_dot = check.method(steps, "workflow step", "to_dot", function(self)
   return M.built(self):to_dot()
-end
+end)
 
 function Step:__tostring()
   return "knhk.patterns " .. self.kind .. (self.name and (" '" .. self.name .. "'") or "")

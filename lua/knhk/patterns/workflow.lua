@@ -54,14 +54,11 @@ end
 -- with nothing left to run.
 local CTX_FIELDS = { case_id = true, vars = true, token = true, telemetry = true, signals = true }
 
--- wf.execute(ctx), with a dot, passes ctx as self: refused here, not deep
--- in the engine.
-local function check_self(self, fname)
-  if getmetatable(self) ~= Workflow then check.bad_self(fname, "workflow", self) end
-end
+-- wf.execute(ctx), with a dot, passes ctx as self: each method refuses a
+-- self that is not a workflow (check.method), not deep in the engine.
+local workflows = { [Workflow] = true }
 
-function Workflow:execute(ctx)
-  check_self(self, "execute")
+Workflow.execute = check.method(workflows, "workflow", "execute", function(self, ctx)
   if ctx == nil then ctx = {} end
   if type(ctx) ~= "table" then S.argerror("execute", 1, "table expected, got " .. type(ctx)) end
   for k in pairs(ctx) do -- a misspelt field would be ignored silently
@@ -105,16 +102,14 @@ function Workflow:execute(ctx)
   end
   if M.capture_hook then M.capture_hook(self) end
   return engine.execute(self, ctx)
-end
+end)
 
-function Workflow:to_mermaid()
-  check_self(self, "to_mermaid")
+Workflow.to_mermaid = check.method(workflows, "workflow", "to_mermaid", function(self)
   return require("knhk.patterns.diagram").mermaid(self)
-end
-function Workflow:to_dot()
-  check_self(self, "to_dot")
+end)
+Workflow.to_dot = check.method(workflows, "workflow", "to_dot", function(self)
   return require("knhk.patterns.diagram").dot(self)
-end
+end)
 
 function Workflow:__tostring()
   return "knhk.patterns workflow" .. (self.name and (" '" .. self.name .. "'") or "")
