@@ -179,9 +179,38 @@ describe("a virtual clock that can never move", function()
     assert.is_false(ok)
     local text = tostring(err)
     assert.matches("Waiting:\n  task %d+ %(function at [^)]*clock_spec%.lua:%d+, spawned by task %d+%) "
-      .. "waiting on worker %d", text)
+      .. "waiting [^\n]*, on worker %d", text)
     local lines = select(2, text:gsub("\n  task ", ""))
     assert.equal(3, lines) -- the two children and the root, which waits on them
+  end)
+
+  it("says what each task waits for", function()
+    local ok, err = pcall(virtual, function()
+      local lock, tok = knhk.lock(), knhk.token()
+      lock:acquire()
+      local chans = { knhk.channel(1), knhk.channel(1) }
+      local receiver = knhk.spawn_local(function() knhk.channel(0):recv() end)
+      knhk.spawn_local(function() receiver:join() end)
+      knhk.spawn_local(function() knhk.channel(0):send(1) end)
+      knhk.spawn_local(function() lock:acquire() end)
+      knhk.spawn_local(function() knhk.semaphore(0):acquire() end)
+      knhk.spawn_local(function() knhk.event():wait() end)
+      knhk.spawn_local(function() knhk.recv_any(chans) end)
+      knhk.spawn_local(function() tok:wait() end)
+      knhk.nursery(function(n) n:spawn_local(function() knhk.event():wait() end) end)
+    end)
+    assert.is_false(ok)
+    local text = tostring(err)
+    for _, what in ipairs({
+      "waiting to receive on a channel", "waiting to send on a channel", "waiting to join task %d+",
+      "waiting for a lock,",
+      "waiting for a semaphore's permit", "waiting for an event to be set",
+      "waiting to receive on any of several channels", "waiting for a token to be cancelled",
+      "waiting for its nursery's children to end",
+    }) do
+      assert.matches("\n  task %d+ %([^\n]*%) " .. what, text)
+    end
+    assert.not_matches("waiting on worker", text)
   end)
 
   it("finds none while a timer is pending, however often it is asked", function()

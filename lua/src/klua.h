@@ -612,6 +612,12 @@ int klua_wait_arm_join(klua_task_t *t, klua_task_t *target);
 void klua_wait_end(klua_task_t *t);
 /* Wakes every joiner of t (it ended). */
 void klua_wake_joiners(klua_task_t *t);
+/* What t waits for, in words ("to receive on a channel", "to join task
+ * 12"), into buf: for a report made while t holds still (every task
+ * waits: a deadlock), not for a task that may be running meanwhile. */
+void klua_wait_describe(klua_task_t *t, char *buf, size_t n);
+/* klua_chan.c's part of it: what a wait queued on s waits for. */
+const char *klua_sync_wait_what(const klua_wait_t *w);
 
 /* ---- klua_core.c ---- */
 int luaopen_knhk_core(lua_State *L);

@@ -779,6 +779,15 @@ int klua_sem_try_acquire(klua_sync_t *s, klua_task_t *t, knhk_token_t *cancel) {
 
 void klua_sem_make_lock(klua_sync_t *s) { s->is_lock = 1; }
 
+const char *klua_sync_wait_what(const klua_wait_t *w) {
+  const klua_sync_t *s = w->on;
+  switch (s->kind) {
+  case KLUA_SYNC_CHAN: return w->list == L_SEND ? "to send on a channel" : "to receive on a channel";
+  case KLUA_SYNC_SEM: return s->is_lock ? "for a lock" : "for a semaphore's permit";
+  default: return "for an event to be set";
+  }
+}
+
 uint64_t klua_lock_owner(klua_sync_t *s) {
   klua_spin_lock(&s->lock);
   uint64_t o = s->owner;

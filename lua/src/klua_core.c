@@ -1681,7 +1681,7 @@ static int l_close_try(lua_State *L) {
 
 /* core.stalled(rt) -> whether a virtual clock found every task waiting
  * with nothing left to wake one (and cancelled the run), and those tasks
- * ("\n  task N (...) waiting on worker W" each) */
+ * ("\n  task N (...) waiting <for what>, on worker W" each) */
 static int l_stalled(lua_State *L) {
   klua_rt_t *rt = lua_touserdata(L, 1);
   int stalled = rt && atomic_load(&rt->stalled);

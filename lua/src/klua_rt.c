@@ -231,10 +231,11 @@ static void stuck_line(void *ud, klua_task_t *t) {
     s->more++;
     return;
   }
-  char parent[48] = "";
+  char parent[48] = "", what[96];
   if (t->parent) snprintf(parent, sizeof parent, ", spawned by task %llu", (unsigned long long)t->parent);
-  int k = snprintf(s->text + s->n, STUCK_TEXT - s->n, "\n  task %llu (%s%s) waiting on worker %d",
-                   (unsigned long long)t->id, t->where, parent,
+  klua_wait_describe(t, what, sizeof what);
+  int k = snprintf(s->text + s->n, STUCK_TEXT - s->n, "\n  task %llu (%s%s) waiting %s, on worker %d",
+                   (unsigned long long)t->id, t->where, parent, what,
                    atomic_load_explicit(&t->home, memory_order_relaxed));
   if (k > 0) s->n += (size_t)k < STUCK_TEXT - s->n ? (size_t)k : STUCK_TEXT - 1 - s->n;
   s->shown++;

@@ -9,6 +9,7 @@
  * (klua_wait_t): nothing is allocated per wait but a timer when the
  * record's own is still completing.
  */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "klua.h"
@@ -176,4 +177,23 @@ void klua_wait_end(klua_task_t *t) {
   }
   w->kind = KLUA_WAIT_NONE;
   w->on = NULL;
+}
+
+/* ------------------------------------------------------------- describe */
+
+void klua_wait_describe(klua_task_t *t, char *buf, size_t n) {
+  const klua_wait_t *w = &t->w;
+  switch (w->kind) { /* (a wait's end sets it back to NONE) */
+  case KLUA_WAIT_JOIN:
+    snprintf(buf, n, "to join task %llu", (unsigned long long)((klua_task_t *)w->on)->id);
+    return;
+  case KLUA_WAIT_SYNC: snprintf(buf, n, "%s", klua_sync_wait_what(w)); return;
+  case KLUA_WAIT_GROUP: snprintf(buf, n, "for its nursery's children to end"); return;
+  case KLUA_WAIT_SELECT: snprintf(buf, n, "to receive on any of several channels"); return;
+  case KLUA_WAIT_OTHER: snprintf(buf, n, "for a process or a line of input"); return;
+  default: /* nothing queued: its own cancellation, a token's, or a time */
+    snprintf(buf, n, "%s", w->watch_on ? "for a token to be cancelled"
+                           : w->extra_timer ? "for a time to come"
+                                            : "to be cancelled");
+  }
 }
