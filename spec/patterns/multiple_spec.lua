@@ -56,6 +56,17 @@ describe("13 Multiple Instances with a priori Design-Time Knowledge", function()
   end)
 end)
 
+describe("multiple instances' results", function()
+  it("keep an instance's first value, and store nil or nothing as false: the list has no holes", function()
+    local r = H.run(function()
+      return P.mi{ name = "odd", count = 5, into = "odd",
+                   run = function(_, i) if i % 2 == 1 then return i, "extra" end end }:execute()
+    end, WORKERS)
+    assert.equal("completed", r.status, r.error)
+    assert.same({ 1, false, 3, false, 5 }, r.vars.odd)
+  end)
+end)
+
 describe("14 Multiple Instances with a priori Run-Time Knowledge", function()
   it("starts one instance per item of the case data, counted when the step starts", function()
     local r = H.run(function()
