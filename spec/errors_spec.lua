@@ -392,15 +392,39 @@ end)
 
 
 describe("an error raised below a tail call", function()
-  it("names no place rather than one inside knhk", function()
+  -- The task's function went with the tail call: the nearest place left
+  -- is the line that defined it (never one inside knhk).
+  it("names the line that defined the task's function", function()
     run(function()
       local ch = knhk.channel(1)
       ch:close()
-      local h = knhk.spawn(function(c) return c:send(1) end, ch) -- the task's frame goes
+      local fn = function(c) return c:send(1) end -- the task's frame goes
+      local line = debug.getinfo(fn, "S").linedefined
+      local h = knhk.spawn(fn, ch)
       local ok, err = pcall(h.join, h)
       assert.is_false(ok)
-      assert.matches("send: the channel is closed", tostring(err))
-      assert.no.matches("knhk/[%w_/]+%.lua:%d+: send", tostring(err))
+      assert.matches("^" .. here .. ":" .. line .. ": send: the channel is closed", tostring(err))
+    end)
+  end)
+
+  it("does so for portable and local tasks, for refusals made in C and in Lua", function()
+    run(function()
+      for _, spawn in ipairs({ knhk.spawn, knhk.spawn_local }) do
+        for _, case in ipairs({
+          { function()
+              local n = 1
+              return knhk.spawn(41 + n)
+            end, "bad argument #1 to 'spawn' (function or callable object expected, got number)" },
+          { function() return knhk.sleep("x") end,
+            "bad argument #1 to 'sleep' (number expected, got string)" },
+        }) do
+          local line = debug.getinfo(case[1], "S").linedefined
+          local h = spawn(case[1])
+          local ok, err = pcall(h.join, h)
+          assert.is_false(ok)
+          assert.equal(here .. ":" .. line .. ": " .. case[2], tostring(err):match("^[^\n]*"))
+        end
+      end
     end)
   end)
 end)

@@ -140,9 +140,10 @@ local function place_of(info) return format("%s:%d: ", info.short_src, info.curr
 -- them the program's (its frame went in a tail call, or the task's
 -- function is knhk's own): for the root task's own coroutine, the
 -- program's call of knhk.run, as if the root's function had been called
--- there (knhk.core keeps it: the C side's refusals use it too); anywhere
--- else no place, rather than one inside knhk.
-local function below_the_stack() return require("knhk.core").root_place() or "" end
+-- there; for another task's, the line that defined its function; anywhere
+-- else no place, rather than one inside knhk (knhk.core says which: the C
+-- side's refusals use it too).
+local function below_the_stack() return require("knhk.core").place_below() end
 
 -- The place of the first frame of the program from `level` on (numbered
 -- as debug.getinfo numbers them for the caller of program_place).

@@ -61,15 +61,28 @@ KLUA_API const char *klua_where(klua_rt_t *rt, const char *place);
 
 /* ---------------------------------------------------------------- helpers */
 
-/* Where the stack of the root task's own coroutine L goes on: the place of
- * the program's call of knhk.run (core.root's), or NULL (another task or
- * coroutine, or knhk's own code called knhk.run). check.lua's refusals
- * ask core.root_place for it too. */
-static const char *root_place(lua_State *L) {
+/* Where the stack of a task's own coroutine L goes on, once no frame of
+ * the program is left on it (the program's frame went in a tail call, or
+ * the task's function is knhk's own), pushed as "place: " or "": for the
+ * root task, the place of the program's call of knhk.run (core.root's),
+ * as if the root's function had been called there; for another task, the
+ * line that defined its function, the nearest the record knows of the
+ * call that went. Nothing for a coroutine of the program's own, or for a
+ * root that knhk's own code started. check.lua's refusals ask
+ * core.place_below for it too. */
+static void push_place_below(lua_State *L) {
+  static const char fn_at[] = "function at ";
   klua_worker_t *w = klua_self();
   klua_task_t *t = w ? w->cur : NULL;
-  if (!t || t->co != L || t->id != t->rt->root_id) return NULL;
-  return t->rt->root_place;
+  if (!t || t->co != L) {
+    lua_pushliteral(L, "");
+  } else if (t->id == t->rt->root_id) {
+    lua_pushstring(L, t->rt->root_place ? t->rt->root_place : "");
+  } else if (t->where && strncmp(t->where, fn_at, sizeof fn_at - 1) == 0) {
+    lua_pushfstring(L, "%s: ", t->where + sizeof fn_at - 1);
+  } else {
+    lua_pushliteral(L, "");
+  }
 }
 
 /* Raises fmt (a, b) at the first frame of the program, outside knhk's own
@@ -79,11 +92,7 @@ static int raise_at(lua_State *L, int level, const char *fmt, const char *a, con
   lua_Debug ar;
   for (int l = level;; l++) {
     if (!lua_getstack(L, l, &ar)) {
-      /* none (the program's frame went in a tail call, or the task's
-       * function is knhk's own): below the root task's coroutine, the
-       * program's call of knhk.run; else no place, never one inside knhk */
-      const char *below = root_place(L);
-      lua_pushstring(L, below ? below : "");
+      push_place_below(L); /* (never a place inside knhk) */
       break;
     }
     lua_getinfo(L, "Sl", &ar);
@@ -860,11 +869,9 @@ static int l_spawn_blob(lua_State *L) {
   return 1;
 }
 
-/* core.root_place() -> root_place's place for the calling coroutine, or nil. */
-static int l_root_place(lua_State *L) {
-  const char *place = root_place(L);
-  if (!place) return 0;
-  lua_pushstring(L, place);
+/* core.place_below() -> push_place_below's place for the calling coroutine, or "". */
+static int l_place_below(lua_State *L) {
+  push_place_below(L);
   return 1;
 }
 
@@ -2267,7 +2274,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"nursery_child", l_nursery_child},
       {"spawn_blob", l_spawn_blob},
       {"root", l_root},
-      {"root_place", l_root_place},
+      {"place_below", l_place_below},
       {"start", l_start},
       {"finish", l_finish},
       {"place", l_place},
