@@ -30,6 +30,7 @@ local M = {}
 
 local MIJoin = {}
 MIJoin.__index = MIJoin
+S.stays_in_its_vm(MIJoin, "a join of multiple instances")
 
 local function mi_join(kind, fields)
   fields.kind = kind

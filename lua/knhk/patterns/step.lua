@@ -24,6 +24,19 @@ end
 
 function M.is_step(v) return getmetatable(v) == Step end
 
+-- The objects of class mt (`what`: "a workflow") are refused where a task
+-- would get a copy of them (a spawn's snapshot, a message, a result),
+-- saying so. Copying one is not attempted: a workflow is a compiled net of
+-- closures over its steps, whose identity it relies on (the workflow built
+-- per step, triggers matched by their step), with conditions compiled from
+-- text in environments of their own. The class is knhk's, so the codec's
+-- usual hint (register the class) would only mislead.
+function M.stays_in_its_vm(mt, what)
+  require("knhk").codec.register_staying(mt, what .. " (knhk.patterns), which cannot be sent to "
+    .. "another worker: build it in the task that runs it, or share it with spawn_local")
+end
+M.stays_in_its_vm(Step, "a workflow step")
+
 -- "file.lua:12" of the code that wrote a step: the first frame on the
 -- stack outside this library (counting levels would be thrown off by tail
 -- calls, e.g. `return P.task(...)`).

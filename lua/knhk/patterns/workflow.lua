@@ -15,6 +15,7 @@ Workflow.__index = Workflow
 M.Workflow = Workflow
 
 function M.is_workflow(v) return getmetatable(v) == Workflow end
+S.stays_in_its_vm(Workflow, "a workflow")
 
 -- Builds `step` (checks the whole definition; raises the first refusal at
 -- the caller's line, `level` above this function).
