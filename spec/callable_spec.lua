@@ -297,3 +297,161 @@ describe("knhk.telemetry.span", function()
     end)
   end)
 end)
+
+-- ------------------------------------------------------------- patterns
+
+local P = require "knhk.patterns"
+local Bump = require "fixtures.bump" -- __call(self, vars, i) -> { [var] = vars[var] + by (+ i) }
+
+local function bump(var, by) return setmetatable({ var = var, by = by }, Bump) end
+
+-- A condition over the case variables, as a callable object (it runs where
+-- the case runs: its class need not travel).
+local function below(var, limit)
+  return setmetatable({ var = var, limit = limit }, {
+    __call = function(self, vars) return (vars[self.var] or 0) < self.limit end })
+end
+
+describe("knhk.patterns with callable objects", function()
+  it("run one as a task, a sequence's step and a parallel branch, with the case variables", function()
+    local r = run(function()
+      return P.sequence{
+        P.task("first", bump("n", 1)),
+        bump("n", 10),
+        P.parallel_split{ bump("x", 1), P.task{ name = "y", run = bump("y", 2) } },
+        P.synchronization(),
+      }:execute{ vars = { n = 0 } }
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.same({ n = 11, x = 1, y = 2 }, r.vars)
+  end)
+
+  it("run one for each instance of a multiple-instance step, with its number", function()
+    local r = run(function()
+      return P.mi{ count = 3, run = bump("n", 10), into = "o" }:execute{ vars = { n = 0 } }
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.same({ { n = 11 }, { n = 12 }, { n = 13 } }, r.vars.o)
+  end)
+
+  it("ask one for the number of instances, or their items", function()
+    local function of_vars(key) return setmetatable({}, { __call = function(_, vars) return vars[key] end }) end
+    local r = run(function()
+      return P.sequence{
+        P.mi{ count = of_vars("k"), run = bump("n", 0), into = "counted" },
+        P.mi{ items = of_vars("list"), run = bump("n", 0), into = "listed" },
+      }:execute{ vars = { n = 0, k = 2, list = { "a", "b", "c" } } }
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(2, #r.vars.counted)
+    assert.equal(3, #r.vars.listed)
+  end)
+
+  it("ask one as a choice's condition, a loop's test and a completion condition", function()
+    local r = run(function()
+      return P.sequence{
+        P.exclusive_choice{ { when = below("n", 0), run = bump("wrong", 1) },
+                            { when = below("n", 1), run = bump("right", 1) } },
+        P.simple_merge(),
+        P.while_do(below("n", 3), bump("n", 1)),
+        P.mi{ count = 3, dynamic = true, into = "o", run = bump("i", 0),
+              join = P.complete_when(setmetatable({}, { __call = function(_, results)
+                return #results >= 1 end })) },
+      }:execute{ vars = { n = 0 } }
+    end, 1)
+    assert.equal("completed", r.status, r.error)
+    assert.is_nil(r.vars.wrong)
+    assert.equal(1, r.vars.right)
+    assert.equal(3, r.vars.n)
+    assert.equal(1, #r.vars.o) -- the condition held at the first instance
+  end)
+
+  it("run one as a critical section, a graph node and a whole workflow", function()
+    local r, whole = run(function()
+      return P.sequence{
+        P.critical_section("ledger", bump("a", 1)),
+        P.graph{ start = "g", nodes = { g = { run = bump("b", 2) } } },
+      }:execute{}, P.workflow(bump("c", 3)):execute{}
+    end)
+    assert.equal("completed", r.status, r.error)
+    assert.same({ a = 1, b = 2 }, r.vars)
+    assert.equal("completed", whole.status, whole.error)
+    assert.same({ c = 3 }, whole.vars)
+  end)
+
+  it("name a task of one by its __call's place", function()
+    local line = debug.getinfo(Bump.__call, "S").linedefined
+    assert.equal("bump.lua:" .. line .. " (callable table)", P.task(bump("n", 1)).name)
+    assert.equal("bump.lua:" .. line .. " (callable table)", P.sequence{ bump("n", 1) }.steps[1].name)
+  end)
+
+  it("fail the case, naming the task function, when the object cannot travel", function()
+    local r = run(function() return P.task("double", doubler()):execute{} end)
+    assert.equal("failed", r.status)
+    assert.equal("double", r.step)
+    assert.matches("spawn: the task function is a userdata", r.error, 1, true)
+  end)
+
+  it("refuse a table without __call at the caller's line, saying what was expected", function()
+    local plain = setmetatable({}, { __call = 42 })
+    assert_refused("bad argument #2 to 'task' (function or callable object expected for the task, got table)",
+      function() P.task("t", plain) end)
+    assert_refused("bad argument #1 to 'sequence' (step 1 must be a function, a callable object or a step, got table)",
+      function() P.sequence{ plain } end)
+    assert_refused("bad argument #1 to 'parallel_split' (branch 1 must be a function, a callable object or a step, got table)",
+      function() P.parallel_split{ plain } end)
+    assert_refused("bad argument #1 to 'mi' (run must be a function or callable object (each instance runs it as a portable task), got table)",
+      function() P.mi{ count = 1, run = plain } end)
+    assert_refused("bad argument #1 to 'exclusive_choice' (branch 1: 'when' must be a function, a callable object or a Lua expression string, got table)",
+      function() P.exclusive_choice{ { when = plain, run = bump("n", 1) } } end)
+    assert_refused("bad argument #1 to 'while_do' (the condition must be a function, a callable object or a Lua expression string, got table)",
+      function() P.while_do(plain, bump("n", 1)) end)
+    assert_refused("bad argument #1 to 'complete_when' (the completion condition must be a function, a callable object or a Lua expression string, got table)",
+      function() P.complete_when(plain) end)
+    assert_refused("bad argument #2 to 'critical_section' (the section must be a function, a callable object or a step, got table)",
+      function() P.critical_section("ledger", plain) end)
+  end)
+end)
+
+-- ------------------------------------------------------------ knhk.test
+
+local T = require "knhk.test"
+
+-- A body that remembers how it was called, and in which runtime.
+local function recorder()
+  return setmetatable({ calls = 0 }, { __call = function(self, ...)
+    self.calls = self.calls + 1
+    self.args = { ... }
+    self.in_task = knhk.current() ~= nil
+  end })
+end
+
+describe("knhk.test.wrap and knhk.test.explore with a callable object", function()
+  it("run it as the root task of a fresh runtime, with the arguments given", function()
+    local body = recorder()
+    T.wrap(body, { workers = 1 })("x", 2)
+    assert.same({ 1, { "x", 2 }, true }, { body.calls, body.args, body.in_task })
+    local explored = recorder()
+    T.explore(explored, { runs = 3 })()
+    assert.same({ 3, true }, { explored.calls, explored.in_task })
+  end)
+
+  it("name it by its __call's place when it fails", function()
+    local call = function() error("broke", 0) end
+    local line = debug.getinfo(call, "S").linedefined
+    for _, make in ipairs { T.wrap, T.explore } do
+      local ok, err = pcall(make(setmetatable({}, { __call = call }), { seed = 1 }))
+      assert.is_false(ok)
+      err = type(err) == "table" and err.message or err
+      assert.equal(here .. ":" .. line .. ": ", err:sub(1, #here + #tostring(line) + 3))
+      assert.matches("broke", err, 1, true)
+    end
+  end)
+
+  it("refuse a table without __call at the caller's line", function()
+    assert_refused("bad argument #1 to 'wrap' (function or callable object expected, got table)",
+      function() T.wrap({}) end)
+    assert_refused("bad argument #1 to 'explore' (function or callable object expected, got table)",
+      function() T.explore(setmetatable({}, { __index = {} })) end)
+  end)
+end)

@@ -265,6 +265,52 @@ describe("knhk.clock.advance", function()
     assert.equal(5, got.last)
   end)
 
+  it("waits until those timers fired, letting tasks run: those it woke on its worker have run", function()
+    local got = virtual(function()
+      local woke, spins, never, seen = {}, 0, knhk.event(), nil
+      knhk.nursery(function(n)
+        for _, d in ipairs { 1, 2, 5 } do
+          n:spawn_local(function()
+            knhk.sleep(d)
+            woke[d] = knhk.now()
+            never:wait() -- its next wait, until the nursery is cancelled
+          end)
+        end
+        local spinning = true
+        n:spawn_local(function() -- a task that is ready throughout, woken by no timer
+          while spinning do spins = spins + 1; knhk.checkpoint() end
+        end)
+        while waiting() < 3 do knhk.checkpoint() end
+        local spins_before = spins
+        knhk.clock.advance(3)
+        -- (read before this task's next wait)
+        seen = { woke[1], woke[2], woke[5], spins > spins_before, knhk.now() }
+        spinning = false
+        n:cancel()
+      end)
+      return seen
+    end, 1)
+    -- the sleepers of 1 and 2 ran, and saw the clock already at 3; the one
+    -- of 5 still sleeps; the ready task ran while advance waited
+    assert.same({ 3, 3, nil, true, 3 }, { got[1], got[2], got[3], got[4], got[5] })
+  end)
+
+  it("is not a cancellation point: in a cancelled scope it moves the clock and returns", function()
+    local moved, caught = virtual(function()
+      local at
+      local scope = knhk.cancel_scope(function(s)
+        s:cancel()
+        knhk.clock.advance(2)
+        at = knhk.now()
+        knhk.checkpoint() -- where Cancelled is raised
+        at = "after the checkpoint"
+      end)
+      return at, scope.cancelled_caught
+    end, 1)
+    assert.equal(2, moved)
+    assert.is_true(caught)
+  end)
+
   it("moves the clock by exactly the amount given, fractions included", function()
     local now = virtual(function()
       knhk.clock.advance(1.5)

@@ -725,7 +725,7 @@ describe("knhk.nursery, once closed", function()
   local src = debug.getinfo(1, "S").short_src
   local closed_refusals = {
     { "argument 1", function(n) knhk.spawn(function(x) return x end, n) end },
-    { "upvalue 'n' of function at " .. src .. ":%d+ of the task function",
+    { "upvalue 'n' of function at " .. src:gsub("%p", "%%%0") .. ":%d+ of the task function",
       function(n) knhk.spawn(function() return n end) end },
     { "key 'n' of argument 1", function(n) knhk.spawn(function(t) return t end, { n = n }) end },
     { "argument 1", function(n) knhk.spawn(function(x) return tostring(x) end, n) end },

@@ -105,6 +105,29 @@ describe("knhk.cancel_scope", function()
         "bad argument #2 to 'cancel_scope' (timeout: number expected, got string)")
     end)
   end)
+
+  it("refuses a negative or NaN timeout in knhk.sleep's words, and takes a past deadline", function()
+    run(function()
+      assert.has_error(function() knhk.cancel_scope(function() end, { timeout = -1 }) end,
+        "bad argument #2 to 'cancel_scope' (timeout: number >= 0 expected, got -1)")
+      assert.has_error(function() knhk.cancel_scope(function() end, { timeout = 0 / 0 }) end,
+        "bad argument #2 to 'cancel_scope' (timeout: number expected, got NaN)")
+      -- a deadline is a time on the clock, not a duration: one already past is due
+      local past = knhk.cancel_scope(function() knhk.sleep(10) end, { deadline = knhk.now() - 5 })
+      assert.is_true(past.cancelled_caught)
+    end)
+  end)
+
+  it("takes a timeout of 0 (due at once) and math.huge (never), as knhk.sleep takes them", function()
+    run(function()
+      local now = knhk.cancel_scope(function() knhk.checkpoint() end, { timeout = 0 })
+      assert.is_true(now.cancelled_caught)
+      local never, r = knhk.cancel_scope(function() knhk.sleep(0.001); return "done" end,
+        { timeout = math.huge })
+      assert.is_false(never.cancel_called)
+      assert.equal("done", r)
+    end)
+  end)
 end)
 
 describe("knhk.move_on_after and knhk.fail_after", function()
@@ -119,7 +142,7 @@ describe("knhk.move_on_after and knhk.fail_after", function()
         end)
         assert.is_false(ok, clock)
         assert.is_true(knhk.is_timeout(err), clock)
-        local s = knhk.move_on_after(-5, function() knhk.sleep(0); steps = steps + 1 end)
+        local s = knhk.move_on_after(0, function() knhk.sleep(0); steps = steps + 1 end)
         assert.is_true(s.cancelled_caught, clock)
         s = knhk.cancel_scope(function()
           for _ = 1, 3 do knhk.checkpoint(); steps = steps + 1 end
@@ -154,6 +177,40 @@ describe("knhk.move_on_after and knhk.fail_after", function()
       end)
       assert.is_true(outer.cancel_called and outer.cancelled_caught)
       assert.is_false(inner.cancel_called)
+    end)
+  end)
+
+  it("refuse a negative or NaN duration as knhk.sleep does, at the caller's line", function()
+    run(function()
+      local function refusal(f, ...)
+        local ok, err = pcall(f, ...)
+        assert.is_false(ok)
+        return err
+      end
+      local line = debug.getinfo(1, "l").currentline + 1
+      local errs = { refusal(function() knhk.move_on_after(-1, function() end) end),
+                     refusal(function() knhk.fail_after(-1, function() end) end),
+                     refusal(function() knhk.sleep(-1) end),
+                     refusal(function() knhk.move_on_after(0 / 0, function() end) end),
+                     refusal(function() knhk.fail_after(0 / 0, function() end) end),
+                     refusal(function() knhk.sleep(0 / 0) end) }
+      local here = debug.getinfo(1, "S").short_src
+      for i, f in ipairs { "move_on_after", "fail_after", "sleep" } do
+        assert.equal(string.format("%s:%d: bad argument #1 to '%s' (number >= 0 expected, got -1)",
+          here, line + i - 1, f), errs[i])
+        assert.equal(string.format("%s:%d: bad argument #1 to '%s' (number expected, got NaN)",
+          here, line + i + 2, f), errs[i + 3])
+      end
+    end)
+  end)
+
+  it("take 0 (due at once) and math.huge (never), as knhk.sleep takes them", function()
+    run(function()
+      assert.is_true(knhk.move_on_after(0, knhk.checkpoint).cancelled_caught)
+      assert.is_true(knhk.is_timeout(select(2, pcall(knhk.fail_after, 0, knhk.checkpoint))))
+      local scope, r = knhk.move_on_after(math.huge, function() knhk.sleep(0.001); return "done" end)
+      assert.same({ false, "done" }, { scope.cancel_called, r })
+      assert.equal("done", knhk.fail_after(math.huge, function() knhk.sleep(0.001); return "done" end))
     end)
   end)
 

@@ -119,7 +119,7 @@ describe("knhk.test.wrap", function()
 
   it("refuses a bad body or bad options at the call, in Lua's words", function()
     assert.has_error(function() T.wrap(42) end,
-      "bad argument #1 to 'wrap' (function expected, got number)")
+      "bad argument #1 to 'wrap' (function or callable object expected, got number)")
     assert.has_error(function() T.wrap(print, "fast") end,
       "bad argument #2 to 'wrap' (options table expected, got string)")
     assert.has_error(function() T.wrap(print, { workers = 0 }) end,
@@ -437,7 +437,7 @@ describe("assert.cancelled", function()
 
   it("refuses what is neither a function nor a task", T.wrap(function()
     assert.has_error(function() assert.cancelled(7) end,
-      "bad argument #1 to 'cancelled' (function or task expected, got 7)")
+      "bad argument #1 to 'cancelled' (function, callable object or task expected, got 7)")
   end))
 end)
 
@@ -502,6 +502,14 @@ describe("assert.completes_within", function()
       "bad argument #1 to 'completes_within' (number >= 0 expected, got string)")
     assert.has_error(function() assert.completes_within(1, print) end,
       "completes_within: must run inside a knhk task (inside knhk.test.wrap or knhk.run)")
+    -- a __call that is not a function is not callable, as knhk.spawn says
+    local not_callable = setmetatable({}, { __call = 42 })
+    assert.has_error(function() assert.completes_within(1, not_callable) end,
+      "bad argument #2 to 'completes_within' (function or callable object expected, got table)")
+    assert.has_error(function() assert.error_group(not_callable) end,
+      "bad argument #1 to 'error_group' (function or callable object expected, got table)")
+    assert.has_error(function() assert.cancelled(not_callable) end,
+      "bad argument #1 to 'cancelled' (function, callable object or task expected, got table)")
     -- at the spec's line, not inside luassert
     local ok, err = pcall(function() assert.error_group(42) end)
     assert.is_false(ok)

@@ -38,8 +38,6 @@ end
 local want = {}
 M.want = want
 
-function want.func(v) if type(v) ~= "function" then return "function" end end
-
 -- A function, or a table or userdata whose metatable's __call is a
 -- function: what Lua calls as it calls a function (the C side's
 -- is_callable, lua/src/klua_core.c, says the same).
@@ -50,6 +48,13 @@ function M.callable(v)
   if t ~= "table" and t ~= "userdata" then return false end
   local mt = getmetatable(v)
   return type(mt) == "table" and type(rawget(mt, "__call")) == "function"
+end
+-- The function a call of v runs: v itself, or its __call; nil when v is
+-- not callable. (For what names a callable object by its code: a place,
+-- a line.)
+function M.called_function(v)
+  if type(v) == "function" then return v end
+  if M.callable(v) then return rawget(getmetatable(v), "__call") end
 end
 function want.callable(v)
   if not M.callable(v) then return "function or callable object" end

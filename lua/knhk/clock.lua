@@ -39,12 +39,17 @@ function M.kind()
   return KINDS[K.C.klua_clock_kind(rt)]
 end
 
--- knhk.clock.advance(seconds): moves a virtual clock forward by hand. When
--- it returns, knhk.now() is `seconds` later and every timer that became
--- due has fired, in deadline order (equal deadlines in the order they were
--- set), so the tasks they woke are already queued; the clock then jumps on
--- by itself once every task waits again. Not a checkpoint. Raises when the
--- runtime's clock is real.
+-- knhk.clock.advance(seconds): moves a virtual clock forward by hand, then
+-- waits until every timer that became due has fired, in deadline order
+-- (equal deadlines in the order they were set; klua_clock.c), so when it
+-- returns knhk.now() is `seconds` later. The wait lets other tasks run,
+-- and the tasks those timers woke on this worker were queued ahead of the
+-- caller: on the default schedule they have run, up to their next wait,
+-- by then (on other workers they run alongside; a seeded schedule picks
+-- among them and the caller). The wait is uncancellable, so advance is not
+-- a cancellation point: a cancelled scope does not stop the clock moving.
+-- The clock then jumps on by itself once every task waits again. Raises
+-- when the runtime's clock is real.
 function M.advance(seconds)
   if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
     check.fail(1, "advance", "non-negative number", seconds)

@@ -441,6 +441,14 @@ local function class_mt(name, module)
   return mt
 end
 
+-- Classes of knhk's own whose tables stay in the VM that made them (a
+-- built workflow and its steps: knhk.patterns.step). A value of one is
+-- refused as `what`, which says so and what to do instead, rather than
+-- with register_class's hint: the class is knhk's, and registering it
+-- would not make it travel.
+local staying = {}
+function M.register_staying(mt, what) staying[mt] = what end
+
 local handle_kinds, handle_names, handle_modules = {}, {}, {}
 -- Values whose metatable (or ctype) is `key` travel as a number that
 -- export(v) makes (taking a reference) and import(n) turns back.
@@ -713,7 +721,8 @@ local function encode_table(enc, t)
     if not cname then
       local h = handle_kind(mt)
       if h then return put_handle(enc, t, h) end
-      refuse(enc, t, "a table with a metatable knhk does not know (register its metatable with knhk.codec.register_class)")
+      refuse(enc, t, staying[mt] or "a table with a metatable knhk does not know (register its "
+        .. "metatable with knhk.codec.register_class)")
     end
     local module = class_modules[cname]
     if module then

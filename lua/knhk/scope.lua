@@ -104,8 +104,15 @@ M.in_scope = in_scope
 local function deadline_of(seconds)
   local ns = core_now()
   if ns == nil then return nil end
-  if seconds < 0 then seconds = 0 end
   return ns + seconds * 1e9
+end
+
+-- A timeout is a duration, as sleep's is: a number (NaN is not one), then
+-- one >= 0, each refused in sleep's words. 0 is due at once; math.huge
+-- is never. (A deadline is a time on the clock: one already past is due.)
+local function check_duration(seconds, n, fname)
+  check.arg("number", seconds, n, fname, 3)
+  check.arg("nonnegative", seconds, n, fname, 3)
 end
 
 -- knhk.cancel_scope(fn [, opts]) -> scope, fn's results. opts.deadline
@@ -115,6 +122,7 @@ function M.cancel_scope(fn, opts)
   opts = check.opts(opts, 2, "cancel_scope", 2, { "timeout", "deadline", "shield" })
   check.field("number", opts, "deadline", 2, "cancel_scope")
   check.field("number", opts, "timeout", 2, "cancel_scope")
+  check.field("nonnegative", opts, "timeout", 2, "cancel_scope") -- (a number by now: its range)
   if core_now() == nil then
     R.raise("knhk.cancel_scope: must be called inside a knhk task (inside knhk.run)")
   end
@@ -130,7 +138,7 @@ local function call_with(scope, fn, ...) return fn(...) end
 
 -- knhk.move_on_after(seconds, fn, ...) -> scope, results
 function M.move_on_after(seconds, fn, ...)
-  check.arg("number", seconds, 1, "move_on_after")
+  check_duration(seconds, 1, "move_on_after")
   check.arg("callable", fn, 2, "move_on_after")
   local d = deadline_of(seconds)
   if d == nil then R.raise("knhk.move_on_after: must be called inside a knhk task (inside knhk.run)") end
@@ -139,7 +147,7 @@ end
 
 -- knhk.fail_after(seconds, fn, ...) -> results; raises a TimeoutError
 function M.fail_after(seconds, fn, ...)
-  check.arg("number", seconds, 1, "fail_after")
+  check_duration(seconds, 1, "fail_after")
   check.arg("callable", fn, 2, "fail_after")
   local d = deadline_of(seconds)
   if d == nil then R.raise("knhk.fail_after: must be called inside a knhk task (inside knhk.run)") end

@@ -210,6 +210,61 @@ describe("wf:execute(ctx), refusing what would be ignored", function()
   end)
 end)
 
+describe("a workflow and its steps, kept in the VM that built them", function()
+  local here = debug.getinfo(1, "S").short_src
+  local STAYS = " (knhk.patterns), which cannot be sent to another worker: build it in the task "
+    .. "that runs it, or share it with spawn_local"
+
+  -- What fn, written on one line, raised: its message, which must start at
+  -- that line.
+  local function refusal(fn)
+    local ok, err = pcall(fn)
+    assert.is_false(ok, "expected a refusal")
+    local prefix = here .. ":" .. debug.getinfo(fn, "S").linedefined .. ": "
+    assert.equal(prefix, tostring(err):sub(1, #prefix))
+    return tostring(err):sub(#prefix + 1)
+  end
+
+  it("are refused when given to a portable task, saying they cannot travel, at the spawn's line", function()
+    H.run(function()
+      local wf = P.workflow(noop("t"))
+      local step, join = noop("u"), P.partial(1)
+      local fn_place = "function at " .. here:gsub("%p", "%%%0") .. ":%d+"
+      assert.matches("^spawn: upvalue 'wf' of " .. fn_place .. " of the task function is a workflow"
+        .. STAYS:gsub("%p", "%%%0") .. "$",
+        refusal(function() knhk.spawn(function() return wf:execute() end) end))
+      assert.equal("spawn: argument 1 is a workflow step" .. STAYS,
+        refusal(function() knhk.spawn(function(s) return s end, step) end))
+      assert.equal("spawn: key 'join' of argument 1 is a join of multiple instances" .. STAYS,
+        refusal(function() knhk.spawn(function(t) return t end, { join = join }) end))
+    end)
+  end)
+
+  it("are refused as a message or a portable task's result too", function()
+    H.run(function()
+      local ch = knhk.channel(1)
+      local wf = P.workflow(noop("t"))
+      assert.equal("send: the value sent is a workflow" .. STAYS, refusal(function() ch:send(wf) end))
+      local ok, err = pcall(function() return knhk.spawn(function() return P.workflow(noop("t")) end):join() end)
+      assert.is_false(ok)
+      assert.matches("cannot return its results: return value 1 is a workflow" .. STAYS:gsub("%p", "%%%0")
+        .. "$", err.message)
+    end)
+  end)
+
+  it("run in a spawn_local task, which shares them, and in the portable task that built one", function()
+    local shared, built = H.run(function()
+      local wf = P.workflow(P.task("t", function() return { done = "shared" } end))
+      return knhk.spawn_local(function() return wf:execute().vars.done end):join(),
+        knhk.spawn(function()
+          return P.workflow(P.task("t", function() return { done = "built" } end)):execute().vars.done
+        end):join()
+    end)
+    assert.equal("shared", shared)
+    assert.equal("built", built)
+  end)
+end)
+
 describe("case data", function()
   it("a task works on a snapshot: changing it in place changes nothing", function()
     local r = H.run(function()

@@ -17,9 +17,9 @@ local refusals = {
   { "an empty sequence", function() return P.sequence{} end,
     "bad argument #1 to 'sequence' (a sequence needs at least one step)" },
   { "a step that is not a step", function() return P.sequence{ 42 } end,
-    "bad argument #1 to 'sequence' (step 1 must be a function or a step, got number)" },
+    "bad argument #1 to 'sequence' (step 1 must be a function, a callable object or a step, got number)" },
   { "a branch that is not a step", function() return P.parallel_split{ f, "x" } end,
-    "bad argument #1 to 'parallel_split' (branch 2 must be a function or a step, got string)" },
+    "bad argument #1 to 'parallel_split' (branch 2 must be a function, a callable object or a step, got string)" },
   { "a missing branch function", function() return P.exclusive_choice{ { when = "x > 1" } } end,
     "bad argument #1 to 'exclusive_choice' (branch 1 has no 'run' (a function or a step; "
       .. "P.skip() for nothing))" },
@@ -30,11 +30,12 @@ local refusals = {
     "bad argument #1 to 'exclusive_choice' (branch 1: 'when' 'a, b' is not a Lua expression: "
       .. "it is not one expression)" },
   { "a non-callable task", function() return P.task("t", 42) end,
-    "bad argument #2 to 'task' (function expected for the task, got number)" },
+    "bad argument #2 to 'task' (function or callable object expected for the task, got number)" },
   { "k > n in a partial join of instances", function() return P.mi{ count = 3, run = f, join = P.partial(5) } end,
     "bad argument #1 to 'mi' (partial join needs 5 of 3 instances to complete; k must be at most count)" },
   { "instances that are not a function", function() return P.mi{ count = 3, run = {} } end,
-    "bad argument #1 to 'mi' (run must be a function (each instance runs it as a portable task), got table)" },
+    "bad argument #1 to 'mi' (run must be a function or callable object (each instance runs it as a "
+      .. "portable task), got table)" },
   { "instances without a number", function() return P.mi{ run = f } end,
     "bad argument #1 to 'mi' (count (a number or a function of the case variables) or items expected)" },
   { "a completion condition on static instances", function()

@@ -9,6 +9,7 @@
 --   P.simple_merge()                 5  whichever branch arrives continues
 --   P.skip()                         an empty step (an empty branch)
 local knhk = require "knhk"
+local check = require "knhk.check"
 local S = require "knhk.patterns.step"
 local engine = require "knhk.patterns.engine"
 
@@ -39,15 +40,16 @@ S.define("task", {
   end,
 })
 
--- P.task(name, fn), P.task(fn) or P.task{ name = , run = }.
+-- P.task(name, fn), P.task(fn) or P.task{ name = , run = }; fn may be a
+-- callable object (then P.task(obj) is not the table form).
 function M.task(a, b)
   local name, fn = a, b
-  if type(a) == "function" then name, fn = nil, a
+  if check.callable(a) then name, fn = nil, a
   elseif type(a) == "table" and not S.is_step(a) then name, fn = a.name, a.run end
   S.check_name(name, "task", 1, 2, true)
-  if type(fn) ~= "function" then
-    S.argerror("task", type(a) == "table" and 1 or 2, "function expected for the task, got "
-      .. S.describe(fn))
+  if not check.callable(fn) then
+    S.argerror("task", type(a) == "table" and 1 or 2, "function or callable object expected for "
+      .. "the task, got " .. S.describe(fn))
   end
   return S.kinds.task.make(name, fn, 2)
 end

@@ -17,6 +17,7 @@
 -- choice whose branches go `to` node names; no `next`: its thread ends.
 -- A graph is one step: it ends when nothing in it is left to do.
 local knhk = require "knhk"
+local check = require "knhk.check"
 local S = require "knhk.patterns.step"
 local engine = require "knhk.patterns.engine"
 
@@ -287,11 +288,11 @@ local function compile_graph(ctx, step, owner)
         end
       end
       local run = g.run
-      if run ~= nil and not S.is_step(run) and type(run) ~= "function" then
-        ctx:refuse(step, "node '" .. name .. "': run must be a function or a step, got "
-          .. S.describe(run))
+      if run ~= nil and not S.is_step(run) and not check.callable(run) then
+        ctx:refuse(step, "node '" .. name .. "': run must be a function, a callable object or a "
+          .. "step, got " .. S.describe(run))
       end
-      if type(run) == "function" then run = S.kinds.task.make(name, run, 1) end
+      if run ~= nil and not S.is_step(run) then run = S.kinds.task.make(name, run, 1) end
       local first, last
       if run == nil or run.kind == "task" then
         -- one node: the task (or a pure router) with the node's join and split

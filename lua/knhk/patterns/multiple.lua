@@ -19,6 +19,7 @@
 --   join = P.cancelling_partial(k)   35  ... and cancel the others
 --   dynamic, join = P.complete_when  36  continue once a condition holds
 local knhk = require "knhk"
+local check = require "knhk.check"
 local S = require "knhk.patterns.step"
 local engine = require "knhk.patterns.engine"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
@@ -29,6 +30,7 @@ local M = {}
 
 local MIJoin = {}
 MIJoin.__index = MIJoin
+S.stays_in_its_vm(MIJoin, "a join of multiple instances")
 
 local function mi_join(kind, fields)
   fields.kind = kind
@@ -305,18 +307,19 @@ end
 function M.mi(t)
   local F = "mi"
   if type(t) ~= "table" or S.is_step(t) then S.argerror(F, 1, "table expected, got " .. S.describe(t)) end
-  if type(t.run) ~= "function" then
-    S.argerror(F, 1, "run must be a function (each instance runs it as a portable task), got "
-      .. S.describe(t.run))
+  if not check.callable(t.run) then
+    S.argerror(F, 1, "run must be a function or callable object (each instance runs it as a "
+      .. "portable task), got " .. S.describe(t.run))
   end
   S.check_name(t.name, F, 1, 2, true)
   if t.count ~= nil and t.items ~= nil then S.argerror(F, 1, "give count or items, not both") end
   if t.count == nil and t.items == nil then
     S.argerror(F, 1, "count (a number or a function of the case variables) or items expected")
   end
-  if t.count ~= nil and type(t.count) ~= "function" then S.check_count(t.count, F, 1, "count", 2) end
-  if t.items ~= nil and type(t.items) ~= "string" and type(t.items) ~= "function" then
-    S.argerror(F, 1, "items must name a case variable or be a function, got " .. S.describe(t.items))
+  if t.count ~= nil and not check.callable(t.count) then S.check_count(t.count, F, 1, "count", 2) end
+  if t.items ~= nil and type(t.items) ~= "string" and not check.callable(t.items) then
+    S.argerror(F, 1, "items must name a case variable or be a function or callable object, got "
+      .. S.describe(t.items))
   end
   if t.into ~= nil and (type(t.into) ~= "string" or t.into == "") then
     S.argerror(F, 1, "into must name a case variable, got " .. S.describe(t.into))

@@ -24,6 +24,19 @@ end
 
 function M.is_step(v) return getmetatable(v) == Step end
 
+-- The objects of class mt (`what`: "a workflow") are refused where a task
+-- would get a copy of them (a spawn's snapshot, a message, a result),
+-- saying so. Copying one is not attempted: a workflow is a compiled net of
+-- closures over its steps, whose identity it relies on (the workflow built
+-- per step, triggers matched by their step), with conditions compiled from
+-- text in environments of their own. The class is knhk's, so the codec's
+-- usual hint (register the class) would only mislead.
+function M.stays_in_its_vm(mt, what)
+  require("knhk").codec.register_staying(mt, what .. " (knhk.patterns), which cannot be sent to "
+    .. "another worker: build it in the task that runs it, or share it with spawn_local")
+end
+M.stays_in_its_vm(Step, "a workflow step")
+
 -- "file.lua:12" of the code that wrote a step: the first frame on the
 -- stack outside this library (counting levels would be thrown off by tail
 -- calls, e.g. `return P.task(...)`).
@@ -73,27 +86,31 @@ function M.check_count(v, fname, n, what, level, min)
   end
 end
 
--- The short name of a task function: its file and line.
+-- The short name of a task function: its file and line (a callable
+-- object's: those of its __call, and what it is).
 function M.function_name(fn)
-  local info = debug.getinfo(fn, "S")
+  local info = debug.getinfo(check.called_function(fn), "S")
   local src = (info.short_src or "?"):match("[^/]*$")
-  return src .. ":" .. tostring(info.linedefined)
+  local name = src .. ":" .. tostring(info.linedefined)
+  if type(fn) ~= "function" then name = name .. " (callable " .. type(fn) .. ")" end
+  return name
 end
 
--- A body: a step, or a function (which becomes a task). `what` names the
--- place in messages, e.g. "branch 2".
+-- A body: a step, or a function or callable object (which becomes a
+-- task). `what` names the place in messages, e.g. "branch 2".
 function M.as_step(v, fname, n, what, level)
   if M.is_step(v) then return v end
-  if type(v) == "function" then return M.kinds.task.make(nil, v, (level or 2) + 1) end
-  M.argerror(fname, n, what .. " must be a function or a step, got " .. M.describe(v),
-    (level or 2) + 1)
+  if check.callable(v) then return M.kinds.task.make(nil, v, (level or 2) + 1) end
+  M.argerror(fname, n, what .. " must be a function, a callable object or a step, got "
+    .. M.describe(v), (level or 2) + 1)
 end
 
--- Conditions: a function of the case variables, or a Lua expression over
--- them as a string (which also labels the diagram). Returns fn, label.
+-- Conditions: a function (or callable object) of the case variables, or a
+-- Lua expression over them as a string (which also labels the diagram).
+-- Returns fn, label.
 local cond_env_mt = {}
 function M.as_condition(v, fname, n, what, level)
-  if type(v) == "function" then return v, nil end
+  if check.callable(v) then return v, nil end
   if type(v) == "string" then
     local name = "=condition '" .. v .. "'"
     local chunk = loadstring("return (" .. v .. ")", name) -- one expression, one value
@@ -112,8 +129,8 @@ function M.as_condition(v, fname, n, what, level)
       return chunk()
     end, v
   end
-  M.argerror(fname, n, what .. " must be a function or a Lua expression string, got "
-    .. M.describe(v), (level or 2) + 1)
+  M.argerror(fname, n, what .. " must be a function, a callable object or a Lua expression "
+    .. "string, got " .. M.describe(v), (level or 2) + 1)
 end
 cond_env_mt.__index = function(env, k)
   local v = rawget(env, "\0vars")[k]

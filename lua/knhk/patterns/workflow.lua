@@ -15,13 +15,14 @@ Workflow.__index = Workflow
 M.Workflow = Workflow
 
 function M.is_workflow(v) return getmetatable(v) == Workflow end
+S.stays_in_its_vm(Workflow, "a workflow")
 
 -- Builds `step` (checks the whole definition; raises the first refusal at
 -- the caller's line, `level` above this function).
 function M.build(step, opts, level)
   level = level or 2
   if not S.is_step(step) then
-    if type(step) == "function" then
+    if check.callable(step) then
       step = S.as_step(step, "workflow", 1, "the workflow", level + 1)
     else
       S.argerror("workflow", 1, "step expected, got " .. S.describe(step), level + 1)
@@ -75,7 +76,7 @@ Workflow.execute = check.method(workflows, "workflow", "execute", function(self,
     S.argerror("execute", 1, "ctx.token must be a knhk.token, got " .. S.describe(ctx.token))
   end
   local tel = ctx.telemetry
-  if tel ~= nil and not (type(tel) == "table" and type(tel.event) == "function") then
+  if tel ~= nil and not (type(tel) == "table" and check.callable(tel.event)) then
     S.argerror("execute", 1, "ctx.telemetry must have an event method, got " .. S.describe(tel))
   end
   if ctx.signals ~= nil then

@@ -13,7 +13,6 @@
 local knhk = require "knhk"
 local errors = require "knhk.errors"
 local check = require "knhk.check"
-local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 
 local M = {}
 
@@ -24,12 +23,6 @@ local function pack(...) return { n = select("#", ...), ... } end
 local function got(v)
   if type(v) == "number" then return tostring(v) end
   return type(v)
-end
-
-local function callable(v)
-  if type(v) == "function" then return true end
-  local mt = getmetatable(v)
-  return type(mt) == "table" and mt.__call ~= nil
 end
 
 -- Our assertions write their whole message into arguments[1]; say's
@@ -58,11 +51,11 @@ function M.register(describe_error)
     local run
     if knhk.is_task(target) then
       run = function() return target:join() end
-    elseif callable(target) then
+    elseif check.callable(target) then
       run = target
     else
-      refuse(string.format("bad argument #1 to 'cancelled' (function or task expected, got %s)",
-        got(target)))
+      refuse(string.format("bad argument #1 to 'cancelled' (function, callable object or task "
+        .. "expected, got %s)", got(target)))
     end
     local what = knhk.is_task(target) and "the task" or "the function"
     local res = pack(pcall(run))
@@ -92,8 +85,9 @@ function M.register(describe_error)
   -- assert.error_group(fn [, n])
   local function error_group(state, arguments, level)
     local fn, n = arguments[1], arguments[2]
-    if not callable(fn) then
-      refuse(string.format("bad argument #1 to 'error_group' (function expected, got %s)", got(fn)))
+    if not check.callable(fn) then
+      refuse(string.format("bad argument #1 to 'error_group' (function or callable object expected, "
+        .. "got %s)", got(fn)))
     end
     if n ~= nil and (type(n) ~= "number" or n % 1 ~= 0 or n < 1) then
       refuse(string.format("bad argument #2 to 'error_group' (whole number >= 1 expected, got %s)",
@@ -135,9 +129,9 @@ function M.register(describe_error)
       refuse(string.format("bad argument #1 to 'completes_within' (number >= 0 expected, got %s)",
         got(seconds)))
     end
-    if not callable(fn) then
-      refuse(string.format("bad argument #2 to 'completes_within' (function expected, got %s)",
-        got(fn)))
+    if not check.callable(fn) then
+      refuse(string.format("bad argument #2 to 'completes_within' (function or callable object "
+        .. "expected, got %s)", got(fn)))
     end
     if knhk.current() == nil then
       refuse("completes_within: must run inside a knhk task (inside knhk.test.wrap or knhk.run)")

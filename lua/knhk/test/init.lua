@@ -141,11 +141,15 @@ local function is_assertion(e)
   return type(mt) == "table" and rawget(mt, "__type") == "failure"
 end
 
+-- Where a body was written: its function's source and line, or its
+-- __call's for a callable object.
+local function body_info(fn) return debug.getinfo(check.called_function(fn), "S") end
+
 -- Runs fn(...) as the root task of a fresh runtime. Returns nil when it
 -- passed, else the failure, as text, and whether it is an assertion's
 -- (or a task left behind) rather than an unexpected error.
 local function run_body(fn, opts, seed, ...)
-  local info = debug.getinfo(fn, "S")
+  local info = body_info(fn)
   local name = opts.name or string.format("test body at %s:%d", info.short_src, info.linedefined)
   local leftovers, asserted
   local run_opts = { workers = seed and 1 or opts.workers, seed = seed, clock = opts.clock,
@@ -180,7 +184,7 @@ end
 -- reports a failure, not an error), else as an error. The text starts
 -- with the body's place, which busted shows as where the test failed.
 local function raise(fn, text, assertion)
-  local info = debug.getinfo(fn, "S")
+  local info = body_info(fn)
   text = string.format("%s:%d: %s", info.short_src, info.linedefined, text)
   if assertion then
     local ok, busted = pcall(require, "busted")
@@ -203,7 +207,7 @@ local function outside_run(fname)
 end
 
 function M.wrap(fn, opts)
-  check.arg("func", fn, 1, "wrap")
+  check.arg("callable", fn, 1, "wrap")
   opts = check_opts(opts, 2, "wrap")
   return function(...)
     outside_run("wrap")
@@ -267,7 +271,7 @@ local function replay_command(seed, fn)
     return "KNHK_SEED=" .. s .. " " .. busted_command() .. " " .. shell_quote(t.file)
       .. " --filter=" .. shell_quote("^" .. pattern_quote(t.name) .. "$")
   end
-  local info = debug.getinfo(fn, "S")
+  local info = body_info(fn)
   return string.format("knhk.test.wrap(fn, { seed = %s })() -- fn: the body at %s:%d", s,
     info.short_src, info.linedefined)
 end
@@ -278,7 +282,7 @@ M.replay_command = replay_command
 -- naming the first seed that fails, with the command that replays it.
 -- With KNHK_SEED set, runs that seed only. opts: runs, seed, clock, name.
 function M.explore(fn, opts)
-  check.arg("func", fn, 1, "explore")
+  check.arg("callable", fn, 1, "explore")
   opts = check_opts(opts, 2, "explore")
   check.field("whole", opts, "runs", 2, "explore", 2, 1)
   if opts.workers ~= nil and opts.workers ~= 1 then
