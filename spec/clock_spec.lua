@@ -329,14 +329,28 @@ describe("knhk.clock.advance", function()
     end, { workers = 1 })
   end)
 
-  it("refuses what is not a non-negative number", function()
+  it("inside a C function that called back into Lua, is refused before the clock moves", function()
+    local now, err = virtual(function()
+      local ok, e = pcall(table.sort, { 3, 1, 2 }, function(a, b)
+        knhk.clock.advance(1)
+        return a < b
+      end)
+      assert.is_false(ok)
+      return knhk.now(), e
+    end)
+    assert.equal(0, now)
+    assert.matches("cannot wait here", err, 1, true)
+  end)
+
+  it("refuses what is not a number >= 0, in knhk.sleep's words", function()
     virtual(function()
-      for _, bad in ipairs { { -1, "-1" }, { 0 / 0, "NaN" }, { "1", "string" } } do
+      for _, bad in ipairs { { -1, "number >= 0", "-1" }, { 0 / 0, "number", "NaN" },
+                             { "1", "number", "string" }, { nil, "number", "nil" } } do
+        local want = "(" .. bad[2] .. " expected, got " .. bad[3] .. ")"
         assert.has_error(function() knhk.clock.advance(bad[1]) end,
-          "bad argument #1 to 'advance' (non-negative number expected, got " .. bad[2] .. ")")
+          "bad argument #1 to 'advance' " .. want)
+        assert.has_error(function() knhk.sleep(bad[1]) end, "bad argument #1 to 'sleep' " .. want)
       end
-      assert.has_error(function() knhk.clock.advance() end,
-        "bad argument #1 to 'advance' (non-negative number expected, got nil)")
       -- beyond what the clock can show (nanoseconds in 64 bits)
       for _, big in ipairs { { math.huge, "inf" }, { 1e300, "1e+300" } } do
         assert.has_error(function() knhk.clock.advance(big[1]) end,

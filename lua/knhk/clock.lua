@@ -51,9 +51,9 @@ end
 -- The clock then jumps on by itself once every task waits again. Raises
 -- when the runtime's clock is real.
 function M.advance(seconds)
-  if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
-    check.fail(1, "advance", "non-negative number", seconds)
-  end
+  -- (worded as knhk.sleep words it)
+  if type(seconds) ~= "number" or seconds ~= seconds then check.fail(1, "advance", "number", seconds) end
+  if seconds < 0 then check.fail(1, "advance", "number >= 0", seconds) end
   local rt = running_rt("advance")
   local K = require "knhk.ffi"
   K.need "clock"
@@ -70,6 +70,10 @@ function M.advance(seconds)
     check.fail(1, "advance", string.format("number that keeps the clock below %d years",
       math.floor(MAX_SECONDS / (365 * 86400))), seconds)
   end
+  -- A task that cannot wait here (inside a C function that called back
+  -- into Lua) is refused before the clock moves: wait_try raises so.
+  core.wait_try(true)
+  core.wait_end()
   local err = ffi.new("int[1]")
   local a = C.klua_clock_advance(core.current_ptr(), seconds, err)
   if a == nil then
