@@ -240,6 +240,23 @@ describe("modules in a snapshot", function()
     end, { workers = 2 })
   end)
 
+  -- A local alias of knhk's API (local nursery = knhk.nursery) is common
+  -- style: the task gets its own VM's function, not a copy of the
+  -- module's state.
+  it("knhk's own functions, as upvalues, travel by name and work there", function() knhk.run(function()
+    local nursery, move_on_after, map, sleep = knhk.nursery, knhk.move_on_after, knhk.map, knhk.sleep
+    local a, b = two_workers(function()
+      local got = nursery(function(n)
+        local h = n:spawn(function(x) sleep(0) return x * 2 end, 21)
+        return h:join()
+      end)
+      local _, late = move_on_after(0, function() sleep(1) return "late" end)
+      return got, late, map({ 1, 2 }, function(x) return x + 1 end)[2]
+    end)
+    assert.same({ 42, nil, 3 }, { a[1], a[2], a[3] })
+    assert.same({ 42, nil, 3 }, { b[1], b[2], b[3] })
+  end, { workers = 2 }) end)
+
   on_one_and_many("a module require can load travels by name", function()
     local cjson = require "cjson"
     assert.equal("[1]", knhk.spawn(function() return cjson.encode({ 1 }) end):join())

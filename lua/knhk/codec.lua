@@ -321,8 +321,12 @@ local function index_modules()
       local known = module_name[mod]
       if not named_modules[mod] and (not known or #name < #known) then
         module_name[mod] = name
+        -- its C functions, and, for knhk's own modules, its Lua functions
+        -- too: knhk.nursery in another VM is that VM's knhk.nursery (their
+        -- upvalues are the module's state, which no snapshot should copy)
+        local own = name == "knhk" or name:sub(1, 5) == "knhk."
         for k, v in pairs(mod) do
-          if type(k) == "string" and type(v) == "function" and funcinfo(v).addr then
+          if type(k) == "string" and type(v) == "function" and (own or funcinfo(v).addr) then
             module_name[v] = name .. "\0" .. k
           end
         end
@@ -857,6 +861,15 @@ local function encode_function(enc, fn)
     end
     if mname then return put_module(enc, fn, mname) end
     refuse(enc, fn, "a C function that is not part of a loaded module")
+  end
+  if info.source:find("knhk/", 1, true) then -- knhk's own: by name, if a module of it exports it
+    local mname = module_name[fn]
+    if not mname and not enc.modules_indexed then
+      enc.modules_indexed = true
+      index_modules()
+      mname = module_name[fn]
+    end
+    if mname then return put_module(enc, fn, mname) end
   end
   local p = proto_of(fn)
   local me = new_ref(enc, fn)
