@@ -472,6 +472,23 @@ describe("instruments", function()
     assert.equal(62.5, h.sum)
   end)
 
+  it("travel to portable tasks on other workers, which record into the same series", function()
+    local two_workers = require "two_workers"
+    local rec = record(function()
+      local c, h = T.counter("orders.remote"), T.histogram("weight.remote", { bounds = { 1, 10 } })
+      c:add(1, { carrier = "fast" })
+      local a, b = two_workers(function()
+        c:add(2, { carrier = "fast" })
+        h:record(5)
+        return getmetatable(c) ~= nil and c.name
+      end)
+      assert.same({ "orders.remote" }, a)
+      assert.same({ "orders.remote" }, b)
+    end)
+    assert.equal(5, rec.metrics["orders.remote"].sum.dataPoints[1].asDouble)
+    assert.equal("2", rec.metrics["weight.remote"].histogram.dataPoints[1].count)
+  end)
+
   it("have only their own kind's method: a counter adds, a histogram records, a gauge sets", function()
     local c, u = T.counter("orders"), T.updowncounter("queue")
     local h, g = T.histogram("weight"), T.gauge("load")

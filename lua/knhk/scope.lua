@@ -67,6 +67,10 @@ local Scope = {}
 Scope.__index = Scope
 M.Scope = Scope
 check.name_kind(Scope, "cancel scope")
+-- A scope is a place on its task's stack: another worker could do nothing
+-- with a copy (the codec's hint to register the class would mislead).
+codec.register_staying(Scope, "a cancel scope, which cannot be sent to another "
+  .. "worker: it belongs to the task that opened it (cancel it there, or share it with spawn_local)")
 
 function Scope:cancel()
   if getmetatable(self) ~= Scope then check.bad_self("cancel", "cancel scope", self) end

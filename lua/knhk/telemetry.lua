@@ -451,6 +451,9 @@ local function class(kind, fname, check_value)
     C.knhk_telemetry_record(series_id(self, attrs, fname), v)
   end
   classes[kind] = c
+  -- An instrument travels (a task may count into one its spawner made):
+  -- its fields are plain, and its series ids name the process's registry.
+  require("knhk.codec").register_class("knhk.telemetry." .. kind, c, "knhk.telemetry")
   return c
 end
 
