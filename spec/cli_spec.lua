@@ -854,6 +854,10 @@ describe("the knhk-lua REPL", function()
     -- a line that can never be woken is cancelled, saying why; the REPL goes on
     line("knhk.event():wait()", "%(cancelled: deadlock under the virtual clock")
     line("print('st'..'ill', knhk.now())", "\nstill\t90\r?\n")
+    -- even in a shielded scope, which the line's cancellation cannot reach
+    line("knhk.cancel_scope(function() knhk.event():wait() end, { shield = true }) print('pa'..'ssed')",
+      "\npassed\r?\n%(cancelled: deadlock under the virtual clock")
+    line("print('st'..'ill', knhk.now())", "\nstill\t90\r?\n")
     p:wait_raw()
     p:send("\4")
     assert.equal(0, p:wait(10))

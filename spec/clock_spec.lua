@@ -184,6 +184,23 @@ describe("a virtual clock that can never move", function()
     assert.equal(3, lines) -- the two children and the root, which waits on them
   end)
 
+  it("reports a deadlock in a shielded scope too: the shield is cancelled, as nothing else could end it", function()
+    for workers = 1, 2 do
+      local after
+      local ok, err = pcall(virtual, function()
+        knhk.move_on_after(1, function()
+          pcall(knhk.sleep, 10)
+          local scope = knhk.cancel_scope(function() knhk.event():wait() end, { shield = true })
+          after = scope.cancelled_caught -- the shielded scope caught its own cancellation
+        end)
+      end, workers)
+      assert.is_false(ok)
+      assert.matches("deadlock under the virtual clock", tostring(err), 1, true)
+      assert.matches("waiting for an event to be set", tostring(err), 1, true)
+      assert.is_true(after)
+    end
+  end)
+
   it("says what each task waits for", function()
     local ok, err = pcall(virtual, function()
       local lock, tok = knhk.lock(), knhk.token()

@@ -176,8 +176,11 @@ local function run_line(src)
     res = pack(xpcall(fn, R.capture)) -- counted: trailing nils are echoed too
   end)
   C.klua_signals_target(nil)
-  if scope.cancelled_caught or (res and not res[1] and errors.is_cancelled(res[2])) then
-    if C.klua_rt_take_line_stall(R.rt) ~= 0 then
+  -- (a deadlock in a shielded scope ends in that scope, which caught its
+  -- cancellation: the line may have gone on, but it was cancelled too)
+  local stalled = C.klua_rt_take_line_stall(R.rt) ~= 0
+  if stalled or scope.cancelled_caught or (res and not res[1] and errors.is_cancelled(res[2])) then
+    if stalled then
       print("(cancelled: deadlock under the virtual clock: every task was waiting, with no "
         .. "timer pending and nothing in flight that could wake one)")
     else

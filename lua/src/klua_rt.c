@@ -250,9 +250,34 @@ static char *stuck_tasks(klua_rt_t *rt) {
   return s.text;
 }
 
+/* A task still waiting once the run was cancelled waits in a shielded
+ * scope (only a shield keeps the root's cancellation out), and nothing
+ * can ever wake it: its innermost scope is cancelled, shield or not. The
+ * scope catches that as its own cancellation, and the task goes on. */
+static void break_shield(void *ud, klua_task_t *t) {
+  int *broken = ud;
+  if (klua_task_outcome(t) == KLUA_RUNNING && t->scope && !knhk_token_is_cancelled(t->scope)) {
+    knhk_token_cancel(t->scope, KNHK_CANCEL_SHUTDOWN);
+    (*broken)++;
+  }
+}
+
+/* Cancels the innermost scope of every task still waiting after a
+ * cancellation (break_shield), and has the clock look again if that woke
+ * any. */
+static void break_shields(klua_rt_t *rt) {
+  int broken = 0;
+  klua_tasks_each(rt, break_shield, &broken);
+  if (broken) knhk_clock_idle_hint(rt->reactor);
+}
+
 /* The reactor's stall callback under a virtual clock (on its thread):
  * every task waits, and neither time nor the runtime will ever wake one.
- * The run is cancelled, once; knhk.run then reports the deadlock. */
+ * The run is cancelled, once (a REPL line: only it); knhk.run then
+ * reports the deadlock. The clock looks again at its next turn: a task
+ * the cancellation woke makes the runtime busy, and its next wait hints
+ * anew; if it woke none, that look is a stall after the cancellation,
+ * and only shielded waits are left: break_shields. */
 static void stalled(void *arg) {
   klua_rt_t *rt = arg;
   knhk_executor_stats_t s;
@@ -260,11 +285,17 @@ static void stalled(void *arg) {
   if (knhk_executor_stats(&rt->ex, &s, NULL, 0) < 0 || s.live == 0) return;
   if (klua_signals_cancel_line()) { /* a REPL line: only it is cancelled */
     atomic_store(&rt->line_stalled, 1);
+    knhk_clock_idle_hint(rt->reactor);
     return;
   }
-  if (atomic_exchange(&rt->stalled, 1)) return;
+  /* the cancelled line (not ended yet), or the run, still waits */
+  if (atomic_load(&rt->line_stalled) || atomic_exchange(&rt->stalled, 1)) {
+    break_shields(rt);
+    return;
+  }
   rt->stall_text = stuck_tasks(rt);
   knhk_token_cancel(rt->root_token, KNHK_CANCEL_SHUTDOWN);
+  knhk_clock_idle_hint(rt->reactor);
 }
 
 /* Whether a REPL line was cancelled because every task waited for ever
