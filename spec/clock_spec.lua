@@ -369,15 +369,30 @@ describe("knhk.clock.advance", function()
         assert.has_error(function() knhk.sleep(bad[1]) end, "bad argument #1 to 'sleep' " .. want)
       end
       -- beyond what the clock can show (nanoseconds in 64 bits)
-      for _, big in ipairs { { math.huge, "inf" }, { 1e300, "1e+300" } } do
+      for _, big in ipairs { { math.huge, "inf" }, { 1e300, "1e+300" }, { 1.81e10, "18100000000" } } do
         assert.has_error(function() knhk.clock.advance(big[1]) end,
-          "bad argument #1 to 'advance' (number that keeps the clock below 584 years expected, got "
+          "bad argument #1 to 'advance' (number that keeps the clock below 570 years expected, got "
             .. big[2] .. ")")
       end
       assert.equal(0, knhk.now())
       knhk.sleep(1) -- and the clock still moves
       assert.equal(1, knhk.now())
     end, 1)
+  end)
+
+  it("up to just short of never leaves what waits for never waiting", function()
+    local now, caught = virtual(function()
+      local never = knhk.spawn_local(function()
+        return knhk.move_on_after(math.huge, function() knhk.event():wait() end).cancelled_caught
+      end)
+      knhk.checkpoint()
+      knhk.clock.advance(1.79e10)
+      local still = not never:done()
+      never:cancel()
+      return knhk.now(), still
+    end, 1)
+    assert.equal(1.79e10, now)
+    assert.is_true(caught)
   end)
 
   it("and knhk.clock.kind refuse to run outside a runtime", function()

@@ -18,7 +18,8 @@ local error, type = error, type
 
 local M = {}
 
-local MAX_SECONDS = 2 ^ 64 / 1e9 -- the last time the clock can show
+-- the last time the clock can show: from there on it is "never" (KLUA_NEVER_NS, lua/src/klua.h)
+local MAX_SECONDS = 1.8e10
 local function knhk_now() return require("knhk").now() end
 
 local KINDS = { [0] = "real", [1] = "virtual" }
@@ -65,7 +66,7 @@ function M.advance(seconds)
   if not core.current() then
     error("knhk.clock.advance: must be called inside a knhk task (inside knhk.run)", 2)
   end
-  -- the clock counts nanoseconds in 64 bits: about 584 years
+  -- the clock counts nanoseconds in 64 bits: about 570 years to "never"
   if knhk_now() + seconds >= MAX_SECONDS then
     check.fail(1, "advance", string.format("number that keeps the clock below %d years",
       math.floor(MAX_SECONDS / (365 * 86400))), seconds)

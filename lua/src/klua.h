@@ -67,6 +67,10 @@ enum {
 };
 
 enum { KLUA_INLINE = 32 }; /* payload bytes held in the record itself */
+/* Times (in the runtime's nanoseconds) at or past this count as never: a
+ * little short of 2^64, so that a double near it never converts out of
+ * range. knhk/clock.lua's MAX_SECONDS is the same time in seconds. */
+#define KLUA_NEVER_NS 1.8e19
 /* The spans of a task spawned while not recording: all zero, never written
  * (knhk_telemetry_task_enter writes only a task with a span). */
 extern knhk_telemetry_task_t klua_no_tel;

@@ -37,7 +37,7 @@ KLUA_API klua_advance_t *klua_clock_advance(klua_task_t *t, double seconds, int 
   }
   knhk_reactor_t *r = t->rt->reactor;
   double ns = seconds * 1e9;
-  int rc = knhk_clock_advance(r, ns >= 1.8e19 ? UINT64_MAX : (uint64_t)(ns + 0.5));
+  int rc = knhk_clock_advance(r, ns >= KLUA_NEVER_NS ? UINT64_MAX : (uint64_t)(ns + 0.5));
   klua_advance_t *a = rc == 0 ? calloc(1, sizeof *a) : NULL;
   if (!a) {
     *err = rc ? rc : KNHK_ENOMEM;

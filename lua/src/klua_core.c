@@ -1389,7 +1389,7 @@ static int l_sleep_try(lua_State *L) {
     lua_pushinteger(L, ST_DONE);
     return 1;
   }
-  int rc = klua_wait_arm_sleep(t, deadline >= 1.8e19 ? UINT64_MAX : (uint64_t)deadline);
+  int rc = klua_wait_arm_sleep(t, deadline >= KLUA_NEVER_NS ? UINT64_MAX : (uint64_t)deadline);
   if (rc != 0) return raise_at(L, 2, "knhk.sleep: %s%s", knhk_strerror(rc), "");
   return wait_unless_cancelled(L, t, tok, 1);
 }
@@ -1456,7 +1456,7 @@ static int l_scope_enter(lua_State *L) {
   if (knhk_token_new(&tok, parent) != 0) return luaL_error(L, "knhk: out of memory");
   knhk_deadline_t *dl = NULL;
   if (has_deadline) {
-    uint64_t at = deadline >= 1.8e19 ? UINT64_MAX : deadline <= 0 ? 0 : (uint64_t)deadline;
+    uint64_t at = deadline >= KLUA_NEVER_NS ? UINT64_MAX : deadline <= 0 ? 0 : (uint64_t)deadline;
     int rc = knhk_deadline_start(&dl, t->rt->reactor, tok, at);
     if (rc != 0) {
       knhk_token_release(tok);
