@@ -410,6 +410,19 @@ describe("an error raised below a tail call", function()
     end)
   end)
 
+  it("names the line of a callable object's __call", function()
+    run(function()
+      local call = function(self) return knhk.sleep("x") end
+      local line = debug.getinfo(call, "S").linedefined
+      local obj = setmetatable({}, { __call = call })
+      local h = knhk.spawn_local(obj)
+      local ok, err = pcall(h.join, h)
+      assert.is_false(ok)
+      assert.equal(here .. ":" .. line .. ": bad argument #1 to 'sleep' (number expected, got string)",
+        tostring(err):match("^[^\n]*"))
+    end)
+  end)
+
   it("does so for portable and local tasks, for refusals made in C and in Lua", function()
     run(function()
       for _, spawn in ipairs({ knhk.spawn, knhk.spawn_local }) do

@@ -74,12 +74,18 @@ static void push_place_below(lua_State *L) {
   static const char fn_at[] = "function at ";
   klua_worker_t *w = klua_self();
   klua_task_t *t = w ? w->cur : NULL;
+  const char *at;
   if (!t || t->co != L) {
     lua_pushliteral(L, "");
   } else if (t->id == t->rt->root_id) {
     lua_pushstring(L, t->rt->root_place ? t->rt->root_place : "");
-  } else if (t->where && strncmp(t->where, fn_at, sizeof fn_at - 1) == 0) {
-    lua_pushfstring(L, "%s: ", t->where + sizeof fn_at - 1);
+  } else if (t->where && (at = strstr(t->where, fn_at)) != NULL) {
+    /* "function at f.lua:3", or a callable's "callable table (__call
+     * function at f.lua:3)" */
+    at += sizeof fn_at - 1;
+    lua_pushlstring(L, at, strcspn(at, ")"));
+    lua_pushliteral(L, ": ");
+    lua_concat(L, 2);
   } else {
     lua_pushliteral(L, "");
   }
