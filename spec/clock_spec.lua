@@ -230,6 +230,12 @@ describe("a virtual clock that can never move", function()
     assert.not_matches("waiting on worker", text)
   end)
 
+  it("says a sleep of math.huge waits for ever", function()
+    local ok, err = pcall(virtual, function() knhk.sleep(math.huge) end)
+    assert.is_false(ok)
+    assert.matches("waiting for ever (a sleep of math.huge)", tostring(err), 1, true)
+  end)
+
   it("finds none while a timer is pending, however often it is asked", function()
     for workers = 1, 2 do
       for _ = 1, 50 do

@@ -193,7 +193,8 @@ void klua_wait_describe(klua_task_t *t, char *buf, size_t n) {
   case KLUA_WAIT_OTHER: snprintf(buf, n, "for a process or a line of input"); return;
   default: /* nothing queued: its own cancellation, a token's, or a time */
     snprintf(buf, n, "%s", w->watch_on ? "for a token to be cancelled"
-                           : w->extra_timer ? "for a time to come"
-                                            : "to be cancelled");
+                           : !w->extra_timer ? "to be cancelled"
+                           : w->extra_timer->deadline == UINT64_MAX ? "for ever (a sleep of math.huge)"
+                                                                    : "for a time to come");
   }
 }
