@@ -847,28 +847,30 @@ local function object_id(v)
   return id
 end
 
+-- The name a loaded module gives fn, if any: modules loaded since are
+-- looked for once per snapshot.
+local function function_module_name(enc, fn)
+  local mname = module_name[fn]
+  if not mname and not enc.modules_indexed then
+    enc.modules_indexed = true
+    index_modules()
+    mname = module_name[fn]
+  end
+  return mname
+end
+
 local function encode_function(enc, fn)
   local buf = enc.buf
   local ok, info = pcall(funcinfo, fn)
   if not ok or info.addr or not info.source then -- a C function
     local name = builtin_name[fn]
     if name then return put_builtin(enc, fn, name) end
-    local mname = module_name[fn]
-    if not mname and not enc.modules_indexed then
-      enc.modules_indexed = true
-      index_modules()
-      mname = module_name[fn]
-    end
+    local mname = function_module_name(enc, fn)
     if mname then return put_module(enc, fn, mname) end
     refuse(enc, fn, "a C function that is not part of a loaded module")
   end
   if info.source:find("knhk/", 1, true) then -- knhk's own: by name, if a module of it exports it
-    local mname = module_name[fn]
-    if not mname and not enc.modules_indexed then
-      enc.modules_indexed = true
-      index_modules()
-      mname = module_name[fn]
-    end
+    local mname = function_module_name(enc, fn)
     if mname then return put_module(enc, fn, mname) end
   end
   local p = proto_of(fn)
