@@ -87,6 +87,15 @@ function M.arg(kind, v, n, fname, level, ...)
   return v
 end
 
+-- A duration (a timeout, a step of the clock), as knhk.sleep takes one: a
+-- number (NaN is not one), then one >= 0, each refused in sleep's words.
+-- 0 is at once; math.huge is never. (sleep writes it out: see scope.lua)
+function M.duration(v, n, fname, level)
+  level = (level or 2) + 1
+  M.arg("number", v, n, fname, level)
+  M.arg("nonnegative", v, n, fname, level)
+end
+
 -- An options table, or nil (then {}). `known`, if given, lists the
 -- options fname takes: any other key is refused, so that a misspelt option
 -- ({ timout = 5 }) is an error rather than silently ignored.

@@ -52,9 +52,7 @@ end
 -- The clock then jumps on by itself once every task waits again. Raises
 -- when the runtime's clock is real.
 function M.advance(seconds)
-  -- (worded as knhk.sleep words it)
-  if type(seconds) ~= "number" or seconds ~= seconds then check.fail(1, "advance", "number", seconds) end
-  if seconds < 0 then check.fail(1, "advance", "number >= 0", seconds) end
+  check.duration(seconds, 1, "advance")
   local rt = running_rt("advance")
   local K = require "knhk.ffi"
   K.need "clock"

@@ -111,13 +111,8 @@ local function deadline_of(seconds)
   return ns + seconds * 1e9
 end
 
--- A timeout is a duration, as sleep's is: a number (NaN is not one), then
--- one >= 0, each refused in sleep's words. 0 is due at once; math.huge
--- is never. (A deadline is a time on the clock: one already past is due.)
-local function check_duration(seconds, n, fname)
-  check.arg("number", seconds, n, fname, 3)
-  check.arg("nonnegative", seconds, n, fname, 3)
-end
+-- A timeout is a duration, as sleep's is (check.duration). A deadline is
+-- a time on the clock: one already past is due.
 
 -- knhk.cancel_scope(fn [, opts]) -> scope, fn's results. opts.deadline
 -- (knhk.now() time), opts.timeout (seconds from now), opts.shield.
@@ -142,7 +137,7 @@ local function call_with(scope, fn, ...) return fn(...) end
 
 -- knhk.move_on_after(seconds, fn, ...) -> scope, results
 function M.move_on_after(seconds, fn, ...)
-  check_duration(seconds, 1, "move_on_after")
+  check.duration(seconds, 1, "move_on_after")
   check.arg("callable", fn, 2, "move_on_after")
   local d = deadline_of(seconds)
   if d == nil then R.raise("knhk.move_on_after: must be called inside a knhk task (inside knhk.run)") end
@@ -151,7 +146,7 @@ end
 
 -- knhk.fail_after(seconds, fn, ...) -> results; raises a TimeoutError
 function M.fail_after(seconds, fn, ...)
-  check_duration(seconds, 1, "fail_after")
+  check.duration(seconds, 1, "fail_after")
   check.arg("callable", fn, 2, "fail_after")
   local d = deadline_of(seconds)
   if d == nil then R.raise("knhk.fail_after: must be called inside a knhk task (inside knhk.run)") end
