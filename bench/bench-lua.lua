@@ -1,7 +1,7 @@
 -- bench-lua.lua: suite `lua` — the knhk Lua layer against a single-VM
 -- coroutine scheduler in plain LuaJIT (bench/single_vm.lua) and against
 -- cqueues (bench/cqueues_peer.lua, when lua-cqueues is installed), same
--- work, same invocation. JSON lines on stdout (../shared/BENCH.md).
+-- work, same invocation. JSON lines on stdout (bench/README.md).
 --   luajit bench/bench-lua.lua [--runs N] [--cli path/to/knhk-lua]
 -- With --cli, the sleepers_1m rows run a million sleeping tasks in
 -- knhk-lua processes (bench/sleepers.lua), `runs` rounds: they take seconds.

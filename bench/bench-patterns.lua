@@ -1,6 +1,6 @@
 -- bench-patterns.lua: suite `patterns` — the workflow-pattern layer against
 -- the same work written directly with a nursery (the peer), in the same
--- invocation. JSON lines on stdout (../shared/BENCH.md).
+-- invocation. JSON lines on stdout (bench/README.md).
 --   luajit bench/bench-patterns.lua [--runs N] [--instances N]
 local cjson = require "cjson"
 local knhk = require "knhk"

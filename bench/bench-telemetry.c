@@ -4,7 +4,7 @@
  * per workload: the run while recording (the reactor drains meanwhile, on
  * the same two cores), and the run plus writing every remaining record as
  * JSON (a flush at its end): the whole cost a recording run pays.
- *   bench-telemetry [--runs N]    JSON lines on stdout (../shared/BENCH.md)
+ *   bench-telemetry [--runs N]    JSON lines on stdout (bench/README.md)
  */
 #include <stdatomic.h>
 #include <stdio.h>

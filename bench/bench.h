@@ -1,4 +1,4 @@
-/* bench.h: timing, statistics and BENCH.md output for the C benchmarks.
+/* bench.h: timing, statistics and JSON-line output (bench/README.md) for the C benchmarks.
  *
  * Every figure is one JSON line on stdout:
  *   {"suite":..,"bench":..,"metric":..,"unit":..,"workers":..,"value":..,

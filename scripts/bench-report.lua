@@ -1,4 +1,4 @@
--- Reads BENCH.md JSON lines on stdin; prints them as a table with the
+-- Reads the benchmarks' JSON lines (bench/README.md) on stdin; prints them as a table with the
 -- targets of bench/targets.lua (met / not met), or passes them through
 -- unchanged with --json. Usage: bench-report.lua ROOT [--json]
 local cjson = require "cjson"
