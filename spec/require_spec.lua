@@ -42,6 +42,30 @@ describe("require \"knhk\" from plain luajit", function()
     assert.equal("stubbed 3\nstub\nstubbed true\nexit=7\n", out)
   end)
 
+  -- luajit runs a chunk with a SIGINT handler of its own, which raises
+  -- "interrupted!" in the chunk. A run that watched signals put libuv's
+  -- in its place, and libuv leaves the default action at its end (which
+  -- ends the process): the run puts back what was there before it.
+  it("gives SIGINT back to luajit's own handler after a run that watched signals", function()
+    local cmd = "LUA_PATH=" .. sh_quote(package.path) .. " LUA_CPATH=" .. sh_quote(package.cpath)
+      .. " timeout 20 luajit -e " .. sh_quote([[
+        local knhk = require "knhk"
+        local ffi = require "ffi"
+        ffi.cdef "int getpid(void); int kill(int pid, int sig);"
+        jit.off() -- (luajit's handler stops the chunk at a call: interpreted code makes calls)
+        knhk.run(function() end, { signals = true })
+        local ok, err = pcall(function()
+          ffi.C.kill(ffi.C.getpid(), 2)
+          for _ = 1, 1e8 do tostring(1) end
+          return "not interrupted"
+        end)
+        io.write(tostring(ok), " ", tostring(err), "\n")]]) .. " 2>&1; echo \"exit=$?\""
+    local f = assert(io.popen(cmd))
+    local out = f:read("*a")
+    f:close()
+    assert.matches("^false [^\n]*interrupted!\nexit=0\n$", out)
+  end)
+
   -- knhk/core.so carries knhk's modules precompiled and puts a loader of
   -- them into the VM that loads it and into every worker VM
   -- (lua/src/klua_modules.c): they load from bytecode where the file found

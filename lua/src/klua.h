@@ -468,6 +468,7 @@ void klua_rt_watch_stalls(klua_rt_t *rt); /* the root is queued: stalls are dead
 int klua_signals_cancel_line(void);       /* klua_signals.c */
 int klua_signals_start(klua_rt_t *rt);    /* klua_signals.c */
 void klua_signals_wait(void);             /* klua_signals.c */
+void klua_signals_restore(void);          /* klua_signals.c */
 int klua_rt_enter(klua_rt_t *rt);
 /* The worker this thread runs, set at each task run: reading it is how a
  * lua_CFunction finds its task without an argument. initial-exec: one

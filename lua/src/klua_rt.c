@@ -410,6 +410,7 @@ void klua_rt_free(klua_rt_t *rt) {
   rt->hints_on = 0;
   pthread_mutex_unlock(&rt->clock_m);
   if (rt->reactor) knhk_reactor_free(rt->reactor);
+  if (rt->signals) klua_signals_restore(); /* (libuv left the default actions) */
   knhk_executor_close(&rt->ex); /* a handle never initialised reports EALREADY */
   if (rt->root_group) klua_group_release(rt->root_group);
   if (rt->w) {

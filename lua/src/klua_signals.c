@@ -28,6 +28,11 @@ typedef struct {
   _Atomic(klua_lines_t *) repl;      /* the REPL's line input, or NULL */
   _Atomic int line_cancelled;        /* a line's scope was cancelled, the line runs on */
   _Atomic int using_repl;            /* on_signal is using `repl` */
+  /* What SIGINT and SIGTERM did before the run (luajit's own SIGINT
+   * handler, say): put back at its end, where libuv would leave the
+   * default action, which ends the process. */
+  struct sigaction before[2];
+  int saved;
 } klua_signals_t;
 
 static klua_signals_t sigs;
@@ -141,9 +146,21 @@ int klua_signals_start(klua_rt_t *rt) {
   atomic_store(&sigs.repl, NULL);
   atomic_store(&sigs.line_cancelled, 0);
   atomic_store(&sigs.using_repl, 0);
+  /* (before the reactor's thread installs libuv's handlers) */
+  sigs.saved = sigaction(SIGINT, NULL, &sigs.before[0]) == 0 &&
+               sigaction(SIGTERM, NULL, &sigs.before[1]) == 0;
   int rc = knhk_signal_start(rt->reactor, &sigs.watch[0], SIGINT, on_signal, rt);
   if (rc == 0) rc = knhk_signal_start(rt->reactor, &sigs.watch[1], SIGTERM, on_signal, rt);
   return rc;
+}
+
+/* The run has ended and its reactor is freed (its handlers are gone):
+ * SIGINT and SIGTERM do again what they did before klua_signals_start. */
+void klua_signals_restore(void) {
+  if (!sigs.saved) return;
+  sigaction(SIGINT, &sigs.before[0], NULL);
+  sigaction(SIGTERM, &sigs.before[1], NULL);
+  sigs.saved = 0;
 }
 
 /* Until the reactor has installed the handlers, a signal would still take
