@@ -198,6 +198,24 @@ describe("errors from tasks", function()
     end)
   end)
 
+  it("nil or false raised is named in the TaskError's message, as the CLI names it", function()
+    run(function()
+      for _, kind in ipairs { "spawn", "spawn_local" } do
+        for _, case in ipairs {
+          { nil, "error raised with no value (nil)" },
+          { false, "error raised with a boolean value: false" },
+        } do
+          local h = knhk[kind](function() error(case[1]) end)
+          local ok, err = pcall(h.join, h)
+          assert.is_false(ok)
+          assert.equal(case[2], err.message, kind)
+          assert.equal(case[2], tostring(err):match("^[^\n]*"), kind)
+          assert.equal(case[1], err.value, kind)
+        end
+      end
+    end)
+  end)
+
   it("joining a task that was cancelled raises an error knhk.is_cancelled recognises", function()
     run(function()
       local h = knhk.spawn(function() knhk.sleep(60) end)

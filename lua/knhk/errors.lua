@@ -141,11 +141,13 @@ function M.message(e)
 end
 
 -- A TaskError's message for the value a task raised: the message of an
--- error that has one; a plain table, which has none, shown as the CLI
--- shows it (error({ code = 7 }): "error raised with a table value:
--- { code = 7 }", not "table: 0x...").
+-- error that has one; a plain table, which has none, nil and false, shown
+-- as the CLI shows them (error({ code = 7 }): "error raised with a table
+-- value: { code = 7 }", not "table: 0x..."; error(nil): "error raised
+-- with no value (nil)", not "nil").
 function M.task_message(e)
-  if type(e) == "table" and getmetatable(e) == nil and rawget(e, "message") == nil then
+  if e == nil or e == false
+      or (type(e) == "table" and getmetatable(e) == nil and rawget(e, "message") == nil) then
     return M.readable(e)
   end
   return M.message(e)
