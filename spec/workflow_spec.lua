@@ -60,12 +60,26 @@ describe("knhk.map", function()
     assert.equal(0, now) -- the others were cancelled, not slept to their end
   end)
 
+  it("reads a list with holes by its n, as table.pack makes it, and gives back n", function()
+    local out, plain = run(function()
+      local out = knhk.map(table.pack(1, nil, 3), function(x) return x and x * 10 end)
+      local plain = knhk.map({ 1, 2 }, function(x) if x == 2 then return 20 end end)
+      return out, plain
+    end)
+    assert.same({ 10, nil, 30, n = 3 }, out)
+    -- a list without n: as long as #list, and a nil result leaves a hole
+    assert.same({ [2] = 20 }, plain)
+    assert.is_nil(plain.n)
+  end)
+
   it("checks its arguments", function()
     run(function()
       assert.has_error(function() knhk.map(1, print) end,
         "bad argument #1 to 'map' (table expected, got number)")
       assert.has_error(function() knhk.map({}, function() end, { limit = 0 }) end,
         "bad argument #3 to 'map' (limit: whole number >= 1 expected, got 0)")
+      assert.has_error(function() knhk.map({ 1, n = "2" }, print) end,
+        "bad argument #1 to 'map' (n: whole number >= 0 expected, got string)")
     end)
   end)
 end)

@@ -17,15 +17,18 @@ end
 
 -- knhk.map(list, fn [, opts]) -> { fn(list[1]), ... } in order, computed by
 -- portable tasks on every core, at most opts.limit at once. The first
--- error cancels the rest and is raised.
+-- error cancels the rest and is raised. list.n, if set, is its length.
 function M.map(list, fn, opts)
   check.arg("table", list, 1, "map")
   check.arg("callable", fn, 2, "map")
   opts = check.opts(opts, 3, "map", 2, { "limit" })
   local limit = check.field("whole", opts, "limit", 3, "map", 2, 1)
+  -- a list with holes says its length in n, as table.pack's does; its
+  -- results say theirs the same way (a nil result is a hole too)
+  local n = check.field("whole", list, "n", 1, "map", 2, 0)
   in_task("knhk.map")
-  local n = #list
-  local results = {}
+  local results = { n = n }
+  n = n or #list
   -- what cannot travel is named as the caller knows it: "knhk.map: item 3
   -- of the list is a userdata"
   local item
