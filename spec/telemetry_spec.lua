@@ -520,6 +520,28 @@ describe("instruments", function()
     assert.equal(3, rec.metrics["load"].gauge.dataPoints[1].asDouble)
   end)
 
+  it("refuse names that OpenTelemetry does not allow, at the caller's line", function()
+    local rule = "instrument name expected: a letter, then letters, digits, '_', '.', '-' or '/', "
+      .. "at most 255 in all; got "
+    assert.has_error(function() T.counter("") end, "bad argument #1 to 'counter' (" .. rule .. "an empty string)")
+    assert.has_error(function() T.gauge("my gauge") end, "bad argument #1 to 'gauge' (" .. rule .. '"my gauge")')
+    assert.has_error(function() T.histogram("1st") end, "bad argument #1 to 'histogram' (" .. rule .. '"1st")')
+    assert.has_error(function() T.updowncounter("a\nb") end,
+      "bad argument #1 to 'updowncounter' (" .. rule .. '"a\\10b")')
+    assert.has_error(function() T.counter("x" .. string.rep("y", 255)) end,
+      "bad argument #1 to 'counter' (" .. rule .. "a name of 256 characters)")
+    local ok, err = pcall(T.counter, "")
+    assert.is_false(ok)
+    local ok2, err2 = pcall(function() T.counter("no spaces") end)
+    assert.is_false(ok2)
+    assert.matches("^[^:]*telemetry_spec%.lua:%d+: bad argument #1 to 'counter'", err2)
+    assert.matches("instrument name expected", err)
+    -- what the rule allows
+    for _, name in ipairs { "a", "http.server.duration", "queue-depth", "orders/s", "x_1", string.rep("z", 255) } do
+      assert.equal(name, T.counter(name).name)
+    end
+  end)
+
   it("refuse values that are not finite, naming the instrument and the value", function()
     local cases = { { T.counter("c"), "add", 0 / 0, "counter 'c' takes a finite number, got NaN" },
                     { T.counter("c"), "add", math.huge, "counter 'c' takes a finite number, got inf" },

@@ -365,8 +365,21 @@ end
 local KINDS = { counter = 0, updowncounter = 1, histogram = 2, gauge = 3 }
 local classes = {} -- kind name -> the class (metatable) of its instruments
 
+-- OpenTelemetry's rule for an instrument's name: a letter, then letters,
+-- digits and _ . - /, at most 255 in all. A name outside it ("", "my
+-- counter") would be exported and then refused or mangled by a collector.
+local function refuse_bad_name(name, fname)
+  if #name <= 255 and name:find("^%a[%w_%.%-/]*$") then return end
+  local why = #name > 255 and ("a name of " .. #name .. " characters")
+    or (name == "" and "an empty string"
+      or '"' .. name:gsub("%c", function(c) return "\\" .. c:byte() end) .. '"')
+  error("bad argument #1 to '" .. fname .. "' (instrument name expected: a letter, then letters, digits, "
+    .. "'_', '.', '-' or '/', at most 255 in all; got " .. why .. ")", 4)
+end
+
 local function instrument(kind, fname, name, opts)
   check.arg("string", name, 1, fname, 3)
+  refuse_bad_name(name, fname)
   opts = check.opts(opts, 2, fname, 3, kind == "histogram" and { "unit", "bounds" } or { "unit" })
   if opts.unit ~= nil and type(opts.unit) ~= "string" then
     error("bad argument #2 to '" .. fname .. "' (field 'unit' must be a string, got " .. type(opts.unit) .. ")", 3)
