@@ -131,8 +131,8 @@ describe("knhk-lua", function()
     end
   end)
 
-  it("takes -w N, --workers N and --workers=N alike", function()
-    for _, opt in ipairs({ "-w 3", "--workers 3", "--workers=3" }) do
+  it("takes -w N, -wN, --workers N and --workers=N alike", function()
+    for _, opt in ipairs({ "-w 3", "-w3", "--workers 3", "--workers=3" }) do
       local code, out = run(opt .. " -e " .. q("print(knhk.stats().workers)"))
       assert.equal(0, code)
       assert.equal("3\n", out)
@@ -142,6 +142,9 @@ describe("knhk-lua", function()
       assert.equal(2, code, bad)
       assert.matches("workers must be a whole number in 1..256, got '" .. bad .. "'", err, 1, true)
     end
+    local code, _, err = run("-w0 -e " .. q("print('ran')"))
+    assert.equal(2, code)
+    assert.matches("workers must be a whole number in 1..256, got '0'", err, 1, true)
   end)
 
   it("--clock virtual runs the script on a virtual clock; a bad kind is a usage error", function()
@@ -747,6 +750,7 @@ describe("the knhk-lua REPL", function()
     p:expect(", 2 workers; :help")
     p:expect("> ")
     line("20+22", "\n42\r?\n")
+    line("=6*7, 'a'..'b'", "\n42\tab\r?\n") -- "=expr", as lua 5.1's REPL takes it
     line("error('bo' .. 'om')", "stdin:1: boom.-stdin:1: in main chunk") -- where, and how it got there
     line("return 1, 'tw'..'o', {3, x = 4}", "1\ttwo\t{ 3, x = 4 }")
     line("return 'n'..'il follows', nil", "nil follows\tnil") -- trailing nils echo too

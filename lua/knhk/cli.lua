@@ -115,7 +115,8 @@ local show = errors.show
 M.show = show
 
 local REPL_HELP = [[
-Lua statements and expressions run in the knhk runtime (expressions echo).
+Lua statements and expressions run in the knhk runtime (expressions echo;
+=expr is one too, as in lua 5.1).
 A chunk that is not complete continues on the next line (>>).
   :help     this text
   :stats    the executor's counters
@@ -163,6 +164,8 @@ local function read_line(prompt)
 end
 
 local function run_line(src)
+  -- "=expr" is "return expr", as in lua 5.1's REPL
+  src = src:match("^=(.*)$") or src
   -- an expression's values are echoed; through select, not a tail call,
   -- so that error("x") typed as a line keeps its "stdin:1:" and traceback
   local fn, err = loadstring("return select(1, " .. src .. "\n)", "=stdin")
@@ -312,8 +315,9 @@ function M.main(argv)
       actions[#actions + 1] = { a, v }
     elseif a:match("^%-e.") or a:match("^%-l.") then
       actions[#actions + 1] = { a:sub(1, 2), a:sub(3) }
-    elseif a == "-w" or a == "--workers" or a:match("^%-%-workers=") then
-      local v, code = valued(a, "--workers")
+    elseif a == "-w" or a:match("^%-w.") or a == "--workers" or a:match("^%-%-workers=") then
+      local v, code = a:match("^%-w(.+)$") -- -w2, as -eCODE
+      if not v then v, code = valued(a, "--workers") end
       if not v then return code end
       workers = worker_count(v)
       if not workers then
