@@ -385,11 +385,17 @@ describe("knhk.patterns with callable objects", function()
     assert.equal("bump.lua:" .. line .. " (callable table)", P.sequence{ bump("n", 1) }.steps[1].name)
   end)
 
-  it("fail the case, naming the task function, when the object cannot travel", function()
-    local r = run(function() return P.task("double", doubler()):execute{} end)
-    assert.equal("failed", r.status)
-    assert.equal("double", r.step)
-    assert.matches("spawn: the task function is a userdata", r.error, 1, true)
+  it("refuse one that cannot travel when the step is written, at the caller's line", function()
+    local NOT_HERE = "cannot travel to the worker that runs it: it is "
+    assert_refused("bad argument #2 to 'task' (the task function " .. NOT_HERE .. "a userdata)",
+      function() P.task("double", doubler()) end)
+    assert_refused("bad argument #1 to 'sequence' (step 1 " .. NOT_HERE .. "a table with a "
+      .. "metatable knhk does not know (register its metatable with knhk.codec.register_class))",
+      function() P.sequence{ unregistered() } end)
+    assert_refused("bad argument #1 to 'mi' (run " .. NOT_HERE .. "a userdata)",
+      function() P.mi{ count = 2, run = doubler() } end)
+    assert_refused("bad argument #1 to 'mi' (run " .. NOT_HERE .. "a userdata)",
+      function() P.mi{ count = 2, run = doubler(), dynamic = true } end)
   end)
 
   it("refuse a table without __call at the caller's line, saying what was expected", function()

@@ -453,6 +453,13 @@ end
 local staying = {}
 function M.register_staying(mt, what) staying[mt] = what end
 
+-- What a table whose metatable mt is neither a class nor a handle kind is
+-- refused as.
+local function class_refusal(mt)
+  return staying[mt] or "a table with a metatable knhk does not know (register its metatable "
+    .. "with knhk.codec.register_class)"
+end
+
 local handle_kinds, handle_names, handle_modules = {}, {}, {}
 -- Values whose metatable (or ctype) is `key` travel as a number that
 -- export(v) makes (taking a reference) and import(n) turns back.
@@ -675,12 +682,19 @@ local function leave(enc)
   enc.depth = enc.depth - 1
 end
 
-local function put_module(enc, v, name)
+-- What a module (or a function of one) that travels as `name` is refused
+-- as, or nil when another VM can load it.
+local function module_refusal(name)
   local modname = name:match("^[^%z]+")
   if not can_require(modname) then
-    refuse(enc, v, "the module '" .. modname .. "', which require cannot load (it is only in "
-      .. "package.loaded): give it a name require can find, or pass what the task needs")
+    return "the module '" .. modname .. "', which require cannot load (it is only in "
+      .. "package.loaded): give it a name require can find, or pass what the task needs"
   end
+end
+
+local function put_module(enc, v, name)
+  local why = module_refusal(name)
+  if why then refuse(enc, v, why) end
   put_named(enc.buf, T_MODULE, name)
   M.share_paths()
   M.on_named(v, "M" .. name)
@@ -725,8 +739,7 @@ local function encode_table(enc, t)
     if not cname then
       local h = handle_kind(mt)
       if h then return put_handle(enc, t, h) end
-      refuse(enc, t, staying[mt] or "a table with a metatable knhk does not know (register its "
-        .. "metatable with knhk.codec.register_class)")
+      refuse(enc, t, class_refusal(mt))
     end
     local module = class_modules[cname]
     if module then
@@ -859,6 +872,8 @@ local function function_module_name(enc, fn)
   return mname
 end
 
+local C_FUNCTION_REFUSAL = "a C function that is not part of a loaded module"
+
 local function encode_function(enc, fn)
   local buf = enc.buf
   local ok, info = pcall(funcinfo, fn)
@@ -867,7 +882,7 @@ local function encode_function(enc, fn)
     if name then return put_builtin(enc, fn, name) end
     local mname = function_module_name(enc, fn)
     if mname then return put_module(enc, fn, mname) end
-    refuse(enc, fn, "a C function that is not part of a loaded module")
+    refuse(enc, fn, C_FUNCTION_REFUSAL)
   end
   if info.source:find("knhk/", 1, true) then -- knhk's own: by name, if a module of it exports it
     local mname = function_module_name(enc, fn)
@@ -983,6 +998,39 @@ encode_value = function(enc, v)
       refuse(enc, v)
     end
   end
+end
+
+-- What v is refused as by what it is, or nil when a value such as v
+-- travels: the encoder's own judgement of its kind (a table's class or
+-- module, a userdata's handle kind, a C function's name), without looking
+-- at what it holds (a table's fields, a function's upvalues and globals),
+-- which is looked at when it is sent. For a value known long before it is
+-- sent: a workflow's task, refused when the step is written rather than
+-- when its case runs.
+function M.refusal(v)
+  local t = type(v)
+  if t == "table" then
+    local mt = getmetatable(v)
+    if mt == nil or classes[mt] or handle_kind(mt) or builtin_name[v] or is_globals_table(v) then
+      return nil
+    end
+    if not module_name[v] then index_modules() end
+    local mname = module_name[v] -- (a module travels by name, whatever its metatable)
+    if mname then return module_refusal(mname) end
+    return class_refusal(mt)
+  elseif t == "function" then
+    local ok, info = pcall(funcinfo, v)
+    if ok and info.source and not info.addr then return nil end -- a Lua function
+    if builtin_name[v] then return nil end
+    if not module_name[v] then index_modules() end
+    local mname = module_name[v]
+    if mname then return module_refusal(mname) end
+    return C_FUNCTION_REFUSAL
+  elseif t == "userdata" or t == "cdata" or t == "thread" then
+    if handle_kind(handle_key(v)) then return nil end
+    return "a " .. t
+  end
+  return nil
 end
 
 -- Encoders not in use. Each encode takes its own, so encoding is

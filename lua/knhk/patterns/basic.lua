@@ -51,6 +51,7 @@ function M.task(a, b)
     S.argerror("task", type(a) == "table" and 1 or 2, "function or callable object expected for "
       .. "the task, got " .. S.describe(fn))
   end
+  S.check_travels(fn, "task", type(a) == "table" and 1 or 2, "the task function", 2)
   return S.kinds.task.make(name, fn, 2)
 end
 

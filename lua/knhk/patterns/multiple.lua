@@ -311,6 +311,7 @@ function M.mi(t)
     S.argerror(F, 1, "run must be a function or callable object (each instance runs it as a "
       .. "portable task), got " .. S.describe(t.run))
   end
+  S.check_travels(t.run, F, 1, "run", 2)
   S.check_name(t.name, F, 1, 2, true)
   if t.count ~= nil and t.items ~= nil then S.argerror(F, 1, "give count or items, not both") end
   if t.count == nil and t.items == nil then

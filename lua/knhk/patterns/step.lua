@@ -7,6 +7,7 @@
 -- caller's line); what needs the whole definition (a join's split, a name
 -- someone refers to) is checked when the workflow is built.
 local check = require "knhk.check"
+local codec = require "knhk.codec"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 local M = {}
 
@@ -96,11 +97,32 @@ function M.function_name(fn)
   return name
 end
 
+-- A task's function runs as a portable task, on whichever worker takes
+-- it: one that cannot travel there (a userdata, a table of a class
+-- knhk.codec does not know) is refused when the step is written, for what
+-- knhk.spawn would refuse it as, rather than when a case runs it. Returns
+-- the refusal (`what`, e.g. "step 2", names fn), or nil. What fn holds (a
+-- function's upvalues, an object's fields) is looked at when its task
+-- starts.
+function M.travel_refusal(fn, what)
+  local why = codec.refusal(fn)
+  if why then return what .. " cannot travel to the worker that runs it: it is " .. why end
+end
+
+-- The same, raised as argument n of fname at the user's line.
+function M.check_travels(fn, fname, n, what, level)
+  local why = M.travel_refusal(fn, what)
+  if why then M.argerror(fname, n, why, (level or 2) + 1) end
+end
+
 -- A body: a step, or a function or callable object (which becomes a
 -- task). `what` names the place in messages, e.g. "branch 2".
 function M.as_step(v, fname, n, what, level)
   if M.is_step(v) then return v end
-  if check.callable(v) then return M.kinds.task.make(nil, v, (level or 2) + 1) end
+  if check.callable(v) then
+    M.check_travels(v, fname, n, what, (level or 2) + 1)
+    return M.kinds.task.make(nil, v, (level or 2) + 1)
+  end
   M.argerror(fname, n, what .. " must be a function, a callable object or a step, got "
     .. M.describe(v), (level or 2) + 1)
 end
