@@ -398,6 +398,28 @@ describe("knhk.patterns with callable objects", function()
       function() P.mi{ count = 2, run = doubler(), dynamic = true } end)
   end)
 
+  it("fail the case at the line that wrote the step when what it holds cannot travel", function()
+    local obj = bump("n", 1)
+    obj.conn = io.stdout
+    local line = debug.getinfo(1, "l").currentline + 1
+    local wf = P.workflow(P.sequence{ P.task("bump", obj), P.mi{ count = 2, run = obj } })
+    local r = run(function() return wf:execute{} end)
+    assert.equal("failed", r.status)
+    assert.equal("bump", r.step)
+    assert.equal(string.format("%s:%d: task 'bump': spawn: key 'conn' of the task function is a userdata",
+      here:match("[^/]*$"), line), r.error)
+    local at = here:match("[^/]*$"):gsub("%p", "%%%0") .. ":%d+: "
+    for _, step in ipairs {
+      P.mi{ count = 2, run = obj },
+      P.graph{ start = "a", nodes = { a = { run = obj } } },
+      P.mi{ count = 2, run = obj, dynamic = true },
+    } do
+      r = run(function() return step:execute{} end)
+      assert.equal("failed", r.status)
+      assert.matches("^" .. at .. "[%w ']+: spawn: .*key 'conn' of .* is a userdata$", r.error)
+    end
+  end)
+
   it("refuse a table without __call at the caller's line, saying what was expected", function()
     local plain = setmetatable({}, { __call = 42 })
     assert_refused("bad argument #2 to 'task' (function or callable object expected for the task, got table)",

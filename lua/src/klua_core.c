@@ -67,9 +67,10 @@ KLUA_API const char *klua_where(klua_rt_t *rt, const char *place);
  * root task, the place of the program's call of knhk.run (core.root's),
  * as if the root's function had been called there; for another task, the
  * line that defined its function, the nearest the record knows of the
- * call that went. Nothing for a coroutine of the program's own, or for a
- * root that knhk's own code started. check.lua's refusals ask
- * core.place_below for it too. */
+ * call that went, unless that line is knhk's own (a runner of a workflow's
+ * steps): the program did not write it. Nothing for a coroutine of the
+ * program's own, or for a root that knhk's own code started. check.lua's
+ * refusals ask core.place_below for it too. */
 static void push_place_below(lua_State *L) {
   static const char fn_at[] = "function at ";
   klua_worker_t *w = klua_self();
@@ -79,9 +80,10 @@ static void push_place_below(lua_State *L) {
     lua_pushliteral(L, "");
   } else if (t->id == t->rt->root_id) {
     lua_pushstring(L, t->rt->root_place ? t->rt->root_place : "");
-  } else if (t->where && (at = strstr(t->where, fn_at)) != NULL) {
+  } else if (t->where && (at = strstr(t->where, fn_at)) != NULL && !strstr(at, "knhk/")) {
     /* "function at f.lua:3", or a callable's "callable table (__call
-     * function at f.lua:3)" */
+     * function at f.lua:3)"; knhk's own sources are passed over as
+     * raise_at passes them over */
     at += sizeof fn_at - 1;
     lua_pushlstring(L, at, strcspn(at, ")"));
     lua_pushliteral(L, ": ");

@@ -296,6 +296,7 @@ local function compile_graph(ctx, step, owner)
         local why = S.travel_refusal(run, "node '" .. name .. "': run")
         if why then ctx:refuse(step, why) end
         run = S.kinds.task.make(name, run, 1)
+        run.where = step.where -- (written in the graph)
       end
       local first, last
       if run == nil or run.kind == "task" then

@@ -154,6 +154,18 @@ end
 
 -- --------------------------------------------------- 12, 13, 14, 34, 35
 
+-- Spawns the instances of a static step into n, their handles into hs
+-- (protected by the caller: a refusal names the step).
+local function spawn_static(n, hs, fn, vars, items, count)
+  -- (no trailing nil when there are no items: one value less to snapshot,
+  -- measurable at 10k instances)
+  if items then
+    for i = 1, count do hs[i] = n:spawn(fn, vars, i, items[i]) end
+  else
+    for i = 1, count do hs[i] = n:spawn(fn, vars, i) end
+  end
+end
+
 local function run_static(frame, node, run)
   local spec = node.step
   local vars = frame.case.vars
@@ -163,13 +175,8 @@ local function run_static(frame, node, run)
   if run.forced then return updates(node, res, got, count) end
   knhk.nursery(function(n)
     run.instances = n
-    -- (no trailing nil when there are no items: one value less to snapshot,
-    -- measurable at 10k instances)
-    if items then
-      for i = 1, count do hs[i] = n:spawn(fn, vars, i, items[i]) end
-    else
-      for i = 1, count do hs[i] = n:spawn(fn, vars, i) end
-    end
+    local ok, err = pcall(spawn_static, n, hs, fn, vars, items, count)
+    if not ok then S.raise_spawn_refused(node.step, err) end
     if join.kind == "detached" then -- 12: the case goes on; failures still fail it
       engine.complete_early(frame, node, run, nil)
       join_all(hs, count, {}, {})
@@ -253,7 +260,10 @@ local function run_dynamic(frame, node, run)
         run.instances = n
         local mi = { nursery = n, results = results, counter = counter, closed = closed,
                      run = spec.run, vars = vars }
-        for i = 1, count do n:spawn(dynamic_instance, mi, i, items and items[i]) end
+        local ok, err = pcall(function()
+          for i = 1, count do n:spawn(dynamic_instance, mi, i, items and items[i]) end
+        end)
+        if not ok then S.raise_spawn_refused(node.step, err) end
         counter:send(count + 1)
       end)
       results:close()

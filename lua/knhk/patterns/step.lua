@@ -103,7 +103,7 @@ end
 -- knhk.spawn would refuse it as, rather than when a case runs it. Returns
 -- the refusal (`what`, e.g. "step 2", names fn), or nil. What fn holds (a
 -- function's upvalues, an object's fields) is looked at when its task
--- starts.
+-- starts (raise_spawn_refused).
 function M.travel_refusal(fn, what)
   local why = codec.refusal(fn)
   if why then return what .. " cannot travel to the worker that runs it: it is " .. why end
@@ -113,6 +113,16 @@ end
 function M.check_travels(fn, fname, n, what, level)
   local why = M.travel_refusal(fn, what)
   if why then M.argerror(fname, n, why, (level or 2) + 1) end
+end
+
+-- Raises err, raised by the spawn of a task of `step` as its case ran:
+-- a refusal of what the task's function holds (an upvalue, an object's
+-- field), at the line that wrote the step. (Raised inside knhk's runner,
+-- it names no line of the program.) Any other error goes on as it is.
+function M.raise_spawn_refused(step, err)
+  if type(err) ~= "string" then error(err, 0) end
+  error(string.format("%s: %s%s: %s", step.where, step.kind,
+    step.name and (" '" .. step.name .. "'") or "", err), 0)
 end
 
 -- A body: a step, or a function or callable object (which becomes a
