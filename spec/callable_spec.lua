@@ -420,6 +420,34 @@ describe("knhk.patterns with callable objects", function()
     end
   end)
 
+  it("fail the case saying why when an instance's worker does not know the object's class", function()
+    -- a class only this VM knows: an instance this worker runs holds it
+    -- (without yielding) until another task has ended, which only the
+    -- other worker can run: the other instance, where the object arrives
+    -- as a plain table
+    local function live()
+      local n = 0
+      for _, row in ipairs(knhk.tasks()) do
+        if not row.ended then n = n + 1 end
+      end
+      return n
+    end
+    local Local = { __call = function()
+      local deadline, before = os.clock() + 20, live()
+      repeat until live() < before or os.clock() > deadline
+    end }
+    knhk.codec.register_class("callable_spec.local_instances", Local)
+    for dynamic, what in pairs { [false] = "the task's callable object",
+                                 [true] = "the instances' run (a callable object)" } do
+      local r = run(function()
+        return P.mi{ count = 2, run = setmetatable({}, Local), dynamic = dynamic }:execute{}
+      end)
+      assert.equal("failed", r.status)
+      assert.equal("knhk: " .. what .. " arrived on worker 1 without its __call: its class is not "
+        .. "registered in that worker's VM (knhk.codec.register_class must have run there)", r.error)
+    end
+  end)
+
   it("refuse a table without __call at the caller's line, saying what was expected", function()
     local plain = setmetatable({}, { __call = 42 })
     assert_refused("bad argument #2 to 'task' (function or callable object expected for the task, got table)",

@@ -429,6 +429,16 @@ function M.register_class(name, mt, module)
   class_modules[name] = module or module_being_loaded() or class_modules[name]
 end
 
+-- The error for `what`, a callable object that arrived in this VM as a
+-- table without its __call: its class, registered outside any module,
+-- is not registered here (its tables arrive plain).
+function M.arrived_without_call(what)
+  local _, worker = require("knhk.core").current()
+  return string.format("knhk: %s arrived on worker %d without its __call: its class is not "
+    .. "registered in that worker's VM (knhk.codec.register_class must have run there)",
+    what, worker or 0)
+end
+
 -- The metatable of class `name` in this VM, loading its module if the
 -- class came with one this VM has not loaded yet; nil for a class
 -- registered outside any module (its tables arrive plain).

@@ -221,7 +221,14 @@ end
 -- `mi`, which travels with it (nursery, channels, event), and reports its
 -- result to the step on mi.results.
 local function dynamic_instance(mi, i, item)
-  local r = mi.run(mi.vars, i, item, mi)
+  local run = mi.run
+  -- a callable object travels as a table of its class, which gets its
+  -- metatable (and __call) only in a VM that registered the class, as the
+  -- task function of a static step does
+  if not check.callable(run) then
+    error(knhk.codec.arrived_without_call("the instances' run (a callable object)"), 0)
+  end
+  local r = run(mi.vars, i, item, mi)
   mi.results:send({ i, r })
 end
 
