@@ -22,12 +22,13 @@ end
 -- A callable object whose class knhk.codec does not know.
 local function unregistered() return setmetatable({}, { __call = function() return 1 end }) end
 
--- fn, written on one line, must raise `expected` at that line.
+-- fn, written on one line, must raise `expected` at that line, as a
+-- plain argument error (a string: no TaskError, no traceback).
 local function assert_refused(expected, fn)
   local line = debug.getinfo(fn, "S").linedefined
   local ok, err = pcall(fn)
   assert.is_false(ok, "expected a refusal")
-  assert.equal(here .. ":" .. line .. ": " .. expected, tostring(err):match("^[^\n]*"))
+  assert.equal(here .. ":" .. line .. ": " .. expected, err)
 end
 
 describe("knhk.spawn_local and n:spawn_local", function()
@@ -140,6 +141,12 @@ describe("knhk.spawn and n:spawn", function()
       knhk.nursery(function(n)
         assert_refused("spawn: the task function is a userdata", function() n:spawn(doubler()) end)
       end)
+      -- raised by the nursery as the spawn raised it
+      assert_refused("spawn: the task function is a userdata",
+        function() knhk.nursery(function(n) n:spawn(doubler()) end) end)
+      assert_refused("spawn: the task function is a table with a metatable knhk does not know "
+        .. "(register its metatable with knhk.codec.register_class)",
+        function() knhk.nursery(function(n) n:spawn(unregistered(), 1) end) end)
     end)
   end)
 
@@ -227,11 +234,14 @@ describe("knhk.map", function()
     end, 1)
   end)
 
-  it("refuses an object that cannot travel, naming it as the function", function()
+  it("refuses an object that cannot travel in spawn's words, naming it as the task function", function()
     run(function()
-      assert_refused("knhk.map: the function is a userdata", function() knhk.map({ 1 }, doubler()) end)
-      assert_refused("knhk.map: the function is a userdata",
+      assert_refused("map: the task function is a userdata", function() knhk.map({ 1 }, doubler()) end)
+      assert_refused("map: the task function is a userdata",
         function() knhk.map({ 1 }, doubler(), { limit = 1 }) end)
+      assert_refused("map: the task function is a table with a metatable knhk does not know "
+        .. "(register its metatable with knhk.codec.register_class)",
+        function() knhk.map({ 1, 2 }, unregistered()) end)
     end)
   end)
 
@@ -255,10 +265,11 @@ describe("knhk.race and knhk.select", function()
     end, 1)
   end)
 
-  it("refuse an object that cannot travel, naming its place", function()
+  it("refuse an object that cannot travel in spawn's words, naming its place", function()
     run(function()
-      assert_refused("knhk.race: argument 2 is a userdata", function() knhk.race(print, doubler()) end)
-      assert_refused("knhk.select: case 'b' is a userdata", function() knhk.select{ b = doubler() } end)
+      assert_refused("race: task function #2 is a userdata", function() knhk.race(print, doubler()) end)
+      assert_refused("select: the task function of case 'b' is a userdata",
+        function() knhk.select{ b = doubler() } end)
     end)
   end)
 

@@ -95,7 +95,8 @@ static void push_place_below(lua_State *L) {
 
 /* Raises fmt (a, b) at the first frame of the program, outside knhk's own
  * modules (`level`: where to start looking): a mistake is reported where
- * the program made it. */
+ * the program made it. The message is kept as the VM's last refusal, as
+ * check.lua keeps its own (knhk.nursery raises one from its body as is). */
 static int raise_at(lua_State *L, int level, const char *fmt, const char *a, const char *b) {
   lua_Debug ar;
   for (int l = level;; l++) {
@@ -111,6 +112,8 @@ static int raise_at(lua_State *L, int level, const char *fmt, const char *a, con
   }
   lua_pushfstring(L, fmt, a, b);
   lua_concat(L, 2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "knhk.refusal");
   return lua_error(L);
 }
 
