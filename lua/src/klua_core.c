@@ -2017,15 +2017,22 @@ static int l_current(lua_State *L) {
 }
 
 /* core.tasks(rt, only_running) -> { {id, parent, started_ns, worker,
- * state, where [, ended]}, ... } of the tasks spawned and not retired
- * (worker -1: queued, not started yet);
+ * state, where, kind [, wait] [, ended]}, ... } of the tasks spawned and
+ * not retired (worker -1: queued, not started yet); kind: "local"
+ * (spawn_local: it runs on its spawner's worker) or "portable";
+ * `wait`: what it waits for, as a deadlock's report says it, only for a
+ * task that waits on the caller's own worker: no other thread runs it, so
+ * its wait holds still while the caller reads it (a task of another worker
+ * may end its wait and begin another meanwhile: `state` is all there is
+ * of it, as it was at one instant);
  * `ended`: its outcome is published (joiners have it), the record not
  * retired yet */
 
 static void push_row(void *ud, klua_task_t *t) {
   lua_State *L = ud;
   int state = knhk_task_state(&t->et);
-  lua_createtable(L, 0, 6);
+  klua_worker_t *self = klua_self();
+  lua_createtable(L, 0, 8);
   lua_pushnumber(L, (double)t->id);
   lua_setfield(L, -2, "id");
   if (t->parent) {
@@ -2041,6 +2048,15 @@ static void push_row(void *ud, klua_task_t *t) {
   lua_setfield(L, -2, "state");
   lua_pushstring(L, t->where);
   lua_setfield(L, -2, "where");
+  lua_pushstring(L, t->kind == KLUA_LOCAL ? "local" : "portable");
+  lua_setfield(L, -2, "kind");
+  if (state == KNHK_TASK_PARKED && self && t != self->cur &&
+      atomic_load_explicit(&t->home, memory_order_relaxed) == self->index) {
+    char what[96];
+    klua_wait_describe(t, what, sizeof what);
+    lua_pushstring(L, what);
+    lua_setfield(L, -2, "wait");
+  }
   if (klua_task_outcome(t) != KLUA_RUNNING) { /* its outcome is out; it is being retired */
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "ended");
