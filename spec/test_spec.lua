@@ -146,6 +146,22 @@ describe("knhk.test.wrap", function()
     assert.is_nil(err:match("on worker 1, seen [^\n]*for"))
   end)
 
+  it("names a leftover task that computes between checkpoints at once, not after it ran on", function()
+    local start = os.clock()
+    local err = failure_of(function()
+      knhk.spawn(function()
+        while true do
+          local slice = os.clock() + 0.0002
+          repeat until os.clock() > slice
+          knhk.checkpoint()
+        end
+      end)
+      knhk.checkpoint() -- (it starts)
+    end, { workers = 1 })
+    assert.is_true(os.clock() - start < 2, "the body's end waited on the task")
+    assert.matches("%): portable, on worker 0, ready to run$", err)
+  end)
+
   it("reports a leftover task besides the body's own error", function()
     local err = failure_of(function()
       local never = knhk.event()

@@ -118,23 +118,26 @@ end
 -- ------------------------------------------------------------- the body
 
 -- The tasks still live besides the root: { count =, lines = { ... } },
--- or nil if none. knhk.tasks() lists a task from its spawn, queued until
--- it starts, and one whose outcome is out (`ended`) until its worker has
--- retired it. So the root lets the others run (a checkpoint; a bounded
--- number of times) while some are queued: each is then named where it
--- waits. Checkpoints, not sleeps: a virtual clock must not move for this.
+-- or nil if none. knhk.tasks() lists a task from its spawn, not started
+-- until a worker starts it (worker -1), and one whose outcome is out
+-- (`ended`) until its worker has retired it. So the root lets the others
+-- run (a checkpoint; a bounded number of times) while some have not
+-- started: each is then named where it runs. (Not while some are queued:
+-- a started task is queued again at each of its checkpoints, and one that
+-- computes between them would have the root wait on it for that many
+-- slices.) Checkpoints, not sleeps: a virtual clock must not move for this.
 local function left_behind(root)
   local rows
   for _ = 1, 100000 do
     rows = knhk.tasks()
-    local queued = false
+    local unstarted = false
     for _, r in ipairs(rows) do
-      if r.state == "queued" and not r.ended then
-        queued = true
+      if r.worker < 0 and not r.ended then
+        unstarted = true
         break
       end
     end
-    if not queued then break end
+    if not unstarted then break end
     knhk.checkpoint()
   end
   local lines, here = {}, knhk.current().worker
