@@ -58,6 +58,8 @@ local refusals = {
     "bad argument #1 to 'mi' (run cannot travel to the worker that runs it: it is a userdata)" },
   { "dynamic instances that cannot travel", function() return P.mi{ count = 2, run = unknown, dynamic = true } end,
     "bad argument #1 to 'mi' (run cannot travel to the worker that runs it: it is " .. UNKNOWN_CLASS .. ")" },
+  { "a count written as a string", function() return P.mi{ count = "3", run = f } end,
+    "bad argument #1 to 'mi' (count must be a whole number >= 0, got string \"3\")" },
   { "instances without a number", function() return P.mi{ run = f } end,
     "bad argument #1 to 'mi' (count (a number or a function of the case variables) or items expected)" },
   { "a completion condition on static instances", function()
@@ -72,6 +74,8 @@ local refusals = {
     "bad argument #1 to 'partial_join' (k must be a whole number >= 1, got 0)" },
   { "a fraction of a thread", function() return P.thread_split(1.5) end,
     "bad argument #1 to 'thread_split' (n must be a whole number >= 1, got 1.5)" },
+  { "a number of threads written as a string", function() return P.thread_split("2") end,
+    "bad argument #1 to 'thread_split' (n must be a whole number >= 1, got string \"2\")" },
   { "a deferred choice on something that cannot fire", function()
       return P.deferred_choice{ { on = 5, run = f }, { on = P.timer(1), run = g } } end,
     "bad argument #1 to 'deferred_choice' (branch 1: 'on' must be a trigger, a timer, a channel, "

@@ -85,7 +85,7 @@ local function instances(node, vars)
   else
     count = spec.count(vars)
     if type(count) ~= "number" or count % 1 ~= 0 or count < 0 then
-      error(node.name .. ": count must be a whole number >= 0, got " .. tostring(count), 0)
+      error(node.name .. ": count must be a whole number >= 0, got " .. S.describe_number(count), 0)
     end
   end
   local k = spec.join.k

@@ -67,6 +67,15 @@ function M.describe(v)
   return type(v)
 end
 
+-- What v, given where a number was expected, is in messages: a number's
+-- value (2.5, -1, NaN, as check.got says it), a string's type and text,
+-- quoted (string "3": not to be read as the number 3), else its type.
+function M.describe_number(v)
+  if type(v) == "number" then return check.got(v, "number") end
+  if type(v) == "string" then return string.format("string %q", v) end
+  return M.describe(v)
+end
+
 -- error(), worded like Lua's own argument errors, at the user's line.
 function M.argerror(fname, n, msg, level)
   error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), (level or 2) + 1)
@@ -83,7 +92,7 @@ function M.check_count(v, fname, n, what, level, min)
   min = min or 0
   if type(v) ~= "number" or v % 1 ~= 0 or v < min then
     M.argerror(fname, n, what .. " must be a whole number >= " .. min .. ", got "
-      .. (type(v) == "number" and tostring(v) or M.describe(v)), (level or 2) + 1)
+      .. M.describe_number(v), (level or 2) + 1)
   end
 end
 
