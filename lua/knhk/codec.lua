@@ -41,12 +41,33 @@ local probe_fnew = ops_of(function() return function() end end) -- FNEW UCLO RET
 local probe_gget = ops_of(function() return knhk_probe_global end) -- GGET RET1
 local probe_gset = ops_of(function() knhk_probe_global = 1 end) -- KSHORT GSET RET0
 local probe_tgets = ops_of(function(t) return t.x end) -- TGETS RET1
+local probe_callt = ops_of(function(f) return f() end) -- MOV CALLT
+local probe_callmt = ops_of(function(f, ...) return f(...) end) -- MOV VARG CALLMT
 local OP_FNEW, OP_UCLO, OP_RET1 = probe_fnew[1], probe_fnew[2], probe_fnew[3]
 local OP_GGET, OP_GSET = probe_gget[1], probe_gset[2]
 local OP_TGETS = probe_tgets[1]
+local OP_CALLT, OP_CALLMT = probe_callt[2], probe_callmt[3]
 -- (spec/codec_spec.lua checks these against jit.vmdef)
 M.opcodes = { FNEW = OP_FNEW, UCLO = OP_UCLO, RET1 = OP_RET1, GGET = OP_GGET, GSET = OP_GSET,
-              TGETS = OP_TGETS }
+              TGETS = OP_TGETS, CALLT = OP_CALLT, CALLMT = OP_CALLMT }
+
+-- The lines where fn's own code makes a tail call (`return f(x)`), each
+-- once, in ascending order: where a call that left no frame of fn was
+-- made.
+function M.tail_call_lines(fn)
+  local lines, seen = {}, {}
+  for pc, op in ipairs(ops_of(fn)) do
+    if op == OP_CALLT or op == OP_CALLMT then
+      local line = funcinfo(fn, pc).currentline
+      if line and not seen[line] then
+        seen[line] = true
+        lines[#lines + 1] = line
+      end
+    end
+  end
+  table.sort(lines)
+  return lines
+end
 
 local function read_uleb(s, pos)
   local v, shift = 0, 0

@@ -886,6 +886,20 @@ static int l_place_below(lua_State *L) {
   return 1;
 }
 
+/* core.set_root_place(place): where the root task's stack goes on below
+ * its frames from now on, "file:line: " or "" (none), in place of the
+ * place core.root was given. For knhk-lua, which runs each chunk of the
+ * program (an -e, the script) from knhk's own code: a chunk whose frame
+ * went in a tail call leaves none of the program's to name. The root
+ * only (it alone reads it); raises otherwise. */
+static int l_set_root_place(lua_State *L) {
+  const char *place = luaL_checkstring(L, 1);
+  klua_task_t *t = current(L, "set_root_place");
+  if (t->id != t->rt->root_id) return luaL_error(L, "set_root_place: called from a task not the root");
+  t->rt->root_place = *place ? klua_where(t->rt, place) : NULL; /* (out of memory: no place) */
+  return 0;
+}
+
 /* core.root(rt, fn, name [, place]) -> handle: the root task of a run, on
  * worker 0. place: the program's call of knhk.run, "file:line: " (or ""). */
 static int l_root(lua_State *L) {
@@ -2302,6 +2316,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"spawn_blob", l_spawn_blob},
       {"root", l_root},
       {"place_below", l_place_below},
+      {"set_root_place", l_set_root_place},
       {"start", l_start},
       {"finish", l_finish},
       {"place", l_place},
