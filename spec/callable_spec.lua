@@ -22,12 +22,13 @@ end
 -- A callable object whose class knhk.codec does not know.
 local function unregistered() return setmetatable({}, { __call = function() return 1 end }) end
 
--- fn, written on one line, must raise `expected` at that line.
+-- fn, written on one line, must raise `expected` at that line, as a
+-- plain argument error (a string: no TaskError, no traceback).
 local function assert_refused(expected, fn)
   local line = debug.getinfo(fn, "S").linedefined
   local ok, err = pcall(fn)
   assert.is_false(ok, "expected a refusal")
-  assert.equal(here .. ":" .. line .. ": " .. expected, tostring(err):match("^[^\n]*"))
+  assert.equal(here .. ":" .. line .. ": " .. expected, err)
 end
 
 describe("knhk.spawn_local and n:spawn_local", function()
@@ -140,6 +141,12 @@ describe("knhk.spawn and n:spawn", function()
       knhk.nursery(function(n)
         assert_refused("spawn: the task function is a userdata", function() n:spawn(doubler()) end)
       end)
+      -- raised by the nursery as the spawn raised it
+      assert_refused("spawn: the task function is a userdata",
+        function() knhk.nursery(function(n) n:spawn(doubler()) end) end)
+      assert_refused("spawn: the task function is a table with a metatable knhk does not know "
+        .. "(register its metatable with knhk.codec.register_class)",
+        function() knhk.nursery(function(n) n:spawn(unregistered(), 1) end) end)
     end)
   end)
 
@@ -227,11 +234,14 @@ describe("knhk.map", function()
     end, 1)
   end)
 
-  it("refuses an object that cannot travel, naming it as the function", function()
+  it("refuses an object that cannot travel in spawn's words, naming it as the task function", function()
     run(function()
-      assert_refused("knhk.map: the function is a userdata", function() knhk.map({ 1 }, doubler()) end)
-      assert_refused("knhk.map: the function is a userdata",
+      assert_refused("map: the task function is a userdata", function() knhk.map({ 1 }, doubler()) end)
+      assert_refused("map: the task function is a userdata",
         function() knhk.map({ 1 }, doubler(), { limit = 1 }) end)
+      assert_refused("map: the task function is a table with a metatable knhk does not know "
+        .. "(register its metatable with knhk.codec.register_class)",
+        function() knhk.map({ 1, 2 }, unregistered()) end)
     end)
   end)
 
@@ -255,10 +265,11 @@ describe("knhk.race and knhk.select", function()
     end, 1)
   end)
 
-  it("refuse an object that cannot travel, naming its place", function()
+  it("refuse an object that cannot travel in spawn's words, naming its place", function()
     run(function()
-      assert_refused("knhk.race: argument 2 is a userdata", function() knhk.race(print, doubler()) end)
-      assert_refused("knhk.select: case 'b' is a userdata", function() knhk.select{ b = doubler() } end)
+      assert_refused("race: task function #2 is a userdata", function() knhk.race(print, doubler()) end)
+      assert_refused("select: the task function of case 'b' is a userdata",
+        function() knhk.select{ b = doubler() } end)
     end)
   end)
 
@@ -385,11 +396,67 @@ describe("knhk.patterns with callable objects", function()
     assert.equal("bump.lua:" .. line .. " (callable table)", P.sequence{ bump("n", 1) }.steps[1].name)
   end)
 
-  it("fail the case, naming the task function, when the object cannot travel", function()
-    local r = run(function() return P.task("double", doubler()):execute{} end)
+  it("refuse one that cannot travel when the step is written, at the caller's line", function()
+    local NOT_HERE = "cannot travel to the worker that runs it: it is "
+    assert_refused("bad argument #2 to 'task' (the task function " .. NOT_HERE .. "a userdata)",
+      function() P.task("double", doubler()) end)
+    assert_refused("bad argument #1 to 'sequence' (step 1 " .. NOT_HERE .. "a table with a "
+      .. "metatable knhk does not know (register its metatable with knhk.codec.register_class))",
+      function() P.sequence{ unregistered() } end)
+    assert_refused("bad argument #1 to 'mi' (run " .. NOT_HERE .. "a userdata)",
+      function() P.mi{ count = 2, run = doubler() } end)
+    assert_refused("bad argument #1 to 'mi' (run " .. NOT_HERE .. "a userdata)",
+      function() P.mi{ count = 2, run = doubler(), dynamic = true } end)
+  end)
+
+  it("fail the case at the line that wrote the step when what it holds cannot travel", function()
+    local obj = bump("n", 1)
+    obj.conn = io.stdout
+    local line = debug.getinfo(1, "l").currentline + 1
+    local wf = P.workflow(P.sequence{ P.task("bump", obj), P.mi{ count = 2, run = obj } })
+    local r = run(function() return wf:execute{} end)
     assert.equal("failed", r.status)
-    assert.equal("double", r.step)
-    assert.matches("spawn: the task function is a userdata", r.error, 1, true)
+    assert.equal("bump", r.step)
+    assert.equal(string.format("%s:%d: task 'bump': spawn: key 'conn' of the task function is a userdata",
+      here:match("[^/]*$"), line), r.error)
+    local at = here:match("[^/]*$"):gsub("%p", "%%%0") .. ":%d+: "
+    for _, step in ipairs {
+      P.mi{ count = 2, run = obj },
+      P.graph{ start = "a", nodes = { a = { run = obj } } },
+      P.mi{ count = 2, run = obj, dynamic = true },
+    } do
+      r = run(function() return step:execute{} end)
+      assert.equal("failed", r.status)
+      assert.matches("^" .. at .. "[%w ']+: spawn: .*key 'conn' of .* is a userdata$", r.error)
+    end
+  end)
+
+  it("fail the case saying why when an instance's worker does not know the object's class", function()
+    -- a class only this VM knows: an instance this worker runs holds it
+    -- (without yielding) until another task has ended, which only the
+    -- other worker can run: the other instance, where the object arrives
+    -- as a plain table
+    local function live()
+      local n = 0
+      for _, row in ipairs(knhk.tasks()) do
+        if not row.ended then n = n + 1 end
+      end
+      return n
+    end
+    local Local = { __call = function()
+      local deadline, before = os.clock() + 20, live()
+      repeat until live() < before or os.clock() > deadline
+    end }
+    knhk.codec.register_class("callable_spec.local_instances", Local)
+    for dynamic, what in pairs { [false] = "the task's callable object",
+                                 [true] = "the instances' run (a callable object)" } do
+      local r = run(function()
+        return P.mi{ count = 2, run = setmetatable({}, Local), dynamic = dynamic }:execute{}
+      end)
+      assert.equal("failed", r.status)
+      assert.equal("knhk: " .. what .. " arrived on worker 1 without its __call: its class is not "
+        .. "registered in that worker's VM (knhk.codec.register_class must have run there)", r.error)
+    end
   end)
 
   it("refuse a table without __call at the caller's line, saying what was expected", function()

@@ -95,15 +95,35 @@ describe("knhk-lua", function()
     end
   end)
 
-  -- The script's frame went in the tail call: nothing of the program is
-  -- left to name (knhk-lua called it), and nothing of knhk's is named.
-  it("an argument error below a tail call at the script's top names no place", function()
+  -- The script's frame went in the tail call, and knhk-lua called it:
+  -- the line of the tail call is named, as plain luajit's knhk.run names
+  -- the line that called it, and nothing of knhk's is named.
+  it("an argument error below a tail call at the script's top names the script's line", function()
     for _, case in ipairs(refused) do
       local script = write("refused.lua", "local x = 1\nreturn " .. case[1] .. "\n")
       local code, _, err = run(q(script))
       assert.equal(1, code)
-      assert.equal("knhk-lua: " .. case[2], err:match("^[^\n]*"))
+      assert.equal("knhk-lua: " .. script .. ":2: " .. case[2], err:match("^[^\n]*"))
+      code, _, err = run("-e " .. q("return " .. case[1]))
+      assert.equal(1, code)
+      assert.equal("knhk-lua: (command line):1: " .. case[2], err:match("^[^\n]*"))
     end
+  end)
+
+  it("an argument error below one of several tail calls at the script's top names the script", function()
+    local script = write("refused.lua", "if ... then return knhk.spawn(1) end\nreturn knhk.spawn(42)\n")
+    local code, _, err = run(q(script))
+    assert.equal(1, code)
+    assert.equal("knhk-lua: " .. script .. ": " .. refused[1][2], err:match("^[^\n]*"))
+  end)
+
+  it("the place of a script's tail call is not named below a REPL line after it", function()
+    local script = write("first.lua", "local x = 1\nreturn print('ran')\n")
+    local code, out, err = run("-i " .. q(script), "return knhk.spawn(42)\n")
+    assert.equal(0, code)
+    assert.matches("^ran\n", out)
+    assert.matches("\n" .. refused[1][2]:gsub("%p", "%%%0") .. "\n", "\n" .. err)
+    assert.not_matches("first%.lua", err)
   end)
 
   it("every error of an error group is shown", function()

@@ -21,6 +21,13 @@ describe("knhk.codec", function()
     end
   end)
 
+  it("finds the lines of a function's own tail calls, not those of the functions it makes", function()
+    local chunk = assert(loadstring("local x = ...\nif x then return print(x) end\n"
+      .. "local function f(...) return select(1, ...) end\nprint(f(x))\nreturn f(...)\n"))
+    assert.same({ 2, 5 }, codec.tail_call_lines(chunk))
+    assert.same({}, codec.tail_call_lines(function() print(1) end))
+  end)
+
   it("round-trips scalars, including large, negative and fractional numbers", function()
     local a, b, c, d, e, f = roundtrip(nil, true, false, -7.25, 2 ^ 40, "bytes\0inside")
     assert.is_nil(a)

@@ -255,6 +255,26 @@ describe("knhk.nursery", function()
     assert.is_true(cancelled)
   end)
 
+  it("raises a caller's mistake in the body as it was raised, at the caller's line, once the children ended", function()
+    local here = debug.getinfo(1, "S").short_src
+    local err, line, seen = run(function()
+      local seen = false
+      local line
+      local _, e = pcall(knhk.nursery, function(n)
+        local child = n:spawn_local(function()
+          seen = knhk.is_cancelled(select(2, pcall(knhk.sleep, 60)))
+        end)
+        T.until_waiting(child)
+        line = debug.getinfo(1, "l").currentline + 1
+        knhk.sleep(-1)
+      end)
+      return e, line, seen
+    end)
+    assert.equal(string.format("%s:%d: bad argument #1 to 'sleep' (number >= 0 expected, got -1)", here, line),
+      err) -- a string, as outside a nursery: no TaskError
+    assert.is_true(seen)
+  end)
+
   it("n:cancel() ends the children and is not an error", function()
     local r, now = virtual(function()
       return knhk.nursery(function(n)

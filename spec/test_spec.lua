@@ -102,8 +102,64 @@ describe("knhk.test.wrap", function()
     end, { workers = 1 })
     -- the run ended although nothing sets the event: the task was cancelled
     assert.matches("the test body returned with 1 task not ended", err, 1, true)
-    assert.matches("task %d+ %(function at .*test_spec%.lua:" .. line .. ", spawned by task %d+%) waiting",
-      err)
+    assert.matches("task %d+ %(function at .*test_spec%.lua:" .. line .. ", spawned by task %d+%): portable, "
+      .. "on worker 0, waiting", err)
+  end)
+
+  it("names what a leftover task on the body's worker waits for, and whether it is local or portable", function()
+    local lines = {}
+    local err = failure_of(function()
+      local never = knhk.event()
+      lines[1] = here(); knhk.spawn(function(ev) ev:wait() end, never)
+      lines[2] = here(); knhk.spawn_local(function() knhk.sleep(math.huge) end)
+      knhk.checkpoint() -- (both start, and wait)
+    end, { workers = 1 })
+    assert.matches("returned with 2 tasks not ended", err, 1, true)
+    local at = "task %d+ %(function at [^\n]*test_spec%.lua:"
+    assert.matches(at .. lines[1] .. ", spawned by task %d+%): portable, on worker 0, waiting for an event "
+      .. "to be set\n", err)
+    assert.matches(at .. lines[2] .. ", spawned by task %d+%): local, on worker 0, waiting for ever %(a "
+      .. "sleep of math.huge%)$", err)
+  end)
+
+  it("says of a leftover task on another worker only what holds while it runs", function()
+    local line
+    local err = failure_of(function()
+      -- one task on each worker (each waits, without yielding, until the
+      -- other has started), then both wait for ever
+      local never, started = knhk.event(), { knhk.event(), knhk.event() }
+      local function meet(mine, other, ev)
+        mine:set()
+        local deadline = os.clock() + 20
+        while not other:is_set() and os.clock() < deadline do end
+        ev:wait()
+      end
+      line = here(); knhk.spawn(meet, started[1], started[2], never)
+      knhk.spawn(meet, started[2], started[1], never)
+      while not (started[1]:is_set() and started[2]:is_set()) do knhk.checkpoint() end
+    end, { workers = 2 })
+    assert.matches("returned with 2 tasks not ended", err, 1, true)
+    -- what the task on worker 1 does is what was seen of it; what it waits
+    -- for is not read (it could be ending that wait meanwhile)
+    assert.matches("%): portable, on worker 1, seen %a+\n", err .. "\n")
+    assert.matches("%): portable, on worker 0, waiting for an event to be set", err)
+    assert.is_nil(err:match("on worker 1, seen [^\n]*for"))
+  end)
+
+  it("names a leftover task that computes between checkpoints at once, not after it ran on", function()
+    local start = os.clock()
+    local err = failure_of(function()
+      knhk.spawn(function()
+        while true do
+          local slice = os.clock() + 0.0002
+          repeat until os.clock() > slice
+          knhk.checkpoint()
+        end
+      end)
+      knhk.checkpoint() -- (it starts)
+    end, { workers = 1 })
+    assert.is_true(os.clock() - start < 2, "the body's end waited on the task")
+    assert.matches("%): portable, on worker 0, ready to run$", err)
   end)
 
   it("reports a leftover task besides the body's own error", function()

@@ -75,6 +75,20 @@ end
 
 local blame -- (below, with the rest of where an error is raised)
 
+-- The refusal last raised in this VM: a caller's mistake, a string that
+-- names the caller's line. knhk.nursery raises one its body raised as it
+-- was raised, as it would be outside a nursery, rather than in a TaskError
+-- whose traceback would show only knhk's frames below that line. The C
+-- side's refusals (klua_core.c's raise_at) are kept in the same slot.
+local registry = debug.getregistry()
+local function raise_refusal(e)
+  registry["knhk.refusal"] = e
+  error(e, 0)
+end
+
+-- Whether e is the refusal last raised in this VM.
+function M.is_refusal(e) return type(e) == "string" and e == registry["knhk.refusal"] end
+
 function M.fail(n, fname, expected, v, level)
   blame(format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected, M.got(v, expected)),
     (level or 2) + 1)
@@ -189,11 +203,11 @@ blame = function(msg, level)
   else
     place = program_place(level)
   end
-  error(place .. msg, 0)
+  raise_refusal(place .. msg)
 end
 
 -- error(msg) at the user's line (past the sources matching `also` too).
-function M.raise(msg, also) error(program_place(2, also) .. msg, 0) end
+function M.raise(msg, also) raise_refusal(program_place(2, also) .. msg) end
 
 -- Where the program called the function that calls caller_place (through
 -- C functions such as pcall), for knhk.run: the root task's stack goes on

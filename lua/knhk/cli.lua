@@ -400,6 +400,23 @@ function M.main(argv)
     R.report_at_exit "knhk.cli"
   end
 
+  -- Runs f, a chunk of the program (an -e, the script), in the root task.
+  -- Its frame is the root's only one of the program's: a chunk that ends
+  -- in a tail call (`return knhk.map(5, print)`) leaves none to blame for
+  -- a refusal below it, so the root's place below is the line of that
+  -- call while f runs (as under plain luajit it is the line that called
+  -- knhk.run); with several tail calls, which one was made is not known,
+  -- and the place is the chunk's file alone.
+  local function run_chunk(f, ...)
+    local lines, place = knhk.codec.tail_call_lines(f), ""
+    if #lines > 0 then
+      place = debug.getinfo(f, "S").short_src .. (#lines == 1 and (":" .. lines[1]) or "") .. ": "
+    end
+    core.set_root_place(place)
+    f(...)
+    core.set_root_place("")
+  end
+
   -- an -l module or an -e chunk failed to load: its message, shown alone
   -- (as lua shows it: a syntax error has no traceback)
   local load_error
@@ -420,10 +437,10 @@ function M.main(argv)
             load_error = e
             return
           end
-          f()
+          run_chunk(f)
         end
       end
-      if chunk then chunk(unpack(script_args)) end
+      if chunk then run_chunk(chunk, unpack(script_args)) end
       if use_repl then repl() end
     end, R.capture)
     if not inner_ok then error(inner_err, 0) end

@@ -41,12 +41,33 @@ local probe_fnew = ops_of(function() return function() end end) -- FNEW UCLO RET
 local probe_gget = ops_of(function() return knhk_probe_global end) -- GGET RET1
 local probe_gset = ops_of(function() knhk_probe_global = 1 end) -- KSHORT GSET RET0
 local probe_tgets = ops_of(function(t) return t.x end) -- TGETS RET1
+local probe_callt = ops_of(function(f) return f() end) -- MOV CALLT
+local probe_callmt = ops_of(function(f, ...) return f(...) end) -- MOV VARG CALLMT
 local OP_FNEW, OP_UCLO, OP_RET1 = probe_fnew[1], probe_fnew[2], probe_fnew[3]
 local OP_GGET, OP_GSET = probe_gget[1], probe_gset[2]
 local OP_TGETS = probe_tgets[1]
+local OP_CALLT, OP_CALLMT = probe_callt[2], probe_callmt[3]
 -- (spec/codec_spec.lua checks these against jit.vmdef)
 M.opcodes = { FNEW = OP_FNEW, UCLO = OP_UCLO, RET1 = OP_RET1, GGET = OP_GGET, GSET = OP_GSET,
-              TGETS = OP_TGETS }
+              TGETS = OP_TGETS, CALLT = OP_CALLT, CALLMT = OP_CALLMT }
+
+-- The lines where fn's own code makes a tail call (`return f(x)`), each
+-- once, in ascending order: where a call that left no frame of fn was
+-- made.
+function M.tail_call_lines(fn)
+  local lines, seen = {}, {}
+  for pc, op in ipairs(ops_of(fn)) do
+    if op == OP_CALLT or op == OP_CALLMT then
+      local line = funcinfo(fn, pc).currentline
+      if line and not seen[line] then
+        seen[line] = true
+        lines[#lines + 1] = line
+      end
+    end
+  end
+  table.sort(lines)
+  return lines
+end
 
 local function read_uleb(s, pos)
   local v, shift = 0, 0
@@ -429,6 +450,16 @@ function M.register_class(name, mt, module)
   class_modules[name] = module or module_being_loaded() or class_modules[name]
 end
 
+-- The error for `what`, a callable object that arrived in this VM as a
+-- table without its __call: its class, registered outside any module,
+-- is not registered here (its tables arrive plain).
+function M.arrived_without_call(what)
+  local _, worker = require("knhk.core").current()
+  return string.format("knhk: %s arrived on worker %d without its __call: its class is not "
+    .. "registered in that worker's VM (knhk.codec.register_class must have run there)",
+    what, worker or 0)
+end
+
 -- The metatable of class `name` in this VM, loading its module if the
 -- class came with one this VM has not loaded yet; nil for a class
 -- registered outside any module (its tables arrive plain).
@@ -452,6 +483,13 @@ end
 -- would not make it travel.
 local staying = {}
 function M.register_staying(mt, what) staying[mt] = what end
+
+-- What a table whose metatable mt is neither a class nor a handle kind is
+-- refused as.
+local function class_refusal(mt)
+  return staying[mt] or "a table with a metatable knhk does not know (register its metatable "
+    .. "with knhk.codec.register_class)"
+end
 
 local handle_kinds, handle_names, handle_modules = {}, {}, {}
 -- Values whose metatable (or ctype) is `key` travel as a number that
@@ -675,12 +713,19 @@ local function leave(enc)
   enc.depth = enc.depth - 1
 end
 
-local function put_module(enc, v, name)
+-- What a module (or a function of one) that travels as `name` is refused
+-- as, or nil when another VM can load it.
+local function module_refusal(name)
   local modname = name:match("^[^%z]+")
   if not can_require(modname) then
-    refuse(enc, v, "the module '" .. modname .. "', which require cannot load (it is only in "
-      .. "package.loaded): give it a name require can find, or pass what the task needs")
+    return "the module '" .. modname .. "', which require cannot load (it is only in "
+      .. "package.loaded): give it a name require can find, or pass what the task needs"
   end
+end
+
+local function put_module(enc, v, name)
+  local why = module_refusal(name)
+  if why then refuse(enc, v, why) end
   put_named(enc.buf, T_MODULE, name)
   M.share_paths()
   M.on_named(v, "M" .. name)
@@ -725,8 +770,7 @@ local function encode_table(enc, t)
     if not cname then
       local h = handle_kind(mt)
       if h then return put_handle(enc, t, h) end
-      refuse(enc, t, staying[mt] or "a table with a metatable knhk does not know (register its "
-        .. "metatable with knhk.codec.register_class)")
+      refuse(enc, t, class_refusal(mt))
     end
     local module = class_modules[cname]
     if module then
@@ -859,6 +903,8 @@ local function function_module_name(enc, fn)
   return mname
 end
 
+local C_FUNCTION_REFUSAL = "a C function that is not part of a loaded module"
+
 local function encode_function(enc, fn)
   local buf = enc.buf
   local ok, info = pcall(funcinfo, fn)
@@ -867,7 +913,7 @@ local function encode_function(enc, fn)
     if name then return put_builtin(enc, fn, name) end
     local mname = function_module_name(enc, fn)
     if mname then return put_module(enc, fn, mname) end
-    refuse(enc, fn, "a C function that is not part of a loaded module")
+    refuse(enc, fn, C_FUNCTION_REFUSAL)
   end
   if info.source:find("knhk/", 1, true) then -- knhk's own: by name, if a module of it exports it
     local mname = function_module_name(enc, fn)
@@ -983,6 +1029,39 @@ encode_value = function(enc, v)
       refuse(enc, v)
     end
   end
+end
+
+-- What v is refused as by what it is, or nil when a value such as v
+-- travels: the encoder's own judgement of its kind (a table's class or
+-- module, a userdata's handle kind, a C function's name), without looking
+-- at what it holds (a table's fields, a function's upvalues and globals),
+-- which is looked at when it is sent. For a value known long before it is
+-- sent: a workflow's task, refused when the step is written rather than
+-- when its case runs.
+function M.refusal(v)
+  local t = type(v)
+  if t == "table" then
+    local mt = getmetatable(v)
+    if mt == nil or classes[mt] or handle_kind(mt) or builtin_name[v] or is_globals_table(v) then
+      return nil
+    end
+    if not module_name[v] then index_modules() end
+    local mname = module_name[v] -- (a module travels by name, whatever its metatable)
+    if mname then return module_refusal(mname) end
+    return class_refusal(mt)
+  elseif t == "function" then
+    local ok, info = pcall(funcinfo, v)
+    if ok and info.source and not info.addr then return nil end -- a Lua function
+    if builtin_name[v] then return nil end
+    if not module_name[v] then index_modules() end
+    local mname = module_name[v]
+    if mname then return module_refusal(mname) end
+    return C_FUNCTION_REFUSAL
+  elseif t == "userdata" or t == "cdata" or t == "thread" then
+    if handle_kind(handle_key(v)) then return nil end
+    return "a " .. t
+  end
+  return nil
 end
 
 -- Encoders not in use. Each encode takes its own, so encoding is

@@ -161,7 +161,9 @@ function knhk.current()
   return { id = id, worker = worker }
 end
 
--- knhk.tasks() -> the live tasks: { { id, parent, state, worker, age, where }, ... };
+-- knhk.tasks() -> the live tasks: { { id, parent, state, worker, age, where, kind [, wait] }, ... }
+-- (kind "local" or "portable"; wait, what it waits for, only for a task of
+-- the caller's own worker, which holds still while the caller reads it);
 -- `ended = true` marks one whose outcome is out but whose worker has not retired it yet
 function knhk.tasks()
   local rows = core.tasks()

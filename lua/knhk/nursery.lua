@@ -152,6 +152,15 @@ function Nursery:wait_all()
   return out
 end
 
+-- What the body raised, as the nursery raises it: a refusal of a
+-- caller's mistake (check.is_refusal) as it was raised, at the caller's
+-- line, as it would be outside a nursery; any other error with the
+-- traceback of where it was raised (R.capture).
+local function capture_body(e)
+  if check.is_refusal(e) then return e end
+  return R.capture(e)
+end
+
 -- knhk.nursery(fn [, opts]) -> fn's results
 function M.nursery(fn, opts)
   check.arg("callable", fn, 1, "nursery")
@@ -160,7 +169,7 @@ function M.nursery(fn, opts)
   if core.now() == nil then R.raise("knhk.nursery: must be called inside a knhk task (inside knhk.run)") end
   local n, prev = core.nursery_open(opts.supervise and true or false)
   owned[n] = { owner = core.current(), by_id = setmetatable({}, weak_values) }
-  local res = pack(xpcall(fn, R.capture, n))
+  local res = pack(xpcall(fn, capture_body, n))
   core.nursery_body_done(n, prev)
   local ok, err = res[1], res[2]
   local failed = not ok and not errors.is_signal(err)

@@ -324,9 +324,7 @@ local function start_blob(snap)
   -- a callable object is sent as a table of its class, which gets its
   -- metatable (and __call) only in a VM that registered the class
   if type(fn) ~= "function" and not check.callable(fn) then
-    error(string.format("knhk: the task's callable object arrived on worker %d without its "
-      .. "__call: its class is not registered in that worker's VM (knhk.codec.register_class "
-      .. "must have run there)", select(2, core.current())), 0)
+    error(codec.arrived_without_call("the task's callable object"), 0)
   end
   return fn(unpack(vals, 3, vals.n))
 end

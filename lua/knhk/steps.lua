@@ -29,15 +29,17 @@ function M.map(list, fn, opts)
   in_task("knhk.map")
   local results = { n = n }
   n = n or #list
-  -- what cannot travel is named as the caller knows it: "knhk.map: item 3
-  -- of the list is a userdata"
+  -- what cannot travel is named as the caller knows it, in spawn's words:
+  -- "map: the task function is a userdata", "map: item 3 of the list is a
+  -- userdata" (raised at the caller's line: the nursery lets a refusal
+  -- through as it was raised)
   local item
   local function places(k) -- fn, list[item]
-    if k == 1 then return "the function" end
+    if k == 1 then return "the task function" end
     return "item " .. item .. " of the list"
   end
   local function limited_places(k) -- a wrapper, then fn, list[item], the semaphore
-    return k == 1 and "the function" or places(k - 1)
+    return k == 1 and "the task function" or places(k - 1)
   end
   local spawn_into_as = T.spawn_into_as
   N.nursery(function(nur)
@@ -47,14 +49,14 @@ function M.map(list, fn, opts)
       item = i
       if sem then
         sem:acquire()
-        hs[i] = spawn_into_as(nur, "knhk.map", limited_places, function(f, v, s)
+        hs[i] = spawn_into_as(nur, "map", limited_places, function(f, v, s)
           local ok, r = pcall(f, v)
           s:release()
           if not ok then error(r, 0) end
           return r
         end, fn, list[i], sem)
       else
-        hs[i] = spawn_into_as(nur, "knhk.map", places, fn, list[i])
+        hs[i] = spawn_into_as(nur, "map", places, fn, list[i])
       end
     end
     for i = 1, n do results[i] = hs[i]:join() end
@@ -72,14 +74,14 @@ function M.race(...)
   local fns = { ... }
   for i = 1, n do check.arg("callable", fns[i], i, "race") end
   in_task("knhk.race")
-  -- what cannot travel is named as the caller knows it: "knhk.race:
-  -- argument 2 is a userdata"
+  -- what cannot travel is named as the caller knows it, in spawn's words:
+  -- "race: task function #2 is a userdata"
   local i
-  local function places() return "argument " .. i end
+  local function places() return "task function #" .. i end
   return N.nursery(function(nur)
     for k = 1, n do
       i = k
-      T.spawn_into_as(nur, "knhk.race", places, fns[k])
+      T.spawn_into_as(nur, "race", places, fns[k])
     end
     return nur:wait_any()
   end)
@@ -99,15 +101,17 @@ function M.select(cases)
   end
   if #fns == 0 then R.raise("bad argument #1 to 'select' (no cases)") end
   in_task("knhk.select")
-  local case -- what cannot travel is named by its case: "knhk.select: case 'b' is a userdata"
+  -- what cannot travel is named by its case, in spawn's words: "select:
+  -- the task function of case 'b' is a userdata"
+  local case
   local function places(k) -- a wrapper, then the case's function and its name
-    return k == 1 and "the function" or k == 2 and ("case '" .. tostring(case) .. "'")
+    return k == 1 and "the task function" or k == 2 and ("the task function of case '" .. tostring(case) .. "'")
       or ("the name of case '" .. tostring(case) .. "'")
   end
   return N.nursery(function(nur)
     for i, f in ipairs(fns) do
       case = names[i]
-      T.spawn_into_as(nur, "knhk.select", places, function(g, nm) return nm, g() end, f, names[i])
+      T.spawn_into_as(nur, "select", places, function(g, nm) return nm, g() end, f, names[i])
     end
     return nur:wait_any()
   end)

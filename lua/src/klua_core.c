@@ -67,9 +67,10 @@ KLUA_API const char *klua_where(klua_rt_t *rt, const char *place);
  * root task, the place of the program's call of knhk.run (core.root's),
  * as if the root's function had been called there; for another task, the
  * line that defined its function, the nearest the record knows of the
- * call that went. Nothing for a coroutine of the program's own, or for a
- * root that knhk's own code started. check.lua's refusals ask
- * core.place_below for it too. */
+ * call that went, unless that line is knhk's own (a runner of a workflow's
+ * steps): the program did not write it. Nothing for a coroutine of the
+ * program's own, or for a root that knhk's own code started. check.lua's
+ * refusals ask core.place_below for it too. */
 static void push_place_below(lua_State *L) {
   static const char fn_at[] = "function at ";
   klua_worker_t *w = klua_self();
@@ -79,9 +80,10 @@ static void push_place_below(lua_State *L) {
     lua_pushliteral(L, "");
   } else if (t->id == t->rt->root_id) {
     lua_pushstring(L, t->rt->root_place ? t->rt->root_place : "");
-  } else if (t->where && (at = strstr(t->where, fn_at)) != NULL) {
+  } else if (t->where && (at = strstr(t->where, fn_at)) != NULL && !strstr(at, "knhk/")) {
     /* "function at f.lua:3", or a callable's "callable table (__call
-     * function at f.lua:3)" */
+     * function at f.lua:3)"; knhk's own sources are passed over as
+     * raise_at passes them over */
     at += sizeof fn_at - 1;
     lua_pushlstring(L, at, strcspn(at, ")"));
     lua_pushliteral(L, ": ");
@@ -93,7 +95,8 @@ static void push_place_below(lua_State *L) {
 
 /* Raises fmt (a, b) at the first frame of the program, outside knhk's own
  * modules (`level`: where to start looking): a mistake is reported where
- * the program made it. */
+ * the program made it. The message is kept as the VM's last refusal, as
+ * check.lua keeps its own (knhk.nursery raises one from its body as is). */
 static int raise_at(lua_State *L, int level, const char *fmt, const char *a, const char *b) {
   lua_Debug ar;
   for (int l = level;; l++) {
@@ -109,6 +112,8 @@ static int raise_at(lua_State *L, int level, const char *fmt, const char *a, con
   }
   lua_pushfstring(L, fmt, a, b);
   lua_concat(L, 2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "knhk.refusal");
   return lua_error(L);
 }
 
@@ -879,6 +884,20 @@ static int l_spawn_blob(lua_State *L) {
 static int l_place_below(lua_State *L) {
   push_place_below(L);
   return 1;
+}
+
+/* core.set_root_place(place): where the root task's stack goes on below
+ * its frames from now on, "file:line: " or "" (none), in place of the
+ * place core.root was given. For knhk-lua, which runs each chunk of the
+ * program (an -e, the script) from knhk's own code: a chunk whose frame
+ * went in a tail call leaves none of the program's to name. The root
+ * only (it alone reads it); raises otherwise. */
+static int l_set_root_place(lua_State *L) {
+  const char *place = luaL_checkstring(L, 1);
+  klua_task_t *t = current(L, "set_root_place");
+  if (t->id != t->rt->root_id) return luaL_error(L, "set_root_place: called from a task not the root");
+  t->rt->root_place = *place ? klua_where(t->rt, place) : NULL; /* (out of memory: no place) */
+  return 0;
 }
 
 /* core.root(rt, fn, name [, place]) -> handle: the root task of a run, on
@@ -2012,15 +2031,22 @@ static int l_current(lua_State *L) {
 }
 
 /* core.tasks(rt, only_running) -> { {id, parent, started_ns, worker,
- * state, where [, ended]}, ... } of the tasks spawned and not retired
- * (worker -1: queued, not started yet);
+ * state, where, kind [, wait] [, ended]}, ... } of the tasks spawned and
+ * not retired (worker -1: queued, not started yet); kind: "local"
+ * (spawn_local: it runs on its spawner's worker) or "portable";
+ * `wait`: what it waits for, as a deadlock's report says it, only for a
+ * task that waits on the caller's own worker: no other thread runs it, so
+ * its wait holds still while the caller reads it (a task of another worker
+ * may end its wait and begin another meanwhile: `state` is all there is
+ * of it, as it was at one instant);
  * `ended`: its outcome is published (joiners have it), the record not
  * retired yet */
 
 static void push_row(void *ud, klua_task_t *t) {
   lua_State *L = ud;
   int state = knhk_task_state(&t->et);
-  lua_createtable(L, 0, 6);
+  klua_worker_t *self = klua_self();
+  lua_createtable(L, 0, 8);
   lua_pushnumber(L, (double)t->id);
   lua_setfield(L, -2, "id");
   if (t->parent) {
@@ -2036,6 +2062,15 @@ static void push_row(void *ud, klua_task_t *t) {
   lua_setfield(L, -2, "state");
   lua_pushstring(L, t->where);
   lua_setfield(L, -2, "where");
+  lua_pushstring(L, t->kind == KLUA_LOCAL ? "local" : "portable");
+  lua_setfield(L, -2, "kind");
+  if (state == KNHK_TASK_PARKED && self && t != self->cur &&
+      atomic_load_explicit(&t->home, memory_order_relaxed) == self->index) {
+    char what[96];
+    klua_wait_describe(t, what, sizeof what);
+    lua_pushstring(L, what);
+    lua_setfield(L, -2, "wait");
+  }
   if (klua_task_outcome(t) != KLUA_RUNNING) { /* its outcome is out; it is being retired */
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "ended");
@@ -2281,6 +2316,7 @@ KLUA_API int luaopen_knhk_core(lua_State *L) {
       {"spawn_blob", l_spawn_blob},
       {"root", l_root},
       {"place_below", l_place_below},
+      {"set_root_place", l_set_root_place},
       {"start", l_start},
       {"finish", l_finish},
       {"place", l_place},

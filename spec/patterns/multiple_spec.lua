@@ -91,6 +91,18 @@ describe("14 Multiple Instances with a priori Run-Time Knowledge", function()
     end, WORKERS)
     assert.same({ 1, 2, 3 }, r.vars.xs)
   end)
+
+  it("fails the case when the count function answers what is not a whole number, saying what it was", function()
+    for _, case in ipairs {
+      { "3", 'string "3"' }, { 2.5, "2.5" }, { -1, "-1" }, { 0 / 0, "NaN" }, { {}, "table" }, { nil, "nil" },
+    } do
+      local r = H.run(function()
+        return P.mi{ name = "ship", count = function() return case[1] end, run = function() end }:execute{}
+      end, WORKERS)
+      assert.equal("failed", r.status)
+      assert.equal("ship: count must be a whole number >= 0, got " .. case[2], r.error)
+    end
+  end)
 end)
 
 describe("34 Static Partial Join for Multiple Instances", function()

@@ -8,6 +8,14 @@ local knhk, P = H.knhk, H.P
 
 local f, g, h = function() end, function() end, function() end
 
+-- Callable objects that cannot travel to the worker that runs a task: a
+-- userdata, and a table of a class knhk.codec does not know.
+local stays = newproxy(true)
+getmetatable(stays).__call = function() end
+local unknown = setmetatable({}, { __call = function() end })
+local UNKNOWN_CLASS = "a table with a metatable knhk does not know (register its metatable with "
+  .. "knhk.codec.register_class)"
+
 local function message(err)
   return (tostring(err):gsub("^[^:]*:%d+: ", ""):gsub("refusals_spec%.lua:%d+", "HERE"))
 end
@@ -36,6 +44,22 @@ local refusals = {
   { "instances that are not a function", function() return P.mi{ count = 3, run = {} } end,
     "bad argument #1 to 'mi' (run must be a function or callable object (each instance runs it as a "
       .. "portable task), got table)" },
+  { "a task that cannot travel", function() return P.task("t", stays) end,
+    "bad argument #2 to 'task' (the task function cannot travel to the worker that runs it: it is a userdata)" },
+  { "a task of a class that cannot travel", function() return P.task{ name = "t", run = unknown } end,
+    "bad argument #1 to 'task' (the task function cannot travel to the worker that runs it: it is "
+      .. UNKNOWN_CLASS .. ")" },
+  { "a step that cannot travel", function() return P.sequence{ f, stays } end,
+    "bad argument #1 to 'sequence' (step 2 cannot travel to the worker that runs it: it is a userdata)" },
+  { "a branch that cannot travel", function() return P.parallel_split{ f, unknown } end,
+    "bad argument #1 to 'parallel_split' (branch 2 cannot travel to the worker that runs it: it is "
+      .. UNKNOWN_CLASS .. ")" },
+  { "instances that cannot travel", function() return P.mi{ count = 2, run = stays } end,
+    "bad argument #1 to 'mi' (run cannot travel to the worker that runs it: it is a userdata)" },
+  { "dynamic instances that cannot travel", function() return P.mi{ count = 2, run = unknown, dynamic = true } end,
+    "bad argument #1 to 'mi' (run cannot travel to the worker that runs it: it is " .. UNKNOWN_CLASS .. ")" },
+  { "a count written as a string", function() return P.mi{ count = "3", run = f } end,
+    "bad argument #1 to 'mi' (count must be a whole number >= 0, got string \"3\")" },
   { "instances without a number", function() return P.mi{ run = f } end,
     "bad argument #1 to 'mi' (count (a number or a function of the case variables) or items expected)" },
   { "a completion condition on static instances", function()
@@ -50,6 +74,8 @@ local refusals = {
     "bad argument #1 to 'partial_join' (k must be a whole number >= 1, got 0)" },
   { "a fraction of a thread", function() return P.thread_split(1.5) end,
     "bad argument #1 to 'thread_split' (n must be a whole number >= 1, got 1.5)" },
+  { "a number of threads written as a string", function() return P.thread_split("2") end,
+    "bad argument #1 to 'thread_split' (n must be a whole number >= 1, got string \"2\")" },
   { "a deferred choice on something that cannot fire", function()
       return P.deferred_choice{ { on = 5, run = f }, { on = P.timer(1), run = g } } end,
     "bad argument #1 to 'deferred_choice' (branch 1: 'on' must be a trigger, a timer, a channel, "
@@ -123,6 +149,9 @@ local refusals = {
   { "a graph node nothing reaches", function()
       return P.workflow(P.graph{ start = "a", nodes = { a = { run = f }, b = { run = g } } }) end,
     "workflow: graph (10) at HERE: node 'b' cannot be reached from start 'a'" },
+  { "a graph node that cannot travel", function()
+      return P.workflow(P.graph{ start = "a", nodes = { a = { run = stays } } }) end,
+    "workflow: graph (10) at HERE: node 'a': run cannot travel to the worker that runs it: it is a userdata" },
   { "a graph without its start", function() return P.workflow(P.graph{ start = "z", nodes = { a = { run = f } } }) end,
     "workflow: graph (10) at HERE: start 'z' is not one of its nodes" },
   { "a structured join in a graph", function()

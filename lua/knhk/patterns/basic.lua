@@ -17,14 +17,18 @@ local M = {}
 
 -- ------------------------------------------------------------------ tasks
 
-local function spawn_and_join(fn, case)
-  return knhk.nursery(function(n) return n:spawn(fn, case.vars):join() end)
+local function spawn_and_join(fn, case, step)
+  return knhk.nursery(function(n)
+    local ok, h = pcall(n.spawn, n, fn, case.vars)
+    if not ok then S.raise_spawn_refused(step, h) end
+    return h:join()
+  end)
 end
 
 -- A task: its function runs as a portable task with a snapshot of the case
 -- variables taken when it starts; what it returns updates them.
 local function run_task(frame, node)
-  return engine.with_locks(frame, spawn_and_join, node.fn, frame.case)
+  return engine.with_locks(frame, spawn_and_join, node.fn, frame.case, node.step)
 end
 
 S.define("task", {
@@ -51,6 +55,7 @@ function M.task(a, b)
     S.argerror("task", type(a) == "table" and 1 or 2, "function or callable object expected for "
       .. "the task, got " .. S.describe(fn))
   end
+  S.check_travels(fn, "task", type(a) == "table" and 1 or 2, "the task function", 2)
   return S.kinds.task.make(name, fn, 2)
 end
 

@@ -292,7 +292,12 @@ local function compile_graph(ctx, step, owner)
         ctx:refuse(step, "node '" .. name .. "': run must be a function, a callable object or a "
           .. "step, got " .. S.describe(run))
       end
-      if run ~= nil and not S.is_step(run) then run = S.kinds.task.make(name, run, 1) end
+      if run ~= nil and not S.is_step(run) then
+        local why = S.travel_refusal(run, "node '" .. name .. "': run")
+        if why then ctx:refuse(step, why) end
+        run = S.kinds.task.make(name, run, 1)
+        run.where = step.where -- (written in the graph)
+      end
       local first, last
       if run == nil or run.kind == "task" then
         -- one node: the task (or a pure router) with the node's join and split

@@ -85,7 +85,7 @@ local function instances(node, vars)
   else
     count = spec.count(vars)
     if type(count) ~= "number" or count % 1 ~= 0 or count < 0 then
-      error(node.name .. ": count must be a whole number >= 0, got " .. tostring(count), 0)
+      error(node.name .. ": count must be a whole number >= 0, got " .. S.describe_number(count), 0)
     end
   end
   local k = spec.join.k
@@ -154,6 +154,18 @@ end
 
 -- --------------------------------------------------- 12, 13, 14, 34, 35
 
+-- Spawns the instances of a static step into n, their handles into hs
+-- (protected by the caller: a refusal names the step).
+local function spawn_static(n, hs, fn, vars, items, count)
+  -- (no trailing nil when there are no items: one value less to snapshot,
+  -- measurable at 10k instances)
+  if items then
+    for i = 1, count do hs[i] = n:spawn(fn, vars, i, items[i]) end
+  else
+    for i = 1, count do hs[i] = n:spawn(fn, vars, i) end
+  end
+end
+
 local function run_static(frame, node, run)
   local spec = node.step
   local vars = frame.case.vars
@@ -163,13 +175,8 @@ local function run_static(frame, node, run)
   if run.forced then return updates(node, res, got, count) end
   knhk.nursery(function(n)
     run.instances = n
-    -- (no trailing nil when there are no items: one value less to snapshot,
-    -- measurable at 10k instances)
-    if items then
-      for i = 1, count do hs[i] = n:spawn(fn, vars, i, items[i]) end
-    else
-      for i = 1, count do hs[i] = n:spawn(fn, vars, i) end
-    end
+    local ok, err = pcall(spawn_static, n, hs, fn, vars, items, count)
+    if not ok then S.raise_spawn_refused(node.step, err) end
     if join.kind == "detached" then -- 12: the case goes on; failures still fail it
       engine.complete_early(frame, node, run, nil)
       join_all(hs, count, {}, {})
@@ -214,7 +221,14 @@ end
 -- `mi`, which travels with it (nursery, channels, event), and reports its
 -- result to the step on mi.results.
 local function dynamic_instance(mi, i, item)
-  local r = mi.run(mi.vars, i, item, mi)
+  local run = mi.run
+  -- a callable object travels as a table of its class, which gets its
+  -- metatable (and __call) only in a VM that registered the class, as the
+  -- task function of a static step does
+  if not check.callable(run) then
+    error(knhk.codec.arrived_without_call("the instances' run (a callable object)"), 0)
+  end
+  local r = run(mi.vars, i, item, mi)
   mi.results:send({ i, r })
 end
 
@@ -253,7 +267,10 @@ local function run_dynamic(frame, node, run)
         run.instances = n
         local mi = { nursery = n, results = results, counter = counter, closed = closed,
                      run = spec.run, vars = vars }
-        for i = 1, count do n:spawn(dynamic_instance, mi, i, items and items[i]) end
+        local ok, err = pcall(function()
+          for i = 1, count do n:spawn(dynamic_instance, mi, i, items and items[i]) end
+        end)
+        if not ok then S.raise_spawn_refused(node.step, err) end
         counter:send(count + 1)
       end)
       results:close()
@@ -311,6 +328,7 @@ function M.mi(t)
     S.argerror(F, 1, "run must be a function or callable object (each instance runs it as a "
       .. "portable task), got " .. S.describe(t.run))
   end
+  S.check_travels(t.run, F, 1, "run", 2)
   S.check_name(t.name, F, 1, 2, true)
   if t.count ~= nil and t.items ~= nil then S.argerror(F, 1, "give count or items, not both") end
   if t.count == nil and t.items == nil then

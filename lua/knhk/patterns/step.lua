@@ -7,6 +7,7 @@
 -- caller's line); what needs the whole definition (a join's split, a name
 -- someone refers to) is checked when the workflow is built.
 local check = require "knhk.check"
+local codec = require "knhk.codec"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
 local M = {}
 
@@ -66,6 +67,15 @@ function M.describe(v)
   return type(v)
 end
 
+-- What v, given where a number was expected, is in messages: a number's
+-- value (2.5, -1, NaN, as check.got says it), a string's type and text,
+-- quoted (string "3": not to be read as the number 3), else its type.
+function M.describe_number(v)
+  if type(v) == "number" then return check.got(v, "number") end
+  if type(v) == "string" then return string.format("string %q", v) end
+  return M.describe(v)
+end
+
 -- error(), worded like Lua's own argument errors, at the user's line.
 function M.argerror(fname, n, msg, level)
   error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), (level or 2) + 1)
@@ -82,7 +92,7 @@ function M.check_count(v, fname, n, what, level, min)
   min = min or 0
   if type(v) ~= "number" or v % 1 ~= 0 or v < min then
     M.argerror(fname, n, what .. " must be a whole number >= " .. min .. ", got "
-      .. (type(v) == "number" and tostring(v) or M.describe(v)), (level or 2) + 1)
+      .. M.describe_number(v), (level or 2) + 1)
   end
 end
 
@@ -96,11 +106,42 @@ function M.function_name(fn)
   return name
 end
 
+-- A task's function runs as a portable task, on whichever worker takes
+-- it: one that cannot travel there (a userdata, a table of a class
+-- knhk.codec does not know) is refused when the step is written, for what
+-- knhk.spawn would refuse it as, rather than when a case runs it. Returns
+-- the refusal (`what`, e.g. "step 2", names fn), or nil. What fn holds (a
+-- function's upvalues, an object's fields) is looked at when its task
+-- starts (raise_spawn_refused).
+function M.travel_refusal(fn, what)
+  local why = codec.refusal(fn)
+  if why then return what .. " cannot travel to the worker that runs it: it is " .. why end
+end
+
+-- The same, raised as argument n of fname at the user's line.
+function M.check_travels(fn, fname, n, what, level)
+  local why = M.travel_refusal(fn, what)
+  if why then M.argerror(fname, n, why, (level or 2) + 1) end
+end
+
+-- Raises err, raised by the spawn of a task of `step` as its case ran:
+-- a refusal of what the task's function holds (an upvalue, an object's
+-- field), at the line that wrote the step. (Raised inside knhk's runner,
+-- it names no line of the program.) Any other error goes on as it is.
+function M.raise_spawn_refused(step, err)
+  if type(err) ~= "string" then error(err, 0) end
+  error(string.format("%s: %s%s: %s", step.where, step.kind,
+    step.name and (" '" .. step.name .. "'") or "", err), 0)
+end
+
 -- A body: a step, or a function or callable object (which becomes a
 -- task). `what` names the place in messages, e.g. "branch 2".
 function M.as_step(v, fname, n, what, level)
   if M.is_step(v) then return v end
-  if check.callable(v) then return M.kinds.task.make(nil, v, (level or 2) + 1) end
+  if check.callable(v) then
+    M.check_travels(v, fname, n, what, (level or 2) + 1)
+    return M.kinds.task.make(nil, v, (level or 2) + 1)
+  end
   M.argerror(fname, n, what .. " must be a function, a callable object or a step, got "
     .. M.describe(v), (level or 2) + 1)
 end

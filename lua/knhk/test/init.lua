@@ -92,42 +92,57 @@ local function describe_error(e, indent)
 end
 M.describe_error = describe_error
 
--- One live task, as a failure names it.
-local function describe_task(r)
-  local parts = { "task " .. tostring(r.id) }
-  parts[#parts + 1] = "(" .. tostring(r.where or "function at ?")
-  if r.parent then parts[#parts] = parts[#parts] .. ", spawned by task " .. tostring(r.parent) end
-  parts[#parts] = parts[#parts] .. ")"
-  parts[#parts + 1] = tostring(r.state or "live")
-  if r.worker and r.worker >= 0 then parts[#parts + 1] = "on worker " .. tostring(r.worker) end
-  return table.concat(parts, " ")
+-- One live task (a row of knhk.tasks()), as a failure names it, from the
+-- worker `here`: what it is, whose it is, where it runs, and what it does
+-- as far as that holds still. A task of another worker runs on while the
+-- root looks (it may end a wait and begin another): its state is only what
+-- was seen. One of this worker cannot run meanwhile: what it waits for
+-- (knhk.tasks() gives it for those only) is still so.
+local function describe_task(r, here)
+  local head = "task " .. tostring(r.id) .. " (" .. tostring(r.where or "function at ?")
+  if r.parent then head = head .. ", spawned by task " .. tostring(r.parent) end
+  local parts = { head .. "): " .. tostring(r.kind or "a task") }
+  if not r.worker or r.worker < 0 then
+    parts[#parts + 1] = "not started yet"
+  else
+    parts[#parts + 1] = "on worker " .. tostring(r.worker)
+    if r.worker ~= here then
+      parts[#parts + 1] = "seen " .. tostring(r.state)
+    else
+      parts[#parts + 1] = r.wait and ("waiting " .. r.wait) or "ready to run"
+    end
+  end
+  return table.concat(parts, ", ")
 end
 
 -- ------------------------------------------------------------- the body
 
 -- The tasks still live besides the root: { count =, lines = { ... } },
--- or nil if none. knhk.tasks() lists a task from its spawn, queued until
--- it starts, and one whose outcome is out (`ended`) until its worker has
--- retired it. So the root lets the others run (a checkpoint; a bounded
--- number of times) while some are queued: each is then named where it
--- waits. Checkpoints, not sleeps: a virtual clock must not move for this.
+-- or nil if none. knhk.tasks() lists a task from its spawn, not started
+-- until a worker starts it (worker -1), and one whose outcome is out
+-- (`ended`) until its worker has retired it. So the root lets the others
+-- run (a checkpoint; a bounded number of times) while some have not
+-- started: each is then named where it runs. (Not while some are queued:
+-- a started task is queued again at each of its checkpoints, and one that
+-- computes between them would have the root wait on it for that many
+-- slices.) Checkpoints, not sleeps: a virtual clock must not move for this.
 local function left_behind(root)
   local rows
   for _ = 1, 100000 do
     rows = knhk.tasks()
-    local queued = false
+    local unstarted = false
     for _, r in ipairs(rows) do
-      if r.state == "queued" and not r.ended then
-        queued = true
+      if r.worker < 0 and not r.ended then
+        unstarted = true
         break
       end
     end
-    if not queued then break end
+    if not unstarted then break end
     knhk.checkpoint()
   end
-  local lines = {}
+  local lines, here = {}, knhk.current().worker
   for _, r in ipairs(rows) do
-    if r.id ~= root and not r.ended then lines[#lines + 1] = "  " .. describe_task(r) end
+    if r.id ~= root and not r.ended then lines[#lines + 1] = "  " .. describe_task(r, here) end
   end
   if #lines == 0 then return nil end
   return { count = #lines, lines = lines }
