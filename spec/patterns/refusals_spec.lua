@@ -204,6 +204,38 @@ local refusals = {
       .. "definition and this call), so it would never end" },
   { "a block defined twice", function() return P.workflow(P.sequence{ P.define("d", f), P.define("d", g) }) end,
     "workflow: define (22) at HERE: 'd' is defined twice (also at HERE)" },
+  -- a misspelt field is refused, not ignored: ignored, it would run another workflow
+  { "a misspelt field of a multiple instance (jion)", function()
+      return P.mi{ count = 3, run = f, jion = P.partial(1) } end,
+    "bad argument #1 to 'mi' (unknown field 'jion'; it takes: run, count, items, join, into, dynamic, name)" },
+  { "a misspelt otherwise", function() return P.exclusive_choice{ { when = "x > 1", run = f }, otherwize = g } end,
+    "bad argument #1 to 'exclusive_choice' (unknown field 'otherwize'; it takes: otherwise, name, and a list)" },
+  { "a misspelt field of a branch", function() return P.multi_choice{ { wehn = "x > 1", run = f } } end,
+    "bad argument #1 to 'multi_choice' (branch 1: unknown field 'wehn'; it takes: when, run, label, to)" },
+  { "a misspelt field of a deferred branch", function()
+      return P.deferred_choice{ { on = P.transient_trigger("a"), run = f }, { on = 5, run = g, int = "v" } } end,
+    "bad argument #1 to 'deferred_choice' (branch 2: unknown field 'int'; it takes: on, run, label, into, to)" },
+  { "a misspelt name of a workflow", function() return P.workflow(f, { nme = "x" }) end,
+    "bad argument #2 to 'workflow' (unknown field 'nme'; it takes: name)" },
+  { "a misspelt name of a join", function() return P.synchronization{ nmae = "j" } end,
+    "bad argument #1 to 'synchronization' (unknown field 'nmae'; it takes: name)" },
+  { "a join's options that are not a table", function() return P.simple_merge("j") end,
+    "bad argument #1 to 'simple_merge' (table expected, got string)" },
+  { "a field of a sequence that is neither a step nor its name", function() return P.sequence{ f, g, labl = "s" } end,
+    "bad argument #1 to 'sequence' (unknown field 'labl'; it takes: name, and a list)" },
+  { "a misspelt field of a parallel split", function() return P.parallel_split{ f, g, [0] = h } end,
+    "bad argument #1 to 'parallel_split' (unknown field [0]; it takes: name, and a list)" },
+  { "a misspelt field of a task table", function() return P.task{ name = "t", fn = f } end,
+    "bad argument #1 to 'task' (unknown field 'fn'; it takes: name, run)" },
+  { "a misspelt option of wait_for", function() return P.wait_for(P.transient_trigger("t"), { inot = "v" }) end,
+    "bad argument #2 to 'wait_for' (unknown field 'inot'; it takes: into, name)" },
+  { "a misspelt field of a graph node", function()
+      return P.graph{ start = "a", nodes = { a = { run = f, nxt = "b" }, b = { run = g } } } end,
+    "bad argument #1 to 'graph' (node 'a': unknown field 'nxt'; it takes: run, join, next)" },
+  { "a misspelt option of a loop", function() return P.while_do("x < 3", f, { nam = "l" }) end,
+    "bad argument #3 to 'while_do' (unknown field 'nam'; it takes: name)" },
+  { "a misspelt option of a partial join", function() return P.partial_join(2, { nam = "p" }) end,
+    "bad argument #2 to 'partial_join' (unknown field 'nam'; it takes: name)" },
 }
 
 describe("refusals", function()

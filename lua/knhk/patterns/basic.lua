@@ -49,7 +49,10 @@ S.define("task", {
 function M.task(a, b)
   local name, fn = a, b
   if check.callable(a) then name, fn = nil, a
-  elseif type(a) == "table" and not S.is_step(a) then name, fn = a.name, a.run end
+  elseif type(a) == "table" and not S.is_step(a) then
+    S.check_fields(a, "task", 1, { "name", "run" }, 2)
+    name, fn = a.name, a.run
+  end
   S.check_name(name, "task", 1, 2, true)
   if not check.callable(fn) then
     S.argerror("task", type(a) == "table" and 1 or 2, "function or callable object expected for "
@@ -84,6 +87,7 @@ function M.sequence(t)
     S.argerror("sequence", 1, "table of steps expected, got " .. S.describe(t))
   end
   if #t == 0 then S.argerror("sequence", 1, "a sequence needs at least one step") end
+  S.check_fields(t, "sequence", 1, { "name" }, 2, nil, true)
   local steps = {}
   for i = 1, table.maxn(t) do
     if t[i] == nil then S.argerror("sequence", 1, "step " .. i .. " is nil") end
@@ -98,11 +102,13 @@ end
 -- Branch entries of choices: { when = cond, run = step, label = } (or
 -- `to = "node"` inside P.graph); `otherwise` adds a last branch taken when
 -- no condition holds.
+local BRANCH_FIELDS = { "when", "run", "label", "to" }
 function M.choice_branches(fname, t, level, allow_otherwise)
   level = level + 1
   if type(t) ~= "table" or S.is_step(t) then
     S.argerror(fname, 1, "table of branches expected, got " .. S.describe(t), level)
   end
+  S.check_fields(t, fname, 1, allow_otherwise and { "otherwise", "name" } or { "name" }, level, nil, true)
   local branches = {}
   for i = 1, table.maxn(t) do
     local b = t[i]
@@ -110,6 +116,7 @@ function M.choice_branches(fname, t, level, allow_otherwise)
       S.argerror(fname, 1, "branch " .. i .. " must be a table { when = condition, run = step }, got "
         .. S.describe(b), level)
     end
+    S.check_fields(b, fname, 1, BRANCH_FIELDS, level, "branch " .. i)
     local when, label = S.as_condition(b.when, fname, 1, "branch " .. i .. ": 'when'", level)
     branches[i] = M.branch_body(fname, b, i, level)
     branches[i].when, branches[i].label = when, b.label or label or ("branch " .. i)
@@ -161,6 +168,7 @@ function M.parallel_split(t)
   if type(t) ~= "table" or S.is_step(t) then
     S.argerror("parallel_split", 1, "table of branches expected, got " .. S.describe(t))
   end
+  S.check_fields(t, "parallel_split", 1, { "name" }, 2, nil, true)
   local branches = {}
   for i = 1, table.maxn(t) do
     if t[i] == nil then S.argerror("parallel_split", 1, "branch " .. i .. " is nil") end
@@ -248,7 +256,7 @@ M.define_join("synchronization", {
 })
 
 function M.synchronization(t)
-  return S.new("synchronization", 3, { name = t and t.name })
+  return S.new("synchronization", 3, { name = S.name_opt(t, "synchronization", 1) })
 end
 
 M.define_join("simple_merge", {
@@ -261,7 +269,7 @@ M.define_join("simple_merge", {
 })
 
 function M.simple_merge(t)
-  return S.new("simple_merge", 5, { name = t and t.name })
+  return S.new("simple_merge", 5, { name = S.name_opt(t, "simple_merge", 1) })
 end
 
 return M

@@ -60,7 +60,7 @@ define_join("synchronizing_merge", {
 })
 
 function M.synchronizing_merge(t)
-  return S.new("synchronizing_merge", 7, { name = t and t.name })
+  return S.new("synchronizing_merge", 7, { name = S.name_opt(t, "synchronizing_merge", 1) })
 end
 
 define_join("multi_merge", {
@@ -70,7 +70,7 @@ define_join("multi_merge", {
 })
 
 function M.multi_merge(t)
-  return S.new("multi_merge", 8, { name = t and t.name })
+  return S.new("multi_merge", 8, { name = S.name_opt(t, "multi_merge", 1) })
 end
 
 -- ----------------------------------------- discriminators and partial joins
@@ -178,19 +178,18 @@ define_join("cancelling_partial_join", {
   join = partial_join_spec(k_field, { cancelling = true }),
 })
 
-function M.discriminator(t) return S.new("discriminator", 9, { name = t and t.name }) end
+function M.discriminator(t) return S.new("discriminator", 9, { name = S.name_opt(t, "discriminator", 1) }) end
 function M.blocking_discriminator(t)
-  return S.new("blocking_discriminator", 28, { name = t and t.name })
+  return S.new("blocking_discriminator", 28, { name = S.name_opt(t, "blocking_discriminator", 1) })
 end
 function M.cancelling_discriminator(t)
-  return S.new("cancelling_discriminator", 29, { name = t and t.name })
+  return S.new("cancelling_discriminator", 29, { name = S.name_opt(t, "cancelling_discriminator", 1) })
 end
 
 local function partial_ctor(kind, pattern)
   return function(k, t)
     S.check_count(k, kind, 1, "k", 2, 1)
-    if t ~= nil and type(t) ~= "table" then S.argerror(kind, 2, "table expected, got " .. type(t)) end
-    return S.new(kind, pattern, { k = k, name = t and t.name })
+    return S.new(kind, pattern, { k = k, name = S.name_opt(t, kind, 2) })
   end
 end
 M.partial_join = partial_ctor("partial_join", 30)
@@ -208,7 +207,7 @@ define_join("generalised_and_join", {
 })
 
 function M.generalised_and_join(t)
-  return S.new("generalised_and_join", 33, { name = t and t.name })
+  return S.new("generalised_and_join", 33, { name = S.name_opt(t, "generalised_and_join", 1) })
 end
 
 -- 37: an AND-join over tokens and skip tokens (dead-path elimination):
@@ -221,7 +220,7 @@ define_join("local_synchronizing_merge", {
 })
 
 function M.local_synchronizing_merge(t)
-  return S.new("local_synchronizing_merge", 37, { name = t and t.name })
+  return S.new("local_synchronizing_merge", 37, { name = S.name_opt(t, "local_synchronizing_merge", 1) })
 end
 
 -- 38: fires once some input has a token and no token can arrive any more
@@ -269,7 +268,7 @@ define_join("general_synchronizing_merge", {
 })
 
 function M.general_synchronizing_merge(t)
-  return S.new("general_synchronizing_merge", 38, { name = t and t.name })
+  return S.new("general_synchronizing_merge", 38, { name = S.name_opt(t, "general_synchronizing_merge", 1) })
 end
 
 -- ------------------------------------------------------- threads (41, 42)
@@ -303,7 +302,7 @@ S.define("thread_merge", {
 -- P.thread_merge(n): 41.
 function M.thread_merge(n, t)
   S.check_count(n, "thread_merge", 1, "n", 2, 1)
-  return S.new("thread_merge", 41, { n = n, name = t and t.name })
+  return S.new("thread_merge", 41, { n = n, name = S.name_opt(t, "thread_merge", 2) })
 end
 
 S.define("thread_split", {
@@ -319,7 +318,7 @@ S.define("thread_split", {
 -- P.thread_split(n): 42. What follows it in its sequence runs n times.
 function M.thread_split(n, t)
   S.check_count(n, "thread_split", 1, "n", 2, 1)
-  return S.new("thread_split", 42, { n = n, name = t and t.name })
+  return S.new("thread_split", 42, { n = n, name = S.name_opt(t, "thread_split", 2) })
 end
 
 return M

@@ -108,7 +108,7 @@ instant("cancel_case", function() return "cancel case" end, function(frame, node
 end)
 
 function M.cancel_case(t)
-  return S.new("cancel_case", 20, { name = t and t.name })
+  return S.new("cancel_case", 20, { name = S.name_opt(t, "cancel_case", 1) })
 end
 
 return M

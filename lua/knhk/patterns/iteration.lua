@@ -51,7 +51,7 @@ function M.while_do(cond, body, t)
   local fn, label = S.as_condition(cond, "while_do", 1, "the condition", 2)
   body = S.as_step(body, "while_do", 2, "the body", 2)
   return S.new("loop", 21, { cond = fn, label = label or "condition", body = body,
-                             test_first = true, name = t and t.name }, 2)
+                             test_first = true, name = S.name_opt(t, "while_do", 3) }, 2)
 end
 
 -- P.repeat_until(step, cond): 21, tested after each round.
@@ -59,7 +59,7 @@ function M.repeat_until(body, cond, t)
   body = S.as_step(body, "repeat_until", 1, "the body", 2)
   local fn, label = S.as_condition(cond, "repeat_until", 2, "the condition", 2)
   return S.new("loop", 21, { cond = fn, label = label or "condition", body = body,
-                             test_first = false, name = t and t.name }, 2)
+                             test_first = false, name = S.name_opt(t, "repeat_until", 3) }, 2)
 end
 
 -- ------------------------------------------------------------- recursion
@@ -121,7 +121,7 @@ end
 -- built with that name) as a step, in a frame of its own.
 function M.call(name, t)
   S.check_name(name, "call", 1, 2)
-  return S.new("call", 22, { target = name, name = t and t.name })
+  return S.new("call", 22, { target = name, name = S.name_opt(t, "call", 2) })
 end
 
 -- ------------------------------------------------------------------ graphs
@@ -353,12 +353,14 @@ function M.graph(t)
     S.argerror(F, 1, "start (the name of the first node) expected, got " .. S.describe(t.start))
   end
   if type(t.nodes) ~= "table" then S.argerror(F, 1, "nodes (a table of named nodes) expected, got " .. S.describe(t.nodes)) end
+  S.check_fields(t, F, 1, { "start", "nodes", "name" }, 2)
   local nodes = {}
   for name, g in pairs(t.nodes) do
     if type(name) ~= "string" then S.argerror(F, 1, "node names must be strings, got " .. type(name)) end
     if type(g) ~= "table" or S.is_step(g) then
       S.argerror(F, 1, "node '" .. name .. "' must be a table { run =, join =, next = }, got " .. S.describe(g))
     end
+    S.check_fields(g, F, 1, { "run", "join", "next" }, 2, "node '" .. name .. "'")
     if g.join ~= nil and not S.is_step(g.join) then
       S.argerror(F, 1, "node '" .. name .. "': join must be a join step, got " .. S.describe(g.join))
     end

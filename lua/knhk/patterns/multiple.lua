@@ -324,6 +324,7 @@ end
 function M.mi(t)
   local F = "mi"
   if type(t) ~= "table" or S.is_step(t) then S.argerror(F, 1, "table expected, got " .. S.describe(t)) end
+  S.check_fields(t, F, 1, { "run", "count", "items", "join", "into", "dynamic", "name" }, 2)
   if not check.callable(t.run) then
     S.argerror(F, 1, "run must be a function or callable object (each instance runs it as a "
       .. "portable task), got " .. S.describe(t.run))

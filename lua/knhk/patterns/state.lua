@@ -86,6 +86,7 @@ function M.deferred_choice(t)
     if type(b) ~= "table" or S.is_step(b) then
       S.argerror(F, 1, "branch " .. i .. " must be a table { on = source, run = step }, got " .. S.describe(b))
     end
+    S.check_fields(b, F, 1, { "on", "run", "label", "into", "to" }, 2, "branch " .. i)
     triggers.check_source(b.on, F, 1, "branch " .. i .. ": 'on'", 2)
     if b.into ~= nil and type(b.into) ~= "string" then
       S.argerror(F, 1, "branch " .. i .. ": into must name a case variable, got " .. S.describe(b.into))
@@ -96,6 +97,7 @@ function M.deferred_choice(t)
     branches[i] = body
   end
   if #branches < 2 then S.argerror(F, 1, "a deferred choice needs at least 2 branches") end
+  S.check_fields(t, F, 1, { "name" }, 2, nil, true)
   S.check_name(t.name, F, 1, 2, true)
   return S.new("deferred_choice", 16, { branches = branches, name = t.name })
 end
@@ -181,6 +183,7 @@ function M.critical_section(name, body, t)
   S.check_name(name, "critical_section", 1, 2)
   body = S.as_step(body, "critical_section", 2, "the section", 2)
   if t ~= nil and type(t) ~= "table" then S.argerror("critical_section", 3, "table expected, got " .. type(t)) end
+  if t then S.check_fields(t, "critical_section", 3, { "lock" }, 2) end
   local lock = t and t.lock
   if lock ~= nil and not knhk.is_lock(lock) then
     S.argerror("critical_section", 3, "lock must be a knhk.lock(), got " .. S.describe(lock))

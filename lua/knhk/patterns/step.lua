@@ -81,6 +81,35 @@ function M.argerror(fname, n, msg, level)
   error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), (level or 2) + 1)
 end
 
+-- The fields table t given to fname (argument n) may have, listed in
+-- `known` (and, if `list`, its list of 1..n): any other key is refused, so
+-- that a misspelt field (jion =, otherwize =, nme =) is an error at the
+-- line that wrote it, not a field silently ignored and a workflow that
+-- does something else. `what` ("branch 2") names a table inside argument n.
+function M.check_fields(t, fname, n, known, level, what, list)
+  for k in pairs(t) do
+    local ok = list and type(k) == "number" and k >= 1 and k % 1 == 0
+    for i = 1, #known do if known[i] == k then ok = true break end end
+    if not ok then
+      M.argerror(fname, n, (what and (what .. ": ") or "") .. "unknown field "
+        .. (type(k) == "string" and ("'" .. k .. "'") or ("[" .. tostring(k) .. "]")) .. "; it takes: "
+        .. table.concat(known, ", ") .. (list and ", and a list" or ""), (level or 2) + 1)
+    end
+  end
+end
+
+-- The name of a step whose one optional argument n is { name = }: nil or
+-- a table with a name, or nothing else.
+local NAME_ONLY = { "name" }
+function M.name_opt(t, fname, n, level)
+  level = (level or 2) + 1
+  if t == nil then return nil end
+  if type(t) ~= "table" or M.is_step(t) then M.argerror(fname, n, "table expected, got " .. M.describe(t), level) end
+  M.check_fields(t, fname, n, NAME_ONLY, level)
+  M.check_name(t.name, fname, n, level, true)
+  return t.name
+end
+
 function M.check_name(v, fname, n, level, optional)
   if v == nil and optional then return end
   if type(v) ~= "string" or v == "" then

@@ -33,9 +33,7 @@ S.define("terminate", {
 
 -- P.terminate([{ name = }]): 43.
 function M.terminate(t)
-  if t ~= nil and type(t) ~= "table" then S.argerror("terminate", 1, "table expected, got " .. type(t)) end
-  S.check_name(t and t.name, "terminate", 1, 2, true)
-  return S.new("terminate", 43, { name = t and t.name })
+  return S.new("terminate", 43, { name = S.name_opt(t, "terminate", 1) })
 end
 
 return M

@@ -50,7 +50,7 @@ function M.timer(seconds, t)
     S.argerror("timer", 1, "seconds must be a number >= 0, got "
       .. (type(seconds) == "number" and tostring(seconds) or S.describe(seconds)))
   end
-  return S.new("timer", nil, { seconds = seconds, name = t and t.name })
+  return S.new("timer", nil, { seconds = seconds, name = S.name_opt(t, "timer", 2) })
 end
 
 -- Whether v can be waited for; raises (at the user's line) if not.
@@ -211,6 +211,7 @@ function M.wait_for(on, t)
   M.check_source(on, "wait_for", 1, "the source", 2)
   if t ~= nil and type(t) ~= "table" then S.argerror("wait_for", 2, "table expected, got " .. type(t)) end
   t = t or {}
+  S.check_fields(t, "wait_for", 2, { "into", "name" }, 2)
   if t.into ~= nil and type(t.into) ~= "string" then
     S.argerror("wait_for", 2, "into must name a case variable, got " .. S.describe(t.into))
   end
@@ -245,7 +246,7 @@ function M.signal(trig, value, t)
     S.argerror("signal", 1, "trigger (P.transient_trigger or P.persistent_trigger) expected, got "
       .. S.describe(trig))
   end
-  return S.new("signal", trig.pattern, { trigger = trig, value = value, name = t and t.name })
+  return S.new("signal", trig.pattern, { trigger = trig, value = value, name = S.name_opt(t, "signal", 3) })
 end
 
 return M

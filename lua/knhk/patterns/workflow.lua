@@ -30,6 +30,7 @@ function M.build(step, opts, level)
   end
   opts = opts or {}
   if type(opts) ~= "table" then S.argerror("workflow", 2, "table expected, got " .. type(opts), level + 1) end
+  S.check_fields(opts, "workflow", 2, { "name" }, level + 1)
   if opts.name ~= nil then S.check_name(opts.name, "workflow", 2, level + 1) end
   local ok, net, ctx = pcall(compile.compile, step, opts.name)
   if not ok then
