@@ -1031,6 +1031,13 @@ encode_value = function(enc, v)
   end
 end
 
+-- v's module name, with package.loaded looked at again for one not known
+-- yet (a module loaded since the last look).
+local function module_name_now(v)
+  if not module_name[v] then index_modules() end
+  return module_name[v]
+end
+
 -- What v is refused as by what it is, or nil when a value such as v
 -- travels: the encoder's own judgement of its kind (a table's class or
 -- module, a userdata's handle kind, a C function's name), without looking
@@ -1045,16 +1052,14 @@ function M.refusal(v)
     if mt == nil or classes[mt] or handle_kind(mt) or builtin_name[v] or is_globals_table(v) then
       return nil
     end
-    if not module_name[v] then index_modules() end
-    local mname = module_name[v] -- (a module travels by name, whatever its metatable)
+    local mname = module_name_now(v) -- (a module travels by name, whatever its metatable)
     if mname then return module_refusal(mname) end
     return class_refusal(mt)
   elseif t == "function" then
     local ok, info = pcall(funcinfo, v)
     if ok and info.source and not info.addr then return nil end -- a Lua function
     if builtin_name[v] then return nil end
-    if not module_name[v] then index_modules() end
-    local mname = module_name[v]
+    local mname = module_name_now(v)
     if mname then return module_refusal(mname) end
     return C_FUNCTION_REFUSAL
   elseif t == "userdata" or t == "cdata" or t == "thread" then
