@@ -720,3 +720,33 @@ describe("knhk.tasks", function()
     end, 1)
   end)
 end)
+
+-- A snapshot refused after it had taken references to handles (a channel,
+-- an event, a token, a task or a nursery before the value it refuses) is
+-- never made, so nothing owns those references: the refusal gives them
+-- back. Kept, they kept their objects for ever (the run of this spec
+-- under AddressSanitizer reported them as leaked; a workflow's dynamic
+-- instances hit it, their state table holding channels and an event).
+describe("a spawn refused after its snapshot took handles", function()
+  it("gives their references back, and the handles go on working", function()
+    local answers = knhk.run(function()
+      local ch, ev, tok = knhk.channel(1), knhk.event(), knhk.token()
+      local h = knhk.spawn(function() return 1 end)
+      for _ = 1, 3 do
+        local ok, err = pcall(knhk.spawn, function() end, ch, ev, tok, h, io.stdout)
+        assert.is_false(ok)
+        assert.matches("spawn: argument 5 is a userdata", tostring(err), 1, true)
+      end
+      knhk.nursery(function(n)
+        local ok, err = pcall(n.spawn, n, function() end, n, io.stdout)
+        assert.is_false(ok)
+        assert.matches("spawn: argument 2 is a userdata", tostring(err), 1, true)
+      end)
+      ch:send(7)
+      ev:set()
+      tok:cancel()
+      return { ch:recv(), ev:is_set(), tok:is_cancelled(), h:join() }
+    end, { workers = 2 })
+    assert.same({ 7, true, true, 1 }, answers)
+  end)
+end)

@@ -740,6 +740,8 @@ end
 -- The reference a handle's export takes belongs to the snapshot: its owner
 -- (a task's record, for results) is told which handles it holds. An export
 -- that raises (a nursery that has closed) refuses the handle, with its place.
+-- A snapshot refused after some exports has no owner: M.encode gives their
+-- references back (drop_exported).
 local function put_handle(enc, v, h)
   local ok, n = pcall(h.export, v)
   if not ok then refuse(enc, v, type(n) == "string" and n:gsub("^[^\n]-:%d+: ", "") or nil) end
@@ -750,6 +752,13 @@ local function put_handle(enc, v, h)
     enc.handles = hs
   end
   hs[#hs + 1] = v
+  local ex = enc.exported -- (to give back if the encode fails: drop_exported)
+  if not ex then
+    ex = {}
+    enc.exported = ex
+  end
+  ex[#ex + 1] = h.name
+  ex[#ex + 1] = n
   return encode_value(enc, n)
 end
 
@@ -1084,7 +1093,7 @@ local function take_encoder(places)
   end
   enc.seen, enc.uvs, enc.path = {}, {}, {}
   enc.nrefs, enc.depth, enc.places, enc.modules_indexed = 0, 0, places, false
-  enc.handles = nil
+  enc.handles, enc.exported = nil, nil
   enc.writes, enc.shareable, enc.flag_at, enc.unshare = {}, {}, {}, {}
   enc.reflective = false
   return enc
@@ -1129,10 +1138,20 @@ end
 -- { knhk_refused = true, message = ... } (or an error user code raised).
 -- Also returns the handles the snapshot holds a reference to, if any (a
 -- list), for an owner that must drop them (knhk.runtime's task results).
+-- The references an encode that failed had taken (put_handle's exports,
+-- as kind name and number): each becomes a handle of its own again, which
+-- the collector drops with its reference. (Kept, they would keep their
+-- channels, events or nurseries alive for ever: the snapshot that owned
+-- them was never made.)
+local function drop_exported(ex)
+  for i = 1, ex and #ex or 0, 2 do handle_names[ex[i]](ex[i + 1]) end
+end
+
 function M.encode(n, places, ...)
   local enc = take_encoder(places)
   local ok, res = pcall(encode_all, enc, n, ...)
   local handles = enc.handles
+  if not ok then drop_exported(enc.exported) end
   give_back(enc)
   if not ok then error(res, 0) end
   return res, handles
