@@ -205,7 +205,7 @@ static void enqueue_node_locked(klua_sync_t *s, klua_wait_t *w, int list, int ki
 
 /* Under the lock: queues t's wait node on list `list` of s. */
 static void enqueue_locked(klua_sync_t *s, klua_task_t *t, int list) {
-  enqueue_node_locked(s, &t->w, list, KLUA_WAIT_SYNC);
+  enqueue_node_locked(s, t->w, list, KLUA_WAIT_SYNC);
 }
 
 /* Under the lock: takes the first waiter of `list` out (handed = 1);
@@ -283,7 +283,7 @@ static int cancelled(knhk_token_t *cancel) { return cancel && knhk_token_is_canc
  * value that send had already reported as taken. A wait that did not
  * complete is taken off the list here. */
 static int rdv_completed(klua_task_t *t, klua_sync_t *s, int list) {
-  klua_wait_t *w = &t->w;
+  klua_wait_t *w = t->w;
   if (w->kind != KLUA_WAIT_SYNC || w->on != s || w->list != list) return 0;
   klua_spin_lock(&s->lock);
   int done = w->handed && !w->queued && (list == L_SEND ? w->val == NULL : w->val != NULL);
@@ -297,7 +297,7 @@ static int rdv_completed(klua_task_t *t, klua_sync_t *s, int list) {
 
 /* Leaves a completed wait: nothing to pass on, nothing to take back. */
 static void leave_completed(klua_task_t *t) {
-  klua_wait_t *w = &t->w;
+  klua_wait_t *w = t->w;
   w->handed = 0;
   w->kind = KLUA_WAIT_NONE;
   w->on = NULL;
@@ -316,7 +316,7 @@ static int rdv_wait(klua_task_t *t, klua_sync_t *s, int list, knhk_token_t *canc
 
 /* A receiver's completed node: its value out, the wait left. */
 static int rdv_take_handed(klua_task_t *t, klua_val_t *out) {
-  klua_wait_t *w = &t->w;
+  klua_wait_t *w = t->w;
   out->p = w->val;
   out->len = w->val_len;
   out->kind = w->val_kind;
@@ -457,7 +457,7 @@ static int rdv_send(klua_sync_t *s, klua_task_t *t, const klua_val_t *v, knhk_to
     klua_wake(rt);
     return KLUA_SYNC_DONE;
   }
-  klua_wait_t *w = &t->w;
+  klua_wait_t *w = t->w;
   w->val = copy;
   w->val_len = v->len;
   w->val_kind = v->kind;
@@ -588,7 +588,7 @@ uint32_t klua_chan_count(klua_sync_t *s) {
  *      a value found here is the only one; a buffered channel's sender
  *      that published after the first look sees the node counted in
  *      nrecv (Dekker, as for recv) and wakes the task.
- *   4. Still nothing: the task waits, its select in t->w.on.
+ *   4. Still nothing: the task waits, its select in t->w->on.
  * Invariants: only the task's own try takes from a ring, and only a claim
  * (CAS OPEN -> index) hands its nodes a value, so each DONE takes exactly
  * one value; a node comes off its channel only under that channel's lock.
@@ -722,7 +722,7 @@ void klua_select_unwait(void *p) {
 
 int klua_chan_try_recv_any(klua_sync_t *const *chs, uint32_t n, klua_task_t *t, klua_val_t *out,
                            uint32_t *which, knhk_token_t *cancel) {
-  if (t->w.kind == KLUA_WAIT_SELECT && sel_shut(t->w.on, out, which)) { /* 1 */
+  if (t->w->kind == KLUA_WAIT_SELECT && sel_shut(t->w->on, out, which)) { /* 1 */
     klua_wait_end(t);
     return KLUA_SYNC_DONE;
   }
@@ -750,8 +750,8 @@ int klua_chan_try_recv_any(klua_sync_t *const *chs, uint32_t n, klua_task_t *t, 
     sel_free(sel);
     return st;
   }
-  t->w.kind = KLUA_WAIT_SELECT; /* 4 */
-  t->w.on = sel;
+  t->w->kind = KLUA_WAIT_SELECT; /* 4 */
+  t->w->on = sel;
   if (!klua_wait_arm_cancel(t, cancel)) return KLUA_SYNC_WAIT;
   /* cancelled already: a sender may have claimed the select since the
    * unlock, and then the receive happened */

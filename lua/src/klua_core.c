@@ -1241,7 +1241,7 @@ static int push_cancelled(lua_State *L, knhk_token_t *tok) {
  * to yield across C-call boundary". */
 static int cannot_wait_here(lua_State *L, klua_task_t *t) {
   klua_wait_end(t);
-  t->w.recheck = 0; /* no wait is under way: a later one must not find it */
+  t->recheck = 0; /* no wait is under way: a later one must not find it */
   return raise_at(L, 1, "%s%s",
                   "knhk: cannot wait here: this wait runs inside a C function that called back "
                   "into Lua (a table.sort comparator, a string.gsub callback, a __gc, or another "
@@ -1275,7 +1275,7 @@ static int wait_unless_cancelled(lua_State *L, klua_task_t *t, knhk_token_t *tok
     klua_wait_end(t);
     return push_cancelled(L, tok);
   }
-  if (recheck) t->w.recheck = 1;
+  if (recheck) t->recheck = 1;
   return yield_wait(L, t);
 }
 
@@ -1390,7 +1390,7 @@ static int l_reschedule(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  t->w.recheck = 1; /* knhk.checkpoint looks at the token again */
+  t->recheck = 1; /* knhk.checkpoint looks at the token again */
   klua_wake(t);
   lua_pushboolean(L, 1);
   return 1;
@@ -1681,8 +1681,8 @@ static int l_next_ended_try(lua_State *L) {
       klua_group_unnotify(g, t);
       continue;
     }
-    t->w.kind = KLUA_WAIT_GROUP;
-    t->w.on = g;
+    t->w->kind = KLUA_WAIT_GROUP;
+    t->w->on = g;
     return wait_unless_cancelled(L, t, tok, 0);
   }
 }
@@ -1705,8 +1705,8 @@ static int l_close_try(lua_State *L) {
       klua_group_unnotify(g, t);
       continue;
     }
-    t->w.kind = KLUA_WAIT_GROUP;
-    t->w.on = g;
+    t->w->kind = KLUA_WAIT_GROUP;
+    t->w->on = g;
     return yield_wait(L, t);
   }
 }

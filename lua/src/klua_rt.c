@@ -455,7 +455,7 @@ void klua_rt_free(klua_rt_t *rt) {
       knhk_token_t *tok = atomic_load(&slab[k].token);
       if (tok) knhk_token_release(tok);
       if (slab[k].cancel_parent) knhk_token_release(slab[k].cancel_parent);
-      free(slab[k].w.watch); /* a record still referenced when the run ended */
+      if (slab[k].w) free(slab[k].w->watch); /* a task still waiting when the run ended */
       klua_task_drop_tel(&slab[k]);
     }
   }

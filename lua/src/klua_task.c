@@ -81,7 +81,6 @@ static int grow_locked(klua_rt_t *rt) {
     knhk_task_init(&t->et, task_run, NULL);
     t->et.on_end = task_ended;
     t->et.flags = KNHK_TASK_STICKY;
-    atomic_init(&t->w.timer_busy, 0);
     t->link = i + 1 < SLAB ? &slab[i + 1] : NULL;
   }
   slab[0].batch_n = SLAB;
@@ -95,6 +94,85 @@ static void share_batch_locked(klua_rt_t *rt, klua_task_t *head, uint32_t n) {
   head->batch_n = n;
   head->batch_next = rt->shared_free;
   rt->shared_free = head;
+}
+
+/* ------------------------------------------------------------ wait nodes */
+
+/* A running task has a wait node: taken with its coroutine at its first
+ * run, given back when it ends (klua_task.c), so only tasks that have
+ * started hold one, and a worker that runs task after task hands each the
+ * node the last one gave back, still in its cache. Nodes are carved from
+ * the runtime's arena and never freed before it: type-stable, as records
+ * are. A worker keeps at most NODES_KEEP free; the rest, and those given
+ * back off a worker, go to the shared list under pool_m. */
+#define NODES_SLAB 32
+#define NODES_KEEP 4096
+
+static klua_wait_t *node_shared_take(klua_rt_t *rt) {
+  pthread_mutex_lock(&rt->pool_m);
+  klua_wait_t *n = rt->shared_nodes;
+  if (n) {
+    rt->shared_nodes = n->free_next;
+  } else {
+    klua_wait_t *slab = klua_arena_alloc(&rt->arena, NODES_SLAB * sizeof *slab); /* zero */
+    if (slab) {
+      for (int i = 1; i < NODES_SLAB; i++) {
+        atomic_init(&slab[i].timer_busy, 0);
+        slab[i].free_next = i + 1 < NODES_SLAB ? &slab[i + 1] : NULL;
+      }
+      rt->shared_nodes = &slab[1];
+      atomic_init(&slab[0].timer_busy, 0);
+      n = &slab[0];
+    }
+  }
+  pthread_mutex_unlock(&rt->pool_m);
+  return n;
+}
+
+klua_wait_t *klua_wait_node(klua_task_t *t) {
+  if (t->w) return t->w;
+  klua_worker_t *w = klua_worker(t->rt);
+  klua_wait_t *n;
+  if (w && w->free_nodes) {
+    n = w->free_nodes;
+    w->free_nodes = n->free_next;
+    w->nfree_nodes--;
+  } else if (!(n = node_shared_take(t->rt))) {
+    return NULL;
+  }
+  /* (timer_busy is left as it is: the timer may still be completing) */
+  n->task = t;
+  n->free_next = NULL;
+  n->on = NULL;
+  n->val = NULL;
+  n->kind = KLUA_WAIT_NONE;
+  n->queued = 0;
+  n->val_owned = 0;
+  n->handed = 0;
+  n->ccb_on = 0;
+  n->watch_on = 0;
+  n->extra_timer = NULL;
+  n->watch = NULL;
+  t->w = n;
+  return n;
+}
+
+void klua_wait_node_put(klua_task_t *t) {
+  klua_wait_t *n = t->w;
+  if (!n) return;
+  t->w = NULL;
+  klua_worker_t *w = klua_worker(t->rt);
+  if (w && w->nfree_nodes < NODES_KEEP) {
+    n->free_next = w->free_nodes;
+    w->free_nodes = n;
+    w->nfree_nodes++;
+    return;
+  }
+  klua_rt_t *rt = t->rt;
+  pthread_mutex_lock(&rt->pool_m);
+  n->free_next = rt->shared_nodes;
+  rt->shared_nodes = n;
+  pthread_mutex_unlock(&rt->pool_m);
 }
 
 klua_task_t *klua_task_alloc(klua_rt_t *rt) {
@@ -143,16 +221,8 @@ klua_task_t *klua_task_alloc(klua_rt_t *rt) {
   t->scope = NULL;
   t->implicit = NULL;
   t->joiners = NULL;
-  t->w.kind = KLUA_WAIT_NONE;
-  t->w.on = NULL;
-  t->w.queued = 0;
-  t->w.ccb_on = 0;
-  t->w.watch_on = 0;
-  t->w.val = NULL;
-  t->w.val_owned = 0;
-  t->w.handed = 0;
-  t->w.recheck = 0;
-  t->w.extra_timer = NULL;
+  t->recheck = 0;
+  t->w = NULL;
   t->live_prev = t->live_next = NULL;
   return t;
 }
@@ -727,13 +797,13 @@ static int task_run(knhk_task_t *et) {
     /* before t is current: a finalizer that runs in the making of a
      * coroutine runs in no task */
     t->co = take_coroutine(w, &t->co_ref);
-    if (!t->co) {
+    if (!t->co || !klua_wait_node(t)) {
       fail_in_runtime(t, "out of memory making its coroutine");
       return KNHK_EFAILED;
     }
   }
-  if (!first && t->w.recheck) { /* (not current yet either: see above) */
-    t->w.recheck = 0;
+  if (!first && t->recheck) { /* (not current yet either: see above) */
+    t->recheck = 0;
     knhk_token_t *tok = klua_task_checkpoint_token(t);
     if (knhk_token_is_cancelled(tok) && cancel_unwinds_nothing(w, t))
       return end_cancelled_unresumed(w, t, tok);
@@ -787,6 +857,10 @@ static void task_ended(knhk_task_t *et, int status) {
     if (w && (t->pay != KLUA_PAY_REFS || w->L)) drop_start(w, t);
     else klua_payload_reset(t);
     klua_task_publish(t, status == KNHK_ECANCELED ? KLUA_CANCELLED : KLUA_ERROR);
+  }
+  if (t->w) { /* (its last wait ended before it did: this only makes sure) */
+    klua_wait_end(t);
+    klua_wait_node_put(t);
   }
   klua_group_t *g = t->group;
   klua_rt_t *rt = t->rt;

@@ -5,10 +5,11 @@
  * once more, yield; when resumed, take back whatever is still armed and
  * look again. Every wake-up is a hint: the task always looks again, so a
  * spurious one (a late timer, a recycled record) costs one more look and
- * never a wrong answer. Everything armed lives in the task's record
+ * never a wrong answer. Everything armed lives in the task's wait node
  * (klua_wait_t): nothing is allocated per wait but a timer when the
- * record's own is still completing.
+ * node's own is still completing.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -22,8 +23,8 @@ static void on_cancel(knhk_cancel_cb_t *cb, int reason) {
 
 int klua_wait_arm_cancel(klua_task_t *t, knhk_token_t *token) {
   if (!token) return 0;
-  if (knhk_token_on_cancel(token, &t->w.ccb, on_cancel, t) == KNHK_ECANCELED) return 1;
-  t->w.ccb_on = 1;
+  if (knhk_token_on_cancel(token, &t->w->ccb, on_cancel, t) == KNHK_ECANCELED) return 1;
+  t->w->ccb_on = 1;
   return 0;
 }
 
@@ -37,14 +38,14 @@ int klua_wait_arm_watch(klua_task_t *t, knhk_token_t *token) {
     free(cb);
     return 1;
   }
-  t->w.watch = cb;
-  t->w.watch_on = 1;
+  t->w->watch = cb;
+  t->w->watch_on = 1;
   return 0;
 }
 
 /* ------------------------------------------------------------------ sleep */
 
-/* A timer of its own for a task whose record's timer is still completing
+/* A timer of its own for a task whose node's timer is still completing
  * (stopped, its completion not run yet): shared by the reactor and the
  * task until both are done with it. */
 typedef struct {
@@ -57,30 +58,39 @@ static void spare_release(knhk_timer_t *tm) {
   if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) free(s);
 }
 
-static void timer_done(knhk_timer_t *tm, int status) {
-  klua_task_t *t = tm->data;
-  if (status == 0) klua_wake(t); /* the record is type-stable: no reference needed */
-  if (tm == &t->w.timer) atomic_store_explicit(&t->w.timer_busy, 0, memory_order_release);
-  else spare_release(tm);
+/* The completion of a node's own timer, and of a spare one. Each knows
+ * which it is by itself: the task (tm->data, type-stable: no reference
+ * needed) may have given its node back and taken another meanwhile. */
+static void own_timer_done(knhk_timer_t *tm, int status) {
+  klua_wait_t *n = (klua_wait_t *)(void *)((char *)tm - offsetof(klua_wait_t, timer));
+  if (status == 0) klua_wake(tm->data);
+  atomic_store_explicit(&n->timer_busy, 0, memory_order_release);
+}
+
+static void spare_timer_done(knhk_timer_t *tm, int status) {
+  if (status == 0) klua_wake(tm->data);
+  spare_release(tm);
 }
 
 int klua_wait_arm_sleep(klua_task_t *t, uint64_t deadline_ns) {
-  knhk_timer_t *tm = &t->w.timer;
+  klua_wait_t *n = t->w;
+  knhk_timer_t *tm = &n->timer;
   int busy = 0;
-  if (!atomic_compare_exchange_strong_explicit(&t->w.timer_busy, &busy, 1, memory_order_acq_rel,
+  if (!atomic_compare_exchange_strong_explicit(&n->timer_busy, &busy, 1, memory_order_acq_rel,
                                                memory_order_acquire)) {
     spare_timer_t *s = calloc(1, sizeof *s);
     if (!s) return KNHK_ENOMEM;
     atomic_init(&s->refs, 2);
     tm = &s->tm;
   }
-  int rc = knhk_timer_start(t->rt->reactor, tm, deadline_ns, timer_done, t);
+  int own = tm == &n->timer;
+  int rc = knhk_timer_start(t->rt->reactor, tm, deadline_ns, own ? own_timer_done : spare_timer_done, t);
   if (rc != 0) {
-    if (tm == &t->w.timer) atomic_store_explicit(&t->w.timer_busy, 0, memory_order_release);
+    if (own) atomic_store_explicit(&n->timer_busy, 0, memory_order_release);
     else free(tm);
     return rc;
   }
-  t->w.extra_timer = tm; /* the one this wait stops at its end */
+  n->extra_timer = tm; /* the one this wait stops at its end */
   return 0;
 }
 
@@ -92,7 +102,7 @@ int klua_wait_arm_join(klua_task_t *t, klua_task_t *target) {
     klua_spin_unlock(&target->jlock);
     return 1;
   }
-  klua_wait_t *w = &t->w;
+  klua_wait_t *w = t->w;
   w->kind = KLUA_WAIT_JOIN;
   w->on = target;
   w->prev = NULL;
@@ -138,7 +148,8 @@ void klua_sync_unwait(klua_wait_t *w);     /* klua_chan.c */
 void klua_select_unwait(void *sel);       /* klua_chan.c */
 
 void klua_wait_end(klua_task_t *t) {
-  klua_wait_t *w = &t->w;
+  klua_wait_t *w = t->w;
+  if (!w) return; /* it has not started, or has ended */
   if (w->ccb_on) {
     knhk_token_off(&w->ccb);
     w->ccb_on = 0;
@@ -182,7 +193,11 @@ void klua_wait_end(klua_task_t *t) {
 /* ------------------------------------------------------------- describe */
 
 void klua_wait_describe(klua_task_t *t, char *buf, size_t n) {
-  const klua_wait_t *w = &t->w;
+  const klua_wait_t *w = t->w;
+  if (!w) {
+    snprintf(buf, n, "%s", "nothing: it has not started");
+    return;
+  }
   switch (w->kind) { /* (a wait's end sets it back to NONE) */
   case KLUA_WAIT_JOIN:
     snprintf(buf, n, "to join task %llu", (unsigned long long)((klua_task_t *)w->on)->id);

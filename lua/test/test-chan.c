@@ -20,6 +20,7 @@
 
 typedef struct {
   klua_task_t t; /* first: klua_wake gets &t */
+  klua_wait_t node; /* its wait node, as a running task has one */
   _Atomic int woken;
 } fake_t;
 
@@ -44,6 +45,8 @@ static fake_t *fake_new(uint64_t id) {
   fake_t *f = calloc(1, sizeof *f);
   ASSERT(f != NULL);
   f->t.id = id;
+  f->node.task = &f->t;
+  f->t.w = &f->node;
   return f;
 }
 
