@@ -858,8 +858,9 @@ static void task_ended(knhk_task_t *et, int status) {
     else klua_payload_reset(t);
     klua_task_publish(t, status == KNHK_ECANCELED ? KLUA_CANCELLED : KLUA_ERROR);
   }
-  if (t->w) { /* (its last wait ended before it did: this only makes sure) */
-    klua_wait_end(t);
+  klua_wait_t *n = t->w;
+  if (n) { /* (its last wait ended before it did: this only makes sure) */
+    if (n->on || n->ccb_on || n->watch_on || n->extra_timer) klua_wait_end(t);
     klua_wait_node_put(t);
   }
   klua_group_t *g = t->group;

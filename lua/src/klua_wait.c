@@ -195,7 +195,7 @@ void klua_wait_end(klua_task_t *t) {
 void klua_wait_describe(klua_task_t *t, char *buf, size_t n) {
   const klua_wait_t *w = t->w;
   if (!w) {
-    snprintf(buf, n, "%s", "nothing: it has not started");
+    snprintf(buf, n, "%s", "to start"); /* (no node: it has not run yet) */
     return;
   }
   switch (w->kind) { /* (a wait's end sets it back to NONE) */
