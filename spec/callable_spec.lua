@@ -435,7 +435,8 @@ describe("knhk.patterns with callable objects", function()
     -- a class only this VM knows: an instance this worker runs holds it
     -- (without yielding) until another task has ended, which only the
     -- other worker can run: the other instance, where the object arrives
-    -- as a plain table
+    -- as a plain table. (Worker 1 may also take both instances before this
+    -- worker runs either: then both fail there, each saying the same.)
     local function live()
       local n = 0
       for _, row in ipairs(knhk.tasks()) do
@@ -454,8 +455,10 @@ describe("knhk.patterns with callable objects", function()
         return P.mi{ count = 2, run = setmetatable({}, Local), dynamic = dynamic }:execute{}
       end)
       assert.equal("failed", r.status)
-      assert.equal("knhk: " .. what .. " arrived on worker 1 without its __call: its class is not "
-        .. "registered in that worker's VM (knhk.codec.register_class must have run there)", r.error)
+      local why = "knhk: " .. what .. " arrived on worker 1 without its __call: its class is not "
+        .. "registered in that worker's VM (knhk.codec.register_class must have run there)"
+      local rest, copies = r.error:gsub(why:gsub("%p", "%%%0"), "")
+      assert.is_true(copies == 1 and rest == "" or copies == 2 and rest == "; ", r.error)
     end
   end)
 

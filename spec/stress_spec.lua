@@ -79,5 +79,56 @@ describe("at scale", function()
     assert.equal(0, seen.bad)
     assert.is_true(seen.rows > 0)
   end)
+  it("wait nodes pass from task to task while their timers and cancellations complete", function()
+    -- A task takes a wait node at its first run and gives it back at its
+    -- end; the next task on that worker takes it at once. Here every task
+    -- arms a timer or a cancellation and ends (timed out, cancelled or
+    -- woken) while the reactor may still be completing that timer, so
+    -- nodes are handed on with their timers busy. Under ThreadSanitizer
+    -- (scripts/test runs this spec there) a node read after it moved on
+    -- is a race; anywhere, a lost wake-up hangs the run (fail_after).
+    local counts = knhk.run(function()
+      return knhk.fail_after(120, function()
+        local c = { timed_out = 0, woken = 0, cancelled = 0, joined = 0 }
+        for _ = 1, 20 do
+          knhk.nursery(function(n)
+            local ch = knhk.channel(0)
+            for i = 1, 50 do
+              -- a sleep cut short by a deadline: its timer is stopped, not fired
+              n:spawn_local(function()
+                local scope = knhk.move_on_after(0.0001 * (i % 3), knhk.sleep, 1)
+                if scope.cancelled_caught then c.timed_out = c.timed_out + 1 end
+              end)
+              -- a receive that another task's send wakes, racing a deadline
+              n:spawn_local(function()
+                local scope, got = knhk.move_on_after(0.001, ch.recv, ch)
+                if not scope.cancelled_caught then
+                  assert(type(got) == "number" and got >= 1 and got <= 50, "received " .. tostring(got))
+                  c.woken = c.woken + 1
+                end
+              end)
+              n:spawn_local(function()
+                knhk.move_on_after(0.001, ch.send, ch, i)
+              end)
+              -- a portable task cancelled while it sleeps, then joined
+              local h = knhk.spawn(function() knhk.sleep(10) end)
+              n:spawn_local(function()
+                knhk.sleep(0)
+                h:cancel()
+                local ok = pcall(h.join, h)
+                if not ok then c.cancelled = c.cancelled + 1 end
+                c.joined = c.joined + 1
+              end)
+            end
+          end)
+        end
+        return c
+      end)
+    end, { workers = 2 })
+    assert.equal(20 * 50, counts.joined)
+    assert.equal(20 * 50, counts.cancelled)
+    assert.equal(20 * 50, counts.timed_out) -- no sleep of 1 s outlived its deadline
+    assert.is_true(counts.woken <= 20 * 50)
+  end)
 end)
 
