@@ -388,6 +388,75 @@ describe("knhk.nursery", function()
   end)
 end)
 
+-- A caller's mistake is raised the same way whichever of knhk's modules
+-- finds it: a nursery raises one its body made as it would be raised
+-- outside the nursery, a plain error at the body's line, never a TaskError.
+describe("knhk.nursery, a mistake its body makes with any of knhk's functions", function()
+  local here = debug.getinfo(1, "S").short_src
+  local P = require "knhk.patterns"
+  local f = function() end
+  -- each: what the body does, on one line; what is raised at that line
+  -- ("task N": a task's id; HERE: that line, as a workflow's refusal names
+  -- the place of a step: file name and line)
+  local cases = {
+    { function() knhk.exec({}) end,
+      "bad argument #1 to 'exec' (argv table with the program first expected, got an empty table)" },
+    { function() knhk.exec({ "echo", "a\0b" }) end,
+      "bad argument #1 to 'exec' (argv[2]: a string without NUL bytes expected, got one with)" },
+    { function() knhk.exec("true", { env = { A = {} } }) end,
+      "bad argument #2 to 'exec' (env.A: string expected, got table)" },
+    { function() knhk.telemetry.start{ file = "" } end,
+      "bad argument #1 to 'start' (field 'file' must be a file name, got an empty string)" },
+    { function() knhk.telemetry.counter("1st") end,
+      "bad argument #1 to 'counter' (instrument name expected: a letter, then letters, digits, "
+        .. "'_', '.', '-' or '/', at most 255 in all; got \"1st\")" },
+    { function() knhk.telemetry.histogram("h", { bounds = { 2, 1 } }) end,
+      "bad argument #2 to 'histogram' (field 'bounds' must be ascending numbers)" },
+    { function() knhk.telemetry.counter("c"):add(-1) end,
+      "bad argument #1 to 'add' (a counter only goes up, got -1)" },
+    { function() knhk.telemetry.gauge("g"):set(0 / 0) end,
+      "bad argument #1 to 'set' (gauge 'g' takes a finite number, got NaN)" },
+    { function() knhk.telemetry.counter("c"):add(1, { [1] = "x" }) end,
+      "bad argument #2 to 'add' (attribute names must be strings, got number)" },
+    { function() knhk.telemetry.span("s", { a = { x = 1 } }, f) end,
+      "bad argument #2 to 'span' (attribute 'a' is a table with key 'x', not a list (expected a string, "
+        .. "number, boolean or list))" },
+    { function() knhk.codec.register_class("c", 1) end,
+      "bad argument #2 to 'register_class' (metatable expected, got number)" },
+    { function() knhk.clock.advance(1) end,
+      "knhk.clock.advance: the runtime's clock is real; run with { clock = \"virtual\" } to move time by hand" },
+    { function() T.wrap(f, { clock = "wall" }) end,
+      "bad argument #2 to 'wrap' (clock: \"real\" or \"virtual\" expected, got 'wall')" },
+    { function() T.explore(f, { workers = 2 }) end,
+      "bad argument #2 to 'explore' (workers: seeded schedules run on 1 worker, got 2)" },
+    { function() local h = knhk.spawn_local(f); h:join(); T.until_waiting(h) end,
+      "knhk.test.until_waiting: task N ended instead of waiting" },
+    { function() P.sequence{} end, "bad argument #1 to 'sequence' (a sequence needs at least one step)" },
+    { function() P.workflow(P.synchronization()) end,
+      "workflow: synchronization (3) at HERE: a join closes the split just before it in a sequence; "
+        .. "it cannot stand alone" },
+    { function() P.make(99) end, "bad argument #1 to 'make' (unknown pattern id 99 (ids are 1-43))" },
+    { function() P.make(13, { run = f }) end,
+      "bad argument #2 to 'make' (pattern 13 needs count = a number, got nil)" },
+    { function() P.get({}) end, "bad argument #1 to 'get' (pattern id or name expected, got table)" },
+    { function() P.task("t", f):execute(7) end, "bad argument #1 to 'execute' (table expected, got number)" },
+  }
+
+  it("is raised plain, at the line that made it, as outside a nursery", function()
+    run(function()
+      for _, case in ipairs(cases) do
+        local line = debug.getinfo(case[1], "S").linedefined
+        local ok, err = pcall(knhk.nursery, function() case[1]() end)
+        assert.is_false(ok)
+        assert.equal("string", type(err), case[2])
+        local at = here .. ":" .. line
+        local step_at = here:match("[^/]*$") .. ":" .. line -- (a step names its file by its name)
+        assert.equal(at .. ": " .. case[2]:gsub("HERE", step_at), (err:gsub("task %d+", "task N")))
+      end
+    end)
+  end)
+end)
+
 describe("knhk.nursery's waits are checkpoints", function()
   it("wait_any and join_next raise the cancellation of a scope around them", function()
     run(function()

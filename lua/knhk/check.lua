@@ -209,6 +209,13 @@ end
 -- error(msg) at the user's line (past the sources matching `also` too).
 function M.raise(msg, also) raise_refusal(program_place(2, also) .. msg) end
 
+-- error(msg, level) for a caller's mistake whose message a module writes
+-- out itself (one that want's predicates do not say): the frame `level`
+-- names blamed as error() would blame it (2, the default: the caller of
+-- the function that calls M.error), or the program's frame past it, and
+-- kept as this VM's refusal, as every refusal above is.
+function M.error(msg, level) blame(msg, (level or 2) + 1) end
+
 -- Where the program called the function that calls caller_place (through
 -- C functions such as pcall), for knhk.run: the root task's stack goes on
 -- there. "" when knhk's own code called it (knhk-lua, knhk.test), or none.

@@ -27,7 +27,7 @@ M.KINDS = { real = 0, virtual = 1 }
 
 local function running_rt(fname)
   if not R.running() then
-    error("knhk.clock." .. fname .. ": no runtime is running (call it inside knhk.run)", 3)
+    check.error("knhk.clock." .. fname .. ": no runtime is running (call it inside knhk.run)", 3)
   end
   return R.rt
 end
@@ -58,11 +58,11 @@ function M.advance(seconds)
   K.need "clock"
   local ffi, C = K.ffi, K.C
   if C.klua_clock_kind(rt) ~= M.KINDS.virtual then
-    error("knhk.clock.advance: the runtime's clock is real; run with { clock = \"virtual\" }"
+    check.error("knhk.clock.advance: the runtime's clock is real; run with { clock = \"virtual\" }"
       .. " to move time by hand", 2)
   end
   if not core.current() then
-    error("knhk.clock.advance: must be called inside a knhk task (inside knhk.run)", 2)
+    check.error("knhk.clock.advance: must be called inside a knhk task (inside knhk.run)", 2)
   end
   -- the clock counts nanoseconds in 64 bits: about 570 years to "never"
   if knhk_now() + seconds >= MAX_SECONDS then

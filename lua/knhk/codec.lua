@@ -16,6 +16,7 @@ local bit = require "bit"
 local buffer = require "string.buffer"
 local jutil = require "jit.util"
 local errors = require "knhk.errors"
+local check = require "knhk.check"
 local is_cancelled_signal = errors.is_signal
 
 local band, bor, rshift, lshift = bit.band, bit.bor, bit.rshift, bit.lshift
@@ -436,14 +437,14 @@ end
 -- loaded that module loads it, which registers the class there too.
 function M.register_class(name, mt, module)
   if type(name) ~= "string" or name:find("%z") then
-    error("bad argument #1 to 'register_class' (class name expected: a string without NUL, got "
+    check.error("bad argument #1 to 'register_class' (class name expected: a string without NUL, got "
       .. (type(name) == "string" and "one with NUL" or type(name)) .. ")", 2)
   end
   if type(mt) ~= "table" then
-    error("bad argument #2 to 'register_class' (metatable expected, got " .. type(mt) .. ")", 2)
+    check.error("bad argument #2 to 'register_class' (metatable expected, got " .. type(mt) .. ")", 2)
   end
   if module ~= nil and type(module) ~= "string" then
-    error("bad argument #3 to 'register_class' (module name expected, got " .. type(module) .. ")", 2)
+    check.error("bad argument #3 to 'register_class' (module name expected, got " .. type(module) .. ")", 2)
   end
   classes[mt] = name
   class_names[name] = mt

@@ -12,7 +12,7 @@ local core = require "knhk.core"
 local check = require "knhk.check"
 
 local ffi, C = K.ffi, K.C
-local type, error = type, error
+local type = type
 
 local M = {}
 
@@ -42,11 +42,11 @@ end
 local function check_env(env)
   for k, v in pairs(env) do
     if type(k) ~= "string" or k == "" or k:find("[=%z]") then
-      error(string.format("bad argument #2 to 'exec' (env: a name that is a non-empty string "
+      check.error(string.format("bad argument #2 to 'exec' (env: a name that is a non-empty string "
         .. "without '=' or NUL expected, got %s)", type(k) == "string" and string.format("%q", k) or type(k)), 3)
     end
     if not env_string(v) then
-      error(string.format("bad argument #2 to 'exec' (env.%s: string expected, got %s)", k,
+      check.error(string.format("bad argument #2 to 'exec' (env.%s: string expected, got %s)", k,
         type(v) == "string" and "a string with a NUL byte" or type(v)), 3)
     end
   end
@@ -63,23 +63,24 @@ function M.exec(cmd, opts)
   if type(cmd) == "string" then
     -- a C string ends at a NUL: the shell would run only the part before it
     if cmd:find("\0", 1, true) then
-      error("bad argument #1 to 'exec' (a command without NUL bytes expected, got one with)", 2)
+      check.error("bad argument #1 to 'exec' (a command without NUL bytes expected, got one with)", 2)
     end
     argv = { "/bin/sh", "-c", cmd }
   elseif type(cmd) == "table" and #cmd >= 1 then
     argv = {}
     for i, a in ipairs(cmd) do
       if type(a) ~= "string" and type(a) ~= "number" then
-        error("bad argument #1 to 'exec' (argv[" .. i .. "]: string expected, got " .. type(a) .. ")", 2)
+        check.error("bad argument #1 to 'exec' (argv[" .. i .. "]: string expected, got " .. type(a) .. ")", 2)
       end
       -- a C string ends at a NUL: the program would get a cut argument
       if type(a) == "string" and a:find("\0", 1, true) then
-        error("bad argument #1 to 'exec' (argv[" .. i .. "]: a string without NUL bytes expected, got one with)", 2)
+        check.error("bad argument #1 to 'exec' (argv[" .. i .. "]: a string without NUL bytes expected, "
+          .. "got one with)", 2)
       end
       argv[i] = tostring(a)
     end
   elseif type(cmd) == "table" then
-    error("bad argument #1 to 'exec' (argv table with the program first expected, got an empty table)", 2)
+    check.error("bad argument #1 to 'exec' (argv table with the program first expected, got an empty table)", 2)
   else
     check.fail(1, "exec", "string or argv table", cmd)
   end
@@ -90,7 +91,7 @@ function M.exec(cmd, opts)
   local timeout = check.field("number", opts, "timeout", 2, "exec")
   check.field("nonnegative", opts, "timeout", 2, "exec") -- (a number by now: its range)
   if opts.cwd and opts.cwd:find("\0", 1, true) then
-    error("bad argument #2 to 'exec' (cwd: a path without NUL bytes expected, got one with)", 2)
+    check.error("bad argument #2 to 'exec' (cwd: a path without NUL bytes expected, got one with)", 2)
   end
   if opts.env ~= nil then check_env(opts.env) end
   if not core.current() then R.raise("knhk.exec: must be called inside a knhk task (inside knhk.run)") end

@@ -115,7 +115,7 @@ function knhk.run(main, opts, ...)
   local workers = check.field("whole", opts, "workers", 2, "run", 2, 1, 256)
   local seed = check.field("whole", opts, "seed", 2, "run", 2, 0, 2 ^ 53)
   if seed ~= nil and workers ~= nil and workers ~= 1 then
-    error("bad argument #2 to 'run' (seed: a seeded schedule runs on 1 worker, got workers = "
+    check.error("bad argument #2 to 'run' (seed: a seeded schedule runs on 1 worker, got workers = "
       .. workers .. ")", 2)
   end
   if seed ~= nil then workers = 1 end
@@ -129,7 +129,7 @@ function knhk.run(main, opts, ...)
   if opts.clock ~= nil then
     clock = require("knhk.clock").KINDS[opts.clock]
     if not clock then
-      error(string.format("bad argument #2 to 'run' (clock: \"real\" or \"virtual\" expected, got %s)",
+      check.error(string.format("bad argument #2 to 'run' (clock: \"real\" or \"virtual\" expected, got %s)",
         type(opts.clock) == "string" and ("'" .. opts.clock .. "'") or type(opts.clock)), 2)
     end
   end

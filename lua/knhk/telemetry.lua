@@ -120,7 +120,7 @@ local function encode_attrs(attrs, fname, argn)
   local keys = {}
   for k in pairs(attrs) do
     if type(k) ~= "string" then
-      error(string.format("bad argument #%d to '%s' (attribute names must be strings, got %s)",
+      check.error(string.format("bad argument #%d to '%s' (attribute names must be strings, got %s)",
         argn, fname, type(k)), 3)
     end
     keys[#keys + 1] = k
@@ -130,7 +130,7 @@ local function encode_attrs(attrs, fname, argn)
   local parts = {}
   for i, k in ipairs(keys) do
     local ok, v = pcall(any_value, attrs[k], "attribute '" .. k .. "'")
-    if not ok then error(string.format("bad argument #%d to '%s' (%s)", argn, fname, v), 3) end
+    if not ok then check.error(string.format("bad argument #%d to '%s' (%s)", argn, fname, v), 3) end
     parts[i] = '{"key":' .. json_string(k) .. ',"value":' .. v .. "}"
   end
   return "[" .. table.concat(parts, ",") .. "]"
@@ -145,16 +145,17 @@ M.encode_attributes = encode_attrs
 function M.start(opts)
   check.arg("table", opts, 1, "start")
   if type(opts.file) ~= "string" or opts.file == "" then
-    error("bad argument #1 to 'start' (field 'file' must be a file name, got "
+    check.error("bad argument #1 to 'start' (field 'file' must be a file name, got "
       .. (opts.file == "" and "an empty string" or type(opts.file)) .. ")", 2)
   end
   local interval = opts.interval
   if interval ~= nil and (type(interval) ~= "number" or not (interval > 0)) then
-    error("bad argument #1 to 'start' (field 'interval' must be a number of seconds > 0, got "
+    check.error("bad argument #1 to 'start' (field 'interval' must be a number of seconds > 0, got "
       .. tostring(interval) .. ")", 2)
   end
   if opts.service ~= nil and type(opts.service) ~= "string" then
-    error("bad argument #1 to 'start' (field 'service' must be a string, got " .. type(opts.service) .. ")", 2)
+    check.error("bad argument #1 to 'start' (field 'service' must be a string, got "
+      .. type(opts.service) .. ")", 2)
   end
   local rc = C.klua_telemetry_start(opts.file, interval or 1, opts.service)
   if rc == K.EALREADY then return nil, "knhk.telemetry.start: already recording", rc end
@@ -373,8 +374,8 @@ local function refuse_bad_name(name, fname)
   local why = #name > 255 and ("a name of " .. #name .. " characters")
     or (name == "" and "an empty string"
       or '"' .. name:gsub("%c", function(c) return "\\" .. c:byte() end) .. '"')
-  error("bad argument #1 to '" .. fname .. "' (instrument name expected: a letter, then letters, digits, "
-    .. "'_', '.', '-' or '/', at most 255 in all; got " .. why .. ")", 4)
+  check.error("bad argument #1 to '" .. fname .. "' (instrument name expected: a letter, then letters, "
+    .. "digits, '_', '.', '-' or '/', at most 255 in all; got " .. why .. ")", 4)
 end
 
 local function instrument(kind, fname, name, opts)
@@ -382,23 +383,24 @@ local function instrument(kind, fname, name, opts)
   refuse_bad_name(name, fname)
   opts = check.opts(opts, 2, fname, 3, kind == "histogram" and { "unit", "bounds" } or { "unit" })
   if opts.unit ~= nil and type(opts.unit) ~= "string" then
-    error("bad argument #2 to '" .. fname .. "' (field 'unit' must be a string, got " .. type(opts.unit) .. ")", 3)
+    check.error("bad argument #2 to '" .. fname .. "' (field 'unit' must be a string, got "
+      .. type(opts.unit) .. ")", 3)
   end
   local bounds = opts.bounds
   if kind == "histogram" then
     bounds = bounds or { 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000 }
     if type(bounds) ~= "table" or #bounds == 0 then
-      error("bad argument #2 to '" .. fname .. "' (field 'bounds' must be a list of numbers)", 3)
+      check.error("bad argument #2 to '" .. fname .. "' (field 'bounds' must be a list of numbers)", 3)
     end
     for i = 1, #bounds do
       local b = bounds[i]
       -- (the bucket above the last bound is always there: +inf is not one)
       if type(b) == "number" and (b ~= b or b == math.huge or b == -math.huge) then
-        error(string.format("bad argument #2 to '%s' (field 'bounds' must be finite numbers, got %s at %d)",
-          fname, check.got(b, "number"), i), 3)
+        check.error(string.format("bad argument #2 to '%s' (field 'bounds' must be finite numbers, "
+          .. "got %s at %d)", fname, check.got(b, "number"), i), 3)
       end
       if type(b) ~= "number" or (i > 1 and b <= bounds[i - 1]) then
-        error("bad argument #2 to '" .. fname .. "' (field 'bounds' must be ascending numbers)", 3)
+        check.error("bad argument #2 to '" .. fname .. "' (field 'bounds' must be ascending numbers)", 3)
       end
     end
   end
@@ -452,7 +454,7 @@ local function class(kind, fname, check_value)
     -- stays in it: refused here (NaN passes every comparison a check could
     -- make, such as a counter's v < 0)
     if v ~= v or v == math.huge or v == -math.huge then
-      error(string.format("bad argument #1 to '%s' (%s '%s' takes a finite number, got %s)",
+      check.error(string.format("bad argument #1 to '%s' (%s '%s' takes a finite number, got %s)",
         fname, kind, self.name, check.got(v, "number")), 2)
     end
     if check_value then check_value(v, fname) end
@@ -471,7 +473,9 @@ local function class(kind, fname, check_value)
 end
 
 class("counter", "add", function(v, fname)
-  if v < 0 then error("bad argument #1 to '" .. fname .. "' (a counter only goes up, got " .. v .. ")", 3) end
+  if v < 0 then
+    check.error("bad argument #1 to '" .. fname .. "' (a counter only goes up, got " .. v .. ")", 3)
+  end
 end)
 class("updowncounter", "add")
 class("histogram", "record")

@@ -93,3 +93,22 @@ describe("36 Dynamic Partial Join for Multiple Instances", function()
     assert.is_true(H.distinct(ws) > 1, "instances ran on one worker only")
   end)
 end)
+
+describe("P.add_instance given an item that cannot travel", function()
+  it("refuses it at the line of the call, named once, and adds no instance", function()
+    local r = H.run(function()
+      return P.mi{ name = "m", count = 1, dynamic = true, into = "out",
+        run = function(_, i, item, mi)
+          local line = debug.getinfo(1, "l").currentline + 1
+          local ok, err = pcall(function() P.add_instance(mi, io.stdout) end)
+          return { ok = ok, err = err, line = line }
+        end }:execute()
+    end, 1)
+    assert.equal("completed", r.status, r.error)
+    assert.equal(1, #r.vars.out)
+    local got = r.vars.out[1]
+    assert.is_false(got.ok)
+    assert.equal(debug.getinfo(1, "S").short_src .. ":" .. got.line .. ": add_instance: the item is a userdata",
+      got.err)
+  end)
+end)

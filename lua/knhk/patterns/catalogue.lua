@@ -2,6 +2,8 @@
 -- Russell, ter Hofstede, van der Aalst and Mulyar, "Workflow Control-Flow
 -- Patterns: A Revised View" (2006), with their ids, families, a one-line
 -- description each, and the construct of this library that expresses them.
+local check = require "knhk.check"
+
 local M = {}
 
 local BASIC = "basic control-flow"
@@ -136,7 +138,7 @@ function M.get(key)
     e = by_name[key:lower()]
     if not e then return nil, "unknown pattern name '" .. key .. "'" end
   else
-    error("bad argument #1 to 'get' (pattern id or name expected, got " .. type(key) .. ")", 2)
+    check.error("bad argument #1 to 'get' (pattern id or name expected, got " .. type(key) .. ")", 2)
   end
   return copy(e)
 end

@@ -20,6 +20,7 @@
 -- catalogue, the rule for case data, and the mapping to the KNHK engine.
 local catalogue = require "knhk.patterns.catalogue"
 local workflow = require "knhk.patterns.workflow"
+local check = require "knhk.check"
 
 local P = { _VERSION = "knhk.patterns 0.1.0" }
 
@@ -87,7 +88,7 @@ local mi_options = {
   [12] = function(t) t.join = P.detached() end,
   [13] = function(t)
     if type(t.count) ~= "number" then
-      error("bad argument #2 to 'make' (pattern 13 needs count = a number, got "
+      check.error("bad argument #2 to 'make' (pattern 13 needs count = a number, got "
         .. type(t.count) .. ")", 3)
     end
   end,
@@ -100,11 +101,11 @@ local mi_options = {
 
 function P.make(key, ...)
   local e, msg = catalogue.get(key)
-  if not e then error("bad argument #1 to 'make' (" .. msg .. ")", 2) end
+  if not e then check.error("bad argument #1 to 'make' (" .. msg .. ")", 2) end
   if mi_options[e.id] then
     local t = ...
     if type(t) ~= "table" then
-      error("bad argument #2 to 'make' (table of P.mi options expected, got " .. type(t) .. ")", 2)
+      check.error("bad argument #2 to 'make' (table of P.mi options expected, got " .. type(t) .. ")", 2)
     end
     local copy = {}
     for k, v in pairs(t) do copy[k] = v end
@@ -114,7 +115,7 @@ function P.make(key, ...)
   end
   local ctor = makers[e.id]
   if not ctor then
-    error("bad argument #1 to 'make' (pattern " .. e.id .. " (" .. e.name
+    check.error("bad argument #1 to 'make' (pattern " .. e.id .. " (" .. e.name
       .. ") has no step of its own; it is " .. e.construct .. ")", 2)
   end
   return P[ctor](...)

@@ -20,6 +20,7 @@
 --   dynamic, join = P.complete_when  36  continue once a condition holds
 local knhk = require "knhk"
 local check = require "knhk.check"
+local T = require "knhk.task"
 local S = require "knhk.patterns.step"
 local engine = require "knhk.patterns.engine"
 local getmetatable = debug.getmetatable -- (why: knhk/check.lua)
@@ -232,6 +233,11 @@ local function dynamic_instance(mi, i, item)
   mi.results:send({ i, r })
 end
 
+-- What the spawn of an added instance cannot carry, named as the caller
+-- gave it: "add_instance: the item is a userdata" (dynamic_instance's
+-- arguments are mi, the index and the item).
+local function added_places(k) return k == 4 and "the item" or "the instance's task" end
+
 -- P.add_instance(mi, item) -> the new instance's index, or nil, message
 -- once the step takes no more (its completion condition held). Called from
 -- an instance of a dynamic step (its 4th argument is `mi`), on any worker.
@@ -247,9 +253,11 @@ function M.add_instance(mi, item)
     mi.counter:send(nxt)
     return nil, "no more instances can be added: the step's completion condition held"
   end
-  local ok, err = pcall(mi.nursery.spawn, mi.nursery, dynamic_instance, mi, nxt, item)
+  local ok, err = pcall(T.spawn_into_as, mi.nursery, "add_instance", added_places, dynamic_instance, mi,
+    nxt, item)
   mi.counter:send(ok and nxt + 1 or nxt)
-  if not ok then error(err, 2) end
+  -- as it was raised: a refusal names the caller's line already
+  if not ok then error(err, 0) end
   return nxt
 end
 

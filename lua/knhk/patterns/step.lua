@@ -76,9 +76,10 @@ function M.describe_number(v)
   return M.describe(v)
 end
 
--- error(), worded like Lua's own argument errors, at the user's line.
+-- error(), worded like Lua's own argument errors, at the user's line: a
+-- refusal as the core API's are (check.error).
 function M.argerror(fname, n, msg, level)
-  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), (level or 2) + 1)
+  check.error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), (level or 2) + 1)
 end
 
 -- The fields table t given to fname (argument n) may have, listed in

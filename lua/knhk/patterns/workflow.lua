@@ -35,7 +35,7 @@ function M.build(step, opts, level)
   local ok, net, ctx = pcall(compile.compile, step, opts.name)
   if not ok then
     local e = net
-    if getmetatable(e) == compile.Refusal then error(e.message, level + 1) end
+    if getmetatable(e) == compile.Refusal then check.error(e.message, level + 1) end
     error(e, 0)
   end
   return setmetatable({ root = step, net = net, name = opts.name or step.name, defs = ctx.defs,
@@ -100,7 +100,7 @@ Workflow.execute = check.method(workflows, "workflow", "execute", function(self,
     end
   end
   if knhk.current() == nil then
-    error("execute: must be called inside a knhk task (inside knhk.run)", 2)
+    check.error("execute: must be called inside a knhk task (inside knhk.run)", 2)
   end
   if M.capture_hook then M.capture_hook(self) end
   return engine.execute(self, ctx)

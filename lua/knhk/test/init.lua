@@ -45,12 +45,12 @@ local function check_opts(opts, n, fname)
   check.field("whole", opts, "seed", n, fname, 3, 0, 2 ^ 53)
   check.field("string", opts, "clock", n, fname, 3)
   if opts.clock ~= nil and not knhk.clock.KINDS[opts.clock] then -- here, not when the test runs
-    error(string.format("bad argument #%d to '%s' (clock: \"real\" or \"virtual\" expected, got '%s')",
+    check.error(string.format("bad argument #%d to '%s' (clock: \"real\" or \"virtual\" expected, got '%s')",
       n, fname, opts.clock), 3)
   end
   check.field("string", opts, "name", n, fname, 3)
   if opts.seed ~= nil and opts.workers ~= nil and opts.workers ~= 1 then
-    error(string.format("bad argument #%d to '%s' (seed: a seeded schedule runs on 1 worker, "
+    check.error(string.format("bad argument #%d to '%s' (seed: a seeded schedule runs on 1 worker, "
       .. "got workers = %d)", n, fname, opts.workers), 3)
   end
   return opts
@@ -216,7 +216,7 @@ end
 -- (inside knhk-lua, or a knhk.run).
 local function outside_run(fname)
   if R.running() then
-    error("knhk.test." .. fname .. ": its function must be called outside knhk.run (each body "
+    check.error("knhk.test." .. fname .. ": its function must be called outside knhk.run (each body "
       .. "runs in a runtime of its own; run the spec with busted under luajit, not knhk-lua)", 3)
   end
 end
@@ -301,7 +301,7 @@ function M.explore(fn, opts)
   opts = check_opts(opts, 2, "explore")
   check.field("whole", opts, "runs", 2, "explore", 2, 1)
   if opts.workers ~= nil and opts.workers ~= 1 then
-    error("bad argument #2 to 'explore' (workers: seeded schedules run on 1 worker, got "
+    check.error("bad argument #2 to 'explore' (workers: seeded schedules run on 1 worker, got "
       .. opts.workers .. ")", 2)
   end
   follow_busted()
@@ -349,7 +349,7 @@ function M.until_waiting(...)
     for i = 1, hs.n do
       local h = hs[i]
       if h:done() then
-        error("knhk.test.until_waiting: task " .. h:id() .. " ended instead of waiting", 2)
+        check.error("knhk.test.until_waiting: task " .. h:id() .. " ended instead of waiting", 2)
       end
       if state[h:id()] ~= "waiting" then all = false end
     end
