@@ -719,6 +719,38 @@ describe("knhk.tasks", function()
       assert.is_nil(row(local_h:id()))
     end, 1)
   end)
+
+  -- A worker takes a task, then starts it: its first run records the
+  -- worker (a worker's first task opens its VM in between). A listing
+  -- taken in that moment must not show it running on no worker. Each
+  -- round is a fresh runtime, whose other workers open their VMs while
+  -- the lister, on worker 0, lists.
+  it("never lists a task running or waiting on no worker, while many tasks start", function()
+    local odd = {}
+    for _ = 1, 20 do
+      knhk.run(function()
+        local stop = knhk.event()
+        local lister = knhk.spawn_local(function(ev)
+          local seen = {}
+          while not ev:is_set() do
+            for _, r in ipairs(knhk.tasks()) do
+              if r.state ~= "queued" and r.worker < 0 then
+                seen[#seen + 1] = string.format("task %d (%s) %s on worker -1", r.id, r.where, r.state)
+              end
+            end
+            knhk.sleep(0)
+          end
+          return seen
+        end, stop)
+        knhk.nursery(function(n)
+          for i = 1, 100 do n:spawn(function(x) if x % 3 == 0 then knhk.sleep(0) end return x end, i) end
+        end)
+        stop:set()
+        for _, s in ipairs(lister:join()) do odd[#odd + 1] = s end
+      end, { workers = 3 })
+    end
+    assert.same({}, odd)
+  end)
 end)
 
 -- A snapshot refused after it had taken references to handles (a channel,

@@ -2045,6 +2045,13 @@ static int l_current(lua_State *L) {
 static void push_row(void *ud, klua_task_t *t) {
   lua_State *L = ud;
   int state = knhk_task_state(&t->et);
+  /* The executor marks a task running as a worker takes it, and the
+   * task's first run (task_run) records that worker only after, having
+   * opened the worker's VM the first time: a task seen in between has
+   * not started, and is listed as such (queued, on no worker), never as
+   * running on worker -1. */
+  int worker = atomic_load_explicit(&t->home, memory_order_relaxed);
+  if (worker < 0) state = KNHK_TASK_QUEUED;
   klua_worker_t *self = klua_self();
   lua_createtable(L, 0, 8);
   lua_pushnumber(L, (double)t->id);
@@ -2055,7 +2062,7 @@ static void push_row(void *ud, klua_task_t *t) {
   }
   lua_pushnumber(L, (double)t->started_ns);
   lua_setfield(L, -2, "started_ns");
-  lua_pushinteger(L, atomic_load_explicit(&t->home, memory_order_relaxed));
+  lua_pushinteger(L, worker);
   lua_setfield(L, -2, "worker");
   lua_pushstring(L, state == KNHK_TASK_RUNNING ? "running" : state == KNHK_TASK_PARKED ? "waiting"
                                                                                        : "queued");
@@ -2064,8 +2071,7 @@ static void push_row(void *ud, klua_task_t *t) {
   lua_setfield(L, -2, "where");
   lua_pushstring(L, t->kind == KLUA_LOCAL ? "local" : "portable");
   lua_setfield(L, -2, "kind");
-  if (state == KNHK_TASK_PARKED && self && t != self->cur &&
-      atomic_load_explicit(&t->home, memory_order_relaxed) == self->index) {
+  if (state == KNHK_TASK_PARKED && self && t != self->cur && worker == self->index) {
     char what[96];
     klua_wait_describe(t, what, sizeof what);
     lua_pushstring(L, what);
