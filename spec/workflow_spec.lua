@@ -115,6 +115,34 @@ describe("knhk.race and knhk.select", function()
     assert.equal(0, now)
   end)
 
+  -- On one worker the branches that run after the first failure have not
+  -- reached a checkpoint when it cancels them: they run, and fail too.
+  it("branches that fail at once raise the first failure, the others in .also, in race's words", function()
+    local function fail(v) return function() error(v, 0) end end
+    for _, case in ipairs {
+      { "knhk.race", "another branch failed at the same time; its error is in .also: ",
+        function() return knhk.race(fail "a", fail "b") end },
+      { "knhk.select", "another case failed at the same time; its error is in .also: ",
+        function() return knhk.select{ a = fail "a", b = fail "b" } end },
+      { "knhk.race", "2 other branches failed at the same time; their errors are in .also: ",
+        function() return knhk.race(fail "a", fail "b", fail "c") end },
+    } do
+      local ok, err = run(function() return pcall(case[3]) end, 1)
+      assert.is_false(ok)
+      assert.is_false(knhk.is_error_group(err), tostring(err))
+      assert.is_true(knhk.is_task_error(err))
+      -- the first failure as it is raised alone: its value, its message
+      local others = {}
+      for _, e in ipairs(err.also) do others[#others + 1] = e.value end
+      local all = { err.value, unpack(others) }
+      table.sort(all)
+      assert.same(#all == 2 and { "a", "b" } or { "a", "b", "c" }, all)
+      assert.equal(err.value .. "\n(" .. case[1] .. ": " .. case[2] .. table.concat(others, "; ") .. ")",
+        err.message)
+      assert.is_nil(tostring(err):find("in a nursery", 1, true))
+    end
+  end)
+
   it("checks its arguments", function()
     run(function()
       assert.has_error(function() knhk.race(1) end,

@@ -4,8 +4,9 @@ local R = require "knhk.runtime"
 local N = require "knhk.nursery"
 local T = require "knhk.task"
 local sync = require "knhk.sync"
+local errors = require "knhk.errors"
 
-local select, pairs, ipairs, type, tostring = select, pairs, ipairs, type, tostring
+local select, pairs, ipairs, type, tostring, pcall, unpack = select, pairs, ipairs, type, tostring, pcall, unpack
 
 local M = {}
 
@@ -64,8 +65,46 @@ function M.map(list, fn, opts)
   return results
 end
 
+-- What a race raises when branches failed: a failing branch has finished,
+-- so the first failure wins, and is raised as it would be alone (its
+-- message, traceback and value). Branches that failed at the same time
+-- (before the cancellation reached them) lost to it: their errors come in
+-- its .also, in the order they happened, and its message says so, rather
+-- than the ErrorGroup of the race's own nursery ("2 errors in a nursery").
+-- Anything else the nursery raises (a Cancelled, a refusal) goes on as it
+-- is, and so does a refusal of a later branch's spawn that came with a
+-- failure of one already started: the race never began as written.
+local function first_line(e) return (errors.message(e):match("^[^\n]*")) end
+local function first_failure(fname, what, whats, e)
+  if not errors.is_group(e) then return e end
+  for _, x in ipairs(e.errors) do
+    if check.is_refusal(x) then return x end
+  end
+  local first, also, lost = e.errors[1], {}, {}
+  for i = 2, #e.errors do
+    also[i - 1] = e.errors[i]
+    lost[i - 1] = first_line(e.errors[i])
+  end
+  local note = #also == 1
+    and ("another " .. what .. " failed at the same time; its error is in .also: ")
+    or (#also .. " other " .. whats .. " failed at the same time; their errors are in .also: ")
+  local message = errors.message(first) .. "\n(" .. fname .. ": " .. note .. table.concat(lost, "; ") .. ")"
+  local won = errors.is_task_error(first) and errors.task_error(message, first.traceback, first.value)
+    or errors.task_error(message, nil, first)
+  won.also = also
+  return won
+end
+
+-- Runs a race's nursery: its results, or its failure in race's words
+-- (`what`, `whats` race: "branch", "branches", or select's cases).
+local function race_nursery(fname, what, whats, body)
+  local res = R.pack(pcall(N.nursery, body))
+  if not res[1] then error(first_failure(fname, what, whats, res[2]), 0) end
+  return unpack(res, 2, res.n)
+end
+
 -- knhk.race(f1, f2, ...) -> the results of the first to finish; the others
--- are cancelled and waited for before it returns.
+-- are cancelled and waited for before it returns. (A failure: first_failure.)
 function M.race(...)
   local n = select("#", ...)
   if n == 0 then
@@ -78,7 +117,7 @@ function M.race(...)
   -- "race: task function #2 is a userdata"
   local i
   local function places() return "task function #" .. i end
-  return N.nursery(function(nur)
+  return race_nursery("knhk.race", "branch", "branches", function(nur)
     for k = 1, n do
       i = k
       T.spawn_into_as(nur, "race", places, fns[k])
@@ -88,7 +127,7 @@ function M.race(...)
 end
 
 -- knhk.select{ name = fn, ... } -> name, results of the first to finish;
--- the others are cancelled and waited for.
+-- the others are cancelled and waited for. (A failure: as race's.)
 function M.select(cases)
   check.arg("table", cases, 1, "select")
   local names, fns = {}, {}
@@ -108,7 +147,7 @@ function M.select(cases)
     return k == 1 and "the task function" or k == 2 and ("the task function of case '" .. tostring(case) .. "'")
       or ("the name of case '" .. tostring(case) .. "'")
   end
-  return N.nursery(function(nur)
+  return race_nursery("knhk.select", "case", "cases", function(nur)
     for i, f in ipairs(fns) do
       case = names[i]
       T.spawn_into_as(nur, "select", places, function(g, nm) return nm, g() end, f, names[i])
