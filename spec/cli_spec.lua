@@ -553,6 +553,33 @@ describe("knhk-lua", function()
       end
     end)
 
+    -- exit() flushes stdout without its lock: a task on another worker whose
+    -- flush of stdout was under way had its buffer written twice (the case
+    -- above printed "xxx" once in a few thousand runs). Here the flush waits
+    -- for a reader that drains the pipe only after a second, so the exit
+    -- comes amid it every time.
+    it("ends a write to stdout under way on another worker once, never writing it twice", function()
+      local script = write("exit_amid_write.lua", [[
+        local roles, ready = knhk.channel(2), knhk.event()
+        roles:send("write") roles:send("exit")
+        require "two_workers"(function(roles, ready)
+          if roles:recv() == "write" then
+            io.write(string.rep("a", 65536)) io.flush() -- a pipe's capacity: it is full
+            io.write("y") ready:set() io.flush()        -- waits for the reader
+          else
+            ready:wait() knhk.sleep(0.3) os.exit(7)
+          end
+        end, roles, ready)]])
+      os.execute("{ " .. NO_LEAKS .. " " .. q(KNHK_LUA) .. " -w 2 " .. q(script) .. " 2>" .. TMP .. "/err"
+        .. " </dev/null; echo $? >" .. TMP .. "/rc; } | { sleep 1; cat; } >" .. TMP .. "/out")
+      local err = slurp(TMP .. "/err")
+      assert.equal(7, tonumber(slurp(TMP .. "/rc")), err)
+      assert.equal("", err)
+      local out = slurp(TMP .. "/out")
+      assert.equal(65537, #out)
+      assert.equal(string.rep("a", 65536) .. "y", out)
+    end)
+
     it("with --stats, still refuses a status os.exit would refuse, at the caller's line", function()
       local code, out, err = run("--stats -w 2 -e " .. q([[
         require "two_workers"(function()

@@ -24,8 +24,20 @@
  *     os.exit) gets 0: no second report, and no wait for itself.
  *
  * The caller makes sure a claim that got 1 is followed by exit(): its
- * status is read, and refused if bad, before the claim. */
+ * status is read, and refused if bad, before the claim.
+ *
+ * The standard streams, from the claim on: exit() flushes the C library's
+ * streams without taking their locks (glibc's _IO_cleanup flushes them
+ * "underneath" whoever uses them). A task on another worker amid
+ * io.write or io.flush of stdout, its buffer being written, had that
+ * buffer written a second time by exit's flush: one "x" written twice.
+ * The thread that took the claim holds the locks of stdout and stderr
+ * until the process ends (its own writes, the report's, take them again:
+ * they nest), so a write of another thread either ended before, or waits
+ * before it touches the buffer and never runs. Other files a program
+ * writes from several threads at once are its own to order. */
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -64,5 +76,8 @@ KLUA_API int klua_exit_claim(void) {
   if (!atomic_compare_exchange_strong(&claimed, &open, 1))
     for (;;) pause(); /* a signal's handler may wake it: sleep again */
   claimed_here = 1;
+  /* a write of another thread in progress ends first (see above) */
+  flockfile(stdout);
+  flockfile(stderr);
   return 1;
 }
