@@ -60,6 +60,24 @@ describe("knhk.map", function()
     assert.equal(0, now) -- the others were cancelled, not slept to their end
   end)
 
+  -- on one worker every item runs to its failure before the first failure's
+  -- cancellation reaches the others: they fail at once
+  it("items that fail at once raise the first failure, the others in .also, in map's words", function()
+    local ok, err = run(function()
+      return pcall(knhk.map, { "a", "b", "c" }, function(v) error(v, 0) end)
+    end, 1)
+    assert.is_false(ok)
+    assert.is_false(knhk.is_error_group(err), tostring(err))
+    assert.is_true(knhk.is_task_error(err))
+    local others = {}
+    for _, e in ipairs(err.also) do others[#others + 1] = e.value end
+    local all = { err.value, unpack(others) }
+    table.sort(all)
+    assert.same({ "a", "b", "c" }, all)
+    assert.equal(err.value .. "\n(knhk.map: 2 other items failed at the same time; their errors are in .also: "
+      .. table.concat(others, "; ") .. ")", err.message)
+  end)
+
   it("reads a list with holes by its n, as table.pack makes it, and gives back n", function()
     local out, plain = run(function()
       local out = knhk.map(table.pack(1, nil, 3), function(x) return x and x * 10 end)

@@ -16,56 +16,7 @@ local function in_task(where)
   end
 end
 
--- knhk.map(list, fn [, opts]) -> { fn(list[1]), ... } in order, computed by
--- portable tasks on every core, at most opts.limit at once. The first
--- error cancels the rest and is raised. list.n, if set, is its length.
-function M.map(list, fn, opts)
-  check.arg("table", list, 1, "map")
-  check.arg("callable", fn, 2, "map")
-  opts = check.opts(opts, 3, "map", 2, { "limit" })
-  local limit = check.field("whole", opts, "limit", 3, "map", 2, 1)
-  -- a list with holes says its length in n, as table.pack's does; its
-  -- results say theirs the same way (a nil result is a hole too)
-  local n = check.field("whole", list, "n", 1, "map", 2, 0)
-  in_task("knhk.map")
-  local results = { n = n }
-  n = n or #list
-  -- what cannot travel is named as the caller knows it, in spawn's words:
-  -- "map: the task function is a userdata", "map: item 3 of the list is a
-  -- userdata" (raised at the caller's line: the nursery lets a refusal
-  -- through as it was raised)
-  local item
-  local function places(k) -- fn, list[item]
-    if k == 1 then return "the task function" end
-    return "item " .. item .. " of the list"
-  end
-  local function limited_places(k) -- a wrapper, then fn, list[item], the semaphore
-    return k == 1 and "the task function" or places(k - 1)
-  end
-  local spawn_into_as = T.spawn_into_as
-  N.nursery(function(nur)
-    local sem = limit and sync.semaphore(limit)
-    local hs = {}
-    for i = 1, n do
-      item = i
-      if sem then
-        sem:acquire()
-        hs[i] = spawn_into_as(nur, "map", limited_places, function(f, v, s)
-          local ok, r = pcall(f, v)
-          s:release()
-          if not ok then error(r, 0) end
-          return r
-        end, fn, list[i], sem)
-      else
-        hs[i] = spawn_into_as(nur, "map", places, fn, list[i])
-      end
-    end
-    for i = 1, n do results[i] = hs[i]:join() end
-  end)
-  return results
-end
-
--- What a race raises when branches failed: a failing branch has finished,
+-- What a race (or a map) raises when branches failed: a failing branch has finished,
 -- so the first failure wins, and is raised as it would be alone (its
 -- message, traceback and value). Branches that failed at the same time
 -- (before the cancellation reached them) lost to it: their errors come in
@@ -101,6 +52,56 @@ local function race_nursery(fname, what, whats, body)
   local res = R.pack(pcall(N.nursery, body))
   if not res[1] then error(first_failure(fname, what, whats, res[2]), 0) end
   return unpack(res, 2, res.n)
+end
+
+-- knhk.map(list, fn [, opts]) -> { fn(list[1]), ... } in order, computed by
+-- portable tasks on every core, at most opts.limit at once. The first
+-- error cancels the rest and is raised (items that failed at the same time
+-- are in its .also, as a race's). list.n, if set, is its length.
+function M.map(list, fn, opts)
+  check.arg("table", list, 1, "map")
+  check.arg("callable", fn, 2, "map")
+  opts = check.opts(opts, 3, "map", 2, { "limit" })
+  local limit = check.field("whole", opts, "limit", 3, "map", 2, 1)
+  -- a list with holes says its length in n, as table.pack's does; its
+  -- results say theirs the same way (a nil result is a hole too)
+  local n = check.field("whole", list, "n", 1, "map", 2, 0)
+  in_task("knhk.map")
+  local results = { n = n }
+  n = n or #list
+  -- what cannot travel is named as the caller knows it, in spawn's words:
+  -- "map: the task function is a userdata", "map: item 3 of the list is a
+  -- userdata" (raised at the caller's line: the nursery lets a refusal
+  -- through as it was raised)
+  local item
+  local function places(k) -- fn, list[item]
+    if k == 1 then return "the task function" end
+    return "item " .. item .. " of the list"
+  end
+  local function limited_places(k) -- a wrapper, then fn, list[item], the semaphore
+    return k == 1 and "the task function" or places(k - 1)
+  end
+  local spawn_into_as = T.spawn_into_as
+  race_nursery("knhk.map", "item", "items", function(nur)
+    local sem = limit and sync.semaphore(limit)
+    local hs = {}
+    for i = 1, n do
+      item = i
+      if sem then
+        sem:acquire()
+        hs[i] = spawn_into_as(nur, "map", limited_places, function(f, v, s)
+          local ok, r = pcall(f, v)
+          s:release()
+          if not ok then error(r, 0) end
+          return r
+        end, fn, list[i], sem)
+      else
+        hs[i] = spawn_into_as(nur, "map", places, fn, list[i])
+      end
+    end
+    for i = 1, n do results[i] = hs[i]:join() end
+  end)
+  return results
 end
 
 -- knhk.race(f1, f2, ...) -> the results of the first to finish; the others
