@@ -801,6 +801,41 @@ describe("the knhk-lua REPL", function()
     assert.matches("\nbg cleanup", p.all)
     assert.not_matches("\nnot cancelled", p.all)
   end)
+  it("continues a chunk the input stopped too early in, and reports one with too much (a surplus end)",
+    function()
+      local p = pty.spawn({ KNHK_LUA, "-w", "1" })
+      finally(function() p:kill() end)
+      local function typed(text) p:wait_raw() p:send(text .. "\n") end
+      p:expect("> ")
+      -- a surplus `end`: Lua's "'<eof>' expected near 'end'" is a syntax
+      -- error, not a chunk to continue (only "near '<eof>'" is, as in lua.c)
+      typed("for i = 1, 2 do print(i) end end")
+      p:expect("stdin:1: '<eof>' expected near 'end'\r?\n> ")
+      typed("print('fr'..'esh')") -- nothing was left pending
+      p:expect("\nfresh\r?\n> ")
+      -- what stops too early continues: a for loop, a long string, a long
+      -- comment, an expression
+      for _, chunk in ipairs {
+        { "for i = 1, 2 do", "print(i * 10) end", "\n10\r?\n20\r?\n> " },
+        { "s = [[one", "two]] print(#s .. ' chars')", "\n7 chars\r?\n> " },
+        { "--[[ a long", "comment ]] print('after '..'comment')", "\nafter comment\r?\n> " },
+        { "x = 40 +", "2 print('x ' .. x)", "\nx 42\r?\n> " },
+      } do
+        typed(chunk[1])
+        p:expect(">> ")
+        typed(chunk[2])
+        p:expect(chunk[3])
+      end
+      -- an error inside a continued chunk ends it too
+      typed("if true then")
+      p:expect(">> ")
+      typed("print(1) end end")
+      p:expect("stdin:2: '<eof>' expected near 'end'\r?\n> ")
+      p:wait_raw()
+      p:send("\4")
+      assert.equal(0, p:wait(10))
+    end)
+
   for _, workers in ipairs { "1", "4" } do
     it("Ctrl-C at the prompt discards the line being typed, touches no task, and the REPL goes on ("
       .. workers .. " workers)", function()

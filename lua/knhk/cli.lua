@@ -237,7 +237,9 @@ local function repl()
         local src = pending and (pending .. "\n" .. line) or line
         local okc, err = run_line(src)
         if okc then pending = nil
-        elseif err and err:match("<eof>") then pending = src -- not complete yet
+        -- not complete yet: the input stopped too early ("... near '<eof>'",
+        -- as lua.c tells); "'<eof>' expected near 'end'" has one end too many
+        elseif err and err:match("near '<eof>'$") then pending = src
         else
           io.stderr:write(err, "\n")
           pending = nil
