@@ -63,6 +63,46 @@ describe("knhk-lua", function()
     assert.equal("[true]\n", out)
   end)
 
+  -- (a module of the script's that uses the global `knhk`, as the script
+  -- does: each of the two tasks calls it, and they can only both finish on
+  -- two different workers)
+  local SPEC_DIR = debug.getinfo(1, "S").source:match("^@(.-)[^/]*$")
+  local function global_knhk_module()
+    write("uses_global_knhk.lua", [[
+      local M = {}
+      function M.where() return knhk.current().worker, knhk.now() >= 0 end
+      return M
+    ]])
+    return "package.path = " .. string.format("%q", TMP .. "/?.lua;" .. SPEC_DIR .. "?.lua;")
+      .. " .. package.path\n"
+  end
+
+  it("gives a script's modules the global knhk on every worker, as in the script", function()
+    local script = write("global_knhk.lua", global_knhk_module() .. [[
+      local mod = require "uses_global_knhk"
+      local a, b = require("two_workers")(function()
+        return knhk.current().worker, pcall(mod.where)
+      end)
+      for _, r in ipairs { a, b } do print(r[1], r[2], r[3], r[4]) end
+    ]])
+    local code, out, err = run("-w 2 " .. q(script))
+    assert.equal(0, code, err)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    table.sort(lines)
+    assert.same({ "0\ttrue\t0\ttrue", "1\ttrue\t1\ttrue" }, lines)
+  end)
+
+  it("gives the global knhk to every worker under -e too", function()
+    local code, out, err = run("-w 2 -e " .. q(global_knhk_module() .. [[
+      local mod = require "uses_global_knhk"
+      local a, b = require("two_workers")(function() return pcall(mod.where) end)
+      print(a[1], b[1], a[2] + b[2])
+    ]]))
+    assert.equal(0, code, err)
+    assert.equal("true\ttrue\t1\n", out)
+  end)
+
   it("- runs stdin as the script", function()
     local code, out = run("- x", "print('stdin', ...)")
     assert.equal(0, code)

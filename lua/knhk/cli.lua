@@ -254,6 +254,11 @@ local function repl()
   core.cancel_children()
 end
 
+-- Each worker VM of knhk-lua's run (knhk.runtime's setup_vms): the
+-- global `knhk` that the script's VM has, so that a module the script
+-- requires, which may use it as the script does, works on every worker.
+function M.setup_vm() _G.knhk = knhk end
+
 -- ------------------------------------------------------------------ main
 
 function M.main(argv)
@@ -368,6 +373,7 @@ function M.main(argv)
   if graph then
     if not chunk then return usage_error("--graph needs a workflow script") end
     _G.knhk = knhk -- the script runs as it would without --graph
+    R.setup_vms "knhk.cli"
     return require("knhk.patterns.diagram").cli(chunk, script_args, graph,
       { workers = workers, script = script })
   end
@@ -383,6 +389,7 @@ function M.main(argv)
     end
   end
   _G.knhk = knhk
+  R.setup_vms "knhk.cli" -- and in every worker's VM (M.setup_vm)
   if telemetry_file then
     -- (a file that cannot be opened is not a usage error: exit 1, as for a
     -- script that cannot be read)
