@@ -255,6 +255,17 @@ describe("knhk-lua", function()
     end
   end)
 
+  it("knhk.run called in a script: the error says the script runs in a run already, and what to do",
+    function()
+      local script = write("nested_run.lua", "local function main() print('main') end\nknhk.run(main)\n")
+      local code, out, err = run(q(script))
+      assert.equal(1, code)
+      assert.equal("", out)
+      assert.matches("nested_run%.lua:2: knhk%.run: already running", err)
+      assert.matches("knhk-lua runs a script", err, 1, true)
+      assert.matches("call the function directly", err, 1, true)
+    end)
+
   it("-l with a module that cannot be loaded: exit 1 and only the module's error", function()
     local code, out, err = run("-l knhk_no_such_module -e " .. q("print('ran')"))
     assert.equal(1, code)
