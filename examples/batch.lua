@@ -4,8 +4,26 @@
 --   knhk-lua examples/batch.lua [records] [quorum]
 local P = require "knhk.patterns"
 
-local records = tonumber(arg and arg[1]) or 12
-local quorum = tonumber(arg and arg[2]) or 8
+-- the arguments, checked before anything runs: a bad one is refused with
+-- the usage line (exit 2), rather than met deep in the workflow or ignored
+local args = arg or {}
+local function usage(why)
+  local me = args[0] or "batch.lua"
+  io.stderr:write(me:match("[^/]*$"), ": ", why, "\nusage: knhk-lua ", me, " [records] [quorum]\n")
+  os.exit(2)
+end
+local function count(i, name, default, min, max)
+  local text = args[i]
+  if text == nil then return default end
+  local n = text:match("^%d+$") and tonumber(text)
+  if not n or n < min or n > max then
+    usage(string.format("%s must be a whole number in %d..%d, got '%s'", name, min, max, text))
+  end
+  return n
+end
+if args[3] ~= nil then usage("too many arguments") end
+local records = count(1, "records", 12, 0, 100000)
+local quorum = count(2, "quorum", 8, 1, 100000)
 
 local function checksum(v, i, record)
   local h = 0
@@ -26,7 +44,7 @@ local wf = P.workflow(P.sequence{
 local result = wf:execute{ vars = { n = records } }
 if result.status ~= "completed" then -- a quorum above the records: it can never be reached
   print(result.status .. " at '" .. tostring(result.step) .. "': " .. tostring(result.error))
-  return
+  error("the batch failed", 0) -- knhk-lua exits 1
 end
 print(result.status .. ": quorum reached with " .. result.vars.report .. " records")
 local ended = false

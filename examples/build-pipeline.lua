@@ -6,7 +6,16 @@
 --   knhk-lua examples/build-pipeline.lua broken     b.c does not compile
 local P = require "knhk.patterns"
 
-local broken = arg and arg[1] == "broken"
+-- the argument, checked before anything runs: a bad one is refused with
+-- the usage line (exit 2), rather than taken for the default
+local args = arg or {}
+if (args[1] ~= nil and args[1] ~= "broken") or args[2] ~= nil then
+  local me = args[0] or "build-pipeline.lua"
+  io.stderr:write(me:match("[^/]*$"), ": ", args[2] ~= nil and "too many arguments"
+    or ("unknown argument '" .. args[1] .. "'"), "\nusage: knhk-lua ", me, " [broken]\n")
+  os.exit(2)
+end
+local broken = args[1] == "broken"
 
 local sources = {
   ["a.c"] = 'const char *a(void) { return "hello"; }\n',

@@ -4,7 +4,16 @@
 --   knhk-lua examples/document-review.lua silent     nobody answers in time
 local P = require "knhk.patterns"
 
-local silent = arg and arg[1] == "silent"
+-- the argument, checked before anything runs: a bad one is refused with
+-- the usage line (exit 2), rather than taken for the default
+local args = arg or {}
+if (args[1] ~= nil and args[1] ~= "silent") or args[2] ~= nil then
+  local me = args[0] or "document-review.lua"
+  io.stderr:write(me:match("[^/]*$"), ": ", args[2] ~= nil and "too many arguments"
+    or ("unknown argument '" .. args[1] .. "'"), "\nusage: knhk-lua ", me, " [silent]\n")
+  os.exit(2)
+end
+local silent = args[1] == "silent"
 local verdict = P.persistent_trigger("verdict")
 
 local wf = P.workflow(P.sequence{
@@ -24,5 +33,9 @@ local inbox = knhk.channel(1)
 if not silent then knhk.spawn(function(ch) ch:send("approved") end, inbox) end
 
 local result = wf:execute{ vars = { title = "design.md" }, signals = { verdict = inbox } }
+if result.status ~= "completed" then
+  error(string.format("the case %s at '%s': %s", result.status, tostring(result.step),
+    tostring(result.error)), 0)
+end
 print(result.vars.outcome)
 print("archived " .. result.vars.archived)

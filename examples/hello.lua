@@ -1,6 +1,13 @@
 -- hello.lua: a first workflow. Run it with
---   scripts/run examples/hello.lua        (or: knhk-lua examples/hello.lua)
+--   scripts/run examples/hello.lua [name]    (or: knhk-lua examples/hello.lua [name])
 -- The main chunk is the root task: spawn, sleep and nurseries work here.
+
+-- a second argument is refused with the usage line (exit 2), not ignored
+if arg and arg[2] ~= nil then
+  io.stderr:write(arg[0]:match("[^/]*$"), ": too many arguments\nusage: knhk-lua ", arg[0],
+    " [name]\n")
+  os.exit(2)
+end
 
 -- 1. a task on any worker; its result comes back with join
 local greeting = knhk.spawn(function(name) return "hello, " .. name end, arg[1] or "workflow")

@@ -5,7 +5,22 @@
 --   knhk-lua --graph examples/order-fulfilment.lua     (its diagram)
 local P = require "knhk.patterns"
 
-local total = tonumber(arg and arg[1]) or 250
+-- the argument, checked before anything runs: a bad one is refused with
+-- the usage line (exit 2)
+local args = arg or {}
+local function usage(why)
+  local me = args[0] or "order-fulfilment.lua"
+  io.stderr:write(me:match("[^/]*$"), ": ", why, "\nusage: knhk-lua ", me, " [total]\n")
+  os.exit(2)
+end
+if args[2] ~= nil then usage("too many arguments") end
+local total = 250
+if args[1] ~= nil then
+  total = tonumber(args[1])
+  if not (total and total >= 0 and total < math.huge) then -- (nor NaN, nor inf)
+    usage("total must be a number >= 0, got '" .. args[1] .. "'")
+  end
+end
 
 local wf = P.workflow(P.sequence{
   P.task("receive order", function(v)
@@ -31,6 +46,10 @@ local wf = P.workflow(P.sequence{
 }, { name = "order fulfilment" })
 
 local result = wf:execute{ case_id = "A-1001", vars = { id = "A-1001", total = total } }
+if result.status ~= "completed" then
+  error(string.format("the case %s at '%s': %s", result.status, tostring(result.step),
+    tostring(result.error)), 0)
+end
 print(result.status .. ": " .. result.vars.message)
 print(string.format("checks: stock %s, credit %s, address %s", tostring(result.vars.in_stock),
   tostring(result.vars.credit_ok), tostring(result.vars.address_ok)))

@@ -2,6 +2,12 @@
 -- checks (AND-split / join), a race for the first quote, a step that runs a
 -- command with a timeout, and a channel between a producer and a consumer.
 --   knhk-lua examples/order.lua [order-id]
+-- a second argument is refused with the usage line (exit 2), not ignored
+if arg and arg[2] ~= nil then
+  io.stderr:write(arg[0]:match("[^/]*$"), ": too many arguments\nusage: knhk-lua ", arg[0],
+    " [order-id]\n")
+  os.exit(2)
+end
 local order = { id = arg[1] or "A-1001", items = { "widget", "gadget", "gizmo" }, total = 42.5 }
 
 -- parallel checks: all must pass; the first failure cancels the others

@@ -5,7 +5,16 @@
 --   knhk-lua examples/shipping-milestone.lua late     change after delivery
 local P = require "knhk.patterns"
 
-local late = arg and arg[1] == "late"
+-- the argument, checked before anything runs: a bad one is refused with
+-- the usage line (exit 2), rather than taken for the default
+local args = arg or {}
+if (args[1] ~= nil and args[1] ~= "late") or args[2] ~= nil then
+  local me = args[0] or "shipping-milestone.lua"
+  io.stderr:write(me:match("[^/]*$"), ": ", args[2] ~= nil and "too many arguments"
+    or ("unknown argument '" .. args[1] .. "'"), "\nusage: knhk-lua ", me, " [late]\n")
+  os.exit(2)
+end
+local late = args[1] == "late"
 local delivered, change = P.persistent_trigger("delivered"), P.persistent_trigger("change")
 
 -- the courier and the customer, outside the case, talk to it through
@@ -41,6 +50,10 @@ end, to_case_delivered, to_case_change, events, late)
 
 local result = wf:execute{ vars = { shipping_to = "1 Old Road" },
                            signals = { delivered = to_case_delivered, change = to_case_change } }
+if result.status ~= "completed" then
+  error(string.format("the case %s at '%s': %s", result.status, tostring(result.step),
+    tostring(result.error)), 0)
+end
 local refused = false
 for _, t in ipairs(result.trace) do
   if t.step == "when milestone 'in transit'" and t.event == "withdrawn" then refused = true end

@@ -118,4 +118,39 @@ describe("knhk.codec.register_class", function()
     assert.is_false(ok)
     assert.matches("bad argument #3 to 'register_class' (module name expected, got number)", err, 1, true)
   end)
+
+  it("refuses a name already registered for another metatable, naming both places", function()
+    local A, B = {}, {}
+    register("spec.taken", A)
+    local first = debug.getinfo(1, "l").currentline - 1
+    local ok, err = pcall(function() register("spec.taken", B) end)
+    local second = debug.getinfo(1, "l").currentline - 1
+    assert.is_false(ok)
+    assert.matches("classes_spec.lua:" .. second .. ": bad argument #1 to 'register_class' "
+      .. "(class 'spec.taken' is already registered for another metatable, at ", err, 1, true)
+    assert.matches("classes_spec.lua:" .. first .. "; ", err, 1, true)
+  end)
+
+  it("keeps the first class of a name: its tables travel as that class, not the refused one", function()
+    knhk.run(function()
+      local A = { __index = { kind = function() return "A" end } }
+      local B = { __index = { kind = function() return "B" end } }
+      register("spec.first_wins", A)
+      pcall(register, "spec.first_wins", B) -- (refused: the spec above)
+      local back = knhk.spawn(function(x) return x end, setmetatable({}, A)):join()
+      assert.equal(A, getmetatable(back))
+      assert.equal("A", back:kind())
+    end, { workers = 1 })
+  end)
+
+  it("takes the same metatable under the same name again (every VM loads the module)", function()
+    local A = {}
+    register("spec.again", A)
+    register("spec.again", A)
+    register("spec.again", A, "fixtures.square")
+    knhk.run(function()
+      local back = knhk.spawn(function(x) return x end, setmetatable({ v = 1 }, A)):join()
+      assert.equal(A, getmetatable(back))
+    end, { workers = 1 })
+  end)
 end)

@@ -63,6 +63,46 @@ describe("knhk-lua", function()
     assert.equal("[true]\n", out)
   end)
 
+  -- (a module of the script's that uses the global `knhk`, as the script
+  -- does: each of the two tasks calls it, and they can only both finish on
+  -- two different workers)
+  local SPEC_DIR = debug.getinfo(1, "S").source:match("^@(.-)[^/]*$")
+  local function global_knhk_module()
+    write("uses_global_knhk.lua", [[
+      local M = {}
+      function M.where() return knhk.current().worker, knhk.now() >= 0 end
+      return M
+    ]])
+    return "package.path = " .. string.format("%q", TMP .. "/?.lua;" .. SPEC_DIR .. "?.lua;")
+      .. " .. package.path\n"
+  end
+
+  it("gives a script's modules the global knhk on every worker, as in the script", function()
+    local script = write("global_knhk.lua", global_knhk_module() .. [[
+      local mod = require "uses_global_knhk"
+      local a, b = require("two_workers")(function()
+        return knhk.current().worker, pcall(mod.where)
+      end)
+      for _, r in ipairs { a, b } do print(r[1], r[2], r[3], r[4]) end
+    ]])
+    local code, out, err = run("-w 2 " .. q(script))
+    assert.equal(0, code, err)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    table.sort(lines)
+    assert.same({ "0\ttrue\t0\ttrue", "1\ttrue\t1\ttrue" }, lines)
+  end)
+
+  it("gives the global knhk to every worker under -e too", function()
+    local code, out, err = run("-w 2 -e " .. q(global_knhk_module() .. [[
+      local mod = require "uses_global_knhk"
+      local a, b = require("two_workers")(function() return pcall(mod.where) end)
+      print(a[1], b[1], a[2] + b[2])
+    ]]))
+    assert.equal(0, code, err)
+    assert.equal("true\ttrue\t1\n", out)
+  end)
+
   it("- runs stdin as the script", function()
     local code, out = run("- x", "print('stdin', ...)")
     assert.equal(0, code)
@@ -214,6 +254,17 @@ describe("knhk-lua", function()
       assert.not_matches("cli%.lua", err)
     end
   end)
+
+  it("knhk.run called in a script: the error says the script runs in a run already, and what to do",
+    function()
+      local script = write("nested_run.lua", "local function main() print('main') end\nknhk.run(main)\n")
+      local code, out, err = run(q(script))
+      assert.equal(1, code)
+      assert.equal("", out)
+      assert.matches("nested_run%.lua:2: knhk%.run: already running", err)
+      assert.matches("knhk-lua runs a script", err, 1, true)
+      assert.matches("call the function directly", err, 1, true)
+    end)
 
   it("-l with a module that cannot be loaded: exit 1 and only the module's error", function()
     local code, out, err = run("-l knhk_no_such_module -e " .. q("print('ran')"))
@@ -828,6 +879,41 @@ describe("the knhk-lua REPL", function()
     assert.matches("\nbg cleanup", p.all)
     assert.not_matches("\nnot cancelled", p.all)
   end)
+  it("continues a chunk the input stopped too early in, and reports one with too much (a surplus end)",
+    function()
+      local p = pty.spawn({ KNHK_LUA, "-w", "1" })
+      finally(function() p:kill() end)
+      local function typed(text) p:wait_raw() p:send(text .. "\n") end
+      p:expect("> ")
+      -- a surplus `end`: Lua's "'<eof>' expected near 'end'" is a syntax
+      -- error, not a chunk to continue (only "near '<eof>'" is, as in lua.c)
+      typed("for i = 1, 2 do print(i) end end")
+      p:expect("stdin:1: '<eof>' expected near 'end'\r?\n> ")
+      typed("print('fr'..'esh')") -- nothing was left pending
+      p:expect("\nfresh\r?\n> ")
+      -- what stops too early continues: a for loop, a long string, a long
+      -- comment, an expression
+      for _, chunk in ipairs {
+        { "for i = 1, 2 do", "print(i * 10) end", "\n10\r?\n20\r?\n> " },
+        { "s = [[one", "two]] print(#s .. ' chars')", "\n7 chars\r?\n> " },
+        { "--[[ a long", "comment ]] print('after '..'comment')", "\nafter comment\r?\n> " },
+        { "x = 40 +", "2 print('x ' .. x)", "\nx 42\r?\n> " },
+      } do
+        typed(chunk[1])
+        p:expect(">> ")
+        typed(chunk[2])
+        p:expect(chunk[3])
+      end
+      -- an error inside a continued chunk ends it too
+      typed("if true then")
+      p:expect(">> ")
+      typed("print(1) end end")
+      p:expect("stdin:2: '<eof>' expected near 'end'\r?\n> ")
+      p:wait_raw()
+      p:send("\4")
+      assert.equal(0, p:wait(10))
+    end)
+
   for _, workers in ipairs { "1", "4" } do
     it("Ctrl-C at the prompt discards the line being typed, touches no task, and the REPL goes on ("
       .. workers .. " workers)", function()

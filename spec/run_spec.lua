@@ -94,6 +94,16 @@ describe("knhk.run", function()
       "bad argument #2 to 'run' (workers: whole number in 1..256 expected, got 1.5)")
   end)
 
+  it("defines no global knhk in any worker's VM: a plain program has none to give", function()
+    local on_two_workers = require "two_workers"
+    local a, b = knhk.run(function()
+      local mod = require "fixtures.sees_global_knhk"
+      return on_two_workers(function() return mod.seen() end)
+    end, { workers = 2 })
+    local seen = { [a[1]] = a[2], [b[1]] = b[2] }
+    assert.same({ [0] = false, [1] = false }, seen)
+  end)
+
   it("cannot be nested", function()
     local ok, err = pcall(knhk.run, function()
       return knhk.run(function() end)

@@ -237,7 +237,9 @@ local function repl()
         local src = pending and (pending .. "\n" .. line) or line
         local okc, err = run_line(src)
         if okc then pending = nil
-        elseif err and err:match("<eof>") then pending = src -- not complete yet
+        -- not complete yet: the input stopped too early ("... near '<eof>'",
+        -- as lua.c tells); "'<eof>' expected near 'end'" has one end too many
+        elseif err and err:match("near '<eof>'$") then pending = src
         else
           io.stderr:write(err, "\n")
           pending = nil
@@ -251,6 +253,11 @@ local function repl()
   -- Ctrl-D: background tasks are cancelled, their cleanup waited for
   core.cancel_children()
 end
+
+-- Each worker VM of knhk-lua's run (knhk.runtime's setup_vms): the
+-- global `knhk` that the script's VM has, so that a module the script
+-- requires, which may use it as the script does, works on every worker.
+function M.setup_vm() _G.knhk = knhk end
 
 -- ------------------------------------------------------------------ main
 
@@ -366,6 +373,7 @@ function M.main(argv)
   if graph then
     if not chunk then return usage_error("--graph needs a workflow script") end
     _G.knhk = knhk -- the script runs as it would without --graph
+    R.setup_vms "knhk.cli"
     return require("knhk.patterns.diagram").cli(chunk, script_args, graph,
       { workers = workers, script = script })
   end
@@ -381,6 +389,7 @@ function M.main(argv)
     end
   end
   _G.knhk = knhk
+  R.setup_vms "knhk.cli" -- and in every worker's VM (M.setup_vm)
   if telemetry_file then
     -- (a file that cannot be opened is not a usage error: exit 1, as for a
     -- script that cannot be read)

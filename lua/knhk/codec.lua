@@ -413,6 +413,7 @@ end
 -- ------------------------------------------------------ classes, handles
 
 local classes, class_names, class_modules = {}, {}, {}
+local class_places = {} -- name -> "file:line" of its registration, for the refusal below
 
 -- The module whose loading is calling us: the nearest main chunk on the
 -- stack that `require` runs (its first vararg is the module's name, which
@@ -435,6 +436,12 @@ end
 -- It travels with the name of the module that registered the class (the
 -- one being loaded, or `module`): a VM that meets the class before it
 -- loaded that module loads it, which registers the class there too.
+-- A name names one metatable in a VM: registering the same one again is
+-- what each VM's loading of the module does, but another one under a name
+-- taken would have tables of the first class arrive as the second (the
+-- receiver knows the class by name only), so it is refused. That holds for
+-- a file run again (dofile in the REPL), which makes a new metatable: the
+-- tables made by the first run would travel as the new class.
 function M.register_class(name, mt, module)
   if type(name) ~= "string" or name:find("%z") then
     check.error("bad argument #1 to 'register_class' (class name expected: a string without NUL, got "
@@ -445,6 +452,19 @@ function M.register_class(name, mt, module)
   end
   if module ~= nil and type(module) ~= "string" then
     check.error("bad argument #3 to 'register_class' (module name expected, got " .. type(module) .. ")", 2)
+  end
+  local taken = class_names[name]
+  if taken ~= nil and taken ~= mt then
+    error(string.format("bad argument #1 to 'register_class' (class '%s' is already registered "
+      .. "for another metatable%s; a class name names one metatable: register a class once, "
+      .. "in the module that defines it (a file run again, as by dofile, makes a new metatable), "
+      .. "or give this one a name of its own)", name,
+      class_places[name] and (", at " .. class_places[name]) or ""), 2)
+  end
+  if taken == nil then
+    local info = debug.getinfo(2, "Sl")
+    class_places[name] = info and info.currentline > 0
+      and (info.short_src .. ":" .. info.currentline) or nil
   end
   classes[mt] = name
   class_names[name] = mt

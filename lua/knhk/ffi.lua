@@ -37,6 +37,8 @@ int klua_signals_received(void);
 int klua_exit_report_set(const char *module);
 const char *klua_exit_report(void);
 int klua_exit_claim(void);
+int klua_vm_setup_set(const char *module);
+const char *klua_vm_setup(void);
 ]] },
   { "exec", [[
 enum { KLUA_EXEC_AT_FILE = 0, KLUA_EXEC_AT_CWD = 1 };

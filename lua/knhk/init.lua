@@ -107,8 +107,10 @@ jit.off(knhk.default_workers)
 -- and jumps to the next timer as soon as every task waits).
 function knhk.run(main, opts, ...)
   if R.running() then
-    R.raise("knhk.run: already running (knhk.run cannot be nested: inside a run, spawn tasks or "
-      .. "open a knhk.nursery)")
+    R.raise("knhk.run: already running (knhk.run cannot be nested): this code runs in a task of "
+      .. "a run already (knhk-lua runs a script, its -e statements and the REPL's lines as one), "
+      .. "so call the function directly, main(...) for knhk.run(main, ...), or spawn it as a task "
+      .. "(knhk.spawn, or in a knhk.nursery)")
   end
   check.arg("callable", main, 1, "run")
   opts = check.opts(opts, 2, "run", 2, { "workers", "signals", "name", "seed", "clock" })

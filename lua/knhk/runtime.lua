@@ -465,12 +465,25 @@ local function init_vm()
   })
 end
 
+-- Names the module (nil: none) whose setup_vm() each worker VM of the runs
+-- that start from now on calls as it opens, before any task runs in it:
+-- for what a program puts in its own VM's globals that its modules use
+-- (knhk-lua's global `knhk`), so that they find it on every worker. The
+-- caller's VM is the program's own: it sets that up itself.
+function M.setup_vms(module)
+  if module ~= nil then check.arg("string", module, 1, "setup_vms") end
+  K = K or require "knhk.ffi"
+  if K.C.klua_vm_setup_set(module) ~= 0 then error("knhk: out of memory", 2) end
+end
+
 -- Worker VMs: called by the C side after `require "knhk.runtime"`. The
 -- whole knhk module is loaded too: it registers the classes and handle
 -- kinds that snapshots refer to.
 function M.start_worker()
   require "knhk"
   init_vm()
+  local setup = K.C.klua_vm_setup()
+  if setup ~= nil then require(K.ffi.string(setup)).setup_vm() end
 end
 
 -- ------------------------------------------------------------------ run

@@ -44,6 +44,10 @@ int klua_signals_received(void);
 int klua_exit_report_set(const char *module);
 const char *klua_exit_report(void);
 int klua_exit_claim(void);
+/* a module each worker VM of a run sets up with (klua_rt.c; knhk-lua's
+ * global `knhk`) */
+int klua_vm_setup_set(const char *module);
+const char *klua_vm_setup(void);
 
 /* knhk.exec: a child process as a step */
 enum { KLUA_EXEC_AT_FILE = 0, KLUA_EXEC_AT_CWD = 1 };

@@ -147,8 +147,31 @@ KLUA_API const char *klua_rt_path(klua_rt_t *rt, int c) {
   return s;
 }
 
+/* The module whose setup_vm() each worker VM of a run calls once it has
+ * the runtime, before any task runs in it (knhk.runtime's setup_vms), or
+ * NULL. A program sets up its own VM itself; this is for the others: a
+ * script's modules that use what the program put in its globals (knhk-lua:
+ * the global `knhk`) find it on every worker. Set by the thread that
+ * starts runs, before any starts; read by the VMs as they open, without a
+ * lock (as klua_exit.c's report). */
+static char *vm_setup;
+
+/* Names the module (NULL: none) for the runs that start from now on. 0, or
+ * KNHK_ENOMEM. */
+KLUA_API int klua_vm_setup_set(const char *module) {
+  char *copy = NULL;
+  if (module && !(copy = strdup(module))) return KNHK_ENOMEM;
+  free(vm_setup);
+  vm_setup = copy;
+  return 0;
+}
+
+/* Any thread. The module klua_vm_setup_set named, or NULL. */
+KLUA_API const char *klua_vm_setup(void) { return vm_setup; }
+
 /* A worker VM: the standard libraries, the caller's module paths, and the
- * knhk runtime, which registers itself (core.register). */
+ * knhk runtime, which registers itself (core.register) and calls the
+ * program's setup (klua_vm_setup). */
 int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen) {
   lua_State *L = luaL_newstate();
   if (!L) {
