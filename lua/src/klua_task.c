@@ -105,40 +105,59 @@ static void share_batch_locked(klua_rt_t *rt, klua_task_t *head, uint32_t n) {
  * the runtime's arena and never freed before it: type-stable, as records
  * are. A worker keeps at most NODES_KEEP free; the rest, and those given
  * back off a worker, go to the shared list under pool_m. */
-#define NODES_SLAB 32
+#define NODES_SLAB 64
 #define NODES_KEEP 4096
 
-static klua_wait_t *node_shared_take(klua_rt_t *rt) {
-  pthread_mutex_lock(&rt->pool_m);
-  klua_wait_t *n = rt->shared_nodes;
-  if (n) {
-    rt->shared_nodes = n->free_next;
-  } else {
-    klua_wait_t *slab = klua_arena_alloc(&rt->arena, NODES_SLAB * sizeof *slab); /* zero */
-    if (slab) {
-      for (int i = 1; i < NODES_SLAB; i++) {
-        atomic_init(&slab[i].timer_busy, 0);
-        slab[i].free_next = i + 1 < NODES_SLAB ? &slab[i + 1] : NULL;
-      }
-      rt->shared_nodes = &slab[1];
-      atomic_init(&slab[0].timer_busy, 0);
-      n = &slab[0];
+/* Under pool_m: up to NODES_SLAB free nodes, as a chain (free_next) from
+ * the shared list, or a slab carved for them. Its length in *n. */
+static klua_wait_t *nodes_batch_locked(klua_rt_t *rt, uint32_t *n) {
+  klua_wait_t *head = rt->shared_nodes;
+  if (head) {
+    klua_wait_t *last = head;
+    *n = 1;
+    while (*n < NODES_SLAB && last->free_next) {
+      last = last->free_next;
+      ++*n;
     }
+    rt->shared_nodes = last->free_next;
+    last->free_next = NULL;
+    return head;
   }
-  pthread_mutex_unlock(&rt->pool_m);
-  return n;
+  klua_wait_t *slab = klua_arena_alloc(&rt->arena, NODES_SLAB * sizeof *slab); /* zero */
+  if (!slab) return NULL;
+  for (int i = 0; i < NODES_SLAB; i++) {
+    atomic_init(&slab[i].timer_busy, 0);
+    slab[i].free_next = i + 1 < NODES_SLAB ? &slab[i + 1] : NULL;
+  }
+  *n = NODES_SLAB;
+  return slab;
 }
 
 klua_wait_t *klua_wait_node(klua_task_t *t) {
   if (t->w) return t->w;
-  klua_worker_t *w = klua_worker(t->rt);
+  klua_rt_t *rt = t->rt;
+  klua_worker_t *w = klua_worker(rt);
   klua_wait_t *n;
   if (w && w->free_nodes) {
     n = w->free_nodes;
     w->free_nodes = n->free_next;
     w->nfree_nodes--;
-  } else if (!(n = node_shared_take(t->rt))) {
-    return NULL;
+  } else { /* a batch at a time: the lock once per NODES_SLAB nodes */
+    uint32_t got = 0;
+    pthread_mutex_lock(&rt->pool_m);
+    n = nodes_batch_locked(rt, &got);
+    if (n && !w && n->free_next) { /* no worker to keep the rest: back they go */
+      klua_wait_t *last = n->free_next;
+      while (last->free_next) last = last->free_next;
+      last->free_next = rt->shared_nodes;
+      rt->shared_nodes = n->free_next;
+    }
+    pthread_mutex_unlock(&rt->pool_m);
+    if (!n) return NULL;
+    if (w) {
+      w->free_nodes = n->free_next;
+      w->nfree_nodes = got - 1;
+    }
   }
   /* (timer_busy is left as it is: the timer may still be completing) */
   n->task = t;
@@ -161,17 +180,26 @@ void klua_wait_node_put(klua_task_t *t) {
   klua_wait_t *n = t->w;
   if (!n) return;
   t->w = NULL;
-  klua_worker_t *w = klua_worker(t->rt);
-  if (w && w->nfree_nodes < NODES_KEEP) {
+  klua_rt_t *rt = t->rt;
+  klua_worker_t *w = klua_worker(rt);
+  klua_wait_t *first = n, *last = n; /* what goes to the shared list */
+  if (w) {
     n->free_next = w->free_nodes;
     w->free_nodes = n;
-    w->nfree_nodes++;
-    return;
+    if (++w->nfree_nodes < NODES_KEEP) return;
+    /* Keep the NODES_SLAB given back last (warm in this cache); share the
+     * rest, under one lock (a million sleepers cancelled at once give
+     * theirs back in a burst). */
+    klua_wait_t *keep_tail = n;
+    for (int i = 1; i < NODES_SLAB; i++) keep_tail = keep_tail->free_next;
+    first = last = keep_tail->free_next;
+    keep_tail->free_next = NULL;
+    while (last->free_next) last = last->free_next;
+    w->nfree_nodes = NODES_SLAB;
   }
-  klua_rt_t *rt = t->rt;
   pthread_mutex_lock(&rt->pool_m);
-  n->free_next = rt->shared_nodes;
-  rt->shared_nodes = n;
+  last->free_next = rt->shared_nodes;
+  rt->shared_nodes = first;
   pthread_mutex_unlock(&rt->pool_m);
 }
 
