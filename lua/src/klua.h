@@ -100,14 +100,14 @@ static inline void klua_spin_unlock(klua_spin_t *s) {
 /* ---------------------------------------------------------------- waits */
 
 /* One wait of one task: it waits for one thing at a time. The node is
- * taken from its worker's free nodes at the task's first wait and given
- * back with its record (klua_wait_node, klua_wait_node_put): a task that
- * never waits, the commonest, has none, and its record is 184 bytes
- * smaller, which at 200 k live tasks is as many bytes fewer to miss on.
- * Nodes are type-stable (carved from the runtime's arena), as records
- * are: a late waker may read one at any time. An object the task waits on (a task to join, a
- * channel, a semaphore, an event) links it into its waiter list under the
- * object's lock. Whoever wakes a waiter takes it out of the list first.
+ * taken from its worker's free nodes when the task first runs and given
+ * back when it ends (klua_task.c): a task queued but not started has
+ * none, and its record is 184 bytes smaller, which at 200 k tasks in
+ * flight is as many bytes fewer to miss on. Nodes are type-stable (carved
+ * from the runtime's arena), as records are: a late waker may read one at
+ * any time. An object the task waits on (a task to join, a channel, a
+ * semaphore, an event) links it into its waiter list under the object's
+ * lock. Whoever wakes a waiter takes it out of the list first.
  * (One thing may be several channels: knhk.recv_any's select, whose nodes
  * are made for the wait, one per channel: KLUA_WAIT_SELECT.) */
 enum {
@@ -126,7 +126,7 @@ enum {
 struct klua_wait {
   klua_task_t *task;           /* whose it is (klua_wait_task): set when a task
                                   takes it, kept after (a late waker reads it) */
-  klua_wait_t *free_next;      /* in a free list of nodes (klua_wait_node_put) */
+  klua_wait_t *free_next;      /* in a free list of nodes (klua_task.c) */
   void *on;                    /* the object, while queued on it */
   klua_wait_t *prev, *next;    /* in on's waiter list, under its lock */
   /* a channel hands a value over through these (klua_chan.c) */
@@ -229,7 +229,8 @@ struct klua_task {
       uint32_t batch_n;        /* a shared free batch's head: its length */
     };
   };
-  klua_wait_t *w;               /* its wait node, from its first wait, or NULL */
+  klua_wait_t *w;              /* its wait node while it has started and not
+                                  ended, else NULL */
 };
 
 /* Whether someone joined t (its failure is then handled: not raised again). */
@@ -623,11 +624,6 @@ int klua_wait_arm_sleep(klua_task_t *t, uint64_t deadline_ns);
 int klua_wait_arm_join(klua_task_t *t, klua_task_t *target);
 /* Takes back whatever the last wait of t armed. Its worker only. */
 void klua_wait_end(klua_task_t *t);
-/* t's wait node, taken now if it has none (NULL if out of memory); by t's
- * own worker, while t runs. */
-klua_wait_t *klua_wait_node(klua_task_t *t);
-/* Gives t's node back (its record is being freed: no wait is armed). */
-void klua_wait_node_put(klua_task_t *t);
 /* Wakes every joiner of t (it ended). */
 void klua_wake_joiners(klua_task_t *t);
 /* What t waits for, in words ("to receive on a channel", "to join task

@@ -99,7 +99,7 @@ static void share_batch_locked(klua_rt_t *rt, klua_task_t *head, uint32_t n) {
 /* ------------------------------------------------------------ wait nodes */
 
 /* A running task has a wait node: taken with its coroutine at its first
- * run, given back when it ends (klua_task.c), so only tasks that have
+ * run (task_run), given back when it ends (task_ended), so only tasks that have
  * started hold one, and a worker that runs task after task hands each the
  * node the last one gave back, still in its cache. Nodes are carved from
  * the runtime's arena and never freed before it: type-stable, as records
@@ -133,31 +133,20 @@ static klua_wait_t *nodes_batch_locked(klua_rt_t *rt, uint32_t *n) {
   return slab;
 }
 
-klua_wait_t *klua_wait_node(klua_task_t *t) {
-  if (t->w) return t->w;
-  klua_rt_t *rt = t->rt;
-  klua_worker_t *w = klua_worker(rt);
-  klua_wait_t *n;
-  if (w && w->free_nodes) {
-    n = w->free_nodes;
+/* t's node, taken by worker w as t first runs there; NULL if out of memory. */
+static klua_wait_t *take_node(klua_worker_t *w, klua_task_t *t) {
+  klua_wait_t *n = w->free_nodes;
+  if (n) {
     w->free_nodes = n->free_next;
     w->nfree_nodes--;
   } else { /* a batch at a time: the lock once per NODES_SLAB nodes */
     uint32_t got = 0;
-    pthread_mutex_lock(&rt->pool_m);
-    n = nodes_batch_locked(rt, &got);
-    if (n && !w && n->free_next) { /* no worker to keep the rest: back they go */
-      klua_wait_t *last = n->free_next;
-      while (last->free_next) last = last->free_next;
-      last->free_next = rt->shared_nodes;
-      rt->shared_nodes = n->free_next;
-    }
-    pthread_mutex_unlock(&rt->pool_m);
+    pthread_mutex_lock(&t->rt->pool_m);
+    n = nodes_batch_locked(t->rt, &got);
+    pthread_mutex_unlock(&t->rt->pool_m);
     if (!n) return NULL;
-    if (w) {
-      w->free_nodes = n->free_next;
-      w->nfree_nodes = got - 1;
-    }
+    w->free_nodes = n->free_next;
+    w->nfree_nodes = got - 1;
   }
   /* (timer_busy is left as it is: the timer may still be completing) */
   n->task = t;
@@ -172,13 +161,12 @@ klua_wait_t *klua_wait_node(klua_task_t *t) {
   n->watch_on = 0;
   n->extra_timer = NULL;
   n->watch = NULL;
-  t->w = n;
   return n;
 }
 
-void klua_wait_node_put(klua_task_t *t) {
+/* Gives t's node back as t ends (its last wait has ended). */
+static void put_node(klua_task_t *t) {
   klua_wait_t *n = t->w;
-  if (!n) return;
   t->w = NULL;
   klua_rt_t *rt = t->rt;
   klua_worker_t *w = klua_worker(rt);
@@ -825,7 +813,7 @@ static int task_run(knhk_task_t *et) {
     /* before t is current: a finalizer that runs in the making of a
      * coroutine runs in no task */
     t->co = take_coroutine(w, &t->co_ref);
-    if (!t->co || !klua_wait_node(t)) {
+    if (!t->co || !(t->w = take_node(w, t))) {
       fail_in_runtime(t, "out of memory making its coroutine");
       return KNHK_EFAILED;
     }
@@ -886,10 +874,9 @@ static void task_ended(knhk_task_t *et, int status) {
     else klua_payload_reset(t);
     klua_task_publish(t, status == KNHK_ECANCELED ? KLUA_CANCELLED : KLUA_ERROR);
   }
-  klua_wait_t *n = t->w;
-  if (n) { /* (its last wait ended before it did: this only makes sure) */
-    if (n->on || n->ccb_on || n->watch_on || n->extra_timer) klua_wait_end(t);
-    klua_wait_node_put(t);
+  if (t->w) {
+    klua_wait_end(t); /* (its last wait ended before it did: this only makes sure) */
+    put_node(t);
   }
   klua_group_t *g = t->group;
   klua_rt_t *rt = t->rt;
