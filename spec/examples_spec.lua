@@ -20,6 +20,13 @@ local C = ffi.C
 
 local EXAMPLES = (debug.getinfo(1, "S").source:match("^@(.*)/spec/[^/]*$") or "..") .. "/examples/"
 
+local function slurp(path)
+  local f = assert(io.open(path))
+  local s = f:read "*a"
+  f:close()
+  return s
+end
+
 -- Runs fn(...) with the process's standard output going to a file, and
 -- returns what was written there: prints from every worker's VM land in
 -- it, since they all write to the one stdout.
@@ -36,9 +43,7 @@ local function capture_stdout(fn, ...)
   io.stdout:flush()
   C.dup2(saved, 1)
   C.close(saved)
-  local f = assert(io.open(path))
-  local out = f:read("*a")
-  f:close()
+  local out = slurp(path)
   os.remove(path)
   return ok, not ok and err or nil, out
 end
@@ -226,75 +231,4 @@ describe("examples/build-pipeline.lua", function()
     assert.equal("build failed at 'compile b.c': compile b.c failed (status 1)\n"
       .. "docs: cancelled\n", out)
   end, { workers = 2 }))
-end)
-
--- The examples as a user runs them, with knhk-lua: a workflow that fails
--- exits non-zero, and bad arguments are refused before anything runs.
-describe("examples run by knhk-lua", function()
-  local KNHK_LUA = assert(os.getenv "KNHK_LUA", "KNHK_LUA must name the knhk-lua binary")
-  local TMP = os.tmpname()
-  teardown(function()
-    for _, ext in ipairs { "", ".out", ".err" } do os.remove(TMP .. ext) end
-  end)
-
-  local function slurp(path)
-    local f = assert(io.open(path))
-    local s = f:read "*a"
-    f:close()
-    return s
-  end
-
-  -- knhk-lua -w 2 examples/<name>.lua args: exit code, stdout, stderr.
-  local function knhk_lua(name, args)
-    local p = assert(io.popen(string.format("%q -w 2 %s %s >%s.out 2>%s.err </dev/null; echo $?",
-      KNHK_LUA, EXAMPLES .. name .. ".lua", args, TMP, TMP)))
-    local code = tonumber(p:read "*a")
-    p:close()
-    return code, slurp(TMP .. ".out"), slurp(TMP .. ".err")
-  end
-
-  it("refuse bad arguments up front with a usage line: exit 2, nothing run", function()
-    for _, case in ipairs {
-      { "batch", "abc", "%[records%] %[quorum%]", "records must be a whole number" },
-      { "batch", "-1", "%[records%] %[quorum%]", "records must be a whole number" },
-      { "batch", "1.5", "%[records%] %[quorum%]", "records must be a whole number" },
-      { "batch", "5 0", "%[records%] %[quorum%]", "quorum must be a whole number" },
-      { "batch", "12 8 9", "%[records%] %[quorum%]", "too many arguments" },
-      { "ledger", "0", "%[transfers%]", "transfers must be a whole number" },
-      { "ledger", "abc", "%[transfers%]", "transfers must be a whole number" },
-      { "order-fulfilment", "abc", "%[total%]", "total must be a number" },
-      { "order-fulfilment", "-5", "%[total%]", "total must be a number" },
-      { "document-review", "slient", "%[silent%]", "unknown argument 'slient'" },
-      { "fraud-stop", "clan", "%[clean%]", "unknown argument 'clan'" },
-      { "payment-failure", "declined", "%[ok%]", "unknown argument 'declined'" },
-      { "shipping-milestone", "later", "%[late%]", "unknown argument 'later'" },
-      { "build-pipeline", "brokn", "%[broken%]", "unknown argument 'brokn'" },
-      { "hello", "a b", "%[name%]", "too many arguments" },
-      { "order", "A-1 B-2", "%[order%-id%]", "too many arguments" },
-    } do
-      local name, args, usage, why = case[1], case[2], case[3], case[4]
-      local code, out, err = knhk_lua(name, args)
-      local what = name .. " " .. args .. ": " .. err
-      assert.equal(2, code, what)
-      assert.equal("", out, what)
-      local file = name:gsub("%-", "%%-") .. "%.lua"
-      assert.matches("^" .. file .. ": " .. why:gsub("%p", "%%%0"), err)
-      assert.matches("\nusage: knhk%-lua [^\n]*" .. file .. " " .. usage .. "\n$", err)
-    end
-  end)
-
-  it("exit 1 when the workflow fails: a batch that can never reach its quorum", function()
-    for _, args in ipairs { "0", "3 5" } do
-      local code, out, err = knhk_lua("batch", args)
-      assert.equal(1, code, err)
-      assert.matches("^failed at 'checksum': ", out)
-      assert.matches("^knhk%-lua: the batch failed\n", err)
-    end
-  end)
-
-  it("exit 0 when the workflow completes", function()
-    local code, out, err = knhk_lua("batch", "4 2")
-    assert.equal(0, code, err)
-    assert.matches("^completed: quorum reached with 2 of 4 records\n", out)
-  end)
 end)

@@ -9,6 +9,23 @@ local function virtual(fn, workers)
   return knhk.run(fn, { workers = workers or 2, clock = "virtual" })
 end
 
+-- What a step (map, race, select) raises when several of its tasks failed
+-- at once: the first failure as it is raised alone (a TaskError, its value,
+-- its message), the others' errors in its .also, and a note in the step's
+-- own words (`fname`, `note`), never its nursery's ErrorGroup. `values`:
+-- all the failures' values, sorted.
+local function assert_first_failure(err, fname, note, values)
+  assert.is_false(knhk.is_error_group(err), tostring(err))
+  assert.is_true(knhk.is_task_error(err))
+  local others = {}
+  for _, e in ipairs(err.also) do others[#others + 1] = e.value end
+  local all = { err.value, unpack(others) }
+  table.sort(all)
+  assert.same(values, all)
+  assert.equal(err.value .. "\n(" .. fname .. ": " .. note .. table.concat(others, "; ") .. ")", err.message)
+  assert.is_nil(tostring(err):find("in a nursery", 1, true))
+end
+
 describe("knhk.map", function()
   it("maps on every core and keeps the order, whatever order the items end in", function()
     local out = virtual(function()
@@ -67,15 +84,8 @@ describe("knhk.map", function()
       return pcall(knhk.map, { "a", "b", "c" }, function(v) error(v, 0) end)
     end, 1)
     assert.is_false(ok)
-    assert.is_false(knhk.is_error_group(err), tostring(err))
-    assert.is_true(knhk.is_task_error(err))
-    local others = {}
-    for _, e in ipairs(err.also) do others[#others + 1] = e.value end
-    local all = { err.value, unpack(others) }
-    table.sort(all)
-    assert.same({ "a", "b", "c" }, all)
-    assert.equal(err.value .. "\n(knhk.map: 2 other items failed at the same time; their errors are in .also: "
-      .. table.concat(others, "; ") .. ")", err.message)
+    assert_first_failure(err, "knhk.map", "2 other items failed at the same time; their errors are in .also: ",
+      { "a", "b", "c" })
   end)
 
   it("reads a list with holes by its n, as table.pack makes it, and gives back n", function()
@@ -139,25 +149,15 @@ describe("knhk.race and knhk.select", function()
     local function fail(v) return function() error(v, 0) end end
     for _, case in ipairs {
       { "knhk.race", "another branch failed at the same time; its error is in .also: ",
-        function() return knhk.race(fail "a", fail "b") end },
+        function() return knhk.race(fail "a", fail "b") end, { "a", "b" } },
       { "knhk.select", "another case failed at the same time; its error is in .also: ",
-        function() return knhk.select{ a = fail "a", b = fail "b" } end },
+        function() return knhk.select{ a = fail "a", b = fail "b" } end, { "a", "b" } },
       { "knhk.race", "2 other branches failed at the same time; their errors are in .also: ",
-        function() return knhk.race(fail "a", fail "b", fail "c") end },
+        function() return knhk.race(fail "a", fail "b", fail "c") end, { "a", "b", "c" } },
     } do
       local ok, err = run(function() return pcall(case[3]) end, 1)
       assert.is_false(ok)
-      assert.is_false(knhk.is_error_group(err), tostring(err))
-      assert.is_true(knhk.is_task_error(err))
-      -- the first failure as it is raised alone: its value, its message
-      local others = {}
-      for _, e in ipairs(err.also) do others[#others + 1] = e.value end
-      local all = { err.value, unpack(others) }
-      table.sort(all)
-      assert.same(#all == 2 and { "a", "b" } or { "a", "b", "c" }, all)
-      assert.equal(err.value .. "\n(" .. case[1] .. ": " .. case[2] .. table.concat(others, "; ") .. ")",
-        err.message)
-      assert.is_nil(tostring(err):find("in a nursery", 1, true))
+      assert_first_failure(err, case[1], case[2], case[4])
     end
   end)
 

@@ -148,3 +148,52 @@ describe("knhk-lua --graph", function()
     assert.equal("knhk-lua: --graph takes mermaid or dot, got 'svg' (try 'knhk-lua --help')\n", err2)
   end)
 end)
+
+-- A workflow that fails exits non-zero, and bad arguments are refused
+-- before anything runs.
+describe("examples' exit codes and arguments", function()
+  it("refuse bad arguments up front with a usage line: exit 2, nothing run", function()
+    for _, case in ipairs {
+      { "batch", "abc", "%[records%] %[quorum%]", "records must be a whole number" },
+      { "batch", "-1", "%[records%] %[quorum%]", "records must be a whole number" },
+      { "batch", "1.5", "%[records%] %[quorum%]", "records must be a whole number" },
+      { "batch", "5 0", "%[records%] %[quorum%]", "quorum must be a whole number" },
+      { "batch", "12 8 9", "%[records%] %[quorum%]", "too many arguments" },
+      { "ledger", "0", "%[transfers%]", "transfers must be a whole number" },
+      { "ledger", "abc", "%[transfers%]", "transfers must be a whole number" },
+      { "order-fulfilment", "abc", "%[total%]", "total must be a number" },
+      { "order-fulfilment", "-5", "%[total%]", "total must be a number" },
+      { "document-review", "slient", "%[silent%]", "unknown argument 'slient'" },
+      { "fraud-stop", "clan", "%[clean%]", "unknown argument 'clan'" },
+      { "payment-failure", "declined", "%[ok%]", "unknown argument 'declined'" },
+      { "shipping-milestone", "later", "%[late%]", "unknown argument 'later'" },
+      { "build-pipeline", "brokn", "%[broken%]", "unknown argument 'brokn'" },
+      { "hello", "a b", "%[name%]", "too many arguments" },
+      { "order", "A-1 B-2", "%[order%-id%]", "too many arguments" },
+    } do
+      local name, args, usage, why = case[1], case[2], case[3], case[4]
+      local code, out, err = example(name, args)
+      local what = name .. " " .. args .. ": " .. err
+      assert.equal(2, code, what)
+      assert.equal("", out, what)
+      local file = name:gsub("%-", "%%-") .. "%.lua"
+      assert.matches("^" .. file .. ": " .. why:gsub("%p", "%%%0"), err)
+      assert.matches("\nusage: knhk%-lua [^\n]*" .. file .. " " .. usage .. "\n$", err)
+    end
+  end)
+
+  it("exit 1 when the workflow fails: a batch that can never reach its quorum", function()
+    for _, args in ipairs { "0", "3 5" } do
+      local code, out, err = example("batch", args)
+      assert.equal(1, code, err)
+      assert.matches("^failed at 'checksum': ", out)
+      assert.matches("^knhk%-lua: the batch failed\n", err)
+    end
+  end)
+
+  it("exit 0 when the workflow completes", function()
+    local code, out, err = example("batch", "4 2")
+    assert.equal(0, code, err)
+    assert.matches("^completed: quorum reached with 2 of 4 records\n", out)
+  end)
+end)
