@@ -259,6 +259,12 @@ end
 -- requires, which may use it as the script does, works on every worker.
 function M.setup_vm() _G.knhk = knhk end
 
+-- The global `knhk` in the script's VM, and in every worker's of the run.
+local function global_knhk()
+  M.setup_vm()
+  R.setup_vms "knhk.cli"
+end
+
 -- ------------------------------------------------------------------ main
 
 function M.main(argv)
@@ -372,8 +378,7 @@ function M.main(argv)
   end
   if graph then
     if not chunk then return usage_error("--graph needs a workflow script") end
-    _G.knhk = knhk -- the script runs as it would without --graph
-    R.setup_vms "knhk.cli"
+    global_knhk() -- the script runs as it would without --graph
     return require("knhk.patterns.diagram").cli(chunk, script_args, graph,
       { workers = workers, script = script })
   end
@@ -388,8 +393,7 @@ function M.main(argv)
       return 1
     end
   end
-  _G.knhk = knhk
-  R.setup_vms "knhk.cli" -- and in every worker's VM (M.setup_vm)
+  global_knhk()
   if telemetry_file then
     -- (a file that cannot be opened is not a usage error: exit 1, as for a
     -- script that cannot be read)
