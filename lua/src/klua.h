@@ -214,21 +214,17 @@ struct klua_task {
   klua_task_t *link;           /* in a free list, or a group's ended list */
   int32_t proto;               /* inline start: the prototype id of the function, and the
                                   number of globals the payload carries (above the id) */
-  uint8_t live_on;             /* the worker whose live list holds it (from its spawn) */
   /* The task's next step, once woken, looks at its scope's token before
    * anything else (sleep, join, checkpoint): cancelled, it would only
    * raise Cancelled, and may be ended without being resumed. */
   uint8_t recheck;
   /* part 4 on */
-  union {                      /* a free record is never live */
-    struct {
-      klua_task_t *live_prev, *live_next; /* its worker's live list, while started */
-    };
-    struct {
-      klua_task_t *batch_next; /* a shared free batch's head: the next batch */
-      uint32_t batch_n;        /* a shared free batch's head: its length */
-    };
-  };
+  klua_task_t *batch_next;     /* a shared free batch's head: the next batch */
+  uint32_t batch_n;            /* a shared free batch's head: its length */
+  /* Odd from its spawn to its end: listed (knhk.tasks(), a stall's and a
+   * signal's reports), read as a sequence lock (klua_tasks_each). Never
+   * reset: a record that ends and is spawned again counts on. */
+  _Atomic uint32_t live_seq;
   klua_wait_t *w;              /* its wait node while it has started and not
                                   ended, else NULL */
 };
@@ -375,10 +371,6 @@ struct klua_worker {
    * one by one (a shared counter is a locked add per spawn, and a cache
    * line every worker's spawns pull back and forth) */
   uint64_t id_next, id_end;
-  /* the tasks spawned here and not ended, for :tasks (a spinlock: taken
-   * twice per task; walked under it only to list or report them) */
-  klua_spin_t live_m;
-  klua_task_t *live;
 };
 
 /* Records and groups come in slabs of these many (klua_task.c, klua_group.c);
@@ -495,9 +487,19 @@ static inline klua_worker_t *klua_worker(klua_rt_t *rt) {
 /* The worker whose thread this is (any runtime), or NULL. */
 static inline klua_worker_t *klua_self(void) { return klua__tls_worker; }
 int klua_vm_open(klua_rt_t *rt, int index, char *err, size_t errlen);
-/* fn(ud, t) for every task spawned and not ended, worker by worker,
- * under each worker's live_m (fn must not take it). */
-void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, klua_task_t *t), void *ud);
+/* What klua_tasks_each read of a listed task, at one instant. */
+typedef struct {
+  klua_task_t *t; /* its record: read further only where it holds still
+                     (a task parked on the reader's own worker; a stall) */
+  uint64_t id, parent, started_ns;
+  const char *where;
+  int kind, home, state; /* state: knhk_task_state's */
+  int outcome;
+} klua_task_view_t;
+/* fn(ud, v) for every task spawned and not ended (listed), in no order.
+ * Nothing is locked: a task that ends or is spawned meanwhile may be left
+ * out or listed, never seen half made. fn may run Lua code. */
+void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, const klua_task_view_t *v), void *ud);
 
 /* ---- klua_task.c: a VM's anchor table ----
  * What C holds of a VM's Lua values (coroutines, local tasks' functions and

@@ -2042,42 +2042,42 @@ static int l_current(lua_State *L) {
  * `ended`: its outcome is published (joiners have it), the record not
  * retired yet */
 
-static void push_row(void *ud, klua_task_t *t) {
+static void push_row(void *ud, const klua_task_view_t *v) {
   lua_State *L = ud;
-  int state = knhk_task_state(&t->et);
+  int state = v->state;
   /* The executor marks a task running as a worker takes it, and the
    * task's first run (task_run) records that worker only after, having
    * opened the worker's VM the first time: a task seen in between has
    * not started, and is listed as such (queued, on no worker), never as
    * running on worker -1. */
-  int worker = atomic_load_explicit(&t->home, memory_order_relaxed);
+  int worker = v->home;
   if (worker < 0) state = KNHK_TASK_QUEUED;
   klua_worker_t *self = klua_self();
   lua_createtable(L, 0, 8);
-  lua_pushnumber(L, (double)t->id);
+  lua_pushnumber(L, (double)v->id);
   lua_setfield(L, -2, "id");
-  if (t->parent) {
-    lua_pushnumber(L, (double)t->parent);
+  if (v->parent) {
+    lua_pushnumber(L, (double)v->parent);
     lua_setfield(L, -2, "parent");
   }
-  lua_pushnumber(L, (double)t->started_ns);
+  lua_pushnumber(L, (double)v->started_ns);
   lua_setfield(L, -2, "started_ns");
   lua_pushinteger(L, worker);
   lua_setfield(L, -2, "worker");
   lua_pushstring(L, state == KNHK_TASK_RUNNING ? "running" : state == KNHK_TASK_PARKED ? "waiting"
                                                                                        : "queued");
   lua_setfield(L, -2, "state");
-  lua_pushstring(L, t->where);
+  lua_pushstring(L, v->where);
   lua_setfield(L, -2, "where");
-  lua_pushstring(L, t->kind == KLUA_LOCAL ? "local" : "portable");
+  lua_pushstring(L, v->kind == KLUA_LOCAL ? "local" : "portable");
   lua_setfield(L, -2, "kind");
-  if (state == KNHK_TASK_PARKED && self && t != self->cur && worker == self->index) {
+  if (state == KNHK_TASK_PARKED && self && v->t != self->cur && worker == self->index) {
     char what[96];
-    klua_wait_describe(t, what, sizeof what);
+    klua_wait_describe(v->t, what, sizeof what);
     lua_pushstring(L, what);
     lua_setfield(L, -2, "wait");
   }
-  if (klua_task_outcome(t) != KLUA_RUNNING) { /* its outcome is out; it is being retired */
+  if (v->outcome != KLUA_RUNNING) { /* its outcome is out; it is being retired */
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "ended");
   }

@@ -228,13 +228,47 @@ static void idle_hint(void *arg) {
   pthread_mutex_unlock(&rt->clock_m);
 }
 
-void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, klua_task_t *t), void *ud) {
-  for (int i = 0; i < rt->workers; i++) {
-    klua_worker_t *w = &rt->w[i];
-    klua_spin_lock(&w->live_m);
-    for (klua_task_t *t = w->live; t; t = t->live_next) fn(ud, t);
-    klua_spin_unlock(&w->live_m);
+/* t's listed fields as one consistent view, or 0 if it is not listed.
+ * A sequence lock's reader: live_seq odd before and the same after, and
+ * nothing read in between came from the record's next use (klua_task_alloc
+ * fences before it writes). The fields are read without the sanitizer's
+ * eye and through volatile: a record being reused meanwhile is a race
+ * that the check after discards, not one ThreadSanitizer should report. */
+__attribute__((no_sanitize("thread"))) static int view_of(klua_task_t *t, klua_task_view_t *v) {
+  uint32_t s1 = atomic_load_explicit(&t->live_seq, memory_order_acquire);
+  if (!(s1 & 1u)) return 0;
+  const volatile klua_task_t *vt = t;
+  v->t = t;
+  v->id = vt->id;
+  v->parent = vt->parent;
+  v->started_ns = vt->started_ns;
+  v->where = vt->where;
+  v->kind = vt->kind;
+  v->home = atomic_load_explicit(&t->home, memory_order_relaxed);
+  v->state = knhk_task_state(&t->et);
+  v->outcome = klua_task_outcome(t);
+  atomic_thread_fence(memory_order_acquire);
+  return atomic_load_explicit(&t->live_seq, memory_order_relaxed) == s1;
+}
+
+void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, const klua_task_view_t *v), void *ud) {
+  /* The slabs' list, copied: fn may run Lua code, whose finalizers may let
+   * go of records, which takes pool_m. Slabs are never freed before the
+   * runtime. */
+  pthread_mutex_lock(&rt->pool_m);
+  size_t n = rt->nslabs;
+  void **slabs = n ? malloc(n * sizeof *slabs) : NULL;
+  if (slabs) memcpy(slabs, rt->slabs, n * sizeof *slabs);
+  pthread_mutex_unlock(&rt->pool_m);
+  if (!slabs) return; /* (out of memory: nothing to list) */
+  for (size_t i = 0; i < n; i++) {
+    klua_task_t *slab = slabs[i];
+    for (int k = 0; k < KLUA_TASK_SLAB; k++) {
+      klua_task_view_t v;
+      if (view_of(&slab[k], &v)) fn(ud, &v);
+    }
   }
+  free(slabs);
 }
 
 /* The tasks waiting for ever, for the deadlock's message: one line each
@@ -242,44 +276,60 @@ void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, klua_task_t *t), void *
  * task waits meanwhile: the records hold still. */
 enum { STUCK_SHOWN = 10, STUCK_TEXT = 2048 };
 typedef struct {
-  char *text;
-  size_t n;
-  int shown, more;
+  klua_task_view_t *v;
+  size_t n, cap;
 } stuck_t;
 
-static void stuck_line(void *ud, klua_task_t *t) {
+static void stuck_add(void *ud, const klua_task_view_t *v) {
   stuck_t *s = ud;
-  if (klua_task_outcome(t) != KLUA_RUNNING) return;
-  if (s->shown == STUCK_SHOWN || s->n >= STUCK_TEXT - 1) {
-    s->more++;
-    return;
+  if (v->outcome != KLUA_RUNNING) return;
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? 2 * s->cap : 64;
+    klua_task_view_t *a = realloc(s->v, cap * sizeof *a);
+    if (!a) return; /* (out of memory: this one is left out of the message) */
+    s->v = a;
+    s->cap = cap;
   }
-  char parent[48] = "", what[96];
-  if (t->parent) snprintf(parent, sizeof parent, ", spawned by task %llu", (unsigned long long)t->parent);
-  klua_wait_describe(t, what, sizeof what);
-  int k = snprintf(s->text + s->n, STUCK_TEXT - s->n, "\n  task %llu (%s%s) waiting %s, on worker %d",
-                   (unsigned long long)t->id, t->where, parent, what,
-                   atomic_load_explicit(&t->home, memory_order_relaxed));
-  if (k > 0) s->n += (size_t)k < STUCK_TEXT - s->n ? (size_t)k : STUCK_TEXT - 1 - s->n;
-  s->shown++;
+  s->v[s->n++] = *v;
+}
+
+/* Newest first: what is blocked, then what waits for it, up to the root. */
+static int newest_first(const void *a, const void *b) {
+  uint64_t x = ((const klua_task_view_t *)a)->id, y = ((const klua_task_view_t *)b)->id;
+  return x < y ? 1 : x > y ? -1 : 0;
 }
 
 static char *stuck_tasks(klua_rt_t *rt) {
-  stuck_t s = {malloc(STUCK_TEXT), 0, 0, 0};
-  if (!s.text) return NULL;
-  s.text[0] = 0;
-  klua_tasks_each(rt, stuck_line, &s);
-  if (s.more && s.n < STUCK_TEXT - 1) snprintf(s.text + s.n, STUCK_TEXT - s.n, "\n  and %d more", s.more);
-  return s.text;
+  char *text = malloc(STUCK_TEXT);
+  if (!text) return NULL;
+  text[0] = 0;
+  stuck_t s = {NULL, 0, 0};
+  klua_tasks_each(rt, stuck_add, &s);
+  if (s.n) qsort(s.v, s.n, sizeof *s.v, newest_first);
+  size_t len = 0, shown = 0;
+  for (; shown < s.n && shown < STUCK_SHOWN && len < STUCK_TEXT - 1; shown++) {
+    const klua_task_view_t *v = &s.v[shown];
+    char parent[48] = "", what[96];
+    if (v->parent) snprintf(parent, sizeof parent, ", spawned by task %llu", (unsigned long long)v->parent);
+    klua_wait_describe(v->t, what, sizeof what); /* (every task waits: it holds still) */
+    int k = snprintf(text + len, STUCK_TEXT - len, "\n  task %llu (%s%s) waiting %s, on worker %d",
+                     (unsigned long long)v->id, v->where, parent, what, v->home);
+    if (k > 0) len += (size_t)k < STUCK_TEXT - len ? (size_t)k : STUCK_TEXT - 1 - len;
+  }
+  if (shown < s.n && len < STUCK_TEXT - 1)
+    snprintf(text + len, STUCK_TEXT - len, "\n  and %zu more", s.n - shown);
+  free(s.v);
+  return text;
 }
 
 /* A task still waiting once the run was cancelled waits in a shielded
  * scope (only a shield keeps the root's cancellation out), and nothing
  * can ever wake it: its innermost scope is cancelled, shield or not. The
  * scope catches that as its own cancellation, and the task goes on. */
-static void break_shield(void *ud, klua_task_t *t) {
+static void break_shield(void *ud, const klua_task_view_t *v) {
   int *broken = ud;
-  if (klua_task_outcome(t) == KLUA_RUNNING && t->scope && !knhk_token_is_cancelled(t->scope)) {
+  klua_task_t *t = v->t; /* (every task waits: it holds still) */
+  if (v->outcome == KLUA_RUNNING && t->scope && !knhk_token_is_cancelled(t->scope)) {
     knhk_token_cancel(t->scope, KNHK_CANCEL_SHUTDOWN);
     (*broken)++;
   }

@@ -53,40 +53,37 @@ typedef struct {
 
 static report_t report;
 
-static int running_tasks(klua_rt_t *rt, klua_task_t **out, int max) {
-  int n = 0;
-  for (int i = 0; i < rt->workers && n < max; i++) {
-    klua_worker_t *w = &rt->w[i];
-    klua_spin_lock(&w->live_m);
-    for (klua_task_t *t = w->live; t && n < max; t = t->live_next)
-      if (knhk_task_state(&t->et) == KNHK_TASK_RUNNING) out[n++] = t;
-    klua_spin_unlock(&w->live_m);
+/* The tasks running now (a signal's report), at most REPORT_MAX. */
+typedef struct {
+  int n;
+  uint64_t ids[REPORT_MAX];
+  const char *where[REPORT_MAX];
+  int worker[REPORT_MAX];
+  const report_t *among; /* only these (the report after the cancel), or NULL */
+} running_t;
+
+static void add_running(void *ud, const klua_task_view_t *v) {
+  running_t *r = ud;
+  if (r->n == REPORT_MAX || v->state != KNHK_TASK_RUNNING) return;
+  if (r->among) {
+    int before = 0;
+    for (int k = 0; k < r->among->n; k++) before |= r->among->ids[k] == v->id;
+    if (!before) return;
   }
-  return n;
+  r->ids[r->n] = v->id;
+  r->where[r->n] = v->where;
+  r->worker[r->n++] = v->home;
 }
 
 static void report_still_running(knhk_timer_t *tm, int status) {
   report_t *r = tm->data;
   if (status != 0) return;
-  klua_rt_t *rt = r->rt;
-  int n = 0;
-  uint64_t ids[REPORT_MAX];
-  const char *where[REPORT_MAX];
-  int worker[REPORT_MAX];
-  for (int i = 0; i < rt->workers && n < REPORT_MAX; i++) {
-    klua_worker_t *w = &rt->w[i];
-    klua_spin_lock(&w->live_m);
-    for (klua_task_t *t = w->live; t && n < REPORT_MAX; t = t->live_next) {
-      if (knhk_task_state(&t->et) != KNHK_TASK_RUNNING) continue;
-      int before = 0;
-      for (int k = 0; k < r->n; k++) before |= r->ids[k] == t->id;
-      if (!before) continue;
-      ids[n] = t->id;
-      where[n] = t->where;
-      worker[n++] = i;
-    }
-    klua_spin_unlock(&w->live_m);
-  }
+  running_t now = {.among = r};
+  klua_tasks_each(r->rt, add_running, &now);
+  int n = now.n;
+  const uint64_t *ids = now.ids;
+  const char *const *where = now.where;
+  const int *worker = now.worker;
   if (n == 0) return;
   const char *what = r->signum == SIGINT ? "interrupted" : "terminated";
   fprintf(stderr, "knhk: %s: cancelling; waiting for %d task%s that %s not reached a checkpoint:\n",
@@ -100,12 +97,13 @@ static void report_still_running(knhk_timer_t *tm, int status) {
 
 /* Before the cancel: who is running; a moment after it: the report. */
 static void report_later(klua_rt_t *rt, int signum) {
-  klua_task_t *ts[REPORT_MAX];
-  int n = running_tasks(rt, ts, REPORT_MAX);
+  running_t now = {.among = NULL};
+  klua_tasks_each(rt, add_running, &now);
+  int n = now.n;
   report.rt = rt;
   report.signum = signum;
   report.n = n;
-  for (int i = 0; i < n; i++) report.ids[i] = ts[i]->id;
+  for (int i = 0; i < n; i++) report.ids[i] = now.ids[i];
   if (n > 0)
     knhk_timer_start_real(rt->reactor, &report.timer, knhk_clock_real_ns() + REPORT_AFTER_NS,
                           report_still_running, &report); /* a person waits: real time */

@@ -213,7 +213,12 @@ klua_task_t *klua_task_alloc(klua_rt_t *rt) {
     if (!t) return NULL;
   }
   /* Fields a reused record must not keep. Records are type-stable: what a
-   * late waker may read (et, flags) stays a valid value throughout. */
+   * late waker may read (et, flags) stays a valid value throughout. The
+   * fence: a reader of the listing (klua_tasks_each) that sees one of the
+   * writes below sees the live_seq that ended the record's last use, and
+   * drops what it read (the sequence lock's writer side; no instruction
+   * on x86). */
+  atomic_thread_fence(memory_order_release);
   t->link = NULL;
   atomic_store_explicit(&t->refs, 1, memory_order_relaxed);
   atomic_store_explicit(&t->outcome, KLUA_RUNNING, memory_order_relaxed);
@@ -239,7 +244,6 @@ klua_task_t *klua_task_alloc(klua_rt_t *rt) {
   t->joiners = NULL;
   t->recheck = 0;
   t->w = NULL;
-  t->live_prev = t->live_next = NULL;
   return t;
 }
 
@@ -637,27 +641,22 @@ static void fail_in_runtime(klua_task_t *t, const char *why) {
   klua_task_publish(t, KLUA_ERROR);
 }
 
-/* A task is on a live list (knhk.tasks(), a stall's report) from its spawn
- * to its end: the spawner's worker's (worker 0's for the root), recorded in
- * live_on, since the task may run and end on another. */
-static void live_add(klua_worker_t *w, klua_task_t *t) {
-  t->live_on = (uint8_t)w->index;
-  klua_spin_lock(&w->live_m);
-  t->live_prev = NULL;
-  t->live_next = w->live;
-  if (w->live) w->live->live_prev = t;
-  w->live = t;
-  klua_spin_unlock(&w->live_m);
+/* A task is listed (knhk.tasks(), a stall's report) from its spawn to its
+ * end: its live_seq is odd meanwhile (klua_tasks_each reads it as a
+ * sequence lock). This was a list per spawner's worker under a spinlock,
+ * and a task that ran and ended on another worker took that lock there:
+ * with 2 workers the portable spawn's p50 went from ~300 to ~400 ns with
+ * that lock's line going back and forth. Only the record's owner writes
+ * live_seq: the spawner here, the worker that ends it below. */
+static void listed(klua_task_t *t) {
+  uint32_t s = atomic_load_explicit(&t->live_seq, memory_order_relaxed);
+  /* release: who reads it odd (acquire) sees the fields written before */
+  atomic_store_explicit(&t->live_seq, s | 1u, memory_order_release);
 }
 
-static void live_remove(klua_task_t *t) {
-  klua_worker_t *w = &t->rt->w[t->live_on];
-  klua_spin_lock(&w->live_m);
-  if (t->live_prev) t->live_prev->live_next = t->live_next;
-  else if (w->live == t) w->live = t->live_next;
-  if (t->live_next) t->live_next->live_prev = t->live_prev;
-  t->live_prev = t->live_next = NULL;
-  klua_spin_unlock(&w->live_m);
+static void unlisted(klua_task_t *t) {
+  uint32_t s = atomic_load_explicit(&t->live_seq, memory_order_relaxed);
+  if (s & 1u) atomic_store_explicit(&t->live_seq, s + 1, memory_order_relaxed);
 }
 
 /* A start that will never be used: its handles' references, and what a
@@ -867,7 +866,7 @@ static int task_run(knhk_task_t *et) {
 /* The executor ended t (it ran to its end, or never ran: prompt shutdown). */
 static void task_ended(knhk_task_t *et, int status) {
   klua_task_t *t = klua_task_of(et);
-  live_remove(t); /* however it ended: ran, failed to start, or never ran */
+  unlisted(t); /* however it ended: ran, failed to start, or never ran */
   if (klua_task_outcome(t) == KLUA_RUNNING) { /* dropped without running */
     klua_worker_t *w = klua_worker(t->rt);
     if (w && (t->pay != KLUA_PAY_REFS || w->L)) drop_start(w, t);
@@ -918,12 +917,11 @@ int klua_task_spawn(klua_task_t *t, int worker) {
                                 atomic_fetch_add_explicit(&t->group->spawned, 1, memory_order_relaxed));
     }
   }
-  klua_worker_t *self = klua_self();
-  live_add(self && self->rt == rt ? self : &rt->w[0], t); /* listed while queued too */
+  listed(t); /* while queued too */
   rc = worker >= 0 ? knhk_executor_spawn_on(&rt->ex, &t->et, worker)
                    : knhk_executor_spawn(&rt->ex, &t->et);
   if (rc != 0) { /* it never ran: it ends here, as cancelled */
-    live_remove(t);
+    unlisted(t);
     klua_payload_reset(t);
     klua_task_publish(t, KLUA_CANCELLED);
     klua_group_child_ended(t->group, t);
