@@ -36,7 +36,6 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -67,8 +66,10 @@ static int chunks_room(klua_arena_t *a) {
  * zeroed again as they are carved (klua_arena_alloc). */
 static pthread_mutex_t cache_m = PTHREAD_MUTEX_INITIALIZER;
 static void *cache[CACHE_MAX];
-static uint8_t cache_advised[CACHE_MAX]; /* given MADV_FREE (below the hot top) */
 static int ncache;
+/* cache[0 .. nadvised) were given MADV_FREE: the advised ones are always
+ * the bottom of the stack, since pushes and pops happen at its top */
+static int nadvised;
 
 /* A fresh chunk (zero bytes). */
 static void *chunk_map(void) {
@@ -81,7 +82,10 @@ static int chunk_next(klua_arena_t *a) {
   if (chunks_room(a) != 0) return -1;
   void *p = NULL;
   pthread_mutex_lock(&cache_m);
-  if (ncache > 0) p = cache[--ncache];
+  if (ncache > 0) {
+    p = cache[--ncache];
+    if (nadvised > ncache) nadvised = ncache;
+  }
   pthread_mutex_unlock(&cache_m);
   a->dirty = p != NULL;
   if (!p && !(p = chunk_map())) return -1;
@@ -137,16 +141,10 @@ void klua_arena_free(klua_arena_t *a) {
   pthread_mutex_lock(&cache_m);
   if (ncache < CACHE_MAX) keep = (size_t)(CACHE_MAX - ncache);
   if (keep > a->nchunks) keep = a->nchunks;
-  for (size_t i = keep; i-- > 0;) {
-    cache_advised[ncache] = 0;
-    cache[ncache++] = a->chunks[i];
-  }
+  for (size_t i = keep; i-- > 0;) cache[ncache++] = a->chunks[i];
   /* what the pushes moved below the hot top becomes the kernel's to take
    * back (if it does not, the next use costs no fault) */
-  for (int k = ncache - CACHE_HOT - 1; k >= 0 && !cache_advised[k]; k--) {
-    madvise(cache[k], CHUNK, MADV_FREE);
-    cache_advised[k] = 1;
-  }
+  for (; nadvised < ncache - CACHE_HOT; nadvised++) madvise(cache[nadvised], CHUNK, MADV_FREE);
   pthread_mutex_unlock(&cache_m);
   for (size_t i = keep; i < a->nchunks; i++) munmap(a->chunks[i], CHUNK);
 #endif
