@@ -184,6 +184,22 @@ describe("a virtual clock that can never move", function()
     assert.equal(3, lines) -- the two children and the root, which waits on them
   end)
 
+  it("names the ten newest of many tasks that wait for ever, newest first, and counts the rest", function()
+    local ok, err = pcall(virtual, function()
+      knhk.nursery(function(n)
+        for _ = 1, 14 do n:spawn_local(function() knhk.event():wait() end) end
+      end)
+    end, 2)
+    assert.is_false(ok)
+    local text = tostring(err)
+    local ids = {}
+    for id in text:gmatch("\n  task (%d+) ") do ids[#ids + 1] = tonumber(id) end
+    assert.equal(10, #ids)
+    for i = 2, #ids do assert.is_true(ids[i - 1] > ids[i], "newest first") end
+    -- 15 wait (the 14 children and the root): ten named, five counted
+    assert.matches("\n  and 5 more$", text)
+  end)
+
   it("reports a deadlock in a shielded scope too: the shield is cancelled, as nothing else could end it", function()
     for workers = 1, 2 do
       local after

@@ -275,40 +275,33 @@ void klua_tasks_each(klua_rt_t *rt, void (*fn)(void *ud, const klua_task_view_t 
  * (the first STUCK_SHOWN), as knhk.test names a task left behind. Every
  * task waits meanwhile: the records hold still. */
 enum { STUCK_SHOWN = 10, STUCK_TEXT = 2048 };
+/* The STUCK_SHOWN newest tasks still waiting (newest first: what is
+ * blocked, then what waits for it, up to the root), and how many wait in
+ * all: a deadlock among a million tasks copies ten of them. */
 typedef struct {
-  klua_task_view_t *v;
-  size_t n, cap;
+  klua_task_view_t top[STUCK_SHOWN];
+  size_t ntop, n;
 } stuck_t;
 
 static void stuck_add(void *ud, const klua_task_view_t *v) {
   stuck_t *s = ud;
   if (v->outcome != KLUA_RUNNING) return;
-  if (s->n == s->cap) {
-    size_t cap = s->cap ? 2 * s->cap : 64;
-    klua_task_view_t *a = realloc(s->v, cap * sizeof *a);
-    if (!a) return; /* (out of memory: this one is left out of the message) */
-    s->v = a;
-    s->cap = cap;
-  }
-  s->v[s->n++] = *v;
-}
-
-/* Newest first: what is blocked, then what waits for it, up to the root. */
-static int newest_first(const void *a, const void *b) {
-  uint64_t x = ((const klua_task_view_t *)a)->id, y = ((const klua_task_view_t *)b)->id;
-  return x < y ? 1 : x > y ? -1 : 0;
+  s->n++;
+  if (s->ntop == STUCK_SHOWN && s->top[STUCK_SHOWN - 1].id > v->id) return;
+  size_t i = s->ntop < STUCK_SHOWN ? s->ntop++ : STUCK_SHOWN - 1;
+  for (; i > 0 && s->top[i - 1].id < v->id; i--) s->top[i] = s->top[i - 1];
+  s->top[i] = *v;
 }
 
 static char *stuck_tasks(klua_rt_t *rt) {
   char *text = malloc(STUCK_TEXT);
   if (!text) return NULL;
   text[0] = 0;
-  stuck_t s = {NULL, 0, 0};
+  stuck_t s = {.ntop = 0, .n = 0};
   klua_tasks_each(rt, stuck_add, &s);
-  if (s.n) qsort(s.v, s.n, sizeof *s.v, newest_first);
   size_t len = 0, shown = 0;
-  for (; shown < s.n && shown < STUCK_SHOWN && len < STUCK_TEXT - 1; shown++) {
-    const klua_task_view_t *v = &s.v[shown];
+  for (; shown < s.ntop && len < STUCK_TEXT - 1; shown++) {
+    const klua_task_view_t *v = &s.top[shown];
     char parent[48] = "", what[96];
     if (v->parent) snprintf(parent, sizeof parent, ", spawned by task %llu", (unsigned long long)v->parent);
     klua_wait_describe(v->t, what, sizeof what); /* (every task waits: it holds still) */
@@ -318,7 +311,6 @@ static char *stuck_tasks(klua_rt_t *rt) {
   }
   if (shown < s.n && len < STUCK_TEXT - 1)
     snprintf(text + len, STUCK_TEXT - len, "\n  and %zu more", s.n - shown);
-  free(s.v);
   return text;
 }
 
