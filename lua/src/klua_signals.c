@@ -81,16 +81,13 @@ static void report_still_running(knhk_timer_t *tm, int status) {
   running_t now = {.among = r};
   klua_tasks_each(r->rt, add_running, &now);
   int n = now.n;
-  const uint64_t *ids = now.ids;
-  const char *const *where = now.where;
-  const int *worker = now.worker;
   if (n == 0) return;
   const char *what = r->signum == SIGINT ? "interrupted" : "terminated";
   fprintf(stderr, "knhk: %s: cancelling; waiting for %d task%s that %s not reached a checkpoint:\n",
           what, n, n == 1 ? "" : "s", n == 1 ? "has" : "have");
   for (int i = 0; i < n; i++)
-    fprintf(stderr, "  task %llu (%s), running on worker %d\n", (unsigned long long)ids[i],
-            where[i], worker[i]);
+    fprintf(stderr, "  task %llu (%s), running on worker %d\n", (unsigned long long)now.ids[i],
+            now.where[i], now.worker[i]);
   fprintf(stderr, "knhk: %s again to end the process at once\n",
           r->signum == SIGINT ? "Ctrl-C" : "SIGTERM");
 }
